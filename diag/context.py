@@ -1,0 +1,121 @@
+"""What a check receives: its target, the run's options, and the run's shared probes.
+
+One :class:`RunContext` lives for one run. It owns the resolver (with its answer cache), the SMTP session
+cache (one session per IP and port, shared by every check and every domain that needs it) and the connection
+limits. Each check gets a :class:`CheckContext`: the domain, the run context, and the facts of the checks it
+requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from diag.net.dns import Nameserver, Resolver
+from diag.net.smtp import SessionFacts, probe_session
+
+__all__ = ["CheckContext", "RunContext", "RunOptions"]
+
+F = TypeVar("F")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """The knobs of one run.
+
+    Attributes:
+        nameservers: DNS servers to ask; empty means the system's resolver.
+        smtp_port: the port mail hosts are probed on (25 on the Internet; the lab uses another).
+        ca_file: trust these CA certificates instead of the system store.
+        ehlo_name: the name the probe announces in EHLO.
+        timeout: seconds for each network operation (connect, each SMTP reply, a DNS lookup).
+        deadline: seconds for the whole run.
+        per_host_connections: concurrent connections to one IP address, at most (politeness).
+        total_connections: concurrent connections in all, at most.
+        expect_mx: shell-style patterns every MX host of a checked domain must match (``*.example.net``).
+    """
+
+    nameservers: tuple[Nameserver, ...] = ()
+    smtp_port: int = 25
+    ca_file: Path | None = None
+    ehlo_name: str = "localhost"
+    timeout: float = 10.0
+    deadline: float = 300.0
+    per_host_connections: int = 2
+    total_connections: int = 64
+    expect_mx: tuple[str, ...] = ()
+
+
+class RunContext:
+    """The probes and limits shared by every check of one run."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.resolver = Resolver(options.nameservers, timeout=options.timeout)
+        self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
+        self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(options.per_host_connections)
+        )
+        self._total = asyncio.Semaphore(options.total_connections)
+
+    def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
+        """The probing session at ``ip`` (one per IP and port per run), started on first request.
+
+        ``server_name`` is the host name the first requester knows the address by; it is used for SNI.
+        """
+        key = (ip, self.options.smtp_port if port is None else port)
+        future = self._sessions.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._open_session(*key, server_name))
+            self._sessions[key] = future
+        return future
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def _open_session(self, ip: str, port: int, server_name: str) -> SessionFacts:
+        async with self._total, self._per_host[ip]:
+            return await probe_session(
+                ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout
+            )
+
+    async def aclose(self) -> None:
+        """Cancel sessions no check waited for (a check that timed out leaves its session behind)."""
+        for future in self._sessions.values():
+            future.cancel()
+        await asyncio.gather(*self._sessions.values(), return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckContext:
+    """What one check, running on one domain, receives.
+
+    Attributes:
+        domain: the domain under check, as an A-label name without trailing dot.
+        run: the run's shared probes and options.
+        facts_by_check: the facts of the checks this check requires, by check id.
+    """
+
+    domain: str
+    run: RunContext
+    facts_by_check: Mapping[str, Any]
+
+    @property
+    def options(self) -> RunOptions:
+        return self.run.options
+
+    @property
+    def resolver(self) -> Resolver:
+        return self.run.resolver
+
+    def facts(self, check_id: str, kind: type[F]) -> F:
+        """The facts of a required check, typed."""
+        facts = self.facts_by_check[check_id]
+        if not isinstance(facts, kind):
+            raise TypeError(f"facts of {check_id!r} are {type(facts).__name__}, not {kind.__name__}")
+        return facts

@@ -1,0 +1,170 @@
+"""The result model: frozen data, no I/O.
+
+A run produces one :class:`Report`; it holds a :class:`DomainReport` per checked domain, which holds a
+:class:`CheckResult` per check, which holds the typed facts the check observed and the :class:`Finding` s it
+judged from them. Exit codes and verdicts follow ../shared/design/CONTRACT.md (monitoring-plugin convention).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "CheckResult",
+    "DomainReport",
+    "Finding",
+    "Report",
+    "Severity",
+    "Status",
+    "Verdict",
+]
+
+
+class Severity(enum.IntEnum):
+    """How bad a finding is; ordered, so ``max()`` gives the worst."""
+
+    INFO = 0
+    NOTICE = 1
+    WARNING = 2
+    ERROR = 3
+    CRITICAL = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Status(enum.StrEnum):
+    """Whether a check ran: *completed* (its findings are its verdict) or could not run, and why."""
+
+    COMPLETED = "completed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+
+
+class Verdict(enum.StrEnum):
+    """The verdict for a domain or a whole run, with its monitoring-plugin exit code."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES[self]
+
+    @classmethod
+    def of(cls, results: Iterable[CheckResult]) -> Verdict:
+        """Critical beats unknown beats warning beats ok.
+
+        A check that could not run may hide a critical problem, so it outweighs a warning; a critical finding
+        is certain, so it outweighs the unknown (CONTRACT.md, exit codes).
+        """
+        worst: Severity | None = None
+        incomplete = False
+        for result in results:
+            if result.status is not Status.COMPLETED:
+                incomplete = True
+            for finding in result.findings:
+                worst = finding.severity if worst is None else max(worst, finding.severity)
+        if worst is not None and worst >= Severity.ERROR:
+            return cls.CRITICAL
+        if incomplete:
+            return cls.UNKNOWN
+        if worst is Severity.WARNING:
+            return cls.WARNING
+        return cls.OK
+
+
+_EXIT_CODES = {Verdict.OK: 0, Verdict.WARNING: 1, Verdict.CRITICAL: 2, Verdict.UNKNOWN: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One judgement about one subject.
+
+    Attributes:
+        code: stable finding code (CONTRACT.md), e.g. ``CERT_EXPIRED``.
+        severity: the code's severity (declared by the check that emits it).
+        subject: what it is about: ``host [ip]:port`` when a connection is involved, else a host or domain.
+        message: one sentence for a person: what is wrong (or what was verified).
+        remediation: what to do about it; empty for positive findings.
+        cloud_error: the error text the cloud service shows for this problem, when it would fail because of it.
+    """
+
+    code: str
+    severity: Severity
+    subject: str
+    message: str
+    remediation: str = ""
+    cloud_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of one check on one domain.
+
+    Attributes:
+        check_id: the check's id (``mx``).
+        title: the check's title for people.
+        status: completed, or why it could not run.
+        reason: for error/timeout/skipped, a short reason starting with its category (``dns: SERVFAIL``).
+        facts: the typed facts the check observed (a frozen dataclass), or None when it did not complete.
+        findings: the check's judgements, in the order it made them.
+        started: event-loop time when the check started (monotonic seconds; for ordering, not for display).
+        finished: event-loop time when the check finished.
+    """
+
+    check_id: str
+    title: str
+    status: Status
+    reason: str | None = None
+    facts: Any = None
+    findings: tuple[Finding, ...] = ()
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def duration_ms(self) -> int:
+        return max(0, round((self.finished - self.started) * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class DomainReport:
+    """All check results for one domain, in registry order."""
+
+    domain: str
+    results: tuple[CheckResult, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.of(self.results)
+
+    def result(self, check_id: str) -> CheckResult:
+        for result in self.results:
+            if result.check_id == check_id:
+                return result
+        raise KeyError(check_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One run of ``diag check``."""
+
+    started_at: datetime
+    finished_at: datetime
+    domains: tuple[DomainReport, ...] = field(default_factory=tuple)
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.of(result for domain in self.domains for result in domain.results)
+
+    @property
+    def exit_code(self) -> int:
+        return self.verdict.exit_code

@@ -1,0 +1,145 @@
+"""DNS probes with dnspython: typed answers, a per-run cache, bounded time.
+
+An answer (data, NXDOMAIN or NODATA) is a fact and is returned; anything that is not an answer (SERVFAIL,
+REFUSED, no reachable nameserver, timeout) raises :class:`~diag.errors.DnsError`, so a check can never mistake
+"the resolver failed" for "there is no record" (security-cases.md DNS-03).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdata
+import dns.rdatatype
+import dns.resolver
+
+from diag.errors import DnsError, DnsTimeoutError
+
+__all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text"]
+
+# Seconds granted beyond the lookup lifetime before the outer deadline cancels it: dnspython's own lifetime
+# check happens between tries and can overrun (STYLE.md rule 6).
+_GRACE = 1.0
+
+
+class DnsStatus(enum.StrEnum):
+    """What kind of answer a lookup got."""
+
+    OK = "ok"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+
+
+@dataclass(frozen=True, slots=True)
+class Nameserver:
+    """A DNS server to ask: an IP address and a port."""
+
+    ip: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to one question.
+
+    Attributes:
+        name: the name asked for, without its trailing dot.
+        rdtype: the record type asked for (``MX``).
+        status: data, NXDOMAIN or NODATA.
+        canonical_name: the name the data was found at, after any CNAME chain; equal to ``name`` without one.
+        records: the record data, empty unless ``status`` is OK.
+    """
+
+    name: str
+    rdtype: str
+    status: DnsStatus
+    canonical_name: str
+    records: tuple[dns.rdata.Rdata, ...] = ()
+
+    @property
+    def via_cname(self) -> bool:
+        return self.canonical_name.lower() != self.name.lower()
+
+
+def name_text(name: dns.name.Name) -> str:
+    """A DNS name as text without its trailing dot: ``ssl`` refuses to match ``mx.example.`` (DNS-13)."""
+    return name.to_text(omit_final_dot=True) if name != dns.name.root else "."
+
+
+class Resolver:
+    """Asks DNS questions for one run and remembers the answers.
+
+    Concurrent callers asking the same question share one lookup; answers and failures are cached for the
+    life of the object, which is one run (no module-level cache: STYLE.md).
+    """
+
+    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0) -> None:
+        self._timeout = timeout
+        self._cache: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        self._setup_error: str | None = None
+        try:
+            self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+        except dns.resolver.NoResolverConfiguration:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._setup_error = "this host has no DNS resolver configured; use --resolver IP"
+        if nameservers:
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(ns.ip, ns.port) for ns in nameservers
+            ]
+        # One try per server within the operation timeout; truncated UDP answers are retried over TCP by
+        # dnspython itself (DNS-08).
+        self._resolver.timeout = timeout
+        self._resolver.lifetime = timeout
+        self._resolver.retry_servfail = False
+
+    @property
+    def nameservers(self) -> tuple[str, ...]:
+        return tuple(str(ns) for ns in self._resolver.nameservers)
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        """Ask for ``rdtype`` records at ``name`` (an A-label name); raises DnsError when there is no answer."""
+        key = (name.lower().rstrip("."), rdtype.upper())
+        future = self._cache.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._lookup(*key))
+            self._cache[key] = future
+        return await asyncio.shield(future)
+
+    async def _lookup(self, name: str, rdtype: str) -> Answer:
+        if self._setup_error:
+            raise DnsError(self._setup_error)
+        qname = dns.name.from_text(name)
+        try:
+            async with asyncio.timeout(self._timeout + _GRACE):
+                answer = await self._resolver.resolve(
+                    qname, rdtype, search=False, raise_on_no_answer=False
+                )
+        except dns.resolver.NXDOMAIN as exc:
+            canonical = exc.canonical_name if exc.kwargs.get("qnames") else qname
+            return Answer(name, rdtype, DnsStatus.NXDOMAIN, name_text(canonical))
+        except (dns.resolver.LifetimeTimeout, TimeoutError):
+            raise DnsTimeoutError(
+                f"no answer for {name} {rdtype} within {self._timeout:g} s from {self._servers()}"
+            ) from None
+        except dns.resolver.NoNameservers as exc:
+            raise DnsError(f"no usable answer for {name} {rdtype}: {exc}") from None
+        except dns.exception.DNSException as exc:
+            raise DnsError(f"{name} {rdtype}: {exc}") from None
+        canonical_name = name_text(answer.canonical_name)
+        if answer.rrset is None:
+            return Answer(name, rdtype, DnsStatus.NODATA, canonical_name)
+        return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(answer.rrset))
+
+    def _servers(self) -> str:
+        return ", ".join(self.nameservers) or "no nameserver"
+

@@ -1,0 +1,354 @@
+"""The SMTP session probe: one session per (IP, port) serves every check that needs one.
+
+A session connects to an address, waits for the greeting, says EHLO (HELO if EHLO is refused), starts TLS when
+STARTTLS is offered, says EHLO again and quits, recording what it saw at each stage: timings, the greeting,
+the extensions, the TLS version and cipher and the certificate chain exactly as sent. It judges nothing;
+the port-25, STARTTLS and certificate checks judge the same :class:`SessionFacts`.
+
+The TLS handshake is done without verification so that "STARTTLS works" and "the certificate is valid" are
+two verdicts; the chain is verified separately (diag.net.tls). The client context accepts old protocols and
+weak keys (OpenSSL security level 0) so that a host offering only those is observed, not just "failed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+import ssl
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import aiosmtplib
+
+__all__ = ["SessionError", "SessionFacts", "SessionStage", "TlsFacts", "probe_session"]
+
+
+class SessionStage(enum.StrEnum):
+    """The last stage a session reached."""
+
+    CONNECT = "connect"
+    BANNER = "banner"
+    EHLO = "ehlo"
+    STARTTLS = "starttls"
+    TLS_EHLO = "tls-ehlo"
+    DONE = "done"
+
+
+class SessionError(enum.StrEnum):
+    """Why a session stopped before the end."""
+
+    REFUSED = "refused"
+    CONNECT_TIMEOUT = "connect-timeout"
+    UNREACHABLE = "unreachable"
+    BANNER_TIMEOUT = "banner-timeout"
+    GREETING_REJECTED = "greeting-rejected"
+    EHLO_REJECTED = "ehlo-rejected"
+    STARTTLS_REJECTED = "starttls-rejected"
+    TLS_FAILED = "tls-failed"
+    TIMEOUT = "timeout"
+    DISCONNECTED = "disconnected"
+    PROTOCOL = "protocol"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFacts:
+    """What the TLS handshake negotiated.
+
+    Attributes:
+        version: protocol version as OpenSSL names it (``TLSv1.3``).
+        cipher: the cipher suite name.
+        server_name: the SNI name sent (the MX host name, without trailing dot).
+        chain_der: the certificates the server sent, leaf first, DER-encoded, unverified.
+    """
+
+    version: str
+    cipher: str
+    server_name: str | None
+    chain_der: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """Everything one SMTP session observed at one address.
+
+    Attributes:
+        ip, port: where it connected.
+        server_name: the host name the session was opened for (SNI, certificate name).
+        reached: the last stage completed (``DONE`` when the session ran to QUIT).
+        error: why it stopped early, or None.
+        detail: the error's text (server reply or system error), or "".
+        connect_s, banner_s, ehlo_s, tls_s: seconds spent connecting, waiting for the greeting, on EHLO, and
+            on STARTTLS with its handshake; None for stages not reached.
+        greeting_code, greeting: the greeting reply code and text.
+        ehlo_code: the reply code to EHLO (or HELO when ``helo_fallback``).
+        extensions: EHLO keywords with their parameters, as sent, in order (before TLS).
+        helo_fallback: EHLO was refused and HELO was used.
+        starttls_offered: STARTTLS was among the extensions.
+        starttls_code, starttls_reply: the reply to STARTTLS, when sent.
+        tls: the TLS handshake's facts, when it succeeded.
+        tls_extensions: EHLO extensions after TLS.
+        transcript: the conversation, one line per command or reply, client lines prefixed ``C:``, server
+            lines ``S:``.
+    """
+
+    ip: str
+    port: int
+    server_name: str
+    reached: SessionStage | None = None
+    error: SessionError | None = None
+    detail: str = ""
+    connect_s: float | None = None
+    banner_s: float | None = None
+    ehlo_s: float | None = None
+    tls_s: float | None = None
+    greeting_code: int | None = None
+    greeting: str = ""
+    ehlo_code: int | None = None
+    extensions: tuple[str, ...] = ()
+    helo_fallback: bool = False
+    starttls_offered: bool = False
+    starttls_code: int | None = None
+    starttls_reply: str = ""
+    tls: TlsFacts | None = None
+    tls_extensions: tuple[str, ...] = ()
+    transcript: tuple[str, ...] = field(default=())
+
+    @property
+    def endpoint(self) -> str:
+        """``host [ip]:port``: how findings name this session's subject."""
+        return f"{self.server_name} [{self.ip}]:{self.port}"
+
+
+def probe_context() -> ssl.SSLContext:
+    """A client context that completes a handshake with anything it can, to observe it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    # Observe TLS 1.0/1.1-only hosts and weak keys instead of failing on them (security-cases.md PC-14);
+    # Python deprecates naming TLSv1 because it is weak, which is exactly what we want to detect.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+class _Recorder:
+    """Collects the facts of one session as it goes."""
+
+    def __init__(self, ip: str, port: int, server_name: str) -> None:
+        self.values: dict[str, object] = {"ip": ip, "port": port, "server_name": server_name}
+        self.transcript: list[str] = []
+        self.clock = time.monotonic()
+
+    def lap(self) -> float:
+        now = time.monotonic()
+        elapsed, self.clock = now - self.clock, now
+        return elapsed
+
+    def client(self, line: str) -> None:
+        self.transcript.append(f"C: {line}")
+
+    def server(self, code: int, message: str) -> None:
+        lines = message.splitlines() or [""]
+        for index, line in enumerate(lines):
+            sep = " " if index == len(lines) - 1 else "-"
+            self.transcript.append(f"S: {code}{sep}{line}")
+
+    def stop(self, error: SessionError, detail: str) -> None:
+        self.values["error"] = error
+        self.values["detail"] = detail
+
+    def facts(self) -> SessionFacts:
+        return SessionFacts(**self.values, transcript=tuple(self.transcript))  # type: ignore[arg-type]
+
+
+async def probe_session(
+    ip: str,
+    port: int,
+    server_name: str,
+    *,
+    ehlo_name: str,
+    timeout: float,  # noqa: ASYNC109 - bounds each operation; the caller's deadline bounds the session
+) -> SessionFacts:
+    """Run one probing SMTP session; never raises for network trouble, records it instead.
+
+    ``timeout`` bounds each network operation (connect, each reply, the TLS handshake).
+    """
+    rec = _Recorder(ip, port, server_name)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+        except ConnectionRefusedError:
+            rec.stop(SessionError.REFUSED, "connection refused")
+            return rec.facts()
+        except TimeoutError:
+            rec.stop(SessionError.CONNECT_TIMEOUT, f"no TCP connection within {timeout:g} s")
+            return rec.facts()
+        except OSError as exc:
+            rec.stop(SessionError.UNREACHABLE, exc.strerror or str(exc))
+            return rec.facts()
+        rec.values["connect_s"] = rec.lap()
+        rec.values["reached"] = SessionStage.CONNECT
+        smtp = aiosmtplib.SMTP(
+            sock=sock, local_hostname=ehlo_name, timeout=timeout, start_tls=False, use_tls=False
+        )
+        try:
+            await _converse(smtp, rec, server_name)
+        finally:
+            await _quit(smtp, rec)
+    finally:
+        sock.close()
+    return rec.facts()
+
+
+async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str) -> None:
+    try:
+        greeting = await smtp.connect()
+    except aiosmtplib.SMTPConnectResponseError as exc:
+        rec.values["banner_s"] = rec.lap()
+        rec.values["greeting_code"], rec.values["greeting"] = exc.code, exc.message
+        rec.server(exc.code, exc.message)
+        rec.stop(SessionError.GREETING_REJECTED, f"{exc.code} {exc.message}")
+        return
+    except aiosmtplib.SMTPTimeoutError:
+        rec.stop(SessionError.BANNER_TIMEOUT, f"no greeting within {smtp.timeout:g} s")
+        return
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        rec.stop(SessionError.DISCONNECTED, f"before the greeting: {exc}")
+        return
+    rec.values["banner_s"] = rec.lap()
+    rec.values["greeting_code"], rec.values["greeting"] = greeting.code, greeting.message
+    rec.server(greeting.code, greeting.message)
+    rec.values["reached"] = SessionStage.BANNER
+
+    if not await _hello(smtp, rec, after_tls=False):
+        return
+    rec.values["reached"] = SessionStage.EHLO
+    if not smtp.supports_extension("starttls"):
+        rec.values["reached"] = SessionStage.DONE
+        return
+    rec.values["starttls_offered"] = True
+
+    rec.client("STARTTLS")
+    try:
+        reply = await smtp.starttls(server_hostname=server_name, tls_context=probe_context())
+    except aiosmtplib.SMTPResponseException as exc:
+        rec.values["tls_s"] = rec.lap()
+        rec.values["starttls_code"], rec.values["starttls_reply"] = exc.code, exc.message
+        rec.server(exc.code, exc.message)
+        rec.stop(SessionError.STARTTLS_REJECTED, f"{exc.code} {exc.message}")
+        return
+    except aiosmtplib.SMTPTimeoutError:
+        rec.stop(SessionError.TLS_FAILED, f"no STARTTLS reply or handshake within {smtp.timeout:g} s")
+        return
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        rec.stop(SessionError.TLS_FAILED, _tls_error_text(exc))
+        return
+    rec.values["tls_s"] = rec.lap()
+    rec.values["starttls_code"], rec.values["starttls_reply"] = reply.code, reply.message
+    rec.server(reply.code, reply.message)
+    ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+    if ssl_object is None:
+        rec.stop(SessionError.TLS_FAILED, "STARTTLS answered but no TLS session was established")
+        return
+    cipher = ssl_object.cipher()
+    rec.values["tls"] = TlsFacts(
+        version=ssl_object.version() or "",
+        cipher=cipher[0] if cipher else "",
+        server_name=server_name,
+        chain_der=_peer_chain(ssl_object),
+    )
+    rec.values["reached"] = SessionStage.STARTTLS
+    if await _hello(smtp, rec, after_tls=True):
+        rec.values["reached"] = SessionStage.DONE
+
+
+async def _hello(smtp: aiosmtplib.SMTP, rec: _Recorder, *, after_tls: bool) -> bool:
+    """EHLO, falling back to HELO before TLS (RFC 5321 §4.1.4); records the extensions."""
+    rec.client(f"EHLO {smtp.local_hostname}")
+    try:
+        reply = await smtp.ehlo()
+    except aiosmtplib.SMTPHeloError as exc:
+        rec.server(exc.code, exc.message)
+        if after_tls:
+            rec.stop(SessionError.EHLO_REJECTED, f"EHLO after STARTTLS: {exc.code} {exc.message}")
+            return False
+        rec.client(f"HELO {smtp.local_hostname}")
+        try:
+            reply = await smtp.helo()
+        except aiosmtplib.SMTPHeloError as helo_exc:
+            rec.server(helo_exc.code, helo_exc.message)
+            rec.values["ehlo_s"] = rec.lap()
+            rec.values["ehlo_code"] = helo_exc.code
+            rec.stop(SessionError.EHLO_REJECTED, f"{exc.code} {exc.message}; HELO: {helo_exc.code}")
+            return False
+        except (aiosmtplib.SMTPException, OSError) as helo_exc:
+            rec.stop(_stop_for(helo_exc), str(helo_exc))
+            return False
+        rec.values["helo_fallback"] = True
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        rec.stop(_stop_for(exc), str(exc))
+        return False
+    rec.server(reply.code, reply.message)
+    lines = tuple(line.strip() for line in reply.message.splitlines()[1:] if line.strip())
+    if after_tls:
+        rec.values["tls_extensions"] = lines
+    else:
+        rec.values["ehlo_s"] = rec.lap()
+        rec.values["ehlo_code"] = reply.code
+        rec.values["extensions"] = lines
+    return True
+
+
+async def _quit(smtp: aiosmtplib.SMTP, rec: _Recorder) -> None:
+    """Always say goodbye (security-cases.md PC-21), but never wait long for it."""
+    if smtp.is_connected:
+        rec.client("QUIT")
+        try:
+            async with asyncio.timeout(min(smtp.timeout or 5.0, 5.0)):
+                reply = await smtp.quit()
+            rec.server(reply.code, reply.message)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            smtp.close()
+
+
+def _stop_for(exc: BaseException) -> SessionError:
+    if isinstance(exc, TimeoutError):
+        return SessionError.TIMEOUT
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return SessionError.DISCONNECTED
+    return SessionError.PROTOCOL
+
+
+def _tls_error_text(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason or cause}"
+    return f"TLS handshake failed: {exc}"
+
+
+def _peer_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The certificates the server sent, leaf first, as DER.
+
+    The unverified chain is public API from Python 3.13 (``SSLObject.get_unverified_chain``); on 3.11 and
+    3.12 the same method exists on the private ``_sslobj``. Without either only the leaf can be read.
+    """
+    getter = getattr(ssl_object, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if getter is not None:
+        import _ssl  # the private module's DER constant, for the private method's return type
+
+        chain = getter() or []
+        return tuple(
+            cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER) for cert in chain
+        )
+    leaf = ssl_object.getpeercert(binary_form=True)
+    return (leaf,) if leaf else ()

@@ -1,0 +1,139 @@
+"""Check specs and the registry that validates them.
+
+A check is declared once, as a :class:`Check`: its id, the checks it needs, its time budget, the finding codes
+it may emit with their default severities, and an async ``run(ctx)``. The :class:`Registry` validates the whole
+set when it is built (unique ids, known and acyclic dependencies, well-formed codes) so that a broken
+registry fails at start-up and in the tests, never in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from diag.errors import RegistryError
+from diag.model import Finding, Severity
+
+if TYPE_CHECKING:
+    from diag.context import CheckContext
+
+__all__ = ["Check", "Outcome", "Registry"]
+
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_CODE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a check's ``run`` returns: the facts it observed and the findings judged from them."""
+
+    facts: Any
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The spec of one check.
+
+    Attributes:
+        id: short snake_case noun, unique in the registry (``mx``).
+        title: what it checks, for people (``MX records``).
+        run: ``async run(ctx) -> Outcome``; gathers facts through probes and judges them with a pure function.
+        codes: every finding code the check may emit, with its default severity.
+        requires: ids of checks whose facts this check reads; it runs after them, and is skipped if one of
+            them did not complete.
+        timeout: the check's own time budget in seconds.
+        tags: labels such as ``active`` (the check sends mail).
+    """
+
+    id: str
+    title: str
+    run: Callable[[CheckContext], Awaitable[Outcome]]
+    codes: Mapping[str, Severity]
+    requires: tuple[str, ...] = ()
+    timeout: float = 60.0
+    tags: frozenset[str] = field(default_factory=frozenset)
+
+    def finding(
+        self,
+        code: str,
+        subject: str,
+        message: str,
+        remediation: str = "",
+        *,
+        cloud_error: str | None = None,
+    ) -> Finding:
+        """A finding with the severity this check declares for ``code``."""
+        try:
+            severity = self.codes[code]
+        except KeyError:
+            raise RegistryError(f"check {self.id!r} emits undeclared finding code {code!r}") from None
+        return Finding(code, severity, subject, message, remediation, cloud_error)
+
+
+class Registry:
+    """A validated set of checks, in a dependency-respecting order."""
+
+    def __init__(self, checks: Iterable[Check]) -> None:
+        by_id: dict[str, Check] = {}
+        for check in checks:
+            if not _ID.match(check.id):
+                raise RegistryError(f"check id {check.id!r} is not a snake_case noun")
+            if check.id in by_id:
+                raise RegistryError(f"check id {check.id!r} is registered twice")
+            if check.timeout <= 0:
+                raise RegistryError(f"check {check.id!r} has a non-positive timeout")
+            for code in check.codes:
+                if not _CODE.match(code):
+                    raise RegistryError(f"check {check.id!r} declares malformed finding code {code!r}")
+            by_id[check.id] = check
+        owners: dict[str, str] = {}
+        for check in by_id.values():
+            for dep in check.requires:
+                if dep not in by_id:
+                    raise RegistryError(f"check {check.id!r} requires unknown check {dep!r}")
+            for code in check.codes:
+                if code in owners:
+                    raise RegistryError(f"finding code {code!r} is declared by {owners[code]!r} and {check.id!r}")
+                owners[code] = check.id
+        sorter = graphlib.TopologicalSorter({c.id: c.requires for c in by_id.values()})
+        try:
+            order = tuple(sorter.static_order())
+        except graphlib.CycleError as exc:
+            raise RegistryError(f"check dependencies form a cycle: {' -> '.join(exc.args[1])}") from None
+        self._checks = {check_id: by_id[check_id] for check_id in order}
+
+    def __iter__(self) -> Any:
+        return iter(self._checks.values())
+
+    def __len__(self) -> int:
+        return len(self._checks)
+
+    def __contains__(self, check_id: object) -> bool:
+        return check_id in self._checks
+
+    def __getitem__(self, check_id: str) -> Check:
+        return self._checks[check_id]
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(self._checks)
+
+    def select(self, ids: Sequence[str]) -> Registry:
+        """The named checks and everything they require; all checks when ``ids`` is empty."""
+        if not ids:
+            return self
+        unknown = [check_id for check_id in ids if check_id not in self._checks]
+        if unknown:
+            raise RegistryError(f"unknown check {unknown[0]!r}; known checks: {', '.join(self._checks)}")
+        wanted: set[str] = set()
+        stack = list(ids)
+        while stack:
+            check_id = stack.pop()
+            if check_id not in wanted:
+                wanted.add(check_id)
+                stack.extend(self._checks[check_id].requires)
+        return Registry(check for check in self if check.id in wanted)

@@ -1,0 +1,105 @@
+"""Async execution of the registry: dependency order, concurrency, time limits, errors turned into results.
+
+Every check of every domain becomes a task that waits for the checks it requires and then runs, so
+independent work (all domains, all checks without a path between them) overlaps. A check is bounded by its own
+budget and by the run's deadline. Whatever happens inside, the runner returns a result for every selected
+check of every domain: ``completed``, ``error`` (with a reason), ``timeout``, or ``skipped`` when a
+requirement did not complete. This module is the one place where exceptions become results (STYLE.md rule 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from diag.context import CheckContext, RunContext, RunOptions
+from diag.errors import ProbeError, RegistryError
+from diag.model import CheckResult, DomainReport, Report, Status
+from diag.registry import Check, Outcome, Registry
+
+__all__ = ["run_checks"]
+
+log = logging.getLogger(__name__)
+
+
+async def run_checks(domains: Sequence[str], registry: Registry, options: RunOptions) -> Report:
+    """Run every check of ``registry`` on every domain; never raises for what a check does."""
+    started_at = datetime.now(UTC)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.deadline
+    run = RunContext(options)
+    try:
+        reports = await asyncio.gather(*(_run_domain(domain, registry, run, deadline) for domain in domains))
+    finally:
+        await run.aclose()
+    return Report(started_at=started_at, finished_at=datetime.now(UTC), domains=tuple(reports))
+
+
+async def _run_domain(domain: str, registry: Registry, run: RunContext, deadline: float) -> DomainReport:
+    tasks: dict[str, asyncio.Task[CheckResult]] = {}
+    for check in registry:  # registry order is a topological order: requirements come first
+        requirements = [tasks[dep] for dep in check.requires]
+        tasks[check.id] = asyncio.create_task(
+            _run_check(check, domain, requirements, run, deadline), name=f"{domain}:{check.id}"
+        )
+    results = await asyncio.gather(*tasks.values())
+    return DomainReport(domain=domain, results=tuple(results))
+
+
+async def _run_check(
+    check: Check,
+    domain: str,
+    requirements: list[asyncio.Task[CheckResult]],
+    run: RunContext,
+    deadline: float,
+) -> CheckResult:
+    done = await asyncio.gather(*requirements)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    unmet = [result for result in done if result.status is not Status.COMPLETED]
+    if unmet:
+        first = unmet[0]
+        return CheckResult(
+            check.id, check.title, Status.SKIPPED,
+            reason=f"requires {first.check_id}, which ended {first.status.value}",
+            started=started, finished=started,
+        )  # fmt: skip
+    if started >= deadline:
+        return CheckResult(
+            check.id, check.title, Status.TIMEOUT, reason="run deadline reached before the check could start",
+            started=started, finished=started,
+        )  # fmt: skip
+    ends_by_deadline = started + check.timeout > deadline
+    context = CheckContext(domain, run, {result.check_id: result.facts for result in done})
+    try:
+        async with asyncio.timeout_at(min(started + check.timeout, deadline)):
+            outcome = await check.run(context)
+        if not isinstance(outcome, Outcome):
+            raise RegistryError(f"check {check.id!r} returned {type(outcome).__name__}, not Outcome")
+        for finding in outcome.findings:
+            if check.codes.get(finding.code) is not finding.severity:
+                raise RegistryError(f"check {check.id!r} emitted undeclared finding {finding.code!r}")
+    except ProbeError as exc:
+        # Before TimeoutError: a DNS timeout is a probe failure with its own reason (DnsTimeoutError).
+        return CheckResult(
+            check.id, check.title, Status.ERROR, reason=f"{exc.reason}: {exc}",
+            started=started, finished=loop.time(),
+        )  # fmt: skip
+    except TimeoutError:
+        reason = "run deadline reached" if ends_by_deadline else f"check exceeded its {check.timeout:g} s budget"
+        return CheckResult(
+            check.id, check.title, Status.TIMEOUT, reason=reason, started=started, finished=loop.time()
+        )
+    except Exception as exc:
+        # A bug in a check must not take the run down; it is reported as an error with its cause.
+        log.debug("check %s on %s crashed", check.id, domain, exc_info=True)
+        return CheckResult(
+            check.id, check.title, Status.ERROR, reason=f"internal: {type(exc).__name__}: {exc}",
+            started=started, finished=loop.time(),
+        )  # fmt: skip
+    return CheckResult(
+        check.id, check.title, Status.COMPLETED, facts=outcome.facts, findings=outcome.findings,
+        started=started, finished=loop.time(),
+    )  # fmt: skip

@@ -1,0 +1,86 @@
+"""The registry's own rules: unique ids, known and acyclic dependencies, declared codes, every module listed."""
+
+from __future__ import annotations
+
+import pkgutil
+
+import pytest
+
+import checks
+from checks import MODULES, default_registry
+from diag.errors import RegistryError
+from diag.model import Severity
+from diag.registry import Check, Outcome, Registry
+
+
+async def _noop(ctx: object) -> Outcome:
+    return Outcome(None, ())
+
+
+def spec(check_id: str, *requires: str, codes: dict[str, Severity] | None = None) -> Check:
+    return Check(check_id, check_id.title(), _noop, codes or {}, requires=requires)
+
+
+def test_dependencies_come_before_dependents() -> None:
+    registry = Registry([spec("c", "b"), spec("b", "a"), spec("a")])
+    assert registry.ids.index("a") < registry.ids.index("b") < registry.ids.index("c")
+
+
+def test_duplicate_ids_are_refused() -> None:
+    with pytest.raises(RegistryError, match="registered twice"):
+        Registry([spec("a"), spec("a")])
+
+
+def test_unknown_dependency_is_refused() -> None:
+    with pytest.raises(RegistryError, match="unknown check 'nope'"):
+        Registry([spec("a", "nope")])
+
+
+def test_cycles_are_refused() -> None:
+    with pytest.raises(RegistryError, match="cycle"):
+        Registry([spec("a", "c"), spec("b", "a"), spec("c", "b")])
+
+
+@pytest.mark.parametrize("bad_id", ["MX", "port-25", "1st", ""])
+def test_ids_are_snake_case_nouns(bad_id: str) -> None:
+    with pytest.raises(RegistryError, match="snake_case"):
+        Registry([spec(bad_id)])
+
+
+def test_codes_are_well_formed_and_owned_once() -> None:
+    with pytest.raises(RegistryError, match="malformed"):
+        Registry([spec("a", codes={"lowercase_code": Severity.INFO})])
+    with pytest.raises(RegistryError, match="declared by 'a' and 'b'"):
+        Registry([spec("a", codes={"X_OK": Severity.INFO}), spec("b", codes={"X_OK": Severity.INFO})])
+
+
+def test_finding_takes_the_declared_severity_and_refuses_undeclared_codes() -> None:
+    check = spec("a", codes={"A_BAD": Severity.ERROR})
+    assert check.finding("A_BAD", "host", "msg").severity is Severity.ERROR
+    with pytest.raises(RegistryError, match="undeclared"):
+        check.finding("A_OTHER", "host", "msg")
+
+
+def test_select_pulls_in_requirements() -> None:
+    registry = Registry([spec("a"), spec("b", "a"), spec("c", "b"), spec("d")])
+    assert set(registry.select(["c"]).ids) == {"a", "b", "c"}
+    assert registry.select([]) is registry
+    with pytest.raises(RegistryError, match="unknown check"):
+        registry.select(["zzz"])
+
+
+def test_every_check_module_is_registered() -> None:
+    on_disk = {info.name for info in pkgutil.iter_modules(checks.__path__)}
+    assert on_disk == set(MODULES)
+    registry = default_registry()
+    for name in MODULES:
+        module = __import__(f"checks.{name}", fromlist=["CHECK"])
+        assert registry[module.CHECK.id] is module.CHECK
+
+
+def test_shipped_checks_declare_positive_codes() -> None:
+    # CONTRACT.md: a check that finds nothing wrong says so with its *_OK code, severity info.
+    for check in default_registry():
+        ok_codes = [code for code in check.codes if code.endswith("_OK")]
+        assert ok_codes, check.id
+        assert all(check.codes[code] is Severity.INFO for code in ok_codes)

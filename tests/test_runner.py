@@ -1,0 +1,135 @@
+"""The runner: dependency order, concurrency, time limits, and every failure turned into a result."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from diag.context import CheckContext, RunOptions
+from diag.errors import DnsError, DnsTimeoutError
+from diag.model import Severity, Status
+from diag.registry import Check, Outcome, Registry
+from diag.runner import run_checks
+
+OPTIONS = RunOptions(deadline=30.0)
+
+
+def make(check_id: str, run, *requires: str, timeout: float = 10.0, codes=None) -> Check:  # type: ignore[no-untyped-def]
+    return Check(check_id, check_id, run, codes or {}, requires=requires, timeout=timeout)
+
+
+async def ok(ctx: CheckContext) -> Outcome:
+    return Outcome({"domain": ctx.domain}, ())
+
+
+async def crash(ctx: CheckContext) -> Outcome:
+    raise RuntimeError("boom")
+
+
+async def hang(ctx: CheckContext) -> Outcome:
+    await asyncio.sleep(3600)
+    raise AssertionError("unreachable")
+
+
+async def one_second(ctx: CheckContext) -> Outcome:
+    await asyncio.sleep(1.0)
+    return Outcome(None, ())
+
+
+def run(registry: Registry, domains: tuple[str, ...] = ("example.com",), options: RunOptions = OPTIONS):  # type: ignore[no-untyped-def]
+    return asyncio.run(run_checks(domains, registry, options))
+
+
+def test_dependents_see_their_requirements_facts() -> None:
+    seen = {}
+
+    async def reader(ctx: CheckContext) -> Outcome:
+        seen.update(ctx.facts("first", dict))
+        return Outcome(None, ())
+
+    report = run(Registry([make("first", ok), make("second", reader, "first")]))
+    assert [r.status for r in report.domains[0].results] == [Status.COMPLETED, Status.COMPLETED]
+    assert seen == {"domain": "example.com"}
+
+
+def test_a_crash_becomes_an_error_with_its_reason() -> None:
+    report = run(Registry([make("bad", crash)]))
+    result = report.domains[0].result("bad")
+    assert result.status is Status.ERROR
+    assert result.reason == "internal: RuntimeError: boom"
+    assert result.findings == ()
+    assert report.exit_code == 3
+
+
+def test_probe_errors_carry_their_category() -> None:
+    async def servfail(ctx: CheckContext) -> Outcome:
+        raise DnsError("SERVFAIL from 192.0.2.53")
+
+    async def dns_timeout(ctx: CheckContext) -> Outcome:
+        raise DnsTimeoutError("no answer within 5 s")
+
+    report = run(Registry([make("a", servfail), make("b", dns_timeout)]))
+    a, b = report.domains[0].results
+    assert (a.status, a.reason) == (Status.ERROR, "dns: SERVFAIL from 192.0.2.53")
+    # A DNS timeout is a DNS failure of the check, not the check running out of time.
+    assert (b.status, b.reason) == (Status.ERROR, "dns: no answer within 5 s")
+
+
+def test_skips_propagate_down_the_graph() -> None:
+    registry = Registry([make("root", crash), make("child", ok, "root"), make("grandchild", ok, "child"),
+                         make("other", ok)])  # fmt: skip
+    results = {r.check_id: r for r in run(registry).domains[0].results}
+    assert results["root"].status is Status.ERROR
+    assert results["child"].status is Status.SKIPPED
+    assert results["child"].reason == "requires root, which ended error"
+    assert results["grandchild"].status is Status.SKIPPED
+    assert results["grandchild"].reason == "requires child, which ended skipped"
+    assert results["other"].status is Status.COMPLETED
+
+
+def test_a_check_over_its_budget_times_out() -> None:
+    report = run(Registry([make("slow", hang, timeout=0.2), make("after", ok, "slow")]))
+    slow, after = report.domains[0].results
+    assert (slow.status, slow.reason) == (Status.TIMEOUT, "check exceeded its 0.2 s budget")
+    assert after.status is Status.SKIPPED
+
+
+def test_the_run_deadline_stops_everything() -> None:
+    report = run(Registry([make("slow", hang, timeout=60)]), options=replace(OPTIONS, deadline=1.0))
+    result = report.domains[0].result("slow")
+    assert (result.status, result.reason) == (Status.TIMEOUT, "run deadline reached")
+
+
+def test_independent_checks_overlap() -> None:
+    registry = Registry([make("a", one_second), make("b", one_second), make("c", one_second, "a")])
+    results = {r.check_id: r for r in run(registry).domains[0].results}
+    a, b, c = results["a"], results["b"], results["c"]
+    # Independent checks ran at the same time: each started before the other finished.
+    assert a.started < b.finished and b.started < a.finished
+    # A dependent started only after its requirement finished.
+    assert c.started >= a.finished
+
+
+def test_domains_run_concurrently() -> None:
+    report = run(Registry([make("a", one_second)]), domains=("one.example", "two.example"))
+    one, two = (d.results[0] for d in report.domains)
+    assert one.started < two.finished and two.started < one.finished
+
+
+def test_undeclared_findings_are_refused() -> None:
+    async def rogue(ctx: CheckContext) -> Outcome:
+        from diag.model import Finding
+
+        return Outcome(None, (Finding("NOT_MINE", Severity.INFO, "x", "y"),))
+
+    result = run(Registry([make("rogue", rogue)])).domains[0].result("rogue")
+    assert result.status is Status.ERROR
+    assert "undeclared finding 'NOT_MINE'" in (result.reason or "")
+
+
+def test_a_run_returns_a_result_for_every_check_and_domain() -> None:
+    registry = Registry([make("a", ok), make("b", crash), make("c", hang, "a", timeout=0.1), make("d", ok, "b")])
+    report = run(registry, domains=("one.example", "two.example"))
+    assert [d.domain for d in report.domains] == ["one.example", "two.example"]
+    for domain in report.domains:
+        assert [r.check_id for r in domain.results] == list(registry.ids)
