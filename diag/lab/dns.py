@@ -1,0 +1,588 @@
+"""The embedded lab's authoritative DNS server, on loopback, over UDP and TCP.
+
+Zones are built from data (:class:`ZoneData`) and served by :class:`DnsServer` with dnspython's wire
+format, so that real resolvers (dnspython's stub resolver in particular) see a real authoritative server::
+
+    data = ZoneData()
+    data.add_zone("contoso.com")
+    data.add("contoso.com", "MX", "0 contoso-com.mail.protection.outlook.com.")
+    server = DnsServer(data)
+    port = await server.start("127.0.53.1")
+    ...
+    await server.close()
+
+The server reads the data at query time: records and behaviours changed after :meth:`DnsServer.start`
+take effect on the next query.
+
+Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choices:
+
+* Responses are minimal: no NS records in the authority section of positive answers and no additional
+  section processing (no glue for MX targets). Negative answers carry the zone SOA (RFC 2308).
+* A CNAME chain is followed through every zone this server holds, for at most ``MAX_CHAIN`` CNAMEs; a
+  loop or an overlong chain ends the answer with the CNAMEs collected so far (NOERROR). A chain leaving
+  the served zones ends likewise, as a real authoritative server would.
+* A behaviour (:class:`Behaviour`) also applies when a CNAME chain reaches a name under it: the client
+  then sees what a recursive resolver would show it (SERVFAIL, or no answer at all).
+* Query type ANY is answered with every rrset at the name (RFC 8482 allows this or a minimal answer;
+  the full answer is more useful in a lab and deterministic). Zone transfers (AXFR, IXFR) are REFUSED,
+  other meta-queries get NOTIMP, classes other than IN are REFUSED.
+* No wildcard synthesis, no delegations (an NS rrset below an apex is served as plain data: serve a
+  child zone with :meth:`ZoneData.add_zone` instead), no DNSSEC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import cast
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
+import dns.rdtypes.ANY.SOA
+import dns.rdtypes.ANY.SPF
+import dns.rdtypes.ANY.TXT
+import dns.rrset
+
+from diag.errors import LabError
+
+__all__ = [
+    "DEFAULT_TTL",
+    "MAX_CHAIN",
+    "Behaviour",
+    "DnsServer",
+    "Transport",
+    "ZoneData",
+]
+
+DEFAULT_TTL = 300
+"""TTL of records added without one, and of the synthesized SOA and NS rrsets."""
+
+MAX_CHAIN = 16
+"""Most CNAMEs followed in one answer."""
+
+_NEGATIVE_TTL = 60  # SOA MINIMUM of synthesized SOAs: the negative-caching TTL (RFC 2308 §4)
+_MAX_TTL = 2**31 - 1  # RFC 2181 §8
+_HEADER_LEN = 12  # RFC 1035 §4.1.1
+_PLAIN_UDP_LIMIT = 512  # RFC 1035 §4.2.1
+_MAX_UDP_PAYLOAD = 4096  # cap on the client's EDNS payload size, also advertised (RFC 6891 §6.2.5)
+_MAX_TCP_MESSAGE = 65535  # RFC 7766 §8: two-byte length prefix
+_TXT_CHUNK = 255  # RFC 1035 §3.3: a <character-string> holds at most 255 octets
+_OPCODE_MASK = 0x7800  # RFC 1035 §4.1.1: the four opcode bits of the header flags
+_BIND_ATTEMPTS = 32
+_START_TIMEOUT = 5.0
+_CLOSE_TIMEOUT = 2.0
+# RFC 4035 §2.5 lets DNSSEC records sit beside a CNAME; nothing else may (RFC 1034 §3.6.2, RFC 2181 §10.1).
+_CNAME_COMPANIONS = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.NSEC})
+_TEXT_TYPES = frozenset({dns.rdatatype.TXT, dns.rdatatype.SPF})
+_TRANSFER_TYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+
+
+class Behaviour(enum.StrEnum):
+    """How the server treats queries at or below a name."""
+
+    ANSWER = "answer"
+    """Normal authoritative answers."""
+    SERVFAIL = "servfail"
+    """Answer every query at or below the name with SERVFAIL."""
+    DROP = "drop"
+    """Never answer queries at or below the name (a resolver times out)."""
+
+
+class Transport(enum.StrEnum):
+    """The transport a query came in on; the keys of :attr:`DnsServer.queries`."""
+
+    UDP = "udp"
+    TCP = "tcp"
+
+
+def _parse_name(text: str) -> dns.name.Name:
+    """Parse an absolute or relative-to-root name in A-label form, or raise ValueError."""
+    if not text.isascii():
+        raise ValueError(f"{text!r}: give internationalized names in A-label (xn--) form")
+    try:
+        return dns.name.from_text(text, origin=dns.name.root)
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"{text!r} is not a valid domain name: {exc}") from exc
+
+
+def _ancestors(name: dns.name.Name) -> Iterator[dns.name.Name]:
+    """Yield *name* (absolute) and each of its parents up to and including the root."""
+    while True:
+        yield name
+        if name == dns.name.root:
+            return
+        name = name.parent()
+
+
+def _prefixed(label: str, apex: dns.name.Name) -> dns.name.Name:
+    """``label.apex``, or the apex itself when the longer name would be too long."""
+    try:
+        return dns.name.Name((label,)).concatenate(apex)
+    except dns.name.NameTooLong:
+        return apex
+
+
+def _text_rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:
+    """A TXT or SPF rdata holding *text* literally, split into <character-string>s of 255 octets."""
+    raw = text.encode()
+    chunks = [raw[i : i + _TXT_CHUNK] for i in range(0, len(raw), _TXT_CHUNK)] or [b""]
+    if rdtype == dns.rdatatype.SPF:
+        return dns.rdtypes.ANY.SPF.SPF(dns.rdataclass.IN, rdtype, chunks)
+    return dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, rdtype, chunks)
+
+
+def _parse_rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:
+    """Parse one rdata from presentation format (TXT/SPF: literal unless quoted), or raise ValueError."""
+    if rdtype in _TEXT_TYPES and not text.lstrip().startswith('"'):
+        return _text_rdata(rdtype, text)
+    if rdtype not in _TEXT_TYPES and not text.isascii():
+        raise ValueError(f"{text!r}: give internationalized names in A-label (xn--) form")
+    try:
+        # relativize=False: names without a trailing dot are relative to the root, like owner names.
+        return dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=dns.name.root, relativize=False)
+    except (dns.exception.DNSException, ValueError, TypeError) as exc:
+        raise ValueError(f"invalid {dns.rdatatype.to_text(rdtype)} rdata {text!r}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """The result of looking a question up in the data."""
+
+    behaviour: Behaviour = Behaviour.ANSWER
+    rcode: dns.rcode.Rcode = dns.rcode.NOERROR
+    authoritative: bool = True
+    answer: tuple[dns.rrset.RRset, ...] = ()
+    authority: tuple[dns.rrset.RRset, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What to send back for one received message."""
+
+    wire: bytes | None = None
+    """The reply, or None to send nothing."""
+    keep_open: bool = True
+    """False when the input was not a well-formed query: a TCP connection is then closed."""
+
+
+class ZoneData:
+    """Authoritative zones and their records, built from data.
+
+    Names are absolute or relative-to-root text, compared case-insensitively; internationalized names are
+    given in A-label form. Rdatas are in zone-file presentation format, names in them relative to the root.
+    TXT and SPF rdatas are taken literally (one string, split into 255-octet character-strings) unless they
+    start with a double quote, in which case they are parsed as presentation format (``'"a" "b"'``).
+    """
+
+    __slots__ = ("_apexes", "_behaviours", "_existing", "_nodes")
+
+    def __init__(self) -> None:
+        """Start with no zones."""
+        self._apexes: set[dns.name.Name] = set()
+        self._nodes: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
+        # Apexes and names with data, and all their ancestors: the names that exist (RFC 8020: an empty
+        # non-terminal exists, so it gets NODATA, not NXDOMAIN). Ancestors above every apex are never
+        # looked up, and keeping them means adding a parent zone later needs no bookkeeping.
+        self._existing: set[dns.name.Name] = set()
+        self._behaviours: dict[dns.name.Name, Behaviour] = {}
+
+    def add_zone(self, apex: str) -> None:
+        """Serve *apex* authoritatively, with a synthesized SOA and NS rrset. Adding it again does nothing.
+
+        Raises ValueError if the name is invalid or holds a CNAME.
+        """
+        name = _parse_name(apex)
+        if name in self._apexes:
+            return
+        node = self._nodes.setdefault(name, {})
+        if dns.rdatatype.CNAME in node:
+            raise ValueError(f"{name}: a zone apex cannot hold a CNAME (RFC 1034 §3.6.2)")
+        ns_name = _prefixed("ns1", name)
+        soa = f"{ns_name} {_prefixed('hostmaster', name)} 1 3600 600 86400 {_NEGATIVE_TTL}"
+        node[dns.rdatatype.SOA] = dns.rrset.from_text(
+            name, DEFAULT_TTL, dns.rdataclass.IN, dns.rdatatype.SOA, soa
+        )
+        ns = dns.rrset.from_text(name, DEFAULT_TTL, dns.rdataclass.IN, dns.rdatatype.NS, ns_name.to_text())
+        for rdata in node.get(dns.rdatatype.NS, ()):
+            ns.add(rdata)
+        node[dns.rdatatype.NS] = ns
+        self._apexes.add(name)
+        self._existing.update(_ancestors(name))
+
+    def add(self, name: str, rdtype: str, *rdatas: str, ttl: int = DEFAULT_TTL) -> None:
+        """Add records of type *rdtype* at *name*, e.g. ``add("contoso.com", "MX", "0 mx.contoso.com.")``.
+
+        Records of the same name and type form one rrset, whose TTL is the smallest given. An SOA added at
+        an apex replaces the synthesized one; NS records at an apex join the synthesized ``ns1`` record.
+
+        Raises ValueError if the name is not under an added zone apex, if the type, an rdata or the TTL is
+        invalid, or if a CNAME would coexist with other data at the name (RFC 1034 §3.6.2).
+        """
+        owner = _parse_name(name)
+        apex = self._zone_of(owner)
+        if apex is None:
+            raise ValueError(f"{owner} is not under any zone apex; call add_zone() first")
+        try:
+            rtype = dns.rdatatype.RdataType.make(rdtype)
+        except (dns.exception.DNSException, ValueError) as exc:
+            raise ValueError(f"unknown record type {rdtype!r}") from exc
+        if rtype == dns.rdatatype.NONE or dns.rdatatype.is_metatype(rtype):
+            raise ValueError(f"{rdtype!r} is a meta type, not a record type")
+        if not rdatas:
+            raise ValueError("give at least one rdata")
+        if isinstance(ttl, bool) or not 0 <= ttl <= _MAX_TTL:
+            raise ValueError(f"TTL {ttl!r} is not in 0..{_MAX_TTL} (RFC 2181 §8)")
+        parsed = [_parse_rdata(rtype, text) for text in rdatas]
+        node = self._nodes.get(owner, {})
+        self._check_coexistence(owner, apex, rtype, parsed, node)
+
+        rrset = node.get(rtype)
+        if rrset is None or rtype == dns.rdatatype.SOA:
+            rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, rtype)
+        for rdata in parsed:
+            rrset.add(rdata, ttl)
+        node[rtype] = rrset
+        self._nodes[owner] = node
+        self._existing.update(_ancestors(owner))
+
+    def set_behaviour(self, name: str, behaviour: Behaviour) -> None:
+        """Apply *behaviour* to queries at or below *name*; the most specific name set wins.
+
+        The name need not be under a zone. Raises ValueError if the name is invalid.
+        """
+        self._behaviours[_parse_name(name)] = Behaviour(behaviour)
+
+    @staticmethod
+    def _check_coexistence(
+        owner: dns.name.Name,
+        apex: dns.name.Name,
+        rtype: dns.rdatatype.RdataType,
+        parsed: list[dns.rdata.Rdata],
+        node: dict[dns.rdatatype.RdataType, dns.rrset.RRset],
+    ) -> None:
+        """Raise ValueError if adding *parsed* to *node* breaks the CNAME or SOA rules."""
+        if rtype == dns.rdatatype.SOA:
+            if owner != apex:
+                raise ValueError(f"{owner}: an SOA record belongs at a zone apex only")
+            if len(parsed) != 1:
+                raise ValueError(f"{owner}: a zone has exactly one SOA record")
+        if rtype == dns.rdatatype.CNAME:
+            others = [t for t in node if t != dns.rdatatype.CNAME and t not in _CNAME_COMPANIONS]
+            if others:
+                kinds = ", ".join(sorted(dns.rdatatype.to_text(t) for t in others))
+                raise ValueError(
+                    f"{owner} has {kinds} data: a CNAME cannot coexist with it (RFC 1034 §3.6.2)"
+                )
+            targets = set(parsed) | set(node.get(dns.rdatatype.CNAME, ()))
+            if len(targets) > 1:
+                raise ValueError(f"{owner}: a name holds at most one CNAME record (RFC 1034 §3.6.2)")
+        elif rtype not in _CNAME_COMPANIONS and dns.rdatatype.CNAME in node:
+            raise ValueError(f"{owner} holds a CNAME: no other data may coexist with it (RFC 1034 §3.6.2)")
+
+    def _zone_of(self, name: dns.name.Name) -> dns.name.Name | None:
+        """The most specific apex at or above *name*, or None."""
+        for ancestor in _ancestors(name):
+            if ancestor in self._apexes:
+                return ancestor
+        return None
+
+    def _behaviour_at(self, name: dns.name.Name) -> Behaviour:
+        """The behaviour of the most specific name set at or above *name*."""
+        for ancestor in _ancestors(name):
+            behaviour = self._behaviours.get(ancestor)
+            if behaviour is not None:
+                return behaviour
+        return Behaviour.ANSWER
+
+    def _negative_soa(self, apex: dns.name.Name) -> dns.rrset.RRset:
+        """The zone's SOA for a negative answer, its TTL lowered to the SOA MINIMUM (RFC 2308 §3)."""
+        soa = self._nodes[apex][dns.rdatatype.SOA]
+        rdata = cast(dns.rdtypes.ANY.SOA.SOA, soa[0])
+        return dns.rrset.from_rdata(apex, min(soa.ttl, rdata.minimum), rdata)
+
+    def _resolve(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> _Outcome:
+        """Answer *qname*/*qtype* (class IN) like an authoritative server (RFC 1034 §4.3.2)."""
+        answer: list[dns.rrset.RRset] = []
+        seen: set[dns.name.Name] = set()
+        name = qname
+        while True:
+            behaviour = self._behaviour_at(name)
+            if behaviour != Behaviour.ANSWER:
+                return _Outcome(behaviour=behaviour, rcode=dns.rcode.SERVFAIL, authoritative=False)
+            apex = self._zone_of(name)
+            if apex is None:
+                if not answer:
+                    return _Outcome(rcode=dns.rcode.REFUSED, authoritative=False)
+                # The chain left our authority: the client follows it elsewhere (§4.3.2 step 3.a).
+                return _Outcome(answer=tuple(answer))
+            node = self._nodes.get(name)
+            if node is None and name not in self._existing:
+                # RFC 6604: with a CNAME chain, the rcode describes the last name.
+                return _Outcome(
+                    rcode=dns.rcode.NXDOMAIN, answer=tuple(answer), authority=(self._negative_soa(apex),)
+                )
+            node = node or {}
+            if qtype == dns.rdatatype.ANY and node:
+                return _Outcome(answer=(*answer, *sorted(node.values(), key=lambda r: r.rdtype)))
+            rrset = node.get(qtype)
+            if rrset is not None:
+                return _Outcome(answer=(*answer, rrset))
+            cname = node.get(dns.rdatatype.CNAME)
+            if cname is None:
+                return _Outcome(answer=tuple(answer), authority=(self._negative_soa(apex),))  # NODATA
+            answer.append(cname)
+            seen.add(name)
+            name = cast(dns.rdtypes.ANY.CNAME.CNAME, cname[0]).target
+            if name in seen or len(answer) >= MAX_CHAIN:
+                return _Outcome(answer=tuple(answer))
+
+
+def _header_only(wire: bytes, rcode: dns.rcode.Rcode) -> bytes:
+    """A reply of just a header echoing the id, opcode and RD of *wire*, for messages we cannot parse."""
+    flags = int.from_bytes(wire[2:4], "big")
+    reply = dns.message.Message(id=int.from_bytes(wire[0:2], "big"))
+    # RFC 1035 §4.1.1: the opcode is copied into the response; dnspython clients check it matches.
+    reply.flags = dns.flags.QR | (flags & (_OPCODE_MASK | dns.flags.RD))
+    reply.set_rcode(rcode)
+    return reply.to_wire()
+
+
+def _udp_limit(query: dns.message.Message) -> int:
+    """The largest UDP reply *query*'s sender accepts."""
+    if query.edns < 0:
+        return _PLAIN_UDP_LIMIT
+    # RFC 6891 §6.2.5: payload sizes below 512 are treated as 512.
+    return max(_PLAIN_UDP_LIMIT, min(query.payload, _MAX_UDP_PAYLOAD))
+
+
+def _render(response: dns.message.Message, limit: int) -> bytes:
+    """Render *response* in at most *limit* octets, else truncate it to its question with TC set."""
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        # RFC 1035 §4.2.1 / RFC 2181 §9: the client retries over TCP (RFC 7766 §5) on TC.
+        response.answer = []
+        response.authority = []
+        response.additional = []
+        response.flags |= dns.flags.TC
+        return response.to_wire(max_size=limit)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    """Answers each datagram in place: lookups are in-memory, so there is nothing to wait for."""
+
+    __slots__ = ("_handle", "_transport")
+
+    def __init__(self, handle: Callable[[bytes, Transport], _Reply]) -> None:
+        self._handle = handle
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        reply = self._handle(data, Transport.UDP)
+        if reply.wire is not None and self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(reply.wire, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from clients that went away before our reply: nothing to do.
+        pass
+
+
+class DnsServer:
+    """An authoritative DNS server for a :class:`ZoneData`, on UDP and TCP on one port.
+
+    ``queries`` counts the messages received per transport (``"udp"``, ``"tcp"``), for tests.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_data",
+        "_log",
+        "_max_tcp_clients",
+        "_port",
+        "_tcp_clients",
+        "_tcp_idle_timeout",
+        "_tcp_server",
+        "_udp",
+        "queries",
+    )
+
+    def __init__(self, data: ZoneData, *, tcp_idle_timeout: float = 10.0, max_tcp_clients: int = 64) -> None:
+        """Serve *data*; TCP clients idle for *tcp_idle_timeout* seconds are closed (RFC 7766 §6.2.3)."""
+        if tcp_idle_timeout <= 0:
+            raise ValueError("tcp_idle_timeout must be positive")
+        if max_tcp_clients < 1:
+            raise ValueError("max_tcp_clients must be at least 1")
+        self._data = data
+        self._tcp_idle_timeout = tcp_idle_timeout
+        self._max_tcp_clients = max_tcp_clients
+        self._log = logging.getLogger(__name__)
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._tcp_clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._port = 0
+        self._closing = False
+        self.queries: collections.Counter[str] = collections.Counter()
+
+    @property
+    def port(self) -> int:
+        """The UDP and TCP port the server listens on; 0 before :meth:`start`."""
+        return self._port
+
+    async def start(self, host: str, port: int = 0) -> int:
+        """Listen on *host* (an IP address), UDP and TCP on the same *port*; 0 picks a port free for both.
+
+        Returns the port. Raises LabError if the sockets cannot be bound.
+        """
+        if self._udp is not None or self._closing:
+            raise RuntimeError("a DnsServer starts once")
+        loop = asyncio.get_running_loop()
+        last_error: OSError | None = None
+        for _ in range(_BIND_ATTEMPTS if port == 0 else 1):
+            udp: asyncio.DatagramTransport | None = None
+            try:
+                async with asyncio.timeout(_START_TIMEOUT):  # binding is local: this only guards the bound
+                    udp, _protocol = await loop.create_datagram_endpoint(
+                        lambda: _UdpProtocol(self._handle), local_addr=(host, port)
+                    )
+                    bound = int(udp.get_extra_info("sockname")[1])
+                    self._tcp_server = await asyncio.start_server(self._serve_tcp, host, bound)
+            except OSError as exc:  # TimeoutError included
+                if udp is not None:
+                    udp.close()
+                last_error = exc
+                # The kernel's free UDP port may be taken for TCP: try another one.
+                if udp is not None and port == 0 and exc.errno == errno.EADDRINUSE:
+                    continue
+                break
+            self._udp = udp
+            self._port = bound
+            return bound
+        raise LabError(f"cannot bind the DNS server to {host}:{port}: {last_error}") from last_error
+
+    async def close(self) -> None:
+        """Close the sockets and abort open TCP clients; returns within a few seconds at most."""
+        self._closing = True
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for writer in list(self._tcp_clients.values()):
+            writer.transport.abort()
+        tasks = list(self._tcp_clients)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=_CLOSE_TIMEOUT)
+        if self._tcp_server is not None:
+            try:
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await self._tcp_server.wait_closed()
+            except TimeoutError:
+                self._log.debug("DNS TCP server did not report closed in time")
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer length-framed queries on one connection until EOF, idleness or garbage (RFC 7766)."""
+        task = asyncio.current_task()
+        if self._closing or task is None or len(self._tcp_clients) >= self._max_tcp_clients:
+            writer.transport.abort()
+            return
+        self._tcp_clients[task] = writer
+        try:
+            while True:
+                # One bound covers waiting for the next query and reading it: RFC 7766 §6.2.3 idle
+                # timeout, and no client can hold a slot by trickling a message in.
+                async with asyncio.timeout(self._tcp_idle_timeout):
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                    wire = await reader.readexactly(length)
+                reply = self._handle(wire, Transport.TCP)
+                if reply.wire is not None:
+                    writer.write(len(reply.wire).to_bytes(2, "big") + reply.wire)
+                    async with asyncio.timeout(self._tcp_idle_timeout):
+                        await writer.drain()
+                if not reply.keep_open:
+                    break
+        except (asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass  # client went away, stalled or was aborted by close()
+        except asyncio.CancelledError:
+            # Only close() cancels this task, after aborting it; ending normally keeps asyncio's
+            # client_connected_cb bookkeeping from reporting the cancellation as an error.
+            pass
+        except Exception:
+            self._log.exception("DNS TCP client handler failed")
+        finally:
+            writer.transport.abort()
+            del self._tcp_clients[task]
+
+    def _handle(self, wire: bytes, transport: Transport) -> _Reply:
+        """Count and answer one received message; never raises."""
+        self.queries[transport.value] += 1
+        try:
+            return self._answer(wire, transport)
+        except Exception:
+            self._log.exception("DNS server failed on a %d-octet message", len(wire))
+            return _Reply(keep_open=False)
+
+    def _answer(self, wire: bytes, transport: Transport) -> _Reply:
+        """The reply to one received message."""
+        if len(wire) < _HEADER_LEN:
+            return _Reply(keep_open=False)
+        flags = int.from_bytes(wire[2:4], "big")
+        if flags & dns.flags.QR:
+            # Never answer a response: that is how reflection loops between servers start.
+            return _Reply(keep_open=False)
+        if dns.opcode.from_flags(flags) != dns.opcode.QUERY:
+            return _Reply(_header_only(wire, dns.rcode.NOTIMP))
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.message.UnknownTSIGKey:
+            # RFC 8945 §5.2.2: a key we do not know.
+            return _Reply(_header_only(wire, dns.rcode.NOTAUTH))
+        except Exception:
+            return _Reply(_header_only(wire, dns.rcode.FORMERR), keep_open=False)
+
+        limit = _MAX_TCP_MESSAGE if transport == Transport.TCP else _udp_limit(query)
+        response = dns.message.make_response(query, our_payload=_MAX_UDP_PAYLOAD)
+        if len(query.question) != 1:
+            response.question = []
+            response.set_rcode(dns.rcode.FORMERR)
+            return _Reply(_render(response, limit))
+        if query.edns > 0:
+            response.set_rcode(dns.rcode.BADVERS)  # RFC 6891 §6.1.3: we speak EDNS version 0 only
+            return _Reply(_render(response, limit))
+
+        question = query.question[0]
+        qtype = question.rdtype
+        if question.rdclass != dns.rdataclass.IN or qtype in _TRANSFER_TYPES:
+            response.set_rcode(dns.rcode.REFUSED)
+            return _Reply(_render(response, limit))
+        if qtype != dns.rdatatype.ANY and dns.rdatatype.is_metatype(qtype):
+            response.set_rcode(dns.rcode.NOTIMP)
+            return _Reply(_render(response, limit))
+
+        outcome = self._data._resolve(question.name, qtype)
+        if outcome.behaviour == Behaviour.DROP:
+            return _Reply()
+        response.set_rcode(outcome.rcode)
+        if outcome.authoritative:
+            response.flags |= dns.flags.AA
+        response.answer = list(outcome.answer)
+        response.authority = list(outcome.authority)
+        return _Reply(_render(response, limit))

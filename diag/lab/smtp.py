@@ -1,0 +1,498 @@
+"""SMTP hosts of the embedded lab: small loopback servers that behave like real mail hosts, defects included.
+
+Each host listens on its own 127.x.y.z address; all hosts of a lab share one port. The defects are real on
+the wire, because the probes of diag are tested against them: a tarpit never sends a byte, a host configured
+with a leaf-only chain sends only its leaf, a host with a 554 greeting refuses every command.
+
+    HostKind.MAIL      aiosmtpd, STARTTLS when ``tls`` is set, mail for ``domains`` stored in a Maildir
+    HostKind.TARPIT    accepts TCP, never greets, reads and discards what it gets
+    HostKind.GREETING  greets with a fixed reply line (554 and 421 are the useful ones)
+
+Every host tracks its connections, caps them at 256 and aborts them all on ``LabHostServer.close()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import mailbox
+import re
+import ssl
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+
+from diag.errors import LabError
+
+__all__ = ["HostKind", "LabHost", "LabHostServer", "TlsFiles", "start_host"]
+
+_MAX_CONNECTIONS: Final = 256
+_DATA_SIZE_LIMIT: Final = 10 * 1024 * 1024
+# aiosmtpd greets with "220 <hostname> <ident>"; its default ident names the aiosmtpd version
+# (security-cases RR-44), which no real host we imitate would reveal.
+_IDENT: Final = "ESMTP diag lab"
+# Upper bound on how long close() waits for aborted connections to be torn down.
+_CLOSE_WAIT: Final = 5.0
+# A GREETING host ends the session at this many commands (RFC 5321 §3.1 leaves it to the server;
+# Postfix's smtpd_hard_error_limit is 20).
+_GREETING_COMMAND_LIMIT: Final = 10
+# Longest command line a GREETING host buffers: RFC 5321 §4.5.3.1.4 allows 512 octets including CRLF.
+_GREETING_LINE_LIMIT: Final = 512
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_REPLY_LINE = re.compile(r"[2-5][0-5][0-9](?: [\x20-\x7e]*)?")
+
+_TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections\r\n"
+_TEMPORARY_FAILURE: Final = "451 4.3.0 Temporary failure"
+
+
+class HostKind(enum.StrEnum):
+    """What a lab host does with a connection."""
+
+    MAIL = "mail"
+    """An aiosmtpd mail host; STARTTLS when ``tls`` is set."""
+    TARPIT = "tarpit"
+    """Accepts TCP, never greets, reads and discards input."""
+    GREETING = "greeting"
+    """Greets with ``LabHost.greeting`` and refuses every command but QUIT."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """The certificate files a host serves over STARTTLS."""
+
+    chain: Path
+    """PEM: the leaf first, then whatever chain the host serves (nothing more for a leaf-only host)."""
+    key: Path
+    """PEM private key of the leaf."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabHost:
+    """One SMTP host of the lab."""
+
+    name: str
+    """Host name: in the banner ("220 <name> ESMTP diag lab") and as the Maildir folder name."""
+    ip: str
+    """Loopback address the host listens on."""
+    kind: HostKind = HostKind.MAIL
+    tls: TlsFiles | None = None
+    """Certificate for STARTTLS; None: STARTTLS is not offered."""
+    legacy_crypto: bool = False
+    """The certificate uses SHA-1 or RSA-1024: load it at OpenSSL security level 0."""
+    tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None
+    """(minimum, maximum) TLS version offered, e.g. TLSv1..TLSv1_1 for an outdated host; None: defaults."""
+    greeting: str | None = None
+    """For GREETING: the full reply line without CRLF, e.g. "554 5.7.1 No SMTP service here"."""
+    domains: tuple[str, ...] = ()
+    """Recipient domains the host accepts mail for."""
+
+
+class _Connections:
+    """The open connections of one host: capped, and all aborted on close."""
+
+    __slots__ = ("_closing", "_limit", "_open", "_tasks")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._closing = False
+        self._open: dict[asyncio.BaseTransport, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Track ``transport`` if the host is below its cap and not closing; False means refuse it."""
+        if self._closing or len(self._open) >= self._limit:
+            return False
+        self._open[transport] = asyncio.get_running_loop().create_future()
+        return True
+
+    def watch(self, task: asyncio.Task[None]) -> None:
+        """Also wait for ``task`` (a session's handler) on close."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def release(self, transport: asyncio.BaseTransport) -> None:
+        """Forget ``transport``: its connection is gone."""
+        lost = self._open.pop(transport, None)
+        if lost is not None and not lost.done():
+            lost.set_result(None)
+
+    async def abort_all(self, wait: float) -> None:
+        """Refuse new connections, abort the open ones, wait at most ``wait`` seconds until they are gone."""
+        self._closing = True
+        waiting: set[asyncio.Future[None]] = set(self._open.values())
+        for transport in list(self._open):
+            # abort(), not close(): close() waits until the write buffer is flushed, which a client that
+            # stopped reading never allows.
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+        waiting.update(self._tasks)
+        if waiting:
+            await asyncio.wait(waiting, timeout=wait)
+
+
+class LabHostServer:
+    """A running lab host, as returned by :func:`start_host`. Also an async context manager that closes it."""
+
+    __slots__ = ("_connections", "_host", "_port", "_server")
+
+    def __init__(self, host: LabHost, port: int, server: asyncio.Server, connections: _Connections) -> None:
+        self._host = host
+        self._port = port
+        self._server = server
+        self._connections = connections
+
+    @property
+    def host(self) -> LabHost:
+        """The host definition this server runs."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The TCP port it listens on (the chosen one when started with port 0)."""
+        return self._port
+
+    async def close(self) -> None:
+        """Stop listening and abort every open connection. Returns within a few seconds; safe to repeat."""
+        self._server.close()
+        # On 3.11 Server.wait_closed() returns at once and leaves accepted connections open; on 3.12+ it
+        # waits for them. Aborting them ourselves makes both behave the same.
+        await self._connections.abort_all(_CLOSE_WAIT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), _CLOSE_WAIT)
+
+    async def __aenter__(self) -> LabHostServer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"LabHostServer({self._host.name!r}, {self._host.kind}, {self._host.ip}:{self._port})"
+
+
+async def start_host(
+    host: LabHost,
+    port: int,
+    *,
+    maildir: Path,
+    timeout: float = 30.0,  # noqa: ASYNC109 - the hosts' session idle timeout, not a deadline for this call
+) -> LabHostServer:
+    """Start ``host`` on ``host.ip``:``port`` (0 picks a free port) on the running event loop.
+
+    ``maildir`` is the parent of the host's Maildir (``maildir / host.name``), created on first delivery.
+    ``timeout`` is the idle timeout of a session; a tarpit holds a connection for at most ten times that.
+    Raises :class:`LabError` when the definition is inconsistent, the certificate cannot be loaded or the
+    address cannot be bound.
+    """
+    _validate(host, timeout)
+    loop = asyncio.get_running_loop()
+    connections = _Connections(_MAX_CONNECTIONS)
+    factory: Callable[[], asyncio.BaseProtocol]
+    match host.kind:
+        case HostKind.MAIL:
+            handler = _MailHandler(host, maildir)
+            tls_context = _server_context(host) if host.tls is not None else None
+
+            def factory() -> asyncio.BaseProtocol:
+                return _LabSMTP(
+                    handler,
+                    connections,
+                    hostname=host.name,
+                    ident=_IDENT,
+                    tls_context=tls_context,
+                    require_starttls=False,
+                    enable_SMTPUTF8=False,
+                    timeout=timeout,
+                    data_size_limit=_DATA_SIZE_LIMIT,
+                    loop=loop,
+                )
+
+        case HostKind.TARPIT:
+
+            def factory() -> asyncio.BaseProtocol:
+                return _Tarpit(connections, timeout * 10)
+
+        case HostKind.GREETING:
+            assert host.greeting is not None  # checked by _validate
+            greeting = host.greeting
+
+            def factory() -> asyncio.BaseProtocol:
+                return _Greeter(connections, greeting, timeout)
+
+    try:
+        server = await loop.create_server(factory, host.ip, port)
+    except OSError as error:
+        message = f"lab host {host.name}: cannot listen on {host.ip}:{port}: {error.strerror}"
+        raise LabError(message) from error
+    bound: int = server.sockets[0].getsockname()[1]
+    return LabHostServer(host, bound, server, connections)
+
+
+def _validate(host: LabHost, timeout: float) -> None:
+    # The name goes into the banner and becomes a directory name: keep it to host-name characters.
+    if not _HOST_NAME.fullmatch(host.name):
+        raise LabError(f"lab host {host.name!r}: not a usable host name")
+    if not timeout > 0:
+        raise LabError(f"lab host {host.name}: timeout must be positive, not {timeout}")
+    if host.kind == HostKind.GREETING:
+        if host.greeting is None or not _REPLY_LINE.fullmatch(host.greeting):
+            raise LabError(f"lab host {host.name}: GREETING needs a one-line reply such as '554 5.7.1 ...'")
+    elif host.greeting is not None:
+        raise LabError(f"lab host {host.name}: only a GREETING host has a greeting")
+    if host.kind != HostKind.MAIL and (host.tls is not None or host.domains):
+        raise LabError(f"lab host {host.name}: only a MAIL host has tls or domains")
+
+
+def _server_context(host: LabHost) -> ssl.SSLContext:
+    assert host.tls is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    old_protocol = host.tls_versions is not None and host.tls_versions[0] < ssl.TLSVersion.TLSv1_2
+    if host.legacy_crypto or old_protocol:
+        # Must come before load_cert_chain: at the default level OpenSSL 3 refuses to load an RSA-1024 key
+        # or SHA-1 signed certificate, and TLS 1.0/1.1 cannot sign handshakes at level 1 or above.
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if host.tls_versions is not None:
+        with warnings.catch_warnings():
+            # An outdated host is the point here: silence "ssl.TLSVersion.TLSv1 is deprecated".
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version, context.maximum_version = host.tls_versions
+    try:
+        context.load_cert_chain(host.tls.chain, host.tls.key)
+    except (OSError, ssl.SSLError) as error:
+        raise LabError(f"lab host {host.name}: cannot load {host.tls.chain}: {error}") from error
+    return context
+
+
+class _MailHandler:
+    """aiosmtpd handler of a MAIL host: recipient policy and Maildir delivery."""
+
+    def __init__(self, host: LabHost, maildir: Path) -> None:
+        self._name = host.name
+        self._domains = frozenset(domain.lower() for domain in host.domains)
+        self._maildir = maildir / host.name
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd advertises AUTH after STARTTLS and then fails every login; a receiving MX does not
+        # offer AUTH at all (Postfix: smtpd_sasl_auth_enable = no), so drop it.
+        session.host_name = hostname
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # Security-cases RR-20: aiosmtpd passes C0 characters through inside quoted local parts.
+        if _CONTROL.search(address):
+            return "553 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        # Without this hook aiosmtpd accepts every recipient (security-cases RR-03). Control characters are
+        # refused first: '"a\rx <v@evil.example>"@allowed.example' has an allowed domain, and echoing it back
+        # would put a bare CR into our reply.
+        if _CONTROL.search(address):
+            return "553 5.1.3 Bad recipient address syntax"
+        _, at, domain = address.rpartition("@")
+        if not at or domain.lower() not in self._domains:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: not a domain of this host"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content
+        assert isinstance(content, bytes)
+        message = self._trace_headers(session, envelope) + content
+        try:
+            # RFC 5321 §6.1: the 250 reply takes over responsibility for the message, so it is stored first.
+            await asyncio.to_thread(self._store, message)
+        except Exception:
+            logging.getLogger(__name__).exception("lab host %s: cannot store a message", self._name)
+            return _TEMPORARY_FAILURE
+        return "250 2.0.0 Ok: queued"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default reply is "500 Error: (<class>) <text>": it leaks internals and turns a local
+        # problem into a permanent failure (security-cases RR-55). RFC 5321 §4.2.3: 451 is a local error.
+        log = logging.getLogger(__name__)
+        if isinstance(error, TLSSetupException):
+            # A client refusing our certificate is everyday business in a lab of broken hosts. aiosmtpd closes
+            # the connection after this without sending the reply.
+            log.info("lab host %s: TLS handshake failed: %r", self._name, error.__cause__)
+        else:
+            log.error("lab host %s: session error", self._name, exc_info=error)
+        return _TEMPORARY_FAILURE
+
+    def _trace_headers(self, session: Session, envelope: Envelope) -> bytes:
+        # RFC 5321 §4.4: the delivering host adds Return-Path, every host a Received line. The HELO name is
+        # the client's text: replace control characters so it cannot end the header.
+        helo = _CONTROL.sub("?", session.host_name or "unknown")
+        # aiosmtpd annotates peer as str, but it is the socket's (host, port, ...) tuple.
+        address: Any = session.peer
+        peer = address[0] if isinstance(address, tuple) else "unknown"
+        protocol = "ESMTPS" if session.ssl is not None else "ESMTP"
+        received = (
+            f"Received: from {helo} ([{peer}])\r\n\tby {self._name} (diag lab) with {protocol};\r\n"
+            f"\t{formatdate(usegmt=True)}\r\n"
+        )
+        return f"Return-Path: <{envelope.mail_from}>\r\n{received}".encode("ascii", "replace")
+
+    def _store(self, message: bytes) -> None:
+        self._maildir.parent.mkdir(parents=True, exist_ok=True)
+        mailbox.Maildir(self._maildir, factory=None, create=True).add(message)
+
+
+class _LabSMTP(SMTP):
+    """aiosmtpd's SMTP protocol, tracked and capped per host (aiosmtpd has no cap of its own: issue #282)."""
+
+    def __init__(self, handler: _MailHandler, connections: _Connections, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._connections = connections
+        self._tcp_transport: asyncio.BaseTransport | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._tcp_transport is not None:
+            # The second call comes from STARTTLS, with the TLS transport on top of the tracked TCP one.
+            super().connection_made(transport)
+            return
+        self._tcp_transport = transport
+        if not self._connections.admit(transport):
+            # RFC 5321 §3.1: a server that cannot serve the client greets with 421 and closes.
+            self._refused = True
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        super().connection_made(transport)
+        if self._handler_coroutine is not None:
+            self._connections.watch(self._handler_coroutine)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._tcp_transport is not None:
+            self._connections.release(self._tcp_transport)
+        if self._refused:
+            return
+        super().connection_lost(error)
+
+
+class _Tarpit(asyncio.Protocol):
+    """Accepts the connection and never writes a byte; closes it after ``hold`` seconds."""
+
+    def __init__(self, connections: _Connections, hold: float) -> None:
+        self._connections = connections
+        self._hold = hold
+        self._transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        if not self._connections.admit(transport):
+            transport.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(self._hold, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        # Read and discard: a tarpit keeps the client's writes flowing so that only the missing greeting
+        # stalls it.
+        del data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._connections.release(self._transport)
+
+
+class _Greeter(asyncio.Protocol):
+    """Greets with a fixed reply line. 421: closes at once. Other codes: refuses every command but QUIT."""
+
+    def __init__(self, connections: _Connections, greeting: str, timeout: float) -> None:
+        self._connections = connections
+        self._greeting = greeting
+        self._timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._buffer = bytearray()
+        self._commands = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if not self._connections.admit(transport):
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self._transport = transport
+        transport.write(self._greeting.encode("ascii") + b"\r\n")
+        if self._greeting.startswith("421"):
+            # RFC 5321 §3.8: after a 421 the server closes the channel without waiting for QUIT.
+            transport.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            if not self._answer(line):
+                return
+        if len(self._buffer) > _GREETING_LINE_LIMIT:
+            self._finish(b"500 5.5.2 Line too long\r\n")
+
+    def _answer(self, line: bytes) -> bool:
+        """Reply to one command line; False when the session is over."""
+        self._commands += 1
+        verb = line.split(maxsplit=1)[0].upper() if line.strip() else b""
+        if verb == b"QUIT":
+            self._finish(b"221 2.0.0 Bye\r\n")
+            return False
+        if self._commands >= _GREETING_COMMAND_LIMIT:
+            # Postfix answers its hard error limit with 421 instead of the command's reply.
+            self._finish(b"421 4.7.0 Too many errors\r\n")
+            return False
+        # RFC 5321 §3.1: after a 554 greeting the server MUST wait for QUIT and answer every other command
+        # with 503.
+        assert self._transport is not None
+        self._transport.write(b"503 5.5.1 Bad sequence of commands\r\n")
+        return True
+
+    def _expire(self) -> None:
+        # RFC 5321 §4.5.3.2.7 server timeout; Postfix says so with a 421 4.4.2 before closing.
+        self._finish(b"421 4.4.2 Timeout exceeded\r\n")
+
+    def _finish(self, reply: bytes) -> None:
+        assert self._transport is not None
+        if self._transport.is_closing():
+            return
+        self._transport.write(reply)
+        self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._connections.release(self._transport)
