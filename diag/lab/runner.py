@@ -1,0 +1,192 @@
+"""Run a lab world: test PKI, DNS server and mail hosts on loopback, in the running event loop.
+
+    async with Lab() as lab:
+        options = lab.run_options()     # point checks at it
+
+``diag check --lab`` starts a throw-away lab in its own process; ``diag lab serve`` keeps one running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from diag.context import RunOptions
+from diag.errors import LabError
+from diag.lab.dns import DnsServer, ZoneData
+from diag.lab.pki import TestPKI
+from diag.lab.smtp import LabHost, LabHostServer, TlsFiles, start_host
+from diag.lab.world import DNS_IP, World, default_world
+from diag.net.dns import Nameserver
+
+__all__ = ["Lab"]
+
+# Attempts at finding one port that is free on every host address (only with an automatic port).
+_PORT_ATTEMPTS = 5
+
+
+class Lab:
+    """A running lab world; an async context manager.
+
+    Args:
+        world: what to run; the default world of ARCHITECTURE §6 when None.
+        smtp_port: the port every mail host listens on; 0 picks a free one.
+        dns_port: the DNS server's port (UDP and TCP); 0 picks a free one.
+        directory: where certificates and Maildirs go; a temporary directory (removed on close) when None.
+        session_timeout: idle timeout of the hosts' SMTP sessions.
+    """
+
+    def __init__(
+        self,
+        world: World | None = None,
+        *,
+        smtp_port: int = 0,
+        dns_port: int = 0,
+        directory: Path | None = None,
+        session_timeout: float = 30.0,
+    ) -> None:
+        self.world = world or default_world()
+        self._want_smtp_port = smtp_port
+        self._want_dns_port = dns_port
+        self._given_directory = directory
+        self._session_timeout = session_timeout
+        self._directory: Path | None = None
+        self._dns: DnsServer | None = None
+        self._hosts: list[LabHostServer] = []
+        self.smtp_port = 0
+        self.ca_file = Path()
+
+    @property
+    def directory(self) -> Path:
+        if self._directory is None:
+            raise LabError("the lab is not running")
+        return self._directory
+
+    @property
+    def maildir(self) -> Path:
+        """The parent of every host's Maildir (``maildir / host name``)."""
+        return self.directory / "maildir"
+
+    @property
+    def nameserver(self) -> Nameserver:
+        if self._dns is None:
+            raise LabError("the lab is not running")
+        return Nameserver(DNS_IP, self._dns.port)
+
+    def run_options(self, **overrides: object) -> RunOptions:
+        """Options that point a run at this lab: its resolver, port and CA."""
+        values: dict[str, object] = {
+            "nameservers": (self.nameserver,),
+            "smtp_port": self.smtp_port,
+            "ca_file": self.ca_file,
+            "ehlo_name": "probe.diag.invalid",
+        }
+        values.update(overrides)
+        return RunOptions(**values)  # type: ignore[arg-type]
+
+    def option_text(self) -> str:
+        """The command-line options that reach this lab from another process."""
+        return f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file}"
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        if self._given_directory is not None:
+            self._given_directory.mkdir(parents=True, exist_ok=True)
+            self._directory = self._given_directory
+        else:
+            self._directory = Path(tempfile.mkdtemp(prefix="diag-lab-"))
+        host_defs = await asyncio.to_thread(self._make_hosts)
+        zone = ZoneData()
+        for apex in self.world.zones:
+            zone.add_zone(apex)
+        for record in self.world.records:
+            zone.add(record.name, record.rdtype, *record.rdata)
+        for name, behaviour in self.world.behaviours:
+            zone.set_behaviour(name, behaviour)
+        self._dns = DnsServer(zone)
+        try:
+            await self._dns.start(DNS_IP, self._want_dns_port)
+        except OSError as exc:
+            raise LabError(f"the lab DNS server cannot listen on {DNS_IP}:{self._want_dns_port}: {exc}") from exc
+        self.smtp_port = await self._start_hosts(host_defs)
+
+    def _make_hosts(self) -> list[LabHost]:
+        """Issue each host's certificate and write the files a TLS server needs (blocking: runs in a thread)."""
+        pki = TestPKI.create()
+        certs = self.directory / "certs"
+        certs.mkdir(exist_ok=True)
+        self.ca_file = pki.write_root(certs / "lab-root-ca.pem")
+        hosts = []
+        for host in self.world.hosts:
+            if host.kind is None:
+                continue
+            tls = None
+            if host.cert is not None:
+                chain, key = pki.issue(host.names_in_cert, kind=host.cert).write(certs, host.name)
+                tls = TlsFiles(chain=chain, key=key)
+            hosts.append(
+                LabHost(
+                    name=host.name, ip=host.ip, kind=host.kind, tls=tls, legacy_crypto=host.legacy_crypto,
+                    tls_versions=host.tls_versions, greeting=host.greeting, domains=host.domains,
+                )
+            )  # fmt: skip
+        return hosts
+
+    async def _start_hosts(self, hosts: list[LabHost]) -> int:
+        """Start every host on one port; with port 0, find a port free on all their addresses."""
+        for _attempt in range(_PORT_ATTEMPTS):
+            port = self._want_smtp_port or _free_port(hosts[0].ip)
+            started = await asyncio.gather(
+                *(start_host(h, port, maildir=self.maildir, timeout=self._session_timeout) for h in hosts),
+                return_exceptions=True,
+            )
+            self._hosts = [server for server in started if isinstance(server, LabHostServer)]
+            failures = [error for error in started if isinstance(error, BaseException)]
+            if not failures:
+                return port
+            await self._close_hosts()
+            first = failures[0]
+            in_use = isinstance(first.__cause__, OSError) and first.__cause__.errno == errno.EADDRINUSE
+            if self._want_smtp_port or not in_use:
+                raise first
+        raise LabError(f"no port was free on all {len(hosts)} lab host addresses after {_PORT_ATTEMPTS} tries")
+
+    async def _close_hosts(self) -> None:
+        hosts, self._hosts = self._hosts, []
+        await asyncio.gather(*(host.close() for host in hosts), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self._close_hosts()
+        if self._dns is not None:
+            await self._dns.close()
+            self._dns = None
+        if self._given_directory is None and self._directory is not None:
+            await asyncio.to_thread(shutil.rmtree, self._directory, True)
+        self._directory = None
+
+    async def __aenter__(self) -> Lab:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((ip, 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -1,0 +1,192 @@
+"""The lab's world: the organization of the setup guide, an Internet domain, and one broken domain per defect.
+
+A world is data: DNS zones and records, and mail hosts with the certificate (or defect) each one serves.
+:mod:`diag.lab.runner` turns it into running servers. Every defect is real on the wire; the table
+:data:`PURPOSES` says what each domain demonstrates.
+
+Addresses (all loopback; 127.0.0.0/8 needs no configuration on Linux):
+    127.0.53.53     the lab's DNS server
+    127.0.1.0/24    the cloud service (contoso-com.mail.protection.outlook.com)
+    127.0.10.0/24   the organization's on-premises servers (mail.contoso.com)
+    127.0.20.0/24   one host per broken domain
+    127.0.30.0/24   Internet mail hosts (tailspintoys.com)
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from diag.lab.dns import Behaviour
+from diag.lab.pki import CertKind
+from diag.lab.smtp import HostKind
+
+__all__ = ["ACCEPTED_DOMAINS", "CLOUD_HOST", "DNS_IP", "PURPOSES", "HostDef", "Record", "World", "default_world"]
+
+DNS_IP = "127.0.53.53"
+CLOUD_HOST = "contoso-com.mail.protection.outlook.com"
+ACCEPTED_DOMAINS = ("contoso.com", "sales.contoso.com", "fabrikam.com", "contoso.onmicrosoft.com")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One DNS record set: owner name, type and data in zone-file syntax."""
+
+    name: str
+    rdtype: str
+    rdata: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HostDef:
+    """A mail host of the world.
+
+    Attributes:
+        name: its host name (gets an A record, unless ``address_record`` is False).
+        ip: its loopback address.
+        kind: what listens there; None means nothing listens (connections are refused).
+        cert: the certificate it serves with STARTTLS, or None for no STARTTLS.
+        cert_names: the names in its certificate; default: its host name.
+        greeting: the greeting of a GREETING host.
+        domains: recipient domains it accepts mail for.
+        tls_versions: the TLS versions it offers (min, max); None for the defaults.
+        address_record: publish ``name A ip`` (False when another record, e.g. a CNAME target, carries it).
+    """
+
+    name: str
+    ip: str
+    kind: HostKind | None = HostKind.MAIL
+    cert: CertKind | None = CertKind.GOOD
+    cert_names: tuple[str, ...] = ()
+    greeting: str | None = None
+    domains: tuple[str, ...] = ()
+    tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None
+    address_record: bool = True
+
+    @property
+    def names_in_cert(self) -> tuple[str, ...]:
+        return self.cert_names or (self.name,)
+
+    @property
+    def legacy_crypto(self) -> bool:
+        return self.cert in (CertKind.WEAK_KEY, CertKind.SHA1)
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """Zones, records, per-subtree DNS behaviours and hosts."""
+
+    zones: tuple[str, ...]
+    records: tuple[Record, ...]
+    hosts: tuple[HostDef, ...]
+    behaviours: tuple[tuple[str, Behaviour], ...] = ()
+
+
+# What each lab domain demonstrates, for `diag lab serve` and the README.
+PURPOSES = {
+    "contoso.com": "accepted domain of the organization; MX is the cloud service",
+    "sales.contoso.com": "accepted domain; MX is the cloud service",
+    "fabrikam.com": "accepted domain; MX is the cloud service",
+    "contoso.onmicrosoft.com": "the tenant's initial domain; MX is the cloud service",
+    "tailspintoys.com": "an Internet domain with its own healthy mail host",
+    "expired.example": "certificate expired",
+    "notyetvalid.example": "certificate not yet valid",
+    "wrongname.example": "certificate for another name",
+    "selfsigned.example": "self-signed certificate",
+    "chainless.example": "leaf certificate served without its intermediate",
+    "weakkey.example": "RSA-1024 key",
+    "sha1.example": "certificate signed with SHA-1",
+    "expiring.example": "certificate expires in 10 days",
+    "oldtls.example": "offers only TLS 1.0 and 1.1",
+    "notls.example": "no STARTTLS",
+    "refused.example": "nothing listens: connection refused",
+    "tarpit.example": "accepts TCP, never greets",
+    "rejecting.example": "greets with 554",
+    "ratelimited.example": "greets with 421",
+    "nullmx.example": "null MX (RFC 7505)",
+    "nomx.example": "no MX, an A record only (implicit MX)",
+    "cnamemx.example": "MX target is a CNAME",
+    "dangling.example": "MX target has no address",
+    "multi.example": "three MX hosts: one refused, two healthy",
+    "servfail.example": "its DNS answers SERVFAIL",
+}
+
+
+def _broken(domain: str, octet: int, **host: object) -> tuple[Record, HostDef]:
+    """A domain whose single MX host ``mx.<domain>`` at 127.0.20.<octet> carries one defect."""
+    name = f"mx.{domain}"
+    domains = (domain,) if host.get("kind", HostKind.MAIL) is HostKind.MAIL else ()
+    return Record(domain, "MX", (f"10 {name}.",)), HostDef(name, f"127.0.20.{octet}", domains=domains, **host)  # type: ignore[arg-type]
+
+
+def default_world() -> World:
+    """The world of the setup guide plus the broken domains (issue #2, ARCHITECTURE §6)."""
+    cloud = HostDef(
+        CLOUD_HOST, "127.0.1.10",
+        cert_names=("*.mail.protection.outlook.com", "mail.protection.outlook.com"),
+        domains=ACCEPTED_DOMAINS,
+    )  # fmt: skip
+    onprem = HostDef("mail.contoso.com", "127.0.10.10", domains=("contoso.com",))
+    tailspin = HostDef("mail.tailspintoys.com", "127.0.30.10", domains=("tailspintoys.com",))
+    records = [Record(domain, "MX", (f"10 {CLOUD_HOST}.",)) for domain in ACCEPTED_DOMAINS]
+    records.append(Record("tailspintoys.com", "MX", ("10 mail.tailspintoys.com.",)))
+    hosts = [cloud, onprem, tailspin]
+
+    broken = [
+        _broken("expired.example", 1, cert=CertKind.EXPIRED),
+        _broken("notyetvalid.example", 2, cert=CertKind.NOT_YET_VALID),
+        _broken("wrongname.example", 3, cert_names=("mail.unrelated.example",)),
+        _broken("selfsigned.example", 4, cert=CertKind.SELF_SIGNED),
+        _broken("chainless.example", 5, cert=CertKind.CHAINLESS),
+        _broken("weakkey.example", 6, cert=CertKind.WEAK_KEY),
+        _broken("sha1.example", 7, cert=CertKind.SHA1),
+        _broken("expiring.example", 8, cert=CertKind.EXPIRING),
+        _broken("oldtls.example", 9, tls_versions=(ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)),
+        _broken("notls.example", 10, cert=None),
+        _broken("refused.example", 11, kind=None),
+        _broken("tarpit.example", 12, kind=HostKind.TARPIT, cert=None),
+        _broken(
+            "rejecting.example", 13, kind=HostKind.GREETING, cert=None,
+            greeting="554 5.7.1 mx.rejecting.example No SMTP service here",
+        ),
+        _broken(
+            "ratelimited.example", 14, kind=HostKind.GREETING, cert=None,
+            greeting="421 4.7.0 mx.ratelimited.example Too many connections from your address, try again later",
+        ),
+    ]  # fmt: skip
+    for record, host in broken:
+        records.append(record)
+        hosts.append(host)
+
+    records.append(Record("nullmx.example", "MX", ("0 .",)))
+    hosts.append(HostDef("nomx.example", "127.0.20.15", domains=("nomx.example",)))
+    records.append(Record("cnamemx.example", "MX", ("10 mx.cnamemx.example.",)))
+    records.append(Record("mx.cnamemx.example", "CNAME", ("host.cnamemx.example.",)))
+    records.append(Record("host.cnamemx.example", "A", ("127.0.20.16",)))
+    hosts.append(
+        HostDef(
+            "mx.cnamemx.example", "127.0.20.16", cert_names=("mx.cnamemx.example", "host.cnamemx.example"),
+            domains=("cnamemx.example",), address_record=False,
+        )
+    )  # fmt: skip
+    records.append(Record("dangling.example", "MX", ("10 mx.dangling.example.",)))
+    records.append(
+        Record("multi.example", "MX", ("10 mx1.multi.example.", "20 mx2.multi.example.", "30 mx3.multi.example."))
+    )
+    hosts.append(HostDef("mx1.multi.example", "127.0.20.17", kind=None))
+    hosts.append(HostDef("mx2.multi.example", "127.0.20.18", domains=("multi.example",)))
+    hosts.append(HostDef("mx3.multi.example", "127.0.20.19", domains=("multi.example",)))
+    records.append(Record("servfail.example", "MX", ("10 mx.servfail.example.",)))
+
+    for host in hosts:
+        if host.address_record:
+            records.append(Record(host.name, "A", (host.ip,)))
+    # Zone apexes: the organization's domains, outlook.com for the cloud host, and all of .example (so a
+    # misspelt lab domain gets a real NXDOMAIN).
+    zones = ("contoso.com", "fabrikam.com", "contoso.onmicrosoft.com", "outlook.com", "tailspintoys.com", "example")
+    return World(
+        zones=zones,
+        records=tuple(records),
+        hosts=tuple(hosts),
+        behaviours=(("servfail.example", Behaviour.SERVFAIL),),
+    )

@@ -1,0 +1,173 @@
+"""The mx check: pure judgement on given facts, and the real lookup against the lab's DNS."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from checks.mx import CHECK, MxFacts, MxHost, assess
+from diag.context import CheckContext, RunContext, RunOptions
+from diag.errors import DnsError
+from diag.lab.runner import Lab
+from diag.model import Severity
+from diag.net.dns import DnsStatus
+
+DOMAIN = "example.com"
+
+
+def codes(facts: MxFacts) -> list[str]:
+    return [f.code for f in assess(facts)]
+
+
+def host(name: str = "mx.example.com", preference: int = 10, *addresses: str, **kw: object) -> MxHost:
+    return MxHost(preference, name, addresses or ("192.0.2.1",), name, **kw)  # type: ignore[arg-type]
+
+
+# Given facts, when judged, then ...
+
+
+def test_healthy_hosts_are_reported_ok_one_by_one() -> None:
+    facts = MxFacts(DOMAIN, DnsStatus.OK, hosts=(host("a.example.com", 10), host("b.example.com", 20)))
+    findings = assess(facts)
+    assert [(f.code, f.subject, f.severity) for f in findings] == [
+        ("MX_OK", "a.example.com", Severity.INFO),
+        ("MX_OK", "b.example.com", Severity.INFO),
+    ]
+    assert "preference 10" in findings[0].message and "192.0.2.1" in findings[0].message
+
+
+def test_nxdomain_is_critical_and_alone() -> None:
+    (finding,) = assess(MxFacts(DOMAIN, DnsStatus.NXDOMAIN))
+    assert (finding.code, finding.severity, finding.subject) == ("MX_DOMAIN_NXDOMAIN", Severity.CRITICAL, DOMAIN)
+    assert finding.cloud_error == "450 4.4.312 DNS query failed"
+
+
+def test_null_mx() -> None:
+    (finding,) = assess(MxFacts(DOMAIN, DnsStatus.OK, null_mx=True))
+    assert (finding.code, finding.severity) == ("MX_NULL", Severity.INFO)
+
+
+def test_null_mx_next_to_real_ones_is_an_error() -> None:
+    assert codes(MxFacts(DOMAIN, DnsStatus.OK, null_mx=True, hosts=(host(),))) == ["MX_NULL_MIXED", "MX_OK"]
+
+
+def test_implicit_mx_warns_and_still_reports_the_address() -> None:
+    facts = MxFacts(DOMAIN, DnsStatus.NODATA, implicit=True, hosts=(host(DOMAIN, 0),))
+    assert codes(facts) == ["MX_NONE_IMPLICIT", "MX_OK"]
+
+
+def test_implicit_mx_without_address() -> None:
+    facts = MxFacts(DOMAIN, DnsStatus.NODATA, implicit=True, hosts=(MxHost(0, DOMAIN),))
+    assert codes(facts) == ["MX_NONE_IMPLICIT", "MX_TARGET_NO_ADDRESS"]
+
+
+def test_cname_target_is_followed_and_warned() -> None:
+    facts = MxFacts(DOMAIN, DnsStatus.OK, hosts=(MxHost(10, "mx.example.com", ("192.0.2.1",), "real.example.com"),))
+    (finding,) = assess(facts)
+    assert (finding.code, finding.severity) == ("MX_TARGET_CNAME", Severity.WARNING)
+    assert "real.example.com" in finding.message
+
+
+def test_ip_literal_target() -> None:
+    facts = MxFacts(DOMAIN, DnsStatus.OK, hosts=(MxHost(10, "192.0.2.7", ("192.0.2.7",), "192.0.2.7", True),))
+    assert codes(facts) == ["MX_TARGET_IP_LITERAL"]
+
+
+def test_invalid_target_is_not_looked_up() -> None:
+    facts = MxFacts(DOMAIN, DnsStatus.OK, hosts=(MxHost(10, "<svg/onload=alert`1`>.example", valid_name=False),))
+    assert codes(facts) == ["MX_TARGET_INVALID"]
+
+
+def test_target_without_address() -> None:
+    (finding,) = assess(MxFacts(DOMAIN, DnsStatus.OK, hosts=(MxHost(10, "mx.example.com"),)))
+    assert (finding.code, finding.severity, finding.subject) == (
+        "MX_TARGET_NO_ADDRESS", Severity.ERROR, "mx.example.com",
+    )  # fmt: skip
+
+
+def test_duplicates() -> None:
+    facts = MxFacts(DOMAIN, DnsStatus.OK, hosts=(host(),), duplicates=("mx.example.com",))
+    assert codes(facts) == ["MX_DUPLICATE", "MX_OK"]
+
+
+def test_expected_mx_pattern() -> None:
+    hosts = (host("contoso-com.mail.protection.outlook.com"), host("mail.contoso.com", 20))
+    facts = MxFacts(DOMAIN, DnsStatus.OK, hosts=hosts, expected=("*.mail.protection.outlook.com",))
+    assert codes(facts) == ["MX_OK", "MX_NOT_EXPECTED"]
+    assert assess(facts)[1].subject == "mail.contoso.com"
+
+
+def test_every_declared_code_is_exercised_above() -> None:
+    # Guards against a code that is declared but never emitted (or tested).
+    exercised = {
+        "MX_OK", "MX_NULL", "MX_NULL_MIXED", "MX_NONE_IMPLICIT", "MX_DOMAIN_NXDOMAIN", "MX_TARGET_CNAME",
+        "MX_TARGET_IP_LITERAL", "MX_TARGET_INVALID", "MX_TARGET_NO_ADDRESS", "MX_DUPLICATE", "MX_NOT_EXPECTED",
+    }  # fmt: skip
+    assert set(CHECK.codes) == exercised
+
+
+# Against the lab's DNS server, over the wire.
+
+
+def probe(lab: Lab, domain: str, **options: object) -> MxFacts:
+    async def go() -> MxFacts:
+        run = RunContext(lab.run_options(**options))
+        outcome = await CHECK.run(CheckContext(domain, run, {}))
+        assert isinstance(outcome.facts, MxFacts)
+        return outcome.facts
+
+    return asyncio.run(go())
+
+
+def test_lab_organization_domain(lab: Lab) -> None:
+    facts = probe(lab, "contoso.com")
+    assert [(h.preference, h.name, h.addresses) for h in facts.hosts] == [
+        (10, "contoso-com.mail.protection.outlook.com", ("127.0.1.10",))
+    ]
+    assert codes(facts) == ["MX_OK"]
+
+
+def test_lab_multi_is_in_preference_order(lab: Lab) -> None:
+    facts = probe(lab, "multi.example")
+    assert [h.name for h in facts.hosts] == ["mx1.multi.example", "mx2.multi.example", "mx3.multi.example"]
+
+
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [
+        ("nullmx.example", ["MX_NULL"]),
+        ("nomx.example", ["MX_NONE_IMPLICIT", "MX_OK"]),
+        ("cnamemx.example", ["MX_TARGET_CNAME"]),
+        ("dangling.example", ["MX_TARGET_NO_ADDRESS"]),
+        ("doesnotexist.example", ["MX_DOMAIN_NXDOMAIN"]),
+    ],
+)
+def test_lab_defects(lab: Lab, domain: str, expected: list[str]) -> None:
+    assert codes(probe(lab, domain)) == expected
+
+
+def test_lab_cname_target_is_followed(lab: Lab) -> None:
+    (mx,) = probe(lab, "cnamemx.example").hosts
+    assert (mx.name, mx.canonical_name) == ("mx.cnamemx.example", "host.cnamemx.example")
+    assert mx.addresses == ("127.0.20.16",)
+
+
+def test_lab_expected_mx(lab: Lab) -> None:
+    facts = probe(lab, "tailspintoys.com", expect_mx=("*.mail.protection.outlook.com",))
+    assert codes(facts) == ["MX_NOT_EXPECTED"]
+
+
+def test_servfail_is_an_error_never_no_mx(lab: Lab) -> None:
+    with pytest.raises(DnsError, match="SERVFAIL"):
+        probe(lab, "servfail.example")
+
+
+def test_unanswered_dns_is_an_error(lab: Lab) -> None:
+    options = RunOptions(nameservers=(lab.nameserver.__class__("127.0.53.54", lab.nameserver.port),), timeout=0.3)
+
+    async def go() -> None:
+        await CHECK.run(CheckContext("contoso.com", RunContext(options), {}))
+
+    with pytest.raises(DnsError):
+        asyncio.run(go())

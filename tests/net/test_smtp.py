@@ -1,0 +1,88 @@
+"""The SMTP session probe against the lab's real hosts: what it records at each stage, defects included."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from cryptography import x509
+
+from diag.context import RunContext
+from diag.lab.runner import Lab
+from diag.net.smtp import SessionError, SessionFacts, SessionStage, probe_session
+
+
+def session(lab: Lab, ip: str, name: str, timeout: float = 5.0) -> SessionFacts:
+    return asyncio.run(probe_session(ip, lab.smtp_port, name, ehlo_name="probe.diag.invalid", timeout=timeout))
+
+
+def test_healthy_host_full_session(lab: Lab) -> None:
+    facts = session(lab, "127.0.1.10", "contoso-com.mail.protection.outlook.com")
+    assert facts.reached is SessionStage.DONE and facts.error is None
+    assert facts.greeting_code == 220 and "contoso-com.mail.protection.outlook.com" in facts.greeting
+    assert facts.ehlo_code == 250 and not facts.helo_fallback
+    assert facts.starttls_offered and facts.starttls_code == 220
+    assert facts.tls is not None and facts.tls.version in ("TLSv1.2", "TLSv1.3") and facts.tls.cipher
+    assert facts.tls.server_name == "contoso-com.mail.protection.outlook.com"
+    leaf, intermediate = (x509.load_der_x509_certificate(der) for der in facts.tls.chain_der)
+    assert leaf.issuer == intermediate.subject
+    # RFC 3207 §4.2: the client discards what it learned before TLS and asks again.
+    assert facts.tls_extensions and not any(e.upper() == "STARTTLS" for e in facts.tls_extensions)
+    assert all(t is not None and t >= 0 for t in (facts.connect_s, facts.banner_s, facts.ehlo_s, facts.tls_s))
+    assert facts.transcript[0].startswith("S: 220 ") and facts.transcript[-2] == "C: QUIT"
+    assert facts.endpoint == f"contoso-com.mail.protection.outlook.com [127.0.1.10]:{lab.smtp_port}"
+
+
+def test_leaf_only_chain_is_recorded_as_sent(lab: Lab) -> None:
+    facts = session(lab, "127.0.20.5", "mx.chainless.example")
+    assert facts.tls is not None and len(facts.tls.chain_der) == 1
+
+
+@pytest.mark.parametrize(("ip", "name"), [("127.0.20.6", "mx.weakkey.example"), ("127.0.20.7", "mx.sha1.example")])
+def test_weak_certificates_are_observed_not_refused(lab: Lab, ip: str, name: str) -> None:
+    facts = session(lab, ip, name)
+    assert facts.reached is SessionStage.DONE and facts.tls is not None
+
+
+def test_old_protocol_only_host_is_observed(lab: Lab) -> None:
+    facts = session(lab, "127.0.20.9", "mx.oldtls.example")
+    assert facts.tls is not None and facts.tls.version in ("TLSv1", "TLSv1.1")
+
+
+def test_no_starttls(lab: Lab) -> None:
+    facts = session(lab, "127.0.20.10", "mx.notls.example")
+    assert facts.reached is SessionStage.DONE and not facts.starttls_offered and facts.tls is None
+
+
+def test_refused(lab: Lab) -> None:
+    facts = session(lab, "127.0.20.11", "mx.refused.example")
+    assert (facts.reached, facts.error) == (None, SessionError.REFUSED)
+
+
+def test_tarpit_never_greets(lab: Lab) -> None:
+    facts = session(lab, "127.0.20.12", "mx.tarpit.example", timeout=0.5)
+    assert (facts.reached, facts.error) == (SessionStage.CONNECT, SessionError.BANNER_TIMEOUT)
+    assert facts.connect_s is not None and facts.banner_s is None
+
+
+@pytest.mark.parametrize(("ip", "code"), [("127.0.20.13", 554), ("127.0.20.14", 421)])
+def test_rejecting_greetings(lab: Lab, ip: str, code: int) -> None:
+    facts = session(lab, ip, "mx.example")
+    assert (facts.error, facts.greeting_code) == (SessionError.GREETING_REJECTED, code)
+    assert facts.detail.startswith(str(code))
+
+
+def test_one_session_per_address_and_port(lab: Lab) -> None:
+    async def go() -> tuple[SessionFacts, SessionFacts, int]:
+        run = RunContext(lab.run_options())
+        first = run.smtp_session("127.0.30.10", "mail.tailspintoys.com")
+        second = run.smtp_session("127.0.30.10", "another.name.example")
+        assert first is second
+        facts = await first, await second
+        count = run.session_count
+        await run.aclose()
+        return facts[0], facts[1], count
+
+    first, second, count = asyncio.run(go())
+    assert first is second and count == 1
+    assert first.server_name == "mail.tailspintoys.com"
