@@ -1,0 +1,58 @@
+"""Domain names typed by people: internationalized names converted, everything else refused with a reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from diag.errors import InvalidDomainError
+
+__all__ = ["mail_domain"]
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def mail_domain(text: str) -> str:
+    """The A-label form of a mail domain given as text (``bücher.example`` → ``xn--bcher-kva.example``).
+
+    IDNA 2008 with UTS #46 mapping, as mail software converts addresses (security-cases.md DNS-18). Raises
+    :class:`InvalidDomainError` with a one-line explanation for anything that is not a host name.
+    """
+    raw = text.strip()
+    if not raw:
+        raise InvalidDomainError("an empty domain name was given")
+    shown = raw.encode("ascii", "backslashreplace").decode("ascii")
+    if "@" in raw:
+        raise InvalidDomainError(f"{shown!r} is a mail address; give only its domain ({shown.rsplit('@', 1)[-1]!r})")
+    if "://" in raw or "/" in raw:
+        raise InvalidDomainError(f"{shown!r} is not a domain name (no URLs or paths)")
+    try:
+        ipaddress.ip_address(raw.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise InvalidDomainError(f"{shown!r} is an IP address; diag checks domains (give the mail domain)")
+    name = raw[:-1] if raw.endswith(".") else raw
+    if name.isascii():
+        ascii_name = name.lower()
+    else:
+        import idna  # imported here: only internationalized names need it
+
+        try:
+            ascii_name = idna.encode(name, uts46=True, transitional=False).decode("ascii")
+        except idna.IDNAError as exc:
+            raise InvalidDomainError(f"{shown!r} is not a valid internationalized domain name: {exc}") from None
+    labels = ascii_name.split(".")
+    if len(labels) < 2:
+        raise InvalidDomainError(f"{shown!r} is not a fully qualified domain name (it has no dot)")
+    if len(ascii_name) > 253:
+        raise InvalidDomainError(f"{shown!r} is longer than the 253 characters a domain name may have")
+    for label in labels:
+        if not _LABEL.match(label):
+            raise InvalidDomainError(
+                f"{shown!r} is not a valid domain name: label {label!r} must be 1-63 letters, digits or "
+                "hyphens, not starting or ending with a hyphen"
+            )
+    if ascii_name.isascii() and labels[-1].isdigit():
+        raise InvalidDomainError(f"{shown!r} is not a valid domain name: the top-level label is numeric")
+    return ascii_name

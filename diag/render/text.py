@@ -1,0 +1,28 @@
+"""Untrusted text stays text: what a banner, certificate name or DNS name may contain is made visible and inert.
+
+Control characters (C0, DEL, C1) could rewrite a terminal or forge log lines, and bidirectional controls
+could reorder what a person reads (security-cases.md RPT-04, RPT-06); each is shown as an escape instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["sanitize"]
+
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_LIMIT = 2000
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"U+{code:04X}"
+
+
+def sanitize(text: str, *, limit: int = _LIMIT) -> str:
+    """``text`` with control and bidi characters escaped, tabs kept, cut to ``limit`` characters."""
+    cleaned = _UNSAFE.sub(_escape, text.replace("\t", " "))
+    if len(cleaned) > limit:
+        return f"{cleaned[:limit]}… ({len(cleaned) - limit} more characters)"
+    return cleaned

@@ -1,0 +1,113 @@
+"""The command line, run as a user runs it: a real process, the embedded lab, exit codes per CONTRACT.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from diag.render.json import load_schema
+
+
+def diag(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "diag", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def test_lab_check_of_the_organization_passes() -> None:
+    done = diag("check", "contoso.com", "--lab")
+    assert done.returncode == 0, done.stderr
+    assert "contoso.com: OK" in done.stdout
+    assert "MX_OK contoso-com.mail.protection.outlook.com" in done.stdout
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("domain", "code"),
+    [("nomx.example", 1), ("dangling.example", 2), ("servfail.example", 3)],
+)
+def test_exit_codes_follow_the_worst_result(domain: str, code: int) -> None:
+    assert diag("check", domain, "--lab").returncode == code
+
+
+def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    done = diag("check", "contoso.com", "bücher.example", "servfail.example", "--lab", "--json", str(out))
+    document = json.loads(out.read_text())
+    jsonschema.validate(document, load_schema())
+    assert document["schema"] == "diag.report/1"
+    assert [d["domain"] for d in document["domains"]] == ["contoso.com", "xn--bcher-kva.example", "servfail.example"]
+    statuses = {d["domain"]: d["status"] for d in document["domains"]}
+    assert statuses == {"contoso.com": "ok", "xn--bcher-kva.example": "critical", "servfail.example": "unknown"}
+    assert document["exit_code"] == done.returncode == 2
+    mx = document["domains"][0]["checks"][0]
+    assert mx["facts"]["hosts"][0]["addresses"] == ["127.0.1.10"]
+    failed = document["domains"][2]["checks"][0]
+    assert failed["status"] == "error" and failed["reason"].startswith("dns: ")
+
+
+def test_json_to_stdout_is_only_json() -> None:
+    done = diag("check", "contoso.com", "--lab", "--json", "-")
+    jsonschema.validate(json.loads(done.stdout), load_schema())
+
+
+def test_quiet_prints_nothing_when_all_is_well() -> None:
+    done = diag("check", "contoso.com", "--lab", "-q")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_quiet_still_shows_problems() -> None:
+    done = diag("check", "contoso.com", "dangling.example", "--lab", "-q")
+    assert "MX_TARGET_NO_ADDRESS" in done.stdout and "contoso.com" not in done.stdout
+
+
+def test_check_selection() -> None:
+    done = diag("check", "contoso.com", "--lab", "--check", "mx", "--json", "-")
+    assert [c["id"] for c in json.loads(done.stdout)["domains"][0]["checks"]] == ["mx"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ([], "Missing argument"),
+        (["not a domain.example"], "not a valid domain name"),
+        (["john@contoso.com"], "mail address"),
+        (["contoso.com", "--timeout", "soon"], "--timeout"),
+        (["contoso.com", "--frobnicate"], "No such option"),
+        (["contoso.com", "--check", "nope"], "no such check"),
+        (["contoso.com", "--ca-file", "/nonexistent/ca.pem"], "cannot read it"),
+        (["contoso.com", "--ca-file", "/etc/hostname"], "no PEM certificate"),
+        (["contoso.com", "--resolver", "dns.google"], "not an IP address"),
+        (["contoso.com", "--resolver", "127.0.0.1:99999"], "port"),
+        (["contoso.com", "--lab", "--resolver", "127.0.0.1"], "--lab sets"),
+        (["contoso.com", "--lab", "--json", "/nonexistent/dir/out.json"], "does not exist"),
+    ],
+)
+def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> None:
+    done = diag("check", *args)
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("diag: error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_command_exits_3() -> None:
+    done = diag("frobnicate")
+    assert done.returncode == 3 and "No such command" in done.stderr
+
+
+def test_version_and_help() -> None:
+    assert diag("--version").stdout.startswith("diag, version ")
+    assert "check" in diag("--help").stdout
+
+
+def test_lab_domains_lists_every_lab_domain() -> None:
+    done = diag("lab", "domains")
+    assert "tarpit.example" in done.stdout and "accepts TCP, never greets" in done.stdout

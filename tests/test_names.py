@@ -1,0 +1,52 @@
+"""Domain names from the command line: IDNA conversion and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from diag.errors import InvalidDomainError
+from diag.names import mail_domain
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("contoso.com", "contoso.com"),
+        ("Contoso.COM.", "contoso.com"),
+        ("  contoso.com ", "contoso.com"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("BÜCHER.example", "xn--bcher-kva.example"),  # UTS #46 maps case before conversion
+        ("faß.de", "xn--fa-hia.de"),  # IDNA 2008, not the transitional ss mapping of IDNA 2003
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("münchen.de", "xn--mnchen-3ya.de"),
+    ],
+)
+def test_accepted(given: str, expected: str) -> None:
+    assert mail_domain(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ("", "empty"),
+        ("john@contoso.com", "mail address"),
+        ("https://contoso.com/", "URL"),
+        ("192.0.2.1", "IP address"),
+        ("[2001:db8::1]", "IP address"),
+        ("localhost", "no dot"),
+        ("-bad.example", "label '-bad'"),
+        ("a..example", "label ''"),
+        ("under_score.example", "label 'under_score'"),
+        ("x" * 64 + ".example", "1-63"),
+        (("a" * 60 + ".") * 5 + "com", "253"),
+        ("contoso.123", "numeric"),
+        ("evil\x1b[2J.example", "label"),
+        ("☃\u200d.example", "internationalized"),
+    ],
+)
+def test_refused_with_a_reason(given: str, why: str) -> None:
+    with pytest.raises(InvalidDomainError, match=None) as caught:
+        mail_domain(given)
+    message = str(caught.value)
+    assert why in message
+    assert "\n" not in message and "\x1b" not in message
