@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import graphlib
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import RegistryError
-from diag.model import Finding, Severity
+from diag.model import CheckResult, Finding, Severity
 
 if TYPE_CHECKING:
     from diag.context import CheckContext
@@ -28,10 +28,19 @@ _CODE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a check's ``run`` returns: the facts it observed and the findings judged from them."""
+    """What a check's ``run`` returns: the facts it observed and the findings judged from them.
+
+    ``skipped`` is set, with facts None and no findings, when there was nothing to examine (a null MX leaves
+    no address to connect to): the check then ends ``skipped`` with that reason, never "passed".
+    """
 
     facts: Any
     findings: tuple[Finding, ...]
+    skipped: str | None = None
+
+    @classmethod
+    def skip(cls, reason: str) -> Outcome:
+        return cls(None, (), reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +54,13 @@ class Check:
         codes: every finding code the check may emit, with its default severity.
         requires: ids of checks whose facts this check reads; it runs after them, and is skipped if one of
             them did not complete.
-        timeout: the check's own time budget in seconds.
+        timeout: the check's own time budget in seconds, beyond the network operations it waits for.
+        operations: how many network operations the check may wait for one after another; each adds the
+            run's per-operation timeout (``--timeout``) to the budget, so a longer ``--timeout`` never turns
+            a slow but working server into a check timeout.
         tags: labels such as ``active`` (the check sends mail).
+        summarize: optional pure function over this check's results on every domain of a run, returning them
+            (possibly replaced) in the same order; for verdicts only the whole run can reach (egress blocked).
     """
 
     id: str
@@ -54,8 +68,10 @@ class Check:
     run: Callable[[CheckContext], Awaitable[Outcome]]
     codes: Mapping[str, Severity]
     requires: tuple[str, ...] = ()
-    timeout: float = 60.0
+    timeout: float = 10.0
+    operations: int = 0
     tags: frozenset[str] = field(default_factory=frozenset)
+    summarize: Callable[[Sequence[CheckResult]], Sequence[CheckResult]] | None = None
 
     def finding(
         self,
@@ -72,6 +88,10 @@ class Check:
         except KeyError:
             raise RegistryError(f"check {self.id!r} emits undeclared finding code {code!r}") from None
         return Finding(code, severity, subject, message, remediation, cloud_error)
+
+    def budget(self, operation_timeout: float) -> float:
+        """Seconds this check may take when each network operation may take ``operation_timeout``."""
+        return self.timeout + self.operations * operation_timeout
 
 
 class Registry:
@@ -106,7 +126,7 @@ class Registry:
             raise RegistryError(f"check dependencies form a cycle: {' -> '.join(exc.args[1])}") from None
         self._checks = {check_id: by_id[check_id] for check_id in order}
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Check]:
         return iter(self._checks.values())
 
     def __len__(self) -> int:

@@ -34,7 +34,27 @@ async def run_checks(domains: Sequence[str], registry: Registry, options: RunOpt
         reports = await asyncio.gather(*(_run_domain(domain, registry, run, deadline) for domain in domains))
     finally:
         await run.aclose()
-    return Report(started_at=started_at, finished_at=datetime.now(UTC), domains=tuple(reports))
+    return Report(started_at=started_at, finished_at=datetime.now(UTC), domains=_summarize(reports, registry))
+
+
+def _summarize(reports: Sequence[DomainReport], registry: Registry) -> tuple[DomainReport, ...]:
+    """Let checks with a run-wide view replace their per-domain results."""
+    rows = [list(report.results) for report in reports]
+    for index, check in enumerate(registry):
+        if check.summarize is None or not rows:
+            continue
+        column = [row[index] for row in rows]
+        try:
+            replaced = list(check.summarize(column))
+        except Exception as exc:
+            # A bug here must not cost the run its results: keep the per-domain ones, say so in one line.
+            log.warning("summarizing %s failed (%s: %s); kept the per-domain results", check.id,
+                        type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+            continue
+        if len(replaced) == len(column):
+            for row, result in zip(rows, replaced, strict=True):
+                row[index] = result
+    return tuple(DomainReport(report.domain, tuple(row)) for report, row in zip(reports, rows, strict=True))
 
 
 async def _run_domain(domain: str, registry: Registry, run: RunContext, deadline: float) -> DomainReport:
@@ -71,13 +91,18 @@ async def _run_check(
             check.id, check.title, Status.TIMEOUT, reason="run deadline reached before the check could start",
             started=started, finished=started,
         )  # fmt: skip
-    ends_by_deadline = started + check.timeout > deadline
+    budget = check.budget(run.options.timeout)
+    ends_by_deadline = started + budget > deadline
     context = CheckContext(domain, run, {result.check_id: result.facts for result in done})
     try:
-        async with asyncio.timeout_at(min(started + check.timeout, deadline)):
+        async with asyncio.timeout_at(min(started + budget, deadline)):
             outcome = await check.run(context)
         if not isinstance(outcome, Outcome):
             raise RegistryError(f"check {check.id!r} returned {type(outcome).__name__}, not Outcome")
+        if outcome.skipped is not None:
+            return CheckResult(
+                check.id, check.title, Status.SKIPPED, reason=outcome.skipped, started=started, finished=loop.time()
+            )
         for finding in outcome.findings:
             if check.codes.get(finding.code) is not finding.severity:
                 raise RegistryError(f"check {check.id!r} emitted undeclared finding {finding.code!r}")
@@ -88,7 +113,7 @@ async def _run_check(
             started=started, finished=loop.time(),
         )  # fmt: skip
     except TimeoutError:
-        reason = "run deadline reached" if ends_by_deadline else f"check exceeded its {check.timeout:g} s budget"
+        reason = "run deadline reached" if ends_by_deadline else f"check exceeded its {budget:g} s budget"
         return CheckResult(
             check.id, check.title, Status.TIMEOUT, reason=reason, started=started, finished=loop.time()
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from diag.context import CheckContext, RunOptions
 from diag.errors import DnsError, DnsTimeoutError
 from diag.model import Severity, Status
@@ -133,3 +135,41 @@ def test_a_run_returns_a_result_for_every_check_and_domain() -> None:
     assert [d.domain for d in report.domains] == ["one.example", "two.example"]
     for domain in report.domains:
         assert [r.check_id for r in domain.results] == list(registry.ids)
+
+
+def test_nothing_to_examine_is_skipped_with_the_reason() -> None:
+    async def empty(ctx: CheckContext) -> Outcome:
+        return Outcome.skip("no address to connect to")
+
+    result = run(Registry([make("empty", empty)])).domains[0].result("empty")
+    assert (result.status, result.reason, result.findings) == (Status.SKIPPED, "no address to connect to", ())
+
+
+def test_budget_grows_with_the_operation_timeout() -> None:
+    async def slow(ctx: CheckContext) -> Outcome:
+        await asyncio.sleep(0.4)
+        return Outcome(None, ())
+
+    check = Check("slow", "slow", slow, {}, timeout=0.1, operations=2)
+    assert check.budget(0.2) == pytest.approx(0.5)
+    completed = run(Registry([check]), options=replace(OPTIONS, timeout=0.2)).domains[0].result("slow")
+    assert completed.status is Status.COMPLETED
+    timed_out = run(Registry([check]), options=replace(OPTIONS, timeout=0.1)).domains[0].result("slow")
+    assert (timed_out.status, timed_out.reason) == (Status.TIMEOUT, "check exceeded its 0.3 s budget")
+
+
+def test_summarize_sees_every_domain_and_a_broken_one_is_ignored() -> None:
+    seen = []
+
+    def count(results):  # type: ignore[no-untyped-def]
+        seen.append([r.check_id for r in results])
+        return [replace(r, reason="summarized") for r in results]
+
+    def broken(results):  # type: ignore[no-untyped-def]
+        raise RuntimeError("bug")
+
+    registry = Registry([Check("a", "a", ok, {}, summarize=count), Check("b", "b", ok, {}, summarize=broken)])
+    report = run(registry, domains=("one.example", "two.example"))
+    assert seen == [["a", "a"]]
+    assert [d.result("a").reason for d in report.domains] == ["summarized", "summarized"]
+    assert [d.result("b").status for d in report.domains] == [Status.COMPLETED, Status.COMPLETED]
