@@ -13,10 +13,14 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
+from diag.net.tls import load_trust_store
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["CheckContext", "RunContext", "RunOptions"]
 
@@ -37,6 +41,10 @@ class RunOptions:
         per_host_connections: concurrent connections to one IP address, at most (politeness).
         total_connections: concurrent connections in all, at most.
         expect_mx: shell-style patterns every MX host of a checked domain must match (``*.example.net``).
+        allow_private: connect to MX addresses that are not public (loopback, private ranges); refused by
+            default, since a domain's DNS could otherwise aim the probe at internal hosts (security-cases PC-20).
+        max_addresses_per_host: addresses probed per MX host at most (hostile DNS may list hundreds; DNS-10).
+        cert_warn_days, cert_crit_days: a certificate expiring within this many days is a warning, an error.
     """
 
     nameservers: tuple[Nameserver, ...] = ()
@@ -48,6 +56,10 @@ class RunOptions:
     per_host_connections: int = 2
     total_connections: int = 64
     expect_mx: tuple[str, ...] = ()
+    allow_private: bool = False
+    max_addresses_per_host: int = 10
+    cert_warn_days: int = 30
+    cert_crit_days: int = 7
 
 
 class RunContext:
@@ -61,6 +73,7 @@ class RunContext:
             lambda: asyncio.Semaphore(options.per_host_connections)
         )
         self._total = asyncio.Semaphore(options.total_connections)
+        self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -83,6 +96,12 @@ class RunContext:
             return await probe_session(
                 ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout
             )
+
+    async def trust_store(self) -> tuple[x509.Certificate, ...]:
+        """The CA certificates to verify against (``--ca-file`` or the system store), loaded once per run."""
+        if self._trust_store is None:
+            self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
+        return await asyncio.shield(self._trust_store)
 
     async def aclose(self) -> None:
         """Cancel sessions no check waited for (a check that timed out leaves its session behind)."""

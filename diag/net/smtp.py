@@ -32,7 +32,6 @@ class SessionStage(enum.StrEnum):
     BANNER = "banner"
     EHLO = "ehlo"
     STARTTLS = "starttls"
-    TLS_EHLO = "tls-ehlo"
     DONE = "done"
 
 
@@ -116,9 +115,10 @@ class SessionFacts:
     transcript: tuple[str, ...] = field(default=())
 
     @property
-    def endpoint(self) -> str:
-        """``host [ip]:port``: how findings name this session's subject."""
-        return f"{self.server_name} [{self.ip}]:{self.port}"
+    def answered_ehlo(self) -> bool:
+        """The session got past EHLO (or HELO)."""
+        return self.reached in (SessionStage.EHLO, SessionStage.STARTTLS, SessionStage.DONE)
+
 
 
 def probe_context() -> ssl.SSLContext:

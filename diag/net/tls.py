@@ -1,0 +1,234 @@
+"""Certificates as facts, with cryptography: parse what a server sent, verify the chain, match host names.
+
+Verification never fetches missing intermediates (the cloud service does not either: exchange-model.md §5.2,
+"Exchange Online doesn't fetch intermediate certificates on-demand"), so a server that sends only its leaf
+is found out here exactly as it would be there.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ssl
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509 import DNSName
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from diag.errors import ConfigError
+
+__all__ = ["CertInfo", "Trust", "TrustVerdict", "cert_info", "load_trust_store", "name_matches", "verify_chain"]
+
+_WEAK_HASHES = ("sha1", "md5")
+
+
+class Trust(enum.StrEnum):
+    """What chain verification concluded."""
+
+    TRUSTED = "trusted"
+    SELF_SIGNED = "self-signed"
+    INCOMPLETE = "incomplete"
+    UNTRUSTED = "untrusted"
+    WEAK_SIGNATURE = "weak-signature"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustVerdict:
+    """The chain verification's conclusion and, when it failed, the verifier's words."""
+
+    trust: Trust
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """One certificate, as a person reads it.
+
+    Attributes:
+        subject, issuer: distinguished names (RFC 4514 text).
+        common_names: the subject's CN values.
+        dns_names: the subjectAltName DNS names.
+        not_before, not_after: the validity period (UTC).
+        key_type: ``RSA``, ``EC``, ``Ed25519``, ``Ed448`` or ``DSA``.
+        key_bits: the key size in bits.
+        signature_hash: the signature's hash algorithm (``sha256``), or None where the algorithm has none.
+        sha256: the SHA-256 fingerprint of the DER encoding, hex.
+        self_issued: subject and issuer are the same name.
+        pem: the certificate itself.
+    """
+
+    subject: str
+    issuer: str
+    common_names: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    key_type: str
+    key_bits: int
+    signature_hash: str | None
+    sha256: str
+    self_issued: bool
+    pem: str
+
+    @property
+    def weak_signature(self) -> bool:
+        return self.signature_hash in _WEAK_HASHES
+
+
+def cert_info(cert: x509.Certificate) -> CertInfo:
+    key = cert.public_key()
+    key_type, key_bits = _key(key)
+    try:
+        dns_names = tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                          .get_values_for_type(x509.DNSName))  # fmt: skip
+    except x509.ExtensionNotFound:
+        dns_names = ()
+    try:
+        algorithm = cert.signature_hash_algorithm
+        signature_hash = algorithm.name if algorithm is not None else None
+    except UnsupportedAlgorithm:  # an unknown algorithm is a fact to record, not a crash
+        signature_hash = cert.signature_algorithm_oid.dotted_string
+    return CertInfo(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        common_names=tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)),
+        dns_names=dns_names,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        key_type=key_type,
+        key_bits=key_bits,
+        signature_hash=signature_hash,
+        sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        self_issued=cert.subject == cert.issuer,
+        pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+    )
+
+
+def _key(key: object) -> tuple[str, int]:
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC", key.curve.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448", 456
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA", key.key_size
+    return type(key).__name__, 0
+
+
+def load_trust_store(ca_file: Path | None) -> tuple[x509.Certificate, ...]:
+    """The CA certificates to trust: ``ca_file``'s, or the system store's (blocking; call it in a thread)."""
+    if ca_file is not None:
+        return _load_pem_file(ca_file)
+    paths = ssl.get_default_verify_paths()
+    certs: list[x509.Certificate] = []
+    if paths.cafile and Path(paths.cafile).is_file():
+        certs.extend(_load_pem_file(Path(paths.cafile)))
+    elif paths.capath and Path(paths.capath).is_dir():
+        for entry in sorted(Path(paths.capath).iterdir()):
+            if entry.is_file() and entry.suffix in (".pem", ".crt", ".0"):
+                try:
+                    certs.extend(x509.load_pem_x509_certificates(entry.read_bytes()))
+                except ValueError:
+                    continue
+    if not certs:
+        raise ConfigError("no system CA certificates found; give the CAs to trust with --ca-file")
+    return tuple(certs)
+
+
+def _load_pem_file(path: Path) -> tuple[x509.Certificate, ...]:
+    try:
+        with warnings.catch_warnings():
+            # System bundles carry old roots with RFC 5280 blemishes (e.g. a zero serial number); they are
+            # the operator's trust decision, not ours to warn about on every run.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load CA certificates from {path}: {exc}") from None
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate], store: Sequence[x509.Certificate], *, at: datetime
+) -> TrustVerdict:
+    """Does the chain as sent lead to a trusted CA? Judged apart from names and from validity dates.
+
+    The name given to the verifier is one the leaf itself carries, and the time is moved inside the leaf's
+    validity period: a wrong name and an expired certificate are separate findings, not "untrusted".
+    """
+    leaf, intermediates = chain[0], list(chain[1:])
+    if any(cert_info(cert).weak_signature for cert in chain if cert not in store):
+        # cryptography refuses SHA-1/MD5 signatures outright, so trust cannot be judged beyond that.
+        return TrustVerdict(Trust.WEAK_SIGNATURE, "the chain carries a SHA-1 or MD5 signature")
+    if leaf.subject == leaf.issuer and leaf not in store and _signed_by(leaf, leaf):
+        return TrustVerdict(Trust.SELF_SIGNED, "the certificate is signed by its own key")
+    when = min(max(at, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
+    name = _own_name(leaf)
+    try:
+        verifier = PolicyBuilder().store(Store(list(store))).time(when).build_server_verifier(DNSName(name))
+        verifier.verify(leaf, intermediates)
+    except VerificationError as exc:
+        top = chain[-1]
+        if not _is_ca(top) and top.issuer not in {cert.subject for cert in store}:
+            # The chain stops at an end-entity certificate whose issuer nobody has: the server left out its
+            # intermediate. (A chain that ends in a CA we do not know is untrusted instead.)
+            return TrustVerdict(Trust.INCOMPLETE, f"no certificate for the issuer {top.issuer.rfc4514_string()}")
+        return TrustVerdict(Trust.UNTRUSTED, str(exc))
+    except ValueError as exc:  # a name the verifier cannot take (e.g. no usable DNS name in the leaf)
+        return TrustVerdict(Trust.UNTRUSTED, str(exc))
+    return TrustVerdict(Trust.TRUSTED)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return True
+
+
+def _own_name(leaf: x509.Certificate) -> str:
+    """A concrete host name the leaf is for: its first DNS name, a wildcard's label filled in."""
+    info = cert_info(leaf)
+    for name in info.dns_names or info.common_names:
+        return f"x{name[1:]}" if name.startswith("*.") else name
+    return "invalid"
+
+
+def name_matches(host: str, info: CertInfo) -> bool:
+    """RFC 6125 §6.4: does the certificate name ``host``?
+
+    DNS names from subjectAltName; the subject CN only when there are none (§6.4.4); a wildcard only as the
+    whole left-most label, standing for exactly one label, never directly under a top-level domain (§6.4.3).
+    Names compare without their trailing dot and without regard to case (security-cases.md PC-11).
+    """
+    wanted = host.rstrip(".").lower()
+    for pattern in info.dns_names or info.common_names:
+        candidate = pattern.rstrip(".").lower()
+        if candidate == wanted:
+            return True
+        if candidate.startswith("*.") and candidate.count(".") >= 2:
+            first, _, rest = wanted.partition(".")
+            if first and rest == candidate[2:]:
+                return True
+    return False
+
+

@@ -1,0 +1,105 @@
+"""Certificate facts, chain verification and RFC 6125 name matching, on certificates of the lab's test PKI."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from diag.errors import ConfigError
+from diag.lab.pki import CertKind, TestPKI
+from diag.net.tls import CertInfo, Trust, cert_info, load_trust_store, name_matches, verify_chain
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI.create()
+
+
+def verdict(pki: TestPKI, kind: CertKind, *, store: tuple = (), at=None):  # type: ignore[no-untyped-def]
+    issued = pki.issue(["mx.example.com"], kind=kind)
+    return verify_chain(issued.chain, store or (pki.root,), at=at or pki.now)
+
+
+@pytest.mark.parametrize(
+    ("kind", "trust"),
+    [
+        (CertKind.GOOD, Trust.TRUSTED),
+        # Dates and names are judged apart from trust: an expired chain still leads to a trusted root.
+        (CertKind.EXPIRED, Trust.TRUSTED),
+        (CertKind.NOT_YET_VALID, Trust.TRUSTED),
+        (CertKind.EXPIRING, Trust.TRUSTED),
+        (CertKind.WEAK_KEY, Trust.TRUSTED),
+        (CertKind.SELF_SIGNED, Trust.SELF_SIGNED),
+        (CertKind.CHAINLESS, Trust.INCOMPLETE),
+        (CertKind.SHA1, Trust.WEAK_SIGNATURE),
+    ],
+)
+def test_trust(pki: TestPKI, kind: CertKind, trust: Trust) -> None:
+    assert verdict(pki, kind).trust is trust
+
+
+def test_another_root_is_untrusted(pki: TestPKI) -> None:
+    other = TestPKI.create()
+    result = verdict(pki, CertKind.GOOD, store=(other.root,))
+    assert result.trust is Trust.UNTRUSTED and result.detail
+    # A leaf sent alone under an unknown CA: the missing intermediate is what the server can fix first.
+    assert verdict(pki, CertKind.CHAINLESS, store=(other.root,)).trust is Trust.INCOMPLETE
+
+
+def test_chainless_verifies_when_the_intermediate_is_trusted(pki: TestPKI) -> None:
+    # Never fetched: only a store that already holds the intermediate makes a leaf-only chain verify.
+    assert verdict(pki, CertKind.CHAINLESS, store=(pki.root, pki.intermediate)).trust is Trust.TRUSTED
+
+
+def test_cert_info(pki: TestPKI) -> None:
+    info = cert_info(pki.issue(["mx.example.com", "mail.example.com"]).certificate)
+    assert info.dns_names == ("mx.example.com", "mail.example.com")
+    assert info.common_names == ("mx.example.com",)
+    assert (info.key_type, info.key_bits, info.signature_hash) == ("EC", 256, "sha256")
+    assert len(info.sha256) == 64 and info.pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert info.not_after - info.not_before > timedelta(days=30)
+    weak = cert_info(pki.issue(["mx.example.com"], kind=CertKind.WEAK_KEY).certificate)
+    assert (weak.key_type, weak.key_bits) == ("RSA", 1024)
+    assert cert_info(pki.issue(["mx.example.com"], kind=CertKind.SHA1).certificate).weak_signature
+
+
+def names(*dns: str, cn: tuple[str, ...] = ()) -> CertInfo:
+    return CertInfo("", "", cn, dns, None, None, "EC", 256, "sha256", "", False, "")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("host", "info", "matches"),
+    [
+        ("mx.example.com", names("mx.example.com"), True),
+        ("MX.Example.COM", names("mx.example.com"), True),
+        ("mx.example.com.", names("mx.example.com"), True),  # trailing dot stripped (PC-11)
+        ("mx.example.com", names("mx.example.com."), True),
+        ("mx.example.com", names("mail.example.com"), False),
+        ("mx.example.com", names("*.example.com"), True),
+        ("a.mx.example.com", names("*.example.com"), False),  # one label only
+        ("example.com", names("*.example.com"), False),
+        ("mx.example.com", names("m*.example.com"), False),  # partial wildcards are not honoured
+        ("mx.com", names("*.com"), False),  # never directly under a top-level domain
+        ("mx.example.com", names(cn=("mx.example.com",)), True),  # CN only without SAN
+        ("mx.example.com", names("other.example.com", cn=("mx.example.com",)), False),  # SAN wins over CN
+        ("mx.example.com", names(), False),
+    ],
+)
+def test_name_matches(host: str, info: CertInfo, matches: bool) -> None:
+    assert name_matches(host, info) is matches
+
+
+def test_trust_store_from_file_and_errors(pki: TestPKI, tmp_path: Path) -> None:
+    path = pki.write_root(tmp_path / "ca.pem")
+    assert load_trust_store(path) == (pki.root,)
+    (tmp_path / "empty.pem").write_text("nothing here")
+    with pytest.raises(ConfigError):
+        load_trust_store(tmp_path / "empty.pem")
+    with pytest.raises(ConfigError):
+        load_trust_store(tmp_path / "missing.pem")
+
+
+def test_system_trust_store_loads() -> None:
+    assert len(load_trust_store(None)) > 10
