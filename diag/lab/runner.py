@@ -13,6 +13,7 @@ import errno
 import shutil
 import socket
 import tempfile
+from collections import Counter
 from pathlib import Path
 from types import TracebackType
 
@@ -73,6 +74,13 @@ class Lab:
         return self.directory / "maildir"
 
     @property
+    def dns_queries(self) -> Counter[str]:
+        """How many queries the lab's DNS server received, by transport (``udp``, ``tcp``)."""
+        if self._dns is None:
+            raise LabError("the lab is not running")
+        return self._dns.queries
+
+    @property
     def nameserver(self) -> Nameserver:
         if self._dns is None:
             raise LabError("the lab is not running")
@@ -85,13 +93,16 @@ class Lab:
             "smtp_port": self.smtp_port,
             "ca_file": self.ca_file,
             "ehlo_name": "probe.diag.invalid",
+            "allow_private": True,
         }
         values.update(overrides)
         return RunOptions(**values)  # type: ignore[arg-type]
 
     def option_text(self) -> str:
         """The command-line options that reach this lab from another process."""
-        return f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file}"
+        return (
+            f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private"
+        )
 
     async def start(self) -> None:
         try:
@@ -124,6 +135,7 @@ class Lab:
     def _make_hosts(self) -> list[LabHost]:
         """Issue each host's certificate and write the files a TLS server needs (blocking: runs in a thread)."""
         pki = TestPKI.create()
+        foreign = TestPKI.create(org="a CA nobody trusts")
         certs = self.directory / "certs"
         certs.mkdir(exist_ok=True)
         self.ca_file = pki.write_root(certs / "lab-root-ca.pem")
@@ -133,12 +145,14 @@ class Lab:
                 continue
             tls = None
             if host.cert is not None:
-                chain, key = pki.issue(host.names_in_cert, kind=host.cert).write(certs, host.name)
+                issuer = foreign if host.foreign_ca else pki
+                chain, key = issuer.issue(host.names_in_cert, kind=host.cert).write(certs, host.name)
                 tls = TlsFiles(chain=chain, key=key)
             hosts.append(
                 LabHost(
                     name=host.name, ip=host.ip, kind=host.kind, tls=tls, legacy_crypto=host.legacy_crypto,
                     tls_versions=host.tls_versions, greeting=host.greeting, domains=host.domains,
+                    script=host.script,
                 )
             )  # fmt: skip
         return hosts

@@ -19,6 +19,7 @@ import enum
 import logging
 import mailbox
 import re
+import socket
 import ssl
 import warnings
 from collections.abc import Callable
@@ -62,7 +63,9 @@ class HostKind(enum.StrEnum):
     TARPIT = "tarpit"
     """Accepts TCP, never greets, reads and discards input."""
     GREETING = "greeting"
-    """Greets with ``LabHost.greeting`` and refuses every command but QUIT."""
+    """Greets with ``LabHost.greeting``; then answers from ``LabHost.script``, or refuses every command but QUIT."""
+    BLACKHOLE = "blackhole"
+    """Never completes a TCP handshake: connecting times out, as behind a firewall that drops packets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,9 @@ class LabHost:
     """For GREETING: the full reply line without CRLF, e.g. "554 5.7.1 No SMTP service here"."""
     domains: tuple[str, ...] = ()
     """Recipient domains the host accepts mail for."""
+    script: tuple[tuple[str, str | None], ...] = ()
+    """For GREETING: (verb, reply) pairs answering commands after a 220 greeting; a None reply closes the
+    connection without a word; verbs not listed get 502. Replies may span lines ("250-a\r\n250 b")."""
 
 
 class _Connections:
@@ -144,13 +150,21 @@ class _Connections:
 class LabHostServer:
     """A running lab host, as returned by :func:`start_host`. Also an async context manager that closes it."""
 
-    __slots__ = ("_connections", "_host", "_port", "_server")
+    __slots__ = ("_connections", "_host", "_port", "_server", "_sockets")
 
-    def __init__(self, host: LabHost, port: int, server: asyncio.Server, connections: _Connections) -> None:
+    def __init__(
+        self,
+        host: LabHost,
+        port: int,
+        server: asyncio.Server | None,
+        connections: _Connections,
+        sockets: tuple[socket.socket, ...] = (),
+    ) -> None:
         self._host = host
         self._port = port
         self._server = server
         self._connections = connections
+        self._sockets = sockets
 
     @property
     def host(self) -> LabHost:
@@ -164,6 +178,10 @@ class LabHostServer:
 
     async def close(self) -> None:
         """Stop listening and abort every open connection. Returns within a few seconds; safe to repeat."""
+        for sock in self._sockets:
+            sock.close()
+        if self._server is None:
+            return
         self._server.close()
         # On 3.11 Server.wait_closed() returns at once and leaves accepted connections open; on 3.12+ it
         # waits for them. Aborting them ourselves makes both behave the same.
@@ -202,6 +220,8 @@ async def start_host(
     """
     _validate(host, timeout)
     loop = asyncio.get_running_loop()
+    if host.kind is HostKind.BLACKHOLE:
+        return await _start_blackhole(host, port)
     connections = _Connections(_MAX_CONNECTIONS)
     factory: Callable[[], asyncio.BaseProtocol]
     match host.kind:
@@ -228,12 +248,17 @@ async def start_host(
             def factory() -> asyncio.BaseProtocol:
                 return _Tarpit(connections, timeout * 10)
 
+        case HostKind.BLACKHOLE:  # pragma: no cover - started above
+            raise AssertionError("unreachable")
+
         case HostKind.GREETING:
             assert host.greeting is not None  # checked by _validate
             greeting = host.greeting
 
+            script = {verb.upper().encode("ascii"): reply for verb, reply in host.script}
+
             def factory() -> asyncio.BaseProtocol:
-                return _Greeter(connections, greeting, timeout)
+                return _Greeter(connections, greeting, timeout, script)
 
     try:
         server = await loop.create_server(factory, host.ip, port)
@@ -242,6 +267,29 @@ async def start_host(
         raise LabError(message) from error
     bound: int = server.sockets[0].getsockname()[1]
     return LabHostServer(host, bound, server, connections)
+
+
+async def _start_blackhole(host: LabHost, port: int) -> LabHostServer:
+    """A listener whose accept queue is full and never drained.
+
+    With a backlog of 0 Linux queues one connection; the lab makes that one itself. Further SYNs are dropped
+    while the queue is full (tcp_abort_on_overflow=0, the default), so a client's connect() times out exactly
+    as it does against a firewall that drops packets, on loopback and without root.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind((host.ip, port))
+        listener.listen(0)
+        filler.setblocking(False)
+        async with asyncio.timeout(_CLOSE_WAIT):
+            await asyncio.get_running_loop().sock_connect(filler, listener.getsockname())
+    except (OSError, TimeoutError) as error:
+        listener.close()
+        filler.close()
+        raise LabError(f"lab host {host.name}: cannot listen on {host.ip}:{port}: {error}") from error
+    bound: int = listener.getsockname()[1]
+    return LabHostServer(host, bound, None, _Connections(0), (filler, listener))
 
 
 def _validate(host: LabHost, timeout: float) -> None:
@@ -253,8 +301,8 @@ def _validate(host: LabHost, timeout: float) -> None:
     if host.kind == HostKind.GREETING:
         if host.greeting is None or not _REPLY_LINE.fullmatch(host.greeting):
             raise LabError(f"lab host {host.name}: GREETING needs a one-line reply such as '554 5.7.1 ...'")
-    elif host.greeting is not None:
-        raise LabError(f"lab host {host.name}: only a GREETING host has a greeting")
+    elif host.greeting is not None or host.script:
+        raise LabError(f"lab host {host.name}: only a GREETING host has a greeting or a script")
     if host.kind != HostKind.MAIL and (host.tls is not None or host.domains):
         raise LabError(f"lab host {host.name}: only a MAIL host has tls or domains")
 
@@ -426,11 +474,15 @@ class _Tarpit(asyncio.Protocol):
 
 
 class _Greeter(asyncio.Protocol):
-    """Greets with a fixed reply line. 421: closes at once. Other codes: refuses every command but QUIT."""
+    """Greets with a fixed reply line. 421: closes at once. A 220 greeting with a script: answers from it.
+    Other codes: refuses every command but QUIT."""
 
-    def __init__(self, connections: _Connections, greeting: str, timeout: float) -> None:
+    def __init__(
+        self, connections: _Connections, greeting: str, timeout: float, script: dict[bytes, str | None]
+    ) -> None:
         self._connections = connections
         self._greeting = greeting
+        self._script = script if greeting.startswith("220") else {}
         self._timeout = timeout
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -474,9 +526,16 @@ class _Greeter(asyncio.Protocol):
             # Postfix answers its hard error limit with 421 instead of the command's reply.
             self._finish(b"421 4.7.0 Too many errors\r\n")
             return False
+        assert self._transport is not None
+        if self._script:
+            if verb in self._script and self._script[verb] is None:
+                self._transport.abort()  # a server that hangs up mid-session
+                return False
+            reply = self._script.get(verb) or "502 5.5.2 Error: command not recognized"
+            self._transport.write(reply.encode("ascii") + b"\r\n")
+            return True
         # RFC 5321 §3.1: after a 554 greeting the server MUST wait for QUIT and answer every other command
         # with 503.
-        assert self._transport is not None
         self._transport.write(b"503 5.5.1 Bad sequence of commands\r\n")
         return True
 

@@ -48,6 +48,8 @@ class HostDef:
         cert: the certificate it serves with STARTTLS, or None for no STARTTLS.
         cert_names: the names in its certificate; default: its host name.
         greeting: the greeting of a GREETING host.
+        script: a GREETING host's answers to commands after a 220 greeting (see diag.lab.smtp.LabHost).
+        foreign_ca: the certificate comes from a CA that clients do not trust.
         domains: recipient domains it accepts mail for.
         tls_versions: the TLS versions it offers (min, max); None for the defaults.
         address_record: publish ``name A ip`` (False when another record, e.g. a CNAME target, carries it).
@@ -59,6 +61,8 @@ class HostDef:
     cert: CertKind | None = CertKind.GOOD
     cert_names: tuple[str, ...] = ()
     greeting: str | None = None
+    script: tuple[tuple[str, str | None], ...] = ()
+    foreign_ca: bool = False
     domains: tuple[str, ...] = ()
     tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None
     address_record: bool = True
@@ -97,16 +101,26 @@ PURPOSES = {
     "weakkey.example": "RSA-1024 key",
     "sha1.example": "certificate signed with SHA-1",
     "expiring.example": "certificate expires in 10 days",
+    "untrusted.example": "certificate from a CA nobody trusts",
     "oldtls.example": "offers only TLS 1.0 and 1.1",
     "notls.example": "no STARTTLS",
     "refused.example": "nothing listens: connection refused",
     "tarpit.example": "accepts TCP, never greets",
+    "blackhole.example": "drops connections: TCP connect times out",
     "rejecting.example": "greets with 554",
     "ratelimited.example": "greets with 421",
+    "heloonly.example": "rejects EHLO, accepts only HELO (no ESMTP, no STARTTLS)",
+    "ehlodrop.example": "greets, then hangs up at EHLO",
+    "badstarttls.example": "offers STARTTLS, then answers it with 454",
     "nullmx.example": "null MX (RFC 7505)",
+    "mixednull.example": "null MX next to a real MX",
     "nomx.example": "no MX, an A record only (implicit MX)",
     "cnamemx.example": "MX target is a CNAME",
     "dangling.example": "MX target has no address",
+    "iplit.example": "MX target is an IP address",
+    "badname.example": "MX target is not a valid host name",
+    "dupmx.example": "the same MX host listed twice",
+    "manymx.example": "30 MX hosts on one address: the answer is truncated over UDP, fetched over TCP",
     "multi.example": "three MX hosts: one refused, two healthy",
     "servfail.example": "its DNS answers SERVFAIL",
 }
@@ -145,6 +159,24 @@ def default_world() -> World:
         _broken("notls.example", 10, cert=None),
         _broken("refused.example", 11, kind=None),
         _broken("tarpit.example", 12, kind=HostKind.TARPIT, cert=None),
+        _broken("blackhole.example", 20, kind=HostKind.BLACKHOLE, cert=None),
+        _broken("untrusted.example", 22, foreign_ca=True),
+        _broken(
+            "heloonly.example", 23, kind=HostKind.GREETING, cert=None, greeting="220 mx.heloonly.example SMTP",
+            script=(("EHLO", "502 5.5.2 Error: command not recognized"), ("HELO", "250 mx.heloonly.example")),
+        ),
+        _broken(
+            "ehlodrop.example", 24, kind=HostKind.GREETING, cert=None, greeting="220 mx.ehlodrop.example ESMTP",
+            script=(("EHLO", None),),
+        ),
+        _broken(
+            "badstarttls.example", 25, kind=HostKind.GREETING, cert=None,
+            greeting="220 mx.badstarttls.example ESMTP",
+            script=(
+                ("EHLO", "250-mx.badstarttls.example\r\n250-PIPELINING\r\n250 STARTTLS"),
+                ("STARTTLS", "454 4.7.0 TLS not available due to temporary reason"),
+            ),
+        ),
         _broken(
             "rejecting.example", 13, kind=HostKind.GREETING, cert=None,
             greeting="554 5.7.1 mx.rejecting.example No SMTP service here",
@@ -177,6 +209,18 @@ def default_world() -> World:
     hosts.append(HostDef("mx2.multi.example", "127.0.20.18", domains=("multi.example",)))
     hosts.append(HostDef("mx3.multi.example", "127.0.20.19", domains=("multi.example",)))
     records.append(Record("servfail.example", "MX", ("10 mx.servfail.example.",)))
+    records.append(Record("mixednull.example", "MX", ("0 .", "10 mx2.multi.example.")))
+    records.append(Record("iplit.example", "MX", ("10 127.0.20.18.",)))
+    records.append(Record("badname.example", "MX", ("10 bad_name.badname.example.",)))
+    records.append(Record("dupmx.example", "MX", ("10 mx2.multi.example.", "20 mx2.multi.example.")))
+    # Enough records that the answer exceeds 512 bytes: dnspython then retries over TCP (DNS-08).
+    many = tuple(f"{n} mx{n:02d}.manymx.example." for n in range(1, 31))
+    records.append(Record("manymx.example", "MX", many))
+    records.extend(Record(f"mx{n:02d}.manymx.example", "A", ("127.0.20.21",)) for n in range(1, 31))
+    hosts.append(
+        HostDef("mx01.manymx.example", "127.0.20.21", cert_names=("*.manymx.example",), domains=("manymx.example",),
+                address_record=False)
+    )  # fmt: skip
 
     for host in hosts:
         if host.address_record:
