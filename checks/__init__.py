@@ -10,7 +10,7 @@ from diag.registry import Registry
 __all__ = ["MODULES", "default_registry"]
 
 # Module names under ``checks``, in the order their results are shown.
-MODULES = ("mx",)
+MODULES = ("mx", "port25", "starttls", "certificate")
 
 
 def default_registry() -> Registry:

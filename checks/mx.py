@@ -232,7 +232,8 @@ CHECK = Check(
     id="mx",
     title="MX records",
     run=run,
-    timeout=30.0,
+    timeout=5.0,
+    operations=2,  # the MX query, then the targets' A and AAAA queries (concurrently)
     codes={
         "MX_OK": Severity.INFO,
         "MX_NULL": Severity.INFO,

@@ -140,6 +140,12 @@ def _select(registry: Registry, ids: Sequence[str]) -> Registry:
               help="Run only this check and what it needs (repeatable).")
 @click.option("--expect-mx", multiple=True, metavar="GLOB",
               help="Every MX host must match this pattern, e.g. '*.mail.protection.outlook.com' (repeatable).")
+@click.option("--allow-private", is_flag=True,
+              help="Also probe MX addresses that are not public (loopback, private ranges); refused by default.")
+@click.option("--cert-warn-days", type=click.IntRange(0, 3650), default=30, show_default=True, metavar="DAYS",
+              help="A certificate expiring within DAYS is a warning.")
+@click.option("--cert-crit-days", type=click.IntRange(0, 3650), default=7, show_default=True, metavar="DAYS",
+              help="A certificate expiring within DAYS is an error.")
 @click.option("--json", "json_out", metavar="FILE|-", default=None, help="Write the JSON result to FILE or stdout.")
 @click.option("--lab", is_flag=True, help="Run against a throw-away embedded lab on loopback.")
 @click.option("-q", "--quiet", is_flag=True, help="Show only problems; nothing when all is well.")
@@ -155,13 +161,19 @@ def check(
     deadline: float,
     check_ids: tuple[str, ...],
     expect_mx: tuple[str, ...],
+    allow_private: bool,
+    cert_warn_days: int,
+    cert_crit_days: int,
     json_out: str | None,
     lab: bool,
     quiet: bool,
     verbose: bool,
     no_color: bool,
 ) -> int:
-    """Check the mail setup of each DOMAIN: MX, port 25, STARTTLS, certificates."""
+    """Check the mail setup of each DOMAIN: MX, port 25, STARTTLS, certificates.
+
+    Every address of every MX host is probed concurrently, with one SMTP session per address.
+    """
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import mail_domain
@@ -180,6 +192,9 @@ def check(
         timeout=timeout,
         deadline=deadline,
         expect_mx=expect_mx,
+        allow_private=allow_private,
+        cert_warn_days=max(cert_warn_days, cert_crit_days),
+        cert_crit_days=cert_crit_days,
     )
     json_path = None if json_out in (None, "-") else Path(json_out)
     if json_path is not None and not json_path.parent.is_dir():
@@ -202,7 +217,7 @@ async def _run(domains: list[str], registry: Registry, options: RunOptions, *, l
         lab_options = running.run_options()
         options = dataclasses.replace(
             options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
-            ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name,
+            ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
         )  # fmt: skip
         return await run_checks(domains, registry, options)
 

@@ -29,7 +29,8 @@ def test_lab_check_of_the_organization_passes() -> None:
 
 @pytest.mark.parametrize(
     ("domain", "code"),
-    [("nomx.example", 1), ("dangling.example", 2), ("servfail.example", 3)],
+    [("nomx.example", 1), ("expiring.example", 1), ("dangling.example", 2), ("refused.example", 2),
+     ("expired.example", 2), ("servfail.example", 3)],
 )
 def test_exit_codes_follow_the_worst_result(domain: str, code: int) -> None:
     assert diag("check", domain, "--lab").returncode == code
@@ -45,8 +46,14 @@ def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
     statuses = {d["domain"]: d["status"] for d in document["domains"]}
     assert statuses == {"contoso.com": "ok", "xn--bcher-kva.example": "critical", "servfail.example": "unknown"}
     assert document["exit_code"] == done.returncode == 2
-    mx = document["domains"][0]["checks"][0]
+    mx, port25, _starttls, certificate = document["domains"][0]["checks"]
     assert mx["facts"]["hosts"][0]["addresses"] == ["127.0.1.10"]
+    session = port25["facts"]["probed"][0]["session"]
+    assert session["greeting_code"] == 220 and session["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+    assert all(session[k] >= 0 for k in ("connect_s", "banner_s", "ehlo_s", "tls_s"))
+    leaf = certificate["facts"]["certificates"][0]["chain"][0]
+    assert leaf["dns_names"][0] == "*.mail.protection.outlook.com" and len(leaf["sha256"]) == 64
+    assert leaf["not_after"].endswith("Z") and leaf["key_type"] == "EC"
     failed = document["domains"][2]["checks"][0]
     assert failed["status"] == "error" and failed["reason"].startswith("dns: ")
 
@@ -111,3 +118,47 @@ def test_version_and_help() -> None:
 def test_lab_domains_lists_every_lab_domain() -> None:
     done = diag("lab", "domains")
     assert "tarpit.example" in done.stdout and "accepts TCP, never greets" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "finding"),
+    [
+        ([], 1, "CERT_EXPIRING "),
+        (["--cert-warn-days", "5"], 0, "CERT_OK"),
+        (["--cert-crit-days", "12"], 2, "CERT_EXPIRING_SOON"),
+    ],
+)
+def test_certificate_expiry_thresholds(options: list[str], code: int, finding: str) -> None:
+    done = diag("check", "expiring.example", "--lab", *options)
+    assert done.returncode == code and finding in done.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_lab_serve_prints_the_options_that_reach_it() -> None:
+    import shlex
+    import signal
+
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "diag", "lab", "serve", "--smtp-port", str(_free_port()),
+         "--dns-port", str(_free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert serve.stdout is not None
+        lines = [serve.stdout.readline() for _ in range(2)]
+        reach = lines[1].split("reach it with: ", 1)[1].split()
+        assert reach[:3] == ["diag", "check", "DOMAIN"]
+        done = diag("check", "contoso.com", "expired.example", *reach[3:])
+        assert done.returncode == 2, shlex.join(reach)
+        assert "contoso.com: OK" in done.stdout and "CERT_EXPIRED" in done.stdout
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=20)
+    assert serve.returncode == 0 and "stopped" in err

@@ -141,6 +141,10 @@ def test_lab_multi_is_in_preference_order(lab: Lab) -> None:
         ("cnamemx.example", ["MX_TARGET_CNAME"]),
         ("dangling.example", ["MX_TARGET_NO_ADDRESS"]),
         ("doesnotexist.example", ["MX_DOMAIN_NXDOMAIN"]),
+        ("mixednull.example", ["MX_NULL_MIXED", "MX_OK"]),
+        ("iplit.example", ["MX_TARGET_IP_LITERAL"]),
+        ("badname.example", ["MX_TARGET_INVALID"]),
+        ("dupmx.example", ["MX_DUPLICATE", "MX_OK"]),
     ],
 )
 def test_lab_defects(lab: Lab, domain: str, expected: list[str]) -> None:
@@ -171,3 +175,10 @@ def test_unanswered_dns_is_an_error(lab: Lab) -> None:
 
     with pytest.raises(DnsError):
         asyncio.run(go())
+
+
+def test_lab_truncated_answer_is_fetched_over_tcp(lab: Lab) -> None:
+    before = lab.dns_queries["tcp"]
+    facts = probe(lab, "manymx.example")
+    assert len(facts.hosts) == 30 and facts.hosts[0].name == "mx01.manymx.example"
+    assert lab.dns_queries["tcp"] > before

@@ -1,0 +1,212 @@
+"""The certificate each MX address presents over STARTTLS: trusted chain, validity, name, key and signature.
+
+The chain is verified with cryptography's X.509 verifier against the system store or ``--ca-file``, as sent,
+without fetching missing intermediates. The name is matched against the MX host name per RFC 6125.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from checks.port25 import Port25Facts
+from diag.context import CheckContext
+from diag.model import Finding, Severity
+from diag.net.tls import CertInfo, Trust, cert_info, name_matches, verify_chain
+from diag.registry import Check, Outcome
+
+__all__ = ["CHECK", "CertificateFacts", "PresentedCert", "assess"]
+
+_UNTRUSTED = "450 4.4.317 Cannot connect to remote server [Message=UntrustedRoot]"
+_INVALID = "450 4.7.320 Certificate validation failed"
+_MIN_KEY_BITS = {"RSA": 2048, "DSA": 2048, "EC": 256}
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedCert:
+    """What one address presented, and what verification said.
+
+    Attributes:
+        endpoint: ``host [ip]:port``.
+        host: the MX host name the certificate must carry.
+        chain: the certificates as sent, leaf first.
+        trust: the chain verification's conclusion, judged apart from names and dates.
+        trust_detail: the verifier's words when it did not trust the chain.
+    """
+
+    endpoint: str
+    host: str
+    chain: tuple[CertInfo, ...]
+    trust: Trust
+    trust_detail: str = ""
+
+    @property
+    def leaf(self) -> CertInfo:
+        return self.chain[0]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """The certificates presented at every address that completed a TLS handshake.
+
+    Attributes:
+        certificates: one per address.
+        checked_at: the moment validity was judged against.
+        warn_days, crit_days: the expiry thresholds in force.
+    """
+
+    certificates: tuple[PresentedCert, ...]
+    checked_at: datetime
+    warn_days: int
+    crit_days: int
+
+
+def assess(facts: CertificateFacts) -> tuple[Finding, ...]:
+    """Judge each presented certificate; pure."""
+    found: list[Finding] = []
+    for presented in facts.certificates:
+        found.extend(_assess_one(presented, facts))
+    return tuple(found)
+
+
+def _assess_one(p: PresentedCert, facts: CertificateFacts) -> list[Finding]:
+    subject, leaf = p.endpoint, p.leaf
+    found: list[Finding] = []
+    days_left = (leaf.not_after - facts.checked_at).total_seconds() / 86400
+    if leaf.not_after < facts.checked_at:
+        found.append(CHECK.finding(
+            "CERT_EXPIRED", subject,
+            f"The certificate of {subject} expired on {leaf.not_after:%Y-%m-%d} ({_days(-days_left)} ago).",
+            "Renew the certificate and bind the new one to the receive connector.",
+            cloud_error=f"{_INVALID} (certificate expired)",
+        ))  # fmt: skip
+    elif leaf.not_before > facts.checked_at:
+        found.append(CHECK.finding(
+            "CERT_NOT_YET_VALID", subject,
+            f"The certificate of {subject} is not valid before {leaf.not_before:%Y-%m-%d %H:%M} UTC.",
+            "Check the server's clock and the certificate's dates; serve a certificate that is valid now.",
+            cloud_error=f"{_INVALID} (certificate not yet valid)",
+        ))  # fmt: skip
+    elif days_left <= facts.crit_days:
+        found.append(CHECK.finding(
+            "CERT_EXPIRING_SOON", subject,
+            f"The certificate of {subject} expires on {leaf.not_after:%Y-%m-%d}, in {_days(days_left)}.",
+            "Renew the certificate now; the cloud service rejects it the moment it expires.",
+        ))  # fmt: skip
+    elif days_left <= facts.warn_days:
+        found.append(CHECK.finding(
+            "CERT_EXPIRING", subject,
+            f"The certificate of {subject} expires on {leaf.not_after:%Y-%m-%d}, in {_days(days_left)}.",
+            "Renew the certificate before it expires and bind the new one to the receive connector.",
+        ))  # fmt: skip
+    found.extend(_trust_findings(p))
+    if not name_matches(p.host, leaf):
+        names = ", ".join(leaf.dns_names or leaf.common_names) or "no names"
+        found.append(CHECK.finding(
+            "CERT_NAME_MISMATCH", subject,
+            f"The certificate of {subject} is for {names}, not for {p.host}.",
+            f"Serve a certificate whose subject alternative names include {p.host}.",
+            cloud_error=f"450 4.4.317 Cannot connect to remote server [Message=SubjectMismatch Expected Subject: "
+            f"{p.host}. Presented Subject: {leaf.subject}]",
+        ))  # fmt: skip
+    minimum = _MIN_KEY_BITS.get(leaf.key_type)
+    if minimum is not None and leaf.key_bits < minimum:
+        found.append(CHECK.finding(
+            "CERT_WEAK_KEY", subject,
+            f"The certificate of {subject} has a {leaf.key_bits}-bit {leaf.key_type} key; at least {minimum} "
+            "bits are required.",
+            f"Issue a new certificate with an RSA key of 2048 bits or more, or an EC key of {_MIN_KEY_BITS['EC']} "
+            "bits.",
+        ))  # fmt: skip
+    weak = [c for c in p.chain if c.weak_signature and not (c.self_issued and c is not leaf)]
+    if weak:
+        found.append(CHECK.finding(
+            "CERT_WEAK_SIGNATURE", subject,
+            f"The certificate chain of {subject} is signed with {weak[0].signature_hash.upper()}, which is broken "  # type: ignore[union-attr]
+            "and no longer accepted.",
+            "Reissue the certificate (and any intermediate) with a SHA-256 signature.",
+            cloud_error=_UNTRUSTED,
+        ))  # fmt: skip
+    if not found:
+        found.append(CHECK.finding(
+            "CERT_OK", subject,
+            f"The certificate of {subject} is trusted, valid until {leaf.not_after:%Y-%m-%d} and names {p.host}.",
+        ))  # fmt: skip
+    return found
+
+
+def _days(days: float) -> str:
+    whole = max(0, round(days))
+    return "1 day" if whole == 1 else f"{whole} days"
+
+
+def _trust_findings(p: PresentedCert) -> list[Finding]:
+    subject = p.endpoint
+    match p.trust:
+        case Trust.SELF_SIGNED:
+            return [CHECK.finding(
+                "CERT_SELF_SIGNED", subject,
+                f"The certificate of {subject} is self-signed: no certificate authority vouches for it.",
+                "Install a certificate issued by a public certificate authority, with its intermediate chain.",
+                cloud_error=_UNTRUSTED,
+            )]  # fmt: skip
+        case Trust.INCOMPLETE:
+            return [CHECK.finding(
+                "CERT_CHAIN_INCOMPLETE", subject,
+                f"{subject} sends its certificate without the intermediate CA certificate ({p.trust_detail}). "
+                "The cloud service does not fetch missing intermediates, so it rejects the connection.",
+                "Install the full chain (leaf and intermediates) on the receive connector's certificate.",
+                cloud_error=_UNTRUSTED,
+            )]  # fmt: skip
+        case Trust.UNTRUSTED:
+            return [CHECK.finding(
+                "CERT_UNTRUSTED", subject,
+                f"The certificate chain of {subject} does not lead to a trusted certificate authority "
+                f"({p.trust_detail}).",
+                "Use a certificate from a public certificate authority and send its full chain.",
+                cloud_error=_UNTRUSTED,
+            )]  # fmt: skip
+    return []
+
+
+def examine(host: str, endpoint: str, chain_der: tuple[bytes, ...], store: tuple[x509.Certificate, ...],
+            now: datetime) -> PresentedCert:  # fmt: skip
+    """Parse and verify one presented chain (computation only, no I/O)."""
+    chain = tuple(x509.load_der_x509_certificate(der) for der in chain_der)
+    verdict = verify_chain(chain, store, at=now)
+    return PresentedCert(endpoint, host, tuple(cert_info(c) for c in chain), verdict.trust, verdict.detail)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    port25 = ctx.facts("port25", Port25Facts)
+    with_tls = [(p, p.session.tls) for p in port25.probed if p.session.tls is not None and p.session.tls.chain_der]
+    if not with_tls:
+        return Outcome.skip("no MX address completed a TLS handshake")
+    store = await ctx.run.trust_store()
+    now = datetime.now(UTC)
+    presented = tuple(examine(p.host, p.endpoint, tls.chain_der, store, now) for p, tls in with_tls)
+    facts = CertificateFacts(presented, now, ctx.options.cert_warn_days, ctx.options.cert_crit_days)
+    return Outcome(facts, assess(facts))
+
+
+CHECK = Check(
+    id="certificate",
+    title="TLS certificate",
+    run=run,
+    requires=("port25",),
+    codes={
+        "CERT_OK": Severity.INFO,
+        "CERT_EXPIRED": Severity.CRITICAL,
+        "CERT_NOT_YET_VALID": Severity.CRITICAL,
+        "CERT_EXPIRING": Severity.WARNING,
+        "CERT_EXPIRING_SOON": Severity.ERROR,
+        "CERT_UNTRUSTED": Severity.ERROR,
+        "CERT_CHAIN_INCOMPLETE": Severity.ERROR,
+        "CERT_SELF_SIGNED": Severity.ERROR,
+        "CERT_NAME_MISMATCH": Severity.ERROR,
+        "CERT_WEAK_KEY": Severity.ERROR,
+        "CERT_WEAK_SIGNATURE": Severity.ERROR,
+    },
+)

@@ -1,0 +1,242 @@
+"""Port 25: every address of every MX host accepts a connection, greets and answers EHLO.
+
+One SMTP session per address (shared with the starttls and certificate checks) records the facts; this check
+judges the connection, the greeting (RFC 5321 §3.1, §4.2: 421 and 554 greetings) and EHLO (§4.1.1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from checks.mx import MxFacts
+from diag.context import CheckContext
+from diag.model import CheckResult, Finding, Severity, Status
+from diag.net.smtp import SessionError, SessionFacts, SessionStage
+from diag.registry import Check, Outcome
+
+__all__ = ["CHECK", "NotProbed", "Port25Facts", "Probed", "assess", "summarize"]
+
+
+@dataclass(frozen=True, slots=True)
+class NotProbed:
+    """An MX address that was deliberately not contacted, and why."""
+
+    host: str
+    ip: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """One MX address of the domain and the session held with it.
+
+    Attributes:
+        host: the MX host name this domain reaches the address by (what its certificate must name).
+        session: the session's facts; shared with every other domain that reaches the same address.
+    """
+
+    host: str
+    session: SessionFacts
+
+    @property
+    def endpoint(self) -> str:
+        """``host [ip]:port``: how findings name their subject."""
+        ip = self.session.ip
+        return f"{self.host} [{ip}]:{self.session.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Port25Facts:
+    """The SMTP sessions at every MX address, in MX preference order.
+
+    Attributes:
+        probed: one per address probed.
+        not_probed: addresses left alone: not public (without ``--allow-private``) or over the per-host cap.
+    """
+
+    probed: tuple[Probed, ...]
+    not_probed: tuple[NotProbed, ...] = ()
+
+
+def _public(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_global
+    except ValueError:
+        return False
+
+
+async def probe(ctx: CheckContext) -> Port25Facts | None:
+    mx = ctx.facts("mx", MxFacts)
+    options = ctx.options
+    targets: dict[str, str] = {}  # one session per address, named after the first (most preferred) host
+    not_probed: list[NotProbed] = []
+    for host in mx.hosts:
+        for index, ip in enumerate(host.addresses):
+            if ip in targets:
+                continue
+            if index >= options.max_addresses_per_host:
+                not_probed.append(NotProbed(host.name, ip, f"over {options.max_addresses_per_host} addresses"))
+            elif not options.allow_private and not _public(ip):
+                not_probed.append(NotProbed(host.name, ip, "not a public address"))
+            else:
+                targets[ip] = host.name
+    if not targets and not not_probed:
+        return None
+    sessions = await asyncio.gather(*(ctx.run.smtp_session(ip, name) for ip, name in targets.items()))
+    probed = tuple(Probed(name, session) for name, session in zip(targets.values(), sessions, strict=True))
+    return Port25Facts(probed, tuple(not_probed))
+
+
+def assess(facts: Port25Facts) -> tuple[Finding, ...]:
+    """Judge each session; pure."""
+    found: list[Finding] = []
+    for item in facts.not_probed:
+        if item.why == "not a public address":
+            found.append(CHECK.finding(
+                "SMTP_TARGET_NOT_PUBLIC", f"{item.host} [{item.ip}]",
+                f"The MX host {item.host} resolves to {item.ip}, which is not a public address; it was not probed, "
+                "and senders on the Internet cannot reach it.",
+                "Publish the host's public address in DNS, or run diag with --allow-private to probe it anyway.",
+            ))  # fmt: skip
+    for probed in facts.probed:
+        found.append(_assess_session(probed))
+    return tuple(found)
+
+
+def _assess_session(probed: Probed) -> Finding:
+    s, subject = probed.session, probed.endpoint
+    match s.error:
+        case SessionError.REFUSED:
+            return CHECK.finding(
+                "SMTP_CONNECT_REFUSED", subject,
+                f"{subject} refuses connections: nothing listens on port {s.port}, or a firewall rejects them.",
+                "Start the SMTP service on that address or open port 25 to the cloud service's addresses.",
+                cloud_error="450 4.4.316 Connection refused [Message=Socket error code 10061]",
+            )  # fmt: skip
+        case SessionError.CONNECT_TIMEOUT:
+            return CHECK.finding(
+                "SMTP_CONNECT_TIMEOUT", subject,
+                f"{subject} does not answer connection attempts ({s.detail}); packets are probably dropped.",
+                "Check that the host is up and that firewalls allow inbound TCP port 25 from the cloud service.",
+                cloud_error="450 4.4.315 Connection timed out",
+            )  # fmt: skip
+        case SessionError.UNREACHABLE:
+            return CHECK.finding(
+                "SMTP_CONNECT_FAILED", subject,
+                f"{subject} cannot be reached from here: {s.detail}.",
+                "Check routing to that address (an IPv6 address needs IPv6 connectivity on both sides).",
+            )  # fmt: skip
+        case SessionError.BANNER_TIMEOUT:
+            return CHECK.finding(
+                "SMTP_BANNER_TIMEOUT", subject,
+                f"{subject} accepts the TCP connection but never sends its SMTP greeting ({s.detail}).",
+                "Check the SMTP service: it may be overloaded or hung, or a proxy or firewall may hold the "
+                "connection (a tarpit).",
+                cloud_error="450 4.4.315 Connection timed out",
+            )  # fmt: skip
+        case SessionError.GREETING_REJECTED:
+            text = f"{s.greeting_code} {s.greeting}".strip()
+            limited = s.greeting_code == 421
+            return CHECK.finding(
+                "SMTP_GREETING_REJECT", subject,
+                (f"{subject} greets with 421: it is rate limiting or refusing connections for now ({text})."
+                 if limited else f"{subject} refuses the session in its greeting ({text})."),
+                ("Check the server's connection limits and whether it blocks the cloud service's addresses."
+                 if limited else "Allow the cloud service's addresses on the server's receive connector."),
+                cloud_error=f"450 4.4.317 Cannot connect to remote server [Message={text}]",
+            )  # fmt: skip
+        case SessionError.EHLO_REJECTED:
+            return CHECK.finding(
+                "SMTP_EHLO_REJECTED", subject,
+                f"{subject} rejects EHLO and HELO ({s.detail}).",
+                "Check the receive connector's HELO/EHLO restrictions.",
+                cloud_error="450 4.4.317 Cannot connect to remote server",
+            )  # fmt: skip
+        case SessionError.DISCONNECTED if s.reached is SessionStage.CONNECT:
+            return CHECK.finding(
+                "SMTP_SESSION_FAILED", subject,
+                f"{subject} closes the connection before greeting ({s.detail}).",
+                "Check the SMTP service and any proxy or firewall in front of it.",
+                cloud_error="450 4.4.318 Connection was closed abruptly",
+            )  # fmt: skip
+        case SessionError.TIMEOUT | SessionError.DISCONNECTED | SessionError.PROTOCOL if (
+            s.reached is SessionStage.BANNER
+        ):
+            return CHECK.finding(
+                "SMTP_SESSION_FAILED", subject,
+                f"{subject} greets but fails at EHLO ({s.error.value}: {s.detail}).",
+                "Check the SMTP service and any SMTP-inspecting firewall in front of it.",
+                cloud_error="450 4.4.318 Connection was closed abruptly",
+            )  # fmt: skip
+    if s.helo_fallback:
+        return CHECK.finding(
+            "SMTP_EHLO_REJECTED", subject,
+            f"{subject} rejects EHLO and accepts only HELO: it offers no SMTP extensions, so no STARTTLS.",
+            "Enable ESMTP (EHLO) on the receive connector.",
+            cloud_error="450 4.4.317 Cannot connect to remote server",
+        )  # fmt: skip
+    return CHECK.finding(
+        "SMTP_OK", subject,
+        f"{subject} accepts connections, greets with {s.greeting_code} and answers EHLO.",
+    )
+
+
+def summarize(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """SMTP_EGRESS_BLOCKED: when every address probed in the whole run timed out connecting (none refused,
+    none answered), outbound port 25 is blocked from *this* host (common on cloud VMs and home lines), so the
+    targets are not to blame: every such result becomes "could not run", with the explanation."""
+    sessions = [p.session for r in results if isinstance(r.facts, Port25Facts) for p in r.facts.probed]
+    if not sessions or any(s.error is not SessionError.CONNECT_TIMEOUT for s in sessions):
+        return list(results)
+    blocked = []
+    for result in results:
+        if not isinstance(result.facts, Port25Facts) or not result.facts.probed:
+            blocked.append(result)
+            continue
+        finding = CHECK.finding(
+            "SMTP_EGRESS_BLOCKED", ", ".join(p.endpoint for p in result.facts.probed),
+            f"Every connection to port {sessions[0].port} timed out, for every domain of this run: outbound "
+            "port 25 is most likely blocked from the host diag runs on, so these servers could not be judged.",
+            "Run diag from a host that may connect out on port 25 (many cloud providers and ISPs block it), "
+            "or ask for the block to be lifted.",
+        )  # fmt: skip
+        blocked.append(replace(
+            result, status=Status.ERROR, reason="egress: outbound port 25 appears blocked from this host",
+            findings=(finding,),
+        ))  # fmt: skip
+    return blocked
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
+    if facts is None:
+        return Outcome.skip("the MX check found no address to connect to")
+    return Outcome(facts, assess(facts))
+
+
+CHECK = Check(
+    id="port25",
+    title="Port 25 reachability",
+    run=run,
+    requires=("mx",),
+    timeout=10.0,
+    # connect, greeting, EHLO, STARTTLS, handshake, EHLO, QUIT: one after another in each session (the
+    # sessions themselves run concurrently), plus one more for waiting on the per-host connection limit.
+    operations=8,
+    summarize=summarize,
+    codes={
+        "SMTP_OK": Severity.INFO,
+        "SMTP_CONNECT_REFUSED": Severity.ERROR,
+        "SMTP_CONNECT_TIMEOUT": Severity.ERROR,
+        "SMTP_CONNECT_FAILED": Severity.ERROR,
+        "SMTP_BANNER_TIMEOUT": Severity.ERROR,
+        "SMTP_GREETING_REJECT": Severity.ERROR,
+        "SMTP_EHLO_REJECTED": Severity.ERROR,
+        "SMTP_SESSION_FAILED": Severity.ERROR,
+        "SMTP_TARGET_NOT_PUBLIC": Severity.WARNING,
+        "SMTP_EGRESS_BLOCKED": Severity.NOTICE,
+    },
+)
