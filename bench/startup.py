@@ -1,6 +1,6 @@
-"""Benchmarks of what a user waits for: start-up, lab start, and a full check of every lab domain.
+"""Start-up benchmarks: how long ``diag --help`` takes as a process, and how long the lab takes to start.
 
-    python bench/bench_check.py [--repeat N]
+    python bench/startup.py [--repeat N]
 
 Prints the median and the spread of each measurement; compare with the baselines in bench/README.md.
 Performance is measured here, never by timed assertions in the tests.
@@ -22,19 +22,12 @@ def _help_seconds() -> float:
     return time.perf_counter() - start
 
 
-async def _lab_seconds() -> tuple[float, float, int]:
-    from checks import default_registry
+async def _lab_seconds() -> float:
     from diag.lab.runner import Lab
-    from diag.lab.world import PURPOSES
-    from diag.runner import run_checks
 
     start = time.perf_counter()
-    async with Lab() as lab:
-        started = time.perf_counter() - start
-        begin = time.perf_counter()
-        report = await run_checks(list(PURPOSES), default_registry(), lab.run_options(timeout=2.0))
-        checked = time.perf_counter() - begin
-    return started, checked, len(report.domains)
+    async with Lab():
+        return time.perf_counter() - start
 
 
 def _summary(name: str, samples: list[float]) -> str:
@@ -49,15 +42,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     helps = [_help_seconds() for _ in range(args.repeat)]
-    starts, checks = [], []
-    domains = 0
-    for _ in range(args.repeat):
-        started, checked, domains = asyncio.run(_lab_seconds())
-        starts.append(started)
-        checks.append(checked)
+    starts = [asyncio.run(_lab_seconds()) for _ in range(args.repeat)]
     print(_summary("diag --help (process)", helps))
     print(_summary("lab start", starts))
-    print(_summary(f"check {domains} lab domains", checks))
 
 
 if __name__ == "__main__":
