@@ -66,13 +66,18 @@ class Verdict(enum.StrEnum):
         A check that could not run may hide a critical problem, so it outweighs a warning; a critical finding
         is certain, so it outweighs the unknown (CONTRACT.md, exit codes).
         """
-        worst: Severity | None = None
-        incomplete = False
-        for result in results:
-            if result.status is not Status.COMPLETED:
-                incomplete = True
-            for finding in result.findings:
-                worst = finding.severity if worst is None else max(worst, finding.severity)
+        results = list(results)
+        incomplete = any(result.status is not Status.COMPLETED for result in results)
+        return cls._judge((f.severity for r in results for f in r.findings), incomplete=incomplete)
+
+    @classmethod
+    def of_findings(cls, findings: Iterable[Finding]) -> Verdict:
+        """The verdict of findings alone (from work that cannot be incomplete, like ``diag route``)."""
+        return cls._judge((f.severity for f in findings), incomplete=False)
+
+    @classmethod
+    def _judge(cls, severities: Iterable[Severity], *, incomplete: bool) -> Verdict:
+        worst = max(severities, default=None)
         if worst is not None and worst >= Severity.ERROR:
             return cls.CRITICAL
         if incomplete:

@@ -95,7 +95,7 @@ class Check:
 
 
 class Registry:
-    """A validated set of checks, in a dependency-respecting order."""
+    """A validated set of checks; iterating gives them in registration order."""
 
     def __init__(self, checks: Iterable[Check]) -> None:
         by_id: dict[str, Check] = {}
@@ -121,10 +121,10 @@ class Registry:
                 owners[code] = check.id
         sorter = graphlib.TopologicalSorter({c.id: c.requires for c in by_id.values()})
         try:
-            order = tuple(sorter.static_order())
+            self._execution_order = tuple(sorter.static_order())
         except graphlib.CycleError as exc:
             raise RegistryError(f"check dependencies form a cycle: {' -> '.join(exc.args[1])}") from None
-        self._checks = {check_id: by_id[check_id] for check_id in order}
+        self._checks = by_id
 
     def __iter__(self) -> Iterator[Check]:
         return iter(self._checks.values())
@@ -140,7 +140,12 @@ class Registry:
 
     @property
     def ids(self) -> tuple[str, ...]:
+        """Check ids in the order they were registered: the order results are shown in."""
         return tuple(self._checks)
+
+    def execution_order(self) -> tuple[Check, ...]:
+        """The checks in an order where every check comes after the checks it requires."""
+        return tuple(self._checks[check_id] for check_id in self._execution_order)
 
     def select(self, ids: Sequence[str]) -> Registry:
         """The named checks and everything they require; all checks when ``ids`` is empty."""

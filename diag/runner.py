@@ -59,12 +59,12 @@ def _summarize(reports: Sequence[DomainReport], registry: Registry) -> tuple[Dom
 
 async def _run_domain(domain: str, registry: Registry, run: RunContext, deadline: float) -> DomainReport:
     tasks: dict[str, asyncio.Task[CheckResult]] = {}
-    for check in registry:  # registry order is a topological order: requirements come first
+    for check in registry.execution_order():  # requirements first, so their tasks exist
         requirements = [tasks[dep] for dep in check.requires]
         tasks[check.id] = asyncio.create_task(
             _run_check(check, domain, requirements, run, deadline), name=f"{domain}:{check.id}"
         )
-    results = await asyncio.gather(*tasks.values())
+    results = await asyncio.gather(*(tasks[check_id] for check_id in registry.ids))
     return DomainReport(domain=domain, results=tuple(results))
 
 
