@@ -59,7 +59,9 @@ class MxFacts:
         implicit: no MX records; the domain's own addresses are the implicit MX.
         hosts: the usable mail exchangers in preference order (null MX entries excluded).
         duplicates: host names listed more than once.
-        expected: the patterns MX hosts were required to match (``--expect-mx``).
+        expected: the patterns MX hosts were required to match (``--expect-mx``, and the cloud host of the
+            organization's configuration for its accepted domains).
+        accepted: the domain is an accepted domain of the organization's configuration.
     """
 
     domain: str
@@ -69,6 +71,7 @@ class MxFacts:
     hosts: tuple[MxHost, ...] = ()
     duplicates: tuple[str, ...] = ()
     expected: tuple[str, ...] = ()
+    accepted: bool = False
 
 
 def _valid_host_name(name: str) -> bool:
@@ -98,12 +101,16 @@ async def _host(ctx: CheckContext, preference: int, name: str) -> MxHost:
 async def probe(ctx: CheckContext) -> MxFacts:
     domain = ctx.domain
     expected = ctx.options.expect_mx
+    org = ctx.options.organization
+    accepted = org is not None and org.accepted(domain) is not None
+    if accepted and org is not None and org.mx_host:
+        expected = (*expected, org.mx_host)
     answer = await ctx.resolver.query(domain, "MX")
     if answer.status is DnsStatus.NXDOMAIN:
-        return MxFacts(domain, answer.status, expected=expected)
+        return MxFacts(domain, answer.status, expected=expected, accepted=accepted)
     if answer.status is DnsStatus.NODATA:
         implicit = await _host(ctx, 0, domain)
-        return MxFacts(domain, answer.status, implicit=True, hosts=(implicit,), expected=expected)
+        return MxFacts(domain, answer.status, implicit=True, hosts=(implicit,), expected=expected, accepted=accepted)
     records = sorted(
         (r for r in answer.records if isinstance(r, dns.rdtypes.ANY.MX.MX)),
         key=lambda r: (r.preference, name_text(r.exchange).lower()),
@@ -124,7 +131,7 @@ async def probe(ctx: CheckContext) -> MxFacts:
     hosts = await asyncio.gather(*(_host(ctx, preference, name) for preference, name in targets))
     return MxFacts(
         domain, answer.status, null_mx=null_mx, hosts=tuple(hosts), duplicates=tuple(duplicates),
-        expected=expected,
+        expected=expected, accepted=accepted,
     )  # fmt: skip
 
 
@@ -150,6 +157,15 @@ def assess(facts: MxFacts) -> tuple[Finding, ...]:
                 "Remove the null MX record if the domain receives mail, or the other MX records if it does not "
                 "(RFC 7505 §3).",
             ))  # fmt: skip
+        elif facts.accepted:
+            return (
+                CHECK.finding(
+                    "MX_NULL_ACCEPTED", domain,
+                    f"{domain} is an accepted domain of the organization but publishes a null MX (0 .): every "
+                    "sender bounces mail to it (556 5.1.10).",
+                    "Replace the null MX with the cloud service's MX host for the domain.",
+                ),
+            )  # fmt: skip
         else:
             return (
                 CHECK.finding(
@@ -237,6 +253,7 @@ CHECK = Check(
     codes={
         "MX_OK": Severity.INFO,
         "MX_NULL": Severity.INFO,
+        "MX_NULL_ACCEPTED": Severity.CRITICAL,
         "MX_NULL_MIXED": Severity.ERROR,
         "MX_NONE_IMPLICIT": Severity.WARNING,
         "MX_DOMAIN_NXDOMAIN": Severity.CRITICAL,

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from diag.config import Organization
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
 from diag.net.tls import load_trust_store
+from diag.routing import RoutingOrder
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -45,6 +47,11 @@ class RunOptions:
             default, since a domain's DNS could otherwise aim the probe at internal hosts (security-cases PC-20).
         max_addresses_per_host: addresses probed per MX host at most (hostile DNS may list hundreds; DNS-10).
         cert_warn_days, cert_crit_days: a certificate expiring within this many days is a warning, an error.
+        organization: the organization's configuration (``--config``); checks tagged ``config`` need it.
+        routing_order: how connectors are ranked (``most-specific`` or ``documented``).
+        client_cert_names: the names in the certificate the on-premises server presents to the cloud
+            (``--client-cert``); empty: use the one its port-25 listener serves.
+        sender_ip: the address the on-premises server sends to the cloud from (``--sender-ip``).
     """
 
     nameservers: tuple[Nameserver, ...] = ()
@@ -60,6 +67,10 @@ class RunOptions:
     max_addresses_per_host: int = 10
     cert_warn_days: int = 30
     cert_crit_days: int = 7
+    organization: Organization | None = None
+    routing_order: RoutingOrder = RoutingOrder.MOST_SPECIFIC
+    client_cert_names: tuple[str, ...] = ()
+    sender_ip: str | None = None
 
 
 class RunContext:

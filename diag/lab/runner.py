@@ -17,12 +17,13 @@ from collections import Counter
 from pathlib import Path
 from types import TracebackType
 
+from diag.config import load_config
 from diag.context import RunOptions
 from diag.errors import LabError
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.pki import TestPKI
 from diag.lab.smtp import LabHost, LabHostServer, TlsFiles, start_host
-from diag.lab.world import DNS_IP, World, default_world
+from diag.lab.world import DNS_IP, EXAMPLE_CONFIG, World, default_world
 from diag.net.dns import Nameserver
 
 __all__ = ["Lab"]
@@ -87,8 +88,9 @@ class Lab:
         return Nameserver(DNS_IP, self._dns.port)
 
     def run_options(self, **overrides: object) -> RunOptions:
-        """Options that point a run at this lab: its resolver, port and CA."""
+        """Options that point a run at this lab: its resolver, port and CA, and its organization."""
         values: dict[str, object] = {
+            "organization": load_config(EXAMPLE_CONFIG),
             "nameservers": (self.nameserver,),
             "smtp_port": self.smtp_port,
             "ca_file": self.ca_file,

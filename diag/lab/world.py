@@ -7,7 +7,7 @@ A world is data: DNS zones and records, and mail hosts with the certificate (or 
 Addresses (all loopback; 127.0.0.0/8 needs no configuration on Linux):
     127.0.53.53     the lab's DNS server
     127.0.1.0/24    the cloud service (contoso-com.mail.protection.outlook.com)
-    127.0.10.0/24   the organization's on-premises servers (mail.contoso.com)
+    127.0.10.0/24   the organization's on-premises servers (mail.contoso.com, sales-mail.contoso.com)
     127.0.20.0/24   one host per broken domain
     127.0.30.0/24   Internet mail hosts (tailspintoys.com)
 """
@@ -16,14 +16,27 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from diag.lab.dns import Behaviour
 from diag.lab.pki import CertKind
 from diag.lab.smtp import HostKind
 
-__all__ = ["ACCEPTED_DOMAINS", "CLOUD_HOST", "DNS_IP", "PURPOSES", "HostDef", "Record", "World", "default_world"]
+__all__ = [
+    "ACCEPTED_DOMAINS",
+    "CLOUD_HOST",
+    "DNS_IP",
+    "EXAMPLE_CONFIG",
+    "PURPOSES",
+    "HostDef",
+    "Record",
+    "World",
+    "default_world",
+]
 
 DNS_IP = "127.0.53.53"
+# The setup guide's organization with its three connectors, pointing at the lab's smart hosts.
+EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "contoso.toml"
 CLOUD_HOST = "contoso-com.mail.protection.outlook.com"
 ACCEPTED_DOMAINS = ("contoso.com", "sales.contoso.com", "fabrikam.com", "contoso.onmicrosoft.com")
 
@@ -123,6 +136,7 @@ PURPOSES = {
     "manymx.example": "30 MX hosts on one address: the answer is truncated over UDP, fetched over TCP",
     "multi.example": "three MX hosts: one refused, two healthy",
     "servfail.example": "its DNS answers SERVFAIL",
+    "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
 }
 
 
@@ -140,11 +154,12 @@ def default_world() -> World:
         cert_names=("*.mail.protection.outlook.com", "mail.protection.outlook.com"),
         domains=ACCEPTED_DOMAINS,
     )  # fmt: skip
-    onprem = HostDef("mail.contoso.com", "127.0.10.10", domains=("contoso.com",))
+    onprem = HostDef("mail.contoso.com", "127.0.10.10", domains=ACCEPTED_DOMAINS)
+    sales = HostDef("sales-mail.contoso.com", "127.0.10.11", domains=("sales.contoso.com",))
     tailspin = HostDef("mail.tailspintoys.com", "127.0.30.10", domains=("tailspintoys.com",))
     records = [Record(domain, "MX", (f"10 {CLOUD_HOST}.",)) for domain in ACCEPTED_DOMAINS]
     records.append(Record("tailspintoys.com", "MX", ("10 mail.tailspintoys.com.",)))
-    hosts = [cloud, onprem, tailspin]
+    hosts = [cloud, onprem, sales, tailspin]
 
     broken = [
         _broken("expired.example", 1, cert=CertKind.EXPIRED),
@@ -209,6 +224,7 @@ def default_world() -> World:
     hosts.append(HostDef("mx2.multi.example", "127.0.20.18", domains=("multi.example",)))
     hosts.append(HostDef("mx3.multi.example", "127.0.20.19", domains=("multi.example",)))
     records.append(Record("servfail.example", "MX", ("10 mx.servfail.example.",)))
+    records.append(Record("notaccepted.example", "MX", (f"10 {CLOUD_HOST}.",)))
     records.append(Record("mixednull.example", "MX", ("0 .", "10 mx2.multi.example.")))
     records.append(Record("iplit.example", "MX", ("10 127.0.20.18.",)))
     records.append(Record("badname.example", "MX", ("10 bad_name.badname.example.",)))

@@ -48,6 +48,11 @@ def test_null_mx() -> None:
     assert (finding.code, finding.severity) == ("MX_NULL", Severity.INFO)
 
 
+def test_null_mx_of_an_accepted_domain_is_critical() -> None:
+    (finding,) = assess(MxFacts(DOMAIN, DnsStatus.OK, null_mx=True, accepted=True))
+    assert (finding.code, finding.severity) == ("MX_NULL_ACCEPTED", Severity.CRITICAL)
+
+
 def test_null_mx_next_to_real_ones_is_an_error() -> None:
     assert codes(MxFacts(DOMAIN, DnsStatus.OK, null_mx=True, hosts=(host(),))) == ["MX_NULL_MIXED", "MX_OK"]
 
@@ -101,8 +106,9 @@ def test_expected_mx_pattern() -> None:
 def test_every_declared_code_is_exercised_above() -> None:
     # Guards against a code that is declared but never emitted (or tested).
     exercised = {
-        "MX_OK", "MX_NULL", "MX_NULL_MIXED", "MX_NONE_IMPLICIT", "MX_DOMAIN_NXDOMAIN", "MX_TARGET_CNAME",
-        "MX_TARGET_IP_LITERAL", "MX_TARGET_INVALID", "MX_TARGET_NO_ADDRESS", "MX_DUPLICATE", "MX_NOT_EXPECTED",
+        "MX_OK", "MX_NULL", "MX_NULL_ACCEPTED", "MX_NULL_MIXED", "MX_NONE_IMPLICIT", "MX_DOMAIN_NXDOMAIN",
+        "MX_TARGET_CNAME", "MX_TARGET_IP_LITERAL", "MX_TARGET_INVALID", "MX_TARGET_NO_ADDRESS", "MX_DUPLICATE",
+        "MX_NOT_EXPECTED",
     }  # fmt: skip
     assert set(CHECK.codes) == exercised
 

@@ -1,0 +1,467 @@
+"""Connectors: does the organization's configuration route each domain where it should, will the smart hosts pass
+the cloud's own connector validation, and will the cloud recognise the on-premises server when it sends?
+
+Active when ``diag check`` gets ``--config``. Routing and relay rights come from :mod:`diag.routing` (one
+implementation for this check, ``diag route`` and the relay); smart hosts are probed with the same shared SMTP
+sessions as the mail checks, and judged the way the cloud validates a connector (exchange-model.md §5): resolve
+→ connect → EHLO → TLS as ``TlsSettings`` demands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from checks.mx import MxFacts
+from diag.config import AcceptedDomain, ConnectorType, DomainType, Organization, OutboundConnector, TlsSettings
+from diag.context import CheckContext
+from diag.errors import DnsError
+from diag.model import Finding, Severity
+from diag.net.dns import DnsStatus
+from diag.net.smtp import SessionError, SessionFacts
+from diag.net.tls import CertInfo, Trust, cert_info, verify_chain
+from diag.registry import Check, Outcome
+from diag.routing import (
+    RelayDecision,
+    Routing,
+    certificate_domain,
+    certificate_matches,
+    relay_decision,
+    route_both,
+)
+
+__all__ = ["CHECK", "ConnectorsFacts", "InboundFacts", "SmartHostProbe", "assess", "route_findings"]
+
+# A recipient outside every accepted domain, for the relay prediction ("may John mail Sun on the Internet?").
+_EXTERNAL_CANDIDATES = ("example.net", "example.org", "example.com")
+
+
+@dataclass(frozen=True, slots=True)
+class SmartHostProbe:
+    """One address of one smart host (or MX host, for a connector that routes by MX).
+
+    Attributes:
+        name: the smart host as configured (a host name or an IP address).
+        ip: the address probed; None when the name did not resolve.
+        resolve_error: why the name has no address ("NXDOMAIN", "no A/AAAA record", a DNS error), or "".
+        session: the shared SMTP session's facts at ``ip``.
+        chain: the certificates the host sent over STARTTLS, leaf first.
+        trust, trust_detail: chain verification against the trust store, apart from names and dates.
+        not_probed: why the address was left alone ("not a public address"), or "".
+    """
+
+    name: str
+    ip: str | None = None
+    resolve_error: str = ""
+    session: SessionFacts | None = None
+    chain: tuple[CertInfo, ...] = ()
+    trust: Trust | None = None
+    trust_detail: str = ""
+    not_probed: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        if self.ip is None:
+            return self.name
+        port = f":{self.session.port}" if self.session is not None else ""
+        return f"{self.name} [{self.ip}]{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundFacts:
+    """How the cloud would see the on-premises server when it sends as the domain.
+
+    Attributes:
+        cert_source: where the certificate names came from: ``client-cert`` (``--client-cert``), ``smart-host``
+            (the certificate the on-premises server's port-25 listener serves) or "" (none known).
+        cert_names: the certificate's DNS names.
+        sender_ip: the address it sends from (``--sender-ip``), if given.
+        external_domain: the Internet recipient domain the relay prediction was made for.
+        relay: the relay-rights decision for mail from the domain to ``external_domain``.
+    """
+
+    cert_source: str
+    cert_names: tuple[str, ...]
+    sender_ip: str | None
+    external_domain: str
+    relay: RelayDecision
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorsFacts:
+    """What the configuration says about the domain and what the smart hosts showed.
+
+    Attributes:
+        domain: the checked domain.
+        accepted: its accepted-domain entry, if any.
+        mx_at_cloud: the domain's MX points at the organization's cloud host (None when the config names none).
+        routing: the connector the cloud picks for the domain, and the other order's pick when it differs.
+        smart_hosts: the chosen connector's targets, probed.
+        inbound: the on-premises side, for accepted domains.
+        checked_at: the moment certificate dates were judged against.
+    """
+
+    domain: str
+    accepted: AcceptedDomain | None
+    mx_at_cloud: bool | None
+    routing: Routing
+    smart_hosts: tuple[SmartHostProbe, ...]
+    inbound: InboundFacts | None
+    checked_at: datetime
+
+    @property
+    def connector(self) -> OutboundConnector | None:
+        return self.routing.decision.connector
+
+
+# Judgement (pure).
+
+
+def route_findings(domain: str, routing: Routing, org: Organization) -> list[Finding]:
+    """Findings about which connector the cloud picks; shared with ``diag route``."""
+    found: list[Finding] = []
+    decision = routing.decision
+    connector = decision.connector
+    accepted = org.accepted(domain)
+    if connector is not None:
+        how = _rule_text(decision.rule.value, decision.pattern)
+        targets = ", ".join(connector.smart_hosts) if not connector.use_mx_record else "the MX hosts of the domain"
+        tls = connector.tls_settings.value if connector.tls_settings else "opportunistic"
+        found.append(CHECK.finding(
+            "ROUTE_CONNECTOR", domain,
+            f"The cloud sends mail for {domain} through the outbound connector '{connector.name}' ({how}) to "
+            f"{targets}, TLS {tls}.",
+        ))  # fmt: skip
+    elif accepted is not None and accepted.domain_type is DomainType.INTERNAL_RELAY:
+        found.append(CHECK.finding(
+            "ROUTE_NONE", domain,
+            f"{domain} is an InternalRelay accepted domain but no outbound connector applies to it: mail for "
+            "recipients without a cloud mailbox never leaves the cloud.",
+            f"Add {domain} to an OnPremises outbound connector's RecipientDomains (or set AllAcceptedDomains), "
+            "enabled and not in test mode.",
+        ))  # fmt: skip
+    elif accepted is not None:
+        found.append(CHECK.finding(
+            "ROUTE_CLOUD", domain,
+            f"No outbound connector applies to {domain}: it is Authoritative, so the cloud delivers its mail to "
+            "cloud mailboxes only and rejects unknown recipients.",
+        ))  # fmt: skip
+    if routing.alternative is not None:
+        other = routing.alternative
+        found.append(CHECK.finding(
+            "ROUTE_AMBIGUOUS", domain,
+            f"The two readings of the cloud's connector rules disagree for {domain}: the {decision.order.value} "
+            f"order picks {_pick(decision.connector)} ({decision.rule.value}), the {other.order.value} order picks "
+            f"{_pick(other.connector)} ({other.rule.value}).",
+            "Make one connector the only match for the domain (e.g. list it exactly in RecipientDomains), so "
+            "routing does not depend on undocumented precedence.",
+        ))  # fmt: skip
+    if decision.tied_with:
+        found.append(CHECK.finding(
+            "ROUTE_TIE", domain,
+            f"Several outbound connectors match {domain} equally ({_pick(connector)}, "
+            f"{', '.join(repr(n) for n in decision.tied_with)}); diag assumes the lowest name wins.",
+            "Remove the overlap so that exactly one connector matches the domain.",
+        ))  # fmt: skip
+    return found
+
+
+def _pick(connector: OutboundConnector | None) -> str:
+    return f"'{connector.name}'" if connector else "no connector (DNS MX)"
+
+
+def _rule_text(rule: str, pattern: str | None) -> str:
+    return f"{rule} match on {pattern}" if pattern else rule
+
+
+def assess(facts: ConnectorsFacts, org: Organization) -> tuple[Finding, ...]:
+    """Judge the configuration, the smart hosts and the inbound side for one domain; pure."""
+    domain = facts.domain
+    found: list[Finding] = []
+    if facts.accepted is None:
+        if facts.mx_at_cloud:
+            found.append(CHECK.finding(
+                "DOMAIN_NOT_ACCEPTED", domain,
+                f"The MX of {domain} points at the cloud host {org.mx_host}, but {domain} is not an accepted "
+                "domain: the cloud rejects the mail it receives for it.",
+                f"Add {domain} as an accepted domain (New-AcceptedDomain), or point its MX elsewhere.",
+                cloud_error="550 5.4.1 Relay Access Denied",
+            ))  # fmt: skip
+        else:
+            via = f"the connector '{facts.connector.name}'" if facts.connector else "its MX records"
+            found.append(CHECK.finding(
+                "DOMAIN_EXTERNAL", domain,
+                f"{domain} is not an accepted domain of the organization; the cloud delivers mail for it via {via}.",
+            ))  # fmt: skip
+    found.extend(route_findings(domain, facts.routing, org))
+    connector = facts.connector
+    if connector is not None:
+        for probe in facts.smart_hosts:
+            found.append(_assess_smart_host(probe, connector, facts.checked_at))
+    if facts.inbound is not None:
+        found.extend(_assess_inbound(facts, org))
+    return tuple(found)
+
+
+def _assess_smart_host(p: SmartHostProbe, connector: OutboundConnector, now: datetime) -> Finding:
+    subject = p.endpoint
+    where = f"the smart host {subject} of '{connector.name}'"
+    if p.resolve_error:
+        return CHECK.finding(
+            "SMARTHOST_RESOLVE_FAILED", subject,
+            f"The smart host {p.name} of '{connector.name}' has no address ({p.resolve_error}).",
+            "Correct the SmartHosts entry or publish an A record for it; the cloud resolves it in public DNS.",
+            cloud_error="450 4.4.312 DNS query failed",
+        )  # fmt: skip
+    if p.not_probed:
+        return CHECK.finding(
+            "SMARTHOST_CONNECT_FAILED", subject,
+            f"{_first_up(where)} resolves to {p.ip}, {p.not_probed}: the cloud cannot reach it.",
+            "Publish the smart host's public address, or run diag with --allow-private to probe it anyway.",
+            cloud_error="450 4.4.315 Connection timed out",
+        )  # fmt: skip
+    s = p.session
+    assert s is not None
+    match s.error:
+        case SessionError.REFUSED:
+            return CHECK.finding(
+                "SMARTHOST_CONNECT_FAILED", subject, f"{_first_up(where)} refuses connections on port {s.port}.",
+                "Open port 25 on the smart host to the cloud service's addresses and check the SMTP service.",
+                cloud_error="450 4.4.316 Connection refused [Message=Socket error code 10061]",
+            )  # fmt: skip
+        case SessionError.CONNECT_TIMEOUT | SessionError.UNREACHABLE:
+            return CHECK.finding(
+                "SMARTHOST_CONNECT_FAILED", subject, f"{_first_up(where)} does not answer ({s.detail}).",
+                "Check that the smart host is up and that firewalls let the cloud service's addresses in on port 25.",
+                cloud_error="450 4.4.315 Connection timed out",
+            )  # fmt: skip
+    if not s.answered_ehlo:
+        text = f"{s.greeting_code} {s.greeting}".strip() if s.greeting_code else s.detail
+        return CHECK.finding(
+            "SMARTHOST_EHLO_FAILED", subject,
+            f"{_first_up(where)} does not complete the SMTP greeting and EHLO ({s.error.value if s.error else ''}: "
+            f"{text}).",
+            "Check that the smart host is a mail server accepting the cloud's connections (receive connector).",
+            cloud_error=f"450 4.4.317 Cannot connect to remote server [Message={text}]",
+        )  # fmt: skip
+    tls_required = connector.tls_settings is not None
+    if tls_required and (s.tls is None or not s.tls.chain_der):
+        why = "does not offer STARTTLS" if not s.starttls_offered else f"fails STARTTLS ({s.detail})"
+        return CHECK.finding(
+            "SMARTHOST_TLS_FAILED", subject,
+            f"{_first_up(where)} {why}, but the connector requires TLS ({connector.tls_settings}).",
+            "Enable STARTTLS with a certificate on the smart host's receive connector.",
+            cloud_error="450 4.4.317 Cannot connect to remote server [Message=451 5.7.3 STARTTLS is required to send "
+            "mail]",
+        )  # fmt: skip
+    if connector.tls_settings in (TlsSettings.CERTIFICATE_VALIDATION, TlsSettings.DOMAIN_VALIDATION):
+        leaf = p.chain[0]
+        if p.trust is not Trust.TRUSTED:
+            return CHECK.finding(
+                "SMARTHOST_TLS_FAILED", subject,
+                f"The certificate of {where} is not trusted ({p.trust.value if p.trust else 'unknown'}: "
+                f"{p.trust_detail}), and the connector demands {connector.tls_settings}.",
+                "Serve a certificate from a public certificate authority with its full chain (the cloud does not "
+                "fetch missing intermediates).",
+                cloud_error="450 4.4.317 Cannot connect to remote server [Message=UntrustedRoot]",
+            )  # fmt: skip
+        if not leaf.not_before <= now <= leaf.not_after:
+            state = "expired" if now > leaf.not_after else "not yet valid"
+            return CHECK.finding(
+                "SMARTHOST_TLS_FAILED", subject,
+                f"The certificate of {where} is {state} (valid {leaf.not_before:%Y-%m-%d} to "
+                f"{leaf.not_after:%Y-%m-%d}).",
+                "Renew the smart host's certificate and bind it to its receive connector.",
+                cloud_error="450 4.7.320 Certificate validation failed",
+            )  # fmt: skip
+        if connector.tls_settings is TlsSettings.DOMAIN_VALIDATION and connector.tls_domain:
+            names = leaf.dns_names or leaf.common_names
+            if not certificate_matches(connector.tls_domain, names):
+                return CHECK.finding(
+                    "SMARTHOST_TLSDOMAIN_MISMATCH", subject,
+                    f"The certificate of {where} is for {', '.join(names) or 'no names'}, which does not match the "
+                    f"connector's TlsDomain {connector.tls_domain}.",
+                    f"Serve a certificate with a name under {connector.tls_domain}, or correct TlsDomain.",
+                    cloud_error=f"450 4.4.317 Cannot connect to remote server [Message=SubjectMismatch Expected "
+                    f"Subject: {connector.tls_domain}. Presented Subject: {leaf.subject}]",
+                )  # fmt: skip
+    tls = f"{s.tls.version}" if s.tls else "no TLS"
+    return CHECK.finding(
+        "SMARTHOST_OK", subject,
+        f"{_first_up(where)} passes the cloud's connector validation (EHLO, {tls}, "
+        f"TlsSettings {connector.tls_settings or 'opportunistic'}).",
+    )
+
+
+def _first_up(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _assess_inbound(facts: ConnectorsFacts, org: Organization) -> list[Finding]:
+    inbound = facts.inbound
+    assert inbound is not None
+    domain = facts.domain
+    who = _who(inbound)
+    if not inbound.cert_names and inbound.sender_ip is None:
+        return [CHECK.finding(
+            "INBOUND_UNCHECKED", domain,
+            f"No certificate or address of the on-premises server is known, so diag cannot tell whether the cloud "
+            f"will recognise its mail for {domain}.",
+            "Give --client-cert PEM (the certificate the on-premises server presents) or --sender-ip IP.",
+        )]  # fmt: skip
+    found: list[Finding] = []
+    relay = inbound.relay
+    if inbound.cert_names and certificate_domain(org, inbound.cert_names) is None:
+        found.append(CHECK.finding(
+            "INBOUND_CERT_NOT_ACCEPTED_DOMAIN", domain,
+            f"The certificate of the on-premises server ({', '.join(inbound.cert_names)}) names no accepted "
+            "domain: the cloud cannot attribute its mail to the organization by certificate.",
+            "Use a certificate whose name is in an accepted domain (e.g. *.contoso.com), or add that domain as an "
+            "accepted domain.",
+            cloud_error="550 5.7.64 TenantAttribution; Relay Access Denied",
+        ))  # fmt: skip
+    if relay.inbound_connector is None:
+        found.append(CHECK.finding(
+            "INBOUND_NO_MATCH", domain,
+            f"The on-premises server ({who}) matches no OnPremises inbound connector: the cloud treats its mail "
+            "as anonymous Internet mail.",
+            "Set the inbound connector's TlsSenderCertificateName to the certificate's domain, or add the server's "
+            "public address to SenderIPAddresses.",
+            cloud_error="550 5.7.64 TenantAttribution; Relay Access Denied",
+        ))  # fmt: skip
+    if not relay.allowed:
+        found.append(CHECK.finding(
+            "RELAY_DENIED", domain,
+            f"The cloud would refuse to relay mail from {domain} to the Internet ({inbound.external_domain}): "
+            f"{relay.reason}",
+            "Make the inbound connector recognise the on-premises server (certificate or address) and use a "
+            "certificate or sender domain that is an accepted domain.",
+            cloud_error=relay.reply,
+        ))  # fmt: skip
+    if not found:
+        found.append(CHECK.finding(
+            "INBOUND_OK", domain,
+            f"The on-premises server ({who}) matches the inbound connector '{relay.inbound_connector.name}' "  # type: ignore[union-attr]
+            f"and may relay mail from {domain} to the Internet.",
+        ))  # fmt: skip
+    return found
+
+
+def _who(inbound: InboundFacts) -> str:
+    parts = []
+    if inbound.cert_names:
+        parts.append(f"certificate {', '.join(inbound.cert_names)} from its {inbound.cert_source.replace('-', ' ')}")
+    if inbound.sender_ip:
+        parts.append(f"address {inbound.sender_ip}")
+    return "; ".join(parts)
+
+
+# Probing.
+
+
+async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Certificate, ...], now: datetime
+                            ) -> list[SmartHostProbe]:  # fmt: skip
+    try:
+        ipaddress.ip_address(name)
+        addresses: tuple[str, ...] = (name,)
+    except ValueError:
+        try:
+            a, aaaa = await asyncio.gather(ctx.resolver.query(name, "A"), ctx.resolver.query(name, "AAAA"))
+        except DnsError as exc:
+            return [SmartHostProbe(name, resolve_error=str(exc))]
+        addresses = tuple(r.to_text() for r in (*a.records, *aaaa.records))
+        if not addresses:
+            why = "NXDOMAIN" if a.status is DnsStatus.NXDOMAIN else "no A or AAAA record"
+            return [SmartHostProbe(name, resolve_error=why)]
+    probes = []
+    for ip in addresses[: ctx.options.max_addresses_per_host]:
+        if not ctx.options.allow_private and not ipaddress.ip_address(ip).is_global:
+            probes.append(SmartHostProbe(name, ip, not_probed="not a public address"))
+            continue
+        session = await ctx.run.smtp_session(ip, name)
+        chain: tuple[CertInfo, ...] = ()
+        trust, detail = None, ""
+        if session.tls is not None and session.tls.chain_der:
+            certs = tuple(x509.load_der_x509_certificate(der) for der in session.tls.chain_der)
+            verdict = verify_chain(certs, store, at=now)
+            chain, trust, detail = tuple(cert_info(c) for c in certs), verdict.trust, verdict.detail
+        probes.append(SmartHostProbe(name, ip, session=session, chain=chain, trust=trust, trust_detail=detail))
+    return probes
+
+
+def _external_domain(org: Organization) -> str:
+    return next(d for d in _EXTERNAL_CANDIDATES if org.accepted(d) is None)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    org = ctx.options.organization
+    if org is None:
+        return Outcome.skip("no organization configuration (--config)")
+    domain = ctx.domain
+    mx = ctx.facts("mx", MxFacts)
+    accepted = org.accepted(domain)
+    mx_at_cloud = None
+    if org.mx_host:
+        mx_at_cloud = any(h.name.lower() == org.mx_host.lower() for h in mx.hosts)
+    routing = route_both(org, domain, ctx.options.routing_order)
+    connector = routing.decision.connector
+    now = datetime.now(UTC)
+    smart_hosts: list[SmartHostProbe] = []
+    if connector is not None:
+        targets = connector.smart_hosts if not connector.use_mx_record else tuple(h.name for h in mx.hosts)
+        store = await ctx.run.trust_store() if connector.tls_settings else ()
+        for probes in await asyncio.gather(*(_probe_smart_host(ctx, t, store, now) for t in targets)):
+            smart_hosts.extend(probes)
+    inbound = None
+    if accepted is not None:
+        onprem = connector is not None and connector.connector_type is ConnectorType.ON_PREMISES
+        inbound = _inbound(ctx, org, domain, smart_hosts if onprem else [])
+    facts = ConnectorsFacts(domain, accepted, mx_at_cloud, routing, tuple(smart_hosts), inbound, now)
+    return Outcome(facts, assess(facts, org))
+
+
+def _inbound(ctx: CheckContext, org: Organization, domain: str, onprem: list[SmartHostProbe]) -> InboundFacts:
+    names, source = ctx.options.client_cert_names, "client-cert"
+    if not names:
+        served = next((p.chain[0] for p in onprem if p.chain), None)
+        names, source = (served.dns_names or served.common_names, "smart-host") if served else ((), "")
+    external = _external_domain(org)
+    decision = relay_decision(
+        org, ip=ctx.options.sender_ip, cert_names=names, sender_domain=domain, recipient_domain=external
+    )
+    return InboundFacts(source, tuple(names), ctx.options.sender_ip, external, decision)
+
+
+CHECK = Check(
+    id="connectors",
+    title="Connectors",
+    run=run,
+    requires=("mx",),
+    tags=frozenset({"config"}),
+    timeout=10.0,
+    operations=9,  # smart-host address lookups, then a whole SMTP session (see port25)
+    codes={
+        "DOMAIN_NOT_ACCEPTED": Severity.ERROR,
+        "DOMAIN_EXTERNAL": Severity.INFO,
+        "ROUTE_CONNECTOR": Severity.INFO,
+        "ROUTE_CLOUD": Severity.INFO,
+        "ROUTE_NONE": Severity.ERROR,
+        "ROUTE_AMBIGUOUS": Severity.WARNING,
+        "ROUTE_TIE": Severity.WARNING,
+        "SMARTHOST_OK": Severity.INFO,
+        "SMARTHOST_RESOLVE_FAILED": Severity.ERROR,
+        "SMARTHOST_CONNECT_FAILED": Severity.ERROR,
+        "SMARTHOST_EHLO_FAILED": Severity.ERROR,
+        "SMARTHOST_TLS_FAILED": Severity.ERROR,
+        "SMARTHOST_TLSDOMAIN_MISMATCH": Severity.ERROR,
+        "INBOUND_OK": Severity.INFO,
+        "INBOUND_UNCHECKED": Severity.NOTICE,
+        "INBOUND_CERT_NOT_ACCEPTED_DOMAIN": Severity.ERROR,
+        "INBOUND_NO_MATCH": Severity.ERROR,
+        "RELAY_DENIED": Severity.ERROR,
+    },
+)

@@ -1,0 +1,143 @@
+"""The connectors check: routing verdicts, the cloud's smart-host validation, and the inbound side — judged on
+the lab's organization (examples/contoso.toml), its broken smart hosts (examples/broken-smarthosts.toml) and
+small configurations written for one finding each."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from checks import default_registry
+from diag.config import Organization, load_config, parse_config
+from diag.lab.runner import Lab
+from diag.lab.world import EXAMPLE_CONFIG
+from diag.model import DomainReport, Severity
+from diag.runner import run_checks
+
+from .conftest import codes_of
+
+BROKEN = EXAMPLE_CONFIG.parent / "broken-smarthosts.toml"
+
+
+def check(lab: Lab, domains: list[str], org: Organization, **options: object) -> list[DomainReport]:
+    registry = default_registry().select(["connectors", "mx"])
+    run_options = lab.run_options(organization=org, timeout=1.0, **options)
+    return list(asyncio.run(run_checks(domains, registry, run_options)).domains)
+
+
+def config(text: str) -> Organization:
+    return parse_config(text, Path("test.toml"))
+
+
+ORG = """
+[Organization]
+MxHost = "contoso-com.mail.protection.outlook.com"
+[[AcceptedDomain]]
+DomainName = "contoso.com"
+DomainType = "InternalRelay"
+"""
+
+
+# The lab's organization: everything green, and the documented ambiguity for sales.contoso.com.
+
+
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [
+        ("contoso.com", ["ROUTE_CONNECTOR", "SMARTHOST_OK", "INBOUND_OK"]),
+        ("sales.contoso.com", ["ROUTE_CONNECTOR", "ROUTE_AMBIGUOUS", "SMARTHOST_OK", "INBOUND_OK"]),
+        ("fabrikam.com", ["ROUTE_CONNECTOR", "SMARTHOST_OK", "INBOUND_OK"]),
+        ("contoso.onmicrosoft.com", ["ROUTE_CONNECTOR", "SMARTHOST_OK", "INBOUND_OK"]),
+        ("tailspintoys.com", ["DOMAIN_EXTERNAL"]),
+        ("notaccepted.example", ["DOMAIN_NOT_ACCEPTED"]),
+    ],
+)
+def test_lab_organization(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "connectors") == expected
+
+
+def test_lab_route_names_the_connector_and_rule(domain_report) -> None:  # type: ignore[no-untyped-def]
+    route, ambiguous, *_ = domain_report("sales.contoso.com").result("connectors").findings
+    assert "'Connector 3'" in route.message and "*.contoso.com" in route.message
+    assert "Connector 1" in ambiguous.message and ambiguous.severity is Severity.WARNING
+
+
+# One broken smart host per code (examples/broken-smarthosts.toml).
+
+
+@pytest.mark.parametrize(
+    ("domain", "code", "cloud"),
+    [
+        ("dangling.example", "SMARTHOST_RESOLVE_FAILED", "450 4.4.312"),
+        ("refused.example", "SMARTHOST_CONNECT_FAILED", "450 4.4.316"),
+        ("blackhole.example", "SMARTHOST_CONNECT_FAILED", "450 4.4.315"),
+        ("ehlodrop.example", "SMARTHOST_EHLO_FAILED", "450 4.4.317"),
+        ("notls.example", "SMARTHOST_TLS_FAILED", "450 4.4.317 Cannot connect to remote server [Message=451 5.7.3"),
+        ("chainless.example", "SMARTHOST_TLS_FAILED", "450 4.4.317 Cannot connect to remote server [Message=Untr"),
+        ("expired.example", "SMARTHOST_TLS_FAILED", "450 4.7.320"),
+        ("wrongname.example", "SMARTHOST_TLSDOMAIN_MISMATCH", "450 4.4.317 Cannot connect to remote server [Message=S"),
+    ],
+)
+def test_lab_broken_smart_hosts(lab: Lab, domain: str, code: str, cloud: str) -> None:
+    (report,) = check(lab, [domain], load_config(BROKEN))
+    findings = report.result("connectors").findings
+    assert [f.code for f in findings] == ["DOMAIN_EXTERNAL", "ROUTE_CONNECTOR", code]
+    assert (findings[-1].cloud_error or "").startswith(cloud)
+
+
+# Configurations written for one finding each.
+
+
+def test_internal_relay_domain_without_connector(lab: Lab) -> None:
+    (report,) = check(lab, ["contoso.com"], config(ORG))
+    assert codes_of(report, "connectors")[:1] == ["ROUTE_NONE"]
+
+
+def test_authoritative_domain_without_connector_stays_in_the_cloud(lab: Lab) -> None:
+    (report,) = check(lab, ["contoso.com"], config(ORG.replace("InternalRelay", "Authoritative")))
+    assert codes_of(report, "connectors") == ["ROUTE_CLOUD", "INBOUND_UNCHECKED"]
+
+
+def test_tied_connectors(lab: Lab) -> None:
+    tie = ORG + "".join(
+        f'[[OutboundConnector]]\nName = "{name}"\nConnectorType = "OnPremises"\nRecipientDomains = ["contoso.com"]\n'
+        'UseMXRecord = false\nSmartHosts = ["mail.contoso.com"]\n'
+        for name in ("Zulu", "Alpha")
+    )
+    (report,) = check(lab, ["contoso.com"], config(tie))
+    findings = report.result("connectors").findings
+    assert [f.code for f in findings][:2] == ["ROUTE_CONNECTOR", "ROUTE_TIE"]
+    assert "'Alpha'" in findings[0].message
+
+
+def test_inbound_certificate_outside_the_accepted_domains(lab: Lab) -> None:
+    (report,) = check(lab, ["contoso.com"], load_config(EXAMPLE_CONFIG), client_cert_names=("mail.unrelated.example",))
+    codes = codes_of(report, "connectors")
+    assert codes[-3:] == ["INBOUND_CERT_NOT_ACCEPTED_DOMAIN", "INBOUND_NO_MATCH", "RELAY_DENIED"]
+    denied = report.result("connectors").findings[-1]
+    assert denied.cloud_error == "550 5.7.64 TenantAttribution; Relay Access Denied"
+
+
+def test_inbound_by_address(lab: Lab) -> None:
+    org = load_config(EXAMPLE_CONFIG)
+    (ok,) = check(lab, ["contoso.com"], org, client_cert_names=("mail.unrelated.example",), sender_ip="127.0.10.10")
+    # The address matches the OnPremises connector and the sender domain is accepted: relay allowed, but the
+    # certificate still names no accepted domain.
+    assert codes_of(ok, "connectors")[-1] == "INBOUND_CERT_NOT_ACCEPTED_DOMAIN"
+    (bad,) = check(lab, ["contoso.com"], org, client_cert_names=("mail.unrelated.example",), sender_ip="192.0.2.1")
+    assert codes_of(bad, "connectors")[-2:] == ["INBOUND_NO_MATCH", "RELAY_DENIED"]
+
+
+def test_accepted_domain_mx_must_point_at_the_cloud(lab: Lab) -> None:
+    org = config(ORG + '[[AcceptedDomain]]\nDomainName = "tailspintoys.com"\n')
+    (report,) = check(lab, ["tailspintoys.com"], org)
+    assert "MX_NOT_EXPECTED" in codes_of(report, "mx")
+
+
+def test_null_mx_on_an_accepted_domain_is_critical(lab: Lab) -> None:
+    org = config(ORG + '[[AcceptedDomain]]\nDomainName = "nullmx.example"\n')
+    (report,) = check(lab, ["nullmx.example"], org)
+    (finding,) = report.result("mx").findings
+    assert (finding.code, finding.severity) == ("MX_NULL_ACCEPTED", Severity.CRITICAL)
