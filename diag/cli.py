@@ -22,6 +22,7 @@ from diag import __version__
 from diag.errors import ConfigError, DiagError, UsageError
 
 if TYPE_CHECKING:
+    from diag.config import Organization
     from diag.context import RunOptions
     from diag.model import Report
     from diag.net.dns import Nameserver
@@ -33,7 +34,9 @@ EXIT_UNKNOWN = 3
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"diag: error: {message}", err=True)
+    # One line per problem (a config file may have several), each saying what, where and how to fix it.
+    for line in message.splitlines() or [""]:
+        click.echo(f"diag: error: {line}", err=True)
     sys.exit(EXIT_UNKNOWN)
 
 
@@ -116,11 +119,62 @@ def _ehlo_name() -> str:
     return name if "." in name else f"{name}.localdomain" if name else "localhost.localdomain"
 
 
-def _select(registry: Registry, ids: Sequence[str]) -> Registry:
+def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Registry:
+    from diag.registry import Registry
+
     unknown = [check_id for check_id in ids if check_id not in registry]
     if unknown:
         raise UsageError(f"--check {unknown[0]!r}: no such check (known: {', '.join(registry.ids)})")
+    if not configured:
+        # Checks that judge the organization's configuration run only when there is one: without it they
+        # are not part of the run at all (rather than "skipped", which would make every run unknown).
+        needing = [check_id for check_id in ids if "config" in registry[check_id].tags]
+        if needing:
+            raise UsageError(f"--check {needing[0]}: needs the organization's configuration (--config FILE)")
+        registry = Registry(check for check in registry if "config" not in check.tags)
     return registry.select(ids)
+
+
+def _organization(path: Path | None, *, lab: bool) -> Organization | None:
+    """The configuration given, or with --lab the lab's example organization."""
+    from diag.config import load_config
+
+    if path is None and lab:
+        path = _lab_example()
+    return load_config(path) if path is not None else None
+
+
+def _lab_example() -> Path:
+    from diag.lab.world import EXAMPLE_CONFIG
+
+    return EXAMPLE_CONFIG
+
+
+def _certificate_names(path: Path) -> tuple[str, ...]:
+    from cryptography import x509
+
+    from diag.net.tls import cert_info
+
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"--client-cert {str(path)!r}: cannot read it: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"--client-cert {str(path)!r}: no PEM certificate in it") from None
+    info = cert_info(certs[0])
+    names = info.dns_names or info.common_names
+    if not names:
+        raise ConfigError(f"--client-cert {str(path)!r}: the certificate names no host (no SAN, no CN)")
+    return names
+
+
+def _ip(text: str, option: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: not an IP address") from None
 
 
 @cli.command()
@@ -140,6 +194,13 @@ def _select(registry: Registry, ids: Sequence[str]) -> Registry:
               help="Run only this check and what it needs (repeatable).")
 @click.option("--expect-mx", multiple=True, metavar="GLOB",
               help="Every MX host must match this pattern, e.g. '*.mail.protection.outlook.com' (repeatable).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="The organization's configuration (TOML): enables the connectors check.")
+@click.option("--routing-order", type=click.Choice(["most-specific", "documented"]), default="most-specific",
+              show_default=True, help="How outbound connectors are ranked (see 'diag route --help').")
+@click.option("--client-cert", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
+              help="The certificate the on-premises server presents to the cloud. Default: its listener's.")
+@click.option("--sender-ip", default=None, metavar="IP", help="The address the on-premises server sends from.")
 @click.option("--allow-private", is_flag=True,
               help="Also probe MX addresses that are not public (loopback, private ranges); refused by default.")
 @click.option("--cert-warn-days", type=click.IntRange(0, 3650), default=30, show_default=True, metavar="DAYS",
@@ -161,6 +222,10 @@ def check(
     deadline: float,
     check_ids: tuple[str, ...],
     expect_mx: tuple[str, ...],
+    config_path: Path | None,
+    routing_order: str,
+    client_cert: Path | None,
+    sender_ip: str | None,
     allow_private: bool,
     cert_warn_days: int,
     cert_crit_days: int,
@@ -182,8 +247,11 @@ def check(
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
     if lab and (resolvers or smtp_port or ca_file):
         raise UsageError("--lab sets --resolver, --smtp-port and --ca-file itself; give either --lab or those")
+    from diag.routing import RoutingOrder
+
     names = list(dict.fromkeys(mail_domain(domain) for domain in domains))
-    registry = _select(default_registry(), check_ids)
+    organization = _organization(config_path, lab=lab)
+    registry = _select(default_registry(), check_ids, configured=organization is not None)
     options = RunOptions(
         nameservers=tuple(_parse_resolver(r) for r in resolvers),
         smtp_port=smtp_port or 25,
@@ -195,6 +263,10 @@ def check(
         allow_private=allow_private,
         cert_warn_days=max(cert_warn_days, cert_crit_days),
         cert_crit_days=cert_crit_days,
+        organization=organization,
+        routing_order=RoutingOrder(routing_order),
+        client_cert_names=_certificate_names(client_cert) if client_cert else (),
+        sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
     )
     json_path = None if json_out in (None, "-") else Path(json_out)
     if json_path is not None and not json_path.parent.is_dir():
@@ -244,6 +316,100 @@ def _output(report: Report, *, json_out: str | None, json_path: Path | None, qui
         from diag.render.terminal import render_plain
 
         render_plain(report, sys.stdout, quiet=quiet)
+
+
+@cli.command()
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="The organization's configuration (TOML).")
+@click.option("--lab", is_flag=True, help="Use the lab's example organization (examples/contoso.toml).")
+@click.option("--routing-order", type=click.Choice(["most-specific", "documented"]), default="most-specific",
+              show_default=True,
+              help="most-specific: exact, longest wildcard, all accepted domains, '*' (the documentation's worked "
+                   "example); documented: exact, all accepted domains, wildcard, '*' (its listed order).")
+@click.option("--json", "json_out", metavar="FILE|-", default=None, help="Write diag.routes/1 JSON to FILE or stdout.")
+def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routing_order: str,
+          json_out: str | None) -> int:  # fmt: skip
+    """Which outbound connector the cloud uses for each recipient ADDRESS, and why.
+
+    Like the cloud's Get-OutboundConnectorReport, with the rule that chose the connector and the other
+    reading of the rules when it picks differently (ROUTE_AMBIGUOUS).
+    """
+    from checks.connectors import route_findings
+    from diag.model import Verdict
+    from diag.render.routes import RouteReport, dumps, render_plain
+    from diag.routing import RoutingOrder, recipient_domain, route_both
+
+    if config_path is None and not lab:
+        raise UsageError("diag route needs the organization's configuration: --config FILE (or --lab)")
+    if config_path is not None and lab:
+        raise UsageError("give either --config or --lab, not both")
+    org = _organization(config_path, lab=lab)
+    assert org is not None
+    order = RoutingOrder(routing_order)
+    items = []
+    for address in addresses:
+        try:
+            domain = recipient_domain(address)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        routing = route_both(org, domain, order)
+        findings = [f for f in route_findings(domain, routing, org) if f.code != "ROUTE_CONNECTOR"]
+        items.append(RouteReport(address, routing, tuple(findings)))
+    if json_out is not None:
+        _write(json_out, dumps(items, order))
+    if json_out != "-":
+        render_plain(items, sys.stdout)
+    return Verdict.of_findings(f for item in items for f in item.findings).exit_code
+
+
+def _write(target: str, text: str) -> None:
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target!r}: {exc.strerror}") from None
+
+
+@cli.group()
+def config() -> None:
+    """The organization's configuration: validate it, or import it from Exchange PowerShell exports."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE")
+def config_check(path: Path) -> int:
+    """Validate FILE; each problem is reported with its line and field, and how to fix it (exit 3)."""
+    from diag.config import load_config
+
+    org = load_config(path)
+    click.echo(
+        f"{path}: ok: {len(org.accepted_domains)} accepted domains, {len(org.outbound_connectors)} outbound "
+        f"and {len(org.inbound_connectors)} inbound connectors"
+    )
+    return 0
+
+
+@config.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False),
+                metavar="FILE.json...")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="Write the TOML here instead of to stdout.")
+def config_import(paths: tuple[Path, ...], output: Path | None) -> int:
+    """Convert Get-AcceptedDomain, Get-InboundConnector and Get-OutboundConnector JSON into a config file.
+
+    Export with: Get-OutboundConnector | ConvertTo-Json -Depth 4 -EnumsAsStrings > outbound.json (PowerShell 7;
+    likewise for the other two cmdlets).
+    """
+    from diag.config import import_exports
+
+    result = import_exports(paths)
+    for note in result.notes:
+        click.echo(f"diag: note: {note}", err=True)
+    _write(str(output) if output else "-", result.to_toml())
+    return 0
 
 
 @cli.group()

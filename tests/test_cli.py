@@ -46,7 +46,8 @@ def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
     statuses = {d["domain"]: d["status"] for d in document["domains"]}
     assert statuses == {"contoso.com": "ok", "xn--bcher-kva.example": "critical", "servfail.example": "unknown"}
     assert document["exit_code"] == done.returncode == 2
-    mx, port25, _starttls, certificate = document["domains"][0]["checks"]
+    mx, port25, _starttls, certificate, connectors = document["domains"][0]["checks"]
+    assert connectors["facts"]["routing"]["decision"]["connector"]["name"] == "Connector 2"
     assert mx["facts"]["hosts"][0]["addresses"] == ["127.0.1.10"]
     session = port25["facts"]["probed"][0]["session"]
     assert session["greeting_code"] == 220 and session["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
@@ -162,3 +163,84 @@ def test_lab_serve_prints_the_options_that_reach_it() -> None:
         serve.send_signal(signal.SIGTERM)
         _, err = serve.communicate(timeout=20)
     assert serve.returncode == 0 and "stopped" in err
+
+
+def test_route_answers_like_the_setup_guide() -> None:
+    done = diag("route", "john@fabrikam.com", "john@contoso.com", "john@sales.contoso.com", "sun@tailspintoys.com",
+                "--lab")  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert lines[0] == "john@fabrikam.com -> Connector 1 (all-accepted-domains)"
+    assert lines[2] == "john@contoso.com -> Connector 2 (exact contoso.com)"
+    assert lines[4] == "john@sales.contoso.com -> Connector 3 (wildcard *.contoso.com)"
+    assert "  smart hosts: sales-mail.contoso.com; TLS: DomainValidation, TlsDomain *.contoso.com" in lines
+    assert "  documented order: Connector 1 (all-accepted-domains)" in lines
+    assert "sun@tailspintoys.com -> no connector: delivered by DNS MX (mx)" in lines
+    assert done.returncode == 1  # ROUTE_AMBIGUOUS is a warning
+
+
+def test_route_json_matches_the_contract() -> None:
+    done = diag("route", "john@sales.contoso.com", "--lab", "--json", "-")
+    document = json.loads(done.stdout)
+    jsonschema.validate(document, load_schema("routes"))
+    (route,) = document["routes"]
+    assert route["connector"] == "Connector 3" and route["rule"] == "wildcard"
+    assert route["smart_hosts"] == ["sales-mail.contoso.com"] and route["tls_domain"] == "*.contoso.com"
+    assert route["alternative"] == {"routing_order": "documented", "connector": "Connector 1",
+                                    "rule": "all-accepted-domains"}  # fmt: skip
+    assert [f["code"] for f in route["findings"]] == ["ROUTE_AMBIGUOUS"]
+    documented = json.loads(diag("route", "john@sales.contoso.com", "--lab", "--routing-order", "documented",
+                                 "--json", "-").stdout)  # fmt: skip
+    assert documented["routes"][0]["connector"] == "Connector 1"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["route", "john@contoso.com"], "needs the organization's configuration"),
+        (["route", "john", "--lab"], "domain"),
+        (["route", "john@contoso.com", "--config", "/nonexistent.toml"], "cannot read it"),
+        (["check", "contoso.com", "--check", "connectors"], "needs the organization's configuration"),
+        (["check", "contoso.com", "--lab", "--client-cert", "/etc/hostname"], "no PEM certificate"),
+        (["check", "contoso.com", "--lab", "--sender-ip", "mail.contoso.com"], "not an IP address"),
+    ],
+)
+def test_connector_usage_errors(args: list[str], fragment: str) -> None:
+    done = diag(*args)
+    assert done.returncode == 3 and fragment in done.stderr and "Traceback" not in done.stderr
+
+
+def test_config_check(tmp_path: Path) -> None:
+    from diag.lab.world import EXAMPLE_CONFIG
+
+    ok = diag("config", "check", str(EXAMPLE_CONFIG))
+    assert ok.returncode == 0 and "4 accepted domains, 3 outbound and 1 inbound connectors" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[AcceptedDomain]]\nDomainName = "contoso.com"\n\n[[OutboundConnector]]\nName = "X"\n'
+                   'RecipientDomains = ["contoso.com"]\nTlsSettings = "DomainValidaton"\nSmartHost = ["a"]\n')
+    done = diag("config", "check", str(bad))
+    assert done.returncode == 3
+    lines = done.stderr.splitlines()
+    assert any(line.startswith(f"diag: error: {bad}:7: OutboundConnector[1].TlsSettings:") for line in lines)
+    assert any("did you mean SmartHosts" in line for line in lines)
+
+
+def test_config_import_round_trip(tmp_path: Path) -> None:
+    exports = Path(__file__).parent / "data" / "exports"
+    files = sorted(str(p) for p in exports.glob("*.json") if p.name.startswith("contoso-"))
+    out = tmp_path / "imported.toml"
+    done = diag("config", "import", *files, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert diag("config", "check", str(out)).returncode == 0
+    routed = diag("route", "john@sales.contoso.com", "--config", str(out), "--json", "-")
+    assert json.loads(routed.stdout)["routes"][0]["connector"] == "Connector 3"
+
+
+def test_client_certificate_outside_the_accepted_domains(tmp_path: Path) -> None:
+    from diag.lab.pki import TestPKI
+
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(TestPKI.create().issue(["relay.unrelated.example"]).chain_pem())
+    done = diag("check", "contoso.com", "--lab", "--check", "connectors", "--client-cert", str(pem))
+    assert done.returncode == 2
+    assert "INBOUND_CERT_NOT_ACCEPTED_DOMAIN" in done.stdout and "RELAY_DENIED" in done.stdout
+    assert "550 5.7.64 TenantAttribution; Relay Access Denied" in done.stdout

@@ -14,7 +14,7 @@ from typing import Any
 from diag import __version__
 from diag.model import CheckResult, Finding, Report
 
-__all__ = ["SCHEMA", "dumps", "jsonable", "load_schema", "report_dict"]
+__all__ = ["SCHEMA", "dumps", "finding_dict", "jsonable", "load_schema", "report_dict"]
 
 SCHEMA = "diag.report/1"
 
@@ -44,7 +44,7 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _finding(finding: Finding) -> dict[str, Any]:
+def finding_dict(finding: Finding) -> dict[str, Any]:
     return {
         "code": finding.code,
         "severity": finding.severity.label,
@@ -63,7 +63,7 @@ def _check(result: CheckResult) -> dict[str, Any]:
         "reason": result.reason,
         "duration_ms": result.duration_ms,
         "facts": jsonable(result.facts) if result.facts is not None else {},
-        "findings": [_finding(f) for f in result.findings],
+        "findings": [finding_dict(f) for f in result.findings],
     }
 
 
@@ -92,8 +92,8 @@ def dumps(report: Report) -> str:
     return json.dumps(report_dict(report), indent=2, ensure_ascii=True) + "\n"
 
 
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema of ``diag.report/1``, shipped inside the package."""
-    text = resources.files("diag").joinpath("schemas/report.schema.json").read_text(encoding="utf-8")
+def load_schema(name: str = "report") -> dict[str, Any]:
+    """A JSON Schema shipped inside the package: ``report`` (diag.report/1) or ``routes`` (diag.routes/1)."""
+    text = resources.files("diag").joinpath(f"schemas/{name}.schema.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
