@@ -35,6 +35,8 @@ __all__ = [
     "InboundConnector",
     "Organization",
     "OutboundConnector",
+    "RelayConfig",
+    "RelayRole",
     "TlsSettings",
     "domain_in_pattern",
     "dump_toml",
@@ -157,6 +159,51 @@ class InboundConnector:
     comment: str = ""
 
 
+class RelayRole(enum.StrEnum):
+    """The part ``diag relay`` plays."""
+
+    CLOUD = "cloud"
+    ON_PREMISES = "onprem"
+    INTERNET = "internet"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """What only the relay needs (the ``[Relay]`` table); ``diag relay`` options override each field.
+
+    Attributes:
+        role: cloud (accepted domains and connectors decide), onprem (local mailboxes, the rest to the smart
+            host) or internet (a plain mail host for its mailboxes).
+        hostname: the name in its greeting, EHLO and Received lines.
+        listen: ``address:port`` endpoints to listen on.
+        spool, maildir: where queued mail and local mailboxes live.
+        tls_cert, tls_key: its certificate (offered with STARTTLS and presented when delivering).
+        ca_file: the CAs it trusts for peers' certificates (the system store when unset).
+        resolver: DNS servers (``IP[:PORT]``) for MX and smart-host lookups; the system's when empty.
+        smtp_port: the port it delivers to.
+        mailboxes: the addresses it keeps mail for locally.
+        smart_host: onprem role: the host everything not local goes to.
+        relay_networks: onprem role: client addresses (IPv4/IPv6 networks) it relays for, like Postfix's
+            mynetworks; everyone else may only mail its local mailboxes.
+        allow_private: it may deliver to addresses that are not public (the lab).
+    """
+
+    role: RelayRole = RelayRole.CLOUD
+    hostname: str = ""
+    listen: tuple[str, ...] = ()
+    spool: str = ""
+    maildir: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    ca_file: str = ""
+    resolver: tuple[str, ...] = ()
+    smtp_port: int = 25
+    mailboxes: tuple[str, ...] = ()
+    smart_host: str = ""
+    relay_networks: tuple[str, ...] = ()
+    allow_private: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Organization:
     """The whole configuration.
@@ -166,6 +213,7 @@ class Organization:
         mx_host: the cloud host the accepted domains' MX must point at (``contoso-com.mail.protection.outlook.com``).
         accepted_domains, outbound_connectors, inbound_connectors: as configured, in file order.
         source: the file it was read from, if any.
+        relay: the ``[Relay]`` table, for ``diag relay``.
     """
 
     accepted_domains: tuple[AcceptedDomain, ...] = ()
@@ -174,6 +222,7 @@ class Organization:
     name: str = ""
     mx_host: str | None = None
     source: Path | None = None
+    relay: RelayConfig | None = None
 
     def accepted(self, domain: str) -> AcceptedDomain | None:
         """The accepted domain covering ``domain``: the exact one first, else a MatchSubDomains parent."""
@@ -354,6 +403,35 @@ def _strings(check: Callable[[str], str]) -> _Convert:
         return tuple(check(item) for item in items)
 
     return convert
+
+
+def _integer(low: int, high: int) -> _Convert:
+    def convert(value: object) -> object:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Invalid(f"found {_kind(value)}; write a whole number without quotes")
+        if not low <= value <= high:
+            raise _Invalid(f"{value} is outside {low}..{high}")
+        return value
+
+    return convert
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise _Invalid(f"{text!r} is not an address or network; write it like 192.0.2.0/24") from None
+
+
+def _endpoint(text: str) -> str:
+    host, colon, port = text.strip().rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise _Invalid(f"{text!r} is not address:port; write it like 127.0.0.1:2525 or [::1]:2525") from None
+    if not (colon and port.isdigit() and 0 < int(port) < 65536):
+        raise _Invalid(f"{text!r} has no valid port; write it like 127.0.0.1:2525")
+    return text.strip()
 
 
 def _flag(value: object) -> object:
@@ -543,8 +621,29 @@ _INBOUND = _Table(
     identity="Name",
     example="From on-premises",
 )
+_RELAY = _Table(
+    "Relay",
+    RelayConfig,
+    (
+        _Field("Role", _enum(RelayRole)),
+        _Field("Hostname", _text(_domain)),
+        _Field("Listen", _strings(_endpoint)),
+        _Field("Spool", _text()),
+        _Field("Maildir", _text()),
+        _Field("TlsCert", _text()),
+        _Field("TlsKey", _text()),
+        _Field("CaFile", _text()),
+        _Field("Resolver", _strings(lambda text: text.strip())),
+        _Field("SmtpPort", _integer(1, 65535)),
+        _Field("Mailboxes", _strings(_mailbox)),
+        _Field("SmartHost", _text(_domain)),
+        _Field("RelayNetworks", _strings(_network)),
+        _Field("AllowPrivate", _flag),
+    ),
+)
+_SINGLE_TABLES = (_ORGANIZATION, _RELAY)
 _ENTRY_TABLES = (_ACCEPTED, _OUTBOUND, _INBOUND)
-_TABLES = {table.name: table for table in (_ORGANIZATION, *_ENTRY_TABLES)}
+_TABLES = {table.name: table for table in (*_SINGLE_TABLES, *_ENTRY_TABLES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,15 +751,15 @@ def _check_unique(table: _Table, entries: Sequence[Mapping[str, object] | None],
 
 def _read(document: Mapping[str, object]) -> tuple[Organization, list[_Problem]]:
     problems: list[_Problem] = []
-    head: dict[str, object] | None = {}
+    singles: dict[str, dict[str, object] | None] = {}
     entries: dict[str, list[dict[str, object] | None]] = {table.name: [] for table in _ENTRY_TABLES}
     for key, value in document.items():
         table = _TABLES.get(key)
-        if table is _ORGANIZATION:
+        if table in _SINGLE_TABLES:
             if isinstance(value, dict):
-                head = _build(table, 0, value, problems)
+                singles[key] = _build(table, 0, value, problems)
             else:
-                problems.append(_Problem(key, 0, "", "must be one table; write [Organization], not [[Organization]]"))
+                problems.append(_Problem(key, 0, "", f"must be one table; write [{key}], not [[{key}]]"))
         elif table is not None:
             if isinstance(value, list) and all(isinstance(item, dict) for item in value):
                 entries[key] = [_build(table, index, item, problems) for index, item in enumerate(value, 1)]
@@ -677,12 +776,14 @@ def _read(document: Mapping[str, object]) -> tuple[Organization, list[_Problem]]
     if document.get(_ACCEPTED.name, []) == []:
         problems.append(_Problem(_ACCEPTED.name, 0, "", "none configured; add an [[AcceptedDomain]] for each domain"))
     made = {name: tuple(_TABLES[name].make(v) for v in values if v is not None) for name, values in entries.items()}
-    organization: Organization = _ORGANIZATION.make(head or {})
+    organization: Organization = _ORGANIZATION.make(singles.get(_ORGANIZATION.name) or {})
+    relay = singles.get(_RELAY.name)
     organization = dataclasses.replace(
         organization,
         accepted_domains=made[_ACCEPTED.name],
         outbound_connectors=made[_OUTBOUND.name],
         inbound_connectors=made[_INBOUND.name],
+        relay=_RELAY.make(relay) if relay is not None else None,
     )
     return organization, problems
 

@@ -439,10 +439,22 @@ CASES = {
         ["[[OutboundConnectors]]", 'Name = "Connector 1"'],
         "contoso.toml:3: OutboundConnectors: not a table diag knows; did you mean OutboundConnector?",
     ),
+    "relay port out of range": (
+        ["[Relay]", "SmtpPort = 70000"],
+        "contoso.toml:4: Relay.SmtpPort: 70000 is outside 1..65535",
+    ),
+    "relay listen without port": (
+        ["[Relay]", 'Listen = ["127.0.0.1"]'],
+        "contoso.toml:4: Relay.Listen: '127.0.0.1' is not address:port",
+    ),
+    "relay role": (
+        ["[Relay]", 'Role = "mx"'],
+        "contoso.toml:4: Relay.Role: 'mx' is not a RelayRole value; use cloud, onprem or internet",
+    ),
     "unknown table, far": (
         ["[Tenant]", 'Id = "x"'],
-        "contoso.toml:3: Tenant: not a table diag knows; remove it (the tables are Organization, AcceptedDomain, "
-        "OutboundConnector and InboundConnector)",
+        "contoso.toml:3: Tenant: not a table diag knows; remove it (the tables are Organization, Relay, "
+        "AcceptedDomain, OutboundConnector and InboundConnector)",
     ),
     "organization as array": (
         ["[[Organization]]", 'Name = "x"'],

@@ -1,0 +1,271 @@
+"""The spool: a message answered 250 is on stable storage first, and survives a crash until delivered.
+
+Each message is one file written to ``tmp/``, flushed and fsynced, renamed into ``queue/``, and the directory
+fsynced — only then may the server answer 250 (RFC 5321 §6.1; security-cases.md §6: Postfix's
+mail_stream_finish_file order). The file carries a one-line JSON envelope, the content, and a trailer with the
+length and SHA-256 of both, so a file cut short by a crash is recognised and quarantined instead of delivered
+truncated (like Postfix's END record). Per-recipient delivery state lives beside it in ``<id>.state``, replaced
+atomically; a message is removed only when every recipient reached a final state, so a crash between a remote
+250 and the removal costs at most a duplicate, never a loss (RD-43).
+
+All methods block (file I/O and fsync); call them with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["Envelope", "QueuedMessage", "RecipientState", "RecipientStatus", "Spool", "SpoolError"]
+
+_MAGIC = b"DIAGSPOOL1\n"
+_TRAILER = b"\n#END "
+
+
+class SpoolError(OSError):
+    """A spool file is missing or damaged."""
+
+
+class RecipientState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the relay knows about a message besides its content.
+
+    Attributes:
+        mail_from: the envelope sender; "" for the null sender of a bounce.
+        rcpt_tos: the accepted recipients, in the order given.
+        received_at: when the message was accepted.
+        peer: the address of the client that sent it.
+        helo: the name the client announced.
+        tls: the TLS version and cipher of the session (``TLSv1.3 TLS_AES_256_GCM_SHA384``), or "".
+        client_cert_names: the DNS names of the client's certificate, if it presented a valid one.
+    """
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    peer: str = ""
+    helo: str = ""
+    tls: str = ""
+    client_cert_names: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["received_at"] = self.received_at.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Envelope:
+        return cls(
+            mail_from=str(data["mail_from"]),
+            rcpt_tos=tuple(str(r) for r in data["rcpt_tos"]),  # type: ignore[attr-defined]
+            received_at=datetime.fromisoformat(str(data["received_at"])),
+            peer=str(data.get("peer", "")),
+            helo=str(data.get("helo", "")),
+            tls=str(data.get("tls", "")),
+            client_cert_names=tuple(str(n) for n in data.get("client_cert_names", ())),  # type: ignore[attr-defined]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientStatus:
+    """Where delivery to one recipient stands.
+
+    Attributes:
+        recipient: the address.
+        state: pending, delivered or failed (final: a bounce was or will be made).
+        attempts: delivery attempts so far.
+        next_attempt: when to try again (pending only).
+        detail: the last reply or error, for ``diag relay queue`` and the bounce.
+        route: how it was (or will be) delivered: connector and rule, or "local".
+    """
+
+    recipient: str
+    state: RecipientState = RecipientState.PENDING
+    attempts: int = 0
+    next_attempt: datetime | None = None
+    detail: str = ""
+    route: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["next_attempt"] = self.next_attempt.isoformat() if self.next_attempt else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> RecipientStatus:
+        nxt = data.get("next_attempt")
+        return cls(
+            recipient=str(data["recipient"]),
+            state=RecipientState(str(data["state"])),
+            attempts=int(data.get("attempts", 0)),  # type: ignore[call-overload]
+            next_attempt=datetime.fromisoformat(str(nxt)) if nxt else None,
+            detail=str(data.get("detail", "")),
+            route=str(data.get("route", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message in the queue, with its recipients' states."""
+
+    qid: str
+    envelope: Envelope
+    size: int
+    statuses: tuple[RecipientStatus, ...]
+
+    @property
+    def pending(self) -> tuple[RecipientStatus, ...]:
+        return tuple(s for s in self.statuses if s.state is RecipientState.PENDING)
+
+    def due(self, now: datetime) -> tuple[RecipientStatus, ...]:
+        return tuple(s for s in self.pending if s.next_attempt is None or s.next_attempt <= now)
+
+
+class Spool:
+    """A durable message queue in a directory: ``tmp/``, ``queue/`` and ``quarantine/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.queue = root / "queue"
+        self.quarantine = root / "quarantine"
+        for directory in (self.tmp, self.queue, self.quarantine):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def store(self, envelope: Envelope, content: bytes) -> str:
+        """Write a message durably and return its queue id. Raises OSError (e.g. ENOSPC) without a trace left."""
+        qid = f"{time.time_ns():x}{secrets.token_hex(4)}"
+        header = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8") + b"\n"
+        digest = hashlib.sha256(header + content).hexdigest()
+        trailer = _TRAILER + f"{len(header) + len(content)} {digest}\n".encode("ascii")
+        tmp = self.tmp / f"{qid}.msg"
+        try:
+            with open(tmp, "xb") as handle:
+                handle.write(_MAGIC)
+                handle.write(header)
+                handle.write(content)
+                handle.write(trailer)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, self.queue / f"{qid}.msg")
+            _fsync_dir(self.queue)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return qid
+
+    def recover(self) -> list[str]:
+        """At start-up: drop unfinished writes, quarantine damaged messages; returns the quarantined ids."""
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        bad = []
+        for path in sorted(self.queue.glob("*.msg")):
+            try:
+                self._read(path)
+            except SpoolError:
+                bad.append(path.stem)
+                os.rename(path, self.quarantine / path.name)
+        if bad:
+            _fsync_dir(self.queue)
+        return bad
+
+    def messages(self) -> list[QueuedMessage]:
+        """Every message in the queue, oldest first, with its recipients' states."""
+        found = []
+        for path in sorted(self.queue.glob("*.msg")):
+            try:
+                envelope, content = self._read(path)
+            except (SpoolError, FileNotFoundError):
+                continue
+            found.append(QueuedMessage(path.stem, envelope, len(content), self._statuses(path.stem, envelope)))
+        return found
+
+    def get(self, qid: str) -> QueuedMessage:
+        envelope, content = self._read(self.queue / f"{qid}.msg")
+        return QueuedMessage(qid, envelope, len(content), self._statuses(qid, envelope))
+
+    def content(self, qid: str) -> bytes:
+        """The message content, verified against its trailer."""
+        return self._read(self.queue / f"{qid}.msg")[1]
+
+    def update(self, qid: str, statuses: Sequence[RecipientStatus]) -> None:
+        """Record recipients' new states durably; remove the message when none is pending any more."""
+        current = {s.recipient: s for s in self.get(qid).statuses}
+        current.update({s.recipient: s for s in statuses})
+        if all(s.state is not RecipientState.PENDING for s in current.values()):
+            self.remove(qid)
+            return
+        data = json.dumps([s.to_json() for s in current.values()]).encode("utf-8")
+        tmp = self.tmp / f"{qid}.state"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.queue / f"{qid}.state")
+        _fsync_dir(self.queue)
+
+    def remove(self, qid: str) -> None:
+        (self.queue / f"{qid}.msg").unlink(missing_ok=True)
+        (self.queue / f"{qid}.state").unlink(missing_ok=True)
+        _fsync_dir(self.queue)
+
+    def _statuses(self, qid: str, envelope: Envelope) -> tuple[RecipientStatus, ...]:
+        path = self.queue / f"{qid}.state"
+        try:
+            saved = {s.recipient: s for s in map(RecipientStatus.from_json, json.loads(path.read_bytes()))}
+        except FileNotFoundError:
+            saved = {}
+        except (ValueError, KeyError, TypeError):
+            # A damaged state file loses only progress: every recipient is tried again (a duplicate at worst).
+            saved = {}
+        return tuple(saved.get(r, RecipientStatus(r)) for r in envelope.rcpt_tos)
+
+    def _read(self, path: Path) -> tuple[Envelope, bytes]:
+        data = path.read_bytes()
+        if not data.startswith(_MAGIC):
+            raise SpoolError(f"{path.name}: not a spool file")
+        body_end = data.rfind(_TRAILER)
+        if body_end < 0:
+            raise SpoolError(f"{path.name}: no trailer (cut short)")
+        body = data[len(_MAGIC) : body_end]
+        try:
+            trailer = data[body_end + len(_TRAILER) :].decode("ascii")
+            length_text, digest = trailer.removesuffix("\n").split(" ")
+            length = int(length_text)
+        except ValueError:
+            raise SpoolError(f"{path.name}: damaged trailer") from None
+        if not trailer.endswith("\n"):
+            raise SpoolError(f"{path.name}: trailer cut short")
+        if length != len(body) or hashlib.sha256(body).hexdigest() != digest:
+            raise SpoolError(f"{path.name}: length or checksum mismatch")
+        header, _, content = body.partition(b"\n")
+        try:
+            envelope = Envelope.from_json(json.loads(header))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"{path.name}: damaged envelope: {exc}") from None
+        return envelope, content
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
