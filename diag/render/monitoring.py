@@ -1,0 +1,495 @@
+"""Views for monitoring systems: a Nagios/Icinga plugin result, a Prometheus textfile, JUnit XML.
+
+Each view is a pure function of a :class:`~diag.model.Report` that returns text; the CLI writes it and exits
+with ``report.exit_code``. All three share one state scale, the monitoring-plugin one (CONTRACT.md, exit
+codes): 0 ok, 1 warning, 2 critical, 3 unknown. A single check's state is the run's rule applied to that check
+alone (:meth:`Verdict.of`): an error or critical finding makes it critical, else a check that could not run
+(error, timeout, skipped) is unknown, else a warning finding makes it a warning, else it is ok.
+
+Measurements are read from the facts as the JSON view renders them (``port25``: ``probed[].session``;
+``certificate``: ``certificates[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
+the same for facts loaded back from a saved JSON report.
+
+Every string that came from the network is made inert first (:func:`~diag.render.text.sanitize`, plus the
+code points XML 1.0 and UTF-8 cannot carry), then escaped by the rules of the format.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
+from diag.render.json import jsonable
+from diag.render.text import sanitize
+
+__all__ = ["STAGES", "check_state", "junit", "nagios", "prometheus"]
+
+STAGES = ("connect", "banner", "ehlo", "tls")
+"""The SMTP session stages timed per address: TCP connect, greeting, EHLO, STARTTLS with its handshake."""
+
+# Neither XML 1.0 (§2.2 Char) nor UTF-8 can carry lone surrogates; XML 1.0 also excludes U+FFFE and U+FFFF.
+# sanitize() already escapes C0, DEL, C1 and bidi controls.
+_UNCARRIABLE = re.compile("[\ud800-\udfff\ufffe\uffff]")
+_SHORT = 300  # characters of one untrusted string in a summary, label or attribute
+
+
+def check_state(result: CheckResult) -> Verdict:
+    """The state of one check: the run's verdict rule applied to this check alone (see the module docstring)."""
+    return Verdict.of((result,))
+
+
+def _clean(text: str, *, limit: int = 2000) -> str:
+    """``text`` made inert: control and bidi characters escaped, unencodable code points shown as ``U+XXXX``."""
+    return _UNCARRIABLE.sub(lambda m: f"U+{ord(m.group()):04X}", sanitize(text, limit=limit))
+
+
+# --- measurements read from the facts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """The stage timings of one address a domain's MX host was probed at."""
+
+    domain: str
+    host: str
+    ip: str
+    port: str
+    seconds: tuple[float | None, ...]  # in STAGES order
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host} [{self.ip}]:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Cert:
+    """The leaf certificate one address presented, with the expiry thresholds it was judged by."""
+
+    domain: str
+    endpoint: str
+    host: str
+    not_after: datetime
+    checked_at: datetime | None
+    warn_days: float | None
+    crit_days: float | None
+
+    @property
+    def days_left(self) -> float | None:
+        if self.checked_at is None:
+            return None
+        return (self.not_after - self.checked_at).total_seconds() / 86400
+
+
+def _facts(domain: DomainReport, check_id: str) -> dict[str, Any]:
+    for result in domain.results:
+        if result.check_id == check_id and result.facts is not None:
+            facts = jsonable(result.facts)
+            return facts if isinstance(facts, dict) else {}
+    return {}
+
+
+def _items(facts: dict[str, Any], key: str) -> Iterator[dict[str, Any]]:
+    value = facts.get(key)
+    if isinstance(value, list):
+        yield from (item for item in value if isinstance(item, dict))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _sessions(domain: DomainReport) -> list[_Session]:
+    found = []
+    for probed in _items(_facts(domain, "port25"), "probed"):
+        session = probed.get("session")
+        if not isinstance(session, dict):
+            continue
+        found.append(_Session(
+            domain=domain.domain,
+            host=str(probed.get("host", "")),
+            ip=str(session.get("ip", "")),
+            port=str(session.get("port", "")),
+            seconds=tuple(_number(session.get(f"{stage}_s")) for stage in STAGES),
+        ))  # fmt: skip
+    return found
+
+
+def _certificates(domain: DomainReport) -> list[_Cert]:
+    facts = _facts(domain, "certificate")
+    checked_at = _moment(facts.get("checked_at"))
+    found = []
+    for presented in _items(facts, "certificates"):
+        chain = presented.get("chain")
+        leaf = chain[0] if isinstance(chain, list) and chain and isinstance(chain[0], dict) else {}
+        not_after = _moment(leaf.get("not_after"))
+        if not_after is None:
+            continue
+        found.append(_Cert(
+            domain=domain.domain,
+            endpoint=str(presented.get("endpoint", "")),
+            host=str(presented.get("host", "")),
+            not_after=not_after,
+            checked_at=checked_at,
+            warn_days=_number(facts.get("warn_days")),
+            crit_days=_number(facts.get("crit_days")),
+        ))  # fmt: skip
+    return found
+
+
+# --- Nagios / Icinga -----------------------------------------------------------------------------------------
+
+_SUMMARY_PROBLEMS = 3
+# Monitoring-plugin guidelines, "Performance data" (https://nagios-plugins.org/doc/guidelines.html#AEN200): a
+# label may hold anything but "=", and needs quotes (with "'" doubled) for anything else unusual; "|" is
+# replaced too, since some parsers split the whole output at it.
+_BARE_LABEL = re.compile(r"[A-Za-z0-9_.:/\[\]@+-]+")
+_PIPE = "¦"  # shown in place of "|", which separates text from performance data
+
+
+def _plugin_text(text: str, *, limit: int = _SHORT) -> str:
+    return _clean(text, limit=limit).replace("|", _PIPE)
+
+
+def _perf_label(text: str) -> str:
+    label = _clean(text, limit=_SHORT).replace("=", "_").replace("|", _PIPE)
+    if _BARE_LABEL.fullmatch(label):
+        return label
+    return "'" + label.replace("'", "''") + "'"
+
+
+def _perf_number(value: float, *, places: int) -> str:
+    text = f"{value:.{places}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _perf(label: str, value: float | None, uom: str = "", *, places: int = 6, warn: str = "", crit: str = "",
+          minimum: str = "", maximum: str = "") -> str:  # fmt: skip
+    # "U" is the guidelines' literal for a value that could not be determined.
+    shown = "U" if value is None else _perf_number(value, places=places) + uom
+    return f"{_perf_label(label)}={shown};{warn};{crit};{minimum};{maximum}".rstrip(";")
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    rank: tuple[int, int]  # higher is worse: (3 critical, 2 unknown, 1 warning; then severity or status)
+    domain: str
+    what: str  # "CODE" for a finding, "check status" for a check that could not run
+
+
+def _problems(domain: DomainReport) -> list[_Problem]:
+    """What to name in the summary line: warning-or-worse findings and checks that could not run.
+
+    A skipped check is named only when nothing else explains the domain's state, because it is usually the
+    consequence of a failure already named (a check skipped because its requirement failed).
+    """
+    found = []
+    for result in domain.results:
+        for finding in result.findings:
+            if finding.severity >= Severity.ERROR:
+                found.append(_Problem((3, int(finding.severity)), domain.domain, finding.code))
+            elif finding.severity is Severity.WARNING:
+                found.append(_Problem((1, 0), domain.domain, finding.code))
+        if result.status in (Status.ERROR, Status.TIMEOUT):
+            found.append(_Problem((2, 1), domain.domain, f"{result.check_id} {result.status.value}"))
+    if not found:
+        found = [
+            _Problem((2, 0), domain.domain, f"{result.check_id} {result.status.value}")
+            for result in domain.results
+            if result.status is Status.SKIPPED
+        ]
+    return found
+
+
+def _summary(report: Report) -> str:
+    states = Counter(domain.verdict for domain in report.domains)
+    total = len(report.domains)
+    counts = ", ".join(
+        f"{states[state]} {state.value}"
+        for state in (Verdict.CRITICAL, Verdict.UNKNOWN, Verdict.WARNING, Verdict.OK)
+        if states[state]
+    )
+    text = f"{total} domain{'' if total == 1 else 's'}" + (f": {counts}" if counts else "")
+    problems: Counter[tuple[str, str]] = Counter()
+    ranks: dict[tuple[str, str], tuple[int, int]] = {}
+    for domain in report.domains:
+        for problem in _problems(domain):
+            key = (problem.domain, problem.what)
+            problems[key] += 1
+            ranks[key] = max(ranks.get(key, problem.rank), problem.rank)
+    # Worst first; among equals, report order (sorted() is stable, Counter keeps insertion order).
+    ordered = sorted(problems, key=lambda key: ranks[key], reverse=True)
+    named = [
+        f"{domain} {what}" + (f" (x{problems[(domain, what)]})" if problems[(domain, what)] > 1 else "")
+        for domain, what in ordered[:_SUMMARY_PROBLEMS]
+    ]
+    if len(ordered) > _SUMMARY_PROBLEMS:
+        named.append(f"+{len(ordered) - _SUMMARY_PROBLEMS} more")
+    if named:
+        text += "; " + ", ".join(named)
+    return _plugin_text(text, limit=1000)
+
+
+def _long_output(report: Report) -> Iterator[str]:
+    for domain in report.domains:
+        for result in domain.results:
+            where = f"{domain.domain} {result.check_id}"
+            if result.status is not Status.COMPLETED:
+                reason = f" - {result.reason}" if result.reason else ""
+                yield _plugin_text(f"[UNKNOWN] {where}: {result.status.value}{reason}", limit=1000)
+            for finding in result.findings:
+                if finding.severity >= Severity.WARNING:
+                    yield _plugin_text(
+                        f"[{finding.severity.label.upper()}] {where}: {finding.code} {finding.subject} - "
+                        f"{finding.message}",
+                        limit=1000,
+                    )
+
+
+def _perfdata(report: Report) -> Iterator[str]:
+    states = Counter(domain.verdict for domain in report.domains)
+    for state in Verdict:
+        yield _perf(f"domains_{state.value}", states[state], minimum="0")
+    run_seconds = (report.finished_at - report.started_at).total_seconds()
+    yield _perf("time", max(0.0, run_seconds), "s", places=3, minimum="0")
+    for domain in report.domains:
+        for session in _sessions(domain):
+            for stage, seconds in zip(STAGES, session.seconds, strict=True):
+                yield _perf(f"{domain.domain} {session.endpoint} {stage}", seconds, "s", minimum="0")
+        for cert in _certificates(domain):
+            # Days left, unitless: the guidelines know no unit for days. "N:" alerts below N (guidelines,
+            # "Threshold and ranges").
+            warn = f"{_perf_number(cert.warn_days, places=2)}:" if cert.warn_days is not None else ""
+            crit = f"{_perf_number(cert.crit_days, places=2)}:" if cert.crit_days is not None else ""
+            yield _perf(f"{domain.domain} {cert.endpoint} cert_days", cert.days_left, places=2, warn=warn, crit=crit)
+
+
+def nagios(report: Report) -> str:
+    """The report as a monitoring-plugin result (Nagios, Icinga, Naemon, Checkmk's classic checks).
+
+    The first line is ``DIAG <STATE> - <summary> | <performance data>``: the run's state, how many domains
+    are in each state, and the worst problems by domain and code. Performance data follow the plugin
+    guidelines (``'label'=value[UOM];[warn];[crit];[min];[max]``): domains per state, the run's duration, the
+    seconds of each SMTP stage per probed address (``U`` for a stage not reached), and the days left on each
+    presented certificate with the run's expiry thresholds as ``warn:``/``crit:`` ranges. Every following line
+    names one finding of warning or worse, or one check that could not run. No text carries ``|`` (shown as
+    ``¦``) or a control character. The process exit code is ``report.exit_code``.
+    """
+    perfdata: dict[str, str] = {}  # one value per label: graphing tools key their series by it
+    for item in _perfdata(report):
+        perfdata.setdefault(item.rpartition("=")[0], item)
+    first = f"DIAG {report.verdict.name} - {_summary(report)} | {' '.join(perfdata.values())}"
+    return "\n".join([first, *_long_output(report)]) + "\n"
+
+
+# --- Prometheus ----------------------------------------------------------------------------------------------
+
+
+class _Family:
+    """One metric family of the text exposition format: its HELP and TYPE lines and its samples."""
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name = name
+        self.help = help_text
+        self.samples: dict[str, str] = {}  # rendered labels → value; the first of duplicate series wins
+
+    def add(self, value: float, **labels: str) -> None:
+        rendered = ",".join(f'{key}="{_label_value(text)}"' for key, text in labels.items())
+        self.samples.setdefault(f"{{{rendered}}}" if rendered else "", _sample_value(value))
+
+    def lines(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        for labels, value in self.samples.items():
+            yield f"{self.name}{labels} {value}"
+
+
+def _label_value(text: str) -> str:
+    # Exposition format: backslash, double quote and line feed are escaped in label values.
+    return _clean(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _sample_value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def _unix(moment: datetime) -> float:
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+_STATES = "0 ok, 1 warning, 2 critical, 3 unknown"
+
+
+def prometheus(report: Report, *, now: datetime | None = None) -> str:
+    """The report in the Prometheus text exposition format, for node_exporter's textfile collector.
+
+    Every metric is a gauge named ``diag_*``; states use the monitoring-plugin scale (module docstring).
+    ``diag_findings`` has a sample for every severity of every check, zeros included, so series do not come and
+    go between runs. Samples carry no timestamps (the textfile collector rejects them); the time of the run is
+    ``diag_last_run_timestamp_seconds``: ``now`` when given (the moment the file is written), else the moment
+    the run finished.
+    """
+    run_status = _Family("diag_run_status", f"State of the whole run ({_STATES}); the exit code.")
+    last_run = _Family("diag_last_run_timestamp_seconds", "Unix time of the last run.")
+    run_duration = _Family("diag_run_duration_seconds", "Wall-clock duration of the last run.")
+    domain_status = _Family("diag_domain_status", f"State of a domain ({_STATES}).")
+    check_status = _Family(
+        "diag_check_status",
+        f"State of a check on a domain ({_STATES}; 3 when it could not run and found nothing critical).",
+    )
+    check_duration = _Family("diag_check_duration_seconds", "Time a check took on a domain.")
+    findings = _Family("diag_findings", "Findings of a check on a domain, by severity.")
+    cert_expiry = _Family(
+        "diag_certificate_expiry_timestamp_seconds",
+        "Unix time at which the leaf certificate presented at an MX address expires (notAfter).",
+    )
+    stage = _Family(
+        "diag_smtp_stage_seconds",
+        "Seconds an SMTP session stage took at an MX address (connect, banner, ehlo, tls); absent when not reached.",
+    )
+
+    run_status.add(report.verdict.exit_code)
+    last_run.add(_unix(now if now is not None else report.finished_at))
+    run_duration.add(max(0.0, (report.finished_at - report.started_at).total_seconds()))
+    for domain in report.domains:
+        name = domain.domain
+        domain_status.add(domain.verdict.exit_code, domain=name)
+        for result in domain.results:
+            check_status.add(check_state(result).exit_code, domain=name, check=result.check_id)
+            check_duration.add(result.duration_ms / 1000, domain=name, check=result.check_id)
+            severities = Counter(finding.severity for finding in result.findings)
+            for severity in Severity:
+                findings.add(severities[severity], domain=name, check=result.check_id, severity=severity.label)
+        for cert in _certificates(domain):
+            cert_expiry.add(_unix(cert.not_after), domain=name, endpoint=cert.endpoint, host=cert.host)
+        for session in _sessions(domain):
+            for stage_name, seconds in zip(STAGES, session.seconds, strict=True):
+                if seconds is not None:
+                    stage.add(seconds, domain=name, host=session.host, ip=session.ip, port=session.port,
+                              stage=stage_name)  # fmt: skip
+
+    families = (run_status, last_run, run_duration, domain_status, check_status, check_duration, findings,
+                cert_expiry, stage)  # fmt: skip
+    return "".join(f"{line}\n" for family in families for line in family.lines())
+
+
+# --- JUnit XML -----------------------------------------------------------------------------------------------
+
+
+def _seconds(milliseconds: float) -> str:
+    return f"{max(0.0, milliseconds) / 1000:.3f}"
+
+
+def _finding_block(finding: Finding) -> str:
+    lines = [f"{finding.severity.label.upper()} {finding.code} {finding.subject}", f"  {finding.message}"]
+    if finding.remediation:
+        lines.append(f"  fix: {finding.remediation}")
+    if finding.cloud_error:
+        lines.append(f"  cloud says: {finding.cloud_error}")
+    return "\n".join(_clean(line) for line in lines)
+
+
+def _finding_line(finding: Finding) -> str:
+    return _clean(f"{finding.severity.label.upper()} {finding.code} {finding.subject}: {finding.message}")
+
+
+def _worst(findings: Iterable[Finding]) -> Finding:
+    return max(findings, key=lambda finding: finding.severity)  # the first of the worst
+
+
+def _testcase(suite: ET.Element, domain: str, result: CheckResult, *, warnings_fail: bool) -> str:
+    """Add one check as a testcase; return its outcome: passed, failure, error or skipped."""
+    case = ET.SubElement(suite, "testcase", classname=_clean(domain, limit=_SHORT),
+                         name=_clean(result.check_id, limit=_SHORT), time=_seconds(result.duration_ms))  # fmt: skip
+    threshold = Severity.WARNING if warnings_fail else Severity.ERROR
+    failing = [finding for finding in result.findings if finding.severity >= threshold]
+    # One outcome per testcase, by the verdict's order: a certain critical problem beats "could not run".
+    outcome = "passed"
+    if any(finding.severity >= Severity.ERROR for finding in failing):
+        outcome = "failure"
+    elif result.status in (Status.ERROR, Status.TIMEOUT):
+        outcome = "error"
+    elif result.status is Status.SKIPPED:
+        outcome = "skipped"
+    elif failing:
+        outcome = "failure"
+    reason = _clean(result.reason or result.status.value)
+    if outcome == "skipped":
+        ET.SubElement(case, "skipped", message=reason)
+    elif outcome == "error":
+        error = ET.SubElement(case, "error", message=reason, type=result.status.value)
+        error.text = reason
+    elif outcome == "failure":
+        worst = _worst(failing)
+        failure = ET.SubElement(case, "failure", message=_clean(worst.message, limit=1000),
+                                type=_clean(worst.code, limit=_SHORT))  # fmt: skip
+        failure.text = "\n".join(_finding_block(finding) for finding in failing)
+    lines = [_finding_line(finding) for finding in result.findings]
+    if result.status is not Status.COMPLETED and outcome == "failure":
+        lines.insert(0, f"check {result.status.value}: {reason}")
+    if lines:
+        ET.SubElement(case, "system-out").text = "\n".join(lines)
+    return outcome
+
+
+def junit(report: Report, *, warnings_fail: bool = False) -> str:
+    """The report as JUnit XML (the schema Jenkins and GitLab read): a testsuite per domain, a testcase per check.
+
+    A testcase has one outcome: ``<failure>`` when a finding is error or critical (``type`` is the worst
+    finding's code, the text lists every such finding with its fix); else ``<error>`` when the check could not
+    run (error, timeout: ``type`` is the status, the message the reason); else ``<skipped>`` with the reason;
+    else it passes. Warnings do not fail a testcase unless ``warnings_fail``: the run's exit code 1 already
+    flags them to CI, and a failed test in a JUnit report reads as "broken". Every testcase's ``<system-out>``
+    lists all its findings, warnings and positive ones included, so the report shows what was verified.
+    """
+    totals: Counter[str] = Counter()
+    root = ET.Element("testsuites", name="diag")
+    for domain in report.domains:
+        suite = ET.SubElement(root, "testsuite", name=_clean(domain.domain, limit=_SHORT))
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", name="status", value=domain.verdict.value)
+        outcomes = Counter(
+            _testcase(suite, domain.domain, result, warnings_fail=warnings_fail) for result in domain.results
+        )
+        totals.update(outcomes)
+        suite.attrib.update(_counts(outcomes, len(domain.results)))
+        # A suite's time is the sum of its testcases' (as JUnit runners write it); checks overlap in time.
+        suite.set("time", _seconds(sum(result.duration_ms for result in domain.results)))
+        suite.set("timestamp", report.started_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    root.attrib.update(_counts(totals, sum(len(domain.results) for domain in report.domains)))
+    root.set("time", _seconds((report.finished_at - report.started_at).total_seconds() * 1000))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _counts(outcomes: Counter[str], tests: int) -> dict[str, str]:
+    return {
+        "tests": str(tests),
+        "failures": str(outcomes["failure"]),
+        "errors": str(outcomes["error"]),
+        "skipped": str(outcomes["skipped"]),
+    }
