@@ -105,7 +105,12 @@ class TestPKI:
         return cls(root, intermediate, now, root_key, intermediate_key)
 
     def issue(self, names: Sequence[str], *, kind: CertKind = CertKind.GOOD) -> Issued:
-        """Issue a leaf for *names* (A-labels; wildcards allowed), broken as *kind* says."""
+        """Issue a leaf for *names* (A-labels; wildcards allowed), broken as *kind* says.
+
+        A first name that is not ASCII goes into the subject CN only: a dNSName is an IA5String (RFC 5280
+        §4.2.1.6) and cannot carry it, but a CN (UTF8String) can, and hostile servers put text such as bidi
+        overrides there (security-cases RPT-04).
+        """
         if isinstance(names, str):
             raise TypeError("names must be a sequence of names, not a single string")
         if not names:
@@ -119,6 +124,9 @@ class TestPKI:
         }.get(kind, (self.now - _DAY, self.now + 90 * _DAY))
         # ub-common-name is 64 (RFC 5280 appendix A): a longer first name lives in the SAN alone, which must
         # then be critical (§4.2.1.6).
+        dns_names = [name for name in names if name.isascii()]
+        if not dns_names:
+            raise ValueError("a certificate needs at least one ASCII (A-label) name")
         fits = len(names[0]) <= 64
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if fits else [])
         self_signed = kind is CertKind.SELF_SIGNED
@@ -131,7 +139,7 @@ class TestPKI:
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName(list(map(x509.DNSName, names))), critical=not fits)
+            .add_extension(x509.SubjectAlternativeName(list(map(x509.DNSName, dns_names))), critical=not fits)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(key_encipherment=isinstance(key, rsa.RSAPrivateKey)), critical=True)
             .add_extension(

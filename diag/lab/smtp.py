@@ -6,7 +6,8 @@ with a leaf-only chain sends only its leaf, a host with a 554 greeting refuses e
 
     HostKind.MAIL      aiosmtpd, STARTTLS when ``tls`` is set, mail for ``domains`` stored in a Maildir
     HostKind.TARPIT    accepts TCP, never greets, reads and discards what it gets
-    HostKind.GREETING  greets with a fixed reply line (554 and 421 are the useful ones)
+    HostKind.GREETING  greets with a fixed reply line (554 and 421 are the useful ones), or with 220 and then
+                       answers from a script; STARTTLS when ``tls`` is set and the script does not answer it
 
 Every host tracks its connections, caps them at 256 and aborts them all on ``LabHostServer.close()``.
 """
@@ -49,7 +50,11 @@ _GREETING_COMMAND_LIMIT: Final = 10
 _GREETING_LINE_LIMIT: Final = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
-_REPLY_LINE = re.compile(r"[2-5][0-5][0-9](?: [\x20-\x7e]*)?")
+# A scripted reply line: code, then any text but CR and LF. Hostile servers send control characters, bidi
+# overrides (as UTF-8) and markup in their replies; the lab imitates them (security-cases RPT-04), so only the
+# line framing is enforced here.
+_REPLY_LINE = re.compile(r"[2-5][0-5][0-9](?: [^\r\n]*)?")
+_SCRIPT_LINE = re.compile(r"[2-5][0-5][0-9](?:[ -][^\r\n]*)?")
 
 _TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections\r\n"
 _TEMPORARY_FAILURE: Final = "451 4.3.0 Temporary failure"
@@ -63,7 +68,8 @@ class HostKind(enum.StrEnum):
     TARPIT = "tarpit"
     """Accepts TCP, never greets, reads and discards input."""
     GREETING = "greeting"
-    """Greets with ``LabHost.greeting``; then answers from ``LabHost.script``, or refuses every command but QUIT."""
+    """Greets with ``LabHost.greeting``; then answers from ``LabHost.script``, or refuses every command but QUIT.
+    With ``LabHost.tls`` it answers STARTTLS (unless the script does) with 220 and a real TLS handshake."""
     BLACKHOLE = "blackhole"
     """Never completes a TCP handshake: connecting times out, as behind a firewall that drops packets."""
 
@@ -88,13 +94,14 @@ class LabHost:
     """Loopback address the host listens on."""
     kind: HostKind = HostKind.MAIL
     tls: TlsFiles | None = None
-    """Certificate for STARTTLS; None: STARTTLS is not offered."""
+    """Certificate for STARTTLS; None: STARTTLS is not offered (a GREETING host advertises it in its script)."""
     legacy_crypto: bool = False
     """The certificate uses SHA-1 or RSA-1024: load it at OpenSSL security level 0."""
     tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None
     """(minimum, maximum) TLS version offered, e.g. TLSv1..TLSv1_1 for an outdated host; None: defaults."""
     greeting: str | None = None
-    """For GREETING: the full reply line without CRLF, e.g. "554 5.7.1 No SMTP service here"."""
+    """For GREETING: the full reply line without CRLF, e.g. "554 5.7.1 No SMTP service here"; any text but CR and
+    LF, sent as UTF-8."""
     domains: tuple[str, ...] = ()
     """Recipient domains the host accepts mail for."""
     script: tuple[tuple[str, str | None], ...] = ()
@@ -254,11 +261,11 @@ async def start_host(
         case HostKind.GREETING:
             assert host.greeting is not None  # checked by _validate
             greeting = host.greeting
-
             script = {verb.upper().encode("ascii"): reply for verb, reply in host.script}
+            greeter_tls = _server_context(host) if host.tls is not None else None
 
             def factory() -> asyncio.BaseProtocol:
-                return _Greeter(connections, greeting, timeout, script)
+                return _Greeter(connections, greeting, timeout, script, greeter_tls)
 
     try:
         server = await loop.create_server(factory, host.ip, port)
@@ -301,10 +308,15 @@ def _validate(host: LabHost, timeout: float) -> None:
     if host.kind == HostKind.GREETING:
         if host.greeting is None or not _REPLY_LINE.fullmatch(host.greeting):
             raise LabError(f"lab host {host.name}: GREETING needs a one-line reply such as '554 5.7.1 ...'")
+        for verb, reply in host.script:
+            if reply is not None and not all(map(_SCRIPT_LINE.fullmatch, reply.split("\r\n"))):
+                raise LabError(f"lab host {host.name}: the {verb} reply must be reply lines joined by CRLF")
     elif host.greeting is not None or host.script:
         raise LabError(f"lab host {host.name}: only a GREETING host has a greeting or a script")
-    if host.kind != HostKind.MAIL and (host.tls is not None or host.domains):
-        raise LabError(f"lab host {host.name}: only a MAIL host has tls or domains")
+    if host.kind not in (HostKind.MAIL, HostKind.GREETING) and host.tls is not None:
+        raise LabError(f"lab host {host.name}: only a MAIL or GREETING host has tls")
+    if host.kind != HostKind.MAIL and host.domains:
+        raise LabError(f"lab host {host.name}: only a MAIL host has domains")
 
 
 def _server_context(host: LabHost) -> ssl.SSLContext:
@@ -474,20 +486,29 @@ class _Tarpit(asyncio.Protocol):
 
 
 class _Greeter(asyncio.Protocol):
-    """Greets with a fixed reply line. 421: closes at once. A 220 greeting with a script: answers from it.
-    Other codes: refuses every command but QUIT."""
+    """Greets with a fixed reply line. 421: closes at once. A 220 greeting with a script: answers from it, and
+    with ``tls`` answers STARTTLS by upgrading the connection. Other codes: refuses every command but QUIT."""
 
     def __init__(
-        self, connections: _Connections, greeting: str, timeout: float, script: dict[bytes, str | None]
+        self,
+        connections: _Connections,
+        greeting: str,
+        timeout: float,
+        script: dict[bytes, str | None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._connections = connections
         self._greeting = greeting
         self._script = script if greeting.startswith("220") else {}
+        self._tls = tls if greeting.startswith("220") else None
         self._timeout = timeout
+        self._tcp: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._buffer = bytearray()
         self._commands = 0
+        # Between STARTTLS and the end of the handshake: decrypted input waits until replies can be encrypted.
+        self._upgrading = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -495,8 +516,8 @@ class _Greeter(asyncio.Protocol):
             transport.write(_TOO_MANY_CONNECTIONS)
             transport.close()
             return
-        self._transport = transport
-        transport.write(self._greeting.encode("ascii") + b"\r\n")
+        self._tcp = self._transport = transport
+        transport.write(self._greeting.encode("utf-8") + b"\r\n")
         if self._greeting.startswith("421"):
             # RFC 5321 §3.8: after a 421 the server closes the channel without waiting for QUIT.
             transport.close()
@@ -507,6 +528,10 @@ class _Greeter(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             return
         self._buffer += data
+        if not self._upgrading:
+            self._process()
+
+    def _process(self) -> None:
         while (end := self._buffer.find(b"\n")) >= 0:
             line = bytes(self._buffer[:end]).rstrip(b"\r")
             del self._buffer[: end + 1]
@@ -527,17 +552,49 @@ class _Greeter(asyncio.Protocol):
             self._finish(b"421 4.7.0 Too many errors\r\n")
             return False
         assert self._transport is not None
+        if verb == b"STARTTLS" and verb not in self._script and self._tls is not None:
+            self._start_tls(self._tls)
+            return False
         if self._script:
             if verb in self._script and self._script[verb] is None:
                 self._transport.abort()  # a server that hangs up mid-session
                 return False
             reply = self._script.get(verb) or "502 5.5.2 Error: command not recognized"
-            self._transport.write(reply.encode("ascii") + b"\r\n")
+            self._transport.write(reply.encode("utf-8") + b"\r\n")
             return True
         # RFC 5321 §3.1: after a 554 greeting the server MUST wait for QUIT and answer every other command
         # with 503.
         self._transport.write(b"503 5.5.1 Bad sequence of commands\r\n")
         return True
+
+    def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self._transport is not None
+        # Stop reading before the 220 goes out, so the client's handshake reaches the TLS layer, not
+        # data_received; whatever the client pipelined after STARTTLS is dropped (CVE-2011-0411, RFC 3207 §4.2).
+        self._transport.pause_reading()
+        self._buffer.clear()
+        self._tls = None  # once per session
+        self._upgrading = True
+        self._transport.write(b"220 2.0.0 Ready to start TLS\r\n")
+        self._connections.watch(asyncio.get_running_loop().create_task(self._upgrade(self._transport, context)))
+
+    async def _upgrade(self, plain: asyncio.Transport, context: ssl.SSLContext) -> None:
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                plain, self, context, server_side=True, ssl_handshake_timeout=self._timeout
+            )
+        except (OSError, ssl.SSLError, TimeoutError, RuntimeError) as error:
+            # A client refusing the certificate is everyday business in a lab of broken hosts.
+            logging.getLogger(__name__).info("lab host: TLS handshake failed: %r", error)
+            plain.abort()
+            return
+        if secured is None:  # pragma: no cover - start_tls returns None only when the loop is closing
+            plain.abort()
+            return
+        # The first command after the handshake may have been decrypted before start_tls returned.
+        self._transport, self._upgrading = secured, False
+        if not secured.is_closing():
+            self._process()
 
     def _expire(self) -> None:
         # RFC 5321 §4.5.3.2.7 server timeout; Postfix says so with a 421 4.4.2 before closing.
@@ -553,5 +610,6 @@ class _Greeter(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._transport is not None:
-            self._connections.release(self._transport)
+        # The TCP transport is the one tracked, also after a STARTTLS upgrade.
+        if self._tcp is not None:
+            self._connections.release(self._tcp)

@@ -137,6 +137,8 @@ PURPOSES = {
     "multi.example": "three MX hosts: one refused, two healthy",
     "servfail.example": "its DNS answers SERVFAIL",
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
+    "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies and "
+    "certificate names",
 }
 
 
@@ -145,6 +147,56 @@ def _broken(domain: str, octet: int, **host: object) -> tuple[Record, HostDef]:
     name = f"mx.{domain}"
     domains = (domain,) if host.get("kind", HostKind.MAIL) is HostKind.MAIL else ()
     return Record(domain, "MX", (f"10 {name}.",)), HostDef(name, f"127.0.20.{octet}", domains=domains, **host)  # type: ignore[arg-type]
+
+
+# --- hostile.example: remote text that tries to become code in a report (security-cases RPT-01..RPT-04) -------
+# Each payload travels as far as its channel carries it on the wire:
+#   DNS: an MX target whose labels carry any byte (zone-file escapes: \( is "(", \032 a space, \226\128\174
+#        the UTF-8 of U+202E, \027 ESC, \007 BEL). The mx check refuses it as a host name (DNS-12), so the domain
+#        also has a normal MX, mx.hostile.example, which is reachable.
+#   SMTP: the greeting and every EHLO line: markup, attribute breakers, template syntax, U+202E and U+2066 sent as
+#        UTF-8, and C0 controls (ESC, BEL, NUL); only CR and LF are left out, as they end a reply line.
+#   TLS: the certificate's subject CN (a UTF8String: markup and U+202E) and its DNS names (IA5String: ASCII,
+#        markup and controls, no bidi); mx.hostile.example is among them, so the chain verifies and only the
+#        text is hostile.
+HOSTILE_MX = (
+    r"<script>alert\(1\)</script>.\"><img\032src=x\032onerror=alert\(1\)>.{{7*7}}."
+    r"<svg/onload=alert`1`>.\226\128\174gnp.exe\027[2J\007.hostile.example."
+)
+HOSTILE_GREETING = (
+    '220 mx.hostile.example ESMTP <script>alert(1)</script> "><img src=x onerror=alert(1)> {{7*7}} '
+    "\u202eexe.txt \x1b[2J\x07"
+)
+HOSTILE_EHLO = "\r\n".join((
+    "250-mx.hostile.example Hello <script>alert(1)</script>",
+    "250-X-IMG \"><img src=x onerror=alert(1)>",
+    "250-X-ATTR ' onmouseover=alert(1) x='",
+    "250-X-TEMPLATE {{7*7}} ${7*7}",
+    "250-X-LINK javascript:alert(1)",
+    "250-X-TABLE </td></tr></table><h1>pwned</h1>",
+    "250-X-BIDI \u202eexe.txt\u2066",
+    "250-X-CTRL \x1b[31mred\x1b[0m\x07\x00",
+    "250-X-PWN <svg onload=window.__pwned=1>",
+    "250-PIPELINING",
+    "250 STARTTLS",
+))  # fmt: skip
+HOSTILE_CERT_NAMES = (
+    "\u202e<b>mx.hostile.example</b>",  # subject CN only (not ASCII)
+    "mx.hostile.example",
+    "<script>alert(1)</script>.hostile.example",
+    '"><img src=x onerror=alert(1)>',
+    "{{7*7}}.hostile.example",
+    "ctl\x1b[2J\x07.hostile.example",
+)
+
+
+def _hostile() -> tuple[tuple[Record, ...], HostDef]:
+    """hostile.example: a real, reachable mail host whose every text is an attack on whoever displays it."""
+    host = HostDef(
+        "mx.hostile.example", "127.0.20.26", kind=HostKind.GREETING, cert_names=HOSTILE_CERT_NAMES,
+        greeting=HOSTILE_GREETING, script=(("EHLO", HOSTILE_EHLO), ("HELO", "250 mx.hostile.example")),
+    )  # fmt: skip
+    return (Record("hostile.example", "MX", ("10 mx.hostile.example.", f"20 {HOSTILE_MX}")),), host
 
 
 def default_world() -> World:
@@ -237,6 +289,10 @@ def default_world() -> World:
         HostDef("mx01.manymx.example", "127.0.20.21", cert_names=("*.manymx.example",), domains=("manymx.example",),
                 address_record=False)
     )  # fmt: skip
+
+    hostile_records, hostile_host = _hostile()
+    records.extend(hostile_records)
+    hosts.append(hostile_host)
 
     for host in hosts:
         if host.address_record:

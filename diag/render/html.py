@@ -1,0 +1,855 @@
+"""The HTML view of a report: one self-contained file for people, from the ``diag.report/1`` JSON document.
+
+``diag check --html FILE`` and ``diag report RESULT.json --html FILE`` render the same document, so a saved
+result renders exactly as the live run did. Everything a server sent (banners, EHLO lines, certificate names,
+DNS names) is hostile until shown otherwise (security-cases.md §5):
+
+* RPT-01: the Jinja2 environment forces ``autoescape=True``; ``select_autoescape()`` would leave ``.j2``
+  templates unescaped.
+* RPT-02: no ``|safe``, ``Markup`` or ``{% autoescape false %}`` anywhere (a test greps the templates).
+* RPT-03: every attribute is quoted; remote text never goes into ``href``, ``src``, ``style`` or event
+  attributes. Class names and ids come from fixed tables or counters here, never from the document.
+* RPT-04: every ``{{ }}`` output passes through :func:`_finalize` (Jinja's ``finalize`` runs before escaping):
+  control and bidi characters become visible escapes and long values are cut with a note.
+* RPT-05: a Content-Security-Policy meta tag forbids everything but inline styles and ``data:`` images; the
+  file has no script and fetches nothing (styles and SVG are inline).
+* RPT-07: templates come from the package only; no template is ever built from remote text.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from diag.errors import ConfigError
+from diag.render.json import SCHEMA, load_schema
+from diag.render.text import sanitize
+
+__all__ = ["load_report", "render_html"]
+
+_TEMPLATE = "report.html.j2"
+# Longest remote value shown in full (RPT-04: aiosmtplib accepts 32 KiB replies); the rest is cut with a note.
+_LIMIT = 1000
+# Width of the widest SMTP timing bar, in CSS pixels.
+_BAR_WIDTH = 260
+_BAR_HEIGHT = 14
+
+# Beyond what sanitize() escapes: lone surrogates (invalid UTF-8 decoded with surrogateescape, which aiosmtplib
+# uses for replies; they cannot even be written as UTF-8), line/paragraph separators, zero-width and invisible
+# formatting characters, the BOM and the interlinear annotation marks.
+_INVISIBLE = re.compile("[\ud800-\udfff\u00ad\u200b-\u200d\u2028\u2029\u2060-\u2064\ufeff\ufff9-\ufffb]")
+
+_SEVERITIES = ("critical", "error", "warning", "notice", "info")
+_VERDICTS = ("ok", "warning", "critical", "unknown")
+_CHECK_STATUSES = ("completed", "error", "timeout", "skipped")
+_STAGES = (
+    ("connect", "connect_s", "TCP connect"),
+    ("banner", "banner_s", "greeting"),
+    ("ehlo", "ehlo_s", "EHLO"),
+    ("tls", "tls_s", "STARTTLS and handshake"),
+)
+
+
+# --- public API --------------------------------------------------------------------------------------------
+
+
+def render_html(document: Mapping[str, Any]) -> str:
+    """The report as one self-contained HTML page.
+
+    ``document`` is the contract's JSON object (:func:`diag.render.json.report_dict`, or a saved result read by
+    :func:`load_report`). Raises :class:`ConfigError` with a one-line reason when it is not ``diag.report/1``.
+    """
+    problem = _structure_problem(document, strict=False)
+    if problem is not None:
+        raise ConfigError(f"cannot render the HTML report: not a {SCHEMA} document: {problem}")
+    return _render(_environment(), document)
+
+
+def load_report(path: Path | str) -> dict[str, Any]:
+    """Read a result saved by ``diag check --json`` and validate it against the shipped JSON Schema.
+
+    The schema is checked with ``jsonschema`` when it is installed, else structurally. Raises
+    :class:`ConfigError` naming the file and the reason.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    problem = _schema_problem(document)
+    if problem is not None:
+        raise ConfigError(f"{path}: not a {SCHEMA} result: {problem}")
+    result: dict[str, Any] = document
+    return result
+
+
+# --- validation --------------------------------------------------------------------------------------------
+
+
+def _schema_problem(document: Any) -> str | None:
+    # Another kind of document (diag.routes/1, anything else) is named as such, not by its first schema error.
+    if not isinstance(document, Mapping) or document.get("schema") != SCHEMA:
+        return _structure_problem(document, strict=False)
+    try:
+        jsonschema = importlib.import_module("jsonschema")
+    except ImportError:  # a test dependency only: fall back to the structural check
+        return _structure_problem(document, strict=True)
+    validator = jsonschema.Draft202012Validator(load_schema("report"))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+    return f"{sanitize(str(error.message), limit=160)} (at {sanitize(where, limit=80)})"
+
+
+def _structure_problem(document: Any, *, strict: bool) -> str | None:
+    """What makes ``document`` unusable as a report, in a few words; None when it is usable.
+
+    Loose (``strict=False``, for rendering): the schema name and the shape of domains, checks and findings.
+    Strict (for saved files without jsonschema): also the required fields and their enumerations.
+    """
+    if not isinstance(document, Mapping):
+        return f"expected a JSON object, got {_json_type(document)}"
+    if document.get("schema") != SCHEMA:
+        found = document.get("schema")
+        return f"its schema is {sanitize(repr(found), limit=60)}" if found is not None else "no schema field"
+    if strict:
+        for key in ("tool", "started_at", "finished_at", "status", "exit_code"):
+            if key not in document:
+                return f"the field {key} is missing"
+        if document["status"] not in _VERDICTS:
+            return "status is not one of " + ", ".join(_VERDICTS)
+    domains = document.get("domains")
+    if not isinstance(domains, list):
+        return "domains is not a list"
+    for d_index, domain in enumerate(domains):
+        where = f"domains/{d_index}"
+        if not isinstance(domain, Mapping) or not isinstance(domain.get("domain"), str):
+            return f"{where} is not a domain object with a domain name"
+        if strict and domain.get("status") not in _VERDICTS:
+            return f"{where}/status is not one of " + ", ".join(_VERDICTS)
+        checks = domain.get("checks")
+        if not isinstance(checks, list):
+            return f"{where}/checks is not a list"
+        for c_index, check in enumerate(checks):
+            problem = _check_problem(check, strict=strict)
+            if problem is not None:
+                return f"{where}/checks/{c_index}{problem}"
+    return None
+
+
+def _check_problem(check: Any, *, strict: bool) -> str | None:
+    if not isinstance(check, Mapping) or not isinstance(check.get("id"), str):
+        return " is not a check object with an id"
+    if strict and check.get("status") not in _CHECK_STATUSES:
+        return "/status is not one of " + ", ".join(_CHECK_STATUSES)
+    findings = check.get("findings", [])
+    if not isinstance(findings, list):
+        return "/findings is not a list"
+    for index, finding in enumerate(findings):
+        if not isinstance(finding, Mapping) or not isinstance(finding.get("code"), str):
+            return f"/findings/{index} is not a finding object with a code"
+        if strict and finding.get("severity") not in _SEVERITIES:
+            return f"/findings/{index}/severity is not one of " + ", ".join(_SEVERITIES)
+    return None
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# --- Jinja2 ------------------------------------------------------------------------------------------------
+
+
+def _environment() -> jinja2.Environment:
+    """A fresh environment per rendering (no module-level state)."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("report_templates", ""),
+        # RPT-01: forced on; select_autoescape() does not cover .j2.
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        finalize=_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["clip"] = _clip
+    return env
+
+
+def _render(env: jinja2.Environment, document: Mapping[str, Any]) -> str:
+    return env.get_template(_TEMPLATE).render(report=_report_view(document))
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ }}`` output, before autoescaping: remote text made visible and inert (RPT-04).
+
+    Output that is already HTML (a macro's, which Jinja escaped while rendering it) passes as it is; no value
+    from the document can be such output, as JSON gives plain strings.
+    """
+    if isinstance(value, str) and not hasattr(value, "__html__"):
+        return _clip(value, _LIMIT)
+    return value
+
+
+def _clip(value: Any, limit: int = _LIMIT) -> str:
+    """Control, bidi and invisible characters as escapes; at most ``limit`` characters, then a note."""
+    text = _INVISIBLE.sub(_invisible_escape, str(value))
+    return sanitize(text, limit=limit)
+
+
+def _invisible_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return f"U+{code:04X}"
+
+
+# --- view model: plain, typed values for the templates; all arithmetic happens here -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Count:
+    severity: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Finding:
+    severity: str
+    code: str
+    subject: str
+    message: str
+    remediation: str
+    cloud_error: str
+    # The message names the subject already (as CONTRACT.md asks), so the subject need not be repeated.
+    subject_in_message: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    id: str
+    title: str
+    status: str
+    reason: str
+    duration_ms: str
+    worst: str
+    findings: tuple[_Finding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _MxRow:
+    preference: str
+    name: str
+    addresses: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Mx:
+    notes: tuple[str, ...]
+    rows: tuple[_MxRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    stage: str
+    label: str
+    x: str
+    width: str
+    ms: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Bar:
+    width: str
+    height: str
+    segments: tuple[_Segment, ...]
+    total_ms: str
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    endpoint: str
+    outcome: str
+    outcome_label: str
+    detail: str
+    bar: _Bar | None
+    greeting: str
+    extensions: tuple[str, ...]
+    tls: str
+    transcript: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cert:
+    role: str
+    subject: str
+    issuer: str
+    names: tuple[str, ...]
+    not_before: str
+    not_after: str
+    validity: str
+    validity_class: str
+    key: str
+    signature: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Presented:
+    endpoint: str
+    trust: str
+    trust_class: str
+    trust_detail: str
+    chain: tuple[_Cert, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    order: str
+    connector: str
+    rule: str
+    smart_hosts: tuple[str, ...]
+    tls_settings: str
+    tls_domain: str
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _SmartHost:
+    endpoint: str
+    outcome: str
+    outcome_label: str
+    tls: str
+    trust: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Routing:
+    accepted: str
+    decision: _Decision
+    alternative: _Decision | None
+    smart_hosts: tuple[_SmartHost, ...]
+    inbound: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    number: int
+    host: str
+    address: str
+    tls: str
+    connector: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Hops:
+    title: str
+    hops: tuple[_Hop, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Domain:
+    anchor: str
+    name: str
+    status: str
+    counts: tuple[_Count, ...]
+    incomplete: int
+    checks: tuple[_Check, ...]
+    mx: _Mx | None
+    sessions: tuple[_Session, ...]
+    not_probed: tuple[tuple[str, str], ...]
+    certificates: tuple[_Presented, ...]
+    routing: _Routing | None
+    hops: tuple[_Hops, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    csp: str
+    version: str
+    status: str
+    exit_code: str
+    started: str
+    finished: str
+    elapsed: str
+    counts: tuple[_Count, ...]
+    domain_verdicts: tuple[_Count, ...]
+    domains: tuple[_Domain, ...]
+    stages: tuple[tuple[str, str], ...] = field(default=tuple((stage, label) for stage, _, label in _STAGES))
+
+
+# The CSP of RPT-05, stricter where it costs nothing: no <base> and no form targets either.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+
+
+def _report_view(document: Mapping[str, Any]) -> _Report:
+    started = _time(document.get("started_at"))
+    finished = _time(document.get("finished_at"))
+    domains = tuple(_domain_view(index, d, finished) for index, d in enumerate(_list(document.get("domains")), 1))
+    all_findings = [f for d in domains for c in d.checks for f in c.findings]
+    verdicts = [d.status for d in domains]
+    elapsed = ""
+    if started is not None and finished is not None:
+        elapsed = _duration((finished - started).total_seconds())
+    return _Report(
+        csp=_CSP,
+        version=_text(_dict(document.get("tool")).get("version")),
+        status=_token(document.get("status"), _VERDICTS, "unknown"),
+        exit_code=_text(document.get("exit_code")),
+        started=_show_time(started, document.get("started_at")),
+        finished=_show_time(finished, document.get("finished_at")),
+        elapsed=elapsed,
+        counts=_counts(f.severity for f in all_findings),
+        domain_verdicts=tuple(_Count(v, verdicts.count(v)) for v in ("critical", "unknown", "warning", "ok")),
+        domains=domains,
+    )
+
+
+def _domain_view(index: int, domain: Mapping[str, Any], finished: datetime | None) -> _Domain:
+    checks = [_dict(c) for c in _list(domain.get("checks"))]
+    views = tuple(_check_view(c) for c in checks)
+    facts = {_text(c.get("id")): _dict(c.get("facts")) for c in checks if c.get("status") == "completed"}
+    sessions, not_probed = _sessions(facts.get("port25", {}))
+    return _Domain(
+        anchor=f"domain-{index}",
+        name=_text(domain.get("domain")),
+        status=_token(domain.get("status"), _VERDICTS, "unknown"),
+        counts=_counts(f.severity for c in views for f in c.findings),
+        incomplete=sum(1 for c in views if c.status != "completed"),
+        checks=views,
+        mx=_mx(facts["mx"]) if "mx" in facts else None,
+        sessions=sessions,
+        not_probed=not_probed,
+        certificates=tuple(_presented(p, finished) for p in _dicts(facts.get("certificate", {}).get("certificates"))),
+        routing=_routing(facts["connectors"]) if "connectors" in facts else None,
+        hops=tuple(
+            _Hops(_text(c.get("title")) or _text(c.get("id")), hops)
+            for c in checks
+            if (hops := _hops(_dict(c.get("facts")).get("hops")))
+        ),
+    )
+
+
+def _check_view(check: Mapping[str, Any]) -> _Check:
+    findings = tuple(
+        _Finding(
+            severity=_token(f.get("severity"), _SEVERITIES, "info"),
+            code=_text(f.get("code")),
+            subject=_text(f.get("subject")),
+            message=_text(f.get("message")),
+            remediation=_text(f.get("remediation")),
+            cloud_error=_text(f.get("cloud_error")),
+            subject_in_message=bool(f.get("subject")) and _text(f.get("subject")) in _text(f.get("message")),
+        )
+        for f in _dicts(check.get("findings"))
+    )
+    worst = min((_SEVERITIES.index(f.severity) for f in findings), default=len(_SEVERITIES) - 1)
+    duration = check.get("duration_ms")
+    return _Check(
+        id=_text(check.get("id")),
+        title=_text(check.get("title")) or _text(check.get("id")),
+        status=_token(check.get("status"), _CHECK_STATUSES, "error"),
+        reason=_text(check.get("reason")),
+        duration_ms=f"{duration} ms" if isinstance(duration, int) and not isinstance(duration, bool) else "",
+        worst=_SEVERITIES[worst],
+        findings=findings,
+    )
+
+
+def _counts(severities: Iterable[str]) -> tuple[_Count, ...]:
+    found = list(severities)
+    return tuple(_Count(s, found.count(s)) for s in _SEVERITIES)
+
+
+# MX
+
+
+def _mx(facts: Mapping[str, Any]) -> _Mx:
+    notes = []
+    if facts.get("null_mx"):
+        notes.append("The domain publishes a null MX (0 .): it accepts no mail.")
+    if facts.get("implicit"):
+        notes.append("No MX records: the domain's own address is the implicit MX (RFC 5321 §5.1).")
+    if facts.get("status") == "nxdomain":
+        notes.append("The domain does not exist (NXDOMAIN).")
+    for name in _list(facts.get("duplicates")):
+        notes.append(f"Listed more than once: {_text(name)}")
+    rows = []
+    for host in _dicts(facts.get("hosts")):
+        name = _text(host.get("name"))
+        canonical = _text(host.get("canonical_name"))
+        host_notes = []
+        if host.get("ip_literal"):
+            host_notes.append("an IP address, not a host name")
+        elif host.get("valid_name") is False:
+            host_notes.append("not a valid host name: not looked up")
+        elif not _list(host.get("addresses")):
+            host_notes.append("no A/AAAA record")
+        if canonical and canonical.lower() != name.lower() and not host.get("ip_literal"):
+            host_notes.append(f"alias (CNAME) for {canonical}")
+        rows.append(_MxRow(
+            preference=_text(host.get("preference")),
+            name=name,
+            addresses=tuple(_text(a) for a in _list(host.get("addresses"))),
+            notes=tuple(host_notes),
+        ))  # fmt: skip
+    return _Mx(tuple(notes), tuple(rows))
+
+
+# SMTP sessions
+
+
+def _sessions(facts: Mapping[str, Any]) -> tuple[tuple[_Session, ...], tuple[tuple[str, str], ...]]:
+    probed = [(_text(p.get("host")), _dict(p.get("session"))) for p in _dicts(facts.get("probed"))]
+    longest = max((_session_seconds(s) for _, s in probed), default=0.0)
+    sessions = tuple(_session(host, s, longest) for host, s in probed)
+    not_probed = tuple(
+        (f"{_text(n.get('host'))} [{_text(n.get('ip'))}]", _text(n.get("why"))) for n in _dicts(facts.get("not_probed"))
+    )
+    return sessions, not_probed
+
+
+def _session_seconds(session: Mapping[str, Any]) -> float:
+    return sum(s for _, key, _ in _STAGES if (s := _seconds(session.get(key))) is not None)
+
+
+def _session(host: str, s: Mapping[str, Any], longest: float) -> _Session:
+    error = _text(s.get("error"))
+    outcome, label = _outcome(s)
+    code = s.get("greeting_code")
+    greeting = _text(s.get("greeting"))
+    tls = _dict(s.get("tls"))
+    return _Session(
+        endpoint=_endpoint(host, s),
+        outcome=outcome,
+        outcome_label=label,
+        detail=_text(s.get("detail")) if error else "",
+        bar=_bar(s, longest),
+        greeting=f"{_text(code)} {greeting}".strip() if code is not None else greeting,
+        extensions=tuple(_text(e) for e in _list(s.get("extensions"))),
+        tls=_tls_text(tls, s),
+        transcript=tuple(_text(line) for line in _list(s.get("transcript"))),
+    )
+
+
+def _outcome(s: Mapping[str, Any]) -> tuple[str, str]:
+    """A CSS class from a fixed set, and the words for it."""
+    error = s.get("error")
+    if error:
+        return "bad", _text(error).replace("-", " ")
+    if s.get("reached") == "done":
+        return "good", "completed"
+    return "unknown", _text(s.get("reached")) or "not reached"
+
+
+def _endpoint(host: str, s: Mapping[str, Any]) -> str:
+    ip, port = _text(s.get("ip")), _text(s.get("port"))
+    return f"{host} [{ip}]:{port}" if ip else host
+
+
+def _tls_text(tls: Mapping[str, Any], s: Mapping[str, Any]) -> str:
+    if tls:
+        return " · ".join(x for x in (_text(tls.get("version")), _text(tls.get("cipher"))) if x)
+    if s.get("starttls_offered"):
+        return "STARTTLS offered, no TLS session"
+    return "no STARTTLS" if s.get("reached") else ""
+
+
+def _bar(s: Mapping[str, Any], longest: float) -> _Bar | None:
+    """The stage timings as a horizontal stacked bar, scaled so the slowest session of the domain fills it."""
+    stages = [(stage, label, sec) for stage, key, label in _STAGES if (sec := _seconds(s.get(key))) is not None]
+    if not stages or longest <= 0:
+        return None
+    scale = _BAR_WIDTH / longest
+    x = 0.0
+    segments = []
+    for stage, label, sec in stages:
+        width = sec * scale
+        segments.append(_Segment(stage, label, f"{x:.2f}", f"{max(width, 0.5):.2f}", _ms(sec)))
+        x += width
+    total = sum(sec for _, _, sec in stages)
+    summary = ", ".join(f"{label} {_ms(sec)} ms" for _, label, sec in stages)
+    return _Bar(f"{_BAR_WIDTH}", f"{_BAR_HEIGHT}", tuple(segments), _ms(total), summary)
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
+
+
+# Certificates
+
+
+def _presented(p: Mapping[str, Any], at: datetime | None) -> _Presented:
+    trust = _text(p.get("trust"))
+    chain = _dicts(p.get("chain"))
+    return _Presented(
+        endpoint=_text(p.get("endpoint")),
+        trust=f"chain {trust}" if trust else "chain not judged",
+        trust_class="good" if trust == "trusted" else "bad",
+        trust_detail=_text(p.get("trust_detail")),
+        chain=tuple(_cert(c, index, len(chain), at) for index, c in enumerate(chain)),
+    )
+
+
+def _cert(c: Mapping[str, Any], index: int, length: int, at: datetime | None) -> _Cert:
+    if index == 0:
+        role = "leaf" if length > 1 or not c.get("self_issued") else "leaf (self-signed)"
+    else:
+        role = "root (sent by the server)" if c.get("self_issued") else "intermediate"
+    not_before, not_after = _time(c.get("not_before")), _time(c.get("not_after"))
+    validity, validity_class = _validity(not_before, not_after, at)
+    key_bits = c.get("key_bits")
+    return _Cert(
+        role=role,
+        subject=_text(c.get("subject")),
+        issuer=_text(c.get("issuer")),
+        names=tuple(_text(n) for n in _list(c.get("dns_names"))),
+        not_before=_show_time(not_before, c.get("not_before")),
+        not_after=_show_time(not_after, c.get("not_after")),
+        validity=validity,
+        validity_class=validity_class,
+        key=f"{_text(c.get('key_type'))} {_text(key_bits)} bits".strip() if key_bits else _text(c.get("key_type")),
+        signature=_text(c.get("signature_hash")).upper(),
+        fingerprint=_fingerprint(_text(c.get("sha256"))),
+    )
+
+
+def _validity(not_before: datetime | None, not_after: datetime | None, at: datetime | None) -> tuple[str, str]:
+    """Days left against the run's finish time (not the time of rendering: a saved report stays true)."""
+    if at is None or not_after is None:
+        return "", "unknown"
+    if not_before is not None and at < not_before:
+        return f"not valid for {_days((not_before - at).total_seconds() / 86400)} yet", "bad"
+    left = (not_after - at).total_seconds() / 86400
+    if left < 0:
+        return f"expired {_days(-left)} ago", "bad"
+    return f"{_days(left)} left", "warn" if left <= 30 else "good"
+
+
+def _days(days: float) -> str:
+    whole = round(days)  # as the certificate check counts them
+    return "1 day" if whole == 1 else f"{whole} days"
+
+
+def _fingerprint(hex_digest: str) -> str:
+    if re.fullmatch(r"[0-9a-fA-F]{64}", hex_digest):
+        return ":".join(hex_digest[i : i + 2] for i in range(0, 64, 2)).upper()
+    return hex_digest
+
+
+# Routing
+
+
+def _routing(facts: Mapping[str, Any]) -> _Routing:
+    routing = _dict(facts.get("routing"))
+    accepted = _dict(facts.get("accepted"))
+    if accepted:
+        accepted_text = f"accepted domain ({_text(accepted.get('domain_type')) or 'type unknown'})"
+    else:
+        accepted_text = "not an accepted domain of the organization"
+    alternative = routing.get("alternative")
+    return _Routing(
+        accepted=accepted_text,
+        decision=_decision(_dict(routing.get("decision"))),
+        alternative=_decision(_dict(alternative)) if isinstance(alternative, Mapping) else None,
+        smart_hosts=tuple(_smart_host(h) for h in _dicts(facts.get("smart_hosts"))),
+        inbound=_inbound(_dict(facts.get("inbound"))),
+    )
+
+
+_RULES = {
+    "exact": "exact match",
+    "wildcard": "wildcard match",
+    "all-accepted-domains": "all accepted domains",
+    "catch-all": "catch-all (*)",
+    "transport-rule": "a transport rule",
+    "mx": "no connector: DNS MX",
+}
+
+
+def _decision(decision: Mapping[str, Any]) -> _Decision:
+    connector = _dict(decision.get("connector"))
+    rule = _text(decision.get("rule"))
+    pattern = _text(decision.get("pattern"))
+    rule_text = _RULES.get(rule, rule)
+    if pattern:
+        rule_text = f"{rule_text} on {pattern}"
+    notes = []
+    tied = [_text(t) for t in _list(decision.get("tied_with"))]
+    if tied:
+        notes.append("tied with " + ", ".join(tied) + "; the lowest name wins")
+    if decision.get("transport_rule_connector"):
+        issue = _text(decision.get("transport_rule_issue"))
+        named = _text(decision.get("transport_rule_connector"))
+        notes.append(f"a transport rule names {named}" + (f" ({issue}: not used)" if issue else ""))
+    if connector.get("use_mx_record"):
+        smart_hosts: tuple[str, ...] = ("the MX hosts of the domain",)
+    else:
+        smart_hosts = tuple(_text(h) for h in _list(connector.get("smart_hosts")))
+    return _Decision(
+        order=_text(decision.get("order")),
+        connector=_text(connector.get("name")) if connector else "",
+        rule=rule_text,
+        smart_hosts=smart_hosts,
+        tls_settings=(_text(connector.get("tls_settings")) or "opportunistic") if connector else "",
+        tls_domain=_text(connector.get("tls_domain")),
+        notes=tuple(notes),
+    )
+
+
+def _smart_host(h: Mapping[str, Any]) -> _SmartHost:
+    session = _dict(h.get("session"))
+    name, ip = _text(h.get("name")), _text(h.get("ip"))
+    endpoint = _endpoint(name, session) if session else (f"{name} [{ip}]" if ip else name)
+    if h.get("resolve_error"):
+        outcome, label, detail = "bad", "not resolved", _text(h.get("resolve_error"))
+    elif h.get("not_probed"):
+        outcome, label, detail = "unknown", "not probed", _text(h.get("not_probed"))
+    elif session:
+        outcome, label = _outcome(session)
+        detail = _text(session.get("detail")) if session.get("error") else ""
+    else:
+        outcome, label, detail = "unknown", "not probed", ""
+    trust = _text(h.get("trust"))
+    if h.get("trust_detail"):
+        trust = f"{trust}: {_text(h.get('trust_detail'))}"
+    return _SmartHost(endpoint, outcome, label, _tls_text(_dict(session.get("tls")), session), trust, detail)
+
+
+def _inbound(inbound: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    if not inbound:
+        return ()
+    rows = []
+    names = ", ".join(_text(n) for n in _list(inbound.get("cert_names")))
+    source = {"client-cert": "--client-cert", "smart-host": "the smart host's certificate"}.get(
+        _text(inbound.get("cert_source")), _text(inbound.get("cert_source"))
+    )
+    rows.append(("Certificate names", f"{names} (from {source})" if names and source else names or "none known"))
+    if inbound.get("sender_ip"):
+        rows.append(("Sending address", _text(inbound.get("sender_ip"))))
+    relay = _dict(inbound.get("relay"))
+    if relay:
+        connector = _text(_dict(relay.get("inbound_connector")).get("name"))
+        rows.append(("Inbound connector", connector or "none matches"))
+        verdict = "allowed" if relay.get("allowed") else f"refused: {_text(relay.get('reply'))}"
+        rows.append((f"Relay to {_text(inbound.get('external_domain'))}", verdict))
+        if relay.get("reason"):
+            rows.append(("Why", _text(relay.get("reason"))))
+    return tuple(rows)
+
+
+# Hops (generic: any check whose facts carry a "hops" list, such as an end-to-end check)
+
+
+def _hops(value: Any) -> tuple[_Hop, ...]:
+    hops = []
+    for number, hop in enumerate(_list(value), 1):
+        if not isinstance(hop, Mapping):
+            hops.append(_Hop(number, _text(hop), "", "", "", ""))
+            continue
+        tls = hop.get("tls")
+        if isinstance(tls, Mapping):
+            tls_text = " · ".join(_text(tls.get(k)) for k in ("version", "cipher") if tls.get(k))
+        elif isinstance(tls, bool):
+            tls_text = "yes" if tls else "no"
+        else:
+            tls_text = _text(tls)
+        known = ("host", "name", "by", "ip", "address", "tls", "connector")
+        detail = "; ".join(f"{_text(k)}: {_text(v)}" for k, v in hop.items() if k not in known and v not in (None, ""))
+        hops.append(_Hop(
+            number=number,
+            host=_text(_first(hop, "host", "name", "by")),
+            address=_text(_first(hop, "ip", "address")),
+            tls=tls_text,
+            connector=_text(hop.get("connector")),
+            detail=detail,
+        ))  # fmt: skip
+    return tuple(hops)
+
+
+def _first(mapping: Mapping[str, Any], *keys: str) -> Any:
+    return next((mapping[k] for k in keys if mapping.get(k) not in (None, "")), None)
+
+
+# Loose accessors: a saved document may be edited by anyone, so every field is read defensively.
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _dicts(value: Any) -> list[Mapping[str, Any]]:
+    return [item for item in _list(value) if isinstance(item, Mapping)]
+
+
+def _token(value: Any, allowed: Sequence[str], default: str) -> str:
+    """A value from a fixed set, for CSS classes: never document text in an attribute (RPT-03)."""
+    return value if isinstance(value, str) and value in allowed else default
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _show_time(moment: datetime | None, raw: Any) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment is not None else _text(raw)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 0:
+        return ""
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"

@@ -1,0 +1,584 @@
+"""The HTML report (diag.render.html): real lab runs, the hostile lab host, and a payload in every field.
+
+security-cases.md §5: RPT-01 (autoescape everywhere), RPT-02 (no escape hatches), RPT-03 (attributes),
+RPT-04 (payload corpus), RPT-05 (CSP, no script, nothing fetched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib
+import json
+import re
+import ssl
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checks import default_registry
+from diag.errors import ConfigError, LabError
+from diag.lab import world
+from diag.lab.runner import Lab
+from diag.lab.smtp import HostKind, LabHost, TlsFiles, start_host
+from diag.model import Report
+from diag.render import html
+from diag.render.html import load_report, render_html
+from diag.render.json import dumps, report_dict
+from diag.runner import run_checks
+
+DOMAINS = ("contoso.com", "multi.example", "expired.example", "hostile.example", "servfail.example")
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+# Characters that must never reach the page as themselves (RPT-04): C0 but \n, DEL, C1, bidi controls,
+# lone surrogates, line separators, zero-width characters.
+RAW_CONTROLS = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
+)
+# The only elements the report uses; a payload that became markup shows up as another element.
+OUR_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "header", "main", "footer", "section", "article", "div",
+    "p", "span", "strong", "code", "h1", "h2", "h3", "h4", "h5", "dl", "dt", "dd", "table", "thead", "tbody",
+    "tr", "th", "td", "a", "ul", "ol", "li", "br", "details", "summary", "svg", "rect",
+}  # fmt: skip
+TEMPLATES = resources.files("report_templates")
+# Elements after which a browser's innerText has a break; the tests read the page's text the same way.
+BLOCKS = {"div", "p", "td", "th", "dt", "dd", "li", "br", "tr", "h1", "h2", "h3", "h4", "h5", "section", "article",
+          "header", "summary", "title"}  # fmt: skip
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def lab_report(lab: Lab, domains: tuple[str, ...] = DOMAINS) -> Report:
+    return asyncio.run(run_checks(domains, default_registry(), lab.run_options(timeout=1.0)))
+
+
+@pytest.fixture(scope="module")
+def report(lab: Lab) -> Report:
+    return lab_report(lab)
+
+
+@pytest.fixture(scope="module")
+def page(report: Report) -> str:
+    return render_html(report_dict(report))
+
+
+class Elements(HTMLParser):
+    """Every start tag with its attributes, and the text, of a page."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {name: value or "" for name, value in attrs}))
+        if tag in BLOCKS:
+            self.text.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in BLOCKS:
+            self.text.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    @property
+    def words(self) -> str:
+        """The text with whitespace runs as one space."""
+        return " ".join("".join(self.text).split())
+
+
+def assert_inert(page: str, *, payload: str | None = None) -> Elements:
+    """The page has only our elements and attributes; no payload became markup or an attribute."""
+    assert not RAW_CONTROLS.search(page), repr(RAW_CONTROLS.search(page))
+    parsed = Elements(page)
+    for tag, attrs in parsed.tags:
+        assert tag in OUR_TAGS, f"unexpected element <{tag}>"
+        for name, value in attrs.items():
+            assert not name.startswith("on"), f"event attribute {name} on <{tag}>"
+            assert name not in ("src", "style", "srcdoc", "action", "formaction", "background"), (tag, name)
+            if name == "href":
+                assert re.fullmatch(r"#domain-\d+", value), value
+            if payload is not None and len(payload) > 3:
+                assert payload not in value, f"payload in {tag} {name}"
+    metas = [attrs for tag, attrs in parsed.tags if tag == "meta" and attrs.get("http-equiv")]
+    assert [m["http-equiv"] for m in metas] == ["Content-Security-Policy"]
+    assert metas[0]["content"].startswith(CSP)
+    lowered = page.lower()
+    for forbidden in ("<script", "<img", "<iframe", "<object", "<embed", "<link", "<base", "url(", "@import"):
+        assert forbidden not in lowered, forbidden
+    return parsed
+
+
+def poison(value: Any, payload: str) -> Any:
+    """``value`` with every string in it replaced by ``payload`` (except the schema name, so it renders)."""
+    if isinstance(value, dict):
+        return {k: (v if k == "schema" else poison(v, payload)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [poison(v, payload) for v in value]
+    if isinstance(value, str):
+        return payload
+    return value
+
+
+def session(ip: str, **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "ip": ip, "port": 25, "server_name": "mx.example.com", "reached": "done", "error": None, "detail": "",
+        "connect_s": 0.1, "banner_s": 0.1, "ehlo_s": 0.1, "tls_s": 0.1, "greeting_code": 220,
+        "greeting": "mx.example.com ESMTP", "ehlo_code": 250, "extensions": ["PIPELINING", "STARTTLS"],
+        "helo_fallback": False, "starttls_offered": True, "starttls_code": 220, "starttls_reply": "Ready",
+        "tls": {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384", "server_name": "mx.example.com"},
+        "tls_extensions": ["PIPELINING"], "transcript": ["S: 220 mx.example.com ESMTP", "C: EHLO probe"],
+    }  # fmt: skip
+    base.update(changes)
+    return base
+
+
+def certificate(not_after: str, **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "subject": "CN=mx.example.com", "issuer": "CN=Example CA", "common_names": ["mx.example.com"],
+        "dns_names": ["mx.example.com", "*.example.com"], "not_before": "2026-01-01T00:00:00Z",
+        "not_after": not_after, "key_type": "RSA", "key_bits": 2048, "signature_hash": "sha256",
+        "sha256": "ab" * 32, "self_issued": False, "pem": "-----BEGIN CERTIFICATE-----",
+    }  # fmt: skip
+    base.update(changes)
+    return base
+
+
+def finding(code: str, severity: str, subject: str = "mx.example.com [192.0.2.1]:25") -> dict[str, Any]:
+    return {
+        "code": code, "severity": severity, "subject": subject, "message": f"{code} on {subject}.",
+        "remediation": "Do something.", "cloud_error": "450 4.4.317 Cannot connect to remote server",
+    }  # fmt: skip
+
+
+def check(check_id: str, facts: dict[str, Any], *findings: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    base = {
+        "id": check_id, "title": check_id.title(), "status": "completed", "reason": None, "duration_ms": 5,
+        "facts": facts, "findings": list(findings),
+    }  # fmt: skip
+    base.update(changes)
+    return base
+
+
+def decision(connector: str | None, rule: str, order: str = "most-specific") -> dict[str, Any]:
+    body = None
+    if connector is not None:
+        body = {
+            "name": connector, "smart_hosts": ["smtp.example.com"], "use_mx_record": False,
+            "tls_settings": "DomainValidation", "tls_domain": "*.example.com",
+        }  # fmt: skip
+    return {
+        "domain": "example.com", "order": order, "connector": body, "rule": rule, "pattern": "example.com",
+        "tied_with": ["Connector Z"], "transport_rule_connector": "Connector T", "transport_rule_issue": "disabled",
+    }  # fmt: skip
+
+
+def synthetic() -> dict[str, Any]:
+    """A document with every kind of fact the report shows, the hops of a future end-to-end check included."""
+    chain = [
+        certificate("2026-12-06T12:00:00Z"),
+        certificate("2030-01-01T00:00:00Z", subject="CN=Example CA", self_issued=True, dns_names=[]),
+    ]
+    facts: dict[str, dict[str, Any]] = {
+        "mx": {
+            "domain": "example.com", "status": "ok", "null_mx": True, "implicit": True,
+            "duplicates": ["dup.example.com"], "expected": [], "accepted": True,
+            "hosts": [
+                {"preference": 10, "name": "mx.example.com", "addresses": ["192.0.2.1", "2001:db8::1"],
+                 "canonical_name": "host.example.com", "ip_literal": False, "valid_name": True},
+                {"preference": 20, "name": "bad name", "addresses": [], "canonical_name": "", "ip_literal": False,
+                 "valid_name": False},
+                {"preference": 30, "name": "192.0.2.9", "addresses": ["192.0.2.9"], "canonical_name": "192.0.2.9",
+                 "ip_literal": True, "valid_name": True},
+                {"preference": 40, "name": "none.example.com", "addresses": [], "canonical_name": "",
+                 "ip_literal": False, "valid_name": True},
+            ],
+        },
+        "port25": {
+            "probed": [
+                {"host": "mx.example.com", "session": session("192.0.2.1")},
+                {"host": "slow.example.com", "session": session("192.0.2.2", tls_s=0.5)},
+                {"host": "down.example.com", "session": session(
+                    "192.0.2.3", reached=None, error="refused", detail="connection refused", connect_s=None,
+                    banner_s=None, ehlo_s=None, tls_s=None, tls=None, greeting_code=None, greeting="",
+                )},
+            ],
+            "not_probed": [{"host": "far.example.com", "ip": "10.0.0.1", "why": "not a public address"}],
+        },
+        "certificate": {
+            "certificates": [
+                {"endpoint": "mx.example.com [192.0.2.1]:25", "host": "mx.example.com", "chain": chain,
+                 "trust": "untrusted", "trust_detail": "unable to get local issuer certificate"},
+            ],
+            "checked_at": "2026-11-26T12:00:00Z", "warn_days": 30, "crit_days": 7,
+        },
+        "connectors": {
+            "domain": "example.com",
+            "accepted": {"domain_name": "example.com", "domain_type": "Authoritative"},
+            "mx_at_cloud": True,
+            "routing": {"decision": decision("Connector A", "exact"),
+                        "alternative": decision("Connector B", "all-accepted-domains", "documented")},
+            "smart_hosts": [
+                {"name": "smtp.example.com", "ip": "192.0.2.5", "resolve_error": "", "session": session("192.0.2.5"),
+                 "chain": chain, "trust": "trusted", "trust_detail": "", "not_probed": ""},
+                {"name": "gone.example.com", "ip": None, "resolve_error": "NXDOMAIN", "session": None, "chain": [],
+                 "trust": None, "trust_detail": "", "not_probed": ""},
+            ],
+            "inbound": {
+                "cert_source": "client-cert", "cert_names": ["smtp.example.com"], "sender_ip": "192.0.2.5",
+                "external_domain": "example.net",
+                "relay": {"allowed": False, "reply": "550 5.7.64 TenantAttribution; Relay Access Denied",
+                          "reason": "No inbound connector matches.", "inbound_connector": None, "relay": True},
+            },
+            "checked_at": "2026-11-26T12:00:00Z",
+        },
+        "e2e": {"hops": [
+            {"host": "contoso-com.mail.protection.outlook.com", "ip": "192.0.2.20",
+             "tls": {"version": "TLSv1.2", "cipher": "ECDHE-RSA-AES256-GCM-SHA384"}, "connector": "Connector A",
+             "delay_s": 1.5},
+            {"by": "mx.example.com", "tls": False},
+            "a hop given as text",
+        ]},
+    }  # fmt: skip
+    checks = [
+        check("mx", facts["mx"], finding("MX_TARGET_INVALID", "error", "bad name")),
+        check("port25", facts["port25"], finding("SMTP_CONNECT_REFUSED", "error"), finding("SMTP_OK", "info")),
+        check("certificate", facts["certificate"], finding("CERT_EXPIRING", "warning")),
+        check("connectors", facts["connectors"], finding("ROUTE_AMBIGUOUS", "notice")),
+        check("e2e", facts["e2e"], finding("E2E_TLS_MISSING", "critical")),
+        check("starttls", {}, status="timeout", reason="timeout: no answer within 10 s"),
+    ]
+    return {
+        "schema": "diag.report/1",
+        "tool": {"name": "diag", "version": "0.1.0"},
+        "started_at": "2026-11-26T12:00:00Z",
+        "finished_at": "2026-11-26T12:00:03Z",
+        "status": "critical",
+        "exit_code": 2,
+        "domains": [
+            {"domain": "example.com", "status": "critical", "checks": checks},
+            {"domain": "empty.example", "status": "unknown", "checks": []},
+        ],
+    }
+
+
+# --- a real lab run ---------------------------------------------------------------------------------------
+
+
+def test_a_lab_run_renders_verdicts_findings_and_evidence(report: Report, page: str) -> None:
+    assert page.startswith("<!DOCTYPE html>")
+    parsed = assert_inert(page)
+    text = parsed.words
+    for domain in DOMAINS:
+        assert domain in text
+    # Header: the run's time and verdict; then one verdict per domain.
+    assert report.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC") in text
+    assert "CRITICAL" in text
+    badges = [a["class"] for t, a in parsed.tags if t == "span" and a.get("class", "").startswith("badge ")]
+    assert badges == [f"badge verdict-{d.verdict.value}" for d in report.domains]
+    # Findings with remediation and the cloud's error text.
+    assert "CERT_EXPIRED" in text and "expired 1 day ago" in text
+    assert "450 4.7.320 Certificate validation failed" in text
+    assert "SMTP_CONNECT_REFUSED" in text and "Start the SMTP service" in text
+    # A check that could not run says why.
+    assert "Could not run: dns: no usable answer for servfail.example" in text
+    # Evidence: MX table, timings, TLS, certificates, routing.
+    assert "mx2.multi.example" in text and "127.0.20.18" in text
+    assert sum(1 for t, a in parsed.tags if t == "svg" and a.get("class") == "bar") == 5  # not for a refusal
+    assert "TLSv1.3" in text
+    assert re.search(r"SHA-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}", text)
+    assert "Connector 2" in text and "CertificateValidation" in text and "exact match on contoso.com" in text
+
+
+def test_every_payload_of_the_hostile_host_is_shown_as_inert_text(report: Report) -> None:
+    hostile = next(d for d in report.domains if d.domain == "hostile.example")
+    page = render_html(report_dict(Report(report.started_at, report.finished_at, (hostile,))))
+    parsed = assert_inert(page)
+    text = "".join(parsed.text)
+    # Markup from the greeting, EHLO lines and certificate names is text, in the page's text.
+    assert '<script>alert(1)</script> "><img src=x onerror=alert(1)> {{7*7}} U+202Eexe.txt \\x1b[2J\\x07' in text
+    for line in ("X-ATTR ' onmouseover=alert(1) x='", "X-LINK javascript:alert(1)", "X-PWN <svg onload=window",
+                 "X-TABLE </td></tr></table><h1>pwned</h1>", "X-BIDI U+202Eexe.txtU+2066",
+                 "X-CTRL \\x1b[31mred\\x1b[0m\\x07\\x00", "X-TEMPLATE {{7*7}} ${7*7}"):  # fmt: skip
+        assert line in text, line
+    assert "CN=U+202E\\<b\\>mx.hostile.example\\</b\\>" in text
+    assert "ctl\\x1b[2J\\x07.hostile.example" in text
+    # The DNS name, as dnspython presents its bytes.
+    assert "<svg/onload=alert`1`>" in text and "\\226\\128\\174gnp.exe\\027[2J\\007" in text
+    # Never evaluated as a template, never markup: no tag carries an event handler or the payloads' tags.
+    assert "{{7*7}}.hostile.example" in text and "49.hostile.example" not in text and "X-TEMPLATE 49" not in text
+    assert not re.search(r"<[^>]*\bon(error|load|mouseover)\s*=", page, re.IGNORECASE)
+    assert "<h1>pwned" not in page and "<svg onload" not in page and "<svg/onload" not in page
+
+
+def test_the_hostile_host_really_sends_its_payloads(report: Report) -> None:
+    """The lab's hostile host (diag/lab/world.py) on the wire, as the probe recorded it."""
+    hostile = next(d for d in report.domains if d.domain == "hostile.example")
+    mx = hostile.result("mx").facts
+    assert [h.valid_name for h in mx.hosts] == [True, False]
+    assert mx.hosts[1].name.startswith("<script>alert\\(1\\)</script>.")
+    (probed,) = hostile.result("port25").facts.probed
+    s = probed.session
+    assert s.greeting == world.HOSTILE_GREETING[4:]
+    assert "X-CTRL \x1b[31mred\x1b[0m\x07\x00" in s.extensions and "X-BIDI \u202eexe.txt\u2066" in s.extensions
+    assert s.tls is not None and s.tls.version == "TLSv1.3"
+    (presented,) = hostile.result("certificate").facts.certificates
+    assert presented.leaf.common_names == ("\u202e<b>mx.hostile.example</b>",)
+    assert presented.leaf.dns_names == world.HOSTILE_CERT_NAMES[1:]
+    assert [f.code for f in hostile.result("certificate").findings] == ["CERT_OK"]
+
+
+# --- the lab's scripted GREETING host with STARTTLS ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelined", [b"", b"EHLO injected\r\n"], ids=["alone", "pipelined"])
+def test_a_greeting_host_with_tls_upgrades_and_drops_pipelined_plaintext(lab: Lab, pipelined: bytes) -> None:
+    async def main() -> None:
+        reader, writer = await asyncio.open_connection("127.0.20.26", lab.smtp_port)
+        try:
+            greeting = await asyncio.wait_for(reader.readline(), 5)
+            assert greeting == world.HOSTILE_GREETING.encode() + b"\r\n"
+            # A command pipelined after STARTTLS (CVE-2011-0411) must not be answered, in plaintext or after TLS;
+            # the first command after the handshake must be answered encrypted, however fast it comes.
+            writer.write(b"STARTTLS\r\n" + pipelined)
+            assert await asyncio.wait_for(reader.readline(), 5) == b"220 2.0.0 Ready to start TLS\r\n"
+            context = ssl.create_default_context(cafile=lab.ca_file)
+            await asyncio.wait_for(writer.start_tls(context, server_hostname="mx.hostile.example"), 5)
+            writer.write(b"EHLO probe.example\r\n")
+            lines = [await asyncio.wait_for(reader.readline(), 5) for _ in world.HOSTILE_EHLO.split("\r\n")]
+            assert b"".join(lines) == world.HOSTILE_EHLO.encode() + b"\r\n"
+            writer.write(b"QUIT\r\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"221 2.0.0 Bye\r\n"
+        finally:
+            writer.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        LabHost("g.example", "127.0.77.90", kind=HostKind.GREETING, greeting="220 g",
+                script=(("EHLO", "250-g\n250 injected"),)),
+        LabHost("g.example", "127.0.77.90", kind=HostKind.GREETING, greeting="220 g", script=(("EHLO", "hello"),)),
+        LabHost("t.example", "127.0.77.90", kind=HostKind.TARPIT, tls=TlsFiles(Path("c.pem"), Path("k.pem"))),
+        LabHost("g.example", "127.0.77.90", kind=HostKind.GREETING, greeting="220 a\rb"),
+    ],
+)  # fmt: skip
+def test_scripted_replies_must_keep_their_line_framing(tmp_path: Path, host: LabHost) -> None:
+    with pytest.raises(LabError):
+        asyncio.run(start_host(host, 0, maildir=tmp_path))
+
+
+# --- templates and payload corpus (RPT-01 ... RPT-05) ------------------------------------------------------
+
+PAYLOADS = [
+    "<script>window.__pwned=1</script>",
+    '"><img src=x onerror=alert(1)>',
+    "' onmouseover=alert(1) x='",
+    "javascript:alert(1)",
+    "</td></tr></table></dl></div><p>",
+    "{{7*7}}{% raw %}${7*7}",
+    "<svg/onload=alert`1`>",
+    "a\x00b\r\nc\x1b[2J\x07d\x9b",
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u2028\ufeff",
+    "bad utf-8 \udcff\udc80 and a lone \ud800",
+    "<" + "A" * 32 * 1024 + ">",
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: repr(p[:24]))
+def test_every_field_of_every_template_carries_a_payload_inertly(payload: str) -> None:
+    env = html._environment()
+    loaded: list[str] = []
+    assert env.loader is not None
+    get_source = env.loader.get_source
+
+    def recording(environment: Any, name: str) -> Any:
+        loaded.append(name)
+        return get_source(environment, name)
+
+    env.loader.get_source = recording  # type: ignore[method-assign,assignment]
+    document = poison(synthetic(), payload)
+    page = html._render(env, document)
+    assert render_html(document) == page
+    assert_inert(page, payload=payload)
+    # Every template file was used.
+    shipped = {p.name for p in TEMPLATES.iterdir() if p.name.endswith((".j2", ".css"))}
+    assert set(loaded) == shipped
+    page.encode("utf-8")  # lone surrogates would not even encode
+    if payload.startswith("<A"):
+        assert "more characters)" in page and len(page) < 2_000_000
+    if "{{7*7}}" in payload:
+        assert "{{7*7}}" in page
+
+
+def test_a_synthetic_report_shows_every_kind_of_evidence() -> None:
+    page = render_html(synthetic())
+    text = assert_inert(page).words
+    # Severity counts, a check that timed out with its reason, remediation and cloud error.
+    assert "1 critical 2 error 1 warning 1 notice 1 info" in text
+    assert "Could not run: timeout: no answer within 10 s" in text
+    assert "The cloud says: 450 4.4.317 Cannot connect to remote server" in text
+    # MX notes.
+    assert "null MX" in text and "implicit MX" in text and "Listed more than once: dup.example.com" in text
+    assert "alias (CNAME) for host.example.com" in text and "not a valid host name" in text
+    assert "an IP address, not a host name" in text and "no A/AAAA record" in text
+    # Certificates: days left against the run's finish (2026-11-26T12:00:03Z), fingerprint, key.
+    assert "10 days left" in text and "1131 days left" in text and "RSA 2048 bits, signed with SHA256" in text
+    assert ("AB:" * 32)[:-1] in text and "chain untrusted" in text and "root (sent by the server)" in text
+    # Routing: both readings, tie, transport rule, smart hosts, inbound.
+    assert "Connector A" in text and "Connector B" in text and "routing order documented" in text
+    assert "tied with Connector Z" in text and "a transport rule names Connector T (disabled: not used)" in text
+    assert "gone.example.com" in text and "not resolved" in text
+    assert "refused: 550 5.7.64 TenantAttribution; Relay Access Denied" in text
+    # Hops of an end-to-end check.
+    assert "Path of the message: E2E" in text
+    assert "contoso-com.mail.protection.outlook.com [192.0.2.20] TLS TLSv1.2" in text
+    assert "connector Connector A" in text and "delay_s: 1.5" in text and "a hop given as text" in text
+    # Not probed addresses; a domain without checks.
+    assert "far.example.com [10.0.0.1]: not a public address" in text
+    assert "empty.example" in text
+
+
+def test_timing_bars_are_computed_in_python_and_scaled_to_the_slowest_session() -> None:
+    page = render_html(synthetic())
+    rects = re.findall(r'<rect class="stage stage-(\w+)" x="(\d+\.\d\d)" y="0" width="([\d.]+)"', page)
+    # First session: 4 x 0.1 s of a slowest total of 0.8 s (the second session's TLS takes 0.5 s) = 260 px.
+    assert rects[:4] == [("connect", "0.00", "32.50"), ("banner", "32.50", "32.50"), ("ehlo", "65.00", "32.50"),
+                         ("tls", "97.50", "32.50")]  # fmt: skip
+    assert rects[7] == ("tls", "97.50", "162.50")
+    assert "400 ms" in page and "800 ms" in page
+
+
+def test_hops_are_left_out_when_no_check_carries_them() -> None:
+    document = synthetic()
+    document["domains"][0]["checks"] = [c for c in document["domains"][0]["checks"] if c["id"] != "e2e"]
+    assert "Path of the message" not in render_html(document)
+
+
+def test_templates_have_no_escape_hatches_scripts_or_remote_resources() -> None:
+    """RPT-01, RPT-02, RPT-03, RPT-05: enforced on the template sources themselves."""
+    sources = {p.name: p.read_text(encoding="utf-8") for p in TEMPLATES.iterdir() if p.name.endswith((".j2", ".css"))}
+    assert set(sources) >= {"report.html.j2", "macros.html.j2", "report.css"}
+    for name, source in sources.items():
+        lowered = source.lower()
+        for hatch in ("|safe", "| safe", "markup", "autoescape false", "autoescape off", "|tojson", "xmlattr"):
+            assert hatch not in lowered.replace(" |", "|"), (name, hatch)
+        assert "<script" not in lowered and "url(" not in lowered and "@import" not in lowered, name
+        assert not re.search(r"\son\w+\s*=", lowered), name
+        assert not re.search(r"\s(src|style)\s*=", lowered), name
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg\")", lowered), name
+        # Attributes are always quoted: with the quoted values taken out, no tag has an "=" left.
+        for tag in re.findall(r"<[a-z][^>]*>", source):
+            assert "=" not in re.sub(r'=\s*"[^"]*"', "", tag), (name, tag)
+    assert html._environment().autoescape is True
+
+
+def test_rendering_twice_gives_the_same_page_and_no_state_is_kept() -> None:
+    assert render_html(synthetic()) == render_html(synthetic())
+    assert html._environment() is not html._environment()
+
+
+# --- saved results ---------------------------------------------------------------------------------------
+
+
+def test_a_saved_result_renders_exactly_like_the_live_run(report: Report, tmp_path: Path) -> None:
+    saved = tmp_path / "result.json"
+    saved.write_text(dumps(report), encoding="utf-8")
+    assert render_html(load_report(saved)) == render_html(report_dict(report))
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"schema": "diag.routes/1", "routing_order": "most-specific", "routes": []}', "diag.routes/1"),
+        ("[]", "an array"),
+        ("{}", "schema"),
+        ('{"schema": "diag.report/1"}', "required"),
+        ("{not json", "not JSON"),
+        ("\ufeff{}", "not JSON"),
+    ],
+)
+def test_a_file_that_is_not_a_report_is_a_config_error(tmp_path: Path, content: str, reason: str) -> None:
+    path = tmp_path / "other.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_report(path)
+    message = str(caught.value)
+    assert str(path) in message and reason in message and "\n" not in message
+
+
+def test_an_invalid_report_names_the_field(report: Report, tmp_path: Path) -> None:
+    document = json.loads(dumps(report))
+    document["domains"][0]["checks"][0]["findings"][0]["severity"] = "<script>\u202e"
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"domains/0/checks/0/findings/0/severity") as caught:
+        load_report(path)
+    assert "\u202e" not in str(caught.value)
+
+
+def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.json: cannot read it"):
+        load_report(tmp_path / "missing.json")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ConfigError, match=r"binary\.json: not UTF-8"):
+        load_report(binary)
+
+
+@pytest.fixture
+def without_jsonschema(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    real = importlib.import_module
+
+    def no_jsonschema(name: str, package: str | None = None) -> Any:
+        if name == "jsonschema":
+            raise ImportError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", no_jsonschema)
+    yield
+
+
+@pytest.mark.usefixtures("without_jsonschema")
+def test_without_jsonschema_a_structural_check_validates(report: Report, tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(dumps(report), encoding="utf-8")
+    assert load_report(good) == json.loads(dumps(report))
+    document = json.loads(dumps(report))
+    for path, change, reason in [
+        (("status",), "fine", "status is not one of"),
+        (("domains", 0, "status"), "fine", "domains/0/status"),
+        (("domains", 0, "checks", 1, "status"), "done", "domains/0/checks/1/status"),
+        (("domains", 0, "checks", 0, "findings", 0, "severity"), "bad", "findings/0/severity"),
+        (("domains",), {}, "domains is not a list"),
+    ]:
+        edited = copy.deepcopy(document)
+        target = edited
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = change
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(edited), encoding="utf-8")
+        with pytest.raises(ConfigError, match=re.escape(reason)):
+            load_report(bad)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"schema": "diag.routes/1", "routes": []}, {"schema": "diag.report/1"},
+     {"schema": "diag.report/1", "domains": [1]},
+     {"schema": "diag.report/1", "domains": [{"domain": "a", "checks": [{"id": "mx", "findings": [{}]}]}]}],
+)  # fmt: skip
+def test_render_html_refuses_what_is_not_a_report(document: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"not a diag\.report/1 document"):
+        render_html(document)
