@@ -14,16 +14,17 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from diag import __version__
-from diag.errors import ConfigError, DiagError, UsageError
+from diag.errors import ConfigError, DiagError, DnsError, UsageError
 
 if TYPE_CHECKING:
     from diag.config import Organization
     from diag.context import RunOptions
+    from diag.history import Change
     from diag.model import Report
     from diag.net.dns import Nameserver
     from diag.registry import Registry
@@ -72,31 +73,12 @@ def cli() -> None:
 
 
 def _parse_resolver(text: str) -> Nameserver:
-    import ipaddress
+    from diag.net.dns import parse_nameserver
 
-    from diag.net.dns import Nameserver
-
-    host, port = text, 53
-    if text.startswith("["):  # [IPv6]:port
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise UsageError(f"--resolver {text!r}: expected IP, IP:PORT or [IPv6]:PORT")
-            port = _port(text, rest[1:])
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = _port(text, port_text)
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise UsageError(f"--resolver {text!r}: not an IP address (expected IP, IP:PORT or [IPv6]:PORT)") from None
-    return Nameserver(host, port)
-
-
-def _port(option: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise UsageError(f"--resolver {option!r}: port {text!r} is not a number from 1 to 65535")
-    return int(text)
+        return parse_nameserver(text)
+    except ValueError as exc:
+        raise UsageError(f"--resolver {text!r}: {exc}") from None
 
 
 def _check_ca_file(path: Path) -> Path:
@@ -178,7 +160,7 @@ def _ip(text: str, option: str) -> str:
 
 
 @cli.command()
-@click.argument("domains", nargs=-1, required=True, metavar="DOMAIN...")
+@click.argument("domains", nargs=-1, metavar="DOMAIN...")
 @click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]",
               help="DNS server to ask (repeatable). Default: the system's resolver.")
 @click.option("--smtp-port", type=click.IntRange(1, 65535), default=None,
@@ -208,6 +190,27 @@ def _ip(text: str, option: str) -> str:
 @click.option("--cert-crit-days", type=click.IntRange(0, 3650), default=7, show_default=True, metavar="DAYS",
               help="A certificate expiring within DAYS is an error.")
 @click.option("--json", "json_out", metavar="FILE|-", default=None, help="Write the JSON result to FILE or stdout.")
+@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="Write a self-contained HTML report.")
+@click.option("--format", "view", type=click.Choice(["text", "nagios"]), default="text", show_default=True,
+              help="The view on stdout: a table or plain text, or the Nagios/Icinga plugin line with perfdata.")
+@click.option("--prom", "prom_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="Write Prometheus metrics (textfile collector format).")
+@click.option("--junit", "junit_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="Write JUnit XML: a test case per check per domain.")
+@click.option("--domains-file", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="Also check the domains listed in FILE, one per line ('#' starts a comment).")
+@click.option("--lock", "lock_path", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="Refuse to overlap another run holding FILE. Default: a per-user lock file when not on a terminal.")
+@click.option("--history", "history_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="DB", help="Keep the run in this SQLite file. Default: under the user's data directory.")
+@click.option("--no-history", is_flag=True, help="Do not keep this run in the history.")
+@click.option("--notify", "notify_policy", type=click.Choice(["always", "change", "problem"]), default="change",
+              show_default=True, help="When to send --notify-mail / --webhook.")
+@click.option("--notify-mail", metavar="ADDR", default=None, help="Mail the HTML report to ADDR (comma-separated).")
+@click.option("--smtp-server", metavar="HOST[:PORT]", default=None,
+              help="Submit --notify-mail here (credentials from DIAG_SMTP_USERNAME/DIAG_SMTP_PASSWORD).")
+@click.option("--webhook", metavar="URL", default=None, help="POST the JSON result to URL.")
 @click.option("--lab", is_flag=True, help="Run against a throw-away embedded lab on loopback.")
 @click.option("-q", "--quiet", is_flag=True, help="Show only problems; nothing when all is well.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens to stderr.")
@@ -230,26 +233,44 @@ def check(
     cert_warn_days: int,
     cert_crit_days: int,
     json_out: str | None,
+    html_out: Path | None,
+    view: str,
+    prom_out: Path | None,
+    junit_out: Path | None,
+    domains_file: Path | None,
+    lock_path: Path | None,
+    history_path: Path | None,
+    no_history: bool,
+    notify_policy: str,
+    notify_mail: str | None,
+    smtp_server: str | None,
+    webhook: str | None,
     lab: bool,
     quiet: bool,
     verbose: bool,
     no_color: bool,
 ) -> int:
-    """Check the mail setup of each DOMAIN: MX, port 25, STARTTLS, certificates.
+    """Check the mail setup of each DOMAIN: MX, port 25, STARTTLS, certificates, connectors.
 
-    Every address of every MX host is probed concurrently, with one SMTP session per address.
+    Every address of every MX host is probed concurrently, with one SMTP session per address. From cron: -q
+    prints nothing when all is well, runs do not overlap (--lock), each run is kept (--history) and
+    --notify-mail/--webhook report what changed.
     """
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import mail_domain
+    from diag.routing import RoutingOrder
 
     if verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
     if lab and (resolvers or smtp_port or ca_file):
         raise UsageError("--lab sets --resolver, --smtp-port and --ca-file itself; give either --lab or those")
-    from diag.routing import RoutingOrder
-
-    names = list(dict.fromkeys(mail_domain(domain) for domain in domains))
+    listed = _domains_file(domains_file) if domains_file else []
+    names = list(dict.fromkeys(mail_domain(domain) for domain in (*domains, *listed)))
+    if not names:
+        raise UsageError("no domain to check: give DOMAIN arguments or --domains-file")
+    notify = _notification(notify_policy, notify_mail, smtp_server, webhook)
+    outputs = _Outputs(json_out, html_out, view, prom_out, junit_out, quiet=quiet, no_color=no_color)
     organization = _organization(config_path, lab=lab)
     registry = _select(default_registry(), check_ids, configured=organization is not None)
     options = RunOptions(
@@ -268,19 +289,190 @@ def check(
         client_cert_names=_certificate_names(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
     )
-    json_path = None if json_out in (None, "-") else Path(json_out)
-    if json_path is not None and not json_path.parent.is_dir():
-        raise ConfigError(f"--json {json_out!r}: directory {str(json_path.parent)!r} does not exist")
-    report = asyncio.run(_run(names, registry, options, lab=lab))
-    _output(report, json_out=json_out, json_path=json_path, quiet=quiet, no_color=no_color)
+    with _OptionalLock(lock_path):
+        report = asyncio.run(_run(names, registry, options, lab=lab, progress=sys.stderr.isatty() and len(names) > 1))
+        document = outputs.write(report)
+        changes = _remember(document, history_path, disabled=no_history)
+        notify.send(options, document, changes)
     return report.exit_code
 
 
-async def _run(domains: list[str], registry: Registry, options: RunOptions, *, lab: bool) -> Report:
-    from diag.runner import run_checks
+def _domains_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--domains-file {str(path)!r}: cannot read it: {getattr(exc, 'strerror', exc)}") from None
+    domains = []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip()
+        if entry:
+            from diag.names import mail_domain
+
+            try:
+                domains.append(mail_domain(entry))
+            except UsageError as exc:
+                raise ConfigError(f"{path}:{number}: {exc}") from None
+    return domains
+
+
+class _OptionalLock:
+    """The run lock: the given file, or by default a per-user one when nobody watches (not a terminal)."""
+
+    def __init__(self, path: Path | None) -> None:
+        from diag.lock import RunLock, default_lock_path
+
+        if path is None and sys.stdout.isatty():
+            self._lock: RunLock | None = None
+        else:
+            self._lock = RunLock(path or default_lock_path())
+
+    def __enter__(self) -> None:
+        if self._lock is not None:
+            self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+
+def _remember(document: dict[str, Any], path: Path | None, *, disabled: bool) -> list[Change]:
+    """Keep the run in the history and return what changed since each domain's previous run."""
+    if disabled:
+        return []
+    from diag.history import History, default_history_path
+
+    with History(path or default_history_path()) as history:
+        return list(history.run_changes(history.record(document)))
+
+
+class _Outputs:
+    """Where the run's result goes: files (JSON, HTML, Prometheus, JUnit) and the view on stdout."""
+
+    def __init__(self, json_out: str | None, html_out: Path | None, view: str, prom_out: Path | None,
+                 junit_out: Path | None, *, quiet: bool, no_color: bool) -> None:  # fmt: skip
+        self.json_out, self.html_out, self.view = json_out, html_out, view
+        self.prom_out, self.junit_out = prom_out, junit_out
+        self.quiet, self.no_color = quiet, no_color
+        for option, target in (("--json", json_out if json_out != "-" else None), ("--html", html_out),
+                               ("--prom", prom_out), ("--junit", junit_out)):  # fmt: skip
+            if target is not None and not Path(target).parent.is_dir():
+                raise ConfigError(f"{option} {str(target)!r}: directory {str(Path(target).parent)!r} does not exist")
+        if json_out == "-" and view == "nagios":
+            raise UsageError("--json - and --format nagios both want stdout; write the JSON to a file")
+
+    def write(self, report: Report) -> dict[str, Any]:
+        from diag.render.json import report_dict
+
+        document = report_dict(report)
+        if self.json_out is not None:
+            import json
+
+            _write(self.json_out, json.dumps(document, indent=2, ensure_ascii=True) + "\n", option="--json")
+        if self.html_out is not None:
+            from diag.render.html import render_html
+
+            _write(str(self.html_out), render_html(document), option="--html")
+        if self.prom_out is not None:
+            from diag.render.monitoring import prometheus
+
+            _write(str(self.prom_out), prometheus(report), option="--prom")
+        if self.junit_out is not None:
+            from diag.render.monitoring import junit
+
+            _write(str(self.junit_out), junit(report), option="--junit")
+        if self.json_out != "-":
+            _view(report, self.view, quiet=self.quiet, no_color=self.no_color)
+        return document
+
+
+def _view(report: Report, view: str, *, quiet: bool, no_color: bool) -> None:
+    if view == "nagios":
+        from diag.render.monitoring import nagios
+
+        sys.stdout.write(nagios(report))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        from diag.render.terminal import render_rich
+
+        render_rich(report, Console(no_color=no_color, highlight=False), quiet=quiet)
+    else:
+        from diag.render.terminal import render_plain
+
+        render_plain(report, sys.stdout, quiet=quiet)
+
+
+class _Notification:
+    """--notify-mail and --webhook, checked before the run so a typo fails at once."""
+
+    def __init__(self, policy: str, mail: str | None, server: str | None, port: int, webhook: str | None) -> None:
+        self.policy, self.mail, self.server, self.port, self.webhook = policy, mail, server, port, webhook
+
+    def send(self, options: RunOptions, document: dict[str, Any], changes: Sequence[Change]) -> None:
+        """Notify when the policy says so; a failure is one line on stderr and never changes the exit code."""
+        if not (self.mail or self.webhook):
+            return
+        from diag.notify import NotifyError, post_webhook, should_notify
+
+        if not should_notify(self.policy, document, changes):
+            return
+        if self.mail and self.server:
+            from diag.render.html import render_html
+
+            try:
+                asyncio.run(self._mail(render_html(document), document, options, changes))
+            except (NotifyError, DnsError) as exc:
+                click.echo(f"diag: notification failed: {exc}", err=True)
+        if self.webhook:
+            try:
+                asyncio.run(post_webhook(self.webhook, document))
+            except NotifyError as exc:
+                click.echo(f"diag: notification failed: {exc}", err=True)
+
+
+    async def _mail(self, html: str, document: dict[str, Any], options: RunOptions, changes: Sequence[Change]) -> None:
+        """Submit through --smtp-server, found with the run's own resolver and verified with its CAs."""
+        import ipaddress
+
+        from diag.net.dns import Resolver
+        from diag.notify import send_mail
+
+        assert self.server is not None and self.mail is not None
+        address, name = self.server, None
+        try:
+            ipaddress.ip_address(self.server)
+        except ValueError:
+            answer = await Resolver(options.nameservers, timeout=options.timeout).query(self.server, "A")
+            if not answer.records:
+                raise DnsError(f"--smtp-server {self.server}: no address ({answer.status.value})") from None
+            address, name = answer.records[0].to_text(), self.server
+        await send_mail(html, document, to=self.mail, server=address, port=self.port, tls_name=name,
+                        ca_file=options.ca_file, timeout=options.timeout, changes=changes)  # fmt: skip
+
+
+def _notification(policy: str, mail: str | None, server: str | None, webhook: str | None) -> _Notification:
+    from diag.notify import check_recipients, check_webhook_url
+
+    if mail:
+        check_recipients(mail)
+        if not server:
+            raise UsageError("--notify-mail needs --smtp-server HOST[:PORT] to submit the report to")
+    if webhook:
+        check_webhook_url(webhook)
+    host, port = None, 25
+    if server:
+        host, _, port_text = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise UsageError(f"--smtp-server {server!r}: port {port_text!r} is not a number from 1 to 65535")
+            port = int(port_text)
+    return _Notification(policy, mail, host, port, webhook)
+
+
+async def _run(domains: list[str], registry: Registry, options: RunOptions, *, lab: bool, progress: bool) -> Report:
 
     if not lab:
-        return await run_checks(domains, registry, options)
+        return await _with_progress(domains, registry, options, progress)
     import dataclasses
 
     from diag.lab.runner import Lab
@@ -291,31 +483,22 @@ async def _run(domains: list[str], registry: Registry, options: RunOptions, *, l
             options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
             ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
         )  # fmt: skip
+        return await _with_progress(domains, registry, options, progress)
+
+
+async def _with_progress(domains: list[str], registry: Registry, options: RunOptions, progress: bool) -> Report:
+    """Run the checks; on a terminal with several domains, with a progress bar on stderr."""
+    from diag.runner import run_checks
+
+    if not progress:
         return await run_checks(domains, registry, options)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-
-def _output(report: Report, *, json_out: str | None, json_path: Path | None, quiet: bool, no_color: bool) -> None:
-    if json_out is not None:
-        from diag.render.json import dumps
-
-        text = dumps(report)
-        if json_path is None:
-            sys.stdout.write(text)
-            return
-        try:
-            json_path.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"--json {json_out!r}: cannot write it: {exc.strerror}") from None
-    if sys.stdout.isatty():
-        from rich.console import Console
-
-        from diag.render.terminal import render_rich
-
-        render_rich(report, Console(no_color=no_color, highlight=False), quiet=quiet)
-    else:
-        from diag.render.terminal import render_plain
-
-        render_plain(report, sys.stdout, quiet=quiet)
+    with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:  # fmt: skip
+        task = bar.add_task("domains", total=len(domains))
+        return await run_checks(domains, registry, options, on_domain=lambda _report: bar.advance(task))
 
 
 @cli.command()
@@ -357,20 +540,102 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
         findings = [f for f in route_findings(domain, routing, org) if f.code != "ROUTE_CONNECTOR"]
         items.append(RouteReport(address, routing, tuple(findings)))
     if json_out is not None:
-        _write(json_out, dumps(items, order))
+        _write(json_out, dumps(items, order), option="--json")
     if json_out != "-":
         render_plain(items, sys.stdout)
     return Verdict.of_findings(f for item in items for f in item.findings).exit_code
 
 
-def _write(target: str, text: str) -> None:
+def _write(target: str, text: str, *, option: str) -> None:
+    """Write ``text`` to stdout (``-``) or atomically to a file: a collector or a browser never sees half of it."""
     if target == "-":
         sys.stdout.write(text)
         return
+    import os
+    import tempfile
+
+    path = Path(target)
+    tmp = None
     try:
-        Path(target).write_text(text, encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
     except OSError as exc:
-        raise ConfigError(f"cannot write {target!r}: {exc.strerror}") from None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{option} {target!r}: cannot write it: {exc.strerror}") from None
+
+
+@cli.command()
+@click.argument("result", type=click.Path(path_type=Path, dir_okay=False), metavar="RESULT.json")
+@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="Write the HTML report to FILE.")
+@click.option("--format", "view", type=click.Choice(["text", "nagios"]), default="text", show_default=True,
+              help="The view on stdout.")
+@click.option("--prom", "prom_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE")
+@click.option("--junit", "junit_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE")
+@click.option("-q", "--quiet", is_flag=True, help="Show only problems.")
+@click.option("--no-color", is_flag=True, help="No colour in the terminal view.")
+def report(result: Path, html_out: Path | None, view: str, prom_out: Path | None, junit_out: Path | None,
+           quiet: bool, no_color: bool) -> int:  # fmt: skip
+    """Re-render a saved JSON result (diag check --json) as HTML, terminal view or monitoring formats."""
+    from diag.render.html import load_report
+    from diag.render.json import report_from_dict
+
+    saved = report_from_dict(load_report(result))
+    _Outputs(None, html_out, view, prom_out, junit_out, quiet=quiet, no_color=no_color).write(saved)
+    return saved.exit_code
+
+
+@cli.command()
+@click.argument("domain", required=False)
+@click.option("--history", "history_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="DB", help="The history file. Default: under the user's data directory.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Runs to show.")
+def history(domain: str | None, history_path: Path | None, limit: int) -> int:
+    """The runs kept so far and what changed between them (new and resolved findings, renewals, MX changes)."""
+    from diag.history import History, default_history_path, render_history
+    from diag.names import mail_domain
+
+    with History(history_path or default_history_path(), create=False) as kept:
+        click.echo(render_history(kept, mail_domain(domain) if domain else None, limit=limit), nl=False)
+    return 0
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--every", default="hourly", show_default=True, metavar="WHEN",
+              help="hourly, daily, or a number of minutes (15, 30, 120...).")
+@click.option("--systemd", is_flag=True, help="A systemd service and timer instead of a crontab line.")
+@click.option("--name", default="diag", show_default=True, help="The systemd unit name.")
+@click.option("--install", is_flag=True, help="Install it (the user's crontab, or the unit files).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="COMMAND...")
+def schedule(every: str, systemd: bool, name: str, install: bool, command: tuple[str, ...]) -> int:
+    """Run a diag COMMAND regularly: print (or --install) the crontab line or systemd units for exactly it.
+
+    Example: diag schedule --every 30 check contoso.com -q --html /var/www/diag.html
+    """
+    from diag.schedule import crontab_line, install_crontab, install_systemd, systemd_units
+
+    if command[0] not in cli.commands or command[0] == "schedule":
+        raise UsageError(f"{command[0]!r} is not a diag command to schedule (e.g. check contoso.com -q)")
+    if systemd:
+        units = systemd_units(command, every=every, name=name)
+        if not install:
+            for filename, text in units.items():
+                click.echo(f"# {filename}\n{text}")
+            return 0
+        done = install_systemd(units)
+        lines = [*(f"wrote {path}" for path in done.paths), f"now run: {done.command}"]
+        click.echo("\n".join([*lines, done.note] if done.note else lines))
+        return 0
+    line = crontab_line(command, every=every)
+    if not install:
+        click.echo(line)
+        return 0
+    click.echo("installed in your crontab" if install_crontab(line) else "already in your crontab")
+    return 0
 
 
 @cli.group()
@@ -408,7 +673,7 @@ def config_import(paths: tuple[Path, ...], output: Path | None) -> int:
     result = import_exports(paths)
     for note in result.notes:
         click.echo(f"diag: note: {note}", err=True)
-    _write(str(output) if output else "-", result.to_toml())
+    _write(str(output) if output else "-", result.to_toml(), option="-o")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from diag.context import CheckContext, RunContext, RunOptions
@@ -24,14 +24,30 @@ __all__ = ["run_checks"]
 log = logging.getLogger(__name__)
 
 
-async def run_checks(domains: Sequence[str], registry: Registry, options: RunOptions) -> Report:
-    """Run every check of ``registry`` on every domain; never raises for what a check does."""
+async def run_checks(
+    domains: Sequence[str],
+    registry: Registry,
+    options: RunOptions,
+    *,
+    on_domain: Callable[[DomainReport], None] | None = None,
+) -> Report:
+    """Run every check of ``registry`` on every domain; never raises for what a check does.
+
+    ``on_domain`` is called as each domain's checks finish (a progress bar's hook).
+    """
     started_at = datetime.now(UTC)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
     run = RunContext(options)
+
+    async def one(domain: str) -> DomainReport:
+        report = await _run_domain(domain, registry, run, deadline)
+        if on_domain is not None:
+            on_domain(report)
+        return report
+
     try:
-        reports = await asyncio.gather(*(_run_domain(domain, registry, run, deadline) for domain in domains))
+        reports = await asyncio.gather(*(one(domain) for domain in domains))
     finally:
         await run.aclose()
     return Report(started_at=started_at, finished_at=datetime.now(UTC), domains=_summarize(reports, registry))

@@ -13,6 +13,16 @@ import pytest
 from diag.render.json import load_schema
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every diag process of these tests keeps its history and lock in a directory of its own."""
+    home = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))
+    return home
+
+
 def diag(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "diag", *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
@@ -82,7 +92,7 @@ def test_check_selection() -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        ([], "Missing argument"),
+        ([], "no domain to check"),
         (["not a domain.example"], "not a valid domain name"),
         (["john@contoso.com"], "mail address"),
         (["contoso.com", "--timeout", "soon"], "--timeout"),

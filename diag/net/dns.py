@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import dns.resolver
 
 from diag.errors import DnsError, DnsTimeoutError
 
-__all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text"]
+__all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_nameserver"]
 
 # Seconds granted beyond the lookup lifetime before the outer deadline cancels it: dnspython's own lifetime
 # check happens between tries and can overrun (STYLE.md rule 6).
@@ -69,6 +70,27 @@ class Answer:
     @property
     def via_cname(self) -> bool:
         return self.canonical_name.lower() != self.name.lower()
+
+
+def parse_nameserver(text: str) -> Nameserver:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` as a :class:`Nameserver`; ValueError says what is wrong."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected IP, IP:PORT or [IPv6]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("not an IP address (expected IP, IP:PORT or [IPv6]:PORT)") from None
+    if not port_text:
+        return Nameserver(host)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+    return Nameserver(host, int(port_text))
 
 
 def name_text(name: dns.name.Name) -> str:

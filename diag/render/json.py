@@ -6,15 +6,17 @@ import base64
 import dataclasses
 import enum
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from diag import __version__
-from diag.model import CheckResult, Finding, Report
+from diag.errors import ConfigError
+from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status
 
-__all__ = ["SCHEMA", "dumps", "finding_dict", "jsonable", "load_schema", "report_dict"]
+__all__ = ["SCHEMA", "dumps", "finding_dict", "jsonable", "load_schema", "report_dict", "report_from_dict"]
 
 SCHEMA = "diag.report/1"
 
@@ -90,6 +92,39 @@ def report_dict(report: Report) -> dict[str, Any]:
 def dumps(report: Report) -> str:
     # ensure_ascii keeps control and bidi characters from servers escaped in the file (RPT-06).
     return json.dumps(report_dict(report), indent=2, ensure_ascii=True) + "\n"
+
+
+def report_from_dict(document: Mapping[str, Any]) -> Report:
+    """A saved ``diag.report/1`` document as a Report again (facts stay JSON), for re-rendering it.
+
+    Raises :class:`~diag.errors.ConfigError` with one line when the document is not such a report.
+    """
+    try:
+        if document.get("schema") != SCHEMA:
+            raise ValueError(f"its schema is {document.get('schema')!r}, not {SCHEMA!r}")
+        domains = []
+        for domain in document["domains"]:
+            results = []
+            for check in domain["checks"]:
+                findings = tuple(
+                    Finding(f["code"], Severity[f["severity"].upper()], f["subject"], f["message"],
+                            f.get("remediation", ""), f.get("cloud_error"))
+                    for f in check["findings"]
+                )
+                results.append(
+                    CheckResult(
+                        check["id"], check["title"], Status(check["status"]), check.get("reason"),
+                        check.get("facts") or None, findings, 0.0, check.get("duration_ms", 0) / 1000,
+                    )
+                )
+            domains.append(DomainReport(domain["domain"], tuple(results)))
+        return Report(_parse(document["started_at"]), _parse(document["finished_at"]), tuple(domains))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"not a diag.report/1 result: {exc}") from None
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def load_schema(name: str = "report") -> dict[str, Any]:

@@ -1,0 +1,160 @@
+"""diag from cron: monitoring formats, the run lock, the history, notifications and the schedule — through the
+real command line against a lab that keeps running between runs (``diag lab serve``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from mailbox import Maildir
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from diag.lock import RunLock
+
+
+@pytest.fixture(autouse=True)
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def diag(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "diag", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], Path]]:
+    """A lab kept running: the options that reach it, and its directory (Maildirs under maildir/)."""
+    directory = tmp_path_factory.mktemp("lab")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "diag", "lab", "serve", "--smtp-port", str(_free_port()),
+         "--dns-port", str(_free_port()), "--dir", str(directory)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert serve.stdout is not None
+    lines = [serve.stdout.readline() for _ in range(2)]
+    options = lines[1].split("reach it with: ", 1)[1].split()[3:]
+    try:
+        yield options, directory
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=20)
+
+
+def test_nagios_view() -> None:
+    done = diag("check", "contoso.com", "expired.example", "--lab", "--format", "nagios")
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("DIAG CRITICAL - 2 domains") and " | " in first
+    assert done.returncode == 2
+
+
+def test_prometheus_and_junit_files(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prom, junit = tmp_path / "diag.prom", tmp_path / "diag.xml"
+    done = diag("check", "contoso.com", "expiring.example", "--lab", "--prom", str(prom), "--junit", str(junit), "-q")
+    assert done.returncode == 1
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    (run_status,) = families["diag_run_status"].samples
+    assert run_status.value == 1
+    suites = ET.parse(junit).getroot()
+    assert [s.get("name") for s in suites] == ["contoso.com", "expiring.example"]
+    assert not list(tmp_path.glob(".diag*"))  # written atomically: no temporary file left behind
+
+
+def test_domains_file(tmp_path: Path) -> None:
+    listed = tmp_path / "domains.txt"
+    listed.write_text("# the organization\ncontoso.com\n\nfabrikam.com  # and its sister\n")
+    done = diag("check", "--domains-file", str(listed), "--lab", "--json", "-", "--check", "mx")
+    assert [d["domain"] for d in json.loads(done.stdout)["domains"]] == ["contoso.com", "fabrikam.com"]
+    listed.write_text("contoso.com\nnot a domain\n")
+    bad = diag("check", "--domains-file", str(listed), "--lab")
+    assert bad.returncode == 3 and f"{listed}:2:" in bad.stderr
+
+
+def test_a_second_run_does_not_overlap(tmp_path: Path) -> None:
+    lock = tmp_path / "diag.lock"
+    with RunLock(lock):
+        done = diag("check", "contoso.com", "--lab", "--lock", str(lock))
+    assert done.returncode == 3
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("diag: error: another diag run holds the lock") and str(lock) in line
+    assert diag("check", "contoso.com", "--lab", "--lock", str(lock), "-q").returncode == 0
+
+
+def test_report_rerenders_a_saved_result(tmp_path: Path) -> None:
+    saved, html = tmp_path / "result.json", tmp_path / "report.html"
+    first = diag("check", "contoso.com", "expired.example", "--lab", "--json", str(saved))
+    again = diag("report", str(saved), "--html", str(html))
+    assert again.returncode == first.returncode == 2
+    assert again.stdout == first.stdout
+    assert "CERT_EXPIRED" in html.read_text()
+    not_a_report = tmp_path / "other.json"
+    not_a_report.write_text('{"hello": 1}')
+    refused = diag("report", str(not_a_report))
+    assert refused.returncode == 3 and len(refused.stderr.splitlines()) == 1
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, object]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        _Hook.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_history_and_exactly_one_notification_for_one_change(served: tuple[list[str], Path],
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    options, lab_dir = served
+    port = options[options.index("--smtp-port") + 1]
+    hook = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    history = tmp_path / "history.sqlite3"
+    notify = ["--notify-mail", "postmaster@tailspintoys.com", "--smtp-server", f"mail.tailspintoys.com:{port}",
+              "--webhook", f"http://127.0.0.1:{hook.server_port}/diag", "--history", str(history), "-q"]  # fmt: skip
+    try:
+        first = diag("check", "contoso.com", *options, *notify)
+        second = diag("check", "contoso.com", *options, *notify, "--cert-warn-days", "365")
+        third = diag("check", "contoso.com", *options, *notify, "--cert-warn-days", "365")
+    finally:
+        hook.shutdown()
+    assert (first.returncode, second.returncode, third.returncode) == (0, 1, 1), second.stderr
+    assert "notification failed" not in second.stderr
+    # The first run was fine and the third changed nothing: only the second is reported.
+    mails = list(Maildir(lab_dir / "maildir" / "mail.tailspintoys.com", create=False))
+    assert len(mails) == 1 and "contoso.com" in mails[0]["Subject"]
+    assert len(_Hook.received) == 1 and _Hook.received[0]["status"] == "warning"
+    shown = diag("history", "contoso.com", "--history", str(history))
+    assert shown.returncode == 0 and "CERT_EXPIRING" in shown.stdout
+
+
+def test_schedule_prints_exactly_the_command() -> None:
+    done = diag("schedule", "--every", "30", "check", "contoso.com", "-q", "--html", "/var/www/diag report.html")
+    assert done.returncode == 0
+    assert "check contoso.com -q --html '/var/www/diag report.html'" in done.stdout
+    units = diag("schedule", "--systemd", "check", "contoso.com", "-q")
+    assert "[Timer]" in units.stdout and "OnCalendar=" in units.stdout
+    bad = diag("schedule", "frobnicate")
+    assert bad.returncode == 3
