@@ -147,9 +147,14 @@ class Spool:
         for directory in (self.tmp, self.queue, self.quarantine):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def store(self, envelope: Envelope, content: bytes) -> str:
+    @staticmethod
+    def new_qid() -> str:
+        """A fresh queue id: time-ordered, unique (for a Received line written before the message is stored)."""
+        return f"{time.time_ns():x}{secrets.token_hex(4)}"
+
+    def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
         """Write a message durably and return its queue id. Raises OSError (e.g. ENOSPC) without a trace left."""
-        qid = f"{time.time_ns():x}{secrets.token_hex(4)}"
+        qid = qid or self.new_qid()
         header = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8") + b"\n"
         digest = hashlib.sha256(header + content).hexdigest()
         trailer = _TRAILER + f"{len(header) + len(content)} {digest}\n".encode("ascii")
@@ -185,19 +190,36 @@ class Spool:
         return bad
 
     def messages(self) -> list[QueuedMessage]:
-        """Every message in the queue, oldest first, with its recipients' states."""
+        """Every message in the queue, oldest first, with its recipients' states.
+
+        Only envelopes are read (a queue scan must not read every body); contents are verified when read
+        for delivery and by :meth:`recover`.
+        """
         found = []
         for path in sorted(self.queue.glob("*.msg")):
             try:
-                envelope, content = self._read(path)
+                found.append(self._queued(path))
             except (SpoolError, FileNotFoundError):
                 continue
-            found.append(QueuedMessage(path.stem, envelope, len(content), self._statuses(path.stem, envelope)))
         return found
 
     def get(self, qid: str) -> QueuedMessage:
-        envelope, content = self._read(self.queue / f"{qid}.msg")
-        return QueuedMessage(qid, envelope, len(content), self._statuses(qid, envelope))
+        return self._queued(self.queue / f"{qid}.msg")
+
+    def _queued(self, path: Path) -> QueuedMessage:
+        with open(path, "rb") as handle:
+            if handle.read(len(_MAGIC)) != _MAGIC:
+                raise SpoolError(f"{path.name}: not a spool file")
+            header = handle.readline()
+            size = os.fstat(handle.fileno()).st_size
+        try:
+            envelope = Envelope.from_json(json.loads(header))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"{path.name}: damaged envelope: {exc}") from None
+        # The size of the content: the file less its magic, envelope line and trailer ("#END <len> <sha256>").
+        trailer = len(_TRAILER) + len(f"{size} ") + 64 + 1
+        content_size = max(0, size - len(_MAGIC) - len(header) - trailer)
+        return QueuedMessage(path.stem, envelope, content_size, self._statuses(path.stem, envelope))
 
     def content(self, qid: str) -> bytes:
         """The message content, verified against its trailer."""

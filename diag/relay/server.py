@@ -1,0 +1,519 @@
+"""The relay's SMTP server: aiosmtpd, hardened as security-cases.md §1 asks, with durable acceptance.
+
+    server = RelayServer(settings, spool, on_queued=deliverer.kick)
+    await server.start()      # listens on every settings.listen endpoint, on the running loop
+    ...
+    await server.close()      # stops listening, aborts sessions, waits a bounded time
+
+What aiosmtpd does not do, this module adds (RR numbers of security-cases.md):
+
+- recipient policy in ``handle_RCPT`` always (RR-01-RR-07, RR-11: without the hook aiosmtpd accepts everyone,
+  RR-03), with the raw path checked as well as aiosmtpd's parse of it (the parser silently drops source routes,
+  comments and quoting);
+- connection caps, total and per IP, answered ``421 4.7.0 Too many connections`` (RR-50; aiosmtpd #282);
+- DATA content refused on bare CR, bare LF, NUL and lines over 998 octets (RR-30-RR-32, RR-38);
+- a command line ending in a bare LF closes the session with 421 (RR-33): aiosmtpd reads commands up to LF, so
+  it is detected on the bytes as they arrive, before aiosmtpd splits them;
+- content sent before the 354 reply closes the session with 554 5.5.0 (RR-34, Postfix's
+  smtpd_forbid_unauth_pipelining): otherwise a refused DATA would run the content as commands;
+- replies that name no internals: 451 4.3.0 for every unexpected error (RR-55), a greeting without the
+  aiosmtpd version (RR-44), no AUTH (a receiving MX offers none);
+- ``250`` only after :meth:`Spool.store` returned (write, fsync, rename, fsync of the directory; RR-60), run in a
+  worker thread so the loop keeps serving (RR-56); ENOSPC gives 452 4.3.1 (RR-61), anything else 451 4.3.0.
+
+STARTTLS state reset and the discarding of plaintext pipelined after STARTTLS (RR-40, RR-41) are aiosmtpd's own
+(1.4.6); the tests hold it to that.
+
+Known limits: Python's ssl has no verify callback, so a client certificate that does not verify against the
+trusted CAs ends the handshake (CERT_OPTIONAL) instead of leaving the session anonymous as Postfix's
+smtpd_tls_ask_ccert does; it never grants relay rights either way (RR-11). The STARTTLS handshake is bounded by
+asyncio's default of 60 s and the session timeout (RR-43). :meth:`Spool.store` chooses the queue id, so the
+``Received:`` line carries an id of its own, which the "queued" log line pairs with the queue id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final
+
+from aiosmtpd.smtp import SMTP, Session, TLSSetupException
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+
+from diag.errors import ConfigError
+from diag.relay import policy
+from diag.relay.settings import RelaySettings
+from diag.relay.spool import Envelope, Spool
+
+__all__ = ["RelayServer"]
+
+log = logging.getLogger("diag.relay")
+
+# aiosmtpd greets "220 <hostname> <ident>"; its default ident names the aiosmtpd version (RR-44).
+_IDENT: Final = "ESMTP"
+# Upper bound on how long close() waits for aborted sessions and in-flight spool writes.
+_CLOSE_WAIT: Final = 5.0
+
+_TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections\r\n"
+_BARE_LF: Final = b"421 4.5.2 Error: bare <LF> received; lines must end with <CR><LF>\r\n"
+_SYNCHRONIZATION: Final = "554 5.5.0 Error: SMTP protocol synchronization"
+_TEMPORARY: Final = "451 4.3.0 Temporary failure, try again later"
+_NO_STORAGE: Final = "452 4.3.1 Insufficient system storage"
+_TOO_MANY_RECIPIENTS: Final = "452 4.5.3 Too many recipients"
+_TOO_BIG: Final = "552 5.3.4 Message size exceeds fixed maximum message size"
+_NOT_OFFERED: Final = "502 5.5.1 Error: command not implemented"
+# aiosmtpd's fixed replies without an enhanced status code that we give in the usual wording (RFC 3463).
+_REWORDED: Final = {
+    "552 Error: message size exceeds fixed maximum message size": _TOO_BIG,
+    "552 Error: Too much mail data": _TOO_BIG,
+}
+_STORAGE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class _Connections:
+    """The open sessions of one server: capped in all and per client address, all aborted on close."""
+
+    __slots__ = ("_closing", "_limit", "_open", "_per_ip", "_per_ip_limit", "_tasks")
+
+    def __init__(self, limit: int, per_ip: int) -> None:
+        self._limit = limit
+        self._per_ip_limit = per_ip
+        self._closing = False
+        self._open: dict[asyncio.BaseTransport, tuple[str, asyncio.Future[None]]] = {}
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def admit(self, transport: asyncio.BaseTransport, ip: str) -> bool:
+        """Track ``transport`` if the caps allow it and the server is not closing; False means refuse it."""
+        if self._closing or len(self._open) >= self._limit or self._per_ip[ip] >= self._per_ip_limit:
+            return False
+        self._open[transport] = (ip, asyncio.get_running_loop().create_future())
+        self._per_ip[ip] += 1
+        return True
+
+    def watch(self, task: asyncio.Future[Any]) -> None:
+        """Also wait for ``task`` (a session's handler, a spool write) on close."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def release(self, transport: asyncio.BaseTransport) -> None:
+        """Forget ``transport``: its connection is gone. Safe to call twice."""
+        entry = self._open.pop(transport, None)
+        if entry is None:
+            return
+        ip, lost = entry
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
+        if not lost.done():
+            lost.set_result(None)
+
+    async def abort_all(self, wait: float) -> None:
+        """Refuse new connections, abort the open ones, wait at most ``wait`` seconds until they are gone."""
+        self._closing = True
+        waiting: set[asyncio.Future[Any]] = {lost for _, lost in self._open.values()}
+        for transport in list(self._open):
+            # abort(), not close(): close() waits for the write buffer to drain, which a client that stopped
+            # reading never allows.
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+        waiting.update(self._tasks)
+        if waiting:
+            await asyncio.wait(waiting, timeout=wait)
+
+
+def _peer_ip(peer: object) -> str:
+    # aiosmtpd annotates Session.peer as str, but it is the socket's (host, port, ...) tuple.
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def _tls_facts(session: Session) -> tuple[str, tuple[str, ...]]:
+    """("TLSv1.3 TLS_AES_256_GCM_SHA384" or "", the DNS names of the client's *verified* certificate)."""
+    extra: Any = session.ssl
+    if not extra:
+        return "", ()
+    cipher = extra.get("cipher") or ("", "", 0)
+    tls = " ".join(part for part in (str(cipher[1]), str(cipher[0])) if part)
+    # getpeercert() is an empty dict for a certificate that was not validated and None without one; with
+    # CERT_OPTIONAL an untrusted certificate fails the handshake anyway. Only a verified one is an identity (RR-11).
+    peercert = extra.get("peercert") or {}
+    names = tuple(str(value) for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS")
+    return tls, names
+
+
+def _server_context(settings: RelaySettings) -> ssl.SSLContext:
+    assert settings.tls_cert is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # RR-43
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        # Ask for a client certificate without requiring one: the cloud attributes connections by it
+        # (exchange-model §3.2-§3.3), but a public MX must serve clients without one.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        if settings.ca_file is not None:
+            context.load_verify_locations(cafile=settings.ca_file)
+        else:
+            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"relay {settings.hostname}: cannot load its TLS certificate or CAs: {error}") from error
+    return context
+
+
+class _Handler:
+    """aiosmtpd hooks: address checks, relay policy by role, content checks and durable queueing."""
+
+    def __init__(self, server: RelayServer) -> None:
+        self._server = server
+        self._settings = server.settings
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd offers AUTH after STARTTLS and then fails every login; a receiving MX offers none.
+        session.host_name = hostname
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str, mail_options: list[str]
+    ) -> str:
+        refusal = policy.check_address(address, sender=True)
+        if refusal is not None:
+            return refusal
+        # aiosmtpd gives the null sender as "<>" and relies on mail_from being truthy; it is "" in our Envelope.
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        refusal = policy.check_address(address, sender=False)
+        if refusal is not None:
+            return refusal
+        if len(envelope.rcpt_tos) >= self._settings.limits.recipients:
+            return _TOO_MANY_RECIPIENTS  # RFC 5321 §4.5.3.1.10: 452, the client sends the rest later
+        _, cert_names = _tls_facts(session)
+        code, text = policy.rcpt_decision(
+            self._settings,
+            peer_ip=_peer_ip(session.peer),
+            cert_names=cert_names,
+            mail_from=envelope.mail_from or "",
+            rcpt=address,
+        )
+        if code == 250:
+            recipient = policy.qualify_recipient(self._settings, address)
+            # A recipient given twice is queued (and delivered) once, as Postfix's cleanup does.
+            if recipient.lower() not in (known.lower() for known in envelope.rcpt_tos):
+                envelope.rcpt_tos.append(recipient)
+                envelope.rcpt_options.extend(rcpt_options)
+        return f"{code} {text}"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        content = envelope.original_content
+        assert isinstance(content, bytes)  # decode_data=False
+        peer = _peer_ip(session.peer)
+        refusal = policy.check_content(content)
+        if refusal is not None:
+            log.info("refused message from=<%s> peer=%s: %s", _sender(envelope), peer, refusal)
+            return refusal
+        tls, cert_names = _tls_facts(session)
+        if not policy.is_trusted(self._settings, peer_ip=peer, cert_names=cert_names):
+            content = policy.strip_trace(content, policy.TRACE_HEADER)
+        now = datetime.now(UTC)
+        received_id = Spool.new_qid()  # the queue id, named in the Received line before the message is stored
+        version, _, cipher = tls.partition(" ")
+        header = policy.received_header(
+            helo=session.host_name or "",
+            peer_ip=peer,
+            hostname=self._settings.hostname,
+            qid=received_id,
+            recipients=envelope.rcpt_tos,
+            when=now,
+            esmtp=session.extended_smtp,
+            tls_version=version,
+            tls_cipher=cipher,
+        )
+        message = Envelope(
+            mail_from=_sender(envelope),
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            received_at=now,
+            peer=peer,
+            helo=session.host_name or "",
+            tls=tls,
+            client_cert_names=cert_names,
+        )
+        return await self._server._queue(message, header.encode("ascii") + content, received_id)
+
+
+def _sender(envelope: SMTPEnvelope) -> str:
+    sender = envelope.mail_from or ""
+    return "" if sender == "<>" else sender
+
+
+class _RelaySMTP(SMTP):
+    """aiosmtpd's protocol with the relay's additions (see the module docstring)."""
+
+    # RFC 5321 §4.5.3.1.1 (RR-21); aiosmtpd's default 0 means unlimited.
+    local_part_limit = 64
+    command_size_limit = 512
+
+    def __init__(self, handler: _Handler, connections: _Connections, **kwargs: Any) -> None:
+        # aiosmtpd keeps command_size_limits on the class, shared by every session, and grows MAIL's limit by
+        # 26 on each EHLO; each session gets its own here.
+        self.command_size_limits = collections.defaultdict(lambda: _RelaySMTP.command_size_limit)
+        super().__init__(handler, **kwargs)
+        self._connections = connections
+        self._tcp_transport: asyncio.BaseTransport | None = None
+        self._refused = False
+        self._in_data = False
+        self._last_byte = b""
+
+    # --- connections ----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._tcp_transport is not None:
+            # The second call comes from STARTTLS, with the TLS transport on top of the tracked TCP one.
+            super().connection_made(transport)
+            return
+        self._tcp_transport = transport
+        if not self._connections.admit(transport, _peer_ip(transport.get_extra_info("peername"))):
+            # RFC 5321 §3.1: a server that cannot serve the client greets with 421 and closes.
+            self._refused = True
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        super().connection_made(transport)
+        if self._handler_coroutine is not None:
+            self._connections.watch(self._handler_coroutine)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._tcp_transport is not None:
+            self._connections.release(self._tcp_transport)
+        if self._refused:
+            return
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused or self.transport is None:
+            return
+        # RR-33: aiosmtpd splits commands at LF alone and keeps no trace of the line end, so bare LFs are found
+        # here, in the bytes as they arrive. Outside DATA content a bare LF is a client bug or a probe for
+        # smuggling-friendly parsing: the session ends before aiosmtpd sees the bytes. Inside DATA (from our 354
+        # to our next reply) check_content refuses the message instead; commands a client pipelines in the same
+        # segment as the final dot are therefore not checked, which RFC 2920 forbids without PIPELINING anyway
+        # and which cannot end a message early.
+        bare = data.count(b"\n") - data.count(b"\r\n") - (data[:1] == b"\n" and self._last_byte == b"\r")
+        self._last_byte = data[-1:]
+        if bare and not self._in_data:
+            log.info("closing session of %s: bare LF in a command", _peer_ip(self.session and self.session.peer))
+            assert isinstance(self.transport, asyncio.WriteTransport)
+            self.transport.write(_BARE_LF)
+            self.transport.close()
+            return
+        super().data_received(data)
+
+    # --- replies and commands ---------------------------------------------------------------------------
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = _REWORDED.get(status, status)
+            # Content may follow only a 354; any other reply ends the DATA phase.
+            self._in_data = status.startswith("354")
+        await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default reply is "500 Error: (<class>) <text>": it leaks internals and turns a local
+        # problem into a permanent failure (RR-55). RFC 5321 §4.2.3: 451 is a local error.
+        peer = _peer_ip(self.session and self.session.peer)
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake with %s failed: %r", peer, error.__cause__)
+        else:
+            log.error("session error with %s", peer, exc_info=error)
+        return _TEMPORARY
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.command_size_limits.pop("MAIL", None)  # aiosmtpd adds 26 for SIZE on every EHLO
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self._raw_path_refused(arg, "FROM:", sender=True):
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self._raw_path_refused(arg, "TO:", sender=False):
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # RR-34: we do not offer PIPELINING, and even with it DATA must be the last command of a group
+        # (RFC 2920 §3.1). Content already waiting when DATA is read was sent without waiting for 354; if
+        # DATA were refused (no recipient), aiosmtpd would run that content as commands.
+        # aiosmtpd's reader is a StreamReader; its buffer is what aiosmtpd itself clears after STARTTLS.
+        buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        if buffered:
+            log.info("closing session of %s: content sent before 354", _peer_ip(self.session and self.session.peer))
+            # Dropped, so the command loop finds nothing more to run before the connection is gone.
+            buffered.clear()
+            await self.push(_SYNCHRONIZATION)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super().smtp_DATA(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        # A receiving MX offers no AUTH (Postfix: smtpd_sasl_auth_enable = no); relay rights come from IP
+        # addresses and certificates only.
+        await self.push(_NOT_OFFERED)
+
+    async def _raw_path_refused(self, arg: str | None, keyword: str, *, sender: bool) -> bool:
+        """Check the path as sent; True when a refusal was sent. aiosmtpd checks what it parsed afterwards."""
+        assert self.session is not None and self.envelope is not None
+        if not self.session.host_name or bool(self.envelope.mail_from) != (not sender):
+            return False  # aiosmtpd answers 503: HELO missing, MAIL missing, or MAIL nested
+        path = policy.path_argument(arg, keyword)
+        if path is None:
+            return False  # aiosmtpd answers 501 for what it cannot parse either
+        refusal = policy.check_address(path, sender=sender)
+        if refusal is None:
+            return False
+        await self.push(refusal)
+        return True
+
+
+class RelayServer:
+    """The relay's SMTP listener: every ``settings.listen`` endpoint, on the running event loop.
+
+    ``on_queued(qid)`` is called (on the loop) after each message is stored, so delivery can start at once.
+    Also an async context manager that starts and closes it.
+    """
+
+    def __init__(
+        self, settings: RelaySettings, spool: Spool, *, on_queued: Callable[[str], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self._on_queued = on_queued
+        self._servers: list[asyncio.Server] = []
+        self._connections = self._new_connections()
+
+    def _new_connections(self) -> _Connections:
+        return _Connections(self.settings.limits.connections, self.settings.limits.connections_per_ip)
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """The (address, port) pairs it listens on; the chosen ports when ``settings.listen`` said 0."""
+        return tuple(
+            (str(name[0]), int(name[1]))
+            for server in self._servers
+            for name in (s.getsockname() for s in server.sockets)
+        )
+
+    async def start(self) -> None:
+        """Listen on every endpoint. Raises :class:`ConfigError` for an unusable certificate, OSError when an
+        address cannot be bound (nothing is left listening then)."""
+        settings = self.settings
+        limits = settings.limits
+        loop = asyncio.get_running_loop()
+        tls_context = _server_context(settings) if settings.tls_cert is not None else None
+        handler = _Handler(self)
+        self._connections = connections = self._new_connections()
+
+        def factory() -> asyncio.BaseProtocol:
+            return _RelaySMTP(
+                handler,
+                connections,
+                hostname=settings.hostname,
+                ident=_IDENT,
+                tls_context=tls_context,
+                require_starttls=False,  # RFC 3207 §4: a publicly referenced MX must not require it (RR-42)
+                enable_SMTPUTF8=False,  # RR-23
+                decode_data=False,
+                data_size_limit=limits.message_size,
+                timeout=limits.session_timeout,
+                auth_required=False,
+                loop=loop,
+            )
+
+        try:
+            for host, port in settings.listen:
+                try:
+                    self._servers.append(await loop.create_server(factory, host, port))
+                except OSError as error:
+                    raise OSError(error.errno, f"relay {settings.hostname}: cannot listen on {host}:{port}: "
+                                  f"{error.strerror}") from error  # fmt: skip
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop listening, abort open sessions, wait at most a few seconds for them and for spool writes in
+        progress. Safe to repeat."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        # On 3.11 Server.wait_closed() returns at once and leaves accepted connections open; on 3.12+ it
+        # waits for them. Aborting them ourselves makes both behave the same.
+        await self._connections.abort_all(_CLOSE_WAIT)
+        for server in servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), _CLOSE_WAIT)
+
+    async def __aenter__(self) -> RelayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _queue(self, envelope: Envelope, data: bytes, received_id: str) -> str:
+        """Store a message; the DATA reply. 250 only once it is on stable storage (RFC 5321 §6.1)."""
+        write = asyncio.ensure_future(asyncio.to_thread(self.spool.store, envelope, data, qid=received_id))
+        self._connections.watch(write)
+        # Shielded: a client that hangs up during the write does not cancel it, and a message that was stored
+        # is announced to delivery whether or not its 250 reached the client (a duplicate at worst, RFC 5321 §6.1).
+        write.add_done_callback(lambda done: self._stored(done, envelope, len(data), received_id))
+        try:
+            qid: str = await asyncio.shield(write)
+        except OSError as error:
+            if error.errno in _STORAGE_ERRNOS:
+                return _NO_STORAGE
+            return _TEMPORARY
+        except Exception:
+            return _TEMPORARY
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+    def _stored(self, write: asyncio.Future[str], envelope: Envelope, size: int, received_id: str) -> None:
+        if write.cancelled():
+            return
+        error = write.exception()
+        if error is not None:
+            # Logged here with its details; the client gets a reply without them (RR-55).
+            log.error(
+                "cannot queue message from=<%s> peer=%s: %r", envelope.mail_from, envelope.peer, error,
+                exc_info=None if isinstance(error, OSError) else error,
+            )  # fmt: skip
+            return
+        qid = write.result()
+        log.info(
+            "queued qid=%s from=<%s> to=%s size=%d peer=%s tls=%s id=%s",
+            qid, envelope.mail_from, ",".join(f"<{r}>" for r in envelope.rcpt_tos), size, envelope.peer,
+            envelope.tls.replace(" ", "/") or "none", received_id,
+        )  # fmt: skip
+        if self._on_queued is not None:
+            try:
+                self._on_queued(qid)
+            except Exception:
+                log.exception("on_queued(%s) failed; the message stays queued for the next queue scan", qid)
