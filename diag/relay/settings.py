@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from diag.config import Organization, RelayRole
-from diag.net.dns import Nameserver
+from diag.config import Organization, RelayConfig, RelayRole
+from diag.errors import ConfigError
+from diag.net.dns import Nameserver, parse_nameserver
 
-__all__ = ["Limits", "RelaySettings"]
+__all__ = ["Limits", "RelaySettings", "resolve_settings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class RelaySettings:
         smart_host: onprem role: where everything not local goes.
         relay_networks: onprem role: client networks it relays for.
         allow_private: may deliver to non-public addresses.
+        source_ip: the address it sends from (its first specific listen address), or None for the system's choice.
         limits: resource limits and schedules.
     """
 
@@ -81,6 +86,7 @@ class RelaySettings:
     smart_host: str | None = None
     relay_networks: tuple[str, ...] = ()
     allow_private: bool = False
+    source_ip: str | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -98,3 +104,71 @@ class RelaySettings:
         except ValueError:
             return False
         return any(address in ipaddress.ip_network(net) for net in self.relay_networks)
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "diag" / "relay"
+
+
+def resolve_settings(
+    org: Organization,
+    *,
+    role: RelayRole | None = None,
+    hostname: str | None = None,
+    listen: Sequence[str] = (),
+    spool: Path | None = None,
+    maildir: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    ca_file: Path | None = None,
+    nameservers: Sequence[Nameserver] = (),
+    smtp_port: int | None = None,
+    limits: Limits | None = None,
+) -> RelaySettings:
+    """The settings of a relay: the config's ``[Relay]`` table with the given options winning.
+
+    Raises :class:`~diag.errors.ConfigError` with one line for combinations that cannot run.
+    """
+    table = org.relay or RelayConfig()
+    role = role or table.role
+    cert = tls_cert or (Path(table.tls_cert) if table.tls_cert else None)
+    key = tls_key or (Path(table.tls_key) if table.tls_key else None)
+    if (cert is None) != (key is None):
+        raise ConfigError("give the relay's certificate and its key together (--tls-cert and --tls-key)")
+    smart_host = table.smart_host or None
+    if role is RelayRole.ON_PREMISES and not smart_host:
+        raise ConfigError("the onprem role needs SmartHost in [Relay]: the host all outgoing mail goes to")
+    if role is not RelayRole.CLOUD and not table.mailboxes:
+        raise ConfigError(f"the {role.value} role needs Mailboxes in [Relay]: the addresses it keeps mail for")
+    endpoints = tuple(_endpoint(text) for text in (listen or table.listen or ("127.0.0.1:2525",)))
+    name = hostname or table.hostname or socket.gethostname()
+    home = _data_dir() / name
+    try:
+        servers = tuple(nameservers) or tuple(parse_nameserver(text) for text in table.resolver)
+    except ValueError as exc:
+        raise ConfigError(f"[Relay] Resolver: {exc}") from None
+    return RelaySettings(
+        organization=org,
+        role=role,
+        hostname=name,
+        listen=endpoints,
+        spool=spool or (Path(table.spool) if table.spool else home / "spool"),
+        maildir=maildir or (Path(table.maildir) if table.maildir else home / "maildir"),
+        tls_cert=cert,
+        tls_key=key,
+        ca_file=ca_file or (Path(table.ca_file) if table.ca_file else None),
+        nameservers=servers,
+        smtp_port=smtp_port or table.smtp_port,
+        mailboxes=tuple(address.lower() for address in table.mailboxes),
+        smart_host=smart_host,
+        relay_networks=table.relay_networks,
+        allow_private=table.allow_private,
+        source_ip=next((host for host, _ in endpoints if not ipaddress.ip_address(host).is_unspecified), None),
+        limits=limits or Limits(),
+    )

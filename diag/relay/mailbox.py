@@ -1,0 +1,64 @@
+"""Local delivery: a message for one of the relay's own mailboxes goes into that mailbox's Maildir.
+
+Maildir is the standard format (any mail tool reads it) and needs no locking. The standard library writes the
+message to ``tmp/`` and moves it to ``new/`` but never fsyncs, so after a power loss the file can be empty or
+gone although the relay already recorded the recipient as delivered and forgot the message. Here the file and
+every directory entry on its way are fsynced before :func:`deliver_local` returns (security-cases.md §6,
+RD-43: "delivered" is recorded only for mail that is on stable storage).
+
+Blocking (file I/O and fsync): call it with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import os
+from pathlib import Path
+
+__all__ = ["deliver_local", "mailbox_path"]
+
+
+def mailbox_path(maildir_root: Path, address: str) -> Path:
+    """The Maildir of ``address``: ``maildir_root / address`` in lower case (mailboxes are configured so).
+
+    Raises ValueError for an address that cannot be a single directory name (a path separator, a NUL, a
+    leading dot), so that no address can reach outside ``maildir_root``.
+    """
+    name = address.lower()
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name:
+        raise ValueError(f"address {address!r} cannot name a mailbox directory")
+    return maildir_root / name
+
+
+def deliver_local(maildir_root: Path, address: str, content: bytes) -> None:
+    """Store ``content`` in the Maildir of ``address`` (created on first use) and make it durable.
+
+    Raises OSError when the message cannot be stored; then nothing was delivered (at worst an unreferenced
+    file in ``tmp/``, which Maildir readers ignore).
+    """
+    path = mailbox_path(maildir_root, address)
+    if not (path / "new").is_dir():
+        # Made here rather than by Maildir(create=True), which fails when two deliveries create it at once.
+        maildir_root.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir(mode=0o700, exist_ok=True)
+        # The new Maildir's entries must survive too, or the message goes with them.
+        for directory in (path, maildir_root):
+            _fsync_dir(directory)
+    key = mailbox.Maildir(path, factory=None, create=False).add(content)
+    stored = path / "new" / key
+    fd = os.open(stored, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(stored.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
