@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from diag.model import Report
     from diag.net.dns import Nameserver
     from diag.registry import Registry
+    from diag.relay.settings import RelaySettings
 
 __all__ = ["main"]
 
@@ -446,8 +448,10 @@ class _Notification:
             if not answer.records:
                 raise DnsError(f"--smtp-server {self.server}: no address ({answer.status.value})") from None
             address, name = answer.records[0].to_text(), self.server
+        # From the name this host announces (a fully qualified one), unless the credentials name a sender.
+        sender = None if os.environ.get("DIAG_SMTP_USERNAME") else f"diag@{options.ehlo_name}"
         await send_mail(html, document, to=self.mail, server=address, port=self.port, tls_name=name,
-                        ca_file=options.ca_file, timeout=options.timeout, changes=changes)  # fmt: skip
+                        ca_file=options.ca_file, timeout=options.timeout, changes=changes, sender=sender)  # fmt: skip
 
 
 def _notification(policy: str, mail: str | None, server: str | None, webhook: str | None) -> _Notification:
@@ -551,7 +555,6 @@ def _write(target: str, text: str, *, option: str) -> None:
     if target == "-":
         sys.stdout.write(text)
         return
-    import os
     import tempfile
 
     path = Path(target)
@@ -635,6 +638,105 @@ def schedule(every: str, systemd: bool, name: str, install: bool, command: tuple
         click.echo(line)
         return 0
     click.echo("installed in your crontab" if install_crontab(line) else "already in your crontab")
+    return 0
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="The organization's configuration, with its [Relay] table.")
+@click.option("--role", type=click.Choice(["cloud", "onprem", "internet"]), default=None,
+              help="The part it plays.  [default: the config's, else cloud]")
+@click.option("--listen", multiple=True, metavar="ADDR:PORT",
+              help="Listen here (repeatable).  [default: 127.0.0.1:2525]")
+@click.option("--hostname", default=None, metavar="NAME", help="Its name in greetings and Received lines.")
+@click.option("--spool", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+              help="The durable queue.")
+@click.option("--maildir", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+              help="The parent of the local mailboxes' Maildirs.")
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
+              help="Its certificate chain: offered with STARTTLS, presented when delivering.")
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM")
+@click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]", help="DNS server (repeatable).")
+@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
+              help="CAs trusted for peers' certificates instead of the system store.")
+@click.option("--smtp-port", type=click.IntRange(1, 65535), default=None, help="The port it delivers to.")
+@click.pass_context
+def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen: tuple[str, ...],
+          hostname: str | None, spool: Path | None, maildir: Path | None, tls_cert: Path | None,
+          tls_key: Path | None, resolvers: tuple[str, ...], ca_file: Path | None,
+          smtp_port: int | None) -> int:  # fmt: skip
+    """Run the routing relay in the foreground (cloud, on-premises or Internet role); stop with Ctrl-C/SIGTERM.
+
+    It accepts mail like the cloud (accepted domains, relay rights by inbound connector), spools it durably,
+    and delivers by connector or MX with the TLS each connector demands. Options win over the [Relay] table.
+    """
+    from diag.config import RelayRole
+    from diag.relay.settings import resolve_settings
+
+    if config_path is None:
+        raise UsageError("diag relay needs the organization's configuration: --config FILE")
+    org = _organization(config_path, lab=False)
+    assert org is not None
+    settings = resolve_settings(
+        org, role=RelayRole(role) if role else None, hostname=hostname, listen=[_listen(text) for text in listen],
+        spool=spool, maildir=maildir, tls_cert=tls_cert, tls_key=tls_key,
+        nameservers=[_parse_resolver(text) for text in resolvers], smtp_port=smtp_port,
+        ca_file=_check_ca_file(ca_file) if ca_file else None,
+    )  # fmt: skip
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = settings
+        return 0
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="diag relay: %(message)s")
+    # One line per queued message and per delivery attempt (ours); aiosmtpd's per-command chatter stays off.
+    logging.getLogger("diag").setLevel(logging.INFO)
+
+    async def serve() -> None:
+        from diag.relay.service import Relay
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            async with Relay(settings):
+                await stop.wait()
+        except OSError as exc:
+            raise DiagError(f"the relay cannot start: {exc.strerror or exc}") from None
+
+    asyncio.run(serve())
+    return 0
+
+
+def _listen(text: str) -> str:
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:2525 or [::1]:2525")
+    _ip(host.strip("[]"), "--listen")
+    return text
+
+
+@relay.command("queue")
+@click.pass_obj
+def relay_queue(settings: RelaySettings) -> int:
+    """List what waits in the relay's spool, and why."""
+    from datetime import UTC, datetime
+
+    from diag.relay.spool import Spool
+    from diag.render.text import sanitize
+
+    if not settings.spool.is_dir():
+        raise ConfigError(f"{settings.spool}: no spool there (give --spool DIR or the config's [Relay] Spool)")
+    messages = Spool(settings.spool).messages()
+    now = datetime.now(UTC)
+    for message in messages:
+        age = int((now - message.envelope.received_at).total_seconds())
+        click.echo(f"{message.qid}  {message.size} bytes  {age} s old  from <{sanitize(message.envelope.mail_from)}>")
+        for status in message.statuses:
+            when = f", next try {status.next_attempt:%H:%M:%S}" if status.next_attempt else ""
+            detail = f": {sanitize(status.detail)}" if status.detail else ""
+            state = f"{status.state.value}, {status.attempts} attempts{when}{detail}"
+            click.echo(f"  <{sanitize(status.recipient)}> {state}")
+    click.echo(f"{len(messages)} queued in {settings.spool}")
     return 0
 
 

@@ -228,7 +228,7 @@ async def send_mail(
     if (username is None) != (password is None):
         raise NotifyError(f"set both {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}, or neither")
     if sender is None:
-        sender = username if username is not None and "@" in username else f"diag@{socket.gethostname()}"
+        sender = username if username is not None and "@" in username else f"diag@{_local_name()}"
     if _CONTROL.search(sender):
         raise NotifyError("the sender address contains control characters")
     try:
@@ -362,10 +362,12 @@ def _is_tls(client: aiosmtplib.SMTP) -> bool:
 
 
 def _local_name() -> str:
-    # The EHLO name: this host's name if it looks like one (RFC 5321 §4.1.4), else an address literal would
-    # be needed; submission servers accept any name.
+    # The EHLO name and the default sender's domain: this host's name, made fully qualified when it is not,
+    # because receivers refuse a sender domain without a dot (RFC 5321 §4.1.4, §4.1.2).
     name = socket.gethostname()
-    return name if re.fullmatch(r"[A-Za-z0-9.-]{1,253}", name) else "localhost"
+    if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", name):
+        return "localhost.localdomain"
+    return name if "." in name.strip(".") else f"{name}.localdomain"
 
 
 def _recipients(to: str) -> list[str]:

@@ -143,7 +143,7 @@ def test_history_and_exactly_one_notification_for_one_change(served: tuple[list[
     assert (first.returncode, second.returncode, third.returncode) == (0, 1, 1), second.stderr
     assert "notification failed" not in second.stderr
     # The first run was fine and the third changed nothing: only the second is reported.
-    mails = list(Maildir(lab_dir / "maildir" / "mail.tailspintoys.com", create=False))
+    mails = list(Maildir(lab_dir / "maildir" / "mail.tailspintoys.com" / "postmaster@tailspintoys.com", create=False))
     assert len(mails) == 1 and "contoso.com" in mails[0]["Subject"]
     assert len(_Hook.received) == 1 and _Hook.received[0]["status"] == "warning"
     shown = diag("history", "contoso.com", "--history", str(history))

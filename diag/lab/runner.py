@@ -14,6 +14,8 @@ import shutil
 import socket
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
@@ -23,10 +25,24 @@ from diag.errors import LabError
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.pki import TestPKI
 from diag.lab.smtp import LabHost, LabHostServer, TlsFiles, start_host
-from diag.lab.world import DNS_IP, EXAMPLE_CONFIG, World, default_world
+from diag.lab.world import DNS_IP, EXAMPLE_CONFIG, HostDef, World, default_world
 from diag.net.dns import Nameserver
+from diag.relay.service import Relay
+from diag.relay.settings import Limits, RelaySettings
 
 __all__ = ["Lab"]
+
+
+@dataclass(frozen=True, slots=True)
+class _RelayHost:
+    """A world host that runs the routing relay, with its certificate files."""
+
+    definition: HostDef
+    tls: TlsFiles
+
+    @property
+    def ip(self) -> str:
+        return self.definition.ip
 
 # Attempts at finding one port that is free on every host address (only with an automatic port).
 _PORT_ATTEMPTS = 5
@@ -59,7 +75,7 @@ class Lab:
         self._session_timeout = session_timeout
         self._directory: Path | None = None
         self._dns: DnsServer | None = None
-        self._hosts: list[LabHostServer] = []
+        self._hosts: list[LabHostServer | Relay] = []
         self.smtp_port = 0
         self.ca_file = Path()
 
@@ -134,14 +150,14 @@ class Lab:
             raise LabError(f"the lab DNS server cannot listen on {DNS_IP}:{self._want_dns_port}: {exc}") from exc
         self.smtp_port = await self._start_hosts(host_defs)
 
-    def _make_hosts(self) -> list[LabHost]:
+    def _make_hosts(self) -> list[LabHost | _RelayHost]:
         """Issue each host's certificate and write the files a TLS server needs (blocking: runs in a thread)."""
         pki = TestPKI.create()
         foreign = TestPKI.create(org="a CA nobody trusts")
         certs = self.directory / "certs"
         certs.mkdir(exist_ok=True)
         self.ca_file = pki.write_root(certs / "lab-root-ca.pem")
-        hosts = []
+        hosts: list[LabHost | _RelayHost] = []
         for host in self.world.hosts:
             if host.kind is None:
                 continue
@@ -150,6 +166,9 @@ class Lab:
                 issuer = foreign if host.foreign_ca else pki
                 chain, key = issuer.issue(host.names_in_cert, kind=host.cert).write(certs, host.name)
                 tls = TlsFiles(chain=chain, key=key)
+            if host.relay is not None and tls is not None:
+                hosts.append(_RelayHost(host, tls))
+                continue
             hosts.append(
                 LabHost(
                     name=host.name, ip=host.ip, kind=host.kind, tls=tls, legacy_crypto=host.legacy_crypto,
@@ -159,24 +178,66 @@ class Lab:
             )  # fmt: skip
         return hosts
 
-    async def _start_hosts(self, hosts: list[LabHost]) -> int:
+    async def _start_hosts(self, hosts: list[LabHost | _RelayHost]) -> int:
         """Start every host on one port; with port 0, find a port free on all their addresses."""
         for _attempt in range(_PORT_ATTEMPTS):
             port = self._want_smtp_port or _free_port(hosts[0].ip)
-            started = await asyncio.gather(
-                *(start_host(h, port, maildir=self.maildir, timeout=self._session_timeout) for h in hosts),
-                return_exceptions=True,
-            )
-            self._hosts = [server for server in started if isinstance(server, LabHostServer)]
+            started = await asyncio.gather(*(self._start_host(h, port) for h in hosts), return_exceptions=True)
+            self._hosts = [server for server in started if isinstance(server, LabHostServer | Relay)]
             failures = [error for error in started if isinstance(error, BaseException)]
             if not failures:
                 return port
             await self._close_hosts()
             first = failures[0]
-            in_use = isinstance(first.__cause__, OSError) and first.__cause__.errno == errno.EADDRINUSE
+            cause = first if isinstance(first, OSError) else first.__cause__
+            in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
             if self._want_smtp_port or not in_use:
                 raise first
         raise LabError(f"no port was free on all {len(hosts)} lab host addresses after {_PORT_ATTEMPTS} tries")
+
+    async def _start_host(self, host: LabHost | _RelayHost, port: int) -> LabHostServer | Relay:
+        if isinstance(host, LabHost):
+            return await start_host(host, port, maildir=self.maildir, timeout=self._session_timeout)
+        relay = Relay(self._relay_settings(host, port))
+        await relay.start()
+        return relay
+
+    def _relay_settings(self, host: _RelayHost, port: int) -> RelaySettings:
+        """A relay of the lab: the example organization, the lab's DNS and CA, quick retries."""
+        config = host.definition.relay
+        assert config is not None
+        return RelaySettings(
+            organization=load_config(EXAMPLE_CONFIG),
+            role=config.role,
+            hostname=host.definition.name,
+            listen=((host.ip, port),),
+            spool=self.directory / "relays" / host.definition.name / "spool",
+            maildir=self.maildir / host.definition.name,
+            tls_cert=host.tls.chain,
+            tls_key=host.tls.key,
+            ca_file=self.ca_file,
+            nameservers=(self.nameserver,),
+            smtp_port=port,
+            mailboxes=config.mailboxes,
+            smart_host=config.smart_host or None,
+            relay_networks=config.relay_networks,
+            allow_private=True,
+            source_ip=host.ip,
+            limits=Limits(
+                session_timeout=self._session_timeout, operation_timeout=5.0, queue_scan=0.5,
+                retry_base=timedelta(seconds=1), retry_max=timedelta(seconds=5),
+            ),
+        )  # fmt: skip
+
+    def mailbox(self, address: str) -> Path:
+        """The Maildir where mail for ``address`` lands in this lab."""
+        domain = address.rpartition("@")[2].lower()
+        for host in self.world.hosts:
+            if host.relay is not None and address.lower() in host.relay.mailboxes:
+                return self.maildir / host.name / address.lower()
+            if host.relay is None and domain in host.domains:
+                return self.maildir / host.name
+        raise LabError(f"no lab host keeps mail for {address}")
 
     async def _close_hosts(self) -> None:
         hosts, self._hosts = self._hosts, []

@@ -18,16 +18,20 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from diag.config import RelayConfig, RelayRole
 from diag.lab.dns import Behaviour
 from diag.lab.pki import CertKind
 from diag.lab.smtp import HostKind
 
 __all__ = [
     "ACCEPTED_DOMAINS",
+    "BOB",
     "CLOUD_HOST",
     "DNS_IP",
     "EXAMPLE_CONFIG",
+    "JOHN",
     "PURPOSES",
+    "SUN",
     "HostDef",
     "Record",
     "World",
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 DNS_IP = "127.0.53.53"
+JOHN, BOB, SUN = "john@contoso.com", "bob@contoso.com", "sun@tailspintoys.com"
 # The setup guide's organization with its three connectors, pointing at the lab's smart hosts.
 EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "contoso.toml"
 CLOUD_HOST = "contoso-com.mail.protection.outlook.com"
@@ -66,6 +71,8 @@ class HostDef:
         domains: recipient domains it accepts mail for.
         tls_versions: the TLS versions it offers (min, max); None for the defaults.
         address_record: publish ``name A ip`` (False when another record, e.g. a CNAME target, carries it).
+        relay: run the routing relay here in this role instead of a lab mail host (the setup guide's world:
+            the cloud, the on-premises server, an Internet host), with these mailboxes.
     """
 
     name: str
@@ -79,6 +86,7 @@ class HostDef:
     domains: tuple[str, ...] = ()
     tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None
     address_record: bool = True
+    relay: RelayConfig | None = None
 
     @property
     def names_in_cert(self) -> tuple[str, ...]:
@@ -201,14 +209,25 @@ def _hostile() -> tuple[tuple[Record, ...], HostDef]:
 
 def default_world() -> World:
     """The world of the setup guide plus the broken domains (issue #2, ARCHITECTURE §6)."""
+    # The setup guide's people: Bob's mailbox is in the cloud, John's on-premises, Sun's on the Internet. Their
+    # own mail programs connect from 127.0.0.1, the network the on-premises and Internet hosts relay for.
+    users = ("127.0.0.1/32",)
     cloud = HostDef(
         CLOUD_HOST, "127.0.1.10",
         cert_names=("*.mail.protection.outlook.com", "mail.protection.outlook.com"),
-        domains=ACCEPTED_DOMAINS,
+        relay=RelayConfig(role=RelayRole.CLOUD, mailboxes=(BOB,)),
     )  # fmt: skip
-    onprem = HostDef("mail.contoso.com", "127.0.10.10", domains=ACCEPTED_DOMAINS)
+    onprem = HostDef(
+        "mail.contoso.com", "127.0.10.10",
+        relay=RelayConfig(role=RelayRole.ON_PREMISES, mailboxes=(JOHN, "postmaster@contoso.com"),
+                          smart_host=CLOUD_HOST, relay_networks=users),
+    )  # fmt: skip
     sales = HostDef("sales-mail.contoso.com", "127.0.10.11", domains=("sales.contoso.com",))
-    tailspin = HostDef("mail.tailspintoys.com", "127.0.30.10", domains=("tailspintoys.com",))
+    tailspin = HostDef(
+        "mail.tailspintoys.com", "127.0.30.10",
+        relay=RelayConfig(role=RelayRole.INTERNET, mailboxes=(SUN, "postmaster@tailspintoys.com"),
+                          relay_networks=users),
+    )  # fmt: skip
     records = [Record(domain, "MX", (f"10 {CLOUD_HOST}.",)) for domain in ACCEPTED_DOMAINS]
     records.append(Record("tailspintoys.com", "MX", ("10 mail.tailspintoys.com.",)))
     hosts = [cloud, onprem, sales, tailspin]
