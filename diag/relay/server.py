@@ -38,6 +38,7 @@ import collections
 import contextlib
 import errno
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -259,6 +260,9 @@ def _sender(envelope: SMTPEnvelope) -> str:
     return "" if sender == "<>" else sender
 
 
+_CONTINUATION = re.compile(r"^\d{3}-")
+
+
 class _RelaySMTP(SMTP):
     """aiosmtpd's protocol with the relay's additions (see the module docstring)."""
 
@@ -275,6 +279,7 @@ class _RelaySMTP(SMTP):
         self._tcp_transport: asyncio.BaseTransport | None = None
         self._refused = False
         self._in_data = False
+        self._continued: list[str] = []
         self._last_byte = b""
 
     # --- connections ----------------------------------------------------------------------------------
@@ -327,6 +332,14 @@ class _RelaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status = _REWORDED.get(status, status)
+            if _CONTINUATION.match(status):
+                # A multi-line reply (EHLO) goes out in one write, as Postfix sends it: clients that read one
+                # segment per reply (nmap's smtp-open-relay among them) otherwise mistake its tail for the next
+                # command's reply.
+                self._continued.append(status)
+                return
+            if self._continued:
+                status, self._continued = "\r\n".join([*self._continued, status]), []
             # Content may follow only a 354; any other reply ends the DATA phase.
             self._in_data = status.startswith("354")
         await super().push(status)

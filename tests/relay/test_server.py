@@ -513,6 +513,22 @@ def test_greeting_and_ehlo_offer_no_auth(tmp_path: Path, tls: Tls) -> None:
     run(main())
 
 
+def test_a_multi_line_reply_is_one_write(tmp_path: Path) -> None:
+    """nmap's smtp-open-relay reads one segment per reply: an EHLO reply written line by line made it take the
+    tail of the EHLO reply for the answer to RCPT and report an open relay that refused every recipient."""
+
+    async def main() -> None:
+        async with relay(tmp_path, 10) as running:
+            raw = await Raw.open(running)
+            await raw.reply()
+            raw.writer.write(b"EHLO client.example\r\n")
+            first_read = await asyncio.wait_for(raw.reader.read(65536), WAIT)
+            assert first_read.startswith(f"250-{HOSTNAME}\r\n".encode()) and b"\r\n250 " in first_read
+            raw.close()
+
+    run(main())
+
+
 # --- open relay and address forms -----------------------------------------------------------------------------
 
 NMAP_PAIRS = [
