@@ -97,3 +97,25 @@ def test_sigkill_loses_nothing_that_was_acknowledged(tmp_path: Path) -> None:
         relay.send_signal(signal.SIGTERM)
         relay.wait(timeout=20)
     assert relay.returncode == 0
+
+
+def test_queue_lists_what_waits_and_why(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from diag.relay.spool import Envelope, RecipientStatus, Spool
+
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    spool = Spool(tmp_path / "spool")
+    qid = spool.store(Envelope("john@contoso.com", ("sun@tailspintoys.com",)), b"Subject: x\r\n\r\nx\r\n")
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    spool.update(qid, [RecipientStatus("sun@tailspintoys.com", attempts=2, next_attempt=later,
+                                       detail="450 4.4.316 Connection refused")])  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "diag", "relay", "--config", str(tmp_path / "relay.toml"),
+         "--spool", str(tmp_path / "spool"), "queue"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert qid in done.stdout and "from <john@contoso.com>" in done.stdout
+    assert "<sun@tailspintoys.com> pending, 2 attempts" in done.stdout
+    assert "450 4.4.316 Connection refused" in done.stdout and "1 queued in" in done.stdout
