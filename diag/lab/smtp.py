@@ -33,6 +33,7 @@ from typing import Any, Final
 from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from diag.errors import LabError
+from diag.relay.connections import TOO_MANY_CONNECTIONS, CappedSMTP, Connections
 
 __all__ = ["HostKind", "LabHost", "LabHostServer", "TlsFiles", "start_host"]
 
@@ -56,7 +57,6 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _REPLY_LINE = re.compile(r"[2-5][0-5][0-9](?: [^\r\n]*)?")
 _SCRIPT_LINE = re.compile(r"[2-5][0-5][0-9](?:[ -][^\r\n]*)?")
 
-_TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections\r\n"
 _TEMPORARY_FAILURE: Final = "451 4.3.0 Temporary failure"
 
 
@@ -109,51 +109,6 @@ class LabHost:
     connection without a word; verbs not listed get 502. Replies may span lines ("250-a\r\n250 b")."""
 
 
-class _Connections:
-    """The open connections of one host: capped, and all aborted on close."""
-
-    __slots__ = ("_closing", "_limit", "_open", "_tasks")
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._closing = False
-        self._open: dict[asyncio.BaseTransport, asyncio.Future[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def admit(self, transport: asyncio.BaseTransport) -> bool:
-        """Track ``transport`` if the host is below its cap and not closing; False means refuse it."""
-        if self._closing or len(self._open) >= self._limit:
-            return False
-        self._open[transport] = asyncio.get_running_loop().create_future()
-        return True
-
-    def watch(self, task: asyncio.Task[None]) -> None:
-        """Also wait for ``task`` (a session's handler) on close."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def release(self, transport: asyncio.BaseTransport) -> None:
-        """Forget ``transport``: its connection is gone."""
-        lost = self._open.pop(transport, None)
-        if lost is not None and not lost.done():
-            lost.set_result(None)
-
-    async def abort_all(self, wait: float) -> None:
-        """Refuse new connections, abort the open ones, wait at most ``wait`` seconds until they are gone."""
-        self._closing = True
-        waiting: set[asyncio.Future[None]] = set(self._open.values())
-        for transport in list(self._open):
-            # abort(), not close(): close() waits until the write buffer is flushed, which a client that
-            # stopped reading never allows.
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.abort()
-            else:
-                transport.close()
-        waiting.update(self._tasks)
-        if waiting:
-            await asyncio.wait(waiting, timeout=wait)
-
-
 class LabHostServer:
     """A running lab host, as returned by :func:`start_host`. Also an async context manager that closes it."""
 
@@ -164,7 +119,7 @@ class LabHostServer:
         host: LabHost,
         port: int,
         server: asyncio.Server | None,
-        connections: _Connections,
+        connections: Connections,
         sockets: tuple[socket.socket, ...] = (),
     ) -> None:
         self._host = host
@@ -229,7 +184,7 @@ async def start_host(
     loop = asyncio.get_running_loop()
     if host.kind is HostKind.BLACKHOLE:
         return await _start_blackhole(host, port)
-    connections = _Connections(_MAX_CONNECTIONS)
+    connections = Connections(_MAX_CONNECTIONS)
     factory: Callable[[], asyncio.BaseProtocol]
     match host.kind:
         case HostKind.MAIL:
@@ -237,7 +192,7 @@ async def start_host(
             tls_context = _server_context(host) if host.tls is not None else None
 
             def factory() -> asyncio.BaseProtocol:
-                return _LabSMTP(
+                return CappedSMTP(
                     handler,
                     connections,
                     hostname=host.name,
@@ -296,7 +251,7 @@ async def _start_blackhole(host: LabHost, port: int) -> LabHostServer:
         filler.close()
         raise LabError(f"lab host {host.name}: cannot listen on {host.ip}:{port}: {error}") from error
     bound: int = listener.getsockname()[1]
-    return LabHostServer(host, bound, None, _Connections(0), (filler, listener))
+    return LabHostServer(host, bound, None, Connections(0), (filler, listener))
 
 
 def _validate(host: LabHost, timeout: float) -> None:
@@ -423,44 +378,10 @@ class _MailHandler:
         mailbox.Maildir(self._maildir, factory=None, create=True).add(message)
 
 
-class _LabSMTP(SMTP):
-    """aiosmtpd's SMTP protocol, tracked and capped per host (aiosmtpd has no cap of its own: issue #282)."""
-
-    def __init__(self, handler: _MailHandler, connections: _Connections, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._connections = connections
-        self._tcp_transport: asyncio.BaseTransport | None = None
-        self._refused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._tcp_transport is not None:
-            # The second call comes from STARTTLS, with the TLS transport on top of the tracked TCP one.
-            super().connection_made(transport)
-            return
-        self._tcp_transport = transport
-        if not self._connections.admit(transport):
-            # RFC 5321 §3.1: a server that cannot serve the client greets with 421 and closes.
-            self._refused = True
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_TOO_MANY_CONNECTIONS)
-            transport.close()
-            return
-        super().connection_made(transport)
-        if self._handler_coroutine is not None:
-            self._connections.watch(self._handler_coroutine)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._tcp_transport is not None:
-            self._connections.release(self._tcp_transport)
-        if self._refused:
-            return
-        super().connection_lost(error)
-
-
 class _Tarpit(asyncio.Protocol):
     """Accepts the connection and never writes a byte; closes it after ``hold`` seconds."""
 
-    def __init__(self, connections: _Connections, hold: float) -> None:
+    def __init__(self, connections: Connections, hold: float) -> None:
         self._connections = connections
         self._hold = hold
         self._transport: asyncio.BaseTransport | None = None
@@ -491,7 +412,7 @@ class _Greeter(asyncio.Protocol):
 
     def __init__(
         self,
-        connections: _Connections,
+        connections: Connections,
         greeting: str,
         timeout: float,
         script: dict[bytes, str | None],
@@ -513,7 +434,7 @@ class _Greeter(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         if not self._connections.admit(transport):
-            transport.write(_TOO_MANY_CONNECTIONS)
+            transport.write(TOO_MANY_CONNECTIONS)
             transport.close()
             return
         self._tcp = self._transport = transport

@@ -50,6 +50,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from diag.errors import ConfigError
 from diag.relay import policy
+from diag.relay.connections import CappedSMTP, Connections, peer_ip
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Envelope, Spool
 
@@ -62,7 +63,6 @@ _IDENT: Final = "ESMTP"
 # Upper bound on how long close() waits for aborted sessions and in-flight spool writes.
 _CLOSE_WAIT: Final = 5.0
 
-_TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections\r\n"
 _BARE_LF: Final = b"421 4.5.2 Error: bare <LF> received; lines must end with <CR><LF>\r\n"
 _SYNCHRONIZATION: Final = "554 5.5.0 Error: SMTP protocol synchronization"
 _TEMPORARY: Final = "451 4.3.0 Temporary failure, try again later"
@@ -76,65 +76,6 @@ _REWORDED: Final = {
     "552 Error: Too much mail data": _TOO_BIG,
 }
 _STORAGE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class _Connections:
-    """The open sessions of one server: capped in all and per client address, all aborted on close."""
-
-    __slots__ = ("_closing", "_limit", "_open", "_per_ip", "_per_ip_limit", "_tasks")
-
-    def __init__(self, limit: int, per_ip: int) -> None:
-        self._limit = limit
-        self._per_ip_limit = per_ip
-        self._closing = False
-        self._open: dict[asyncio.BaseTransport, tuple[str, asyncio.Future[None]]] = {}
-        self._per_ip: collections.Counter[str] = collections.Counter()
-        self._tasks: set[asyncio.Future[Any]] = set()
-
-    def admit(self, transport: asyncio.BaseTransport, ip: str) -> bool:
-        """Track ``transport`` if the caps allow it and the server is not closing; False means refuse it."""
-        if self._closing or len(self._open) >= self._limit or self._per_ip[ip] >= self._per_ip_limit:
-            return False
-        self._open[transport] = (ip, asyncio.get_running_loop().create_future())
-        self._per_ip[ip] += 1
-        return True
-
-    def watch(self, task: asyncio.Future[Any]) -> None:
-        """Also wait for ``task`` (a session's handler, a spool write) on close."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def release(self, transport: asyncio.BaseTransport) -> None:
-        """Forget ``transport``: its connection is gone. Safe to call twice."""
-        entry = self._open.pop(transport, None)
-        if entry is None:
-            return
-        ip, lost = entry
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
-        if not lost.done():
-            lost.set_result(None)
-
-    async def abort_all(self, wait: float) -> None:
-        """Refuse new connections, abort the open ones, wait at most ``wait`` seconds until they are gone."""
-        self._closing = True
-        waiting: set[asyncio.Future[Any]] = {lost for _, lost in self._open.values()}
-        for transport in list(self._open):
-            # abort(), not close(): close() waits for the write buffer to drain, which a client that stopped
-            # reading never allows.
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.abort()
-            else:
-                transport.close()
-        waiting.update(self._tasks)
-        if waiting:
-            await asyncio.wait(waiting, timeout=wait)
-
-
-def _peer_ip(peer: object) -> str:
-    # aiosmtpd annotates Session.peer as str, but it is the socket's (host, port, ...) tuple.
-    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 def _tls_facts(session: Session) -> tuple[str, tuple[str, ...]]:
@@ -205,7 +146,7 @@ class _Handler:
         _, cert_names = _tls_facts(session)
         code, text = policy.rcpt_decision(
             self._settings,
-            peer_ip=_peer_ip(session.peer),
+            peer_ip=peer_ip(session.peer),
             cert_names=cert_names,
             mail_from=envelope.mail_from or "",
             rcpt=address,
@@ -221,7 +162,7 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SMTPEnvelope) -> str:
         content = envelope.original_content
         assert isinstance(content, bytes)  # decode_data=False
-        peer = _peer_ip(session.peer)
+        peer = peer_ip(session.peer)
         refusal = policy.check_content(content)
         if refusal is not None:
             log.info("refused message from=<%s> peer=%s: %s", _sender(envelope), peer, refusal)
@@ -263,50 +204,21 @@ def _sender(envelope: SMTPEnvelope) -> str:
 _CONTINUATION = re.compile(r"^\d{3}-")
 
 
-class _RelaySMTP(SMTP):
+class _RelaySMTP(CappedSMTP):
     """aiosmtpd's protocol with the relay's additions (see the module docstring)."""
 
     # RFC 5321 §4.5.3.1.1 (RR-21); aiosmtpd's default 0 means unlimited.
     local_part_limit = 64
     command_size_limit = 512
 
-    def __init__(self, handler: _Handler, connections: _Connections, **kwargs: Any) -> None:
+    def __init__(self, handler: _Handler, connections: Connections, **kwargs: Any) -> None:
         # aiosmtpd keeps command_size_limits on the class, shared by every session, and grows MAIL's limit by
         # 26 on each EHLO; each session gets its own here.
         self.command_size_limits = collections.defaultdict(lambda: _RelaySMTP.command_size_limit)
-        super().__init__(handler, **kwargs)
-        self._connections = connections
-        self._tcp_transport: asyncio.BaseTransport | None = None
-        self._refused = False
+        super().__init__(handler, connections, **kwargs)
         self._in_data = False
         self._continued: list[str] = []
         self._last_byte = b""
-
-    # --- connections ----------------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._tcp_transport is not None:
-            # The second call comes from STARTTLS, with the TLS transport on top of the tracked TCP one.
-            super().connection_made(transport)
-            return
-        self._tcp_transport = transport
-        if not self._connections.admit(transport, _peer_ip(transport.get_extra_info("peername"))):
-            # RFC 5321 §3.1: a server that cannot serve the client greets with 421 and closes.
-            self._refused = True
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_TOO_MANY_CONNECTIONS)
-            transport.close()
-            return
-        super().connection_made(transport)
-        if self._handler_coroutine is not None:
-            self._connections.watch(self._handler_coroutine)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._tcp_transport is not None:
-            self._connections.release(self._tcp_transport)
-        if self._refused:
-            return
-        super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self.transport is None:
@@ -320,7 +232,7 @@ class _RelaySMTP(SMTP):
         bare = data.count(b"\n") - data.count(b"\r\n") - (data[:1] == b"\n" and self._last_byte == b"\r")
         self._last_byte = data[-1:]
         if bare and not self._in_data:
-            log.info("closing session of %s: bare LF in a command", _peer_ip(self.session and self.session.peer))
+            log.info("closing session of %s: bare LF in a command", peer_ip(self.session and self.session.peer))
             assert isinstance(self.transport, asyncio.WriteTransport)
             self.transport.write(_BARE_LF)
             self.transport.close()
@@ -347,7 +259,7 @@ class _RelaySMTP(SMTP):
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default reply is "500 Error: (<class>) <text>": it leaks internals and turns a local
         # problem into a permanent failure (RR-55). RFC 5321 §4.2.3: 451 is a local error.
-        peer = _peer_ip(self.session and self.session.peer)
+        peer = peer_ip(self.session and self.session.peer)
         if isinstance(error, TLSSetupException):
             log.info("TLS handshake with %s failed: %r", peer, error.__cause__)
         else:
@@ -375,7 +287,7 @@ class _RelaySMTP(SMTP):
         # aiosmtpd's reader is a StreamReader; its buffer is what aiosmtpd itself clears after STARTTLS.
         buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]
         if buffered:
-            log.info("closing session of %s: content sent before 354", _peer_ip(self.session and self.session.peer))
+            log.info("closing session of %s: content sent before 354", peer_ip(self.session and self.session.peer))
             # Dropped, so the command loop finds nothing more to run before the connection is gone.
             buffered.clear()
             await self.push(_SYNCHRONIZATION)
@@ -420,8 +332,8 @@ class RelayServer:
         self._servers: list[asyncio.Server] = []
         self._connections = self._new_connections()
 
-    def _new_connections(self) -> _Connections:
-        return _Connections(self.settings.limits.connections, self.settings.limits.connections_per_ip)
+    def _new_connections(self) -> Connections:
+        return Connections(self.settings.limits.connections, self.settings.limits.connections_per_ip)
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
