@@ -597,12 +597,17 @@ def report(result: Path, html_out: Path | None, view: str, prom_out: Path | None
 @click.option("--history", "history_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               metavar="DB", help="The history file. Default: under the user's data directory.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Runs to show.")
-def history(domain: str | None, history_path: Path | None, limit: int) -> int:
+@click.option("--prune", "keep_days", type=click.IntRange(0, 36500), default=None, metavar="DAYS",
+              help="First delete the runs older than DAYS days (an hourly run adds about 9000 a year).")
+def history(domain: str | None, history_path: Path | None, limit: int, keep_days: int | None) -> int:
     """The runs kept so far and what changed between them (new and resolved findings, renewals, MX changes)."""
     from diag.history import History, default_history_path, render_history
     from diag.names import mail_domain
 
     with History(history_path or default_history_path(), create=False) as kept:
+        if keep_days is not None:
+            pruned = kept.prune(keep_days=keep_days)
+            click.echo(f"pruned {pruned} {'run' if pruned == 1 else 'runs'} older than {keep_days} days")
         click.echo(render_history(kept, mail_domain(domain) if domain else None, limit=limit), nl=False)
     return 0
 

@@ -4,6 +4,7 @@ real command line against a lab that keeps running between runs (``diag lab serv
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -148,6 +149,8 @@ def test_history_and_exactly_one_notification_for_one_change(served: tuple[list[
     assert len(_Hook.received) == 1 and _Hook.received[0]["status"] == "warning"
     shown = diag("history", "contoso.com", "--history", str(history))
     assert shown.returncode == 0 and "CERT_EXPIRING" in shown.stdout
+    pruned = diag("history", "--history", str(history), "--prune", "0")  # runs of earlier seconds go
+    assert pruned.returncode == 0 and re.match(r"pruned [123] runs? older than 0 days\n", pruned.stdout)
 
 
 def test_schedule_prints_exactly_the_command() -> None:
