@@ -202,6 +202,7 @@ def _sender(envelope: SMTPEnvelope) -> str:
 
 
 _CONTINUATION = re.compile(r"^\d{3}-")
+_BUSY = "451 4.3.2 Too many messages in transfer, try again later"
 
 
 class _RelaySMTP(CappedSMTP):
@@ -211,11 +212,16 @@ class _RelaySMTP(CappedSMTP):
     local_part_limit = 64
     command_size_limit = 512
 
-    def __init__(self, handler: _Handler, connections: Connections, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: _Handler, connections: Connections, data_slots: asyncio.Semaphore, data_wait: float,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
         # aiosmtpd keeps command_size_limits on the class, shared by every session, and grows MAIL's limit by
         # 26 on each EHLO; each session gets its own here.
         self.command_size_limits = collections.defaultdict(lambda: _RelaySMTP.command_size_limit)
         super().__init__(handler, connections, **kwargs)
+        self._data_slots = data_slots
+        self._data_wait = data_wait
         self._in_data = False
         self._continued: list[str] = []
         self._last_byte = b""
@@ -294,7 +300,18 @@ class _RelaySMTP(CappedSMTP):
             assert self.transport is not None
             self.transport.close()
             return
-        await super().smtp_DATA(arg)
+        # aiosmtpd holds a message in memory while it is transferred; bounding the transfers in progress bounds
+        # that memory (RR-53): at most data_sessions * message_size, however many clients are connected.
+        try:
+            async with asyncio.timeout(self._data_wait):
+                await self._data_slots.acquire()
+        except TimeoutError:
+            await self.push(_BUSY)
+            return
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._data_slots.release()
 
     async def smtp_AUTH(self, arg: str) -> None:
         # A receiving MX offers no AUTH (Postfix: smtpd_sasl_auth_enable = no); relay rights come from IP
@@ -353,11 +370,14 @@ class RelayServer:
         tls_context = _server_context(settings) if settings.tls_cert is not None else None
         handler = _Handler(self)
         self._connections = connections = self._new_connections()
+        data_slots = asyncio.Semaphore(limits.data_sessions)
 
         def factory() -> asyncio.BaseProtocol:
             return _RelaySMTP(
                 handler,
                 connections,
+                data_slots,
+                limits.data_wait,
                 hostname=settings.hostname,
                 ident=_IDENT,
                 tls_context=tls_context,

@@ -27,6 +27,9 @@ class Limits:
         connections: concurrent connections in all; more get 421 4.7.0.
         connections_per_ip: concurrent connections from one address; more get 421 4.7.0.
         session_timeout: idle seconds between commands, and for the whole DATA phase (aiosmtpd's timeout).
+        data_sessions: message transfers (DATA) in progress at once; aiosmtpd holds each in memory, so this
+            bounds that memory to data_sessions * message_size (RR-53).
+        data_wait: seconds a DATA command waits for a free transfer before ``451 4.3.2``.
         operation_timeout: seconds for each network operation when delivering.
         retry_base, retry_max: first retry delay and the cap it doubles up to.
         max_age: a message still undelivered this long after it was received bounces.
@@ -40,6 +43,8 @@ class Limits:
     connections: int = 200
     connections_per_ip: int = 20
     session_timeout: float = 300.0
+    data_sessions: int = 32
+    data_wait: float = 30.0
     operation_timeout: float = 30.0
     retry_base: timedelta = timedelta(minutes=5)
     retry_max: timedelta = timedelta(seconds=4000)

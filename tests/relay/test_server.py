@@ -754,6 +754,34 @@ def test_second_transaction_pipelined_after_the_dot_is_not_stored(tmp_path: Path
 # --- limits ---------------------------------------------------------------------------------------------------
 
 
+def test_message_transfers_in_progress_are_capped(tmp_path: Path) -> None:
+    """RR-53: aiosmtpd holds a message in memory while it arrives; only data_sessions transfers run at once."""
+    limits = Limits(data_sessions=1, data_wait=0.3, session_timeout=WAIT * 2)
+
+    async def ready(running: Running) -> Raw:
+        raw = await Raw.open(running)
+        await raw.reply()
+        for line in (b"EHLO client.example", b"MAIL FROM:<a@external.example>", b"RCPT TO:<john@contoso.com>"):
+            assert (await raw.command(line)).startswith(b"250")
+        return raw
+
+    async def main() -> None:
+        async with relay(tmp_path, 31, limits=limits) as running:
+            first, second = await ready(running), await ready(running)
+            assert await first.command(b"DATA") == b"354 End data with <CR><LF>.<CR><LF>"
+            assert await second.command(b"DATA") == b"451 4.3.2 Too many messages in transfer, try again later"
+            first.writer.write(b"Subject: one\r\n\r\nbody\r\n.\r\n")
+            assert (await first.reply()).startswith(b"250 2.0.0 Ok: queued as ")
+            # The transfer slot is free again for the waiting client, in the same session.
+            assert await second.command(b"DATA") == b"354 End data with <CR><LF>.<CR><LF>"
+            second.writer.write(b"Subject: two\r\n\r\nbody\r\n.\r\n")
+            assert (await second.reply()).startswith(b"250 2.0.0 Ok: queued as ")
+            first.close()
+            second.close()
+
+    run(main())
+
+
 def test_connection_caps_total_and_per_ip(tmp_path: Path) -> None:
     """RR-50: 421 4.7.0 and close beyond connections_per_ip from one address and beyond connections in all."""
     limits = Limits(connections=3, connections_per_ip=2, session_timeout=WAIT * 2)
