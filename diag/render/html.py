@@ -43,10 +43,6 @@ _LIMIT = 1000
 _BAR_WIDTH = 260
 _BAR_HEIGHT = 14
 
-# Beyond what sanitize() escapes: lone surrogates (invalid UTF-8 decoded with surrogateescape, which aiosmtplib
-# uses for replies; they cannot even be written as UTF-8), line/paragraph separators, zero-width and invisible
-# formatting characters, the BOM and the interlinear annotation marks.
-_INVISIBLE = re.compile("[\ud800-\udfff\u00ad\u200b-\u200d\u2028\u2029\u2060-\u2064\ufeff\ufff9-\ufffb]")
 
 _SEVERITIES = ("critical", "error", "warning", "notice", "info")
 _VERDICTS = ("ok", "warning", "critical", "unknown")
@@ -210,15 +206,7 @@ def _finalize(value: Any) -> Any:
 
 def _clip(value: Any, limit: int = _LIMIT) -> str:
     """Control, bidi and invisible characters as escapes; at most ``limit`` characters, then a note."""
-    text = _INVISIBLE.sub(_invisible_escape, str(value))
-    return sanitize(text, limit=limit)
-
-
-def _invisible_escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
-        return f"\\x{code - 0xDC00:02x}"
-    return f"U+{code:04X}"
+    return sanitize(str(value), limit=limit)
 
 
 # --- view model: plain, typed values for the templates; all arithmetic happens here -----------------------

@@ -10,8 +10,8 @@ Measurements are read from the facts as the JSON view renders them (``port25``: 
 ``certificate``: ``certificates[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
 the same for facts loaded back from a saved JSON report.
 
-Every string that came from the network is made inert first (:func:`~diag.render.text.sanitize`, plus the
-code points XML 1.0 and UTF-8 cannot carry), then escaped by the rules of the format.
+Every string that came from the network is made inert first (:func:`~diag.render.text.sanitize`, which also
+escapes the code points XML 1.0 and UTF-8 cannot carry), then escaped by the rules of the format.
 """
 
 from __future__ import annotations
@@ -34,20 +34,12 @@ __all__ = ["STAGES", "check_state", "junit", "nagios", "prometheus"]
 STAGES = ("connect", "banner", "ehlo", "tls")
 """The SMTP session stages timed per address: TCP connect, greeting, EHLO, STARTTLS with its handshake."""
 
-# Neither XML 1.0 (§2.2 Char) nor UTF-8 can carry lone surrogates; XML 1.0 also excludes U+FFFE and U+FFFF.
-# sanitize() already escapes C0, DEL, C1 and bidi controls.
-_UNCARRIABLE = re.compile("[\ud800-\udfff\ufffe\uffff]")
 _SHORT = 300  # characters of one untrusted string in a summary, label or attribute
 
 
 def check_state(result: CheckResult) -> Verdict:
     """The state of one check: the run's verdict rule applied to this check alone (see the module docstring)."""
     return Verdict.of((result,))
-
-
-def _clean(text: str, *, limit: int = 2000) -> str:
-    """``text`` made inert: control and bidi characters escaped, unencodable code points shown as ``U+XXXX``."""
-    return _UNCARRIABLE.sub(lambda m: f"U+{ord(m.group()):04X}", sanitize(text, limit=limit))
 
 
 # --- measurements read from the facts ------------------------------------------------------------------------
@@ -166,11 +158,11 @@ _PIPE = "¦"  # shown in place of "|", which separates text from performance dat
 
 
 def _plugin_text(text: str, *, limit: int = _SHORT) -> str:
-    return _clean(text, limit=limit).replace("|", _PIPE)
+    return sanitize(text, limit=limit).replace("|", _PIPE)
 
 
 def _perf_label(text: str) -> str:
-    label = _clean(text, limit=_SHORT).replace("=", "_").replace("|", _PIPE)
+    label = sanitize(text, limit=_SHORT).replace("=", "_").replace("|", _PIPE)
     if _BARE_LABEL.fullmatch(label):
         return label
     return "'" + label.replace("'", "''") + "'"
@@ -324,7 +316,7 @@ class _Family:
 
 def _label_value(text: str) -> str:
     # Exposition format: backslash, double quote and line feed are escaped in label values.
-    return _clean(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return sanitize(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _sample_value(value: float) -> str:
@@ -410,11 +402,11 @@ def _finding_block(finding: Finding) -> str:
         lines.append(f"  fix: {finding.remediation}")
     if finding.cloud_error:
         lines.append(f"  cloud says: {finding.cloud_error}")
-    return "\n".join(_clean(line) for line in lines)
+    return "\n".join(sanitize(line) for line in lines)
 
 
 def _finding_line(finding: Finding) -> str:
-    return _clean(f"{finding.severity.label.upper()} {finding.code} {finding.subject}: {finding.message}")
+    return sanitize(f"{finding.severity.label.upper()} {finding.code} {finding.subject}: {finding.message}")
 
 
 def _worst(findings: Iterable[Finding]) -> Finding:
@@ -423,8 +415,8 @@ def _worst(findings: Iterable[Finding]) -> Finding:
 
 def _testcase(suite: ET.Element, domain: str, result: CheckResult, *, warnings_fail: bool) -> str:
     """Add one check as a testcase; return its outcome: passed, failure, error or skipped."""
-    case = ET.SubElement(suite, "testcase", classname=_clean(domain, limit=_SHORT),
-                         name=_clean(result.check_id, limit=_SHORT), time=_seconds(result.duration_ms))  # fmt: skip
+    case = ET.SubElement(suite, "testcase", classname=sanitize(domain, limit=_SHORT),
+                         name=sanitize(result.check_id, limit=_SHORT), time=_seconds(result.duration_ms))  # fmt: skip
     threshold = Severity.WARNING if warnings_fail else Severity.ERROR
     failing = [finding for finding in result.findings if finding.severity >= threshold]
     # One outcome per testcase, by the verdict's order: a certain critical problem beats "could not run".
@@ -437,7 +429,7 @@ def _testcase(suite: ET.Element, domain: str, result: CheckResult, *, warnings_f
         outcome = "skipped"
     elif failing:
         outcome = "failure"
-    reason = _clean(result.reason or result.status.value)
+    reason = sanitize(result.reason or result.status.value)
     if outcome == "skipped":
         ET.SubElement(case, "skipped", message=reason)
     elif outcome == "error":
@@ -445,8 +437,8 @@ def _testcase(suite: ET.Element, domain: str, result: CheckResult, *, warnings_f
         error.text = reason
     elif outcome == "failure":
         worst = _worst(failing)
-        failure = ET.SubElement(case, "failure", message=_clean(worst.message, limit=1000),
-                                type=_clean(worst.code, limit=_SHORT))  # fmt: skip
+        failure = ET.SubElement(case, "failure", message=sanitize(worst.message, limit=1000),
+                                type=sanitize(worst.code, limit=_SHORT))  # fmt: skip
         failure.text = "\n".join(_finding_block(finding) for finding in failing)
     lines = [_finding_line(finding) for finding in result.findings]
     if result.status is not Status.COMPLETED and outcome == "failure":
@@ -469,7 +461,7 @@ def junit(report: Report, *, warnings_fail: bool = False) -> str:
     totals: Counter[str] = Counter()
     root = ET.Element("testsuites", name="diag")
     for domain in report.domains:
-        suite = ET.SubElement(root, "testsuite", name=_clean(domain.domain, limit=_SHORT))
+        suite = ET.SubElement(root, "testsuite", name=sanitize(domain.domain, limit=_SHORT))
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="status", value=domain.verdict.value)
         outcomes = Counter(

@@ -1,7 +1,10 @@
 """Untrusted text stays text: what a banner, certificate name or DNS name may contain is made visible and inert.
 
-Control characters (C0, DEL, C1) could rewrite a terminal or forge log lines, and bidirectional controls
-could reorder what a person reads (security-cases.md RPT-04, RPT-06); each is shown as an escape instead.
+Control characters (C0, DEL, C1) could rewrite a terminal or forge log lines, bidirectional controls could
+reorder what a person reads, and invisible characters hide what is there (security-cases.md RPT-04, RPT-06);
+lone surrogates (aiosmtplib decodes invalid UTF-8 with surrogateescape) and U+FFFE/U+FFFF cannot even be
+written as UTF-8 or XML. Each is shown as an escape instead, the same way in every view: terminal, HTML and the
+monitoring formats.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ import re
 
 __all__ = ["sanitize"]
 
-_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069"
+    "\ud800-\udfff\ufeff\ufff9-\ufffb\ufffe\uffff]"
+)
 _LIMIT = 2000
 
 
@@ -21,7 +27,7 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def sanitize(text: str, *, limit: int = _LIMIT) -> str:
-    """``text`` with control and bidi characters escaped, tabs kept, cut to ``limit`` characters."""
+    """``text`` with control, bidi and invisible characters escaped, tabs kept, cut to ``limit`` characters."""
     cleaned = _UNSAFE.sub(_escape, text.replace("\t", " "))
     if len(cleaned) > limit:
         return f"{cleaned[:limit]}… ({len(cleaned) - limit} more characters)"
