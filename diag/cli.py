@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,12 +94,6 @@ def _check_ca_file(path: Path) -> Path:
     except ValueError:
         raise ConfigError(f"--ca-file {str(path)!r}: no PEM certificate in it (expected CA certificates)") from None
     return path
-
-
-def _ehlo_name() -> str:
-    """This host's name for EHLO: its FQDN when the system knows one quickly."""
-    name = socket.gethostname()
-    return name if "." in name else f"{name}.localdomain" if name else "localhost.localdomain"
 
 
 def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Registry:
@@ -260,7 +253,7 @@ def check(
     """
     from checks import default_registry
     from diag.context import RunOptions
-    from diag.names import mail_domain
+    from diag.names import local_host_name, mail_domain
     from diag.routing import RoutingOrder
 
     if verbose:
@@ -279,7 +272,7 @@ def check(
         nameservers=tuple(_parse_resolver(r) for r in resolvers),
         smtp_port=smtp_port or 25,
         ca_file=_check_ca_file(ca_file) if ca_file else None,
-        ehlo_name=ehlo_name or _ehlo_name(),
+        ehlo_name=ehlo_name or local_host_name(),
         timeout=timeout,
         deadline=deadline,
         expect_mx=expect_mx,

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 from diag.errors import InvalidDomainError
 
-__all__ = ["mail_domain"]
+__all__ = ["local_host_name", "mail_domain"]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def local_host_name() -> str:
+    """This host's name for EHLO and a default sender domain, fully qualified even when the system's is not.
+
+    Receivers refuse an EHLO name or a sender domain without a dot (RFC 5321 §4.1.4, §4.1.2), so a bare host name
+    gets ``.localdomain``.
+    """
+    name = socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", name):
+        return "localhost.localdomain"
+    return name if "." in name.strip(".") else f"{name}.localdomain"
 
 
 def mail_domain(text: str) -> str:

@@ -50,6 +50,7 @@ import aiosmtplib
 
 from diag.errors import DiagError, UsageError
 from diag.history import Change, ChangeKind, describe
+from diag.names import local_host_name
 from diag.render.text import sanitize
 
 __all__ = [
@@ -228,7 +229,7 @@ async def send_mail(
     if (username is None) != (password is None):
         raise NotifyError(f"set both {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}, or neither")
     if sender is None:
-        sender = username if username is not None and "@" in username else f"diag@{_local_name()}"
+        sender = username if username is not None and "@" in username else f"diag@{local_host_name()}"
     if _CONTROL.search(sender):
         raise NotifyError("the sender address contains control characters")
     try:
@@ -281,7 +282,7 @@ async def _connect(
         sock.setblocking(False)
     client = aiosmtplib.SMTP(
         hostname=tls_name if sock is not None else server, port=None if sock is not None else port, sock=sock,
-        timeout=seconds, use_tls=implicit, start_tls=False, tls_context=context, local_hostname=_local_name(),
+        timeout=seconds, use_tls=implicit, start_tls=False, tls_context=context, local_hostname=local_host_name(),
     )  # fmt: skip
     try:
         await client.connect()
@@ -359,15 +360,6 @@ def _one_line(text: str) -> str:
 
 def _is_tls(client: aiosmtplib.SMTP) -> bool:
     return client.get_transport_info("ssl_object") is not None
-
-
-def _local_name() -> str:
-    # The EHLO name and the default sender's domain: this host's name, made fully qualified when it is not,
-    # because receivers refuse a sender domain without a dot (RFC 5321 §4.1.4, §4.1.2).
-    name = socket.gethostname()
-    if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", name):
-        return "localhost.localdomain"
-    return name if "." in name.strip(".") else f"{name}.localdomain"
 
 
 def _recipients(to: str) -> list[str]:
