@@ -14,7 +14,7 @@ from cryptography import x509
 from checks.port25 import Port25Facts
 from diag.context import CheckContext
 from diag.model import Finding, Severity
-from diag.net.tls import CertInfo, Trust, cert_info, name_matches, verify_chain
+from diag.net.tls import CertInfo, Trust, examine_chain, name_matches
 from diag.registry import Check, Outcome
 
 __all__ = ["CHECK", "CertificateFacts", "PresentedCert", "assess"]
@@ -174,9 +174,8 @@ def _trust_findings(p: PresentedCert) -> list[Finding]:
 def examine(host: str, endpoint: str, chain_der: tuple[bytes, ...], store: tuple[x509.Certificate, ...],
             now: datetime) -> PresentedCert:  # fmt: skip
     """Parse and verify one presented chain (computation only, no I/O)."""
-    chain = tuple(x509.load_der_x509_certificate(der) for der in chain_der)
-    verdict = verify_chain(chain, store, at=now)
-    return PresentedCert(endpoint, host, tuple(cert_info(c) for c in chain), verdict.trust, verdict.detail)
+    chain, verdict = examine_chain(chain_der, store, at=now)
+    return PresentedCert(endpoint, host, chain, verdict.trust, verdict.detail)
 
 
 async def run(ctx: CheckContext) -> Outcome:

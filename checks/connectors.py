@@ -23,7 +23,7 @@ from diag.errors import DnsError
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
 from diag.net.smtp import SessionError, SessionFacts
-from diag.net.tls import CertInfo, Trust, cert_info, verify_chain
+from diag.net.tls import CertInfo, Trust, examine_chain
 from diag.registry import Check, Outcome
 from diag.routing import (
     RelayDecision,
@@ -386,9 +386,8 @@ async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Cert
         chain: tuple[CertInfo, ...] = ()
         trust, detail = None, ""
         if session.tls is not None and session.tls.chain_der:
-            certs = tuple(x509.load_der_x509_certificate(der) for der in session.tls.chain_der)
-            verdict = verify_chain(certs, store, at=now)
-            chain, trust, detail = tuple(cert_info(c) for c in certs), verdict.trust, verdict.detail
+            chain, verdict = examine_chain(session.tls.chain_der, store, at=now)
+            trust, detail = verdict.trust, verdict.detail
         probes.append(SmartHostProbe(name, ip, session=session, chain=chain, trust=trust, trust_detail=detail))
     return probes
 

@@ -27,7 +27,16 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from diag.errors import ConfigError
 
-__all__ = ["CertInfo", "Trust", "TrustVerdict", "cert_info", "load_trust_store", "name_matches", "verify_chain"]
+__all__ = [
+    "CertInfo",
+    "Trust",
+    "TrustVerdict",
+    "cert_info",
+    "examine_chain",
+    "load_trust_store",
+    "name_matches",
+    "verify_chain",
+]
 
 _WEAK_HASHES = ("sha1", "md5")
 
@@ -85,29 +94,38 @@ class CertInfo:
         return self.signature_hash in _WEAK_HASHES
 
 
-def cert_info(cert: x509.Certificate) -> CertInfo:
-    key = cert.public_key()
-    key_type, key_bits = _key(key)
+def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
     try:
-        dns_names = tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                          .get_values_for_type(x509.DNSName))  # fmt: skip
+        return tuple(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                     .get_values_for_type(x509.DNSName))  # fmt: skip
     except x509.ExtensionNotFound:
-        dns_names = ()
+        return ()
+
+
+def _common_names(cert: x509.Certificate) -> tuple[str, ...]:
+    return tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+
+
+def _signature_hash(cert: x509.Certificate) -> str | None:
     try:
         algorithm = cert.signature_hash_algorithm
-        signature_hash = algorithm.name if algorithm is not None else None
     except UnsupportedAlgorithm:  # an unknown algorithm is a fact to record, not a crash
-        signature_hash = cert.signature_algorithm_oid.dotted_string
+        return cert.signature_algorithm_oid.dotted_string
+    return algorithm.name if algorithm is not None else None
+
+
+def cert_info(cert: x509.Certificate) -> CertInfo:
+    key_type, key_bits = _key(cert.public_key())
     return CertInfo(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
-        common_names=tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)),
-        dns_names=dns_names,
+        common_names=_common_names(cert),
+        dns_names=_dns_names(cert),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         key_type=key_type,
         key_bits=key_bits,
-        signature_hash=signature_hash,
+        signature_hash=_signature_hash(cert),
         sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
         self_issued=cert.subject == cert.issuer,
         pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
@@ -168,7 +186,7 @@ def verify_chain(
     validity period: a wrong name and an expired certificate are separate findings, not "untrusted".
     """
     leaf, intermediates = chain[0], list(chain[1:])
-    if any(cert_info(cert).weak_signature for cert in chain if cert not in store):
+    if any(_signature_hash(cert) in _WEAK_HASHES for cert in chain if cert not in store):
         # cryptography refuses SHA-1/MD5 signatures outright, so trust cannot be judged beyond that.
         return TrustVerdict(Trust.WEAK_SIGNATURE, "the chain carries a SHA-1 or MD5 signature")
     if leaf.subject == leaf.issuer and leaf not in store and _signed_by(leaf, leaf):
@@ -190,6 +208,14 @@ def verify_chain(
     return TrustVerdict(Trust.TRUSTED)
 
 
+def examine_chain(
+    chain_der: Sequence[bytes], store: Sequence[x509.Certificate], *, at: datetime
+) -> tuple[tuple[CertInfo, ...], TrustVerdict]:
+    """A chain as a server sent it (DER, leaf first): each certificate as facts, and the trust verdict."""
+    chain = tuple(x509.load_der_x509_certificate(der) for der in chain_der)
+    return tuple(cert_info(cert) for cert in chain), verify_chain(chain, store, at=at)
+
+
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
@@ -207,8 +233,7 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def _own_name(leaf: x509.Certificate) -> str:
     """A concrete host name the leaf is for: its first DNS name, a wildcard's label filled in."""
-    info = cert_info(leaf)
-    for name in info.dns_names or info.common_names:
+    for name in _dns_names(leaf) or _common_names(leaf):
         return f"x{name[1:]}" if name.startswith("*.") else name
     return "invalid"
 
