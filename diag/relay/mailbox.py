@@ -17,6 +17,8 @@ from pathlib import Path
 
 __all__ = ["deliver_local", "mailbox_path"]
 
+_SUBDIRS = ("tmp", "new", "cur")
+
 
 def mailbox_path(maildir_root: Path, address: str) -> Path:
     """The Maildir of ``address``: ``maildir_root / address`` in lower case (mailboxes are configured so).
@@ -37,15 +39,12 @@ def deliver_local(maildir_root: Path, address: str, content: bytes) -> None:
     file in ``tmp/``, which Maildir readers ignore).
     """
     path = mailbox_path(maildir_root, address)
-    if not (path / "new").is_dir():
-        # Made here rather than by Maildir(create=True), which fails when two deliveries create it at once.
-        maildir_root.mkdir(parents=True, exist_ok=True)
-        path.mkdir(mode=0o700, exist_ok=True)
-        for sub in ("tmp", "new", "cur"):
+    if not path.is_dir():
+        _create_maildir(maildir_root, path)
+    elif not all((path / sub).is_dir() for sub in _SUBDIRS):
+        # A directory made by hand (or half made by an older version): complete it in place.
+        for sub in _SUBDIRS:
             (path / sub).mkdir(mode=0o700, exist_ok=True)
-        # The new Maildir's entries must survive too, or the message goes with them.
-        for directory in (path, maildir_root):
-            _fsync_dir(directory)
     key = mailbox.Maildir(path, factory=None, create=False).add(content)
     stored = path / "new" / key
     fd = os.open(stored, os.O_RDONLY)
@@ -54,6 +53,34 @@ def deliver_local(maildir_root: Path, address: str, content: bytes) -> None:
     finally:
         os.close(fd)
     _fsync_dir(stored.parent)
+
+
+def _create_maildir(maildir_root: Path, path: Path) -> None:
+    """Create the Maildir ``path`` so that it appears whole: a reader never sees it without ``cur/`` or ``new/``.
+
+    It is built under a temporary name and renamed into place; when another delivery renamed its own first,
+    that one is kept (Maildir(create=True) instead fails when two deliveries create it at once).
+    """
+    maildir_root.mkdir(parents=True, exist_ok=True)
+    building = maildir_root / f".new-{os.getpid()}-{os.urandom(6).hex()}"
+    building.mkdir(mode=0o700)
+    try:
+        for sub in _SUBDIRS:
+            (building / sub).mkdir(mode=0o700)
+            _fsync_dir(building / sub)
+        _fsync_dir(building)
+        try:
+            building.rename(path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        if building.exists():
+            for sub in _SUBDIRS:
+                (building / sub).rmdir()
+            building.rmdir()
+    # The new Maildir's entry must survive too, or the message goes with it.
+    _fsync_dir(maildir_root)
 
 
 def _fsync_dir(directory: Path) -> None:

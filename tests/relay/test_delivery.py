@@ -15,7 +15,9 @@ import logging
 import mailbox
 import re
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -324,6 +326,51 @@ def test_deliver_local_stores_into_a_maildir_created_on_first_use(tmp_path: Path
     assert len(list((tmp_path / "mail" / "bob@contoso.com" / "new").iterdir())) == 2
     with pytest.raises(ValueError, match="cannot name a mailbox"):
         deliver_local(tmp_path / "mail", "../escape", b"x")
+
+
+def test_concurrent_first_deliveries_share_one_whole_maildir_and_leave_nothing_behind(tmp_path: Path) -> None:
+    # Given eight deliveries racing to create the same new mailbox
+    root = tmp_path / "mail"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: deliver_local(root, "bob@contoso.com", b"Subject: %d\r\n\r\n" % n), range(8)))
+
+    # Then every message is in the one Maildir and no half-built directory is left beside it
+    assert [entry.name for entry in root.iterdir()] == ["bob@contoso.com"]
+    assert len(list((root / "bob@contoso.com" / "new").iterdir())) == 8
+
+
+def test_a_reader_never_sees_a_half_made_maildir(tmp_path: Path) -> None:
+    # Given a reader polling for new mailboxes while they are created, as a mail program or a test would
+    root = tmp_path / "mail"
+    addresses = [f"user{n}@contoso.com" for n in range(40)]
+    half_made: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for address in addresses:
+                path = root / address
+                if path.exists() and not all((path / sub).is_dir() for sub in ("tmp", "new", "cur")):
+                    half_made.append(address)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for address in addresses:
+            deliver_local(root, address, b"Subject: x\r\n\r\n")
+    finally:
+        done.set()
+        reader.join()
+
+    # Then every mailbox it saw was whole
+    assert half_made == []
+
+
+def test_a_mailbox_directory_made_by_hand_is_completed(tmp_path: Path) -> None:
+    (tmp_path / "mail" / "bob@contoso.com").mkdir(parents=True)
+    deliver_local(tmp_path / "mail", "bob@contoso.com", b"Subject: one\r\n\r\n")
+    box = mailbox.Maildir(tmp_path / "mail" / "bob@contoso.com", factory=None, create=False)
+    assert len(box) == 1
 
 
 def test_internet_role_delivers_local_mailboxes_and_sends_the_rest_by_mx(world_factory: Any) -> None:
