@@ -20,6 +20,8 @@ Hosts are tried in order (MX by preference, equal preferences shuffled), each ho
 most ``Limits.addresses_per_delivery`` addresses per attempt (RD-42). Recipients an address did not settle (a
 4xx, a refused connection, a failed handshake) go on to the next address, like Postfix's; when the connection
 breaks after the message was sent, the outcome is unknown and no other address is tried in that attempt (RD-32).
+While :meth:`Deliverer.run` works the queue, a session that delivered stays open for ``Limits.connection_idle``
+seconds for the next delivery on the same terms (:mod:`diag.relay.reuse`).
 
 TLS levels (exchange-model §1 TlsSettings; security-cases §2.3):
 
@@ -71,6 +73,7 @@ from diag.net.dns import DnsStatus, Resolver, name_text
 from diag.net.tls import cert_info
 from diag.relay import dsn
 from diag.relay.mailbox import deliver_local
+from diag.relay.reuse import ConnectionCache, Reusable, quit_session
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool, SpoolError
 from diag.routing import certificate_matches, recipient_domain, route
@@ -84,7 +87,6 @@ log = logging.getLogger("diag.relay")
 _DATA_DONE_TIMEOUT: Final = 600.0
 # RD-37: a bound on one whole SMTP session, against a tarpit that answers each command just in time.
 _SESSION_DEADLINE: Final = 900.0
-_QUIT_TIMEOUT: Final = 5.0
 # DNS-10: at most this many MX hosts are considered (Postfix drops answers of more than 100 records).
 _MAX_MX: Final = 100
 # RD-02: NUL, a CR not followed by LF, an LF not preceded by CR. aiosmtplib would normalise the CR/LF variants
@@ -247,6 +249,8 @@ class Deliverer:
         self._held: dict[str, float] = {}
         self._contexts: dict[bool, ssl.SSLContext] = {}
         self._random = secrets.SystemRandom()
+        # Sessions kept open between deliveries while run() works the queue (deliver_once alone keeps none).
+        self._connections: ConnectionCache | None = None
 
     def kick(self, qid: str | None = None) -> None:
         """Deliver ``qid`` (just queued) now, or with no id look at the whole spool now, not at the next scan.
@@ -269,6 +273,12 @@ class Deliverer:
         watcher = asyncio.create_task(stop.wait())
         watcher.add_done_callback(lambda _: self._wake.set())
         next_scan = loop.time()
+        if limits.connection_idle > 0:
+            self._connections = ConnectionCache(
+                idle=limits.connection_idle,
+                lifetime=limits.connection_lifetime,
+                size=max(1, limits.delivery_concurrency),
+            )
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -292,6 +302,9 @@ class Deliverer:
         finally:
             watcher.cancel()
             await self._drain(list(in_flight.values()))
+            connections, self._connections = self._connections, None
+            if connections is not None:
+                await connections.close()
 
     async def deliver_once(self, qid: str) -> None:
         """One attempt for every due recipient of message ``qid``; its outcome is recorded in the spool."""
@@ -637,21 +650,20 @@ class Deliverer:
     ) -> _Session:
         settings = self._settings
         where = f"[LastAttemptedServerName={host}] [LastAttemptedIP={ip}:{settings.smtp_port}]"
-        source = settings.source_ip if settings.source_ip and _same_family(ip, settings.source_ip) else None
-        smtp = aiosmtplib.SMTP(
-            hostname=ip,
-            port=settings.smtp_port,
-            local_hostname=settings.hostname,
-            timeout=settings.limits.operation_timeout,
-            start_tls=False,
-            # Send from the relay's own address, so peers identify it by IP as an inbound connector would.
-            source_address=(source, 0) if source else None,
-        )
+        # A kept session serves only a delivery on the very terms it was opened and checked with.
+        terms = (host, ip, route_.tls, route_.name_check, route_.tls_name, plaintext)
+        connections = self._connections
+        kept = await connections.take(terms) if connections is not None else None
+        smtp = kept.smtp if kept is not None else self._client(ip)
+        opened = kept.opened if kept is not None else asyncio.get_running_loop().time()
         progress = _Progress()
+        reusable: Reusable | None = None
         try:
             async with asyncio.timeout(_SESSION_DEADLINE):
-                tls = await self._open(smtp, route_, host, where, plaintext=plaintext)
-                return await self._transfer(smtp, route_, host, ip, tls, sender, recipients, content, progress)
+                tls = kept.tls if kept is not None else await self._open(smtp, route_, host, where, plaintext=plaintext)
+                session = await self._transfer(smtp, route_, host, ip, tls, sender, recipients, content, progress)
+                reusable = Reusable(smtp, tls, opened)
+                return session
         except _AddressFailed as exc:
             return _Session([], dict.fromkeys(recipients, exc.reply), plaintext=exc.plaintext)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -668,7 +680,23 @@ class Deliverer:
                 reply = f"450 4.4.318 Connection was closed abruptly [Message={_one_line(str(exc))}] {where}"
             return _Session([], dict.fromkeys(recipients, reply))
         finally:
-            await _quit(smtp)
+            if reusable is not None and connections is not None:
+                connections.give(terms, reusable)
+            else:
+                await quit_session(smtp)
+
+    def _client(self, ip: str) -> aiosmtplib.SMTP:
+        settings = self._settings
+        source = settings.source_ip if settings.source_ip and _same_family(ip, settings.source_ip) else None
+        return aiosmtplib.SMTP(
+            hostname=ip,
+            port=settings.smtp_port,
+            local_hostname=settings.hostname,
+            timeout=settings.limits.operation_timeout,
+            start_tls=False,
+            # Send from the relay's own address, so peers identify it by IP as an inbound connector would.
+            source_address=(source, 0) if source else None,
+        )
 
     async def _open(self, smtp: aiosmtplib.SMTP, route_: _Route, host: str, where: str, *, plaintext: bool) -> str:
         """Connect, EHLO, STARTTLS as the route demands; returns the TLS version, or "none"."""
@@ -946,14 +974,3 @@ def _log_attempt(
         _esc(status.detail),
         latency_ms,
     )
-
-
-async def _quit(smtp: aiosmtplib.SMTP) -> None:
-    """Always say goodbye (PC-21), but never wait long for it."""
-    if not smtp.is_connected:
-        return
-    try:
-        async with asyncio.timeout(_QUIT_TIMEOUT):
-            await smtp.quit()
-    except (aiosmtplib.SMTPException, OSError, TimeoutError):
-        smtp.close()

@@ -36,6 +36,9 @@ class Limits:
         delivery_concurrency: deliveries in progress at once.
         addresses_per_delivery: addresses tried per delivery attempt (Postfix smtp_mx_address_limit).
         queue_scan: seconds between looks at the spool for due messages.
+        connection_idle: seconds a delivery session stays open for the next message on the same terms
+            (Postfix smtp_connection_cache_time_limit); 0: one connection per delivery.
+        connection_lifetime: seconds after its opening a delivery session is no longer reused.
     """
 
     message_size: int = 10 * 1024 * 1024
@@ -52,6 +55,8 @@ class Limits:
     delivery_concurrency: int = 20
     addresses_per_delivery: int = 5
     queue_scan: float = 5.0
+    connection_idle: float = 2.0
+    connection_lifetime: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,14 +84,17 @@ def connector(name: str, domain: str, host: str, tls: str | None = None, tls_dom
 
 class Sink:
     """A scripted SMTP server: EHLO (no STARTTLS), MAIL, RCPT answered from ``rcpt``, DATA answered with
-    ``after_dot`` (None: hang up instead). With ``greet=False`` it accepts and never says a word.
+    ``after_dot`` (None: hang up instead). With ``greet=False`` it accepts and never says a word; with
+    ``one_message`` it hangs up after its reply to the first message; ``rset`` is its reply to RSET.
     It records every command line and every message it received."""
 
     def __init__(self, *, rcpt: dict[str, str] | None = None, after_dot: str | None = "250 2.0.0 Ok: queued",
-                 greet: bool = True) -> None:  # fmt: skip
+                 greet: bool = True, one_message: bool = False, rset: str = "250 2.0.0 Ok") -> None:  # fmt: skip
         self.rcpt = rcpt or {}
         self.after_dot = after_dot
         self.greet = greet
+        self.one_message = one_message
+        self.rset = rset
         self.commands: list[str] = []
         self.messages: list[bytes] = []
         self.connections = 0
@@ -138,11 +141,14 @@ class Sink:
                     if self.after_dot is None:
                         return  # hang up without a reply: the client cannot know whether the message arrived
                     writer.write(self.after_dot.encode() + b"\r\n")
+                    if self.one_message:
+                        await writer.drain()
+                        return  # hang up, as a server closing an idle session does: the client learns it late
                 elif verb == "QUIT":
                     writer.write(b"221 2.0.0 Bye\r\n")
                     return
                 else:
-                    writer.write(b"250 2.0.0 Ok\r\n" if verb == "RSET" else b"502 5.5.2 Not implemented\r\n")
+                    writer.write(self.rset.encode() + b"\r\n" if verb == "RSET" else b"502 5.5.2 Not implemented\r\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -903,5 +909,134 @@ def test_run_cancels_a_stuck_delivery_at_stop_and_leaves_it_pending(world_factor
             statuses = world.statuses(qid)
             assert statuses is not None
             assert statuses["user@b.example"] == RecipientStatus("user@b.example")  # untouched: retried after restart
+
+    run(scenario())
+
+
+# --- connection reuse -----------------------------------------------------------------------------------------
+
+REUSE = Limits(operation_timeout=5.0, queue_scan=0.05, connection_idle=30.0)
+
+
+async def delivered(world: World, *qids: str) -> None:
+    await eventually(lambda: all(world.statuses(qid) is None for qid in qids))
+
+
+def attempts(world: World, qid: str, recipient: str) -> int:
+    statuses = world.statuses(qid)
+    return statuses[recipient].attempts if statuses else 0
+
+
+def test_messages_to_one_smart_host_share_one_session_which_quits_when_the_relay_stops(world_factory: Any) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            stop = asyncio.Event()
+            runner = asyncio.create_task(deliverer.run(stop))
+
+            # When three messages are queued one after the other for the same smart host
+            for n in range(3):
+                qid = world.queue(f"user{n}@b.example")
+                deliverer.kick(qid)
+                await delivered(world, qid)
+
+            # Then one connection carried them, each later one after an RSET, and stopping the relay says QUIT
+            assert sink.connections == 1
+            assert len(sink.messages) == 3
+            assert [c.split()[0] for c in sink.commands].count("RSET") == 2
+            stop.set()
+            await runner
+            assert sink.commands[-1] == "QUIT"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "sink",
+    [
+        pytest.param(lambda: Sink(one_message=True), id="hangs-up"),
+        pytest.param(lambda: Sink(rset="421 4.4.2 Idle too long, closing"), id="rset-refused"),
+    ],
+)
+def test_a_session_the_server_ended_while_idle_is_replaced_and_nothing_is_deferred(
+    world_factory: Any, sink: Callable[[], Sink]
+) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            # Given a smart host that ends each session after one message, by hanging up or refusing RSET
+            server = await world.sink("b.mx.example", 10, sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            stop = asyncio.Event()
+            runner = asyncio.create_task(deliverer.run(stop))
+
+            # When two messages follow each other
+            first = world.queue("one@b.example")
+            deliverer.kick(first)
+            await delivered(world, first)
+            second = world.queue("two@b.example")
+            deliverer.kick(second)
+
+            # Then the second goes over a new connection at once: delivered, not deferred for a retry
+            await delivered(world, second)
+            assert server.connections == 2
+            assert len(server.messages) == 2
+            stop.set()
+            await runner
+
+    run(scenario())
+
+
+def test_an_idle_session_quits_when_its_time_is_up(world_factory: Any) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            limits = Limits(operation_timeout=5.0, queue_scan=0.05, connection_idle=0.2)
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=limits)
+            stop = asyncio.Event()
+            runner = asyncio.create_task(deliverer.run(stop))
+            qid = world.queue("user@b.example")
+            deliverer.kick(qid)
+            await delivered(world, qid)
+
+            # The relay is still running, and the session ends on its own
+            await eventually(lambda: sink.commands[-1:] == ["QUIT"])
+            assert not runner.done()
+            stop.set()
+            await runner
+
+    run(scenario())
+
+
+def test_a_session_opened_without_tls_never_serves_a_route_that_requires_it(world_factory: Any) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            # Given one host behind two connectors: b.example opportunistic, c.example EncryptionOnly
+            sink = await world.sink("b.mx.example", 10, Sink())  # offers no STARTTLS
+            config = (
+                ACCEPTED
+                + connector("to-b", "b.example", "b.mx.example")
+                + connector("to-c", "c.example", "b.mx.example", tls="EncryptionOnly")
+            )
+            deliverer = world.deliverer(config, limits=REUSE)
+            stop = asyncio.Event()
+            runner = asyncio.create_task(deliverer.run(stop))
+
+            # When a message for b.example went in plain text and one for c.example follows
+            first = world.queue("user@b.example")
+            deliverer.kick(first)
+            await delivered(world, first)
+            second = world.queue("user@c.example")
+            deliverer.kick(second)
+            await eventually(lambda: attempts(world, second, "user@c.example") > 0)
+
+            # Then the second opened its own connection, found no STARTTLS and was not sent
+            assert sink.connections == 2
+            assert len(sink.messages) == 1
+            status = (world.statuses(second) or {})["user@c.example"]
+            assert status.state is RecipientState.PENDING
+            assert "STARTTLS" in status.detail
+            stop.set()
+            await runner
 
     run(scenario())
