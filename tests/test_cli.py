@@ -69,6 +69,19 @@ def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
     assert failed["status"] == "error" and failed["reason"].startswith("dns: ")
 
 
+def test_hostile_text_leaves_as_strict_json_and_enters_the_history(tmp_path: Path) -> None:
+    # hostile.example replies with bytes that are not UTF-8: the JSON must still be strict (no lone surrogates,
+    # which other languages' parsers refuse) and the history must take the run.
+    out, history = tmp_path / "result.json", tmp_path / "history.db"
+    done = diag("check", "hostile.example", "--lab", "--json", str(out), "--history", str(history))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ""
+    text = out.read_text(encoding="utf-8")
+    assert "\\ud" not in text.lower()
+    json.loads(text)
+    assert "hostile.example" in diag("history", "hostile.example", "--history", str(history)).stdout
+
+
 def test_json_to_stdout_is_only_json() -> None:
     done = diag("check", "contoso.com", "--lab", "--json", "-")
     jsonschema.validate(json.loads(done.stdout), load_schema())

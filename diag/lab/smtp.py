@@ -101,7 +101,7 @@ class LabHost:
     """(minimum, maximum) TLS version offered, e.g. TLSv1..TLSv1_1 for an outdated host; None: defaults."""
     greeting: str | None = None
     """For GREETING: the full reply line without CRLF, e.g. "554 5.7.1 No SMTP service here"; any text but CR and
-    LF, sent as UTF-8."""
+    LF, sent as UTF-8 (lone surrogates as the bytes "surrogateescape" makes of them: not UTF-8)."""
     domains: tuple[str, ...] = ()
     """Recipient domains the host accepts mail for."""
     script: tuple[tuple[str, str | None], ...] = ()
@@ -438,7 +438,7 @@ class _Greeter(asyncio.Protocol):
             transport.close()
             return
         self._tcp = self._transport = transport
-        transport.write(self._greeting.encode("utf-8") + b"\r\n")
+        transport.write(self._greeting.encode("utf-8", "surrogateescape") + b"\r\n")
         if self._greeting.startswith("421"):
             # RFC 5321 §3.8: after a 421 the server closes the channel without waiting for QUIT.
             transport.close()
@@ -481,7 +481,7 @@ class _Greeter(asyncio.Protocol):
                 self._transport.abort()  # a server that hangs up mid-session
                 return False
             reply = self._script.get(verb) or "502 5.5.2 Error: command not recognized"
-            self._transport.write(reply.encode("utf-8") + b"\r\n")
+            self._transport.write(reply.encode("utf-8", "surrogateescape") + b"\r\n")
             return True
         # RFC 5321 §3.1: after a 554 greeting the server MUST wait for QUIT and answer every other command
         # with 503.

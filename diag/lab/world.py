@@ -163,7 +163,8 @@ def _broken(domain: str, octet: int, **host: object) -> tuple[Record, HostDef]:
 #        the UTF-8 of U+202E, \027 ESC, \007 BEL). The mx check refuses it as a host name (DNS-12), so the domain
 #        also has a normal MX, mx.hostile.example, which is reachable.
 #   SMTP: the greeting and every EHLO line: markup, attribute breakers, template syntax, U+202E and U+2066 sent as
-#        UTF-8, and C0 controls (ESC, BEL, NUL); only CR and LF are left out, as they end a reply line.
+#        UTF-8, C0 controls (ESC, BEL, NUL) and bytes that are not UTF-8 (written here as the surrogates that
+#        "surrogateescape" sends as those bytes); only CR and LF are left out, as they end a reply line.
 #   TLS: the certificate's subject CN (a UTF8String: markup and U+202E) and its DNS names (IA5String: ASCII,
 #        markup and controls, no bidi); mx.hostile.example is among them, so the chain verifies and only the
 #        text is hostile.
@@ -173,7 +174,7 @@ HOSTILE_MX = (
 )
 HOSTILE_GREETING = (
     '220 mx.hostile.example ESMTP <script>alert(1)</script> "><img src=x onerror=alert(1)> {{7*7}} '
-    "\u202eexe.txt \x1b[2J\x07"
+    "\u202eexe.txt \x1b[2J\x07 \udcff\udcfe"
 )
 HOSTILE_EHLO = "\r\n".join((
     "250-mx.hostile.example Hello <script>alert(1)</script>",
@@ -184,6 +185,7 @@ HOSTILE_EHLO = "\r\n".join((
     "250-X-TABLE </td></tr></table><h1>pwned</h1>",
     "250-X-BIDI \u202eexe.txt\u2066",
     "250-X-CTRL \x1b[31mred\x1b[0m\x07\x00",
+    "250-X-BYTES \udcc3( \udcff",
     "250-X-PWN <svg onload=window.__pwned=1>",
     "250-PIPELINING",
     "250 STARTTLS",

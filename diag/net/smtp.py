@@ -162,7 +162,18 @@ class _Recorder:
         self.values["detail"] = detail
 
     def facts(self) -> SessionFacts:
-        return SessionFacts(**self.values, transcript=tuple(self.transcript))  # type: ignore[arg-type]
+        values = {key: _text(value) for key, value in self.values.items()}
+        return SessionFacts(**values, transcript=_text(tuple(self.transcript)))  # type: ignore[arg-type]
+
+
+def _text(value: object) -> object:
+    """Server text as valid Unicode: aiosmtplib decodes replies with "surrogateescape", so bytes that are not
+    UTF-8 arrive as lone surrogates, which no JSON parser, SQLite or terminal takes; they become ``\\xff``."""
+    if isinstance(value, str) and not isinstance(value, enum.Enum):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, tuple):
+        return tuple(_text(item) for item in value)
+    return value
 
 
 async def probe_session(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from diag.context import RunContext
 from diag.lab.runner import Lab
+from diag.lab.smtp import HostKind, LabHost, start_host
 from diag.net.smtp import SessionError, SessionFacts, SessionStage, probe_session
 
 
@@ -85,3 +87,30 @@ def test_one_session_per_address_and_port(lab: Lab) -> None:
     first, second, count = asyncio.run(go())
     assert first is second and count == 1
     assert first.server_name == "mail.tailspintoys.com"
+
+
+@pytest.mark.parametrize(
+    ("greeting", "script", "where"),
+    [
+        ("554 5.7.1 \udcff\udcfe go away", (), "greeting"),
+        ("220 bytes.example", (("EHLO", "550 5.7.1 \udcc3( no"),), "detail"),
+    ],
+    ids=["greeting", "ehlo"],
+)
+def test_bytes_that_are_not_utf8_are_recorded_as_visible_escapes(
+    tmp_path: Path, greeting: str, script: tuple[tuple[str, str], ...], where: str
+) -> None:
+    # Given a server whose replies carry bytes that are not UTF-8 (sent as the surrogates stand for)
+    host = LabHost("bytes.example", "127.0.77.91", kind=HostKind.GREETING, greeting=greeting, script=script)
+
+    async def main() -> SessionFacts:
+        async with await start_host(host, 0, maildir=tmp_path) as server:
+            return await probe_session(host.ip, server.port, host.name, ehlo_name="probe.invalid", timeout=5.0)
+
+    facts = asyncio.run(main())
+
+    # Then the facts are valid Unicode (JSON, SQLite and terminals take them), the bytes shown as \xNN
+    text = getattr(facts, where)
+    assert "\\xff\\xfe go away" in text or "\\xc3( no" in text
+    for value in (facts.greeting, facts.detail, *facts.transcript):
+        value.encode("utf-8")
