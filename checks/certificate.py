@@ -31,7 +31,8 @@ class PresentedCert:
     Attributes:
         endpoint: ``host [ip]:port``.
         host: the MX host name the certificate must carry.
-        chain: the certificates as sent, leaf first.
+        chain: the certificates as sent, leaf first; it ends before the first one that cannot be parsed
+            (``trust`` is then MALFORMED), so it may be empty.
         trust: the chain verification's conclusion, judged apart from names and dates.
         trust_detail: the verifier's words when it did not trust the chain.
     """
@@ -72,6 +73,8 @@ def assess(facts: CertificateFacts) -> tuple[Finding, ...]:
 
 
 def _assess_one(p: PresentedCert, facts: CertificateFacts) -> list[Finding]:
+    if not p.chain:  # not even the server's own certificate could be parsed: nothing else can be judged
+        return _trust_findings(p)
     subject, leaf = p.endpoint, p.leaf
     found: list[Finding] = []
     days_left = (leaf.not_after - facts.checked_at).total_seconds() / 86400
@@ -160,6 +163,14 @@ def _trust_findings(p: PresentedCert) -> list[Finding]:
                 "Install the full chain (leaf and intermediates) on the receive connector's certificate.",
                 cloud_error=_UNTRUSTED,
             )]  # fmt: skip
+        case Trust.MALFORMED:
+            return [CHECK.finding(
+                "CERT_MALFORMED", subject,
+                f"{subject} presents a certificate that cannot be parsed ({p.trust_detail}).",
+                "Reissue or re-export the certificate and its chain with standard tools; a certificate that does "
+                "not parse is rejected by every client.",
+                cloud_error=_INVALID,
+            )]  # fmt: skip
         case Trust.UNTRUSTED:
             return [CHECK.finding(
                 "CERT_UNTRUSTED", subject,
@@ -202,6 +213,7 @@ CHECK = Check(
         "CERT_EXPIRING": Severity.WARNING,
         "CERT_EXPIRING_SOON": Severity.ERROR,
         "CERT_UNTRUSTED": Severity.ERROR,
+        "CERT_MALFORMED": Severity.ERROR,
         "CERT_CHAIN_INCOMPLETE": Severity.ERROR,
         "CERT_SELF_SIGNED": Severity.ERROR,
         "CERT_NAME_MISMATCH": Severity.ERROR,

@@ -259,7 +259,6 @@ def _assess_smart_host(p: SmartHostProbe, connector: OutboundConnector, now: dat
             "mail]",
         )  # fmt: skip
     if connector.tls_settings in (TlsSettings.CERTIFICATE_VALIDATION, TlsSettings.DOMAIN_VALIDATION):
-        leaf = p.chain[0]
         if p.trust is not Trust.TRUSTED:
             return CHECK.finding(
                 "SMARTHOST_TLS_FAILED", subject,
@@ -269,6 +268,7 @@ def _assess_smart_host(p: SmartHostProbe, connector: OutboundConnector, now: dat
                 "fetch missing intermediates).",
                 cloud_error="450 4.4.317 Cannot connect to remote server [Message=UntrustedRoot]",
             )  # fmt: skip
+        leaf = p.chain[0]
         if not leaf.not_before <= now <= leaf.not_after:
             state = "expired" if now > leaf.not_after else "not yet valid"
             return CHECK.finding(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +28,10 @@ _DAY = timedelta(days=1)
 _ECDSA_WITH_SHA1 = bytes.fromhex("3009 0607 2a8648ce3d0401")
 
 
+# The SAN name that a MALFORMED leaf's bytes replace (same length, so no DER length changes).
+_PLACEHOLDER: Final = "unparsable-name.invalid"
+
+
 class CertKind(enum.StrEnum):
     """Which leaf to issue: a good one, or one broken in exactly one way a TLS client should notice."""
 
@@ -39,6 +43,7 @@ class CertKind(enum.StrEnum):
     WEAK_KEY = "weak-key"
     SHA1 = "sha1"
     EXPIRING = "expiring"
+    MALFORMED = "malformed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,8 @@ class TestPKI:
         dns_names = [name for name in names if name.isascii()]
         if not dns_names:
             raise ValueError("a certificate needs at least one ASCII (A-label) name")
+        if kind is CertKind.MALFORMED:
+            dns_names.append(_PLACEHOLDER)
         fits = len(names[0]) <= 64
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])] if fits else [])
         self_signed = kind is CertKind.SELF_SIGNED
@@ -155,6 +162,8 @@ class TestPKI:
         )
         if kind is CertKind.SHA1:
             certificate = _sign_sha1(builder, self.intermediate_key)
+        elif kind is CertKind.MALFORMED:
+            certificate = _with_unparsable_name(builder.sign(signer, hashes.SHA256()))
         else:
             certificate = builder.sign(signer, hashes.SHA256())
         leaf_only = self_signed or kind is CertKind.CHAINLESS
@@ -238,6 +247,17 @@ def _sign_sha1(builder: x509.CertificateBuilder, key: ec.EllipticCurvePrivateKey
     tbs = _der(0x30, b"".join(tbs_fields))
     signature = key.sign(tbs, ec.ECDSA(hashes.SHA1()))  # noqa: S303 - a deliberately weak lab certificate
     return x509.load_der_x509_certificate(_der(0x30, tbs + _ECDSA_WITH_SHA1 + _der(0x03, b"\0" + signature)))
+
+
+def _with_unparsable_name(certificate: x509.Certificate) -> x509.Certificate:
+    # A subjectAltName dNSName is an IA5String (RFC 5280 §4.2.1.6): bytes above 0x7F make the extension
+    # unparsable for strict decoders (cryptography's), while OpenSSL still loads and serves the certificate.
+    # The signature no longer matches either; parsing fails first.
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    placeholder = _PLACEHOLDER.encode("ascii")
+    if der.count(placeholder) != 1:
+        raise AssertionError("the placeholder name must occur exactly once")
+    return x509.load_der_x509_certificate(der.replace(placeholder, b"\xff" * len(placeholder)))
 
 
 def _der(tag: int, body: bytes) -> bytes:

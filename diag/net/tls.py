@@ -28,6 +28,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from diag.errors import ConfigError
 
 __all__ = [
+    "MALFORMED_ERRORS",
     "CertInfo",
     "Trust",
     "TrustVerdict",
@@ -40,6 +41,10 @@ __all__ = [
 
 _WEAK_HASHES = ("sha1", "md5")
 
+# What cryptography raises for a certificate it cannot parse: bad DER, a malformed or repeated extension, an
+# unknown X.509 version, a name of a type it does not know.
+MALFORMED_ERRORS = (ValueError, x509.DuplicateExtension, x509.InvalidVersion, x509.UnsupportedGeneralNameType)
+
 
 class Trust(enum.StrEnum):
     """What chain verification concluded."""
@@ -49,6 +54,7 @@ class Trust(enum.StrEnum):
     INCOMPLETE = "incomplete"
     UNTRUSTED = "untrusted"
     WEAK_SIGNATURE = "weak-signature"
+    MALFORMED = "malformed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,12 @@ def _signature_hash(cert: x509.Certificate) -> str | None:
 
 
 def cert_info(cert: x509.Certificate) -> CertInfo:
-    key_type, key_bits = _key(cert.public_key())
+    """The facts of ``cert``. Raises ValueError (or another of :data:`MALFORMED_ERRORS`) when its encoding or an
+    extension is malformed; cryptography parses some parts only when they are read."""
+    try:
+        key_type, key_bits = _key(cert.public_key())
+    except UnsupportedAlgorithm:  # a key type cryptography does not know: a fact, not a crash
+        key_type, key_bits = cert.public_key_algorithm_oid.dotted_string, 0
     return CertInfo(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
@@ -211,9 +222,25 @@ def verify_chain(
 def examine_chain(
     chain_der: Sequence[bytes], store: Sequence[x509.Certificate], *, at: datetime
 ) -> tuple[tuple[CertInfo, ...], TrustVerdict]:
-    """A chain as a server sent it (DER, leaf first): each certificate as facts, and the trust verdict."""
-    chain = tuple(x509.load_der_x509_certificate(der) for der in chain_der)
-    return tuple(cert_info(cert) for cert in chain), verify_chain(chain, store, at=at)
+    """A chain as a server sent it (DER, leaf first): each certificate as facts, and the trust verdict.
+
+    A certificate that cannot be read ends the chain there, with the verdict ``MALFORMED``: no verifier
+    (the cloud's included) accepts a chain it cannot parse.
+    """
+    chain: list[x509.Certificate] = []
+    infos: list[CertInfo] = []
+    for position, der in enumerate(chain_der):
+        try:
+            with warnings.catch_warnings():
+                # A negative or zero serial number draws a deprecation warning: the server's blemish, not ours.
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                cert = x509.load_der_x509_certificate(der)
+            infos.append(cert_info(cert))
+        except MALFORMED_ERRORS as exc:
+            which = "the leaf" if position == 0 else f"certificate {position + 1} of the chain"
+            return tuple(infos), TrustVerdict(Trust.MALFORMED, f"{which}: {exc}")
+        chain.append(cert)
+    return tuple(infos), verify_chain(chain, store, at=at)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

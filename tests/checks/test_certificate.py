@@ -57,12 +57,30 @@ def test_wildcard_covers_the_host(pki: TestPKI) -> None:
         (CertKind.CHAINLESS, (HOST,), ["CERT_CHAIN_INCOMPLETE"]),
         (CertKind.WEAK_KEY, (HOST,), ["CERT_WEAK_KEY"]),
         (CertKind.SHA1, (HOST,), ["CERT_WEAK_SIGNATURE"]),
+        (CertKind.MALFORMED, (HOST,), ["CERT_MALFORMED"]),
         (CertKind.GOOD, ("mail.other.example",), ["CERT_NAME_MISMATCH"]),
         (CertKind.EXPIRED, ("mail.other.example",), ["CERT_EXPIRED", "CERT_NAME_MISMATCH"]),
     ],
 )
 def test_defects(pki: TestPKI, kind: CertKind, names: tuple[str, ...], expected: list[str]) -> None:
     assert judge(pki, kind, names) == expected
+
+
+def test_a_malformed_certificate_at_one_address_leaves_the_others_judged(pki: TestPKI) -> None:
+    # Given two addresses: one presents a good chain, the other a good leaf followed by an unparsable one
+    good = present(pki, CertKind.GOOD, (HOST,), (), pki.now)
+    leaf = pki.issue([HOST]).certificate.public_bytes(Encoding.DER)
+    broken = pki.issue([HOST], kind=CertKind.MALFORMED).certificate.public_bytes(Encoding.DER)
+    bad = examine(HOST, f"{HOST} [192.0.2.2]:25", (leaf, broken), (pki.root,), pki.now)
+
+    findings = assess(CertificateFacts((good, bad), pki.now, 30, 7))
+
+    # Then each address has its own verdict, and the parsable leaf is still shown
+    assert [(f.code, f.subject) for f in findings] == [
+        ("CERT_OK", f"{HOST} [192.0.2.1]:25"), ("CERT_MALFORMED", f"{HOST} [192.0.2.2]:25"),
+    ]  # fmt: skip
+    assert "certificate 2 of the chain" in findings[1].message
+    assert len(bad.chain) == 1 and bad.leaf.dns_names == (HOST,)
 
 
 def test_untrusted_root(pki: TestPKI) -> None:
@@ -102,6 +120,7 @@ def test_findings_say_what_the_cloud_says(pki: TestPKI) -> None:
         ("chainless.example", ["CERT_CHAIN_INCOMPLETE"]),
         ("weakkey.example", ["CERT_WEAK_KEY"]),
         ("sha1.example", ["CERT_WEAK_SIGNATURE"]),
+        ("malformed.example", ["CERT_MALFORMED"]),
         ("expiring.example", ["CERT_EXPIRING"]),
         ("cnamemx.example", ["CERT_OK"]),
         ("untrusted.example", ["CERT_UNTRUSTED"]),

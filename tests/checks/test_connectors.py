@@ -77,6 +77,7 @@ def test_lab_route_names_the_connector_and_rule(domain_report) -> None:  # type:
         ("notls.example", "SMARTHOST_TLS_FAILED", "450 4.4.317 Cannot connect to remote server [Message=451 5.7.3"),
         ("chainless.example", "SMARTHOST_TLS_FAILED", "450 4.4.317 Cannot connect to remote server [Message=Untr"),
         ("expired.example", "SMARTHOST_TLS_FAILED", "450 4.7.320"),
+        ("malformed.example", "SMARTHOST_TLS_FAILED", "450 4.4.317 Cannot connect to remote server [Message=Untr"),
         ("wrongname.example", "SMARTHOST_TLSDOMAIN_MISMATCH", "450 4.4.317 Cannot connect to remote server [Message=S"),
     ],
 )

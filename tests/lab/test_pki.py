@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import stat
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -136,6 +137,16 @@ def test_weak_key_is_rsa_1024_and_otherwise_good(pki: TestPKI) -> None:
     issued.certificate.verify_directly_issued_by(pki.intermediate)
 
 
+def test_malformed_loads_into_openssl_but_its_names_cannot_be_parsed(pki: TestPKI, tmp_path: Path) -> None:
+    issued = issue(pki, CertKind.MALFORMED)
+    # A server can deploy it: OpenSSL loads it with its key.
+    chain, key = issued.write(tmp_path, "malformed")
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(chain, key)
+    # A strict parser cannot read its subjectAltName.
+    with pytest.raises(ValueError, match="subject_alternative_name"):
+        issued.certificate.extensions  # noqa: B018 - parsing is the point
+
+
 def test_sha1_is_signed_by_the_intermediate_with_sha1(pki: TestPKI) -> None:
     issued = issue(pki, CertKind.SHA1)
     leaf = issued.certificate
@@ -240,5 +251,6 @@ def test_kinds_are_stable_labels() -> None:
         "weak-key",
         "sha1",
         "expiring",
+        "malformed",
     ]
     assert TestPKI.__test__ is False

@@ -6,10 +6,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from diag.errors import ConfigError
 from diag.lab.pki import CertKind, TestPKI
-from diag.net.tls import CertInfo, Trust, cert_info, load_trust_store, name_matches, verify_chain
+from diag.net.tls import CertInfo, Trust, cert_info, examine_chain, load_trust_store, name_matches, verify_chain
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,29 @@ def test_another_root_is_untrusted(pki: TestPKI) -> None:
 def test_chainless_verifies_when_the_intermediate_is_trusted(pki: TestPKI) -> None:
     # Never fetched: only a store that already holds the intermediate makes a leaf-only chain verify.
     assert verdict(pki, CertKind.CHAINLESS, store=(pki.root, pki.intermediate)).trust is Trust.TRUSTED
+
+
+def _version_4(der: bytes) -> bytes:
+    # The TBSCertificate's explicit version [0] INTEGER 2 (v3) made 3, a version X.509 does not define.
+    assert der.count(bytes.fromhex("a003020102")) == 1
+    return der.replace(bytes.fromhex("a003020102"), bytes.fromhex("a003020103"))
+
+
+@pytest.mark.parametrize(
+    ("mangle", "words"),
+    [
+        (lambda pki: pki.issue(["mx.example.com"], kind=CertKind.MALFORMED).certificate, "subject_alternative_name"),
+        (lambda pki: _version_4(pki.issue(["mx.example.com"]).certificate.public_bytes(Encoding.DER)), "version"),
+        (lambda pki: b"\x30\x03\x02\x01\x01", "leaf"),
+    ],
+    ids=["unparsable-san", "version-4", "not-a-certificate"],
+)
+def test_a_certificate_that_cannot_be_parsed_is_a_verdict_not_a_crash(pki: TestPKI, mangle, words) -> None:  # type: ignore[no-untyped-def]
+    made = mangle(pki)
+    der = made if isinstance(made, bytes) else made.public_bytes(Encoding.DER)
+    infos, verdict = examine_chain((der,), (pki.root,), at=pki.now)
+    assert infos == () and verdict.trust is Trust.MALFORMED
+    assert verdict.detail.startswith("the leaf: ") and words.lower() in verdict.detail.lower()
 
 
 def test_cert_info(pki: TestPKI) -> None:
