@@ -212,8 +212,11 @@ async def probe_session(
         )
         try:
             await _converse(smtp, rec, server_name)
-        finally:
-            await _quit(smtp, rec)
+        except BaseException:
+            # Cancelled by the run's deadline (or a bug): no time for a goodbye that may take seconds.
+            smtp.close()
+            raise
+        await _quit(smtp, rec)
     finally:
         sock.close()
     return rec.facts()

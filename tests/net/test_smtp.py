@@ -114,3 +114,36 @@ def test_bytes_that_are_not_utf8_are_recorded_as_visible_escapes(
     assert "\\xff\\xfe go away" in text or "\\xc3( no" in text
     for value in (facts.greeting, facts.detail, *facts.transcript):
         value.encode("utf-8")
+
+
+def test_a_session_cancelled_by_the_deadline_ends_at_once_without_a_goodbye() -> None:
+    # Given a server that greets, then reads every command and answers none (not even QUIT)
+    received: list[bytes] = []
+    closed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 stall.example ESMTP\r\n")
+        await writer.drain()
+        while line := await reader.readline():
+            received.append(line)
+        closed.set()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.77.92", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            probe = probe_session("127.0.77.92", port, "stall.example", ehlo_name="probe.invalid", timeout=30.0)
+            task = asyncio.create_task(probe)
+            while not received:  # noqa: ASYNC110 - waiting for the server to see EHLO
+                await asyncio.sleep(0.01)
+            # When the run's deadline cancels the session while it waits for the EHLO reply
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(closed.wait(), 5)
+
+    asyncio.run(main())
+
+    # Then the connection was closed without QUIT, whose reply could hold the run past its deadline
+    assert [line.split()[0] for line in received] == [b"EHLO"]
