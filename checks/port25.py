@@ -20,9 +20,13 @@ from diag.registry import Check, Outcome
 __all__ = ["CHECK", "NotProbed", "Port25Facts", "Probed", "assess", "summarize"]
 
 
+_NOT_PUBLIC = "not a public address"
+
+
 @dataclass(frozen=True, slots=True)
 class NotProbed:
-    """An MX address that was deliberately not contacted, and why."""
+    """An MX address that was deliberately not contacted, and why: ``"not a public address"``, or
+    ``"over N addresses"`` when its host lists more than ``RunOptions.max_addresses_per_host``."""
 
     host: str
     ip: str
@@ -80,7 +84,7 @@ async def probe(ctx: CheckContext) -> Port25Facts | None:
             if index >= options.max_addresses_per_host:
                 not_probed.append(NotProbed(host.name, ip, f"over {options.max_addresses_per_host} addresses"))
             elif not options.allow_private and not _public(ip):
-                not_probed.append(NotProbed(host.name, ip, "not a public address"))
+                not_probed.append(NotProbed(host.name, ip, _NOT_PUBLIC))
             else:
                 targets[ip] = host.name
     if not targets and not not_probed:
@@ -93,14 +97,26 @@ async def probe(ctx: CheckContext) -> Port25Facts | None:
 def assess(facts: Port25Facts) -> tuple[Finding, ...]:
     """Judge each session; pure."""
     found: list[Finding] = []
+    over_cap: dict[str, list[NotProbed]] = {}
     for item in facts.not_probed:
-        if item.why == "not a public address":
+        if item.why == _NOT_PUBLIC:
             found.append(CHECK.finding(
                 "SMTP_TARGET_NOT_PUBLIC", f"{item.host} [{item.ip}]",
                 f"The MX host {item.host} resolves to {item.ip}, which is not a public address; it was not probed, "
                 "and senders on the Internet cannot reach it.",
                 "Publish the host's public address in DNS, or run diag with --allow-private to probe it anyway.",
             ))  # fmt: skip
+        else:
+            over_cap.setdefault(item.host, []).append(item)
+    for host, items in over_cap.items():
+        # A hostile or broken zone can hide a bad address behind many good ones: unchecked is not "passed".
+        shown = ", ".join(item.ip for item in items[:3]) + (", ..." if len(items) > 3 else "")
+        found.append(CHECK.finding(
+            "SMTP_ADDRESSES_NOT_PROBED", host,
+            f"The MX host {host} lists more addresses than diag probes per host ({items[0].why}): "
+            f"{len(items)} of them ({shown}) were not checked, and senders may be sent to any of them.",
+            "Publish only the addresses that serve mail for this host; a mail host normally has a few.",
+        ))  # fmt: skip
     for probed in facts.probed:
         found.append(_assess_session(probed))
     return tuple(found)
@@ -237,6 +253,7 @@ CHECK = Check(
         "SMTP_EHLO_REJECTED": Severity.ERROR,
         "SMTP_SESSION_FAILED": Severity.ERROR,
         "SMTP_TARGET_NOT_PUBLIC": Severity.WARNING,
+        "SMTP_ADDRESSES_NOT_PROBED": Severity.WARNING,
         "SMTP_EGRESS_BLOCKED": Severity.NOTICE,
     },
 )

@@ -74,6 +74,19 @@ def test_private_addresses_are_not_probed() -> None:
     assert (finding.code, finding.subject) == ("SMTP_TARGET_NOT_PUBLIC", "mx.example.com [10.0.0.5]")
 
 
+def test_addresses_over_the_cap_are_a_warning_not_silence() -> None:
+    # Given a host listing 298 addresses: the first 10 answer well, the rest are over the cap
+    probed = tuple(Probed("mx.example.com", replace(HEALTHY, ip=f"192.0.2.{i}")) for i in range(10))
+    skipped = tuple(NotProbed("mx.example.com", f"198.51.100.{i}", "over 10 addresses") for i in range(288))
+    findings = assess(Port25Facts(probed, skipped))
+
+    # Then the ten are OK, and one warning for the host says how many were not checked
+    assert [f.code for f in findings] == ["SMTP_ADDRESSES_NOT_PROBED"] + ["SMTP_OK"] * 10
+    warning = findings[0]
+    assert warning.severity is Severity.WARNING and warning.subject == "mx.example.com"
+    assert "288 of them (198.51.100.0, 198.51.100.1, 198.51.100.2, ...)" in warning.message
+
+
 def result(*errors: SessionError | None) -> CheckResult:
     probed = tuple(Probed("mx.example.com", replace(HEALTHY, ip=f"192.0.2.{i}", error=e)) for i, e in enumerate(errors))
     facts = Port25Facts(probed)
