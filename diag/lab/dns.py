@@ -99,6 +99,8 @@ class Behaviour(enum.StrEnum):
     """Answer every query at or below the name with SERVFAIL."""
     DROP = "drop"
     """Never answer queries at or below the name (a resolver times out)."""
+    TRUNCATE = "truncate"
+    """Answer with an empty reply flagged truncated (TC), over TCP too: a broken server or middlebox."""
 
 
 class Transport(enum.StrEnum):
@@ -580,6 +582,9 @@ class DnsServer:
         outcome = self._data._resolve(question.name, qtype)
         if outcome.behaviour == Behaviour.DROP:
             return _Reply()
+        if outcome.behaviour == Behaviour.TRUNCATE:
+            response.flags |= dns.flags.TC
+            return _Reply(_render(response, limit))
         response.set_rcode(outcome.rcode)
         if outcome.authoritative:
             response.flags |= dns.flags.AA

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdata
@@ -157,6 +158,10 @@ class Resolver:
             raise DnsError(f"no usable answer for {name} {rdtype}: {exc}") from None
         except dns.exception.DNSException as exc:
             raise DnsError(f"{name} {rdtype}: {exc}") from None
+        if answer.response.flags & dns.flags.TC:
+            # dnspython retried over TCP and got a truncated answer there too: it is incomplete, and an
+            # incomplete answer is no answer (never "no MX", DNS-08).
+            raise DnsError(f"{name} {rdtype}: the answer is truncated even over TCP")
         canonical_name = name_text(answer.canonical_name)
         if answer.rrset is None:
             return Answer(name, rdtype, DnsStatus.NODATA, canonical_name)

@@ -173,6 +173,13 @@ def test_servfail_is_an_error_never_no_mx(lab: Lab) -> None:
         probe(lab, "servfail.example")
 
 
+def test_an_answer_truncated_even_over_tcp_is_an_error_never_no_mx(lab: Lab) -> None:
+    before = lab.dns_queries["tcp"]
+    with pytest.raises(DnsError, match="truncated even over TCP"):
+        probe(lab, "truncated.example")
+    assert lab.dns_queries["tcp"] > before  # dnspython did retry over TCP
+
+
 def test_unanswered_dns_is_an_error(lab: Lab) -> None:
     options = RunOptions(nameservers=(lab.nameserver.__class__("127.0.53.54", lab.nameserver.port),), timeout=0.3)
 

@@ -442,6 +442,19 @@ def test_drop_behaviour_makes_the_resolver_time_out() -> None:
     run(body)
 
 
+def test_truncate_behaviour_flags_every_answer_truncated_over_udp_and_tcp() -> None:
+    async def body() -> None:
+        data = sample_data()
+        data.set_behaviour("contoso.com", Behaviour.TRUNCATE)
+        async with serving(data) as server:
+            for tcp in (False, True):
+                reply = await ask(server.port, "contoso.com", "MX", tcp=tcp)
+                assert reply.flags & dns.flags.TC and not reply.answer
+                assert reply.rcode() == dns.rcode.NOERROR
+
+    run(body)
+
+
 # --- hostile input ----------------------------------------------------------------------------------
 
 
