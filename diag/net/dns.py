@@ -29,6 +29,9 @@ __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_
 # Seconds granted beyond the lookup lifetime before the outer deadline cancels it: dnspython's own lifetime
 # check happens between tries and can overrun (STYLE.md rule 6).
 _GRACE = 1.0
+# Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
+# of A and AAAA queries (UDP answers get dropped, and each loss would fail the check).
+_MAX_IN_FLIGHT = 32
 
 
 class DnsStatus(enum.StrEnum):
@@ -110,6 +113,7 @@ class Resolver:
         self._timeout = timeout
         self._cache: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self._setup_error: str | None = None
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
         try:
             self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         except dns.resolver.NoResolverConfiguration:
@@ -143,7 +147,7 @@ class Resolver:
             raise DnsError(self._setup_error)
         qname = dns.name.from_text(name)
         try:
-            async with asyncio.timeout(self._timeout + _GRACE):
+            async with self._in_flight, asyncio.timeout(self._timeout + _GRACE):
                 answer = await self._resolver.resolve(
                     qname, rdtype, search=False, raise_on_no_answer=False
                 )

@@ -9,9 +9,10 @@ import pytest
 from checks.mx import CHECK, MxFacts, MxHost, assess
 from diag.context import CheckContext, RunContext, RunOptions
 from diag.errors import DnsError
+from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.runner import Lab
 from diag.model import Severity
-from diag.net.dns import DnsStatus
+from diag.net.dns import DnsStatus, Nameserver
 
 DOMAIN = "example.com"
 
@@ -195,3 +196,27 @@ def test_lab_truncated_answer_is_fetched_over_tcp(lab: Lab) -> None:
     facts = probe(lab, "manymx.example")
     assert len(facts.hosts) == 30 and facts.hosts[0].name == "mx01.manymx.example"
     assert lab.dns_queries["tcp"] > before
+
+
+def test_hundreds_of_mx_hosts_are_looked_up_without_flooding_the_nameserver() -> None:
+    # Given a domain with 400 MX hosts, each with an address (an answer only TCP can carry)
+    zone = ZoneData()
+    zone.add_zone("example")
+    zone.add("many.example", "MX", *(f"10 mx{n}.many.example." for n in range(400)))
+    for n in range(400):
+        zone.add(f"mx{n}.many.example", "A", f"192.0.2.{n % 250 + 1}")
+
+    async def go() -> MxFacts:
+        server = DnsServer(zone)
+        port = await server.start("127.0.77.53")
+        try:
+            options = RunOptions(nameservers=(Nameserver("127.0.77.53", port),), timeout=2.0)
+            outcome = await CHECK.run(CheckContext("many.example", RunContext(options), {}))
+        finally:
+            await server.close()
+        assert isinstance(outcome.facts, MxFacts)
+        return outcome.facts
+
+    # Then the 800 A and AAAA questions, asked a few at a time, are all answered
+    facts = asyncio.run(go())
+    assert len(facts.hosts) == 400 and all(host.addresses for host in facts.hosts)
