@@ -164,7 +164,7 @@ def _assess_session(probed: Probed) -> Finding:
                  if limited else "Allow the cloud service's addresses on the server's receive connector."),
                 cloud_error=f"450 4.4.317 Cannot connect to remote server [Message={text}]",
             )  # fmt: skip
-        case SessionError.EHLO_REJECTED:
+        case SessionError.EHLO_REJECTED if not s.answered_ehlo:  # (after STARTTLS it is the starttls check's)
             return CHECK.finding(
                 "SMTP_EHLO_REJECTED", subject,
                 f"{subject} rejects EHLO and HELO ({s.detail}).",

@@ -47,6 +47,7 @@ def test_healthy() -> None:
         ({"helo_fallback": True, "starttls_offered": False}, "SMTP_EHLO_REJECTED", "450 4.4.317"),
         # STARTTLS trouble is the starttls check's to judge; port 25 itself works.
         ({"reached": SessionStage.EHLO, "error": SessionError.TLS_FAILED}, "SMTP_OK", None),
+        ({"reached": SessionStage.STARTTLS, "error": SessionError.EHLO_REJECTED}, "SMTP_OK", None),
     ],
 )  # fmt: skip
 def test_session_defects(changes: dict[str, object], code: str, cloud: str | None) -> None:
