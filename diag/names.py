@@ -1,4 +1,5 @@
-"""Domain names typed by people: internationalized names converted, everything else refused with a reason."""
+"""Names and numbers typed by people: internationalized domain names converted, ports read strictly, everything
+else refused with a reason."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import socket
 
 from diag.errors import InvalidDomainError
 
-__all__ = ["local_host_name", "mail_domain"]
+__all__ = ["local_host_name", "mail_domain", "port_number"]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -69,3 +70,14 @@ def mail_domain(text: str) -> str:
     if ascii_name.isascii() and labels[-1].isdigit():
         raise InvalidDomainError(f"{shown!r} is not a valid domain name: the top-level label is numeric")
     return ascii_name
+
+
+def port_number(text: str) -> int:
+    """A TCP port written in ASCII digits, 1 to 65535; ValueError otherwise.
+
+    ``str.isdigit`` alone is not enough: it accepts "²" (which ``int`` refuses) and "٣" (which ``int`` reads
+    as 3).
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) < 65536:
+        raise ValueError(f"port {text!r} is not a number from 1 to 65535")
+    return int(text)

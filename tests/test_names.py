@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from diag.errors import InvalidDomainError
-from diag.names import mail_domain
+from diag.names import mail_domain, port_number
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,14 @@ def test_refused_with_a_reason(given: str, why: str) -> None:
     message = str(caught.value)
     assert why in message
     assert "\n" not in message and "\x1b" not in message
+
+
+@pytest.mark.parametrize("text", ["1", "25", "65535"])
+def test_port_number_accepts_ascii_digits_in_range(text: str) -> None:
+    assert port_number(text) == int(text)
+
+
+@pytest.mark.parametrize("text", ["", "0", "65536", "-1", "+25", " 25", "2 5", "²", "٣", "25a", "0x19", "9" * 5000])
+def test_port_number_refuses_everything_else(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a number from 1 to 65535"):
+        port_number(text)
