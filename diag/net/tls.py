@@ -34,6 +34,7 @@ __all__ = [
     "TrustVerdict",
     "cert_info",
     "examine_chain",
+    "load_key_pair",
     "load_trust_store",
     "name_matches",
     "verify_chain",
@@ -155,6 +156,17 @@ def _key(key: object) -> tuple[str, int]:
     if isinstance(key, dsa.DSAPublicKey):
         return "DSA", key.key_size
     return type(key).__name__, 0
+
+
+def load_key_pair(context: ssl.SSLContext, cert: Path, key: Path | None) -> None:
+    """Load a certificate chain and its private key into ``context``; raises ConfigError for an encrypted key
+    (nobody is there to type a passphrase: OpenSSL would prompt on a terminal and fail obscurely without one),
+    OSError or ssl.SSLError otherwise."""
+
+    def no_passphrase() -> bytes:
+        raise ConfigError(f"the private key {key or cert} is encrypted: give an unencrypted key (chmod 600)")
+
+    context.load_cert_chain(cert, key, password=no_passphrase)
 
 
 def load_trust_store(ca_file: Path | None) -> tuple[x509.Certificate, ...]:

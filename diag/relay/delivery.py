@@ -68,9 +68,9 @@ from aiosmtplib.email import quote_address
 from cryptography import x509
 
 from diag.config import OutboundConnector, RelayRole, TlsSettings
-from diag.errors import DnsError
+from diag.errors import ConfigError, DnsError
 from diag.net.dns import DnsStatus, Resolver, name_text
-from diag.net.tls import cert_info
+from diag.net.tls import cert_info, load_key_pair
 from diag.relay import dsn
 from diag.relay.mailbox import deliver_local
 from diag.relay.reuse import ConnectionCache, Reusable, quit_session
@@ -724,7 +724,7 @@ class Deliverer:
             raise _AddressFailed(f"{_STARTTLS_REQUIRED} {where}")  # RD-20: never carry on in plain text
         try:
             context = await self._context(verify=route_.tls is _Tls.VERIFY)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, ConfigError) as exc:
             raise _AddressFailed(f"451 4.3.5 Cannot load this host's TLS settings: {exc}") from None
         try:
             await smtp.starttls(server_hostname=_server_name(host, smtp.hostname), tls_context=context)
@@ -866,7 +866,7 @@ class Deliverer:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if settings.tls_cert is not None:
-            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+            load_key_pair(context, settings.tls_cert, settings.tls_key)
         return context
 
 

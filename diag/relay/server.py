@@ -49,6 +49,7 @@ from aiosmtpd.smtp import SMTP, Session, TLSSetupException
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from diag.errors import ConfigError
+from diag.net.tls import load_key_pair
 from diag.relay import policy
 from diag.relay.connections import CappedSMTP, Connections, peer_ip
 from diag.relay.settings import RelaySettings
@@ -97,7 +98,7 @@ def _server_context(settings: RelaySettings) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # RR-43
     try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        load_key_pair(context, settings.tls_cert, settings.tls_key)
         # Ask for a client certificate without requiring one: the cloud attributes connections by it
         # (exchange-model §3.2-§3.3), but a public MX must serve clients without one.
         context.verify_mode = ssl.CERT_OPTIONAL

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from diag.config import RelayRole, parse_config
 from diag.errors import ConfigError
@@ -1018,5 +1019,15 @@ def test_start_fails_cleanly_on_a_bad_address_or_certificate(tmp_path: Path, tls
         broken = replace(base, listen=((NET + "60", 0),), tls_cert=tls.key, tls_key=tls.key)
         with pytest.raises(ConfigError, match="cannot load its TLS certificate"):
             await RelayServer(broken, Spool(base.spool)).start()
+        # An encrypted key: one clear line, never a passphrase prompt (the relay runs unattended)
+        encrypted = tmp_path / "encrypted.key"
+        key = serialization.load_pem_private_key(tls.key.read_bytes(), password=None)
+        encrypted.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        ))  # fmt: skip
+        locked = replace(base, listen=((NET + "60", 0),), tls_cert=tls.cert, tls_key=encrypted)
+        with pytest.raises(ConfigError, match=r"encrypted\.key is encrypted: give an unencrypted key"):
+            await RelayServer(locked, Spool(base.spool)).start()
 
     run(main())
