@@ -61,6 +61,19 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(130)
     except DiagError as exc:
         _fail(str(exc))
+    except SystemExit as exc:
+        # Raised from cli.main only by click's handling of EPIPE (the reader went away: diag ... | head), with
+        # status 1, which means "warning" here: nothing more can be said on stdout, nothing to say on stderr.
+        sys.exit(EXIT_UNKNOWN if exc.code == 1 else exc.code)
+    except OSError as exc:  # the terminal or file we write to fails (a full disk, a closed descriptor)
+        _fail(f"cannot write the output: {exc.strerror or exc}")
+    try:
+        sys.stdout.flush()  # a failure here would otherwise surface at exit as a traceback
+    except OSError as exc:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(exc, BrokenPipeError):
+            sys.exit(EXIT_UNKNOWN)
+        _fail(f"cannot write the output: {exc.strerror or exc}")
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -71,6 +84,17 @@ def cli() -> None:
 
     Exit codes: 0 OK, 1 warning, 2 critical, 3 unknown (a check could not run, or bad usage).
     """
+
+
+class _Seconds(click.FloatRange):
+    """A number of seconds within a range; unlike click.FloatRange, "nan" is refused (it compares false with
+    both bounds, so the range lets it through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:  # NaN is the only value unequal to itself
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return number
 
 
 def _parse_resolver(text: str) -> Nameserver:
@@ -130,7 +154,7 @@ def _lab_example() -> Path:
 def _certificate_names(path: Path) -> tuple[str, ...]:
     from cryptography import x509
 
-    from diag.net.tls import cert_info
+    from diag.net.tls import MALFORMED_ERRORS, cert_info
 
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
@@ -138,7 +162,10 @@ def _certificate_names(path: Path) -> tuple[str, ...]:
         raise ConfigError(f"--client-cert {str(path)!r}: cannot read it: {exc.strerror}") from None
     except ValueError:
         raise ConfigError(f"--client-cert {str(path)!r}: no PEM certificate in it") from None
-    info = cert_info(certs[0])
+    try:
+        info = cert_info(certs[0])
+    except MALFORMED_ERRORS as exc:
+        raise ConfigError(f"--client-cert {str(path)!r}: the certificate cannot be parsed: {exc}") from None
     names = info.dns_names or info.common_names
     if not names:
         raise ConfigError(f"--client-cert {str(path)!r}: the certificate names no host (no SAN, no CN)")
@@ -163,9 +190,9 @@ def _ip(text: str, option: str) -> str:
 @click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
               help="Trust these CA certificates instead of the system store.")
 @click.option("--ehlo-name", metavar="NAME", default=None, help="Name to announce in EHLO. Default: this host's.")
-@click.option("--timeout", type=click.FloatRange(0.1, 600), default=10.0, show_default=True, metavar="SECONDS",
+@click.option("--timeout", type=_Seconds(0.1, 600), default=10.0, show_default=True, metavar="SECONDS",
               help="Time limit of each network operation.")
-@click.option("--deadline", type=click.FloatRange(1, 86400), default=300.0, show_default=True, metavar="SECONDS",
+@click.option("--deadline", type=_Seconds(1, 86400), default=300.0, show_default=True, metavar="SECONDS",
               help="Time limit of the whole run.")
 @click.option("--check", "check_ids", multiple=True, metavar="ID",
               help="Run only this check and what it needs (repeatable).")
@@ -336,8 +363,15 @@ def _remember(document: dict[str, Any], path: Path | None, *, disabled: bool) ->
         return []
     from diag.history import History, default_history_path
 
-    with History(path or default_history_path()) as history:
+    with History(_history_file(path) or default_history_path()) as history:
         return list(history.run_changes(history.record(document)))
+
+
+def _history_file(path: Path | None) -> Path | None:
+    # SQLite writes a journal beside its database: /dev/null as the history would leave /dev/null-journal.
+    if path is not None and path.exists() and not path.is_file():
+        raise ConfigError(f"--history {str(path)!r}: not a regular file; use --no-history to keep no history")
+    return path
 
 
 class _Outputs:
@@ -448,6 +482,7 @@ class _Notification:
 
 
 def _notification(policy: str, mail: str | None, server: str | None, webhook: str | None) -> _Notification:
+    from diag.names import port_number
     from diag.notify import check_recipients, check_webhook_url
 
     if mail:
@@ -460,9 +495,10 @@ def _notification(policy: str, mail: str | None, server: str | None, webhook: st
     if server:
         host, _, port_text = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
         if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise UsageError(f"--smtp-server {server!r}: port {port_text!r} is not a number from 1 to 65535")
-            port = int(port_text)
+            try:
+                port = port_number(port_text)
+            except ValueError as exc:
+                raise UsageError(f"--smtp-server {server!r}: {exc}") from None
     return _Notification(policy, mail, host, port, webhook)
 
 
@@ -553,6 +589,12 @@ def _write(target: str, text: str, *, option: str) -> None:
     path = Path(target)
     tmp = None
     try:
+        if path.exists() and not path.is_file():
+            # A device or a pipe (/dev/stdout, a FIFO a collector reads): write into it; replacing it with a
+            # regular file would destroy it.
+            with path.open("w", encoding="utf-8") as handle:
+                handle.write(text)
+            return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -597,7 +639,7 @@ def history(domain: str | None, history_path: Path | None, limit: int, keep_days
     from diag.history import History, default_history_path, render_history
     from diag.names import mail_domain
 
-    with History(history_path or default_history_path(), create=False) as kept:
+    with History(_history_file(history_path) or default_history_path(), create=False) as kept:
         if keep_days is not None:
             pruned = kept.prune(keep_days=keep_days)
             click.echo(f"pruned {pruned} {'run' if pruned == 1 else 'runs'} older than {keep_days} days")
@@ -706,9 +748,13 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
 
 
 def _listen(text: str) -> str:
+    from diag.names import port_number
+
     host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:2525 or [::1]:2525")
+    try:
+        port_number(port if colon else "")
+    except ValueError:
+        raise UsageError(f"--listen {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:2525 or [::1]:2525") from None
     _ip(host.strip("[]"), "--listen")
     return text
 
@@ -805,7 +851,11 @@ def lab_serve(smtp_port: int, dns_port: int, directory: Path | None) -> int:
             await stop.wait()
         click.echo("diag lab: stopped", err=True)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except OSError as exc:  # a port in use, a --dir that cannot be made
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise DiagError(f"the lab cannot start: {exc.strerror or exc}{where}") from None
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 from types import TracebackType
 
@@ -78,7 +79,18 @@ class RunLock:
                 f"cannot open the lock file {self._path}: {error.strerror}; use --lock to choose another file"
             ) from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _NotALock("not a regular file")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _read_pid(fd) == "unknown" and os.pread(fd, 1, 0):
+                # Something else's file (a mistyped --lock): writing our PID would truncate it.
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise _NotALock("it holds something other than a PID, which locking it would overwrite")
+        except _NotALock as problem:
+            os.close(fd)
+            raise UsageError(
+                f"{self._path} is not a diag lock file ({problem}); use --lock to choose another file"
+            ) from None
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
@@ -115,6 +127,10 @@ class RunLock:
 
     def __repr__(self) -> str:
         return f"RunLock({str(self._path)!r}, locked={self.locked})"
+
+
+class _NotALock(Exception):
+    """The lock path names something that is not ours to lock."""
 
 
 def _read_pid(fd: int) -> str:

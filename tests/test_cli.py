@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jsonschema
@@ -117,6 +120,10 @@ def test_check_selection() -> None:
         (["contoso.com", "--resolver", "127.0.0.1:99999"], "port"),
         (["contoso.com", "--lab", "--resolver", "127.0.0.1"], "--lab sets"),
         (["contoso.com", "--lab", "--json", "/nonexistent/dir/out.json"], "does not exist"),
+        (["contoso.com", "--timeout", "nan"], "not a number of seconds"),
+        (["contoso.com", "--deadline", "nan"], "not a number of seconds"),
+        (["contoso.com", "--lab", "--notify-mail", "a@b.example", "--smtp-server", "127.0.0.1:²"], "port '²'"),
+        (["contoso.com", "--lab", "--history", "/dev/null"], "not a regular file"),
     ],
 )
 def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> None:
@@ -127,6 +134,62 @@ def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> No
     assert lines[0].startswith("diag: error: ")
     assert fragment in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--listen", "127.0.0.1:²"],
+        ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--listen", "127.0.0.1:٣"],
+        ["lab", "serve", "--dir", "/etc/hostname/lab"],
+    ],
+)
+def test_other_commands_refuse_bad_input_in_one_line(args: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "diag", *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert done.returncode == 3
+    assert done.stderr.startswith("diag: error: ") and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_output_to_a_pipe_or_a_full_device_never_replaces_it_or_fails_with_a_traceback(tmp_path: Path) -> None:
+    # --json into a FIFO that a collector reads: written into, and still a FIFO afterwards
+    fifo = tmp_path / "collector"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    # A daemon thread: were the FIFO replaced, its reader would wait forever for a writer.
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    done = diag("check", "contoso.com", "--lab", "--no-history", "-q", "--json", str(fifo))
+    assert done.returncode == 0, done.stderr
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert received and json.loads(received[0])["schema"] == "diag.report/1"
+    # stdout on a full device: one line, exit 3
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "diag", "lab", "domains"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 3 and done.stderr == "diag: error: cannot write the output: No space left on device\n"
+
+
+def test_a_reader_that_goes_away_early_is_not_an_error_on_stderr() -> None:
+    # diag lab domains | head -c1: the pipe closes before diag writes
+    process = subprocess.Popen([sys.executable, "-m", "diag", "lab", "domains"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    assert process.wait(timeout=60) == 3
+    assert process.stderr.read() == b""
+    process.stderr.close()
+
+
+def test_a_client_certificate_that_cannot_be_parsed_is_one_line(tmp_path: Path) -> None:
+    from diag.lab.pki import CertKind, TestPKI
+
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(TestPKI.create().issue(["relay.contoso.com"], kind=CertKind.MALFORMED).chain_pem())
+    done = diag("check", "contoso.com", "--lab", "--check", "connectors", "--client-cert", str(pem))
+    assert done.returncode == 3 and len(done.stderr.splitlines()) == 1
+    assert "the certificate cannot be parsed" in done.stderr
 
 
 def test_unknown_command_exits_3() -> None:

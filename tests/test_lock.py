@@ -105,6 +105,17 @@ def test_symlinked_lock_file_is_refused(tmp_path: Path) -> None:
     assert victim.read_text() == "keep me"
 
 
+def test_a_file_that_is_not_a_lock_is_refused_and_left_intact(tmp_path: Path) -> None:
+    # A mistyped --lock must not truncate someone's file, nor replace a device with a lock
+    precious = tmp_path / "notes.txt"
+    precious.write_text("precious\n")
+    with pytest.raises(UsageError, match=r"is not a diag lock file \(it holds something other than a PID"):
+        RunLock(precious).acquire()
+    assert precious.read_text() == "precious\n"
+    with pytest.raises(UsageError, match=r"is not a diag lock file \(not a regular file"):
+        RunLock(Path("/dev/null")).acquire()
+
+
 def test_unusable_lock_directory_is_a_usage_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
