@@ -24,7 +24,7 @@ from typing import Any
 import tomli_w
 
 from diag.errors import ConfigError, InvalidDomainError
-from diag.names import mail_domain
+from diag.names import mail_domain, port_number
 
 __all__ = [
     "AcceptedDomain",
@@ -252,7 +252,11 @@ class _Invalid(Exception):
 _Convert = Callable[[object], object]
 _KINDS = {bool: "true/false", str: "text", int: "a number", float: "a number", list: "a list", dict: "a table"}
 _ADDRESS_SPACE = re.compile(r"^smtp:(.*?)(?:;\d+)?$", re.IGNORECASE)  # wire form of SenderDomains: smtp:*;1
-_PS_DATE = re.compile(r"^/Date\((-?\d+)(?:[+-]\d{4})?\)/$")  # Windows PowerShell 5.1: "\/Date(1552613513000)\/"
+# Windows PowerShell 5.1: "\/Date(1552613513000)\/", in ASCII digits ("٣" is a digit to \d and int)
+_PS_DATE = re.compile(r"^/Date\((-?\d+)(?:[+-]\d{4})?\)/$", re.ASCII)
+_OUT_OF_RANGE = "is not within the years 1 to 9999 in UTC; write a date and time such as 2019-03-15T02:31:53Z"
+# Half of a UTF-16 pair: JSON can escape one alone ("\\ud800"); no UTF-8 file can hold it (RFC 8259 §8.2).
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _kind(value: object) -> str:
@@ -367,7 +371,10 @@ def _when(value: object) -> datetime:
     if isinstance(value, str):
         text = value.strip()
         if match := _PS_DATE.match(text):
-            return datetime.fromtimestamp(int(match[1]) / 1000, UTC)
+            try:
+                return datetime.fromtimestamp(int(match[1]) / 1000, UTC)
+            except (OverflowError, OSError, ValueError):  # past time_t or year 9999 (by platform), or int()'s digits
+                raise _Invalid(f"{value!r} {_OUT_OF_RANGE}") from None
         text = text.removesuffix("z") + "Z" if text.endswith("z") else text
         text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # .NET writes 7 fractional digits, Python reads 6
         try:
@@ -376,7 +383,10 @@ def _when(value: object) -> datetime:
             raise _Invalid(f"{value!r} is not a date and time; write it like 2019-03-15T02:31:53Z") from None
     if not isinstance(value, datetime):
         raise _Invalid(f"found {_kind(value)}; write a date and time such as 2019-03-15T02:31:53Z")
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)  # Exchange stores UTC
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)  # Exchange stores UTC
+    except OverflowError:
+        raise _Invalid(f"{value.isoformat()} {_OUT_OF_RANGE}") from None
 
 
 # Converters: a TOML value in, a model value out.
@@ -424,14 +434,22 @@ def _network(text: str) -> str:
 
 
 def _endpoint(text: str) -> str:
-    host, colon, port = text.strip().rpartition(":")
+    host, _, port = text.strip().rpartition(":")
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         raise _Invalid(f"{text!r} is not address:port; write it like 127.0.0.1:2525 or [::1]:2525") from None
-    if not (colon and port.isdigit() and 0 < int(port) < 65536):
-        raise _Invalid(f"{text!r} has no valid port; write it like 127.0.0.1:2525")
+    try:
+        port_number(port)
+    except ValueError:
+        raise _Invalid(f"{text!r} has no valid port; write it like 127.0.0.1:2525") from None
     return text.strip()
+
+
+def _path(text: str) -> str:
+    if re.search(r"[\x00-\x1f]", text):  # the system refuses NUL in a path; the others are slips of the keyboard
+        raise _Invalid(f"{text!r} holds a control character; write the path without it")
+    return text
 
 
 def _flag(value: object) -> object:
@@ -628,11 +646,11 @@ _RELAY = _Table(
         _Field("Role", _enum(RelayRole)),
         _Field("Hostname", _text(_domain)),
         _Field("Listen", _strings(_endpoint)),
-        _Field("Spool", _text()),
-        _Field("Maildir", _text()),
-        _Field("TlsCert", _text()),
-        _Field("TlsKey", _text()),
-        _Field("CaFile", _text()),
+        _Field("Spool", _text(_path)),
+        _Field("Maildir", _text(_path)),
+        _Field("TlsCert", _text(_path)),
+        _Field("TlsKey", _text(_path)),
+        _Field("CaFile", _text(_path)),
         _Field("Resolver", _strings(lambda text: text.strip())),
         _Field("SmtpPort", _integer(1, 65535)),
         _Field("Mailboxes", _strings(_mailbox)),
@@ -807,6 +825,10 @@ def parse_config(text: str, source: Path | None = None) -> Organization:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError([_syntax_error(shown, text, exc)]) from None
+    except RecursionError:
+        raise ConfigFileError([f"{shown}: not valid TOML: nested too deeply"]) from None
+    except ValueError:  # Python reads integers of at most 4300 digits (sys.get_int_max_str_digits)
+        raise ConfigFileError([f"{shown}: not valid TOML: a number too large"]) from None
     organization, problems = _read(document)
     if problems:
         lines = _Lines(text)
@@ -873,6 +895,10 @@ def _json_objects(path: Path) -> list[dict[str, object]]:
     except json.JSONDecodeError as exc:
         problem = f"{path}:{exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}; {_NOT_AN_EXPORT}"
         raise ConfigFileError([problem]) from None
+    except RecursionError:
+        raise ConfigFileError([f"{path}: invalid JSON: nested too deeply; {_NOT_AN_EXPORT}"]) from None
+    except ValueError:  # Python reads integers of at most 4300 digits (sys.get_int_max_str_digits)
+        raise ConfigFileError([f"{path}: invalid JSON: a number too large; {_NOT_AN_EXPORT}"]) from None
     if isinstance(document, dict) and set(document) <= {"value", "Count"} and isinstance(document.get("value"), list):
         document = document["value"]
     items = document if isinstance(document, list) else [document]
@@ -910,6 +936,8 @@ def _from_json(table: _Table, record: Mapping[str, object], label: str, errors: 
             numbers.append(field.key)
         elif isinstance(value, dict) or (isinstance(value, list) and not all(isinstance(i, str) for i in value)):
             errors.append(f"{label}: {field.key} holds JSON objects, not text; export it {_as_text(field)}")
+        elif _SURROGATE.search("".join(value) if isinstance(value, list) else str(value)):
+            errors.append(f"{label}: {field.key} is not valid Unicode (half a surrogate pair); correct it in Exchange")
         else:
             values[field.key] = value
     if numbers:

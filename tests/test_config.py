@@ -241,6 +241,26 @@ def test_timestamps_in_every_form_become_utc(written: str) -> None:
     assert connector.last_validation_timestamp.tzinfo is UTC
 
 
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00+01:00"),
+        ("9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59-01:00"),
+        ('"9999-12-31T23:59:59-01:00"', "9999-12-31T23:59:59-01:00"),
+        ('"/Date(253402300800000)/"', "'/Date(253402300800000)/'"),
+        ('"/Date(-99999999999999999)/"', "'/Date(-99999999999999999)/'"),
+        (f'"/Date({"9" * 5000})/"', f"'/Date({'9' * 5000})/'"),  # more digits than int() reads
+    ],
+)
+def test_timestamps_outside_the_years_1_to_9999_in_utc_are_refused(written: str, shown: str) -> None:
+    found = problems_of(BASE + "\n".join(out(f"LastValidationTimestamp = {written}")))
+
+    assert found == (
+        f"contoso.toml:9: OutboundConnector[1].LastValidationTimestamp: {shown} is not within the years 1 to 9999 "
+        "in UTC; write a date and time such as 2019-03-15T02:31:53Z",
+    )
+
+
 # --- one problem, one line: file, line, table, field, what is wrong and how to fix it -------------------------
 
 CASES = {
@@ -382,6 +402,10 @@ CASES = {
         "contoso.toml:9: OutboundConnector[1].LastValidationTimestamp: 'yesterday' is not a date and time; "
         "write it like 2019-03-15T02:31:53Z",
     ),
+    "timestamp in other digits": (
+        out('LastValidationTimestamp = "/Date(١٥٥٢٦١٧١١٣٠٠٠)/"'),
+        "contoso.toml:9: OutboundConnector[1].LastValidationTimestamp: '/Date(١٥٥٢٦١٧١١٣٠٠٠)/' is not a date and time",
+    ),
     "timestamp date only": (
         out("LastValidationTimestamp = 2019-03-15"),
         "contoso.toml:9: OutboundConnector[1].LastValidationTimestamp: found a date; write a date and time",
@@ -447,6 +471,14 @@ CASES = {
         ["[Relay]", 'Listen = ["127.0.0.1"]'],
         "contoso.toml:4: Relay.Listen: '127.0.0.1' is not address:port",
     ),
+    "relay listen port not a number": (
+        ["[Relay]", 'Listen = ["127.0.0.1:²"]'],
+        "contoso.toml:4: Relay.Listen: '127.0.0.1:²' has no valid port; write it like 127.0.0.1:2525",
+    ),
+    "relay listen port in other digits": (
+        ["[Relay]", 'Listen = ["[::1]:٣"]'],
+        "contoso.toml:4: Relay.Listen: '[::1]:٣' has no valid port; write it like 127.0.0.1:2525",
+    ),
     "relay role": (
         ["[Relay]", 'Role = "mx"'],
         "contoso.toml:4: Relay.Role: 'mx' is not a RelayRole value; use cloud, onprem or internet",
@@ -469,6 +501,16 @@ def test_each_rule_reports_one_line_with_its_place(lines: list[str], expected: s
 
     assert len(found) == 1, found
     assert found[0].startswith(expected), found[0]
+
+
+@pytest.mark.parametrize("key", ["Spool", "Maildir", "TlsCert", "TlsKey", "CaFile"])
+@pytest.mark.parametrize(("written", "shown"), [("\\u0000", "\\x00"), ("\\n", "\\n"), ("\\u001f", "\\x1f")])
+def test_relay_paths_with_control_characters_are_refused(key: str, written: str, shown: str) -> None:
+    found = problems_of(f'{BASE}[Relay]\n{key} = "/var/spool{written}relay"\n')
+
+    assert found == (
+        f"contoso.toml:4: Relay.{key}: '/var/spool{shown}relay' holds a control character; write the path without it",
+    )
 
 
 def test_a_key_outside_any_table() -> None:
@@ -542,6 +584,17 @@ def test_syntax_errors_name_their_line(text: str, expected: str) -> None:
 
     assert len(found) == 1 and found[0].startswith(expected), found
     assert "(at " not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (BASE + "x = " + "[" * 5000 + "]" * 5000 + "\n", "contoso.toml: not valid TOML: nested too deeply"),
+        (BASE + "x = " + "9" * 5000 + "\n", "contoso.toml: not valid TOML: a number too large"),  # int() reads 4300
+    ],
+)
+def test_toml_beyond_what_python_reads_is_refused(text: str, expected: str) -> None:
+    assert problems_of(text) == (expected,)
 
 
 def test_an_unreadable_file(tmp_path: Path) -> None:
@@ -794,6 +847,17 @@ def test_an_empty_export_is_skipped_with_a_note(tmp_path: Path) -> None:
             ": object 1 (OutboundConnector 'x'): TlsDomain holds JSON objects, not text; export it as text, e.g. "
             """Select-Object @{n='TlsDomain';e={"$($_.TlsDomain)"}}""",
         ),
+        ("[" * 5000 + "]" * 5000, ": invalid JSON: nested too deeply; give the output of Get-AcceptedDomain,"),
+        ('{"Name": "x", "SmartHosts": [], "Count": ' + "9" * 5000 + "}", ": invalid JSON: a number too large; give"),
+        (
+            '{"Name": "x", "SmartHosts": ["mail.contoso.com"], "Comment": "to \\ud800"}',
+            ": object 1 (OutboundConnector 'x'): Comment is not valid Unicode (half a surrogate pair); correct it in "
+            "Exchange",
+        ),
+        (
+            '{"Name": "x\\udc00", "SmartHosts": ["mail.contoso.com", "\\ud83d.contoso.com"]}',
+            ": object 1 (OutboundConnector 'x\\udc00'): Name is not valid Unicode (half a surrogate pair); correct it",
+        ),
     ],
 )
 def test_files_that_are_not_exports_are_refused(tmp_path: Path, content: str, expected: str) -> None:
@@ -804,6 +868,22 @@ def test_files_that_are_not_exports_are_refused(tmp_path: Path, content: str, ex
         import_exports([path])
 
     assert caught.value.problems[0].startswith(f"{path}{expected}"), caught.value.problems
+
+
+def test_a_timestamp_outside_the_years_1_to_9999_is_kept_and_noted(tmp_path: Path) -> None:
+    record = {"Name": "C", "SmartHosts": ["a.com"], "UseMXRecord": False, "RecipientDomains": ["a.com"]}
+    path = tmp_path / "outbound.json"
+    path.write_text(json.dumps([record | {"LastValidationTimestamp": "/Date(99999999999999999)/"}]))
+
+    result = import_exports([SETUP_GUIDE[0], path])
+
+    assert result.organization.outbound_connectors[0].last_validation_timestamp is None
+    assert result.notes[0] == (
+        f"{path}: object 1 (OutboundConnector 'C'): LastValidationTimestamp: '/Date(99999999999999999)/' is not "
+        "within the years 1 to 9999 in UTC; write a date and time such as 2019-03-15T02:31:53Z (kept as written; "
+        "`diag config check` reports it)"
+    )
+    assert "is not within the years 1 to 9999" in problems_of(result.to_toml())[0]
 
 
 def test_every_bad_file_is_reported_at_once(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import dns.rdatatype
 import dns.resolver
 
 from diag.errors import DnsError, DnsTimeoutError
+from diag.names import port_number
 
 __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_nameserver"]
 
@@ -92,9 +93,7 @@ def parse_nameserver(text: str) -> Nameserver:
         raise ValueError("not an IP address (expected IP, IP:PORT or [IPv6]:PORT)") from None
     if not port_text:
         return Nameserver(host)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
-    return Nameserver(host, int(port_text))
+    return Nameserver(host, port_number(port_text))
 
 
 def name_text(name: dns.name.Name) -> str:

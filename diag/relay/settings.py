@@ -11,7 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from diag.config import Organization, RelayConfig, RelayRole
-from diag.errors import ConfigError
+from diag.errors import ConfigError, InvalidDomainError
+from diag.names import mail_domain, port_number
 from diag.net.dns import Nameserver, parse_nameserver
 
 __all__ = ["Limits", "RelaySettings", "resolve_settings"]
@@ -118,7 +119,10 @@ class RelaySettings:
 
 def _endpoint(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
+    try:
+        return host.strip("[]"), port_number(port)
+    except ValueError as exc:
+        raise ConfigError(f"listen address {text!r}: {exc}") from None
 
 
 def _data_dir() -> Path:
@@ -157,7 +161,11 @@ def resolve_settings(
     if role is not RelayRole.CLOUD and not table.mailboxes:
         raise ConfigError(f"the {role.value} role needs Mailboxes in [Relay]: the addresses it keeps mail for")
     endpoints = tuple(_endpoint(text) for text in (listen or table.listen or ("127.0.0.1:2525",)))
-    name = hostname or table.hostname or socket.gethostname()
+    try:
+        # A path component below (home), so checked as the config checks its Hostname: a domain, no "/" or "..".
+        name = mail_domain(hostname) if hostname is not None else table.hostname or socket.gethostname()
+    except InvalidDomainError as exc:
+        raise ConfigError(f"--hostname: {exc}") from None
     home = _data_dir() / name
     try:
         servers = tuple(nameservers) or tuple(parse_nameserver(text) for text in table.resolver)

@@ -1,0 +1,50 @@
+"""The relay's settings: the [Relay] table and the options of ``diag relay``, checked where they meet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diag.config import AcceptedDomain, Organization, RelayConfig
+from diag.errors import ConfigError
+from diag.relay.settings import resolve_settings
+
+ORG = Organization(accepted_domains=(AcceptedDomain("contoso.com"),))
+
+
+def test_the_host_name_option_names_the_spool_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+
+    settings = resolve_settings(ORG, hostname="Relay.Contoso.COM.")
+
+    assert settings.hostname == "relay.contoso.com"
+    assert settings.spool == tmp_path / "diag" / "relay" / "relay.contoso.com" / "spool"
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [
+        ("/abs", "--hostname: '/abs' is not a domain name (no URLs or paths)"),
+        ("../../etc", "--hostname: '../../etc' is not a domain name (no URLs or paths)"),
+        ("..", "--hostname: '..' is not a valid domain name: label '' must be 1-63 letters, digits or hyphens, "),
+        ("", "--hostname: an empty domain name was given"),
+    ],
+)
+def test_a_host_name_option_that_is_not_a_domain_is_refused(hostname: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(ORG, hostname=hostname)
+
+    assert str(caught.value).startswith(expected), caught.value
+
+
+def test_a_listen_port_in_other_digits_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^listen address '127\.0\.0\.1:٣': port '٣' is not a number from 1 to "):
+        resolve_settings(ORG, listen=["127.0.0.1:٣"])
+
+
+def test_a_resolver_port_in_other_digits_is_refused() -> None:
+    org = Organization(accepted_domains=ORG.accepted_domains, relay=RelayConfig(resolver=("192.0.2.53:²",)))
+
+    with pytest.raises(ConfigError, match=r"^\[Relay\] Resolver: port '²' is not a number from 1 to 65535$"):
+        resolve_settings(org)
