@@ -84,10 +84,15 @@ def load_report(path: Path | str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_int=_integer)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    problem = _schema_problem(document)
+    except ValueError as exc:  # _integer's refusal
+        raise ConfigError(f"{path}: not a {SCHEMA} result: {exc}") from None
+    except RecursionError:  # the parser's own limit, near 1000 levels
+        problem: str | None = _TOO_DEEP
+    else:
+        problem = _TOO_DEEP if _too_deep(document) else _schema_problem(document)
     if problem is not None:
         raise ConfigError(f"{path}: not a {SCHEMA} result: {problem}")
     result: dict[str, Any] = document
@@ -95,6 +100,26 @@ def load_report(path: Path | str) -> dict[str, Any]:
 
 
 # --- validation --------------------------------------------------------------------------------------------
+
+# A result nests about a dozen levels. The renderers walk the facts recursively and would exceed Python's
+# recursion limit a few hundred levels down, so a deeper (hand-made) document is refused when it is read.
+_MAX_DEPTH = 64
+_TOO_DEEP = f"arrays and objects nested more than {_MAX_DEPTH} levels deep"
+
+
+def _integer(text: str) -> int:
+    """A JSON integer, refused (ValueError) beyond what a float holds: the renderers compute with floats."""
+    if math.isinf(float(text)):
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too large")
+    return int(text)
+
+
+def _too_deep(document: Any) -> bool:
+    """Whether arrays and objects nest more than _MAX_DEPTH levels (walked level by level, not recursively)."""
+    level = [document]
+    for _ in range(_MAX_DEPTH):
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else _list(item))]
+    return any(isinstance(item, dict | list) for item in level)
 
 
 def _schema_problem(document: Any) -> str | None:

@@ -508,6 +508,8 @@ def test_a_saved_result_renders_exactly_like_the_live_run(report: Report, tmp_pa
         ('{"schema": "diag.report/1"}', "required"),
         ("{not json", "not JSON"),
         ("\ufeff{}", "not JSON"),
+        ("[" * 1000 + "]" * 1000, "nested more than 64 levels deep"),
+        ("9" * 5000, "an integer of 5000 digits is too large"),
     ],
 )
 def test_a_file_that_is_not_a_report_is_a_config_error(tmp_path: Path, content: str, reason: str) -> None:
@@ -527,6 +529,31 @@ def test_an_invalid_report_names_the_field(report: Report, tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"domains/0/checks/0/findings/0/severity") as caught:
         load_report(path)
     assert "\u202e" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("check_id", "path", "value", "reason"),
+    [
+        ("mx", ("duration_ms",), 10**400, "an integer of 401 digits is too large"),
+        ("port25", ("facts", "probed", 0, "session", "connect_s"), 10**400, "too large"),
+        ("certificate", ("facts", "warn_days"), -(10**400), "too large"),
+        ("mx", ("facts", "deep"), json.loads("[" * 900 + "]" * 900), "nested more than 64 levels deep"),
+    ],
+    ids=["duration_ms", "connect_s", "warn_days", "deep facts"],
+)
+def test_numbers_beyond_a_float_and_deep_facts_are_refused_when_read(
+    report: Report, tmp_path: Path, check_id: str, path: tuple[str | int, ...], value: Any, reason: str
+) -> None:
+    """Given a saved result the schema accepts, but with a number or a nesting no renderer can handle."""
+    document = json.loads(dumps(report))
+    target = next(c for c in document["domains"][0]["checks"] if c["id"] == check_id)
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    saved = tmp_path / "edited.json"
+    saved.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(ConfigError, match=reason):
+        load_report(saved)
 
 
 def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
