@@ -23,8 +23,9 @@ What counts as a change between a domain's run and its previous run:
 
 Runs are ordered by their id (the order they were recorded), not by their clocks. The database is versioned
 with ``PRAGMA user_version``, runs in WAL mode so that ``diag history`` can read while a run writes, and writes
-each run in one transaction. A database that is not one of ours, corrupted, or written by a newer diag raises
-a one-line :class:`~diag.errors.ConfigError` naming the file.
+each run in one transaction. A database that is not one of ours, corrupted (or holding a value diag does not
+write, such as an unknown status), or written by a newer diag raises a one-line :class:`~diag.errors.ConfigError`
+naming the file.
 
 Default path (:func:`default_history_path`): ``$XDG_DATA_HOME/diag/history.sqlite3`` or
 ``~/.local/share/diag/history.sqlite3``; the directory is created 0700 and the file 0600 (findings describe the
@@ -324,6 +325,18 @@ class History:
             raise self._error(error) from None
 
     @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Like :meth:`_errors`, and a stored value that diag does not write (ValueError) is damage too."""
+        with self._errors():
+            try:
+                yield
+            except ValueError as error:
+                raise ConfigError(
+                    f"the history database {self._path} is damaged: {sanitize(str(error), limit=_MESSAGE_LIMIT)}; "
+                    "move it away or choose another history file"
+                ) from None
+
+    @contextlib.contextmanager
     def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
         # IMMEDIATE: take the write lock at BEGIN, so a busy database fails (after the busy timeout) before
         # anything is half written.
@@ -412,7 +425,7 @@ class History:
     def runs(self, domain: str | None = None, limit: int = 20) -> list[RunSummary]:
         """The last ``limit`` runs, newest first; only runs that checked ``domain`` when it is given."""
         db = self._conn
-        with self._errors():
+        with self._reading():
             if domain is None:
                 rows = db.execute(
                     "SELECT id, started_at, finished_at, status, exit_code FROM runs ORDER BY id DESC LIMIT ?",
@@ -457,7 +470,7 @@ class History:
         ``changes(d, before=run_id)`` walks back through the history. One run only: a ``first run`` change;
         no run at all: nothing.
         """
-        with self._errors():
+        with self._reading():
             query = "SELECT max(run_id) FROM domain_runs WHERE domain = ?"
             params: tuple[object, ...] = (domain,)
             if before is not None:
@@ -470,7 +483,7 @@ class History:
 
     def run_changes(self, run_id: int) -> list[Change]:
         """What changed in run ``run_id`` for each of its domains, compared with that domain's previous run."""
-        with self._errors():
+        with self._reading():
             domains = [row[0] for row in self._conn.execute(
                 "SELECT domain FROM domain_runs WHERE run_id = ? ORDER BY rowid", (run_id,)
             )]  # fmt: skip
@@ -510,7 +523,7 @@ class History:
                 findings[(code, subject)] = (check_id, severity, message)
         mx = None
         if checks.get("mx", ("",))[0] == "completed":
-            mx = tuple(name for (name,) in db.execute(
+            mx = tuple(_text(name) for (name,) in db.execute(
                 "SELECT name FROM mx_hosts WHERE run_id = ? AND domain = ? ORDER BY preference, rowid", key
             ))  # fmt: skip
         certificates = {
@@ -597,8 +610,15 @@ def _severity(label: str) -> Severity:
         return Severity.WARNING
 
 
-def _parse_time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+def _text(value: object) -> str:
+    """A value of a TEXT column; ValueError for anything else (SQLite keeps a BLOB or a number as it is)."""
+    if not isinstance(value, str):
+        raise ValueError(f"a {type(value).__name__} value where text belongs")
+    return value
+
+
+def _parse_time(value: object) -> datetime:
+    moment = datetime.fromisoformat(_text(value).replace("Z", "+00:00"))
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 

@@ -276,6 +276,34 @@ def test_damaged_database_is_a_config_error(tmp_path: Path, healthy: Document) -
     assert str(path) in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("update", "value", "reason"),
+    [
+        ("UPDATE runs SET status = ?", "bogus", "'bogus' is not a valid Verdict"),
+        ("UPDATE domain_runs SET status = ?", "bogus", "'bogus' is not a valid Verdict"),
+        ("UPDATE runs SET started_at = ?", "garbage", "Invalid isoformat string"),
+        ("UPDATE runs SET finished_at = ?", b"\xff", "a bytes value where text belongs"),
+        ("UPDATE mx_hosts SET name = ? WHERE run_id = 2", b"\xff", "a bytes value where text belongs"),
+    ],
+)
+def test_a_stored_value_diag_does_not_write_is_a_config_error(
+    tmp_path: Path, healthy: Document, update: str, value: str | bytes, reason: str
+) -> None:
+    """Given a history whose tables were edited by hand, listing it (after --prune) names the file in one line."""
+    path = tmp_path / "history.sqlite3"
+    with History(path) as history:
+        history.record(healthy)
+        history.record(healthy)
+    with sqlite3.connect(path) as db:
+        db.execute(update, (value,))
+    db.close()
+    with pytest.raises(ConfigError) as raised, History(path, create=False) as damaged:
+        damaged.prune(keep_days=30)
+        render_history(damaged)
+    message = str(raised.value)
+    assert f"the history database {path} is damaged: {reason}" in message and "\n" not in message
+
+
 def test_newer_schema_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite3"
     with History(path):
