@@ -60,6 +60,8 @@ _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}")
 # Arguments that need no quoting in ExecStart (systemd.service(5), "Command lines").
 _SYSTEMD_PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# How Python's argv carries bytes that are not UTF-8 (PEP 383: surrogateescape).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 class ScheduleError(DiagError):
@@ -133,6 +135,12 @@ def _command(argv: Sequence[str], executable: Sequence[str] | None) -> list[str]
     for word in command:
         if _CONTROL.search(word):
             raise UsageError(f"argument {word!r}: line breaks and control characters cannot be scheduled")
+        if _UNDECODABLE.search(word):
+            shown = word.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise UsageError(
+                f"argument '{shown}': bytes that are not UTF-8 cannot be scheduled (crontabs and unit files are "
+                "written as UTF-8 text)"
+            )
     if not os.path.isabs(command[0]):
         raise UsageError(f"{command[0]!r}: the scheduled command needs an absolute path")
     return command

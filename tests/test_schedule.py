@@ -109,6 +109,15 @@ def test_line_breaks_cannot_be_scheduled() -> None:
         systemd_units(["check", "contoso.com\nExecStartPost=/bin/evil"], executable=DIAG)
 
 
+def test_bytes_that_are_not_utf8_are_refused_in_one_line() -> None:
+    """Given an argument with bytes that are not UTF-8, as Python's argv carries them (PEP 383)."""
+    word = os.fsdecode(b"\xff.com")
+    for build in (crontab_line, systemd_units):
+        with pytest.raises(UsageError) as raised:
+            build(["check", word], executable=DIAG)
+        assert str(raised.value).startswith(r"argument '\xff.com': bytes that are not UTF-8 cannot be scheduled")
+
+
 def test_relative_executable_is_refused() -> None:
     with pytest.raises(UsageError, match="absolute path"):
         crontab_line(["check"], executable=["diag"])
