@@ -482,8 +482,7 @@ class _Notification:
 
 
 def _notification(policy: str, mail: str | None, server: str | None, webhook: str | None) -> _Notification:
-    from diag.names import port_number
-    from diag.notify import check_recipients, check_webhook_url
+    from diag.notify import check_recipients, check_webhook_url, parse_smtp_server
 
     if mail:
         check_recipients(mail)
@@ -491,14 +490,7 @@ def _notification(policy: str, mail: str | None, server: str | None, webhook: st
             raise UsageError("--notify-mail needs --smtp-server HOST[:PORT] to submit the report to")
     if webhook:
         check_webhook_url(webhook)
-    host, port = None, 25
-    if server:
-        host, _, port_text = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-        if port_text:
-            try:
-                port = port_number(port_text)
-            except ValueError as exc:
-                raise UsageError(f"--smtp-server {server!r}: {exc}") from None
+    host, port = parse_smtp_server(server) if server is not None else (None, 25)
     return _Notification(policy, mail, host, port, webhook)
 
 

@@ -22,14 +22,17 @@ Credentials come from ``DIAG_SMTP_USERNAME`` / ``DIAG_SMTP_PASSWORD`` (not from 
 shows them) and are only ever sent over TLS (security-cases PC-05). Port 465 means implicit TLS (RFC 8314).
 
 Webhook: the document is POSTed as ``application/json`` with the standard library's HTTP client in a thread;
-http and https only; redirects are not followed (they would turn the POST into a GET); anything but a 2xx
-answer is an error.
+http and https only, without ``user:password@``; a host name beyond ASCII is sent in A-labels, other characters
+beyond ASCII percent-encoded as UTF-8; redirects are not followed (they would turn the POST into a GET); anything
+but a 2xx answer is an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import ipaddress
 import json
 import os
 import re
@@ -47,10 +50,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiosmtplib
+import idna
 
 from diag.errors import DiagError, UsageError
 from diag.history import Change, ChangeKind, describe
-from diag.names import local_host_name
+from diag.names import local_host_name, port_number
 from diag.render.text import sanitize
 
 __all__ = [
@@ -60,6 +64,7 @@ __all__ = [
     "check_webhook_url",
     "mail_subject",
     "mail_text",
+    "parse_smtp_server",
     "post_webhook",
     "send_mail",
     "should_notify",
@@ -74,6 +79,8 @@ _TEXT_FINDINGS: Final = 20
 # What we read of a webhook's answer: enough for an error message.
 _ANSWER_BYTES: Final = 4096
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BEYOND_ASCII = re.compile(r"[^\x00-\x7f]+")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
 class NotifyError(DiagError, ConnectionError):
@@ -119,6 +126,32 @@ def check_recipients(to: str) -> list[str]:
     if not addresses or any(not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.?[^@\s<>]*", a) for a in addresses):
         raise UsageError(f"--notify-mail {to!r}: give one or more mail addresses separated by commas")
     return addresses
+
+
+def parse_smtp_server(text: str) -> tuple[str, int]:
+    """``--smtp-server HOST[:PORT]`` as (host, port): an IP address, or a name in A-labels; port 25 by default.
+
+    An IPv6 address takes a port only in brackets, as in a URL (``[2001:db8::25]:587``, RFC 3986 §3.2.2).
+    Raises :class:`UsageError` in one line.
+    """
+    bracketed = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", text)
+    if bracketed is not None:
+        host, port_text = bracketed[1], bracketed[2]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:  # a name, or an IPv6 address without a port
+        host, port_text = text, None
+    try:
+        if not host:
+            raise ValueError("give the submission server as HOST[:PORT]")
+        port = 25 if port_text is None else port_number(port_text)
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(host)), port
+        if "[" in text:
+            raise ValueError("write an IPv6 address with a port as [ADDRESS]:PORT")
+        return _host_name(host), port
+    except ValueError as error:
+        raise UsageError(f"--smtp-server {text!r}: {error}") from None
 
 
 def mail_subject(document: Mapping[str, Any]) -> str:
@@ -391,7 +424,51 @@ def _url_problem(url: str) -> str | None:
         return f"--webhook {shown!r}: the URL names no host"
     if _CONTROL.search(url) or " " in url:
         return f"--webhook {shown!r}: spaces and control characters must be percent-encoded"
+    if parts.username is not None:
+        # Refused rather than sent as basic auth, which http:// would carry in the clear (as PC-05 refuses for mail).
+        return f"--webhook {shown!r}: user:password@ is not supported; use a URL with a token, as webhooks do"
+    try:
+        _ascii_url(url)
+    except ValueError as error:
+        return f"--webhook {shown!r}: {sanitize(str(error))}"
     return None
+
+
+def _ascii_url(url: str) -> str:
+    """``url`` as it goes on the wire, in ASCII: the host in A-labels (IDNA 2008, UTS #46, as
+    :func:`~diag.names.mail_domain`), other characters beyond ASCII percent-encoded as UTF-8 (RFC 3987 §3.1).
+
+    ``http.client`` would raise UnicodeError for a name it cannot encode and for a path beyond ASCII.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        host = _host_name(host)
+    else:
+        host = f"[{host}]" if ":" in host else host
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    path, query = _BEYOND_ASCII.sub(_percent, parts.path), _BEYOND_ASCII.sub(_percent, parts.query)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
+def _percent(match: re.Match[str]) -> str:
+    # Bytes that are not UTF-8 reach argv as surrogates (PEP 383); they are sent as the bytes they were.
+    return urllib.parse.quote(match[0], errors="surrogateescape")
+
+
+def _host_name(name: str) -> str:
+    """A host name in A-labels (IDNA 2008 with UTS #46, as :func:`~diag.names.mail_domain`); ValueError if it is
+    not one. Unlike a mail domain it may be a single label (``localhost``) or hold an underscore."""
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True, transitional=False).decode("ascii")
+        except idna.IDNAError as error:
+            raise ValueError(f"not a valid internationalized host name: {error}") from None
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.removesuffix(".").split(".")):
+        raise ValueError("a host name has labels of 1 to 63 letters, digits, '-' or '_', and 253 characters at most")
+    return name
 
 
 def check_webhook_url(url: str) -> str:
@@ -437,7 +514,7 @@ def _post(url: str, body: bytes, timeout: float, context: ssl.SSLContext | None,
         handlers.append(urllib.request.HTTPSHandler(context=context))
     opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above: http or https only
-        url, data=body, method="POST",
+        _ascii_url(url), data=body, method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "diag", "Accept": "*/*"},
     )  # fmt: skip
     try:

@@ -124,6 +124,7 @@ def test_check_selection() -> None:
         (["contoso.com", "--deadline", "nan"], "not a number of seconds"),
         (["contoso.com", "--lab", "--notify-mail", "a@b.example", "--smtp-server", "127.0.0.1:²"], "port '²'"),
         (["contoso.com", "--lab", "--history", "/dev/null"], "not a regular file"),
+        (["contoso.com", "--lab", "--notify-mail", "a@b.example", "--smtp-server", ":"], "HOST[:PORT]"),
     ],
 )
 def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> None:
@@ -190,6 +191,14 @@ def test_a_client_certificate_that_cannot_be_parsed_is_one_line(tmp_path: Path) 
     done = diag("check", "contoso.com", "--lab", "--check", "connectors", "--client-cert", str(pem))
     assert done.returncode == 3 and len(done.stderr.splitlines()) == 1
     assert "the certificate cannot be parsed" in done.stderr
+
+
+def test_an_ipv6_submission_server_is_an_address_not_a_name_to_look_up() -> None:
+    done = diag("check", "contoso.com", "--lab", "--no-history", "-q", "--notify", "always",
+                "--notify-mail", "it@contoso.com", "--smtp-server", "[::1]:9")  # fmt: skip
+    assert done.returncode == 0
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("diag: notification failed:") and "no address" not in line
 
 
 def test_unknown_command_exits_3() -> None:

@@ -7,6 +7,8 @@ import email
 import email.policy
 import json
 import mailbox
+import os
+import re
 import socket
 import ssl
 import threading
@@ -33,6 +35,7 @@ from diag.notify import (
     check_webhook_url,
     mail_subject,
     mail_text,
+    parse_smtp_server,
     post_webhook,
     send_mail,
     should_notify,
@@ -180,6 +183,45 @@ def test_recipients_are_checked() -> None:
     for bad in ("", "nobody", "a@contoso.com\r\nBcc: x@y.z"):
         with pytest.raises(UsageError):
             check_recipients(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("smtp.contoso.com", ("smtp.contoso.com", 25)),
+        ("smtp.contoso.com:587", ("smtp.contoso.com", 587)),
+        ("localhost", ("localhost", 25)),
+        ("bücher.example:465", ("xn--bcher-kva.example", 465)),
+        ("192.0.2.25:2525", ("192.0.2.25", 2525)),
+        ("[2001:db8::25]:587", ("2001:db8::25", 587)),
+        ("[::1]", ("::1", 25)),
+        ("::1", ("::1", 25)),
+    ],
+)
+def test_smtp_server_host_and_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_smtp_server(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (":", "give the submission server as HOST[:PORT]"),
+        (":25", "give the submission server as HOST[:PORT]"),
+        ("smtp.contoso.com:", "port '' is not a number"),
+        ("smtp.contoso.com:submission", "port 'submission' is not a number"),
+        ("[::1]:0", "port '0' is not a number"),
+        ("[::1", "write an IPv6 address with a port as [ADDRESS]:PORT"),
+        ("[smtp.contoso.com]:25", "write an IPv6 address with a port as [ADDRESS]:PORT"),
+        ("smtp..contoso.com", "a host name has labels of 1 to 63"),
+        ("smtp contoso.com", "a host name has labels of 1 to 63"),
+        ("\u202esmtp.contoso.com", "not a valid internationalized host name"),
+    ],
+)
+def test_smtp_server_that_names_no_usable_server_is_a_usage_error(text: str, reason: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_smtp_server(text)
+    assert str(raised.value).startswith(f"--smtp-server {text!r}: {reason}")
+    assert "\n" not in str(raised.value)
 
 
 # -- real mail through the lab -------------------------------------------------------------------------------
@@ -498,6 +540,37 @@ def test_webhook_url_must_be_http(url: str) -> None:
         check_webhook_url(url)
     with pytest.raises(NotifyError):
         asyncio.run(post_webhook(url, OK_DOC, timeout=1))
+
+
+def test_webhook_url_beyond_ascii_is_sent_percent_encoded(hook: _Hook) -> None:
+    """Given a path and query beyond ASCII, and bytes that are not UTF-8 as argv carries them (PEP 383)."""
+    assert asyncio.run(post_webhook(hook.url + "/büro?to=équipe", OK_DOC, timeout=5)) == 204
+    assert asyncio.run(post_webhook(hook.url + os.fsdecode(b"/\xff"), OK_DOC, timeout=5)) == 204
+    assert [path for _, path, _, _ in hook.requests] == ["/hooks/diag/b%C3%BCro?to=%C3%A9quipe", "/hooks/diag/%FF"]
+
+
+def test_webhook_host_beyond_ascii_is_accepted_when_it_has_a_name_in_a_labels() -> None:
+    assert check_webhook_url("https://bücher.example/hook") == "https://bücher.example/hook"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://a..b/", "labels of 1 to 63"),
+        ("http://" + "a" * 64 + "/", "labels of 1 to 63"),
+        ("http://" + "a." * 127 + "b/", "253 characters at most"),
+        ("http://hooks!example/", "labels of 1 to 63"),
+        ("http://\u202e127.0.0.1:9/", "not a valid internationalized host name"),
+        ("http://user:pa55@127.0.0.1:9/", "user:password@ is not supported"),
+    ],
+)
+def test_webhook_url_that_cannot_be_sent_is_refused_up_front(url: str, reason: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(reason)) as refused:
+        check_webhook_url(url)
+    with pytest.raises(NotifyError, match=re.escape(reason)) as failed:
+        asyncio.run(post_webhook(url, OK_DOC, timeout=1))
+    for message in (str(refused.value), str(failed.value)):
+        assert "pa55" not in message and "\u202e" not in message and "\n" not in message
 
 
 def test_https_webhook_verifies_the_certificate(tmp_path: Path) -> None:
