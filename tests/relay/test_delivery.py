@@ -918,6 +918,24 @@ def test_run_cancels_a_stuck_delivery_at_stop_and_leaves_it_pending(world_factor
 REUSE = Limits(operation_timeout=5.0, queue_scan=0.05, connection_idle=30.0)
 
 
+@asynccontextmanager
+async def working(deliverer: Deliverer) -> AsyncIterator[asyncio.Task[None]]:
+    """The deliverer working the queue for the block; stopped (and its stop awaited) when the block ends."""
+    stop = asyncio.Event()
+    runner = asyncio.create_task(deliverer.run(stop))
+    try:
+        yield runner
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+
+
+def queued(world: World, deliverer: Deliverer, recipient: str) -> str:
+    qid = world.queue(recipient)
+    deliverer.kick(qid)
+    return qid
+
+
 async def delivered(world: World, *qids: str) -> None:
     await eventually(lambda: all(world.statuses(qid) is None for qid in qids))
 
@@ -932,21 +950,16 @@ def test_messages_to_one_smart_host_share_one_session_which_quits_when_the_relay
         async with world_factory() as world:
             sink = await world.sink("b.mx.example", 10, Sink())
             deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
-            stop = asyncio.Event()
-            runner = asyncio.create_task(deliverer.run(stop))
+            async with working(deliverer):
+                # When three messages are queued one after the other for the same smart host
+                for n in range(3):
+                    await delivered(world, queued(world, deliverer, f"user{n}@b.example"))
 
-            # When three messages are queued one after the other for the same smart host
-            for n in range(3):
-                qid = world.queue(f"user{n}@b.example")
-                deliverer.kick(qid)
-                await delivered(world, qid)
-
-            # Then one connection carried them, each later one after an RSET, and stopping the relay says QUIT
-            assert sink.connections == 1
-            assert len(sink.messages) == 3
-            assert [c.split()[0] for c in sink.commands].count("RSET") == 2
-            stop.set()
-            await runner
+                # Then one connection carried them, each later one after an RSET
+                assert sink.connections == 1
+                assert len(sink.messages) == 3
+                assert [c.split()[0] for c in sink.commands].count("RSET") == 2
+            # and stopping the relay says QUIT
             assert sink.commands[-1] == "QUIT"
 
     run(scenario())
@@ -967,22 +980,15 @@ def test_a_session_the_server_ended_while_idle_is_replaced_and_nothing_is_deferr
             # Given a smart host that ends each session after one message, by hanging up or refusing RSET
             server = await world.sink("b.mx.example", 10, sink())
             deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
-            stop = asyncio.Event()
-            runner = asyncio.create_task(deliverer.run(stop))
+            async with working(deliverer):
+                # When two messages follow each other
+                await delivered(world, queued(world, deliverer, "one@b.example"))
+                second = queued(world, deliverer, "two@b.example")
 
-            # When two messages follow each other
-            first = world.queue("one@b.example")
-            deliverer.kick(first)
-            await delivered(world, first)
-            second = world.queue("two@b.example")
-            deliverer.kick(second)
-
-            # Then the second goes over a new connection at once: delivered, not deferred for a retry
-            await delivered(world, second)
-            assert server.connections == 2
-            assert len(server.messages) == 2
-            stop.set()
-            await runner
+                # Then the second goes over a new connection at once: delivered, not deferred for a retry
+                await delivered(world, second)
+                assert server.connections == 2
+                assert len(server.messages) == 2
 
     run(scenario())
 
@@ -993,17 +999,12 @@ def test_an_idle_session_quits_when_its_time_is_up(world_factory: Any) -> None:
             sink = await world.sink("b.mx.example", 10, Sink())
             limits = Limits(operation_timeout=5.0, queue_scan=0.05, connection_idle=0.2)
             deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=limits)
-            stop = asyncio.Event()
-            runner = asyncio.create_task(deliverer.run(stop))
-            qid = world.queue("user@b.example")
-            deliverer.kick(qid)
-            await delivered(world, qid)
+            async with working(deliverer) as runner:
+                await delivered(world, queued(world, deliverer, "user@b.example"))
 
-            # The relay is still running, and the session ends on its own
-            await eventually(lambda: sink.commands[-1:] == ["QUIT"])
-            assert not runner.done()
-            stop.set()
-            await runner
+                # The relay is still running, and the session ends on its own
+                await eventually(lambda: sink.commands[-1:] == ["QUIT"])
+                assert not runner.done()
 
     run(scenario())
 
@@ -1019,24 +1020,17 @@ def test_a_session_opened_without_tls_never_serves_a_route_that_requires_it(worl
                 + connector("to-c", "c.example", "b.mx.example", tls="EncryptionOnly")
             )
             deliverer = world.deliverer(config, limits=REUSE)
-            stop = asyncio.Event()
-            runner = asyncio.create_task(deliverer.run(stop))
+            async with working(deliverer):
+                # When a message for b.example went in plain text and one for c.example follows
+                await delivered(world, queued(world, deliverer, "user@b.example"))
+                second = queued(world, deliverer, "user@c.example")
+                await eventually(lambda: attempts(world, second, "user@c.example") > 0)
 
-            # When a message for b.example went in plain text and one for c.example follows
-            first = world.queue("user@b.example")
-            deliverer.kick(first)
-            await delivered(world, first)
-            second = world.queue("user@c.example")
-            deliverer.kick(second)
-            await eventually(lambda: attempts(world, second, "user@c.example") > 0)
-
-            # Then the second opened its own connection, found no STARTTLS and was not sent
-            assert sink.connections == 2
-            assert len(sink.messages) == 1
-            status = (world.statuses(second) or {})["user@c.example"]
-            assert status.state is RecipientState.PENDING
-            assert "STARTTLS" in status.detail
-            stop.set()
-            await runner
+                # Then the second opened its own connection, found no STARTTLS and was not sent
+                assert sink.connections == 2
+                assert len(sink.messages) == 1
+                status = (world.statuses(second) or {})["user@c.example"]
+                assert status.state is RecipientState.PENDING
+                assert "STARTTLS" in status.detail
 
     run(scenario())
