@@ -377,19 +377,20 @@ async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Cert
         if not addresses:
             why = "NXDOMAIN" if a.status is DnsStatus.NXDOMAIN else "no A or AAAA record"
             return [SmartHostProbe(name, resolve_error=why)]
-    probes = []
-    for ip in addresses[: ctx.options.max_addresses_per_host]:
+
+    async def probe(ip: str) -> SmartHostProbe:
         if not ctx.options.allow_private and not ipaddress.ip_address(ip).is_global:
-            probes.append(SmartHostProbe(name, ip, not_probed="not a public address"))
-            continue
+            return SmartHostProbe(name, ip, not_probed="not a public address")
         session = await ctx.run.smtp_session(ip, name)
         chain: tuple[CertInfo, ...] = ()
         trust, detail = None, ""
         if session.tls is not None and session.tls.chain_der:
             chain, verdict = examine_chain(session.tls.chain_der, store, at=now)
             trust, detail = verdict.trust, verdict.detail
-        probes.append(SmartHostProbe(name, ip, session=session, chain=chain, trust=trust, trust_detail=detail))
-    return probes
+        return SmartHostProbe(name, ip, session=session, chain=chain, trust=trust, trust_detail=detail)
+
+    # Concurrently: one silent address must not hold up the others.
+    return list(await asyncio.gather(*(probe(ip) for ip in addresses[: ctx.options.max_addresses_per_host])))
 
 
 def _external_domain(org: Organization) -> str:

@@ -5,6 +5,7 @@ small configurations written for one finding each."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,47 @@ def test_null_mx_on_an_accepted_domain_is_critical(lab: Lab) -> None:
     (report,) = check(lab, ["nullmx.example"], org)
     (finding,) = report.result("mx").findings
     assert (finding.code, finding.severity) == ("MX_NULL_ACCEPTED", Severity.CRITICAL)
+
+
+def test_the_addresses_of_a_smart_host_are_probed_at_once() -> None:
+    # Given a smart host with two addresses, both accepting TCP and never greeting (tarpits)
+    from checks.connectors import _probe_smart_host
+    from diag.context import CheckContext, RunContext, RunOptions
+    from diag.lab.dns import DnsServer, ZoneData
+    from diag.net.dns import Nameserver
+
+    zone = ZoneData()
+    zone.add_zone("example")
+    zone.add("smart.example", "A", "127.0.77.61", "127.0.77.62")
+    events: list[tuple[str, str]] = []
+
+    async def go() -> None:
+        async def tarpit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            ip = writer.get_extra_info("sockname")[0]
+            events.append(("open", ip))
+            await reader.read()  # until the client gives up and closes
+            events.append(("closed", ip))
+            writer.close()
+
+        dns = DnsServer(zone)
+        dns_port = await dns.start("127.0.77.53")
+        first = await asyncio.start_server(tarpit, "127.0.77.61", 0)
+        port = first.sockets[0].getsockname()[1]
+        second = await asyncio.start_server(tarpit, "127.0.77.62", port)
+        try:
+            options = RunOptions(nameservers=(Nameserver("127.0.77.53", dns_port),), smtp_port=port, timeout=0.5,
+                                 allow_private=True)  # fmt: skip
+            probes = await _probe_smart_host(
+                CheckContext("contoso.com", RunContext(options), {}), "smart.example", (), datetime.now(UTC)
+            )
+            assert sorted(p.ip for p in probes) == ["127.0.77.61", "127.0.77.62"]
+            await asyncio.sleep(0.1)  # let the servers see the closes
+        finally:
+            first.close()
+            second.close()
+            await dns.close()
+
+    asyncio.run(go())
+
+    # Then both were open before either was given up: one silent address does not hold up the other
+    assert [kind for kind, _ in events[:2]] == ["open", "open"]
