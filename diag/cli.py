@@ -363,15 +363,8 @@ def _remember(document: dict[str, Any], path: Path | None, *, disabled: bool) ->
         return []
     from diag.history import History, default_history_path
 
-    with History(_history_file(path) or default_history_path()) as history:
+    with History(path or default_history_path()) as history:
         return list(history.run_changes(history.record(document)))
-
-
-def _history_file(path: Path | None) -> Path | None:
-    # SQLite writes a journal beside its database: /dev/null as the history would leave /dev/null-journal.
-    if path is not None and path.exists() and not path.is_file():
-        raise ConfigError(f"--history {str(path)!r}: not a regular file; use --no-history to keep no history")
-    return path
 
 
 class _Outputs:
@@ -631,7 +624,7 @@ def history(domain: str | None, history_path: Path | None, limit: int, keep_days
     from diag.history import History, default_history_path, render_history
     from diag.names import mail_domain
 
-    with History(_history_file(history_path) or default_history_path(), create=False) as kept:
+    with History(history_path or default_history_path(), create=False) as kept:
         if keep_days is not None:
             pruned = kept.prune(keep_days=keep_days)
             click.echo(f"pruned {pruned} {'run' if pruned == 1 else 'runs'} older than {keep_days} days")

@@ -240,6 +240,11 @@ class History:
     def open(self) -> None:
         if self._db is not None:
             return
+        if self._path.exists() and not self._path.is_file():
+            # SQLite writes a journal beside its database: /dev/null as the history would leave /dev/null-journal.
+            raise ConfigError(
+                f"the history {self._path} is not a regular file; choose another with --history, or use --no-history"
+            )
         if not self._path.exists():
             if not self._create:
                 raise ConfigError(f"no run history at {self._path}: no run has been recorded there yet")
