@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from diag.context import CheckContext, RunContext, RunOptions
@@ -54,7 +55,11 @@ async def run_checks(
 
 
 def _summarize(reports: Sequence[DomainReport], registry: Registry) -> tuple[DomainReport, ...]:
-    """Let checks with a run-wide view replace their per-domain results."""
+    """Let checks with a run-wide view replace their per-domain results.
+
+    A summary hook that raises, or returns a different number of results, is a bug in that check: its results
+    become ``error`` with the reason, like any other exception inside a check (STYLE.md rule 3).
+    """
     rows = [list(report.results) for report in reports]
     for index, check in enumerate(registry):
         if check.summarize is None or not rows:
@@ -62,14 +67,14 @@ def _summarize(reports: Sequence[DomainReport], registry: Registry) -> tuple[Dom
         column = [row[index] for row in rows]
         try:
             replaced = list(check.summarize(column))
+            if len(replaced) != len(column):
+                raise RegistryError(f"returned {len(replaced)} results for {len(column)} domains")
         except Exception as exc:
-            # A bug here must not cost the run its results: keep the per-domain ones, say so in one line.
-            log.warning("summarizing %s failed (%s: %s); kept the per-domain results", check.id,
-                        type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
-            continue
-        if len(replaced) == len(column):
-            for row, result in zip(rows, replaced, strict=True):
-                row[index] = result
+            log.debug("summarizing %s failed", check.id, exc_info=True)
+            reason = f"internal: summarizing the run failed: {type(exc).__name__}: {exc}"
+            replaced = [replace(result, status=Status.ERROR, reason=reason, findings=()) for result in column]
+        for row, result in zip(rows, replaced, strict=True):
+            row[index] = result
     return tuple(DomainReport(report.domain, tuple(row)) for report, row in zip(reports, rows, strict=True))
 
 
