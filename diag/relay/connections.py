@@ -36,6 +36,10 @@ class Connections:
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Future[Any]] = set()
 
+    def __len__(self) -> int:
+        """The connections open now."""
+        return len(self._open)
+
     def admit(self, transport: asyncio.BaseTransport, ip: str = "") -> bool:
         """Track ``transport`` if the caps allow it and the server is not closing; False means refuse it."""
         if self._closing or len(self._open) >= self._limit or self._per_ip[ip] >= self._per_ip_limit:

@@ -1,0 +1,133 @@
+"""Connection caps for aiosmtpd servers (diag/relay/connections.py), against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from diag.relay.connections import TOO_MANY_CONNECTIONS, CappedSMTP, Connections, peer_ip
+
+
+class Handler:
+    """aiosmtpd's default behaviour for every command: nothing to override."""
+
+
+@asynccontextmanager
+async def server(connections: Connections) -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lambda: CappedSMTP(Handler(), connections, hostname="caps.test"),
+                                        "127.0.0.1", 0)  # fmt: skip
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        await connections.abort_all(wait=2)
+        await listener.wait_closed()
+
+
+async def greeting(port: int, source: str = "127.0.0.1") -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect from ``source`` (127.0.0.0/8 is all loopback on Linux, so each is a client address of its own)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    return await asyncio.wait_for(reader.readline(), 5), reader, writer
+
+
+def test_peer_ip_reads_the_address_out_of_a_peer_name() -> None:
+    assert peer_ip(("127.0.0.1", 4242)) == "127.0.0.1"
+    assert peer_ip(("::1", 4242, 0, 0)) == "::1"
+    assert peer_ip(None) == "" and peer_ip(()) == "" and peer_ip("127.0.0.1") == ""
+
+
+def test_beyond_the_per_address_cap_a_client_gets_421_and_the_connection_closes() -> None:
+    async def scenario() -> None:
+        async with server(Connections(10, per_ip=2)) as port:
+            first, second = await greeting(port), await greeting(port)
+            assert first[0].startswith(b"220 ") and second[0].startswith(b"220 ")
+            line, reader, writer = await greeting(port)
+            assert line == TOO_MANY_CONNECTIONS  # RFC 5321 §3.1
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            # Another client address still gets in.
+            other = await greeting(port, "127.0.0.2")
+            assert other[0].startswith(b"220 ")
+            for _, _, w in (first, second, other):
+                w.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_total_cap_counts_every_address_and_frees_a_place_when_a_client_leaves() -> None:
+    async def scenario() -> None:
+        async with server(Connections(2)) as port:
+            one = await greeting(port, "127.0.0.1")
+            two = await greeting(port, "127.0.0.2")
+            refused, _, writer = await greeting(port, "127.0.0.3")
+            assert refused == TOO_MANY_CONNECTIONS
+            writer.close()
+            one[2].write(b"QUIT\r\n")
+            assert (await asyncio.wait_for(one[1].readline(), 5)).startswith(b"221")
+            await asyncio.wait_for(one[1].read(), 5)
+            # The slot is freed when the server sees the connection go; give it a few turns of the loop.
+            for _ in range(50):
+                line, _, writer = await greeting(port, "127.0.0.3")
+                writer.close()
+                if line != TOO_MANY_CONNECTIONS:
+                    break
+                await asyncio.sleep(0.05)
+            assert line.startswith(b"220 ")
+            two[2].close()
+
+    asyncio.run(scenario())
+
+
+def test_abort_all_drops_every_client_and_refuses_newcomers() -> None:
+    async def scenario() -> None:
+        connections = Connections(10)
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(lambda: CappedSMTP(Handler(), connections, hostname="caps.test"),
+                                            "127.0.0.1", 0)  # fmt: skip
+        port = listener.sockets[0].getsockname()[1]
+        line, reader, writer = await greeting(port)
+        assert line.startswith(b"220 ")
+        writer.write(b"NOOP\r\n" * 20000)  # a client busy sending, never reading
+        await writer.drain()
+        assert len(connections) == 1
+        await connections.abort_all(wait=30)
+        assert len(connections) == 0
+        # The client sees the connection end (EOF, or a reset for the replies it never read).
+        try:
+            while await asyncio.wait_for(reader.read(65536), 5):
+                pass
+        except ConnectionResetError:
+            pass
+        late, _, late_writer = await greeting(port)
+        assert late == TOO_MANY_CONNECTIONS
+        late_writer.close()
+        writer.close()
+        listener.close()
+        await listener.wait_closed()
+
+    asyncio.run(scenario())
+
+
+class _Transport(asyncio.BaseTransport):
+    """A transport that is only an identity: release() and admit() never touch it beyond closing."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_release_is_safe_twice_and_for_an_unknown_transport() -> None:
+    async def scenario() -> None:
+        connections = Connections(1)
+        transport = _Transport()
+        assert connections.admit(transport, "192.0.2.1")
+        assert not connections.admit(_Transport(), "192.0.2.2")  # total cap of 1
+        connections.release(transport)
+        connections.release(transport)
+        connections.release(_Transport())
+        assert connections.admit(_Transport(), "192.0.2.1")
+        await connections.abort_all(wait=0.1)
+        assert not connections.admit(_Transport(), "192.0.2.3")  # closing: nobody new
+
+    asyncio.run(scenario())
