@@ -1,0 +1,84 @@
+"""What a check receives (diag/context.py): the run's shared SMTP sessions, trust store and typed facts, against
+the lab on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+
+from diag.context import CheckContext, RunContext
+from diag.lab.runner import Lab
+from diag.net.smtp import SessionStage
+
+CLOUD_IP = "127.0.1.10"  # contoso-com.mail.protection.outlook.com in the lab
+TARPIT_IP = "127.0.20.12"  # mx.tarpit.example: accepts TCP, never greets
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    value: int
+
+
+def test_one_session_per_address_and_port_serves_every_requester(lab: Lab) -> None:
+    async def scenario() -> None:
+        run = RunContext(lab.run_options(timeout=5))
+        try:
+            first = run.smtp_session(CLOUD_IP, "contoso-com.mail.protection.outlook.com")
+            again = run.smtp_session(CLOUD_IP, "another.name.for.it")
+            explicit = run.smtp_session(CLOUD_IP, "x", port=lab.smtp_port)
+            assert first is again is explicit
+            assert run.session_count == 1
+            facts = await first
+            assert facts.reached is SessionStage.DONE
+            # The name of the first requester is the one the session was opened for (SNI).
+            assert facts.server_name == "contoso-com.mail.protection.outlook.com"
+            other_port = run.smtp_session(CLOUD_IP, "x", port=1)
+            assert other_port is not first and run.session_count == 2
+            await asyncio.gather(other_port, return_exceptions=True)
+        finally:
+            await run.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_aclose_cancels_a_session_nobody_waited_for(lab: Lab) -> None:
+    async def scenario() -> None:
+        run = RunContext(lab.run_options(timeout=60))
+        session = run.smtp_session(TARPIT_IP, "mx.tarpit.example")
+        await asyncio.sleep(0.1)  # connected, waiting for a banner that never comes
+        await asyncio.wait_for(run.aclose(), 10)
+        assert session.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_the_trust_store_is_loaded_once_per_run(lab: Lab) -> None:
+    async def scenario() -> None:
+        run = RunContext(lab.run_options())
+        try:
+            first, second = await asyncio.gather(run.trust_store(), run.trust_store())
+            assert first is second and first
+            assert any("diag lab" in cert.subject.rfc4514_string() for cert in first)
+        finally:
+            await run.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_facts_of_a_required_check_are_typed(lab: Lab) -> None:
+    async def scenario() -> None:
+        run = RunContext(lab.run_options())
+        try:
+            ctx = CheckContext("contoso.com", run, {"mx": Facts(1), "port25": "not facts"})
+            assert ctx.facts("mx", Facts) == Facts(1)
+            assert ctx.options is run.options and ctx.resolver is run.resolver
+            with pytest.raises(TypeError, match="facts of 'port25' are str, not Facts"):
+                ctx.facts("port25", Facts)
+            with pytest.raises(KeyError):
+                ctx.facts("certificate", Facts)
+        finally:
+            await run.aclose()
+
+    asyncio.run(scenario())
