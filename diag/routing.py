@@ -10,7 +10,10 @@ own worked example needs *exact → wildcard → all accepted domains* (§4.1). 
 check can say the routing depends on undocumented behaviour (``ROUTE_AMBIGUOUS``).
 
 Relay rights (exchange-model §3.2-§3.4): :func:`relay_decision` answers, for one connection and one recipient,
-what the cloud would answer at RCPT time.
+what the cloud would answer at RCPT time. :func:`on_premises_connector` is the one answer to "does an OnPremises
+inbound connector recognise this connection?", :func:`ip_in_ranges` the one test of a client address against
+configured addresses, :func:`split_address` the one reading of an envelope address's local part: the relay asks
+these same functions, so the check and the relay cannot disagree.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from diag.names import mail_domain
 __all__ = [
     "REPLY_PARTNER_RESTRICTED",
     "REPLY_RELAY_DENIED",
+    "ROUTING_CHARACTERS",
+    "InboundMatch",
+    "MatchedBy",
     "RelayDecision",
     "RouteDecision",
     "Routing",
@@ -42,10 +48,14 @@ __all__ = [
     "TransportRuleIssue",
     "certificate_domain",
     "certificate_matches",
+    "control_character",
+    "ip_in_ranges",
+    "on_premises_connector",
     "recipient_domain",
     "relay_decision",
     "route",
     "route_both",
+    "split_address",
 ]
 
 # exchange-model §3.2: what the cloud answers when a relay attempt does not meet the 2023-11-01 requirements.
@@ -309,10 +319,11 @@ def route_both(
 _ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~.")
 # Characters that ask the next server to route the message further (RFC 5321 Appendix C, the "%" hack and
 # UUCP "!" paths). security-cases RR-02: refused even in quoted local parts, as Postfix does.
-_ROUTING = "@%!"
+ROUTING_CHARACTERS = "@%!"
 
 
-def _control_character(text: str) -> str | None:
+def control_character(text: str) -> str | None:
+    """The first control character (C0, DEL, C1) in ``text``, or None (security-cases RR-20)."""
     for char in text:
         code = ord(char)
         if code < 0x20 or 0x7F <= code < 0xA0:
@@ -320,8 +331,19 @@ def _control_character(text: str) -> str | None:
     return None
 
 
-def _quoted_local_part(text: str) -> tuple[str, str] | None:
-    """Split ``"quoted"rest`` into the unescaped quoted content and the rest; None when the quote is not closed."""
+def split_address(text: str) -> tuple[str, str, str] | None:
+    """An envelope address (without angle brackets) split like ``text.partition("@")``, with a quoted local part
+    read as the text it quotes; None when a quoted local part is never closed.
+
+    The one parser of local parts, for :func:`recipient_domain` and the relay's address check. A local part that
+    starts with ``"`` is a Quoted-string (RFC 5321 §4.1.2): a backslash takes the next character literally
+    (quoted-pairSMTP), so ``"a\\"b"@d`` gives ``('a"b', "@", "d")``. The ``@`` is then the one right after the
+    closing quote; other text there comes back whole, with an empty separator, for the caller to refuse
+    (``"a"b@c`` gives ``("a", "", "b@c")``). An unquoted local part ends at the first ``@``. Control characters
+    are the caller's to refuse first (quoted-pairSMTP allows none).
+    """
+    if not text.startswith('"'):
+        return text.partition("@")
     content: list[str] = []
     index = 1
     while index < len(text):
@@ -332,7 +354,8 @@ def _quoted_local_part(text: str) -> tuple[str, str] | None:
             content.append(text[index + 1])
             index += 2
         elif char == '"':
-            return "".join(content), text[index + 1 :]
+            rest = text[index + 1 :]
+            return ("".join(content), "@", rest[1:]) if rest.startswith("@") else ("".join(content), "", rest)
         else:
             content.append(char)
             index += 1
@@ -356,7 +379,7 @@ def recipient_domain(address: str) -> str:
     One pair of angle brackets around the address is allowed.
     """
     shown = repr(address.encode("ascii", "backslashreplace").decode("ascii"))
-    control = _control_character(address)
+    control = control_character(address)
     if control is not None:
         raise ValueError(
             f"address {shown} contains the control character U+{ord(control):04X}; envelope addresses must not "
@@ -369,23 +392,21 @@ def recipient_domain(address: str) -> str:
         if ":" in text:
             raise ValueError(f"address {shown} has a source route (@host:...); give only the final mailbox")
         raise ValueError(f"address {shown} has an empty local part")
+    split = split_address(text)
+    if split is None:
+        raise ValueError(f"address {shown} has a quoted local part that is never closed")
+    local, at, domain = split
     if text.startswith('"'):
-        split = _quoted_local_part(text)
-        if split is None:
-            raise ValueError(f"address {shown} has a quoted local part that is never closed")
-        local, rest = split
-        if any(char in local for char in _ROUTING):
+        if any(char in local for char in ROUTING_CHARACTERS):
             raise ValueError(
                 f"address {shown} has a quoted local part containing @, % or !, which asks for further routing; "
                 "it is refused"
             )
-        if not rest:
+        if not at and not domain:
             raise ValueError(f"address {shown} has no domain")
-        if not rest.startswith("@"):
+        if not at:
             raise ValueError(f"address {shown} has text after the quoted local part that is not @domain")
-        domain = rest[1:]
     else:
-        local, at, domain = text.partition("@")
         if "%" in local or "!" in local:
             raise ValueError(
                 f"address {shown} uses % or ! routing in its local part (sender-specified routing); it is refused"
@@ -470,33 +491,86 @@ def certificate_matches(pattern: str, cert_names: Sequence[str]) -> bool:
     return False
 
 
-def _ip_matches(ip: str | None, ranges: Iterable[str]) -> bool:
-    """Is ``ip`` one of ``SenderIPAddresses`` (addresses and CIDR ranges)? Unparsable entries never match."""
-    if ip is None:
+def ip_in_ranges(ip: str | None, ranges: Iterable[str]) -> bool:
+    """Is the client address ``ip`` in one of ``ranges`` (single addresses and CIDR networks, IPv4 or IPv6)?
+
+    The one test of a client address against configured addresses: an inbound connector's SenderIPAddresses
+    (exchange-model §2: a single IPv4 address or a CIDR range; the config refuses anything else) and the onprem
+    relay's RelayNetworks alike.
+
+    - An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) is the IPv4 address it maps (RFC 4291 §2.5.5.2): a
+      listener on ``[::]`` that also takes IPv4 (IPV6_V6ONLY off) reports its IPv4 peers in that form (RFC 3493
+      §3.7), and such a peer must match ``192.0.2.0/24`` as it does on an IPv4 listener (SenderIPAddresses holds
+      IPv4 only: "IPv6 addresses are not supported"). Conversely an IPv4 address matches a ``::ffff:0:0/96``
+      entry.
+    - A zone (``fe80::1%eth0``) does not matter: the address is compared without it.
+    - Host bits in an entry are ignored (``127.0.0.1/8`` is 127.0.0.0/8). Entries that are neither an address
+      nor a network never match, nor do ``a-b`` ranges: Exchange takes them for a receive connector's
+      RemoteIPRanges, not for SenderIPAddresses (exchange-model §2, §6.2).
+    - ``ip`` None, empty or not an address matches nothing.
+    """
+    if not ip:
         return False
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
+    forms: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    if isinstance(address, ipaddress.IPv4Address):
+        forms = (address, ipaddress.IPv6Address(f"::ffff:{address}"))
+    elif address.ipv4_mapped is not None:
+        forms = (address, address.ipv4_mapped)
+    else:
+        forms = (address,)
     for entry in ranges:
         try:
             network = ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             continue
-        if address.version == network.version and address in network:
+        if any(form.version == network.version and form in network for form in forms):
             return True
     return False
 
 
-def _connection_matches(connector: InboundConnector, ip: str | None, cert_names: Sequence[str]) -> str | None:
-    """How the connection matches an inbound connector: "certificate", "IP address" or None."""
-    pattern = connector.tls_sender_certificate_name
-    if pattern and certificate_matches(pattern, cert_names):
-        return "certificate"
-    if _ip_matches(ip, connector.sender_ip_addresses):
-        return "IP address"
+class MatchedBy(enum.StrEnum):
+    """What of a connection an inbound connector recognised."""
+
+    CERTIFICATE = "certificate"
+    """The certificate matches ``TlsSenderCertificateName``."""
+    IP_ADDRESS = "IP address"
+    """The sending IP is in ``SenderIPAddresses``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMatch:
+    """An inbound connector that recognises a connection.
+
+    Attributes:
+        connector: the connector.
+        by: how it recognised the connection (the certificate is tried first).
+    """
+
+    connector: InboundConnector
+    by: MatchedBy
+
+
+def on_premises_connector(org: Organization, *, ip: str | None, cert_names: Sequence[str]) -> InboundMatch | None:
+    """The first enabled OnPremises inbound connector that recognises the connection, or None.
+
+    ``ip`` is the sending IP (None if unknown), ``cert_names`` the DNS names of the certificate the sender
+    presented (empty without one; the caller must have verified it). A connector recognises the connection by
+    its TlsSenderCertificateName (:func:`certificate_matches`) or its SenderIPAddresses (:func:`ip_in_ranges`),
+    exchange-model §3.2 condition 2. The one decision for the check's relay prediction and the relay itself
+    (whose rights and kept trace headers follow it).
+    """
+    for connector in org.inbound_connectors:
+        if not connector.enabled or connector.connector_type is not ConnectorType.ON_PREMISES:
+            continue
+        pattern = connector.tls_sender_certificate_name
+        if pattern and certificate_matches(pattern, cert_names):
+            return InboundMatch(connector, MatchedBy.CERTIFICATE)
+        if ip_in_ranges(ip, connector.sender_ip_addresses):
+            return InboundMatch(connector, MatchedBy.IP_ADDRESS)
     return None
 
 
@@ -551,14 +625,8 @@ def relay_decision(
     """
     recipient = _normalize(recipient_domain, "recipient domain")
     sender = _clean_name(sender_domain) if sender_domain else None
-    on_premises: tuple[InboundConnector, str] | None = None
-    for connector in org.inbound_connectors:
-        if connector.enabled and connector.connector_type is ConnectorType.ON_PREMISES:
-            how = _connection_matches(connector, ip, cert_names)
-            if how is not None:
-                on_premises = (connector, how)
-                break
-    matched = on_premises[0] if on_premises else None
+    on_premises = on_premises_connector(org, ip=ip, cert_names=cert_names)
+    matched = on_premises.connector if on_premises else None
 
     if org.accepted(recipient) is not None:
         return _to_organization(org, recipient, sender, ip, cert_names, matched)
@@ -575,7 +643,10 @@ def relay_decision(
         first = f"neither the certificate domain nor {sender_text} is an accepted domain"
     # Condition 2: the IP or certificate matches an OnPremises inbound connector.
     if on_premises is not None:
-        second = f"the connection matches the OnPremises inbound connector {on_premises[0].name!r} by {on_premises[1]}"
+        second = (
+            f"the connection matches the OnPremises inbound connector {on_premises.connector.name!r} by "
+            f"{on_premises.by}"
+        )
     else:
         second = f"{_describe_connection(ip, cert_names)} match no enabled OnPremises inbound connector"
     if (certificate is not None or accepted_sender) and on_premises is not None:
@@ -612,7 +683,7 @@ def _to_organization(
             continue
         if not any(domain_in_pattern(sender, pattern) for pattern in connector.sender_domains):
             continue
-        if connector.restrict_domains_to_ip_addresses and not _ip_matches(ip, connector.sender_ip_addresses):
+        if connector.restrict_domains_to_ip_addresses and not ip_in_ranges(ip, connector.sender_ip_addresses):
             failed.append((connector, f"only from its SenderIPAddresses, which do not include {ip or 'an unknown IP'}"))
         elif connector.restrict_domains_to_certificate and not certificate_matches(
             connector.tls_sender_certificate_name or "", cert_names

@@ -668,3 +668,72 @@ def test_partner_restrictions_do_not_apply_to_relay() -> None:
         org, ip=OWN_IP, cert_names=[], sender_domain="fabrikam.com", recipient_domain="tailspintoys.com"
     )
     assert decision.reply == REPLY_RELAY_DENIED  # fabrikam.com is not accepted: refused as a relay, not 5.7.51
+
+
+# --- the one test of a client address and the one reader of local parts (issue 11) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "ranges", "expected"),
+    [
+        ("127.0.0.1", ["127.0.0.0/8"], True),
+        ("::ffff:127.0.0.1", ["127.0.0.0/8"], True),  # an IPv4 peer of a dual-stack listener
+        ("::ffff:192.0.2.9", ["192.0.2.9"], True),
+        ("192.0.2.9", ["::ffff:0:0/96"], True),
+        ("fe80::1%eth0", ["fe80::/10"], True),
+        ("2001:db8::1", ["2001:db8::/32"], True),
+        ("2001:db8::1", ["192.0.2.0/24"], False),
+        ("192.0.2.9", ["127.0.0.1/8"], False),
+        ("127.9.9.9", [" 127.0.0.1/8 "], True),  # host bits ignored, blanks stripped
+        ("192.0.2.9", ["192.0.2.1-192.0.2.20"], False),  # ranges are RemoteIPRanges syntax, not SenderIPAddresses
+        ("192.0.2.9", ["not an address", ""], False),
+        ("", ["0.0.0.0/0"], False),
+        (None, ["0.0.0.0/0"], False),
+        ("garbage", ["0.0.0.0/0"], False),
+    ],
+)
+def test_ip_in_ranges(ip: str | None, ranges: list[str], expected: bool) -> None:
+    from diag.routing import ip_in_ranges
+
+    assert ip_in_ranges(ip, ranges) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("john@contoso.com", ("john", "@", "contoso.com")),
+        ("postmaster", ("postmaster", "", "")),
+        ('"john smith"@contoso.com', ("john smith", "@", "contoso.com")),
+        ('"a\\"b"@d', ('a"b', "@", "d")),
+        ('"a"b@c', ("a", "", "b@c")),
+        ('"listme@dsbl.org"@contoso.com', ("listme@dsbl.org", "@", "contoso.com")),
+        ('"unclosed@contoso.com', None),
+    ],
+)
+def test_split_address_is_the_one_reader_of_local_parts(text: str, expected: tuple[str, str, str] | None) -> None:
+    from diag.routing import split_address
+
+    assert split_address(text) == expected
+
+
+def test_the_check_and_the_relay_recognise_a_mapped_address_alike() -> None:
+    from pathlib import Path
+
+    from diag.config import RelayRole, parse_config
+    from diag.relay.policy import is_trusted
+    from diag.relay.settings import RelaySettings
+    from diag.routing import on_premises_connector, relay_decision
+
+    org = parse_config(
+        '[[AcceptedDomain]]\nDomainName = "contoso.com"\nDomainType = "Authoritative"\n'
+        '[[InboundConnector]]\nName = "From on-premises"\nConnectorType = "OnPremises"\nSenderDomains = ["*"]\n'
+        'SenderIPAddresses = ["127.0.0.0/24"]\n'
+    )
+    for ip in ("127.0.0.1", "::ffff:127.0.0.1"):
+        match = on_premises_connector(org, ip=ip, cert_names=())
+        assert match is not None and match.connector.name == "From on-premises"
+        assert relay_decision(org, ip=ip, cert_names=(), sender_domain="contoso.com",
+                              recipient_domain="tailspintoys.com").allowed  # fmt: skip
+        settings = RelaySettings(organization=org, role=RelayRole.CLOUD, hostname="cloud.test", listen=(),
+                                 spool=Path("unused"), maildir=Path("unused"))  # fmt: skip
+        assert is_trusted(settings, peer_ip=ip, cert_names=())

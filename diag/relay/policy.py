@@ -5,7 +5,10 @@ plain data. Replies never echo an address that failed :func:`check_address`: it 
 (which would end our reply line early) or non-ASCII text (which an ASCII-only session cannot send).
 
 The attacks these defend against are catalogued in ../shared/reference/security-cases.md §1 (RR-xx numbers below);
-the cloud's relay rules are exchange-model.md §3 and live in :func:`diag.routing.relay_decision`.
+the cloud's relay rules are exchange-model.md §3 and live in :mod:`diag.routing` (:func:`~diag.routing.relay_decision`,
+:func:`~diag.routing.on_premises_connector`, :func:`~diag.routing.ip_in_ranges`), as does the parser of local parts
+(:func:`~diag.routing.split_address`): this module keeps only the relay's own replies, so the connectors check and
+the relay cannot judge a connection or an address differently.
 """
 
 from __future__ import annotations
@@ -17,9 +20,18 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Final
 
-from diag.config import ConnectorType, DomainType, RelayRole
+from diag.config import DomainType, RelayRole
 from diag.relay.settings import RelaySettings
-from diag.routing import certificate_matches, recipient_domain, relay_decision, route
+from diag.routing import (
+    ROUTING_CHARACTERS,
+    control_character,
+    ip_in_ranges,
+    on_premises_connector,
+    recipient_domain,
+    relay_decision,
+    route,
+    split_address,
+)
 
 __all__ = [
     "ACCEPTED",
@@ -51,7 +63,6 @@ _DOMAIN_MAX: Final = 255
 _PATH_MAX: Final = 256
 # RFC 5322 §2.1.1: a line is at most 998 characters, CRLF excluded.
 _LINE_MAX: Final = 998
-_ROUTING: Final = "@%!"
 _BARE_CR: Final = re.compile(rb"\r(?!\n)")
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
 _HOST: Final = re.compile(
@@ -59,32 +70,6 @@ _HOST: Final = re.compile(
 )
 _LITERAL: Final = re.compile(r"\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\]")
 _ATOM: Final = re.compile(r"[A-Za-z0-9._/+=-]+")
-
-
-def _is_control(char: str) -> bool:
-    code = ord(char)
-    return code < 0x20 or 0x7F <= code < 0xA0
-
-
-def _split_local(text: str) -> tuple[str, str | None] | None:
-    """(local part, unquoted; domain or None when there is no @); None for an unclosed quote."""
-    if not text.startswith('"'):
-        local, at, domain = text.partition("@")
-        return local, domain if at else None
-    content: list[str] = []
-    index = 1
-    while index < len(text):
-        char = text[index]
-        if char == "\\" and index + 1 < len(text):
-            content.append(text[index + 1])
-            index += 2
-        elif char == '"':
-            rest = text[index + 1 :]
-            return "".join(content), rest[1:] if rest.startswith("@") else (None if not rest else rest)
-        else:
-            content.append(char)
-            index += 1
-    return None
 
 
 def check_address(address: str, *, sender: bool) -> str | None:
@@ -105,19 +90,21 @@ def check_address(address: str, *, sender: bool) -> str | None:
         return None
     if not text:
         return f"553 {code} Empty {what} address"
-    if any(_is_control(char) for char in text):
+    if control_character(text) is not None:
         return f"553 {code} Bad {what} address syntax"
     if not text.isascii():
         return f"553 5.6.7 Non-ASCII {what} addresses need SMTPUTF8, which this server does not offer"
     if text.startswith("@"):
         return f"553 {code} Source routes are not accepted; give only the final mailbox"
-    split = _split_local(text)
+    split = split_address(text)
     if split is None:
         return f"553 {code} Bad {what} address syntax"
-    local, domain = split
-    if any(char in local for char in _ROUTING) or (domain is not None and "@" in domain):
+    # Text after a quoted local part that is not "@domain" stays in `domain`: an "@" there is routing too
+    # (DSBL's ""listme@dsbl.org""@contoso.com).
+    local, at, domain = split
+    if any(char in local for char in ROUTING_CHARACTERS) or "@" in domain:
         return f"553 {code} Sender-specified routing (%, ! or @ in the local part) is not accepted"
-    if domain is None:
+    if not at and not domain:
         if not sender and text.lower() == "postmaster":
             return None
         return f"553 {code} The {what} address needs a fully qualified domain"
@@ -221,7 +208,7 @@ def rcpt_decision(
     known = canonical in settings.mailboxes
     if settings.role is RelayRole.CLOUD:
         return _cloud(settings, peer_ip, cert_names, mail_from, domain, known=known)
-    if known or settings.trusted_client(peer_ip):
+    if known or ip_in_ranges(peer_ip, settings.relay_networks):
         return ACCEPTED
     if domain in settings.local_domains:
         return _user_unknown(rcpt)
@@ -250,42 +237,18 @@ def _cloud(
     return ACCEPTED
 
 
-def _ip_in(ip: str, ranges: Sequence[str]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    for entry in ranges:
-        try:
-            network = ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            continue
-        if network.version == address.version and address in network:
-            return True
-    return False
-
-
 def is_trusted(settings: RelaySettings, *, peer_ip: str, cert_names: Sequence[str]) -> bool:
     """Is the client one of ours, whose trace headers are kept?
 
     cloud: the connection matches an enabled OnPremises inbound connector by IP (SenderIPAddresses) or by a
-    verified certificate (TlsSenderCertificateName). onprem and internet: the peer is in ``relay_networks``, or
-    it proved who it is with a certificate our CAs verified (the cloud delivering over its connector does):
-    its trace is then attributable, which is what a probe needs to prove the route end to end.
+    verified certificate (TlsSenderCertificateName), :func:`diag.routing.on_premises_connector`, the decision
+    that also grants relay rights. onprem and internet: the peer is in ``relay_networks``, or it proved who it is
+    with a certificate our CAs verified (the cloud delivering over its connector does): its trace is then
+    attributable, which is what a probe needs to prove the route end to end.
     """
     if settings.role is not RelayRole.CLOUD:
-        return settings.trusted_client(peer_ip) or bool(cert_names)
-    for connector in settings.organization.inbound_connectors:
-        if not connector.enabled or connector.connector_type is not ConnectorType.ON_PREMISES:
-            continue
-        pattern = connector.tls_sender_certificate_name
-        if pattern and certificate_matches(pattern, cert_names):
-            return True
-        if _ip_in(peer_ip, connector.sender_ip_addresses):
-            return True
-    return False
+        return ip_in_ranges(peer_ip, settings.relay_networks) or bool(cert_names)
+    return on_premises_connector(settings.organization, ip=peer_ip, cert_names=cert_names) is not None
 
 
 def check_content(data: bytes) -> str | None:

@@ -39,6 +39,7 @@ import contextlib
 import errno
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -91,6 +92,22 @@ def _tls_facts(session: Session) -> tuple[str, tuple[str, ...]]:
     peercert = extra.get("peercert") or {}
     names = tuple(str(value) for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS")
     return tls, names
+
+
+def _dual_stack_socket(port: int) -> socket.socket:
+    """A listener on ``[::]`` that takes IPv4 clients too, as an administrator who lists ``[::]:25`` expects
+    (RFC 3493 §5.3: IPV6_V6ONLY off); asyncio turns IPV6_V6ONLY on for every IPv6 listener it makes itself.
+    IPv4 peers then appear as ``::ffff:a.b.c.d``, which :func:`diag.routing.ip_in_ranges` maps back."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _server_context(settings: RelaySettings) -> ssl.SSLContext:
@@ -394,7 +411,11 @@ class RelayServer:
         try:
             for host, port in settings.listen:
                 try:
-                    self._servers.append(await loop.create_server(factory, host, port))
+                    if host == "::":
+                        listener = await loop.create_server(factory, sock=_dual_stack_socket(port))
+                    else:
+                        listener = await loop.create_server(factory, host, port)
+                    self._servers.append(listener)
                 except OSError as error:
                     raise OSError(error.errno, f"relay {settings.hostname}: cannot listen on {host}:{port}: "
                                   f"{error.strerror}") from error  # fmt: skip

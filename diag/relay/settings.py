@@ -108,14 +108,6 @@ class RelaySettings:
     def is_local(self, address: str) -> bool:
         return address.lower() in self.mailboxes
 
-    def trusted_client(self, ip: str) -> bool:
-        """Is ``ip`` in the networks this (onprem) relay relays for?"""
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in ipaddress.ip_network(net) for net in self.relay_networks)
-
 
 def _endpoint(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")

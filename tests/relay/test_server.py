@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import ssl
 import threading
 import warnings
@@ -118,12 +119,13 @@ async def relay(
     tls: Tls | None = None,
     limits: Limits | None = None,
     spool: Spool | None = None,
+    listen: tuple[tuple[str, int], ...] | None = None,
 ) -> AsyncIterator[Running]:
     settings = RelaySettings(
         organization=ORG,
         role=role,
         hostname=HOSTNAME,
-        listen=((NET + str(octet), 0),),
+        listen=listen or ((NET + str(octet), 0),),
         spool=tmp_path / "spool",
         maildir=tmp_path / "mail",
         tls_cert=tls.cert if tls else None,
@@ -359,6 +361,49 @@ def test_sender_ip_of_an_onpremises_connector_may_relay(tmp_path: Path) -> None:
             other.close()
             ((code, text),) = [(e.code, e.message) for e in refused.value.recipients]
             assert f"{code} {text}" == RELAY_DENIED
+
+    run(main())
+
+
+def _dual_stack() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _dual_stack(), reason="this machine has no IPv6 loopback to listen on [::]")
+@pytest.mark.parametrize(("role", "source", "allowed"), [
+    (RelayRole.CLOUD, ONPREM_IP, True),  # SenderIPAddresses 127.0.10.10
+    (RelayRole.CLOUD, CLIENT, False),
+    (RelayRole.ON_PREMISES, "127.0.30.7", True),  # relay_networks 127.0.30.0/24
+    (RelayRole.ON_PREMISES, CLIENT, False),
+])  # fmt: skip
+def test_an_ipv4_client_of_a_dual_stack_listener_is_recognised(
+    tmp_path: Path, role: RelayRole, source: str, allowed: bool
+) -> None:
+    """A listener on [::] sees IPv4 clients as ::ffff:a.b.c.d; they must match IPv4 ranges as on an IPv4
+    listener, for relay rights (cloud: the inbound connector; onprem: its relay networks) alike."""
+
+    async def main() -> None:
+        async with relay(tmp_path, 0, role=role, listen=(("::", 0),)) as running:
+            reader, writer = await bounded(
+                asyncio.open_connection("127.0.0.1", running.port, local_addr=(source, 0))
+            )
+            raw = Raw(reader, writer)
+            assert (await raw.reply()).startswith(b"220 ")
+            assert (await raw.command(b"EHLO client.example")).startswith(b"250 ")
+            assert await raw.command(b"MAIL FROM:<app@contoso.com>") == b"250 2.1.0 Ok"
+            reply = await raw.command(f"RCPT TO:<relaytest@{EXTERNAL}>".encode())
+            raw.close()
+            if allowed:
+                assert reply.startswith(b"250 "), reply
+            else:
+                assert reply in (RELAY_DENIED.encode(), b"554 5.7.1 Relay access denied"), reply
 
     run(main())
 
