@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from diag.net.dns import Nameserver
     from diag.registry import Registry
     from diag.relay.settings import RelaySettings
+    from diag.unattended import Job
 
 __all__ = ["main"]
 
@@ -311,7 +312,14 @@ def check(
         client_cert_names=_certificate_names(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
     )
-    with _OptionalLock(lock_path):
+    from diag.unattended import Job
+
+    job = Job.of(
+        "check", names, checks=check_ids, config=config_path, lab=lab,
+        outputs={"--json": json_out, "--html": html_out, "--prom": prom_out, "--junit": junit_out,
+                 "--history": None if no_history else history_path},
+    )  # fmt: skip
+    with _OptionalLock(lock_path, job):
         report = asyncio.run(_run(names, registry, options, lab=lab, progress=sys.stderr.isatty() and len(names) > 1))
         document = outputs.write(report)
         changes = _remember(document, history_path, disabled=no_history)
@@ -338,15 +346,18 @@ def _domains_file(path: Path) -> list[str]:
 
 
 class _OptionalLock:
-    """The run lock: the given file, or by default a per-user one when nobody watches (not a terminal)."""
+    """The run lock: the given file, or by default one per job when nobody watches (not a terminal), so that
+    only a second copy of the same job is refused (diag/unattended.py)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, job: Job) -> None:
         from diag.lock import RunLock, default_lock_path
 
-        if path is None and sys.stdout.isatty():
-            self._lock: RunLock | None = None
+        if path is not None:
+            self._lock: RunLock | None = RunLock(path)
+        elif sys.stdout.isatty():
+            self._lock = None
         else:
-            self._lock = RunLock(path or default_lock_path())
+            self._lock = RunLock(default_lock_path(job.key), job=job.describe())
 
     def __enter__(self) -> None:
         if self._lock is not None:

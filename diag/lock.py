@@ -8,8 +8,10 @@ descriptor is closed, so a run that crashes or is killed leaves no stale lock be
 the file is for people only ("who holds it?"), never for deciding. The file itself is kept: unlinking a lock
 file lets a third process lock a fresh inode while a second one still waits on the old one.
 
-Default path (:func:`default_lock_path`): ``$XDG_CACHE_HOME/diag/diag.lock``; without it, for root
-``/run/diag.lock`` when ``/run`` is writable, else ``~/.cache/diag/diag.lock``. ``$XDG_RUNTIME_DIR`` is
+Default path (:func:`default_lock_path`): one file per *job* (a hash of the normalised command, see
+:class:`diag.unattended.Job`), so that only a second copy of the same cron job is refused while unrelated jobs run
+side by side: ``$XDG_CACHE_HOME/diag/diag-<job>.lock``; without it, for root ``/run/diag-<job>.lock`` when
+``/run`` is writable, else ``~/.cache/diag/diag-<job>.lock``. ``$XDG_RUNTIME_DIR`` is
 deliberately *not* used: cron does not set it while a login shell or a systemd user timer does, so a cron run
 and a manual run would lock different files and overlap after all.
 """
@@ -31,16 +33,17 @@ __all__ = ["RunLock", "default_lock_path"]
 _PID_BYTES = 32
 
 
-def default_lock_path() -> Path:
-    """Where a run's lock lives when ``--lock`` is not given (see the module docstring for why)."""
+def default_lock_path(job_key: str) -> Path:
+    """Where the lock of the job ``job_key`` lives when ``--lock`` is not given (see the module docstring)."""
+    name = f"diag-{job_key}.lock"
     cache = os.environ.get("XDG_CACHE_HOME", "")
     # The XDG base directory spec: a relative path is invalid and must be ignored. An explicit cache directory
     # wins, so that separate environments (and test runs) do not share one lock.
     if os.path.isabs(cache):
-        return Path(cache) / "diag" / "diag.lock"
+        return Path(cache) / "diag" / name
     if os.geteuid() == 0 and os.access("/run", os.W_OK):
-        return Path("/run/diag.lock")
-    return Path.home() / ".cache" / "diag" / "diag.lock"
+        return Path("/run") / name
+    return Path.home() / ".cache" / "diag" / name
 
 
 class RunLock:
@@ -52,10 +55,11 @@ class RunLock:
     Leaving unlocks and closes it; the kernel does the same if the process dies.
     """
 
-    __slots__ = ("_fd", "_path")
+    __slots__ = ("_fd", "_job", "_path")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, job: str | None = None) -> None:
         self._path = Path(path)
+        self._job = job  # what the lock guards, for the refusal ("check contoso.com")
         self._fd: int | None = None
 
     @property
@@ -94,9 +98,9 @@ class RunLock:
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
+            run = f"another diag run of this job ({self._job})" if self._job else "another diag run"
             raise UsageError(
-                f"another diag run holds the lock {self._path} (pid {holder}); "
-                "wait for it or use --lock to choose another file"
+                f"{run} holds the lock {self._path} (pid {holder}); wait for it or use --lock to choose another file"
             ) from None
         except OSError as error:
             os.close(fd)

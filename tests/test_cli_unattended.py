@@ -100,6 +100,35 @@ def test_a_second_run_does_not_overlap(tmp_path: Path) -> None:
     assert diag("check", "contoso.com", "--lab", "--lock", str(lock), "-q").returncode == 0
 
 
+def test_two_different_jobs_run_side_by_side_without_lock(tmp_path: Path) -> None:
+    """Issue 10: the default lock is per job; before, the second of two unrelated cron jobs exited 3."""
+    jobs = [[sys.executable, "-m", "diag", "check", domain, "--lab", "-q", "--json", str(tmp_path / f"{domain}.json")]
+            for domain in ("contoso.com", "fabrikam.com")]  # fmt: skip
+    running = [subprocess.Popen(job, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for job in jobs]  # fmt: skip
+    results = [process.communicate(timeout=60) for process in running]
+    assert [process.returncode for process in running] == [0, 0], results
+    for domain in ("contoso.com", "fabrikam.com"):
+        assert json.loads((tmp_path / f"{domain}.json").read_text())["exit_code"] == 0
+
+
+def test_a_second_copy_of_the_same_job_is_refused_in_one_line(tmp_path: Path) -> None:
+    from diag.lock import default_lock_path
+    from diag.unattended import Job
+
+    # The same job as the command line below, spelled the other way round: its lock is held by "the first copy".
+    out = tmp_path / "out.json"
+    job = Job.of("check", ["fabrikam.com", "contoso.com"], lab=True, outputs={"--json": out})
+    with RunLock(default_lock_path(job.key)):
+        done = diag("check", "contoso.com", "fabrikam.com", "--lab", "-q", "--json", str(out))
+        other = diag("check", "contoso.com", "--lab", "-q")  # another job: not refused
+    assert done.returncode == 3
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("diag: error: another diag run of this job (check contoso.com fabrikam.com) holds the lock")
+    assert not out.exists()
+    assert other.returncode == 0, other.stderr
+
+
 def test_report_rerenders_a_saved_result(tmp_path: Path) -> None:
     saved, html = tmp_path / "result.json", tmp_path / "report.html"
     first = diag("check", "contoso.com", "expired.example", "--lab", "--json", str(saved))

@@ -128,19 +128,20 @@ def test_default_lock_path_for_a_user(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
     # XDG_RUNTIME_DIR is ignored on purpose: cron does not set it, so cron and shell runs would lock different files.
-    assert default_lock_path() == tmp_path / "cache" / "diag" / "diag.lock"
+    assert default_lock_path("0123") == tmp_path / "cache" / "diag" / "diag-0123.lock"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
-    assert default_lock_path() == Path.home() / ".cache" / "diag" / "diag.lock"
+    assert default_lock_path("0123") == Path.home() / ".cache" / "diag" / "diag-0123.lock"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert default_lock_path() == Path.home() / ".cache" / "diag" / "diag.lock"
+    assert default_lock_path("0123") == Path.home() / ".cache" / "diag" / "diag-0123.lock"
 
 
 def test_default_lock_path_for_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     # An explicit cache directory wins, so separate environments (and test runs) never share a lock...
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert default_lock_path() == tmp_path / "cache" / "diag" / "diag.lock"
+    assert default_lock_path("0123") == tmp_path / "cache" / "diag" / "diag-0123.lock"
     # ...otherwise root (cron sets no XDG variables) uses the system's runtime directory.
     monkeypatch.delenv("XDG_CACHE_HOME")
-    expected = Path("/run/diag.lock") if os.access("/run", os.W_OK) else Path.home() / ".cache" / "diag" / "diag.lock"
-    assert default_lock_path() == expected
+    writable = os.access("/run", os.W_OK)
+    expected = Path("/run/diag-0123.lock") if writable else Path.home() / ".cache" / "diag" / "diag-0123.lock"
+    assert default_lock_path("0123") == expected
