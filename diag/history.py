@@ -12,13 +12,17 @@ What counts as a change between a domain's run and its previous run:
 
 * ``status changed``: the domain's status (ok, warning, critical, unknown).
 * ``check changed``: a check that ran in both runs ended differently (completed, error, timeout, skipped).
-* ``new`` / ``resolved``: a finding of severity notice or worse, identified by code and subject, that appeared
-  or disappeared. Info findings (the ``*_OK`` codes, routing facts) are not compared: they come and go with
-  whatever was verified and would be noise. Findings are compared only for checks that completed in both runs,
-  so a check that timed out does not make every problem it would have found look "resolved".
+* ``new`` / ``resolved``: a finding of severity notice or worse, identified by check, code and host name
+  (:func:`~diag.model.subject_host`: the subject without ``[ip]:port``), that appeared or disappeared. The
+  cloud's MX addresses rotate and the lab picks a port per run: the same problem at a new address is unchanged,
+  and a problem is resolved only when no address of the host shows it. Info findings (the ``*_OK`` codes,
+  routing facts) are not compared: they come and go with whatever was verified and would be noise. Findings
+  are compared only for checks that completed in both runs, so a check that timed out does not make every
+  problem it would have found look "resolved".
 * ``MX changed``: the set of MX host names (compared when the MX check completed in both runs).
-* ``certificate renewed``: an endpoint (``host [ip]:port``) presents a leaf certificate with another SHA-256
-  fingerprint (compared for endpoints whose certificate was seen in both runs).
+* ``certificate renewed``: a host whose addresses present none of the leaf certificates (SHA-256) they presented
+  before (compared for hosts whose certificates were seen in both runs; new addresses serving the same
+  certificate are not a renewal).
 * ``first run``: the domain has no earlier run; notification policies treat it specially (diag.notify).
 
 Runs are ordered by their id (the order they were recorded), not by their clocks. The database is versioned
@@ -47,7 +51,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from diag.errors import ConfigError
-from diag.model import Severity, Verdict
+from diag.model import Severity, Verdict, subject_host
 from diag.render.text import sanitize
 
 __all__ = [
@@ -209,12 +213,13 @@ class _Snapshot:
     status: str
     checks: Mapping[str, tuple[str, str | None]]
     """check id → (status, reason)."""
-    findings: Mapping[tuple[str, str], tuple[str, str, str]]
-    """(code, subject) → (check id, severity, message), for findings of severity notice or worse."""
+    findings: Mapping[tuple[str, str, str], tuple[str, str]]
+    """(check id, code, host) → (severity, message), for findings of severity notice or worse: a problem is
+    identified by its host, not by the address it was seen at (:func:`~diag.model.subject_host`)."""
     mx: tuple[str, ...] | None
     """MX host names; None when the MX check did not complete."""
-    certificates: Mapping[str, tuple[str, str]]
-    """endpoint → (leaf SHA-256, leaf not_after)."""
+    certificates: Mapping[str, frozenset[tuple[str, str]]]
+    """host → its addresses' (leaf SHA-256, leaf not_after)."""
 
 
 class History:
@@ -519,24 +524,24 @@ class History:
                 "SELECT check_id, status, reason FROM checks WHERE run_id = ? AND domain = ?", key
             )
         }
-        findings = {}
+        findings: dict[tuple[str, str, str], tuple[str, str]] = {}
         for check_id, code, severity, subject, message in db.execute(
             "SELECT check_id, code, severity, subject, message FROM findings WHERE run_id = ? AND domain = ? "
             "ORDER BY rowid", key,
         ):  # fmt: skip
             if _severity(severity) > Severity.INFO:
-                findings[(code, subject)] = (check_id, severity, message)
+                findings.setdefault((check_id, code, subject_host(subject)), (severity, message))
         mx = None
         if checks.get("mx", ("",))[0] == "completed":
             mx = tuple(_text(name) for (name,) in db.execute(
                 "SELECT name FROM mx_hosts WHERE run_id = ? AND domain = ? ORDER BY preference, rowid", key
             ))  # fmt: skip
-        certificates = {
-            endpoint: (sha256, not_after)
-            for endpoint, sha256, not_after in db.execute(
-                "SELECT endpoint, sha256, not_after FROM certificates WHERE run_id = ? AND domain = ?", key
-            )
-        }
+        certificates: dict[str, frozenset[tuple[str, str]]] = {}
+        for endpoint, sha256, not_after in db.execute(
+            "SELECT endpoint, sha256, not_after FROM certificates WHERE run_id = ? AND domain = ?", key
+        ):
+            host = subject_host(endpoint)
+            certificates[host] = certificates.get(host, frozenset()) | {(sha256, not_after)}
         return _Snapshot(run_id, domain, row[0], checks, findings, mx, certificates)
 
 
@@ -553,27 +558,30 @@ def _compare(previous: _Snapshot, current: _Snapshot) -> list[Change]:
             detail = f"{before} → {after}" + (f" ({reason})" if reason and after != "completed" else "")
             changes.append(Change(ChangeKind.CHECK_CHANGED, domain, check_id, detail))
     completed = {c for c in both if previous.checks[c][0] == current.checks[c][0] == "completed"}
-    for (code, subject), (check_id, severity, message) in current.findings.items():
-        if check_id in completed and (code, subject) not in previous.findings:
-            changes.append(Change(ChangeKind.NEW, domain, subject, f"{code} ({severity}): {message}", code,
+    for (check_id, code, host), (severity, message) in current.findings.items():
+        if check_id in completed and (check_id, code, host) not in previous.findings:
+            changes.append(Change(ChangeKind.NEW, domain, host, f"{code} ({severity}): {message}", code,
                                   _severity(severity)))  # fmt: skip
-    for (code, subject), (check_id, severity, _message) in previous.findings.items():
-        if check_id in completed and (code, subject) not in current.findings:
-            changes.append(Change(ChangeKind.RESOLVED, domain, subject, f"{code} ({severity}) is no longer found",
+    for (check_id, code, host), (severity, _message) in previous.findings.items():
+        if check_id in completed and (check_id, code, host) not in current.findings:
+            changes.append(Change(ChangeKind.RESOLVED, domain, host, f"{code} ({severity}) is no longer found",
                                   code, _severity(severity)))  # fmt: skip
     if previous.mx is not None and current.mx is not None:
         was, now = {n.lower() for n in previous.mx}, {n.lower() for n in current.mx}
         if was != now:
             detail = f"was {', '.join(sorted(was)) or 'none'}; now {', '.join(sorted(now)) or 'none'}"
             changes.append(Change(ChangeKind.MX_CHANGED, domain, domain, detail))
-    for endpoint, (sha256, not_after) in current.certificates.items():
-        old = previous.certificates.get(endpoint)
-        if old is not None and old[0] != sha256:
+    for host, leaves in current.certificates.items():
+        old = previous.certificates.get(host)
+        # A host whose addresses changed but serve the same certificates was not renewed.
+        if old is not None and not leaves & old:
+            sha256, not_after = max(leaves, key=lambda leaf: leaf[1])
+            was_sha256, was_not_after = max(old, key=lambda leaf: leaf[1])
             detail = (
                 f"SHA-256 {sha256[:_FINGERPRINT_SHOWN]}… valid until {not_after[:10]} "
-                f"(was {old[0][:_FINGERPRINT_SHOWN]}… valid until {old[1][:10]})"
+                f"(was {was_sha256[:_FINGERPRINT_SHOWN]}… valid until {was_not_after[:10]})"
             )
-            changes.append(Change(ChangeKind.CERTIFICATE_RENEWED, domain, endpoint, detail))
+            changes.append(Change(ChangeKind.CERTIFICATE_RENEWED, domain, host, detail))
     return changes
 
 

@@ -8,6 +8,7 @@ judged from them. Exit codes and verdicts follow ../shared/design/CONTRACT.md (m
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,22 @@ __all__ = [
     "Severity",
     "Status",
     "Verdict",
+    "subject_host",
 ]
+
+# The address part of a subject: " [192.0.2.1]:25", " [2001:db8::1]:25" or " [192.0.2.1]" (CONTRACT.md: a subject
+# names the host and, where a connection is involved, the IP and port).
+_ADDRESS_PART = re.compile(r" \[[0-9A-Fa-f:.]+\](?::\d+)?$")
+
+
+def subject_host(subject: str) -> str:
+    """What a finding is about without the address it was reached at: ``mx.contoso.com [192.0.2.1]:25`` →
+    ``mx.contoso.com``; a subject without an address is itself. Case and a trailing dot do not count.
+
+    A problem's identity across runs (history, ``--notify change``) is check + code + this: the cloud's MX
+    addresses rotate and the lab picks a port per run, and neither makes a problem new or resolved.
+    """
+    return _ADDRESS_PART.sub("", subject).rstrip(".").lower()
 
 
 class Severity(enum.IntEnum):

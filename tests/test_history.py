@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -87,8 +88,10 @@ def test_new_and_resolved_findings_between_real_runs(history: History, healthy: 
     appeared = history.run_changes(second)
     gone = history.run_changes(third)
 
-    # Then the warning appears once and is resolved once; info findings (CERT_OK ...) are not compared
-    subject = _check(expiring, "certificate")["findings"][0]["subject"]
+    # Then the warning appears once and is resolved once, named by its host; info findings (CERT_OK ...) are not
+    # compared
+    subject = "contoso-com.mail.protection.outlook.com"
+    assert _check(expiring, "certificate")["findings"][0]["subject"].startswith(f"{subject} [127.0.1.10]:")
     assert _kinds(appeared) == [ChangeKind.STATUS_CHANGED, ChangeKind.NEW]
     assert appeared[0].detail == "ok → warning"
     new = appeared[1]
@@ -112,6 +115,42 @@ def test_same_run_twice_changes_nothing(history: History, expiring: Document) ->
     assert history.changes("contoso.com") == []
 
 
+def test_a_problem_at_another_address_or_port_is_unchanged(history: History, lab: Lab, expiring: Document) -> None:
+    """Issue 10: the same problem seen through another lab (another port) is no change, so no change mail."""
+    from diag.notify import should_notify
+
+    async def elsewhere() -> Document:
+        async with Lab() as other:
+            options = other.run_options(timeout=2.0, cert_warn_days=365)
+            return report_dict(await run_checks(["contoso.com"], default_registry(), options))
+
+    moved = asyncio.run(elsewhere())
+    before = _check(expiring, "certificate")["findings"][0]["subject"]
+    after = _check(moved, "certificate")["findings"][0]["subject"]
+    assert before != after  # the evidence keeps the address and port it was seen at
+    history.record(expiring)
+
+    # The cloud's addresses rotate, the certificate stays: no change at all, so no change mail.
+    port = before.rsplit(":", 1)[1]
+    rotated = json.loads(json.dumps(expiring).replace("127.0.1.10", "127.0.1.99").replace(f":{port}", ":2626"))
+    assert _check(rotated, "certificate")["findings"][0]["subject"] != before
+    changes = history.run_changes(history.record(rotated))
+    assert changes == []
+    assert not should_notify("change", rotated, changes)
+
+    # The other lab has a CA of its own, so its certificate is really another one; nothing else changed.
+    assert _kinds(history.run_changes(history.record(moved))) == [ChangeKind.CERTIFICATE_RENEWED]
+
+
+def test_the_same_problem_on_two_addresses_is_one_problem(history: History, expiring: Document) -> None:
+    twice = copy.deepcopy(expiring)
+    finding = _check(twice, "certificate")["findings"][0]
+    _check(twice, "certificate")["findings"].append({**finding, "subject": "Contoso-com.mail.protection.outlook.com. "
+                                                     "[2001:db8::25]:25"})  # fmt: skip
+    history.record(twice)
+    assert history.run_changes(history.record(expiring)) == []  # resolved only when gone from every address
+
+
 def test_certificate_renewed(history: History, healthy: Document) -> None:
     renewed = copy.deepcopy(healthy)
     leaf = _check(renewed, "certificate")["facts"]["certificates"][0]["chain"][0]
@@ -124,7 +163,7 @@ def test_certificate_renewed(history: History, healthy: Document) -> None:
     (change,) = history.changes("contoso.com")
     endpoint = _check(renewed, "certificate")["facts"]["certificates"][0]["endpoint"]
     assert change.kind is ChangeKind.CERTIFICATE_RENEWED
-    assert change.subject == endpoint
+    assert endpoint.startswith(f"{change.subject} [")
     assert "abababababababab" in change.detail and "2031-01-01" in change.detail
     assert old_sha[:16] in change.detail
 
@@ -197,7 +236,7 @@ def test_render_history(history: History, healthy: Document, expiring: Document)
     assert lines[0] == f"Run history in {history.path} (newest first, 2 runs)"
     assert lines[2].startswith("#2  ") and "WARNING" in lines[2] and "contoso.com warning" in lines[2]
     assert lines[3] == "    contoso.com: status changed: ok → warning"
-    assert lines[4].startswith("    contoso.com: new: contoso-com.mail.protection.outlook.com [127.0.1.10]:")
+    assert lines[4].startswith("    contoso.com: new: contoso-com.mail.protection.outlook.com: CERT_EXPIRING")
     assert "CERT_EXPIRING (warning)" in lines[4]
     assert lines[6].startswith("#1  ") and "OK" in lines[6]
     assert lines[7] == "    contoso.com: first run: status ok"
