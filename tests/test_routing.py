@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,11 @@ from diag.config import (
     InboundConnector,
     Organization,
     OutboundConnector,
+    RelayRole,
+    parse_config,
 )
+from diag.relay.policy import is_trusted
+from diag.relay.settings import RelaySettings
 from diag.routing import (
     REPLY_PARTNER_RESTRICTED,
     REPLY_RELAY_DENIED,
@@ -21,10 +26,13 @@ from diag.routing import (
     Rule,
     TransportRuleIssue,
     certificate_matches,
+    ip_in_ranges,
+    on_premises_connector,
     recipient_domain,
     relay_decision,
     route,
     route_both,
+    split_address,
 )
 
 ON_PREMISES = ConnectorType.ON_PREMISES
@@ -693,8 +701,6 @@ def test_partner_restrictions_do_not_apply_to_relay() -> None:
     ],
 )
 def test_ip_in_ranges(ip: str | None, ranges: list[str], expected: bool) -> None:
-    from diag.routing import ip_in_ranges
-
     assert ip_in_ranges(ip, ranges) is expected
 
 
@@ -711,19 +717,10 @@ def test_ip_in_ranges(ip: str | None, ranges: list[str], expected: bool) -> None
     ],
 )
 def test_split_address_is_the_one_reader_of_local_parts(text: str, expected: tuple[str, str, str] | None) -> None:
-    from diag.routing import split_address
-
     assert split_address(text) == expected
 
 
 def test_the_check_and_the_relay_recognise_a_mapped_address_alike() -> None:
-    from pathlib import Path
-
-    from diag.config import RelayRole, parse_config
-    from diag.relay.policy import is_trusted
-    from diag.relay.settings import RelaySettings
-    from diag.routing import on_premises_connector, relay_decision
-
     org = parse_config(
         '[[AcceptedDomain]]\nDomainName = "contoso.com"\nDomainType = "Authoritative"\n'
         '[[InboundConnector]]\nName = "From on-premises"\nConnectorType = "OnPremises"\nSenderDomains = ["*"]\n'

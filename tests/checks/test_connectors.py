@@ -122,9 +122,12 @@ def test_inbound_certificate_outside_the_accepted_domains(lab: Lab) -> None:
     assert denied.cloud_error == "550 5.7.64 TenantAttribution; Relay Access Denied"
 
 
-def test_inbound_by_address(lab: Lab) -> None:
+# ::ffff:127.0.10.10 is how a dual-stack relay listener sees 127.0.10.10: the check judges it as the relay does
+# (tests/relay/test_server.py, test_an_ipv4_client_of_a_dual_stack_listener_is_recognised).
+@pytest.mark.parametrize("sender_ip", ["127.0.10.10", "::ffff:127.0.10.10"])
+def test_inbound_by_address(lab: Lab, sender_ip: str) -> None:
     org = load_config(EXAMPLE_CONFIG)
-    (ok,) = check(lab, ["contoso.com"], org, client_cert_names=("mail.unrelated.example",), sender_ip="127.0.10.10")
+    (ok,) = check(lab, ["contoso.com"], org, client_cert_names=("mail.unrelated.example",), sender_ip=sender_ip)
     # The address matches the OnPremises connector and the sender domain is accepted: relay allowed, but the
     # certificate still names no accepted domain.
     assert codes_of(ok, "connectors")[-1] == "INBOUND_CERT_NOT_ACCEPTED_DOMAIN"
