@@ -409,9 +409,12 @@ class RelayServer:
             )
 
         try:
+            # A [::] listener takes IPv4 too unless the configuration also lists an IPv4 address on that port,
+            # which it would then collide with ("address already in use").
+            ipv4_ports = {port for host, port in settings.listen if ":" not in host}
             for host, port in settings.listen:
                 try:
-                    if host == "::":
+                    if host == "::" and port not in ipv4_ports:
                         listener = await loop.create_server(factory, sock=_dual_stack_socket(port))
                     else:
                         listener = await loop.create_server(factory, host, port)

@@ -408,6 +408,20 @@ def test_an_ipv4_client_of_a_dual_stack_listener_is_recognised(
     run(main())
 
 
+@pytest.mark.skipif(not _dual_stack(), reason="this machine has no IPv6 loopback to listen on [::]")
+def test_ipv4_and_ipv6_listeners_on_one_port_both_start(tmp_path: Path) -> None:
+    """Listen = ["0.0.0.0:P", "[::]:P"] keeps working: the [::] listener stays IPv6-only then."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main() -> None:
+        async with relay(tmp_path, 0, listen=(("0.0.0.0", port), ("::", port))) as running:
+            assert {address for address, _ in running.server.addresses} == {"0.0.0.0", "::"}
+
+    run(main())
+
+
 def test_untrusted_client_loses_its_trace_headers(tmp_path: Path) -> None:
     async def main() -> None:
         async with relay(tmp_path, 5) as running:
