@@ -242,11 +242,16 @@ def _summary(report: Report) -> str:
     return _plugin_text(text, limit=1000)
 
 
+# The statuses of a check that did not run although it applies, named by their own [UNKNOWN] line. Listed, not
+# "anything but completed": a check that does not apply to a domain is no problem to name.
+_NOT_RUN = (Status.ERROR, Status.TIMEOUT, Status.SKIPPED)
+
+
 def _long_output(report: Report) -> Iterator[str]:
     for domain in report.domains:
         for result in domain.results:
             where = f"{domain.domain} {result.check_id}"
-            if result.status is not Status.COMPLETED:
+            if result.status in _NOT_RUN:
                 reason = f" - {result.reason}" if result.reason else ""
                 yield _plugin_text(f"[UNKNOWN] {where}: {result.status.value}{reason}", limit=1000)
             for finding in result.findings:
