@@ -1,8 +1,12 @@
 """The HTML view of a report: one self-contained file for people, from the ``diag.report/1`` JSON document.
 
 ``diag check --html FILE`` and ``diag report RESULT.json --html FILE`` render the same document, so a saved
-result renders exactly as the live run did. Everything a server sent (banners, EHLO lines, certificate names,
-DNS names) is hostile until shown otherwise (security-cases.md §5):
+result renders exactly as the live run did. The page says what to fix first (issue 10): "Problems to fix"
+(:func:`_problems`, built from findings and check statuses alone, so it holds for any check), then the domains
+worst first, the evidence of a domain with nothing to fix collapsed.
+
+Everything a server sent (banners, EHLO lines, certificate names, DNS names) is hostile until shown otherwise
+(security-cases.md §5):
 
 * RPT-01: the Jinja2 environment forces ``autoescape=True``; ``select_autoescape()`` would leave ``.j2``
   templates unescaped.
@@ -513,6 +517,8 @@ def _domain_view(index: int, domain: Mapping[str, Any], finished: datetime | Non
     facts = {_text(c.get("id")): _dict(c.get("facts")) for c in checks if c.get("status") == "completed"}
     sessions, not_probed = _sessions(facts.get("port25", {}))
     status = _token(domain.get("status"), _VERDICTS, "unknown")
+    cert_failing = _failing_by_subject(views, "certificate")
+    smart_host_failing = _failing_by_subject(views, "connectors")
     return _Domain(
         anchor=anchor,
         name=_text(domain.get("domain")),
@@ -525,12 +531,9 @@ def _domain_view(index: int, domain: Mapping[str, Any], finished: datetime | Non
         sessions=sessions,
         not_probed=not_probed,
         certificates=tuple(
-            _presented(p, finished, _failing_by_subject(views, "certificate"))
-            for p in _dicts(facts.get("certificate", {}).get("certificates"))
+            _presented(p, finished, cert_failing) for p in _dicts(facts.get("certificate", {}).get("certificates"))
         ),
-        routing=_routing(facts["connectors"], _failing_by_subject(views, "connectors"))
-        if "connectors" in facts
-        else None,
+        routing=_routing(facts["connectors"], smart_host_failing) if "connectors" in facts else None,
         hops=tuple(
             _Hops(_text(c.get("title")) or _text(c.get("id")), hops)
             for c in checks
