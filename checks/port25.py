@@ -17,10 +17,12 @@ from diag.model import CheckResult, Finding, Severity, Status
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "NotProbed", "Port25Facts", "Probed", "assess", "summarize"]
+__all__ = ["CHECK", "NULL_MX", "NotProbed", "Port25Facts", "Probed", "assess", "summarize"]
 
 
 _NOT_PUBLIC = "not a public address"
+NULL_MX = "the domain accepts no mail (null MX)"
+"""Why port25 (and the checks that read its sessions) do not apply to a domain with a null MX only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +229,11 @@ def summarize(results: Sequence[CheckResult]) -> list[CheckResult]:
 
 
 async def run(ctx: CheckContext) -> Outcome:
+    mx = ctx.facts("mx", MxFacts)
+    if mx.null_mx and not mx.hosts:
+        # RFC 7505 §3: a null MX alone declares that the domain accepts no mail; there is no host to probe, and
+        # that is what the domain says, not a failure (the mx check judges the null MX itself).
+        return Outcome.inapplicable(NULL_MX)
     facts = await probe(ctx)
     if facts is None:
         return Outcome.skip("the MX check found no address to connect to")

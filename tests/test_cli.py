@@ -43,10 +43,29 @@ def test_lab_check_of_the_organization_passes() -> None:
 @pytest.mark.parametrize(
     ("domain", "code"),
     [("nomx.example", 1), ("expiring.example", 1), ("dangling.example", 2), ("refused.example", 2),
-     ("expired.example", 2), ("servfail.example", 3)],
+     ("expired.example", 2), ("servfail.example", 3), ("nullmx.example", 0)],
 )
 def test_exit_codes_follow_the_worst_result(domain: str, code: int) -> None:
     assert diag("check", domain, "--lab").returncode == code
+
+
+def test_a_domain_that_accepts_no_mail_is_ok_and_its_mail_checks_do_not_apply(tmp_path: Path) -> None:
+    # Given a domain whose only MX is the null MX (RFC 7505: it accepts no mail)
+    out = tmp_path / "result.json"
+    done = diag("check", "nullmx.example", "--lab", "--json", str(out))
+    # Then it is OK: the checks that need a mail host do not apply, which is not "could not run"
+    assert done.returncode == 0, done.stderr
+    assert "nullmx.example: OK" in done.stdout
+    assert "  port25: not applicable (" in done.stdout and "): the domain accepts no mail (null MX)" in done.stdout
+    document = json.loads(out.read_text())
+    jsonschema.validate(document, load_schema())
+    checks = {c["id"]: (c["status"], c["reason"]) for c in document["domains"][0]["checks"]}
+    assert checks["port25"] == ("not_applicable", "the domain accepts no mail (null MX)")
+    assert checks["certificate"][0] == checks["starttls"][0] == "not_applicable"
+    assert (document["status"], document["exit_code"]) == ("ok", 0)
+    # and a quiet run has nothing to say
+    quiet = diag("check", "nullmx.example", "--lab", "-q")
+    assert (quiet.returncode, quiet.stdout) == (0, "")
 
 
 def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from checks import default_registry
-from checks.port25 import CHECK, NotProbed, Port25Facts, Probed, assess, summarize
+from checks.port25 import CHECK, NULL_MX, NotProbed, Port25Facts, Probed, assess, summarize
 from diag.lab.runner import Lab
-from diag.model import CheckResult, Severity, Status
+from diag.model import CheckResult, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.runner import run_checks
 
@@ -138,9 +138,29 @@ def test_lab_subjects_name_host_address_and_port(domain_report, lab: Lab) -> Non
     ]
 
 
-def test_lab_null_mx_leaves_nothing_to_probe(domain_report) -> None:  # type: ignore[no-untyped-def]
-    result = domain_report("nullmx.example").result("port25")
+def test_lab_null_mx_alone_is_not_applicable_and_ok(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # Given a domain whose only MX record is the null MX (RFC 7505)
+    report = domain_report("nullmx.example")
+    # Then there is nothing to probe, and that is what the domain declares, not a failure
+    port25, starttls, certificate = (report.result(c) for c in ("port25", "starttls", "certificate"))
+    assert (port25.status, port25.reason) == (Status.NOT_APPLICABLE, NULL_MX)
+    for follower in (starttls, certificate):
+        assert (follower.status, follower.reason) == (
+            Status.NOT_APPLICABLE, f"requires port25, which is not applicable: {NULL_MX}",
+        )  # fmt: skip
+    assert (report.verdict, report.verdict.exit_code) == (Verdict.OK, 0)
+
+
+def test_lab_mx_hosts_without_addresses_could_not_be_probed(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # Given MX hosts that exist but have no address: the mx check reports the error, port25 could not run
+    report = domain_report("dangling.example")
+    result = report.result("port25")
     assert (result.status, result.reason) == (Status.SKIPPED, "the MX check found no address to connect to")
+    assert report.verdict is Verdict.CRITICAL
+
+
+def test_lab_null_mx_next_to_a_real_mx_is_probed(domain_report) -> None:  # type: ignore[no-untyped-def]
+    assert domain_report("mixednull.example").result("port25").status is Status.COMPLETED
 
 
 def test_lab_private_addresses_refused_without_allow_private(lab: Lab) -> None:
