@@ -156,12 +156,16 @@ def _assess_session(probed: Probed) -> Finding:
                 cloud_error="450 4.4.315 Connection timed out",
             )  # fmt: skip
         case SessionError.GREETING_REJECTED:
-            text = f"{s.greeting_code} {s.greeting}".strip()
+            # An endless multi-line greeting is judged by its code all the same (RFC 5321 §4.2.1); its first
+            # line stands for it.
+            shown = s.greeting.splitlines()[0] if s.greeting_unfinished and s.greeting else s.greeting
+            text = f"{s.greeting_code} {shown}".strip()
+            how = " in a multi-line reply that never ends" if s.greeting_unfinished else ""
             limited = s.greeting_code == 421
             return CHECK.finding(
                 "SMTP_GREETING_REJECT", subject,
-                (f"{subject} greets with 421: it is rate limiting or refusing connections for now ({text})."
-                 if limited else f"{subject} refuses the session in its greeting ({text})."),
+                (f"{subject} greets with 421{how}: it is rate limiting or refusing connections for now ({text})."
+                 if limited else f"{subject} refuses the session in its greeting{how} ({text})."),
                 ("Check the server's connection limits and whether it blocks the cloud service's addresses."
                  if limited else "Allow the cloud service's addresses on the server's receive connector."),
                 cloud_error=f"450 4.4.317 Cannot connect to remote server [Message={text}]",

@@ -131,6 +131,7 @@ PURPOSES = {
     "blackhole.example": "drops connections: TCP connect times out",
     "rejecting.example": "greets with 554",
     "ratelimited.example": "greets with 421",
+    "endless421.example": "greets with a multi-line 421 reply that never ends (421- lines until the client gives up)",
     "heloonly.example": "rejects EHLO, accepts only HELO (no ESMTP, no STARTTLS)",
     "ehlodrop.example": "greets, then hangs up at EHLO",
     "badstarttls.example": "offers STARTTLS, then answers it with 454",
@@ -275,6 +276,10 @@ def default_world() -> World:
         _broken(
             "ratelimited.example", 14, kind=HostKind.GREETING, cert=None,
             greeting="421 4.7.0 mx.ratelimited.example Too many connections from your address, try again later",
+        ),
+        _broken(
+            "endless421.example", 28, kind=HostKind.ENDLESS, cert=None,
+            greeting="421 4.7.0 mx.endless421.example Too many connections from your address, try again later",
         ),
     ]  # fmt: skip
     for record, host in broken:

@@ -69,6 +69,17 @@ def test_greetings_quote_the_server() -> None:
     assert "rate limiting" not in message and "554 go away" in message
 
 
+def test_an_endless_421_greeting_is_rate_limiting_quoted_by_its_first_line() -> None:
+    code, severity, message, cloud = judge(
+        reached=SessionStage.CONNECT, error=SessionError.GREETING_REJECTED, greeting_code=421,
+        greeting="4.7.0 busy\n4.7.0 busy\n4.7.0 busy", greeting_unfinished=True,
+    )  # fmt: skip
+    assert (code, severity) == ("SMTP_GREETING_REJECT", Severity.ERROR)
+    assert "greets with 421 in a multi-line reply that never ends: it is rate limiting" in message
+    assert message.endswith("(421 4.7.0 busy).")
+    assert cloud == "450 4.4.317 Cannot connect to remote server [Message=421 4.7.0 busy]"
+
+
 def test_private_addresses_are_not_probed() -> None:
     facts = Port25Facts((), (NotProbed("mx.example.com", "10.0.0.5", "not a public address"),))
     (finding,) = assess(facts)
@@ -120,6 +131,7 @@ def test_no_egress_verdict_when_anything_answered(other: SessionError | None) ->
         ("blackhole.example", ["SMTP_CONNECT_TIMEOUT"]),
         ("rejecting.example", ["SMTP_GREETING_REJECT"]),
         ("ratelimited.example", ["SMTP_GREETING_REJECT"]),
+        ("endless421.example", ["SMTP_GREETING_REJECT"]),
         ("multi.example", ["SMTP_CONNECT_REFUSED", "SMTP_OK", "SMTP_OK"]),
         ("heloonly.example", ["SMTP_EHLO_REJECTED"]),
         ("ehlodrop.example", ["SMTP_SESSION_FAILED"]),
