@@ -49,6 +49,14 @@ def test_exit_codes_follow_the_worst_result(domain: str, code: int) -> None:
     assert diag("check", domain, "--lab").returncode == code
 
 
+def test_a_dns_server_that_loses_the_first_udp_answers_does_not_make_the_domain_unknown() -> None:
+    # lossy.example's DNS drops the first two UDP queries for each name (as a rate-limiting server does): the
+    # lookup is retried within --timeout and the domain is judged, not left unknown
+    done = diag("check", "lossy.example", "--lab", "--timeout", "2")
+    assert done.returncode == 0, done.stdout
+    assert "  mx: completed (" in done.stdout and "MX_OK mx2.multi.example" in done.stdout
+
+
 def test_a_domain_that_accepts_no_mail_is_ok_and_its_mail_checks_do_not_apply(tmp_path: Path) -> None:
     # Given a domain whose only MX is the null MX (RFC 7505: it accepts no mail)
     out = tmp_path / "result.json"

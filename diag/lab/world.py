@@ -146,6 +146,8 @@ PURPOSES = {
     "manymx.example": "30 MX hosts on one address: the answer is truncated over UDP, fetched over TCP",
     "multi.example": "three MX hosts: one refused, two healthy",
     "servfail.example": "its DNS answers SERVFAIL",
+    "lossy.example": "its DNS drops the first two UDP queries for each name and type (rate limiting): answered on "
+    "a later try",
     "truncated.example": "its DNS answers are truncated over UDP and TCP alike (never complete)",
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
     "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies and "
@@ -305,6 +307,7 @@ def default_world() -> World:
     hosts.append(HostDef("mx2.multi.example", "127.0.20.18", domains=("multi.example",)))
     hosts.append(HostDef("mx3.multi.example", "127.0.20.19", domains=("multi.example",)))
     records.append(Record("servfail.example", "MX", ("10 mx.servfail.example.",)))
+    records.append(Record("lossy.example", "MX", ("10 mx2.multi.example.",)))
     records.append(Record("truncated.example", "MX", ("10 mx2.multi.example.",)))
     records.append(Record("notaccepted.example", "MX", (f"10 {CLOUD_HOST}.",)))
     records.append(Record("mixednull.example", "MX", ("0 .", "10 mx2.multi.example.")))
@@ -334,5 +337,9 @@ def default_world() -> World:
         zones=zones,
         records=tuple(records),
         hosts=tuple(hosts),
-        behaviours=(("servfail.example", Behaviour.SERVFAIL), ("truncated.example", Behaviour.TRUNCATE)),
+        behaviours=(
+            ("servfail.example", Behaviour.SERVFAIL),
+            ("truncated.example", Behaviour.TRUNCATE),
+            ("lossy.example", Behaviour.LOSE_UDP),
+        ),
     )
