@@ -357,6 +357,24 @@ def test_config_import_round_trip(tmp_path: Path) -> None:
     assert json.loads(routed.stdout)["routes"][0]["connector"] == "Connector 3"
 
 
+def test_a_client_certificate_with_the_right_name_but_no_trusted_ca_is_an_error(tmp_path: Path) -> None:
+    from diag.lab.pki import CertKind, TestPKI
+
+    # Given --client-cert mail.contoso.com, which the inbound connector (*.contoso.com) names, but self-signed
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(TestPKI.create().issue(["mail.contoso.com"], kind=CertKind.SELF_SIGNED).chain_pem())
+    done = diag("check", "contoso.com", "--lab", "--check", "connectors", "--client-cert", str(pem))
+    # Then the cloud would not accept it: critical, with the cloud's text, and no INBOUND_OK
+    assert done.returncode == 2, done.stderr
+    expected = (
+        "ERROR INBOUND_CERT_INVALID contoso.com: The certificate of the on-premises server (mail.contoso.com, as given "
+        "with --client-cert) is self-signed"
+    )
+    assert expected in done.stdout
+    assert "cloud says: 550 5.7.64 TenantAttribution; Relay Access Denied" in done.stdout
+    assert "INBOUND_OK" not in done.stdout
+
+
 def test_client_certificate_outside_the_accepted_domains(tmp_path: Path) -> None:
     from diag.lab.pki import TestPKI
 
