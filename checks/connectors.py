@@ -5,6 +5,13 @@ Active when ``diag check`` gets ``--config``. Routing and relay rights come from
 implementation for this check, ``diag route`` and the relay); smart hosts are probed with the same shared SMTP
 sessions as the mail checks, and judged the way the cloud validates a connector (exchange-model.md §5): resolve
 → connect → EHLO → TLS as ``TlsSettings`` demands.
+
+The on-premises server's certificate (``--client-cert``, else the one its listener serves) is judged the way
+the cloud and diag's own relay judge a client certificate before they attribute a connection by it: the chain
+as presented must lead to a trusted CA (no fetching of intermediates) and the certificate must be within its
+validity period. One that is not counts for nothing, whatever names it carries: the connection is then
+attributed by address only, and relaying fails with ``550 5.7.64 TenantAttribution; Relay Access Denied``
+(exchange-model.md §10 #1: "chain incomplete" among the causes; the relay refuses it at the handshake).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from diag.routing import (
     Routing,
     certificate_domain,
     certificate_matches,
+    on_premises_connector,
     relay_decision,
     route_both,
 )
@@ -38,6 +46,8 @@ __all__ = ["CHECK", "ConnectorsFacts", "InboundFacts", "SmartHostProbe", "assess
 
 # A recipient outside every accepted domain, for the relay prediction ("may John mail Sun on the Internet?").
 _EXTERNAL_CANDIDATES = ("example.net", "example.org", "example.com")
+# The cloud's reply when it cannot attribute a relayed message to the organization (exchange-model.md §10 #1).
+_TENANT_ATTRIBUTION = "550 5.7.64 TenantAttribution; Relay Access Denied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +86,16 @@ class InboundFacts:
     """How the cloud would see the on-premises server when it sends as the domain.
 
     Attributes:
-        cert_source: where the certificate names came from: ``client-cert`` (``--client-cert``), ``smart-host``
+        cert_source: where the certificate came from: ``client-cert`` (``--client-cert``), ``smart-host``
             (the certificate the on-premises server's port-25 listener serves) or "" (none known).
         cert_names: the certificate's DNS names.
         sender_ip: the address it sends from (``--sender-ip``), if given.
         external_domain: the Internet recipient domain the relay prediction was made for.
-        relay: the relay-rights decision for mail from the domain to ``external_domain``.
+        relay: the relay-rights decision for mail from the domain to ``external_domain``; it counts the
+            certificate only when the certificate is valid (trusted and within its dates).
+        certificate: the certificate itself (the leaf), when one is known and could be parsed.
+        trust, trust_detail: the chain verified as a client certificate against the trust store, apart from
+            dates (None when no certificate is known).
     """
 
     cert_source: str
@@ -89,6 +103,9 @@ class InboundFacts:
     sender_ip: str | None
     external_domain: str
     relay: RelayDecision
+    certificate: CertInfo | None = None
+    trust: Trust | None = None
+    trust_detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,12 +318,51 @@ def _first_up(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _certificate_problem(inbound: InboundFacts, now: datetime) -> tuple[str, str] | None:
+    """Why the cloud would not accept the on-premises server's certificate, and what to do; None when it would
+    (or when there is no certificate). The chain is judged before the dates, as a verifier fails on it first."""
+    leaf = inbound.certificate
+    detail = f" ({inbound.trust_detail})" if inbound.trust_detail else ""
+    match inbound.trust:
+        case None | Trust.TRUSTED:
+            pass
+        case Trust.SELF_SIGNED:
+            return "is self-signed: no certificate authority vouches for it", _USE_A_CA
+        case Trust.INCOMPLETE:
+            return (
+                f"comes without its intermediate CA certificate{detail}, and the cloud does not fetch missing "
+                "intermediates",
+                "Configure the on-premises server to send its full chain (leaf and intermediates)"
+                + ("; give --client-cert the chain as the server sends it." if inbound.cert_source == "client-cert"
+                   else "."),
+            )
+        case Trust.UNTRUSTED:
+            return f"does not lead to a trusted certificate authority{detail}", _USE_A_CA
+        case Trust.WEAK_SIGNATURE:
+            return f"is signed with a hash the cloud refuses{detail}", _USE_A_CA
+        case Trust.MALFORMED:
+            return f"cannot be parsed{detail}", "Reissue or re-export the certificate and its chain."
+    if leaf is not None and now > leaf.not_after:
+        return f"expired on {leaf.not_after:%Y-%m-%d}", _RENEW
+    if leaf is not None and now < leaf.not_before:
+        return f"is not valid before {leaf.not_before:%Y-%m-%d}", _RENEW
+    return None
+
+
+_CERT_SOURCES = {"client-cert": "as given with --client-cert", "smart-host": "as its port-25 listener serves it"}
+_USE_A_CA = (
+    "Use a certificate from a public certificate authority, with its full chain, on the on-premises server's "
+    "send connector."
+)
+_RENEW = "Renew the on-premises server's certificate and bind it to the connector it sends to the cloud with."
+
+
 def _assess_inbound(facts: ConnectorsFacts, org: Organization) -> list[Finding]:
     inbound = facts.inbound
     assert inbound is not None
     domain = facts.domain
     who = _who(inbound)
-    if not inbound.cert_names and inbound.sender_ip is None:
+    if inbound.trust is None and not inbound.cert_names and inbound.sender_ip is None:
         return [CHECK.finding(
             "INBOUND_UNCHECKED", domain,
             f"No certificate or address of the on-premises server is known, so diag cannot tell whether the cloud "
@@ -315,6 +371,24 @@ def _assess_inbound(facts: ConnectorsFacts, org: Organization) -> list[Finding]:
         )]  # fmt: skip
     found: list[Finding] = []
     relay = inbound.relay
+    problem = _certificate_problem(inbound, facts.checked_at)
+    # The connector the certificate's names would match, were the certificate valid.
+    by_name = on_premises_connector(org, ip=None, cert_names=inbound.cert_names) if problem else None
+    if problem is not None:
+        why, remediation = problem
+        names = ", ".join(inbound.cert_names) or "names unknown"
+        consequence = (
+            f"so its name matching the inbound connector '{by_name.connector.name}' does not count"
+            if by_name is not None else "so the cloud cannot recognise the server by it"
+        )
+        found.append(CHECK.finding(
+            "INBOUND_CERT_INVALID", domain,
+            f"The certificate of the on-premises server ({names}, {_CERT_SOURCES.get(inbound.cert_source, '')}) "
+            f"{why}: the cloud does not accept it as the server's identity, {consequence}; only the server's "
+            "address can still make an inbound connector recognise it.",
+            remediation,
+            cloud_error=_TENANT_ATTRIBUTION,
+        ))  # fmt: skip
     if inbound.cert_names and certificate_domain(org, inbound.cert_names) is None:
         found.append(CHECK.finding(
             "INBOUND_CERT_NOT_ACCEPTED_DOMAIN", domain,
@@ -322,16 +396,16 @@ def _assess_inbound(facts: ConnectorsFacts, org: Organization) -> list[Finding]:
             "domain: the cloud cannot attribute its mail to the organization by certificate.",
             "Use a certificate whose name is in an accepted domain (e.g. *.contoso.com), or add that domain as an "
             "accepted domain.",
-            cloud_error="550 5.7.64 TenantAttribution; Relay Access Denied",
+            cloud_error=_TENANT_ATTRIBUTION,
         ))  # fmt: skip
-    if relay.inbound_connector is None:
+    if relay.inbound_connector is None and by_name is None:  # (else INBOUND_CERT_INVALID says why)
         found.append(CHECK.finding(
             "INBOUND_NO_MATCH", domain,
             f"The on-premises server ({who}) matches no OnPremises inbound connector: the cloud treats its mail "
             "as anonymous Internet mail.",
             "Set the inbound connector's TlsSenderCertificateName to the certificate's domain, or add the server's "
             "public address to SenderIPAddresses.",
-            cloud_error="550 5.7.64 TenantAttribution; Relay Access Denied",
+            cloud_error=_TENANT_ATTRIBUTION,
         ))  # fmt: skip
     if not relay.allowed:
         found.append(CHECK.finding(
@@ -409,31 +483,50 @@ async def run(ctx: CheckContext) -> Outcome:
         mx_at_cloud = any(h.name.lower() == org.mx_host.lower() for h in mx.hosts)
     routing = route_both(org, domain, ctx.options.routing_order)
     connector = routing.decision.connector
+    onprem = connector is not None and connector.connector_type is ConnectorType.ON_PREMISES
     now = datetime.now(UTC)
+    # The CAs are needed to judge a smart host's certificate for TlsSettings, and the on-premises server's
+    # certificate (its own, or its listener's) for the inbound side.
+    judges_certificates = (connector is not None and connector.tls_settings is not None) or (
+        accepted is not None and (bool(ctx.options.client_cert) or onprem)
+    )
+    store = await ctx.run.trust_store() if judges_certificates else ()
     smart_hosts: list[SmartHostProbe] = []
     if connector is not None:
         targets = connector.smart_hosts if not connector.use_mx_record else tuple(h.name for h in mx.hosts)
-        store = await ctx.run.trust_store() if connector.tls_settings else ()
         for probes in await asyncio.gather(*(_probe_smart_host(ctx, t, store, now) for t in targets)):
             smart_hosts.extend(probes)
     inbound = None
     if accepted is not None:
-        onprem = connector is not None and connector.connector_type is ConnectorType.ON_PREMISES
-        inbound = _inbound(ctx, org, domain, smart_hosts if onprem else [])
+        inbound = _inbound(ctx, org, domain, smart_hosts if onprem else [], store, now)
     facts = ConnectorsFacts(domain, accepted, mx_at_cloud, routing, tuple(smart_hosts), inbound, now)
     return Outcome(facts, assess(facts, org))
 
 
-def _inbound(ctx: CheckContext, org: Organization, domain: str, onprem: list[SmartHostProbe]) -> InboundFacts:
-    names, source = ctx.options.client_cert_names, "client-cert"
-    if not names:
-        served = next((p.chain[0] for p in onprem if p.chain), None)
-        names, source = (served.dns_names or served.common_names, "smart-host") if served else ((), "")
+def _inbound(ctx: CheckContext, org: Organization, domain: str, onprem: list[SmartHostProbe],
+             store: tuple[x509.Certificate, ...], now: datetime) -> InboundFacts:  # fmt: skip
+    chain_der, source = ctx.options.client_cert, "client-cert"
+    if not chain_der:
+        sessions = (p.session for p in onprem if p.session is not None)
+        served = next((s.tls.chain_der for s in sessions if s.tls is not None and s.tls.chain_der), ())
+        chain_der, source = served, "smart-host" if served else ""
+    leaf: CertInfo | None = None
+    trust: Trust | None = None
+    detail = ""
+    if chain_der:
+        # Verified as the client certificate it is when the server sends mail to the cloud.
+        chain, verdict = examine_chain(chain_der, store, at=now, client=True)
+        leaf, trust, detail = (chain[0] if chain else None), verdict.trust, verdict.detail
+    names = (leaf.dns_names or leaf.common_names) if leaf is not None else ()
+    valid = leaf is not None and trust is Trust.TRUSTED and leaf.not_before <= now <= leaf.not_after
     external = _external_domain(org)
+    # The cloud attributes a connection by a certificate it accepted, never by one it refused (on_premises_connector
+    # wants verified names).
     decision = relay_decision(
-        org, ip=ctx.options.sender_ip, cert_names=names, sender_domain=domain, recipient_domain=external
-    )
-    return InboundFacts(source, tuple(names), ctx.options.sender_ip, external, decision)
+        org, ip=ctx.options.sender_ip, cert_names=names if valid else (), sender_domain=domain,
+        recipient_domain=external,
+    )  # fmt: skip
+    return InboundFacts(source, tuple(names), ctx.options.sender_ip, external, decision, leaf, trust, detail)
 
 
 CHECK = Check(
@@ -460,6 +553,7 @@ CHECK = Check(
         "SMARTHOST_TLSDOMAIN_MISMATCH": Severity.ERROR,
         "INBOUND_OK": Severity.INFO,
         "INBOUND_UNCHECKED": Severity.NOTICE,
+        "INBOUND_CERT_INVALID": Severity.ERROR,
         "INBOUND_CERT_NOT_ACCEPTED_DOMAIN": Severity.ERROR,
         "INBOUND_NO_MATCH": Severity.ERROR,
         "RELAY_DENIED": Severity.ERROR,

@@ -17,10 +17,12 @@ from diag.model import CheckResult, Finding, Severity, Status
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "NotProbed", "Port25Facts", "Probed", "assess", "summarize"]
+__all__ = ["CHECK", "NULL_MX", "NotProbed", "Port25Facts", "Probed", "assess", "summarize"]
 
 
 _NOT_PUBLIC = "not a public address"
+NULL_MX = "the domain accepts no mail (null MX)"
+"""Why port25 (and the checks that read its sessions) do not apply to a domain with a null MX only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +156,16 @@ def _assess_session(probed: Probed) -> Finding:
                 cloud_error="450 4.4.315 Connection timed out",
             )  # fmt: skip
         case SessionError.GREETING_REJECTED:
-            text = f"{s.greeting_code} {s.greeting}".strip()
+            # An endless multi-line greeting is judged by its code all the same (RFC 5321 §4.2.1); its first
+            # line stands for it.
+            shown = s.greeting.splitlines()[0] if s.greeting_unfinished and s.greeting else s.greeting
+            text = f"{s.greeting_code} {shown}".strip()
+            how = " in a multi-line reply that never ends" if s.greeting_unfinished else ""
             limited = s.greeting_code == 421
             return CHECK.finding(
                 "SMTP_GREETING_REJECT", subject,
-                (f"{subject} greets with 421: it is rate limiting or refusing connections for now ({text})."
-                 if limited else f"{subject} refuses the session in its greeting ({text})."),
+                (f"{subject} greets with 421{how}: it is rate limiting or refusing connections for now ({text})."
+                 if limited else f"{subject} refuses the session in its greeting{how} ({text})."),
                 ("Check the server's connection limits and whether it blocks the cloud service's addresses."
                  if limited else "Allow the cloud service's addresses on the server's receive connector."),
                 cloud_error=f"450 4.4.317 Cannot connect to remote server [Message={text}]",
@@ -227,6 +233,11 @@ def summarize(results: Sequence[CheckResult]) -> list[CheckResult]:
 
 
 async def run(ctx: CheckContext) -> Outcome:
+    mx = ctx.facts("mx", MxFacts)
+    if mx.null_mx and not mx.hosts:
+        # RFC 7505 §3: a null MX alone declares that the domain accepts no mail; there is no host to probe, and
+        # that is what the domain says, not a failure (the mx check judges the null MX itself).
+        return Outcome.inapplicable(NULL_MX)
     facts = await probe(ctx)
     if facts is None:
         return Outcome.skip("the MX check found no address to connect to")

@@ -152,8 +152,10 @@ def _lab_example() -> Path:
     return EXAMPLE_CONFIG
 
 
-def _certificate_names(path: Path) -> tuple[str, ...]:
+def _client_certificate(path: Path) -> tuple[bytes, ...]:
+    """The chain in a --client-cert PEM file (leaf first), as DER; the leaf must parse and name a host."""
     from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
 
     from diag.net.tls import MALFORMED_ERRORS, cert_info
 
@@ -167,10 +169,9 @@ def _certificate_names(path: Path) -> tuple[str, ...]:
         info = cert_info(certs[0])
     except MALFORMED_ERRORS as exc:
         raise ConfigError(f"--client-cert {str(path)!r}: the certificate cannot be parsed: {exc}") from None
-    names = info.dns_names or info.common_names
-    if not names:
+    if not (info.dns_names or info.common_names):
         raise ConfigError(f"--client-cert {str(path)!r}: the certificate names no host (no SAN, no CN)")
-    return names
+    return tuple(cert.public_bytes(Encoding.DER) for cert in certs)
 
 
 def _ip(text: str, option: str) -> str:
@@ -204,7 +205,8 @@ def _ip(text: str, option: str) -> str:
 @click.option("--routing-order", type=click.Choice(["most-specific", "documented"]), default="most-specific",
               show_default=True, help="How outbound connectors are ranked (see 'diag route --help').")
 @click.option("--client-cert", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
-              help="The certificate the on-premises server presents to the cloud. Default: its listener's.")
+              help="The certificate chain (leaf first) the on-premises server presents to the cloud. Default: its "
+              "listener's.")
 @click.option("--sender-ip", default=None, metavar="IP", help="The address the on-premises server sends from.")
 @click.option("--allow-private", is_flag=True,
               help="Also probe MX addresses that are not public (loopback, private ranges); refused by default.")
@@ -309,7 +311,7 @@ def check(
         cert_crit_days=cert_crit_days,
         organization=organization,
         routing_order=RoutingOrder(routing_order),
-        client_cert_names=_certificate_names(client_cert) if client_cert else (),
+        client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
     )
     from diag.unattended import Job

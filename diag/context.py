@@ -49,8 +49,9 @@ class RunOptions:
         cert_warn_days, cert_crit_days: a certificate expiring within this many days is a warning, an error.
         organization: the organization's configuration (``--config``); checks tagged ``config`` need it.
         routing_order: how connectors are ranked (``most-specific`` or ``documented``).
-        client_cert_names: the names in the certificate the on-premises server presents to the cloud
-            (``--client-cert``); empty: use the one its port-25 listener serves.
+        client_cert: the certificate chain the on-premises server presents to the cloud (``--client-cert``), DER,
+            leaf first, intermediates as the server sends them; empty: use the chain its port-25 listener
+            serves.
         sender_ip: the address the on-premises server sends to the cloud from (``--sender-ip``).
     """
 
@@ -69,7 +70,7 @@ class RunOptions:
     cert_crit_days: int = 7
     organization: Organization | None = None
     routing_order: RoutingOrder = RoutingOrder.MOST_SPECIFIC
-    client_cert_names: tuple[str, ...] = ()
+    client_cert: tuple[bytes, ...] = ()
     sender_ip: str | None = None
 
 

@@ -11,7 +11,8 @@ host names and each endpoint's leaf certificate fingerprint.
 What counts as a change between a domain's run and its previous run:
 
 * ``status changed``: the domain's status (ok, warning, critical, unknown).
-* ``check changed``: a check that ran in both runs ended differently (completed, error, timeout, skipped).
+* ``check changed``: a check that ran in both runs ended differently (completed, error, timeout, skipped,
+  not_applicable).
 * ``new`` / ``resolved``: a finding of severity notice or worse, identified by check, code and host name
   (:func:`~diag.model.subject_host`: the subject without ``[ip]:port``), that appeared or disappeared. The
   cloud's MX addresses rotate and the lab picks a port per run: the same problem at a new address is unchanged,

@@ -55,12 +55,26 @@ class Severity(enum.IntEnum):
 
 
 class Status(enum.StrEnum):
-    """Whether a check ran: *completed* (its findings are its verdict) or could not run, and why."""
+    """Whether a check ran: *completed* (its findings are its verdict), *not applicable* (there is nothing for
+    it to examine, and that is no problem: a domain with a null MX has no mail host to connect to), or could
+    not run, and why (error, timeout, skipped because something it needs did not complete)."""
 
     COMPLETED = "completed"
     ERROR = "error"
     TIMEOUT = "timeout"
     SKIPPED = "skipped"
+    NOT_APPLICABLE = "not_applicable"
+
+    @property
+    def label(self) -> str:
+        """The status for people: ``not applicable``."""
+        return self.value.replace("_", " ")
+
+    @property
+    def could_not_run(self) -> bool:
+        """Error, timeout or skipped: what the check would have found is unknown. (Completed and not
+        applicable leave nothing unknown.)"""
+        return self not in (Status.COMPLETED, Status.NOT_APPLICABLE)
 
 
 class Verdict(enum.StrEnum):
@@ -80,10 +94,11 @@ class Verdict(enum.StrEnum):
         """Critical beats unknown beats warning beats ok.
 
         A check that could not run may hide a critical problem, so it outweighs a warning; a critical finding
-        is certain, so it outweighs the unknown (CONTRACT.md, exit codes).
+        is certain, so it outweighs the unknown (CONTRACT.md, exit codes). A check that does not apply hides
+        nothing: it counts as neither.
         """
         results = list(results)
-        incomplete = any(result.status is not Status.COMPLETED for result in results)
+        incomplete = any(result.status.could_not_run for result in results)
         return cls._judge((f.severity for r in results for f in r.findings), incomplete=incomplete)
 
     @classmethod
@@ -134,8 +149,9 @@ class CheckResult:
     Attributes:
         check_id: the check's id (``mx``).
         title: the check's title for people.
-        status: completed, or why it could not run.
-        reason: for error/timeout/skipped, a short reason starting with its category (``dns: SERVFAIL``).
+        status: completed, not applicable, or why it could not run.
+        reason: for error/timeout/skipped, a short reason starting with its category (``dns: SERVFAIL``); for
+            not applicable, why the check does not apply (``the domain accepts no mail (null MX)``).
         facts: the typed facts the check observed (a frozen dataclass), or None when it did not complete.
         findings: the check's judgements, in the order it made them.
         started: event-loop time when the check started (monotonic seconds; for ordering, not for display).

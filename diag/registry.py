@@ -30,17 +30,30 @@ _CODE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 class Outcome:
     """What a check's ``run`` returns: the facts it observed and the findings judged from them.
 
-    ``skipped`` is set, with facts None and no findings, when there was nothing to examine (a null MX leaves
-    no address to connect to): the check then ends ``skipped`` with that reason, never "passed".
+    Two outcomes carry no facts and no findings, only a reason, and are never "passed":
+
+    - ``skipped``: the check could not run because something it needs failed (MX hosts exist but none has an
+      address: the mx check reports that error). The check ends ``skipped``, and the verdict is unknown unless
+      something worse was found.
+    - ``not_applicable``: there is nothing to examine, and that is no problem in itself (a domain with a null
+      MX and nothing else accepts no mail, so it has no mail host to connect to). The check ends
+      ``not_applicable``, which does not make the verdict unknown.
     """
 
     facts: Any
     findings: tuple[Finding, ...]
     skipped: str | None = None
+    not_applicable: str | None = None
 
     @classmethod
     def skip(cls, reason: str) -> Outcome:
-        return cls(None, (), reason)
+        """Could not run: ``reason`` names what it needed and did not get."""
+        return cls(None, (), skipped=reason)
+
+    @classmethod
+    def inapplicable(cls, reason: str) -> Outcome:
+        """Does not apply: ``reason`` says why there is nothing to examine."""
+        return cls(None, (), not_applicable=reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +66,7 @@ class Check:
         run: ``async run(ctx) -> Outcome``; gathers facts through probes and judges them with a pure function.
         codes: every finding code the check may emit, with its default severity.
         requires: ids of checks whose facts this check reads; it runs after them, and is skipped if one of
-            them did not complete.
+            them could not run, or is not applicable if one of them is not applicable (and none failed).
         timeout: the check's own time budget in seconds, beyond the network operations it waits for.
         operations: how many network operations the check may wait for one after another; each adds the
             run's per-operation timeout (``--timeout``) to the budget, so a longer ``--timeout`` never turns

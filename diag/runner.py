@@ -3,8 +3,10 @@
 Every check of every domain becomes a task that waits for the checks it requires and then runs, so
 independent work (all domains, all checks without a path between them) overlaps. A check is bounded by its own
 budget and by the run's deadline. Whatever happens inside, the runner returns a result for every selected
-check of every domain: ``completed``, ``error`` (with a reason), ``timeout``, or ``skipped`` when a
-requirement did not complete. This module is the one place where exceptions become results (STYLE.md rule 3).
+check of every domain: ``completed``, ``error`` (with a reason), ``timeout``, ``skipped`` when a requirement
+could not run, or ``not_applicable`` when a requirement does not apply (a check that reads nothing but the
+sessions of a domain without mail hosts has nothing to examine either). This module is the one place where
+exceptions become results (STYLE.md rule 3).
 """
 
 from __future__ import annotations
@@ -99,12 +101,21 @@ async def _run_check(
     done = await asyncio.gather(*requirements)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    unmet = [result for result in done if result.status is not Status.COMPLETED]
+    # Could not run outweighs does not apply: a requirement that failed may hide what would have applied.
+    unmet = [result for result in done if result.status.could_not_run]
     if unmet:
         first = unmet[0]
         return CheckResult(
             check.id, check.title, Status.SKIPPED,
             reason=f"requires {first.check_id}, which ended {first.status.value}",
+            started=started, finished=started,
+        )  # fmt: skip
+    moot = [result for result in done if result.status is Status.NOT_APPLICABLE]
+    if moot:
+        first = moot[0]
+        return CheckResult(
+            check.id, check.title, Status.NOT_APPLICABLE,
+            reason=f"requires {first.check_id}, which is not applicable: {first.reason}",
             started=started, finished=started,
         )  # fmt: skip
     if started >= deadline:
@@ -124,6 +135,11 @@ async def _run_check(
             return CheckResult(
                 check.id, check.title, Status.SKIPPED, reason=outcome.skipped, started=started, finished=loop.time()
             )
+        if outcome.not_applicable is not None:
+            return CheckResult(
+                check.id, check.title, Status.NOT_APPLICABLE, reason=outcome.not_applicable, started=started,
+                finished=loop.time(),
+            )  # fmt: skip
         for finding in outcome.findings:
             if check.codes.get(finding.code) is not finding.severity:
                 raise RegistryError(f"check {check.id!r} emitted undeclared finding {finding.code!r}")

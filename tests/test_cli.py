@@ -43,10 +43,37 @@ def test_lab_check_of_the_organization_passes() -> None:
 @pytest.mark.parametrize(
     ("domain", "code"),
     [("nomx.example", 1), ("expiring.example", 1), ("dangling.example", 2), ("refused.example", 2),
-     ("expired.example", 2), ("servfail.example", 3)],
+     ("expired.example", 2), ("servfail.example", 3), ("nullmx.example", 0)],
 )
 def test_exit_codes_follow_the_worst_result(domain: str, code: int) -> None:
     assert diag("check", domain, "--lab").returncode == code
+
+
+def test_a_dns_server_that_loses_the_first_udp_answers_does_not_make_the_domain_unknown() -> None:
+    # lossy.example's DNS drops the first two UDP queries for each name (as a rate-limiting server does): the
+    # lookup is retried within --timeout and the domain is judged, not left unknown
+    done = diag("check", "lossy.example", "--lab", "--timeout", "2")
+    assert done.returncode == 0, done.stdout
+    assert "  mx: completed (" in done.stdout and "MX_OK mx2.multi.example" in done.stdout
+
+
+def test_a_domain_that_accepts_no_mail_is_ok_and_its_mail_checks_do_not_apply(tmp_path: Path) -> None:
+    # Given a domain whose only MX is the null MX (RFC 7505: it accepts no mail)
+    out = tmp_path / "result.json"
+    done = diag("check", "nullmx.example", "--lab", "--json", str(out))
+    # Then it is OK: the checks that need a mail host do not apply, which is not "could not run"
+    assert done.returncode == 0, done.stderr
+    assert "nullmx.example: OK" in done.stdout
+    assert "  port25: not applicable (" in done.stdout and "): the domain accepts no mail (null MX)" in done.stdout
+    document = json.loads(out.read_text())
+    jsonschema.validate(document, load_schema())
+    checks = {c["id"]: (c["status"], c["reason"]) for c in document["domains"][0]["checks"]}
+    assert checks["port25"] == ("not_applicable", "the domain accepts no mail (null MX)")
+    assert checks["certificate"][0] == checks["starttls"][0] == "not_applicable"
+    assert (document["status"], document["exit_code"]) == ("ok", 0)
+    # and a quiet run has nothing to say
+    quiet = diag("check", "nullmx.example", "--lab", "-q")
+    assert (quiet.returncode, quiet.stdout) == (0, "")
 
 
 def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
@@ -328,6 +355,24 @@ def test_config_import_round_trip(tmp_path: Path) -> None:
     assert diag("config", "check", str(out)).returncode == 0
     routed = diag("route", "john@sales.contoso.com", "--config", str(out), "--json", "-")
     assert json.loads(routed.stdout)["routes"][0]["connector"] == "Connector 3"
+
+
+def test_a_client_certificate_with_the_right_name_but_no_trusted_ca_is_an_error(tmp_path: Path) -> None:
+    from diag.lab.pki import CertKind, TestPKI
+
+    # Given --client-cert mail.contoso.com, which the inbound connector (*.contoso.com) names, but self-signed
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(TestPKI.create().issue(["mail.contoso.com"], kind=CertKind.SELF_SIGNED).chain_pem())
+    done = diag("check", "contoso.com", "--lab", "--check", "connectors", "--client-cert", str(pem))
+    # Then the cloud would not accept it: critical, with the cloud's text, and no INBOUND_OK
+    assert done.returncode == 2, done.stderr
+    expected = (
+        "ERROR INBOUND_CERT_INVALID contoso.com: The certificate of the on-premises server (mail.contoso.com, as given "
+        "with --client-cert) is self-signed"
+    )
+    assert expected in done.stdout
+    assert "cloud says: 550 5.7.64 TenantAttribution; Relay Access Denied" in done.stdout
+    assert "INBOUND_OK" not in done.stdout
 
 
 def test_client_certificate_outside_the_accepted_domains(tmp_path: Path) -> None:

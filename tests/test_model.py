@@ -25,6 +25,11 @@ def result(status: Status = Status.COMPLETED, *severities: Severity) -> CheckRes
         ([result(Status.ERROR)], Verdict.UNKNOWN, 3),
         ([result(Status.TIMEOUT)], Verdict.UNKNOWN, 3),
         ([result(Status.SKIPPED)], Verdict.UNKNOWN, 3),
+        # A check that does not apply hides nothing: it is neither "could not run" nor a finding.
+        ([result(Status.NOT_APPLICABLE)], Verdict.OK, 0),
+        ([result(Status.COMPLETED, Severity.INFO), result(Status.NOT_APPLICABLE)], Verdict.OK, 0),
+        ([result(Status.COMPLETED, Severity.WARNING), result(Status.NOT_APPLICABLE)], Verdict.WARNING, 1),
+        ([result(Status.NOT_APPLICABLE), result(Status.SKIPPED)], Verdict.UNKNOWN, 3),
         # A check that could not run may hide something worse than a warning...
         ([result(Status.COMPLETED, Severity.WARNING), result(Status.ERROR)], Verdict.UNKNOWN, 3),
         # ...but a certain critical finding is reported as critical.
@@ -44,6 +49,11 @@ def test_report_verdict_is_the_worst_domain() -> None:
     bad = DomainReport("b.example", (result(Status.COMPLETED, Severity.CRITICAL),))
     report = Report(datetime.now(UTC), datetime.now(UTC), (ok, bad))
     assert (ok.verdict, bad.verdict, report.verdict) == (Verdict.OK, Verdict.CRITICAL, Verdict.CRITICAL)
+
+
+def test_status_labels_and_which_statuses_could_not_run() -> None:
+    assert [s.label for s in Status] == ["completed", "error", "timeout", "skipped", "not applicable"]
+    assert [s for s in Status if s.could_not_run] == [Status.ERROR, Status.TIMEOUT, Status.SKIPPED]
 
 
 def test_severity_is_ordered_and_labelled() -> None:

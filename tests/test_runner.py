@@ -9,7 +9,7 @@ import pytest
 
 from diag.context import CheckContext, RunOptions
 from diag.errors import DnsError, DnsTimeoutError
-from diag.model import Severity, Status
+from diag.model import Severity, Status, Verdict
 from diag.registry import Check, Outcome, Registry
 from diag.runner import run_checks
 
@@ -143,6 +143,36 @@ def test_nothing_to_examine_is_skipped_with_the_reason() -> None:
 
     result = run(Registry([make("empty", empty)])).domains[0].result("empty")
     assert (result.status, result.reason, result.findings) == (Status.SKIPPED, "no address to connect to", ())
+
+
+async def moot(ctx: CheckContext) -> Outcome:
+    return Outcome.inapplicable("the domain accepts no mail")
+
+
+def test_a_check_with_nothing_to_examine_is_not_applicable_and_leaves_the_verdict_ok() -> None:
+    # Given a check that finds it does not apply, its dependents, and an independent check
+    registry = Registry([make("moot", moot), make("child", ok, "moot"), make("grandchild", ok, "child"),
+                         make("other", ok)])  # fmt: skip
+    # When they run
+    report = run(registry)
+    results = {r.check_id: r for r in report.domains[0].results}
+    # Then the check and everything that needs it are not applicable, each naming why, and nothing is unknown
+    assert (results["moot"].status, results["moot"].reason) == (Status.NOT_APPLICABLE, "the domain accepts no mail")
+    assert (results["child"].status, results["child"].reason) == (
+        Status.NOT_APPLICABLE, "requires moot, which is not applicable: the domain accepts no mail",
+    )  # fmt: skip
+    assert results["grandchild"].status is Status.NOT_APPLICABLE
+    assert results["grandchild"].reason == (
+        "requires child, which is not applicable: requires moot, which is not applicable: the domain accepts no mail"
+    )
+    assert results["moot"].findings == () and results["moot"].facts is None
+    assert (report.verdict, report.exit_code) == (Verdict.OK, 0)
+
+
+def test_a_requirement_that_could_not_run_outweighs_one_that_does_not_apply() -> None:
+    registry = Registry([make("moot", moot), make("bad", crash), make("both", ok, "moot", "bad")])
+    result = run(registry).domains[0].result("both")
+    assert (result.status, result.reason) == (Status.SKIPPED, "requires bad, which ended error")
 
 
 def test_budget_grows_with_the_operation_timeout() -> None:

@@ -101,6 +101,16 @@ class Behaviour(enum.StrEnum):
     """Never answer queries at or below the name (a resolver times out)."""
     TRUNCATE = "truncate"
     """Answer with an empty reply flagged truncated (TC), over TCP too: a broken server or middlebox."""
+    LOSE_UDP = "lose-udp"
+    """Drop the first ``udp_losses`` (a :class:`DnsServer` argument, 2 by default) UDP queries for each name and
+    type at or below the name, then answer normally; TCP is answered at once: a rate-limiting authoritative
+    server (response rate limiting drops UDP answers) or a lossy path."""
+    TCP_ONLY = "tcp-only"
+    """Never answer over UDP; answer over TCP: UDP to the server is filtered, or it rate-limits every datagram."""
+
+
+# Behaviours that decide only whether a query over UDP is answered; the answer itself is the normal one.
+_TRANSPORT_BEHAVIOURS = frozenset({Behaviour.LOSE_UDP, Behaviour.TCP_ONLY})
 
 
 class Transport(enum.StrEnum):
@@ -322,7 +332,7 @@ class ZoneData:
         name = qname
         while True:
             behaviour = self._behaviour_at(name)
-            if behaviour != Behaviour.ANSWER:
+            if behaviour != Behaviour.ANSWER and behaviour not in _TRANSPORT_BEHAVIOURS:
                 return _Outcome(behaviour=behaviour, rcode=dns.rcode.SERVFAIL, authoritative=False)
             apex = self._zone_of(name)
             if apex is None:
@@ -415,21 +425,33 @@ class DnsServer:
         "_closing",
         "_data",
         "_log",
+        "_lost",
         "_max_tcp_clients",
         "_port",
         "_tcp_clients",
         "_tcp_idle_timeout",
         "_tcp_server",
         "_udp",
+        "_udp_losses",
         "queries",
     )
 
-    def __init__(self, data: ZoneData, *, tcp_idle_timeout: float = 10.0, max_tcp_clients: int = 64) -> None:
-        """Serve *data*; TCP clients idle for *tcp_idle_timeout* seconds are closed (RFC 7766 §6.2.3)."""
+    def __init__(
+        self, data: ZoneData, *, tcp_idle_timeout: float = 10.0, max_tcp_clients: int = 64, udp_losses: int = 2
+    ) -> None:
+        """Serve *data*; TCP clients idle for *tcp_idle_timeout* seconds are closed (RFC 7766 §6.2.3).
+
+        *udp_losses* is how many UDP queries for each name and type :attr:`Behaviour.LOSE_UDP` drops, counted
+        over the server's life.
+        """
         if tcp_idle_timeout <= 0:
             raise ValueError("tcp_idle_timeout must be positive")
         if max_tcp_clients < 1:
             raise ValueError("max_tcp_clients must be at least 1")
+        if udp_losses < 0:
+            raise ValueError("udp_losses must not be negative")
+        self._udp_losses = udp_losses
+        self._lost: collections.Counter[tuple[dns.name.Name, dns.rdatatype.RdataType]] = collections.Counter()
         self._data = data
         self._tcp_idle_timeout = tcp_idle_timeout
         self._max_tcp_clients = max_tcp_clients
@@ -542,6 +564,16 @@ class DnsServer:
             self._log.exception("DNS server failed on a %d-octet message", len(wire))
             return _Reply(keep_open=False)
 
+    def _lose(self, name: dns.name.Name, qtype: dns.rdatatype.RdataType) -> bool:
+        """Whether a UDP query for *name*/*qtype* goes unanswered by a transport behaviour (counting it)."""
+        behaviour = self._data._behaviour_at(name)
+        if behaviour == Behaviour.TCP_ONLY:
+            return True
+        if behaviour == Behaviour.LOSE_UDP and self._lost[name, qtype] < self._udp_losses:
+            self._lost[name, qtype] += 1
+            return True
+        return False
+
     def _answer(self, wire: bytes, transport: Transport) -> _Reply:
         """The reply to one received message."""
         if len(wire) < _HEADER_LEN:
@@ -579,6 +611,8 @@ class DnsServer:
             response.set_rcode(dns.rcode.NOTIMP)
             return _Reply(_render(response, limit))
 
+        if transport == Transport.UDP and self._lose(question.name, qtype):
+            return _Reply()
         outcome = self._data._resolve(question.name, qtype)
         if outcome.behaviour == Behaviour.DROP:
             return _Reply()

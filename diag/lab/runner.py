@@ -78,12 +78,21 @@ class Lab:
         self._hosts: list[LabHostServer | Relay] = []
         self.smtp_port = 0
         self.ca_file = Path()
+        self._pki: TestPKI | None = None
 
     @property
     def directory(self) -> Path:
         if self._directory is None:
             raise LabError("the lab is not running")
         return self._directory
+
+    @property
+    def pki(self) -> TestPKI:
+        """The test PKI whose root is ``ca_file``: it issues further certificates the lab trusts (a client
+        certificate for ``--client-cert``, good or broken)."""
+        if self._pki is None:
+            raise LabError("the lab is not running")
+        return self._pki
 
     @property
     def maildir(self) -> Path:
@@ -152,7 +161,7 @@ class Lab:
 
     def _make_hosts(self) -> list[LabHost | _RelayHost]:
         """Issue each host's certificate and write the files a TLS server needs (blocking: runs in a thread)."""
-        pki = TestPKI.create()
+        pki = self._pki = TestPKI.create()
         foreign = TestPKI.create(org="a CA nobody trusts")
         certs = self.directory / "certs"
         certs.mkdir(exist_ok=True)
@@ -244,6 +253,7 @@ class Lab:
         await asyncio.gather(*(host.close() for host in hosts), return_exceptions=True)
 
     async def close(self) -> None:
+        self._pki = None
         await self._close_hosts()
         if self._dns is not None:
             await self._dns.close()

@@ -8,6 +8,7 @@ with a leaf-only chain sends only its leaf, a host with a 554 greeting refuses e
     HostKind.TARPIT    accepts TCP, never greets, reads and discards what it gets
     HostKind.GREETING  greets with a fixed reply line (554 and 421 are the useful ones), or with 220 and then
                        answers from a script; STARTTLS when ``tls`` is set and the script does not answer it
+    HostKind.ENDLESS   greets with a multi-line reply that never ends: ``421-…`` lines, over and over
 
 Every host tracks its connections, caps them at 256 and aborts them all on ``LabHostServer.close()``.
 """
@@ -49,6 +50,10 @@ _CLOSE_WAIT: Final = 5.0
 _GREETING_COMMAND_LIMIT: Final = 10
 # Longest command line a GREETING host buffers: RFC 5321 §4.5.3.1.4 allows 512 octets including CRLF.
 _GREETING_LINE_LIMIT: Final = 512
+# An ENDLESS host writes this many continuation lines every _ENDLESS_TICK seconds: about 400 KB/s, enough to
+# overrun a client's reply limit quickly (aiosmtplib's is 32 KiB) without hogging the lab's event loop.
+_ENDLESS_BATCH: Final = 48
+_ENDLESS_TICK: Final = 0.01
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 # A scripted reply line: code, then any text but CR and LF. Hostile servers send control characters, bidi
@@ -72,6 +77,11 @@ class HostKind(enum.StrEnum):
     With ``LabHost.tls`` it answers STARTTLS (unless the script does) with 220 and a real TLS handshake."""
     BLACKHOLE = "blackhole"
     """Never completes a TCP handshake: connecting times out, as behind a firewall that drops packets."""
+    ENDLESS = "endless"
+    """Greets with ``LabHost.greeting`` as the continuation line of a multi-line reply (``421-4.7.0 …``), sent
+    over and over, never the last line: a rate-limiting server gone wrong. Writes a batch of lines every few
+    milliseconds while the client keeps up (flow control stops it otherwise); reads and discards input; closes
+    after ten times the session timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +111,8 @@ class LabHost:
     """(minimum, maximum) TLS version offered, e.g. TLSv1..TLSv1_1 for an outdated host; None: defaults."""
     greeting: str | None = None
     """For GREETING: the full reply line without CRLF, e.g. "554 5.7.1 No SMTP service here"; any text but CR and
-    LF, sent as UTF-8 (lone surrogates as the bytes "surrogateescape" makes of them: not UTF-8)."""
+    LF, sent as UTF-8 (lone surrogates as the bytes "surrogateescape" makes of them: not UTF-8). For ENDLESS:
+    the same kind of line, sent as a continuation line ("421-4.7.0 ...") that repeats forever."""
     domains: tuple[str, ...] = ()
     """Recipient domains the host accepts mail for."""
     script: tuple[tuple[str, str | None], ...] = ()
@@ -213,6 +224,14 @@ async def start_host(
         case HostKind.BLACKHOLE:  # pragma: no cover - started above
             raise AssertionError("unreachable")
 
+        case HostKind.ENDLESS:
+            assert host.greeting is not None  # checked by _validate
+            code, _, text = host.greeting.partition(" ")
+            line = f"{code}-{text}".encode("utf-8", "surrogateescape") + b"\r\n"
+
+            def factory() -> asyncio.BaseProtocol:
+                return _Endless(connections, line, timeout * 10)
+
         case HostKind.GREETING:
             assert host.greeting is not None  # checked by _validate
             greeting = host.greeting
@@ -260,14 +279,16 @@ def _validate(host: LabHost, timeout: float) -> None:
         raise LabError(f"lab host {host.name!r}: not a usable host name")
     if not timeout > 0:
         raise LabError(f"lab host {host.name}: timeout must be positive, not {timeout}")
-    if host.kind == HostKind.GREETING:
+    if host.kind in (HostKind.GREETING, HostKind.ENDLESS):
         if host.greeting is None or not _REPLY_LINE.fullmatch(host.greeting):
-            raise LabError(f"lab host {host.name}: GREETING needs a one-line reply such as '554 5.7.1 ...'")
+            raise LabError(f"lab host {host.name}: {host.kind.name} needs a one-line reply such as '554 5.7.1 ...'")
+        if host.script and host.kind is HostKind.ENDLESS:
+            raise LabError(f"lab host {host.name}: an ENDLESS host never gets to answer commands: no script")
         for verb, reply in host.script:
             if reply is not None and not all(map(_SCRIPT_LINE.fullmatch, reply.split("\r\n"))):
                 raise LabError(f"lab host {host.name}: the {verb} reply must be reply lines joined by CRLF")
     elif host.greeting is not None or host.script:
-        raise LabError(f"lab host {host.name}: only a GREETING host has a greeting or a script")
+        raise LabError(f"lab host {host.name}: only a GREETING or ENDLESS host has a greeting or a script")
     if host.kind not in (HostKind.MAIL, HostKind.GREETING) and host.tls is not None:
         raise LabError(f"lab host {host.name}: only a MAIL or GREETING host has tls")
     if host.kind != HostKind.MAIL and host.domains:
@@ -404,6 +425,60 @@ class _Tarpit(asyncio.Protocol):
             self._timer.cancel()
         if self._transport is not None:
             self._connections.release(self._transport)
+
+
+class _Endless(asyncio.Protocol):
+    """Sends ``line`` (a continuation line, ``421-…``) in batches, forever: a greeting that never ends.
+
+    Writing pauses while the transport's buffer is above its high-water mark (asyncio's flow control), so a
+    client that stops reading costs the lab a bounded buffer, not memory without end; ``hold`` seconds after
+    the connection was made it is closed.
+    """
+
+    def __init__(self, connections: Connections, line: bytes, hold: float) -> None:
+        self._connections = connections
+        self._batch = line * _ENDLESS_BATCH
+        self._hold = hold
+        self._transport: asyncio.Transport | None = None
+        self._closer: asyncio.TimerHandle | None = None
+        self._next: asyncio.TimerHandle | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if not self._connections.admit(transport):
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self._transport = transport
+        self._closer = asyncio.get_running_loop().call_later(self._hold, transport.close)
+        self._write()
+
+    def _write(self) -> None:
+        self._next = None
+        if self._transport is None or self._transport.is_closing() or self._paused:
+            return
+        self._transport.write(self._batch)
+        self._next = asyncio.get_running_loop().call_later(_ENDLESS_TICK, self._write)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._next is None:
+            self._write()
+
+    def data_received(self, data: bytes) -> None:
+        del data  # the client's commands get no answer: the greeting is not over yet
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._closer, self._next):
+            if timer is not None:
+                timer.cancel()
+        if self._transport is not None:
+            self._connections.release(self._transport)
+            self._transport = None
 
 
 class _Greeter(asyncio.Protocol):

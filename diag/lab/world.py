@@ -131,6 +131,7 @@ PURPOSES = {
     "blackhole.example": "drops connections: TCP connect times out",
     "rejecting.example": "greets with 554",
     "ratelimited.example": "greets with 421",
+    "endless421.example": "greets with a multi-line 421 reply that never ends (421- lines until the client gives up)",
     "heloonly.example": "rejects EHLO, accepts only HELO (no ESMTP, no STARTTLS)",
     "ehlodrop.example": "greets, then hangs up at EHLO",
     "badstarttls.example": "offers STARTTLS, then answers it with 454",
@@ -145,6 +146,8 @@ PURPOSES = {
     "manymx.example": "30 MX hosts on one address: the answer is truncated over UDP, fetched over TCP",
     "multi.example": "three MX hosts: one refused, two healthy",
     "servfail.example": "its DNS answers SERVFAIL",
+    "lossy.example": "its DNS drops the first two UDP queries for each name and type (rate limiting): answered on "
+    "a later try",
     "truncated.example": "its DNS answers are truncated over UDP and TCP alike (never complete)",
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
     "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies and "
@@ -276,6 +279,10 @@ def default_world() -> World:
             "ratelimited.example", 14, kind=HostKind.GREETING, cert=None,
             greeting="421 4.7.0 mx.ratelimited.example Too many connections from your address, try again later",
         ),
+        _broken(
+            "endless421.example", 28, kind=HostKind.ENDLESS, cert=None,
+            greeting="421 4.7.0 mx.endless421.example Too many connections from your address, try again later",
+        ),
     ]  # fmt: skip
     for record, host in broken:
         records.append(record)
@@ -300,6 +307,7 @@ def default_world() -> World:
     hosts.append(HostDef("mx2.multi.example", "127.0.20.18", domains=("multi.example",)))
     hosts.append(HostDef("mx3.multi.example", "127.0.20.19", domains=("multi.example",)))
     records.append(Record("servfail.example", "MX", ("10 mx.servfail.example.",)))
+    records.append(Record("lossy.example", "MX", ("10 mx2.multi.example.",)))
     records.append(Record("truncated.example", "MX", ("10 mx2.multi.example.",)))
     records.append(Record("notaccepted.example", "MX", (f"10 {CLOUD_HOST}.",)))
     records.append(Record("mixednull.example", "MX", ("0 .", "10 mx2.multi.example.")))
@@ -329,5 +337,9 @@ def default_world() -> World:
         zones=zones,
         records=tuple(records),
         hosts=tuple(hosts),
-        behaviours=(("servfail.example", Behaviour.SERVFAIL), ("truncated.example", Behaviour.TRUNCATE)),
+        behaviours=(
+            ("servfail.example", Behaviour.SERVFAIL),
+            ("truncated.example", Behaviour.TRUNCATE),
+            ("lossy.example", Behaviour.LOSE_UDP),
+        ),
     )

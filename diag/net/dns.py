@@ -3,6 +3,13 @@
 An answer (data, NXDOMAIN or NODATA) is a fact and is returned; anything that is not an answer (SERVFAIL,
 REFUSED, no reachable nameserver, timeout) raises :class:`~diag.errors.DnsError`, so a check can never mistake
 "the resolver failed" for "there is no record" (security-cases.md DNS-03).
+
+A lookup gets the operation timeout (``--timeout``) in all, and a lost UDP datagram does not cost all of it:
+authoritative servers that rate-limit (response rate limiting drops answers) and busy resolvers lose queries,
+and a run over thousands of domains sends many. The first two thirds of the budget are UDP tries, each waiting
+a quarter of that (two seconds at most), with dnspython's own backoff between rounds (0.1 s, doubling, at most
+2 s); if every UDP answer was lost, the last third asks over TCP, which such servers answer and which gets
+through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, not only for truncation).
 """
 
 from __future__ import annotations
@@ -31,8 +38,14 @@ __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_
 # check happens between tries and can overrun (STYLE.md rule 6).
 _GRACE = 1.0
 # Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
-# of A and AAAA queries (UDP answers get dropped, and each loss would fail the check).
+# of A and AAAA queries (UDP answers get dropped, and each costs a retry).
 _MAX_IN_FLIGHT = 32
+# How a lookup spends its budget (module docstring): this share on UDP tries, the rest on TCP.
+_UDP_SHARE = 2 / 3
+# UDP tries that fit into the UDP share when none is answered (dnspython's backoff comes on top); each try
+# waits at most _MAX_TRY, dnspython's own default per-try timeout.
+_UDP_TRIES = 4
+_MAX_TRY = 2.0
 
 
 class DnsStatus(enum.StrEnum):
@@ -122,9 +135,9 @@ class Resolver:
             self._resolver.nameservers = [
                 dns.nameserver.Do53Nameserver(ns.ip, ns.port) for ns in nameservers
             ]
-        # One try per server within the operation timeout; truncated UDP answers are retried over TCP by
-        # dnspython itself (DNS-08).
-        self._resolver.timeout = timeout
+        # Each try (UDP, or TCP in the last part) waits this long at most; each phase's lifetime is given per
+        # lookup. Truncated UDP answers are retried over TCP by dnspython itself (DNS-08).
+        self._resolver.timeout = min(timeout * _UDP_SHARE / _UDP_TRIES, _MAX_TRY)
         self._resolver.lifetime = timeout
         self._resolver.retry_servfail = False
 
@@ -147,15 +160,14 @@ class Resolver:
         qname = dns.name.from_text(name)
         try:
             async with self._in_flight, asyncio.timeout(self._timeout + _GRACE):
-                answer = await self._resolver.resolve(
-                    qname, rdtype, search=False, raise_on_no_answer=False
-                )
+                answer = await self._resolve(qname, rdtype)
         except dns.resolver.NXDOMAIN as exc:
             canonical = exc.canonical_name if exc.kwargs.get("qnames") else qname
             return Answer(name, rdtype, DnsStatus.NXDOMAIN, name_text(canonical))
         except (dns.resolver.LifetimeTimeout, TimeoutError):
             raise DnsTimeoutError(
-                f"no answer for {name} {rdtype} within {self._timeout:g} s from {self._servers()}"
+                f"no answer for {name} {rdtype} within {self._timeout:g} s (over UDP, then TCP) from "
+                f"{self._servers()}"
             ) from None
         except dns.resolver.NoNameservers as exc:
             raise DnsError(f"no usable answer for {name} {rdtype}: {exc}") from None
@@ -169,6 +181,21 @@ class Resolver:
         if answer.rrset is None:
             return Answer(name, rdtype, DnsStatus.NODATA, canonical_name)
         return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(answer.rrset))
+
+    async def _resolve(self, qname: dns.name.Name, rdtype: str) -> dns.resolver.Answer:
+        """UDP tries for the first part of the budget, then TCP for the rest (module docstring)."""
+        clock = asyncio.get_running_loop()
+        started = clock.time()
+        try:
+            return await self._resolver.resolve(
+                qname, rdtype, search=False, raise_on_no_answer=False, lifetime=self._timeout * _UDP_SHARE
+            )
+        except dns.resolver.LifetimeTimeout:
+            pass  # every UDP answer was lost
+        remaining = self._timeout - (clock.time() - started)
+        return await self._resolver.resolve(
+            qname, rdtype, tcp=True, search=False, raise_on_no_answer=False, lifetime=max(remaining, 0.001)
+        )
 
     def _servers(self) -> str:
         return ", ".join(self.nameservers) or "no nameserver"

@@ -8,12 +8,18 @@ the port-25, STARTTLS and certificate checks judge the same :class:`SessionFacts
 The TLS handshake is done without verification so that "STARTTLS works" and "the certificate is valid" are
 two verdicts; the chain is verified separately (diag.net.tls). The client context accepts old protocols and
 weak keys (OpenSSL security level 0) so that a host offering only those is observed, not just "failed".
+
+A greeting that is a multi-line rejection that never ends (``421-`` lines, over and over) is still a rejected
+greeting: aiosmtplib gives up on it (its reply limit of 32 KiB, the timeout, or the server closing mid-reply)
+and keeps none of its text, so the probe peeks at the first bytes of the greeting before aiosmtplib reads them
+and records the code and the first lines from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import re
 import socket
 import ssl
 import time
@@ -23,6 +29,14 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 __all__ = ["SessionError", "SessionFacts", "SessionStage", "TlsFacts", "probe_session"]
+
+# How much of the greeting is peeked at before aiosmtplib reads it, and how many of its lines are kept when the
+# reply never ends: enough to show the server's words, bounded like any text from the network.
+_GREETING_PEEK = 4096
+_GREETING_LINES = 5
+# A continuation line of a rejecting reply: 4xx or 5xx, then "-" (RFC 5321 §4.2.1).
+# The peek may end inside a line: the last one counts as far as it goes.
+_REJECT_CONTINUATION = re.compile(rb"([45][0-5][0-9])-([^\r\n]*)(?:\r?\n|\Z)")
 
 
 class SessionStage(enum.StrEnum):
@@ -81,6 +95,8 @@ class SessionFacts:
         connect_s, banner_s, ehlo_s, tls_s: seconds spent connecting, waiting for the greeting, on EHLO, and
             on STARTTLS with its handshake; None for stages not reached.
         greeting_code, greeting: the greeting reply code and text.
+        greeting_unfinished: the greeting was a multi-line rejection that never ended (too long, stalled or cut
+            off); ``greeting`` holds its first lines.
         ehlo_code: the reply code to EHLO (or HELO when ``helo_fallback``).
         extensions: EHLO keywords with their parameters, as sent, in order (before TLS).
         helo_fallback: EHLO was refused and HELO was used.
@@ -104,6 +120,7 @@ class SessionFacts:
     tls_s: float | None = None
     greeting_code: int | None = None
     greeting: str = ""
+    greeting_unfinished: bool = False
     ehlo_code: int | None = None
     extensions: tuple[str, ...] = ()
     helo_fallback: bool = False
@@ -207,11 +224,19 @@ async def probe_session(
             return rec.facts()
         rec.values["connect_s"] = rec.lap()
         rec.values["reached"] = SessionStage.CONNECT
+        waited = time.monotonic()
+        try:
+            start = await _peek(sock, timeout)
+        except TimeoutError:
+            rec.stop(SessionError.BANNER_TIMEOUT, f"no greeting within {timeout:g} s")
+            return rec.facts()
         smtp = aiosmtplib.SMTP(
             sock=sock, local_hostname=ehlo_name, timeout=timeout, start_tls=False, use_tls=False
         )
         try:
-            await _converse(smtp, rec, server_name)
+            # The greeting gets one timeout in all: the wait for its first byte counts.
+            remaining = max(timeout - (time.monotonic() - waited), 0.001)
+            await _converse(smtp, rec, server_name, start, remaining)
         except BaseException:
             # Cancelled by the run's deadline (or a bug): no time for a goodbye that may take seconds.
             smtp.close()
@@ -222,20 +247,68 @@ async def probe_session(
     return rec.facts()
 
 
-async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str) -> None:
+async def _peek(sock: socket.socket, timeout: float) -> bytes:  # noqa: ASYNC109 - the greeting's own bound
+    """The first bytes of the greeting, left in the socket for aiosmtplib to read (``MSG_PEEK``).
+
+    Waits until the socket is readable; raises TimeoutError when nothing arrives within ``timeout`` (a tarpit).
+    Returns b"" when the server closed or reset the connection; aiosmtplib then finds that out itself.
+    """
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(sock.fileno(), ready)
     try:
-        greeting = await smtp.connect()
+        async with asyncio.timeout(timeout):
+            await readable
+    finally:
+        loop.remove_reader(sock.fileno())
+    try:
+        return sock.recv(_GREETING_PEEK, socket.MSG_PEEK)
+    except OSError:  # BlockingIOError on a spurious wake-up, ConnectionResetError: nothing to keep
+        return b""
+
+
+def _unfinished_rejection(start: bytes) -> tuple[int, tuple[str, ...]] | None:
+    """The code and first lines of ``start`` when it opens a multi-line 4xx/5xx reply, else None."""
+    code: bytes | None = None
+    lines: list[str] = []
+    position = 0
+    while len(lines) < _GREETING_LINES and (match := _REJECT_CONTINUATION.match(start, position)):
+        if code is not None and match.group(1) != code:
+            break
+        code, position = match.group(1), match.end()
+        lines.append(match.group(2).decode("utf-8", "surrogateescape").strip(" \t"))
+    if code is None:
+        return None
+    return int(code), tuple(lines)
+
+
+async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str, start: bytes, greeting_within: float
+                    ) -> None:  # fmt: skip
+    """The session after the TCP connect; ``start`` is the peeked start of the greeting, which must be complete
+    within ``greeting_within`` seconds."""
+    try:
+        greeting = await smtp.connect(timeout=greeting_within)
     except aiosmtplib.SMTPConnectResponseError as exc:
         rec.values["banner_s"] = rec.lap()
         rec.values["greeting_code"], rec.values["greeting"] = exc.code, exc.message
         rec.server(exc.code, exc.message)
         rec.stop(SessionError.GREETING_REJECTED, f"{exc.code} {exc.message}")
         return
-    except aiosmtplib.SMTPTimeoutError:
-        rec.stop(SessionError.BANNER_TIMEOUT, f"no greeting within {smtp.timeout:g} s")
-        return
     except (aiosmtplib.SMTPException, OSError) as exc:
-        rec.stop(SessionError.DISCONNECTED, f"before the greeting: {exc}")
+        rejection = _unfinished_rejection(start)
+        if rejection is not None:
+            # RFC 5321 §4.2.1: the code on the first line is the reply's code; a 421 greeting that never ends
+            # is still "service not available" (rate limiting), not a broken session.
+            _unfinished_greeting(rec, *rejection, exc, smtp.timeout)
+        elif isinstance(exc, aiosmtplib.SMTPTimeoutError):
+            rec.stop(SessionError.BANNER_TIMEOUT, f"no greeting within {smtp.timeout:g} s")
+        else:
+            rec.stop(SessionError.DISCONNECTED, f"before the greeting: {exc}")
         return
     rec.values["banner_s"] = rec.lap()
     rec.values["greeting_code"], rec.values["greeting"] = greeting.code, greeting.message
@@ -282,6 +355,22 @@ async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str) -> 
     rec.values["reached"] = SessionStage.STARTTLS
     if await _hello(smtp, rec, after_tls=True):
         rec.values["reached"] = SessionStage.DONE
+
+
+def _unfinished_greeting(
+    rec: _Recorder, code: int, lines: tuple[str, ...], exc: BaseException, timeout: float | None
+) -> None:
+    rec.values["banner_s"] = rec.lap()
+    rec.values["greeting_code"], rec.values["greeting"] = code, "\n".join(lines)
+    rec.values["greeting_unfinished"] = True
+    rec.transcript.extend(f"S: {code}-{line}" for line in lines)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError):
+        why = f"not finished within {timeout or 0:g} s"
+    elif isinstance(exc, aiosmtplib.SMTPResponseException):
+        why = f"given up on: {exc.message}"
+    else:
+        why = "the server closed the connection in the middle of it"
+    rec.stop(SessionError.GREETING_REJECTED, f"{code} {lines[0]} (a multi-line greeting that never ended: {why})")
 
 
 async def _hello(smtp: aiosmtplib.SMTP, rec: _Recorder, *, after_tls: bool) -> bool:

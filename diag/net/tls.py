@@ -201,12 +201,14 @@ def _load_pem_file(path: Path) -> tuple[x509.Certificate, ...]:
 
 
 def verify_chain(
-    chain: Sequence[x509.Certificate], store: Sequence[x509.Certificate], *, at: datetime
+    chain: Sequence[x509.Certificate], store: Sequence[x509.Certificate], *, at: datetime, client: bool = False
 ) -> TrustVerdict:
     """Does the chain as sent lead to a trusted CA? Judged apart from names and from validity dates.
 
     The name given to the verifier is one the leaf itself carries, and the time is moved inside the leaf's
     validity period: a wrong name and an expired certificate are separate findings, not "untrusted".
+    ``client`` verifies a certificate a TLS client presents (extended key usage clientAuth, as OpenSSL checks
+    a client certificate at the handshake) instead of a server's.
     """
     leaf, intermediates = chain[0], list(chain[1:])
     if any(_signature_hash(cert) in _WEAK_HASHES for cert in chain if cert not in store):
@@ -217,8 +219,11 @@ def verify_chain(
     when = min(max(at, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
     name = _own_name(leaf)
     try:
-        verifier = PolicyBuilder().store(Store(list(store))).time(when).build_server_verifier(DNSName(name))
-        verifier.verify(leaf, intermediates)
+        policy = PolicyBuilder().store(Store(list(store))).time(when)
+        if client:
+            policy.build_client_verifier().verify(leaf, intermediates)
+        else:
+            policy.build_server_verifier(DNSName(name)).verify(leaf, intermediates)
     except VerificationError as exc:
         top = chain[-1]
         if not _is_ca(top) and top.issuer not in {cert.subject for cert in store}:
@@ -232,9 +237,10 @@ def verify_chain(
 
 
 def examine_chain(
-    chain_der: Sequence[bytes], store: Sequence[x509.Certificate], *, at: datetime
+    chain_der: Sequence[bytes], store: Sequence[x509.Certificate], *, at: datetime, client: bool = False
 ) -> tuple[tuple[CertInfo, ...], TrustVerdict]:
-    """A chain as a server sent it (DER, leaf first): each certificate as facts, and the trust verdict.
+    """A chain as a server (or, with ``client``, a client: see :func:`verify_chain`) sent it (DER, leaf first):
+    each certificate as facts, and the trust verdict.
 
     A certificate that cannot be read ends the chain there, with the verdict ``MALFORMED``: no verifier
     (the cloud's included) accepts a chain it cannot parse.
@@ -252,7 +258,7 @@ def examine_chain(
             which = "the leaf" if position == 0 else f"certificate {position + 1} of the chain"
             return tuple(infos), TrustVerdict(Trust.MALFORMED, f"{which}: {exc}")
         chain.append(cert)
-    return tuple(infos), verify_chain(chain, store, at=at)
+    return tuple(infos), verify_chain(chain, store, at=at, client=client)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -4,7 +4,9 @@ Each view is a pure function of a :class:`~diag.model.Report` that returns text;
 with ``report.exit_code``. All three share one state scale, the monitoring-plugin one (CONTRACT.md, exit
 codes): 0 ok, 1 warning, 2 critical, 3 unknown. A single check's state is the run's rule applied to that check
 alone (:meth:`Verdict.of`): an error or critical finding makes it critical, else a check that could not run
-(error, timeout, skipped) is unknown, else a warning finding makes it a warning, else it is ok.
+(error, timeout, skipped) is unknown, else a warning finding makes it a warning, else it is ok. A check that
+does not apply (``not_applicable``: a domain with a null MX has no mail host to probe) is ok and named nowhere
+as a problem; JUnit marks it skipped with the reason.
 
 Measurements are read from the facts as the JSON view renders them (``port25``: ``probed[].session``;
 ``certificate``: ``certificates[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
@@ -437,11 +439,13 @@ def _testcase(suite: ET.Element, domain: str, result: CheckResult, *, warnings_f
         outcome = "failure"
     elif result.status in (Status.ERROR, Status.TIMEOUT):
         outcome = "error"
-    elif result.status is Status.SKIPPED:
+    elif result.status in (Status.SKIPPED, Status.NOT_APPLICABLE):
         outcome = "skipped"
     elif failing:
         outcome = "failure"
-    reason = sanitize(result.reason or result.status.value)
+    reason = sanitize(result.reason or result.status.label)
+    if result.status is Status.NOT_APPLICABLE:
+        reason = sanitize(f"not applicable: {result.reason or 'nothing to examine'}")
     if outcome == "skipped":
         ET.SubElement(case, "skipped", message=reason)
     elif outcome == "error":
@@ -465,10 +469,11 @@ def junit(report: Report, *, warnings_fail: bool = False) -> str:
 
     A testcase has one outcome: ``<failure>`` when a finding is error or critical (``type`` is the worst
     finding's code, the text lists every such finding with its fix); else ``<error>`` when the check could not
-    run (error, timeout: ``type`` is the status, the message the reason); else ``<skipped>`` with the reason;
-    else it passes. Warnings do not fail a testcase unless ``warnings_fail``: the run's exit code 1 already
-    flags them to CI, and a failed test in a JUnit report reads as "broken". Every testcase's ``<system-out>``
-    lists all its findings, warnings and positive ones included, so the report shows what was verified.
+    run (error, timeout: ``type`` is the status, the message the reason); else ``<skipped>`` with the reason
+    when it was skipped or does not apply (``not applicable: ...``); else it passes. Warnings do not fail a
+    testcase unless ``warnings_fail``: the run's exit code 1 already flags them to CI, and a failed test in a
+    JUnit report reads as "broken". Every testcase's ``<system-out>`` lists all its findings, warnings and
+    positive ones included, so the report shows what was verified.
     """
     totals: Counter[str] = Counter()
     root = ET.Element("testsuites", name="diag")

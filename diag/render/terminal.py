@@ -35,16 +35,18 @@ _STATUS_STYLE = {
     Status.ERROR: "magenta",
     Status.TIMEOUT: "magenta",
     Status.SKIPPED: "dim",
+    Status.NOT_APPLICABLE: "dim",
 }
 
 
 def _visible(report: Report, quiet: bool) -> list[tuple[DomainReport, list[CheckResult]]]:
-    """What to show: everything, or with ``quiet`` only checks that could not run or found a warning+."""
+    """What to show: everything, or with ``quiet`` only checks that could not run or found a warning+ (a check
+    that does not apply is no problem)."""
     shown = []
     for domain in report.domains:
         results = [
             r for r in domain.results
-            if not quiet or r.status is not Status.COMPLETED
+            if not quiet or r.status.could_not_run
             or any(f.severity >= Severity.WARNING for f in r.findings)
         ]  # fmt: skip
         if results:
@@ -61,7 +63,7 @@ def render_plain(report: Report, stream: IO[str], *, quiet: bool = False) -> Non
     for domain, results in _visible(report, quiet):
         stream.write(f"{sanitize(domain.domain)}: {domain.verdict.value.upper()}\n")
         for result in results:
-            line = f"  {result.check_id}: {result.status.value} ({result.duration_ms} ms)"
+            line = f"  {result.check_id}: {result.status.label} ({result.duration_ms} ms)"
             if result.reason:
                 line += f": {sanitize(result.reason)}"
             stream.write(line + "\n")
@@ -91,8 +93,8 @@ def render_rich(report: Report, console: Console, *, quiet: bool = False) -> Non
         table.add_column("time", justify="right", no_wrap=True)
         table.add_column("findings")
         for result in results:
-            status = Text(result.status.value, style=_STATUS_STYLE[result.status])
-            detail = Text(sanitize(result.reason or ""), style="magenta")
+            status = Text(result.status.label, style=_STATUS_STYLE[result.status])
+            detail = Text(sanitize(result.reason or ""), style="magenta" if result.status.could_not_run else "dim")
             table.add_row(Text(f"{result.check_id}", style="bold"), status, f"{result.duration_ms} ms", detail)
             for finding in _findings(result, quiet):
                 table.add_row("", "", "", _finding_text(finding))

@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from checks import default_registry
 from diag.config import Organization, load_config, parse_config
+from diag.lab.pki import CertKind, TestPKI
 from diag.lab.runner import Lab
 from diag.lab.world import EXAMPLE_CONFIG
 from diag.model import DomainReport, Severity
@@ -30,6 +32,11 @@ def check(lab: Lab, domains: list[str], org: Organization, **options: object) ->
 
 def config(text: str) -> Organization:
     return parse_config(text, Path("test.toml"))
+
+
+def client_cert(pki: TestPKI, *names: str, kind: CertKind = CertKind.GOOD) -> tuple[bytes, ...]:
+    """A chain as an on-premises server would present it (``--client-cert``), issued by ``pki``."""
+    return tuple(cert.public_bytes(Encoding.DER) for cert in pki.issue(names, kind=kind).chain)
 
 
 ORG = """
@@ -115,7 +122,8 @@ def test_tied_connectors(lab: Lab) -> None:
 
 
 def test_inbound_certificate_outside_the_accepted_domains(lab: Lab) -> None:
-    (report,) = check(lab, ["contoso.com"], load_config(EXAMPLE_CONFIG), client_cert_names=("mail.unrelated.example",))
+    unrelated = client_cert(lab.pki, "mail.unrelated.example")
+    (report,) = check(lab, ["contoso.com"], load_config(EXAMPLE_CONFIG), client_cert=unrelated)
     codes = codes_of(report, "connectors")
     assert codes[-3:] == ["INBOUND_CERT_NOT_ACCEPTED_DOMAIN", "INBOUND_NO_MATCH", "RELAY_DENIED"]
     denied = report.result("connectors").findings[-1]
@@ -127,12 +135,111 @@ def test_inbound_certificate_outside_the_accepted_domains(lab: Lab) -> None:
 @pytest.mark.parametrize("sender_ip", ["127.0.10.10", "::ffff:127.0.10.10"])
 def test_inbound_by_address(lab: Lab, sender_ip: str) -> None:
     org = load_config(EXAMPLE_CONFIG)
-    (ok,) = check(lab, ["contoso.com"], org, client_cert_names=("mail.unrelated.example",), sender_ip=sender_ip)
+    unrelated = client_cert(lab.pki, "mail.unrelated.example")
+    (ok,) = check(lab, ["contoso.com"], org, client_cert=unrelated, sender_ip=sender_ip)
     # The address matches the OnPremises connector and the sender domain is accepted: relay allowed, but the
     # certificate still names no accepted domain.
     assert codes_of(ok, "connectors")[-1] == "INBOUND_CERT_NOT_ACCEPTED_DOMAIN"
-    (bad,) = check(lab, ["contoso.com"], org, client_cert_names=("mail.unrelated.example",), sender_ip="192.0.2.1")
+    (bad,) = check(lab, ["contoso.com"], org, client_cert=unrelated, sender_ip="192.0.2.1")
     assert codes_of(bad, "connectors")[-2:] == ["INBOUND_NO_MATCH", "RELAY_DENIED"]
+
+
+# The on-premises server's certificate is judged as the cloud (and diag's relay) judges a client certificate:
+# a matching name does not help a certificate that is expired, not yet valid, self-signed or untrusted.
+
+INVALID = [
+    (CertKind.EXPIRED, "expired on "),
+    (CertKind.NOT_YET_VALID, "is not valid before "),
+    (CertKind.SELF_SIGNED, "is self-signed"),
+    (CertKind.CHAINLESS, "comes without its intermediate CA certificate (no certificate for the issuer "),
+]
+
+
+@pytest.mark.parametrize(("kind", "why"), INVALID)
+def test_an_invalid_client_certificate_is_refused_even_when_its_name_matches(
+    lab: Lab, kind: CertKind, why: str
+) -> None:
+    # Given --client-cert mail.contoso.com (the inbound connector wants *.contoso.com), broken one way
+    chain = client_cert(lab.pki, "mail.contoso.com", kind=kind)
+    (report,) = check(lab, ["contoso.com"], load_config(EXAMPLE_CONFIG), client_cert=chain)
+    findings = report.result("connectors").findings
+    # Then the cloud would not accept it: an error with the cloud's text, never INBOUND_OK
+    assert [f.code for f in findings][-2:] == ["INBOUND_CERT_INVALID", "RELAY_DENIED"]
+    invalid = findings[-2]
+    assert invalid.severity is Severity.ERROR
+    assert invalid.message.startswith(
+        f"The certificate of the on-premises server (mail.contoso.com, as given with --client-cert) {why}"
+    )
+    assert "its name matching the inbound connector 'From on-premises' does not count" in invalid.message
+    assert invalid.cloud_error == "550 5.7.64 TenantAttribution; Relay Access Denied"
+
+
+def test_a_client_certificate_from_a_ca_nobody_trusts_is_refused(lab: Lab) -> None:
+    chain = client_cert(TestPKI.create(org="a CA nobody trusts"), "mail.contoso.com")
+    (report,) = check(lab, ["contoso.com"], load_config(EXAMPLE_CONFIG), client_cert=chain)
+    assert codes_of(report, "connectors")[-2:] == ["INBOUND_CERT_INVALID", "RELAY_DENIED"]
+    assert "does not lead to a trusted certificate authority" in report.result("connectors").findings[-2].message
+
+
+def test_a_valid_client_certificate_with_the_right_name_is_recognised(lab: Lab) -> None:
+    chain = client_cert(lab.pki, "mail.contoso.com")
+    (report,) = check(lab, ["contoso.com"], load_config(EXAMPLE_CONFIG), client_cert=chain)
+    assert codes_of(report, "connectors")[-1] == "INBOUND_OK"
+
+
+def test_an_expired_certificate_is_invalid_even_when_the_address_is_recognised(lab: Lab) -> None:
+    chain = client_cert(lab.pki, "mail.contoso.com", kind=CertKind.EXPIRED)
+    org = load_config(EXAMPLE_CONFIG)
+    (report,) = check(lab, ["contoso.com"], org, client_cert=chain, sender_ip="127.0.10.10")
+    # The address still lets it relay; the certificate is still wrong, and nothing says "OK"
+    assert codes_of(report, "connectors")[-1:] == ["INBOUND_CERT_INVALID"]
+
+
+SMART_HOST_ORG = """
+[Organization]
+Name = "Test"
+[[AcceptedDomain]]
+DomainName = "{domain}"
+DomainType = "InternalRelay"
+[[OutboundConnector]]
+Name = "To on-premises"
+ConnectorType = "OnPremises"
+RecipientDomains = ["{domain}"]
+UseMXRecord = false
+SmartHosts = ["{host}"]
+[[InboundConnector]]
+Name = "From on-premises"
+ConnectorType = "OnPremises"
+SenderDomains = ["*"]
+TlsSenderCertificateName = "*.{domain}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("domain", "why"),
+    [
+        ("expired.example", "expired on "),
+        ("notyetvalid.example", "is not valid before "),
+        ("selfsigned.example", "is self-signed"),
+        ("chainless.example", "comes without its intermediate CA certificate"),
+        ("untrusted.example", "does not lead to a trusted certificate authority"),
+    ],
+)
+def test_the_smart_hosts_listener_certificate_is_judged_too(lab: Lab, domain: str, why: str) -> None:
+    # Given an on-premises server (the smart host mx.<domain>) whose certificate names mx.<domain>, which the
+    # inbound connector's *.<domain> matches, but which is broken; the outbound connector is opportunistic
+    org = config(SMART_HOST_ORG.format(domain=domain, host=f"mx.{domain}"))
+    (report,) = check(lab, [domain], org)
+    findings = report.result("connectors").findings
+    # Then the inbound side is an error (the relay would refuse this certificate at the handshake)
+    assert [f.code for f in findings] == ["ROUTE_CONNECTOR", "SMARTHOST_OK", "INBOUND_CERT_INVALID", "RELAY_DENIED"]
+    assert f"(mx.{domain}, as its port-25 listener serves it) {why}" in findings[2].message
+
+
+def test_a_smart_host_with_a_valid_certificate_is_recognised_by_it(lab: Lab) -> None:
+    org = config(SMART_HOST_ORG.format(domain="tailspintoys.com", host="mail.tailspintoys.com"))
+    (report,) = check(lab, ["tailspintoys.com"], org)
+    assert codes_of(report, "connectors") == ["ROUTE_CONNECTOR", "SMARTHOST_OK", "INBOUND_OK"]
 
 
 def test_accepted_domain_mx_must_point_at_the_cloud(lab: Lab) -> None:

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from checks import default_registry
-from checks.port25 import CHECK, NotProbed, Port25Facts, Probed, assess, summarize
+from checks.port25 import CHECK, NULL_MX, NotProbed, Port25Facts, Probed, assess, summarize
 from diag.lab.runner import Lab
-from diag.model import CheckResult, Severity, Status
+from diag.model import CheckResult, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.runner import run_checks
 
@@ -69,6 +69,17 @@ def test_greetings_quote_the_server() -> None:
     assert "rate limiting" not in message and "554 go away" in message
 
 
+def test_an_endless_421_greeting_is_rate_limiting_quoted_by_its_first_line() -> None:
+    code, severity, message, cloud = judge(
+        reached=SessionStage.CONNECT, error=SessionError.GREETING_REJECTED, greeting_code=421,
+        greeting="4.7.0 busy\n4.7.0 busy\n4.7.0 busy", greeting_unfinished=True,
+    )  # fmt: skip
+    assert (code, severity) == ("SMTP_GREETING_REJECT", Severity.ERROR)
+    assert "greets with 421 in a multi-line reply that never ends: it is rate limiting" in message
+    assert message.endswith("(421 4.7.0 busy).")
+    assert cloud == "450 4.4.317 Cannot connect to remote server [Message=421 4.7.0 busy]"
+
+
 def test_private_addresses_are_not_probed() -> None:
     facts = Port25Facts((), (NotProbed("mx.example.com", "10.0.0.5", "not a public address"),))
     (finding,) = assess(facts)
@@ -120,6 +131,7 @@ def test_no_egress_verdict_when_anything_answered(other: SessionError | None) ->
         ("blackhole.example", ["SMTP_CONNECT_TIMEOUT"]),
         ("rejecting.example", ["SMTP_GREETING_REJECT"]),
         ("ratelimited.example", ["SMTP_GREETING_REJECT"]),
+        ("endless421.example", ["SMTP_GREETING_REJECT"]),
         ("multi.example", ["SMTP_CONNECT_REFUSED", "SMTP_OK", "SMTP_OK"]),
         ("heloonly.example", ["SMTP_EHLO_REJECTED"]),
         ("ehlodrop.example", ["SMTP_SESSION_FAILED"]),
@@ -138,9 +150,29 @@ def test_lab_subjects_name_host_address_and_port(domain_report, lab: Lab) -> Non
     ]
 
 
-def test_lab_null_mx_leaves_nothing_to_probe(domain_report) -> None:  # type: ignore[no-untyped-def]
-    result = domain_report("nullmx.example").result("port25")
+def test_lab_null_mx_alone_is_not_applicable_and_ok(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # Given a domain whose only MX record is the null MX (RFC 7505)
+    report = domain_report("nullmx.example")
+    # Then there is nothing to probe, and that is what the domain declares, not a failure
+    port25, starttls, certificate = (report.result(c) for c in ("port25", "starttls", "certificate"))
+    assert (port25.status, port25.reason) == (Status.NOT_APPLICABLE, NULL_MX)
+    for follower in (starttls, certificate):
+        assert (follower.status, follower.reason) == (
+            Status.NOT_APPLICABLE, f"requires port25, which is not applicable: {NULL_MX}",
+        )  # fmt: skip
+    assert (report.verdict, report.verdict.exit_code) == (Verdict.OK, 0)
+
+
+def test_lab_mx_hosts_without_addresses_could_not_be_probed(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # Given MX hosts that exist but have no address: the mx check reports the error, port25 could not run
+    report = domain_report("dangling.example")
+    result = report.result("port25")
     assert (result.status, result.reason) == (Status.SKIPPED, "the MX check found no address to connect to")
+    assert report.verdict is Verdict.CRITICAL
+
+
+def test_lab_null_mx_next_to_a_real_mx_is_probed(domain_report) -> None:  # type: ignore[no-untyped-def]
+    assert domain_report("mixednull.example").result("port25").status is Status.COMPLETED
 
 
 def test_lab_private_addresses_refused_without_allow_private(lab: Lab) -> None:

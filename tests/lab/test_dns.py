@@ -442,6 +442,48 @@ def test_drop_behaviour_makes_the_resolver_time_out() -> None:
     run(body)
 
 
+def test_lose_udp_behaviour_drops_the_first_udp_queries_per_name_and_type_and_answers_tcp() -> None:
+    async def body() -> None:
+        data = sample_data()
+        data.set_behaviour("contoso.com", Behaviour.LOSE_UDP)
+        server = DnsServer(data, udp_losses=2)
+        await server.start(IP)
+        try:
+            mx = dns.message.make_query("contoso.com", "MX").to_wire()
+            # The first two UDP queries for contoso.com MX go unanswered, the third is answered
+            assert await raw_udp(server.port, mx, wait=0.3) is None
+            assert await raw_udp(server.port, mx, wait=0.3) is None
+            assert dns.message.from_wire(await raw_udp(server.port, mx) or b"").answer
+            # Counted per name and type: another type, and a name below, lose their own first queries
+            a = dns.message.make_query("www.contoso.com", "A").to_wire()
+            assert await raw_udp(server.port, a, wait=0.3) is None
+            # TCP is answered at once
+            reply = await ask(server.port, "contoso.com", "TXT", tcp=True)
+            assert reply.rcode() == dns.rcode.NOERROR and reply.answer
+        finally:
+            await server.close()
+        with pytest.raises(ValueError, match="udp_losses"):
+            DnsServer(data, udp_losses=-1)
+
+    run(body)
+
+
+def test_tcp_only_behaviour_never_answers_udp() -> None:
+    async def body() -> None:
+        data = sample_data()
+        data.set_behaviour("contoso.com", Behaviour.TCP_ONLY)
+        async with serving(data) as server:
+            query = dns.message.make_query("contoso.com", "MX").to_wire()
+            for _ in range(3):
+                assert await raw_udp(server.port, query, wait=0.3) is None
+            reply = await ask(server.port, "contoso.com", "MX", tcp=True)
+            assert [rd.to_text() for rd in reply.answer[0]] == ["0 contoso-com.mail.protection.outlook.com."]
+            reply = await ask(server.port, "smtp.fabrikam.com", "A")  # elsewhere UDP is answered
+            assert reply.answer
+
+    run(body)
+
+
 def test_truncate_behaviour_flags_every_answer_truncated_over_udp_and_tcp() -> None:
     async def body() -> None:
         data = sample_data()

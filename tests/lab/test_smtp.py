@@ -499,6 +499,50 @@ def test_421_greeting_closes_right_after_the_line(tmp_path: Path) -> None:
     run(main())
 
 
+# --- ENDLESS --------------------------------------------------------------------------------------
+
+
+RATE_LIMITED = "421 4.7.0 Too many connections, try later"
+
+
+def test_endless_host_sends_continuation_lines_and_never_the_last_one(tmp_path: Path) -> None:
+    host = LabHost("endless.example", NET + "36", kind=HostKind.ENDLESS, greeting=RATE_LIMITED)
+
+    async def main() -> None:
+        async with await serve(host, tmp_path) as server:
+            reader, writer = await open_raw(server)
+            try:
+                # Far more than any client's reply limit, every line a continuation of the same 421 reply
+                received = await bounded(reader.readexactly(200_000))
+                lines = received.split(b"\r\n")
+                assert set(lines[:-1]) == {b"421-4.7.0 Too many connections, try later"}
+            finally:
+                writer.close()
+            # aiosmtplib gives up on it: the reply outgrows its limit, and it keeps none of the text
+            client = aiosmtplib.SMTP(hostname=server.host.ip, port=server.port, start_tls=False, timeout=WAIT)
+            with pytest.raises(aiosmtplib.SMTPResponseException) as too_long:
+                await client.connect()
+            assert "too long" in too_long.value.message.lower()
+            client.close()
+
+    run(main())
+
+
+def test_endless_host_lets_go_after_ten_times_the_timeout(tmp_path: Path) -> None:
+    host = LabHost("endless.example", NET + "37", kind=HostKind.ENDLESS, greeting=RATE_LIMITED)
+
+    async def main() -> None:
+        async with await serve(host, tmp_path, idle=0.05) as server:
+            reader, writer = await open_raw(server)
+            try:
+                received = await closed_by_server(reader)
+                assert received and all(line.startswith(b"421-") for line in received.split(b"\r\n")[:-1])
+            finally:
+                writer.close()
+
+    run(main())
+
+
 # --- connections: close and cap -------------------------------------------------------------------
 
 
@@ -595,6 +639,8 @@ def test_257th_connection_is_refused(
         LabHost("g.example", NET + "50", kind=HostKind.GREETING, greeting="hello"),
         LabHost("m.example", NET + "50", greeting="554 5.7.1 No"),
         LabHost("t.example", NET + "50", kind=HostKind.TARPIT, domains=("t.example",)),
+        LabHost("e.example", NET + "50", kind=HostKind.ENDLESS),
+        LabHost("e.example", NET + "50", kind=HostKind.ENDLESS, greeting="421 x", script=(("EHLO", "250 x"),)),
     ],
 )
 def test_inconsistent_definition_is_a_lab_error(tmp_path: Path, host: LabHost) -> None:

@@ -1,10 +1,81 @@
-"""Reading nameservers given as text (``--resolver``, ``[Relay] Resolver``)."""
+"""The resolver against a real DNS server on loopback (the lab's, with its lossy behaviours), and reading
+nameservers given as text (``--resolver``, ``[Relay] Resolver``)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import pytest
 
-from diag.net.dns import Nameserver, parse_nameserver
+from diag.errors import DnsTimeoutError
+from diag.lab.dns import Behaviour, DnsServer, ZoneData
+from diag.net.dns import Answer, DnsStatus, Nameserver, Resolver, parse_nameserver
+
+IP = "127.0.53.2"
+T = TypeVar("T")
+
+
+def served(behaviour: Behaviour, body: Callable[[DnsServer, Resolver], Awaitable[T]], *, timeout: float) -> T:
+    """Run ``body`` against a DNS server whose lossy.example behaves as ``behaviour``, with a Resolver of
+    ``timeout`` seconds per lookup; the whole of it is bounded generously (a loaded machine is slow)."""
+    data = ZoneData()
+    data.add_zone("example")
+    data.add("lossy.example", "MX", "10 mx.lossy.example.")
+    data.set_behaviour("lossy.example", behaviour)
+
+    async def main() -> T:
+        server = DnsServer(data)
+        port = await server.start(IP)
+        try:
+            async with asyncio.timeout(timeout * 3 + 10):
+                return await body(server, Resolver([Nameserver(IP, port)], timeout=timeout))
+        finally:
+            await server.close()
+
+    return asyncio.run(main())
+
+
+async def ask_mx(server: DnsServer, resolver: Resolver) -> Answer:
+    return await resolver.query("lossy.example", "MX")
+
+
+def test_a_lookup_whose_first_udp_answers_are_lost_is_retried_over_udp_and_answered() -> None:
+    async def ask(server: DnsServer, resolver: Resolver) -> tuple[Answer, int, int]:
+        answer = await ask_mx(server, resolver)
+        return answer, server.queries["udp"], server.queries["tcp"]
+
+    # Given a server that drops the first two UDP queries for each name and type (rate limiting)
+    answer, udp, tcp = served(Behaviour.LOSE_UDP, ask, timeout=3.0)
+    # Then the third UDP try, within the one lookup's budget, gets the answer (no need for TCP)
+    assert answer.status is DnsStatus.OK
+    assert [r.to_text() for r in answer.records] == ["10 mx.lossy.example."]
+    assert (udp, tcp) == (3, 0)
+
+
+def test_when_every_udp_answer_is_lost_the_rest_of_the_budget_asks_over_tcp() -> None:
+    async def count(server: DnsServer, resolver: Resolver) -> tuple[Answer, int, int]:
+        answer = await ask_mx(server, resolver)
+        return answer, server.queries["udp"], server.queries["tcp"]
+
+    # Given a server that answers only over TCP
+    answer, udp, tcp = served(Behaviour.TCP_ONLY, count, timeout=1.5)
+    # Then UDP was tried more than once, and TCP got the answer
+    assert answer.status is DnsStatus.OK and udp >= 2 and tcp >= 1
+
+
+def test_a_server_that_never_answers_ends_in_a_dns_timeout_within_the_budget() -> None:
+    async def fail(server: DnsServer, resolver: Resolver) -> tuple[str, int, int]:
+        with pytest.raises(DnsTimeoutError) as timed_out:
+            await ask_mx(server, resolver)
+        return str(timed_out.value), server.queries["udp"], server.queries["tcp"]
+
+    # Given a server that answers nothing, over UDP or TCP (the bound in served() fails a lookup that overruns)
+    message, udp, tcp = served(Behaviour.DROP, fail, timeout=1.0)
+    # Then the lookup gave up after both, with the budget it had
+    assert message.startswith("no answer for lossy.example MX within 1 s (over UDP, then TCP) from ")
+    assert udp >= 2 and tcp >= 1
 
 
 @pytest.mark.parametrize(

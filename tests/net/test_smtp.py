@@ -147,3 +147,70 @@ def test_a_session_cancelled_by_the_deadline_ends_at_once_without_a_goodbye() ->
 
     # Then the connection was closed without QUIT, whose reply could hold the run past its deadline
     assert [line.split()[0] for line in received] == [b"EHLO"]
+
+
+# --- a multi-line rejection that never ends ----------------------------------------------------------------
+
+
+def test_an_endless_421_greeting_is_a_rejected_greeting_with_its_code_and_first_lines(lab: Lab) -> None:
+    # Given endless421.example, whose greeting is 421- lines without end (aiosmtplib gives up at 32 KiB)
+    facts = session(lab, "127.0.20.28", "mx.endless421.example", timeout=5.0)
+    # Then the session records a rejected greeting: code 421, its first lines, and that it never ended
+    assert (facts.reached, facts.error, facts.greeting_code) == (
+        SessionStage.CONNECT, SessionError.GREETING_REJECTED, 421,
+    )  # fmt: skip
+    assert facts.greeting_unfinished
+    line = "4.7.0 mx.endless421.example Too many connections from your address, try again later"
+    assert facts.greeting.split("\n")[0] == line and len(facts.greeting.split("\n")) <= 5
+    assert facts.detail.startswith(f"421 {line} (a multi-line greeting that never ended: given up on: ")
+    assert facts.transcript[0] == f"S: 421-{line}" and len(facts.transcript) <= 5
+    assert facts.banner_s is not None and facts.ehlo_s is None
+
+
+async def _rejection_that(end: str, timeout: float) -> SessionFacts:  # noqa: ASYNC109 - the probe's timeout
+    """Probe a server that greets with two 421- lines and then stalls or hangs up."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"421-4.7.0 busy.example Too many connections\r\n421-4.7.0 come back later\r\n")
+        await writer.drain()
+        if end == "stalls":
+            await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.77.93", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(timeout * 3):  # the greeting's one timeout, with room for a slow machine
+            return await probe_session("127.0.77.93", port, "busy.example", ehlo_name="probe.invalid", timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("end", "why"),
+    [("stalls", "not finished within 1 s"), ("hangs up", "the server closed the connection in the middle of it")],
+)
+def test_a_421_greeting_that_stalls_or_is_cut_off_is_still_a_rejected_greeting(end: str, why: str) -> None:
+    facts = asyncio.run(_rejection_that(end, timeout=1.0))
+    assert (facts.error, facts.greeting_code, facts.greeting_unfinished) == (SessionError.GREETING_REJECTED, 421, True)
+    assert facts.greeting.startswith("4.7.0 busy.example Too many connections")
+    assert facts.detail == (
+        f"421 4.7.0 busy.example Too many connections (a multi-line greeting that never ended: {why})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        (b"421-4.7.0 a\r\n421-4.7.0 b\r\n421-4.7", (421, ("4.7.0 a", "4.7.0 b", "4.7"))),
+        (b"554-no\n554-no\n554-no\n554-no\n554-no\n554-no\n", (554, ("no",) * 5)),  # at most five lines
+        (b"421-a\r\n451-b\r\n", (421, ("a",))),  # another code is not the same reply
+        (b"220-mx.example ESMTP\r\n", None),  # not a rejection
+        (b"421 4.7.0 done\r\n", None),  # a complete one-line reply: aiosmtplib reads it itself
+        (b"", None),
+    ],
+)
+def test_the_start_of_an_unfinished_rejection_is_read_from_the_peeked_bytes(
+    start: bytes, expected: tuple[int, tuple[str, ...]] | None
+) -> None:
+    from diag.net.smtp import _unfinished_rejection
+
+    assert _unfinished_rejection(start) == expected

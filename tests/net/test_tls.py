@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from diag.errors import ConfigError
@@ -52,6 +53,52 @@ def test_another_root_is_untrusted(pki: TestPKI) -> None:
 def test_chainless_verifies_when_the_intermediate_is_trusted(pki: TestPKI) -> None:
     # Never fetched: only a store that already holds the intermediate makes a leaf-only chain verify.
     assert verdict(pki, CertKind.CHAINLESS, store=(pki.root, pki.intermediate)).trust is Trust.TRUSTED
+
+
+def _server_only(pki: TestPKI) -> tuple[x509.Certificate, x509.Certificate]:
+    """A leaf whose extended key usage allows serverAuth only, issued by ``pki``'s intermediate."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.example.com")]))
+        .issuer_name(pki.intermediate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(pki.now - timedelta(days=1))
+        .not_valid_after(pki.now + timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mail.example.com")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.intermediate_key.public_key()), critical=False
+        )
+        .sign(pki.intermediate_key, hashes.SHA256())
+    )
+    return (leaf, pki.intermediate)
+
+
+@pytest.mark.parametrize(
+    ("kind", "trust"),
+    [(CertKind.GOOD, Trust.TRUSTED), (CertKind.EXPIRED, Trust.TRUSTED), (CertKind.SELF_SIGNED, Trust.SELF_SIGNED),
+     (CertKind.CHAINLESS, Trust.INCOMPLETE)],
+)  # fmt: skip
+def test_a_client_certificate_is_verified_as_one(pki: TestPKI, kind: CertKind, trust: Trust) -> None:
+    issued = pki.issue(["mail.example.com"], kind=kind)
+    chain_der = tuple(cert.public_bytes(Encoding.DER) for cert in issued.chain)
+    (leaf, *_), result = examine_chain(chain_der, (pki.root,), at=pki.now, client=True)
+    assert result.trust is trust and leaf.dns_names == ("mail.example.com",)
+
+
+def test_a_certificate_only_for_servers_is_no_client_certificate(pki: TestPKI) -> None:
+    # OpenSSL refuses it at the handshake ("unsupported certificate purpose"); so does the client verifier
+    chain = _server_only(pki)
+    assert verify_chain(chain, (pki.root,), at=pki.now).trust is Trust.TRUSTED
+    refused = verify_chain(chain, (pki.root,), at=pki.now, client=True)
+    assert refused.trust is Trust.UNTRUSTED and refused.detail
 
 
 def _version_4(der: bytes) -> bytes:

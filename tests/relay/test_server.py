@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from diag.config import RelayRole, parse_config
 from diag.errors import ConfigError
-from diag.lab.pki import Issued, TestPKI
+from diag.lab.pki import CertKind, Issued, TestPKI
 from diag.relay.server import RelayServer
 from diag.relay.settings import Limits, RelaySettings
 from diag.relay.spool import Envelope, Spool
@@ -498,6 +498,27 @@ def test_certificate_from_another_ca_does_not_count(pki: TestPKI, tls: Tls, tmp_
             assert await raw.command(b"MAIL FROM:<a@external.example>") == b"250 2.1.0 Ok"
             assert await raw.command(f"RCPT TO:<relaytest@{EXTERNAL}>".encode()) == RELAY_DENIED.encode()
             raw.close()
+            assert running.stored() == []
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", [CertKind.EXPIRED, CertKind.NOT_YET_VALID, CertKind.SELF_SIGNED, CertKind.CHAINLESS])
+def test_an_invalid_certificate_with_the_connectors_name_is_refused_at_the_handshake(
+    pki: TestPKI, tls: Tls, tmp_path: Path, kind: CertKind
+) -> None:
+    """What the connectors check predicts (INBOUND_CERT_INVALID): a matching name does not save a certificate
+    the verifier refuses; the handshake ends and no session is recognised by it."""
+    broken = pki.issue(["mail.contoso.com"], kind=kind)
+
+    async def main() -> None:
+        async with relay(tmp_path, 8, tls=tls) as running:
+            smtp = client(running)
+            await smtp.connect()
+            with pytest.raises((ssl.SSLError, aiosmtplib.SMTPException, ConnectionError)):
+                await smtp.starttls(server_hostname=HOSTNAME, tls_context=client_context(pki, tmp_path, broken))
+                await smtp.ehlo()
+            smtp.close()
             assert running.stored() == []
 
     run(main())

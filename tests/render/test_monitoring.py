@@ -119,6 +119,7 @@ def _hostile_report() -> Report:
         (Status.TIMEOUT, (Severity.WARNING,), Verdict.UNKNOWN),
         (Status.SKIPPED, (), Verdict.UNKNOWN),
         (Status.TIMEOUT, (Severity.CRITICAL,), Verdict.CRITICAL),
+        (Status.NOT_APPLICABLE, (), Verdict.OK),
     ],
 )
 def test_check_state_follows_the_verdict_rule(status: Status, severities: tuple[Severity, ...],
@@ -166,7 +167,7 @@ def test_nagios_lab_run_states_and_summary(report: Report) -> None:
     assert "tarpit.example SMTP_BANNER_TIMEOUT" in summary
     # One line per finding of warning or worse and one per check that could not run; nothing else.
     expected = sum(
-        (r.status is not Status.COMPLETED) + sum(f.severity >= Severity.WARNING for f in r.findings)
+        r.status.could_not_run + sum(f.severity >= Severity.WARNING for f in r.findings)
         for d in report.domains for r in d.results
     )  # fmt: skip
     assert len(long) == expected == 14
@@ -223,6 +224,38 @@ def test_nagios_state_per_verdict(results: tuple[CheckResult, ...], state: str, 
     assert (got_state, got_summary) == (state, summary)
     assert got_state.lower() == report.verdict.value
     assert perf[f"domains_{report.verdict.value}"]["value"] == "1"
+
+
+def _null_mx_report() -> Report:
+    """A domain with a null MX only: MX judged, the checks that need a mail host not applicable."""
+    why = "the domain accepts no mail (null MX)"
+    return _report(DomainReport("nullmx.example", (
+        _result("mx", Status.COMPLETED, _finding(Severity.INFO, "MX_NULL")),
+        _result("port25", Status.NOT_APPLICABLE, reason=why),
+        _result("starttls", Status.NOT_APPLICABLE, reason=f"requires port25, which is not applicable: {why}"),
+    )))  # fmt: skip
+
+
+def test_monitoring_views_count_a_check_that_does_not_apply_as_ok() -> None:
+    report = _null_mx_report()
+    # Nagios: OK, and nothing named as a problem or as "could not run"
+    state, summary, perf, long = parse_plugin(nagios(report))
+    assert (state, summary, long) == ("OK", "1 domain: 1 ok", [])
+    assert perf["domains_ok"]["value"] == "1"
+    # Prometheus: every check state 0
+    families = {f.name: f for f in text_string_to_metric_families(prometheus(report))}
+    assert {s.labels["check"]: s.value for s in families["diag_check_status"].samples} == {
+        "mx": 0, "port25": 0, "starttls": 0,
+    }  # fmt: skip
+    assert families["diag_run_status"].samples[0].value == 0
+    # JUnit: skipped with the reason, not an error
+    root = parse_junit(junit(report))
+    assert {key: root.get(key) for key in ("tests", "failures", "errors", "skipped")} == {
+        "tests": "3", "failures": "0", "errors": "0", "skipped": "2",
+    }  # fmt: skip
+    skipped = case(root, "nullmx.example", "port25").find("skipped")
+    assert skipped is not None
+    assert skipped.get("message") == "not applicable: the domain accepts no mail (null MX)"
 
 
 def test_nagios_hostile_text_stays_inert() -> None:
