@@ -1,14 +1,20 @@
 """The HTML view of a report: one self-contained file for people, from the ``diag.report/1`` JSON document.
 
 ``diag check --html FILE`` and ``diag report RESULT.json --html FILE`` render the same document, so a saved
-result renders exactly as the live run did. Everything a server sent (banners, EHLO lines, certificate names,
-DNS names) is hostile until shown otherwise (security-cases.md §5):
+result renders exactly as the live run did. The page says what to fix first (issue 10): "Problems to fix"
+(:func:`_problems`, built from findings and check statuses alone, so it holds for any check), then the domains
+worst first, the evidence of a domain with nothing to fix collapsed.
+
+Everything a server sent (banners, EHLO lines, certificate names, DNS names) is hostile until shown otherwise
+(security-cases.md §5):
 
 * RPT-01: the Jinja2 environment forces ``autoescape=True``; ``select_autoescape()`` would leave ``.j2``
   templates unescaped.
 * RPT-02: no ``|safe``, ``Markup`` or ``{% autoescape false %}`` anywhere (a test greps the templates).
 * RPT-03: every attribute is quoted; remote text never goes into ``href``, ``src``, ``style`` or event
-  attributes. Class names and ids come from fixed tables or counters here, never from the document.
+  attributes. Class names and ids come from fixed tables or counters here, never from the document: a domain is
+  ``domain-N`` (N its place on the page), a check ``domain-N-check-C``, a finding ``domain-N-check-C-finding-F``,
+  and every ``href`` is ``#`` and one of these.
 * RPT-04: every ``{{ }}`` output passes through :func:`_finalize` (Jinja's ``finalize`` runs before escaping):
   control and bidi characters become visible escapes and long values are cut with a note.
 * RPT-05: a Content-Security-Policy meta tag forbids everything but inline styles and ``data:`` images; the
@@ -46,7 +52,17 @@ _BAR_HEIGHT = 14
 
 _SEVERITIES = ("critical", "error", "warning", "notice", "info")
 _VERDICTS = ("ok", "warning", "critical", "unknown")
-_CHECK_STATUSES = ("completed", "error", "timeout", "skipped")
+# "not_applicable": the check does not apply to the domain (port 25 of a null-MX domain); that is neither a
+# problem nor "could not run".
+_CHECK_STATUSES = ("completed", "error", "timeout", "skipped", "not_applicable")
+# Checks that did not run although they apply ("Not run" in the overview). "skipped" is usually the echo of
+# another failure (a requirement that failed), so "Problems to fix" names it only when nothing else explains a
+# domain's verdict; error and timeout are always named there: they may hide any problem.
+_NOT_RUN = ("error", "timeout", "skipped")
+_COULD_NOT_RUN = ("error", "timeout")
+# Worst first, as the run's verdict ranks them (CONTRACT.md, exit codes): a check that could not run may hide a
+# critical problem, so an unknown domain comes before a warning.
+_VERDICT_ORDER = ("critical", "unknown", "warning", "ok")
 _STAGES = (
     ("connect", "connect_s", "TCP connect"),
     ("banner", "banner_s", "greeting"),
@@ -245,6 +261,7 @@ class _Count:
 
 @dataclass(frozen=True, slots=True)
 class _Finding:
+    anchor: str
     severity: str
     code: str
     subject: str
@@ -257,9 +274,11 @@ class _Finding:
 
 @dataclass(frozen=True, slots=True)
 class _Check:
+    anchor: str
     id: str
     title: str
     status: str
+    status_label: str
     reason: str
     duration_ms: str
     worst: str
@@ -327,11 +346,21 @@ class _Cert:
 
 
 @dataclass(frozen=True, slots=True)
+class _Failing:
+    """A failing fact shown beside a "trusted" verdict, linked to the finding that states it."""
+
+    text: str
+    tone: str  # CSS token: "bad" (error or worse) or "warn"
+    anchor: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Presented:
     endpoint: str
-    trust: str
+    trust: str  # the chain's verdict, with ", but:" when failing facts follow a trusted chain
     trust_class: str
     trust_detail: str
+    failing: tuple[_Failing, ...]
     chain: tuple[_Cert, ...]
 
 
@@ -353,6 +382,7 @@ class _SmartHost:
     outcome_label: str
     tls: str
     trust: str
+    failing: tuple[_Failing, ...]
     detail: str
 
 
@@ -388,6 +418,8 @@ class _Domain:
     status: str
     counts: tuple[_Count, ...]
     incomplete: int
+    # The evidence of a domain with nothing to fix starts collapsed (a <details> without "open"; no script).
+    evidence_open: bool
     checks: tuple[_Check, ...]
     mx: _Mx | None
     sessions: tuple[_Session, ...]
@@ -395,6 +427,32 @@ class _Domain:
     certificates: tuple[_Presented, ...]
     routing: _Routing | None
     hops: tuple[_Hops, ...]
+
+    @property
+    def evidence_kinds(self) -> tuple[str, ...]:
+        """What the evidence part shows, in words (its summary line names them when it is collapsed)."""
+        kinds = (
+            ("MX records", self.mx is not None),
+            ("SMTP sessions", bool(self.sessions or self.not_probed)),
+            ("certificates", bool(self.certificates)),
+            ("routing", self.routing is not None),
+            ("message path", bool(self.hops)),
+        )
+        return tuple(name for name, shown in kinds if shown)
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """One row of "Problems to fix": a finding of warning or worse, or a check that could not run."""
+
+    tone: str  # CSS token and the words of its pill: a severity, or "unknown" for a check that did not run
+    domain: str
+    domain_anchor: str
+    subject: str
+    code: str
+    fix: str
+    cloud_error: str
+    anchor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +466,7 @@ class _Report:
     elapsed: str
     counts: tuple[_Count, ...]
     domain_verdicts: tuple[_Count, ...]
+    problems: tuple[_Problem, ...]
     domains: tuple[_Domain, ...]
     stages: tuple[tuple[str, str], ...] = field(default=tuple((stage, label) for stage, _, label in _STAGES))
 
@@ -419,7 +478,8 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri '
 def _report_view(document: Mapping[str, Any]) -> _Report:
     started = _time(document.get("started_at"))
     finished = _time(document.get("finished_at"))
-    domains = tuple(_domain_view(index, d, finished) for index, d in enumerate(_list(document.get("domains")), 1))
+    ordered = _worst_first([_dict(d) for d in _list(document.get("domains"))])
+    domains = tuple(_domain_view(index, d, finished) for index, d in enumerate(ordered, 1))
     all_findings = [f for d in domains for c in d.checks for f in c.findings]
     verdicts = [d.status for d in domains]
     elapsed = ""
@@ -434,28 +494,46 @@ def _report_view(document: Mapping[str, Any]) -> _Report:
         finished=_show_time(finished, document.get("finished_at")),
         elapsed=elapsed,
         counts=_counts(f.severity for f in all_findings),
-        domain_verdicts=tuple(_Count(v, verdicts.count(v)) for v in ("critical", "unknown", "warning", "ok")),
+        domain_verdicts=tuple(_Count(v, verdicts.count(v)) for v in _VERDICT_ORDER),
+        problems=_problems(domains),
         domains=domains,
     )
 
 
+def _worst_first(domains: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Domains by verdict, worst first, and by name within a verdict (sorted() is stable for equal names)."""
+
+    def key(domain: Mapping[str, Any]) -> tuple[int, str]:
+        verdict = _token(domain.get("status"), _VERDICTS, "unknown")
+        return _VERDICT_ORDER.index(verdict), _text(domain.get("domain")).casefold()
+
+    return sorted(domains, key=key)
+
+
 def _domain_view(index: int, domain: Mapping[str, Any], finished: datetime | None) -> _Domain:
+    anchor = f"domain-{index}"
     checks = [_dict(c) for c in _list(domain.get("checks"))]
-    views = tuple(_check_view(c) for c in checks)
+    views = tuple(_check_view(c, f"{anchor}-check-{number}") for number, c in enumerate(checks, 1))
     facts = {_text(c.get("id")): _dict(c.get("facts")) for c in checks if c.get("status") == "completed"}
     sessions, not_probed = _sessions(facts.get("port25", {}))
+    status = _token(domain.get("status"), _VERDICTS, "unknown")
+    cert_failing = _failing_by_subject(views, "certificate")
+    smart_host_failing = _failing_by_subject(views, "connectors")
     return _Domain(
-        anchor=f"domain-{index}",
+        anchor=anchor,
         name=_text(domain.get("domain")),
-        status=_token(domain.get("status"), _VERDICTS, "unknown"),
+        status=status,
         counts=_counts(f.severity for c in views for f in c.findings),
-        incomplete=sum(1 for c in views if c.status != "completed"),
+        incomplete=sum(1 for c in views if c.status in _NOT_RUN),
+        evidence_open=status != "ok" or any(_is_problem(f) for c in views for f in c.findings),
         checks=views,
         mx=_mx(facts["mx"]) if "mx" in facts else None,
         sessions=sessions,
         not_probed=not_probed,
-        certificates=tuple(_presented(p, finished) for p in _dicts(facts.get("certificate", {}).get("certificates"))),
-        routing=_routing(facts["connectors"]) if "connectors" in facts else None,
+        certificates=tuple(
+            _presented(p, finished, cert_failing) for p in _dicts(facts.get("certificate", {}).get("certificates"))
+        ),
+        routing=_routing(facts["connectors"], smart_host_failing) if "connectors" in facts else None,
         hops=tuple(
             _Hops(_text(c.get("title")) or _text(c.get("id")), hops)
             for c in checks
@@ -464,9 +542,10 @@ def _domain_view(index: int, domain: Mapping[str, Any], finished: datetime | Non
     )
 
 
-def _check_view(check: Mapping[str, Any]) -> _Check:
+def _check_view(check: Mapping[str, Any], anchor: str) -> _Check:
     findings = tuple(
         _Finding(
+            anchor=f"{anchor}-finding-{number}",
             severity=_token(f.get("severity"), _SEVERITIES, "info"),
             code=_text(f.get("code")),
             subject=_text(f.get("subject")),
@@ -475,14 +554,17 @@ def _check_view(check: Mapping[str, Any]) -> _Check:
             cloud_error=_text(f.get("cloud_error")),
             subject_in_message=bool(f.get("subject")) and _text(f.get("subject")) in _text(f.get("message")),
         )
-        for f in _dicts(check.get("findings"))
+        for number, f in enumerate(_dicts(check.get("findings")), 1)
     )
     worst = min((_SEVERITIES.index(f.severity) for f in findings), default=len(_SEVERITIES) - 1)
     duration = check.get("duration_ms")
+    status = _token(check.get("status"), _CHECK_STATUSES, "error")
     return _Check(
+        anchor=anchor,
         id=_text(check.get("id")),
         title=_text(check.get("title")) or _text(check.get("id")),
-        status=_token(check.get("status"), _CHECK_STATUSES, "error"),
+        status=status,
+        status_label=status.replace("_", " "),
         reason=_text(check.get("reason")),
         duration_ms=f"{duration} ms" if isinstance(duration, int) and not isinstance(duration, bool) else "",
         worst=_SEVERITIES[worst],
@@ -493,6 +575,64 @@ def _check_view(check: Mapping[str, Any]) -> _Check:
 def _counts(severities: Iterable[str]) -> tuple[_Count, ...]:
     found = list(severities)
     return tuple(_Count(s, found.count(s)) for s in _SEVERITIES)
+
+
+# Problems to fix: generic, from findings and check statuses only (no check's facts), so it holds for any check.
+
+
+def _is_problem(finding: _Finding) -> bool:
+    return _SEVERITIES.index(finding.severity) <= _SEVERITIES.index("warning")
+
+
+def _problems(domains: Sequence[_Domain]) -> tuple[_Problem, ...]:
+    """Every finding of warning or worse and every check that could not run, worst first.
+
+    Rank: critical and error findings, then checks that could not run (they may hide anything, so they outweigh
+    a warning, as in the verdict), then warnings; then the domain's place on the page (worst domain first), then
+    the order of appearance. A domain that is not OK but has none of these (only skipped checks) shows its
+    skipped checks, so that every domain that is not OK has a row.
+    """
+    ranked: list[tuple[int, int, int, _Problem]] = []
+    for place, domain in enumerate(domains):
+        rows: list[tuple[int, _Problem]] = []
+        skipped: list[tuple[int, _Problem]] = []
+        for check in domain.checks:
+            for f in check.findings:
+                if _is_problem(f):
+                    rank = {"critical": 0, "error": 1}.get(f.severity, 3)
+                    rows.append((rank, _Problem(
+                        tone=f.severity, domain=domain.name, domain_anchor=domain.anchor,
+                        subject=f.subject, code=f.code, fix=f.remediation or f.message, cloud_error=f.cloud_error,
+                        anchor=f.anchor,
+                    )))  # fmt: skip
+            if check.status in _NOT_RUN:
+                words = "Could not check" if check.status in _COULD_NOT_RUN else "Not checked"
+                row = _Problem(
+                    tone="unknown", domain=domain.name, domain_anchor=domain.anchor,
+                    subject=f"{check.title} ({check.id})" if check.title != check.id else check.id,
+                    code=f"{check.id} {check.status}", fix=f"{words}: {check.reason or check.status}", cloud_error="",
+                    anchor=check.anchor,
+                )  # fmt: skip
+                (rows if check.status in _COULD_NOT_RUN else skipped).append((2, row))
+        if not rows and domain.status != "ok":
+            rows = skipped
+        ranked.extend((rank, place, order, row) for order, (rank, row) in enumerate(rows))
+    return tuple(row for *_, row in sorted(ranked, key=lambda item: item[:3]))
+
+
+def _failing_by_subject(checks: Sequence[_Check], check_id: str) -> dict[str, list[_Finding]]:
+    """The findings of warning or worse of one check, by subject: what evidence about that subject must show."""
+    found: dict[str, list[_Finding]] = {}
+    for check in checks:
+        if check.id == check_id:
+            for f in check.findings:
+                if _is_problem(f):
+                    found.setdefault(f.subject, []).append(f)
+    return found
+
+
+def _tone(finding: _Finding) -> str:
+    return "warn" if finding.severity == "warning" else "bad"
 
 
 # MX
@@ -620,16 +760,52 @@ def _ms(seconds: float) -> str:
 # Certificates
 
 
-def _presented(p: Mapping[str, Any], at: datetime | None) -> _Presented:
+# Findings the chain verdict states already ("chain untrusted", "chain self-signed", ...).
+_TRUST_CODES = ("CERT_UNTRUSTED", "CERT_SELF_SIGNED", "CERT_CHAIN_INCOMPLETE", "CERT_MALFORMED")
+
+
+def _presented(p: Mapping[str, Any], at: datetime | None, failing: Mapping[str, list[_Finding]]) -> _Presented:
+    """One presented chain. "Trusted" judges the chain alone (issuer and signatures); the leaf's dates, names
+    and key are separate findings, named right beside that verdict so it never reads as "all is well"."""
     trust = _text(p.get("trust"))
     chain = _dicts(p.get("chain"))
-    return _Presented(
-        endpoint=_text(p.get("endpoint")),
-        trust=f"chain {trust}" if trust else "chain not judged",
-        trust_class="good" if trust == "trusted" else "bad",
-        trust_detail=_text(p.get("trust_detail")),
-        chain=tuple(_cert(c, index, len(chain), at) for index, c in enumerate(chain)),
+    certs = tuple(_cert(c, index, len(chain), at) for index, c in enumerate(chain))
+    endpoint = _text(p.get("endpoint"))
+    trusted = trust == "trusted"
+    facts = tuple(
+        _Failing(_cert_fact(f.code, certs[0] if certs else None, _text(p.get("host"))), _tone(f), f.anchor)
+        for f in failing.get(endpoint, [])
+        if trusted or f.code not in _TRUST_CODES
     )
+    verdict = f"chain {trust}" if trust else "chain not judged"
+    trust_class = "good" if trusted else "bad"
+    if facts:
+        verdict += ", but:" if trusted else "; also:"
+    if trusted and facts:
+        trust_class = "bad" if any(f.tone == "bad" for f in facts) else "warn"
+    return _Presented(
+        endpoint=endpoint,
+        trust=verdict,
+        trust_class=trust_class,
+        trust_detail=_text(p.get("trust_detail")),
+        failing=facts,
+        chain=certs,
+    )
+
+
+def _cert_fact(code: str, leaf: _Cert | None, host: str) -> str:
+    """A few words for what a certificate finding says about the leaf; the code itself for any other finding."""
+    if leaf is not None and code in ("CERT_EXPIRED", "CERT_NOT_YET_VALID") and leaf.validity:
+        return f"leaf {leaf.validity}"
+    if leaf is not None and code in ("CERT_EXPIRING", "CERT_EXPIRING_SOON") and leaf.validity:
+        return f"leaf expires soon: {leaf.validity}"
+    if code == "CERT_NAME_MISMATCH" and host:
+        return f"leaf does not name {host}"
+    if leaf is not None and code == "CERT_WEAK_KEY" and leaf.key:
+        return f"weak key: {leaf.key}"
+    if code == "CERT_WEAK_SIGNATURE":
+        return "weak signature"
+    return code
 
 
 def _cert(c: Mapping[str, Any], index: int, length: int, at: datetime | None) -> _Cert:
@@ -681,7 +857,7 @@ def _fingerprint(hex_digest: str) -> str:
 # Routing
 
 
-def _routing(facts: Mapping[str, Any]) -> _Routing:
+def _routing(facts: Mapping[str, Any], failing: Mapping[str, list[_Finding]]) -> _Routing:
     routing = _dict(facts.get("routing"))
     accepted = _dict(facts.get("accepted"))
     if accepted:
@@ -693,7 +869,7 @@ def _routing(facts: Mapping[str, Any]) -> _Routing:
         accepted=accepted_text,
         decision=_decision(_dict(routing.get("decision"))),
         alternative=_decision(_dict(alternative)) if isinstance(alternative, Mapping) else None,
-        smart_hosts=tuple(_smart_host(h) for h in _dicts(facts.get("smart_hosts"))),
+        smart_hosts=tuple(_smart_host(h, failing) for h in _dicts(facts.get("smart_hosts"))),
         inbound=_inbound(_dict(facts.get("inbound"))),
     )
 
@@ -738,7 +914,7 @@ def _decision(decision: Mapping[str, Any]) -> _Decision:
     )
 
 
-def _smart_host(h: Mapping[str, Any]) -> _SmartHost:
+def _smart_host(h: Mapping[str, Any], failing: Mapping[str, list[_Finding]]) -> _SmartHost:
     session = _dict(h.get("session"))
     name, ip = _text(h.get("name")), _text(h.get("ip"))
     endpoint = _endpoint(name, session) if session else (f"{name} [{ip}]" if ip else name)
@@ -752,9 +928,13 @@ def _smart_host(h: Mapping[str, Any]) -> _SmartHost:
     else:
         outcome, label, detail = "unknown", "not probed", ""
     trust = _text(h.get("trust"))
+    # A trusted chain next to a smart host that fails validation (expired leaf, TlsDomain mismatch): the failing
+    # finding is named in the same cell, as for the MX certificates.
+    facts = tuple(_Failing(f.code, _tone(f), f.anchor) for f in failing.get(endpoint, [])) if trust == "trusted" else ()
     if h.get("trust_detail"):
         trust = f"{trust}: {_text(h.get('trust_detail'))}"
-    return _SmartHost(endpoint, outcome, label, _tls_text(_dict(session.get("tls")), session), trust, detail)
+    tls = _tls_text(_dict(session.get("tls")), session)
+    return _SmartHost(endpoint, outcome, label, tls, trust, facts, detail)
 
 
 def _inbound(inbound: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

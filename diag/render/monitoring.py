@@ -10,6 +10,13 @@ Measurements are read from the facts as the JSON view renders them (``port25``: 
 ``certificate``: ``certificates[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
 the same for facts loaded back from a saved JSON report.
 
+A series is named by what it measures, not by where it was measured: domain, MX host name and stage, never the
+address or port (issue 10; the same identity as history's, :func:`~diag.model.subject_host`). The cloud's MX
+addresses rotate and the lab picks a port per run, and a label holding them would start a new series on every
+run. When a host has several addresses, its one value per label is the worst of them: for each SMTP stage the
+slowest address, for the certificate the soonest-expiring one. Which address it was stays in the evidence
+(findings, JSON, HTML).
+
 Every string that came from the network is made inert first (:func:`~diag.render.text.sanitize`, which also
 escapes the code points XML 1.0 and UTF-8 cannot carry), then escaped by the rules of the format.
 """
@@ -25,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
+from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict, subject_host
 from diag.render.json import jsonable
 from diag.render.text import sanitize
 
@@ -46,26 +53,17 @@ def check_state(result: CheckResult) -> Verdict:
 
 
 @dataclass(frozen=True, slots=True)
-class _Session:
-    """The stage timings of one address a domain's MX host was probed at."""
+class _Timings:
+    """The stage timings of one MX host: per stage, the slowest of its addresses (module docstring)."""
 
-    domain: str
     host: str
-    ip: str
-    port: str
-    seconds: tuple[float | None, ...]  # in STAGES order
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host} [{self.ip}]:{self.port}"
+    seconds: tuple[float | None, ...]  # in STAGES order; None when no address reached the stage
 
 
 @dataclass(frozen=True, slots=True)
 class _Cert:
-    """The leaf certificate one address presented, with the expiry thresholds it was judged by."""
+    """The soonest-expiring leaf certificate of one MX host, with the expiry thresholds it was judged by."""
 
-    domain: str
-    endpoint: str
     host: str
     not_after: datetime
     checked_at: datetime | None
@@ -109,42 +107,46 @@ def _moment(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _sessions(domain: DomainReport) -> list[_Session]:
-    found = []
+def _slowest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _timings(domain: DomainReport) -> list[_Timings]:
+    """One entry per MX host, in the order the hosts were first probed."""
+    by_host: dict[str, tuple[float | None, ...]] = {}
     for probed in _items(_facts(domain, "port25"), "probed"):
         session = probed.get("session")
         if not isinstance(session, dict):
             continue
-        found.append(_Session(
-            domain=domain.domain,
-            host=str(probed.get("host", "")),
-            ip=str(session.get("ip", "")),
-            port=str(session.get("port", "")),
-            seconds=tuple(_number(session.get(f"{stage}_s")) for stage in STAGES),
-        ))  # fmt: skip
-    return found
+        host = subject_host(str(probed.get("host", "")))
+        seconds = tuple(_number(session.get(f"{stage}_s")) for stage in STAGES)
+        before = by_host.get(host, (None,) * len(STAGES))
+        by_host[host] = tuple(_slowest(a, b) for a, b in zip(before, seconds, strict=True))
+    return [_Timings(host, seconds) for host, seconds in by_host.items()]
 
 
 def _certificates(domain: DomainReport) -> list[_Cert]:
+    """One entry per MX host that presented a readable leaf: the soonest-expiring, in first-seen order."""
     facts = _facts(domain, "certificate")
     checked_at = _moment(facts.get("checked_at"))
-    found = []
+    by_host: dict[str, _Cert] = {}
     for presented in _items(facts, "certificates"):
         chain = presented.get("chain")
         leaf = chain[0] if isinstance(chain, list) and chain and isinstance(chain[0], dict) else {}
         not_after = _moment(leaf.get("not_after"))
         if not_after is None:
             continue
-        found.append(_Cert(
-            domain=domain.domain,
-            endpoint=str(presented.get("endpoint", "")),
-            host=str(presented.get("host", "")),
+        host = subject_host(str(presented.get("host", "")))
+        if host in by_host and by_host[host].not_after <= not_after:
+            continue
+        by_host[host] = _Cert(
+            host=host,
             not_after=not_after,
             checked_at=checked_at,
             warn_days=_number(facts.get("warn_days")),
             crit_days=_number(facts.get("crit_days")),
-        ))  # fmt: skip
-    return found
+        )
+    return list(by_host.values())
 
 
 # --- Nagios / Icinga -----------------------------------------------------------------------------------------
@@ -240,11 +242,16 @@ def _summary(report: Report) -> str:
     return _plugin_text(text, limit=1000)
 
 
+# The statuses of a check that did not run although it applies, named by their own [UNKNOWN] line. Listed, not
+# "anything but completed": a check that does not apply to a domain is no problem to name.
+_NOT_RUN = (Status.ERROR, Status.TIMEOUT, Status.SKIPPED)
+
+
 def _long_output(report: Report) -> Iterator[str]:
     for domain in report.domains:
         for result in domain.results:
             where = f"{domain.domain} {result.check_id}"
-            if result.status is not Status.COMPLETED:
+            if result.status in _NOT_RUN:
                 reason = f" - {result.reason}" if result.reason else ""
                 yield _plugin_text(f"[UNKNOWN] {where}: {result.status.value}{reason}", limit=1000)
             for finding in result.findings:
@@ -263,15 +270,15 @@ def _perfdata(report: Report) -> Iterator[str]:
     run_seconds = (report.finished_at - report.started_at).total_seconds()
     yield _perf("time", max(0.0, run_seconds), "s", places=3, minimum="0")
     for domain in report.domains:
-        for session in _sessions(domain):
-            for stage, seconds in zip(STAGES, session.seconds, strict=True):
-                yield _perf(f"{domain.domain} {session.endpoint} {stage}", seconds, "s", minimum="0")
+        for timings in _timings(domain):
+            for stage, seconds in zip(STAGES, timings.seconds, strict=True):
+                yield _perf(f"{domain.domain} {timings.host} {stage}", seconds, "s", minimum="0")
         for cert in _certificates(domain):
             # Days left, unitless: the guidelines know no unit for days. "N:" alerts below N (guidelines,
             # "Threshold and ranges").
             warn = f"{_perf_number(cert.warn_days, places=2)}:" if cert.warn_days is not None else ""
             crit = f"{_perf_number(cert.crit_days, places=2)}:" if cert.crit_days is not None else ""
-            yield _perf(f"{domain.domain} {cert.endpoint} cert_days", cert.days_left, places=2, warn=warn, crit=crit)
+            yield _perf(f"{domain.domain} {cert.host} cert_days", cert.days_left, places=2, warn=warn, crit=crit)
 
 
 def nagios(report: Report) -> str:
@@ -280,8 +287,11 @@ def nagios(report: Report) -> str:
     The first line is ``DIAG <STATE> - <summary> | <performance data>``: the run's state, how many domains
     are in each state, and the worst problems by domain and code. Performance data follow the plugin
     guidelines (``'label'=value[UOM];[warn];[crit];[min];[max]``): domains per state, the run's duration, the
-    seconds of each SMTP stage per probed address (``U`` for a stage not reached), and the days left on each
-    presented certificate with the run's expiry thresholds as ``warn:``/``crit:`` ranges. Every following line
+    seconds of each SMTP stage per MX host (``'DOMAIN HOST STAGE'``: the slowest of the host's addresses; ``U``
+    when none reached the stage), and the days left on each MX host's certificate (``'DOMAIN HOST cert_days'``:
+    the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges.
+    Labels name no address or port (module docstring), so a graph keeps its series from run to run. Every
+    following line
     names one finding of warning or worse, or one check that could not run. No text carries ``|`` (shown as
     ``¦``) or a control character. The process exit code is ``report.exit_code``.
     """
@@ -341,7 +351,9 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
 
     Every metric is a gauge named ``diag_*``; states use the monitoring-plugin scale (module docstring).
     ``diag_findings`` has a sample for every severity of every check, zeros included, so series do not come and
-    go between runs. Samples carry no timestamps (the textfile collector rejects them); the time of the run is
+    go between runs. ``diag_certificate_expiry_timestamp_seconds`` and ``diag_smtp_stage_seconds`` are labelled
+    ``domain`` and ``host`` (and ``stage``), never with an address or port, one sample per MX host (module
+    docstring). Samples carry no timestamps (the textfile collector rejects them); the time of the run is
     ``diag_last_run_timestamp_seconds``: ``now`` when given (the moment the file is written), else the moment
     the run finished.
     """
@@ -357,11 +369,12 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
     findings = _Family("diag_findings", "Findings of a check on a domain, by severity.")
     cert_expiry = _Family(
         "diag_certificate_expiry_timestamp_seconds",
-        "Unix time at which the leaf certificate presented at an MX address expires (notAfter).",
+        "Unix time at which the leaf certificate of an MX host expires (notAfter; the soonest of its addresses).",
     )
     stage = _Family(
         "diag_smtp_stage_seconds",
-        "Seconds an SMTP session stage took at an MX address (connect, banner, ehlo, tls); absent when not reached.",
+        "Seconds an SMTP session stage took at an MX host (connect, banner, ehlo, tls; the slowest of its "
+        "addresses); absent when no address reached it.",
     )
 
     run_status.add(report.verdict.exit_code)
@@ -377,12 +390,11 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
             for severity in Severity:
                 findings.add(severities[severity], domain=name, check=result.check_id, severity=severity.label)
         for cert in _certificates(domain):
-            cert_expiry.add(_unix(cert.not_after), domain=name, endpoint=cert.endpoint, host=cert.host)
-        for session in _sessions(domain):
-            for stage_name, seconds in zip(STAGES, session.seconds, strict=True):
+            cert_expiry.add(_unix(cert.not_after), domain=name, host=cert.host)
+        for timings in _timings(domain):
+            for stage_name, seconds in zip(STAGES, timings.seconds, strict=True):
                 if seconds is not None:
-                    stage.add(seconds, domain=name, host=session.host, ip=session.ip, port=session.port,
-                              stage=stage_name)  # fmt: skip
+                    stage.add(seconds, domain=name, host=timings.host, stage=stage_name)
 
     families = (run_status, last_run, run_duration, domain_status, check_status, check_duration, findings,
                 cert_expiry, stage)  # fmt: skip

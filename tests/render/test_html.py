@@ -13,6 +13,7 @@ import json
 import re
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ from diag.errors import ConfigError, LabError
 from diag.lab import world
 from diag.lab.runner import Lab
 from diag.lab.smtp import HostKind, LabHost, TlsFiles, start_host
-from diag.model import Report
+from diag.model import DomainReport, Report
 from diag.render import html
 from diag.render.html import load_report, render_html
 from diag.render.json import dumps, report_dict
@@ -51,6 +52,73 @@ BLOCKS = {"div", "p", "td", "th", "dt", "dd", "li", "br", "tr", "h1", "h2", "h3"
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+
+VERDICT_ORDER = ("critical", "unknown", "warning", "ok")
+VOID = {"meta", "br", "img", "link", "input", "hr", "wbr", "col", "area", "base", "embed", "source"}
+
+
+def worst_first(domains: tuple[DomainReport, ...]) -> list[DomainReport]:
+    return sorted(domains, key=lambda d: (VERDICT_ORDER.index(d.verdict.value), d.domain))
+
+
+@dataclass
+class Node:
+    """An element of a parsed page, enough to ask "what is the text of the element with this id"."""
+
+    tag: str
+    attrs: dict[str, str]
+    children: list[Node | str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.attrs.get("class", "").split()
+
+    @property
+    def text(self) -> str:
+        parts = [c if isinstance(c, str) else f" {c.text} " for c in self.children]
+        return " ".join("".join(parts).split())
+
+    def iter(self) -> Iterator[Node]:
+        yield self
+        for child in self.children:
+            if isinstance(child, Node):
+                yield from child.iter()
+
+    def all(self, tag: str | None = None, cls: str | None = None) -> list[Node]:
+        return [n for n in self.iter() if (tag is None or n.tag == tag) and (cls is None or cls in n.classes)]
+
+    def by_id(self, anchor: str) -> Node:
+        (found,) = [n for n in self.iter() if n.attrs.get("id") == anchor]
+        return found
+
+
+class Tree(HTMLParser):
+    """The page as a tree of :class:`Node`."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {})
+        self.stack = [self.root]
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {name: value or "" for name, value in attrs})
+        self.stack[-1].children.append(node)
+        if tag not in VOID:
+            self.stack.append(node)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in VOID:
+            assert self.stack[-1].tag == tag, (self.stack[-1].tag, tag)
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].children.append(data)
+
+
+def tree(page: str) -> Node:
+    return Tree(page).root
 
 
 def lab_report(lab: Lab, domains: tuple[str, ...] = DOMAINS) -> Report:
@@ -95,17 +163,28 @@ class Elements(HTMLParser):
         return " ".join("".join(self.text).split())
 
 
+# Ids come from counters and fixed strings only (RPT-03), and every link points at one of them.
+ANCHOR = r"domain-\d+(-check-\d+(-finding-\d+)?)?"
+IDS = re.compile(rf"{ANCHOR}|domain-\d+-title|(problems|overview)-title")
+
+
 def assert_inert(page: str, *, payload: str | None = None) -> Elements:
-    """The page has only our elements and attributes; no payload became markup or an attribute."""
+    """The page has only our elements and attributes; no payload became markup or an attribute; every link
+    points at an element of the page."""
     assert not RAW_CONTROLS.search(page), repr(RAW_CONTROLS.search(page))
     parsed = Elements(page)
+    ids = [attrs["id"] for _, attrs in parsed.tags if "id" in attrs]
+    assert len(ids) == len(set(ids)), "an id is used twice"
     for tag, attrs in parsed.tags:
         assert tag in OUR_TAGS, f"unexpected element <{tag}>"
         for name, value in attrs.items():
             assert not name.startswith("on"), f"event attribute {name} on <{tag}>"
             assert name not in ("src", "style", "srcdoc", "action", "formaction", "background"), (tag, name)
             if name == "href":
-                assert re.fullmatch(r"#domain-\d+", value), value
+                assert re.fullmatch(f"#{ANCHOR}", value), value
+                assert value[1:] in ids, f"{value} points at nothing"
+            if name == "id":
+                assert IDS.fullmatch(value), value
             if payload is not None and len(payload) > 3:
                 assert payload not in value, f"payload in {tag} {name}"
     metas = [attrs for tag, attrs in parsed.tags if tag == "meta" and attrs.get("http-equiv")]
@@ -117,12 +196,13 @@ def assert_inert(page: str, *, payload: str | None = None) -> Elements:
     return parsed
 
 
-def poison(value: Any, payload: str) -> Any:
-    """``value`` with every string in it replaced by ``payload`` (except the schema name, so it renders)."""
+def poison(value: Any, payload: str, keep: tuple[str, ...] = ("schema",)) -> Any:
+    """``value`` with every string in it replaced by ``payload``, except the values of the keys in ``keep``
+    (the schema name, so it renders)."""
     if isinstance(value, dict):
-        return {k: (v if k == "schema" else poison(v, payload)) for k, v in value.items()}
+        return {k: (v if k in keep else poison(v, payload, keep)) for k, v in value.items()}
     if isinstance(value, list):
-        return [poison(v, payload) for v in value]
+        return [poison(v, payload, keep) for v in value]
     if isinstance(value, str):
         return payload
     return value
@@ -283,7 +363,7 @@ def test_a_lab_run_renders_verdicts_findings_and_evidence(report: Report, page: 
     assert report.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC") in text
     assert "CRITICAL" in text
     badges = [a["class"] for t, a in parsed.tags if t == "span" and a.get("class", "").startswith("badge ")]
-    assert badges == [f"badge verdict-{d.verdict.value}" for d in report.domains]
+    assert badges == [f"badge verdict-{d.verdict.value}" for d in worst_first(report.domains)]
     # Findings with remediation and the cloud's error text.
     assert "CERT_EXPIRED" in text and "expired 1 day ago" in text
     assert "450 4.7.320 Certificate validation failed" in text
@@ -421,6 +501,16 @@ def test_every_field_of_every_template_carries_a_payload_inertly(payload: str) -
         assert "more characters)" in page and len(page) < 2_000_000
     if "{{7*7}}" in payload:
         assert "{{7*7}}" in page
+    # With check ids, severities and statuses kept, the evidence, the problems and the failing facts beside a
+    # chain carry the payload too (fully poisoned, no check is known, every finding is "info", every check "error").
+    document = poison(synthetic(), payload, keep=("schema", "id", "severity", "status", "trust"))
+    page = render_html(document)
+    parsed = assert_inert(page, payload=payload)
+    root = tree(page)
+    assert [r.severity for r in problem_rows(root)] == ["critical", "error", "error", "unknown", "warning"]
+    assert root.all("a", "failing")
+    if 3 < len(payload) < 1000 and payload.isprintable() and payload.isascii():  # longer ones are cut
+        assert payload in "".join(parsed.text)
 
 
 def test_a_synthetic_report_shows_every_kind_of_evidence() -> None:
@@ -488,6 +578,235 @@ def test_templates_have_no_escape_hatches_scripts_or_remote_resources() -> None:
 def test_rendering_twice_gives_the_same_page_and_no_state_is_kept() -> None:
     assert render_html(synthetic()) == render_html(synthetic())
     assert html._environment() is not html._environment()
+
+
+# --- what to fix first (issue 10, item 5) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    severity: str
+    domain: str
+    subject: str
+    code: str
+    fix: str
+    target: Node
+
+
+def problem_rows(root: Node) -> list[Row]:
+    """The rows of the "Problems to fix" block, each with the element its code links to."""
+    (block,) = root.all("section", "problems")
+    rows = []
+    for tr in block.all("tr", "fix"):
+        severity, domain, subject, problem = tr.all("td")
+        (link,) = problem.all("a", "code")
+        (domain_link,) = domain.all("a")
+        assert root.by_id(domain_link.attrs["href"][1:]).all("h2")[0].text == domain.text
+        (fix,) = problem.all("span", "fix-text")
+        rows.append(Row(severity.text, domain.text, subject.text, link.text, fix.text,
+                        root.by_id(link.attrs["href"][1:])))  # fmt: skip
+    return rows
+
+
+def domain_order(root: Node) -> list[str]:
+    return [section.all("h2")[0].text for section in root.all("section", "domain")]
+
+
+def test_domains_are_sorted_worst_first_then_by_name() -> None:
+    """Given domains in any order, the overview and the details list them critical, unknown, warning, ok, and
+    by name within a verdict."""
+    document = synthetic()
+    example = document["domains"][0]
+    document["domains"] = [
+        {"domain": name, "status": status, "checks": [check("mx", {}, finding("MX_OK", "info", name))]}
+        for name, status in [("b-ok.example", "ok"), ("z-warn.example", "warning"), ("a-ok.example", "ok"),
+                             ("y-unknown.example", "unknown"), ("a-warn.example", "warning")]
+    ] + [example]  # fmt: skip
+    root = tree(render_html(document))
+    expected = ["example.com", "y-unknown.example", "a-warn.example", "z-warn.example", "a-ok.example",
+                "b-ok.example"]  # fmt: skip
+    assert domain_order(root) == expected
+    (overview,) = root.all("table", "summary")
+    assert [row.all("td")[0].text for row in overview.all("tbody")[0].all("tr")] == expected
+    # Anchors follow the page's order.
+    assert [s.attrs["id"] for s in root.all("section", "domain")] == [f"domain-{n}" for n in range(1, 7)]
+
+
+def test_problems_to_fix_lists_every_warning_or_worse_worst_first(report: Report, page: str) -> None:
+    """Given a lab run, the block above the details names every finding of warning or worse and every check
+    that could not run: worst first, then by the domain's place, then in order of appearance; each row links to
+    the finding (or check) itself."""
+    root = tree(page)
+    assert_inert(page)
+    rows = problem_rows(root)
+    order = [d.domain for d in worst_first(report.domains)]
+    expected = []
+    for rank in ("critical", "error", "unknown", "warning"):
+        for domain in worst_first(report.domains):
+            for result in domain.results:
+                if rank == "unknown" and result.status.value in ("error", "timeout"):
+                    expected.append((rank, domain.domain, f"{result.check_id} {result.status.value}"))
+                expected.extend((rank, domain.domain, f.code) for f in result.findings if f.severity.label == rank)
+    assert [(r.severity, r.domain, r.code) for r in rows] == expected
+    assert [r.severity for r in rows][:1] == ["critical"] and "unknown" in [r.severity for r in rows]
+    assert [order.index(r.domain) for r in rows if r.severity == "error"] == sorted(
+        order.index(r.domain) for r in rows if r.severity == "error"
+    )
+    # Each row: subject, one-line fix and the cloud's text; its link leads to the finding in the details.
+    expired = next(r for r in rows if r.code == "CERT_EXPIRED")
+    assert expired.domain == "expired.example" and expired.subject.startswith("mx.expired.example [127.0.20.1]:")
+    assert expired.fix == "Renew the certificate and bind the new one to the receive connector."
+    assert expired.target.tag == "li" and "CERT_EXPIRED" in expired.target.text
+    assert expired.subject in expired.target.text
+    (cell,) = [tr for tr in root.all("tr", "fix") if "CERT_EXPIRED" in tr.text]
+    assert "The cloud says: 450 4.7.320 Certificate validation failed (certificate expired)" in cell.text
+    # A check that could not run: "could not check" and its reason; the link leads to the check.
+    (servfail,) = [r for r in rows if r.domain == "servfail.example"]
+    assert servfail.code == "mx error" and servfail.subject == "MX records (mx)"
+    assert servfail.fix.startswith("Could not check: dns: no usable answer for servfail.example")
+    assert servfail.target.tag == "article" and "Could not run: dns" in servfail.target.text
+    # Its consequences (skipped checks) are not listed: the failure that explains them is.
+    assert not [r for r in rows if "skipped" in r.code]
+    # Info findings and OK domains are not problems.
+    assert "contoso.com" not in {r.domain for r in rows}
+    assert "MX_OK" not in {r.code for r in rows}
+
+
+def test_a_problem_without_a_fix_shows_its_message_and_an_empty_block_says_so() -> None:
+    document = synthetic()
+    document["domains"][0]["checks"][2]["findings"][0]["remediation"] = ""
+    rows = problem_rows(tree(render_html(document)))
+    assert next(r for r in rows if r.code == "CERT_EXPIRING").fix == "CERT_EXPIRING on mx.example.com [192.0.2.1]:25."
+    # The document's order of ranks: critical, error, could not run, warning.
+    assert [(r.severity, r.code) for r in rows] == [
+        ("critical", "E2E_TLS_MISSING"), ("error", "MX_TARGET_INVALID"), ("error", "SMTP_CONNECT_REFUSED"),
+        ("unknown", "starttls timeout"), ("warning", "CERT_EXPIRING"),
+    ]  # fmt: skip
+    healthy = synthetic()
+    healthy["domains"] = [
+        {"domain": "ok.example", "status": "ok", "checks": [check("mx", {}, finding("MX_OK", "info"))]},
+    ]
+    root = tree(render_html(healthy))
+    (block,) = root.all("section", "problems")
+    assert block.all("table") == []
+    assert "Nothing to fix: no finding of warning or worse, and every check ran." in block.text
+
+
+def test_skipped_and_not_applicable_checks() -> None:
+    """A skipped check is named only when nothing else explains a domain's verdict; a check that does not
+    apply (not_applicable: port 25 of a null-MX domain) is no problem and is not counted as not run."""
+    skipped = check("port25", {}, status="skipped", reason="the MX check found no address to connect to")
+    not_applicable = check("starttls", {}, status="not_applicable", reason="the domain accepts no mail (null MX)")
+    document = synthetic()
+    document["domains"] = [
+        {"domain": "skipped.example", "status": "unknown",
+         "checks": [check("mx", {}, finding("MX_OK", "info")), skipped]},
+        {"domain": "nullmx.example", "status": "ok",
+         "checks": [check("mx", {}, finding("MX_NULL", "info")), not_applicable]},
+    ]  # fmt: skip
+    page = render_html(document)
+    root = tree(page)
+    assert_inert(page)
+    rows = problem_rows(root)
+    assert [(r.domain, r.code, r.fix) for r in rows] == [
+        ("skipped.example", "port25 skipped", "Not checked: the MX check found no address to connect to"),
+    ]
+    nullmx = root.by_id("domain-2")
+    assert "not applicable" in nullmx.text and "Does not apply: the domain accepts no mail (null MX)" in nullmx.text
+    assert "Could not run" not in nullmx.text
+    (overview,) = root.all("table", "summary")
+    not_run = [row.all("td")[-1].text for row in overview.all("tbody")[0].all("tr")]
+    assert not_run == ["1", "\N{EN DASH}"]
+
+
+def test_ok_domains_evidence_starts_collapsed(report: Report, page: str) -> None:
+    """OK domains' evidence is a closed <details> (no script needed to open it); the others' is open."""
+    root = tree(page)
+    for domain in report.domains:
+        (section,) = [s for s in root.all("section", "domain") if s.all("h2")[0].text == domain.domain]
+        evidence = section.all("details", "evidence")
+        if domain.domain == "servfail.example":  # no MX answer: nothing was observed, so no evidence part
+            assert evidence == []
+            continue
+        assert ("open" in evidence[0].attrs) is (domain.verdict.value != "ok"), domain.domain
+        # The checks stay in view either way.
+        assert section.all("article", "check") and evidence[0].all("article", "check") == []
+    (contoso,) = [s for s in root.all("section", "domain") if s.all("h2")[0].text == "contoso.com"]
+    summary = contoso.all("details", "evidence")[0].all("summary")[0].text
+    assert summary == "Evidence nothing to fix, so collapsed: MX records, SMTP sessions, certificates, routing"
+
+
+@pytest.fixture(scope="module")
+def bad_leaves(lab: Lab) -> Node:
+    return tree(render_html(report_dict(lab_report(lab, ("contoso.com", "expired.example", "wrongname.example")))))
+
+
+def presented_head(root: Node, endpoint: str) -> Node:
+    """The heading line of the chain presented at ``endpoint`` (host, or host [ip]:port) in the certificates."""
+    (head,) = [
+        n for card in root.all("div", "presented") for n in card.all("div", "session-head")
+        if n.all("span", "endpoint")[0].text.startswith(endpoint)
+    ]  # fmt: skip
+    return head
+
+
+@pytest.mark.parametrize(
+    ("host", "badge", "fact", "code"),
+    [
+        ("mx.expired.example", "chain trusted, but:", "leaf expired 1 day ago", "CERT_EXPIRED"),
+        ("mx.wrongname.example", "chain trusted, but:", "leaf does not name mx.wrongname.example",
+         "CERT_NAME_MISMATCH"),
+    ],
+)  # fmt: skip
+def test_a_trusted_chain_is_never_shown_alone_beside_a_failing_leaf(
+    bad_leaves: Node, host: str, badge: str, fact: str, code: str
+) -> None:
+    """Given the lab's expired and wrong-name certificates (trusted chains), the "chain trusted" badge carries
+    the failing fact right beside it, in the bad style, linked to the finding."""
+    head = presented_head(bad_leaves, host)
+    (verdict,) = head.all("span", "outcome")
+    assert verdict.text == badge and "outcome-bad" in verdict.classes
+    (failing,) = head.all("a", "failing")
+    assert failing.text == fact and "outcome-bad" in failing.classes
+    target = bad_leaves.by_id(failing.attrs["href"][1:])
+    assert target.tag == "li" and code in target.text
+
+
+def test_a_healthy_chain_is_just_trusted(bad_leaves: Node) -> None:
+    head = presented_head(bad_leaves, "contoso-com.mail.protection.outlook.com")
+    (verdict,) = head.all("span", "outcome")
+    assert verdict.text == "chain trusted" and "outcome-good" in verdict.classes
+    assert head.all("a", "failing") == []
+
+
+def test_failing_facts_beside_synthetic_chains() -> None:
+    """Every warning-or-worse certificate finding of the address is named: a warning in the warning style, an
+    untrusted chain keeps its own verdict and adds the other facts; a trusted smart host names its finding."""
+    document = synthetic()
+    checks = document["domains"][0]["checks"]
+    certificate_check = checks[2]
+    presented = certificate_check["facts"]["certificates"][0]
+    presented["trust"] = "trusted"
+    root = tree(render_html(document))
+    head = presented_head(root, "mx.example.com [192.0.2.1]:25")
+    assert [n.text for n in head.all("span", "outcome")] == ["chain trusted, but:"]
+    assert "outcome-warn" in head.all("span", "outcome")[0].classes
+    assert [(a.text, a.classes) for a in head.all("a", "failing")] == [
+        ("leaf expires soon: 10 days left", ["outcome", "outcome-warn", "failing"])
+    ]
+    presented["trust"] = "self-signed"
+    certificate_check["findings"] = [finding("CERT_SELF_SIGNED", "error"), finding("CERT_WEAK_KEY", "error"),
+                                     finding("CERT_NEW_CODE", "error")]  # fmt: skip
+    head = presented_head(tree(render_html(document)), "mx.example.com [192.0.2.1]:25")
+    assert head.all("span", "outcome")[0].text == "chain self-signed; also:"
+    assert [a.text for a in head.all("a", "failing")] == ["weak key: RSA 2048 bits", "CERT_NEW_CODE"]
+    # The smart host smtp.example.com has a trusted chain; a failing finding about it is named in its row.
+    connectors = checks[3]
+    connectors["findings"].append(finding("SMARTHOST_TLS_FAILED", "error", "smtp.example.com [192.0.2.5]:25"))
+    root = tree(render_html(document))
+    (row,) = [tr for tr in root.all("tr") if tr.text.startswith("smtp.example.com [192.0.2.5]:25")]
+    assert row.all("td")[-1].text == "trusted, but: SMARTHOST_TLS_FAILED"
+    assert root.by_id(row.all("a", "failing")[0].attrs["href"][1:]).tag == "li"
 
 
 # --- saved results ---------------------------------------------------------------------------------------

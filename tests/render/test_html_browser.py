@@ -153,6 +153,56 @@ def test_a_payload_in_every_field_runs_nothing(browser: Any, lab_document: dict[
     assert PWN in seen.text
 
 
+def test_problems_to_fix_renders_and_every_link_lands_on_its_finding(browser: Any, lab_page: Path) -> None:
+    """The "Problems to fix" block is on screen above the details; every in-page link points at an element
+    that exists, and following a problem's link shows its finding; an OK domain's evidence opens on a click."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(lab_page.as_uri(), wait_until="load")
+        rows = page.locator("section.problems tr.fix")
+        assert rows.count() >= 3
+        first = rows.first
+        assert first.locator(".sev-pill").inner_text().lower() == "critical"
+        # The block comes before every domain's details.
+        assert page.evaluate(
+            """() => Array.from(document.querySelectorAll('section.domain')).every(
+                   s => document.querySelector('section.problems').compareDocumentPosition(s)
+                        & Node.DOCUMENT_POSITION_FOLLOWING)"""
+        )
+        broken = page.evaluate(
+            """() => Array.from(document.querySelectorAll('a[href]'))
+                   .map(a => a.getAttribute('href'))
+                   .filter(h => !h.startsWith('#') || document.getElementById(h.slice(1)) === null)"""
+        )
+        assert broken == []
+        link = first.locator("a.code")
+        code = link.inner_text()
+        anchor = link.get_attribute("href")
+        link.click()
+        assert page.evaluate("location.hash") == anchor
+        target = page.locator(anchor)
+        assert target.is_visible() and code in target.inner_text()
+        assert page.evaluate(
+            """(anchor) => { const r = document.getElementById(anchor.slice(1)).getBoundingClientRect();
+                             return r.bottom > 0 && r.top < window.innerHeight; }""",
+            anchor,
+        )
+        # contoso.com is OK: its evidence is collapsed, and opens with a click (no script involved).
+        ok = page.locator("section.domain", has=page.locator("h2", has_text="contoso.com"))
+        assert ok.locator("span.verdict").inner_text() == "OK"
+        card = ok.locator("details.evidence .card").first
+        assert not card.is_visible()
+        ok.locator("details.evidence > summary").click()
+        assert card.is_visible()
+        # A domain with problems shows its evidence at once.
+        expired = page.locator("section.domain", has=page.locator("h2", has_text="expired.example"))
+        assert expired.locator("details.evidence .card").first.is_visible()
+        head = " ".join(expired.locator("div.presented .session-head").first.inner_text().split())
+        assert "chain trusted, but: leaf expired 1 day ago" in head
+    finally:
+        page.close()
+
+
 def test_the_csp_is_in_force(browser: Any, tmp_path: Path) -> None:
     """Control: the same policy blocks an inline script that we put in ourselves (so a pass above means
     nothing was there, not that the policy was absent)."""

@@ -84,7 +84,7 @@ def _hostile_report() -> Report:
     host = f"mx.{HOSTILE}"
     port25 = Port25Facts((
         Probed(host, _session("192.0.2.1", connect_s=0.25, banner_s=0.5, ehlo_s=0.125, tls_s=1.5)),
-        Probed(host, _session("192.0.2.1", connect_s=9.0)),  # the same series again: must not be duplicated
+        Probed(host, _session("192.0.2.1", connect_s=9.0)),  # the same host again: one series, the slowest
         Probed("mx2.example", SessionFacts("192.0.2.2", 25, "mx2", error=SessionError.REFUSED)),
     ))  # fmt: skip
     endpoint = f"{host} [192.0.2.1]:25"
@@ -183,22 +183,24 @@ def test_nagios_lab_run_perfdata(report: Report) -> None:
     assert perf["time"]["uom"] == "s"
     probed = _domain(report, "contoso.com").result("port25").facts.probed[0]
     for stage in STAGES:
-        item = perf[f"contoso.com {probed.endpoint} {stage}"]
+        item = perf[f"contoso.com {probed.host} {stage}"]
         assert (item["uom"], item["min"]) == ("s", "0")
         assert float(item["value"]) == pytest.approx(getattr(probed.session, f"{stage}_s"), abs=1e-6)
     # Stages not reached are "U" (could not be determined), so the series stay the same from run to run.
     refused = _domain(report, "refused.example").result("port25").facts.probed[0]
-    assert {perf[f"refused.example {refused.endpoint} {s}"]["value"] for s in STAGES} == {"U"}
+    assert {perf[f"refused.example {refused.host} {s}"]["value"] for s in STAGES} == {"U"}
     tarpit = _domain(report, "tarpit.example").result("port25").facts.probed[0]
-    assert perf[f"tarpit.example {tarpit.endpoint} connect"]["value"] != "U"
-    assert perf[f"tarpit.example {tarpit.endpoint} banner"]["value"] == "U"
+    assert perf[f"tarpit.example {tarpit.host} connect"]["value"] != "U"
+    assert perf[f"tarpit.example {tarpit.host} banner"]["value"] == "U"
     # Certificate days left: unitless, the run's thresholds as "alert below" ranges.
     expired = _domain(report, "expired.example").result("certificate").facts.certificates[0]
-    item = perf[f"expired.example {expired.endpoint} cert_days"]
+    item = perf[f"expired.example {expired.host} cert_days"]
     assert (item["uom"], item["warn"], item["crit"]) == ("", "30:", "7:")
     assert -2 < float(item["value"]) < 0
     expiring = _domain(report, "expiring.example").result("certificate").facts.certificates[0]
-    assert 9 < float(perf[f"expiring.example {expiring.endpoint} cert_days"]["value"]) <= 10
+    assert 9 < float(perf[f"expiring.example {expiring.host} cert_days"]["value"]) <= 10
+    # Issue 10: labels name the host, never the address or port it was reached at.
+    assert not [label for label in perf if "[" in label or "127." in label]
 
 
 @pytest.mark.parametrize(
@@ -236,17 +238,18 @@ def test_nagios_hostile_text_stays_inert() -> None:
     assert len(long) == 3 and not any(line.startswith("INJECTED") for line in output.split("\n"))
     assert long[0].startswith("[ERROR] evil¦one\\x0aINJECTED")
 
-    # Labels: quoted, single quotes doubled, "=" replaced; the parser gets them back; one per series.
+    # Labels: quoted, single quotes doubled, "=" replaced; the parser gets them back; one per series. The host
+    # is named as history names it (diag.model.subject_host: lower case), without its address.
     def label(text: str) -> str:
         return sanitize(text).replace("=", "_").replace("|", "¦").replace("\udc80", "U+DC80")
 
-    endpoint = f"mx.{HOSTILE} [192.0.2.1]:25"
-    assert perf[label(f"{HOSTILE} {endpoint} connect")]["value"] == "0.25"  # the duplicate did not win
-    assert perf[label(f"{HOSTILE} {endpoint} tls")]["value"] == "1.5"
+    host = f"mx.{HOSTILE}".lower()
+    assert perf[label(f"{HOSTILE} {host} connect")]["value"] == "9"  # two sessions of one host: the slowest
+    assert perf[label(f"{HOSTILE} {host} tls")]["value"] == "1.5"
     assert "'q''" in output
-    days = perf[label(f"{HOSTILE} {endpoint} cert_days")]
+    days = perf[label(f"{HOSTILE} {host} cert_days")]
     assert (days["value"], days["warn"], days["crit"]) == ("3", "30:", "7:")
-    assert perf[label(f"{HOSTILE} mx2.example [192.0.2.2]:25 connect")]["value"] == "U"
+    assert perf[label(f"{HOSTILE} mx2.example connect")]["value"] == "U"
     output.encode("utf-8")  # no lone surrogate left
 
 
@@ -303,14 +306,16 @@ def test_prometheus_lab_run(report: Report) -> None:
     tarpit = _domain(report, "tarpit.example").result("port25").duration_ms / 1000
     assert one(found, "diag_check_duration_seconds", domain="tarpit.example", check="port25") == tarpit
     cert = _domain(report, "expired.example").result("certificate").facts.certificates[0]
-    assert one(found, "diag_certificate_expiry_timestamp_seconds", domain="expired.example", endpoint=cert.endpoint,
+    assert one(found, "diag_certificate_expiry_timestamp_seconds", domain="expired.example",
                host=cert.host) == pytest.approx(cert.leaf.not_after.timestamp(), abs=1)  # fmt: skip
     assert len(found["diag_certificate_expiry_timestamp_seconds"]) == 5  # contoso, expired, expiring, multi (2)
-    session = _domain(report, "contoso.com").result("port25").facts.probed[0].session
+    probed = _domain(report, "contoso.com").result("port25").facts.probed[0]
     for stage in STAGES:
-        value = one(found, "diag_smtp_stage_seconds", domain="contoso.com", host=session.server_name, ip=session.ip,
-                    port=str(session.port), stage=stage)  # fmt: skip
-        assert value == getattr(session, f"{stage}_s") > 0
+        value = one(found, "diag_smtp_stage_seconds", domain="contoso.com", host=probed.host, stage=stage)
+        assert value == getattr(probed.session, f"{stage}_s") > 0
+    # Issue 10: no series is named by an address or port.
+    labels = {name for series in found.values() for key in series for name, _ in key}
+    assert labels == {"domain", "check", "severity", "host", "stage"}
     by_domain = {dict(k)["domain"] for k in found["diag_smtp_stage_seconds"]}
     assert "refused.example" not in by_domain  # no stage reached: no sample (not a fake zero)
     assert {dict(k)["stage"] for k in found["diag_smtp_stage_seconds"] if ("domain", "tarpit.example") in k} == {
@@ -338,11 +343,11 @@ def test_prometheus_hostile_labels_are_escaped() -> None:
     assert one(found, "diag_domain_status", domain=shown) == 2
     assert one(found, "diag_check_status", domain=shown, check="connectors") == 3
     assert one(found, "diag_findings", domain=shown, check="certificate", severity="warning") == 1
-    host = f"mx.{shown}"
+    host = sanitize(f"mx.{HOSTILE}".lower()).replace("\udc80", "U+DC80")
     stage = {dict(k)["stage"]: v for k, v in found["diag_smtp_stage_seconds"].items() if dict(k)["host"] == host}
-    assert stage == {"connect": 0.25, "banner": 0.5, "ehlo": 0.125, "tls": 1.5}  # the duplicate did not win
+    assert stage == {"connect": 9.0, "banner": 0.5, "ehlo": 0.125, "tls": 1.5}  # one host twice: the slowest
     (expiry,) = found["diag_certificate_expiry_timestamp_seconds"].items()
-    assert dict(expiry[0])["endpoint"] == f"{host} [192.0.2.1]:25"
+    assert dict(expiry[0]) == {"domain": shown, "host": host}
     assert expiry[1] == (T0 + timedelta(days=3)).timestamp()
     text.encode("utf-8")
 
@@ -364,6 +369,77 @@ def test_promtool_accepts_the_output(which: str, request: pytest.FixtureRequest)
                              text=True, timeout=60, check=False)  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout + checked.stderr == ""  # not even a lint remark
+
+
+# --- series identity (issue 10) ------------------------------------------------------------------------------
+
+
+def _series(report: Report) -> tuple[set[str], set[tuple[str, tuple[tuple[str, str], ...]]]]:
+    """The Nagios perfdata labels and the Prometheus series (name and labels) of a report."""
+    _, _, perf, _ = parse_plugin(nagios(report))
+    found = samples(prometheus(report))
+    return set(perf), {(name, key) for name, series in found.items() for key in series}
+
+
+def test_the_same_problems_on_another_port_keep_their_series(lab: Lab, report: Report) -> None:
+    """Given the same lab domains served by a second lab on another port, then the output names the same series:
+    labels hold domain, host and stage, never the address or port (which would start a new series each run)."""
+    domains = ["contoso.com", "expired.example", "multi.example", "refused.example"]
+
+    async def elsewhere() -> tuple[Report, int]:
+        async with Lab() as other:
+            return await run_checks(domains, default_registry(), other.run_options(timeout=1.0)), other.smtp_port
+
+    here = _report(*(_domain(report, name) for name in domains))
+    there, port = asyncio.run(elsewhere())
+    assert port != lab.smtp_port
+    # The findings keep the address and port they were seen at; the series names leave them out.
+    assert _domain(there, "expired.example").result("certificate").findings[0].subject.endswith(f":{port}")
+    assert _series(here) == _series(there)
+    perf, _ = _series(there)
+    assert "expired.example mx.expired.example cert_days" in perf
+    assert {"multi.example mx1.multi.example connect", "multi.example mx2.multi.example tls"} <= perf
+
+
+def test_a_host_with_several_addresses_has_one_value_per_label() -> None:
+    """Given one MX host reached at two addresses, then each stage is the slower address's time and the
+    certificate the sooner-expiring one; rotating the addresses and port changes nothing."""
+
+    def run(first: str, second: str, port: int) -> Report:
+        port25 = Port25Facts((
+            Probed("MX.example.com.", replace(_session(first, connect_s=0.5, banner_s=0.25, tls_s=None), port=port)),
+            Probed("mx.example.com", replace(_session(second, connect_s=0.125, banner_s=2.0, ehlo_s=0.25),
+                                             port=port)),
+        ))  # fmt: skip
+        certificate = CertificateFacts((
+            PresentedCert(f"mx.example.com [{first}]:{port}", "mx.example.com", (_cert_info(T0 + timedelta(days=40)),),
+                          Trust.TRUSTED),
+            PresentedCert(f"mx.example.com [{second}]:{port}", "mx.example.com", (_cert_info(T0 + timedelta(days=5)),),
+                          Trust.TRUSTED),
+        ), checked_at=T0, warn_days=30, crit_days=7)  # fmt: skip
+        return _report(DomainReport("example.com", (
+            _result("port25", Status.COMPLETED, facts=port25),
+            _result("certificate", Status.COMPLETED, facts=certificate),
+        )))  # fmt: skip
+
+    report = run("192.0.2.1", "2001:db8::1", 25)
+    _, _, perf, _ = parse_plugin(nagios(report))
+    timings = {label: item["value"] for label, item in perf.items() if label.startswith("example.com ")}
+    assert timings == {
+        "example.com mx.example.com connect": "0.5", "example.com mx.example.com banner": "2",
+        "example.com mx.example.com ehlo": "0.25", "example.com mx.example.com tls": "U",
+        "example.com mx.example.com cert_days": "5",
+    }  # fmt: skip
+    found = samples(prometheus(report))
+    assert found["diag_smtp_stage_seconds"] == {
+        (("domain", "example.com"), ("host", "mx.example.com"), ("stage", stage)): value
+        for stage, value in (("connect", 0.5), ("banner", 2.0), ("ehlo", 0.25))
+    }  # fmt: skip
+    assert found["diag_certificate_expiry_timestamp_seconds"] == {
+        (("domain", "example.com"), ("host", "mx.example.com")): (T0 + timedelta(days=5)).timestamp()
+    }
+    rotated = run("2001:db8::1", "198.51.100.7", 2525)
+    assert nagios(rotated) == nagios(report) and prometheus(rotated) == prometheus(report)
 
 
 # --- JUnit ---------------------------------------------------------------------------------------------------
