@@ -220,4 +220,18 @@ CHECK = Check(
         "CERT_WEAK_KEY": Severity.ERROR,
         "CERT_WEAK_SIGNATURE": Severity.ERROR,
     },
+    meanings={
+        "CERT_OK": "The certificate is trusted, valid now and names the MX host.",
+        "CERT_EXPIRED": "The certificate has expired.",
+        "CERT_NOT_YET_VALID": "The certificate is not valid yet.",
+        "CERT_EXPIRING": "The certificate expires within --cert-warn-days (30 by default).",
+        "CERT_EXPIRING_SOON": "The certificate expires within --cert-crit-days (7 by default).",
+        "CERT_UNTRUSTED": "The certificate chain does not lead to a trusted certificate authority.",
+        "CERT_MALFORMED": "A certificate the server sends cannot be parsed.",
+        "CERT_CHAIN_INCOMPLETE": "The server sends its certificate without the intermediate CA certificate.",
+        "CERT_SELF_SIGNED": "The certificate is self-signed.",
+        "CERT_NAME_MISMATCH": "The certificate does not name the MX host (RFC 6125).",
+        "CERT_WEAK_KEY": "The certificate's key is too small (RSA or DSA under 2048 bits, EC under 256).",
+        "CERT_WEAK_SIGNATURE": "The certificate chain is signed with a broken hash (SHA-1 or MD5).",
+    },
 )

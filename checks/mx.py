@@ -264,4 +264,18 @@ CHECK = Check(
         "MX_DUPLICATE": Severity.WARNING,
         "MX_NOT_EXPECTED": Severity.ERROR,
     },
+    meanings={
+        "MX_OK": "An MX host has a valid name and addresses, and matches the expected hosts.",
+        "MX_NULL": "The domain publishes a null MX: it declares that it receives no mail (RFC 7505).",
+        "MX_NULL_ACCEPTED": "An accepted domain publishes a null MX: every sender bounces its mail.",
+        "MX_NULL_MIXED": "A null MX next to other MX records: receivers may take the domain as receiving no mail.",
+        "MX_NONE_IMPLICIT": "No MX record: senders fall back to the domain's own addresses (implicit MX).",
+        "MX_DOMAIN_NXDOMAIN": "The domain does not exist in DNS (NXDOMAIN).",
+        "MX_TARGET_CNAME": "An MX target is an alias (CNAME), which RFC 2181 §10.3 forbids.",
+        "MX_TARGET_IP_LITERAL": "An MX record names an IP address instead of a host name.",
+        "MX_TARGET_INVALID": "An MX target is not a valid host name; it is neither looked up nor contacted.",
+        "MX_TARGET_NO_ADDRESS": "An MX host has no A or AAAA record.",
+        "MX_DUPLICATE": "The same host is listed more than once among the MX records.",
+        "MX_NOT_EXPECTED": "An MX host does not match --expect-mx or the organization's cloud MX host.",
+    },
 )

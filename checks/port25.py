@@ -267,4 +267,17 @@ CHECK = Check(
         "SMTP_ADDRESSES_NOT_PROBED": Severity.WARNING,
         "SMTP_EGRESS_BLOCKED": Severity.NOTICE,
     },
+    meanings={
+        "SMTP_OK": "The address accepts a connection, greets with 220 and answers EHLO.",
+        "SMTP_CONNECT_REFUSED": "The address refuses connections on the SMTP port.",
+        "SMTP_CONNECT_TIMEOUT": "Connecting to the address times out: packets are probably dropped.",
+        "SMTP_CONNECT_FAILED": "The address cannot be reached from where diag runs (no route to it).",
+        "SMTP_BANNER_TIMEOUT": "The server accepts the connection but never sends its greeting.",
+        "SMTP_GREETING_REJECT": "The server refuses the session in its greeting (4xx or 5xx; 421: rate limiting).",
+        "SMTP_EHLO_REJECTED": "The server rejects EHLO: no SMTP extensions, so no STARTTLS.",
+        "SMTP_SESSION_FAILED": "The server closes or breaks the session before EHLO completes.",
+        "SMTP_TARGET_NOT_PUBLIC": "An MX address is not public, so it was not probed (see --allow-private).",
+        "SMTP_ADDRESSES_NOT_PROBED": "An MX host has more addresses than diag probes per host; some were not checked.",
+        "SMTP_EGRESS_BLOCKED": "Every connection of the run timed out: outbound port 25 is blocked where diag runs.",
+    },
 )

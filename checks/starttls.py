@@ -91,4 +91,10 @@ CHECK = Check(
         "STARTTLS_FAILED": Severity.ERROR,
         "TLS_PROTOCOL_OLD": Severity.ERROR,
     },
+    meanings={
+        "STARTTLS_OK": "The server offers STARTTLS and completes a TLS handshake.",
+        "STARTTLS_NOT_OFFERED": "The server does not offer STARTTLS: mail to it travels unencrypted.",
+        "STARTTLS_FAILED": "STARTTLS is offered, but refused, or the handshake or the EHLO after it fails.",
+        "TLS_PROTOCOL_OLD": "The server negotiates only TLS 1.0 or 1.1, which the cloud refuses (RFC 8996).",
+    },
 )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,24 +80,130 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# Options that may come before the command as well as after it (diag -v check ...).
+_EVERYWHERE = ("verbose", "quiet", "no_color")
+
+
+class _Diag(click.Group):
+    """diag's top-level group. -v, -q and --no-color given before the command become the defaults of the
+    command's own options of the same name (click's default_map), so each command handles them in one place;
+    a command without such an option refuses it. This happens where the command is resolved, which is also
+    where ``diag schedule`` resolves the command it validates (diag/schedule.py)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        given = [p for p in self.params if p.name in _EVERYWHERE and ctx.params.get(p.name)]
+        if name is None or command is None or not given:
+            return name, command, rest
+        own = {param.name for param in command.params}
+        for param in given:
+            if param.name not in own:
+                raise click.UsageError(f"{'/'.join(param.opts)} does not apply to 'diag {name}'", ctx)
+        defaults = dict(ctx.default_map or {})
+        defaults[name] = {**defaults.get(name, {}), **{param.name: True for param in given if param.name}}
+        ctx.default_map = defaults
+        return name, command, rest
+
+
+@click.group(cls=_Diag, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="diag")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="The command's own -q (show only problems), given before it.")
+@click.option("-v", "--verbose", is_flag=True, help="The command's own -v (log to stderr), given before it.")
+@click.option("--no-color", is_flag=True, help="The command's own --no-color, given before it.")
+def cli(quiet: bool, verbose: bool, no_color: bool) -> None:
     """Validate and diagnose the mail connectors between a cloud mail service and your own SMTP servers.
 
     Exit codes: 0 OK, 1 warning, 2 critical, 3 unknown (a check could not run, or bad usage).
     """
+    del quiet, verbose, no_color  # handed to the command by _Diag.resolve_command
+
+
+# Click words a refused value in its own way ("'x' is not a valid float range", "File 'f' does not exist."):
+# these types refuse in ours, one line that names the option, the value and what it must be (CONTRACT.md).
+
+
+def _option_name(param: click.Parameter | None) -> str:
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return param.human_readable_name if param is not None else "value"
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return text if text and text.isprintable() and not any(char.isspace() for char in text) else repr(text)
+
+
+def _refuse(value: object, param: click.Parameter | None, ctx: click.Context | None, must: str) -> NoReturn:
+    raise click.UsageError(f"{_option_name(param)} {_shown(value)}: must be {must}", ctx)
+
+
+def _unit(unit: str) -> str:
+    return f" {unit}" if unit else ""
+
+
+class _Whole(click.IntRange):
+    """A whole number within bounds (``unit`` names what it counts, for the message)."""
+
+    def __init__(self, low: int, high: int, unit: str = "") -> None:
+        super().__init__(low, high)
+        self.unit = unit
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            _refuse(value, param, ctx, f"a whole number between {self.min} and {self.max}{_unit(self.unit)}")
 
 
 class _Seconds(click.FloatRange):
-    """A number of seconds within a range; unlike click.FloatRange, "nan" is refused (it compares false with
+    """A number of seconds within bounds; unlike click.FloatRange, "nan" is refused (it compares false with
     both bounds, so the range lets it through)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
+        try:
+            number = super().convert(value, param, ctx)
+        except click.BadParameter:
+            number = math.nan
         if number != number:  # NaN is the only value unequal to itself
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+            _refuse(value, param, ctx, f"between {self.min:g} and {self.max:g} seconds")
         return number
+
+
+class _Path(click.Path):
+    """A path whose refusal is worded like diag's other file errors. Scheduling reads the same attributes
+    (diag/schedule.py): ``exists`` marks a file diag reads, ``writable`` one it writes."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            name = f"{_option_name(param)} {str(value)!r}" if isinstance(param, click.Option) else str(value)
+            raise click.UsageError(f"{name}: {self._problem(os.fsdecode(value))}", ctx) from None
+
+    def _problem(self, path: str) -> str:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            return f"cannot read it: {exc.strerror}"
+        if stat.S_ISDIR(mode) and not self.dir_okay:
+            return "a directory, not a file"
+        if not stat.S_ISDIR(mode) and not self.file_okay:
+            return "not a directory"
+        if self.writable and not os.access(path, os.W_OK):
+            return "cannot write it: permission denied"
+        return "cannot read it: permission denied"
+
+
+def _input(*, dash: bool = False) -> _Path:
+    """A file diag reads: it must exist (``-``, when allowed, is standard input)."""
+    return _Path(path_type=Path, dir_okay=False, exists=True, allow_dash=dash)
+
+
+def _output(*, dash: bool = False) -> _Path:
+    """A file diag writes (``-``, when allowed, is standard output; then the value stays a str)."""
+    return _Path(path_type=str if dash else Path, dir_okay=False, writable=True, allow_dash=dash)
 
 
 def _parse_resolver(text: str) -> Nameserver:
@@ -187,9 +295,9 @@ def _ip(text: str, option: str) -> str:
 @click.argument("domains", nargs=-1, metavar="DOMAIN...")
 @click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]",
               help="DNS server to ask (repeatable). Default: the system's resolver.")
-@click.option("--smtp-port", type=click.IntRange(1, 65535), default=None,
+@click.option("--smtp-port", type=_Whole(1, 65535), default=None,
               help="Port to probe mail hosts on.  [default: 25]")
-@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
+@click.option("--ca-file", type=_input(), default=None, metavar="PEM",
               help="Trust these CA certificates instead of the system store.")
 @click.option("--ehlo-name", metavar="NAME", default=None, help="Name to announce in EHLO. Default: this host's.")
 @click.option("--timeout", type=_Seconds(0.1, 600), default=10.0, show_default=True, metavar="SECONDS",
@@ -200,34 +308,35 @@ def _ip(text: str, option: str) -> str:
               help="Run only this check and what it needs (repeatable).")
 @click.option("--expect-mx", multiple=True, metavar="GLOB",
               help="Every MX host must match this pattern, e.g. '*.mail.protection.outlook.com' (repeatable).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--config", "config_path", type=_input(), default=None,
               metavar="FILE", help="The organization's configuration (TOML): enables the connectors check.")
 @click.option("--routing-order", type=click.Choice(["most-specific", "documented"]), default="most-specific",
               show_default=True, help="How outbound connectors are ranked (see 'diag route --help').")
-@click.option("--client-cert", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
+@click.option("--client-cert", type=_input(), default=None, metavar="PEM",
               help="The certificate chain (leaf first) the on-premises server presents to the cloud. Default: its "
               "listener's.")
 @click.option("--sender-ip", default=None, metavar="IP", help="The address the on-premises server sends from.")
 @click.option("--allow-private", is_flag=True,
               help="Also probe MX addresses that are not public (loopback, private ranges); refused by default.")
-@click.option("--cert-warn-days", type=click.IntRange(0, 3650), default=30, show_default=True, metavar="DAYS",
+@click.option("--cert-warn-days", type=_Whole(0, 3650, "days"), default=30, show_default=True, metavar="DAYS",
               help="A certificate expiring within DAYS is a warning.")
-@click.option("--cert-crit-days", type=click.IntRange(0, 3650), default=7, show_default=True, metavar="DAYS",
+@click.option("--cert-crit-days", type=_Whole(0, 3650, "days"), default=7, show_default=True, metavar="DAYS",
               help="A certificate expiring within DAYS is an error.")
-@click.option("--json", "json_out", metavar="FILE|-", default=None, help="Write the JSON result to FILE or stdout.")
-@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+@click.option("--json", "json_out", type=_output(dash=True), metavar="FILE|-", default=None,
+              help="Write the JSON result to FILE or stdout.")
+@click.option("--html", "html_out", type=_output(), default=None, metavar="FILE",
               help="Write a self-contained HTML report.")
 @click.option("--format", "view", type=click.Choice(["text", "nagios"]), default="text", show_default=True,
               help="The view on stdout: a table or plain text, or the Nagios/Icinga plugin line with perfdata.")
-@click.option("--prom", "prom_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+@click.option("--prom", "prom_out", type=_output(), default=None, metavar="FILE",
               help="Write Prometheus metrics (textfile collector format).")
-@click.option("--junit", "junit_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+@click.option("--junit", "junit_out", type=_output(), default=None, metavar="FILE",
               help="Write JUnit XML: a test case per check per domain.")
-@click.option("--domains-file", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+@click.option("--domains-file", type=_input(), default=None, metavar="FILE",
               help="Also check the domains listed in FILE, one per line ('#' starts a comment).")
-@click.option("--lock", "lock_path", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+@click.option("--lock", "lock_path", type=_output(), default=None, metavar="FILE",
               help="Refuse to overlap another run holding FILE. Default: a per-user lock file when not on a terminal.")
-@click.option("--history", "history_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--history", "history_path", type=_output(), default=None,
               metavar="DB", help="Keep the run in this SQLite file. Default: under the user's data directory.")
 @click.option("--no-history", is_flag=True, help="Do not keep this run in the history.")
 @click.option("--notify", "notify_policy", type=click.Choice(["always", "change", "problem"]), default="change",
@@ -294,6 +403,8 @@ def check(
     names = list(dict.fromkeys(mail_domain(domain) for domain in (*domains, *listed)))
     if not names:
         raise UsageError("no domain to check: give DOMAIN arguments or --domains-file")
+    if lab:
+        _in_the_lab(names)
     notify = _notification(notify_policy, notify_mail, smtp_server, webhook)
     outputs = _Outputs(json_out, html_out, view, prom_out, junit_out, quiet=quiet, no_color=no_color)
     organization = _organization(config_path, lab=lab)
@@ -330,6 +441,8 @@ def check(
 
 
 def _domains_file(path: Path) -> list[str]:
+    from diag.names import mail_domain
+
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -338,13 +451,30 @@ def _domains_file(path: Path) -> list[str]:
     for number, line in enumerate(text.splitlines(), 1):
         entry = line.split("#", 1)[0].strip()
         if entry:
-            from diag.names import mail_domain
-
             try:
                 domains.append(mail_domain(entry))
             except UsageError as exc:
                 raise ConfigError(f"{path}:{number}: {exc}") from None
+    if not domains:
+        # Refused even when DOMAIN arguments are given too: a file named on purpose that lists nothing is most
+        # likely a generator that failed or the wrong file, and checking only the other domains would hide it.
+        raise ConfigError(f"--domains-file {str(path)!r}: no domain in it (it is empty or has only comments and "
+                          "blank lines)")  # fmt: skip
     return domains
+
+
+def _in_the_lab(names: Sequence[str]) -> None:
+    """Refuse, before starting it, a domain the throw-away lab does not have: it would only fail in DNS."""
+    from diag.lab.world import PURPOSES
+    from diag.names import display_domain
+
+    missing = [name for name in names if name not in PURPOSES]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(
+            f"the lab has no domain {display_domain(missing[0])}{more}: --lab checks only the lab's own domains "
+            "(see 'diag lab domains')"
+        )
 
 
 class _OptionalLock:
@@ -534,14 +664,15 @@ async def _with_progress(domains: list[str], registry: Registry, options: RunOpt
 
 @cli.command()
 @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--config", "config_path", type=_input(), default=None,
               metavar="FILE", help="The organization's configuration (TOML).")
 @click.option("--lab", is_flag=True, help="Use the lab's example organization (examples/contoso.toml).")
 @click.option("--routing-order", type=click.Choice(["most-specific", "documented"]), default="most-specific",
               show_default=True,
               help="most-specific: exact, longest wildcard, all accepted domains, '*' (the documentation's worked "
                    "example); documented: exact, all accepted domains, wildcard, '*' (its listed order).")
-@click.option("--json", "json_out", metavar="FILE|-", default=None, help="Write diag.routes/1 JSON to FILE or stdout.")
+@click.option("--json", "json_out", type=_output(dash=True), metavar="FILE|-", default=None,
+              help="Write diag.routes/1 JSON to FILE or stdout.")
 def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routing_order: str,
           json_out: str | None) -> int:  # fmt: skip
     """Which outbound connector the cloud uses for each recipient ADDRESS, and why.
@@ -605,32 +736,72 @@ def _write(target: str, text: str, *, option: str) -> None:
 
 
 @cli.command()
-@click.argument("result", type=click.Path(path_type=Path, dir_okay=False), metavar="RESULT.json")
-@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+@click.argument("result", type=_input(dash=True), metavar="RESULT.json|-")
+@click.option("--html", "html_out", type=_output(), default=None, metavar="FILE",
               help="Write the HTML report to FILE.")
 @click.option("--format", "view", type=click.Choice(["text", "nagios"]), default="text", show_default=True,
               help="The view on stdout.")
-@click.option("--prom", "prom_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE")
-@click.option("--junit", "junit_out", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE")
+@click.option("--prom", "prom_out", type=_output(), default=None, metavar="FILE")
+@click.option("--junit", "junit_out", type=_output(), default=None, metavar="FILE")
 @click.option("-q", "--quiet", is_flag=True, help="Show only problems.")
 @click.option("--no-color", is_flag=True, help="No colour in the terminal view.")
 def report(result: Path, html_out: Path | None, view: str, prom_out: Path | None, junit_out: Path | None,
            quiet: bool, no_color: bool) -> int:  # fmt: skip
-    """Re-render a saved JSON result (diag check --json) as HTML, terminal view or monitoring formats."""
-    from diag.render.html import load_report
+    """Re-render a saved JSON result (diag check --json) as HTML, terminal view or monitoring formats.
+
+    RESULT.json is '-' to read it from standard input: diag check contoso.com --json - | diag report - --html r.html
+    """
     from diag.render.json import report_from_dict
 
-    saved = report_from_dict(load_report(result))
+    saved = report_from_dict(_load_result(result))
     _Outputs(None, html_out, view, prom_out, junit_out, quiet=quiet, no_color=no_color).write(saved)
     return saved.exit_code
 
 
+def _load_result(result: Path) -> dict[str, Any]:
+    """A saved result from a file or, for ``-``, standard input, validated the same way."""
+    from diag.render.html import load_report
+
+    if str(result) != "-":
+        return load_report(result)
+    # load_report reads a path: /dev/stdin is this process's standard input, be it a pipe, a file or a terminal.
+    stdin = Path("/dev/stdin")
+    try:
+        return load_report(stdin)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace(f"{stdin}:", "standard input:", 1)) from None
+
+
+@cli.command()
+@click.option("--json", "json_out", type=_output(dash=True), metavar="FILE|-", default=None,
+              help="Write the catalogue as diag.codes/1 JSON to FILE or stdout.")
+def codes(json_out: str | None) -> int:
+    """Every finding code diag may report, with its check, default severity and meaning."""
+    from checks import default_registry
+
+    rows = [(check.id, check.codes[code].label, code, check.meanings[code])
+            for check in default_registry() for code in check.codes]  # fmt: skip
+    if json_out is not None:
+        import json
+
+        catalogue = {"schema": "diag.codes/1", "codes": [
+            {"code": code, "check": check_id, "severity": severity, "meaning": meaning}
+            for check_id, severity, code, meaning in rows
+        ]}  # fmt: skip
+        _write(json_out, json.dumps(catalogue, indent=2, ensure_ascii=True) + "\n", option="--json")
+    if json_out != "-":
+        widths = [max(len(row[column]) for row in rows) for column in range(3)]
+        for row in rows:
+            click.echo("  ".join([*(value.ljust(width) for value, width in zip(row[:3], widths, strict=True)), row[3]]))
+    return 0
+
+
 @cli.command()
 @click.argument("domain", required=False)
-@click.option("--history", "history_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--history", "history_path", type=_output(), default=None,
               metavar="DB", help="The history file. Default: under the user's data directory.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Runs to show.")
-@click.option("--prune", "keep_days", type=click.IntRange(0, 36500), default=None, metavar="DAYS",
+@click.option("--limit", type=_Whole(1, 10000), default=20, show_default=True, help="Runs to show.")
+@click.option("--prune", "keep_days", type=_Whole(0, 36500, "days"), default=None, metavar="DAYS",
               help="First delete the runs older than DAYS days (an hourly run adds about 9000 a year).")
 def history(domain: str | None, history_path: Path | None, limit: int, keep_days: int | None) -> int:
     """The runs kept so far and what changed between them (new and resolved findings, renewals, MX changes)."""
@@ -655,54 +826,63 @@ def history(domain: str | None, history_path: Path | None, limit: int, keep_days
 def schedule(every: str, systemd: bool, name: str, install: bool, command: tuple[str, ...]) -> int:
     """Run a diag COMMAND regularly: print (or --install) the crontab line or systemd units for exactly it.
 
+    The COMMAND is checked now as diag will parse it then (options, values, input files), and its relative
+    paths become absolute, since cron and systemd do not start it in this directory.
+
     Example: diag schedule --every 30 check contoso.com -q --html /var/www/diag.html
     """
-    from diag.schedule import crontab_line, install_crontab, install_systemd, systemd_units
+    import shlex
 
-    if command[0] not in cli.commands or command[0] == "schedule":
-        raise UsageError(f"{command[0]!r} is not a diag command to schedule (e.g. check contoso.com -q)")
+    from diag.schedule import crontab_line, diag_command, install_crontab, install_systemd, prepare, systemd_units
+
+    prepared = prepare(cli, command)
+    if prepared.command[:1] == ("schedule",):
+        raise UsageError(f"{shlex.join(command)!r} is not a diag command to schedule (e.g. check contoso.com -q)")
     if systemd:
-        units = systemd_units(command, every=every, name=name)
+        units = systemd_units(prepared.argv, every=every, name=name)
         if not install:
             for filename, text in units.items():
                 click.echo(f"# {filename}\n{text}")
             return 0
         done = install_systemd(units)
-        lines = [*(f"wrote {path}" for path in done.paths), f"now run: {done.command}"]
+        lines = [f"runs: {shlex.join([*diag_command(), *prepared.argv])}", *(f"wrote {path}" for path in done.paths),
+                 f"now run: {done.command}"]  # fmt: skip
         click.echo("\n".join([*lines, done.note] if done.note else lines))
         return 0
-    line = crontab_line(command, every=every)
-    if not install:
-        click.echo(line)
-        return 0
-    click.echo("installed in your crontab" if install_crontab(line) else "already in your crontab")
+    line = crontab_line(prepared.argv, every=every)
+    click.echo(line)
+    if install:
+        click.echo("installed in your crontab" if install_crontab(line) else "already in your crontab")
     return 0
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--config", "config_path", type=_input(), default=None,
               metavar="FILE", help="The organization's configuration, with its [Relay] table.")
 @click.option("--role", type=click.Choice(["cloud", "onprem", "internet"]), default=None,
               help="The part it plays.  [default: the config's, else cloud]")
 @click.option("--listen", multiple=True, metavar="ADDR:PORT",
               help="Listen here (repeatable).  [default: 127.0.0.1:2525]")
 @click.option("--hostname", default=None, metavar="NAME", help="Its name in greetings and Received lines.")
-@click.option("--spool", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+@click.option("--spool", type=_Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
               help="The durable queue.")
-@click.option("--maildir", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+@click.option("--maildir", type=_Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
               help="The parent of the local mailboxes' Maildirs.")
-@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
+@click.option("--tls-cert", type=_input(), default=None, metavar="PEM",
               help="Its certificate chain: offered with STARTTLS, presented when delivering.")
-@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM")
+@click.option("--tls-key", type=_input(), default=None, metavar="PEM")
 @click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]", help="DNS server (repeatable).")
-@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="PEM",
+@click.option("--ca-file", type=_input(), default=None, metavar="PEM",
               help="CAs trusted for peers' certificates instead of the system store.")
-@click.option("--smtp-port", type=click.IntRange(1, 65535), default=None, help="The port it delivers to.")
+@click.option("--smtp-port", type=_Whole(1, 65535), default=None, help="The port it delivers to.")
+@click.option("--allow-private", is_flag=True,
+              help="Also deliver to addresses that are not public (an on-premises smart host on 10.x or 192.168.x); "
+                   "refused by default, like the config's AllowPrivate.")
 @click.pass_context
 def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen: tuple[str, ...],
           hostname: str | None, spool: Path | None, maildir: Path | None, tls_cert: Path | None,
           tls_key: Path | None, resolvers: tuple[str, ...], ca_file: Path | None,
-          smtp_port: int | None) -> int:  # fmt: skip
+          smtp_port: int | None, allow_private: bool) -> int:  # fmt: skip
     """Run the routing relay in the foreground (cloud, on-premises or Internet role); stop with Ctrl-C/SIGTERM.
 
     It accepts mail like the cloud (accepted domains, relay rights by inbound connector), spools it durably,
@@ -719,7 +899,7 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
         org, role=RelayRole(role) if role else None, hostname=hostname, listen=[_listen(text) for text in listen],
         spool=spool, maildir=maildir, tls_cert=tls_cert, tls_key=tls_key,
         nameservers=[_parse_resolver(text) for text in resolvers], smtp_port=smtp_port,
-        ca_file=_check_ca_file(ca_file) if ca_file else None,
+        ca_file=_check_ca_file(ca_file) if ca_file else None, allow_private=allow_private,
     )  # fmt: skip
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings
@@ -788,7 +968,7 @@ def config() -> None:
 
 
 @config.command("check")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE")
+@click.argument("path", type=_input(), metavar="FILE")
 def config_check(path: Path) -> int:
     """Validate FILE; each problem is reported with its line and field, and how to fix it (exit 3)."""
     from diag.config import load_config
@@ -802,9 +982,9 @@ def config_check(path: Path) -> int:
 
 
 @config.command("import")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.argument("paths", nargs=-1, required=True, type=_input(),
                 metavar="FILE.json...")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+@click.option("-o", "--output", type=_output(), default=None, metavar="FILE",
               help="Write the TOML here instead of to stdout.")
 def config_import(paths: tuple[Path, ...], output: Path | None) -> int:
     """Convert Get-AcceptedDomain, Get-InboundConnector and Get-OutboundConnector JSON into a config file.
@@ -827,11 +1007,11 @@ def lab() -> None:
 
 
 @lab.command("serve")
-@click.option("--smtp-port", type=click.IntRange(1, 65535), default=2525, show_default=True,
+@click.option("--smtp-port", type=_Whole(1, 65535), default=2525, show_default=True,
               help="Port every lab mail host listens on.")
-@click.option("--dns-port", type=click.IntRange(1, 65535), default=5353, show_default=True,
+@click.option("--dns-port", type=_Whole(1, 65535), default=5353, show_default=True,
               help="Port of the lab's DNS server (UDP and TCP).")
-@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--dir", "directory", type=_Path(path_type=Path, file_okay=False), default=None,
               help="Keep certificates and Maildirs here. Default: a temporary directory, removed at exit.")
 def lab_serve(smtp_port: int, dns_port: int, directory: Path | None) -> int:
     """Run the lab in the foreground until interrupted; prints the options that reach it."""

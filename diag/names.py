@@ -9,7 +9,7 @@ import socket
 
 from diag.errors import InvalidDomainError
 
-__all__ = ["local_host_name", "mail_domain", "port_number"]
+__all__ = ["display_domain", "local_host_name", "mail_domain", "port_number"]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -70,6 +70,26 @@ def mail_domain(text: str) -> str:
     if ascii_name.isascii() and labels[-1].isdigit():
         raise InvalidDomainError(f"{shown!r} is not a valid domain name: the top-level label is numeric")
     return ascii_name
+
+
+def display_domain(name: str) -> str:
+    """A domain as people should see it: ``münchen.example (xn--mnchen-3ya.example)`` when its A-labels decode to
+    something else, else ``name`` unchanged.
+
+    The Unicode form is what the administrator typed and recognises; the A-label beside it is what DNS and the
+    JSON carry, and keeps a look-alike (a Cyrillic letter for a Latin one) from passing for the real name. A name whose
+    A-labels do not decode under IDNA 2008 is shown as it is. The result may hold any letter: views escape it
+    as they escape all text (diag.render.text.sanitize).
+    """
+    if "xn--" not in name.lower():
+        return name
+    import idna  # imported here: only internationalized names need it
+
+    try:
+        unicode = idna.decode(name)
+    except UnicodeError:  # idna.IDNAError is one; the Punycode codec raises the other kinds
+        return name
+    return name if unicode == name.lower() else f"{unicode} ({name})"
 
 
 def port_number(text: str) -> int:

@@ -74,6 +74,9 @@ class Check:
         tags: labels such as ``active`` (the check sends mail).
         summarize: optional pure function over this check's results on every domain of a run, returning them
             (possibly replaced) in the same order; for verdicts only the whole run can reach (egress blocked).
+        meanings: what each code in ``codes`` means, one line each, for people (``diag codes`` and the README's
+            catalogue print it). Kept apart from ``codes``, which stays a mapping from code to severity for its
+            readers.
     """
 
     id: str
@@ -85,6 +88,7 @@ class Check:
     operations: int = 0
     tags: frozenset[str] = field(default_factory=frozenset)
     summarize: Callable[[Sequence[CheckResult]], Sequence[CheckResult]] | None = None
+    meanings: Mapping[str, str] = field(default_factory=dict)
 
     def finding(
         self,
@@ -122,6 +126,12 @@ class Registry:
             for code in check.codes:
                 if not _CODE.match(code):
                     raise RegistryError(f"check {check.id!r} declares malformed finding code {code!r}")
+                meaning = check.meanings.get(code, "")
+                if not meaning.strip() or "\n" in meaning:
+                    raise RegistryError(f"check {check.id!r} declares no one-line meaning for finding code {code!r}")
+            for code in check.meanings:
+                if code not in check.codes:
+                    raise RegistryError(f"check {check.id!r} gives a meaning for undeclared finding code {code!r}")
             by_id[check.id] = check
         owners: dict[str, str] = {}
         for check in by_id.values():

@@ -21,6 +21,14 @@ one is still going: systemd does not restart an active oneshot service, and for 
 
 Installing never runs ``systemctl``: :func:`install_systemd` writes the unit files and returns the command to
 enable them.
+
+What runs from cron must work there, so ``diag schedule`` first passes the command through :func:`prepare`: it is
+parsed by diag's own click commands as it will be then (an unknown option, a bad value or a missing input file is
+refused now, once, rather than every half hour by mail), and every relative path becomes absolute, since cron
+starts commands in the home directory and systemd in ``/``. Which values are paths, and which of them diag reads
+or writes, comes from the options' click types: ``click.Path(exists=True)`` is an input that must exist,
+``click.Path(writable=True)`` an output whose directory must exist, ``-`` (where allowed) stays standard
+input or output.
 """
 
 from __future__ import annotations
@@ -36,11 +44,15 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from diag.errors import DiagError, UsageError
 
+if TYPE_CHECKING:
+    import click
+
 __all__ = [
+    "Prepared",
     "ScheduleError",
     "SystemdInstall",
     "crontab_line",
@@ -48,6 +60,7 @@ __all__ = [
     "diag_command",
     "install_crontab",
     "install_systemd",
+    "prepare",
     "systemd_units",
 ]
 
@@ -94,6 +107,168 @@ class _Interval:
         if self.minutes == _MINUTES_PER_DAY:
             return "daily"
         return f"every {self.minutes} minutes"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A command line checked by :func:`prepare`.
+
+    Attributes:
+        argv: the arguments to schedule, relative paths made absolute; otherwise as given.
+        command: the command they run, as words (``("check",)``, ``("relay", "queue")``).
+    """
+
+    argv: tuple[str, ...]
+    command: tuple[str, ...]
+
+
+def prepare(group: click.Group, argv: Sequence[str], *, name: str = "diag") -> Prepared:
+    """Parse ``argv`` with ``group`` (diag's click commands) without running it, and make its paths absolute.
+
+    Relative paths are taken from the current directory, which is also where inputs are checked to exist. Raises
+    :class:`UsageError` with one line for what the command would refuse when it runs: an unknown command or
+    option, a bad value, a missing input, an output in a directory that does not exist, or ``--help``/
+    ``--version`` (which would only print).
+    """
+    import click
+
+    words: list[str] = []
+    tokens = list(argv)
+    command: click.Command = group
+    parent: click.Context | None = None
+    path = name
+    out: list[str] = []
+    while True:
+        probe = click.Context(command, info_name=path.rpartition(" ")[2], parent=parent, **command.context_settings)
+        try:
+            rewritten, remaining = _walk(command, command.get_params(probe), tokens)
+            if isinstance(command, click.Group) and not remaining and not command.invoke_without_command:
+                raise UsageError(f"'{path}' needs a command (see '{path} --help')")
+            # Parsing alone: values are converted and checked (and eager --help/--version were refused above).
+            ctx = command.make_context(path.rpartition(" ")[2], list(tokens), parent=parent)
+        except click.exceptions.NoArgsIsHelpError:
+            raise UsageError(f"'{path}' needs a command (see '{path} --help')") from None
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else path
+            raise UsageError(f"{exc.format_message()} (see '{where} --help')".replace("\n", " ")) from None
+        out += rewritten
+        if not isinstance(command, click.Group) or not remaining:
+            break
+        try:
+            sub, found, rest = command.resolve_command(ctx, remaining)
+        except click.UsageError as exc:
+            raise UsageError(f"{exc.format_message()} (see '{path} --help')") from None
+        assert sub is not None and found is not None
+        out.append(remaining[0])
+        words.append(sub)
+        command, parent, tokens, path = found, ctx, rest, f"{path} {sub}"
+    return Prepared(tuple(out), tuple(words))
+
+
+def _walk(
+    command: click.Command, params: Sequence[click.Parameter], words: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """``words`` with path values made absolute, as click's parser reads them (click.parser: long options with
+    ``=`` or a separate value, clusters of short flags, a short option's attached value, ``--`` ending options),
+    and, for a group, the tokens from its command on (which are left as they are, for the next level)."""
+    import click
+
+    options: dict[str, click.Option] = {}
+    for param in params:
+        if isinstance(param, click.Option):
+            for opt in (*param.opts, *param.secondary_opts):
+                options[opt] = param
+    arguments = [param for param in params if isinstance(param, click.Argument)]
+    group = isinstance(command, click.Group)
+    out = list(words)
+    positional: list[int] = []
+    i = 0
+    while i < len(out):
+        word = out[i]
+        if word == "--":
+            positional += range(i + 1, len(out))
+            break
+        if len(word) > 1 and word.startswith("-"):
+            i = _option(out, i, options)
+            continue
+        if group:
+            return out[:i], out[i:]
+        positional.append(i)
+        i += 1
+    # Extra positional values (which click refuses) have no argument and stay as they are.
+    for index, argument in zip(positional, _assign(arguments, len(positional)), strict=False):
+        out[index] = _path_value(argument, out[index])
+    return out, []
+
+
+def _option(out: list[str], i: int, options: Mapping[str, click.Option]) -> int:
+    """Rewrite the option at ``out[i]`` (and its values); the index after it. Unknown options are left to click."""
+    word = out[i]
+    long, eq, attached = word.partition("=")
+    if long in options:
+        param = _schedulable(long, options[long])
+        if eq:
+            out[i] = f"{long}={_path_value(param, attached)}"
+            return i + 1
+        return _values(out, i + 1, param)
+    for position in range(1, len(word)):
+        param_ = options.get(f"-{word[position]}")
+        if param_ is None:
+            return i + 1
+        _schedulable(f"-{word[position]}", param_)
+        if _takes_value(param_):
+            if position + 1 < len(word):
+                out[i] = word[: position + 1] + _path_value(param_, word[position + 1 :])
+                return i + 1
+            return _values(out, i + 1, param_)
+    return i + 1
+
+
+def _schedulable(opt: str, param: click.Option) -> click.Option:
+    # Eager options that are no value of the command (--help, --version) print and exit as soon as they are
+    # parsed: refused before parsing, so that checking the command prints nothing.
+    if param.is_eager and not param.expose_value:
+        what = max(param.opts, key=len).lstrip("-")
+        raise UsageError(f"{opt}: the scheduled command would only print its {what}; leave {opt} out")
+    return param
+
+
+def _takes_value(param: click.Option) -> bool:
+    return not (param.is_flag or param.count)
+
+
+def _values(out: list[str], start: int, param: click.Option) -> int:
+    if not _takes_value(param):
+        return start
+    end = min(start + max(param.nargs, 1), len(out))
+    for index in range(start, end):
+        out[index] = _path_value(param, out[index])
+    return end
+
+
+def _assign(arguments: Sequence[click.Argument], count: int) -> list[click.Argument]:
+    """Which argument each of ``count`` positional values goes to (click.parser._unpack_args, for nargs 1 and
+    at most one nargs=-1)."""
+    fixed = sum(max(argument.nargs, 0) for argument in arguments)
+    taken: list[click.Argument] = []
+    for argument in arguments:
+        many = count - fixed if argument.nargs == -1 else argument.nargs
+        taken += [argument] * max(many, 0)
+    return taken[:count]
+
+
+def _path_value(param: click.Parameter, value: str) -> str:
+    """``value`` made absolute when ``param`` takes a path; an output's directory must exist."""
+    import click
+
+    kind = param.type
+    if not isinstance(kind, click.Path) or (kind.allow_dash and value == "-"):
+        return value
+    absolute = Path(value).absolute()
+    if kind.writable and not kind.exists and not absolute.parent.is_dir():
+        label = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+        raise UsageError(f"{label} {value!r}: directory {str(absolute.parent)!r} does not exist")
+    return str(absolute)
 
 
 def _interval(every: str) -> _Interval:

@@ -73,7 +73,9 @@ class Job:
 
     def describe(self) -> str:
         """The job in a few words, for the one line that refuses a second copy: ``check contoso.com fabrikam.com``."""
-        shown = list(self.domains[:_SHOWN_DOMAINS])
+        from diag.names import display_domain
+
+        shown = [display_domain(domain) for domain in self.domains[:_SHOWN_DOMAINS]]
         if len(self.domains) > _SHOWN_DOMAINS:
             shown.append(f"and {len(self.domains) - _SHOWN_DOMAINS} more")
         return " ".join([self.command, *shown])

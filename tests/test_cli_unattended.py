@@ -182,11 +182,55 @@ def test_history_and_exactly_one_notification_for_one_change(served: tuple[list[
     assert pruned.returncode == 0 and re.match(r"pruned [123] runs? older than 0 days\n", pruned.stdout)
 
 
-def test_schedule_prints_exactly_the_command() -> None:
-    done = diag("schedule", "--every", "30", "check", "contoso.com", "-q", "--html", "/var/www/diag report.html")
+def test_schedule_prints_exactly_the_command(tmp_path: Path) -> None:
+    done = diag("schedule", "--every", "30", "check", "contoso.com", "-q", "--html", f"{tmp_path}/diag report.html")
     assert done.returncode == 0
-    assert "check contoso.com -q --html '/var/www/diag report.html'" in done.stdout
+    assert f"check contoso.com -q --html '{tmp_path}/diag report.html'" in done.stdout
     units = diag("schedule", "--systemd", "check", "contoso.com", "-q")
     assert "[Timer]" in units.stdout and "OnCalendar=" in units.stdout
     bad = diag("schedule", "frobnicate")
     assert bad.returncode == 3
+
+
+def test_schedule_writes_a_line_that_works_from_another_directory(tmp_path: Path) -> None:
+    """Issue 10: cron starts the command in the home directory, so relative paths become absolute."""
+    import shlex
+    import shutil
+
+    from diag.lab.world import EXAMPLE_CONFIG
+
+    shutil.copy(EXAMPLE_CONFIG, tmp_path / "contoso.toml")
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "diag", "schedule", "--every", "30", "-q", "check", "contoso.com",
+         "--config", "contoso.toml", "--html", "out/report.html", "--json=out/result.json"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    words = shlex.split(done.stdout.split(None, 5)[5])
+    expected = ["-q", "check", "contoso.com", "--config", f"{tmp_path}/contoso.toml", "--html",
+                f"{tmp_path}/out/report.html", f"--json={tmp_path}/out/result.json"]  # fmt: skip
+    assert words[-len(expected) :] == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "line"),
+    [
+        (["check", "contoso.com", "--frobnicate"], "diag: error: No such option '--frobnicate'"),
+        (["check", "contoso.com", "--config", "missing.toml"],
+         "diag: error: --config 'missing.toml': cannot read it: No such file or directory"),
+        (["check", "contoso.com", "--html", "nowhere/report.html"],
+         "diag: error: --html 'nowhere/report.html': directory '"),
+        (["check", "contoso.com", "--timeout", "0"], "diag: error: --timeout 0: must be between 0.1 and 600 seconds"),
+        (["check", "contoso.com", "--help"], "diag: error: --help: the scheduled command would only print its help"),
+        (["-q", "history"], "diag: error: -q/--quiet does not apply to 'diag history'"),
+        (["config"], "diag: error: 'diag config' needs a command"),
+        (["schedule", "check", "contoso.com"], "diag: error: 'schedule check contoso.com' is not a diag command"),
+    ],
+)
+def test_schedule_refuses_now_what_would_fail_from_cron(tmp_path: Path, command: list[str], line: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "diag", "schedule", *command], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 3 and done.stdout == ""
+    (error,) = done.stderr.splitlines()
+    assert error.startswith(line), error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from diag.errors import InvalidDomainError
-from diag.names import mail_domain, port_number
+from diag.names import display_domain, mail_domain, port_number
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,24 @@ def test_port_number_accepts_ascii_digits_in_range(text: str) -> None:
 def test_port_number_refuses_everything_else(text: str) -> None:
     with pytest.raises(ValueError, match="is not a number from 1 to 65535"):
         port_number(text)
+
+
+@pytest.mark.parametrize(
+    ("a_label", "shown"),
+    [
+        ("xn--mnchen-3ya.example", "münchen.example (xn--mnchen-3ya.example)"),
+        ("mail.xn--bcher-kva.example", "mail.bücher.example (mail.xn--bcher-kva.example)"),
+        ("xn--80ak6aa92e.com", "аррӏе.com (xn--80ak6aa92e.com)"),  # noqa: RUF001 - a look-alike keeps its A-label
+        ("contoso.com", "contoso.com"),
+        ("xn--zz.example", "xn--zz.example"),  # not valid Punycode: shown as it is
+        ("xn--ls8h.la", "xn--ls8h.la"),  # decodes to an emoji, which IDNA 2008 does not allow: shown as it is
+    ],
+)
+def test_a_domain_is_displayed_as_u_label_with_its_a_label(a_label: str, shown: str) -> None:
+    assert display_domain(a_label) == shown
+
+
+def test_display_and_conversion_are_inverse() -> None:
+    for typed in ("münchen.example", "bücher.example", "faß.de"):
+        a_label = mail_domain(typed)
+        assert display_domain(a_label) == f"{typed} ({a_label})"

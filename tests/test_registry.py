@@ -18,7 +18,9 @@ async def _noop(ctx: object) -> Outcome:
 
 
 def spec(check_id: str, *requires: str, codes: dict[str, Severity] | None = None) -> Check:
-    return Check(check_id, check_id.title(), _noop, codes or {}, requires=requires)
+    codes = codes or {}
+    meanings = {code: "What it means." for code in codes}
+    return Check(check_id, check_id.title(), _noop, codes, requires=requires, meanings=meanings)
 
 
 def test_dependencies_come_before_dependents() -> None:
@@ -53,6 +55,21 @@ def test_codes_are_well_formed_and_owned_once() -> None:
         Registry([spec("a", codes={"lowercase_code": Severity.INFO})])
     with pytest.raises(RegistryError, match="declared by 'a' and 'b'"):
         Registry([spec("a", codes={"X_OK": Severity.INFO}), spec("b", codes={"X_OK": Severity.INFO})])
+
+
+@pytest.mark.parametrize(
+    ("meanings", "problem"),
+    [
+        ({}, "declares no one-line meaning for finding code 'A_BAD'"),
+        ({"A_BAD": " "}, "declares no one-line meaning for finding code 'A_BAD'"),
+        ({"A_BAD": "Two\nlines."}, "declares no one-line meaning for finding code 'A_BAD'"),
+        ({"A_BAD": "Bad.", "A_GONE": "Gone."}, "gives a meaning for undeclared finding code 'A_GONE'"),
+    ],
+)
+def test_every_code_has_a_one_line_meaning_and_no_meaning_is_stray(meanings: dict[str, str], problem: str) -> None:
+    # diag codes and the README's catalogue print a meaning per code: a code without one fails at start-up.
+    with pytest.raises(RegistryError, match=problem):
+        Registry([Check("a", "A", _noop, {"A_BAD": Severity.ERROR}, meanings=meanings)])
 
 
 def test_finding_takes_the_declared_severity_and_refuses_undeclared_codes() -> None:

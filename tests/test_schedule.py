@@ -279,3 +279,95 @@ def test_install_crontab_reports_failures(tmp_path: Path, fake_crontab: tuple[st
         install_crontab("0 * * * * /bin/true", crontab=str(failing))
     with pytest.raises(UsageError, match="one non-empty line"):
         install_crontab("0 * * * * /bin/true\n0 * * * * /bin/evil", crontab=fake_crontab[0])
+
+
+# --- prepare: the command checked as diag will parse it, its paths made absolute ------------------------------
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with an input file of each kind and an output directory."""
+    for name in ("contoso.toml", "domains.txt", "ca.pem", "a.json", "b.json", "result.json"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_prepare_makes_every_path_absolute_however_it_is_spelled(here: Path) -> None:
+    from diag.cli import cli
+    from diag.schedule import prepare
+
+    argv = ["-q", "check", "contoso.com", "--config", "contoso.toml", "--domains-file=domains.txt", "--ca-file",
+            "./ca.pem", "--html", "out/r.html", "--json", "-", "--prom=out/m.prom", "--lock", "out/l", "-v",
+            "--timeout", "5", "--", "fabrikam.com"]  # fmt: skip
+
+    prepared = prepare(cli, argv)
+
+    assert prepared.command == ("check",)
+    assert prepared.argv == (
+        "-q", "check", "contoso.com", "--config", f"{here}/contoso.toml", f"--domains-file={here}/domains.txt",
+        "--ca-file", f"{here}/ca.pem", "--html", f"{here}/out/r.html", "--json", "-", f"--prom={here}/out/m.prom",
+        "--lock", f"{here}/out/l", "-v", "--timeout", "5", "--", "fabrikam.com",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected", "command"),
+    [
+        (["config", "import", "a.json", "b.json", "-oout/c.toml"],
+         ["config", "import", "{here}/a.json", "{here}/b.json", "-o{here}/out/c.toml"], ("config", "import")),
+        (["config", "check", "--", "contoso.toml"], ["config", "check", "--", "{here}/contoso.toml"],
+         ("config", "check")),
+        (["report", "result.json", "--html", "out/r.html"], ["report", "{here}/result.json", "--html",
+         "{here}/out/r.html"], ("report",)),
+        (["report", "-"], ["report", "-"], ("report",)),
+        (["relay", "--config", "contoso.toml", "--spool", "spool", "queue"],
+         ["relay", "--config", "{here}/contoso.toml", "--spool", "{here}/spool", "queue"], ("relay", "queue")),
+        (["lab", "serve", "--dir", "not/yet"], ["lab", "serve", "--dir", "{here}/not/yet"], ("lab", "serve")),
+        (["--no-color", "check", "-qv", "contoso.com"], ["--no-color", "check", "-qv", "contoso.com"], ("check",)),
+    ],
+)
+def test_prepare_reads_arguments_and_subcommands(
+    here: Path, argv: list[str], expected: list[str], command: tuple[str, ...]
+) -> None:
+    from diag.cli import cli
+    from diag.schedule import prepare
+
+    prepared = prepare(cli, argv)
+
+    assert prepared.argv == tuple(word.format(here=here) for word in expected)
+    assert prepared.command == command
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "contoso.com", "--frobnicate"], "No such option '--frobnicate'"),
+        (["check", "contoso.com", "--config", "missing.toml"],
+         "--config 'missing.toml': cannot read it: No such file or directory (see 'diag check --help')"),
+        (["check", "contoso.com", "--config", "out"], "--config 'out': a directory, not a file"),
+        (["report", "missing.json"], "missing.json: cannot read it: No such file or directory"),
+        (["check", "contoso.com", "--json", "nowhere/r.json"], "--json 'nowhere/r.json': directory '{here}/nowhere' "
+         "does not exist"),
+        (["config", "import", "a.json", "-o", "nowhere/c.toml"], "--output 'nowhere/c.toml': directory"),
+        (["check", "contoso.com", "--smtp-port", "0"], "--smtp-port 0: must be a whole number between 1 and 65535"),
+        (["check", "contoso.com", "--format", "xml"], "Invalid value for '--format'"),
+        (["-h"], "-h: the scheduled command would only print its help; leave -h out"),
+        (["--version"], "--version: the scheduled command would only print its version"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["lab"], "'diag lab' needs a command (see 'diag lab --help')"),
+        (["relay", "--config", "contoso.toml", "frobnicate"], "No such command 'frobnicate'"),
+        (["-v", "report", "result.json"], "-v/--verbose does not apply to 'diag report'"),
+        (["history", "contoso.com", "extra"], "Got unexpected extra argument (extra)"),
+    ],
+)
+def test_prepare_refuses_in_one_line_what_the_command_would_refuse(here: Path, argv: list[str], message: str) -> None:
+    from diag.cli import cli
+    from diag.schedule import prepare
+
+    with pytest.raises(UsageError) as raised:
+        prepare(cli, argv)
+
+    assert str(raised.value).startswith(message.format(here=here)), raised.value
+    assert "\n" not in str(raised.value)

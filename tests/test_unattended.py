@@ -42,3 +42,4 @@ def test_a_job_describes_itself_in_a_few_words() -> None:
     assert Job.of("check", ["fabrikam.com", "contoso.com"]).describe() == "check contoso.com fabrikam.com"
     many = Job.of("check", [f"d{i:04}.example" for i in range(1000)])
     assert many.describe() == "check d0000.example d0001.example d0002.example and 997 more"
+    assert Job.of("check", ["xn--mnchen-3ya.example"]).describe() == "check münchen.example (xn--mnchen-3ya.example)"

@@ -135,9 +135,13 @@ def resolve_settings(
     ca_file: Path | None = None,
     nameservers: Sequence[Nameserver] = (),
     smtp_port: int | None = None,
+    allow_private: bool = False,
     limits: Limits | None = None,
 ) -> RelaySettings:
     """The settings of a relay: the config's ``[Relay]`` table with the given options winning.
+
+    ``allow_private`` (``--allow-private``) permits delivery to non-public addresses even when the table's
+    ``AllowPrivate`` is off: an on-premises smart host on 10.x or 192.168.x is such an address.
 
     Raises :class:`~diag.errors.ConfigError` with one line for combinations that cannot run.
     """
@@ -178,7 +182,7 @@ def resolve_settings(
         mailboxes=tuple(address.lower() for address in table.mailboxes),
         smart_host=smart_host,
         relay_networks=table.relay_networks,
-        allow_private=table.allow_private,
+        allow_private=allow_private or table.allow_private,
         source_ip=next((host for host, _ in endpoints if not ipaddress.ip_address(host).is_unspecified), None),
         limits=limits or Limits(),
     )

@@ -1,7 +1,9 @@
 """The terminal view: a rich table per domain on a TTY, stable plain text otherwise.
 
 Every string that came from the network goes through :func:`~diag.render.text.sanitize` and into rich as a
-``Text`` object, never as markup, so a banner such as ``[bold]`` or an escape sequence prints as itself.
+``Text`` object, never as markup, so a banner such as ``[bold]`` or an escape sequence prints as itself. A domain
+is shown in its Unicode form with its A-label beside it (:func:`~diag.names.display_domain`); the JSON keeps the
+A-label alone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
+from diag.names import display_domain
 from diag.render.text import sanitize
 
 __all__ = ["render_plain", "render_rich"]
@@ -61,7 +64,7 @@ def _findings(result: CheckResult, quiet: bool) -> list[Finding]:
 def render_plain(report: Report, stream: IO[str], *, quiet: bool = False) -> None:
     """Stable plain text, one fact per line, for pipes, logs and cron mail."""
     for domain, results in _visible(report, quiet):
-        stream.write(f"{sanitize(domain.domain)}: {domain.verdict.value.upper()}\n")
+        stream.write(f"{sanitize(display_domain(domain.domain))}: {domain.verdict.value.upper()}\n")
         for result in results:
             line = f"  {result.check_id}: {result.status.label} ({result.duration_ms} ms)"
             if result.reason:
@@ -84,7 +87,7 @@ def render_rich(report: Report, console: Console, *, quiet: bool = False) -> Non
     """A table per domain: a row per check, its findings beneath, severity coloured."""
     for domain, results in _visible(report, quiet):
         title = Text.assemble(
-            (sanitize(domain.domain), "bold"), "  ",
+            (sanitize(display_domain(domain.domain)), "bold"), "  ",
             (domain.verdict.value.upper(), _VERDICT_STYLE[domain.verdict]),
         )  # fmt: skip
         table = Table(title=title, title_justify="left", expand=False, show_lines=False)

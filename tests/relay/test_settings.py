@@ -48,3 +48,14 @@ def test_a_resolver_port_in_other_digits_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"^\[Relay\] Resolver: port '²' is not a number from 1 to 65535$"):
         resolve_settings(org)
+
+
+@pytest.mark.parametrize(
+    ("in_table", "option", "allowed"),
+    [(False, False, False), (False, True, True), (True, False, True), (True, True, True)],
+)
+def test_allow_private_comes_from_the_table_or_the_option(in_table: bool, option: bool, allowed: bool) -> None:
+    """``diag relay --allow-private`` permits what ``AllowPrivate = true`` permits; neither can forbid the other."""
+    org = Organization(accepted_domains=ORG.accepted_domains, relay=RelayConfig(allow_private=in_table))
+
+    assert resolve_settings(org, allow_private=option).allow_private is allowed
