@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -260,11 +262,39 @@ class History:
         except sqlite3.Error as error:
             raise self._error(error) from None
         try:
-            self._prepare(db)
+            with self._preparing():
+                self._prepare(db)
         except BaseException:
             db.close()
             raise
         self._db = db
+
+    @contextlib.contextmanager
+    def _preparing(self) -> Iterator[None]:
+        """Serialise preparation between processes: switching a new database to WAL needs an exclusive lock
+        that SQLite may refuse at once ("database is locked") instead of waiting out the busy timeout, so two
+        first runs started together (two cron jobs) could fail. An flock on the file is independent of SQLite's
+        own POSIX locks (flock(2)), so it cannot deadlock with them."""
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise ConfigError(f"cannot open the history database {self._path}: {error.strerror}") from None
+        try:
+            deadline = time.monotonic() + _BUSY_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ConfigError(
+                            f"the history database {self._path} cannot be used: another process keeps preparing it; "
+                            "try again later"
+                        ) from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def _make_file(self) -> None:
         try:

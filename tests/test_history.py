@@ -382,3 +382,23 @@ def test_prune_keeps_recent_runs(history: History, healthy: Document) -> None:
     assert history.prune(keep_days=30) == 1
     assert [r.run_id for r in history.runs()] == [recent]
     assert _kinds(history.changes("contoso.com")) == [ChangeKind.FIRST_RUN]
+
+
+def _open_fresh(path: str) -> str:
+    try:
+        with History(Path(path)):
+            return "ok"
+    except ConfigError as exc:
+        return str(exc)
+
+
+def test_first_runs_started_together_all_open_the_new_history(tmp_path: Path) -> None:
+    """Two cron jobs whose first run starts at the same moment: SQLite may refuse the switch of a new database to
+    WAL at once ("database is locked") instead of waiting; preparation is serialised, so every opener succeeds."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(6) as pool:
+        for attempt in range(60):
+            path = str(tmp_path / f"history-{attempt}.db")
+            assert pool.map(_open_fresh, [path] * 6) == ["ok"] * 6
