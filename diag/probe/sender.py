@@ -42,7 +42,16 @@ from diag.errors import ConfigError
 from diag.net.tls import load_key_pair, load_trust_store
 from diag.probe.message import Probe
 
-__all__ = ["Accepted", "Credentials", "Refused", "Stage", "SubmissionTls", "Via", "send_probe"]
+__all__ = [
+    "Accepted",
+    "Credentials",
+    "Refused",
+    "Stage",
+    "SubmissionTls",
+    "Via",
+    "send_probe",
+    "verification_required",
+]
 
 _IMPLICIT_TLS_PORT: Final = 465
 _MX_PORT: Final = 25
@@ -160,15 +169,19 @@ async def send_probe(
     client_key: Path | None = None,
     ca_file: Path | None = None,
     verify: bool | None = None,
+    implicit_tls: bool | None = None,
 ) -> Accepted | Refused:
     """Submit ``probe`` through ``via``; every network operation is bounded by ``timeout`` seconds.
 
+    ``implicit_tls``: TLS from the first byte; default: when the port is 465.
+
     Raises ConfigError only for the caller's own files (an unreadable CA file, client certificate or key).
     """
-    must_verify = verify if verify is not None else (credentials is not None or via.port != _MX_PORT)
+    must_verify = verify if verify is not None else verification_required(via, credentials=credentials)
     store = await asyncio.to_thread(load_trust_store, ca_file)
     context = _context(client_cert, client_key)
-    session = _Session(probe, via, timeout, credentials)
+    implicit = implicit_tls if implicit_tls is not None else via.port == _IMPLICIT_TLS_PORT
+    session = _Session(probe, via, timeout, credentials, implicit)
     try:
         return await session.run(
             ehlo_name=ehlo_name, context=context, store=store, require_tls=require_tls, must_verify=must_verify
@@ -177,6 +190,12 @@ async def send_probe(
         return stop.refused
     finally:
         await session.close()
+
+
+def verification_required(via: Via, *, credentials: Credentials | None) -> bool:
+    """Must the certificate verify before the probe goes on? Yes for submission (credentials, or any port but
+    25); no for an MX hop, where a failure is reported instead (see the module docstring)."""
+    return credentials is not None or via.port != _MX_PORT
 
 
 def _context(client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext:
@@ -193,8 +212,11 @@ def _context(client_cert: Path | None, client_key: Path | None) -> ssl.SSLContex
 
 
 class _Session:
-    def __init__(self, probe: Probe, via: Via, timeout: float, credentials: Credentials | None) -> None:
+    def __init__(
+        self, probe: Probe, via: Via, timeout: float, credentials: Credentials | None, implicit: bool
+    ) -> None:
         self.probe, self.via, self.timeout, self.credentials = probe, via, timeout, credentials
+        self.implicit = implicit
         self.smtp: aiosmtplib.SMTP | None = None
         self.tls: SubmissionTls | None = None
 
@@ -226,7 +248,7 @@ class _Session:
         require_tls: bool,
         must_verify: bool,
     ) -> Accepted:
-        implicit = self.via.port == _IMPLICIT_TLS_PORT
+        implicit = self.implicit
         sock = await self._connect()
         smtp = aiosmtplib.SMTP(
             hostname=self.via.host,
@@ -281,7 +303,7 @@ class _Session:
                 Stage.CONNECT, None, f"no greeting from {self.via} within {self.timeout:g} s", timed_out=True
             ) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            stage = Stage.TLS if self.via.port == _IMPLICIT_TLS_PORT else Stage.CONNECT
+            stage = Stage.TLS if self.implicit else Stage.CONNECT
             raise self.stop(stage, None, f"{self.via}: {_cause(exc)}") from None
 
     async def _ehlo(self, smtp: aiosmtplib.SMTP) -> None:
