@@ -235,8 +235,10 @@ def build_probe(*, run: str, name: str, sender: str, recipient: str, key: bytes 
     message["Date"] = format_datetime(sent_at)
     message["Message-ID"] = message_id
     message[PROBE_HEADER] = token.header_value(key)
-    message.set_content(
+    body = (
         f"This is an end-to-end test message of diag (probe {name}, run {run}).\n"
         "It proves that mail along this path arrives; it is removed from the mailbox once observed.\n"
     )
+    # 7-bit on the wire whatever the name: a server without 8BITMIME must take the probe too (RFC 6152).
+    message.set_content(body, cte="7bit" if body.isascii() else "quoted-printable")
     return Probe(token, message_id, sender, recipient, subject, message.as_bytes())
