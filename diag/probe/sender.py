@@ -212,9 +212,7 @@ def _context(client_cert: Path | None, client_key: Path | None) -> ssl.SSLContex
 
 
 class _Session:
-    def __init__(
-        self, probe: Probe, via: Via, timeout: float, credentials: Credentials | None, implicit: bool
-    ) -> None:
+    def __init__(self, probe: Probe, via: Via, timeout: float, credentials: Credentials | None, implicit: bool) -> None:
         self.probe, self.via, self.timeout, self.credentials = probe, via, timeout, credentials
         self.implicit = implicit
         self.smtp: aiosmtplib.SMTP | None = None

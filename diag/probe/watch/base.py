@@ -193,7 +193,11 @@ class Watcher(abc.ABC):
         await self._close()
 
     async def __aenter__(self) -> Self:
-        await self.open()
+        try:
+            await self.open()
+        except BaseException:
+            await self.close()  # a half-open session (connected, login refused) is released too
+            raise
         return self
 
     async def __aexit__(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
+import select
 import socket
 import ssl
 import time
@@ -165,6 +166,12 @@ class _Client(imaplib.IMAP4):
         self._until = time.monotonic() + (seconds if seconds is not None else self._timeout)
         self.untagged_responses.clear()
 
+    def _readable(self, seconds: float) -> bool:
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True  # decrypted bytes wait in the TLS layer, where select cannot see them
+        ready, _, _ = select.select([self.sock], [], [], seconds)
+        return bool(ready)
+
     def _tick(self) -> None:
         remaining = self._until - time.monotonic()
         if remaining <= 0:
@@ -189,17 +196,13 @@ class _Client(imaplib.IMAP4):
                 break
             if line.startswith(tag + b" "):
                 raise self.abort(f"IDLE refused: {_text(line)}")
+        self.begin(seconds + self._timeout)
         end = time.monotonic() + seconds
         while (remaining := end - time.monotonic()) > 0:
-            self.sock.settimeout(remaining)
-            try:
-                line = _bytes(self.file.readline(_LINE_MAX + 1))
-            except TimeoutError:
+            # Wait with select, not a socket timeout: a socket file that timed out cannot be read again.
+            if not self._readable(remaining):
                 break
-            self._spend(len(line))
-            if not line:
-                raise self.abort("the server closed the connection")
-            if re.match(rb"\* \d+ (EXISTS|RECENT)", line):
+            if re.match(rb"\* \d+ (EXISTS|RECENT)", self.readline()):
                 break
         self.send(b"DONE\r\n")
         self.begin()
@@ -269,6 +272,7 @@ class ImapWatcher(Watcher):
         self._folders: list[_FolderState] = []
         self._trash: str | None = None
         self._selected: str | None = None
+        self._broken = False
 
     @property
     def where(self) -> str:
@@ -280,7 +284,11 @@ class ImapWatcher(Watcher):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diag-imap")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+            except (imaplib.IMAP4.error, OSError, ssl.SSLError, ValueError, asyncio.CancelledError):
+                self._broken = True  # the session may be in any state now: never speak on it again
+                raise
         except WatchError:
             raise
         except ssl.SSLCertVerificationError as exc:
@@ -354,6 +362,11 @@ class ImapWatcher(Watcher):
             raise
         except imaplib.IMAP4.error as exc:
             raise WatchError(f"{self.where}: login refused: {self._scrub(_text(str(exc)))}") from None
+        # Servers announce more after login (UIDPLUS, MOVE, SPECIAL-USE); imaplib keeps the first list.
+        client.begin()
+        typ, data = client.capability()
+        if typ == "OK" and data and isinstance(data[-1], bytes):
+            client.capabilities = tuple(data[-1].decode("ascii", "replace").upper().split())
 
     def _find_folders(self) -> None:
         client = self._imap
@@ -593,7 +606,9 @@ class ImapWatcher(Watcher):
         self._client = self._executor = None
         if executor is None:
             return
-        if client is not None:
+        if client is not None and self._broken:
+            _shutdown(client)  # from here, not the worker: a cancelled wait may still be reading in it
+        elif client is not None:
             try:
                 async with asyncio.timeout(min(self.timeout, 5.0) + 1.0):
                     await asyncio.get_running_loop().run_in_executor(executor, _logout, client)
