@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -43,17 +43,19 @@ def watcher(server: Dovecot, *, user: str = "john@contoso.com", password: str | 
 
 
 def observe(server: Dovecot, probe: Probe, deliver: Callable[[], None], *, deadline: float = 10,
-            key: bytes | None = KEY, **options: object) -> tuple[Observation, list[bool]]:  # fmt: skip
-    """Open, mark, deliver, wait; then remove what was found. Returns the observation and removal results."""
+            key: bytes | None = KEY, details: bool = False,
+            **options: object) -> tuple[Observation, list[Any]]:  # fmt: skip
+    """Open, mark, deliver, wait; then remove what was found. Returns the observation and whether each removal
+    succeeded (with ``details``: the Removal records)."""
 
-    async def go() -> tuple[Observation, list[bool]]:
+    async def go() -> tuple[Observation, list[Any]]:
         async with watcher(server, **options) as watching:  # type: ignore[arg-type]
             await watching.mark()
             await asyncio.to_thread(deliver)
             seen = await watching.wait(probe.matcher(key), time.monotonic() + deadline)
             found = [item for item in (seen.probe, *seen.dsns, *seen.late) if item is not None]
-            removed = [removal.removed for removal in await watching.remove(found)]
-            return seen, removed
+            removals = await watching.remove(found)
+            return seen, list(removals) if details else [removal.removed for removal in removals]
 
     return asyncio.run(go())
 
@@ -339,3 +341,24 @@ def test_a_hostile_server_ends_the_watch_bounded(hostile: Callable[[str], Hostil
     # The literal was refused on announcement, not read: far less than its 999999999 bytes were taken in; the
     # flood was cut at the byte budget or the time limit, whichever came first.
     assert server.sent < 200 * 1024 * 1024
+
+
+def test_a_read_only_folder_is_watched_and_its_clean_up_reported(mailboxes: Dovecot,
+                                                                 make_probe: ProbeFactory) -> None:  # fmt: skip
+    """PR-09: a folder the user may not change (here: its Maildir directories are not writable) is still
+    watched; the probe in it is found, and its removal is reported as impossible, never forced."""
+    probe = make_probe()
+    mailboxes.append("john@contoso.com", probe.content, "Junk")
+    junk = mailboxes.mail_root / "john@contoso.com" / "Maildir" / ".Junk"
+    modes = {path: path.stat().st_mode for path in (junk, junk / "cur", junk / "new", junk / "tmp")}
+    for path in modes:
+        path.chmod(0o555)
+    try:
+        seen, removals = observe(mailboxes, probe, lambda: None, details=True)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    assert seen.probe is not None and (seen.probe.folder, seen.probe.junk) == ("Junk", True)
+    (removal,) = removals
+    assert not removal.removed and removal.detail == "folder Junk is read-only"
+    assert mailboxes.count("john@contoso.com", "Junk") == 1
