@@ -1,0 +1,454 @@
+"""The judge: what an arrived message or a bounce proves, as typed facts. Pure: bytes in, facts out, no I/O.
+
+- :func:`classify` decides what a message found in a watched mailbox is for one probe: the probe itself, a DSN
+  for it, a late probe of an earlier run, a forgery, or something else (security-cases.md PR-01, PR-05).
+- :func:`judge_delivery` turns the arrived probe's header section into a :class:`Delivery`: hops (see
+  :mod:`diag.probe.received`), the connector evidence, latency.
+- :func:`read_dsn` reads an RFC 3464 delivery status notification (``multipart/report;
+  report-type=delivery-status``, RFC 6522) into a :class:`Bounce`, with the headers it returns.
+- :func:`verdicts` turns the sender's and the watcher's facts into :class:`Verdict` records, one per finding a
+  later ``checks/e2e.py`` reports (``E2E_DELIVERED``, ``E2E_REJECTED``, ...), without the finding registry.
+
+Everything read here comes from strangers: input is cut to :data:`MAX_MESSAGE` bytes first, nesting is counted
+before the MIME parser sees it (a report bomb never reaches it), and header values are bounded.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser, HeaderParser
+from typing import Final
+
+from diag.probe.message import PROBE_HEADER, Kind, Matcher
+from diag.probe.received import Hop, parse_hops
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_MESSAGE",
+    "Bounce",
+    "BounceRecipient",
+    "Delivery",
+    "DiagTrace",
+    "Evidence",
+    "Outcome",
+    "Verdict",
+    "classify",
+    "is_report",
+    "judge_delivery",
+    "read_dsn",
+    "verdicts",
+]
+
+MAX_HEADERS: Final = 64 * 1024  # a header section larger than this is cut (real ones are a few KiB)
+MAX_MESSAGE: Final = 256 * 1024  # what is read of a DSN: its status part and returned headers come first
+_MAX_MULTIPARTS: Final = 8  # a DSN has one multipart/report, perhaps one multipart/alternative inside
+_MAX_RECIPIENTS: Final = 50
+_MAX_VALUE: Final = 1000
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_MULTIPART: Final = re.compile(rb"multipart/", re.IGNORECASE)
+_REPORT: Final = re.compile(r"multipart/report", re.IGNORECASE)
+_RETURNED_TYPES: Final = frozenset({"message/rfc822", "text/rfc822-headers", "message/rfc822-headers"})
+
+
+def _header_parser() -> BytesHeaderParser:
+    # compat32 keeps trace fields as written: the default policy would decode RFC 2047 words in them.
+    return BytesHeaderParser(policy=policy.compat32)
+
+
+def _value(message: Message, name: str) -> str | None:
+    """A header value unfolded, control characters replaced, bounded; None when absent."""
+    raw = message.get(name)
+    if raw is None:
+        return None
+    return _CONTROL.sub("?", " ".join(str(raw)[:_MAX_VALUE].split()))
+
+
+def _head(raw: bytes) -> bytes:
+    """The header section of ``raw`` (up to and including the empty line), at most MAX_HEADERS bytes."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = raw.find(separator, 0, MAX_HEADERS)
+        if end >= 0:
+            return raw[: end + len(separator)]
+    return raw[:MAX_HEADERS]
+
+
+def is_report(headers: bytes) -> bool:
+    """Is this (a message's header section) a ``multipart/report``, i.e. possibly a DSN worth reading whole?"""
+    content_type = _value(_header_parser().parsebytes(_head(headers)), "Content-Type")
+    return content_type is not None and _REPORT.match(content_type.strip()) is not None
+
+
+# --- the connector evidence -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DiagTrace:
+    """One ``X-Diag-Trace`` line: what a diag relay decided for this message (diag.relay.delivery).
+
+    Attributes:
+        hop: the relay's host name. role: cloud, onprem or internet. connector: the outbound connector's name,
+        or None when none applied. rule: the routing rule (exact, wildcard, mx, smarthost, ...). to: the next
+        hop as ``host[ip]``. tls: the TLS version of the next hop, or ``none``.
+    """
+
+    hop: str
+    role: str
+    connector: str | None
+    rule: str
+    to: str
+    tls: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the headers say about the route beyond the Received lines.
+
+    Attributes:
+        traces: diag relays' ``X-Diag-Trace`` lines, in travel order.
+        from_entity: Exchange Online's ``X-MS-Exchange-CrossTenant-FromEntityHeader`` (``HybridOnPrem`` =
+            arrived through an OnPremises inbound connector; ``Internet``; ``Hosted``), exchange-model.md §7.2.
+        directionality: ``X-MS-Exchange-Organization-MessageDirectionality`` (``Incoming`` | ``Originating``).
+        auth_as: ``X-MS-Exchange-Organization-AuthAs``, else ``X-MS-Exchange-CrossTenant-AuthAs``
+            (``Anonymous``, ``Internal``, ``Partner``).
+        originator_org: ``X-OriginatorOrg``: the organization Exchange Online attributed the message to.
+        connecting_ip: the ``Ip=[...]`` of ``X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp``: the
+            address that connected to Exchange Online.
+    """
+
+    traces: tuple[DiagTrace, ...]
+    from_entity: str | None
+    directionality: str | None
+    auth_as: str | None
+    originator_org: str | None
+    connecting_ip: str | None
+
+    @property
+    def through_on_premises_connector(self) -> bool | None:
+        """Did Exchange Online take the message in through an OnPremises inbound connector? None: no EXO header."""
+        if self.from_entity is None:
+            return None
+        return self.from_entity.lower() == "hybridonprem"
+
+
+def _traces(message: Message) -> tuple[DiagTrace, ...]:
+    found: list[DiagTrace] = []
+    for raw in (message.get_all("X-Diag-Trace") or [])[:50]:
+        trace = _trace(_CONTROL.sub("?", " ".join(str(raw)[:_MAX_VALUE].split())))
+        if trace is not None:
+            found.append(trace)
+    return tuple(reversed(found))  # each relay prepends its line: the newest is on top
+
+
+def _trace(text: str) -> DiagTrace | None:
+    fields: dict[str, str] = {}
+    rest = text
+    # connector= is JSON-quoted and may hold "; " itself: take it apart first.
+    match = re.search(r'connector=("(?:[^"\\]|\\.)*"|none)', rest)
+    if match is not None:
+        fields["connector"] = match.group(1)
+        rest = rest[: match.start()] + rest[match.end() :]
+    for part in rest.split(";"):
+        name, sep, content = part.strip().partition("=")
+        if sep:
+            fields.setdefault(name, content)
+    if not {"hop", "role", "connector", "rule", "to", "tls"} <= set(fields):
+        return None
+    connector: str | None = None
+    if fields["connector"] != "none":
+        try:
+            decoded = json.loads(fields["connector"])
+        except ValueError:
+            return None
+        connector = decoded if isinstance(decoded, str) else None
+    return DiagTrace(fields["hop"], fields["role"], connector, fields["rule"], fields["to"], fields["tls"])
+
+
+def _evidence(message: Message) -> Evidence:
+    connecting = _value(message, "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp") or ""
+    ip = re.search(r"Ip=\[([0-9A-Fa-f:.]+)\]", connecting)
+    return Evidence(
+        traces=_traces(message),
+        from_entity=_value(message, "X-MS-Exchange-CrossTenant-FromEntityHeader"),
+        directionality=_value(message, "X-MS-Exchange-Organization-MessageDirectionality"),
+        auth_as=_value(message, "X-MS-Exchange-Organization-AuthAs")
+        or _value(message, "X-MS-Exchange-CrossTenant-AuthAs"),
+        originator_org=_value(message, "X-OriginatorOrg"),
+        connecting_ip=ip.group(1) if ip else None,
+    )
+
+
+# --- delivery -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The probe arrived: where, when, along which hops.
+
+    Attributes:
+        message_id: the arrived message's Message-ID (a gateway may have rewritten it).
+        folder: where the watcher saw it (``INBOX``, ``Junk``, a Maildir folder).
+        junk: the folder is a junk/spam folder (``E2E_JUNK``).
+        accepted_at: when ``--via`` accepted it (UTC), when known.
+        observed_at: when the watcher saw it (UTC).
+        latency_s: ``observed_at - accepted_at`` in seconds, when both are known.
+        hops: the Received lines in travel order (see :class:`diag.probe.received.Hop`).
+        hops_truncated: more Received lines than were read (PR-04).
+        evidence: the connector evidence.
+    """
+
+    message_id: str | None
+    folder: str
+    junk: bool
+    accepted_at: datetime | None
+    observed_at: datetime
+    latency_s: float | None
+    hops: tuple[Hop, ...]
+    hops_truncated: bool
+    evidence: Evidence
+
+
+def judge_delivery(
+    headers: bytes, *, folder: str, junk: bool, accepted_at: datetime | None, observed_at: datetime
+) -> Delivery:
+    """The facts of an arrived probe from its header section (extra body bytes are ignored)."""
+    message = _header_parser().parsebytes(_head(headers))
+    hops, truncated = parse_hops([str(value) for value in message.get_all("Received") or []])
+    latency = (observed_at - accepted_at).total_seconds() if accepted_at is not None else None
+    return Delivery(
+        message_id=_value(message, "Message-ID"),
+        folder=folder,
+        junk=junk,
+        accepted_at=accepted_at,
+        observed_at=observed_at,
+        latency_s=latency,
+        hops=hops,
+        hops_truncated=truncated,
+        evidence=_evidence(message),
+    )
+
+
+# --- bounces --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BounceRecipient:
+    """One per-recipient block of a DSN (RFC 3464 §2.3): Final-Recipient, Action, Status, Diagnostic-Code,
+    Remote-MTA, each as written (None when absent)."""
+
+    final_recipient: str | None
+    action: str | None
+    status: str | None
+    diagnostic_code: str | None
+    remote_mta: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A delivery status notification: the reporting MTA, the recipients it reports, and the Message-ID and
+    probe token of the message it returns (``returned_message_id``, ``returned_probe``)."""
+
+    reporting_mta: str | None
+    recipients: tuple[BounceRecipient, ...]
+    returned_message_id: str | None
+    returned_probe: str | None
+
+    @property
+    def failed(self) -> BounceRecipient | None:
+        """The first recipient whose Action is ``failed`` (else the first one reported)."""
+        for recipient in self.recipients:
+            if (recipient.action or "").lower() == "failed":
+                return recipient
+        return self.recipients[0] if self.recipients else None
+
+
+def read_dsn(raw: bytes) -> Bounce | None:
+    """The DSN in ``raw``, or None when it is not one (PR-05: bounded, and a report bomb is not parsed at all).
+
+    A DSN is a ``multipart/report`` whose direct parts include ``message/delivery-status``; the returned
+    headers come from its ``message/rfc822``, ``text/rfc822-headers`` or ``message/rfc822-headers`` part.
+    """
+    data = raw[:MAX_MESSAGE]
+    if not is_report(data) or len(_MULTIPART.findall(data)) > _MAX_MULTIPARTS:
+        return None
+    try:
+        message = BytesParser(policy=policy.compat32).parsebytes(data)
+    except (RecursionError, ValueError, LookupError):  # the parser is lenient; these are what it still raises
+        return None
+    parts = message.get_payload()
+    if not message.is_multipart() or not isinstance(parts, list):
+        return None
+    status: Message | None = None
+    returned: Message | None = None
+    for part in parts:
+        if not isinstance(part, Message):
+            continue
+        kind = part.get_content_type()
+        if kind == "message/delivery-status" and status is None:
+            status = part
+        elif kind in _RETURNED_TYPES and returned is None:
+            returned = _returned_headers(part)
+    if status is None:
+        return None
+    blocks = [block for block in status.get_payload() if isinstance(block, Message)]
+    if not blocks:
+        return None
+    recipients = tuple(
+        BounceRecipient(
+            final_recipient=_value(block, "Final-Recipient"),
+            action=_value(block, "Action"),
+            status=_value(block, "Status"),
+            diagnostic_code=_value(block, "Diagnostic-Code"),
+            remote_mta=_value(block, "Remote-MTA"),
+        )
+        for block in blocks[1 : 1 + _MAX_RECIPIENTS]
+    )
+    return Bounce(
+        reporting_mta=_value(blocks[0], "Reporting-MTA"),
+        recipients=recipients,
+        returned_message_id=_value(returned, "Message-ID") if returned is not None else None,
+        returned_probe=_value(returned, PROBE_HEADER) if returned is not None else None,
+    )
+
+
+def _returned_headers(part: Message) -> Message | None:
+    payload = part.get_payload()
+    if isinstance(payload, list):  # message/rfc822: the parser made the returned message a sub-message
+        first = payload[0] if payload else None
+        return first if isinstance(first, Message) else None
+    if isinstance(payload, str):  # text/rfc822-headers: plain text to parse as a header section
+        text = part.get_payload(decode=True)
+        body = text.decode("utf-8", "replace") if isinstance(text, bytes) else payload
+        return HeaderParser(policy=policy.compat32).parsestr(body[:MAX_HEADERS])
+    return None
+
+
+# --- classification -------------------------------------------------------------------------------------------
+
+
+def classify(message: bytes, matcher: Matcher) -> tuple[Kind, Bounce | None]:
+    """What a message in a watched mailbox is for ``matcher``'s probe, with its DSN facts when it is a bounce.
+
+    ``message`` is its header section, or as much of the whole message as the watcher read when
+    :func:`is_report` said it may be a DSN. A DSN counts only when its returned headers carry this probe's
+    Message-ID *and* token (PR-05); one returning an earlier run's token is LATE.
+    """
+    head = _header_parser().parsebytes(_head(message))
+    own = matcher.classify(_value(head, PROBE_HEADER))
+    if own is not Kind.OTHER:
+        return own, None
+    bounce = read_dsn(message)
+    if bounce is None:
+        return Kind.OTHER, None
+    kind = matcher.classify_returned(bounce.returned_probe, bounce.returned_message_id)
+    return kind, bounce if kind in (Kind.DSN, Kind.LATE) else None
+
+
+# --- verdicts -------------------------------------------------------------------------------------------------
+
+
+class Outcome(enum.StrEnum):
+    """What one probe's facts amount to; ``checks/e2e.py`` maps each to its finding code (``E2E_<NAME>``)."""
+
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    BOUNCED = "bounced"
+    TIMEOUT = "timeout"
+    TLS_MISSING = "tls-missing"
+    WRONG_ROUTE = "wrong-route"
+    SLOW = "slow"
+    JUNK = "junk"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One conclusion about a probe, with the sentence that explains it and the hop it concerns (if one)."""
+
+    outcome: Outcome
+    detail: str
+    hop: Hop | None = None
+
+
+def verdicts(
+    *,
+    refused: str | None,
+    delivery: Delivery | None,
+    bounce: Bounce | None,
+    accepted_at: datetime | None,
+    deadline_s: float,
+    slow_s: float | None = None,
+    minimum_tls: str | None = None,
+    expected_connector: str | None = None,
+    expect_on_premises_connector: bool | None = None,
+) -> tuple[Verdict, ...]:
+    """The verdicts for one probe.
+
+    ``refused``: the refusal text when ``--via`` refused the probe (then nothing else counts). ``delivery`` /
+    ``bounce``: what the watcher saw (a bounce outranks a delivery seen later in the same wait). Neither:
+    the deadline passed. ``slow_s``: latency above which the delivery is slow. ``minimum_tls``: the weakest
+    TLS version acceptable on each hop between hosts (``TLSv1.2`` for a connector's TlsSettings); any hop
+    without TLS is reported regardless, except hand-overs on loopback (content filters). ``expected_connector``:
+    the outbound connector ``diag route`` predicts, checked against diag relays' traces when there are any;
+    ``expect_on_premises_connector``: whether Exchange Online should have taken the probe in through an
+    OnPremises inbound connector (checked when its headers say).
+    """
+    if refused is not None:
+        return (Verdict(Outcome.REJECTED, refused),)
+    if bounce is not None:
+        failed = bounce.failed
+        parts = [f"Status {failed.status or 'unknown'}" if failed else "no recipient block"]
+        if failed is not None and failed.diagnostic_code:
+            parts.append(f"Diagnostic-Code {failed.diagnostic_code}")
+        parts.append(f"reported by {bounce.reporting_mta or 'an unnamed MTA'}")
+        return (Verdict(Outcome.BOUNCED, "; ".join(parts)),)
+    if delivery is None:
+        where = f"accepted by --via at {accepted_at.isoformat()}" if accepted_at else "never accepted"
+        return (Verdict(Outcome.TIMEOUT, f"not seen within {deadline_s:g} s; last known: {where}"),)
+    found: list[Verdict] = []
+    latency = f"{delivery.latency_s:.1f} s" if delivery.latency_s is not None else "unknown latency"
+    found.append(Verdict(Outcome.DELIVERED, f"arrived in {delivery.folder} after {latency}, {len(delivery.hops)} hops"))
+    if delivery.junk:
+        found.append(Verdict(Outcome.JUNK, f"arrived in the junk folder {delivery.folder}"))
+    if slow_s is not None and delivery.latency_s is not None and delivery.latency_s > slow_s:
+        found.append(Verdict(Outcome.SLOW, f"took {delivery.latency_s:.1f} s, more than {slow_s:g} s"))
+    found.extend(_tls_verdicts(delivery.hops, minimum_tls))
+    found.extend(_route_verdicts(delivery.evidence, expected_connector, expect_on_premises_connector))
+    return tuple(found)
+
+
+_TLS_ORDER: Final = {"SSLv2": 0, "SSLv3": 1, "TLSv1": 2, "TLSv1.1": 3, "TLSv1.2": 4, "TLSv1.3": 5}
+
+
+def _tls_verdicts(hops: Sequence[Hop], minimum: str | None) -> list[Verdict]:
+    found: list[Verdict] = []
+    for hop in hops:
+        if hop.loopback or hop.ip is None:
+            continue  # a hand-over inside one host, or a line that names no sender: no network hop to judge
+        name = f"hop {hop.index} ({hop.from_host or hop.ip} -> {hop.by_host or 'unknown'})"
+        if hop.tls is False:
+            found.append(Verdict(Outcome.TLS_MISSING, f"{name} was not encrypted ({hop.protocol})", hop))
+        elif minimum is not None and hop.tls_version in _TLS_ORDER and minimum in _TLS_ORDER:
+            if _TLS_ORDER[hop.tls_version] < _TLS_ORDER[minimum]:
+                found.append(Verdict(Outcome.TLS_MISSING, f"{name} used {hop.tls_version}, below {minimum}", hop))
+    return found
+
+
+def _route_verdicts(evidence: Evidence, connector: str | None, on_premises: bool | None) -> list[Verdict]:
+    found: list[Verdict] = []
+    if connector is not None and evidence.traces:
+        used = [trace.connector for trace in evidence.traces if trace.role == "cloud"]
+        if used and connector not in used:
+            names = ", ".join(name or "none" for name in used)
+            found.append(Verdict(Outcome.WRONG_ROUTE, f"expected connector {connector!r}, the cloud used {names}"))
+    through = evidence.through_on_premises_connector
+    if on_premises is not None and through is not None and through != on_premises:
+        said = f"FromEntityHeader {evidence.from_entity}"
+        wanted = "through" if on_premises else "not through"
+        found.append(Verdict(Outcome.WRONG_ROUTE, f"expected {wanted} the OnPremises inbound connector; {said}"))
+    return found
