@@ -303,7 +303,7 @@ def test_a_smart_host_range_is_tried_address_by_address_up_to_256() -> None:
 
 def test_mx_hosts_go_by_preference_with_equal_preferences_shuffled() -> None:
     mx = answer("b.example", "MX", "20 backup.b.example.", "10 one.b.example.", "10 two.b.example.")
-    dns_answers = {("b.example", "MX"): mx}
+    dns_answers: dict[tuple[str, str], Answer | DnsError] = {("b.example", "MX"): mx}
     for name, ip in (("one", "203.0.113.1"), ("two", "203.0.113.2"), ("backup", "203.0.113.3")):
         dns_answers |= host(f"{name}.b.example", ip)
     orders = set()
@@ -423,7 +423,7 @@ def test_an_mx_target_that_is_not_a_host_name_is_not_looked_up(target: str) -> N
 
 
 def test_a_failed_address_lookup_defers_when_no_host_had_an_address() -> None:
-    dns_answers = {
+    dns_answers: dict[tuple[str, str], Answer | DnsError] = {
         ("b.example", "MX"): answer("b.example", "MX", "10 one.b.example.", "20 two.b.example."),
         ("one.b.example", "A"): DnsError("SERVFAIL"),
         ("one.b.example", "AAAA"): answer("one.b.example", "AAAA"),
@@ -436,7 +436,7 @@ def test_a_failed_address_lookup_defers_when_no_host_had_an_address() -> None:
 
 
 def test_a_failed_a_lookup_does_not_lose_the_aaaa_addresses() -> None:
-    dns_answers = {
+    dns_answers: dict[tuple[str, str], Answer | DnsError] = {
         ("b.example", "MX"): answer("b.example", "MX", "10 one.b.example."),
         ("one.b.example", "A"): DnsError("SERVFAIL"),
         ("one.b.example", "AAAA"): answer("one.b.example", "AAAA", "2001:db8::5"),

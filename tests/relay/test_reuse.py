@@ -58,7 +58,7 @@ class Server:
         if self._server is not None:
             self._server.close()
         for smtp in self.sessions:
-            if smtp.transport is not None:
+            if isinstance(smtp.transport, asyncio.Transport):
                 smtp.transport.abort()
 
     async def client(self, *, opened: float | None = None) -> Reusable:
