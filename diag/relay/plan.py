@@ -43,7 +43,7 @@ import itertools
 import random
 import re
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, cast
 
 import dns.name
@@ -154,7 +154,7 @@ class Route:
     smart_hosts: tuple[str, ...] = ()
     mx: bool = False
     domain: str = ""
-    tls: TlsPolicy = field(default_factory=TlsPolicy)
+    tls: TlsPolicy = TlsPolicy()
 
 
 LOCAL: Final = Route("local", rule="local")

@@ -1,8 +1,8 @@
 """Text from outside (server replies, addresses, host names) made safe for the spool, logs, headers and bounces.
 
 Shared by the delivery planner, transport and scheduler: a reply a remote server chose ends up in the spool's
-state file, a log line and a bounce, so it must not be able to start a line of its own (security-cases.md:
-log and header injection).
+state file, a log line, a header and a bounce, so it must not be able to start a line of its own
+(security-cases.md RPT-06: CR/LF in a banner means forged log lines).
 """
 
 from __future__ import annotations
