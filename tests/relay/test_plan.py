@@ -17,6 +17,7 @@ import pytest
 from diag.config import AcceptedDomain, Organization, OutboundConnector, RelayRole, TlsSettings
 from diag.errors import DnsError, DnsTimeoutError
 from diag.net.dns import Answer, DnsStatus
+from diag.relay.dsn import status_code
 from diag.relay.plan import (
     LOCAL,
     NOWHERE,
@@ -390,9 +391,9 @@ def test_mx_hosts_without_addresses_fail_the_recipient() -> None:
         **host("two.b.example"),
     }
     done = drive(attempt(mx_route()), dns_answers)
-    assert done.outcomes["user@b.example"] == Outcome(
-        "user@b.example", Result.FAILED, "550 5.4.4 two.b.example has no address (A or AAAA)"
-    )
+    outcome = done.outcomes["user@b.example"]
+    assert outcome == Outcome("user@b.example", Result.FAILED, "550 5.4.4 two.b.example has no address (A or AAAA)")
+    assert status_code(outcome.reply) == "5.4.4"  # the bounce's Status (RFC 3463: unable to route)
 
 
 def test_non_public_addresses_are_dropped_unless_allowed() -> None:
