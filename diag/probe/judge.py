@@ -90,7 +90,7 @@ def is_report(headers: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class DiagTrace:
-    """One ``X-Diag-Trace`` line: what a diag relay decided for this message (diag.relay.delivery).
+    """One ``X-Diag-Trace`` line: what a diag relay decided for this message (diag.relay.transport).
 
     Attributes:
         hop: the relay's host name. role: cloud, onprem or internet. connector: the outbound connector's name,

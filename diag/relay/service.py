@@ -14,7 +14,7 @@ import logging
 from types import TracebackType
 
 from diag.net.dns import Resolver
-from diag.relay.delivery import Deliverer
+from diag.relay.queue import Deliverer
 from diag.relay.server import RelayServer
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Spool

@@ -31,9 +31,9 @@ from diag.lab.dns import Behaviour, DnsServer, ZoneData
 from diag.lab.pki import CertKind, TestPKI
 from diag.lab.smtp import HostKind, LabHost, LabHostServer, TlsFiles, start_host
 from diag.net.dns import Nameserver, Resolver
-from diag.relay.delivery import Deliverer
 from diag.relay.dsn import bounce
 from diag.relay.mailbox import deliver_local
+from diag.relay.queue import Deliverer
 from diag.relay.settings import Limits, RelaySettings
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool
 
