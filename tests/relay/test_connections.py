@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import aiosmtplib
+
+from diag.lab.pki import TestPKI
 from diag.relay.connections import TOO_MANY_CONNECTIONS, CappedSMTP, Connections, peer_ip
 
 
@@ -14,10 +19,13 @@ class Handler:
 
 
 @asynccontextmanager
-async def server(connections: Connections) -> AsyncIterator[int]:
+async def server(connections: Connections, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """A capped aiosmtpd server on loopback (offering STARTTLS with ``tls``); yields its port."""
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(lambda: CappedSMTP(Handler(), connections, hostname="caps.test"),
-                                        "127.0.0.1", 0)  # fmt: skip
+    listener = await loop.create_server(
+        lambda: CappedSMTP(Handler(), connections, hostname="caps.test", tls_context=tls, require_starttls=False),
+        "127.0.0.1", 0,
+    )  # fmt: skip
     try:
         yield listener.sockets[0].getsockname()[1]
     finally:
@@ -106,6 +114,40 @@ def test_abort_all_drops_every_client_and_refuses_newcomers() -> None:
         writer.close()
         listener.close()
         await listener.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_a_session_that_starts_tls_counts_once_and_frees_its_place_when_it_ends(tmp_path: Path) -> None:
+    # Given a server that offers STARTTLS and admits one connection per client address
+    pki = TestPKI.create()
+    chain, key = pki.issue(["caps.test"]).write(tmp_path, "server")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(chain, key)
+    trust = ssl.create_default_context(cadata=pki.root_pem().decode())
+
+    async def scenario() -> None:
+        connections = Connections(10, per_ip=1)
+        async with server(connections, tls) as port:
+            # When a client starts TLS (aiosmtpd calls connection_made again, with the TLS transport)
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=5)
+            await client.connect()
+            await client.starttls(server_hostname="caps.test", tls_context=trust)
+            # Then the session goes on over TLS as one connection: not refused, not counted twice, still counted
+            assert (await client.ehlo()).code == 250 and client.get_transport_info("ssl_object") is not None
+            assert len(connections) == 1
+            refused, _, writer = await greeting(port)
+            assert refused == TOO_MANY_CONNECTIONS
+            writer.close()
+            # And when it ends, its place is free again for the same address
+            await client.quit()
+            for _ in range(100):
+                if not len(connections):
+                    break
+                await asyncio.sleep(0.05)
+            line, _, writer = await greeting(port)
+            assert line.startswith(b"220 ")
+            writer.close()
 
     asyncio.run(scenario())
 
