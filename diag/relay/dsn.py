@@ -117,7 +117,10 @@ def _original_subject(headers: bytes) -> str:
         return ""
     if subject is None:
         return ""
-    return " ".join(str(subject).split())[:200]
+    # Encoded words can carry any character: control characters (NUL, ESC) become "?" like in _field, while
+    # other Unicode is kept (the header is re-encoded on the way out).
+    words = " ".join(str(subject).split())
+    return "".join(char if char.isprintable() else "?" for char in words)[:200]
 
 
 def _explanation(envelope: Envelope, failures: Sequence[RecipientStatus], reporting_mta: str) -> str:

@@ -131,6 +131,21 @@ def test_a_message_without_a_body_or_subject_still_bounces() -> None:
     assert block["Status"] == "5.0.0" and "Diagnostic-Code" not in block
 
 
+@pytest.mark.parametrize(
+    ("subject", "shown"),
+    [
+        ("=?utf-8?b?AAA?=", "Undeliverable: ??"),
+        ("=?utf-8?q?=1B[31mred?=", "Undeliverable: ?[31mred"),
+        ("=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "Undeliverable: Grüße"),
+    ],
+)
+def test_the_original_subject_keeps_its_text_but_loses_control_characters(subject: str, shown: str) -> None:
+    content = f"From: john@contoso.com\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+    made = bounce(ENVELOPE, content, [failed("sun@tailspintoys.com", "550 5.1.1")], reporting_mta="r", now=NOW)
+    assert made is not None
+    assert parse(made[1])["Subject"] == shown
+
+
 def test_the_dates_say_when_the_message_arrived_and_when_delivery_was_last_tried() -> None:
     # Given a message received a day before the relay gave up on it
     made = bounce(ENVELOPE, CONTENT, [failed("sun@tailspintoys.com", "550 5.1.1")], reporting_mta="relay.contoso.com",
