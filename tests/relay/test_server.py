@@ -137,7 +137,8 @@ async def relay(
     )
     spool = spool or Spool(settings.spool)
     queued: list[str] = []
-    running = Running(RelayServer(settings, spool, on_queued=queued.append), spool, queued)
+    server = RelayServer(settings, spool, on_queued=lambda qid, _envelope, _content: queued.append(qid))
+    running = Running(server, spool, queued)
     async with running.server:
         yield running
 
@@ -307,7 +308,7 @@ def test_recipient_given_twice_is_queued_once(tmp_path: Path) -> None:
 
 
 def test_failing_on_queued_does_not_cost_the_250(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    def on_queued(qid: str) -> None:
+    def on_queued(qid: str, envelope: Envelope, content: bytes) -> None:
         raise RuntimeError("delivery is down")
 
     async def main() -> None:
