@@ -54,7 +54,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from diag.errors import ConfigError
 from diag.net.tls import load_key_pair
 from diag.relay import policy
-from diag.relay.connections import CappedSMTP, Connections, peer_ip
+from diag.relay.connections import CappedSMTP, Connections, Stress, peer_ip
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Envelope, Spool
 
@@ -278,6 +278,8 @@ class _RelaySMTP(CappedSMTP):
                 return
             if self._continued:
                 status, self._continued = "\r\n".join([*self._continued, status]), []
+            if self._in_data and status.startswith("250") and self._tcp_transport is not None:
+                self._connections.progress(self._tcp_transport)  # a finished transaction: not idle
             # Content may follow only a 354; any other reply ends the DATA phase.
             self._in_data = status.startswith("354")
         await super().push(status)
@@ -376,7 +378,9 @@ class RelayServer:
         self._writer: ThreadPoolExecutor | None = None
 
     def _new_connections(self) -> Connections:
-        return Connections(self.settings.limits.connections, self.settings.limits.connections_per_ip)
+        limits = self.settings.limits
+        stress = Stress(limits.stress_connections, limits.stress_idle)
+        return Connections(limits.connections, limits.connections_per_ip, stress=stress)
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
