@@ -39,6 +39,9 @@ __all__ = ["Deliverer", "next_status"]
 
 log = logging.getLogger("diag.relay")
 
+# At most this much content handed over in memory by Deliverer.queued and not yet delivered; more is read back.
+_HANDED_BYTES = 64 * 1024 * 1024
+
 
 def next_status(
     old: RecipientStatus, outcome: Outcome, route: str, *, received_at: datetime, limits: Limits, now: datetime
@@ -78,6 +81,9 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._kicked = False
         self._fresh: deque[str] = deque()
+        # Messages just queued, as the server had them in memory: delivery need not read them back from disk.
+        self._handed: dict[str, tuple[Envelope, bytes]] = {}
+        self._handed_bytes = 0
         self._active: set[str] = set()
         # Messages whose outcome could not be recorded (disk full, I/O error), with the loop time until which
         # run() leaves them alone: retrying at every scan would send a duplicate to the receiver each time.
@@ -94,6 +100,14 @@ class Deliverer:
         else:
             self._fresh.append(qid)
         self._wake.set()
+
+    def queued(self, qid: str, envelope: Envelope, content: bytes) -> None:
+        """The server stored message ``qid``: deliver it now, from memory (what :meth:`kick` does, without
+        reading it back). Beyond ``_HANDED_BYTES`` of messages waiting their turn, they are read from disk."""
+        if self._handed_bytes + len(content) <= _HANDED_BYTES:
+            self._handed[qid] = (envelope, content)
+            self._handed_bytes += len(content)
+        self.kick(qid)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver due messages until ``stop`` is set, at most ``delivery_concurrency`` at a time."""
@@ -175,8 +189,15 @@ class Deliverer:
     # --- one message --------------------------------------------------------------------------------------
 
     async def _load(self, qid: str) -> tuple[QueuedMessage, bytes] | None:
-        """The message and its content from the spool; None when it is gone (finished meanwhile) or damaged
-        (:meth:`Spool.recover` quarantines it at the next start)."""
+        """The message and its content, as handed over by :meth:`queued` or from the spool; None when it is gone
+        (finished meanwhile) or damaged (:meth:`Spool.recover` quarantines it at the next start)."""
+        handed = self._handed.pop(qid, None)
+        if handed is not None:
+            envelope, content = handed
+            self._handed_bytes -= len(content)
+            # Just stored: no state file yet, every recipient pending and due.
+            statuses = tuple(RecipientStatus(recipient) for recipient in envelope.rcpt_tos)
+            return QueuedMessage(qid, envelope, len(content), statuses), content
         try:
             message = await asyncio.to_thread(self._spool.get, qid)
             content = await asyncio.to_thread(self._spool.content, qid)
@@ -195,6 +216,7 @@ class Deliverer:
         envelope = message.envelope
         plan = plan_message(self._settings, envelope.mail_from, content, due)
         lock = asyncio.Lock()  # one state file per message: its updates must not interleave
+        current = list(message.statuses)  # every recipient's state as recorded, kept here to spare reading it back
         failures: list[RecipientStatus] = []
         started = time.monotonic()
 
@@ -211,7 +233,8 @@ class Deliverer:
                 (failures if status.state is RecipientState.FAILED else updates).append(status)
             if updates:
                 async with lock:
-                    await self._record(qid, updates)
+                    if await self._record(qid, updates, current):
+                        _merge(current, updates)
 
         async def deliver_group(route: Route, recipients: tuple[str, ...]) -> None:
             async with self._slots:
@@ -227,23 +250,33 @@ class Deliverer:
             *(deliver_group(route, recipients) for route, recipients in plan.groups.items()), return_exceptions=True
         )
         if failures:
-            await self._fail(qid, envelope, content, failures)
+            await self._fail(qid, envelope, content, failures, current)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the group's recipients stay pending; _attempt logs it
 
-    async def _record(self, qid: str, statuses: list[RecipientStatus]) -> None:
+    async def _record(self, qid: str, statuses: list[RecipientStatus], current: Sequence[RecipientStatus]) -> bool:
+        """Record ``statuses`` (``current``: every recipient's state before them); False when it failed."""
         try:
-            await asyncio.to_thread(self._spool.update, qid, statuses)
+            await asyncio.to_thread(self._spool.update, qid, statuses, current=current)
         except OSError as exc:
             # The recipients stay as they were (pending and due): retried after a pause, a duplicate at worst.
             log.error("delivery qid=%s: cannot record the outcome in the spool, holding it: %s", qid, exc)
             self._hold(qid)
+            return False
+        return True
 
     def _hold(self, qid: str) -> None:
         self._held[qid] = time.monotonic() + self._settings.limits.retry_base.total_seconds()
 
-    async def _fail(self, qid: str, envelope: Envelope, content: bytes, failures: list[RecipientStatus]) -> None:
+    async def _fail(
+        self,
+        qid: str,
+        envelope: Envelope,
+        content: bytes,
+        failures: list[RecipientStatus],
+        current: Sequence[RecipientStatus],
+    ) -> None:
         """Store the bounce, then record the failures: a crash in between repeats the bounce, never loses it."""
         made = dsn.bounce(envelope, content, failures, reporting_mta=self._settings.hostname, now=datetime.now(UTC))
         if made is not None:
@@ -256,8 +289,14 @@ class Deliverer:
             log.info(
                 "bounce qid=%s for=%s to=<%s> recipients=%d", bounce_qid, qid, escape(envelope.mail_from), len(failures)
             )
-            self.kick()
-        await self._record(qid, failures)
+            self.queued(bounce_qid, *made)
+        await self._record(qid, failures, current)
+
+
+def _merge(current: list[RecipientStatus], updates: Sequence[RecipientStatus]) -> None:
+    """Replace the recipients' states in ``current`` by their ``updates``."""
+    new = {status.recipient: status for status in updates}
+    current[:] = [new.get(status.recipient, status) for status in current]
 
 
 def _log_attempt(qid: str, sender: str, route: str, outcome: Outcome, status: RecipientStatus, latency_ms: int) -> None:

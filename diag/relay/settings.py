@@ -40,6 +40,11 @@ class Limits:
         connection_idle: seconds a delivery session stays open for the next message on the same terms
             (Postfix smtp_connection_cache_time_limit); 0: one connection per delivery.
         connection_lifetime: seconds after its opening a delivery session is no longer reused.
+        stress_connections: open connections from which the server is under pressure (Postfix's stress mode):
+            sessions that finished no transaction for ``stress_idle`` seconds are closed, and a full server
+            closes one of them for each new client (:mod:`diag.relay.connections`).
+        stress_idle: seconds without a finished transaction after which a session is idle under pressure
+            (Postfix's stress-mode smtpd_timeout).
     """
 
     message_size: int = 10 * 1024 * 1024
@@ -58,6 +63,8 @@ class Limits:
     queue_scan: float = 5.0
     connection_idle: float = 2.0
     connection_lifetime: float = 300.0
+    stress_connections: int = 150
+    stress_idle: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
