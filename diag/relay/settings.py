@@ -113,6 +113,10 @@ class RelaySettings:
     reflect: tuple[str, ...] = ()
     reflect_limit: int = 20
 
+    def __post_init__(self) -> None:
+        if self.reflect and self.role is not RelayRole.INTERNET:
+            raise ValueError(f"reflector addresses need the internet role, not {self.role.value}")
+
     @property
     def local_domains(self) -> frozenset[str]:
         """Domains whose mailboxes (or reflectors) are here: unknown users there are refused at RCPT."""
