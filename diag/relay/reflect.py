@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import io
+import itertools
 import json
 import os
 import re
@@ -292,7 +293,7 @@ class ReflectLog:
         self._forget(now)
         if any(key in self._keys for key in reply.keys):
             return Skip.DUPLICATE
-        hour = [record for record in reversed(self._records) if record.at > now - _HOUR]
+        hour = list(itertools.takewhile(lambda record: record.at > now - _HOUR, reversed(self._records)))
         if sum(record.sender == reply.sender for record in hour) >= per_sender:
             return Skip.SENDER_LIMIT
         if len(hour) >= TOTAL_PER_HOUR:
