@@ -193,10 +193,12 @@ def test_the_memory_counts_each_sender_per_hour(tmp_path: Path) -> None:
 
 
 def test_the_memory_caps_the_total_per_hour(tmp_path: Path) -> None:
+    # As a relay that answered that many different senders in the last hour left its memory.
+    lines = [f'{{"at":"{NOW.isoformat()}","sender":"user{n}@sun.example","keys":["id:<m{n}@sun.example>"]}}\n'
+             for n in range(TOTAL_PER_HOUR)]  # fmt: skip
+    (tmp_path / "answered").write_text("".join(lines))
     memory = ReflectLog(tmp_path)
     memory.open(NOW)
-    for n in range(TOTAL_PER_HOUR):
-        memory.record(made(n, f"user{n}@sun.example"), NOW)
 
     assert memory.refusal(made(TOTAL_PER_HOUR, "new@sun.example"), now=NOW, per_sender=5) is Skip.TOTAL_LIMIT
 
