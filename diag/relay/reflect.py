@@ -47,13 +47,13 @@ from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from pathlib import Path
 from typing import Final
 
+from diag.probe.message import PROBE_HEADER
 from diag.relay.dsn import header_section, headers_part, original_subject
 from diag.relay.spool import Envelope
 
 __all__ = [
     "FUTURE",
     "MAX_HEADERS",
-    "PROBE_HEADER",
     "TOTAL_PER_HOUR",
     "WINDOW",
     "ReflectLog",
@@ -62,8 +62,6 @@ __all__ = [
     "reply",
 ]
 
-# The probe's correlation header (diag.probe.message); carried back so the sender's watcher knows the reply.
-PROBE_HEADER: Final = "X-Diag-Probe"
 # How old a message may be and still be answered: longer than any sender retries one message (RFC 5321
 # §4.5.4.1 suggests giving up after 4-5 days; the relay's own Limits.max_age is 5 days).
 WINDOW: Final = timedelta(days=7)
@@ -223,7 +221,7 @@ def reply(
         answer["References"] = " ".join([*references[-_REFERENCES_KEPT:], message_id])
     answer["Auto-Submitted"] = "auto-replied"  # RFC 3834 §5
     if token is not None:
-        answer[PROBE_HEADER] = token  # the sender's watcher knows its probe's return leg by it
+        answer[PROBE_HEADER] = token  # carried back: the sender's watcher knows its probe's return leg by it
     answer["MIME-Version"] = "1.0"
     text = EmailMessage(policy=_POLICY)
     text.set_payload(_explanation(envelope, reflector, hostname, cut=len(attached) < len(section)), charset="us-ascii")
