@@ -663,11 +663,14 @@ def schedule(every: str, systemd: bool, name: str, install: bool, command: tuple
 @click.option("--allow-private", is_flag=True,
               help="Also deliver to addresses that are not public (an on-premises smart host on 10.x or 192.168.x); "
                    "refused by default, like the config's AllowPrivate.")
+@click.option("--reflect", "reflectors", multiple=True, metavar="ADDR",
+              help="Internet role: answer every message to ADDR with its headers attached, so that `diag probe "
+                   "--round-trip` proves both directions (repeatable; replaces the config's Reflect).")
 @click.pass_context
 def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen: tuple[str, ...],
           hostname: str | None, spool: Path | None, maildir: Path | None, tls_cert: Path | None,
           tls_key: Path | None, resolvers: tuple[str, ...], ca_file: Path | None,
-          smtp_port: int | None, allow_private: bool) -> int:  # fmt: skip
+          smtp_port: int | None, allow_private: bool, reflectors: tuple[str, ...]) -> int:  # fmt: skip
     """Run the routing relay in the foreground (cloud, on-premises or Internet role); stop with Ctrl-C/SIGTERM.
 
     It accepts mail like the cloud (accepted domains, relay rights by inbound connector), spools it durably,
@@ -684,7 +687,7 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
         org, role=RelayRole(role) if role else None, hostname=hostname, listen=[_listen(text) for text in listen],
         spool=spool, maildir=maildir, tls_cert=tls_cert, tls_key=tls_key,
         nameservers=[_parse_resolver(text) for text in resolvers], smtp_port=smtp_port,
-        ca_file=_check_ca_file(ca_file) if ca_file else None, allow_private=allow_private,
+        ca_file=_check_ca_file(ca_file) if ca_file else None, allow_private=allow_private, reflect=reflectors,
     )  # fmt: skip
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings
