@@ -7,8 +7,6 @@ RPT-04 (payload corpus), RPT-05 (CSP, no script, nothing fetched).
 from __future__ import annotations
 
 import asyncio
-import copy
-import importlib
 import json
 import re
 import ssl
@@ -894,43 +892,6 @@ def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe{}")
     with pytest.raises(ConfigError, match=r"binary\.json: not UTF-8"):
         load_report(binary)
-
-
-@pytest.fixture
-def without_jsonschema(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    real = importlib.import_module
-
-    def no_jsonschema(name: str, package: str | None = None) -> Any:
-        if name == "jsonschema":
-            raise ImportError(name)
-        return real(name, package)
-
-    monkeypatch.setattr(importlib, "import_module", no_jsonschema)
-    yield
-
-
-@pytest.mark.usefixtures("without_jsonschema")
-def test_without_jsonschema_a_structural_check_validates(report: Report, tmp_path: Path) -> None:
-    good = tmp_path / "good.json"
-    good.write_text(dumps(report), encoding="utf-8")
-    assert load_report(good) == json.loads(dumps(report))
-    document = json.loads(dumps(report))
-    for path, change, reason in [
-        (("status",), "fine", "status is not one of"),
-        (("domains", 0, "status"), "fine", "domains/0/status"),
-        (("domains", 0, "checks", 1, "status"), "done", "domains/0/checks/1/status"),
-        (("domains", 0, "checks", 0, "findings", 0, "severity"), "bad", "findings/0/severity"),
-        (("domains",), {}, "domains is not a list"),
-    ]:
-        edited = copy.deepcopy(document)
-        target = edited
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = change
-        bad = tmp_path / "bad.json"
-        bad.write_text(json.dumps(edited), encoding="utf-8")
-        with pytest.raises(ConfigError, match=re.escape(reason)):
-            load_report(bad)
 
 
 @pytest.mark.parametrize(
