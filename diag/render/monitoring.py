@@ -32,11 +32,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict, subject_host
 from diag.render.json import jsonable
 from diag.render.text import sanitize
+
+if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily
 
 __all__ = ["STAGES", "check_state", "junit", "nagios", "prometheus"]
 
@@ -308,37 +311,33 @@ def nagios(report: Report) -> str:
 
 
 class _Family:
-    """One metric family of the text exposition format: its HELP and TYPE lines and its samples."""
+    """One gauge family: its samples by label values, the first of duplicate series kept."""
 
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name = name
-        self.help = help_text
-        self.samples: dict[str, str] = {}  # rendered labels → value; the first of duplicate series wins
+    def __init__(self, name: str, help_text: str, *labels: str) -> None:
+        self.name, self.help, self.labels = name, help_text, labels
+        self.samples: dict[tuple[str, ...], float] = {}
 
-    def add(self, value: float, **labels: str) -> None:
-        rendered = ",".join(f'{key}="{_label_value(text)}"' for key, text in labels.items())
-        self.samples.setdefault(f"{{{rendered}}}" if rendered else "", _sample_value(value))
+    def add(self, value: float, *values: str) -> None:
+        # Label values are made inert first; prometheus_client then escapes backslash, quote and line feed.
+        self.samples.setdefault(tuple(sanitize(text) for text in values), value)
 
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        for labels, value in self.samples.items():
-            yield f"{self.name}{labels} {value}"
+    def metric(self) -> GaugeMetricFamily:
+        from prometheus_client.core import GaugeMetricFamily
 
-
-def _label_value(text: str) -> str:
-    # Exposition format: backslash, double quote and line feed are escaped in label values.
-    return sanitize(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        for values, value in self.samples.items():
+            family.add_metric(values, value)
+        return family
 
 
-def _sample_value(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+@dataclass(frozen=True, slots=True)
+class _Collector:
+    """The families of one report, as prometheus_client collects them (a custom collector, no global state)."""
+
+    families: tuple[_Family, ...]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return (family.metric() for family in self.families)
 
 
 def _unix(moment: datetime) -> float:
@@ -357,50 +356,57 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
     ``domain`` and ``host`` (and ``stage``), never with an address or port, one sample per MX host (module
     docstring). Samples carry no timestamps (the textfile collector rejects them); the time of the run is
     ``diag_last_run_timestamp_seconds``: ``now`` when given (the moment the file is written), else the moment
-    the run finished.
+    the run finished. The text is prometheus_client's own exposition of a registry made for this report.
     """
+    # Imported here: the client library is needed for this format only, not for every run's start-up.
+    from prometheus_client import CollectorRegistry, generate_latest
+
     run_status = _Family("diag_run_status", f"State of the whole run ({_STATES}); the exit code.")
     last_run = _Family("diag_last_run_timestamp_seconds", "Unix time of the last run.")
     run_duration = _Family("diag_run_duration_seconds", "Wall-clock duration of the last run.")
-    domain_status = _Family("diag_domain_status", f"State of a domain ({_STATES}).")
+    domain_status = _Family("diag_domain_status", f"State of a domain ({_STATES}).", "domain")
     check_status = _Family(
         "diag_check_status",
         f"State of a check on a domain ({_STATES}; 3 when it could not run and found nothing critical).",
-    )
-    check_duration = _Family("diag_check_duration_seconds", "Time a check took on a domain.")
-    findings = _Family("diag_findings", "Findings of a check on a domain, by severity.")
+        "domain", "check",
+    )  # fmt: skip
+    check_duration = _Family("diag_check_duration_seconds", "Time a check took on a domain.", "domain", "check")
+    findings = _Family("diag_findings", "Findings of a check on a domain, by severity.", "domain", "check", "severity")
     cert_expiry = _Family(
         "diag_certificate_expiry_timestamp_seconds",
         "Unix time at which the leaf certificate of an MX host expires (notAfter; the soonest of its addresses).",
-    )
+        "domain", "host",
+    )  # fmt: skip
     stage = _Family(
         "diag_smtp_stage_seconds",
         "Seconds an SMTP session stage took at an MX host (connect, banner, ehlo, tls; the slowest of its "
         "addresses); absent when no address reached it.",
-    )
+        "domain", "host", "stage",
+    )  # fmt: skip
 
     run_status.add(report.verdict.exit_code)
     last_run.add(_unix(now if now is not None else report.finished_at))
     run_duration.add(max(0.0, (report.finished_at - report.started_at).total_seconds()))
     for domain in report.domains:
         name = domain.domain
-        domain_status.add(domain.verdict.exit_code, domain=name)
+        domain_status.add(domain.verdict.exit_code, name)
         for result in domain.results:
-            check_status.add(check_state(result).exit_code, domain=name, check=result.check_id)
-            check_duration.add(result.duration_ms / 1000, domain=name, check=result.check_id)
+            check_status.add(check_state(result).exit_code, name, result.check_id)
+            check_duration.add(result.duration_ms / 1000, name, result.check_id)
             severities = Counter(finding.severity for finding in result.findings)
             for severity in Severity:
-                findings.add(severities[severity], domain=name, check=result.check_id, severity=severity.label)
+                findings.add(severities[severity], name, result.check_id, severity.label)
         for cert in _certificates(domain):
-            cert_expiry.add(_unix(cert.not_after), domain=name, host=cert.host)
+            cert_expiry.add(_unix(cert.not_after), name, cert.host)
         for timings in _timings(domain):
             for stage_name, seconds in zip(STAGES, timings.seconds, strict=True):
                 if seconds is not None:
-                    stage.add(seconds, domain=name, host=timings.host, stage=stage_name)
+                    stage.add(seconds, name, timings.host, stage_name)
 
-    families = (run_status, last_run, run_duration, domain_status, check_status, check_duration, findings,
-                cert_expiry, stage)  # fmt: skip
-    return "".join(f"{line}\n" for family in families for line in family.lines())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector((run_status, last_run, run_duration, domain_status, check_status, check_duration,
+                                  findings, cert_expiry, stage)))  # fmt: skip
+    return generate_latest(registry).decode("utf-8")
 
 
 # --- JUnit XML -----------------------------------------------------------------------------------------------
