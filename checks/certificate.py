@@ -205,6 +205,7 @@ CHECK = Check(
     id="certificate",
     title="TLS certificate",
     run=run,
+    facts=CertificateFacts,
     requires=("port25",),
     codes={
         "CERT_OK": Severity.INFO,

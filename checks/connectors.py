@@ -533,6 +533,7 @@ CHECK = Check(
     id="connectors",
     title="Connectors",
     run=run,
+    facts=ConnectorsFacts,
     requires=("mx",),
     tags=frozenset({"config"}),
     timeout=10.0,

@@ -248,6 +248,7 @@ CHECK = Check(
     id="mx",
     title="MX records",
     run=run,
+    facts=MxFacts,
     timeout=5.0,
     operations=2,  # the MX query, then the targets' A and AAAA queries (concurrently)
     codes={

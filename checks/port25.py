@@ -248,6 +248,7 @@ CHECK = Check(
     id="port25",
     title="Port 25 reachability",
     run=run,
+    facts=Port25Facts,
     requires=("mx",),
     timeout=10.0,
     # connect, greeting, EHLO, STARTTLS, handshake, EHLO, QUIT: one after another in each session (the

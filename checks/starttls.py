@@ -84,6 +84,7 @@ CHECK = Check(
     id="starttls",
     title="STARTTLS",
     run=run,
+    facts=StarttlsFacts,
     requires=("port25",),
     codes={
         "STARTTLS_OK": Severity.INFO,

@@ -30,17 +30,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import jinja2
-import jsonschema
 
 from diag.errors import ConfigError
-from diag.render.json import SCHEMA, load_schema
+from diag.render.json import SCHEMA, kind_problem
 from diag.render.text import sanitize
 
-__all__ = ["load_report", "render_html"]
+__all__ = ["render_html"]
 
 _TEMPLATE = "report.html.j2"
 # Longest remote value shown in full (RPT-04: aiosmtplib accepts 32 KiB replies); the rest is cut with a note.
@@ -78,7 +76,8 @@ def render_html(document: Mapping[str, Any]) -> str:
     """The report as one self-contained HTML page.
 
     ``document`` is the contract's JSON object (:func:`diag.render.json.report_dict`, or a saved result read by
-    :func:`load_report`). Raises :class:`ConfigError` with a one-line reason when it is not ``diag.report/1``.
+    :func:`diag.render.json.load_report`). Raises :class:`ConfigError` with a one-line reason when it is not
+    ``diag.report/1``.
     """
     problem = _structure_problem(document)
     if problem is not None:
@@ -86,77 +85,15 @@ def render_html(document: Mapping[str, Any]) -> str:
     return _render(_environment(), document)
 
 
-def load_report(path: Path | str) -> dict[str, Any]:
-    """Read a result saved by ``diag check --json`` and validate it against the shipped JSON Schema.
-
-    Raises :class:`ConfigError` naming the file and the reason.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        document = json.loads(text, parse_int=_integer)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except ValueError as exc:  # _integer's refusal
-        raise ConfigError(f"{path}: not a {SCHEMA} result: {exc}") from None
-    except RecursionError:  # the parser's own limit, near 1000 levels
-        problem: str | None = _TOO_DEEP
-    else:
-        problem = _TOO_DEEP if _too_deep(document) else _schema_problem(document)
-    if problem is not None:
-        raise ConfigError(f"{path}: not a {SCHEMA} result: {problem}")
-    result: dict[str, Any] = document
-    return result
-
-
 # --- validation --------------------------------------------------------------------------------------------
-
-# A result nests about a dozen levels. The renderers walk the facts recursively and would exceed Python's
-# recursion limit a few hundred levels down, so a deeper (hand-made) document is refused when it is read.
-_MAX_DEPTH = 64
-_TOO_DEEP = f"arrays and objects nested more than {_MAX_DEPTH} levels deep"
-
-
-def _integer(text: str) -> int:
-    """A JSON integer, refused (ValueError) beyond what a float holds: the renderers compute with floats."""
-    if math.isinf(float(text)):
-        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too large")
-    return int(text)
-
-
-def _too_deep(document: Any) -> bool:
-    """Whether arrays and objects nest more than _MAX_DEPTH levels (walked level by level, not recursively)."""
-    level = [document]
-    for _ in range(_MAX_DEPTH):
-        level = [child for item in level for child in (item.values() if isinstance(item, dict) else _list(item))]
-    return any(isinstance(item, dict | list) for item in level)
-
-
-def _schema_problem(document: Any) -> str | None:
-    # Another kind of document (diag.routes/1, anything else) is named as such, not by its first schema error.
-    if not isinstance(document, Mapping) or document.get("schema") != SCHEMA:
-        return _structure_problem(document)
-    validator = jsonschema.Draft202012Validator(load_schema("report"))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
-    if error is None:
-        return None
-    where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-    return f"{sanitize(str(error.message), limit=160)} (at {sanitize(where, limit=80)})"
-
 
 def _structure_problem(document: Any) -> str | None:
     """What makes ``document`` unusable for rendering, in a few words (the schema name and the shape of domains,
-    checks and findings); None when it is usable. A saved file gets the whole schema (:func:`_schema_problem`)."""
-    if not isinstance(document, Mapping):
-        return f"expected a JSON object, got {_json_type(document)}"
-    if document.get("schema") != SCHEMA:
-        found = document.get("schema")
-        return f"its schema is {sanitize(repr(found), limit=60)}" if found is not None else "no schema field"
+    checks and findings); None when it is usable. A saved file gets the whole schema
+    (:func:`diag.render.json.load_report`)."""
+    problem = kind_problem(document)
+    if problem is not None:
+        return problem
     domains = document.get("domains")
     if not isinstance(domains, list):
         return "domains is not a list"
@@ -184,11 +121,6 @@ def _check_problem(check: Any) -> str | None:
         if not isinstance(finding, Mapping) or not isinstance(finding.get("code"), str):
             return f"/findings/{index} is not a finding object with a code"
     return None
-
-
-def _json_type(value: Any) -> str:
-    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 # --- Jinja2 ------------------------------------------------------------------------------------------------

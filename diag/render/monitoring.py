@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from diag.codec import encode
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict, subject_host
-from diag.render.json import jsonable
 from diag.render.text import sanitize
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class _Cert:
 def _facts(domain: DomainReport, check_id: str) -> dict[str, Any]:
     for result in domain.results:
         if result.check_id == check_id and result.facts is not None:
-            facts = jsonable(result.facts)
+            facts = encode(result.facts)
             return facts if isinstance(facts, dict) else {}
     return {}
 
