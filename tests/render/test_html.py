@@ -585,6 +585,23 @@ def test_templates_have_no_escape_hatches_scripts_or_remote_resources() -> None:
     assert html._environment().autoescape is True
 
 
+def test_the_checks_partials_keep_the_same_rules() -> None:
+    """Each check's evidence partial (report_templates/checks/) keeps RPT-01 ... RPT-05 like the main templates."""
+    partials = {p.name: p.read_text(encoding="utf-8") for p in TEMPLATES.joinpath("checks").iterdir()}
+    assert set(partials) >= {"mx.html.j2", "port25.html.j2", "certificate.html.j2", "connectors.html.j2"}
+    for name, source in partials.items():
+        lowered = source.lower()
+        for hatch in ("|safe", "| safe", "markup", "autoescape false", "autoescape off", "|tojson", "xmlattr"):
+            assert hatch not in lowered.replace(" |", "|"), (name, hatch)
+        assert "<script" not in lowered and "url(" not in lowered and "@import" not in lowered, name
+        assert not re.search(r"\son\w+\s*=", lowered), name
+        assert not re.search(r"\s(src|style)\s*=", lowered), name
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg\")", lowered), name
+        assert "{% include" not in lowered and "{% extends" not in lowered, name  # RPT-07: no template by name
+        for tag in re.findall(r"<[a-z][^>]*>", source):
+            assert "=" not in re.sub(r'=\s*"[^"]*"', "", tag), (name, tag)
+
+
 def test_rendering_twice_gives_the_same_page_and_no_state_is_kept() -> None:
     assert render_html(synthetic()) == render_html(synthetic())
     assert html._environment() is not html._environment()
