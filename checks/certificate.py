@@ -32,6 +32,7 @@ __all__ = [
     "assess",
     "examine",
     "measure",
+    "probe",
     "view",
 ]
 
@@ -350,15 +351,23 @@ def measure(facts: Mapping[str, Any]) -> Measurements:
     return Measurements(certificates=tuple(expiries))
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> CertificateFacts | None:
+    """The chains the port25 check's sessions received, each verified against the trust store; None when no
+    session completed a TLS handshake."""
     port25 = ctx.facts("port25", Port25Facts)
     with_tls = [(p, p.session.tls) for p in port25.probed if p.session.tls is not None and p.session.tls.chain_der]
     if not with_tls:
-        return Outcome.skip("no MX address completed a TLS handshake")
+        return None
     store = await ctx.run.trust_store()
     now = datetime.now(UTC)
     presented = tuple(examine(p.host, p.endpoint, tls.chain_der, store, now) for p, tls in with_tls)
-    facts = CertificateFacts(presented, now, ctx.options.cert_warn_days, ctx.options.cert_crit_days)
+    return CertificateFacts(presented, now, ctx.options.cert_warn_days, ctx.options.cert_crit_days)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
+    if facts is None:
+        return Outcome.skip("no MX address completed a TLS handshake")
     return Outcome(facts, assess(facts))
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "SmartHostProbe",
     "SmartHostView",
     "assess",
+    "probe",
     "route_findings",
     "view",
 ]
@@ -468,7 +469,7 @@ async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Cert
             why = "NXDOMAIN" if a.status is DnsStatus.NXDOMAIN else "no A or AAAA record"
             return [SmartHostProbe(name, resolve_error=why)]
 
-    async def probe(ip: str) -> SmartHostProbe:
+    async def address(ip: str) -> SmartHostProbe:
         if not ctx.options.allow_private and not ipaddress.ip_address(ip).is_global:
             return SmartHostProbe(name, ip, not_probed="not a public address")
         session = await ctx.run.smtp_session(ip, name)
@@ -480,17 +481,16 @@ async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Cert
         return SmartHostProbe(name, ip, session=session, chain=chain, trust=trust, trust_detail=detail)
 
     # Concurrently: one silent address must not hold up the others.
-    return list(await asyncio.gather(*(probe(ip) for ip in addresses[: ctx.options.max_addresses_per_host])))
+    return list(await asyncio.gather(*(address(ip) for ip in addresses[: ctx.options.max_addresses_per_host])))
 
 
 def _external_domain(org: Organization) -> str:
     return next(d for d in _EXTERNAL_CANDIDATES if org.accepted(d) is None)
 
 
-async def run(ctx: CheckContext) -> Outcome:
-    org = ctx.options.organization
-    if org is None:
-        return Outcome.skip("no organization configuration (--config)")
+async def probe(ctx: CheckContext, org: Organization) -> ConnectorsFacts:
+    """Route the domain by the organization's connectors, probe the chosen connector's smart hosts, and see how
+    the cloud would take the on-premises server's mail."""
     domain = ctx.domain
     mx = ctx.facts("mx", MxFacts)
     accepted = org.accepted(domain)
@@ -515,7 +515,14 @@ async def run(ctx: CheckContext) -> Outcome:
     inbound = None
     if accepted is not None:
         inbound = _inbound(ctx, org, domain, smart_hosts if onprem else [], store, now)
-    facts = ConnectorsFacts(domain, accepted, mx_at_cloud, routing, tuple(smart_hosts), inbound, now)
+    return ConnectorsFacts(domain, accepted, mx_at_cloud, routing, tuple(smart_hosts), inbound, now)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    org = ctx.options.organization
+    if org is None:
+        return Outcome.skip("no organization configuration (--config)")
+    facts = await probe(ctx, org)
     return Outcome(facts, assess(facts, org))
 
 

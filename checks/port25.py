@@ -95,22 +95,24 @@ def _public(ip: str) -> bool:
 async def probe(ctx: CheckContext) -> Port25Facts | None:
     mx = ctx.facts("mx", MxFacts)
     options = ctx.options
-    targets: dict[str, str] = {}  # one session per address, named after the first (most preferred) host
+    targets: list[tuple[str, str]] = []  # (host, ip): one session per address, named after its first host
+    seen: set[str] = set()
     not_probed: list[NotProbed] = []
     for host in mx.hosts:
         for index, ip in enumerate(host.addresses):
-            if ip in targets:
+            if ip in seen:
                 continue
             if index >= options.max_addresses_per_host:
                 not_probed.append(NotProbed(host.name, ip, f"over {options.max_addresses_per_host} addresses"))
             elif not options.allow_private and not _public(ip):
                 not_probed.append(NotProbed(host.name, ip, _NOT_PUBLIC))
             else:
-                targets[ip] = host.name
+                seen.add(ip)
+                targets.append((host.name, ip))
     if not targets and not not_probed:
         return None
-    sessions = await asyncio.gather(*(ctx.run.smtp_session(ip, name) for ip, name in targets.items()))
-    probed = tuple(Probed(name, session) for name, session in zip(targets.values(), sessions, strict=True))
+    sessions = await asyncio.gather(*(ctx.run.smtp_session(ip, name) for name, ip in targets))
+    probed = tuple(Probed(name, session) for (name, _), session in zip(targets, sessions, strict=True))
     return Port25Facts(probed, tuple(not_probed))
 
 
