@@ -134,7 +134,7 @@ def _environment() -> jinja2.Environment:
 
 
 def _render(env: jinja2.Environment, document: Mapping[str, Any]) -> str:
-    from checks import default_registry  # the checks' own views: render sits below the checks it shows
+    from checks import default_registry  # each check says how its facts are shown (imported here, on use)
 
     return env.get_template(_TEMPLATE).render(report=_report_view(document, default_registry()))
 
