@@ -533,24 +533,31 @@ def report(result: Path, html_out: Path | None, view: str, prom_out: Path | None
 
     RESULT.json is '-' to read it from standard input: diag check contoso.com --json - | diag report - --html r.html
     """
-    from diag.render.json import report_from_dict
+    from checks import default_registry
+    from diag.model import Report
+    from diag.render.text import sanitize
     from diag.unattended import Outputs, View
 
-    saved = report_from_dict(_load_result(result))
+    document, where = _load_result(result)
+    try:
+        saved = Report.from_json(document, facts=default_registry().facts)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a diag.report/1 result: {sanitize(str(exc), limit=300)}") from None
     Outputs(html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet, no_color=no_color).write(saved)
     return saved.exit_code
 
 
-def _load_result(result: Path) -> dict[str, Any]:
-    """A saved result from a file or, for ``-``, standard input, validated the same way."""
-    from diag.render.html import load_report
+def _load_result(result: Path) -> tuple[dict[str, Any], str]:
+    """A saved result from a file or, for ``-``, standard input, validated the same way; and where it came
+    from, for messages."""
+    from diag.render.json import load_report
 
     if str(result) != "-":
-        return load_report(result)
+        return load_report(result), str(result)
     # load_report reads a path: /dev/stdin is this process's standard input, be it a pipe, a file or a terminal.
     stdin = Path("/dev/stdin")
     try:
-        return load_report(stdin)
+        return load_report(stdin), "standard input"
     except ConfigError as exc:
         raise ConfigError(str(exc).replace(f"{stdin}:", "standard input:", 1)) from None
 

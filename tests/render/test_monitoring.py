@@ -22,11 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from checks import default_registry
 from checks.certificate import CertificateFacts, PresentedCert
 from checks.port25 import Port25Facts, Probed
+from diag.codec import encode as jsonable
 from diag.lab.runner import Lab
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.net.tls import CertInfo, Trust
-from diag.render.json import jsonable
 from diag.render.monitoring import STAGES, check_state, junit, nagios, prometheus
 from diag.render.text import sanitize
 from diag.runner import run_checks
