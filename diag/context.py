@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +24,7 @@ from diag.routing import RoutingOrder
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["CheckContext", "RunContext", "RunOptions"]
+__all__ = ["CheckContext", "RunContext", "RunOptions", "SessionSource"]
 
 F = TypeVar("F")
 
@@ -74,11 +74,21 @@ class RunOptions:
     sender_ip: str | None = None
 
 
-class RunContext:
-    """The probes and limits shared by every check of one run."""
+SessionSource = Callable[[str, int, str], Awaitable[SessionFacts]]
+"""Where a run's SMTP sessions come from: ``source(ip, port, server_name)`` returns the session's facts."""
 
-    def __init__(self, options: RunOptions) -> None:
+
+class RunContext:
+    """The probes and limits shared by every check of one run.
+
+    ``sessions``: where the SMTP sessions come from; None to probe from this process, within the run's
+    connection limits. A worker process of a run over many domains asks its parent instead, which holds the
+    run's sessions and limits for every worker (:mod:`diag.workers`).
+    """
+
+    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None) -> None:
         self.options = options
+        self._source = sessions
         self.resolver = Resolver(options.nameservers, timeout=options.timeout)
         self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
@@ -104,6 +114,8 @@ class RunContext:
         return len(self._sessions)
 
     async def _open_session(self, ip: str, port: int, server_name: str) -> SessionFacts:
+        if self._source is not None:
+            return await self._source(ip, port, server_name)
         async with self._total, self._per_host[ip]:
             return await probe_session(
                 ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout

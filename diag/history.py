@@ -4,7 +4,7 @@
         run_id = history.record(report_dict(report))
         changes = history.run_changes(run_id)
 
-The whole contract document is kept as JSON text; beside it, the parts that changes are computed from are
+The whole contract document is kept as compact JSON; beside it, the parts that changes are computed from are
 indexed per domain: the domain's status, each check's status, each finding (code, severity, subject), the MX
 host names and each endpoint's leaf certificate fingerprint.
 
@@ -45,8 +45,9 @@ import fcntl
 import json
 import os
 import sqlite3
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -76,6 +77,8 @@ _BUSY_TIMEOUT: Final = 10.0
 # Messages from servers can be long; a history line needs only the start.
 _MESSAGE_LIMIT: Final = 300
 _FINGERPRINT_SHOWN: Final = 16
+# Bytes copied at a time from a run's document into the database.
+_BLOB_CHUNK: Final = 1 << 20
 
 _SCHEMA: Final = """
 CREATE TABLE runs (
@@ -399,19 +402,41 @@ class History:
 
     def record(self, document: Mapping[str, Any]) -> int:
         """Store one run (a ``diag.report/1`` document, as from ``report_dict``); return its run id."""
-        if document.get("schema") != _REPORT_SCHEMA:
-            raise ValueError(f"not a {_REPORT_SCHEMA} document: schema is {document.get('schema')!r}")
+        _check_schema(document)
+        head = {key: value for key, value in document.items() if key != "domains"}
+        return self.record_parts(head, document["domains"])
+
+    def record_parts(self, head: Mapping[str, Any], domains: Iterable[Mapping[str, Any]]) -> int:
+        """Store one run given as its document without ``domains`` and, one at a time, its domains' entries (a
+        run over thousands of domains is never held whole); return its run id.
+
+        The document is kept as compact JSON, written into the database a domain at a time (SQLite's
+        incremental BLOB I/O), so it is stored as UTF-8 bytes rather than as text; :meth:`document` reads both.
+        """
+        _check_schema(head)
         db = self._conn
-        text = json.dumps(dict(document), ensure_ascii=True, separators=(",", ":"))
-        with self._errors(), self._transaction(db):
+        # The compact document, exactly as json.dumps(document) would write it: the head, then the domains
+        # ("domains" is the document's last member).
+        opening = json.dumps({**head, "domains": []}, ensure_ascii=True, separators=(",", ":"))
+        with tempfile.TemporaryFile() as text, self._errors(), self._transaction(db):
             cursor = db.execute(
-                "INSERT INTO runs (started_at, finished_at, status, exit_code, document) VALUES (?, ?, ?, ?, ?)",
-                (document["started_at"], document["finished_at"], document["status"], document["exit_code"], text),
+                "INSERT INTO runs (started_at, finished_at, status, exit_code, document) VALUES (?, ?, ?, ?, '')",
+                (head["started_at"], head["finished_at"], head["status"], head["exit_code"]),
             )
             run_id = cursor.lastrowid
             assert run_id is not None
-            for domain in document["domains"]:
+            text.write(opening.removesuffix("]}").encode("ascii"))
+            for index, domain in enumerate(domains):
                 self._record_domain(db, run_id, domain)
+                text.write(b"," if index else b"")
+                text.write(json.dumps(domain, ensure_ascii=True, separators=(",", ":")).encode("ascii"))
+            text.write(b"]}")
+            size = text.tell()
+            db.execute("UPDATE runs SET document = zeroblob(?) WHERE id = ?", (size, run_id))
+            text.seek(0)
+            with db.blobopen("runs", "document", run_id) as blob:
+                while chunk := text.read(_BLOB_CHUNK):
+                    blob.write(chunk)
         return run_id
 
     def _record_domain(self, db: sqlite3.Connection, run_id: int, domain: Mapping[str, Any]) -> None:
@@ -574,6 +599,11 @@ class History:
             host = subject_host(endpoint)
             certificates[host] = certificates.get(host, frozenset()) | {(sha256, not_after)}
         return _Snapshot(run_id, domain, row[0], checks, findings, mx, certificates)
+
+
+def _check_schema(document: Mapping[str, Any]) -> None:
+    if document.get("schema") != _REPORT_SCHEMA:
+        raise ValueError(f"not a {_REPORT_SCHEMA} document: schema is {document.get('schema')!r}")
 
 
 def _compare(previous: _Snapshot, current: _Snapshot) -> list[Change]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,24 @@ from typing import Any
 from diag import __version__
 from diag.codec import encode, timestamp
 from diag.errors import ConfigError
-from diag.model import REPORT_SCHEMA, CheckResult, Finding, Report
+from diag.model import REPORT_SCHEMA, CheckResult, DomainReport, Finding, Report, Verdict
 from diag.render.text import sanitize
 
-__all__ = ["SCHEMA", "dumps", "finding_dict", "kind_problem", "load_report", "load_schema", "report_dict"]
+__all__ = [
+    "SCHEMA",
+    "TAIL_TEXT",
+    "check_dict",
+    "domain_dict",
+    "dumps",
+    "entry_text",
+    "finding_dict",
+    "head_dict",
+    "head_text",
+    "kind_problem",
+    "load_report",
+    "load_schema",
+    "report_dict",
+]
 
 SCHEMA = REPORT_SCHEMA
 
@@ -36,7 +51,8 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     }
 
 
-def _check(result: CheckResult) -> dict[str, Any]:
+def check_dict(result: CheckResult) -> dict[str, Any]:
+    """One check's result as the contract's object (an element of a domain's ``checks``)."""
     return {
         "id": result.check_id,
         "title": result.title,
@@ -48,29 +64,60 @@ def _check(result: CheckResult) -> dict[str, Any]:
     }
 
 
-def report_dict(report: Report) -> dict[str, Any]:
-    """The report as the contract's JSON object."""
+def domain_dict(domain: DomainReport) -> dict[str, Any]:
+    """One domain's results as the contract's object (an element of ``domains``)."""
     return {
-        "schema": SCHEMA,
-        "tool": {"name": "diag", "version": __version__},
-        "started_at": timestamp(report.started_at),
-        "finished_at": timestamp(report.finished_at),
-        "status": report.verdict.value,
-        "exit_code": report.exit_code,
-        "domains": [
-            {
-                "domain": domain.domain,
-                "status": domain.verdict.value,
-                "checks": [_check(result) for result in domain.results],
-            }
-            for domain in report.domains
-        ],
+        "domain": domain.domain,
+        "status": domain.verdict.value,
+        "checks": [check_dict(result) for result in domain.results],
     }
 
 
+def head_dict(started_at: datetime, finished_at: datetime, verdict: Verdict) -> dict[str, Any]:
+    """Everything of a run's document but its ``domains``."""
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "diag", "version": __version__},
+        "started_at": timestamp(started_at),
+        "finished_at": timestamp(finished_at),
+        "status": verdict.value,
+        "exit_code": verdict.exit_code,
+    }
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """The report as the contract's JSON object."""
+    return {
+        **head_dict(report.started_at, report.finished_at, report.verdict),
+        "domains": [domain_dict(domain) for domain in report.domains],
+    }
+
+
+# The document as a file, written a domain at a time (a run over thousands of domains never holds it whole):
+# head_text(head) + ",\n".join(entry_text(domain) ...) + TAIL_TEXT is exactly json.dumps(document, indent=2,
+# ensure_ascii=True) + "\n". ensure_ascii also keeps control and bidi characters from servers escaped in the
+# file (RPT-06), and so no string holds a raw line break: indenting an entry's lines cannot touch its data.
+
+_ENTRY_INDENT = " " * 4  # an entry of "domains" stands two levels deep
+TAIL_TEXT = "\n  ]\n}\n"
+"""What follows the last domain's entry in the document's text."""
+
+
+def head_text(head: Mapping[str, Any]) -> str:
+    """The document's text up to its first domain's entry (``head`` from :func:`head_dict`)."""
+    text = json.dumps({**head, "domains": []}, indent=2, ensure_ascii=True)
+    return text.removesuffix("[]\n}") + "[\n"
+
+
+def entry_text(entry: Mapping[str, Any]) -> str:
+    """One domain's entry (from :func:`domain_dict`) as it stands in the document's text."""
+    return _ENTRY_INDENT + json.dumps(entry, indent=2, ensure_ascii=True).replace("\n", "\n" + _ENTRY_INDENT)
+
+
 def dumps(report: Report) -> str:
-    # ensure_ascii keeps control and bidi characters from servers escaped in the file (RPT-06).
-    return json.dumps(report_dict(report), indent=2, ensure_ascii=True) + "\n"
+    """The report's document as text (what ``--json`` writes)."""
+    head = head_text(head_dict(report.started_at, report.finished_at, report.verdict))
+    return head + ",\n".join(entry_text(domain_dict(domain)) for domain in report.domains) + TAIL_TEXT
 
 
 def load_schema(name: str = "report") -> dict[str, Any]:

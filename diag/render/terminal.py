@@ -8,6 +8,7 @@ A-label alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import IO
 
 from rich.console import Console
@@ -18,7 +19,7 @@ from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Sta
 from diag.names import display_domain
 from diag.render.text import sanitize
 
-__all__ = ["render_plain", "render_rich"]
+__all__ = ["plain_domains", "render_plain", "render_rich", "rich_domains"]
 
 _SEVERITY_STYLE = {
     Severity.INFO: "green",
@@ -42,19 +43,14 @@ _STATUS_STYLE = {
 }
 
 
-def _visible(report: Report, quiet: bool) -> list[tuple[DomainReport, list[CheckResult]]]:
-    """What to show: everything, or with ``quiet`` only checks that could not run or found a warning+ (a check
-    that does not apply is no problem)."""
-    shown = []
-    for domain in report.domains:
-        results = [
-            r for r in domain.results
-            if not quiet or r.status.could_not_run
-            or any(f.severity >= Severity.WARNING for f in r.findings)
-        ]  # fmt: skip
-        if results:
-            shown.append((domain, results))
-    return shown
+def _visible(domain: DomainReport, quiet: bool) -> list[CheckResult]:
+    """What to show of a domain: everything, or with ``quiet`` only checks that could not run or found a warning+
+    (a check that does not apply is no problem)."""
+    return [
+        r for r in domain.results
+        if not quiet or r.status.could_not_run
+        or any(f.severity >= Severity.WARNING for f in r.findings)
+    ]  # fmt: skip
 
 
 def _findings(result: CheckResult, quiet: bool) -> list[Finding]:
@@ -63,7 +59,15 @@ def _findings(result: CheckResult, quiet: bool) -> list[Finding]:
 
 def render_plain(report: Report, stream: IO[str], *, quiet: bool = False) -> None:
     """Stable plain text, one fact per line, for pipes, logs and cron mail."""
-    for domain, results in _visible(report, quiet):
+    plain_domains(report.domains, report.verdict, stream, quiet=quiet)
+
+
+def plain_domains(domains: Iterable[DomainReport], verdict: Verdict, stream: IO[str], *, quiet: bool = False) -> None:
+    """:func:`render_plain` of a run read a domain at a time; ``verdict`` is the run's."""
+    for domain in domains:
+        results = _visible(domain, quiet)
+        if not results:
+            continue
         stream.write(f"{sanitize(display_domain(domain.domain))}: {domain.verdict.value.upper()}\n")
         for result in results:
             line = f"  {result.check_id}: {result.status.label} ({result.duration_ms} ms)"
@@ -79,13 +83,21 @@ def render_plain(report: Report, stream: IO[str], *, quiet: bool = False) -> Non
                     stream.write(f"      fix: {sanitize(finding.remediation)}\n")
                 if finding.cloud_error:
                     stream.write(f"      cloud says: {sanitize(finding.cloud_error)}\n")
-    if not quiet or report.verdict is not Verdict.OK:
-        stream.write(f"status: {report.verdict.value.upper()} (exit {report.exit_code})\n")
+    if not quiet or verdict is not Verdict.OK:
+        stream.write(f"status: {verdict.value.upper()} (exit {verdict.exit_code})\n")
 
 
 def render_rich(report: Report, console: Console, *, quiet: bool = False) -> None:
     """A table per domain: a row per check, its findings beneath, severity coloured."""
-    for domain, results in _visible(report, quiet):
+    rich_domains(report.domains, report.verdict, console, quiet=quiet)
+
+
+def rich_domains(domains: Iterable[DomainReport], verdict: Verdict, console: Console, *, quiet: bool = False) -> None:
+    """:func:`render_rich` of a run read a domain at a time; ``verdict`` is the run's."""
+    for domain in domains:
+        results = _visible(domain, quiet)
+        if not results:
+            continue
         title = Text.assemble(
             (sanitize(display_domain(domain.domain)), "bold"), "  ",
             (domain.verdict.value.upper(), _VERDICT_STYLE[domain.verdict]),
@@ -102,11 +114,11 @@ def render_rich(report: Report, console: Console, *, quiet: bool = False) -> Non
             for finding in _findings(result, quiet):
                 table.add_row("", "", "", _finding_text(finding))
         console.print(table)
-    if not quiet or report.verdict is not Verdict.OK:
+    if not quiet or verdict is not Verdict.OK:
         console.print(
             Text.assemble(
-                "status: ", (report.verdict.value.upper(), _VERDICT_STYLE[report.verdict]),
-                f" (exit {report.exit_code})",
+                "status: ", (verdict.value.upper(), _VERDICT_STYLE[verdict]),
+                f" (exit {verdict.exit_code})",
             )
         )
 
