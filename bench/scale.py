@@ -16,9 +16,9 @@ The world, all on loopback:
 - Mail hosts: the embedded lab's healthy hosts (the cloud ``*.mail.protection.outlook.com``,
   ``mail.contoso.com``, ``sales-mail.contoso.com``, ``mail.tailspintoys.com``: real STARTTLS with the lab's
   certificates), started in this process; their CA is passed with ``--ca-file``.
-- Domains, by index modulo 20: 0 a null MX; 1 no MX but an A record (implicit MX); 2–9 a tenant host
-  ``dNNNNN-scale-example.mail.protection.outlook.com`` (the cloud's certificate matches); 10–15 the shared hosts
-  ``mail.contoso.com`` and ``mail.tailspintoys.com``; 16–19 their own ``mx.dNNNNN.scale.example`` on
+- Domains, by index modulo 20: 0 a null MX; 1 no MX but an A record (implicit MX); 2-9 a tenant host
+  ``dNNNNN-scale-example.mail.protection.outlook.com`` (the cloud's certificate matches); 10-15 the shared hosts
+  ``mail.contoso.com`` and ``mail.tailspintoys.com``; 16-19 their own ``mx.dNNNNN.scale.example`` on
   ``sales-mail.contoso.com``'s address (a certificate name mismatch, as often in real life).
 
 Measured: ``diag check --domains-file F --resolver 127.0.55.55 --smtp-port P --ca-file CA --allow-private

@@ -214,6 +214,11 @@ async def probe_session(
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
+    # Ours to close until aiosmtplib makes a transport of it: from then on the transport closes it, when it is
+    # done with it. Closing it under a transport that still polls it (the raw transport beneath TLS waits for
+    # the server's close_notify) would free its descriptor number for the next socket while the event loop
+    # still has it registered ("File descriptor N is used by transport").
+    owned = True
     try:
         try:
             async with asyncio.timeout(timeout):
@@ -237,6 +242,7 @@ async def probe_session(
         smtp = aiosmtplib.SMTP(
             sock=sock, local_hostname=ehlo_name, timeout=timeout, start_tls=False, use_tls=False
         )
+        owned = False
         try:
             # The greeting gets one timeout in all: the wait for its first byte counts.
             remaining = max(timeout - (time.monotonic() - waited), 0.001)
@@ -247,7 +253,8 @@ async def probe_session(
             raise
         await _quit(smtp, rec)
     finally:
-        sock.close()
+        if owned:
+            sock.close()
     return rec.facts()
 
 
