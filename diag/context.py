@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["CheckContext", "RunContext", "RunOptions", "SessionSource"]
 
 F = TypeVar("F")
+
+# Values RunContext.remember keeps at most: distinct certificate chains of a run, usually a few per mail provider.
+_REMEMBERED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class RunContext:
         )
         self._total = asyncio.Semaphore(options.total_connections)
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
+        self._remembered: dict[Hashable, Any] = {}
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -126,6 +130,19 @@ class RunContext:
         if self._trust_store is None:
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
+
+    def remember(self, key: Hashable, make: Callable[[], F]) -> F:
+        """What the pure computation ``make`` gives for ``key``, made once per run: the same certificate chain,
+        served at one address to every domain whose MX is there, is parsed and verified once. The last
+        :data:`_REMEMBERED` values are kept."""
+        if key in self._remembered:
+            value: F = self._remembered[key]
+            return value
+        value = make()
+        if len(self._remembered) >= _REMEMBERED:
+            del self._remembered[next(iter(self._remembered))]
+        self._remembered[key] = value
+        return value
 
     async def aclose(self) -> None:
         """Cancel sessions no check waited for (a check that timed out leaves its session behind)."""
