@@ -62,11 +62,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "Change",
     "ChangeKind",
+    "DomainRows",
     "DomainStatus",
     "History",
     "RunSummary",
+    "compact_json",
     "default_history_path",
     "describe",
+    "domain_rows",
     "render_history",
 ]
 
@@ -226,6 +229,58 @@ class _Snapshot:
     """MX host names; None when the MX check did not complete."""
     certificates: Mapping[str, frozenset[tuple[str, str]]]
     """host → its addresses' (leaf SHA-256, leaf not_after)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRows:
+    """What the history indexes of one domain's entry (:func:`domain_rows`), ready to insert.
+
+    Attributes:
+        domain: the domain.
+        status: its status.
+        checks: (check id, status, reason) of each check.
+        findings: (check id, code, severity, subject, message) of each finding, in order.
+        mx_hosts: (preference, name) of each MX host, when the MX check completed.
+        certificates: (endpoint, host, leaf SHA-256, leaf not-after) of each presented chain, when the
+            certificate check completed.
+    """
+
+    domain: str
+    status: str
+    checks: tuple[tuple[str, str, str | None], ...]
+    findings: tuple[tuple[str, str, str, str, str], ...]
+    mx_hosts: tuple[tuple[int, str], ...]
+    certificates: tuple[tuple[str, str, str, str], ...]
+
+
+def domain_rows(domain: Mapping[str, Any]) -> DomainRows:
+    """The rows of one domain's entry of a ``diag.report/1`` document (pure: no I/O)."""
+    checks: list[tuple[str, str, str | None]] = []
+    findings: list[tuple[str, str, str, str, str]] = []
+    mx_hosts: list[tuple[int, str]] = []
+    certificates: list[tuple[str, str, str, str]] = []
+    for check in domain["checks"]:
+        check_id = check["id"]
+        checks.append((check_id, check["status"], check.get("reason")))
+        findings.extend((check_id, f["code"], f["severity"], f["subject"], f["message"]) for f in check["findings"])
+        if check["status"] != "completed":
+            continue
+        facts = check.get("facts") or {}
+        if check_id == "mx":
+            mx_hosts.extend((host.get("preference", 0), host["name"]) for host in facts.get("hosts", ()))
+        elif check_id == "certificate":
+            for cert in facts.get("certificates", ()):
+                if cert.get("chain"):
+                    leaf = cert["chain"][0]
+                    host = cert.get("host", "")
+                    certificates.append((cert["endpoint"], host, leaf["sha256"], leaf.get("not_after", "")))
+    return DomainRows(domain["domain"], domain["status"], tuple(checks), tuple(findings), tuple(mx_hosts),
+                      tuple(certificates))  # fmt: skip
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as the history stores documents: compact JSON, ASCII only."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
 class History:
@@ -404,20 +459,21 @@ class History:
         """Store one run (a ``diag.report/1`` document, as from ``report_dict``); return its run id."""
         _check_schema(document)
         head = {key: value for key, value in document.items() if key != "domains"}
-        return self.record_parts(head, document["domains"])
+        return self.record_parts(head, ((domain_rows(d), compact_json(d)) for d in document["domains"]))
 
-    def record_parts(self, head: Mapping[str, Any], domains: Iterable[Mapping[str, Any]]) -> int:
-        """Store one run given as its document without ``domains`` and, one at a time, its domains' entries (a
-        run over thousands of domains is never held whole); return its run id.
+    def record_parts(self, head: Mapping[str, Any], domains: Iterable[tuple[DomainRows, str]]) -> int:
+        """Store one run given as its document without ``domains`` and, one at a time, each domain's rows and
+        its entry of the document as compact JSON (:func:`domain_rows`, :func:`compact_json`: made where the
+        domain was checked, so a run over thousands of domains is never held whole); return its run id.
 
         The document is kept as compact JSON, written into the database a domain at a time (SQLite's
         incremental BLOB I/O), so it is stored as UTF-8 bytes rather than as text; :meth:`document` reads both.
         """
         _check_schema(head)
         db = self._conn
-        # The compact document, exactly as json.dumps(document) would write it: the head, then the domains
+        # The compact document, exactly as compact_json(document) would write it: the head, then the domains
         # ("domains" is the document's last member).
-        opening = json.dumps({**head, "domains": []}, ensure_ascii=True, separators=(",", ":"))
+        opening = compact_json({**head, "domains": []})
         with tempfile.TemporaryFile() as text, self._errors(), self._transaction(db):
             cursor = db.execute(
                 "INSERT INTO runs (started_at, finished_at, status, exit_code, document) VALUES (?, ?, ?, ?, '')",
@@ -426,10 +482,10 @@ class History:
             run_id = cursor.lastrowid
             assert run_id is not None
             text.write(opening.removesuffix("]}").encode("ascii"))
-            for index, domain in enumerate(domains):
-                self._record_domain(db, run_id, domain)
+            for index, (rows, entry) in enumerate(domains):
+                self._record_domain(db, run_id, rows)
                 text.write(b"," if index else b"")
-                text.write(json.dumps(domain, ensure_ascii=True, separators=(",", ":")).encode("ascii"))
+                text.write(entry.encode("ascii"))
             text.write(b"]}")
             size = text.tell()
             db.execute("UPDATE runs SET document = zeroblob(?) WHERE id = ?", (size, run_id))
@@ -439,39 +495,26 @@ class History:
                     blob.write(chunk)
         return run_id
 
-    def _record_domain(self, db: sqlite3.Connection, run_id: int, domain: Mapping[str, Any]) -> None:
-        name = domain["domain"]
-        db.execute(
-            "INSERT INTO domain_runs (run_id, domain, status) VALUES (?, ?, ?)", (run_id, name, domain["status"])
+    def _record_domain(self, db: sqlite3.Connection, run_id: int, rows: DomainRows) -> None:
+        name = rows.domain
+        db.execute("INSERT INTO domain_runs (run_id, domain, status) VALUES (?, ?, ?)", (run_id, name, rows.status))
+        db.executemany(
+            "INSERT OR REPLACE INTO checks (run_id, domain, check_id, status, reason) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, name, *check) for check in rows.checks],
         )
-        for check in domain["checks"]:
-            check_id = check["id"]
-            db.execute(
-                "INSERT OR REPLACE INTO checks (run_id, domain, check_id, status, reason) VALUES (?, ?, ?, ?, ?)",
-                (run_id, name, check_id, check["status"], check.get("reason")),
-            )
-            db.executemany(
-                "INSERT INTO findings (run_id, domain, check_id, code, severity, subject, message) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, name, check_id, f["code"], f["severity"], f["subject"], f["message"])
-                 for f in check["findings"]],
-            )  # fmt: skip
-            if check["status"] != "completed":
-                continue
-            facts = check.get("facts") or {}
-            if check_id == "mx":
-                db.executemany(
-                    "INSERT INTO mx_hosts (run_id, domain, preference, name) VALUES (?, ?, ?, ?)",
-                    [(run_id, name, host.get("preference", 0), host["name"]) for host in facts.get("hosts", ())],
-                )
-            elif check_id == "certificate":
-                db.executemany(
-                    "INSERT INTO certificates (run_id, domain, endpoint, host, sha256, not_after) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(run_id, name, cert["endpoint"], cert.get("host", ""), cert["chain"][0]["sha256"],
-                      cert["chain"][0].get("not_after", ""))
-                     for cert in facts.get("certificates", ()) if cert.get("chain")],
-                )  # fmt: skip
+        db.executemany(
+            "INSERT INTO findings (run_id, domain, check_id, code, severity, subject, message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, name, *finding) for finding in rows.findings],
+        )
+        db.executemany(
+            "INSERT INTO mx_hosts (run_id, domain, preference, name) VALUES (?, ?, ?, ?)",
+            [(run_id, name, *host) for host in rows.mx_hosts],
+        )
+        db.executemany(
+            "INSERT INTO certificates (run_id, domain, endpoint, host, sha256, not_after) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, name, *cert) for cert in rows.certificates],
+        )
 
     def prune(self, *, keep_days: int) -> int:
         """Delete runs that started more than ``keep_days`` days ago; return how many were deleted.

@@ -38,10 +38,11 @@ import os
 import pickle
 import sys
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from diag.context import RunContext, RunOptions
+from diag.history import DomainRows, compact_json, domain_rows
 from diag.model import CheckResult, DomainReport, Status, Verdict
 from diag.net.smtp import SessionFacts
 from diag.registry import Registry
@@ -62,12 +63,16 @@ _FRAME_HEADER = 4
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """One domain's results, ready to write.
+    """One domain's results, ready to write: each output's part made where the domain was checked (in a worker
+    process, side by side with the others), so that writing them costs the parent little.
 
     Attributes:
         index: the domain's place in the run's input.
         domain: the domain (A-label).
         entry: its entry of the JSON document as text, as it stands there (:func:`diag.render.json.entry_text`).
+        compact: the same entry as the history stores it (:func:`diag.history.compact_json`).
+        rows: what the history indexes of it (:func:`diag.history.domain_rows`).
+        view: its results without their facts, for the terminal views.
         verdict: the domain's verdict.
         notes: what the checks with a run-wide view noted (:func:`diag.runner.take_notes`).
     """
@@ -75,13 +80,19 @@ class Checked:
     index: int
     domain: str
     entry: str
+    compact: str
+    rows: DomainRows
+    view: DomainReport
     verdict: Verdict
     notes: tuple[tuple[str, Hashable], ...]
 
 
 def checked(index: int, report: DomainReport, registry: Registry) -> Checked:
     """``report``, the domain at ``index``, ready to write."""
-    return Checked(index, report.domain, entry_text(domain_dict(report)), report.verdict, take_notes(report, registry))
+    entry = domain_dict(report)
+    view = DomainReport(report.domain, tuple(replace(result, facts=None) for result in report.results))
+    return Checked(index, report.domain, entry_text(entry), compact_json(entry), domain_rows(entry), view,
+                   report.verdict, take_notes(report, registry))  # fmt: skip
 
 
 def unchecked(index: int, domain: str, registry: Registry, reason: str) -> Checked:

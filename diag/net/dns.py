@@ -39,7 +39,7 @@ __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_
 _GRACE = 1.0
 # Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
 # of A and AAAA queries (UDP answers get dropped, and each costs a retry).
-_MAX_IN_FLIGHT = 32
+_MAX_IN_FLIGHT = 256
 # How a lookup spends its budget (module docstring): this share on UDP tries, the rest on TCP.
 _UDP_SHARE = 2 / 3
 # UDP tries that fit into the UDP share when none is answered (dnspython's backoff comes on top); each try

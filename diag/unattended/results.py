@@ -11,16 +11,18 @@ before any output reads them.
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from typing import IO, Any
 
+from diag.history import DomainRows, compact_json, domain_rows
 from diag.model import CheckResult, DomainReport, Report, Verdict
 from diag.registry import Registry
-from diag.render.json import check_dict, domain_dict, entry_text, head_dict
+from diag.render.json import domain_dict, entry_text, head_dict
 from diag.runner import Summaries, revise
-from diag.workers import Checked
+from diag.workers import Checked, checked
 
 __all__ = ["HeldReport", "RunResults"]
 
@@ -35,7 +37,9 @@ class RunResults:
     def __init__(self, count: int, registry: Registry) -> None:
         self._registry = registry
         self._file: IO[bytes] = tempfile.TemporaryFile(prefix="diag-results-")
-        self._places: list[tuple[int, int] | None] = [None] * count
+        # Where each domain's parts are: the offset of its entry, then the sizes of the entry, of the compact
+        # entry and of the pickled (rows, view), one after another.
+        self._places: list[tuple[int, int, int, int] | None] = [None] * count
         self._verdicts: list[Verdict | None] = [None] * count
         self._summaries = Summaries(registry)
         self.started_at: datetime | None = None
@@ -54,16 +58,26 @@ class RunResults:
         """Keep one domain's results (each domain once)."""
         if self._places[checked.index] is not None:
             raise ValueError(f"domain {checked.index} ({checked.domain}) reported twice")
-        self._places[checked.index] = self._append(checked.entry)
-        self._verdicts[checked.index] = checked.verdict
+        self._keep(checked)
         self._summaries.add(checked.index, checked.notes)
 
-    def _append(self, entry: str) -> tuple[int, int]:
-        data = entry.encode("ascii")  # entries are ASCII (ensure_ascii)
+    def _keep(self, checked: Checked) -> None:
+        # Entries are ASCII (ensure_ascii); the pickle is read back only by this object.
+        parts = (checked.entry.encode("ascii"), checked.compact.encode("ascii"),
+                 pickle.dumps((checked.rows, checked.view), protocol=pickle.HIGHEST_PROTOCOL))  # fmt: skip
         self._file.seek(0, 2)
         offset = self._file.tell()
-        self._file.write(data)
-        return offset, len(data)
+        self._file.write(b"".join(parts))
+        self._places[checked.index] = (offset, *(len(part) for part in parts))  # type: ignore[assignment]
+        self._verdicts[checked.index] = checked.verdict
+
+    def _read(self, index: int) -> tuple[bytes, bytes, bytes]:
+        place = self._places[index]
+        assert place is not None
+        offset, entry, compact, rest = place
+        self._file.seek(offset)
+        data = self._file.read(entry + compact + rest)
+        return data[:entry], data[entry : entry + compact], data[entry + compact :]
 
     def finish(self, started_at: datetime, finished_at: datetime) -> None:
         """The run has ended: every domain has reported; apply the run-wide views."""
@@ -75,25 +89,18 @@ class RunResults:
         if not revisers:
             return
         facts = self._registry.facts
-        # Revised entries are appended while reading: entries() seeks to each entry before reading it.
-        for index, entry in enumerate(self.entries()):
-            document = json.loads(entry)
+        # Revised domains are appended while reading: each is read before anything is appended.
+        for index in range(len(self._places)):
+            document = json.loads(self._read(index)[0])
             if not any(check["id"] in revisers for check in document["checks"]):
                 continue
-            # Only the revised checks need their facts decoded (a reviser reads them); the others are rewritten
-            # as they were.
+            # Only the revised checks need their facts decoded (a reviser reads them); the others keep the JSON
+            # objects they are, which encode as they were.
             report = DomainReport(document["domain"], tuple(
-                _result(check, facts.get(check["id"]) if check["id"] in revisers else None)
+                CheckResult.from_json(check, facts=facts.get(check["id"]) if check["id"] in revisers else None)
                 for check in document["checks"]
             ))  # fmt: skip
-            revised = revise(report, revisers)
-            entry_dict = domain_dict(revised)
-            entry_dict["checks"] = [
-                check_dict(new) if new.check_id in revisers else old
-                for new, old in zip(revised.results, document["checks"], strict=True)
-            ]
-            self._places[index] = self._append(entry_text(entry_dict))
-            self._verdicts[index] = revised.verdict
+            self._keep(checked(index, revise(report, revisers), self._registry))
 
     @property
     def count(self) -> int:
@@ -115,35 +122,30 @@ class RunResults:
 
     def entries(self) -> Iterator[str]:
         """Each domain's entry of the document, as text, in input order."""
-        for place in self._places:
-            assert place is not None
-            offset, size = place
-            self._file.seek(offset)
-            yield self._file.read(size).decode("ascii")
+        for index in range(len(self._places)):
+            yield self._read(index)[0].decode("ascii")
 
-    def domains(self) -> Iterator[dict[str, Any]]:
-        """Each domain's entry of the document, parsed, in input order."""
-        for entry in self.entries():
-            domain: dict[str, Any] = json.loads(entry)
-            yield domain
+    def records(self) -> Iterator[tuple[DomainRows, str]]:
+        """Each domain's rows and compact entry for the history, in input order."""
+        for index in range(len(self._places)):
+            _, compact, rest = self._read(index)
+            rows, _view = pickle.loads(rest)  # noqa: S301 - written by _keep, in this process's own temporary file
+            yield rows, compact.decode("ascii")
 
     def domain_reports(self) -> Iterator[DomainReport]:
-        """Each domain's results, in input order, with their facts as the JSON objects they are (for views
-        that show statuses and findings)."""
-        for domain in self.domains():
-            yield DomainReport(domain["domain"], tuple(_result(check, None) for check in domain["checks"]))
+        """Each domain's results without their facts, in input order (for views that show statuses and
+        findings)."""
+        for index in range(len(self._places)):
+            _rows, view = pickle.loads(self._read(index)[2])  # noqa: S301 - as in records()
+            yield view
 
     def document(self) -> dict[str, Any]:
         """The whole ``diag.report/1`` document, in memory (for outputs that need all of it at once)."""
-        return {**self.head(), "domains": list(self.domains())}
+        return {**self.head(), "domains": [json.loads(entry) for entry in self.entries()]}
 
     def report(self) -> Report:
         """The whole report, in memory, facts decoded (for outputs that need all of it at once)."""
         return Report.from_json(self.document(), facts=self._registry.facts)
-
-
-def _result(check: dict[str, Any], facts: type[Any] | None) -> CheckResult:
-    return CheckResult.from_json(check, facts=facts)
 
 
 class HeldReport:
@@ -167,6 +169,11 @@ class HeldReport:
     def entries(self) -> Iterator[str]:
         for domain in self._report.domains:
             yield entry_text(domain_dict(domain))
+
+    def records(self) -> Iterator[tuple[DomainRows, str]]:
+        for domain in self._report.domains:
+            entry = domain_dict(domain)
+            yield domain_rows(entry), compact_json(entry)
 
     def domain_reports(self) -> Iterator[DomainReport]:
         return iter(self._report.domains)

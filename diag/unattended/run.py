@@ -114,7 +114,7 @@ def _remember(request: CheckRequest, results: RunResults) -> list[Change]:
     from diag.history import History, default_history_path
 
     with History(request.history or default_history_path()) as history:
-        return list(history.run_changes(history.record_parts(results.head(), results.domains())))
+        return list(history.run_changes(history.record_parts(results.head(), results.records())))
 
 
 async def _engine(request: CheckRequest, results: RunResults) -> None:
