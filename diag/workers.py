@@ -1,19 +1,19 @@
 """Thousands of domains in one run (ARCHITECTURE §9): a bounded window of domains in flight, a worker process
-per core, each domain's results handed over as it finishes.
+per core, each domain's results written out as it finishes.
 
-:func:`check_many` runs every check on every domain and hands each domain's results to a sink as a
-:class:`Checked`: the domain's entry of the JSON document, already encoded, its verdict and its notes for the
-run-wide views (:class:`~diag.registry.Summary`). Domains finish in any order; each carries its place in the
-input, and the sink puts them back in order (:class:`diag.unattended.results.RunResults`). A run so holds only
-the domains in flight, never every fact of every domain. At most :data:`WINDOW` domains are in flight per
-event loop, started in input order: enough to overlap thousands of slow answers, few enough that DNS questions
-do not queue behind each other until checks run out of time.
+:func:`check_many` runs every check on every domain into a :class:`~diag.results.RunResults`: as each domain
+finishes, its results are made ready to write (:func:`diag.results.checked`) and appended to a file, and the
+run remembers where. Domains finish in any order; each carries its place in the input, and the outputs read
+them back in order. A run so holds only the domains in flight, never every fact of every domain. At most
+:data:`WINDOW` domains are in flight per event loop, started in input order: enough to overlap thousands of slow
+answers, few enough that DNS questions do not queue behind each other until checks run out of time.
 
 With one worker the checks run in this process's event loop. With more, each worker is a process of its own
 (a fresh interpreter running :func:`main`: nothing of the parent's event loop, threads or sockets is inherited)
 with its own event loop, resolver and answer cache, fed a window of domains by the parent and one more each time
-it returns one, so a worker that meets slow hosts simply gets fewer. Encoding the results (most of the CPU after
-DNS) happens in the workers.
+it reports one, so a worker that meets slow hosts simply gets fewer. A worker writes its domains into a file of
+its own (in the run's private temporary directory) and reports only where each is, with its verdict and notes:
+encoding the results, most of the CPU after DNS, happens side by side in the workers, and the parent copies.
 
 Politeness across workers: the parent holds the run's SMTP sessions and connection limits, and the workers ask
 it for every session (:class:`~diag.context.RunContext` with a session source). So an address gets one session
@@ -37,19 +37,17 @@ import math
 import os
 import pickle
 import sys
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from diag.context import RunContext, RunOptions
-from diag.history import DomainRows, compact_json, domain_rows
-from diag.model import CheckResult, DomainReport, Status, Verdict
 from diag.net.smtp import SessionFacts
 from diag.registry import Registry
-from diag.render.json import domain_dict, entry_text
-from diag.runner import check_domain, take_notes
+from diag.results import Checked, ResultFile, RunResults, Stored, checked, unchecked
+from diag.runner import check_domain
 
-__all__ = ["WINDOW", "Checked", "check_many", "default_workers"]
+__all__ = ["WINDOW", "check_many", "default_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -61,46 +59,6 @@ _DOMAINS_PER_WORKER = 500
 _FRAME_HEADER = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
-    """One domain's results, ready to write: each output's part made where the domain was checked (in a worker
-    process, side by side with the others), so that writing them costs the parent little.
-
-    Attributes:
-        index: the domain's place in the run's input.
-        domain: the domain (A-label).
-        entry: its entry of the JSON document as text, as it stands there (:func:`diag.render.json.entry_text`).
-        compact: the same entry as the history stores it (:func:`diag.history.compact_json`).
-        rows: what the history indexes of it (:func:`diag.history.domain_rows`).
-        view: its results without their facts, for the terminal views.
-        verdict: the domain's verdict.
-        notes: what the checks with a run-wide view noted (:func:`diag.runner.take_notes`).
-    """
-
-    index: int
-    domain: str
-    entry: str
-    compact: str
-    rows: DomainRows
-    view: DomainReport
-    verdict: Verdict
-    notes: tuple[tuple[str, Hashable], ...]
-
-
-def checked(index: int, report: DomainReport, registry: Registry) -> Checked:
-    """``report``, the domain at ``index``, ready to write."""
-    entry = domain_dict(report)
-    view = DomainReport(report.domain, tuple(replace(result, facts=None) for result in report.results))
-    return Checked(index, report.domain, entry_text(entry), compact_json(entry), domain_rows(entry), view,
-                   report.verdict, take_notes(report, registry))  # fmt: skip
-
-
-def unchecked(index: int, domain: str, registry: Registry, reason: str) -> Checked:
-    """A domain whose checks never reported (its worker died): every check ``error`` with ``reason``."""
-    results = tuple(CheckResult(check.id, check.title, Status.ERROR, reason=reason) for check in registry)
-    return checked(index, DomainReport(domain, results), registry)
-
-
 def default_workers(domains: int) -> int:
     """Worker processes for a run over ``domains`` domains: one per usable core, and one for small runs."""
     return max(1, min(len(os.sched_getaffinity(0)), math.ceil(domains / _DOMAINS_PER_WORKER)))
@@ -110,42 +68,49 @@ async def check_many(
     domains: Sequence[str],
     registry: Registry,
     options: RunOptions,
-    sink: Callable[[Checked], None],
+    results: RunResults,
     *,
     workers: int = 1,
+    on_domain: Callable[[], None] | None = None,
 ) -> None:
-    """Run every check of ``registry`` on every domain and give each domain's results to ``sink`` as it
-    finishes; in this process with one worker, in ``workers`` processes otherwise (module docstring). Never
-    raises for what a check does; an exception from ``sink`` ends the run."""
+    """Run every check of ``registry`` on every domain into ``results``, each domain as it finishes; in this
+    process with one worker, in ``workers`` processes otherwise (module docstring). ``on_domain`` is called
+    as each domain finishes (a progress bar's hook). Never raises for what a check does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
     run = RunContext(options)
+
+    def add(result: Checked) -> None:
+        results.add(result)
+        if on_domain is not None:
+            on_domain()
+
     try:
         if workers <= 1 or len(domains) <= 1:
-            await _in_process(list(enumerate(domains)), registry, run, deadline, sink)
+            await _in_process(list(enumerate(domains)), registry, run, deadline, add)
         else:
             pending = iter(enumerate(domains))
-            pool = [_Worker(registry, options, run, sink) for _ in range(min(workers, len(domains)))]
+            pool = [_Worker(registry, options, run, results, add, on_domain) for _ in range(min(workers, len(domains)))]
             try:
                 await asyncio.gather(*(worker.drive(pending, deadline) for worker in pool))
             finally:
                 for worker in pool:
                     worker.stop()
             for index, domain in pending:  # left when every worker died
-                sink(unchecked(index, domain, registry, "internal: no worker process was left to check it"))
+                add(unchecked(index, domain, registry, "internal: no worker process was left to check it"))
     finally:
         await run.aclose()
 
 
 async def _in_process(
     domains: Sequence[tuple[int, str]], registry: Registry, run: RunContext, deadline: float,
-    sink: Callable[[Checked], None],
+    add: Callable[[Checked], None],
 ) -> None:  # fmt: skip
     window = asyncio.Semaphore(WINDOW)
 
     async def one(index: int, domain: str) -> None:
         try:
-            sink(checked(index, await check_domain(domain, registry, run, deadline), registry))
+            add(checked(index, await check_domain(domain, registry, run, deadline), registry))
         finally:
             window.release()
 
@@ -161,12 +126,14 @@ async def _in_process(
 class _Worker:
     """One worker process as the parent sees it: started by :meth:`drive`, fed domains, answered sessions."""
 
-    def __init__(self, registry: Registry, options: RunOptions, run: RunContext,
-                 sink: Callable[[Checked], None]) -> None:  # fmt: skip
+    def __init__(self, registry: Registry, options: RunOptions, run: RunContext, results: RunResults,
+                 add: Callable[[Checked], None], on_domain: Callable[[], None] | None) -> None:  # fmt: skip
         self._registry = registry
         self._options = options
         self._run = run
-        self._sink = sink
+        self._results = results
+        self._add = add
+        self._on_domain = on_domain
         self._process: asyncio.subprocess.Process | None = None
         self._in_flight: dict[int, str] = {}
         self._answers: set[asyncio.Task[None]] = set()
@@ -182,7 +149,8 @@ class _Worker:
         assert process.stdin is not None and process.stdout is not None
         remaining = deadline - asyncio.get_running_loop().time()
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # diag check -v
-        self._send(("setup", self._registry, self._options, remaining, verbose))
+        file, path = self._results.worker_file()
+        self._send(("setup", self._registry, self._options, remaining, str(path), verbose))
         self._feed(pending, WINDOW)
         while self._in_flight:
             frame = await _read_frame(process.stdout)
@@ -193,15 +161,17 @@ class _Worker:
                     task = asyncio.create_task(self._answer(request, ip, port, name))
                     self._answers.add(task)
                     task.add_done_callback(self._answers.discard)
-                case ("done", Checked() as result):
-                    del self._in_flight[result.index]
-                    self._sink(result)
+                case ("done", Stored() as stored):
+                    del self._in_flight[stored.index]
+                    self._results.add_stored(file, stored)
+                    if self._on_domain is not None:
+                        self._on_domain()
                     self._feed(pending, 1)
         process.stdin.close()
         code = await process.wait()
         for index, domain in sorted(self._in_flight.items()):
             reason = f"internal: the worker process checking it exited with status {code}"
-            self._sink(unchecked(index, domain, self._registry, reason))
+            self._add(unchecked(index, domain, self._registry, reason))
         self._in_flight.clear()
 
     def _feed(self, pending: Iterator[tuple[int, str]], count: int) -> None:
@@ -254,7 +224,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     setup = await _read_frame(reader)
     if setup is None:
         return
-    _, registry, options, remaining, verbose = setup
+    _, registry, options, remaining, path, verbose = setup
     if verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: worker: %(name)s: %(message)s")
     deadline = loop.time() + remaining
@@ -275,6 +245,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
     run = RunContext(options, sessions=session)
     domains: set[asyncio.Task[None]] = set()
+    kept = ResultFile(Path(path))
 
     async def one(index: int, domain: str) -> None:
         try:
@@ -282,7 +253,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         except Exception as exc:  # encoding the results failed: a bug, reported as the domain's result
             log.debug("checking %s failed", domain, exc_info=True)
             result = unchecked(index, domain, registry, f"internal: {type(exc).__name__}: {exc}")
-        _write_frame(writer, ("done", result))
+        stored = Stored(index, kept.keep(result), result.verdict, result.notes)
+        kept.flush()  # before the parent hears of it
+        _write_frame(writer, ("done", stored))
         await writer.drain()
 
     while (frame := await _read_frame(reader)) is not None:
@@ -300,6 +273,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     else:
                         future.set_result(answer)
     await asyncio.gather(*domains)
+    kept.close()
     await run.aclose()
     await writer.drain()
 

@@ -19,7 +19,7 @@ from diag.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from diag.model import Report
-    from diag.unattended.results import HeldReport, RunResults
+    from diag.results import HeldReport, RunResults
 
 __all__ = ["Outputs", "View", "write_output"]
 
@@ -65,7 +65,7 @@ class Outputs:
     def write(self, run: RunResults | Report) -> None:
         """Write every file and the view. The JSON file and the terminal views read the run a domain at a time;
         HTML, Prometheus, JUnit and the Nagios view need the whole run at once and read it into memory."""
-        from diag.unattended.results import HeldReport, RunResults
+        from diag.results import HeldReport, RunResults
 
         results = run if isinstance(run, RunResults) else HeldReport(run)
         if self.json is not None:

@@ -3,7 +3,7 @@
 :func:`execute` takes the job's lock, runs the engine (in a throw-away lab with ``lab``), writes the outputs,
 keeps the run in the history and notifies, in that order, and returns the exit code (CONTRACT.md). The lock is
 held throughout: a second copy of the job is refused until the first has notified. The results go to disk as
-each domain finishes (:class:`~diag.unattended.results.RunResults`) and the outputs and the history read them
+each domain finishes (:class:`~diag.results.RunResults`) and the outputs and the history read them
 from there, so a run over thousands of domains never holds all their facts.
 """
 
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
     from diag.history import Change
     from diag.lock import RunLock
     from diag.registry import Registry
-    from diag.unattended.results import RunResults
-    from diag.workers import Checked
+    from diag.results import RunResults
 
 __all__ = ["CheckRequest", "execute"]
 
@@ -84,7 +83,7 @@ def execute(request: CheckRequest) -> int:
     the job holds the lock, a :class:`~diag.errors.ConfigError` when an output or the history cannot be
     written. A notification that fails is one line on stderr and leaves the exit code as it is.
     """
-    from diag.unattended.results import RunResults
+    from diag.results import RunResults
 
     with _lock(request), RunResults(len(request.domains), request.registry) as results:
         asyncio.run(_engine(request, results))
@@ -145,7 +144,7 @@ async def _checks(request: CheckRequest, options: RunOptions, results: RunResult
     workers = request.workers if request.workers is not None else default_workers(len(domains))
     started_at = datetime.now(UTC)
     if not (sys.stderr.isatty() and len(domains) > 1):
-        await check_many(domains, request.registry, options, results.add, workers=workers)
+        await check_many(domains, request.registry, options, results, workers=workers)
         results.finish(started_at, datetime.now(UTC))
         return
     from rich.console import Console
@@ -154,10 +153,6 @@ async def _checks(request: CheckRequest, options: RunOptions, results: RunResult
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:  # fmt: skip
         task = bar.add_task("domains", total=len(domains))
-
-        def add(checked: Checked) -> None:
-            results.add(checked)
-            bar.advance(task)
-
-        await check_many(domains, request.registry, options, add, workers=workers)
+        await check_many(domains, request.registry, options, results, workers=workers,
+                         on_domain=lambda: bar.advance(task))  # fmt: skip
     results.finish(started_at, datetime.now(UTC))
