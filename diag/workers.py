@@ -57,6 +57,8 @@ WINDOW = 500
 # worker costs a fraction of a second to start (a fresh interpreter importing the checks).
 _DOMAINS_PER_WORKER = 500
 _FRAME_HEADER = 4
+# Seconds a worker gathers finished domains before reporting them to the parent in one message.
+_REPORT_EVERY = 0.02
 
 
 def default_workers(domains: int) -> int:
@@ -161,12 +163,13 @@ class _Worker:
                     task = asyncio.create_task(self._answer(request, ip, port, name))
                     self._answers.add(task)
                     task.add_done_callback(self._answers.discard)
-                case ("done", Stored() as stored):
-                    del self._in_flight[stored.index]
-                    self._results.add_stored(file, stored)
-                    if self._on_domain is not None:
-                        self._on_domain()
-                    self._feed(pending, 1)
+                case ("done", tuple(batch)):
+                    for stored in batch:
+                        del self._in_flight[stored.index]
+                        self._results.add_stored(file, stored)
+                        if self._on_domain is not None:
+                            self._on_domain()
+                    self._feed(pending, len(batch))
         process.stdin.close()
         code = await process.wait()
         for index, domain in sorted(self._in_flight.items()):
@@ -247,16 +250,27 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))
 
+    finished: list[Stored] = []
+    report_due: asyncio.TimerHandle | None = None
+
+    def report() -> None:
+        """Tell the parent about the domains finished since the last report (one message, not one each)."""
+        nonlocal report_due
+        report_due = None
+        kept.flush()  # before the parent hears of them
+        _write_frame(writer, ("done", tuple(finished)))
+        finished.clear()
+
     async def one(index: int, domain: str) -> None:
+        nonlocal report_due
         try:
             result = checked(index, await check_domain(domain, registry, run, deadline), registry)
         except Exception as exc:  # encoding the results failed: a bug, reported as the domain's result
             log.debug("checking %s failed", domain, exc_info=True)
             result = unchecked(index, domain, registry, f"internal: {type(exc).__name__}: {exc}")
-        stored = Stored(index, kept.keep(result), result.verdict, result.notes)
-        kept.flush()  # before the parent hears of it
-        _write_frame(writer, ("done", stored))
-        await writer.drain()
+        finished.append(Stored(index, kept.keep(result), result.verdict, result.notes))
+        if report_due is None:
+            report_due = loop.call_later(_REPORT_EVERY, report)
 
     while (frame := await _read_frame(reader)) is not None:
         match frame:
@@ -273,6 +287,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     else:
                         future.set_result(answer)
     await asyncio.gather(*domains)
+    if report_due is not None:
+        report_due.cancel()
+        report()
     kept.close()
     await run.aclose()
     await writer.drain()
