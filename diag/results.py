@@ -117,14 +117,18 @@ class ResultFile:
         self._file.write(b"".join(parts))
         return Place(offset, *(len(part) for part in parts))
 
-    def read(self, place: Place) -> tuple[str, str, tuple[DomainRows, DomainReport]]:
-        """The entry, the compact entry, and the rows and the view of the domain at ``place``."""
+    def entry(self, place: Place) -> str:
+        """The entry of the domain at ``place``."""
         self._file.seek(place.offset)
-        data = self._file.read(place.entry + place.compact + place.rest)
-        entry, compact = data[: place.entry], data[place.entry : place.entry + place.compact]
+        return self._file.read(place.entry).decode("ascii")
+
+    def record(self, place: Place) -> tuple[str, DomainRows, DomainReport]:
+        """The compact entry, the rows and the view of the domain at ``place``."""
+        self._file.seek(place.offset + place.entry)
+        data = self._file.read(place.compact + place.rest)
         # Written by keep(), in a file of this run that only this user can read (a private temporary directory).
-        rest = pickle.loads(data[place.entry + place.compact :])  # noqa: S301
-        return entry.decode("ascii"), compact.decode("ascii"), rest
+        rows, view = pickle.loads(data[place.compact :])  # noqa: S301
+        return data[: place.compact].decode("ascii"), rows, view
 
     def flush(self) -> None:
         self._file.flush()
@@ -177,10 +181,10 @@ class RunResults:
         self._verdicts[stored.index] = stored.verdict
         self._summaries.add(stored.index, stored.notes)
 
-    def _read(self, index: int) -> tuple[str, str, tuple[DomainRows, DomainReport]]:
+    def _file_of(self, index: int) -> tuple[ResultFile, Place]:
         place = self._places[index]
         assert place is not None
-        return self._files[place[0]].read(place[1])
+        return self._files[place[0]], place[1]
 
     def finish(self, started_at: datetime, finished_at: datetime) -> None:
         """The run has ended (every worker has written its file and exited): apply the run-wide views."""
@@ -193,7 +197,8 @@ class RunResults:
             return
         facts = self._registry.facts
         for index in range(len(self._places)):
-            document = json.loads(self._read(index)[0])
+            file, place = self._file_of(index)
+            document = json.loads(file.entry(place))
             if not any(check["id"] in revisers for check in document["checks"]):
                 continue
             # Only the revised checks need their facts decoded (a reviser reads them); the others keep the JSON
@@ -223,19 +228,22 @@ class RunResults:
     def entries(self) -> Iterator[str]:
         """Each domain's entry of the document, as text, in input order."""
         for index in range(len(self._places)):
-            yield self._read(index)[0]
+            file, place = self._file_of(index)
+            yield file.entry(place)
 
     def records(self) -> Iterator[tuple[DomainRows, str]]:
         """Each domain's rows and compact entry for the history, in input order."""
         for index in range(len(self._places)):
-            _, compact, (rows, _view) = self._read(index)
+            file, place = self._file_of(index)
+            compact, rows, _view = file.record(place)
             yield rows, compact
 
     def domain_reports(self) -> Iterator[DomainReport]:
         """Each domain's results without their facts, in input order (for views that show statuses and
         findings)."""
         for index in range(len(self._places)):
-            yield self._read(index)[2][1]
+            file, place = self._file_of(index)
+            yield file.record(place)[2]
 
     def document(self) -> dict[str, Any]:
         """The whole ``diag.report/1`` document, in memory (for outputs that need all of it at once)."""
