@@ -254,6 +254,16 @@ class DomainRows:
     mx_hosts: tuple[tuple[int, str], ...]
     certificates: tuple[tuple[str, str, str, str], ...]
 
+    def to_json(self) -> str:
+        """The rows as compact JSON (a run keeps them on disk until it records them)."""
+        return compact_json([self.domain, self.status, self.checks, self.findings, self.mx_hosts, self.certificates])
+
+    @classmethod
+    def from_json(cls, text: str) -> DomainRows:
+        """The rows :meth:`to_json` wrote."""
+        domain, status, checks, findings, mx_hosts, certificates = json.loads(text)
+        return cls(domain, status, *(tuple(map(tuple, rows)) for rows in (checks, findings, mx_hosts, certificates)))
+
 
 def domain_rows(domain: Mapping[str, Any]) -> DomainRows:
     """The rows of one domain's entry of a ``diag.report/1`` document (pure: no I/O)."""

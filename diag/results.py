@@ -2,7 +2,7 @@
 
 As each domain finishes, wherever it was checked (in this process or in a worker process, :mod:`diag.workers`),
 its results are made ready to write (:func:`checked`: its entry of the JSON document, indented and compact, the
-rows the history indexes, the results without their facts for the terminal views) and appended to a file of
+rows the history indexes, its part of the plain-text view) and appended to a file of
 that process (:class:`ResultFile`); :class:`RunResults` remembers where each domain is. A run over thousands
 of domains so holds none of their facts in memory, the parent process of the workers only copies what they
 made, and the outputs read the domains back in input order. The run-wide views
@@ -14,10 +14,9 @@ them.
 from __future__ import annotations
 
 import json
-import pickle
 import tempfile
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +43,7 @@ class Checked:
         entry: its entry of the JSON document as text, as it stands there (:func:`diag.render.json.entry_text`).
         compact: the same entry as the history stores it (:func:`diag.history.compact_json`).
         rows: what the history indexes of it (:func:`diag.history.domain_rows`).
-        view: its results without their facts, for the terminal views.
+        plain: its part of the plain-text view, and of the quiet one (:func:`diag.render.terminal.plain_domain`).
         verdict: the domain's verdict.
         notes: what the checks with a run-wide view noted (:func:`diag.runner.take_notes`).
     """
@@ -54,16 +53,18 @@ class Checked:
     entry: str
     compact: str
     rows: DomainRows
-    view: DomainReport
+    plain: tuple[str, str]
     verdict: Verdict
     notes: tuple[tuple[str, Hashable], ...]
 
 
 def checked(index: int, report: DomainReport, registry: Registry) -> Checked:
     """``report``, the domain at ``index``, ready to write."""
+    from diag.render.terminal import plain_domain  # with rich: imported only where domains are checked
+
     entry = domain_dict(report)
-    view = DomainReport(report.domain, tuple(replace(result, facts=None) for result in report.results))
-    return Checked(index, report.domain, entry_text(entry), compact_json(entry), domain_rows(entry), view,
+    plain = (plain_domain(report), plain_domain(report, quiet=True))
+    return Checked(index, report.domain, entry_text(entry), compact_json(entry), domain_rows(entry), plain,
                    report.verdict, take_notes(report, registry))  # fmt: skip
 
 
@@ -75,13 +76,11 @@ def unchecked(index: int, domain: str, registry: Registry, reason: str) -> Check
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Where a domain is in a :class:`ResultFile`: the offset of its entry, then the sizes of its entry, of its
-    compact entry and of its pickled rows and view, which follow one another."""
+    """Where a domain is in a :class:`ResultFile`: the offset of its first part and the size of each part (its
+    entry, its compact entry, its rows, its plain view and its quiet plain view), which follow one another."""
 
     offset: int
-    entry: int
-    compact: int
-    rest: int
+    sizes: tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,39 +101,33 @@ class Stored:
 
 
 class ResultFile:
-    """Domains' results appended to one file (``path``, or an anonymous temporary file); read back by place.
-    Only diag writes and reads it, during one run."""
+    """Domains' results appended to one file (``path``, or an anonymous temporary file), as UTF-8 text; read
+    back by place. Only diag writes and reads it, during one run."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._file: IO[bytes] = path.open("w+b") if path is not None else tempfile.TemporaryFile()
 
     def keep(self, checked: Checked) -> Place:
-        # Entries are ASCII (ensure_ascii).
-        parts = (checked.entry.encode("ascii"), checked.compact.encode("ascii"),
-                 pickle.dumps((checked.rows, checked.view), protocol=pickle.HIGHEST_PROTOCOL))  # fmt: skip
+        parts = [text.encode() for text in (checked.entry, checked.compact, checked.rows.to_json(), *checked.plain)]
         self._file.seek(0, 2)
         offset = self._file.tell()
         self._file.write(b"".join(parts))
-        return Place(offset, *(len(part) for part in parts))
+        sizes = tuple(len(part) for part in parts)
+        return Place(offset, sizes)  # type: ignore[arg-type]
 
-    def entry(self, place: Place) -> str:
-        """The entry of the domain at ``place``."""
-        self._file.seek(place.offset)
-        return self._file.read(place.entry).decode("ascii")
-
-    def record(self, place: Place) -> tuple[str, DomainRows, DomainReport]:
-        """The compact entry, the rows and the view of the domain at ``place``."""
-        self._file.seek(place.offset + place.entry)
-        data = self._file.read(place.compact + place.rest)
-        # Written by keep(), in a file of this run that only this user can read (a private temporary directory).
-        rows, view = pickle.loads(data[place.compact :])  # noqa: S301
-        return data[: place.compact].decode("ascii"), rows, view
+    def part(self, place: Place, which: int) -> str:
+        """Part number ``which`` of the domain at ``place`` (in the order of :class:`Place`)."""
+        self._file.seek(place.offset + sum(place.sizes[:which]))
+        return self._file.read(place.sizes[which]).decode()
 
     def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
+
+
+_ENTRY, _COMPACT, _ROWS, _PLAIN, _QUIET = range(5)
 
 
 class RunResults:
@@ -198,7 +191,7 @@ class RunResults:
         facts = self._registry.facts
         for index in range(len(self._places)):
             file, place = self._file_of(index)
-            document = json.loads(file.entry(place))
+            document = json.loads(file.part(place, _ENTRY))
             if not any(check["id"] in revisers for check in document["checks"]):
                 continue
             # Only the revised checks need their facts decoded (a reviser reads them); the others keep the JSON
@@ -229,21 +222,26 @@ class RunResults:
         """Each domain's entry of the document, as text, in input order."""
         for index in range(len(self._places)):
             file, place = self._file_of(index)
-            yield file.entry(place)
+            yield file.part(place, _ENTRY)
 
     def records(self) -> Iterator[tuple[DomainRows, str]]:
         """Each domain's rows and compact entry for the history, in input order."""
         for index in range(len(self._places)):
             file, place = self._file_of(index)
-            compact, rows, _view = file.record(place)
-            yield rows, compact
+            yield DomainRows.from_json(file.part(place, _ROWS)), file.part(place, _COMPACT)
 
-    def domain_reports(self) -> Iterator[DomainReport]:
-        """Each domain's results without their facts, in input order (for views that show statuses and
-        findings)."""
+    def plain(self, *, quiet: bool = False) -> Iterator[str]:
+        """Each domain's part of the plain-text view, in input order."""
         for index in range(len(self._places)):
             file, place = self._file_of(index)
-            yield file.record(place)[2]
+            yield file.part(place, _QUIET if quiet else _PLAIN)
+
+    def domain_reports(self) -> Iterator[DomainReport]:
+        """Each domain's results, in input order, with their facts as the JSON objects they are (for views that
+        show statuses and findings)."""
+        for entry in self.entries():
+            domain = json.loads(entry)
+            yield DomainReport(domain["domain"], tuple(CheckResult.from_json(check) for check in domain["checks"]))
 
     def document(self) -> dict[str, Any]:
         """The whole ``diag.report/1`` document, in memory (for outputs that need all of it at once)."""
@@ -280,6 +278,12 @@ class HeldReport:
         for domain in self._report.domains:
             entry = domain_dict(domain)
             yield domain_rows(entry), compact_json(entry)
+
+    def plain(self, *, quiet: bool = False) -> Iterator[str]:
+        from diag.render.terminal import plain_domain
+
+        for domain in self._report.domains:
+            yield plain_domain(domain, quiet=quiet)
 
     def domain_reports(self) -> Iterator[DomainReport]:
         return iter(self._report.domains)

@@ -19,7 +19,7 @@ from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Sta
 from diag.names import display_domain
 from diag.render.text import sanitize
 
-__all__ = ["plain_domains", "render_plain", "render_rich", "rich_domains"]
+__all__ = ["plain_domain", "plain_status", "render_plain", "render_rich", "rich_domains"]
 
 _SEVERITY_STYLE = {
     Severity.INFO: "green",
@@ -59,32 +59,40 @@ def _findings(result: CheckResult, quiet: bool) -> list[Finding]:
 
 def render_plain(report: Report, stream: IO[str], *, quiet: bool = False) -> None:
     """Stable plain text, one fact per line, for pipes, logs and cron mail."""
-    plain_domains(report.domains, report.verdict, stream, quiet=quiet)
+    for domain in report.domains:
+        stream.write(plain_domain(domain, quiet=quiet))
+    stream.write(plain_status(report.verdict, quiet=quiet))
 
 
-def plain_domains(domains: Iterable[DomainReport], verdict: Verdict, stream: IO[str], *, quiet: bool = False) -> None:
-    """:func:`render_plain` of a run read a domain at a time; ``verdict`` is the run's."""
-    for domain in domains:
-        results = _visible(domain, quiet)
-        if not results:
-            continue
-        stream.write(f"{sanitize(display_domain(domain.domain))}: {domain.verdict.value.upper()}\n")
-        for result in results:
-            line = f"  {result.check_id}: {result.status.label} ({result.duration_ms} ms)"
-            if result.reason:
-                line += f": {sanitize(result.reason)}"
-            stream.write(line + "\n")
-            for finding in _findings(result, quiet):
-                stream.write(
-                    f"    {finding.severity.label.upper()} {finding.code} {sanitize(finding.subject)}: "
-                    f"{sanitize(finding.message)}\n"
-                )
-                if finding.remediation:
-                    stream.write(f"      fix: {sanitize(finding.remediation)}\n")
-                if finding.cloud_error:
-                    stream.write(f"      cloud says: {sanitize(finding.cloud_error)}\n")
-    if not quiet or verdict is not Verdict.OK:
-        stream.write(f"status: {verdict.value.upper()} (exit {verdict.exit_code})\n")
+def plain_domain(domain: DomainReport, *, quiet: bool = False) -> str:
+    """One domain's part of :func:`render_plain` (a run over thousands of domains is shown a domain at a time)."""
+    results = _visible(domain, quiet)
+    if not results:
+        return ""
+    lines = [f"{sanitize(display_domain(domain.domain))}: {domain.verdict.value.upper()}"]
+    for result in results:
+        line = f"  {result.check_id}: {result.status.label} ({result.duration_ms} ms)"
+        if result.reason:
+            line += f": {sanitize(result.reason)}"
+        lines.append(line)
+        for finding in _findings(result, quiet):
+            lines.append(
+                f"    {finding.severity.label.upper()} {finding.code} {sanitize(finding.subject)}: "
+                f"{sanitize(finding.message)}"
+            )
+            if finding.remediation:
+                lines.append(f"      fix: {sanitize(finding.remediation)}")
+            if finding.cloud_error:
+                lines.append(f"      cloud says: {sanitize(finding.cloud_error)}")
+    return "\n".join(lines) + "\n"
+
+
+def plain_status(verdict: Verdict, *, quiet: bool = False) -> str:
+    """The last line of :func:`render_plain`: the run's verdict and exit code (none with ``quiet`` when all is
+    well)."""
+    if quiet and verdict is Verdict.OK:
+        return ""
+    return f"status: {verdict.value.upper()} (exit {verdict.exit_code})\n"
 
 
 def render_rich(report: Report, console: Console, *, quiet: bool = False) -> None:

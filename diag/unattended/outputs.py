@@ -103,9 +103,11 @@ class Outputs:
             console = Console(no_color=self.no_color, highlight=False)
             rich_domains(results.domain_reports(), results.verdict, console, quiet=self.quiet)
         else:
-            from diag.render.terminal import plain_domains
+            from diag.render.terminal import plain_status
 
-            plain_domains(results.domain_reports(), results.verdict, sys.stdout, quiet=self.quiet)
+            for text in results.plain(quiet=self.quiet):
+                sys.stdout.write(text)
+            sys.stdout.write(plain_status(results.verdict, quiet=self.quiet))
 
 
 def _json_text(results: RunResults | HeldReport) -> Iterator[str]:
