@@ -93,8 +93,10 @@ async def check_many(
         else:
             pending = iter(enumerate(domains))
             pool = [_Worker(registry, options, run, results, add, on_domain) for _ in range(min(workers, len(domains)))]
+            # A full window each, or an equal share of a smaller run: the first worker must not take it all.
+            first = min(WINDOW, math.ceil(len(domains) / len(pool)))
             try:
-                await asyncio.gather(*(worker.drive(pending, deadline) for worker in pool))
+                await asyncio.gather(*(worker.drive(pending, deadline, first) for worker in pool))
             finally:
                 for worker in pool:
                     worker.stop()
@@ -140,9 +142,10 @@ class _Worker:
         self._in_flight: dict[int, str] = {}
         self._answers: set[asyncio.Task[None]] = set()
 
-    async def drive(self, pending: Iterator[tuple[int, str]], deadline: float) -> None:
-        """Start the process, feed it domains from ``pending`` (shared with the other workers) until none is
-        left, and hand over its results; a worker that dies leaves its domains as errors."""
+    async def drive(self, pending: Iterator[tuple[int, str]], deadline: float, first: int) -> None:
+        """Start the process, feed it ``first`` domains from ``pending`` (shared with the other workers) and one
+        more for each it reports until none is left, and take over its results; a worker that dies leaves its
+        domains as errors."""
         process = self._process = await asyncio.create_subprocess_exec(
             # Not "-m diag.workers": the worker's classes must be pickled under this module's name, not __main__'s.
             sys.executable, "-c", "from diag.workers import main; main()",
@@ -153,7 +156,7 @@ class _Worker:
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # diag check -v
         file, path = self._results.worker_file()
         self._send(("setup", self._registry, self._options, remaining, str(path), verbose))
-        self._feed(pending, WINDOW)
+        self._feed(pending, first)
         while self._in_flight:
             frame = await _read_frame(process.stdout)
             if frame is None:
