@@ -617,14 +617,19 @@ class History:
             return [change for domain in domains for change in self._changes_at(domain, run_id)]
 
     def _changes_at(self, domain: str, run_id: int) -> list[Change]:
-        current = self._snapshot(domain, run_id)
         previous_id = self._conn.execute(
             "SELECT max(run_id) FROM domain_runs WHERE domain = ? AND run_id < ?", (domain, run_id)
         ).fetchone()[0]
+        if previous_id is None:
+            # A first run needs only the domain's status, not its whole snapshot (a first run over thousands of
+            # domains would read every row it just wrote).
+            row = self._conn.execute(
+                "SELECT status FROM domain_runs WHERE run_id = ? AND domain = ?", (run_id, domain)
+            ).fetchone()
+            return [] if row is None else [Change(ChangeKind.FIRST_RUN, domain, domain, f"status {row[0]}")]
+        current = self._snapshot(domain, run_id)
         if current is None:
             return []
-        if previous_id is None:
-            return [Change(ChangeKind.FIRST_RUN, domain, domain, f"status {current.status}")]
         previous = self._snapshot(domain, previous_id)
         assert previous is not None
         return _compare(previous, current)
