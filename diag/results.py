@@ -24,7 +24,7 @@ from typing import IO, Any
 from diag.history import DomainRows, compact_json, domain_rows
 from diag.model import CheckResult, DomainReport, Report, Status, Verdict
 from diag.registry import Registry
-from diag.render.json import domain_dict, entry_text, head_dict
+from diag.render.json import EntryWriter, domain_dict, entry_text, head_dict
 from diag.runner import Summaries, revise, take_notes
 
 __all__ = ["Checked", "HeldReport", "Place", "ResultFile", "RunResults", "Stored", "checked", "unchecked"]
@@ -58,13 +58,15 @@ class Checked:
     notes: tuple[tuple[str, Hashable], ...]
 
 
-def checked(index: int, report: DomainReport, registry: Registry) -> Checked:
-    """``report``, the domain at ``index``, ready to write."""
+def checked(index: int, report: DomainReport, registry: Registry, *, writer: EntryWriter | None = None) -> Checked:
+    """``report``, the domain at ``index``, ready to write; ``writer`` is the run's (in a run over many domains,
+    it encodes facts shared between domains once)."""
     from diag.render.terminal import plain_domain  # with rich: imported only where domains are checked
 
-    entry = domain_dict(report)
+    writer = writer or EntryWriter()
+    entry = writer.domain_dict(report)
     plain = (plain_domain(report), plain_domain(report, quiet=True))
-    return Checked(index, report.domain, entry_text(entry), compact_json(entry), domain_rows(entry), plain,
+    return Checked(index, report.domain, writer.entry_text(entry), compact_json(entry), domain_rows(entry), plain,
                    report.verdict, take_notes(report, registry))  # fmt: skip
 
 

@@ -44,6 +44,7 @@ from typing import Any
 from diag.context import RunContext, RunOptions
 from diag.net.smtp import SessionFacts
 from diag.registry import Registry
+from diag.render.json import EntryWriter
 from diag.results import Checked, ResultFile, RunResults, Stored, checked, unchecked
 from diag.runner import check_domain
 
@@ -111,10 +112,11 @@ async def _in_process(
     add: Callable[[Checked], None],
 ) -> None:  # fmt: skip
     window = asyncio.Semaphore(WINDOW)
+    writer = EntryWriter()
 
     async def one(index: int, domain: str) -> None:
         try:
-            add(checked(index, await check_domain(domain, registry, run, deadline), registry))
+            add(checked(index, await check_domain(domain, registry, run, deadline), registry, writer=writer))
         finally:
             window.release()
 
@@ -252,6 +254,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     run = RunContext(options, sessions=session)
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))
+    entries = EntryWriter()
 
     finished: list[Stored] = []
     report_due: asyncio.TimerHandle | None = None
@@ -267,7 +270,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     async def one(index: int, domain: str) -> None:
         nonlocal report_due
         try:
-            result = checked(index, await check_domain(domain, registry, run, deadline), registry)
+            result = checked(index, await check_domain(domain, registry, run, deadline), registry, writer=entries)
         except Exception as exc:  # encoding the results failed: a bug, reported as the domain's result
             log.debug("checking %s failed", domain, exc_info=True)
             result = unchecked(index, domain, registry, f"internal: {type(exc).__name__}: {exc}")

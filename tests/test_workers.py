@@ -21,7 +21,7 @@ from diag.lab.runner import Lab
 from diag.lab.world import PURPOSES
 from diag.model import CheckResult, DomainReport, Report, Status
 from diag.registry import Check, Outcome, Registry, Summary
-from diag.render.json import dumps, report_dict
+from diag.render.json import EntryWriter, dumps, report_dict
 from diag.results import RunResults, checked
 from diag.unattended import CheckRequest, Outputs, execute
 from diag.workers import check_many
@@ -82,14 +82,16 @@ def test_two_workers_give_what_one_process_gives_over_every_lab_domain(
 def test_the_json_file_is_written_a_domain_at_a_time_exactly_as_the_whole_document(
     lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given a real report over a few lab domains
+    # Given a real report over a few lab domains, three of them at one MX host (so sharing its session's facts)
     registry = default_registry()
-    report = asyncio.run(_run(("contoso.com", "hostile.example", "nullmx.example"), registry, lab.run_options()))
+    domains = ("contoso.com", "hostile.example", "fabrikam.com", "nullmx.example", "contoso.onmicrosoft.com")
+    report = asyncio.run(_run(domains, registry, lab.run_options()))
 
-    # When its domains go through a run's results out of order and are read back
+    # When its domains go through a run's results out of order, written by one writer, and are read back
+    writer = EntryWriter()
     with RunResults(len(report.domains), registry) as results:
-        for index in (2, 0, 1):
-            results.add(checked(index, report.domains[index], registry))
+        for index in (2, 0, 4, 1, 3):
+            results.add(checked(index, report.domains[index], registry, writer=writer))
         results.finish(report.started_at, report.finished_at)
         Outputs(json=str(tmp_path / "r.json"), quiet=True).write(results)
         records = list(results.records())
@@ -97,7 +99,7 @@ def test_the_json_file_is_written_a_domain_at_a_time_exactly_as_the_whole_docume
 
     # Then the text is the one json.dumps writes for the whole document, byte for byte
     assert text == json.dumps(report_dict(report), indent=2, ensure_ascii=True) + "\n" == dumps(report)
-    assert [rows.domain for rows, _ in records] == ["contoso.com", "hostile.example", "nullmx.example"]
+    assert [rows.domain for rows, _ in records] == list(domains)
     assert [json.loads(compact) for _, compact in records] == report_dict(report)["domains"]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diag import __version__
-from diag.codec import encode, timestamp
+from diag.codec import Encoder, encode, timestamp
 from diag.errors import ConfigError
 from diag.model import REPORT_SCHEMA, CheckResult, DomainReport, Finding, Report, Verdict
 from diag.render.text import sanitize
@@ -24,6 +24,7 @@ from diag.render.text import sanitize
 __all__ = [
     "SCHEMA",
     "TAIL_TEXT",
+    "EntryWriter",
     "check_dict",
     "domain_dict",
     "dumps",
@@ -51,25 +52,30 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     }
 
 
-def check_dict(result: CheckResult) -> dict[str, Any]:
-    """One check's result as the contract's object (an element of a domain's ``checks``)."""
+def check_dict(result: CheckResult, *, encoder: Encoder | None = None) -> dict[str, Any]:
+    """One check's result as the contract's object (an element of a domain's ``checks``); its facts encoded by
+    ``encoder`` when given (:class:`~diag.codec.Encoder`: the returned object may share parts with others)."""
+    if result.facts is None:
+        facts: Any = {}
+    else:
+        facts = encoder.encode(result.facts) if encoder is not None else encode(result.facts)
     return {
         "id": result.check_id,
         "title": result.title,
         "status": result.status.value,
         "reason": result.reason,
         "duration_ms": result.duration_ms,
-        "facts": encode(result.facts) if result.facts is not None else {},
+        "facts": facts,
         "findings": [finding_dict(f) for f in result.findings],
     }
 
 
-def domain_dict(domain: DomainReport) -> dict[str, Any]:
-    """One domain's results as the contract's object (an element of ``domains``)."""
+def domain_dict(domain: DomainReport, *, encoder: Encoder | None = None) -> dict[str, Any]:
+    """One domain's results as the contract's object (an element of ``domains``); see :func:`check_dict`."""
     return {
         "domain": domain.domain,
         "status": domain.verdict.value,
-        "checks": [check_dict(result) for result in domain.results],
+        "checks": [check_dict(result, encoder=encoder) for result in domain.results],
     }
 
 
@@ -109,9 +115,106 @@ def head_text(head: Mapping[str, Any]) -> str:
     return text.removesuffix("[]\n}") + "[\n"
 
 
-def entry_text(entry: Mapping[str, Any]) -> str:
+def entry_text(entry: Mapping[str, Any], *, writer: EntryWriter | None = None) -> str:
     """One domain's entry (from :func:`domain_dict`) as it stands in the document's text."""
-    return _ENTRY_INDENT + json.dumps(entry, indent=2, ensure_ascii=True).replace("\n", "\n" + _ENTRY_INDENT)
+    out = [_ENTRY_INDENT]
+    _write(entry, 2, out, writer)
+    return "".join(out)
+
+
+class EntryWriter:
+    """Domains' entries for one run over many domains (:meth:`domain_dict`, :meth:`entry_text`), encoding facts
+    shared between domains once (:class:`~diag.codec.Encoder`) and writing their text once, too."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.encoder = Encoder(size)
+        self._size = size
+        self._texts: dict[tuple[int, int], tuple[Any, str]] = {}
+
+    def domain_dict(self, domain: DomainReport) -> dict[str, Any]:
+        return domain_dict(domain, encoder=self.encoder)
+
+    def entry_text(self, entry: Mapping[str, Any]) -> str:
+        return entry_text(entry, writer=self)
+
+    def _text(self, value: Any, level: int) -> str:
+        key = (id(value), level)
+        kept = self._texts.pop(key, None)
+        if kept is None or kept[0] is not value:
+            out: list[str] = []
+            _write_container(value, level, out, self)
+            kept = (value, "".join(out))
+            if len(self._texts) >= self._size:
+                del self._texts[next(iter(self._texts))]
+        self._texts[key] = kept  # the most recently used last; the value is held, so its id stays its own
+        return kept[1]
+
+
+# The text json.dumps(value, indent=2, ensure_ascii=True) gives, written directly: json's own indenting encoder
+# is pure Python and the slowest part of writing an entry. A mapping with a key that is not a string (none in a
+# report) is left to json itself.
+
+_ESCAPE = json.encoder.encode_basestring_ascii
+
+
+def _write(value: Any, level: int, out: list[str], writer: EntryWriter | None) -> None:
+    if isinstance(value, str):
+        out.append(_ESCAPE(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        out.append(_float(value))
+    elif writer is not None and writer.encoder.remembers(value):
+        out.append(writer._text(value, level))
+    else:
+        _write_container(value, level, out, writer)
+
+
+def _write_container(value: Any, level: int, out: list[str], writer: EntryWriter | None) -> None:
+    if isinstance(value, Mapping):
+        if not value:
+            out.append("{}")
+            return
+        if not all(isinstance(key, str) for key in value):
+            out.append(json.dumps(value, indent=2, ensure_ascii=True).replace("\n", "\n" + "  " * level))
+            return
+        inner = ",\n" + "  " * (level + 1)
+        out.append("{" + inner[1:])
+        for position, (key, item) in enumerate(value.items()):
+            if position:
+                out.append(inner)
+            out.append(_ESCAPE(key) + ": ")
+            _write(item, level + 1, out, writer)
+        out.append("\n" + "  " * level + "}")
+    elif isinstance(value, list | tuple):
+        if not value:
+            out.append("[]")
+            return
+        inner = ",\n" + "  " * (level + 1)
+        out.append("[" + inner[1:])
+        for position, item in enumerate(value):
+            if position:
+                out.append(inner)
+            _write(item, level + 1, out, writer)
+        out.append("\n" + "  " * level + "]")
+    else:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _float(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    return float.__repr__(value)
 
 
 def dumps(report: Report) -> str:
