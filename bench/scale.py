@@ -206,6 +206,7 @@ class Timed:
     peak_tree_kb: int
     max_single_kb: int
     peak_processes: int
+    cpu_seconds: float
 
 
 def timed_process(command: list[str], env: dict[str, str], log: Path) -> Timed:
@@ -231,7 +232,8 @@ def timed_process(command: list[str], env: dict[str, str], log: Path) -> Timed:
         stop.set()
         sampler.join()
     # ru_maxrss of wait4: the largest of the process and its waited-for descendants, in KiB on Linux.
-    return Timed(seconds, process.returncode, peak, usage.ru_maxrss, most)
+    # User and system time of the process and every descendant it waited for (the workers).
+    return Timed(seconds, process.returncode, peak, usage.ru_maxrss, most, usage.ru_utime + usage.ru_stime)
 
 
 def count_results(path: Path) -> tuple[collections.Counter[str], collections.Counter[str], int]:
@@ -281,7 +283,7 @@ def main() -> None:
             if args.workers is not None:
                 diag += ["--workers", str(args.workers)]
             run = timed_process(diag, env, directory / "diag.log")
-            blocks = (directory / "nsd.log").read_text().count("ratelimit block")
+            blocks = (directory / "nsd.log").read_text().count("ratelimit block")  # during diag's run only
             anchor = None
             checkdmarc = shutil.which("checkdmarc", path=str(Path(sys.executable).parent)) or shutil.which("checkdmarc")
             if checkdmarc and not args.no_anchor:
@@ -305,7 +307,8 @@ def main() -> None:
     print(f"NSD ratelimit blocks logged: {blocks}")
     print(f"diag: exit {run.returncode}, {run.seconds:.2f} s, {count / run.seconds:.0f} domains/s, "
           f"peak RSS {run.peak_tree_kb / 1024:.0f} MB over up to {run.peak_processes} processes "
-          f"(largest process {run.max_single_kb / 1024:.0f} MB)")
+          f"(largest process {run.max_single_kb / 1024:.0f} MB), CPU {run.cpu_seconds:.1f} s "
+          f"({run.cpu_seconds / count * 1000:.2f} ms per domain)")
     if (directory / "out.json").exists():
         statuses, reasons, dns_lost = count_results(directory / "out.json")
         print("results: " + ", ".join(f"{status} {n}" for status, n in sorted(statuses.items())))
