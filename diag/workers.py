@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import pickle
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -64,7 +65,8 @@ _REPORT_EVERY = 0.02
 
 def default_workers(domains: int) -> int:
     """Worker processes for a run over ``domains`` domains: one per usable core, and one for small runs."""
-    return max(1, min(len(os.sched_getaffinity(0)), math.ceil(domains / _DOMAINS_PER_WORKER)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, math.ceil(domains / _DOMAINS_PER_WORKER)))
 
 
 async def check_many(
@@ -319,4 +321,6 @@ def main() -> None:
     """A worker process of :func:`check_many`, spoken to over stdin and stdout."""
     frames_out = os.dup(1)
     os.dup2(2, 1)  # whatever else writes to stdout goes to stderr, never into the frames
+    # Ctrl-C reaches the whole process group: the parent stops its workers itself (and they print nothing).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_worker_main(0, frames_out))
