@@ -9,7 +9,10 @@ authoritative servers that rate-limit (response rate limiting drops answers) and
 and a run over thousands of domains sends many. The first two thirds of the budget are UDP tries, each waiting
 a quarter of that (two seconds at most), with dnspython's own backoff between rounds (0.1 s, doubling, at most
 2 s); if every UDP answer was lost, the last third asks over TCP, which such servers answer and which gets
-through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, not only for truncation).
+through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, not only for truncation). A server
+that rate-limits may also answer with a truncated reply and then close the TCP connection the client opens for
+it (it cannot take them all): that is no answer either, and the lookup asks again after a pause (0.1 s,
+doubling, at most 1 s) while its budget lasts.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdata
@@ -39,13 +43,18 @@ __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_
 _GRACE = 1.0
 # Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
 # of A and AAAA queries (UDP answers get dropped, and each costs a retry).
-_MAX_IN_FLIGHT = 256
+_MAX_IN_FLIGHT = 64
 # How a lookup spends its budget (module docstring): this share on UDP tries, the rest on TCP.
 _UDP_SHARE = 2 / 3
 # UDP tries that fit into the UDP share when none is answered (dnspython's backoff comes on top); each try
 # waits at most _MAX_TRY, dnspython's own default per-try timeout.
 _UDP_TRIES = 4
 _MAX_TRY = 2.0
+# A server that closed or reset the connection is asked again after this pause, doubling up to _MAX_PAUSE.
+_FIRST_PAUSE = 0.1
+_MAX_PAUSE = 1.0
+# What ends a try without an answer (see _unanswered).
+_UNANSWERED = (EOFError, ConnectionResetError, dns.exception.Timeout, dns.message.Truncated)
 
 
 class DnsStatus(enum.StrEnum):
@@ -107,6 +116,18 @@ def parse_nameserver(text: str) -> Nameserver:
     if not port_text:
         return Nameserver(host)
     return Nameserver(host, port_number(port_text))
+
+
+def _unanswered(exc: dns.resolver.NoNameservers) -> bool:
+    """Whether every try of a failed lookup ended without an answer from the server, as if it were lost: a
+    truncated UDP answer whose retry over TCP the server closed or reset (a server that rate-limits answers with
+    truncated ones, then cannot take every connection), or a timeout. A refused datagram or connection (nothing
+    listens there), a malformed answer and SERVFAIL or REFUSED are answers of a kind, and final."""
+    errors = exc.kwargs.get("errors") or []
+    return bool(errors) and all(
+        response is None and isinstance(error, _UNANSWERED) and not isinstance(error, ConnectionRefusedError)
+        for _server, _tcp, _port, error, response in errors
+    )
 
 
 def name_text(name: dns.name.Name) -> str:
@@ -183,19 +204,31 @@ class Resolver:
         return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(answer.rrset))
 
     async def _resolve(self, qname: dns.name.Name, rdtype: str) -> dns.resolver.Answer:
-        """UDP tries for the first part of the budget, then TCP for the rest (module docstring)."""
+        """UDP tries for the first part of the budget, then TCP for the rest (module docstring); a server that
+        closed or reset the connection instead of answering is asked again after a pause."""
         clock = asyncio.get_running_loop()
         started = clock.time()
-        try:
-            return await self._resolver.resolve(
-                qname, rdtype, search=False, raise_on_no_answer=False, lifetime=self._timeout * _UDP_SHARE
-            )
-        except dns.resolver.LifetimeTimeout:
-            pass  # every UDP answer was lost
-        remaining = self._timeout - (clock.time() - started)
-        return await self._resolver.resolve(
-            qname, rdtype, tcp=True, search=False, raise_on_no_answer=False, lifetime=max(remaining, 0.001)
-        )
+        udp_until, until = started + self._timeout * _UDP_SHARE, started + self._timeout
+        tcp, pause = False, _FIRST_PAUSE
+        while True:
+            try:
+                return await self._resolver.resolve(
+                    qname, rdtype, tcp=tcp, search=False, raise_on_no_answer=False,
+                    lifetime=max((until if tcp else udp_until) - clock.time(), 0.001),
+                )  # fmt: skip
+            except dns.resolver.LifetimeTimeout:
+                if tcp:
+                    raise
+                tcp = True  # every UDP answer was lost
+                continue
+            except dns.resolver.NoNameservers as exc:
+                if not _unanswered(exc):
+                    raise
+            if clock.time() + pause >= until:
+                raise TimeoutError  # no answer within the budget, only closed connections
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _MAX_PAUSE)
+            tcp = tcp or clock.time() >= udp_until
 
     def _servers(self) -> str:
         return ", ".join(self.nameservers) or "no nameserver"
