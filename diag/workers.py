@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.context import RunContext, RunOptions
+from diag.model import DomainReport
 from diag.net.smtp import SessionFacts
 from diag.registry import Registry
 from diag.render.json import EntryWriter
@@ -118,7 +119,7 @@ async def _in_process(
 
     async def one(index: int, domain: str) -> None:
         try:
-            add(checked(index, await check_domain(domain, registry, run, deadline), registry, writer=writer))
+            add(_checked(index, domain, await check_domain(domain, registry, run, deadline), registry, writer))
         finally:
             window.release()
 
@@ -126,6 +127,15 @@ async def _in_process(
         for index, domain in domains:
             await window.acquire()
             group.create_task(one(index, domain), name=domain)
+
+
+def _checked(index: int, domain: str, report: DomainReport, registry: Registry, writer: EntryWriter) -> Checked:
+    """:func:`~diag.results.checked`; when making the outputs' parts fails (a bug), the domain's result says so."""
+    try:
+        return checked(index, report, registry, writer=writer)
+    except Exception as exc:
+        log.debug("writing the results of %s failed", domain, exc_info=True)
+        return unchecked(index, domain, registry, f"internal: {type(exc).__name__}: {exc}")
 
 
 # --- the parent's side -----------------------------------------------------------------------------------------
@@ -271,11 +281,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
     async def one(index: int, domain: str) -> None:
         nonlocal report_due
-        try:
-            result = checked(index, await check_domain(domain, registry, run, deadline), registry, writer=entries)
-        except Exception as exc:  # encoding the results failed: a bug, reported as the domain's result
-            log.debug("checking %s failed", domain, exc_info=True)
-            result = unchecked(index, domain, registry, f"internal: {type(exc).__name__}: {exc}")
+        result = _checked(index, domain, await check_domain(domain, registry, run, deadline), registry, entries)
         finished.append(Stored(index, kept.keep(result), result.verdict, result.notes))
         if report_due is None:
             report_due = loop.call_later(_REPORT_EVERY, report)
