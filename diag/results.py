@@ -265,21 +265,12 @@ class HeldReport:
     def verdict(self) -> Verdict:
         return self._report.verdict
 
-    @property
-    def exit_code(self) -> int:
-        return self._report.exit_code
-
     def head(self) -> dict[str, Any]:
         return head_dict(self._report.started_at, self._report.finished_at, self._report.verdict)
 
     def entries(self) -> Iterator[str]:
         for domain in self._report.domains:
             yield entry_text(domain_dict(domain))
-
-    def records(self) -> Iterator[tuple[DomainRows, str]]:
-        for domain in self._report.domains:
-            entry = domain_dict(domain)
-            yield domain_rows(entry), compact_json(entry)
 
     def plain(self, *, quiet: bool = False) -> Iterator[str]:
         from diag.render.terminal import plain_domain
