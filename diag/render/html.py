@@ -538,6 +538,11 @@ def _domain_view(index: int, domain: Mapping[str, Any], finished: datetime | Non
             _Hops(_text(c.get("title")) or _text(c.get("id")), hops)
             for c in checks
             if (hops := _hops(_dict(c.get("facts")).get("hops")))
+        ) + tuple(
+            _Hops(f"{_text(c.get('title')) or _text(c.get('id'))}: {_text(p.get('name'))}", hops)
+            for c in checks
+            for p in _dicts(_dict(c.get("facts")).get("probes"))
+            if (hops := _probe_hops(p))
         ),
     )
 
@@ -985,6 +990,34 @@ def _hops(value: Any) -> tuple[_Hop, ...]:
             connector=_text(hop.get("connector")),
             detail=detail,
         ))  # fmt: skip
+    return tuple(hops)
+
+
+def _probe_hops(probe: Mapping[str, Any]) -> tuple[_Hop, ...]:
+    """An end-to-end probe's path (diag.probe.run.ProbeFacts): a hop per Received line, each named by the server
+    that wrote it; a probe that never arrived shows how far it got (accepted by its Via)."""
+    hops = []
+    for number, hop in enumerate(_dicts(probe.get("hops")), 1):
+        tls = hop.get("tls")
+        version = " · ".join(_text(hop.get(k)) for k in ("tls_version", "tls_cipher") if hop.get(k))
+        sender = " ".join(part for part in (_text(hop.get("from_host")), f"[{_text(hop.get('ip'))}]"
+                                            if hop.get("ip") else "") if part)  # fmt: skip
+        facts = [f"from {sender}" if sender else "", _text(hop.get("protocol")), _text(hop.get("at"))]
+        if isinstance(hop.get("delay_s"), int | float):
+            facts.append(f"+{float(hop['delay_s']):.0f} s")
+        if isinstance(hop.get("skew_s"), int | float):
+            facts.append(f"its clock {float(hop['skew_s']):.0f} s behind the previous hop's")
+        hops.append(_Hop(
+            number=number,
+            host=_text(hop.get("by_host")),
+            address="",
+            tls=version or ("yes" if tls is True else "no" if tls is False else ""),
+            connector="",
+            detail="; ".join(fact for fact in facts if fact),
+        ))  # fmt: skip
+    if not hops and probe.get("accepted_at"):
+        hops.append(_Hop(1, _text(probe.get("via")), "", "", "", f"accepted at {_text(probe.get('accepted_at'))}; "
+                         "not seen in the watched mailbox since"))  # fmt: skip
     return tuple(hops)
 
 

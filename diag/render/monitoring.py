@@ -9,7 +9,7 @@ does not apply (``not_applicable``: a domain with a null MX has no mail host to 
 as a problem; JUnit marks it skipped with the reason.
 
 Measurements are read from the facts as the JSON view renders them (``port25``: ``probed[].session``;
-``certificate``: ``certificates[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
+``certificate``: ``certificates[]``; ``e2e``: ``probes[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
 the same for facts loaded back from a saved JSON report.
 
 A series is named by what it measures, not by where it was measured: domain, MX host name and stage, never the
@@ -151,6 +151,31 @@ def _certificates(domain: DomainReport) -> list[_Cert]:
     return list(by_host.values())
 
 
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """One end-to-end probe of a domain's ``e2e`` check (``probes[]``), with its thresholds."""
+
+    name: str
+    delivered: bool
+    latency: float | None
+    slow: float | None
+    deadline: float | None
+
+
+def _probes(domain: DomainReport) -> list[_Probe]:
+    """The domain's end-to-end probes that were sent (a probe whose mailbox could not be watched was not)."""
+    found = []
+    for probe in _items(_facts(domain, "e2e"), "probes"):
+        if probe.get("submission") is None:
+            continue
+        found.append(_Probe(
+            name=str(probe.get("name", "")), delivered=probe.get("delivered") is True,
+            latency=_number(probe.get("latency_s")), slow=_number(probe.get("slow_s")),
+            deadline=_number(probe.get("deadline_s")),
+        ))  # fmt: skip
+    return found
+
+
 # --- Nagios / Icinga -----------------------------------------------------------------------------------------
 
 _SUMMARY_PROBLEMS = 3
@@ -281,6 +306,13 @@ def _perfdata(report: Report) -> Iterator[str]:
             warn = f"{_perf_number(cert.warn_days, places=2)}:" if cert.warn_days is not None else ""
             crit = f"{_perf_number(cert.crit_days, places=2)}:" if cert.crit_days is not None else ""
             yield _perf(f"{domain.domain} {cert.host} cert_days", cert.days_left, places=2, warn=warn, crit=crit)
+        for probe in _probes(domain):
+            # Latency of an arrived probe ("U" when it did not arrive), its Slow and Deadline as thresholds.
+            warn = _perf_number(probe.slow, places=3) if probe.slow is not None else ""
+            crit = _perf_number(probe.deadline, places=3) if probe.deadline is not None else ""
+            latency = probe.latency if probe.delivered else None
+            yield _perf(f"{domain.domain} {probe.name} latency", latency, "s", places=3, warn=warn, crit=crit,
+                        minimum="0")  # fmt: skip
 
 
 def nagios(report: Report) -> str:
@@ -291,8 +323,9 @@ def nagios(report: Report) -> str:
     guidelines (``'label'=value[UOM];[warn];[crit];[min];[max]``): domains per state, the run's duration, the
     seconds of each SMTP stage per MX host (``'DOMAIN HOST STAGE'``: the slowest of the host's addresses; ``U``
     when none reached the stage), and the days left on each MX host's certificate (``'DOMAIN HOST cert_days'``:
-    the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges.
-    Labels name no address or port (module docstring), so a graph keeps its series from run to run. Every
+    the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges, and the
+    latency of each end-to-end probe that was sent (``'DOMAIN PROBE latency'``, ``U`` when it did not arrive) with
+    its Slow and Deadline as thresholds. Labels name no address or port (module docstring), so a graph keeps its series from run to run. Every
     following line
     names one finding of warning or worse, or one check that could not run. No text carries ``|`` (shown as
     ``¦``) or a control character. The process exit code is ``report.exit_code``.
@@ -355,7 +388,8 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
     ``diag_findings`` has a sample for every severity of every check, zeros included, so series do not come and
     go between runs. ``diag_certificate_expiry_timestamp_seconds`` and ``diag_smtp_stage_seconds`` are labelled
     ``domain`` and ``host`` (and ``stage``), never with an address or port, one sample per MX host (module
-    docstring). Samples carry no timestamps (the textfile collector rejects them); the time of the run is
+    docstring). End-to-end probes that were sent have ``diag_probe_delivered{domain,probe}`` (1 or 0) and, when
+    they arrived, ``diag_probe_latency_seconds{domain,probe}``. Samples carry no timestamps (the textfile collector rejects them); the time of the run is
     ``diag_last_run_timestamp_seconds``: ``now`` when given (the moment the file is written), else the moment
     the run finished.
     """
@@ -378,6 +412,14 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
         "Seconds an SMTP session stage took at an MX host (connect, banner, ehlo, tls; the slowest of its "
         "addresses); absent when no address reached it.",
     )
+    probe_latency = _Family(
+        "diag_probe_latency_seconds",
+        "Seconds from an end-to-end probe's acceptance to its arrival in the watched mailbox; absent when it did "
+        "not arrive.",
+    )
+    probe_delivered = _Family(
+        "diag_probe_delivered", "Whether an end-to-end probe arrived in the watched mailbox by its deadline (1 or 0)."
+    )
 
     run_status.add(report.verdict.exit_code)
     last_run.add(_unix(now if now is not None else report.finished_at))
@@ -397,9 +439,13 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
             for stage_name, seconds in zip(STAGES, timings.seconds, strict=True):
                 if seconds is not None:
                     stage.add(seconds, domain=name, host=timings.host, stage=stage_name)
+        for probe in _probes(domain):
+            probe_delivered.add(int(probe.delivered), domain=name, probe=probe.name)
+            if probe.delivered and probe.latency is not None:
+                probe_latency.add(probe.latency, domain=name, probe=probe.name)
 
     families = (run_status, last_run, run_duration, domain_status, check_status, check_duration, findings,
-                cert_expiry, stage)  # fmt: skip
+                cert_expiry, stage, probe_latency, probe_delivered)  # fmt: skip
     return "".join(f"{line}\n" for family in families for line in family.lines())
 
 

@@ -542,14 +542,15 @@ def test_a_synthetic_report_shows_every_kind_of_evidence() -> None:
 
 
 def test_a_check_that_does_not_apply_is_shown_as_such_not_as_could_not_run(lab: Lab) -> None:
-    # Given a domain with a null MX only: port25, starttls and certificate do not apply
+    # Given a domain with a null MX only: port25, starttls and certificate do not apply (nor does e2e: none of
+    # the lab's probes is sent from or to it)
     page = render_html(report_dict(lab_report(lab, ("nullmx.example",))))
     parsed = assert_inert(page)
     # Then they say so, with the reason, and the domain counts no check as "not run"
     assert "Does not apply: the domain accepts no mail (null MX)" in parsed.words
     assert "Could not run" not in parsed.words
     classes = [attrs.get("class", "") for _, attrs in parsed.tags]
-    assert classes.count("status status-not_applicable") == 3
+    assert classes.count("status status-not_applicable") == 4
     assert "num has-unknown" not in page  # the summary's "Not run" column counts none
 
 

@@ -521,8 +521,13 @@ def case(root: ET.Element, domain: str, check: str) -> ET.Element:
 def test_junit_lab_run(report: Report) -> None:
     root = parse_junit(junit(report))
     assert {key: root.get(key) for key in ("tests", "failures", "errors", "skipped")} == {
-        "tests": "35", "failures": "4", "errors": "1", "skipped": "8",
+        "tests": "42", "failures": "4", "errors": "1", "skipped": "14",
     }  # fmt: skip
+    # The lab's probes concern contoso.com only: its e2e testcase passes, listing the four arrivals; the other
+    # domains' e2e testcases are skipped as not applicable.
+    e2e = case(root, "contoso.com", "e2e")
+    assert e2e.find("failure") is None and (e2e.findtext("system-out") or "").count("INFO E2E_DELIVERED") == 4
+    assert case(root, "expired.example", "e2e").find("skipped") is not None
     assert [s.get("name") for s in root] == LAB_DOMAINS
     statuses = {s.get("name"): s.find("properties/property[@name='status']").get("value") for s in root}  # type: ignore[union-attr]
     assert statuses == {d.domain: d.verdict.value for d in report.domains}
