@@ -6,6 +6,7 @@ user runs it, in a process of its own."""
 from __future__ import annotations
 
 import asyncio
+import json
 import mailbox
 import os
 import socket
@@ -20,6 +21,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jsonschema
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as Server
@@ -34,6 +36,7 @@ from diag.probe.judge import Outcome
 from diag.probe.message import build_probe
 from diag.probe.run import ProbeFacts, ProbeOptions, ProbeSetup, execute
 from diag.probe.sender import Accepted, Refused, Stage
+from diag.render.json import load_schema
 
 if TYPE_CHECKING:
     from conftest import Dovecot  # tests/probe/conftest.py, for the annotations only
@@ -375,9 +378,9 @@ def test_diag_probe_lab_runs_the_four_flows(tmp_path: Path) -> None:
     done = diag("probe", "--lab", "--json", str(out), "--html", str(tmp_path / "report.html"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("INFO E2E_DELIVERED") == 4 and done.stdout.endswith("status: OK (exit 0)\n")
-    import json
-
     document = json.loads(out.read_text())
+    jsonschema.validate(document, load_schema())
+    assert [d["domain"] for d in document["domains"]] == ["contoso.com", "tailspintoys.com"]
     probes = [p["name"] for d in document["domains"] for c in d["checks"] for p in c["facts"]["probes"]]
     assert sorted(probes) == ["Bob to John", "John to Bob", "John to Sun", "Sun to John"]
     assert "Path of the message: End to end: Sun to John" in (tmp_path / "report.html").read_text()
@@ -438,8 +441,6 @@ def test_a_probe_concerning_two_checked_domains_is_sent_once(tmp_path: Path) -> 
     out = tmp_path / "result.json"
     done = diag("check", "contoso.com", "tailspintoys.com", "--lab", "--check", "e2e", "--json", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
-    import json
-
     document = json.loads(out.read_text())
     ids = [{p["name"]: p["message_id"] for p in d["checks"][0]["facts"]["probes"]} for d in document["domains"]]
     contoso, tailspin = ids
