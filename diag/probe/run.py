@@ -387,9 +387,10 @@ def _predict(config: ProbeConfig, via: Via | None, setup: ProbeSetup) -> _Predic
 async def execute(config: ProbeConfig, setup: ProbeSetup) -> ProbeFacts:
     """Run the probe ``config``: watch, submit, wait, judge, clean up (module docstring). Never raises for the
     network; the whole takes at most the operation timeouts plus ``config.deadline``."""
+    named = _via_text(Via(*parse_via(config.via, setup.smtp_port))) if config.via is not None else None
     facts = ProbeFacts(
         name=config.name, sender=config.sender, recipient=config.recipient, run=setup.options.run,
-        via=config.via or f"the MX of {config.recipient.rpartition('@')[2]}", watch=watch_text(config, setup),
+        via=named or f"the MX of {config.recipient.rpartition('@')[2]}", watch=watch_text(config, setup),
         deadline_s=config.deadline, slow_s=config.slow,
     )  # fmt: skip
     try:

@@ -9,8 +9,8 @@ does not apply (``not_applicable``: a domain with a null MX has no mail host to 
 as a problem; JUnit marks it skipped with the reason.
 
 Measurements are read from the facts as the JSON view renders them (``port25``: ``probed[].session``;
-``certificate``: ``certificates[]``; ``e2e``: ``probes[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
-the same for facts loaded back from a saved JSON report.
+``certificate``: ``certificates[]``; ``e2e``: ``probes[]``), so this module depends on ``model`` only
+(ARCHITECTURE.md §2) and works the same for facts loaded back from a saved JSON report.
 
 A series is named by what it measures, not by where it was measured: domain, MX host name and stage, never the
 address or port (issue 10; the same identity as history's, :func:`~diag.model.subject_host`). The cloud's MX
@@ -325,9 +325,9 @@ def nagios(report: Report) -> str:
     when none reached the stage), and the days left on each MX host's certificate (``'DOMAIN HOST cert_days'``:
     the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges, and the
     latency of each end-to-end probe that was sent (``'DOMAIN PROBE latency'``, ``U`` when it did not arrive) with
-    its Slow and Deadline as thresholds. Labels name no address or port (module docstring), so a graph keeps its series from run to run. Every
-    following line
-    names one finding of warning or worse, or one check that could not run. No text carries ``|`` (shown as
+    its Slow and Deadline as thresholds. Labels name no address or port (module docstring), so a graph keeps its
+    series from run to run. Every following line names one finding of warning or worse, or one check that could
+    not run. No text carries ``|`` (shown as
     ``¦``) or a control character. The process exit code is ``report.exit_code``.
     """
     perfdata: dict[str, str] = {}  # one value per label: graphing tools key their series by it
@@ -389,9 +389,9 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
     go between runs. ``diag_certificate_expiry_timestamp_seconds`` and ``diag_smtp_stage_seconds`` are labelled
     ``domain`` and ``host`` (and ``stage``), never with an address or port, one sample per MX host (module
     docstring). End-to-end probes that were sent have ``diag_probe_delivered{domain,probe}`` (1 or 0) and, when
-    they arrived, ``diag_probe_latency_seconds{domain,probe}``. Samples carry no timestamps (the textfile collector rejects them); the time of the run is
-    ``diag_last_run_timestamp_seconds``: ``now`` when given (the moment the file is written), else the moment
-    the run finished.
+    they arrived, ``diag_probe_latency_seconds{domain,probe}``. Samples carry no timestamps (the textfile
+    collector rejects them); the time of the run is ``diag_last_run_timestamp_seconds``: ``now`` when given (the
+    moment the file is written), else the moment the run finished.
     """
     run_status = _Family("diag_run_status", f"State of the whole run ({_STATES}); the exit code.")
     last_run = _Family("diag_last_run_timestamp_seconds", "Unix time of the last run.")
