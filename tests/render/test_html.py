@@ -746,7 +746,8 @@ def test_ok_domains_evidence_starts_collapsed(report: Report, page: str) -> None
         assert section.all("article", "check") and evidence[0].all("article", "check") == []
     (contoso,) = [s for s in root.all("section", "domain") if s.all("h2")[0].text == "contoso.com"]
     summary = contoso.all("details", "evidence")[0].all("summary")[0].text
-    assert summary == "Evidence nothing to fix, so collapsed: MX records, SMTP sessions, certificates, routing"
+    assert summary == ("Evidence nothing to fix, so collapsed: MX records, SMTP sessions, certificates, routing, "
+                       "message path")  # the lab probes' paths
 
 
 @pytest.fixture(scope="module")
@@ -943,3 +944,34 @@ def test_without_jsonschema_a_structural_check_validates(report: Report, tmp_pat
 def test_render_html_refuses_what_is_not_a_report(document: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"not a diag\.report/1 document"):
         render_html(document)
+
+
+def test_each_probe_draws_its_path_and_one_that_never_arrived_shows_how_far_it_got() -> None:
+    # Given an e2e check with a delivered probe (two Received hops, one of them without TLS and behind in time)
+    # and one that was accepted but never seen
+    hop = {"index": 1, "from_host": "client.example", "ip": "192.0.2.9", "by_host": "mail.contoso.com",
+           "protocol": "ESMTPSA", "tls": True, "tls_version": "TLSv1.3", "tls_cipher": "TLS_AES_256_GCM_SHA384",
+           "at": "2026-11-26T12:00:00Z", "delay_s": None, "skew_s": None, "raw": "from client.example ..."}
+    second = {**hop, "index": 2, "from_host": "mail.contoso.com", "ip": "192.0.2.10", "by_host": "<b>mx</b>",
+              "protocol": "ESMTP", "tls": False, "tls_version": None, "tls_cipher": None, "skew_s": 3.0}
+    probes = {"probes": [
+        {"name": "John to Sun", "via": "mail.contoso.com [192.0.2.10]:587", "hops": [hop, second],
+         "accepted_at": "2026-11-26T12:00:00Z"},
+        {"name": "Sun to John", "via": "mx.contoso.com [192.0.2.20]:25", "hops": [],
+         "accepted_at": "2026-11-26T12:00:01Z"},
+    ]}  # fmt: skip
+    document = synthetic()
+    document["domains"][0]["checks"].append(check("e2e", probes, finding("E2E_TIMEOUT", "critical"),
+                                                  title="End to end"))
+    page = render_html(document)
+    text = assert_inert(page).words
+    # Then each probe's path is drawn under its name, a hop per Received line named by the server that wrote it
+    assert "Path of the message: End to end: John to Sun" in text
+    assert "1 mail.contoso.com TLS TLSv1.3 · TLS_AES_256_GCM_SHA384" in text
+    assert "from client.example [192.0.2.9]; ESMTPSA; 2026-11-26T12:00:00Z" in text
+    assert "2 <b>mx</b> TLS no" in text and "<b>mx</b>" not in page  # server text stays text
+    assert "from mail.contoso.com [192.0.2.10]; ESMTP; 2026-11-26T12:00:00Z" in text
+    assert "its clock 3 s behind the previous hop's" in text
+    # and the probe that never arrived ends where it was last known
+    assert "Path of the message: End to end: Sun to John" in text
+    assert "mx.contoso.com [192.0.2.20]:25 accepted at 2026-11-26T12:00:01Z; not seen in the watched mailbox" in text
