@@ -429,11 +429,15 @@ async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, fac
         )  # fmt: skip
     facts = replace(facts, submission=submission)
     if isinstance(submission, Refused):
-        # Nothing to wait for; one look at the mailbox still finds late probes of earlier runs to remove.
-        seen = await watcher.wait(matcher, time.monotonic())
         verdict = verdicts(refused=submission.reply, delivery=None, bounce=None, accepted_at=None,
                            deadline_s=config.deadline)  # fmt: skip
-        facts = replace(facts, verdicts=verdict, late=len(seen.late), forged=seen.forged)
+        facts = replace(facts, verdicts=verdict)
+        # Nothing to wait for; one look at the mailbox still finds late probes of earlier runs to remove.
+        try:
+            seen = await watcher.wait(matcher, time.monotonic())
+        except WatchError as exc:
+            return replace(facts, cleanup=(f"the mailbox could not be searched for late probes: {exc}",))
+        facts = replace(facts, late=len(seen.late), forged=seen.forged)
         return replace(facts, cleanup=await _clean(watcher, (), seen.late))
     accepted_at = submission.accepted_at
     facts = replace(facts, accepted_at=accepted_at)

@@ -539,7 +539,7 @@ def _domain_view(index: int, domain: Mapping[str, Any], finished: datetime | Non
             for c in checks
             if (hops := _hops(_dict(c.get("facts")).get("hops")))
         ) + tuple(
-            _Hops(f"{_text(c.get('title')) or _text(c.get('id'))}: {_text(p.get('name'))}", hops)
+            _Hops(f"{_text(c.get('title')) or _text(c.get('id'))}: {_text(p.get('name'))}{_probe_verdict(p)}", hops)
             for c in checks
             for p in _dicts(_dict(c.get("facts")).get("probes"))
             if (hops := _probe_hops(p))
@@ -991,6 +991,12 @@ def _hops(value: Any) -> tuple[_Hop, ...]:
             detail=detail,
         ))  # fmt: skip
     return tuple(hops)
+
+
+def _probe_verdict(probe: Mapping[str, Any]) -> str:
+    """How the probe ended, for the top of its path: `` (delivered)``, `` (timeout)``..."""
+    verdicts = _dicts(probe.get("verdicts"))
+    return f" ({_text(verdicts[0].get('outcome'))})" if verdicts and verdicts[0].get("outcome") else ""
 
 
 def _probe_hops(probe: Mapping[str, Any]) -> tuple[_Hop, ...]:

@@ -958,7 +958,7 @@ def test_each_probe_draws_its_path_and_one_that_never_arrived_shows_how_far_it_g
         {"name": "John to Sun", "via": "mail.contoso.com [192.0.2.10]:587", "hops": [hop, second],
          "accepted_at": "2026-11-26T12:00:00Z"},
         {"name": "Sun to John", "via": "mx.contoso.com [192.0.2.20]:25", "hops": [],
-         "accepted_at": "2026-11-26T12:00:01Z"},
+         "accepted_at": "2026-11-26T12:00:01Z", "verdicts": [{"outcome": "timeout", "detail": "not seen"}]},
     ]}  # fmt: skip
     document = synthetic()
     document["domains"][0]["checks"].append(check("e2e", probes, finding("E2E_TIMEOUT", "critical"),
@@ -973,5 +973,5 @@ def test_each_probe_draws_its_path_and_one_that_never_arrived_shows_how_far_it_g
     assert "from mail.contoso.com [192.0.2.10]; ESMTP; 2026-11-26T12:00:00Z" in text
     assert "its clock 3 s behind the previous hop's" in text
     # and the probe that never arrived ends where it was last known
-    assert "Path of the message: End to end: Sun to John" in text
+    assert "Path of the message: End to end: Sun to John (timeout)" in text
     assert "mx.contoso.com [192.0.2.20]:25 accepted at 2026-11-26T12:00:01Z; not seen in the watched mailbox" in text
