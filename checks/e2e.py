@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import assert_never
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, assert_never
 
+from diag import evidence as ev
 from diag.context import CheckContext, RunOptions
+from diag.evidence import Evidence, Measurements, Observed, ProbeArrival
 from diag.model import Finding, Severity
 from diag.probe.judge import Outcome as Judged
 from diag.probe.judge import Verdict
 from diag.probe.run import E2eFacts, ProbeFacts, ProbeSetup, execute
-from diag.probe.sender import Refused
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "assess", "probe_findings"]
+__all__ = ["CHECK", "E2eView", "PathHop", "ProbePath", "assess", "measure", "probe", "probe_findings", "view"]
 
 # The cloud's own texts for what a refusal or a bounce says (exchange-model.md §10), matched by enhanced status
 # code, with what to do about each.
@@ -81,10 +84,10 @@ def _verdict_finding(probe: ProbeFacts, verdict: Verdict) -> Finding:
                 f"accepted it, over {hops} {'hop' if hops == 1 else 'hops'}.",
             )  # fmt: skip
         case Judged.REJECTED:
-            submission = probe.submission
-            stage = f" at {submission.stage.value.upper()}" if isinstance(submission, Refused) else ""
+            refused = probe.refused
+            stage = f" at {refused.stage.value.upper()}" if refused is not None else ""
             cloud_error, remediation = _advice(detail)
-            coded = isinstance(submission, Refused) and submission.code is not None
+            coded = refused is not None and refused.code is not None
             return CHECK.finding(
                 "E2E_REJECTED", subject, f"{probe.via} refused the probe from {path}{stage}: {detail}",
                 remediation or "Make the server named in Via accept mail from this sender to this recipient, "
@@ -139,7 +142,7 @@ def _verdict_finding(probe: ProbeFacts, verdict: Verdict) -> Finding:
 def probe_findings(probe: ProbeFacts) -> list[Finding]:
     """The findings of one probe; pure."""
     found: list[Finding] = []
-    if probe.watch_error and probe.submission is None:
+    if probe.watch_error and not probe.submitted:
         found.append(CHECK.finding(
             "E2E_WATCH_FAILED", _subject(probe),
             f"The mailbox of the probe from {_path(probe)} cannot be watched, so the probe was not sent: "
@@ -176,23 +179,109 @@ def _waits(options: RunOptions) -> float:
     return max((probe.deadline for probe in probes), default=0.0)
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> E2eFacts | None:
+    """Send the probes that concern the domain and watch for them (:func:`diag.probe.run.execute`); None when no
+    probe concerns it."""
     org = ctx.options.organization
     probes = [probe for probe in org.probes if probe.concerns(ctx.domain)] if org is not None else []
     if not probes:
-        return Outcome.inapplicable(f"no [[Probe]] is sent from or to {ctx.domain}")
+        return None
     setup = ProbeSetup.of(ctx.options, ctx.resolver)
     # Shared in the run: a probe from one checked domain to another is sent once (asyncio.shield: one domain's
     # check timing out does not cancel the probe the other one waits for).
     shared = [ctx.run.once(("e2e", probe.name), functools.partial(execute, probe, setup)) for probe in probes]
-    results = await asyncio.gather(*(asyncio.shield(future) for future in shared))
-    facts = E2eFacts(tuple(results))
-    unwatched = [probe for probe in results if probe.watch_error]
+    return E2eFacts(tuple(await asyncio.gather(*(asyncio.shield(future) for future in shared))))
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
+    if facts is None:
+        return Outcome.inapplicable(f"no [[Probe]] is sent from or to {ctx.domain}")
+    unwatched = [probe for probe in facts.probes if probe.watch_error]
     incomplete = None
     if unwatched:
         more = f" (and {len(unwatched) - 1} more)" if len(unwatched) > 1 else ""
         incomplete = f"watch: {unwatched[0].watch_error}{more}"
     return Outcome(facts, assess(facts), incomplete=incomplete)
+
+
+# The report's evidence (report_templates/checks/e2e.html.j2) and the monitoring measurements, from the facts as a
+# report holds them (their JSON form, read defensively: diag.evidence).
+
+
+@dataclass(frozen=True, slots=True)
+class PathHop:
+    """One hop of a probe's path as the report draws it (the fields report_templates/macros.html.j2's hops
+    macro reads): the server that wrote the Received line, the TLS, and the rest in words."""
+
+    number: int
+    host: str
+    address: str
+    tls: str
+    connector: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePath:
+    """A probe's path: its name and how it ended (the title), a hop per Received line; a probe that never arrived
+    ends where it was last known (accepted by its Via)."""
+
+    title: str
+    hops: tuple[PathHop, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class E2eView:
+    """The end-to-end evidence: a path per probe."""
+
+    paths: tuple[ProbePath, ...]
+
+
+def _path_hop(number: int, hop: Mapping[str, Any]) -> PathHop:
+    version = " · ".join(ev.text(hop.get(key)) for key in ("tls_version", "tls_cipher") if hop.get(key))
+    tls = hop.get("tls")
+    sender = " ".join(part for part in (ev.text(hop.get("from_host")),
+                                        f"[{ev.text(hop.get('ip'))}]" if hop.get("ip") else "") if part)  # fmt: skip
+    facts = [f"from {sender}" if sender else "", ev.text(hop.get("protocol")), ev.text(hop.get("at"))]
+    delay, skew = ev.number(hop.get("delay_s")), ev.number(hop.get("skew_s"))
+    if delay is not None:
+        facts.append(f"+{delay:.0f} s")
+    if skew is not None:
+        facts.append(f"its clock {skew:.0f} s behind the previous hop's")
+    return PathHop(
+        number=number, host=ev.text(hop.get("by_host")), address="",
+        tls=version or ("yes" if tls is True else "no" if tls is False else ""), connector="",
+        detail="; ".join(fact for fact in facts if fact),
+    )  # fmt: skip
+
+
+def view(observed: Observed) -> E2eView | None:
+    paths = []
+    for probe in ev.mappings(observed.facts.get("probes")):
+        verdicts = ev.mappings(probe.get("verdicts"))
+        ended = f" ({ev.text(verdicts[0].get('outcome'))})" if verdicts and verdicts[0].get("outcome") else ""
+        hops = [_path_hop(number, hop) for number, hop in enumerate(ev.mappings(probe.get("hops")), 1)]
+        if not hops and probe.get("accepted_at"):
+            last = f"accepted at {ev.text(probe.get('accepted_at'))}; not seen in the watched mailbox since"
+            hops.append(PathHop(1, ev.text(probe.get("via")), "", "", "", last))
+        if hops:
+            paths.append(ProbePath(f"{ev.text(probe.get('name'))}{ended}", tuple(hops)))
+    return E2eView(tuple(paths)) if paths else None
+
+
+def measure(facts: Mapping[str, Any]) -> Measurements:
+    """How each probe that was sent fared: delivered or not, its latency, its Slow and Deadline."""
+    arrivals = tuple(
+        ProbeArrival(
+            name=ev.text(probe.get("name")), delivered=probe.get("delivered") is True,
+            latency=ev.number(probe.get("latency_s")), slow=ev.number(probe.get("slow_s")),
+            deadline=ev.number(probe.get("deadline_s")),
+        )
+        for probe in ev.mappings(facts.get("probes"))
+        if probe.get("accepted") is not None or probe.get("refused") is not None
+    )  # fmt: skip
+    return Measurements(probes=arrivals)
 
 
 CHECK = Check(
@@ -205,6 +294,9 @@ CHECK = Check(
     # submission's connect, greeting, EHLO, STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA, then reading and removing.
     operations=18,
     waits=_waits,
+    facts=E2eFacts,
+    evidence=Evidence("message path", view),
+    measure=measure,
     codes={
         "E2E_DELIVERED": Severity.INFO,
         "E2E_REJECTED": Severity.CRITICAL,

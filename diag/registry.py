@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import RegistryError
+from diag.evidence import Evidence, Measurements
 from diag.model import CheckResult, Finding, Severity
 
 if TYPE_CHECKING:
@@ -82,6 +83,12 @@ class Check:
         meanings: what each code in ``codes`` means, one line each, for people (``diag codes`` and the README's
             catalogue print it). Kept apart from ``codes``, which stays a mapping from code to severity for its
             readers.
+        facts: the frozen dataclass of the facts ``run`` returns; a saved result's facts are read back into it
+            (:meth:`diag.model.Report.from_json`), so it may hold only what :mod:`diag.codec` round-trips.
+        evidence: how the HTML report shows the facts (the view data for the check's template partial,
+            ``report_templates/checks/<id>.html.j2``); None for a check with nothing to show beside its findings.
+        measure: what the monitoring formats export from the facts (SMTP stage timings, certificate expiry).
+            Both read the facts in their JSON form, defensively (:mod:`diag.evidence`).
         waits: optional function of the run's options giving the seconds the check waits beyond its network
             operations (the ``e2e`` check waits for its probes to arrive, up to their Deadline); added to its
             budget.
@@ -97,6 +104,9 @@ class Check:
     tags: frozenset[str] = field(default_factory=frozenset)
     summarize: Callable[[Sequence[CheckResult]], Sequence[CheckResult]] | None = None
     meanings: Mapping[str, str] = field(default_factory=dict)
+    facts: type[Any] | None = None
+    evidence: Evidence | None = None
+    measure: Callable[[Mapping[str, Any]], Measurements] | None = None
     waits: Callable[[RunOptions], float] | None = None
 
     def finding(
@@ -171,6 +181,11 @@ class Registry:
 
     def __getitem__(self, check_id: str) -> Check:
         return self._checks[check_id]
+
+    @property
+    def facts(self) -> dict[str, type[Any]]:
+        """The class of each check's facts, by check id, for :meth:`diag.model.Report.from_json`."""
+        return {check.id: check.facts for check in self if check.facts is not None}
 
     @property
     def ids(self) -> tuple[str, ...]:

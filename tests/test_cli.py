@@ -177,6 +177,7 @@ def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> No
     [
         ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--listen", "127.0.0.1:²"],
         ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--listen", "127.0.0.1:٣"],
+        ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--reflect", "echo@probe.example"],
         ["lab", "serve", "--dir", "/etc/hostname/lab"],
     ],
 )

@@ -84,6 +84,51 @@ def test_facts_of_a_required_check_are_typed(lab: Lab) -> None:
     asyncio.run(scenario())
 
 
+async def _accepted_while_waiting(options: RunOptions, targets: list[str], *, more_than: int) -> int:
+    """Ask ``options``'s run context for a session with each of ``targets`` (addresses on loopback, each with a
+    server of its own that accepts and never greets) and return how many connections the servers accepted by the
+    time ``more_than`` were, or a second passed with the sessions still waiting for their banners."""
+    accepted = 0
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        held.append(writer)
+
+    servers = [await asyncio.start_server(silent, ip, 0) for ip in targets]
+    run = RunContext(options)
+    try:
+        for ip, listener in zip(targets, servers, strict=True):
+            run.smtp_session(ip, "silent.test", port=listener.sockets[0].getsockname()[1])
+        for _ in range(20):
+            if accepted > more_than:
+                break
+            await asyncio.sleep(0.05)
+        return accepted
+    finally:
+        await run.aclose()
+        for writer in held:
+            writer.close()
+        for listener in servers:
+            listener.close()
+            await listener.wait_closed()
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_connections_to_one_address_are_bounded_politely(limit: int) -> None:
+    # Given a run allowing `limit` connections per address, and three mail hosts on one address that never greet
+    options = RunOptions(timeout=30, per_host_connections=limit)
+    # When a session with each is asked for, then only `limit` connect while the others wait their turn
+    assert asyncio.run(_accepted_while_waiting(options, ["127.0.0.1"] * 3, more_than=limit)) == limit
+
+
+def test_connections_in_all_are_bounded_across_addresses() -> None:
+    options = RunOptions(timeout=30, total_connections=2)
+    targets = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert asyncio.run(_accepted_while_waiting(options, targets, more_than=2)) == 2
+
+
 def test_once_shares_one_piece_of_work_per_key_in_a_run() -> None:
     # Given two checks asking for the same probe in one run (it concerns both checked domains)
     started: list[str] = []

@@ -166,6 +166,9 @@ class RelayConfig:
         relay_networks: onprem role: client addresses (IPv4/IPv6 networks) it relays for, like Postfix's
             mynetworks; everyone else may only mail its local mailboxes.
         allow_private: it may deliver to addresses that are not public (the lab).
+        reflect: internet role: addresses that answer every message with its header section (the reflector,
+            ARCHITECTURE §7), so one mailbox proves both directions of a round trip.
+        reflect_limit: replies the reflector sends one envelope sender per hour at most.
     """
 
     role: RelayRole = RelayRole.CLOUD
@@ -182,6 +185,8 @@ class RelayConfig:
     smart_host: str = ""
     relay_networks: tuple[str, ...] = ()
     allow_private: bool = False
+    reflect: tuple[str, ...] = ()
+    reflect_limit: int = 20
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from diag.config.values import (
     network,
     path,
     pattern,
+    plain_mailbox,
     probe_address,
     probe_key,
     probe_name,
@@ -275,6 +276,23 @@ RELAY = Table(
         Field("SmartHost", text(domain)),
         Field("RelayNetworks", strings(network)),
         Field("AllowPrivate", flag),
+        Field("Reflect", strings(plain_mailbox)),
+        Field("ReflectLimit", integer(1, 10000)),
+    ),
+    (
+        Rule(
+            "Reflect",
+            ("Reflect", "Role"),
+            lambda v: v["Reflect"] and v["Role"] is not RelayRole.INTERNET,
+            'only the internet role reflects (a public host answering strangers); set Role = "internet" '
+            "or remove Reflect",
+        ),
+        Rule(
+            "Reflect",
+            ("Reflect", "Mailboxes"),
+            lambda v: bool({a.lower() for a in v["Reflect"]} & {a.lower() for a in v["Mailboxes"]}),
+            "an address is either a mailbox or a reflector; remove it from Mailboxes or from Reflect",
+        ),
     ),
     attr="relay",
 )

@@ -34,6 +34,7 @@ __all__ = [
     "network",
     "path",
     "pattern",
+    "plain_mailbox",
     "probe_address",
     "probe_key",
     "probe_name",
@@ -147,6 +148,24 @@ def mailbox(text: str) -> str:
     if not (at and local):
         raise Invalid(f"{text!r} is not a mail address; write it like john@contoso.com")
     return f"{local}@{domain(host)}"
+
+
+# A dot-atom of the characters every MTA passes unquoted (RFC 5322 §3.2.3 atext without the ones that route or
+# quote: % ! " and the like; security-cases RR-02).
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*")
+
+
+def plain_mailbox(text: str) -> str:
+    """A mailbox written in the plainest form: a dot-atom local part of at most 64 characters (RFC 5321
+    §4.5.3.1.1), lower-case, with the domain as an A-label."""
+    address = mailbox(text)
+    local = address.rpartition("@")[0]
+    if not _PLAIN_LOCAL.fullmatch(local) or len(local) > 64:
+        raise Invalid(
+            f"{text!r} is not a plain mail address (letters, digits and . _ + = - before the @, at most 64); "
+            "write it like echo@probe.example"
+        )
+    return address.lower()
 
 
 def connector_name(text: str) -> str:

@@ -246,6 +246,8 @@ class Lab:
             relay_networks=config.relay_networks,
             allow_private=True,
             source_ip=host.ip,
+            reflect=config.reflect,
+            reflect_limit=config.reflect_limit,
             limits=Limits(
                 session_timeout=self._session_timeout, operation_timeout=5.0, queue_scan=0.5,
                 retry_base=timedelta(seconds=1), retry_max=timedelta(seconds=5),

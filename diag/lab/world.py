@@ -30,6 +30,7 @@ __all__ = [
     "BOB",
     "CLOUD_HOST",
     "DNS_IP",
+    "ECHO",
     "EXAMPLE_CONFIG",
     "JOHN",
     "NOCERT_USER",
@@ -43,6 +44,8 @@ __all__ = [
 
 DNS_IP = "127.0.53.53"
 JOHN, BOB, SUN = "john@contoso.com", "bob@contoso.com", "sun@tailspintoys.com"
+# The reflector on Sun's host (diag.relay.reflect): a probe to it comes back to its sender.
+ECHO = "echo@tailspintoys.com"
 # The mailboxes of the two on-premises servers whose connector to the cloud is broken (_broken_on_premises).
 NOCERT_USER, BADHOP_USER = "legacy@contoso.com", "branch@contoso.com"
 # The setup guide's organization with its three connectors, pointing at the lab's smart hosts.
@@ -118,7 +121,7 @@ PURPOSES = {
     "sales.contoso.com": "accepted domain; MX is the cloud service",
     "fabrikam.com": "accepted domain; MX is the cloud service",
     "contoso.onmicrosoft.com": "the tenant's initial domain; MX is the cloud service",
-    "tailspintoys.com": "an Internet domain with its own healthy mail host",
+    "tailspintoys.com": f"an Internet domain with its own healthy mail host, and a reflector ({ECHO})",
     "expired.example": "certificate expired",
     "notyetvalid.example": "certificate not yet valid",
     "wrongname.example": "certificate for another name",
@@ -259,7 +262,7 @@ def default_world() -> World:
     tailspin = HostDef(
         "mail.tailspintoys.com", "127.0.30.10",
         relay=RelayConfig(role=RelayRole.INTERNET, mailboxes=(SUN, "postmaster@tailspintoys.com"),
-                          relay_networks=users),
+                          relay_networks=users, reflect=(ECHO,)),
     )  # fmt: skip
     records = [Record(domain, "MX", (f"10 {CLOUD_HOST}.",)) for domain in ACCEPTED_DOMAINS]
     records.append(Record("tailspintoys.com", "MX", ("10 mail.tailspintoys.com.",)))

@@ -170,8 +170,9 @@ class ProbeFacts:
         deadline_s, slow_s: its ``Deadline`` and ``Slow``.
         expected_connector: the outbound connector ``diag route`` predicts for the recipient, or None (no
             configuration, or mail for it goes by MX).
-        submission: the answer of ``via``: accepted (with the TLS of that hop) or refused; None when nothing
-            was submitted (the mailbox could not be watched).
+        accepted, refused: the answer of ``via``: it accepted the probe (with the TLS of that hop), or refused
+            it (at which stage, with which reply); both None when nothing was submitted (the mailbox could not be
+            watched).
         accepted_at, observed_at, latency_s: when ``via`` accepted it, when the watcher saw it (UTC), and the
             seconds between.
         delivered: it arrived (in any folder). folder: where. junk: that folder is a junk folder.
@@ -195,7 +196,8 @@ class ProbeFacts:
     slow_s: float | None = None
     message_id: str = ""
     expected_connector: str | None = None
-    submission: Accepted | Refused | None = None
+    accepted: Accepted | None = None
+    refused: Refused | None = None
     accepted_at: datetime | None = None
     observed_at: datetime | None = None
     latency_s: float | None = None
@@ -211,6 +213,11 @@ class ProbeFacts:
     forged: int = 0
     cleanup: tuple[str, ...] = ()
     watch_error: str = ""
+
+    @property
+    def submitted(self) -> bool:
+        """``via`` answered: it accepted or refused the probe (False: the mailbox could not be watched first)."""
+        return self.accepted is not None or self.refused is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,8 +434,8 @@ async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, fac
             credentials=credentials, client_cert=options.client_cert, client_key=options.client_key,
             ca_file=setup.ca_file,
         )  # fmt: skip
-    facts = replace(facts, submission=submission)
     if isinstance(submission, Refused):
+        facts = replace(facts, refused=submission)
         verdict = verdicts(refused=submission.reply, delivery=None, bounce=None, accepted_at=None,
                            deadline_s=config.deadline)  # fmt: skip
         facts = replace(facts, verdicts=verdict)
@@ -440,7 +447,7 @@ async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, fac
         facts = replace(facts, late=len(seen.late), forged=seen.forged)
         return replace(facts, cleanup=await _clean(watcher, (), seen.late))
     accepted_at = submission.accepted_at
-    facts = replace(facts, accepted_at=accepted_at)
+    facts = replace(facts, accepted=submission, accepted_at=accepted_at)
     try:
         seen = await watcher.wait(matcher, time.monotonic() + config.deadline)
     except WatchError as exc:

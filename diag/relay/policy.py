@@ -189,10 +189,10 @@ def rcpt_decision(
       is not in ``settings.mailboxes`` and no outbound connector routes the domain (550 5.4.1: the cloud
       rejects unknown recipients of an Authoritative domain). InternalRelay (and ExternalRelay) domains accept
       any user: unknown ones go on by connector. Other recipients need relay rights (550 5.7.64 otherwise).
-    - onprem and internet: local mailboxes from anyone; any other recipient only from ``relay_networks`` (the
-      users' own network, like Postfix's mynetworks: their mail goes on to the smart host or by MX, including
-      colleagues of a local domain whose mailbox is elsewhere, e.g. in the cloud); from everyone else unknown
-      users of a local domain get 550 5.1.1 and other domains 554 5.7.1.
+    - onprem and internet: local mailboxes (and the internet role's reflector addresses) from anyone; any other
+      recipient only from ``relay_networks`` (the users' own network, like Postfix's mynetworks: their mail goes
+      on to the smart host or by MX, including colleagues of a local domain whose mailbox is elsewhere, e.g. in
+      the cloud); from everyone else unknown users of a local domain get 550 5.1.1 and other domains 554 5.7.1.
 
     ``mail_from`` is the envelope sender (``""`` or ``<>`` for the null sender). A bare ``postmaster`` is
     accepted when a postmaster mailbox is configured (see :func:`qualify_recipient`).
@@ -208,7 +208,7 @@ def rcpt_decision(
     known = canonical in settings.mailboxes
     if settings.role is RelayRole.CLOUD:
         return _cloud(settings, peer_ip, cert_names, mail_from, domain, known=known)
-    if known or ip_in_ranges(peer_ip, settings.relay_networks):
+    if known or settings.is_reflector(canonical) or ip_in_ranges(peer_ip, settings.relay_networks):
         return ACCEPTED
     if domain in settings.local_domains:
         return _user_unknown(rcpt)

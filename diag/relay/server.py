@@ -1,6 +1,6 @@
 """The relay's SMTP server: aiosmtpd, hardened as security-cases.md §1 asks, with durable acceptance.
 
-    server = RelayServer(settings, spool, on_queued=deliverer.kick)
+    server = RelayServer(settings, spool, on_queued=deliverer.queued)
     await server.start()      # listens on every settings.listen endpoint, on the running loop
     ...
     await server.close()      # stops listening, aborts sessions, waits a bounded time
@@ -37,11 +37,13 @@ import asyncio
 import collections
 import contextlib
 import errno
+import functools
 import logging
 import re
 import socket
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
@@ -52,7 +54,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from diag.errors import ConfigError
 from diag.net.tls import load_key_pair
 from diag.relay import policy
-from diag.relay.connections import CappedSMTP, Connections, peer_ip
+from diag.relay.connections import CappedSMTP, Connections, Stress, peer_ip
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Envelope, Spool
 
@@ -276,6 +278,8 @@ class _RelaySMTP(CappedSMTP):
                 return
             if self._continued:
                 status, self._continued = "\r\n".join([*self._continued, status]), []
+            if self._in_data and status.startswith("250") and self._tcp_transport is not None:
+                self._connections.progress(self._tcp_transport)  # a finished transaction: not idle
             # Content may follow only a 354; any other reply ends the DATA phase.
             self._in_data = status.startswith("354")
         await super().push(status)
@@ -354,21 +358,29 @@ class _RelaySMTP(CappedSMTP):
 class RelayServer:
     """The relay's SMTP listener: every ``settings.listen`` endpoint, on the running event loop.
 
-    ``on_queued(qid)`` is called (on the loop) after each message is stored, so delivery can start at once.
-    Also an async context manager that starts and closes it.
+    ``on_queued(qid, envelope, content)`` is called (on the loop) after each message is stored, so delivery can
+    start at once without reading it back. Spool writes run on threads of their own, so a 250 never waits behind
+    delivery's file work on the loop's default executor. Also an async context manager that starts and closes it.
     """
 
     def __init__(
-        self, settings: RelaySettings, spool: Spool, *, on_queued: Callable[[str], None] | None = None
+        self,
+        settings: RelaySettings,
+        spool: Spool,
+        *,
+        on_queued: Callable[[str, Envelope, bytes], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self._on_queued = on_queued
         self._servers: list[asyncio.Server] = []
         self._connections = self._new_connections()
+        self._writer: ThreadPoolExecutor | None = None
 
     def _new_connections(self) -> Connections:
-        return Connections(self.settings.limits.connections, self.settings.limits.connections_per_ip)
+        limits = self.settings.limits
+        stress = Stress(limits.stress_connections, limits.stress_idle)
+        return Connections(limits.connections, limits.connections_per_ip, stress=stress)
 
     @property
     def addresses(self) -> tuple[tuple[str, int], ...]:
@@ -388,6 +400,8 @@ class RelayServer:
         tls_context = _server_context(settings) if settings.tls_cert is not None else None
         handler = _Handler(self)
         self._connections = connections = self._new_connections()
+        # One writer per session that may be in DATA at once: a store never waits for a thread.
+        self._writer = ThreadPoolExecutor(max_workers=limits.data_sessions, thread_name_prefix="spool-writer")
         data_slots = asyncio.Semaphore(limits.data_sessions)
 
         def factory() -> asyncio.BaseProtocol:
@@ -438,6 +452,10 @@ class RelayServer:
         for server in servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), _CLOSE_WAIT)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # Writes still running finish on their threads (their messages were not answered 250 yet).
+            writer.shutdown(wait=False)
 
     async def __aenter__(self) -> RelayServer:
         await self.start()
@@ -450,11 +468,12 @@ class RelayServer:
 
     async def _queue(self, envelope: Envelope, data: bytes, received_id: str) -> str:
         """Store a message; the DATA reply. 250 only once it is on stable storage (RFC 5321 §6.1)."""
-        write = asyncio.ensure_future(asyncio.to_thread(self.spool.store, envelope, data, qid=received_id))
+        store = functools.partial(self.spool.store, envelope, data, qid=received_id)
+        write = asyncio.get_running_loop().run_in_executor(self._writer, store)
         self._connections.watch(write)
         # Shielded: a client that hangs up during the write does not cancel it, and a message that was stored
         # is announced to delivery whether or not its 250 reached the client (a duplicate at worst, RFC 5321 §6.1).
-        write.add_done_callback(lambda done: self._stored(done, envelope, len(data), received_id))
+        write.add_done_callback(lambda done: self._stored(done, envelope, data, received_id))
         try:
             qid: str = await asyncio.shield(write)
         except OSError as error:
@@ -465,7 +484,7 @@ class RelayServer:
             return _TEMPORARY
         return f"250 2.0.0 Ok: queued as {qid}"
 
-    def _stored(self, write: asyncio.Future[str], envelope: Envelope, size: int, received_id: str) -> None:
+    def _stored(self, write: asyncio.Future[str], envelope: Envelope, data: bytes, received_id: str) -> None:
         if write.cancelled():
             return
         error = write.exception()
@@ -479,11 +498,11 @@ class RelayServer:
         qid = write.result()
         log.info(
             "queued qid=%s from=<%s> to=%s size=%d peer=%s tls=%s id=%s",
-            qid, envelope.mail_from, ",".join(f"<{r}>" for r in envelope.rcpt_tos), size, envelope.peer,
+            qid, envelope.mail_from, ",".join(f"<{r}>" for r in envelope.rcpt_tos), len(data), envelope.peer,
             envelope.tls.replace(" ", "/") or "none", received_id,
         )  # fmt: skip
         if self._on_queued is not None:
             try:
-                self._on_queued(qid)
+                self._on_queued(qid, envelope, data)
             except Exception:
                 log.exception("on_queued(%s) failed; the message stays queued for the next queue scan", qid)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from diag.config import Organization, RelayConfig, RelayRole
+from diag.config.values import Invalid, plain_mailbox
 from diag.errors import ConfigError, InvalidDomainError
 from diag.names import mail_domain, port_number
 from diag.net.dns import Nameserver, parse_nameserver
@@ -40,6 +41,11 @@ class Limits:
         connection_idle: seconds a delivery session stays open for the next message on the same terms
             (Postfix smtp_connection_cache_time_limit); 0: one connection per delivery.
         connection_lifetime: seconds after its opening a delivery session is no longer reused.
+        stress_connections: open connections from which the server is under pressure (Postfix's stress mode):
+            sessions that finished no transaction for ``stress_idle`` seconds are closed, and a full server
+            closes one of them for each new client (:mod:`diag.relay.connections`).
+        stress_idle: seconds without a finished transaction after which a session is idle under pressure
+            (Postfix's stress-mode smtpd_timeout).
     """
 
     message_size: int = 10 * 1024 * 1024
@@ -58,6 +64,8 @@ class Limits:
     queue_scan: float = 5.0
     connection_idle: float = 2.0
     connection_lifetime: float = 300.0
+    stress_connections: int = 150
+    stress_idle: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,9 @@ class RelaySettings:
         allow_private: may deliver to non-public addresses.
         source_ip: the address it sends from (its first specific listen address), or None for the system's choice.
         limits: resource limits and schedules.
+        reflect: internet role: reflector addresses (lower-case): each message to one is answered to its
+            envelope sender with its header section attached (:mod:`diag.relay.reflect`).
+        reflect_limit: replies per envelope sender per hour at most.
     """
 
     organization: Organization
@@ -99,14 +110,23 @@ class RelaySettings:
     allow_private: bool = False
     source_ip: str | None = None
     limits: Limits = field(default_factory=Limits)
+    reflect: tuple[str, ...] = ()
+    reflect_limit: int = 20
+
+    def __post_init__(self) -> None:
+        if self.reflect and self.role is not RelayRole.INTERNET:
+            raise ValueError(f"reflector addresses need the internet role, not {self.role.value}")
 
     @property
     def local_domains(self) -> frozenset[str]:
-        """Domains whose mailboxes are kept here: unknown users there are refused at RCPT."""
-        return frozenset(address.rpartition("@")[2] for address in self.mailboxes)
+        """Domains whose mailboxes (or reflectors) are here: unknown users there are refused at RCPT."""
+        return frozenset(address.rpartition("@")[2] for address in (*self.mailboxes, *self.reflect))
 
     def is_local(self, address: str) -> bool:
         return address.lower() in self.mailboxes
+
+    def is_reflector(self, address: str) -> bool:
+        return address.lower() in self.reflect
 
 
 def _endpoint(text: str) -> tuple[str, int]:
@@ -136,12 +156,14 @@ def resolve_settings(
     nameservers: Sequence[Nameserver] = (),
     smtp_port: int | None = None,
     allow_private: bool = False,
+    reflect: Sequence[str] = (),
     limits: Limits | None = None,
 ) -> RelaySettings:
     """The settings of a relay: the config's ``[Relay]`` table with the given options winning.
 
     ``allow_private`` (``--allow-private``) permits delivery to non-public addresses even when the table's
-    ``AllowPrivate`` is off: an on-premises smart host on 10.x or 192.168.x is such an address.
+    ``AllowPrivate`` is off: an on-premises smart host on 10.x or 192.168.x is such an address. ``reflect``
+    (``--reflect``, repeatable) replaces the table's ``Reflect`` list; either needs the internet role.
 
     Raises :class:`~diag.errors.ConfigError` with one line for combinations that cannot run.
     """
@@ -156,6 +178,15 @@ def resolve_settings(
         raise ConfigError("the onprem role needs SmartHost in [Relay]: the host all outgoing mail goes to")
     if role is not RelayRole.CLOUD and not table.mailboxes:
         raise ConfigError(f"the {role.value} role needs Mailboxes in [Relay]: the addresses it keeps mail for")
+    reflectors = _reflectors(reflect) if reflect else table.reflect
+    if reflectors and role is not RelayRole.INTERNET:
+        raise ConfigError(
+            f"only the internet role reflects (a public host answering strangers), not the {role.value} role; "
+            "use --role internet or drop --reflect and the [Relay] Reflect list"
+        )
+    mailboxes = tuple(address.lower() for address in table.mailboxes)
+    if both := sorted(set(reflectors) & set(mailboxes)):
+        raise ConfigError(f"{both[0]} is a mailbox in [Relay] and a reflector; an address is one or the other")
     endpoints = tuple(_endpoint(text) for text in (listen or table.listen or ("127.0.0.1:2525",)))
     try:
         # A path component below (home), so checked as the config checks its Hostname: a domain, no "/" or "..".
@@ -179,10 +210,19 @@ def resolve_settings(
         ca_file=ca_file or (Path(table.ca_file) if table.ca_file else None),
         nameservers=servers,
         smtp_port=smtp_port or table.smtp_port,
-        mailboxes=tuple(address.lower() for address in table.mailboxes),
+        mailboxes=mailboxes,
         smart_host=smart_host,
         relay_networks=table.relay_networks,
         allow_private=allow_private or table.allow_private,
         source_ip=next((host for host, _ in endpoints if not ipaddress.ip_address(host).is_unspecified), None),
         limits=limits or Limits(),
+        reflect=reflectors,
+        reflect_limit=table.reflect_limit,
     )
+
+
+def _reflectors(addresses: Sequence[str]) -> tuple[str, ...]:
+    try:
+        return tuple(plain_mailbox(address) for address in addresses)
+    except Invalid as exc:
+        raise ConfigError(f"--reflect: {exc}") from None

@@ -22,7 +22,7 @@ ACCEPTED = Accepted("mail.contoso.com [192.0.2.10]:25", 250, "2.0.0 queued", T0,
 BASE = ProbeFacts(
     name="John to Sun", sender="john@contoso.com", recipient="sun@tailspintoys.com", run="run-1",
     via="mail.contoso.com [192.0.2.10]:25", watch="imaps://imap.tailspintoys.com:993/INBOX", deadline_s=60,
-    message_id="<x.diag-probe.1@contoso.com>", submission=ACCEPTED, accepted_at=T0,
+    message_id="<x.diag-probe.1@contoso.com>", accepted=ACCEPTED, accepted_at=T0,
 )  # fmt: skip
 HOP = Hop(2, "mail.contoso.com", None, "192.0.2.10", "mx.tailspintoys.com", "ESMTP", False, None, None, "abc", T0,
           0.0, None, "from mail.contoso.com ([192.0.2.10]) by mx.tailspintoys.com with ESMTP")  # fmt: skip
@@ -72,7 +72,7 @@ def test_what_the_judge_found_on_the_way(verdict: Verdict, code: str, severity: 
 def test_a_refusal_carries_the_reply_and_the_clouds_words() -> None:
     refused = Refused("contoso-com.mail.protection.outlook.com [192.0.2.20]:25", Stage.RCPT, 550,
                       "550 5.7.64 TenantAttribution; Relay Access Denied")  # fmt: skip
-    probe = replace(BASE, submission=refused, accepted_at=None,
+    probe = replace(BASE, accepted=None, refused=refused, accepted_at=None,
                     verdicts=(Verdict(Outcome.REJECTED, refused.reply),))  # fmt: skip
     (finding,) = probe_findings(probe)
     assert (finding.code, finding.severity) == ("E2E_REJECTED", Severity.CRITICAL)
@@ -83,7 +83,7 @@ def test_a_refusal_carries_the_reply_and_the_clouds_words() -> None:
 
 def test_a_probe_that_could_not_be_submitted_at_all() -> None:
     refused = Refused("the MX of nullmx.example", Stage.CONNECT, None, "cannot submit the probe: no MX")
-    probe = replace(BASE, submission=refused, verdicts=(Verdict(Outcome.REJECTED, refused.reply),))
+    probe = replace(BASE, accepted=None, refused=refused, verdicts=(Verdict(Outcome.REJECTED, refused.reply),))
     (finding,) = probe_findings(probe)
     assert finding.code == "E2E_REJECTED" and finding.cloud_error is None and "no MX" in finding.message
 
@@ -109,7 +109,7 @@ def test_a_timeout_says_where_the_probe_was_last_known() -> None:
 
 def test_a_mailbox_that_cannot_be_watched() -> None:
     # Given a mailbox whose login was refused before anything was sent
-    unwatched = replace(BASE, submission=None, accepted_at=None, watch_error="imaps://...: login refused")
+    unwatched = replace(BASE, accepted=None, accepted_at=None, watch_error="imaps://...: login refused")
     (finding,) = probe_findings(unwatched)
     assert (finding.code, finding.severity) == ("E2E_WATCH_FAILED", Severity.WARNING)
     assert "so the probe was not sent: imaps://...: login refused" in finding.message

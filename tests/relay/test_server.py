@@ -137,7 +137,8 @@ async def relay(
     )
     spool = spool or Spool(settings.spool)
     queued: list[str] = []
-    running = Running(RelayServer(settings, spool, on_queued=queued.append), spool, queued)
+    server = RelayServer(settings, spool, on_queued=lambda qid, _envelope, _content: queued.append(qid))
+    running = Running(server, spool, queued)
     async with running.server:
         yield running
 
@@ -307,7 +308,7 @@ def test_recipient_given_twice_is_queued_once(tmp_path: Path) -> None:
 
 
 def test_failing_on_queued_does_not_cost_the_250(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    def on_queued(qid: str) -> None:
+    def on_queued(qid: str, envelope: Envelope, content: bytes) -> None:
         raise RuntimeError("delivery is down")
 
     async def main() -> None:
@@ -977,6 +978,72 @@ class SlowSpool(Spool):
         self.entered.set()
         assert self.release.wait(WAIT)
         return super().store(envelope, content, qid=qid)
+
+
+def test_slow_clients_filling_every_connection_do_not_lock_a_new_client_out(tmp_path: Path) -> None:
+    """Issue 13: 20 connections from each of 10 addresses (the default caps: 200 in all, 20 per address), each
+    dripping a byte now and then and never finishing a transaction; a new client is still served, and the
+    drippers are told why they go (Postfix's stress mode)."""
+    limits = Limits(session_timeout=WAIT * 6, stress_idle=0.5)
+
+    async def main() -> None:
+        async with relay(tmp_path, 31, limits=limits) as running:
+            drippers = [await Raw.session(running, f"127.0.85.{1 + n // 20}") for n in range(200)]
+            last_words = [asyncio.create_task(dripper.reader.readline()) for dripper in drippers]
+            # The server is full: without a stress policy the next client would get "421 4.7.0 Too many
+            # connections". The drippers keep sending, so a per-read timeout would never end them.
+            for _ in range(3):
+                for dripper in drippers:
+                    if not dripper.writer.is_closing():
+                        dripper.writer.write(b"N")
+                await asyncio.sleep(0.25)
+            raw = await Raw.session(running, "127.0.86.1")
+            assert await raw.command(b"MAIL FROM:<a@external.example>") == b"250 2.1.0 Ok"
+            assert await raw.command(b"RCPT TO:<john@contoso.com>") == b"250 2.1.5 OK"
+            assert (await raw.command(b"DATA")).startswith(b"354 ")
+            assert (await raw.command(b"Subject: x\r\n\r\nbody\r\n.")).startswith(b"250 2.0.0 Ok: queued as ")
+            assert await raw.command(b"QUIT") == b"221 Bye"
+            raw.close()
+            # Above the high-water mark (150) the sweep ends idle sessions, with Postfix's reply; below it, the
+            # pressure is off and the rest are left to the usual timeout.
+            await asyncio.sleep(limits.stress_idle * 2)
+            ends = [task.result() for task in last_words if task.done()]
+            assert 200 - limits.stress_connections < len(ends) < 200
+            assert set(ends) == {b"421 4.4.2 Error: timeout exceeded (idle while the server is busy)\r\n"}
+            for task in last_words:
+                task.cancel()
+            for dripper in drippers:
+                dripper.close()
+            assert len(running.queued) == 1
+
+    run(main())
+
+
+def test_under_pressure_a_client_that_finishes_transactions_is_not_idle(tmp_path: Path) -> None:
+    """A busy client is kept; a full server of busy clients still refuses the next one (the caps hold)."""
+    limits = Limits(connections=2, connections_per_ip=2, session_timeout=WAIT * 2, stress_connections=1,
+                    stress_idle=0.6)  # fmt: skip
+
+    async def transaction(raw: Raw) -> None:
+        assert await raw.command(b"MAIL FROM:<a@external.example>") == b"250 2.1.0 Ok"
+        assert await raw.command(b"RCPT TO:<john@contoso.com>") == b"250 2.1.5 OK"
+        assert (await raw.command(b"DATA")).startswith(b"354 ")
+        assert (await raw.command(b"Subject: x\r\n\r\nbody\r\n.")).startswith(b"250 2.0.0 ")
+
+    async def main() -> None:
+        async with relay(tmp_path, 32, limits=limits) as running:
+            busy = [await Raw.session(running, "127.0.87.1") for _ in range(2)]
+            for _ in range(4):  # past the idle time, with a finished transaction every 0.25 s
+                await asyncio.gather(*(transaction(raw) for raw in busy))
+                await asyncio.sleep(0.25)
+            late = await Raw.open(running, "127.0.87.2")
+            assert await late.reply() == b"421 4.7.0 Too many connections"
+            late.close()
+            for raw in busy:
+                assert await raw.command(b"NOOP") == b"250 OK"
+                raw.close()
+
+    run(main())
 
 
 async def send_one(running: Running) -> bytes:

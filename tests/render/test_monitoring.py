@@ -22,11 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from checks import default_registry
 from checks.certificate import CertificateFacts, PresentedCert
 from checks.port25 import Port25Facts, Probed
+from diag.codec import encode as jsonable
 from diag.lab.runner import Lab
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.net.tls import CertInfo, Trust
-from diag.render.json import jsonable
 from diag.render.monitoring import STAGES, check_state, junit, nagios, prometheus
 from diag.render.text import sanitize
 from diag.runner import run_checks
@@ -625,9 +625,9 @@ def test_probes_in_perfdata_and_prometheus(report: Report) -> None:
 
 def test_a_probe_that_did_not_arrive_is_not_delivered_and_has_no_latency() -> None:
     facts = {"probes": [
-        {"name": "Lost", "submission": {"code": 250}, "delivered": False, "latency_s": None, "slow_s": None,
+        {"name": "Lost", "accepted": {"code": 250}, "delivered": False, "latency_s": None, "slow_s": None,
          "deadline_s": 60},
-        {"name": "Unwatched", "submission": None, "delivered": False},
+        {"name": "Unwatched", "accepted": None, "refused": None, "delivered": False},
     ]}  # fmt: skip
     result = CheckResult("e2e", "End to end", Status.COMPLETED, facts=facts, started=0, finished=1)
     report = Report(T0, T0, (DomainReport("contoso.com", (result,)),))
