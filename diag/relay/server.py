@@ -90,7 +90,11 @@ def _tls_facts(session: Session) -> tuple[str, tuple[str, ...]]:
     if not extra:
         return "", ()
     cipher = extra.get("cipher") or ("", "", 0)
-    tls = " ".join(part for part in (str(cipher[1]), str(cipher[0])) if part)
+    # The version negotiated, not the cipher's (cipher()[1] is the version that defined the suite: "TLSv1.0" for
+    # ECDHE-RSA-AES256-SHA, also in a TLS 1.1 or 1.2 session).
+    ssl_object = extra.get("ssl_object")
+    version = (ssl_object.version() if ssl_object is not None else None) or cipher[1]
+    tls = " ".join(part for part in (str(version), str(cipher[0])) if part)
     # getpeercert() is an empty dict for a certificate that was not validated and None without one; with
     # CERT_OPTIONAL an untrusted certificate fails the handshake anyway. Only a verified one is an identity (RR-11).
     peercert = extra.get("peercert") or {}
