@@ -43,6 +43,7 @@ __all__ = [
     "is_trusted",
     "path_argument",
     "qualify_recipient",
+    "queues",
     "rcpt_decision",
     "received_header",
     "strip_trace",
@@ -239,6 +240,14 @@ def _cloud(
         if route(org, domain).connector is None:
             return REPLY_ACCESS_DENIED
     return ACCEPTED
+
+
+def queues(settings: RelaySettings) -> bool:
+    """May :func:`rcpt_decision` accept a recipient that is not in a ``catch_all`` domain (mail to queue)?
+
+    Not for a plain mail host (no cloud role, no mailboxes, no relay networks): it keeps all it accepts.
+    """
+    return settings.role is RelayRole.CLOUD or bool(settings.mailboxes) or bool(settings.relay_networks)
 
 
 def is_trusted(settings: RelaySettings, *, peer_ip: str, cert_names: Sequence[str]) -> bool:

@@ -386,12 +386,15 @@ class RelayServer:
     """The relay's SMTP listener: every ``settings.listen`` endpoint, on the running event loop.
 
     ``on_queued(qid)`` is called (on the loop) after each message is stored, so delivery can start at once.
+    ``spool`` may be None for a plain mail host that keeps all it accepts (:func:`policy.queues` is False).
     Also an async context manager that starts and closes it.
     """
 
     def __init__(
-        self, settings: RelaySettings, spool: Spool, *, on_queued: Callable[[str], None] | None = None
+        self, settings: RelaySettings, spool: Spool | None, *, on_queued: Callable[[str], None] | None = None
     ) -> None:
+        if spool is None and policy.queues(settings):
+            raise ConfigError(f"relay {settings.hostname}: it may accept mail to queue, so it needs a spool")
         self.settings = settings
         self.spool = spool
         self._on_queued = on_queued
@@ -482,6 +485,7 @@ class RelayServer:
 
     async def _queue(self, envelope: Envelope, data: bytes, received_id: str) -> str:
         """Store a message; the DATA reply. 250 only once it is on stable storage (RFC 5321 §6.1)."""
+        assert self.spool is not None  # only catch-all recipients are accepted without one (__init__)
         write = asyncio.ensure_future(asyncio.to_thread(self.spool.store, envelope, data, qid=received_id))
         # A message that was stored is announced to delivery whether or not its 250 reached the client (a
         # duplicate at worst, RFC 5321 §6.1).
