@@ -76,11 +76,12 @@ class HostDef:
         greeting: the greeting of a GREETING host.
         script: a GREETING host's answers to commands after a 220 greeting (see diag.lab.smtp.LabHost).
         foreign_ca: the certificate comes from a CA that clients do not trust.
-        domains: recipient domains it accepts mail for.
+        domains: recipient domains it accepts mail for, every address kept in its one Maildir.
         tls_versions: the TLS versions it offers (min, max); None for the defaults.
         address_record: publish ``name A ip`` (False when another record, e.g. a CNAME target, carries it).
-        relay: run the routing relay here in this role instead of a lab mail host (the setup guide's world:
-            the cloud, the on-premises server, an Internet host), with these mailboxes.
+        relay: run the whole routing relay here in this role, with these mailboxes, a queue and delivery (the
+            setup guide's world: the cloud, the on-premises server, an Internet host). Without it a MAIL host
+            is the relay's server alone as a plain mail host (:func:`diag.lab.smtp.mail_host_settings`).
     """
 
     name: str
