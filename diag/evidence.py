@@ -31,6 +31,7 @@ __all__ = [
     "Failing",
     "Measurements",
     "Observed",
+    "ProbeArrival",
     "Shown",
     "StageTimes",
     "endpoint",
@@ -147,11 +148,31 @@ class CertificateExpiry:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeArrival:
+    """How one end-to-end probe that was sent fared, with its thresholds.
+
+    Attributes:
+        name: the probe's name (its ``[[Probe]]`` Name).
+        delivered: it arrived in the watched mailbox by its deadline.
+        latency: seconds from its acceptance to its arrival; None when it did not arrive.
+        slow, deadline: its Slow and Deadline in seconds, when known.
+    """
+
+    name: str
+    delivered: bool
+    latency: float | None
+    slow: float | None
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Measurements:
-    """What a check measured, per address, for the monitoring formats (which keep one value per host)."""
+    """What a check measured, per address (per probe), for the monitoring formats (which keep one value per
+    host)."""
 
     stages: tuple[StageTimes, ...] = ()
     certificates: tuple[CertificateExpiry, ...] = ()
+    probes: tuple[ProbeArrival, ...] = ()
 
 
 # --- loose readers of JSON facts ----------------------------------------------------------------------------

@@ -514,7 +514,7 @@ CASES = {
     "unknown table, far": (
         ["[Tenant]", 'Id = "x"'],
         "contoso.toml:3: Tenant: not a table diag knows; remove it (the tables are Organization, Relay, "
-        "AcceptedDomain, OutboundConnector and InboundConnector)",
+        "AcceptedDomain, OutboundConnector, InboundConnector and Probe)",
     ),
     "organization as array": (
         ["[[Organization]]", 'Name = "x"'],
