@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from diag import evidence as ev
@@ -78,10 +78,17 @@ def _verdict_finding(probe: ProbeFacts, verdict: Verdict) -> Finding:
         case Judged.DELIVERED:
             hops = len(probe.hops)
             latency = f"{probe.latency_s:.1f} s" if probe.latency_s is not None else "an unknown time"
+            trip = ""
+            if probe.reflected is not None:
+                legs = probe.reflected
+                there, back = (f"{s:.1f} s" if s is not None else "an unknown time"
+                               for s in (legs.there_s, legs.back_s))  # fmt: skip
+                trip = (f" It went there in {there} ({legs.there_hops} hops) to the reflector "
+                        f"{legs.reflector or '(unnamed)'}, whose answer came back in {back}.")  # fmt: skip
             return CHECK.finding(
                 "E2E_DELIVERED", subject,
                 f"The probe from {path} arrived in {probe.folder} of {probe.watch} {latency} after {probe.via} "
-                f"accepted it, over {hops} {'hop' if hops == 1 else 'hops'}.",
+                f"accepted it, over {hops} {'hop' if hops == 1 else 'hops'}.{trip}",
             )  # fmt: skip
         case Judged.REJECTED:
             refused = probe.refused
@@ -265,6 +272,13 @@ def view(observed: Observed) -> E2eView | None:
         if not hops and probe.get("accepted_at"):
             last = f"accepted at {ev.text(probe.get('accepted_at'))}; not seen in the watched mailbox since"
             hops.append(PathHop(1, ev.text(probe.get("via")), "", "", "", last))
+        reflected = ev.mapping(probe.get("reflected"))
+        turn = ev.number(reflected.get("there_hops")) if reflected else None
+        if turn is not None and 1 <= turn <= len(hops):
+            # The way there ends at the reflector: its answer travels the rest of the path back.
+            at = int(turn) - 1
+            hops[at] = replace(hops[at], detail="; ".join(filter(None, (hops[at].detail, "the reflector answered"))))
+            ended += " · round trip"
         if hops:
             paths.append(ProbePath(f"{ev.text(probe.get('name'))}{ended}", tuple(hops)))
     return E2eView(tuple(paths)) if paths else None

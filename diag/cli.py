@@ -546,6 +546,9 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
               help="How long after its acceptance it may take to arrive.  [default: 300]")
 @click.option("--slow", type=_Seconds(0, 86400), default=None, metavar="SECONDS",
               help="An arrival later than this is a warning (E2E_SLOW).")
+@click.option("--round-trip", is_flag=True,
+              help="--to is a reflector (a diag relay's Reflect address) and --watch the sender's mailbox: wait "
+                   "for its answer and report both legs.")
 @click.option("--keep", is_flag=True, help="Leave the probe (and any DSN) in the mailbox.")
 @click.option("--require-tls", is_flag=True, help="Refuse to submit the probe without TLS.")
 @click.option("--auth", "auth_user", metavar="USER", default=None,
@@ -578,7 +581,8 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens to stderr.")
 @click.option("--no-color", is_flag=True, help="No colour in the terminal view.")
 def probe(sender: str | None, recipient: str | None, via: str | None, watch: str | None, watch_user: str | None,
-          deadline: float | None, slow: float | None, keep: bool, require_tls: bool, auth_user: str | None,
+          deadline: float | None, slow: float | None, round_trip: bool, keep: bool, require_tls: bool,
+          auth_user: str | None,
           client_cert: Path | None, client_key: Path | None, config_path: Path | None, name: str | None, lab: bool,
           resolvers: tuple[str, ...], ca_file: Path | None, ehlo_name: str | None, allow_private: bool,
           timeout: float, json_out: str | None, html_out: Path | None, lock_path: Path | None, quiet: bool,
@@ -603,7 +607,7 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
         raise UsageError("--client-key needs --client-cert")
     if auth_user is not None and not os.environ.get(SMTP_PASSWORD_VARIABLE):
         raise UsageError(f"--auth {auth_user}: set the password in {SMTP_PASSWORD_VARIABLE}")
-    request = Request(sender, recipient, via, watch, watch_user, deadline, slow, name, lab)
+    request = Request(sender, recipient, via, watch, watch_user, deadline, slow, name, lab, round_trip)
     organization = _organization(config_path, lab=lab)
     probes = requested_probes(request, organization)
     outputs = Outputs(json=json_out, html=html_out, quiet=quiet, no_color=no_color)

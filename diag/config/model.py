@@ -203,6 +203,8 @@ class ProbeConfig:
         watch_password_env: ``WatchPasswordEnv``: the environment variable holding the IMAP password.
         deadline: ``Deadline``: seconds from its acceptance within which it must arrive.
         slow: ``Slow``: seconds above which its arrival is slow; None: never.
+        round_trip: ``RoundTrip``: ``To`` is a reflector (a diag relay's ``Reflect`` address) and ``Watch`` the
+            sender's mailbox: the probe counts once the reflector's answer is back, with both legs' hops.
     """
 
     name: str
@@ -214,6 +216,7 @@ class ProbeConfig:
     watch_password_env: str = "DIAG_WATCH_PASSWORD"  # noqa: S105 - the name of a variable, not its value
     deadline: float = 300.0
     slow: float | None = None
+    round_trip: bool = False
 
     def concerns(self, domain: str) -> bool:
         """Is ``domain`` the domain of its From or its To address?"""

@@ -316,6 +316,7 @@ PROBE = Table(
         Field("WatchPasswordEnv", text(env_name)),
         Field("Deadline", seconds(1, 86400)),
         Field("Slow", seconds(0, 86400)),
+        Field("RoundTrip", flag, model_name="round_trip"),
     ),
     (
         _required("From", '"john@contoso.com"'),

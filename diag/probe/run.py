@@ -41,7 +41,7 @@ import dns.rdtypes.ANY.MX
 from diag.config import ConnectorType, Organization, ProbeConfig
 from diag.errors import DnsError, LabError, UsageError
 from diag.net.dns import DnsStatus, Resolver, name_text
-from diag.probe.judge import Bounce, Evidence, Verdict, judge_delivery, verdicts
+from diag.probe.judge import Bounce, Evidence, Verdict, judge_delivery, judge_round_trip, verdicts
 from diag.probe.message import build_probe, new_run_id
 from diag.probe.received import Hop
 from diag.probe.sender import Accepted, Credentials, Refused, Stage, Via, send_probe
@@ -159,6 +159,22 @@ class ProbeSetup:
 
 
 @dataclass(frozen=True, slots=True)
+class Reflected:
+    """A round trip (``--round-trip``): the reflector answered the probe and the answer came back.
+
+    Attributes:
+        reflector: the reflector's host name, when its Received line names it.
+        there_hops: how many of the probe's ``hops`` are the way there (the rest are the way back).
+        there_s, back_s: each leg's seconds (None where its clocks disagree: skew is not a delay).
+    """
+
+    reflector: str | None
+    there_hops: int
+    there_s: float | None
+    back_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeFacts:
     """One probe, sent and watched for.
 
@@ -178,6 +194,7 @@ class ProbeFacts:
         delivered: it arrived (in any folder). folder: where. junk: that folder is a junk folder.
         hops: one record per ``Received:`` line, in travel order. hops_truncated: more lines than were read.
         evidence: the connector evidence of its headers (diag relays' traces, Exchange Online's headers).
+        reflected: for a round trip, the reflector and the two legs (``hops`` holds both, numbered through).
         bounce: the DSN for it that reached the mailbox.
         verdicts: the judge's verdicts.
         late: late probes (and bounces) of earlier runs found in the mailbox, and removed.
@@ -207,6 +224,7 @@ class ProbeFacts:
     hops: tuple[Hop, ...] = ()
     hops_truncated: bool = False
     evidence: Evidence | None = None
+    reflected: Reflected | None = None
     bounce: Bounce | None = None
     verdicts: tuple[Verdict, ...] = ()
     late: int = 0
@@ -455,8 +473,19 @@ async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, fac
     delivery = None
     if seen.probe is not None:
         arrival = seen.probe
-        delivery = judge_delivery(arrival.headers, folder=arrival.folder, junk=arrival.junk, accepted_at=accepted_at,
-                                  observed_at=arrival.observed_at)  # fmt: skip
+        trip = None
+        if config.round_trip:
+            # The reflector's answer: its own Received lines are the way back, the header section it returned
+            # the way there. Anything else that arrived is judged as a plain delivery.
+            trip = judge_round_trip(arrival.headers, folder=arrival.folder, junk=arrival.junk,
+                                    accepted_at=accepted_at, observed_at=arrival.observed_at)  # fmt: skip
+        if trip is not None:
+            delivery = trip.whole
+            facts = replace(facts, reflected=Reflected(trip.reflector, len(trip.there.hops), trip.there.latency_s,
+                                                       trip.back.latency_s))  # fmt: skip
+        else:
+            delivery = judge_delivery(arrival.headers, folder=arrival.folder, junk=arrival.junk,
+                                      accepted_at=accepted_at, observed_at=arrival.observed_at)  # fmt: skip
         facts = replace(
             facts, observed_at=delivery.observed_at, latency_s=delivery.latency_s, delivered=True,
             folder=delivery.folder, junk=delivery.junk, hops=delivery.hops, hops_truncated=delivery.hops_truncated,
@@ -502,6 +531,7 @@ class Request:
             ``--via``, ``--watch``, ``--watch-user``, ``--deadline`` and ``--slow``; None where not given.
         name: ``--name``: run only this configured probe.
         lab: ``--lab``: in a throw-away lab (the example configuration's probes when no other is named).
+        round_trip: ``--round-trip``: the one probe's ``--to`` is a reflector (:attr:`ProbeConfig.round_trip`).
     """
 
     sender: str | None = None
@@ -513,12 +543,14 @@ class Request:
     slow: float | None = None
     name: str | None = None
     lab: bool = False
+    round_trip: bool = False
 
     @property
     def one(self) -> bool:
         """A probe is given on the command line (rather than taken from the configuration)."""
-        return any(value is not None for value in (self.sender, self.recipient, self.via, self.watch,
-                                                   self.watch_user, self.deadline, self.slow))  # fmt: skip
+        return self.round_trip or any(value is not None for value in (self.sender, self.recipient, self.via,
+                                                                      self.watch, self.watch_user, self.deadline,
+                                                                      self.slow))  # fmt: skip
 
 
 def requested_probes(request: Request, organization: Organization | None) -> tuple[ProbeConfig, ...]:
@@ -555,7 +587,7 @@ def requested_probes(request: Request, organization: Organization | None) -> tup
                   if value is not None}  # fmt: skip
         probe = ProbeConfig(
             name=f"{sender} to {recipient}", sender=sender, recipient=recipient, via=values.get("--via"), watch=watch,
-            watch_user=request.watch_user, **timing,  # type: ignore[arg-type]
+            watch_user=request.watch_user, round_trip=request.round_trip, **timing,  # type: ignore[arg-type]
         )  # fmt: skip
         if probe.slow is not None and probe.slow >= probe.deadline:
             raise UsageError(f"--slow {probe.slow:g}: must be below the deadline ({probe.deadline:g} s)")

@@ -31,13 +31,13 @@ def problems_of(text: str) -> tuple[str, ...]:
 
 def test_a_probe_with_every_key() -> None:
     text = probe('Via = "Mail.Contoso.com:587"', 'WatchUser = "sun@tailspintoys.com"', 'WatchPasswordEnv = "SUN_IMAP"',
-                 "Deadline = 120", "Slow = 30.5")  # fmt: skip
+                 "Deadline = 120", "Slow = 30.5", "RoundTrip = true")  # fmt: skip
     organization = parse_config(f'[Organization]\nProbeKey = "{"k" * 32}"\n' + text)
     assert organization.probes == (
         ProbeConfig(
             name="John to Sun", sender="John@contoso.com", recipient="sun@tailspintoys.com",
             via="mail.contoso.com:587", watch="imaps://imap.tailspintoys.com/INBOX", watch_user="sun@tailspintoys.com",
-            watch_password_env="SUN_IMAP", deadline=120.0, slow=30.5,
+            watch_password_env="SUN_IMAP", deadline=120.0, slow=30.5, round_trip=True,
         ),
     )  # fmt: skip
     assert organization.probe_key == "k" * 32
@@ -54,7 +54,8 @@ def test_the_defaults_of_a_probe() -> None:
 
 
 def test_probes_are_written_back_by_dump_toml() -> None:
-    organization = parse_config(probe('Via = "[2001:db8::25]:25"', 'Watch = "maildir:mail/sun"', without=("Watch",)))
+    organization = parse_config(probe('Via = "[2001:db8::25]:25"', 'Watch = "maildir:mail/sun"', "RoundTrip = true",
+                                      without=("Watch",)))
     assert parse_config(dump_toml(organization)).probes == organization.probes
 
 

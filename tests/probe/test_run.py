@@ -396,6 +396,31 @@ def test_diag_probe_one_probe_in_the_lab_watches_its_recipients_mailbox() -> Non
     assert "WARNING E2E_SLOW" in done.stdout and "more than 0 s" in done.stdout
 
 
+def test_a_round_trip_through_the_reflector_reports_both_legs(lab: Lab) -> None:
+    """John → on-premises → cloud → tailspintoys.com's reflector → the cloud's MX → Connector 2 → John."""
+    probe = ProbeConfig(name="John round trip", sender="john@contoso.com", recipient="echo@tailspintoys.com",
+                        via="mail.contoso.com", watch="maildir:mail.contoso.com/john@contoso.com", deadline=60,
+                        round_trip=True)  # fmt: skip
+    facts = run(lab, probe)
+    assert outcomes(facts) == [Outcome.DELIVERED], facts.verdicts
+    assert facts.reflected is not None and facts.reflected.reflector == "mail.tailspintoys.com"
+    # Three hops there (on-premises, cloud, the reflector), two back (the cloud's MX, on-premises).
+    assert facts.reflected.there_hops == 3
+    assert [hop.ip for hop in facts.hops] == ["127.0.0.1", "127.0.10.10", "127.0.1.10", "127.0.30.10", "127.0.1.10"]
+    assert facts.reflected.there_s is not None and facts.reflected.back_s is not None
+    assert facts.evidence is not None and ("cloud", "Connector 2") in [
+        (trace.role, trace.connector) for trace in facts.evidence.traces
+    ]
+    assert facts.cleanup == ()
+
+
+def test_diag_probe_round_trip_in_the_lab() -> None:
+    done = diag("probe", "--lab", "--from", "john@contoso.com", "--to", "echo@tailspintoys.com", "--round-trip",
+                "--via", "mail.contoso.com", "--watch", "maildir:mail.contoso.com/john@contoso.com")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "INFO E2E_DELIVERED" in done.stdout and "reflector mail.tailspintoys.com" in done.stdout
+
+
 def test_diag_probe_picks_a_configured_probe_by_name() -> None:
     done = diag("probe", "--lab", "--config", str(BROKEN), "--name", "Relay refused")
     assert done.returncode == 2, done.stdout + done.stderr
