@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from diag import evidence as ev
+from diag.config import MAX_PROBES
 from diag.context import CheckContext, RunOptions
 from diag.evidence import Evidence, Measurements, Observed, ProbeArrival
 from diag.model import Finding, Severity
@@ -201,6 +202,10 @@ async def probe(ctx: CheckContext) -> E2eFacts | None:
 
 
 async def run(ctx: CheckContext) -> Outcome:
+    org = ctx.options.organization
+    if org is not None and len(org.probes) > MAX_PROBES:
+        # The loader refuses such a configuration; one built in code is held to the same cap (PR-08).
+        return Outcome.skip(f"config: {len(org.probes)} probes, more than the {MAX_PROBES} a run may send")
     facts = await probe(ctx)
     if facts is None:
         return Outcome.inapplicable(f"no [[Probe]] is sent from or to {ctx.domain}")

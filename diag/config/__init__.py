@@ -19,6 +19,7 @@ from diag.config.dump import dump_toml
 from diag.config.exchange import ImportResult, import_exports
 from diag.config.load import ConfigFileError, load_config, parse_config
 from diag.config.model import (
+    MAX_PROBES,
     AcceptedDomain,
     ConnectorType,
     DomainType,
@@ -33,6 +34,7 @@ from diag.config.model import (
 )
 
 __all__ = [
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConfigFileError",
     "ConnectorType",

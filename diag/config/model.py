@@ -10,8 +10,10 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 __all__ = [
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConnectorType",
     "DomainType",
@@ -24,6 +26,9 @@ __all__ = [
     "TlsSettings",
     "domain_in_pattern",
 ]
+
+# Probes go to real organizations, and cron repeats them (security-cases.md PR-08): a run sends at most this many.
+MAX_PROBES: Final = 20
 
 
 class DomainType(enum.StrEnum):

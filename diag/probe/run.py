@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 import dns.rdtypes.ANY.MX
 
-from diag.config import ConnectorType, Organization, ProbeConfig
+from diag.config import MAX_PROBES, ConnectorType, Organization, ProbeConfig
 from diag.errors import DnsError, LabError, UsageError
 from diag.net.dns import DnsStatus, Resolver, name_text
 from diag.probe.judge import Bounce, Evidence, Verdict, judge_delivery, judge_round_trip, verdicts
@@ -614,7 +614,11 @@ async def run_probes(probes: Sequence[ProbeConfig], registry: Registry, options:
     The probes are grouped by their sender's domain and each group runs as that domain's ``e2e`` check, so every
     probe is reported once, under the domain it was sent from (``diag check`` reports a probe under each
     checked domain it concerns).
+
+    At most :data:`~diag.config.MAX_PROBES` probes (security-cases.md PR-08); more are refused (UsageError).
     """
+    if len(probes) > MAX_PROBES:
+        raise UsageError(f"{len(probes)} probes, but a run sends at most {MAX_PROBES}")
     if not lab:
         return await _run(probes, registry, options)
     from diag.lab.runner import Lab

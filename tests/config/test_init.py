@@ -5,6 +5,7 @@ from __future__ import annotations
 import diag.config
 
 PUBLIC = {
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConfigFileError",
     "ConnectorType",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from diag.config import ConfigFileError, ProbeConfig, dump_toml, parse_config
+from diag.config import MAX_PROBES, ConfigFileError, ProbeConfig, dump_toml, parse_config
 from diag.config.load import Problem
 
 BASE = '[[AcceptedDomain]]\nDomainName = "contoso.com"\n'  # lines 1-2; the snippets below start on line 3
@@ -100,3 +100,25 @@ def test_probe_names_are_unique() -> None:
         "remove or rename one",
     )
     assert Problem("Probe", 2, "Name", "").where == "Probe[2].Name"
+
+
+def many(count: int) -> str:
+    """``count`` [[Probe]] tables of five lines each, the first on line 3."""
+    return BASE + "".join(f'[[Probe]]\nName = "Probe {n}"\nFrom = "john@contoso.com"\nTo = "sun@tailspintoys.com"\n'
+                          f'Watch = "maildir:mail/sun"\n' for n in range(1, count + 1))  # fmt: skip
+
+
+def test_twenty_probes_are_the_most_a_configuration_may_hold() -> None:
+    # security-cases.md PR-08: a run sends at most MAX_PROBES probes, and a configuration holds no more
+    assert MAX_PROBES == 20
+    assert len(parse_config(many(MAX_PROBES)).probes) == MAX_PROBES
+    assert problems_of(many(MAX_PROBES + 1)) == (
+        "<config>:103: Probe[21]: 21 [[Probe]] tables, but a run sends at most 20 probes, so that a cron job cannot "
+        "flood an organization; remove this one (or move it to the configuration file of another run)",
+    )
+
+
+def test_probes_beyond_the_cap_are_one_line_however_many() -> None:
+    (line,) = problems_of(many(25))
+    assert line.startswith("<config>:103: Probe[21]: 25 [[Probe]] tables")
+    assert "remove this one and the 4 after it (or move them to" in line

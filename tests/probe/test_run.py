@@ -27,14 +27,17 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as Server
 from aiosmtpd.smtp import Envelope, Session
 
-from diag.config import ProbeConfig, load_config, parse_config
+from checks import default_registry
+from diag.config import MAX_PROBES, ProbeConfig, load_config, parse_config
+from diag.context import RunOptions
+from diag.errors import UsageError
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.runner import Lab
 from diag.lab.world import EXAMPLE_CONFIG
 from diag.net.dns import Resolver
 from diag.probe.judge import Outcome
 from diag.probe.message import build_probe
-from diag.probe.run import ProbeFacts, ProbeOptions, ProbeSetup, execute
+from diag.probe.run import ProbeFacts, ProbeOptions, ProbeSetup, execute, run_probes
 from diag.probe.sender import Stage
 from diag.render.json import load_schema
 
@@ -487,3 +490,35 @@ def test_an_unwatchable_mailbox_makes_the_check_unknown_beside_the_other_probes(
     assert "  e2e: error (" in done.stdout and "): watch: imaps://127.0.0.1:1/INBOX" in done.stdout
     assert done.stdout.count("INFO E2E_DELIVERED") == 4 and "WARNING E2E_WATCH_FAILED Unwatchable" in done.stdout
     assert "secret" not in done.stdout + done.stderr
+
+
+# --- PR-08: probes sent in a loop by cron to a real organization ---------------------------------------------
+
+
+def probe_tables(count: int, **keys: str) -> str:
+    extra = "".join(f"{key} = {value}\n" for key, value in keys.items())
+    return "".join(f'\n[[Probe]]\nName = "Probe {n}"\nFrom = "john@contoso.com"\nTo = "sun@tailspintoys.com"\n'
+                   f'Via = "mail.contoso.com"\nWatch = "maildir:mail.tailspintoys.com/sun@tailspintoys.com"\n{extra}'
+                   for n in range(1, count + 1))  # fmt: skip
+
+
+def test_a_configuration_with_21_probes_is_refused_before_anything_is_sent(lab: Lab, tmp_path: Path) -> None:
+    config = tmp_path / "contoso.toml"
+    config.write_text(BROKEN.read_text() + probe_tables(MAX_PROBES + 1 - len(probes_of(BROKEN))))
+    inbox = lab.maildir / "mail.tailspintoys.com" / "sun@tailspintoys.com"
+    before = len(messages(inbox))
+    done = diag("probe", "--config", str(config), "--resolver", str(lab.nameserver), "--ca-file", str(lab.ca_file))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert f"{config}:" in done.stderr and ": Probe[21]: 21 [[Probe]] tables, but a run sends at most 20" in (
+        done.stderr
+    )
+    assert len(messages(inbox)) == before
+
+
+def test_a_run_of_more_probes_than_the_cap_is_refused_in_code_too() -> None:
+    # The loader refuses such a configuration; probes made in code meet the same cap before anything starts.
+    probes = [ProbeConfig(f"Probe {n}", sender="john@contoso.com", recipient="sun@tailspintoys.com",
+                          watch="maildir:/nonexistent") for n in range(MAX_PROBES + 1)]  # fmt: skip
+    with pytest.raises(UsageError, match="21 probes, but a run sends at most 20"):
+        asyncio.run(run_probes(probes, default_registry().select(["e2e"]), RunOptions()))
