@@ -321,6 +321,7 @@ PROBE = Table(
         Field("Deadline", seconds(1, 86400)),
         Field("Slow", seconds(0, 86400)),
         Field("RoundTrip", flag, model_name="round_trip"),
+        Field("MinInterval", seconds(1, 86400)),
     ),
     (
         _required("From", '"john@contoso.com"'),

@@ -13,6 +13,10 @@ returns its :class:`ProbeFacts`. In order:
    ``diag route`` predicts for the recipient when the organization has outbound connectors;
 5. the probe and its DSNs are removed (unless ``keep``), and so are late probes of earlier runs.
 
+Before anything (the mailbox is not even opened), and again just before submitting, under a lock, the record of
+sends (:mod:`diag.probe.pace`) is asked whether the same probe was sent less than its ``MinInterval`` ago by any
+diag process of the user; then it is not sent, and its facts say so (``held``; security-cases.md PR-08).
+
 Network trouble never raises here: it becomes facts (a refusal, a watch failure, a failed clean-up). Findings are
 ``checks/e2e.py``'s to make. Secrets (``DIAG_WATCH_PASSWORD`` and the variables ``WatchPasswordEnv`` names,
 ``DIAG_WATCH_TOKEN``, ``DIAG_SMTP_PASSWORD``, ``DIAG_PROBE_KEY``) are captured once in :class:`ProbeOptions`, which
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,11 +42,12 @@ from typing import TYPE_CHECKING, Final
 
 import dns.rdtypes.ANY.MX
 
-from diag.config import MAX_PROBES, ConnectorType, Organization, ProbeConfig
+from diag.config import DEFAULT_MIN_INTERVAL, MAX_PROBES, ConnectorType, Organization, ProbeConfig
 from diag.errors import DnsError, LabError, UsageError
 from diag.net.dns import DnsStatus, Resolver, name_text
 from diag.probe.judge import Bounce, Evidence, Verdict, judge_delivery, judge_round_trip, verdicts
 from diag.probe.message import build_probe, new_run_id
+from diag.probe.pace import LastSent, SentRecord, default_record_path
 from diag.probe.received import Hop
 from diag.probe.sender import Accepted, Credentials, Refused, Stage, Via, send_probe
 from diag.probe.watch import Arrival, MaildirWatcher, Watcher, WatchError, parse_imap_url, watcher_for
@@ -58,6 +63,7 @@ __all__ = [
     "SMTP_PASSWORD_VARIABLE",
     "TOKEN_VARIABLE",
     "E2eFacts",
+    "Held",
     "ProbeFacts",
     "ProbeOptions",
     "ProbeSetup",
@@ -94,6 +100,8 @@ class ProbeOptions:
         require_tls: refuse to submit without TLS (``--require-tls``).
         auth_user: authenticate as this user with ``DIAG_SMTP_PASSWORD`` (``--auth``).
         client_cert, client_key: present this certificate when submitting.
+        sends: the record of sends that MinInterval is kept against (:class:`~diag.probe.pace.SentRecord`); None:
+            the user's, beside the default history database. ``diag check --history`` and the lab name their own.
     """
 
     run: str = field(default_factory=_new_run)
@@ -104,6 +112,7 @@ class ProbeOptions:
     auth_user: str | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    sends: Path | None = None
 
     @classmethod
     def capture(cls, environ: Mapping[str, str], probes: Iterable[ProbeConfig], **options: object) -> ProbeOptions:
@@ -114,6 +123,10 @@ class ProbeOptions:
 
     def variable(self, name: str) -> str | None:
         return dict(self.environment).get(name)
+
+    def record(self) -> SentRecord:
+        """The record of sends (``sends``)."""
+        return SentRecord(self.sends or default_record_path())
 
     def key(self, organization: Organization | None) -> bytes | None:
         """The HMAC key: ``DIAG_PROBE_KEY``, else the organization's ``ProbeKey``; None: no HMAC."""
@@ -175,6 +188,24 @@ class Reflected:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """A probe that was not sent, although nothing on the way stood against it (security-cases.md PR-08).
+
+    Attributes:
+        last_sent_at: when the same probe (its Name, From, To and Via) was last sent, less than its MinInterval
+            ago, by this or another diag process of the user; None when ``problem`` says why that could not be
+            known.
+        age_s: the seconds since that send.
+        problem: the record of sends could not be read or written, one line ("" when it could); the probe is held
+            back then too, since its interval could not be kept.
+    """
+
+    last_sent_at: datetime | None = None
+    age_s: float | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeFacts:
     """One probe, sent and watched for.
 
@@ -183,7 +214,7 @@ class ProbeFacts:
         run: the run id in its token. message_id: its Message-ID ("" when it was never built).
         via: where it was submitted, ``host [ip]:port`` (``host:port`` when the system resolved the name).
         watch: the mailbox watched, without credentials.
-        deadline_s, slow_s: its ``Deadline`` and ``Slow``.
+        deadline_s, slow_s, min_interval_s: its ``Deadline``, ``Slow`` and ``MinInterval``.
         expected_connector: the outbound connector ``diag route`` predicts for the recipient, or None (no
             configuration, or mail for it goes by MX).
         accepted, refused: the answer of ``via``: it accepted the probe (with the TLS of that hop), or refused
@@ -201,6 +232,8 @@ class ProbeFacts:
         forged: messages that looked like probes but failed the token check (left alone).
         cleanup: what could not be removed, one line each (security-cases.md PR-09).
         watch_error: why the mailbox could not be watched, one line ("" when it could).
+        held: why it was not sent although it could have been: the same probe was sent less than its
+            MinInterval ago (None when it was not held back).
     """
 
     name: str
@@ -211,6 +244,7 @@ class ProbeFacts:
     watch: str
     deadline_s: float
     slow_s: float | None = None
+    min_interval_s: float = DEFAULT_MIN_INTERVAL
     message_id: str = ""
     expected_connector: str | None = None
     accepted: Accepted | None = None
@@ -231,10 +265,12 @@ class ProbeFacts:
     forged: int = 0
     cleanup: tuple[str, ...] = ()
     watch_error: str = ""
+    held: Held | None = None
 
     @property
     def submitted(self) -> bool:
-        """``via`` answered: it accepted or refused the probe (False: the mailbox could not be watched first)."""
+        """``via`` answered: it accepted or refused the probe (False: the mailbox could not be watched first, or
+        the probe was held back)."""
         return self.accepted is not None or self.refused is not None
 
 
@@ -416,17 +452,35 @@ async def execute(config: ProbeConfig, setup: ProbeSetup) -> ProbeFacts:
     facts = ProbeFacts(
         name=config.name, sender=config.sender, recipient=config.recipient, run=setup.options.run,
         via=named or f"the MX of {config.recipient.rpartition('@')[2]}", watch=watch_text(config, setup),
-        deadline_s=config.deadline, slow_s=config.slow,
+        deadline_s=config.deadline, slow_s=config.slow, min_interval_s=config.min_interval,
     )  # fmt: skip
+    record = setup.options.record()
+    # Asked before the mailbox is opened, so a probe held back logs in nowhere; asked again (and the send
+    # recorded) under the lock just before submitting, where two processes cannot both pass.
+    held = await _held(record, record.last, config)
+    if held is not None:
+        return replace(facts, held=held)
     try:
         watcher = await _watcher(config, setup)
         async with watcher:
-            return await _watched(config, setup, watcher, facts)
+            return await _watched(config, setup, watcher, record, facts)
     except WatchError as exc:
         return replace(facts, watch_error=str(exc))
 
 
-async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, facts: ProbeFacts) -> ProbeFacts:
+async def _held(record: SentRecord, ask: Callable[[ProbeConfig], LastSent | None], config: ProbeConfig
+                ) -> Held | None:  # fmt: skip
+    """Whether ``record`` holds ``config`` back; ``ask`` is its ``last`` (a look) or ``claim`` (a look and, when
+    the probe may go, the record of its send). A record that cannot be kept holds it back too (PR-08)."""
+    try:
+        last = await asyncio.to_thread(ask, config)
+    except OSError as exc:
+        return Held(problem=f"the record of probes sent, {record.path}, cannot be kept: {exc.strerror or exc}")
+    return None if last is None else Held(last.at, last.age_s)
+
+
+async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, record: SentRecord,
+                   facts: ProbeFacts) -> ProbeFacts:  # fmt: skip
     options = setup.options
     key = options.key(setup.organization)
     await watcher.mark()
@@ -435,6 +489,8 @@ async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, fac
         via = await _via(config, setup)
     except (_NoVia, DnsError) as exc:
         problem = f"cannot submit the probe: {exc}"
+    if via is not None and (held := await _held(record, record.claim, config)) is not None:
+        return replace(facts, held=held)
     prediction = _predict(config, via, setup)
     probe = build_probe(run=options.run, name=config.name, sender=config.sender, recipient=config.recipient,
                         key=key, now=datetime.now(UTC))  # fmt: skip
@@ -527,8 +583,9 @@ class Request:
     """What ``diag probe`` was asked on its command line (besides the run's options).
 
     Attributes:
-        sender, recipient, via, watch, watch_user, deadline, slow: one probe given by ``--from``, ``--to``,
-            ``--via``, ``--watch``, ``--watch-user``, ``--deadline`` and ``--slow``; None where not given.
+        sender, recipient, via, watch, watch_user, deadline, slow, min_interval: one probe given by ``--from``,
+            ``--to``, ``--via``, ``--watch``, ``--watch-user``, ``--deadline``, ``--slow`` and ``--min-interval``;
+            None where not given.
         name: ``--name``: run only this configured probe.
         lab: ``--lab``: in a throw-away lab (the example configuration's probes when no other is named).
         round_trip: ``--round-trip``: the one probe's ``--to`` is a reflector (:attr:`ProbeConfig.round_trip`).
@@ -544,13 +601,14 @@ class Request:
     name: str | None = None
     lab: bool = False
     round_trip: bool = False
+    min_interval: float | None = None
 
     @property
     def one(self) -> bool:
         """A probe is given on the command line (rather than taken from the configuration)."""
         return self.round_trip or any(value is not None for value in (self.sender, self.recipient, self.via,
                                                                       self.watch, self.watch_user, self.deadline,
-                                                                      self.slow))  # fmt: skip
+                                                                      self.slow, self.min_interval))  # fmt: skip
 
 
 def requested_probes(request: Request, organization: Organization | None) -> tuple[ProbeConfig, ...]:
@@ -561,7 +619,7 @@ def requested_probes(request: Request, organization: Organization | None) -> tup
     if request.one:
         if request.sender is None and request.recipient is None and organization is not None and organization.probes:
             raise UsageError("--via, --watch, --deadline and the like describe a probe given with --from and --to; a "
-                             "[[Probe]] table has its own Via, Watch, Deadline and Slow")
+                             "[[Probe]] table has its own Via, Watch, Deadline, Slow and MinInterval")
         if request.name is not None:
             raise UsageError("--name picks a probe of the configuration; with --from and --to, give no --name")
         if request.sender is None or request.recipient is None:
@@ -583,8 +641,8 @@ def requested_probes(request: Request, organization: Organization | None) -> tup
         if request.watch_user is not None and watch.startswith("maildir:"):
             raise UsageError("--watch-user applies only to an imap:// or imaps:// --watch")
         sender, recipient = values["--from"], values["--to"]
-        timing = {key: value for key, value in (("deadline", request.deadline), ("slow", request.slow))
-                  if value is not None}  # fmt: skip
+        given = (("deadline", request.deadline), ("slow", request.slow), ("min_interval", request.min_interval))
+        timing = {key: value for key, value in given if value is not None}
         probe = ProbeConfig(
             name=f"{sender} to {recipient}", sender=sender, recipient=recipient, via=values.get("--via"), watch=watch,
             watch_user=request.watch_user, round_trip=request.round_trip, **timing,  # type: ignore[arg-type]
@@ -628,7 +686,8 @@ async def run_probes(probes: Sequence[ProbeConfig], registry: Registry, options:
         probe = options.probe or ProbeOptions()
         options = replace(
             options, nameservers=reach.nameservers, smtp_port=reach.smtp_port, ca_file=reach.ca_file,
-            ehlo_name=reach.ehlo_name, allow_private=True, probe=replace(probe, maildir_root=running.maildir),
+            ehlo_name=reach.ehlo_name, allow_private=True,
+            probe=replace(probe, maildir_root=running.maildir, sends=running.sent_record()),
         )  # fmt: skip
         try:
             probes = [probe if probe.watch else replace(probe, watch=f"maildir:{running.mailbox(probe.recipient)}")

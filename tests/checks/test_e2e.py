@@ -16,7 +16,7 @@ from diag.context import RunOptions
 from diag.model import Severity, Status
 from diag.probe.judge import Bounce, BounceRecipient, Outcome, Verdict
 from diag.probe.received import Hop
-from diag.probe.run import E2eFacts, ProbeFacts
+from diag.probe.run import E2eFacts, Held, ProbeFacts
 from diag.probe.sender import Accepted, Refused, Stage
 from diag.runner import run_checks
 
@@ -154,3 +154,21 @@ def test_more_probes_than_a_run_may_send_are_not_sent_at_all() -> None:
     result = report.domains[0].result("e2e")
     assert result.status is Status.SKIPPED and result.findings == ()
     assert result.reason == "config: 21 probes, more than the 20 a run may send"
+
+
+def test_a_probe_held_back_by_its_min_interval_is_a_notice_never_a_pass() -> None:
+    held = replace(BASE, accepted=None, accepted_at=None, message_id="", min_interval_s=300,
+                   held=Held(T0, 42.4))  # fmt: skip
+    (finding,) = probe_findings(held)
+    assert (finding.code, finding.severity) == ("E2E_NOT_SENT", Severity.NOTICE)
+    assert finding.subject == "John to Sun via mail.contoso.com [192.0.2.10]:25"
+    assert finding.message == ("The probe from john@contoso.com to sun@tailspintoys.com was not sent: the same probe "
+                               "was sent 42 s ago (MinInterval 300 s).")  # fmt: skip
+    assert "MinInterval" in finding.remediation and not held.submitted
+
+
+def test_a_probe_held_back_because_its_record_cannot_be_kept() -> None:
+    problem = "the record of probes sent, /data/diag/history.sent-probes.json, cannot be kept: Permission denied"
+    (finding,) = probe_findings(replace(BASE, accepted=None, accepted_at=None, held=Held(problem=problem)))
+    assert (finding.code, finding.severity) == ("E2E_NOT_SENT", Severity.NOTICE)
+    assert finding.message == f"The probe from john@contoso.com to sun@tailspintoys.com was not sent: {problem}."

@@ -59,7 +59,8 @@ def run(lab: Lab, probe: ProbeConfig, *, config: Path = EXAMPLE_CONFIG, **option
         setup = ProbeSetup(
             resolver=Resolver((lab.nameserver,), timeout=5), timeout=5, ehlo_name="client.probe.test",
             resolve_names=True, ca_file=lab.ca_file, smtp_port=lab.smtp_port, allow_private=True,
-            organization=load_config(config), options=ProbeOptions(maildir_root=lab.maildir, **options),
+            organization=load_config(config),
+            options=ProbeOptions(maildir_root=lab.maildir, sends=lab.sent_record(), **options),
         )  # fmt: skip
         return await execute(probe, setup)
 
@@ -215,7 +216,8 @@ def test_an_mx_that_cannot_be_used(lab: Lab, recipient: str, allow_private: bool
 
     async def go() -> ProbeFacts:
         setup = ProbeSetup(resolver=Resolver((lab.nameserver,), timeout=5), timeout=5, ehlo_name="client.probe.test",
-                           allow_private=allow_private, options=ProbeOptions(maildir_root=lab.maildir))  # fmt: skip
+                           allow_private=allow_private,
+                           options=ProbeOptions(maildir_root=lab.maildir, sends=lab.sent_record()))  # fmt: skip
         return await execute(probe, setup)
 
     facts = asyncio.run(go())
@@ -448,7 +450,10 @@ def test_diag_probe_picks_a_configured_probe_by_name() -> None:
          "--watch-user applies only to an imap:// or imaps:// --watch"),
         ([], "diag probe needs --from, --to and --watch, or --config FILE with [[Probe]] tables, or --lab"),
         (["--lab", "--name", "nobody"], "--name 'nobody': no such [[Probe]] (the configuration has 'John to Sun'"),
-        (["--lab", "--deadline", "5"], "a [[Probe]] table has its own Via, Watch, Deadline and Slow"),
+        (["--lab", "--deadline", "5"], "a [[Probe]] table has its own Via, Watch, Deadline, Slow and MinInterval"),
+        (["--lab", "--min-interval", "5"], "a [[Probe]] table has its own Via, Watch, Deadline, Slow and MinInterval"),
+        (["--from", "a@b.example", "--to", "a@b.example", "--watch", "maildir:/x", "--min-interval", "0"],
+         "--min-interval 0: must be between 1 and 86400 seconds"),
         (["--lab", "--resolver", "127.0.0.1"], "--lab sets --resolver and --ca-file itself"),
         (["--from", "a@b.example", "--to", "a@b.example", "--watch", "maildir:/x", "--auth", "u"],
          "--auth u: set the password in DIAG_SMTP_PASSWORD"),
@@ -522,3 +527,103 @@ def test_a_run_of_more_probes_than_the_cap_is_refused_in_code_too() -> None:
                           watch="maildir:/nonexistent") for n in range(MAX_PROBES + 1)]  # fmt: skip
     with pytest.raises(UsageError, match="21 probes, but a run sends at most 20"):
         asyncio.run(run_probes(probes, default_registry().select(["e2e"]), RunOptions()))
+
+
+SUN = "mail.tailspintoys.com/sun@tailspintoys.com"
+
+
+def lab_probe(lab: Lab, *options: str) -> list[str]:
+    """``diag probe`` from another process to the running lab, as to a real organization: John to Sun through the
+    on-premises server, watched in Sun's Maildir and kept there (--keep), so the Maildir counts what was sent."""
+    return ["probe", "--from", "john@contoso.com", "--to", "sun@tailspintoys.com", "--via",
+            f"mail.contoso.com:{lab.smtp_port}", "--watch", f"maildir:{lab.maildir / SUN}", "--resolver",
+            str(lab.nameserver), "--ca-file", str(lab.ca_file), "--timeout", "5", "--keep", *options]  # fmt: skip
+
+
+@pytest.fixture
+def sun_inbox(lab: Lab) -> Iterator[mailbox.Maildir]:
+    """Sun's lab Maildir; what a test adds to it is removed afterwards."""
+    box = mailbox.Maildir(lab.maildir / SUN, factory=None, create=False)
+    before = set(box.keys())
+    yield box
+    for key in set(box.keys()) - before:
+        box.remove(key)
+
+
+def test_a_probe_is_not_sent_again_within_its_min_interval(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    count = len(sun_inbox)
+    first = diag(*lab_probe(lab, "--min-interval", "30"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "INFO E2E_DELIVERED" in first.stdout and len(sun_inbox) == count + 1
+    # When the same probe runs again (another process, a minute of cron later) within its MinInterval
+    out = tmp_path / "again.json"
+    again = diag(*lab_probe(lab, "--min-interval", "30", "--json", str(out)))
+    # Then nothing is sent, the run says why, and that is a notice (exit 0), never a delivery
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(sun_inbox) == count + 1
+    assert "NOTICE E2E_NOT_SENT john@contoso.com to sun@tailspintoys.com via mail.contoso.com:" in again.stdout
+    assert "was not sent: the same probe was sent " in again.stdout and " s ago (MinInterval 30 s)." in again.stdout
+    assert "E2E_DELIVERED" not in again.stdout
+    (check,) = json.loads(out.read_text())["domains"][0]["checks"]
+    (facts,) = check["facts"]["probes"]
+    assert check["status"] == "completed" and [f["code"] for f in check["findings"]] == ["E2E_NOT_SENT"]
+    assert facts["held"]["last_sent_at"] and 0 <= facts["held"]["age_s"] < 30 and facts["min_interval_s"] == 30
+    assert facts["accepted"] is None and facts["refused"] is None and facts["message_id"] == ""
+    # and once the interval has passed (here a MinInterval of 1 s), it is sent again
+    time.sleep(1.1)
+    sent = set(sun_inbox.keys())
+    later = diag(*lab_probe(lab, "--min-interval", "1"))
+    assert later.returncode == 0, later.stdout + later.stderr
+    # (the first run's kept probe is late for this one, and removed: one probe, another one)
+    assert "INFO E2E_DELIVERED" in later.stdout and len(sun_inbox) == count + 1 and set(sun_inbox.keys()) != sent
+
+
+def test_two_runs_at_once_send_the_probe_once(lab: Lab, sun_inbox: mailbox.Maildir, tmp_path: Path) -> None:
+    # Two cron jobs (different jobs: each writes its own result, so neither job lock refuses the other)
+    count = len(sun_inbox)
+    runs = [subprocess.Popen([sys.executable, "-m", "diag", *lab_probe(lab, "--json", str(tmp_path / f"{n}.json"))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            for n in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sorted("E2E_NOT_SENT" in output for output in outputs) == [False, True], outputs
+    assert len(sun_inbox) == count + 1
+
+
+def test_a_damaged_record_of_sends_is_taken_as_empty(lab: Lab, sun_inbox: mailbox.Maildir) -> None:
+    record = Path(os.environ["XDG_DATA_HOME"]) / "diag" / "history.sent-probes.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"schema": "diag.sent-probes/1", "sent": [{"name": "john to sun", "fr')  # cut short
+    count = len(sun_inbox)
+    done = diag(*lab_probe(lab))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "INFO E2E_DELIVERED" in done.stdout and len(sun_inbox) == count + 1
+    assert f"{record}: the record of probes sent is damaged (Unterminated string" in done.stderr
+    assert [entry["name"] for entry in json.loads(record.read_text())["sent"]] == [
+        "john@contoso.com to sun@tailspintoys.com"
+    ]
+
+
+def test_a_record_of_sends_that_cannot_be_kept_holds_the_probe_back(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+    # Given a data directory that is a file: the record beside the history cannot be read or written
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    count = len(sun_inbox)
+    done = diag(*lab_probe(lab), env={"XDG_DATA_HOME": str(blocker)})
+    # Then the probe is not sent, and the check cannot say what it would have found: exit 3
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert len(sun_inbox) == count
+    assert f"was not sent: the record of probes sent, {blocker}/diag/history.sent-probes.json, cannot be kept: " in (
+        done.stdout
+    )
+    assert " ms): record: the record of probes sent, " in done.stdout
+
+
+def test_the_labs_runs_keep_their_own_record_and_are_never_held_back(lab: Lab) -> None:
+    # The same probe twice in a row in the shared lab: each run has a record of its own in the lab's directory
+    probe = probes_of(EXAMPLE_CONFIG)["Bob to John"]
+    assert [outcomes(run(lab, probe)) for _ in range(2)] == [[Outcome.DELIVERED]] * 2
+    assert not (Path(os.environ["XDG_DATA_HOME"]) / "diag").exists()
+    assert len(list((lab.directory / "sent-probes").glob("run-*.json"))) >= 2
