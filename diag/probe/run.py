@@ -17,6 +17,10 @@ Before anything (the mailbox is not even opened), and again just before submitti
 sends (:mod:`diag.probe.pace`) is asked whether the same probe was sent less than its ``MinInterval`` ago by any
 diag process of the user; then it is not sent, and its facts say so (``held``; security-cases.md PR-08).
 
+:func:`plan` finds what :func:`execute` would do without doing it (``diag probe --dry-run``): where the probe
+would enter (the MX looked up), the mailbox (its credentials present, a Maildir's directories there; no login), its
+times, and whether the record of sends would hold it back; nothing is sent, opened or recorded.
+
 Network trouble never raises here: it becomes facts (a refusal, a watch failure, a failed clean-up). Findings are
 ``checks/e2e.py``'s to make. Secrets (``DIAG_WATCH_PASSWORD`` and the variables ``WatchPasswordEnv`` names,
 ``DIAG_WATCH_TOKEN``, ``DIAG_SMTP_PASSWORD``, ``DIAG_PROBE_KEY``) are captured once in :class:`ProbeOptions`, which
@@ -55,6 +59,7 @@ from diag.routing import RoutingOrder, route
 
 if TYPE_CHECKING:
     from diag.context import RunOptions
+    from diag.lab.runner import Lab
     from diag.model import Report
     from diag.registry import Registry
 
@@ -64,12 +69,15 @@ __all__ = [
     "TOKEN_VARIABLE",
     "E2eFacts",
     "Held",
+    "Plan",
     "ProbeFacts",
     "ProbeOptions",
     "ProbeSetup",
     "Request",
     "execute",
     "parse_via",
+    "plan",
+    "plan_probes",
     "requested_probes",
     "run_probes",
     "watch_text",
@@ -575,6 +583,73 @@ async def _clean(watcher: Watcher, own: Sequence[Arrival], late: Sequence[Arriva
     )
 
 
+# --- what would be sent ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a run would do with one probe (``diag probe --dry-run``), found without sending, logging in or
+    recording anything.
+
+    Attributes:
+        name, sender, recipient: the probe (its ``Name``, ``From`` and ``To``).
+        via: where it would be submitted, ``host [ip]:port`` as looked up now (an explicit ``Via`` only where a run
+            would look it up: with ``--resolver``; as configured when that fails); None when the recipient
+            domain's MX cannot be used (``problems`` says why).
+        mx_of: the recipient domain when the probe goes to its MX (no ``Via``); None for an explicit ``Via``.
+        watch: the mailbox that would be watched, without credentials.
+        deadline_s, slow_s, min_interval_s, round_trip: its ``Deadline``, ``Slow``, ``MinInterval`` and
+            ``RoundTrip``.
+        held: the record of sends would hold it back (the same probe was sent less than ``MinInterval`` ago).
+        problems: what would keep a run from sending it or from seeing it arrive, one line each.
+    """
+
+    name: str
+    sender: str
+    recipient: str
+    via: str | None
+    mx_of: str | None
+    watch: str
+    deadline_s: float
+    slow_s: float | None
+    min_interval_s: float
+    round_trip: bool
+    held: Held | None = None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def sends(self) -> bool:
+        """A run would send it now."""
+        return self.held is None and not self.problems
+
+
+async def plan(config: ProbeConfig, setup: ProbeSetup) -> Plan:
+    """What :func:`execute` would do with ``config`` (:class:`Plan`), found without sending it, opening its
+    mailbox or recording anything: only DNS lookups and a look at a Maildir's directories."""
+    domain = config.recipient.rpartition("@")[2]
+    record = setup.options.record()
+    held = await _held(record, record.last, config)
+    problems: list[str] = []
+    try:
+        watcher = await _watcher(config, setup)  # made, not opened: an IMAP watcher connects when entered
+        if isinstance(watcher, MaildirWatcher):
+            await asyncio.to_thread(watcher.check)
+    except WatchError as exc:
+        problems.append(f"the mailbox cannot be watched: {exc}")
+    via: str | None
+    try:
+        via = _via_text(await _via(config, setup))
+    except (_NoVia, DnsError) as exc:
+        via = _via_text(Via(*parse_via(config.via, setup.smtp_port))) if config.via is not None else None
+        problems.append(f"cannot submit the probe: {exc}")
+    return Plan(
+        name=config.name, sender=config.sender, recipient=config.recipient, via=via,
+        mx_of=domain if config.via is None else None, watch=watch_text(config, setup), deadline_s=config.deadline,
+        slow_s=config.slow, min_interval_s=config.min_interval, round_trip=config.round_trip, held=held,
+        problems=tuple(problems),
+    )  # fmt: skip
+
+
 # --- diag probe ---------------------------------------------------------------------------------------------
 
 
@@ -675,29 +750,57 @@ async def run_probes(probes: Sequence[ProbeConfig], registry: Registry, options:
 
     At most :data:`~diag.config.MAX_PROBES` probes (security-cases.md PR-08); more are refused (UsageError).
     """
-    if len(probes) > MAX_PROBES:
-        raise UsageError(f"{len(probes)} probes, but a run sends at most {MAX_PROBES}")
+    _capped(probes)
     if not lab:
-        return await _run(probes, registry, options)
+        return await _run(probes, options, registry)
     from diag.lab.runner import Lab
 
     async with Lab() as running:
-        reach = running.run_options()
-        probe = options.probe or ProbeOptions()
-        options = replace(
-            options, nameservers=reach.nameservers, smtp_port=reach.smtp_port, ca_file=reach.ca_file,
-            ehlo_name=reach.ehlo_name, allow_private=True,
-            probe=replace(probe, maildir_root=running.maildir, sends=running.sent_record()),
-        )  # fmt: skip
-        try:
-            probes = [probe if probe.watch else replace(probe, watch=f"maildir:{running.mailbox(probe.recipient)}")
-                      for probe in probes]  # fmt: skip
-        except LabError as exc:
-            raise UsageError(f"{exc}; give --watch") from None
-        return await _run(probes, registry, options)
+        return await _run(*_in_lab(running, probes, options), registry)
 
 
-async def _run(probes: Sequence[ProbeConfig], registry: Registry, options: RunOptions) -> Report:
+async def plan_probes(probes: Sequence[ProbeConfig], options: RunOptions, *, lab: bool = False) -> tuple[Plan, ...]:
+    """``diag probe --dry-run``: what :func:`run_probes` would do with ``probes`` (:func:`plan`), in their order;
+    with ``lab``, in a throw-away lab started for it. Nothing is sent, opened or recorded."""
+    _capped(probes)
+    if not lab:
+        return await _plan(probes, options)
+    from diag.lab.runner import Lab
+
+    async with Lab() as running:
+        return await _plan(*_in_lab(running, probes, options))
+
+
+def _capped(probes: Sequence[ProbeConfig]) -> None:
+    if len(probes) > MAX_PROBES:
+        raise UsageError(f"{len(probes)} probes, but a run sends at most {MAX_PROBES}")
+
+
+def _in_lab(lab: Lab, probes: Sequence[ProbeConfig], options: RunOptions
+            ) -> tuple[Sequence[ProbeConfig], RunOptions]:  # fmt: skip
+    """The probes and options of a run in ``lab``: its resolver, port and CAs, its Maildirs (a probe without
+    ``Watch`` watches its recipient's), and a record of sends of the run's own."""
+    reach = lab.run_options()
+    probe = options.probe or ProbeOptions()
+    options = replace(
+        options, nameservers=reach.nameservers, smtp_port=reach.smtp_port, ca_file=reach.ca_file,
+        ehlo_name=reach.ehlo_name, allow_private=True,
+        probe=replace(probe, maildir_root=lab.maildir, sends=lab.sent_record()),
+    )  # fmt: skip
+    try:
+        probes = [probe if probe.watch else replace(probe, watch=f"maildir:{lab.mailbox(probe.recipient)}")
+                  for probe in probes]  # fmt: skip
+    except LabError as exc:
+        raise UsageError(f"{exc}; give --watch") from None
+    return probes, options
+
+
+async def _plan(probes: Sequence[ProbeConfig], options: RunOptions) -> tuple[Plan, ...]:
+    setup = ProbeSetup.of(options, Resolver(options.nameservers, timeout=options.timeout))
+    return tuple(await asyncio.gather(*(plan(probe, setup) for probe in probes)))
+
+
+async def _run(probes: Sequence[ProbeConfig], options: RunOptions, registry: Registry) -> Report:
     from diag.model import Report
     from diag.runner import run_checks
 

@@ -455,6 +455,7 @@ def test_diag_probe_picks_a_configured_probe_by_name() -> None:
         (["--from", "a@b.example", "--to", "a@b.example", "--watch", "maildir:/x", "--min-interval", "0"],
          "--min-interval 0: must be between 1 and 86400 seconds"),
         (["--lab", "--resolver", "127.0.0.1"], "--lab sets --resolver and --ca-file itself"),
+        (["--lab", "--dry-run", "--html", "/tmp/r.html"], "--dry-run writes no report; give --json FILE|- for"),
         (["--from", "a@b.example", "--to", "a@b.example", "--watch", "maildir:/x", "--auth", "u"],
          "--auth u: set the password in DIAG_SMTP_PASSWORD"),
         (["--config", str(Path(__file__).parents[2] / "examples" / "broken-smarthosts.toml")],
@@ -627,3 +628,73 @@ def test_the_labs_runs_keep_their_own_record_and_are_never_held_back(lab: Lab) -
     assert [outcomes(run(lab, probe)) for _ in range(2)] == [[Outcome.DELIVERED]] * 2
     assert not (Path(os.environ["XDG_DATA_HOME"]) / "diag").exists()
     assert len(list((lab.directory / "sent-probes").glob("run-*.json"))) >= 2
+
+
+def test_a_dry_run_sends_nothing_and_shows_what_would_be_sent(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    count = len(sun_inbox)
+    done = diag(*lab_probe(lab, "--dry-run", "--slow", "20"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Then one line: the probe, Via as it would be used (looked up), the mailbox, its times, and that it would go
+    assert done.stdout == (
+        f"john@contoso.com to sun@tailspintoys.com: john@contoso.com -> sun@tailspintoys.com via mail.contoso.com "
+        f"[127.0.10.10]:{lab.smtp_port}, watch maildir:{lab.maildir / SUN}, deadline 300 s, slow 20 s, min interval "
+        "60 s: would be sent\n"
+    )
+    # and nothing was sent, and no send was recorded
+    assert len(sun_inbox) == count and not (Path(os.environ["XDG_DATA_HOME"]) / "diag").exists()
+    # Once it has been sent, a dry run says it would be held back
+    sent = diag(*lab_probe(lab))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    again = diag(*lab_probe(lab, "--dry-run", "--json", "-"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    (plan,) = json.loads(again.stdout)
+    assert plan["via"] == f"mail.contoso.com [127.0.10.10]:{lab.smtp_port}" and plan["mx_of"] is None
+    assert (plan["sends"], plan["problems"], plan["min_interval_s"]) == (False, [], 60)
+    assert plan["held"]["last_sent_at"] and plan["held"]["age_s"] < 60
+    assert len(sun_inbox) == count + 1
+
+
+def test_a_dry_run_of_a_configuration_says_what_stands_in_the_way(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "plans.json"
+    done = diag("probe", "--config", str(EXAMPLE_CONFIG), "--resolver", str(lab.nameserver), "--ca-file",
+                str(lab.ca_file), "--dry-run", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["John to Sun", "Sun to John", "John to Bob", "Bob to John"]
+    # Relative Maildirs are taken from the configuration's directory, where there are none
+    examples = EXAMPLE_CONFIG.parent
+    assert lines[0].endswith(f"would not be sent: the mailbox cannot be watched: maildir:{examples / SUN} is not a "
+                             "Maildir (it has no new/ and cur/ directories)")  # fmt: skip
+    # Without Via, the recipient domain's MX, looked up; a private address is refused as a run would refuse it
+    assert "Bob to John: bob@contoso.com -> john@contoso.com via the MX of contoso.com, watch " in lines[3]
+    assert ("cannot submit the probe: no MX of contoso.com can be used: the MX contoso-com.mail.protection.outlook.com "
+            "is at 127.0.1.10, not a public address (give --allow-private to use it)") in lines[3]  # fmt: skip
+    plans = json.loads(out.read_text())
+    assert [plan["sends"] for plan in plans] == [False] * 4 and plans[3]["via"] is None
+    assert plans[3]["mx_of"] == "contoso.com" and (plans[0]["deadline_s"], plans[0]["slow_s"]) == (60, 30)
+    # With --allow-private, the MX found: "host [ip]:port (the MX of contoso.com)"
+    allowed = diag("probe", "--config", str(EXAMPLE_CONFIG), "--resolver", str(lab.nameserver), "--ca-file",
+                   str(lab.ca_file), "--name", "Bob to John", "--dry-run", "--allow-private")  # fmt: skip
+    assert "via contoso-com.mail.protection.outlook.com [127.0.1.10]:25 (the MX of contoso.com)" in allowed.stdout
+
+
+def test_a_dry_run_logs_in_nowhere_and_names_missing_credentials(filer: Filer, imap_dns: str) -> None:
+    logged = filer.dovecot.log.read_text(errors="replace")
+    done = diag(*imap_probe(filer, imap_dns, "--dry-run"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.endswith(
+        f"min interval 60 s: would not be sent: the mailbox cannot be watched: imap://imap.probe.test:"
+        f"{filer.dovecot.imap_port}/INBOX: no credentials: set DIAG_WATCH_PASSWORD to the password (or "
+        "DIAG_WATCH_TOKEN to an OAuth2 access token for XOAUTH2)\n"
+    )
+    with_password = diag(*imap_probe(filer, imap_dns, "--dry-run"), env={"DIAG_WATCH_PASSWORD": "john-pass"})
+    assert with_password.stdout.endswith(": would be sent\n") and "john-pass" not in with_password.stdout
+    # Nothing was submitted, and Dovecot saw no connection (it logs every one, with or without a login)
+    assert filer.filed == [] and filer.dovecot.log.read_text(errors="replace") == logged
+
+
+def test_a_dry_run_in_the_lab() -> None:
+    done = diag("probe", "--lab", "--dry-run")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(done.stdout.splitlines()) == 4 and done.stdout.count(": would be sent\n") == 4
