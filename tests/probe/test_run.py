@@ -698,3 +698,22 @@ def test_a_dry_run_in_the_lab() -> None:
     done = diag("probe", "--lab", "--dry-run")
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(done.stdout.splitlines()) == 4 and done.stdout.count(": would be sent\n") == 4
+
+
+def test_diag_check_keeps_the_record_of_sends_beside_its_history(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    config = tmp_path / "contoso.toml"
+    config.write_text(BROKEN.read_text().split("[[Probe]]")[0] + '[[Probe]]\nName = "John to Sun"\n'
+                      'From = "john@contoso.com"\nTo = "sun@tailspintoys.com"\nVia = "mail.contoso.com"\n'
+                      f'Watch = "maildir:{lab.maildir / SUN}"\nMinInterval = 600\n')  # fmt: skip
+    check = ["check", "contoso.com", "--config", str(config), "--check", "e2e", "--resolver", str(lab.nameserver),
+             "--smtp-port", str(lab.smtp_port), "--ca-file", str(lab.ca_file), "--history",
+             str(tmp_path / "runs.sqlite3")]  # fmt: skip
+    first = diag(*check)
+    assert first.returncode == 0 and "INFO E2E_DELIVERED John to Sun" in first.stdout, first.stdout + first.stderr
+    record = json.loads((tmp_path / "runs.sent-probes.json").read_text())
+    assert [entry["name"] for entry in record["sent"]] == ["john to sun"]
+    again = diag(*check)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "NOTICE E2E_NOT_SENT John to Sun" in again.stdout and "(MinInterval 600 s)" in again.stdout
+    assert not (Path(os.environ["XDG_DATA_HOME"]) / "diag" / "history.sent-probes.json").exists()
