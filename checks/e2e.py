@@ -10,6 +10,12 @@ The probing lives in :mod:`diag.probe.run`; here its facts become findings, one 
 on the way (a hop without TLS, another route than ``diag route`` predicts, slow, in the junk folder). A mailbox
 that cannot be read is ``E2E_WATCH_FAILED``, and the check then ends ``error``: the other probes' findings stand,
 but what that probe would have shown is unknown (exit 3 unless something critical was found).
+
+A probe sent less than its ``MinInterval`` ago (by any diag process of the user: security-cases.md PR-08) is not
+sent again: ``E2E_NOT_SENT``, a notice, and never a pass. The run that sent it reported what it found; a cron job
+that runs more often than the interval is not a problem of the mail flow, so the check stays ``completed`` (a
+``skipped`` check would make every such run unknown). When the record of sends cannot be kept at all, the probe
+is held back too, and the check ends ``error`` with the reason.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from diag import evidence as ev
+from diag.config import MAX_PROBES
 from diag.context import CheckContext, RunOptions
 from diag.evidence import Evidence, Measurements, Observed, ProbeArrival
 from diag.model import Finding, Severity
 from diag.probe.judge import Outcome as Judged
 from diag.probe.judge import Verdict
-from diag.probe.run import E2eFacts, ProbeFacts, ProbeSetup, execute
+from diag.probe.run import E2eFacts, Held, ProbeFacts, ProbeSetup, execute
 from diag.registry import Check, Outcome
 
 __all__ = ["CHECK", "E2eView", "PathHop", "ProbePath", "assess", "measure", "probe", "probe_findings", "view"]
@@ -146,9 +153,30 @@ def _verdict_finding(probe: ProbeFacts, verdict: Verdict) -> Finding:
             assert_never(verdict.outcome)
 
 
+def _held_finding(probe: ProbeFacts, held: Held) -> Finding:
+    if held.problem:
+        return CHECK.finding(
+            "E2E_NOT_SENT", _subject(probe), f"The probe from {_path(probe)} was not sent: {held.problem}.",
+            "Let this user create and replace files in the record's directory (beside the history database; diag "
+            "check --history puts it beside another), or remove what stands in the record's place.",
+        )  # fmt: skip
+    age = f"{held.age_s:.0f} s" if held.age_s is not None else "less than MinInterval"
+    return CHECK.finding(
+        "E2E_NOT_SENT", _subject(probe),
+        f"The probe from {_path(probe)} was not sent: the same probe was sent {age} ago (MinInterval "
+        f"{probe.min_interval_s:g} s).",
+        "Nothing is wrong with the mail flow: the run that sent it reported what it found. Schedule the runs "
+        "further apart than MinInterval, or lower MinInterval in its [[Probe]] table (--min-interval on the "
+        "command line) for a test organization.",
+    )  # fmt: skip
+
+
 def probe_findings(probe: ProbeFacts) -> list[Finding]:
     """The findings of one probe; pure."""
     found: list[Finding] = []
+    if probe.held is not None:
+        found.append(_held_finding(probe, probe.held))
+        return found
     if probe.watch_error and not probe.submitted:
         found.append(CHECK.finding(
             "E2E_WATCH_FAILED", _subject(probe),
@@ -201,14 +229,19 @@ async def probe(ctx: CheckContext) -> E2eFacts | None:
 
 
 async def run(ctx: CheckContext) -> Outcome:
+    org = ctx.options.organization
+    if org is not None and len(org.probes) > MAX_PROBES:
+        # The loader refuses such a configuration; one built in code is held to the same cap (PR-08).
+        return Outcome.skip(f"config: {len(org.probes)} probes, more than the {MAX_PROBES} a run may send")
     facts = await probe(ctx)
     if facts is None:
         return Outcome.inapplicable(f"no [[Probe]] is sent from or to {ctx.domain}")
-    unwatched = [probe for probe in facts.probes if probe.watch_error]
+    unseen = [f"watch: {probe.watch_error}" for probe in facts.probes if probe.watch_error]
+    unseen += [f"record: {probe.held.problem}" for probe in facts.probes if probe.held and probe.held.problem]
     incomplete = None
-    if unwatched:
-        more = f" (and {len(unwatched) - 1} more)" if len(unwatched) > 1 else ""
-        incomplete = f"watch: {unwatched[0].watch_error}{more}"
+    if unseen:
+        more = f" (and {len(unseen) - 1} more)" if len(unseen) > 1 else ""
+        incomplete = f"{unseen[0]}{more}"
     return Outcome(facts, assess(facts), incomplete=incomplete)
 
 
@@ -322,6 +355,7 @@ CHECK = Check(
         "E2E_JUNK": Severity.WARNING,
         "E2E_WATCH_FAILED": Severity.WARNING,
         "E2E_CLEANUP_FAILED": Severity.WARNING,
+        "E2E_NOT_SENT": Severity.NOTICE,
     },
     meanings={
         "E2E_DELIVERED": "The probe arrived in the watched mailbox; its latency and hops are in the facts.",
@@ -335,5 +369,7 @@ CHECK = Check(
         "E2E_WATCH_FAILED": "The watched mailbox could not be read (login refused, folder missing): the check ends "
         "error.",
         "E2E_CLEANUP_FAILED": "The probe or its DSN could not be removed from the watched mailbox.",
+        "E2E_NOT_SENT": "The probe was not sent: the same probe was sent less than its MinInterval ago (or the record "
+        "of sends could not be kept, and the check ends error).",
     },
 )

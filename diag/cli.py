@@ -227,11 +227,13 @@ def _check_ca_file(path: Path) -> Path:
     return path
 
 
-def _probe_options(probes: Sequence[ProbeConfig]) -> ProbeOptions | None:
-    """The end-to-end probes' secrets, captured from the environment once (none without probes)."""
+def _probe_options(probes: Sequence[ProbeConfig], history: Path | None) -> ProbeOptions | None:
+    """The end-to-end probes' secrets, captured from the environment once, and their record of sends beside the
+    history database (none without probes)."""
+    from diag.probe.pace import default_record_path
     from diag.probe.run import ProbeOptions
 
-    return ProbeOptions.capture(os.environ, probes) if probes else None
+    return ProbeOptions.capture(os.environ, probes, sends=default_record_path(history)) if probes else None
 
 
 def _select(registry: Registry, ids: Sequence[str], *, configured: bool, probing: bool = False) -> Registry:
@@ -440,7 +442,7 @@ def check(
         routing_order=RoutingOrder(routing_order),
         client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
-        probe=_probe_options(probes),
+        probe=_probe_options(probes, history_path),
     )
     return execute(CheckRequest(
         tuple(names), registry, options, outputs=outputs, notification=notification, checks=check_ids,
@@ -546,9 +548,14 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
               help="How long after its acceptance it may take to arrive.  [default: 300]")
 @click.option("--slow", type=_Seconds(0, 86400), default=None, metavar="SECONDS",
               help="An arrival later than this is a warning (E2E_SLOW).")
+@click.option("--min-interval", type=_Seconds(1, 86400), default=None, metavar="SECONDS",
+              help="Do not send the probe again if this diag user sent it less than SECONDS ago.  [default: 60]")
 @click.option("--round-trip", is_flag=True,
               help="--to is a reflector (a diag relay's Reflect address) and --watch the sender's mailbox: wait "
                    "for its answer and report both legs.")
+@click.option("--dry-run", is_flag=True,
+              help="Show what would be sent (From, To, Via looked up, Watch, times), one line per probe, or the "
+                   "JSON list with --json; send nothing, log in nowhere.")
 @click.option("--keep", is_flag=True, help="Leave the probe (and any DSN) in the mailbox.")
 @click.option("--require-tls", is_flag=True, help="Refuse to submit the probe without TLS.")
 @click.option("--auth", "auth_user", metavar="USER", default=None,
@@ -581,7 +588,8 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens to stderr.")
 @click.option("--no-color", is_flag=True, help="No colour in the terminal view.")
 def probe(sender: str | None, recipient: str | None, via: str | None, watch: str | None, watch_user: str | None,
-          deadline: float | None, slow: float | None, round_trip: bool, keep: bool, require_tls: bool,
+          deadline: float | None, slow: float | None, min_interval: float | None, round_trip: bool, dry_run: bool,
+          keep: bool, require_tls: bool,
           auth_user: str | None,
           client_cert: Path | None, client_key: Path | None, config_path: Path | None, name: str | None, lab: bool,
           resolvers: tuple[str, ...], ca_file: Path | None, ehlo_name: str | None, allow_private: bool,
@@ -591,13 +599,21 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
 
     One probe: --from, --to and --watch (and --via). Or the [[Probe]] tables of --config (--name: one of them).
     Or --lab alone: the lab's four flows, John<->Sun and John<->Bob. Exit codes as for diag check; a mailbox that
-    cannot be read is E2E_WATCH_FAILED, exit 3.
+    cannot be read is E2E_WATCH_FAILED, exit 3. At most 20 probes a run, and a probe this user sent less than its
+    MinInterval ago is not sent again (E2E_NOT_SENT). --dry-run shows what would be sent, and exits 0.
     """
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import local_host_name
-    from diag.probe.run import SMTP_PASSWORD_VARIABLE, ProbeOptions, Request, requested_probes, run_probes
-    from diag.unattended import Job, Outputs, job_lock
+    from diag.probe.run import (
+        SMTP_PASSWORD_VARIABLE,
+        ProbeOptions,
+        Request,
+        plan_probes,
+        requested_probes,
+        run_probes,
+    )
+    from diag.unattended import Job, Outputs, job_lock, write_output
 
     if verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
@@ -605,9 +621,11 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
         raise UsageError("--lab sets --resolver and --ca-file itself; give either --lab or those")
     if client_key is not None and client_cert is None:
         raise UsageError("--client-key needs --client-cert")
+    if dry_run and html_out is not None:
+        raise UsageError("--dry-run writes no report; give --json FILE|- for the list of what would be sent")
     if auth_user is not None and not os.environ.get(SMTP_PASSWORD_VARIABLE):
         raise UsageError(f"--auth {auth_user}: set the password in {SMTP_PASSWORD_VARIABLE}")
-    request = Request(sender, recipient, via, watch, watch_user, deadline, slow, name, lab, round_trip)
+    request = Request(sender, recipient, via, watch, watch_user, deadline, slow, name, lab, round_trip, min_interval)
     organization = _organization(config_path, lab=lab)
     probes = requested_probes(request, organization)
     outputs = Outputs(json=json_out, html=html_out, quiet=quiet, no_color=no_color)
@@ -621,6 +639,15 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
         probe=ProbeOptions.capture(os.environ, probes, keep=keep, require_tls=require_tls, auth_user=auth_user,
                                    client_cert=client_cert, client_key=client_key),
     )
+    if dry_run:  # no lock: nothing is sent, and a cron run in progress must not refuse a look
+        from diag.render.plans import dumps, render_plain
+
+        plans = asyncio.run(plan_probes(probes, options, lab=lab))
+        if json_out is not None:
+            write_output(json_out, dumps(plans), option="--json")
+        if json_out != "-":
+            render_plain(plans, sys.stdout)
+        return 0
     domains = {address.rpartition("@")[2] for probe in probes for address in (probe.sender, probe.recipient)}
     job = Job.of("probe", domains, config=config_path, lab=lab, outputs={"--json": json_out, "--html": html_out})
     with job_lock(lock_path, job):

@@ -19,6 +19,8 @@ from diag.config.dump import dump_toml
 from diag.config.exchange import ImportResult, import_exports
 from diag.config.load import ConfigFileError, load_config, parse_config
 from diag.config.model import (
+    DEFAULT_MIN_INTERVAL,
+    MAX_PROBES,
     AcceptedDomain,
     ConnectorType,
     DomainType,
@@ -33,6 +35,8 @@ from diag.config.model import (
 )
 
 __all__ = [
+    "DEFAULT_MIN_INTERVAL",
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConfigFileError",
     "ConnectorType",

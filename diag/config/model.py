@@ -10,8 +10,11 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 __all__ = [
+    "DEFAULT_MIN_INTERVAL",
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConnectorType",
     "DomainType",
@@ -24,6 +27,11 @@ __all__ = [
     "TlsSettings",
     "domain_in_pattern",
 ]
+
+# Probes go to real organizations, and cron repeats them (security-cases.md PR-08): a run sends at most this many,
+# and the same probe is not sent again within its MinInterval (seconds, by default this), by any diag process.
+MAX_PROBES: Final = 20
+DEFAULT_MIN_INTERVAL: Final = 60.0
 
 
 class DomainType(enum.StrEnum):
@@ -205,6 +213,8 @@ class ProbeConfig:
         slow: ``Slow``: seconds above which its arrival is slow; None: never.
         round_trip: ``RoundTrip``: ``To`` is a reflector (a diag relay's ``Reflect`` address) and ``Watch`` the
             sender's mailbox: the probe counts once the reflector's answer is back, with both legs' hops.
+        min_interval: ``MinInterval``: seconds within which the same probe (its Name, From, To and Via) is not
+            sent again, by any diag process of the user (:mod:`diag.probe.pace`).
     """
 
     name: str
@@ -217,6 +227,7 @@ class ProbeConfig:
     deadline: float = 300.0
     slow: float | None = None
     round_trip: bool = False
+    min_interval: float = DEFAULT_MIN_INTERVAL
 
     def concerns(self, domain: str) -> bool:
         """Is ``domain`` the domain of its From or its To address?"""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diag.config.model import (
+    MAX_PROBES,
     AcceptedDomain,
     ConnectorType,
     DomainType,
@@ -105,7 +106,8 @@ class Table:
     """One TOML table (an Exchange object kind): its model class, fields and rules.
 
     A table with an ``identity`` is an array of tables (``[[AcceptedDomain]]``), one entry per object, unique by
-    that key; one without is a single table (``[Relay]``).
+    that key; one without is a single table (``[Relay]``). An array with a ``limit`` holds at most that many
+    entries, for the reason ``limit_why`` gives.
     """
 
     name: str
@@ -115,6 +117,8 @@ class Table:
     identity: str = ""  # the required key naming an entry ("" for a single table)
     example: str = ""  # an identity value for the "missing" hint
     attr: str = ""  # the Organization attribute it fills ("" for [Organization], which is the Organization)
+    limit: int = 0  # at most this many entries (0: no limit)
+    limit_why: str = ""  # why, for the line that refuses one more
 
     @property
     def many(self) -> bool:
@@ -317,6 +321,7 @@ PROBE = Table(
         Field("Deadline", seconds(1, 86400)),
         Field("Slow", seconds(0, 86400)),
         Field("RoundTrip", flag, model_name="round_trip"),
+        Field("MinInterval", seconds(1, 86400)),
     ),
     (
         _required("From", '"john@contoso.com"'),
@@ -338,6 +343,9 @@ PROBE = Table(
     identity="Name",
     example="John to Sun",
     attr="probes",
+    # security-cases.md PR-08: probes go to real organizations, and cron repeats them.
+    limit=MAX_PROBES,
+    limit_why=f"a run sends at most {MAX_PROBES} probes, so that a cron job cannot flood an organization",
 )
 
 # In this order in the hint for an unknown table and in dump_toml's output.

@@ -80,6 +80,7 @@ class Lab:
         self.smtp_port = 0
         self.ca_file = Path()
         self._pki: TestPKI | None = None
+        self._runs = 0  # runs given a record of probe sends (sent_record)
 
     @property
     def directory(self) -> Path:
@@ -100,6 +101,13 @@ class Lab:
         """The parent of every host's Maildir (``maildir / host name``)."""
         return self.directory / "maildir"
 
+    def sent_record(self) -> Path:
+        """A record of probe sends (:mod:`diag.probe.pace`) in the lab's directory, of its own for each run: the
+        lab is for trying things, so MinInterval never holds a run in it back, and nothing of it reaches the
+        user's record."""
+        self._runs += 1
+        return self.directory / "sent-probes" / f"run-{self._runs}.json"
+
     @property
     def dns_queries(self) -> Counter[str]:
         """How many queries the lab's DNS server received, by transport (``udp``, ``tcp``)."""
@@ -115,7 +123,7 @@ class Lab:
 
     def run_options(self, **overrides: object) -> RunOptions:
         """Options that point a run at this lab: its resolver, port and CA, and its organization (whose probes
-        watch the lab's Maildirs)."""
+        watch the lab's Maildirs and keep a record of sends of the run's own)."""
         from diag.probe.run import ProbeOptions
 
         values: dict[str, object] = {
@@ -125,7 +133,7 @@ class Lab:
             "ca_file": self.ca_file,
             "ehlo_name": "probe.diag.invalid",
             "allow_private": True,
-            "probe": ProbeOptions(maildir_root=self.maildir),
+            "probe": ProbeOptions(maildir_root=self.maildir, sends=self.sent_record()),
         }
         values.update(overrides)
         return RunOptions(**values)  # type: ignore[arg-type]

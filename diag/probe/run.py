@@ -13,6 +13,14 @@ returns its :class:`ProbeFacts`. In order:
    ``diag route`` predicts for the recipient when the organization has outbound connectors;
 5. the probe and its DSNs are removed (unless ``keep``), and so are late probes of earlier runs.
 
+Before anything (the mailbox is not even opened), and again just before submitting, under a lock, the record of
+sends (:mod:`diag.probe.pace`) is asked whether the same probe was sent less than its ``MinInterval`` ago by any
+diag process of the user; then it is not sent, and its facts say so (``held``; security-cases.md PR-08).
+
+:func:`plan` finds what :func:`execute` would do without doing it (``diag probe --dry-run``): where the probe
+would enter (the MX looked up), the mailbox (its credentials present, a Maildir's directories there; no login), its
+times, and whether the record of sends would hold it back; nothing is sent, opened or recorded.
+
 Network trouble never raises here: it becomes facts (a refusal, a watch failure, a failed clean-up). Findings are
 ``checks/e2e.py``'s to make. Secrets (``DIAG_WATCH_PASSWORD`` and the variables ``WatchPasswordEnv`` names,
 ``DIAG_WATCH_TOKEN``, ``DIAG_SMTP_PASSWORD``, ``DIAG_PROBE_KEY``) are captured once in :class:`ProbeOptions`, which
@@ -30,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,11 +46,12 @@ from typing import TYPE_CHECKING, Final
 
 import dns.rdtypes.ANY.MX
 
-from diag.config import ConnectorType, Organization, ProbeConfig
+from diag.config import DEFAULT_MIN_INTERVAL, MAX_PROBES, ConnectorType, Organization, ProbeConfig
 from diag.errors import DnsError, LabError, UsageError
 from diag.net.dns import DnsStatus, Resolver, name_text
 from diag.probe.judge import Bounce, Evidence, Verdict, judge_delivery, judge_round_trip, verdicts
 from diag.probe.message import build_probe, new_run_id
+from diag.probe.pace import LastSent, SentRecord, default_record_path
 from diag.probe.received import Hop
 from diag.probe.sender import Accepted, Credentials, Refused, Stage, Via, send_probe
 from diag.probe.watch import Arrival, MaildirWatcher, Watcher, WatchError, parse_imap_url, watcher_for
@@ -50,6 +59,7 @@ from diag.routing import RoutingOrder, route
 
 if TYPE_CHECKING:
     from diag.context import RunOptions
+    from diag.lab.runner import Lab
     from diag.model import Report
     from diag.registry import Registry
 
@@ -58,12 +68,16 @@ __all__ = [
     "SMTP_PASSWORD_VARIABLE",
     "TOKEN_VARIABLE",
     "E2eFacts",
+    "Held",
+    "Plan",
     "ProbeFacts",
     "ProbeOptions",
     "ProbeSetup",
     "Request",
     "execute",
     "parse_via",
+    "plan",
+    "plan_probes",
     "requested_probes",
     "run_probes",
     "watch_text",
@@ -94,6 +108,8 @@ class ProbeOptions:
         require_tls: refuse to submit without TLS (``--require-tls``).
         auth_user: authenticate as this user with ``DIAG_SMTP_PASSWORD`` (``--auth``).
         client_cert, client_key: present this certificate when submitting.
+        sends: the record of sends that MinInterval is kept against (:class:`~diag.probe.pace.SentRecord`); None:
+            the user's, beside the default history database. ``diag check --history`` and the lab name their own.
     """
 
     run: str = field(default_factory=_new_run)
@@ -104,6 +120,7 @@ class ProbeOptions:
     auth_user: str | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    sends: Path | None = None
 
     @classmethod
     def capture(cls, environ: Mapping[str, str], probes: Iterable[ProbeConfig], **options: object) -> ProbeOptions:
@@ -114,6 +131,10 @@ class ProbeOptions:
 
     def variable(self, name: str) -> str | None:
         return dict(self.environment).get(name)
+
+    def record(self) -> SentRecord:
+        """The record of sends (``sends``)."""
+        return SentRecord(self.sends or default_record_path())
 
     def key(self, organization: Organization | None) -> bytes | None:
         """The HMAC key: ``DIAG_PROBE_KEY``, else the organization's ``ProbeKey``; None: no HMAC."""
@@ -175,6 +196,24 @@ class Reflected:
 
 
 @dataclass(frozen=True, slots=True)
+class Held:
+    """A probe that was not sent, although nothing on the way stood against it (security-cases.md PR-08).
+
+    Attributes:
+        last_sent_at: when the same probe (its Name, From, To and Via) was last sent, less than its MinInterval
+            ago, by this or another diag process of the user; None when ``problem`` says why that could not be
+            known.
+        age_s: the seconds since that send.
+        problem: the record of sends could not be read or written, one line ("" when it could); the probe is held
+            back then too, since its interval could not be kept.
+    """
+
+    last_sent_at: datetime | None = None
+    age_s: float | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeFacts:
     """One probe, sent and watched for.
 
@@ -183,7 +222,7 @@ class ProbeFacts:
         run: the run id in its token. message_id: its Message-ID ("" when it was never built).
         via: where it was submitted, ``host [ip]:port`` (``host:port`` when the system resolved the name).
         watch: the mailbox watched, without credentials.
-        deadline_s, slow_s: its ``Deadline`` and ``Slow``.
+        deadline_s, slow_s, min_interval_s: its ``Deadline``, ``Slow`` and ``MinInterval``.
         expected_connector: the outbound connector ``diag route`` predicts for the recipient, or None (no
             configuration, or mail for it goes by MX).
         accepted, refused: the answer of ``via``: it accepted the probe (with the TLS of that hop), or refused
@@ -201,6 +240,8 @@ class ProbeFacts:
         forged: messages that looked like probes but failed the token check (left alone).
         cleanup: what could not be removed, one line each (security-cases.md PR-09).
         watch_error: why the mailbox could not be watched, one line ("" when it could).
+        held: why it was not sent although it could have been: the same probe was sent less than its
+            MinInterval ago (None when it was not held back).
     """
 
     name: str
@@ -211,6 +252,7 @@ class ProbeFacts:
     watch: str
     deadline_s: float
     slow_s: float | None = None
+    min_interval_s: float = DEFAULT_MIN_INTERVAL
     message_id: str = ""
     expected_connector: str | None = None
     accepted: Accepted | None = None
@@ -231,10 +273,12 @@ class ProbeFacts:
     forged: int = 0
     cleanup: tuple[str, ...] = ()
     watch_error: str = ""
+    held: Held | None = None
 
     @property
     def submitted(self) -> bool:
-        """``via`` answered: it accepted or refused the probe (False: the mailbox could not be watched first)."""
+        """``via`` answered: it accepted or refused the probe (False: the mailbox could not be watched first, or
+        the probe was held back)."""
         return self.accepted is not None or self.refused is not None
 
 
@@ -416,17 +460,35 @@ async def execute(config: ProbeConfig, setup: ProbeSetup) -> ProbeFacts:
     facts = ProbeFacts(
         name=config.name, sender=config.sender, recipient=config.recipient, run=setup.options.run,
         via=named or f"the MX of {config.recipient.rpartition('@')[2]}", watch=watch_text(config, setup),
-        deadline_s=config.deadline, slow_s=config.slow,
+        deadline_s=config.deadline, slow_s=config.slow, min_interval_s=config.min_interval,
     )  # fmt: skip
+    record = setup.options.record()
+    # Asked before the mailbox is opened, so a probe held back logs in nowhere; asked again (and the send
+    # recorded) under the lock just before submitting, where two processes cannot both pass.
+    held = await _held(record, record.last, config)
+    if held is not None:
+        return replace(facts, held=held)
     try:
         watcher = await _watcher(config, setup)
         async with watcher:
-            return await _watched(config, setup, watcher, facts)
+            return await _watched(config, setup, watcher, record, facts)
     except WatchError as exc:
         return replace(facts, watch_error=str(exc))
 
 
-async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, facts: ProbeFacts) -> ProbeFacts:
+async def _held(record: SentRecord, ask: Callable[[ProbeConfig], LastSent | None], config: ProbeConfig
+                ) -> Held | None:  # fmt: skip
+    """Whether ``record`` holds ``config`` back; ``ask`` is its ``last`` (a look) or ``claim`` (a look and, when
+    the probe may go, the record of its send). A record that cannot be kept holds it back too (PR-08)."""
+    try:
+        last = await asyncio.to_thread(ask, config)
+    except OSError as exc:
+        return Held(problem=f"the record of probes sent, {record.path}, cannot be kept: {exc.strerror or exc}")
+    return None if last is None else Held(last.at, last.age_s)
+
+
+async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, record: SentRecord,
+                   facts: ProbeFacts) -> ProbeFacts:  # fmt: skip
     options = setup.options
     key = options.key(setup.organization)
     await watcher.mark()
@@ -435,6 +497,8 @@ async def _watched(config: ProbeConfig, setup: ProbeSetup, watcher: Watcher, fac
         via = await _via(config, setup)
     except (_NoVia, DnsError) as exc:
         problem = f"cannot submit the probe: {exc}"
+    if via is not None and (held := await _held(record, record.claim, config)) is not None:
+        return replace(facts, held=held)
     prediction = _predict(config, via, setup)
     probe = build_probe(run=options.run, name=config.name, sender=config.sender, recipient=config.recipient,
                         key=key, now=datetime.now(UTC))  # fmt: skip
@@ -519,6 +583,73 @@ async def _clean(watcher: Watcher, own: Sequence[Arrival], late: Sequence[Arriva
     )
 
 
+# --- what would be sent ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a run would do with one probe (``diag probe --dry-run``), found without sending, logging in or
+    recording anything.
+
+    Attributes:
+        name, sender, recipient: the probe (its ``Name``, ``From`` and ``To``).
+        via: where it would be submitted, ``host [ip]:port`` as looked up now (an explicit ``Via`` only where a run
+            would look it up: with ``--resolver``; as configured when that fails); None when the recipient
+            domain's MX cannot be used (``problems`` says why).
+        mx_of: the recipient domain when the probe goes to its MX (no ``Via``); None for an explicit ``Via``.
+        watch: the mailbox that would be watched, without credentials.
+        deadline_s, slow_s, min_interval_s, round_trip: its ``Deadline``, ``Slow``, ``MinInterval`` and
+            ``RoundTrip``.
+        held: the record of sends would hold it back (the same probe was sent less than ``MinInterval`` ago).
+        problems: what would keep a run from sending it or from seeing it arrive, one line each.
+    """
+
+    name: str
+    sender: str
+    recipient: str
+    via: str | None
+    mx_of: str | None
+    watch: str
+    deadline_s: float
+    slow_s: float | None
+    min_interval_s: float
+    round_trip: bool
+    held: Held | None = None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def sends(self) -> bool:
+        """A run would send it now."""
+        return self.held is None and not self.problems
+
+
+async def plan(config: ProbeConfig, setup: ProbeSetup) -> Plan:
+    """What :func:`execute` would do with ``config`` (:class:`Plan`), found without sending it, opening its
+    mailbox or recording anything: only DNS lookups and a look at a Maildir's directories."""
+    domain = config.recipient.rpartition("@")[2]
+    record = setup.options.record()
+    held = await _held(record, record.last, config)
+    problems: list[str] = []
+    try:
+        watcher = await _watcher(config, setup)  # made, not opened: an IMAP watcher connects when entered
+        if isinstance(watcher, MaildirWatcher):
+            await asyncio.to_thread(watcher.check)
+    except WatchError as exc:
+        problems.append(f"the mailbox cannot be watched: {exc}")
+    via: str | None
+    try:
+        via = _via_text(await _via(config, setup))
+    except (_NoVia, DnsError) as exc:
+        via = _via_text(Via(*parse_via(config.via, setup.smtp_port))) if config.via is not None else None
+        problems.append(f"cannot submit the probe: {exc}")
+    return Plan(
+        name=config.name, sender=config.sender, recipient=config.recipient, via=via,
+        mx_of=domain if config.via is None else None, watch=watch_text(config, setup), deadline_s=config.deadline,
+        slow_s=config.slow, min_interval_s=config.min_interval, round_trip=config.round_trip, held=held,
+        problems=tuple(problems),
+    )  # fmt: skip
+
+
 # --- diag probe ---------------------------------------------------------------------------------------------
 
 
@@ -527,8 +658,9 @@ class Request:
     """What ``diag probe`` was asked on its command line (besides the run's options).
 
     Attributes:
-        sender, recipient, via, watch, watch_user, deadline, slow: one probe given by ``--from``, ``--to``,
-            ``--via``, ``--watch``, ``--watch-user``, ``--deadline`` and ``--slow``; None where not given.
+        sender, recipient, via, watch, watch_user, deadline, slow, min_interval: one probe given by ``--from``,
+            ``--to``, ``--via``, ``--watch``, ``--watch-user``, ``--deadline``, ``--slow`` and ``--min-interval``;
+            None where not given.
         name: ``--name``: run only this configured probe.
         lab: ``--lab``: in a throw-away lab (the example configuration's probes when no other is named).
         round_trip: ``--round-trip``: the one probe's ``--to`` is a reflector (:attr:`ProbeConfig.round_trip`).
@@ -544,13 +676,14 @@ class Request:
     name: str | None = None
     lab: bool = False
     round_trip: bool = False
+    min_interval: float | None = None
 
     @property
     def one(self) -> bool:
         """A probe is given on the command line (rather than taken from the configuration)."""
         return self.round_trip or any(value is not None for value in (self.sender, self.recipient, self.via,
                                                                       self.watch, self.watch_user, self.deadline,
-                                                                      self.slow))  # fmt: skip
+                                                                      self.slow, self.min_interval))  # fmt: skip
 
 
 def requested_probes(request: Request, organization: Organization | None) -> tuple[ProbeConfig, ...]:
@@ -561,7 +694,7 @@ def requested_probes(request: Request, organization: Organization | None) -> tup
     if request.one:
         if request.sender is None and request.recipient is None and organization is not None and organization.probes:
             raise UsageError("--via, --watch, --deadline and the like describe a probe given with --from and --to; a "
-                             "[[Probe]] table has its own Via, Watch, Deadline and Slow")
+                             "[[Probe]] table has its own Via, Watch, Deadline, Slow and MinInterval")
         if request.name is not None:
             raise UsageError("--name picks a probe of the configuration; with --from and --to, give no --name")
         if request.sender is None or request.recipient is None:
@@ -583,8 +716,8 @@ def requested_probes(request: Request, organization: Organization | None) -> tup
         if request.watch_user is not None and watch.startswith("maildir:"):
             raise UsageError("--watch-user applies only to an imap:// or imaps:// --watch")
         sender, recipient = values["--from"], values["--to"]
-        timing = {key: value for key, value in (("deadline", request.deadline), ("slow", request.slow))
-                  if value is not None}  # fmt: skip
+        given = (("deadline", request.deadline), ("slow", request.slow), ("min_interval", request.min_interval))
+        timing = {key: value for key, value in given if value is not None}
         probe = ProbeConfig(
             name=f"{sender} to {recipient}", sender=sender, recipient=recipient, via=values.get("--via"), watch=watch,
             watch_user=request.watch_user, round_trip=request.round_trip, **timing,  # type: ignore[arg-type]
@@ -614,27 +747,60 @@ async def run_probes(probes: Sequence[ProbeConfig], registry: Registry, options:
     The probes are grouped by their sender's domain and each group runs as that domain's ``e2e`` check, so every
     probe is reported once, under the domain it was sent from (``diag check`` reports a probe under each
     checked domain it concerns).
+
+    At most :data:`~diag.config.MAX_PROBES` probes (security-cases.md PR-08); more are refused (UsageError).
     """
+    _capped(probes)
     if not lab:
-        return await _run(probes, registry, options)
+        return await _run(probes, options, registry)
     from diag.lab.runner import Lab
 
     async with Lab() as running:
-        reach = running.run_options()
-        probe = options.probe or ProbeOptions()
-        options = replace(
-            options, nameservers=reach.nameservers, smtp_port=reach.smtp_port, ca_file=reach.ca_file,
-            ehlo_name=reach.ehlo_name, allow_private=True, probe=replace(probe, maildir_root=running.maildir),
-        )  # fmt: skip
-        try:
-            probes = [probe if probe.watch else replace(probe, watch=f"maildir:{running.mailbox(probe.recipient)}")
-                      for probe in probes]  # fmt: skip
-        except LabError as exc:
-            raise UsageError(f"{exc}; give --watch") from None
-        return await _run(probes, registry, options)
+        return await _run(*_in_lab(running, probes, options), registry)
 
 
-async def _run(probes: Sequence[ProbeConfig], registry: Registry, options: RunOptions) -> Report:
+async def plan_probes(probes: Sequence[ProbeConfig], options: RunOptions, *, lab: bool = False) -> tuple[Plan, ...]:
+    """``diag probe --dry-run``: what :func:`run_probes` would do with ``probes`` (:func:`plan`), in their order;
+    with ``lab``, in a throw-away lab started for it. Nothing is sent, opened or recorded."""
+    _capped(probes)
+    if not lab:
+        return await _plan(probes, options)
+    from diag.lab.runner import Lab
+
+    async with Lab() as running:
+        return await _plan(*_in_lab(running, probes, options))
+
+
+def _capped(probes: Sequence[ProbeConfig]) -> None:
+    if len(probes) > MAX_PROBES:
+        raise UsageError(f"{len(probes)} probes, but a run sends at most {MAX_PROBES}")
+
+
+def _in_lab(lab: Lab, probes: Sequence[ProbeConfig], options: RunOptions
+            ) -> tuple[Sequence[ProbeConfig], RunOptions]:  # fmt: skip
+    """The probes and options of a run in ``lab``: its resolver, port and CAs, its Maildirs (a probe without
+    ``Watch`` watches its recipient's), and a record of sends of the run's own."""
+    reach = lab.run_options()
+    probe = options.probe or ProbeOptions()
+    options = replace(
+        options, nameservers=reach.nameservers, smtp_port=reach.smtp_port, ca_file=reach.ca_file,
+        ehlo_name=reach.ehlo_name, allow_private=True,
+        probe=replace(probe, maildir_root=lab.maildir, sends=lab.sent_record()),
+    )  # fmt: skip
+    try:
+        probes = [probe if probe.watch else replace(probe, watch=f"maildir:{lab.mailbox(probe.recipient)}")
+                  for probe in probes]  # fmt: skip
+    except LabError as exc:
+        raise UsageError(f"{exc}; give --watch") from None
+    return probes, options
+
+
+async def _plan(probes: Sequence[ProbeConfig], options: RunOptions) -> tuple[Plan, ...]:
+    setup = ProbeSetup.of(options, Resolver(options.nameservers, timeout=options.timeout))
+    return tuple(await asyncio.gather(*(plan(probe, setup) for probe in probes)))
+
+
+async def _run(probes: Sequence[ProbeConfig], options: RunOptions, registry: Registry) -> Report:
     from diag.model import Report
     from diag.runner import run_checks
 

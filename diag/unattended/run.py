@@ -123,11 +123,11 @@ async def _engine(request: CheckRequest) -> Report:
 
     async with Lab() as running:
         lab_options = running.run_options()
-        probe = request.options.probe  # the lab's probes watch its Maildirs
+        probe = request.options.probe  # the lab's probes watch its Maildirs, and keep its own record of sends
         options = dataclasses.replace(
             request.options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
             ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
-            probe=probe and dataclasses.replace(probe, maildir_root=running.maildir),
+            probe=probe and dataclasses.replace(probe, maildir_root=running.maildir, sends=running.sent_record()),
         )  # fmt: skip
         return await _with_progress(request.domains, request.registry, options, progress)
 

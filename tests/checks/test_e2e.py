@@ -3,19 +3,22 @@ code. The probes themselves run against the lab and Dovecot in tests/probe/test_
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
+from checks import default_registry
 from checks.e2e import CHECK, assess, probe_findings
-from diag.config import Organization, ProbeConfig
+from diag.config import MAX_PROBES, Organization, ProbeConfig
 from diag.context import RunOptions
-from diag.model import Severity
+from diag.model import Severity, Status
 from diag.probe.judge import Bounce, BounceRecipient, Outcome, Verdict
 from diag.probe.received import Hop
-from diag.probe.run import E2eFacts, ProbeFacts
+from diag.probe.run import E2eFacts, Held, ProbeFacts
 from diag.probe.sender import Accepted, Refused, Stage
+from diag.runner import run_checks
 
 T0 = datetime(2026, 11, 26, 20, 0, 0, tzinfo=UTC)
 ACCEPTED = Accepted("mail.contoso.com [192.0.2.10]:25", 250, "2.0.0 queued", T0, None)
@@ -140,3 +143,32 @@ def test_the_budget_grows_by_the_longest_deadline() -> None:
 def test_every_judged_outcome_has_its_code() -> None:
     # Every outcome of the judge maps to a declared E2E_ code (the registry checks the declarations)
     assert {f"E2E_{outcome.name}" for outcome in Outcome} <= set(CHECK.codes)
+
+
+def test_more_probes_than_a_run_may_send_are_not_sent_at_all() -> None:
+    # security-cases.md PR-08: an organization made in code (the loader refuses the file) holds 21 probes
+    probes = tuple(ProbeConfig(f"Probe {n}", sender="john@contoso.com", recipient="sun@tailspintoys.com",
+                               watch="maildir:/nonexistent") for n in range(MAX_PROBES + 1))  # fmt: skip
+    options = RunOptions(organization=Organization(probes=probes), timeout=2)
+    report = asyncio.run(run_checks(["contoso.com"], default_registry().select(["e2e"]), options))
+    result = report.domains[0].result("e2e")
+    assert result.status is Status.SKIPPED and result.findings == ()
+    assert result.reason == "config: 21 probes, more than the 20 a run may send"
+
+
+def test_a_probe_held_back_by_its_min_interval_is_a_notice_never_a_pass() -> None:
+    held = replace(BASE, accepted=None, accepted_at=None, message_id="", min_interval_s=300,
+                   held=Held(T0, 42.4))  # fmt: skip
+    (finding,) = probe_findings(held)
+    assert (finding.code, finding.severity) == ("E2E_NOT_SENT", Severity.NOTICE)
+    assert finding.subject == "John to Sun via mail.contoso.com [192.0.2.10]:25"
+    assert finding.message == ("The probe from john@contoso.com to sun@tailspintoys.com was not sent: the same probe "
+                               "was sent 42 s ago (MinInterval 300 s).")  # fmt: skip
+    assert "MinInterval" in finding.remediation and not held.submitted
+
+
+def test_a_probe_held_back_because_its_record_cannot_be_kept() -> None:
+    problem = "the record of probes sent, /data/diag/history.sent-probes.json, cannot be kept: Permission denied"
+    (finding,) = probe_findings(replace(BASE, accepted=None, accepted_at=None, held=Held(problem=problem)))
+    assert (finding.code, finding.severity) == ("E2E_NOT_SENT", Severity.NOTICE)
+    assert finding.message == f"The probe from john@contoso.com to sun@tailspintoys.com was not sent: {problem}."

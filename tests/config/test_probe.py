@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from diag.config import ConfigFileError, ProbeConfig, dump_toml, parse_config
+from diag.config import DEFAULT_MIN_INTERVAL, MAX_PROBES, ConfigFileError, ProbeConfig, dump_toml, parse_config
 from diag.config.load import Problem
 
 BASE = '[[AcceptedDomain]]\nDomainName = "contoso.com"\n'  # lines 1-2; the snippets below start on line 3
@@ -31,13 +31,13 @@ def problems_of(text: str) -> tuple[str, ...]:
 
 def test_a_probe_with_every_key() -> None:
     text = probe('Via = "Mail.Contoso.com:587"', 'WatchUser = "sun@tailspintoys.com"', 'WatchPasswordEnv = "SUN_IMAP"',
-                 "Deadline = 120", "Slow = 30.5", "RoundTrip = true")  # fmt: skip
+                 "Deadline = 120", "Slow = 30.5", "RoundTrip = true", "MinInterval = 3600")  # fmt: skip
     organization = parse_config(f'[Organization]\nProbeKey = "{"k" * 32}"\n' + text)
     assert organization.probes == (
         ProbeConfig(
             name="John to Sun", sender="John@contoso.com", recipient="sun@tailspintoys.com",
             via="mail.contoso.com:587", watch="imaps://imap.tailspintoys.com/INBOX", watch_user="sun@tailspintoys.com",
-            watch_password_env="SUN_IMAP", deadline=120.0, slow=30.5, round_trip=True,
+            watch_password_env="SUN_IMAP", deadline=120.0, slow=30.5, round_trip=True, min_interval=3600.0,
         ),
     )  # fmt: skip
     assert organization.probe_key == "k" * 32
@@ -51,11 +51,12 @@ def test_the_defaults_of_a_probe() -> None:
     (found,) = parse_config(probe()).probes
     assert (found.via, found.watch_password_env, found.deadline, found.slow) == (None, "DIAG_WATCH_PASSWORD", 300.0,
                                                                                   None)  # fmt: skip
+    assert found.min_interval == DEFAULT_MIN_INTERVAL == 60.0
 
 
 def test_probes_are_written_back_by_dump_toml() -> None:
     organization = parse_config(probe('Via = "[2001:db8::25]:25"', 'Watch = "maildir:mail/sun"', "RoundTrip = true",
-                                      without=("Watch",)))
+                                      "MinInterval = 900", without=("Watch",)))
     assert parse_config(dump_toml(organization)).probes == organization.probes
 
 
@@ -77,6 +78,8 @@ CASES = {
     "deadline": (probe("Deadline = 0"), "Probe[1].Deadline: 0 is outside 1..86400 seconds", 8),
     "deadline as text": (probe('Deadline = "60"'), "Probe[1].Deadline: found text; write a number of seconds", 8),
     "not a number": (probe("Deadline = nan"), "Probe[1].Deadline: nan is outside 1..86400 seconds", 8),
+    "no min interval": (probe("MinInterval = 0"), "Probe[1].MinInterval: 0 is outside 1..86400 seconds", 8),
+    "min interval of a week": (probe("MinInterval = 604800"), "Probe[1].MinInterval: 604800 is outside", 8),
     "slow above deadline": (probe("Deadline = 60", "Slow = 60"), "Probe[1].Slow: is not below Deadline", 9),
     "user for a Maildir": (probe('Watch = "maildir:/var/mail/sun"', 'WatchUser = "sun"', without=("Watch",)),
                            "Probe[1].WatchUser: applies only to IMAP", 8),
@@ -100,3 +103,25 @@ def test_probe_names_are_unique() -> None:
         "remove or rename one",
     )
     assert Problem("Probe", 2, "Name", "").where == "Probe[2].Name"
+
+
+def many(count: int) -> str:
+    """``count`` [[Probe]] tables of five lines each, the first on line 3."""
+    return BASE + "".join(f'[[Probe]]\nName = "Probe {n}"\nFrom = "john@contoso.com"\nTo = "sun@tailspintoys.com"\n'
+                          f'Watch = "maildir:mail/sun"\n' for n in range(1, count + 1))  # fmt: skip
+
+
+def test_twenty_probes_are_the_most_a_configuration_may_hold() -> None:
+    # security-cases.md PR-08: a run sends at most MAX_PROBES probes, and a configuration holds no more
+    assert MAX_PROBES == 20
+    assert len(parse_config(many(MAX_PROBES)).probes) == MAX_PROBES
+    assert problems_of(many(MAX_PROBES + 1)) == (
+        "<config>:103: Probe[21]: 21 [[Probe]] tables, but a run sends at most 20 probes, so that a cron job cannot "
+        "flood an organization; remove this one (or move it to the configuration file of another run)",
+    )
+
+
+def test_probes_beyond_the_cap_are_one_line_however_many() -> None:
+    (line,) = problems_of(many(25))
+    assert line.startswith("<config>:103: Probe[21]: 25 [[Probe]] tables")
+    assert "remove this one and the 4 after it (or move them to" in line

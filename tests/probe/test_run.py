@@ -27,14 +27,17 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as Server
 from aiosmtpd.smtp import Envelope, Session
 
-from diag.config import ProbeConfig, load_config, parse_config
+from checks import default_registry
+from diag.config import MAX_PROBES, ProbeConfig, load_config, parse_config
+from diag.context import RunOptions
+from diag.errors import UsageError
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.runner import Lab
 from diag.lab.world import EXAMPLE_CONFIG
 from diag.net.dns import Resolver
 from diag.probe.judge import Outcome
 from diag.probe.message import build_probe
-from diag.probe.run import ProbeFacts, ProbeOptions, ProbeSetup, execute
+from diag.probe.run import ProbeFacts, ProbeOptions, ProbeSetup, execute, run_probes
 from diag.probe.sender import Stage
 from diag.render.json import load_schema
 
@@ -56,7 +59,8 @@ def run(lab: Lab, probe: ProbeConfig, *, config: Path = EXAMPLE_CONFIG, **option
         setup = ProbeSetup(
             resolver=Resolver((lab.nameserver,), timeout=5), timeout=5, ehlo_name="client.probe.test",
             resolve_names=True, ca_file=lab.ca_file, smtp_port=lab.smtp_port, allow_private=True,
-            organization=load_config(config), options=ProbeOptions(maildir_root=lab.maildir, **options),
+            organization=load_config(config),
+            options=ProbeOptions(maildir_root=lab.maildir, sends=lab.sent_record(), **options),
         )  # fmt: skip
         return await execute(probe, setup)
 
@@ -212,7 +216,8 @@ def test_an_mx_that_cannot_be_used(lab: Lab, recipient: str, allow_private: bool
 
     async def go() -> ProbeFacts:
         setup = ProbeSetup(resolver=Resolver((lab.nameserver,), timeout=5), timeout=5, ehlo_name="client.probe.test",
-                           allow_private=allow_private, options=ProbeOptions(maildir_root=lab.maildir))  # fmt: skip
+                           allow_private=allow_private,
+                           options=ProbeOptions(maildir_root=lab.maildir, sends=lab.sent_record()))  # fmt: skip
         return await execute(probe, setup)
 
     facts = asyncio.run(go())
@@ -445,8 +450,12 @@ def test_diag_probe_picks_a_configured_probe_by_name() -> None:
          "--watch-user applies only to an imap:// or imaps:// --watch"),
         ([], "diag probe needs --from, --to and --watch, or --config FILE with [[Probe]] tables, or --lab"),
         (["--lab", "--name", "nobody"], "--name 'nobody': no such [[Probe]] (the configuration has 'John to Sun'"),
-        (["--lab", "--deadline", "5"], "a [[Probe]] table has its own Via, Watch, Deadline and Slow"),
+        (["--lab", "--deadline", "5"], "a [[Probe]] table has its own Via, Watch, Deadline, Slow and MinInterval"),
+        (["--lab", "--min-interval", "5"], "a [[Probe]] table has its own Via, Watch, Deadline, Slow and MinInterval"),
+        (["--from", "a@b.example", "--to", "a@b.example", "--watch", "maildir:/x", "--min-interval", "0"],
+         "--min-interval 0: must be between 1 and 86400 seconds"),
         (["--lab", "--resolver", "127.0.0.1"], "--lab sets --resolver and --ca-file itself"),
+        (["--lab", "--dry-run", "--html", "/tmp/r.html"], "--dry-run writes no report; give --json FILE|- for"),
         (["--from", "a@b.example", "--to", "a@b.example", "--watch", "maildir:/x", "--auth", "u"],
          "--auth u: set the password in DIAG_SMTP_PASSWORD"),
         (["--config", str(Path(__file__).parents[2] / "examples" / "broken-smarthosts.toml")],
@@ -487,3 +496,224 @@ def test_an_unwatchable_mailbox_makes_the_check_unknown_beside_the_other_probes(
     assert "  e2e: error (" in done.stdout and "): watch: imaps://127.0.0.1:1/INBOX" in done.stdout
     assert done.stdout.count("INFO E2E_DELIVERED") == 4 and "WARNING E2E_WATCH_FAILED Unwatchable" in done.stdout
     assert "secret" not in done.stdout + done.stderr
+
+
+# --- PR-08: probes sent in a loop by cron to a real organization ---------------------------------------------
+
+
+def probe_tables(count: int, **keys: str) -> str:
+    extra = "".join(f"{key} = {value}\n" for key, value in keys.items())
+    return "".join(f'\n[[Probe]]\nName = "Probe {n}"\nFrom = "john@contoso.com"\nTo = "sun@tailspintoys.com"\n'
+                   f'Via = "mail.contoso.com"\nWatch = "maildir:mail.tailspintoys.com/sun@tailspintoys.com"\n{extra}'
+                   for n in range(1, count + 1))  # fmt: skip
+
+
+def test_a_configuration_with_21_probes_is_refused_before_anything_is_sent(lab: Lab, tmp_path: Path) -> None:
+    config = tmp_path / "contoso.toml"
+    config.write_text(BROKEN.read_text() + probe_tables(MAX_PROBES + 1 - len(probes_of(BROKEN))))
+    inbox = lab.maildir / "mail.tailspintoys.com" / "sun@tailspintoys.com"
+    before = len(messages(inbox))
+    done = diag("probe", "--config", str(config), "--resolver", str(lab.nameserver), "--ca-file", str(lab.ca_file))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert f"{config}:" in done.stderr and ": Probe[21]: 21 [[Probe]] tables, but a run sends at most 20" in (
+        done.stderr
+    )
+    assert len(messages(inbox)) == before
+
+
+def test_a_run_of_more_probes_than_the_cap_is_refused_in_code_too() -> None:
+    # The loader refuses such a configuration; probes made in code meet the same cap before anything starts.
+    probes = [ProbeConfig(f"Probe {n}", sender="john@contoso.com", recipient="sun@tailspintoys.com",
+                          watch="maildir:/nonexistent") for n in range(MAX_PROBES + 1)]  # fmt: skip
+    with pytest.raises(UsageError, match="21 probes, but a run sends at most 20"):
+        asyncio.run(run_probes(probes, default_registry().select(["e2e"]), RunOptions()))
+
+
+SUN = "mail.tailspintoys.com/sun@tailspintoys.com"
+
+
+def lab_probe(lab: Lab, *options: str) -> list[str]:
+    """``diag probe`` from another process to the running lab, as to a real organization: John to Sun through the
+    on-premises server, watched in Sun's Maildir and kept there (--keep), so the Maildir counts what was sent."""
+    return ["probe", "--from", "john@contoso.com", "--to", "sun@tailspintoys.com", "--via",
+            f"mail.contoso.com:{lab.smtp_port}", "--watch", f"maildir:{lab.maildir / SUN}", "--resolver",
+            str(lab.nameserver), "--ca-file", str(lab.ca_file), "--timeout", "5", "--keep", *options]  # fmt: skip
+
+
+@pytest.fixture
+def sun_inbox(lab: Lab) -> Iterator[mailbox.Maildir]:
+    """Sun's lab Maildir; what a test adds to it is removed afterwards."""
+    box = mailbox.Maildir(lab.maildir / SUN, factory=None, create=False)
+    before = set(box.keys())
+    yield box
+    for key in set(box.keys()) - before:
+        box.remove(key)
+
+
+def test_a_probe_is_not_sent_again_within_its_min_interval(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    count = len(sun_inbox)
+    first = diag(*lab_probe(lab, "--min-interval", "30"))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "INFO E2E_DELIVERED" in first.stdout and len(sun_inbox) == count + 1
+    # When the same probe runs again (another process, a minute of cron later) within its MinInterval
+    out = tmp_path / "again.json"
+    again = diag(*lab_probe(lab, "--min-interval", "30", "--json", str(out)))
+    # Then nothing is sent, the run says why, and that is a notice (exit 0), never a delivery
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(sun_inbox) == count + 1
+    assert "NOTICE E2E_NOT_SENT john@contoso.com to sun@tailspintoys.com via mail.contoso.com:" in again.stdout
+    assert "was not sent: the same probe was sent " in again.stdout and " s ago (MinInterval 30 s)." in again.stdout
+    assert "E2E_DELIVERED" not in again.stdout
+    (check,) = json.loads(out.read_text())["domains"][0]["checks"]
+    (facts,) = check["facts"]["probes"]
+    assert check["status"] == "completed" and [f["code"] for f in check["findings"]] == ["E2E_NOT_SENT"]
+    assert facts["held"]["last_sent_at"] and 0 <= facts["held"]["age_s"] < 30 and facts["min_interval_s"] == 30
+    assert facts["accepted"] is None and facts["refused"] is None and facts["message_id"] == ""
+    # and once the interval has passed (here a MinInterval of 1 s), it is sent again
+    time.sleep(1.1)
+    sent = set(sun_inbox.keys())
+    later = diag(*lab_probe(lab, "--min-interval", "1"))
+    assert later.returncode == 0, later.stdout + later.stderr
+    # (the first run's kept probe is late for this one, and removed: one probe, another one)
+    assert "INFO E2E_DELIVERED" in later.stdout and len(sun_inbox) == count + 1 and set(sun_inbox.keys()) != sent
+
+
+def test_two_runs_at_once_send_the_probe_once(lab: Lab, sun_inbox: mailbox.Maildir, tmp_path: Path) -> None:
+    # Two cron jobs (different jobs: each writes its own result, so neither job lock refuses the other)
+    count = len(sun_inbox)
+    runs = [subprocess.Popen([sys.executable, "-m", "diag", *lab_probe(lab, "--json", str(tmp_path / f"{n}.json"))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            for n in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sorted("E2E_NOT_SENT" in output for output in outputs) == [False, True], outputs
+    assert len(sun_inbox) == count + 1
+
+
+def test_a_damaged_record_of_sends_is_taken_as_empty(lab: Lab, sun_inbox: mailbox.Maildir) -> None:
+    record = Path(os.environ["XDG_DATA_HOME"]) / "diag" / "history.sent-probes.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"schema": "diag.sent-probes/1", "sent": [{"name": "john to sun", "fr')  # cut short
+    count = len(sun_inbox)
+    done = diag(*lab_probe(lab))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "INFO E2E_DELIVERED" in done.stdout and len(sun_inbox) == count + 1
+    assert f"{record}: the record of probes sent is damaged (Unterminated string" in done.stderr
+    assert [entry["name"] for entry in json.loads(record.read_text())["sent"]] == [
+        "john@contoso.com to sun@tailspintoys.com"
+    ]
+
+
+def test_a_record_of_sends_that_cannot_be_kept_holds_the_probe_back(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                                    tmp_path: Path) -> None:  # fmt: skip
+    # Given a data directory that is a file: the record beside the history cannot be read or written
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    count = len(sun_inbox)
+    done = diag(*lab_probe(lab), env={"XDG_DATA_HOME": str(blocker)})
+    # Then the probe is not sent, and the check cannot say what it would have found: exit 3
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert len(sun_inbox) == count
+    assert f"was not sent: the record of probes sent, {blocker}/diag/history.sent-probes.json, cannot be kept: " in (
+        done.stdout
+    )
+    assert " ms): record: the record of probes sent, " in done.stdout
+
+
+def test_the_labs_runs_keep_their_own_record_and_are_never_held_back(lab: Lab) -> None:
+    # The same probe twice in a row in the shared lab: each run has a record of its own in the lab's directory
+    probe = probes_of(EXAMPLE_CONFIG)["Bob to John"]
+    assert [outcomes(run(lab, probe)) for _ in range(2)] == [[Outcome.DELIVERED]] * 2
+    assert not (Path(os.environ["XDG_DATA_HOME"]) / "diag").exists()
+    assert len(list((lab.directory / "sent-probes").glob("run-*.json"))) >= 2
+
+
+def test_a_dry_run_sends_nothing_and_shows_what_would_be_sent(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    count = len(sun_inbox)
+    done = diag(*lab_probe(lab, "--dry-run", "--slow", "20"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Then one line: the probe, Via as it would be used (looked up), the mailbox, its times, and that it would go
+    assert done.stdout == (
+        f"john@contoso.com to sun@tailspintoys.com: john@contoso.com -> sun@tailspintoys.com via mail.contoso.com "
+        f"[127.0.10.10]:{lab.smtp_port}, watch maildir:{lab.maildir / SUN}, deadline 300 s, slow 20 s, min interval "
+        "60 s: would be sent\n"
+    )
+    # and nothing was sent, and no send was recorded
+    assert len(sun_inbox) == count and not (Path(os.environ["XDG_DATA_HOME"]) / "diag").exists()
+    # Once it has been sent, a dry run says it would be held back
+    sent = diag(*lab_probe(lab))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    again = diag(*lab_probe(lab, "--dry-run", "--json", "-"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    (plan,) = json.loads(again.stdout)
+    assert plan["via"] == f"mail.contoso.com [127.0.10.10]:{lab.smtp_port}" and plan["mx_of"] is None
+    assert (plan["sends"], plan["problems"], plan["min_interval_s"]) == (False, [], 60)
+    assert plan["held"]["last_sent_at"] and plan["held"]["age_s"] < 60
+    assert len(sun_inbox) == count + 1
+
+
+def test_a_dry_run_of_a_configuration_says_what_stands_in_the_way(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "plans.json"
+    done = diag("probe", "--config", str(EXAMPLE_CONFIG), "--resolver", str(lab.nameserver), "--ca-file",
+                str(lab.ca_file), "--dry-run", "--json", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["John to Sun", "Sun to John", "John to Bob", "Bob to John"]
+    # Relative Maildirs are taken from the configuration's directory, where there are none
+    examples = EXAMPLE_CONFIG.parent
+    assert lines[0].endswith(f"would not be sent: the mailbox cannot be watched: maildir:{examples / SUN} is not a "
+                             "Maildir (it has no new/ and cur/ directories)")  # fmt: skip
+    # Without Via, the recipient domain's MX, looked up; a private address is refused as a run would refuse it
+    assert "Bob to John: bob@contoso.com -> john@contoso.com via the MX of contoso.com, watch " in lines[3]
+    assert ("cannot submit the probe: no MX of contoso.com can be used: the MX contoso-com.mail.protection.outlook.com "
+            "is at 127.0.1.10, not a public address (give --allow-private to use it)") in lines[3]  # fmt: skip
+    plans = json.loads(out.read_text())
+    assert [plan["sends"] for plan in plans] == [False] * 4 and plans[3]["via"] is None
+    assert plans[3]["mx_of"] == "contoso.com" and (plans[0]["deadline_s"], plans[0]["slow_s"]) == (60, 30)
+    # With --allow-private, the MX found: "host [ip]:port (the MX of contoso.com)"
+    allowed = diag("probe", "--config", str(EXAMPLE_CONFIG), "--resolver", str(lab.nameserver), "--ca-file",
+                   str(lab.ca_file), "--name", "Bob to John", "--dry-run", "--allow-private")  # fmt: skip
+    assert "via contoso-com.mail.protection.outlook.com [127.0.1.10]:25 (the MX of contoso.com)" in allowed.stdout
+
+
+def test_a_dry_run_logs_in_nowhere_and_names_missing_credentials(filer: Filer, imap_dns: str) -> None:
+    logged = filer.dovecot.log.read_text(errors="replace")
+    done = diag(*imap_probe(filer, imap_dns, "--dry-run"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.endswith(
+        f"min interval 60 s: would not be sent: the mailbox cannot be watched: imap://imap.probe.test:"
+        f"{filer.dovecot.imap_port}/INBOX: no credentials: set DIAG_WATCH_PASSWORD to the password (or "
+        "DIAG_WATCH_TOKEN to an OAuth2 access token for XOAUTH2)\n"
+    )
+    with_password = diag(*imap_probe(filer, imap_dns, "--dry-run"), env={"DIAG_WATCH_PASSWORD": "john-pass"})
+    assert with_password.stdout.endswith(": would be sent\n") and "john-pass" not in with_password.stdout
+    # Nothing was submitted, and Dovecot saw no connection (it logs every one, with or without a login)
+    assert filer.filed == [] and filer.dovecot.log.read_text(errors="replace") == logged
+
+
+def test_a_dry_run_in_the_lab() -> None:
+    done = diag("probe", "--lab", "--dry-run")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(done.stdout.splitlines()) == 4 and done.stdout.count(": would be sent\n") == 4
+
+
+def test_diag_check_keeps_the_record_of_sends_beside_its_history(lab: Lab, sun_inbox: mailbox.Maildir,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    config = tmp_path / "contoso.toml"
+    config.write_text(BROKEN.read_text().split("[[Probe]]")[0] + '[[Probe]]\nName = "John to Sun"\n'
+                      'From = "john@contoso.com"\nTo = "sun@tailspintoys.com"\nVia = "mail.contoso.com"\n'
+                      f'Watch = "maildir:{lab.maildir / SUN}"\nMinInterval = 600\n')  # fmt: skip
+    check = ["check", "contoso.com", "--config", str(config), "--check", "e2e", "--resolver", str(lab.nameserver),
+             "--smtp-port", str(lab.smtp_port), "--ca-file", str(lab.ca_file), "--history",
+             str(tmp_path / "runs.sqlite3")]  # fmt: skip
+    first = diag(*check)
+    assert first.returncode == 0 and "INFO E2E_DELIVERED John to Sun" in first.stdout, first.stdout + first.stderr
+    record = json.loads((tmp_path / "runs.sent-probes.json").read_text())
+    assert [entry["name"] for entry in record["sent"]] == ["john to sun"]
+    again = diag(*check)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "NOTICE E2E_NOT_SENT John to Sun" in again.stdout and "(MinInterval 600 s)" in again.stdout
+    assert not (Path(os.environ["XDG_DATA_HOME"]) / "diag" / "history.sent-probes.json").exists()
