@@ -8,11 +8,8 @@ default) and never a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import os
-import signal
 import stat
 import sys
 from collections.abc import Sequence
@@ -390,11 +387,12 @@ def check(
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import local_host_name, mail_domain
-    from diag.notify import NotifyPolicy
     from diag.routing import RoutingOrder
     from diag.unattended import CheckRequest, Notification, Outputs, View, execute
 
     if verbose:
+        import logging
+
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
     if lab and (resolvers or smtp_port or ca_file):
         raise UsageError("--lab sets --resolver, --smtp-port and --ca-file itself; give either --lab or those")
@@ -404,8 +402,12 @@ def check(
         raise UsageError("no domain to check: give DOMAIN arguments or --domains-file")
     if lab:
         _in_the_lab(names)
-    notification = Notification(NotifyPolicy(notify_policy), mail=notify_mail, smtp_server=smtp_server,
-                                webhook=webhook)  # fmt: skip
+    notification = None
+    if notify_mail or webhook or smtp_server:  # diag.notify (mail, HTTP) is imported only for a run that notifies
+        from diag.notify import NotifyPolicy
+
+        notification = Notification(NotifyPolicy(notify_policy), mail=notify_mail, smtp_server=smtp_server,
+                                    webhook=webhook)  # fmt: skip
     outputs = Outputs(json=json_out, html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet,
                       no_color=no_color)  # fmt: skip
     organization = _organization(config_path, lab=lab)
@@ -689,6 +691,10 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings
         return 0
+    import asyncio
+    import logging
+    import signal
+
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="diag relay: %(message)s")
     # One line per queued message and per delivery attempt (ours); aiosmtpd's per-command chatter stays off.
     logging.getLogger("diag").setLevel(logging.INFO)
@@ -801,6 +807,9 @@ def lab() -> None:
               help="Keep certificates and Maildirs here. Default: a temporary directory, removed at exit.")
 def lab_serve(smtp_port: int, dns_port: int, directory: Path | None) -> int:
     """Run the lab in the foreground until interrupted; prints the options that reach it."""
+    import asyncio
+    import signal
+
     from diag.lab.runner import Lab
 
     async def serve() -> None:

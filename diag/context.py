@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from diag.config import Organization
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
-from diag.net.tls import load_trust_store
 from diag.routing import RoutingOrder
 
 if TYPE_CHECKING:
@@ -112,6 +111,8 @@ class RunContext:
     async def trust_store(self) -> tuple[x509.Certificate, ...]:
         """The CA certificates to verify against (``--ca-file`` or the system store), loaded once per run."""
         if self._trust_store is None:
+            from diag.net.tls import load_trust_store  # cryptography: only when a certificate is examined
+
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
 
