@@ -1,7 +1,7 @@
 """Start-up benchmarks: ``diag --help``, ``diag --version`` and a one-domain ``diag check`` as whole processes,
 against bare Python measured in the same run; and how long the lab takes to start.
 
-    python bench/startup.py [--repeat N] [--importtime]
+    python bench/startup.py [--repeat N] [--importtime] [--baseline DIR]
 
 Each process runs ``--repeat`` times, the commands interleaved (bare Python, then each diag command, round after
 round) so that a load that comes and goes on a shared machine falls on all of them alike; each line gives the
@@ -119,14 +119,14 @@ async def _lab_seconds() -> float:
 
 def _summary(name: str, samples: list[float], bare: float | None) -> str:
     median = statistics.median(samples)
-    line = (f"{name:<24} median {median * 1000:7.1f} ms   min {min(samples) * 1000:7.1f}"
+    line = (f"{name:<35} median {median * 1000:7.1f} ms   min {min(samples) * 1000:7.1f}"
             f"   max {max(samples) * 1000:7.1f}   n={len(samples)}")  # fmt: skip
     if bare is not None:
         line += f"   over bare Python {(median - bare) * 1000:+7.1f} ms   ratio {median / bare:5.2f}"
     return line
 
 
-async def measure(repeat: int, importtime: bool) -> None:
+async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
     from diag.lab.runner import Lab
 
     state = Path(tempfile.mkdtemp(prefix="diag-bench-"))
@@ -134,26 +134,32 @@ async def measure(repeat: int, importtime: bool) -> None:
     # on every start would measure the compiler.
     env = {**os.environ, "XDG_DATA_HOME": str(state / "data"), "XDG_CACHE_HOME": str(state / "cache")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    envs = {"": env}
+    if baseline is not None:
+        # The source tree first on the path: it wins over the installed (or editable) diag.
+        path = os.pathsep.join(filter(None, (str(baseline), env.get("PYTHONPATH"))))
+        envs[" (baseline)"] = {**env, "PYTHONPATH": path}
     diag = _diag_command()
     try:
         async with Lab() as lab:
-            commands = {
-                "bare python -c pass": [sys.executable, "-c", "pass"],
-                "diag --help": [*diag, "--help"],
-                "diag --version": [*diag, "--version"],
-                "diag check contoso.com": [*diag, "check", "contoso.com", *lab.option_text().split()],
-            }
+            check = ["check", "contoso.com", *lab.option_text().split()]
+            bare = [sys.executable, "-c", "pass"]
+            commands: dict[str, tuple[list[str], dict[str, str]]] = {"bare python -c pass": (bare, env)}
+            for suffix, environment in envs.items():
+                for args in (["--help"], ["--version"], check):
+                    name = f"diag {' '.join(args[:2]) if args is check else args[0]}{suffix}"
+                    commands[name] = ([*diag, *args], environment)
             runs: dict[str, list[Run]] = {name: [] for name in commands}
-            for argv in commands.values():  # a round not counted: bytecode written, files in the page cache
-                await _run(argv, env)
+            for argv, environment in commands.values():  # a round not counted: bytecode written, page cache warm
+                await _run(argv, environment)
             for _round in range(repeat):
-                for name, argv in commands.items():
-                    runs[name].append(await _run(argv, env))
+                for name, (argv, environment) in commands.items():
+                    runs[name].append(await _run(argv, environment))
             listings = {}
             if importtime:
-                for name, argv in list(commands.items())[1:]:
+                for name, (argv, environment) in list(commands.items())[1:]:
                     command = argv if argv[0] == sys.executable else [sys.executable, *argv]
-                    run = await _run([command[0], "-X", "importtime", *command[1:]], env)
+                    run = await _run([command[0], "-X", "importtime", *command[1:]], environment)
                     listings[name] = parse_importtime(run.stderr.decode())
         starts = [await _lab_seconds() for _ in range(min(repeat, 5))]
     finally:
@@ -177,8 +183,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20, help="runs of each process (default 20)")
     parser.add_argument("--importtime", action="store_true",
                         help="also list what each diag command imports (python -X importtime)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run each diag command from this source tree (e.g. `git archive` of an earlier "
+                        "commit, unpacked), in the same rounds")
     args = parser.parse_args()
-    asyncio.run(measure(args.repeat, args.importtime))
+    asyncio.run(measure(args.repeat, args.importtime, args.baseline))
 
 
 if __name__ == "__main__":

@@ -241,11 +241,13 @@ def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Regi
 
 def _organization(path: Path | None, *, lab: bool) -> Organization | None:
     """The configuration given, or with --lab the lab's example organization."""
-    from diag.config import load_config
-
     if path is None and lab:
         path = _lab_example()
-    return load_config(path) if path is not None else None
+    if path is None:
+        return None
+    from diag.config import load_config  # tomllib and the schema: only when there is a file to read
+
+    return load_config(path)
 
 
 def _lab_example() -> Path:
