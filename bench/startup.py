@@ -143,8 +143,8 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
     try:
         async with Lab() as lab:
             check = ["check", "contoso.com", *lab.option_text().split()]
-            bare = [sys.executable, "-c", "pass"]
-            commands: dict[str, tuple[list[str], dict[str, str]]] = {"bare python -c pass": (bare, env)}
+            python = [sys.executable, "-c", "pass"]
+            commands: dict[str, tuple[list[str], dict[str, str]]] = {"bare python -c pass": (python, env)}
             for suffix, environment in envs.items():
                 for args in (["--help"], ["--version"], check):
                     name = f"diag {' '.join(args[:2]) if args is check else args[0]}{suffix}"
