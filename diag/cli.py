@@ -807,20 +807,30 @@ def lab() -> None:
               help="Port of the lab's DNS server (UDP and TCP).")
 @click.option("--dir", "directory", type=_Path(path_type=Path, file_okay=False), default=None,
               help="Keep certificates and Maildirs here. Default: a temporary directory, removed at exit.")
-def lab_serve(smtp_port: int, dns_port: int, directory: Path | None) -> int:
+@click.option("--latency", "latency_text", default=None, metavar="RTT",
+              help="Add this round-trip time to every lab packet, DNS included (e.g. 50ms), through delaying "
+              "proxies.")
+def lab_serve(smtp_port: int, dns_port: int, directory: Path | None, latency_text: str | None) -> int:
     """Run the lab in the foreground until interrupted; prints the options that reach it."""
     import asyncio
     import signal
 
+    from diag.lab.latency import parse_latency
     from diag.lab.runner import Lab
+
+    try:
+        latency = parse_latency(latency_text) if latency_text is not None else 0.0
+    except ValueError as exc:
+        raise UsageError(f"--latency {latency_text!r}: {exc}") from None
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory) as running:
-            click.echo(f"diag lab: running; maildirs in {running.maildir}")
+        async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory, latency=latency) as running:
+            delayed = f"; every packet {latency * 1000:g} ms round trip" if latency else ""
+            click.echo(f"diag lab: running; maildirs in {running.maildir}{delayed}")
             click.echo(f"reach it with: diag check DOMAIN {running.option_text()}")
             click.echo("domains: " + " ".join(_lab_domains()), nl=True)
             await stop.wait()

@@ -84,6 +84,8 @@ class RunContext:
             lambda: asyncio.Semaphore(options.per_host_connections)
         )
         self._total = asyncio.Semaphore(options.total_connections)
+        # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
+        self._farewells: set[asyncio.Task[None]] = set()
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
@@ -105,8 +107,9 @@ class RunContext:
     async def _open_session(self, ip: str, port: int, server_name: str) -> SessionFacts:
         async with self._total, self._per_host[ip]:
             return await probe_session(
-                ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout
-            )
+                ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout,
+                farewells=self._farewells,
+            )  # fmt: skip
 
     async def trust_store(self) -> tuple[x509.Certificate, ...]:
         """The CA certificates to verify against (``--ca-file`` or the system store), loaded once per run."""
@@ -117,10 +120,12 @@ class RunContext:
         return await asyncio.shield(self._trust_store)
 
     async def aclose(self) -> None:
-        """Cancel sessions no check waited for (a check that timed out leaves its session behind)."""
-        for future in self._sessions.values():
+        """Cancel sessions no check waited for (a check that timed out leaves its session behind), and goodbyes
+        still waiting for the reply to QUIT: the run is over, and the connections are closed."""
+        pending: list[asyncio.Future[Any]] = [*self._sessions.values(), *self._farewells]
+        for future in pending:
             future.cancel()
-        await asyncio.gather(*self._sessions.values(), return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
