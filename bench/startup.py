@@ -93,7 +93,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _run(argv: Sequence[str], env: dict[str, str]) -> Run:
+async def run_process(argv: Sequence[str], env: dict[str, str]) -> Run:
     """Run ``argv`` to its end (one child at a time, so the CPU time of reaped children is its own). A failure
     stops the benchmark."""
     cpu = _children_cpu()
@@ -117,7 +117,7 @@ async def _lab_seconds() -> float:
         return time.perf_counter() - start
 
 
-def _summary(name: str, samples: list[float], bare: float | None) -> str:
+def summary(name: str, samples: list[float], bare: float | None) -> str:
     median = statistics.median(samples)
     line = (f"{name:<35} median {median * 1000:7.1f} ms   min {min(samples) * 1000:7.1f}"
             f"   max {max(samples) * 1000:7.1f}   n={len(samples)}")  # fmt: skip
@@ -151,15 +151,15 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
                     commands[name] = ([*diag, *args], environment)
             runs: dict[str, list[Run]] = {name: [] for name in commands}
             for argv, environment in commands.values():  # a round not counted: bytecode written, page cache warm
-                await _run(argv, environment)
+                await run_process(argv, environment)
             for _round in range(repeat):
                 for name, (argv, environment) in commands.items():
-                    runs[name].append(await _run(argv, environment))
+                    runs[name].append(await run_process(argv, environment))
             listings = {}
             if importtime:
                 for name, (argv, environment) in list(commands.items())[1:]:
                     command = argv if argv[0] == sys.executable else [sys.executable, *argv]
-                    run = await _run([command[0], "-X", "importtime", *command[1:]], environment)
+                    run = await run_process([command[0], "-X", "importtime", *command[1:]], environment)
                     listings[name] = parse_importtime(run.stderr.decode())
         starts = [await _lab_seconds() for _ in range(min(repeat, 5))]
     finally:
@@ -171,8 +171,8 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
         bare = statistics.median(getattr(run, what) for run in runs["bare python -c pass"])
         for name, measured in runs.items():
             values = [getattr(run, what) for run in measured]
-            print("  " + _summary(name, values, None if name.startswith("bare") else bare))
-    print(_summary("lab start (in process)", starts, None))
+            print("  " + summary(name, values, None if name.startswith("bare") else bare))
+    print(summary("lab start (in process)", starts, None))
     for name, modules in listings.items():
         print()
         print(importtime_report(f"python -X importtime: {name}", modules))

@@ -113,7 +113,11 @@ class _Delayed:
                 target.abort()
                 return
             else:
-                target.write_eof()
+                try:
+                    target.write_eof()
+                except OSError:  # the peer is gone already (it reset the connection)
+                    target.abort()
+                    return
                 self._finished()
         self._schedule()
 
