@@ -10,9 +10,10 @@ median, the spread, the median over bare Python and the ratio to it. The check i
 this process), with the history and the lock in a temporary directory, as a cron job would run it (stdout is not
 a terminal).
 
-``--importtime`` also runs each diag command once under ``python -X importtime`` and lists the modules it
-imports: the 20 with the largest own import time, and the time per top-level package. These figures are the
-primary evidence of start-up work: they do not depend on how loaded the machine is nearly as much as wall times.
+``--importtime`` also runs each diag command five times under ``python -X importtime`` and lists the modules it
+imports, each with its median time: the 20 with the largest own import time, and the time per top-level
+package. These figures are the primary evidence of start-up work: which modules a command loads does not depend
+on how loaded the machine is, and their times much less than wall times do.
 
 Performance is measured here, never by timed assertions in the tests; compare with bench/README.md.
 """
@@ -33,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# Runs of each command under -X importtime with --importtime; the listing gives each module's median.
+IMPORTTIME_RUNS = 5
 
 @dataclass(frozen=True, slots=True)
 class Imported:
@@ -54,6 +57,20 @@ def parse_importtime(stderr: str) -> list[Imported]:
         depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
         modules.append(Imported(name.strip(), int(own), int(cumulative), depth))
     return modules
+
+
+def median_imports(runs: Sequence[Sequence[Imported]]) -> list[Imported]:
+    """The modules of the first run, each with the median of its times over every run that imported it."""
+    own: defaultdict[str, list[int]] = defaultdict(list)
+    cumulative: defaultdict[str, list[int]] = defaultdict(list)
+    for modules in runs:
+        for module in modules:
+            own[module.name].append(module.own_us)
+            cumulative[module.name].append(module.cumulative_us)
+    return [
+        Imported(m.name, int(statistics.median(own[m.name])), int(statistics.median(cumulative[m.name])), m.depth)
+        for m in runs[0]
+    ]
 
 
 def importtime_report(title: str, modules: Sequence[Imported], *, top: int = 20) -> str:
@@ -155,12 +172,12 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
             for _round in range(repeat):
                 for name, (argv, environment) in commands.items():
                     runs[name].append(await run_process(argv, environment))
-            listings = {}
-            if importtime:
+            listings: dict[str, list[list[Imported]]] = {}
+            for _round in range(IMPORTTIME_RUNS if importtime else 0):
                 for name, (argv, environment) in list(commands.items())[1:]:
                     command = argv if argv[0] == sys.executable else [sys.executable, *argv]
                     run = await run_process([command[0], "-X", "importtime", *command[1:]], environment)
-                    listings[name] = parse_importtime(run.stderr.decode())
+                    listings.setdefault(name, []).append(parse_importtime(run.stderr.decode()))
         starts = [await _lab_seconds() for _ in range(min(repeat, 5))]
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -173,9 +190,10 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
             values = [getattr(run, what) for run in measured]
             print("  " + summary(name, values, None if name.startswith("bare") else bare))
     print(summary("lab start (in process)", starts, None))
-    for name, modules in listings.items():
+    for name, runs_of_it in listings.items():
         print()
-        print(importtime_report(f"python -X importtime: {name}", modules))
+        title = f"python -X importtime: {name} (median of {len(runs_of_it)})"
+        print(importtime_report(title, median_imports(runs_of_it)))
 
 
 def main() -> None:
