@@ -16,7 +16,9 @@ is not on it). Bare ``python -c pass`` runs in the same rounds. Where Postfix's 
 is the anchor, on the domain's first MX, in the same rounds: with its own DNS lookups when this runs as root
 with ``unshare`` (posttls-finger reads /etc/resolv.conf, which a private mount namespace points at the lab's
 DNS server; the lab's DNS then listens on port 53), and always on the MX's address given as ``[IP]:PORT``
-without DNS. Record results with the machine in bench/README.md.
+without DNS. The same checks also run in the benchmark's own process (``run_checks``, the lab's organization
+left out as on the command line): the probes' time without a process's start-up. Record results with the
+machine in bench/README.md.
 """
 
 from __future__ import annotations
@@ -120,9 +122,15 @@ async def measure_latency(latency: float, repeat: int, domain: str, *, dns_port:
             runs: dict[str, list[Run]] = {name: [] for name in commands}
             for argv, environment in commands.values():  # a round not counted: bytecode written, page cache warm
                 await run_process(argv, environment)
+            probes: list[float] = []
+            registry = default_registry()
             for _round in range(repeat):
                 for name, (argv, environment) in commands.items():
                     runs[name].append(await run_process(argv, environment))
+                # The same checks in this process: the probes' own time, without a process's start-up
+                start = time.perf_counter()
+                await run_checks([domain], registry, lab.run_options(organization=None))
+                probes.append(time.perf_counter() - start)
     finally:
         shutil.rmtree(state, ignore_errors=True)
     critical = CRITICAL_ROUND_TRIPS * latency
@@ -133,6 +141,8 @@ async def measure_latency(latency: float, repeat: int, domain: str, *, dns_port:
     medians = {name: statistics.median(run.wall for run in measured) for name, measured in runs.items()}
     for name, measured in runs.items():
         print(summary(name, [run.wall for run in measured], None))
+    print(summary(f"run_checks({domain}) in process", probes, None))
+    print(f"in process / critical path: {statistics.median(probes) / critical:.2f}")
     for name, median in medians.items():
         if name.startswith("diag"):
             print(f"{name} / critical path: {median / critical:.2f}")
