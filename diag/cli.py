@@ -22,8 +22,9 @@ from diag import __version__
 from diag.errors import ConfigError, DiagError, UsageError
 
 if TYPE_CHECKING:
-    from diag.config import Organization
+    from diag.config import Organization, ProbeConfig
     from diag.net.dns import Nameserver
+    from diag.probe.run import ProbeOptions
     from diag.registry import Registry
     from diag.relay.settings import RelaySettings
 
@@ -223,7 +224,14 @@ def _check_ca_file(path: Path) -> Path:
     return path
 
 
-def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Registry:
+def _probe_options(probes: Sequence[ProbeConfig]) -> ProbeOptions | None:
+    """The end-to-end probes' secrets, captured from the environment once (none without probes)."""
+    from diag.probe.run import ProbeOptions
+
+    return ProbeOptions.capture(os.environ, probes) if probes else None
+
+
+def _select(registry: Registry, ids: Sequence[str], *, configured: bool, probing: bool = False) -> Registry:
     from diag.registry import Registry
 
     unknown = [check_id for check_id in ids if check_id not in registry]
@@ -236,6 +244,12 @@ def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Regi
         if needing:
             raise UsageError(f"--check {needing[0]}: needs the organization's configuration (--config FILE)")
         registry = Registry(check for check in registry if "config" not in check.tags)
+    elif not probing:
+        # Checks that send mail (end-to-end probes) run only for configured [[Probe]] tables.
+        needing = [check_id for check_id in ids if "active" in registry[check_id].tags]
+        if needing:
+            raise UsageError(f"--check {needing[0]}: needs [[Probe]] tables in the configuration")
+        registry = Registry(check for check in registry if "active" not in check.tags)
     return registry.select(ids)
 
 
@@ -413,7 +427,8 @@ def check(
     outputs = Outputs(json=json_out, html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet,
                       no_color=no_color)  # fmt: skip
     organization = _organization(config_path, lab=lab)
-    registry = _select(default_registry(), check_ids, configured=organization is not None)
+    probes = organization.probes if organization is not None else ()
+    registry = _select(default_registry(), check_ids, configured=organization is not None, probing=bool(probes))
     options = RunOptions(
         nameservers=tuple(_parse_resolver(r) for r in resolvers),
         smtp_port=smtp_port or 25,
@@ -429,6 +444,7 @@ def check(
         routing_order=RoutingOrder(routing_order),
         client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
+        probe=_probe_options(probes),
     )
     return execute(CheckRequest(
         tuple(names), registry, options, outputs=outputs, notification=notification, checks=check_ids,
@@ -522,6 +538,133 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
 
 
 @cli.command()
+@click.option("--from", "sender", metavar="ADDR", default=None, help="The probe's sender (envelope and From).")
+@click.option("--to", "recipient", metavar="ADDR", default=None, help="The probe's recipient.")
+@click.option("--via", metavar="HOST[:PORT]", default=None,
+              help="Where the probe enters (port 465: implicit TLS).  [default: the recipient domain's MX, port 25]")
+@click.option("--watch", metavar="URL", default=None,
+              help="Where its arrival is observed: maildir:PATH, imap://HOST[:PORT]/FOLDER (STARTTLS) or imaps://...; "
+                   "password from DIAG_WATCH_PASSWORD, or an OAuth2 token from DIAG_WATCH_TOKEN (XOAUTH2).")
+@click.option("--watch-user", metavar="USER", default=None, help="The IMAP user, unless the URL names it.")
+@click.option("--deadline", type=_Seconds(1, 86400), default=None, metavar="SECONDS",
+              help="How long after its acceptance it may take to arrive.  [default: 300]")
+@click.option("--slow", type=_Seconds(0, 86400), default=None, metavar="SECONDS",
+              help="An arrival later than this is a warning (E2E_SLOW).")
+@click.option("--round-trip", is_flag=True,
+              help="--to is a reflector (a diag relay's Reflect address) and --watch the sender's mailbox: wait "
+                   "for its answer and report both legs.")
+@click.option("--keep", is_flag=True, help="Leave the probe (and any DSN) in the mailbox.")
+@click.option("--require-tls", is_flag=True, help="Refuse to submit the probe without TLS.")
+@click.option("--auth", "auth_user", metavar="USER", default=None,
+              help="Authenticate the submission as USER with the password in DIAG_SMTP_PASSWORD.")
+@click.option("--client-cert", type=_input(), default=None, metavar="PEM",
+              help="Present this certificate chain when submitting.")
+@click.option("--client-key", type=_input(), default=None, metavar="PEM",
+              help="Its private key, when not in the --client-cert file.")
+@click.option("--config", "config_path", type=_input(), default=None, metavar="FILE",
+              help="The organization's configuration: run its [[Probe]] tables; its connectors predict the route.")
+@click.option("--name", default=None, metavar="NAME", help="Run only the [[Probe]] of this Name.")
+@click.option("--lab", is_flag=True,
+              help="In a throw-away lab: its example configuration's four probes unless others are given.")
+@click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]",
+              help="DNS server to ask (repeatable). Default: the system's resolver.")
+@click.option("--ca-file", type=_input(), default=None, metavar="PEM",
+              help="Trust these CA certificates instead of the system store (SMTP and IMAP alike).")
+@click.option("--ehlo-name", metavar="NAME", default=None, help="Name to announce in EHLO. Default: this host's.")
+@click.option("--allow-private", is_flag=True,
+              help="Submit to an MX address that is not public (loopback, private ranges); refused by default.")
+@click.option("--timeout", type=_Seconds(0.1, 600), default=10.0, show_default=True, metavar="SECONDS",
+              help="Time limit of each network operation.")
+@click.option("--json", "json_out", type=_output(dash=True), metavar="FILE|-", default=None,
+              help="Write the JSON result to FILE or stdout.")
+@click.option("--html", "html_out", type=_output(), default=None, metavar="FILE",
+              help="Write a self-contained HTML report.")
+@click.option("--lock", "lock_path", type=_output(), default=None, metavar="FILE",
+              help="Refuse to overlap another run holding FILE. Default: a per-user lock file when not on a terminal.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only problems; nothing when all is well.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens to stderr.")
+@click.option("--no-color", is_flag=True, help="No colour in the terminal view.")
+def probe(sender: str | None, recipient: str | None, via: str | None, watch: str | None, watch_user: str | None,
+          deadline: float | None, slow: float | None, round_trip: bool, keep: bool, require_tls: bool,
+          auth_user: str | None,
+          client_cert: Path | None, client_key: Path | None, config_path: Path | None, name: str | None, lab: bool,
+          resolvers: tuple[str, ...], ca_file: Path | None, ehlo_name: str | None, allow_private: bool,
+          timeout: float, json_out: str | None, html_out: Path | None, lock_path: Path | None, quiet: bool,
+          verbose: bool, no_color: bool) -> int:  # fmt: skip
+    """Send an end-to-end test message and prove it arrived: where, when, over which hops, with which TLS.
+
+    One probe: --from, --to and --watch (and --via). Or the [[Probe]] tables of --config (--name: one of them).
+    Or --lab alone: the lab's four flows, John<->Sun and John<->Bob. Exit codes as for diag check; a mailbox that
+    cannot be read is E2E_WATCH_FAILED, exit 3.
+    """
+    from checks import default_registry
+    from diag.context import RunOptions
+    from diag.names import local_host_name
+    from diag.probe.run import SMTP_PASSWORD_VARIABLE, ProbeOptions, Request, requested_probes, run_probes
+    from diag.unattended import Job, Outputs, job_lock
+
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
+    if lab and (resolvers or ca_file):
+        raise UsageError("--lab sets --resolver and --ca-file itself; give either --lab or those")
+    if client_key is not None and client_cert is None:
+        raise UsageError("--client-key needs --client-cert")
+    if auth_user is not None and not os.environ.get(SMTP_PASSWORD_VARIABLE):
+        raise UsageError(f"--auth {auth_user}: set the password in {SMTP_PASSWORD_VARIABLE}")
+    request = Request(sender, recipient, via, watch, watch_user, deadline, slow, name, lab, round_trip)
+    organization = _organization(config_path, lab=lab)
+    probes = requested_probes(request, organization)
+    outputs = Outputs(json=json_out, html=html_out, quiet=quiet, no_color=no_color)
+    options = RunOptions(
+        nameservers=tuple(_parse_resolver(r) for r in resolvers),
+        ca_file=_check_ca_file(ca_file) if ca_file else None,
+        ehlo_name=ehlo_name or local_host_name(),
+        timeout=timeout,
+        allow_private=allow_private,
+        organization=organization,
+        probe=ProbeOptions.capture(os.environ, probes, keep=keep, require_tls=require_tls, auth_user=auth_user,
+                                   client_cert=client_cert, client_key=client_key),
+    )
+    domains = {address.rpartition("@")[2] for probe in probes for address in (probe.sender, probe.recipient)}
+    job = Job.of("probe", domains, config=config_path, lab=lab, outputs={"--json": json_out, "--html": html_out})
+    import asyncio
+
+    with job_lock(lock_path, job):
+        report = asyncio.run(run_probes(probes, default_registry().select(["e2e"]), options, lab=lab))
+        outputs.write(report)
+    return report.exit_code
+
+
+def _write(target: str, text: str, *, option: str) -> None:
+    """Write ``text`` to stdout (``-``) or atomically to a file: a collector or a browser never sees half of it."""
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    import tempfile
+
+    path = Path(target)
+    tmp = None
+    try:
+        if path.exists() and not path.is_file():
+            # A device or a pipe (/dev/stdout, a FIFO a collector reads): write into it; replacing it with a
+            # regular file would destroy it.
+            with path.open("w", encoding="utf-8") as handle:
+                handle.write(text)
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{option} {target!r}: cannot write it: {exc.strerror}") from None
+
+
+@cli.command()
 @click.argument("result", type=_input(dash=True), metavar="RESULT.json|-")
 @click.option("--html", "html_out", type=_output(), default=None, metavar="FILE",
               help="Write the HTML report to FILE.")
@@ -537,24 +680,31 @@ def report(result: Path, html_out: Path | None, view: str, prom_out: Path | None
 
     RESULT.json is '-' to read it from standard input: diag check contoso.com --json - | diag report - --html r.html
     """
-    from diag.render.json import report_from_dict
+    from checks import default_registry
+    from diag.model import Report
+    from diag.render.text import sanitize
     from diag.unattended import Outputs, View
 
-    saved = report_from_dict(_load_result(result))
+    document, where = _load_result(result)
+    try:
+        saved = Report.from_json(document, facts=default_registry().facts)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a diag.report/1 result: {sanitize(str(exc), limit=300)}") from None
     Outputs(html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet, no_color=no_color).write(saved)
     return saved.exit_code
 
 
-def _load_result(result: Path) -> dict[str, Any]:
-    """A saved result from a file or, for ``-``, standard input, validated the same way."""
-    from diag.render.html import load_report
+def _load_result(result: Path) -> tuple[dict[str, Any], str]:
+    """A saved result from a file or, for ``-``, standard input, validated the same way; and where it came
+    from, for messages."""
+    from diag.render.json import load_report
 
     if str(result) != "-":
-        return load_report(result)
+        return load_report(result), str(result)
     # load_report reads a path: /dev/stdin is this process's standard input, be it a pipe, a file or a terminal.
     stdin = Path("/dev/stdin")
     try:
-        return load_report(stdin)
+        return load_report(stdin), "standard input"
     except ConfigError as exc:
         raise ConfigError(str(exc).replace(f"{stdin}:", "standard input:", 1)) from None
 
@@ -667,11 +817,14 @@ def schedule(every: str, systemd: bool, name: str, install: bool, command: tuple
 @click.option("--allow-private", is_flag=True,
               help="Also deliver to addresses that are not public (an on-premises smart host on 10.x or 192.168.x); "
                    "refused by default, like the config's AllowPrivate.")
+@click.option("--reflect", "reflectors", multiple=True, metavar="ADDR",
+              help="Internet role: answer every message to ADDR with its headers attached, so that `diag probe "
+                   "--round-trip` proves both directions (repeatable; replaces the config's Reflect).")
 @click.pass_context
 def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen: tuple[str, ...],
           hostname: str | None, spool: Path | None, maildir: Path | None, tls_cert: Path | None,
           tls_key: Path | None, resolvers: tuple[str, ...], ca_file: Path | None,
-          smtp_port: int | None, allow_private: bool) -> int:  # fmt: skip
+          smtp_port: int | None, allow_private: bool, reflectors: tuple[str, ...]) -> int:  # fmt: skip
     """Run the routing relay in the foreground (cloud, on-premises or Internet role); stop with Ctrl-C/SIGTERM.
 
     It accepts mail like the cloud (accepted domains, relay rights by inbound connector), spools it durably,
@@ -688,7 +841,7 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
         org, role=RelayRole(role) if role else None, hostname=hostname, listen=[_listen(text) for text in listen],
         spool=spool, maildir=maildir, tls_cert=tls_cert, tls_key=tls_key,
         nameservers=[_parse_resolver(text) for text in resolvers], smtp_port=smtp_port,
-        ca_file=_check_ca_file(ca_file) if ca_file else None, allow_private=allow_private,
+        ca_file=_check_ca_file(ca_file) if ca_file else None, allow_private=allow_private, reflect=reflectors,
     )  # fmt: skip
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,9 +23,12 @@ from diag.routing import RoutingOrder
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from diag.probe.run import ProbeOptions
+
 __all__ = ["CheckContext", "RunContext", "RunOptions"]
 
 F = TypeVar("F")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,8 @@ class RunOptions:
             leaf first, intermediates as the server sends them; empty: use the chain its port-25 listener
             serves.
         sender_ip: the address the on-premises server sends to the cloud from (``--sender-ip``).
+        probe: what the end-to-end probes of the organization's ``[[Probe]]`` tables take from outside them
+            (run id, secrets captured from the environment, ``--keep``...); None: no secrets, defaults.
     """
 
     nameservers: tuple[Nameserver, ...] = ()
@@ -71,6 +76,7 @@ class RunOptions:
     routing_order: RoutingOrder = RoutingOrder.MOST_SPECIFIC
     client_cert: tuple[bytes, ...] = ()
     sender_ip: str | None = None
+    probe: ProbeOptions | None = None
 
 
 class RunContext:
@@ -87,6 +93,7 @@ class RunContext:
         # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
         self._farewells: set[asyncio.Task[None]] = set()
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
+        self._shared: dict[Hashable, asyncio.Future[Any]] = {}
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -119,10 +126,20 @@ class RunContext:
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
 
+    def once(self, key: Hashable, start: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Future[T]:
+        """The outcome of ``start()``, begun on the first request for ``key`` and shared by every later request in
+        this run: an end-to-end probe that concerns two checked domains is sent once. Await it shielded, so that
+        one requester's timeout does not cancel it for the others."""
+        future = self._shared.get(key)
+        if future is None:
+            future = asyncio.ensure_future(start())
+            self._shared[key] = future
+        return future
+
     async def aclose(self) -> None:
-        """Cancel sessions no check waited for (a check that timed out leaves its session behind), and goodbyes
-        still waiting for the reply to QUIT: the run is over, and the connections are closed."""
-        pending: list[asyncio.Future[Any]] = [*self._sessions.values(), *self._farewells]
+        """Cancel sessions and shared work no check waited for (a check that timed out leaves them behind), and
+        goodbyes still waiting for the reply to QUIT: the run is over, and the connections are closed."""
+        pending: list[asyncio.Future[Any]] = [*self._sessions.values(), *self._shared.values(), *self._farewells]
         for future in pending:
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -127,3 +127,25 @@ def test_connections_in_all_are_bounded_across_addresses() -> None:
     options = RunOptions(timeout=30, total_connections=2)
     targets = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     assert asyncio.run(_accepted_while_waiting(options, targets, more_than=2)) == 2
+
+
+def test_once_shares_one_piece_of_work_per_key_in_a_run() -> None:
+    # Given two checks asking for the same probe in one run (it concerns both checked domains)
+    started: list[str] = []
+
+    async def probe(name: str) -> str:
+        started.append(name)
+        await asyncio.sleep(0.01)
+        return f"sent {name}"
+
+    async def go() -> list[str]:
+        run = RunContext(RunOptions())
+        try:
+            futures = [run.once(("e2e", name), lambda name=name: probe(name)) for name in ("a", "a", "b")]
+            return list(await asyncio.gather(*(asyncio.shield(future) for future in futures)))
+        finally:
+            await run.aclose()
+
+    # Then it is done once per key, and every asker gets its outcome
+    assert asyncio.run(go()) == ["sent a", "sent a", "sent b"]
+    assert started == ["a", "b"]

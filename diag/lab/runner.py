@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import mailbox
 import shutil
 import socket
 import tempfile
@@ -36,10 +37,10 @@ __all__ = ["Lab"]
 
 @dataclass(frozen=True, slots=True)
 class _RelayHost:
-    """A world host that runs the routing relay, with its certificate files."""
+    """A world host that runs the routing relay, with its certificate files (None: it has no certificate)."""
 
     definition: HostDef
-    tls: TlsFiles
+    tls: TlsFiles | None
 
     @property
     def ip(self) -> str:
@@ -121,7 +122,10 @@ class Lab:
         return Nameserver(DNS_IP, self._dns_port)
 
     def run_options(self, **overrides: object) -> RunOptions:
-        """Options that point a run at this lab: its resolver, port and CA, and its organization."""
+        """Options that point a run at this lab: its resolver, port and CA, and its organization (whose probes
+        watch the lab's Maildirs)."""
+        from diag.probe.run import ProbeOptions
+
         values: dict[str, object] = {
             "organization": load_config(EXAMPLE_CONFIG),
             "nameservers": (self.nameserver,),
@@ -129,6 +133,7 @@ class Lab:
             "ca_file": self.ca_file,
             "ehlo_name": "probe.diag.invalid",
             "allow_private": True,
+            "probe": ProbeOptions(maildir_root=self.maildir),
         }
         values.update(overrides)
         return RunOptions(**values)  # type: ignore[arg-type]
@@ -188,8 +193,9 @@ class Lab:
                 issuer = foreign if host.foreign_ca else pki
                 chain, key = issuer.issue(host.names_in_cert, kind=host.cert).write(certs, host.name)
                 tls = TlsFiles(chain=chain, key=key)
-            if host.relay is not None and tls is not None:
+            if host.relay is not None:
                 hosts.append(_RelayHost(host, tls))
+                self._make_mailboxes(host)
                 continue
             hosts.append(
                 LabHost(
@@ -199,6 +205,14 @@ class Lab:
                 )
             )  # fmt: skip
         return hosts
+
+    def _make_mailboxes(self, host: HostDef) -> None:
+        """A relay host's mailboxes exist from the start, empty, as a new user's do: a probe can watch one before
+        its first message arrives."""
+        assert host.relay is not None
+        for address in host.relay.mailboxes:
+            (self.maildir / host.name).mkdir(parents=True, exist_ok=True)
+            mailbox.Maildir(self.maildir / host.name / address.lower(), create=True)
 
     async def _start_hosts(self, hosts: list[LabHost | _RelayHost]) -> int:
         """Start every host on one port; with port 0, find a port free on all their addresses."""
@@ -250,8 +264,8 @@ class Lab:
             listen=((host.ip, port),),
             spool=self.directory / "relays" / host.definition.name / "spool",
             maildir=self.maildir / host.definition.name,
-            tls_cert=host.tls.chain,
-            tls_key=host.tls.key,
+            tls_cert=host.tls.chain if host.tls is not None else None,
+            tls_key=host.tls.key if host.tls is not None else None,
             ca_file=self.ca_file,
             nameservers=(self.nameserver,),
             smtp_port=self.smtp_port,
@@ -260,6 +274,8 @@ class Lab:
             relay_networks=config.relay_networks,
             allow_private=True,
             source_ip=host.ip,
+            reflect=config.reflect,
+            reflect_limit=config.reflect_limit,
             limits=Limits(
                 session_timeout=self._session_timeout, operation_timeout=5.0, queue_scan=0.5,
                 retry_base=timedelta(seconds=1), retry_max=timedelta(seconds=5),

@@ -14,6 +14,11 @@ retried at every scan, which would send the receiver a duplicate each time.
 
 While :meth:`Deliverer.run` works the queue, the transport keeps sessions that delivered open for the next
 delivery on the same terms (:meth:`~diag.relay.transport.Transport.reusing`).
+
+A reflector address (internet role) is delivered by answering (:mod:`diag.relay.reflect`): the reply is
+recorded in the reflector's memory, then stored in the spool like a bounce. Whether it is answered or not, the
+recipient is delivered: a message the reflector declines is never bounced (that would be the backscatter the
+reflector's rules avoid).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from diag.net.dns import Resolver
-from diag.relay import dsn
-from diag.relay.plan import LOCAL, Outcome, Result, Route, plan_message
+from diag.relay import dsn, reflect
+from diag.relay.plan import LOCAL, REFLECT, Outcome, Result, Route, plan_message
 from diag.relay.settings import Limits, RelaySettings
 from diag.relay.spool import Envelope, QueuedMessage, RecipientState, RecipientStatus, Spool, SpoolError
 from diag.relay.text import escape
@@ -88,6 +93,10 @@ class Deliverer:
         # Messages whose outcome could not be recorded (disk full, I/O error), with the loop time until which
         # run() leaves them alone: retrying at every scan would send a duplicate to the receiver each time.
         self._held: dict[str, float] = {}
+        # The reflector's memory, read from the spool directory on first use; the lock makes "answered before?"
+        # and "remember it" one step, so two deliveries of one probe at once give one reply.
+        self._reflected: reflect.ReflectLog | None = None
+        self._reflecting = asyncio.Lock()
 
     def kick(self, qid: str | None = None) -> None:
         """Deliver ``qid`` (just queued) now, or with no id look at the whole spool now, not at the next scan.
@@ -240,6 +249,8 @@ class Deliverer:
             async with self._slots:
                 if route is LOCAL:
                     outcomes: Sequence[Outcome] = await self._transport.store(envelope.mail_from, recipients, content)
+                elif route is REFLECT:
+                    outcomes = [await self._reflect(qid, envelope, content, recipient) for recipient in recipients]
                 else:
                     outcomes = await self._transport.send(route, envelope.mail_from, recipients, content)
             await record(route, outcomes)
@@ -254,6 +265,42 @@ class Deliverer:
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the group's recipients stay pending; _attempt logs it
+
+    async def _reflect(self, qid: str, envelope: Envelope, content: bytes, recipient: str) -> Outcome:
+        """Answer the message for the reflector address ``recipient``, or decline to; the recipient's outcome."""
+        settings = self._settings
+        now = datetime.now(UTC)
+        made = reflect.reply(
+            envelope, content, reflector=recipient.lower(), reflectors=settings.reflect, hostname=settings.hostname,
+            now=now,
+        )  # fmt: skip
+        if isinstance(made, reflect.Reply):
+            async with self._reflecting:
+                try:
+                    if self._reflected is None:
+                        memory = reflect.ReflectLog(self._spool.root / "reflect")
+                        await asyncio.to_thread(memory.open, now)
+                        self._reflected = memory
+                    refusal = self._reflected.refusal(made, now=now, per_sender=settings.reflect_limit)
+                    if refusal is None:
+                        await asyncio.to_thread(self._reflected.record, made, now)
+                except OSError as exc:
+                    # Not remembered, so not sent: tried again later like any delivery to a full disk.
+                    return Outcome(recipient, Result.DEFERRED, f"451 4.3.0 Cannot record the reply: {exc}", "reflect")
+            made = refusal or made
+        if isinstance(made, reflect.Skip):
+            return Outcome(recipient, Result.DELIVERED, f"250 2.0.0 Not answered: {made}", "reflect")
+        try:
+            reply_qid = await asyncio.to_thread(self._spool.store, made.envelope, made.content)
+        except OSError as exc:
+            # Already remembered as answered and never sent twice, so this one reply is lost (diag.relay.reflect
+            # says why that is the right way round).
+            log.error("reflect qid=%s: cannot store the reply, it is not sent: %s", qid, exc)
+            return Outcome(recipient, Result.DELIVERED, f"250 2.0.0 Not answered: cannot store the reply: {exc}",
+                           "reflect")  # fmt: skip
+        log.info("reflect qid=%s for=%s to=<%s>", reply_qid, qid, escape(envelope.mail_from))
+        self.queued(reply_qid, made.envelope, made.content)
+        return Outcome(recipient, Result.DELIVERED, f"250 2.0.0 Answered: reply queued as {reply_qid}", "reflect")
 
     async def _record(self, qid: str, statuses: list[RecipientStatus], current: Sequence[RecipientStatus]) -> bool:
         """Record ``statuses`` (``current``: every recipient's state before them); False when it failed."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from diag.model import Report
     from diag.registry import Registry
 
-__all__ = ["CheckRequest", "execute"]
+__all__ = ["CheckRequest", "execute", "job_lock"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +87,18 @@ def execute(request: CheckRequest) -> int:
 
 
 def _lock(request: CheckRequest) -> RunLock | AbstractContextManager[None]:
+    return job_lock(request.lock, request.job)
+
+
+def job_lock(path: Path | None, job: Job) -> RunLock | AbstractContextManager[None]:
+    """The lock of a run of ``job``: ``path`` (``--lock``), else the job's own lock file when nobody watches
+    (stdout is not a terminal: cron, systemd), else none. ``diag probe`` takes its lock here too."""
     from diag.lock import RunLock, default_lock_path
 
-    if request.lock is not None:
-        return RunLock(request.lock)
+    if path is not None:
+        return RunLock(path)
     if sys.stdout.isatty():
         return nullcontext()
-    job = request.job
     return RunLock(default_lock_path(job.key), job=job.describe())
 
 
@@ -118,9 +123,11 @@ async def _engine(request: CheckRequest) -> Report:
 
     async with Lab() as running:
         lab_options = running.run_options()
+        probe = request.options.probe  # the lab's probes watch its Maildirs
         options = dataclasses.replace(
             request.options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
             ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
+            probe=probe and dataclasses.replace(probe, maildir_root=running.maildir),
         )  # fmt: skip
         return await _with_progress(request.domains, request.registry, options, progress)
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosmtplib
+from aiosmtpd.smtp import SMTP
 
 from diag.lab.pki import TestPKI
 from diag.relay.connections import TOO_MANY_CONNECTIONS, CappedSMTP, Connections, peer_ip
@@ -171,5 +172,23 @@ def test_release_is_safe_twice_and_for_an_unknown_transport() -> None:
         assert connections.admit(_Transport(), "192.0.2.1")
         await connections.abort_all(wait=0.1)
         assert not connections.admit(_Transport(), "192.0.2.3")  # closing: nobody new
+
+    asyncio.run(scenario())
+
+
+def test_the_command_tables_are_aiosmtpds_own() -> None:
+    """CappedSMTP narrows dir() to what aiosmtpd looks up by name; the tables it builds must not change."""
+    from diag.relay.server import _RelaySMTP
+
+    async def scenario() -> None:
+        connections = Connections(1)
+        capped = CappedSMTP(Handler(), connections, hostname="caps.test")
+        plain = SMTP(Handler(), hostname="caps.test")
+        assert capped._smtp_methods.keys() == plain._smtp_methods.keys()
+        assert capped._auth_methods.keys() == plain._auth_methods.keys()
+        assert {"EHLO", "MAIL", "RCPT", "DATA", "STARTTLS"} <= capped._smtp_methods.keys()
+        # The relay's own protocol adds and overrides commands: the names are those of a full dir() walk.
+        every = {name for name in dir(_RelaySMTP) if name.startswith(("smtp_", "auth_"))}
+        assert set(_RelaySMTP._command_attributes()) == every
 
     asyncio.run(scenario())
