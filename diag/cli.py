@@ -8,11 +8,8 @@ default) and never a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import os
-import signal
 import stat
 import sys
 from collections.abc import Sequence
@@ -260,11 +257,13 @@ def _select(registry: Registry, ids: Sequence[str], *, configured: bool, probing
 
 def _organization(path: Path | None, *, lab: bool) -> Organization | None:
     """The configuration given, or with --lab the lab's example organization."""
-    from diag.config import load_config
-
     if path is None and lab:
         path = _lab_example()
-    return load_config(path) if path is not None else None
+    if path is None:
+        return None
+    from diag.config import load_config  # tomllib and the schema: only when there is a file to read
+
+    return load_config(path)
 
 
 def _lab_example() -> Path:
@@ -406,11 +405,12 @@ def check(
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import local_host_name, mail_domain
-    from diag.notify import NotifyPolicy
     from diag.routing import RoutingOrder
     from diag.unattended import CheckRequest, Notification, Outputs, View, execute
 
     if verbose:
+        import logging
+
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
     if lab and (resolvers or smtp_port or ca_file):
         raise UsageError("--lab sets --resolver, --smtp-port and --ca-file itself; give either --lab or those")
@@ -420,8 +420,12 @@ def check(
         raise UsageError("no domain to check: give DOMAIN arguments or --domains-file")
     if lab:
         _in_the_lab(names)
-    notification = Notification(NotifyPolicy(notify_policy), mail=notify_mail, smtp_server=smtp_server,
-                                webhook=webhook)  # fmt: skip
+    notification = None
+    if notify_mail or webhook or smtp_server:  # diag.notify (mail, HTTP) is imported only for a run that notifies
+        from diag.notify import NotifyPolicy
+
+        notification = Notification(NotifyPolicy(notify_policy), mail=notify_mail, smtp_server=smtp_server,
+                                    webhook=webhook)  # fmt: skip
     outputs = Outputs(json=json_out, html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet,
                       no_color=no_color)  # fmt: skip
     organization = _organization(config_path, lab=lab)
@@ -616,6 +620,8 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
     from diag.unattended import Job, Outputs, job_lock, write_output
 
     if verbose:
+        import logging
+
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
     if lab and (resolvers or ca_file):
         raise UsageError("--lab sets --resolver and --ca-file itself; give either --lab or those")
@@ -650,6 +656,8 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
         return 0
     domains = {address.rpartition("@")[2] for probe in probes for address in (probe.sender, probe.recipient)}
     job = Job.of("probe", domains, config=config_path, lab=lab, outputs={"--json": json_out, "--html": html_out})
+    import asyncio
+
     with job_lock(lock_path, job):
         report = asyncio.run(run_probes(probes, default_registry().select(["e2e"]), options, lab=lab))
         outputs.write(report)
@@ -865,6 +873,10 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings
         return 0
+    import asyncio
+    import logging
+    import signal
+
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="diag relay: %(message)s")
     # One line per queued message and per delivery attempt (ours); aiosmtpd's per-command chatter stays off.
     logging.getLogger("diag").setLevel(logging.INFO)
@@ -975,17 +987,30 @@ def lab() -> None:
               help="Port of the lab's DNS server (UDP and TCP).")
 @click.option("--dir", "directory", type=_Path(path_type=Path, file_okay=False), default=None,
               help="Keep certificates and Maildirs here. Default: a temporary directory, removed at exit.")
-def lab_serve(smtp_port: int, dns_port: int, directory: Path | None) -> int:
+@click.option("--latency", "latency_text", default=None, metavar="RTT",
+              help="Add this round-trip time to every lab packet, DNS included (e.g. 50ms), through delaying "
+              "proxies.")
+def lab_serve(smtp_port: int, dns_port: int, directory: Path | None, latency_text: str | None) -> int:
     """Run the lab in the foreground until interrupted; prints the options that reach it."""
+    import asyncio
+    import signal
+
+    from diag.lab.latency import parse_latency
     from diag.lab.runner import Lab
+
+    try:
+        latency = parse_latency(latency_text) if latency_text is not None else 0.0
+    except ValueError as exc:
+        raise UsageError(f"--latency {latency_text!r}: {exc}") from None
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory) as running:
-            click.echo(f"diag lab: running; maildirs in {running.maildir}")
+        async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory, latency=latency) as running:
+            delayed = f"; every packet {latency * 1000:g} ms round trip" if latency else ""
+            click.echo(f"diag lab: running; maildirs in {running.maildir}{delayed}")
             click.echo(f"reach it with: diag check DOMAIN {running.option_text()}")
             click.echo("domains: " + " ".join(_lab_domains()), nl=True)
             await stop.wait()

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from diag.config import Organization
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
-from diag.net.tls import load_trust_store
 from diag.routing import RoutingOrder
 
 if TYPE_CHECKING:
@@ -91,6 +90,8 @@ class RunContext:
             lambda: asyncio.Semaphore(options.per_host_connections)
         )
         self._total = asyncio.Semaphore(options.total_connections)
+        # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
+        self._farewells: set[asyncio.Task[None]] = set()
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
 
@@ -113,12 +114,15 @@ class RunContext:
     async def _open_session(self, ip: str, port: int, server_name: str) -> SessionFacts:
         async with self._total, self._per_host[ip]:
             return await probe_session(
-                ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout
-            )
+                ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout,
+                farewells=self._farewells,
+            )  # fmt: skip
 
     async def trust_store(self) -> tuple[x509.Certificate, ...]:
         """The CA certificates to verify against (``--ca-file`` or the system store), loaded once per run."""
         if self._trust_store is None:
+            from diag.net.tls import load_trust_store  # cryptography: only when a certificate is examined
+
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
 
@@ -133,8 +137,9 @@ class RunContext:
         return future
 
     async def aclose(self) -> None:
-        """Cancel sessions and shared work no check waited for (a check that timed out leaves them behind)."""
-        pending = [*self._sessions.values(), *self._shared.values()]
+        """Cancel sessions and shared work no check waited for (a check that timed out leaves them behind), and
+        goodbyes still waiting for the reply to QUIT: the run is over, and the connections are closed."""
+        pending: list[asyncio.Future[Any]] = [*self._sessions.values(), *self._shared.values(), *self._farewells]
         for future in pending:
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

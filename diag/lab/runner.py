@@ -24,8 +24,9 @@ from diag.config import load_config
 from diag.context import RunOptions
 from diag.errors import LabError
 from diag.lab.dns import DnsServer, ZoneData
+from diag.lab.latency import TcpDelay, UdpDelay, start_udp_and_tcp
 from diag.lab.pki import TestPKI
-from diag.lab.smtp import LabHost, LabHostServer, TlsFiles, start_host
+from diag.lab.smtp import HostKind, LabHost, LabHostServer, TlsFiles, start_host
 from diag.lab.world import DNS_IP, EXAMPLE_CONFIG, HostDef, World, default_world
 from diag.net.dns import Nameserver
 from diag.relay.service import Relay
@@ -58,6 +59,8 @@ class Lab:
         dns_port: the DNS server's port (UDP and TCP); 0 picks a free one.
         directory: where certificates and Maildirs go; a temporary directory (removed on close) when None.
         session_timeout: idle timeout of the hosts' SMTP sessions.
+        latency: a round-trip time in seconds added to every packet of the lab, DNS included (0: none); the
+            servers then listen on other ports behind delaying proxies (diag.lab.latency).
     """
 
     def __init__(
@@ -68,8 +71,13 @@ class Lab:
         dns_port: int = 0,
         directory: Path | None = None,
         session_timeout: float = 30.0,
+        latency: float = 0.0,
     ) -> None:
         self.world = world or default_world()
+        self.latency = latency
+        self._delays: list[TcpDelay] = []  # in front of the mail hosts, with latency
+        self._dns_delays: tuple[UdpDelay, TcpDelay] | None = None
+        self._dns_port = 0
         self._want_smtp_port = smtp_port
         self._want_dns_port = dns_port
         self._given_directory = directory
@@ -119,7 +127,7 @@ class Lab:
     def nameserver(self) -> Nameserver:
         if self._dns is None:
             raise LabError("the lab is not running")
-        return Nameserver(DNS_IP, self._dns.port)
+        return Nameserver(DNS_IP, self._dns_port)
 
     def run_options(self, **overrides: object) -> RunOptions:
         """Options that point a run at this lab: its resolver, port and CA, and its organization (whose probes
@@ -167,9 +175,14 @@ class Lab:
             zone.set_behaviour(name, behaviour)
         self._dns = DnsServer(zone)
         try:
-            await self._dns.start(DNS_IP, self._want_dns_port)
+            self._dns_port = await self._dns.start(DNS_IP, 0 if self.latency else self._want_dns_port)
         except OSError as exc:
             raise LabError(f"the lab DNS server cannot listen on {DNS_IP}:{self._want_dns_port}: {exc}") from exc
+        if self.latency:
+            self._dns_delays = await start_udp_and_tcp(
+                DNS_IP, self._want_dns_port, (DNS_IP, self._dns_port), self.latency
+            )
+            self._dns_port = self._dns_delays[0].port
         self.smtp_port = await self._start_hosts(host_defs)
 
     def _make_hosts(self) -> list[LabHost | _RelayHost]:
@@ -212,9 +225,18 @@ class Lab:
     async def _start_hosts(self, hosts: list[LabHost | _RelayHost]) -> int:
         """Start every host on one port; with port 0, find a port free on all their addresses."""
         for _attempt in range(_PORT_ATTEMPTS):
-            port = self._want_smtp_port or _free_port(hosts[0].ip)
-            started = await asyncio.gather(*(self._start_host(h, port) for h in hosts), return_exceptions=True)
+            port = self.smtp_port = self._want_smtp_port or _free_port(hosts[0].ip)
+            # With latency, a host listens on another port behind a delaying proxy on this one; a blackhole is
+            # left where it is (its connections never complete, a proxy would complete them).
+            behind = _free_port(hosts[0].ip) if self.latency else port
+            delayed = [h for h in hosts if self.latency and _listens(h)]
+            started = await asyncio.gather(
+                *(self._start_host(h, behind if h in delayed else port) for h in hosts),
+                *(self._start_delay(h, port, behind) for h in delayed),
+                return_exceptions=True,
+            )  # fmt: skip
             self._hosts = [server for server in started if isinstance(server, LabHostServer | Relay)]
+            self._delays += [server for server in started if isinstance(server, TcpDelay)]
             failures = [error for error in started if isinstance(error, BaseException)]
             if not failures:
                 return port
@@ -222,9 +244,15 @@ class Lab:
             first = failures[0]
             cause = first if isinstance(first, OSError) else first.__cause__
             in_use = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
-            if self._want_smtp_port or not in_use:
+            # A port given is retried only when the lab's own port behind the proxies was the one taken.
+            if (self._want_smtp_port and not self.latency) or not in_use:
                 raise first
         raise LabError(f"no port was free on all {len(hosts)} lab host addresses after {_PORT_ATTEMPTS} tries")
+
+    async def _start_delay(self, host: LabHost | _RelayHost, port: int, behind: int) -> TcpDelay:
+        delay = TcpDelay((host.ip, behind), self.latency)
+        await delay.start(host.ip, port)
+        return delay
 
     async def _start_host(self, host: LabHost | _RelayHost, port: int) -> LabHostServer | Relay:
         if isinstance(host, LabHost):
@@ -248,7 +276,7 @@ class Lab:
             tls_key=host.tls.key if host.tls is not None else None,
             ca_file=self.ca_file,
             nameservers=(self.nameserver,),
-            smtp_port=port,
+            smtp_port=self.smtp_port,
             mailboxes=config.mailboxes,
             smart_host=config.smart_host or None,
             relay_networks=config.relay_networks,
@@ -274,11 +302,15 @@ class Lab:
 
     async def _close_hosts(self) -> None:
         hosts, self._hosts = self._hosts, []
-        await asyncio.gather(*(host.close() for host in hosts), return_exceptions=True)
+        delays, self._delays = self._delays, []
+        await asyncio.gather(*(server.close() for server in (*hosts, *delays)), return_exceptions=True)
 
     async def close(self) -> None:
         self._pki = None
         await self._close_hosts()
+        if self._dns_delays is not None:
+            await asyncio.gather(*(delay.close() for delay in self._dns_delays), return_exceptions=True)
+            self._dns_delays = None
         if self._dns is not None:
             await self._dns.close()
             self._dns = None
@@ -294,6 +326,11 @@ class Lab:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _listens(host: LabHost | _RelayHost) -> bool:
+    """Whether the host accepts connections (a blackhole's never complete)."""
+    return not isinstance(host, LabHost) or host.kind is not HostKind.BLACKHOLE
 
 
 def _free_port(ip: str) -> int:

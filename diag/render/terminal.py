@@ -8,15 +8,15 @@ A-label alone.
 
 from __future__ import annotations
 
-from typing import IO
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING
 
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
 from diag.names import display_domain
 from diag.render.text import sanitize
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 __all__ = ["render_plain", "render_rich"]
 
@@ -85,6 +85,9 @@ def render_plain(report: Report, stream: IO[str], *, quiet: bool = False) -> Non
 
 def render_rich(report: Report, console: Console, *, quiet: bool = False) -> None:
     """A table per domain: a row per check, its findings beneath, severity coloured."""
+    from rich.table import Table  # rich only on a terminal: render_plain serves pipes and cron without it
+    from rich.text import Text
+
     for domain, results in _visible(report, quiet):
         title = Text.assemble(
             (sanitize(display_domain(domain.domain)), "bold"), "  ",
@@ -112,6 +115,8 @@ def render_rich(report: Report, console: Console, *, quiet: bool = False) -> Non
 
 
 def _finding_text(finding: Finding) -> Text:
+    from rich.text import Text
+
     text = Text.assemble(
         (f"{finding.severity.label:<8}", _SEVERITY_STYLE[finding.severity]),
         (finding.code, "bold"), " ", (sanitize(finding.subject), "cyan"), "\n",
