@@ -645,6 +645,8 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
         probe=ProbeOptions.capture(os.environ, probes, keep=keep, require_tls=require_tls, auth_user=auth_user,
                                    client_cert=client_cert, client_key=client_key),
     )
+    import asyncio
+
     if dry_run:  # no lock: nothing is sent, and a cron run in progress must not refuse a look
         from diag.render.plans import dumps, render_plain
 
@@ -656,8 +658,6 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
         return 0
     domains = {address.rpartition("@")[2] for probe in probes for address in (probe.sender, probe.recipient)}
     job = Job.of("probe", domains, config=config_path, lab=lab, outputs={"--json": json_out, "--html": html_out})
-    import asyncio
-
     with job_lock(lock_path, job):
         report = asyncio.run(run_probes(probes, default_registry().select(["e2e"]), options, lab=lab))
         outputs.write(report)
