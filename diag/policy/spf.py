@@ -32,6 +32,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from diag.policy.lookup import MAX_TEXT, Process, Question, Reply, ReplyStatus, shown
+from diag.policy.tags import SyntaxIssue
 
 __all__ = [
     "DNS_LOOKUP_LIMIT",
@@ -120,14 +121,6 @@ class Mechanism(enum.StrEnum):
     def queries_dns(self) -> bool:
         """Counts toward the limit of 10 DNS-querying terms (§4.6.4); ``redirect`` counts too."""
         return self in (Mechanism.INCLUDE, Mechanism.A, Mechanism.MX, Mechanism.PTR, Mechanism.EXISTS)
-
-
-@dataclass(frozen=True, slots=True)
-class SyntaxIssue:
-    """A syntax error in a record: where it starts (0-based character offset) and what is wrong."""
-
-    position: int
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
