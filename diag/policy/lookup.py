@@ -15,12 +15,14 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import dns.name
 import dns.rdata
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.PTR
 import dns.rdtypes.ANY.TXT
+import dns.rrset
 
 from diag.errors import DnsError, DnsTimeoutError
 from diag.net.dns import Answer, DnsStatus, Resolver, name_text
@@ -31,6 +33,7 @@ __all__ = [
     "Question",
     "Reply",
     "ReplyStatus",
+    "Signed",
     "drive",
     "reply_from_answer",
     "shown",
@@ -70,13 +73,34 @@ class ReplyStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Question:
-    """A DNS question: a name (an A-label name without trailing dot) and a record type (``TXT``)."""
+    """A DNS question: a name (an A-label name without trailing dot) and a record type (``TXT``).
+
+    ``dnssec`` asks for the DNSSEC material too (the DO bit): the reply then has :attr:`Reply.signed`.
+    """
 
     name: str
     rdtype: str
+    dnssec: bool = False
 
     def __str__(self) -> str:
-        return f"{self.name} {self.rdtype}"
+        return f"{self.name} {self.rdtype}{' +dnssec' if self.dnssec else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """The DNSSEC material of an answer, as dnspython data (what ``dns.dnssec.validate`` takes).
+
+    Attributes:
+        rrset: the answer's records as an rrset at the name they were found at, None for a negative answer.
+        signatures: the RRSIGs covering it.
+        authority: the authority section (SOA, NSEC/NSEC3 and their RRSIGs for a negative answer).
+        authenticated: the resolver set the AD bit.
+    """
+
+    rrset: dns.rrset.RRset | None = None
+    signatures: tuple[dns.rdata.Rdata, ...] = ()
+    authority: tuple[dns.rrset.RRset, ...] = ()
+    authenticated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +112,15 @@ class Reply:
         records: the data as text: a TXT record's strings joined (RFC 7208 §3.3), addresses for A and AAAA,
             target names without trailing dot for MX, PTR and CNAME, presentation format otherwise.
         detail: the resolver's words when there was no answer.
+        canonical_name: where the data was found after CNAMEs ("" when the same as the question's name).
+        signed: the DNSSEC material, for a question asked with ``dnssec``.
     """
 
     status: ReplyStatus
     records: tuple[str, ...] = ()
     detail: str = ""
+    canonical_name: str = ""
+    signed: Signed | None = None
 
 
 class Process(Generic[T]):
@@ -171,19 +199,26 @@ def _rdata_text(rdata: dns.rdata.Rdata) -> str:
 
 def reply_from_answer(answer: Answer) -> Reply:
     """The :class:`Reply` for a resolver :class:`~diag.net.dns.Answer` (records of the asked type only)."""
-    if answer.status is DnsStatus.NXDOMAIN:
-        return Reply(ReplyStatus.NXDOMAIN)
+    canonical = answer.canonical_name if answer.via_cname else ""
     wanted = dns.rdatatype.from_text(answer.rdtype)
-    records = tuple(_rdata_text(r) for r in answer.records if r.rdtype == wanted)
+    rdatas = [r for r in answer.records if r.rdtype == wanted]
+    signed = None
+    if answer.dnssec:
+        owner = dns.name.from_text(answer.canonical_name)
+        rrset = dns.rrset.from_rdata_list(owner, 0, rdatas) if rdatas else None
+        signed = Signed(rrset, answer.signatures, answer.authority, answer.authenticated)
+    if answer.status is DnsStatus.NXDOMAIN:
+        return Reply(ReplyStatus.NXDOMAIN, canonical_name=canonical, signed=signed)
+    records = tuple(_rdata_text(r) for r in rdatas)
     if not records:
-        return Reply(ReplyStatus.NODATA)
-    return Reply(ReplyStatus.OK, records)
+        return Reply(ReplyStatus.NODATA, canonical_name=canonical, signed=signed)
+    return Reply(ReplyStatus.OK, records, canonical_name=canonical, signed=signed)
 
 
 async def ask(resolver: Resolver, question: Question) -> Reply:
     """Ask the run's resolver (cached per name and type); a failure becomes an ERROR or TIMEOUT reply."""
     try:
-        answer = await resolver.query(question.name, question.rdtype)
+        answer = await resolver.query(question.name, question.rdtype, dnssec=question.dnssec)
     except DnsTimeoutError as exc:
         return Reply(ReplyStatus.TIMEOUT, detail=str(exc))
     except DnsError as exc:
