@@ -27,20 +27,31 @@ Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choi
   the full answer is more useful in a lab and deterministic). Zone transfers (AXFR, IXFR) are REFUSED,
   other meta-queries get NOTIMP, classes other than IN are REFUSED.
 * No wildcard synthesis, no delegations (an NS rrset below an apex is served as plain data: serve a
-  child zone with :meth:`ZoneData.add_zone` instead), no DNSSEC.
+  child zone with :meth:`ZoneData.add_zone` instead), except that a DS question for a zone apex with a parent
+  zone here is answered by the parent (RFC 4035 §3.1.4.1): the DS set of a signed child, or NODATA.
+* DNSSEC for the zones signed with :meth:`ZoneData.sign_zone`, to a query with the DO bit (RFC 3225): every
+  rrset of the answer gets an RRSIG made at query time (one ECDSA P-256 key per zone, KSK and ZSK in one), and a
+  negative answer gets the signed SOA and the NSEC record that matches the name (NODATA) or covers it
+  (NXDOMAIN, NODATA at an empty non-terminal) from the zone's NSEC chain, computed from its names at query time
+  (RFC 4035 §3.1.3). The NSEC proving that no wildcard matched an NXDOMAIN name is not sent. The server never
+  sets AD: it is authoritative, not a validating resolver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import enum
 import errno
 import logging
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
+import dns.dnssectypes
 import dns.exception
 import dns.flags
 import dns.message
@@ -51,12 +62,21 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
+import dns.rdtypes.ANY.DNSKEY
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.SPF
 import dns.rdtypes.ANY.TXT
+import dns.rdtypes.dnskeybase
 import dns.rrset
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 
 from diag.errors import LabError
+
+with warnings.catch_warnings():
+    # dnspython's DSA support touches cryptography's deprecated DSA classes at import time (diag.policy.dnssec).
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import dns.dnssec
 
 __all__ = [
     "DEFAULT_TTL",
@@ -88,6 +108,8 @@ _CLOSE_TIMEOUT = 2.0
 _CNAME_COMPANIONS = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.NSEC})
 _TEXT_TYPES = frozenset({dns.rdatatype.TXT, dns.rdatatype.SPF})
 _TRANSFER_TYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+_SIGNATURE_VALIDITY = 7 * 86400  # seconds an RRSIG made at query time is valid, and was valid before it
+_EXPIRED_BY = 86400  # seconds before the query that an expired zone's signatures ran out
 
 
 class Behaviour(enum.StrEnum):
@@ -181,6 +203,15 @@ class _Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class _ZoneKey:
+    """A signed zone's key and how its signatures are made."""
+
+    private: ec.EllipticCurvePrivateKey
+    dnskey: dns.rdtypes.ANY.DNSKEY.DNSKEY
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Reply:
     """What to send back for one received message."""
 
@@ -199,7 +230,7 @@ class ZoneData:
     start with a double quote, in which case they are parsed as presentation format (``'"a" "b"'``).
     """
 
-    __slots__ = ("_apexes", "_behaviours", "_existing", "_nodes")
+    __slots__ = ("_apexes", "_behaviours", "_existing", "_keys", "_nodes")
 
     def __init__(self) -> None:
         """Start with no zones."""
@@ -210,6 +241,7 @@ class ZoneData:
         # looked up, and keeping them means adding a parent zone later needs no bookkeeping.
         self._existing: set[dns.name.Name] = set()
         self._behaviours: dict[dns.name.Name, Behaviour] = {}
+        self._keys: dict[dns.name.Name, _ZoneKey] = {}
 
     def add_zone(self, apex: str) -> None:
         """Serve *apex* authoritatively, with a synthesized SOA and NS rrset. Adding it again does nothing.
@@ -269,6 +301,26 @@ class ZoneData:
         node[rtype] = rrset
         self._nodes[owner] = node
         self._existing.update(_ancestors(owner))
+
+    def sign_zone(self, apex: str, *, expired: bool = False) -> str:
+        """Sign the zone at *apex* (added before) with a new key; returns its DNSKEY record (presentation
+        format), the trust anchor for the zone. Its DNSKEY rrset is published at the apex, and a parent zone
+        served here answers the DS question for it.
+
+        *expired*: every signature of the zone ran out a day before the query (a zone whose re-signing
+        stopped), so validators find it bogus. Raises ValueError if *apex* is not a zone apex.
+        """
+        name = _parse_name(apex)
+        if name not in self._apexes:
+            raise ValueError(f"{name} is not a zone apex; call add_zone() first")
+        private = ec.generate_private_key(ec.SECP256R1())
+        dnskey = dns.dnssec.make_dnskey(
+            private.public_key(), dns.dnssectypes.Algorithm.ECDSAP256SHA256, flags=dns.rdtypes.dnskeybase.Flag.ZONE
+            | dns.rdtypes.dnskeybase.Flag.SEP,
+        )  # fmt: skip
+        self._keys[name] = _ZoneKey(private, dnskey, expired)
+        self._nodes[name][dns.rdatatype.DNSKEY] = dns.rrset.from_rdata(name, DEFAULT_TTL, dnskey)
+        return dnskey.to_text()
 
     def set_behaviour(self, name: str, behaviour: Behaviour) -> None:
         """Apply *behaviour* to queries at or below *name*; the most specific name set wins.
@@ -335,6 +387,13 @@ class ZoneData:
             if behaviour != Behaviour.ANSWER and behaviour not in _TRANSPORT_BEHAVIOURS:
                 return _Outcome(behaviour=behaviour, rcode=dns.rcode.SERVFAIL, authoritative=False)
             apex = self._zone_of(name)
+            if qtype == dns.rdatatype.DS and apex == name and not answer:
+                parent = self._parent_zone(name)
+                if parent is not None:  # RFC 4035 §3.1.4.1: the parent side of the zone cut answers
+                    ds = self._ds_rrset(name)
+                    if ds is None:
+                        return _Outcome(authority=(self._negative_soa(parent),))
+                    return _Outcome(answer=(ds,))
             if apex is None:
                 if not answer:
                     return _Outcome(rcode=dns.rcode.REFUSED, authoritative=False)
@@ -360,6 +419,83 @@ class ZoneData:
             name = cast(dns.rdtypes.ANY.CNAME.CNAME, cname[0]).target
             if name in seen or len(answer) >= MAX_CHAIN:
                 return _Outcome(answer=tuple(answer))
+
+    # --- DNSSEC (module docstring) ---------------------------------------------------------------------------
+
+    def _parent_zone(self, apex: dns.name.Name) -> dns.name.Name | None:
+        return self._zone_of(apex.parent()) if apex != dns.name.root else None
+
+    def _ds_rrset(self, child: dns.name.Name) -> dns.rrset.RRset | None:
+        key = self._keys.get(child)
+        if key is None:
+            return None
+        ds = dns.dnssec.make_ds(child, key.dnskey, dns.dnssectypes.DSDigest.SHA256)
+        return dns.rrset.from_rdata(child, DEFAULT_TTL, ds)
+
+    def _signer_of(self, rrset: dns.rrset.RRset) -> dns.name.Name | None:
+        """The zone whose key signs *rrset*: the parent for a DS set at a cut, else the owner's zone."""
+        zone = self._zone_of(rrset.name)
+        if rrset.rdtype == dns.rdatatype.DS and zone == rrset.name:
+            zone = self._parent_zone(rrset.name)
+        return zone
+
+    def _rrsig(self, rrset: dns.rrset.RRset, zone: dns.name.Name, now: float) -> dns.rrset.RRset:
+        key = self._keys[zone]
+        if key.expired:
+            inception, expiration = now - 2 * _SIGNATURE_VALIDITY, now - _EXPIRED_BY
+        else:
+            inception, expiration = now - _SIGNATURE_VALIDITY, now + _SIGNATURE_VALIDITY
+        rrsig = dns.dnssec.sign(rrset, key.private, zone, key.dnskey, inception=inception, expiration=expiration)
+        return dns.rrset.from_rdata(rrset.name, rrset.ttl, rrsig)
+
+    def _chain(self, apex: dns.name.Name) -> list[dns.name.Name]:
+        """The zone's owner names in canonical order (RFC 4034 §6.1): its names with data and the cuts to the
+        child zones directly below it (RFC 4035 §2.3: an NSEC at each delegation point)."""
+        names = []
+        for name in self._nodes:
+            if not name.is_subdomain(apex):
+                continue
+            zone = self._zone_of(name)
+            if zone == apex or (zone == name and self._parent_zone(name) == apex):
+                names.append(name)
+        return sorted(names)
+
+    def _nsec(self, apex: dns.name.Name, name: dns.name.Name) -> dns.rrset.RRset:
+        """The NSEC at *name* if it owns one, else the one covering it."""
+        chain = self._chain(apex)
+        index = bisect.bisect_right(chain, name) - 1
+        owner = chain[index]
+        following = chain[(index + 1) % len(chain)]
+        node = self._nodes.get(owner, {})
+        if owner != apex and self._zone_of(owner) == owner:  # a delegation point: only the cut's types
+            types = {dns.rdatatype.NS} | ({dns.rdatatype.DS} if owner in self._keys else set())
+        else:
+            types = set(node)
+        types |= {dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
+        text = " ".join([following.to_text(), *sorted(dns.rdatatype.to_text(t) for t in types)])
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC, text)
+        return dns.rrset.from_rdata(owner, _NEGATIVE_TTL, rdata)
+
+    def _dnssec_records(
+        self, qname: dns.name.Name, outcome: _Outcome
+    ) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset]]:
+        """The RRSIGs for the answer section, and the signed denial for the authority section."""
+        now = time.time()
+        answer: list[dns.rrset.RRset] = []
+        for rrset in outcome.answer:
+            zone = self._signer_of(rrset)
+            if zone in self._keys:
+                answer.append(self._rrsig(rrset, zone, now))
+        authority: list[dns.rrset.RRset] = []
+        soas = [r for r in outcome.authority if r.rdtype == dns.rdatatype.SOA]
+        if soas and soas[0].name in self._keys:
+            apex = soas[0].name
+            last = qname
+            if outcome.answer and outcome.answer[-1].rdtype == dns.rdatatype.CNAME:
+                last = cast(dns.rdtypes.ANY.CNAME.CNAME, outcome.answer[-1][0]).target
+            nsec = self._nsec(apex, last)
+            authority = [self._rrsig(soas[0], apex, now), nsec, self._rrsig(nsec, apex, now)]
+        return answer, authority
 
 
 def _header_only(wire: bytes, rcode: dns.rcode.Rcode) -> bytes:
@@ -624,4 +760,8 @@ class DnsServer:
             response.flags |= dns.flags.AA
         response.answer = list(outcome.answer)
         response.authority = list(outcome.authority)
+        if query.ednsflags & dns.flags.DO:
+            signatures, denial = self._data._dnssec_records(question.name, outcome)
+            response.answer += signatures
+            response.authority += denial
         return _Reply(_render(response, limit))

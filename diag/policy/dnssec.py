@@ -14,7 +14,8 @@ DNSKEY rrset for a zone: the root's, or the lab's own) it walks down the name on
 
 What is proven and what is only classified: signatures (answers, DS, DNSKEY, and the NSEC/NSEC3 records of a
 negative answer) are fully validated. For a negative answer with NSEC, the NSEC that matches the name (NODATA:
-the type's bit is clear) or covers it (NXDOMAIN) is checked; the wildcard proof of an NXDOMAIN is not. With
+the type's bit is clear; or covers it with a descendant as the next owner: an empty non-terminal) or covers it
+(NXDOMAIN) is checked; the wildcard proof of an NXDOMAIN is not. With
 NSEC3 the records' signatures are validated and the denial is classified (``Denial.NSEC3``) without the
 closest-encloser proof. An answer reached through a CNAME is INDETERMINATE: the alias's own chain is not
 walked.
@@ -374,6 +375,10 @@ def _check_answer(
             return Denial.NSEC
         if reply.status is ReplyStatus.NXDOMAIN and _covers(owner, record.next, qname):
             return Denial.NSEC
+        if reply.status is ReplyStatus.NODATA and _covers(owner, record.next, qname) and record.next.is_subdomain(
+            qname
+        ):
+            return Denial.NSEC  # an empty non-terminal: the next owner is below it (RFC 4035 §3.1.3.2)
     raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: no NSEC matches or covers the name")
 
 
