@@ -643,6 +643,7 @@ async def _run(domains: list[str], registry: Registry, options: RunOptions, *, l
         options = dataclasses.replace(
             options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
             ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
+            trust_anchors=lab_options.trust_anchors,
         )  # fmt: skip
         return await _with_progress(domains, registry, options, progress)
 

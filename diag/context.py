@@ -19,6 +19,7 @@ from diag.config import Organization
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
 from diag.net.tls import load_trust_store
+from diag.policy.dnssec import ROOT_ANCHORS, TrustAnchor
 from diag.routing import RoutingOrder
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class RunOptions:
     routing_order: RoutingOrder = RoutingOrder.MOST_SPECIFIC
     client_cert: tuple[bytes, ...] = ()
     sender_ip: str | None = None
+    trust_anchors: tuple[TrustAnchor, ...] = ROOT_ANCHORS
+    validating_resolver: bool = False
 
 
 class RunContext:

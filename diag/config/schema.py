@@ -40,6 +40,7 @@ from diag.config.values import (
     network,
     path,
     pattern,
+    selector,
     sender_ip,
     smart_host,
     strings,
@@ -126,7 +127,12 @@ _CONNECTOR_TYPE = Field("ConnectorType", choice(ConnectorType), "enum", always=T
 _SOURCE_AND_COMMENT = (Field("ConnectorSource", text(), "enum"), Field("Comment", text()))
 _ON_PREMISES = ConnectorType.ON_PREMISES
 
-ORGANIZATION = Table("Organization", Organization, (Field("Name", text()), Field("MxHost", text(domain))))
+ORGANIZATION = Table(
+    "Organization",
+    Organization,
+    (Field("Name", text()), Field("MxHost", text(domain)), Field("SpfInclude", text(domain)),
+     Field("DkimSelectors", strings(selector))),
+)  # fmt: skip
 ACCEPTED = Table(
     "AcceptedDomain",
     AcceptedDomain,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import shutil
 import socket
 import tempfile
@@ -19,14 +20,18 @@ from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
+from cryptography.hazmat.primitives import serialization
+
 from diag.config import load_config
 from diag.context import RunOptions
 from diag.errors import LabError
 from diag.lab.dns import DnsServer, ZoneData
-from diag.lab.pki import TestPKI
+from diag.lab.pki import Issued, TestPKI
+from diag.lab.policy import TlsaDef
 from diag.lab.smtp import LabHost, LabHostServer, TlsFiles, start_host
 from diag.lab.world import DNS_IP, EXAMPLE_CONFIG, HostDef, World, default_world
 from diag.net.dns import Nameserver
+from diag.policy.dnssec import TrustAnchor
 from diag.relay.service import Relay
 from diag.relay.settings import Limits, RelaySettings
 
@@ -79,6 +84,9 @@ class Lab:
         self.smtp_port = 0
         self.ca_file = Path()
         self._pki: TestPKI | None = None
+        self._chains: dict[str, Issued] = {}
+        self.trust_anchors: tuple[TrustAnchor, ...] = ()
+        self.anchor_file = Path()
 
     @property
     def directory(self) -> Path:
@@ -121,6 +129,7 @@ class Lab:
             "ca_file": self.ca_file,
             "ehlo_name": "probe.diag.invalid",
             "allow_private": True,
+            "trust_anchors": self.trust_anchors,
         }
         values.update(overrides)
         return RunOptions(**values)  # type: ignore[arg-type]
@@ -128,7 +137,8 @@ class Lab:
     def option_text(self) -> str:
         """The command-line options that reach this lab from another process."""
         return (
-            f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private"
+            f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private "
+            f"--trust-anchor {self.anchor_file}"
         )
 
     async def start(self) -> None:
@@ -152,12 +162,40 @@ class Lab:
             zone.add(record.name, record.rdtype, *record.rdata)
         for name, behaviour in self.world.behaviours:
             zone.set_behaviour(name, behaviour)
+        for tlsa in self.world.tlsa:
+            zone.add(f"_25._tcp.{tlsa.host}", "TLSA", self._tlsa_text(tlsa))
+        self._sign(zone)
         self._dns = DnsServer(zone)
         try:
             await self._dns.start(DNS_IP, self._want_dns_port)
         except OSError as exc:
             raise LabError(f"the lab DNS server cannot listen on {DNS_IP}:{self._want_dns_port}: {exc}") from exc
         self.smtp_port = await self._start_hosts(host_defs)
+
+    def _tlsa_text(self, tlsa: TlsaDef) -> str:
+        """The TLSA record of ``tlsa``: usage 2 takes the lab's intermediate CA, usage 3 the host's leaf."""
+        usage, selector, matching = (int(p) for p in tlsa.parameters.split())
+        pki = self.pki
+        cert = pki.intermediate if tlsa.of_host == "intermediate" else self._chains[tlsa.of_host].certificate
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        data = (cert.public_bytes(serialization.Encoding.DER) if selector == 0 else
+                cert.public_key().public_bytes(serialization.Encoding.DER, spki))  # fmt: skip
+        digest = {0: data, 1: hashlib.sha256(data).digest(), 2: hashlib.sha512(data).digest()}[matching]
+        return f"{usage} {selector} {matching} {digest.hex()}"
+
+    def _sign(self, zone: ZoneData) -> None:
+        """Sign the world's signed zones; a zone whose parent is signed is reached through its DS, the others'
+        keys are the lab's trust anchors (written to ``anchor_file`` for ``--trust-anchor``)."""
+        anchors = []
+        for apex in self.world.signed:
+            dnskey = zone.sign_zone(apex, expired=apex in self.world.expired)
+            parent = apex.partition(".")[2]
+            if not any(parent == other or parent.endswith(f".{other}") for other in self.world.signed):
+                anchors.append(TrustAnchor(apex, dnskey=(dnskey,)))
+        self.trust_anchors = tuple(anchors)
+        self.anchor_file = self.directory / "trust-anchors.txt"
+        lines = [f"{a.zone}. IN DNSKEY {key}" for a in anchors for key in a.dnskey]
+        self.anchor_file.write_text("".join(f"{line}\n" for line in lines), encoding="ascii")
 
     def _make_hosts(self) -> list[LabHost | _RelayHost]:
         """Issue each host's certificate and write the files a TLS server needs (blocking: runs in a thread)."""
@@ -173,7 +211,8 @@ class Lab:
             tls = None
             if host.cert is not None:
                 issuer = foreign if host.foreign_ca else pki
-                chain, key = issuer.issue(host.names_in_cert, kind=host.cert).write(certs, host.name)
+                issued = self._chains[host.name] = issuer.issue(host.names_in_cert, kind=host.cert)
+                chain, key = issued.write(certs, host.name)
                 tls = TlsFiles(chain=chain, key=key)
             if host.relay is not None and tls is not None:
                 hosts.append(_RelayHost(host, tls))

@@ -21,6 +21,15 @@ from pathlib import Path
 from diag.config import RelayConfig, RelayRole
 from diag.lab.dns import Behaviour
 from diag.lab.pki import CertKind
+from diag.lab.policy import (
+    CHILD_ZONES,
+    EXPIRED_ZONES,
+    POLICY_HOSTS,
+    POLICY_PURPOSES,
+    TlsaDef,
+    policy_records,
+    tlsa_defs,
+)
 from diag.lab.smtp import HostKind
 
 __all__ = [
@@ -99,12 +108,20 @@ class HostDef:
 
 @dataclass(frozen=True, slots=True)
 class World:
-    """Zones, records, per-subtree DNS behaviours and hosts."""
+    """Zones, records, per-subtree DNS behaviours and hosts.
+
+    DNSSEC: the zones in ``signed`` are signed (each zone's key is a trust anchor of the lab, except for a zone
+    whose parent zone is signed too: that one is reached through its DS), those in ``expired`` with signatures
+    that ran out. ``tlsa`` lists the TLSA records made from the certificates the lab issues.
+    """
 
     zones: tuple[str, ...]
     records: tuple[Record, ...]
     hosts: tuple[HostDef, ...]
     behaviours: tuple[tuple[str, Behaviour], ...] = ()
+    signed: tuple[str, ...] = ()
+    expired: tuple[str, ...] = ()
+    tlsa: tuple[TlsaDef, ...] = ()
 
 
 # What each lab domain demonstrates, for `diag lab serve` and the README.
@@ -152,6 +169,7 @@ PURPOSES = {
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
     "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies and "
     "certificate names",
+    **POLICY_PURPOSES,
 }
 
 
@@ -323,6 +341,10 @@ def default_world() -> World:
                 address_record=False)
     )  # fmt: skip
 
+    hosts.extend(HostDef(name, ip, domains=(name.removeprefix("mx."),)) for name, ip in POLICY_HOSTS)
+    for name, rdtype, rdata in policy_records(ACCEPTED_DOMAINS, tuple(PURPOSES)):
+        records.append(Record(name, rdtype, (rdata,)))
+
     hostile_records, hostile_host = _hostile()
     records.extend(hostile_records)
     hosts.append(hostile_host)
@@ -332,7 +354,8 @@ def default_world() -> World:
             records.append(Record(host.name, "A", (host.ip,)))
     # Zone apexes: the organization's domains, outlook.com for the cloud host, and all of .example (so a
     # misspelt lab domain gets a real NXDOMAIN).
-    zones = ("contoso.com", "fabrikam.com", "contoso.onmicrosoft.com", "outlook.com", "tailspintoys.com", "example")
+    top = ("contoso.com", "fabrikam.com", "contoso.onmicrosoft.com", "outlook.com", "tailspintoys.com", "example")
+    zones = (*top, *CHILD_ZONES)
     return World(
         zones=zones,
         records=tuple(records),
@@ -342,4 +365,7 @@ def default_world() -> World:
             ("truncated.example", Behaviour.TRUNCATE),
             ("lossy.example", Behaviour.LOSE_UDP),
         ),
+        signed=tuple(z for z in zones if z != "unsigned.example"),
+        expired=EXPIRED_ZONES,
+        tlsa=tlsa_defs(CLOUD_HOST),
     )

@@ -58,6 +58,7 @@ with warnings.catch_warnings():
     import dns.dnssec
 
 __all__ = [
+    "ROOT_ANCHORS",
     "Denial",
     "DnssecResult",
     "Method",
@@ -126,6 +127,16 @@ class TrustAnchor:
 
     def origin(self) -> dns.name.Name:
         return dns.name.from_text(self.zone)
+
+
+ROOT_ANCHORS = (
+    TrustAnchor(".", ds=(
+        "20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D",  # KSK-2017
+        "38696 8 2 683D2D0ACB8C9B712A1948B27F741219298D0A450D612C483AF444A4C0FB2B16",  # KSK-2024
+    )),
+)  # fmt: skip
+"""The root zone's trust anchors as IANA publishes them (https://data.iana.org/root-anchors/root-anchors.xml):
+the default when no ``--trust-anchor`` is given."""
 
 
 @dataclass(frozen=True, slots=True)
