@@ -20,6 +20,7 @@ from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
 from diag.net.tls import load_trust_store
 from diag.policy.dnssec import ROOT_ANCHORS, TrustAnchor
+from diag.policy.orgdomain import OrgDomains
 from diag.routing import RoutingOrder
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class RunContext:
         )
         self._total = asyncio.Semaphore(options.total_connections)
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
+        self._org_domains: asyncio.Future[OrgDomains] | None = None
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -117,6 +119,12 @@ class RunContext:
         if self._trust_store is None:
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
+
+    async def org_domains(self) -> OrgDomains:
+        """The public suffix list (DMARC's organizational domains), loaded once per run."""
+        if self._org_domains is None:
+            self._org_domains = asyncio.ensure_future(asyncio.to_thread(OrgDomains))
+        return await asyncio.shield(self._org_domains)
 
     async def aclose(self) -> None:
         """Cancel sessions no check waited for (a check that timed out leaves its session behind)."""

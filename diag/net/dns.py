@@ -202,8 +202,11 @@ class Resolver:
         qname = dns.name.from_text(name)
         resolver = self._dnssec_resolver if dnssec else self._resolver
         try:
-            async with self._in_flight, asyncio.timeout(self._timeout + _GRACE):
-                answer = await self._resolve(resolver, qname, rdtype)
+            # The budget starts when the question goes on the wire: waiting for a slot among the questions in
+            # flight is local queueing, and a run with many checks per domain must not time out in it.
+            async with self._in_flight:
+                async with asyncio.timeout(self._timeout + _GRACE):
+                    answer = await self._resolve(resolver, qname, rdtype)
         except dns.resolver.NXDOMAIN as exc:
             canonical = exc.canonical_name if exc.kwargs.get("qnames") else qname
             if dnssec:
