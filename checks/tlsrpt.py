@@ -1,0 +1,80 @@
+"""TLS-RPT (RFC 8460): the ``_smtp._tls`` record that tells senders where to report TLS failures: its syntax and
+its report URIs (``mailto:`` with an address, or ``https:``).
+
+TLS-RPT is optional: a domain without it is told so as a notice, since without reports an MTA-STS or DANE
+failure stays unseen by the domain's owner.
+"""
+
+from __future__ import annotations
+
+from diag.context import CheckContext
+from diag.model import Finding, Severity
+from diag.policy.lookup import drive, shown
+from diag.policy.tlsrpt import RptIssue, RptStatus, TlsRptFacts, discover
+from diag.registry import Check, Outcome
+
+__all__ = ["CHECK", "assess"]
+
+
+def assess(facts: TlsRptFacts) -> tuple[Finding, ...]:
+    """Judge the domain's TLS-RPT record; pure."""
+    subject, name = facts.domain, f"_smtp._tls.{facts.domain}"
+    if facts.status is RptStatus.NONE:
+        return (CHECK.finding(
+            "TLSRPT_MISSING", subject,
+            f"{facts.domain} publishes no TLS-RPT record at {name}: senders cannot report failed TLS deliveries to "
+            "it, so an MTA-STS or DANE problem goes unnoticed.",
+            f'Publish "v=TLSRPTv1; rua=mailto:tls-reports@{facts.domain}" as TXT at {name}.',
+        ),)  # fmt: skip
+    if facts.status is RptStatus.MULTIPLE:
+        return (CHECK.finding(
+            "TLSRPT_MULTIPLE", subject,
+            f"{name} holds {len(facts.texts)} TLS-RPT records: senders then send no reports (RFC 8460 §3).",
+            "Keep exactly one v=TLSRPTv1 record.",
+        ),)  # fmt: skip
+    if facts.status is RptStatus.DNS_ERROR or facts.record is None:
+        return (CHECK.finding(
+            "TLSRPT_DNS_ERROR", subject, f"DNS gave no answer for {name} ({shown(facts.detail)}).",
+            "Make the domain's nameservers answer for it.",
+        ),)  # fmt: skip
+    record = facts.record
+    found = []
+    for kind, detail in record.issues:
+        code = "TLSRPT_BAD_URI" if kind in (RptIssue.BAD_URI, RptIssue.NO_RUA) else "TLSRPT_SYNTAX"
+        found.append(CHECK.finding(
+            code, subject, f"The TLS-RPT record at {name}: {shown(detail)}.",
+            "List report addresses as rua=mailto:address or rua=https://host/path (RFC 8460 §3).",
+        ))  # fmt: skip
+    if not found:
+        destinations = ", ".join(shown(uri.uri) for uri in record.rua)
+        found.append(CHECK.finding("TLSRPT_OK", subject, f"{facts.domain} asks for TLS reports to {destinations}."))
+    return tuple(found)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await drive(discover(ctx.domain), ctx.resolver)
+    return Outcome(facts, assess(facts))
+
+
+CHECK = Check(
+    id="tlsrpt",
+    title="TLS-RPT record",
+    run=run,
+    operations=1,
+    codes={
+        "TLSRPT_OK": Severity.INFO,
+        "TLSRPT_MISSING": Severity.NOTICE,
+        "TLSRPT_MULTIPLE": Severity.WARNING,
+        "TLSRPT_SYNTAX": Severity.WARNING,
+        "TLSRPT_BAD_URI": Severity.WARNING,
+        "TLSRPT_DNS_ERROR": Severity.WARNING,
+    },
+    meanings={
+        "TLSRPT_OK": "One valid TLS-RPT record with usable report URIs.",
+        "TLSRPT_MISSING": "No TLS-RPT record: TLS delivery failures are not reported to the domain.",
+        "TLSRPT_MULTIPLE": "More than one TLS-RPT record: senders send no reports.",
+        "TLSRPT_SYNTAX": "The TLS-RPT record is malformed.",
+        "TLSRPT_BAD_URI": "A rua entry is neither mailto:address nor https://host/, or none is usable.",
+        "TLSRPT_DNS_ERROR": "The TLS-RPT lookup got no answer.",
+    },
+)
