@@ -8,6 +8,7 @@ default) and never a traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from diag.history import Change
     from diag.model import Report
     from diag.net.dns import Nameserver
+    from diag.policy.dnssec import TrustAnchor
     from diag.registry import Registry
     from diag.relay.settings import RelaySettings
     from diag.unattended import Job
@@ -282,6 +284,27 @@ def _client_certificate(path: Path) -> tuple[bytes, ...]:
     return tuple(cert.public_bytes(Encoding.DER) for cert in certs)
 
 
+def _trust_anchors(path: Path) -> tuple[TrustAnchor, ...]:
+    from diag.policy.dnssec import parse_anchors
+
+    try:
+        return parse_anchors(path.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--trust-anchor {str(path)!r}: cannot read it: {getattr(exc, 'strerror', exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--trust-anchor {str(path)!r}: {exc}") from None
+
+
+def _validating(flag: bool, resolvers: Sequence[str], *, lab: bool) -> bool:
+    """``--validating-resolver`` only for resolvers on this host: a remote AD bit can be forged on the way."""
+    from diag.policy.dnssec import ad_bit_trustworthy
+
+    if flag and (lab or not ad_bit_trustworthy([_parse_resolver(r) for r in resolvers])):
+        raise UsageError("--validating-resolver needs --resolver on this host (127.0.0.1, ::1): the AD bit of a "
+                         "resolver elsewhere can be forged on the way")  # fmt: skip
+    return flag
+
+
 def _ip(text: str, option: str) -> str:
     import ipaddress
 
@@ -316,6 +339,11 @@ def _ip(text: str, option: str) -> str:
               help="The certificate chain (leaf first) the on-premises server presents to the cloud. Default: its "
               "listener's.")
 @click.option("--sender-ip", default=None, metavar="IP", help="The address the on-premises server sends from.")
+@click.option("--trust-anchor", "trust_anchor", type=_input(), default=None, metavar="FILE",
+              help="DNSSEC trust anchors (DS or DNSKEY lines in zone-file form). Default: the root zone's.")
+@click.option("--validating-resolver", is_flag=True,
+              help="Take DNSSEC results from the AD bit of --resolver (a validating resolver on this host) "
+              "instead of validating from the trust anchor.")
 @click.option("--allow-private", is_flag=True,
               help="Also probe MX addresses that are not public (loopback, private ranges); refused by default.")
 @click.option("--cert-warn-days", type=_Whole(0, 3650, "days"), default=30, show_default=True, metavar="DAYS",
@@ -363,6 +391,8 @@ def check(
     routing_order: str,
     client_cert: Path | None,
     sender_ip: str | None,
+    trust_anchor: Path | None,
+    validating_resolver: bool,
     allow_private: bool,
     cert_warn_days: int,
     cert_crit_days: int,
@@ -424,7 +454,10 @@ def check(
         routing_order=RoutingOrder(routing_order),
         client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
+        validating_resolver=_validating(validating_resolver, resolvers, lab=lab),
     )
+    if trust_anchor:
+        options = dataclasses.replace(options, trust_anchors=_trust_anchors(trust_anchor))
     from diag.unattended import Job
 
     job = Job.of(
@@ -634,7 +667,6 @@ async def _run(domains: list[str], registry: Registry, options: RunOptions, *, l
 
     if not lab:
         return await _with_progress(domains, registry, options, progress)
-    import dataclasses
 
     from diag.lab.runner import Lab
 

@@ -86,7 +86,7 @@ def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
     statuses = {d["domain"]: d["status"] for d in document["domains"]}
     assert statuses == {"contoso.com": "ok", "dangling.example": "critical", "servfail.example": "unknown"}
     assert document["exit_code"] == done.returncode == 2
-    mx, port25, _starttls, certificate, connectors = document["domains"][0]["checks"]
+    mx, port25, _starttls, certificate, connectors, *_policy = document["domains"][0]["checks"]
     assert connectors["facts"]["routing"]["decision"]["connector"]["name"] == "Connector 2"
     assert mx["facts"]["hosts"][0]["addresses"] == ["127.0.1.10"]
     session = port25["facts"]["probed"][0]["session"]
@@ -384,3 +384,13 @@ def test_client_certificate_outside_the_accepted_domains(tmp_path: Path) -> None
     assert done.returncode == 2
     assert "INBOUND_CERT_NOT_ACCEPTED_DOMAIN" in done.stdout and "RELAY_DENIED" in done.stdout
     assert "550 5.7.64 TenantAttribution; Relay Access Denied" in done.stdout
+
+
+def test_dnssec_options_refuse_what_cannot_be_trusted(tmp_path: Path) -> None:
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text("example. IN A 192.0.2.1\n")
+    bad = diag("check", "contoso.com", "--trust-anchor", str(anchors), "--resolver", "127.0.0.1")
+    remote = diag("check", "contoso.com", "--validating-resolver", "--resolver", "192.0.2.53")
+    assert bad.returncode == remote.returncode == 3
+    assert f"--trust-anchor '{anchors}': line 1: expected" in bad.stderr
+    assert "--validating-resolver needs --resolver on this host" in remote.stderr

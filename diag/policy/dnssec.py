@@ -67,6 +67,7 @@ __all__ = [
     "TrustAnchor",
     "ad_bit_trustworthy",
     "from_ad_bit",
+    "parse_anchors",
     "validate",
 ]
 
@@ -173,6 +174,33 @@ class _Fail(Exception):
     def __init__(self, security: Security, reason: Reason, zone: str, detail: str) -> None:
         super().__init__(detail)
         self.security, self.reason, self.zone, self.detail = security, reason, zone, detail
+
+
+def parse_anchors(text: str) -> tuple[TrustAnchor, ...]:
+    """Trust anchors from zone-file lines, ``<zone> [TTL] [IN] DS|DNSKEY <data>`` (as unbound's
+    ``trust-anchor-file`` and IANA's root-anchors publish them); ``;`` and ``#`` start comments. Raises ValueError
+    naming the line of the first one that is not a DS or DNSKEY record."""
+    records: dict[str, tuple[list[str], list[str]]] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(";", 1)[0].split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        kinds = [i for i, field in enumerate(fields) if field.upper() in ("DS", "DNSKEY")]
+        if not kinds or kinds[0] == 0 or len(fields) <= kinds[0] + 1:
+            raise ValueError(f"line {number}: expected '<zone> DS <data>' or '<zone> DNSKEY <data>'")
+        index = kinds[0]
+        kind, data = fields[index].upper(), " ".join(fields[index + 1 :])
+        try:
+            zone = dns.name.from_text(fields[0]).to_text()
+            dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(kind), data)
+        except (dns.exception.DNSException, ValueError) as exc:
+            raise ValueError(f"line {number}: not a valid {kind} record: {exc}") from None
+        ds, keys = records.setdefault(zone, ([], []))
+        (ds if kind == "DS" else keys).append(data)
+    if not records:
+        raise ValueError("no DS or DNSKEY record in it")
+    return tuple(TrustAnchor(zone, tuple(ds), tuple(keys)) for zone, (ds, keys) in records.items())
 
 
 def _text(name: dns.name.Name) -> str:

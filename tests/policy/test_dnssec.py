@@ -17,6 +17,7 @@ import pytest
 from diag.lab.dns import Behaviour, DnsServer, ZoneData
 from diag.net.dns import Nameserver, Resolver
 from diag.policy.dnssec import (
+    ROOT_ANCHORS,
     Denial,
     DnssecResult,
     Method,
@@ -25,6 +26,7 @@ from diag.policy.dnssec import (
     TrustAnchor,
     ad_bit_trustworthy,
     from_ad_bit,
+    parse_anchors,
     validate,
 )
 from diag.policy.lookup import Process, Reply, ReplyStatus, Signed, ask, drive
@@ -222,3 +224,20 @@ def test_a_dnssec_question_after_a_plain_one_is_asked_again_with_do() -> None:
 
 def test_names_are_compared_in_canonical_form() -> None:
     assert check("MX.Signed.Example.", "a").security is Security.SECURE
+
+
+def test_trust_anchors_are_read_from_zone_file_lines() -> None:
+    text = """; IANA's root anchors
+    . 172800 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D
+    example. IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==
+    """
+    root, lab = parse_anchors(text)
+    assert (root.zone, lab.zone) == (".", "example.")
+    assert root.ds == (ROOT_ANCHORS[0].ds[0],) and len(lab.dnskey) == 1
+
+
+@pytest.mark.parametrize(("text", "words"), [("", "no DS or DNSKEY"), ("example. IN A 192.0.2.1", "line 1"),
+                                              ("\n. DS 20326 8 2 zz", "line 2: not a valid DS")])  # fmt: skip
+def test_trust_anchor_files_that_say_nothing_usable_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_anchors(text)
