@@ -10,7 +10,7 @@ from diag.registry import Registry
 __all__ = ["MODULES", "default_registry"]
 
 # Module names under ``checks``, in the order their results are shown.
-MODULES = ("mx", "port25", "starttls", "certificate", "connectors", "spf", "dkim", "dmarc", "tlsrpt", "dnssec")
+MODULES = ("mx", "port25", "starttls", "certificate", "connectors", "spf", "dkim", "dmarc", "tlsrpt", "dane", "dnssec")
 
 
 def default_registry() -> Registry:

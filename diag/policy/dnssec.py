@@ -241,8 +241,11 @@ def _validate(
             if step is None:
                 continue  # not a zone cut: the same zone goes on
             if isinstance(step, str):
+                # Provably unsigned below ``step``: the answer itself is still fetched, for what it says.
+                last = yield Question(name, rdtype, dnssec=True)
                 return DnssecResult(name, rdtype, Security.INSECURE, Reason.INSECURE_DELEGATION, zone=step,
-                                    chain=tuple(chain), detail=f"{step} is delegated without DS")  # fmt: skip
+                                    status=last.status, records=last.records, chain=tuple(chain),
+                                    detail=f"{step} is delegated without DS")  # fmt: skip
             keys = yield from _zone_keys(child, None, step, at)
             zone = child
             chain.append(_text(zone))

@@ -115,6 +115,7 @@ def test_a_delegation_without_ds_is_insecure() -> None:
     assert (result.security, result.reason, result.zone) == (Security.INSECURE, Reason.INSECURE_DELEGATION,
                                                              "plain.example")  # fmt: skip
     assert result.chain == ("example",)
+    assert (result.status, result.records) == (ReplyStatus.OK, ("127.0.0.2",))  # the answer, unsigned
 
 
 def test_expired_signatures_are_bogus() -> None:
