@@ -339,6 +339,8 @@ def _ip(text: str, option: str) -> str:
               help="The certificate chain (leaf first) the on-premises server presents to the cloud. Default: its "
               "listener's.")
 @click.option("--sender-ip", default=None, metavar="IP", help="The address the on-premises server sends from.")
+@click.option("--https-port", type=_Whole(1, 65535), default=443, show_default=True,
+              help="Port to fetch MTA-STS policies on (mta-sts.DOMAIN).")
 @click.option("--trust-anchor", "trust_anchor", type=_input(), default=None, metavar="FILE",
               help="DNSSEC trust anchors (DS or DNSKEY lines in zone-file form). Default: the root zone's.")
 @click.option("--validating-resolver", is_flag=True,
@@ -391,6 +393,7 @@ def check(
     routing_order: str,
     client_cert: Path | None,
     sender_ip: str | None,
+    https_port: int,
     trust_anchor: Path | None,
     validating_resolver: bool,
     allow_private: bool,
@@ -455,6 +458,7 @@ def check(
         client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
         validating_resolver=_validating(validating_resolver, resolvers, lab=lab),
+        https_port=https_port,
     )
     if trust_anchor:
         options = dataclasses.replace(options, trust_anchors=_trust_anchors(trust_anchor))
@@ -675,7 +679,7 @@ async def _run(domains: list[str], registry: Registry, options: RunOptions, *, l
         options = dataclasses.replace(
             options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
             ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
-            trust_anchors=lab_options.trust_anchors,
+            trust_anchors=lab_options.trust_anchors, https_port=lab_options.https_port,
         )  # fmt: skip
         return await _with_progress(domains, registry, options, progress)
 

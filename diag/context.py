@@ -74,6 +74,7 @@ class RunOptions:
     routing_order: RoutingOrder = RoutingOrder.MOST_SPECIFIC
     client_cert: tuple[bytes, ...] = ()
     sender_ip: str | None = None
+    https_port: int = 443
     trust_anchors: tuple[TrustAnchor, ...] = ROOT_ANCHORS
     validating_resolver: bool = False
 

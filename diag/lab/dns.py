@@ -230,7 +230,7 @@ class ZoneData:
     start with a double quote, in which case they are parsed as presentation format (``'"a" "b"'``).
     """
 
-    __slots__ = ("_apexes", "_behaviours", "_existing", "_keys", "_nodes")
+    __slots__ = ("_apexes", "_behaviours", "_existing", "_keys", "_nodes", "_signatures")
 
     def __init__(self) -> None:
         """Start with no zones."""
@@ -242,6 +242,8 @@ class ZoneData:
         self._existing: set[dns.name.Name] = set()
         self._behaviours: dict[dns.name.Name, Behaviour] = {}
         self._keys: dict[dns.name.Name, _ZoneKey] = {}
+        # RRSIGs made, by zone, day and the signed rrset's text: signing is the lab's costliest work per query.
+        self._signatures: dict[tuple[dns.name.Name, int, str], dns.rrset.RRset] = {}
 
     def add_zone(self, apex: str) -> None:
         """Serve *apex* authoritatively, with a synthesized SOA and NS rrset. Adding it again does nothing.
@@ -440,6 +442,13 @@ class ZoneData:
         return zone
 
     def _rrsig(self, rrset: dns.rrset.RRset, zone: dns.name.Name, now: float) -> dns.rrset.RRset:
+        cache_key = (zone, int(now // 86400), rrset.to_text())
+        cached = self._signatures.get(cache_key)
+        if cached is None:
+            cached = self._signatures[cache_key] = self._sign_rrset(rrset, zone, now)
+        return cached
+
+    def _sign_rrset(self, rrset: dns.rrset.RRset, zone: dns.name.Name, now: float) -> dns.rrset.RRset:
         key = self._keys[zone]
         if key.expired:
             inception, expiration = now - 2 * _SIGNATURE_VALIDITY, now - _EXPIRED_BY

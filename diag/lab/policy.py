@@ -18,6 +18,7 @@ __all__ = [
     "ONPREM_IPS",
     "POLICY_HOSTS",
     "POLICY_PURPOSES",
+    "STS_HOSTS",
     "TlsaDef",
     "policy_records",
     "tlsa_defs",
@@ -47,6 +48,14 @@ EXPIRED_ZONES = ("badsig.example",)
 # Mail hosts of the DANE domains: (name, address).
 POLICY_HOSTS = (("mx.dane.example", "127.0.20.30"), ("mx.danebad.example", "127.0.20.31"),
                 ("mx.unsigned.example", "127.0.20.32"))  # fmt: skip
+
+# MTA-STS policy hosts (RFC 8461 §3.3): name, address, policy body. The lab serves them over HTTPS (diag.lab.web).
+STS_HOSTS = (
+    ("mta-sts.contoso.com", "127.0.10.30",
+     "version: STSv1\nmode: enforce\nmx: *.mail.protection.outlook.com\nmax_age: 604800\n"),
+    ("mta-sts.stsnotcovering.example", "127.0.20.33",
+     "version: STSv1\nmode: enforce\nmx: mx.elsewhere.example\nmax_age: 604800\n"),
+)  # fmt: skip
 
 POLICY_PURPOSES = {
     "spflookups.example": "SPF policy needing 11 DNS lookups through its includes (permerror)",
@@ -109,6 +118,8 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
             target = f"{selector}-{dashed}._domainkey.contoso.onmicrosoft.com"
             records.append((f"{selector}._domainkey.{domain}", "CNAME", f"{target}."))
             records.append((target, "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_2048}"))
+    records.append(("_mta-sts.contoso.com", "TXT", "v=STSv1; id=2026010101"))
+    records.extend((name, "A", ip) for name, ip, _policy in STS_HOSTS)
     for domain in lab_domains:
         if domain not in accepted and domain not in POLICY_PURPOSES:
             records.extend(_healthy(domain))

@@ -29,6 +29,7 @@ from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.pki import Issued, TestPKI
 from diag.lab.policy import TlsaDef
 from diag.lab.smtp import LabHost, LabHostServer, TlsFiles, start_host
+from diag.lab.web import PolicyServer
 from diag.lab.world import DNS_IP, EXAMPLE_CONFIG, HostDef, World, default_world
 from diag.net.dns import Nameserver
 from diag.policy.dnssec import TrustAnchor
@@ -87,6 +88,8 @@ class Lab:
         self._chains: dict[str, Issued] = {}
         self.trust_anchors: tuple[TrustAnchor, ...] = ()
         self.anchor_file = Path()
+        self._web: list[PolicyServer] = []
+        self.https_port = 0
 
     @property
     def directory(self) -> Path:
@@ -130,6 +133,7 @@ class Lab:
             "ehlo_name": "probe.diag.invalid",
             "allow_private": True,
             "trust_anchors": self.trust_anchors,
+            "https_port": self.https_port,
         }
         values.update(overrides)
         return RunOptions(**values)  # type: ignore[arg-type]
@@ -138,7 +142,7 @@ class Lab:
         """The command-line options that reach this lab from another process."""
         return (
             f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private "
-            f"--trust-anchor {self.anchor_file}"
+            f"--trust-anchor {self.anchor_file} --https-port {self.https_port}"
         )
 
     async def start(self) -> None:
@@ -171,6 +175,25 @@ class Lab:
         except OSError as exc:
             raise LabError(f"the lab DNS server cannot listen on {DNS_IP}:{self._want_dns_port}: {exc}") from exc
         self.smtp_port = await self._start_hosts(host_defs)
+        await self._start_web()
+
+    async def _start_web(self) -> None:
+        """The MTA-STS policy hosts, each with a certificate for its name, all on one port."""
+        certs = self.directory / "certs"
+        for name, ip, policy in self.world.sts:
+            issued = await asyncio.to_thread(self.pki.issue, [name])
+            chain, key = issued.write(certs, name)
+            self._web.append(PolicyServer(ip, policy, chain=chain, key=key))
+        if not self._web:
+            return
+        for _attempt in range(_PORT_ATTEMPTS):
+            port = _free_port(self._web[0].ip)
+            started = await asyncio.gather(*(server.start(port) for server in self._web), return_exceptions=True)
+            if not any(isinstance(result, BaseException) for result in started):
+                self.https_port = port
+                return
+            await asyncio.gather(*(server.close() for server in self._web))
+        raise LabError(f"no port was free on all {len(self._web)} MTA-STS policy host addresses")
 
     def _tlsa_text(self, tlsa: TlsaDef) -> str:
         """The TLSA record of ``tlsa``: usage 2 takes the lab's intermediate CA, usage 3 the host's leaf."""
@@ -293,6 +316,8 @@ class Lab:
 
     async def close(self) -> None:
         self._pki = None
+        web, self._web = self._web, []
+        await asyncio.gather(*(server.close() for server in web), return_exceptions=True)
         await self._close_hosts()
         if self._dns is not None:
             await self._dns.close()

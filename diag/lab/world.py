@@ -26,6 +26,7 @@ from diag.lab.policy import (
     EXPIRED_ZONES,
     POLICY_HOSTS,
     POLICY_PURPOSES,
+    STS_HOSTS,
     TlsaDef,
     policy_records,
     tlsa_defs,
@@ -112,7 +113,8 @@ class World:
 
     DNSSEC: the zones in ``signed`` are signed (each zone's key is a trust anchor of the lab, except for a zone
     whose parent zone is signed too: that one is reached through its DS), those in ``expired`` with signatures
-    that ran out. ``tlsa`` lists the TLSA records made from the certificates the lab issues.
+    that ran out. ``tlsa`` lists the TLSA records made from the certificates the lab issues, ``sts`` the MTA-STS
+    policy hosts (name, address, policy) served over HTTPS.
     """
 
     zones: tuple[str, ...]
@@ -122,6 +124,7 @@ class World:
     signed: tuple[str, ...] = ()
     expired: tuple[str, ...] = ()
     tlsa: tuple[TlsaDef, ...] = ()
+    sts: tuple[tuple[str, str, str], ...] = ()
 
 
 # What each lab domain demonstrates, for `diag lab serve` and the README.
@@ -368,4 +371,5 @@ def default_world() -> World:
         signed=tuple(z for z in zones if z != "unsigned.example"),
         expired=EXPIRED_ZONES,
         tlsa=tlsa_defs(CLOUD_HOST),
+        sts=STS_HOSTS,
     )

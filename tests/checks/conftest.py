@@ -40,7 +40,7 @@ POLICY_CHECKS = ("spf", "dkim", "dmarc", "tlsrpt", "mtasts", "dane", "dnssec")
 def policy_report(lab: Lab) -> Report:
     registry = default_registry()
     registry = registry.select([check_id for check_id in POLICY_CHECKS if check_id in registry])
-    return asyncio.run(run_checks(list(PURPOSES), registry, lab.run_options(timeout=3.0)))
+    return asyncio.run(run_checks(list(PURPOSES), registry, lab.run_options(timeout=5.0)))
 
 
 @pytest.fixture
