@@ -1061,7 +1061,7 @@ def lab_serve(smtp_port: int, dns_port: int, directory: Path | None) -> int:
             loop.add_signal_handler(signum, stop.set)
         async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory) as running:
             click.echo(f"diag lab: running; maildirs in {running.maildir}")
-            click.echo(f"reach it with: diag check DOMAIN {running.option_text()}")
+            click.echo(f"reach it with: diag check DOMAIN {running.check_option_text()}")
             click.echo("domains: " + " ".join(_lab_domains()), nl=True)
             await stop.wait()
         click.echo("diag lab: stopped", err=True)

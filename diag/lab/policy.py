@@ -27,6 +27,7 @@ __all__ = [
 ONPREM_IPS = ("127.0.10.10", "127.0.10.11")  # the on-premises servers' egress addresses (world.py)
 CLOUD_SPF = "spf.protection.outlook.com"
 CLOUD_EGRESS = "127.0.1.0/24"  # the cloud service's addresses in the lab (world.py)
+REPORTS_DOMAIN = "contoso.com"  # where the organization's DMARC and TLS reports go
 # RSA public keys (SubjectPublicKeyInfo, base64) for the DKIM records: the lab signs nothing, so only the keys
 # are published. 2048 bits is what Microsoft 365 uses; 1024 is the weak one.
 DKIM_KEY_2048 = (
@@ -111,8 +112,11 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
     onprem = " ".join(f"ip4:{ip}" for ip in ONPREM_IPS)
     for domain in accepted:
         records.append((domain, "TXT", f"v=spf1 {onprem} include:{CLOUD_SPF} -all"))
-        records.append((f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject; rua=mailto:dmarc-reports@contoso.com"))
+        records.append((f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=reject; rua=mailto:dmarc-reports@{REPORTS_DOMAIN}"))
         records.append((f"_smtp._tls.{domain}", "TXT", "v=TLSRPTv1; rua=mailto:tls-reports@contoso.com"))
+        if domain != REPORTS_DOMAIN and not domain.endswith(f".{REPORTS_DOMAIN}"):
+            # RFC 7489 §7.1: contoso.com accepts the DMARC reports of the organization's other domains.
+            records.append((f"{domain}._report._dmarc.{REPORTS_DOMAIN}", "TXT", "v=DMARC1"))
         dashed = domain.replace(".", "-")
         for selector in ("selector1", "selector2"):
             target = f"{selector}-{dashed}._domainkey.contoso.onmicrosoft.com"

@@ -139,11 +139,12 @@ class Lab:
         return RunOptions(**values)  # type: ignore[arg-type]
 
     def option_text(self) -> str:
-        """The command-line options that reach this lab from another process."""
-        return (
-            f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private "
-            f"--trust-anchor {self.anchor_file} --https-port {self.https_port}"
-        )
+        """The command-line options that reach this lab from another process (``diag check``, ``diag relay``)."""
+        return f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private"
+
+    def check_option_text(self) -> str:
+        """:meth:`option_text` and what ``diag check`` adds: the lab's DNSSEC trust anchors and MTA-STS port."""
+        return f"{self.option_text()} --trust-anchor {self.anchor_file} --https-port {self.https_port}"
 
     async def start(self) -> None:
         try:

@@ -88,6 +88,7 @@ def test_report_destinations_in_other_domains_need_their_authorization() -> None
     [
         ("contoso.com", ["DMARC_OK"]),
         ("sales.contoso.com", ["DMARC_OK"]),
+        ("fabrikam.com", ["DMARC_OK"]),  # its reports go to contoso.com, which authorizes them (RFC 7489 §7.1)
         ("dmarcrua.example", ["DMARC_REPORT_UNAUTHORIZED"]),
         ("dmarcnone.example", ["DMARC_POLICY_NONE"]),
         ("nopolicy.example", ["DMARC_MISSING"]),
