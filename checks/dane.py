@@ -25,7 +25,10 @@ from diag.registry import Check, Outcome
 
 __all__ = ["CHECK", "DaneFacts", "Endpoint", "HostTlsa", "assess"]
 
-_DANE_FAILURE = "450 4.7.323 tlsa-invalid: The domain failed DANE validation"
+# Exchange Online's DANE errors (exchange-model.md §5.2); 4.7.32x while it retries, 5.7.32x when it gives up.
+_DANE_FAILURE = "450 4.7.323 tlsa-invalid: The domain failed DANE validation."
+_DNSSEC_INVALID = "450 4.7.324 dnssec-invalid"
+_NO_STARTTLS = "450 4.7.321 starttls-not-supported: Destination mail server must support TLS to receive mail."
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ def _assess_host(h: HostTlsa) -> list[Finding]:
             "DANE_TLSA_BOGUS", h.host,
             f"The TLSA records at {h.name} fail DNSSEC validation ({d.reason.value}: {shown(d.detail)}): DANE senders "
             "treat that as a failure and do not deliver to the host.",
-            "Re-sign the zone or fix its DS at the parent.", cloud_error=_DANE_FAILURE,
+            "Re-sign the zone or fix its DS at the parent.", cloud_error=_DNSSEC_INVALID,
         )]  # fmt: skip
     if d.security is not Security.SECURE:
         why = {Security.INSECURE: "the zone is not DNSSEC-signed"}.get(d.security, f"its DNSSEC state is unknown "
@@ -119,7 +122,7 @@ def _assess_endpoint(h: HostTlsa, e: Endpoint) -> Finding:
             "DANE_NO_TLS", e.endpoint,
             f"{h.host} publishes DNSSEC-signed TLSA records, but {e.endpoint} completed no STARTTLS handshake: DANE "
             "senders do not deliver to it (RFC 7672 §2.2).", "Make STARTTLS work on this address.",
-            cloud_error=_DANE_FAILURE,
+            cloud_error=_NO_STARTTLS,
         )  # fmt: skip
     if authenticated(e.matches):
         which = ", ".join(shown(m.record.text, 24) for m in e.matches if m.outcome is Match.MATCHED)

@@ -137,6 +137,8 @@ def assess(facts: MtaStsFacts) -> tuple[Finding, ...]:
                     f"The MX host {item.host} of {domain} matches no mx: line of its MTA-STS policy "
                     f"({', '.join(policy.mx)}): senders {'refuse to deliver to it' if enforced else 'report it'}.",
                     f"Add 'mx: {item.host}' (or a matching *. pattern) to the policy and change the record's id.",
+                    # exchange-model.md §5.2: what Exchange Online reports when it sends to such a domain
+                    cloud_error=f"450 4.4.8 MX hosts of {domain} failed MTA-STS validation" if enforced else None,
                 ))  # fmt: skip
     if not any(f.severity > Severity.NOTICE for f in found):
         found.insert(0, CHECK.finding(

@@ -53,10 +53,18 @@ def test_each_state_has_its_code(host: HostTlsa, code: str, subject: str, words:
     assert (found, found_subject) == (code, subject) and words in message
 
 
-def test_failures_say_what_the_cloud_reports() -> None:
-    host = HostTlsa(HOST, NAME, tlsa(), (EE,), (Endpoint(ENDPOINT, True, (TlsaMatch(EE, Outcome.NO_MATCH),)),))
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [
+        (HostTlsa(HOST, NAME, tlsa(), (EE,), (Endpoint(ENDPOINT, True, (TlsaMatch(EE, Outcome.NO_MATCH),)),)),
+         "4.7.323 tlsa-invalid"),
+        (HostTlsa(HOST, NAME, tlsa(Security.BOGUS), (EE,)), "4.7.324 dnssec-invalid"),
+        (HostTlsa(HOST, NAME, tlsa(), (EE,), (Endpoint(ENDPOINT, False),)), "4.7.321 starttls-not-supported"),
+    ],
+)  # fmt: skip
+def test_failures_say_what_the_cloud_reports(host: HostTlsa, words: str) -> None:
     (finding,) = assess(DaneFacts((host,), datetime.now(UTC)))
-    assert finding.cloud_error is not None and "DANE" in finding.cloud_error
+    assert finding.cloud_error is not None and words in finding.cloud_error
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,8 @@ def test_an_uncovered_mx_is_refused_under_enforce_and_reported_under_testing() -
     gap = MxCoverage("mx.contoso.com", None)
     ((code, subject, message),) = judge(policy_facts(POLICY, gap))
     assert (code, subject) == ("MTASTS_MX_NOT_COVERED", "mx.contoso.com") and "refuse to deliver" in message
+    cloud_error = assess(policy_facts(POLICY, gap))[0].cloud_error
+    assert cloud_error == "450 4.4.8 MX hosts of contoso.com failed MTA-STS validation"
     codes = [c for c, _, _ in judge(policy_facts(POLICY.replace("enforce", "testing"), gap))]
     assert codes == ["MTASTS_MODE_TESTING", "MTASTS_MX_NOT_COVERED_TESTING"]
 
