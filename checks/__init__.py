@@ -14,6 +14,7 @@ MODULES = (
     "mx", "port25", "starttls", "certificate", "connectors",
     # mail authentication and transport policy (issue 14)
     "spf", "dkim", "dmarc", "mtasts", "tlsrpt", "dane", "dnssec",
+    "e2e",
 )  # fmt: skip
 
 

@@ -6,18 +6,35 @@ without fetching missing intermediates. The name is matched against the MX host 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
 
 from checks.port25 import Port25Facts
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import CertificateExpiry, Evidence, Failing, Measurements, Observed, Shown
 from diag.model import Finding, Severity
 from diag.net.tls import CertInfo, Trust, examine_chain, name_matches
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "CertificateFacts", "PresentedCert", "assess"]
+__all__ = [
+    "CHECK",
+    "CertView",
+    "CertificateFacts",
+    "CertificateView",
+    "PresentedCert",
+    "PresentedView",
+    "assess",
+    "examine",
+    "measure",
+    "probe",
+    "view",
+]
 
 _UNTRUSTED = "450 4.4.317 Cannot connect to remote server [Message=UntrustedRoot]"
 _INVALID = "450 4.7.320 Certificate validation failed"
@@ -189,15 +206,168 @@ def examine(host: str, endpoint: str, chain_der: tuple[bytes, ...], store: tuple
     return PresentedCert(endpoint, host, chain, verdict.trust, verdict.detail)
 
 
-async def run(ctx: CheckContext) -> Outcome:
+# The report's evidence (report_templates/checks/certificate.html.j2) and the expiry dates monitoring exports,
+# from the facts as a report holds them.
+
+# Findings the chain's verdict states already ("chain untrusted", "chain self-signed", ...).
+_TRUST_CODES = ("CERT_UNTRUSTED", "CERT_SELF_SIGNED", "CERT_CHAIN_INCOMPLETE", "CERT_MALFORMED")
+
+
+@dataclass(frozen=True, slots=True)
+class CertView:
+    """One certificate of a chain, as a person reads it; ``validity_class`` is a CSS token (good, warn, bad,
+    unknown)."""
+
+    role: str
+    subject: str
+    issuer: str
+    names: tuple[str, ...]
+    not_before: str
+    not_after: str
+    validity: str
+    validity_class: str
+    key: str
+    signature: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedView:
+    """One presented chain: where, the chain's verdict (with ", but:" when failing facts follow a trusted
+    chain), its CSS token, the verifier's words, the failing facts about the address, and the certificates."""
+
+    endpoint: str
+    trust: str
+    trust_class: str
+    trust_detail: str
+    failing: tuple[Failing, ...]
+    chain: tuple[CertView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateView:
+    """The chains presented at the domain's MX addresses."""
+
+    certificates: tuple[PresentedView, ...]
+
+
+def view(observed: Observed) -> CertificateView | None:
+    failing = ev.failing_by_subject(observed.findings)
+    certificates = tuple(
+        _presented(p, observed.finished, failing) for p in ev.mappings(observed.facts.get("certificates"))
+    )
+    return CertificateView(certificates) if certificates else None
+
+
+def _presented(p: Mapping[str, Any], at: datetime | None, failing: Mapping[str, list[Shown]]) -> PresentedView:
+    """One presented chain. "Trusted" judges the chain alone (issuer and signatures); the leaf's dates, names
+    and key are separate findings, named right beside that verdict so it never reads as "all is well"."""
+    trust = ev.text(p.get("trust"))
+    chain = ev.mappings(p.get("chain"))
+    certs = tuple(_cert(c, index, len(chain), at) for index, c in enumerate(chain))
+    endpoint = ev.text(p.get("endpoint"))
+    trusted = trust == Trust.TRUSTED.value
+    facts = tuple(
+        Failing.of(f, _cert_fact(f.code, certs[0] if certs else None, ev.text(p.get("host"))))
+        for f in failing.get(endpoint, [])
+        if trusted or f.code not in _TRUST_CODES
+    )
+    verdict = f"chain {trust}" if trust else "chain not judged"
+    trust_class = "good" if trusted else "bad"
+    if facts:
+        verdict += ", but:" if trusted else "; also:"
+    if trusted and facts:
+        trust_class = "bad" if any(f.tone == "bad" for f in facts) else "warn"
+    return PresentedView(endpoint, verdict, trust_class, ev.text(p.get("trust_detail")), facts, certs)
+
+
+def _cert_fact(code: str, leaf: CertView | None, host: str) -> str:
+    """A few words for what a certificate finding says about the leaf; the code itself for any other finding."""
+    if leaf is not None and code in ("CERT_EXPIRED", "CERT_NOT_YET_VALID") and leaf.validity:
+        return f"leaf {leaf.validity}"
+    if leaf is not None and code in ("CERT_EXPIRING", "CERT_EXPIRING_SOON") and leaf.validity:
+        return f"leaf expires soon: {leaf.validity}"
+    if code == "CERT_NAME_MISMATCH" and host:
+        return f"leaf does not name {host}"
+    if leaf is not None and code == "CERT_WEAK_KEY" and leaf.key:
+        return f"weak key: {leaf.key}"
+    if code == "CERT_WEAK_SIGNATURE":
+        return "weak signature"
+    return code
+
+
+def _cert(c: Mapping[str, Any], index: int, length: int, at: datetime | None) -> CertView:
+    if index == 0:
+        role = "leaf" if length > 1 or not c.get("self_issued") else "leaf (self-signed)"
+    else:
+        role = "root (sent by the server)" if c.get("self_issued") else "intermediate"
+    not_before, not_after = ev.moment(c.get("not_before")), ev.moment(c.get("not_after"))
+    validity, validity_class = _validity(not_before, not_after, at)
+    key_bits = c.get("key_bits")
+    key_type = ev.text(c.get("key_type"))
+    return CertView(
+        role=role,
+        subject=ev.text(c.get("subject")),
+        issuer=ev.text(c.get("issuer")),
+        names=tuple(ev.text(n) for n in ev.items(c.get("dns_names"))),
+        not_before=ev.show_time(not_before, c.get("not_before")),
+        not_after=ev.show_time(not_after, c.get("not_after")),
+        validity=validity,
+        validity_class=validity_class,
+        key=f"{key_type} {ev.text(key_bits)} bits".strip() if key_bits else key_type,
+        signature=ev.text(c.get("signature_hash")).upper(),
+        fingerprint=_fingerprint(ev.text(c.get("sha256"))),
+    )
+
+
+def _validity(not_before: datetime | None, not_after: datetime | None, at: datetime | None) -> tuple[str, str]:
+    """Days left against the run's finish time (not the time of rendering: a saved report stays true)."""
+    if at is None or not_after is None:
+        return "", "unknown"
+    if not_before is not None and at < not_before:
+        return f"not valid for {_days((not_before - at).total_seconds() / 86400)} yet", "bad"
+    left = (not_after - at).total_seconds() / 86400
+    if left < 0:
+        return f"expired {_days(-left)} ago", "bad"
+    return f"{_days(left)} left", "warn" if left <= 30 else "good"
+
+
+def _fingerprint(hex_digest: str) -> str:
+    if re.fullmatch(r"[0-9a-fA-F]{64}", hex_digest):
+        return ":".join(hex_digest[i : i + 2] for i in range(0, 64, 2)).upper()
+    return hex_digest
+
+
+def measure(facts: Mapping[str, Any]) -> Measurements:
+    """When the leaf of every presented chain expires, with the thresholds it was judged by."""
+    checked_at = ev.moment(facts.get("checked_at"))
+    warn, crit = ev.number(facts.get("warn_days")), ev.number(facts.get("crit_days"))
+    expiries = []
+    for presented in ev.mappings(facts.get("certificates")):
+        chain = ev.items(presented.get("chain"))
+        not_after = ev.moment(ev.mapping(chain[0]).get("not_after")) if chain else None
+        if not_after is not None:
+            expiries.append(CertificateExpiry(ev.text(presented.get("host")), not_after, checked_at, warn, crit))
+    return Measurements(certificates=tuple(expiries))
+
+
+async def probe(ctx: CheckContext) -> CertificateFacts | None:
+    """The chains the port25 check's sessions received, each verified against the trust store; None when no
+    session completed a TLS handshake."""
     port25 = ctx.facts("port25", Port25Facts)
     with_tls = [(p, p.session.tls) for p in port25.probed if p.session.tls is not None and p.session.tls.chain_der]
     if not with_tls:
-        return Outcome.skip("no MX address completed a TLS handshake")
+        return None
     store = await ctx.run.trust_store()
     now = datetime.now(UTC)
     presented = tuple(examine(p.host, p.endpoint, tls.chain_der, store, now) for p, tls in with_tls)
-    facts = CertificateFacts(presented, now, ctx.options.cert_warn_days, ctx.options.cert_crit_days)
+    return CertificateFacts(presented, now, ctx.options.cert_warn_days, ctx.options.cert_crit_days)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
+    if facts is None:
+        return Outcome.skip("no MX address completed a TLS handshake")
     return Outcome(facts, assess(facts))
 
 
@@ -205,6 +375,9 @@ CHECK = Check(
     id="certificate",
     title="TLS certificate",
     run=run,
+    facts=CertificateFacts,
+    evidence=Evidence("certificates", view),
+    measure=measure,
     requires=("port25",),
     codes={
         "CERT_OK": Severity.INFO,

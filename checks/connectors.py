@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography import x509
 
 from checks.mx import MxFacts
+from diag import evidence as ev
 from diag.config import AcceptedDomain, ConnectorType, DomainType, Organization, OutboundConnector, TlsSettings
 from diag.context import CheckContext
 from diag.errors import DnsError
+from diag.evidence import Evidence, Failing, Observed, Shown
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
 from diag.net.smtp import SessionError, SessionFacts
@@ -35,6 +39,7 @@ from diag.registry import Check, Outcome
 from diag.routing import (
     RelayDecision,
     Routing,
+    Rule,
     certificate_domain,
     certificate_matches,
     on_premises_connector,
@@ -42,7 +47,19 @@ from diag.routing import (
     route_both,
 )
 
-__all__ = ["CHECK", "ConnectorsFacts", "InboundFacts", "SmartHostProbe", "assess", "route_findings"]
+__all__ = [
+    "CHECK",
+    "ConnectorsFacts",
+    "ConnectorsView",
+    "DecisionView",
+    "InboundFacts",
+    "SmartHostProbe",
+    "SmartHostView",
+    "assess",
+    "probe",
+    "route_findings",
+    "view",
+]
 
 # A recipient outside every accepted domain, for the relay prediction ("may John mail Sun on the Internet?").
 _EXTERNAL_CANDIDATES = ("example.net", "example.org", "example.com")
@@ -452,7 +469,7 @@ async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Cert
             why = "NXDOMAIN" if a.status is DnsStatus.NXDOMAIN else "no A or AAAA record"
             return [SmartHostProbe(name, resolve_error=why)]
 
-    async def probe(ip: str) -> SmartHostProbe:
+    async def address(ip: str) -> SmartHostProbe:
         if not ctx.options.allow_private and not ipaddress.ip_address(ip).is_global:
             return SmartHostProbe(name, ip, not_probed="not a public address")
         session = await ctx.run.smtp_session(ip, name)
@@ -464,17 +481,16 @@ async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Cert
         return SmartHostProbe(name, ip, session=session, chain=chain, trust=trust, trust_detail=detail)
 
     # Concurrently: one silent address must not hold up the others.
-    return list(await asyncio.gather(*(probe(ip) for ip in addresses[: ctx.options.max_addresses_per_host])))
+    return list(await asyncio.gather(*(address(ip) for ip in addresses[: ctx.options.max_addresses_per_host])))
 
 
 def _external_domain(org: Organization) -> str:
     return next(d for d in _EXTERNAL_CANDIDATES if org.accepted(d) is None)
 
 
-async def run(ctx: CheckContext) -> Outcome:
-    org = ctx.options.organization
-    if org is None:
-        return Outcome.skip("no organization configuration (--config)")
+async def probe(ctx: CheckContext, org: Organization) -> ConnectorsFacts:
+    """Route the domain by the organization's connectors, probe the chosen connector's smart hosts, and see how
+    the cloud would take the on-premises server's mail."""
     domain = ctx.domain
     mx = ctx.facts("mx", MxFacts)
     accepted = org.accepted(domain)
@@ -499,7 +515,14 @@ async def run(ctx: CheckContext) -> Outcome:
     inbound = None
     if accepted is not None:
         inbound = _inbound(ctx, org, domain, smart_hosts if onprem else [], store, now)
-    facts = ConnectorsFacts(domain, accepted, mx_at_cloud, routing, tuple(smart_hosts), inbound, now)
+    return ConnectorsFacts(domain, accepted, mx_at_cloud, routing, tuple(smart_hosts), inbound, now)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    org = ctx.options.organization
+    if org is None:
+        return Outcome.skip("no organization configuration (--config)")
+    facts = await probe(ctx, org)
     return Outcome(facts, assess(facts, org))
 
 
@@ -529,10 +552,159 @@ def _inbound(ctx: CheckContext, org: Organization, domain: str, onprem: list[Sma
     return InboundFacts(source, tuple(names), ctx.options.sender_ip, external, decision, leaf, trust, detail)
 
 
+# The report's evidence (report_templates/checks/connectors.html.j2), from the facts as a report holds them.
+
+_RULES = {
+    Rule.EXACT.value: "exact match",
+    Rule.WILDCARD.value: "wildcard match",
+    Rule.ALL_ACCEPTED.value: "all accepted domains",
+    Rule.CATCH_ALL.value: "catch-all (*)",
+    Rule.TRANSPORT_RULE.value: "a transport rule",
+    Rule.MX.value: "no connector: DNS MX",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionView:
+    """One reading of the routing order: the connector it picks (or none: DNS MX), by which rule, where it
+    sends and with what TLS, and notes (ties, transport rules)."""
+
+    order: str
+    connector: str
+    rule: str
+    smart_hosts: tuple[str, ...]
+    tls_settings: str
+    tls_domain: str
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SmartHostView:
+    """One smart host address: its session's outcome (a CSS token and words), TLS, chain verdict and the failing
+    findings about it when the chain is trusted."""
+
+    endpoint: str
+    outcome: str
+    outcome_label: str
+    tls: str
+    trust: str
+    failing: tuple[Failing, ...]
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorsView:
+    """The routing evidence: whether the domain is accepted, the decision and the other reading's when it
+    differs, the smart hosts, and the inbound side as label and value rows."""
+
+    accepted: str
+    decision: DecisionView
+    alternative: DecisionView | None
+    smart_hosts: tuple[SmartHostView, ...]
+    inbound: tuple[tuple[str, str], ...]
+
+
+def view(observed: Observed) -> ConnectorsView:
+    facts = observed.facts
+    failing = ev.failing_by_subject(observed.findings)
+    routing = ev.mapping(facts.get("routing"))
+    accepted = ev.mapping(facts.get("accepted"))
+    if accepted:
+        accepted_text = f"accepted domain ({ev.text(accepted.get('domain_type')) or 'type unknown'})"
+    else:
+        accepted_text = "not an accepted domain of the organization"
+    alternative = routing.get("alternative")
+    return ConnectorsView(
+        accepted=accepted_text,
+        decision=_decision(ev.mapping(routing.get("decision"))),
+        alternative=_decision(ev.mapping(alternative)) if isinstance(alternative, Mapping) else None,
+        smart_hosts=tuple(_smart_host(h, failing) for h in ev.mappings(facts.get("smart_hosts"))),
+        inbound=_inbound_rows(ev.mapping(facts.get("inbound"))),
+    )
+
+
+def _decision(decision: Mapping[str, Any]) -> DecisionView:
+    connector = ev.mapping(decision.get("connector"))
+    rule = ev.text(decision.get("rule"))
+    pattern = ev.text(decision.get("pattern"))
+    rule_text = _RULES.get(rule, rule)
+    if pattern:
+        rule_text = f"{rule_text} on {pattern}"
+    notes = []
+    tied = [ev.text(t) for t in ev.items(decision.get("tied_with"))]
+    if tied:
+        notes.append("tied with " + ", ".join(tied) + "; the lowest name wins")
+    if decision.get("transport_rule_connector"):
+        issue = ev.text(decision.get("transport_rule_issue"))
+        named = ev.text(decision.get("transport_rule_connector"))
+        notes.append(f"a transport rule names {named}" + (f" ({issue}: not used)" if issue else ""))
+    if connector.get("use_mx_record"):
+        smart_hosts: tuple[str, ...] = ("the MX hosts of the domain",)
+    else:
+        smart_hosts = tuple(ev.text(h) for h in ev.items(connector.get("smart_hosts")))
+    return DecisionView(
+        order=ev.text(decision.get("order")),
+        connector=ev.text(connector.get("name")) if connector else "",
+        rule=rule_text,
+        smart_hosts=smart_hosts,
+        tls_settings=(ev.text(connector.get("tls_settings")) or "opportunistic") if connector else "",
+        tls_domain=ev.text(connector.get("tls_domain")),
+        notes=tuple(notes),
+    )
+
+
+def _smart_host(h: Mapping[str, Any], failing: Mapping[str, list[Shown]]) -> SmartHostView:
+    session = ev.mapping(h.get("session"))
+    name, ip = ev.text(h.get("name")), ev.text(h.get("ip"))
+    endpoint = ev.endpoint(name, session) if session else (f"{name} [{ip}]" if ip else name)
+    if h.get("resolve_error"):
+        outcome, label, detail = "bad", "not resolved", ev.text(h.get("resolve_error"))
+    elif h.get("not_probed"):
+        outcome, label, detail = "unknown", "not probed", ev.text(h.get("not_probed"))
+    elif session:
+        outcome, label = ev.outcome(session)
+        detail = ev.text(session.get("detail")) if session.get("error") else ""
+    else:
+        outcome, label, detail = "unknown", "not probed", ""
+    trust = ev.text(h.get("trust"))
+    # A trusted chain next to a smart host that fails validation (expired leaf, TlsDomain mismatch): the failing
+    # finding is named in the same cell, as for the MX certificates.
+    facts = (
+        tuple(Failing.of(f, f.code) for f in failing.get(endpoint, [])) if trust == Trust.TRUSTED.value else ()
+    )
+    if h.get("trust_detail"):
+        trust = f"{trust}: {ev.text(h.get('trust_detail'))}"
+    return SmartHostView(endpoint, outcome, label, ev.tls_text(session), trust, facts, detail)
+
+
+def _inbound_rows(inbound: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    if not inbound:
+        return ()
+    rows = []
+    names = ", ".join(ev.text(n) for n in ev.items(inbound.get("cert_names")))
+    source = {"client-cert": "--client-cert", "smart-host": "the smart host's certificate"}.get(
+        ev.text(inbound.get("cert_source")), ev.text(inbound.get("cert_source"))
+    )
+    rows.append(("Certificate names", f"{names} (from {source})" if names and source else names or "none known"))
+    if inbound.get("sender_ip"):
+        rows.append(("Sending address", ev.text(inbound.get("sender_ip"))))
+    relay = ev.mapping(inbound.get("relay"))
+    if relay:
+        connector = ev.text(ev.mapping(relay.get("inbound_connector")).get("name"))
+        rows.append(("Inbound connector", connector or "none matches"))
+        verdict = "allowed" if relay.get("allowed") else f"refused: {ev.text(relay.get('reply'))}"
+        rows.append((f"Relay to {ev.text(inbound.get('external_domain'))}", verdict))
+        if relay.get("reason"):
+            rows.append(("Why", ev.text(relay.get("reason"))))
+    return tuple(rows)
+
+
 CHECK = Check(
     id="connectors",
     title="Connectors",
     run=run,
+    facts=ConnectorsFacts,
+    evidence=Evidence("routing", view),
     requires=("mx",),
     tags=frozenset({"config"}),
     timeout=10.0,

@@ -23,7 +23,7 @@ from diag.policy.dnssec import DnssecResult, Security
 from diag.policy.lookup import ReplyStatus, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DaneFacts", "Endpoint", "HostTlsa", "assess"]
+__all__ = ["CHECK", "DaneFacts", "Endpoint", "HostTlsa", "assess", "probe"]
 
 # Exchange Online's DANE errors (exchange-model.md §5.2); 4.7.32x while it retries, 5.7.32x when it gives up.
 _DANE_FAILURE = "450 4.7.323 tlsa-invalid: The domain failed DANE validation."
@@ -149,13 +149,14 @@ def _parse(texts: tuple[str, ...]) -> tuple[TlsaRecord, ...]:
     return tuple(records)
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> DaneFacts | None:
+    """The TLSA records of each MX host name, matched per address; None when there is no host name."""
     mx = ctx.facts("mx", MxFacts)
     port25 = ctx.facts("port25", Port25Facts)
     hosts = [h.name for h in mx.hosts if h.valid_name and not h.ip_literal]
     hosts = list(dict.fromkeys(hosts))
     if not hosts:
-        return Outcome.inapplicable("no MX host name to look up TLSA records for")
+        return None
     results = await asyncio.gather(*(secure(ctx, tlsa_name(host), "TLSA") for host in hosts))
     now = datetime.now(UTC)
     facts_hosts = []
@@ -167,7 +168,13 @@ async def run(ctx: CheckContext) -> Outcome:
             for p in port25.probed if p.host == host
         )  # fmt: skip
         facts_hosts.append(HostTlsa(host, tlsa_name(host), result, records, endpoints))
-    facts = DaneFacts(tuple(facts_hosts), now)
+    return DaneFacts(tuple(facts_hosts), now)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
+    if facts is None:
+        return Outcome.inapplicable("no MX host name to look up TLSA records for")
     return Outcome(facts, assess(facts))
 
 
@@ -175,6 +182,7 @@ CHECK = Check(
     id="dane",
     title="DANE (TLSA)",
     run=run,
+    facts=DaneFacts,
     requires=("mx", "port25"),
     operations=6,
     codes={

@@ -29,7 +29,7 @@ from diag.policy.dkim import (
 from diag.policy.lookup import drive, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DkimFacts", "Selector", "assess", "tenant_of"]
+__all__ = ["CHECK", "DkimFacts", "Selector", "assess", "probe", "tenant_of"]
 
 _M365_MX_SUFFIX = ".mail.protection.outlook.com"
 _INVALID = (DkimIssueKind.SYNTAX, DkimIssueKind.VERSION, DkimIssueKind.BAD_KEY, DkimIssueKind.UNKNOWN_KEY_TYPE,
@@ -168,21 +168,39 @@ def tenant_of(org: Organization) -> str | None:
     return None
 
 
+def _m365(org: Organization) -> bool:
+    return bool(org.mx_host and org.mx_host.lower().endswith(_M365_MX_SUFFIX))
+
+
+def _wanted(org: Organization, domain: str) -> list[tuple[str, bool]]:
+    """The selectors to look up under ``domain``, each with whether it is one of Microsoft 365's."""
+    m365 = _m365(org) and not domain.endswith(".onmicrosoft.com")
+    wanted = [(name, True) for name in M365_SELECTORS] if m365 else []
+    return wanted + [(name, False) for name in org.dkim_selectors if (name, True) not in wanted]
+
+
+async def probe(ctx: CheckContext) -> DkimFacts | None:
+    """The key records of the selectors the organization's configuration names for the domain; None when it
+    names none (no configuration, or no selector to check)."""
+    org = ctx.options.organization
+    wanted = _wanted(org, ctx.domain) if org is not None else []
+    if org is None or not wanted:
+        return None
+    looked_up = await asyncio.gather(*(drive(lookup_selector(ctx.domain, name), ctx.resolver) for name, _ in wanted))
+    selectors = tuple(Selector(facts, m365) for facts, (_name, m365) in zip(looked_up, wanted, strict=True))
+    return DkimFacts(ctx.domain, tenant_of(org), selectors)
+
+
 async def run(ctx: CheckContext) -> Outcome:
     org = ctx.options.organization
     if org is None:
         return Outcome.skip("no organization configuration (--config)")
     if org.accepted(ctx.domain) is None:
         return Outcome.inapplicable(f"{ctx.domain} is not an accepted domain of the organization")
-    m365 = bool(org.mx_host and org.mx_host.lower().endswith(_M365_MX_SUFFIX))
-    wanted = [(name, True) for name in M365_SELECTORS] if m365 and not ctx.domain.endswith(".onmicrosoft.com") else []
-    wanted += [(name, False) for name in org.dkim_selectors if (name, True) not in wanted]
-    if not wanted:
-        why = "Microsoft 365 signs the initial domain itself" if m365 else "not Microsoft 365"
+    facts = await probe(ctx)
+    if facts is None:
+        why = "Microsoft 365 signs the initial domain itself" if _m365(org) else "not Microsoft 365"
         return Outcome.inapplicable(f"no DKIM selector to check ({why}, no DkimSelectors)")
-    looked_up = await asyncio.gather(*(drive(lookup_selector(ctx.domain, name), ctx.resolver) for name, _ in wanted))
-    selectors = tuple(Selector(facts, m365) for facts, (_name, m365) in zip(looked_up, wanted, strict=True))
-    facts = DkimFacts(ctx.domain, tenant_of(org), selectors)
     return Outcome(facts, assess(facts))
 
 
@@ -190,6 +208,7 @@ CHECK = Check(
     id="dkim",
     title="DKIM keys",
     run=run,
+    facts=DkimFacts,
     operations=2,
     tags=frozenset({"config"}),
     codes={

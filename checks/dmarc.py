@@ -21,7 +21,7 @@ from diag.policy.dmarc import (
 from diag.policy.lookup import drive, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DmarcFacts", "assess"]
+__all__ = ["CHECK", "DmarcFacts", "assess", "probe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +126,14 @@ def assess(facts: DmarcFacts) -> tuple[Finding, ...]:
     return tuple(found)
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> DmarcFacts:
     psl = await ctx.run.org_domains()
     discovery = await drive(discover(ctx.domain, psl.organizational), ctx.resolver)
-    facts = DmarcFacts(discovery, psl.snapshot)
+    return DmarcFacts(discovery, psl.snapshot)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
     return Outcome(facts, assess(facts))
 
 
@@ -137,6 +141,7 @@ CHECK = Check(
     id="dmarc",
     title="DMARC record",
     run=run,
+    facts=DmarcFacts,
     operations=3,
     codes={
         "DMARC_OK": Severity.INFO,

@@ -18,7 +18,7 @@ from diag.policy.dnssec import DnssecResult, Method, Security, from_ad_bit, vali
 from diag.policy.lookup import drive, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DnssecFacts", "assess", "secure"]
+__all__ = ["CHECK", "DnssecFacts", "assess", "probe", "secure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +82,18 @@ def _assess_one(facts: DnssecFacts, r: DnssecResult) -> Finding:
     )  # fmt: skip
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> DnssecFacts:
     mx = ctx.facts("mx", MxFacts)
     names = [(ctx.domain, "MX")]
     names += [(h.name, "A") for h in mx.hosts if h.valid_name and not h.ip_literal and (h.name, "A") not in names]
     results = await asyncio.gather(*(secure(ctx, name, rdtype) for name, rdtype in names))
     method = Method.AD_BIT if ctx.options.validating_resolver else Method.VALIDATED
     anchors = () if ctx.options.validating_resolver else tuple(a.zone for a in ctx.options.trust_anchors)
-    facts = DnssecFacts(ctx.domain, method, anchors, tuple(results))
+    return DnssecFacts(ctx.domain, method, anchors, tuple(results))
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
     return Outcome(facts, assess(facts))
 
 
@@ -97,6 +101,7 @@ CHECK = Check(
     id="dnssec",
     title="DNSSEC",
     run=run,
+    facts=DnssecFacts,
     requires=("mx",),
     operations=6,
     codes={

@@ -31,7 +31,7 @@ from diag.policy.mtasts import (
 )
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "MtaStsFacts", "assess"]
+__all__ = ["CHECK", "MtaStsFacts", "assess", "probe"]
 
 _SHORT_MAX_AGE = 86400  # RFC 8461 §3.2 suggests weeks; under a day, a policy barely outlives a DNS outage
 
@@ -156,27 +156,28 @@ def _public(ip: str) -> bool:
         return False
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> MtaStsFacts:
     mx = ctx.facts("mx", MxFacts)
     record = await drive(discover_txt(ctx.domain), ctx.resolver)
     if record.status is not TxtStatus.FOUND:
-        return _outcome(MtaStsFacts(record))
+        return MtaStsFacts(record)
     host = f"mta-sts.{ctx.domain}"
     if not ctx.options.allow_private:
         answers = [await ctx.resolver.query(host, rdtype) for rdtype in ("A", "AAAA")]
         addresses = [r.to_text() for a in answers if a.status is DnsStatus.OK for r in a.records]
         if addresses and not _public(addresses[0]):
-            return _outcome(MtaStsFacts(record, not_fetched=f"its address {addresses[0]} is not public"))
+            return MtaStsFacts(record, not_fetched=f"its address {addresses[0]} is not public")
     fetch = await fetch_policy(ctx.domain, ctx.resolver, ca_file=ctx.options.ca_file, timeout=ctx.options.timeout,
                                port=ctx.options.https_port)  # fmt: skip
     if judge_fetch(fetch) is not None:
-        return _outcome(MtaStsFacts(record, fetch))
+        return MtaStsFacts(record, fetch)
     policy = parse_policy(fetch.body)
     covered = coverage(policy.mx, [h.name for h in mx.hosts]) if policy.valid else ()
-    return _outcome(MtaStsFacts(record, fetch, policy=policy, coverage=covered))
+    return MtaStsFacts(record, fetch, policy=policy, coverage=covered)
 
 
-def _outcome(facts: MtaStsFacts) -> Outcome:
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
     return Outcome(facts, assess(facts))
 
 
@@ -184,6 +185,7 @@ CHECK = Check(
     id="mtasts",
     title="MTA-STS",
     run=run,
+    facts=MtaStsFacts,
     requires=("mx",),
     operations=4,
     codes={

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import dns.rdtypes.ANY.MX
 
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import Evidence, Observed
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus, name_text
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "MxFacts", "MxHost", "assess"]
+__all__ = ["CHECK", "MxFacts", "MxHost", "MxRow", "MxView", "assess", "probe", "view"]
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 
@@ -239,6 +241,60 @@ def _assess_host(facts: MxFacts, host: MxHost) -> list[Finding]:
     return found
 
 
+# The report's evidence (report_templates/checks/mx.html.j2), from the facts as a report holds them.
+
+
+@dataclass(frozen=True, slots=True)
+class MxRow:
+    """One MX host in the report's table: its preference, name and addresses, and what is odd about it."""
+
+    preference: str
+    name: str
+    addresses: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MxView:
+    """The MX evidence: notes about the domain (null MX, implicit MX, NXDOMAIN, duplicates), a row per host."""
+
+    notes: tuple[str, ...]
+    rows: tuple[MxRow, ...]
+
+
+def view(observed: Observed) -> MxView:
+    facts = observed.facts
+    notes = []
+    if facts.get("null_mx"):
+        notes.append("The domain publishes a null MX (0 .): it accepts no mail.")
+    if facts.get("implicit"):
+        notes.append("No MX records: the domain's own address is the implicit MX (RFC 5321 §5.1).")
+    if facts.get("status") == DnsStatus.NXDOMAIN.value:
+        notes.append("The domain does not exist (NXDOMAIN).")
+    for name in ev.items(facts.get("duplicates")):
+        notes.append(f"Listed more than once: {ev.text(name)}")
+    rows = []
+    for host in ev.mappings(facts.get("hosts")):
+        name = ev.text(host.get("name"))
+        canonical = ev.text(host.get("canonical_name"))
+        host_notes = []
+        if host.get("ip_literal"):
+            host_notes.append("an IP address, not a host name")
+        elif host.get("valid_name") is False:
+            host_notes.append("not a valid host name: not looked up")
+        elif not ev.items(host.get("addresses")):
+            host_notes.append("no A/AAAA record")
+        if canonical and canonical.lower() != name.lower() and not host.get("ip_literal"):
+            host_notes.append(f"alias (CNAME) for {canonical}")
+        rows.append(MxRow(
+            preference=ev.text(host.get("preference")),
+            name=name,
+            addresses=tuple(ev.text(a) for a in ev.items(host.get("addresses"))),
+            notes=tuple(host_notes),
+        ))  # fmt: skip
+    return MxView(tuple(notes), tuple(rows))
+
+
 async def run(ctx: CheckContext) -> Outcome:
     facts = await probe(ctx)
     return Outcome(facts, assess(facts))
@@ -248,6 +304,8 @@ CHECK = Check(
     id="mx",
     title="MX records",
     run=run,
+    facts=MxFacts,
+    evidence=Evidence("MX records", view),
     timeout=5.0,
     operations=2,  # the MX query, then the targets' A and AAAA queries (concurrently)
     codes={

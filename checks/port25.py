@@ -8,16 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from checks.mx import MxFacts
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import STAGES, Evidence, Measurements, Observed, StageTimes
 from diag.model import CheckResult, Finding, Severity, Status
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "NULL_MX", "NotProbed", "Port25Facts", "Probed", "assess", "summarize"]
+__all__ = [
+    "CHECK",
+    "NULL_MX",
+    "Bar",
+    "NotProbed",
+    "Port25Facts",
+    "Port25View",
+    "Probed",
+    "Segment",
+    "SessionView",
+    "assess",
+    "measure",
+    "probe",
+    "summarize",
+    "view",
+]
 
 
 _NOT_PUBLIC = "not a public address"
@@ -77,22 +95,24 @@ def _public(ip: str) -> bool:
 async def probe(ctx: CheckContext) -> Port25Facts | None:
     mx = ctx.facts("mx", MxFacts)
     options = ctx.options
-    targets: dict[str, str] = {}  # one session per address, named after the first (most preferred) host
+    targets: list[tuple[str, str]] = []  # (host, ip): one session per address, named after its first host
+    seen: set[str] = set()
     not_probed: list[NotProbed] = []
     for host in mx.hosts:
         for index, ip in enumerate(host.addresses):
-            if ip in targets:
+            if ip in seen:
                 continue
             if index >= options.max_addresses_per_host:
                 not_probed.append(NotProbed(host.name, ip, f"over {options.max_addresses_per_host} addresses"))
             elif not options.allow_private and not _public(ip):
                 not_probed.append(NotProbed(host.name, ip, _NOT_PUBLIC))
             else:
-                targets[ip] = host.name
+                seen.add(ip)
+                targets.append((host.name, ip))
     if not targets and not not_probed:
         return None
-    sessions = await asyncio.gather(*(ctx.run.smtp_session(ip, name) for ip, name in targets.items()))
-    probed = tuple(Probed(name, session) for name, session in zip(targets.values(), sessions, strict=True))
+    sessions = await asyncio.gather(*(ctx.run.smtp_session(ip, name) for name, ip in targets))
+    probed = tuple(Probed(name, session) for (name, _), session in zip(targets, sessions, strict=True))
     return Port25Facts(probed, tuple(not_probed))
 
 
@@ -232,6 +252,133 @@ def summarize(results: Sequence[CheckResult]) -> list[CheckResult]:
     return blocked
 
 
+# The report's evidence (report_templates/checks/port25.html.j2) and the stage timings monitoring exports, from
+# the facts as a report holds them.
+
+_STAGE_LABELS = {"connect": "TCP connect", "banner": "greeting", "ehlo": "EHLO", "tls": "STARTTLS and handshake"}
+# Width of the widest timing bar and height of every bar, in CSS pixels.
+_BAR_WIDTH = 260
+_BAR_HEIGHT = 14
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One stage of a timing bar: where it starts and how wide it is (CSS pixels), and its milliseconds."""
+
+    stage: str
+    label: str
+    x: str
+    width: str
+    ms: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """A session's stage timings as a horizontal stacked bar (inline SVG)."""
+
+    width: str
+    height: str
+    segments: tuple[Segment, ...]
+    total_ms: str
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """One SMTP session: where, how it ended (a CSS token and its words), its timings and what the server said."""
+
+    endpoint: str
+    outcome: str
+    outcome_label: str
+    detail: str
+    bar: Bar | None
+    greeting: str
+    extensions: tuple[str, ...]
+    tls: str
+    transcript: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Port25View:
+    """The sessions at every MX address, the addresses left alone and why, and the stages the bars show."""
+
+    sessions: tuple[SessionView, ...]
+    not_probed: tuple[tuple[str, str], ...]
+    stages: tuple[tuple[str, str], ...] = tuple(_STAGE_LABELS.items())
+
+
+def view(observed: Observed) -> Port25View | None:
+    probed = [(ev.text(p.get("host")), ev.mapping(p.get("session"))) for p in ev.mappings(observed.facts.get("probed"))]
+    # The bars share one scale: the slowest session of the domain fills its bar.
+    longest = max((sum(sec for _, _, sec in _stages(s)) for _, s in probed), default=0.0)
+    sessions = tuple(_session(host, s, longest) for host, s in probed)
+    not_probed = tuple(
+        (f"{ev.text(n.get('host'))} [{ev.text(n.get('ip'))}]", ev.text(n.get("why")))
+        for n in ev.mappings(observed.facts.get("not_probed"))
+    )
+    if not sessions and not not_probed:
+        return None
+    return Port25View(sessions, not_probed)
+
+
+def _session(host: str, s: Mapping[str, Any], longest: float) -> SessionView:
+    outcome, label = ev.outcome(s)
+    code = s.get("greeting_code")
+    greeting = ev.text(s.get("greeting"))
+    return SessionView(
+        endpoint=ev.endpoint(host, s),
+        outcome=outcome,
+        outcome_label=label,
+        detail=ev.text(s.get("detail")) if ev.text(s.get("error")) else "",
+        bar=_bar(_stages(s), longest),
+        greeting=f"{ev.text(code)} {greeting}".strip() if code is not None else greeting,
+        extensions=tuple(ev.text(e) for e in ev.items(s.get("extensions"))),
+        tls=ev.tls_text(s),
+        transcript=tuple(ev.text(line) for line in ev.items(s.get("transcript"))),
+    )
+
+
+def _stages(s: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """The stages the session reached with their seconds (a negative or missing time is no time)."""
+    found = []
+    for stage, label in _STAGE_LABELS.items():
+        seconds = ev.number(s.get(f"{stage}_s"))
+        if seconds is not None and seconds >= 0:
+            found.append((stage, label, seconds))
+    return found
+
+
+def _bar(stages: list[tuple[str, str, float]], longest: float) -> Bar | None:
+    if not stages or longest <= 0:
+        return None
+    scale = _BAR_WIDTH / longest
+    x = 0.0
+    segments = []
+    for stage, label, seconds in stages:
+        width = seconds * scale
+        segments.append(Segment(stage, label, f"{x:.2f}", f"{max(width, 0.5):.2f}", _ms(seconds)))
+        x += width
+    total = sum(seconds for _, _, seconds in stages)
+    summary = ", ".join(f"{label} {_ms(seconds)} ms" for _, label, seconds in stages)
+    return Bar(f"{_BAR_WIDTH}", f"{_BAR_HEIGHT}", tuple(segments), _ms(total), summary)
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
+
+
+def measure(facts: Mapping[str, Any]) -> Measurements:
+    """The stage timings of every session, per address."""
+    times = []
+    for probed in ev.mappings(facts.get("probed")):
+        session = probed.get("session")
+        if isinstance(session, Mapping):
+            seconds = tuple(ev.number(session.get(f"{stage}_s")) for stage in STAGES)
+            times.append(StageTimes(ev.text(probed.get("host")), seconds))
+    return Measurements(stages=tuple(times))
+
+
 async def run(ctx: CheckContext) -> Outcome:
     mx = ctx.facts("mx", MxFacts)
     if mx.null_mx and not mx.hosts:
@@ -248,6 +395,9 @@ CHECK = Check(
     id="port25",
     title="Port 25 reachability",
     run=run,
+    facts=Port25Facts,
+    evidence=Evidence("SMTP sessions", view),
+    measure=measure,
     requires=("mx",),
     timeout=10.0,
     # connect, greeting, EHLO, STARTTLS, handshake, EHLO, QUIT: one after another in each session (the

@@ -29,7 +29,9 @@ from diag.policy.spf import (
 )
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "M365_SPF_INCLUDE", "Sender", "SenderVerdict", "SpfFacts", "assess", "cloud_include", "senders"]
+__all__ = [
+    "CHECK", "M365_SPF_INCLUDE", "Sender", "SenderVerdict", "SpfFacts", "assess", "cloud_include", "probe", "senders",
+]  # fmt: skip
 
 M365_SPF_INCLUDE = "spf.protection.outlook.com"
 """Microsoft 365's SPF include (Microsoft Learn, "Set up SPF to identify valid email sources")."""
@@ -229,18 +231,19 @@ def senders(org: Organization, sender_ip: str | None) -> tuple[Sender, ...]:
     return tuple(found.values())
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> SpfFacts:
     analysis = await drive(analyze(ctx.domain), ctx.resolver)
     org = ctx.options.organization
     if org is None or org.accepted(ctx.domain) is None or not analysis.published:
-        return _outcome(SpfFacts(ctx.domain, analysis))
+        return SpfFacts(ctx.domain, analysis)
     egress = senders(org, ctx.options.sender_ip)
     verdicts = await asyncio.gather(*(drive(check_host(s.ip, ctx.domain), ctx.resolver) for s in egress))
     pairs = tuple(SenderVerdict(s, v) for s, v in zip(egress, verdicts, strict=True))
-    return _outcome(SpfFacts(ctx.domain, analysis, cloud_include(org), pairs))
+    return SpfFacts(ctx.domain, analysis, cloud_include(org), pairs)
 
 
-def _outcome(facts: SpfFacts) -> Outcome:
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
     return Outcome(facts, assess(facts))
 
 
@@ -248,6 +251,7 @@ CHECK = Check(
     id="spf",
     title="SPF record",
     run=run,
+    facts=SpfFacts,
     operations=4,
     codes={
         "SPF_OK": Severity.INFO,

@@ -14,7 +14,7 @@ from diag.model import Finding, Severity
 from diag.net.smtp import SessionError, SessionStage
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "OLD_PROTOCOLS", "StarttlsFacts", "assess"]
+__all__ = ["CHECK", "OLD_PROTOCOLS", "StarttlsFacts", "assess", "probe"]
 
 # The cloud service no longer negotiates TLS 1.0 or 1.1 (RFC 8996 deprecates both).
 OLD_PROTOCOLS = frozenset({"SSLv3", "TLSv1", "TLSv1.1"})
@@ -71,12 +71,18 @@ def _assess_session(probed: Probed) -> Finding:
     )
 
 
-async def run(ctx: CheckContext) -> Outcome:
+async def probe(ctx: CheckContext) -> StarttlsFacts | None:
+    """The port25 check's sessions that got past EHLO (the shared sessions already tried STARTTLS); None when
+    none did."""
     port25 = ctx.facts("port25", Port25Facts)
     reached = tuple(p for p in port25.probed if p.session.answered_ehlo)
-    if not reached:
+    return StarttlsFacts(reached) if reached else None
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
+    if facts is None:
         return Outcome.skip("no MX address answered EHLO")
-    facts = StarttlsFacts(reached)
     return Outcome(facts, assess(facts))
 
 
@@ -84,6 +90,7 @@ CHECK = Check(
     id="starttls",
     title="STARTTLS",
     run=run,
+    facts=StarttlsFacts,
     requires=("port25",),
     codes={
         "STARTTLS_OK": Severity.INFO,

@@ -13,7 +13,7 @@ from diag.policy.lookup import drive, shown
 from diag.policy.tlsrpt import RptIssue, RptStatus, TlsRptFacts, discover
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "assess"]
+__all__ = ["CHECK", "assess", "probe"]
 
 
 def assess(facts: TlsRptFacts) -> tuple[Finding, ...]:
@@ -51,8 +51,12 @@ def assess(facts: TlsRptFacts) -> tuple[Finding, ...]:
     return tuple(found)
 
 
+async def probe(ctx: CheckContext) -> TlsRptFacts:
+    return await drive(discover(ctx.domain), ctx.resolver)
+
+
 async def run(ctx: CheckContext) -> Outcome:
-    facts = await drive(discover(ctx.domain), ctx.resolver)
+    facts = await probe(ctx)
     return Outcome(facts, assess(facts))
 
 
@@ -60,6 +64,7 @@ CHECK = Check(
     id="tlsrpt",
     title="TLS-RPT record",
     run=run,
+    facts=TlsRptFacts,
     operations=1,
     codes={
         "TLSRPT_OK": Severity.INFO,

@@ -1,4 +1,5 @@
-"""The command line: commands and options only; the work is done by the engine, the lab and the renderers.
+"""The command line: commands and options only; the work is done by the engine, the lab, the renderers and,
+around a check run, diag.unattended (lock, outputs, history, notification).
 
 Heavy modules (dnspython, aiosmtplib, cryptography, rich) are imported inside the commands so that
 ``diag --help`` answers at once. Usage errors exit 3 with one line on stderr (CONTRACT.md), never 2 (click's
@@ -22,18 +23,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from diag import __version__
-from diag.errors import ConfigError, DiagError, DnsError, UsageError
+from diag.errors import ConfigError, DiagError, UsageError
 
 if TYPE_CHECKING:
-    from diag.config import Organization
-    from diag.context import RunOptions
-    from diag.history import Change
-    from diag.model import Report
+    from diag.config import Organization, ProbeConfig
     from diag.net.dns import Nameserver
     from diag.policy.dnssec import TrustAnchor
+    from diag.probe.run import ProbeOptions
     from diag.registry import Registry
     from diag.relay.settings import RelaySettings
-    from diag.unattended import Job
 
 __all__ = ["main"]
 
@@ -231,7 +229,14 @@ def _check_ca_file(path: Path) -> Path:
     return path
 
 
-def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Registry:
+def _probe_options(probes: Sequence[ProbeConfig]) -> ProbeOptions | None:
+    """The end-to-end probes' secrets, captured from the environment once (none without probes)."""
+    from diag.probe.run import ProbeOptions
+
+    return ProbeOptions.capture(os.environ, probes) if probes else None
+
+
+def _select(registry: Registry, ids: Sequence[str], *, configured: bool, probing: bool = False) -> Registry:
     from diag.registry import Registry
 
     unknown = [check_id for check_id in ids if check_id not in registry]
@@ -244,6 +249,12 @@ def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Regi
         if needing:
             raise UsageError(f"--check {needing[0]}: needs the organization's configuration (--config FILE)")
         registry = Registry(check for check in registry if "config" not in check.tags)
+    elif not probing:
+        # Checks that send mail (end-to-end probes) run only for configured [[Probe]] tables.
+        needing = [check_id for check_id in ids if "active" in registry[check_id].tags]
+        if needing:
+            raise UsageError(f"--check {needing[0]}: needs [[Probe]] tables in the configuration")
+        registry = Registry(check for check in registry if "active" not in check.tags)
     return registry.select(ids)
 
 
@@ -426,7 +437,9 @@ def check(
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import local_host_name, mail_domain
+    from diag.notify import NotifyPolicy
     from diag.routing import RoutingOrder
+    from diag.unattended import CheckRequest, Notification, Outputs, View, execute
 
     if verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
@@ -438,10 +451,13 @@ def check(
         raise UsageError("no domain to check: give DOMAIN arguments or --domains-file")
     if lab:
         _in_the_lab(names)
-    notify = _notification(notify_policy, notify_mail, smtp_server, webhook)
-    outputs = _Outputs(json_out, html_out, view, prom_out, junit_out, quiet=quiet, no_color=no_color)
+    notification = Notification(NotifyPolicy(notify_policy), mail=notify_mail, smtp_server=smtp_server,
+                                webhook=webhook)  # fmt: skip
+    outputs = Outputs(json=json_out, html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet,
+                      no_color=no_color)  # fmt: skip
     organization = _organization(config_path, lab=lab)
-    registry = _select(default_registry(), check_ids, configured=organization is not None)
+    probes = organization.probes if organization is not None else ()
+    registry = _select(default_registry(), check_ids, configured=organization is not None, probing=bool(probes))
     options = RunOptions(
         nameservers=tuple(_parse_resolver(r) for r in resolvers),
         smtp_port=smtp_port or 25,
@@ -457,24 +473,16 @@ def check(
         routing_order=RoutingOrder(routing_order),
         client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
-        validating_resolver=_validating(validating_resolver, resolvers, lab=lab),
+        probe=_probe_options(probes),
         https_port=https_port,
+        validating_resolver=_validating(validating_resolver, resolvers, lab=lab),
     )
     if trust_anchor:
         options = dataclasses.replace(options, trust_anchors=_trust_anchors(trust_anchor))
-    from diag.unattended import Job
-
-    job = Job.of(
-        "check", names, checks=check_ids, config=config_path, lab=lab,
-        outputs={"--json": json_out, "--html": html_out, "--prom": prom_out, "--junit": junit_out,
-                 "--history": None if no_history else history_path},
-    )  # fmt: skip
-    with _OptionalLock(lock_path, job):
-        report = asyncio.run(_run(names, registry, options, lab=lab, progress=sys.stderr.isatty() and len(names) > 1))
-        document = outputs.write(report)
-        changes = _remember(document, history_path, disabled=no_history)
-        notify.send(options, document, changes)
-    return report.exit_code
+    return execute(CheckRequest(
+        tuple(names), registry, options, outputs=outputs, notification=notification, checks=check_ids,
+        config=config_path, lab=lab, lock=lock_path, history=history_path, keep_history=not no_history,
+    ))  # fmt: skip
 
 
 def _domains_file(path: Path) -> list[str]:
@@ -512,191 +520,6 @@ def _in_the_lab(names: Sequence[str]) -> None:
             f"the lab has no domain {display_domain(missing[0])}{more}: --lab checks only the lab's own domains "
             "(see 'diag lab domains')"
         )
-
-
-class _OptionalLock:
-    """The run lock: the given file, or by default one per job when nobody watches (not a terminal), so that
-    only a second copy of the same job is refused (diag/unattended.py)."""
-
-    def __init__(self, path: Path | None, job: Job) -> None:
-        from diag.lock import RunLock, default_lock_path
-
-        if path is not None:
-            self._lock: RunLock | None = RunLock(path)
-        elif sys.stdout.isatty():
-            self._lock = None
-        else:
-            self._lock = RunLock(default_lock_path(job.key), job=job.describe())
-
-    def __enter__(self) -> None:
-        if self._lock is not None:
-            self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._lock is not None:
-            self._lock.release()
-
-
-def _remember(document: dict[str, Any], path: Path | None, *, disabled: bool) -> list[Change]:
-    """Keep the run in the history and return what changed since each domain's previous run."""
-    if disabled:
-        return []
-    from diag.history import History, default_history_path
-
-    with History(path or default_history_path()) as history:
-        return list(history.run_changes(history.record(document)))
-
-
-class _Outputs:
-    """Where the run's result goes: files (JSON, HTML, Prometheus, JUnit) and the view on stdout."""
-
-    def __init__(self, json_out: str | None, html_out: Path | None, view: str, prom_out: Path | None,
-                 junit_out: Path | None, *, quiet: bool, no_color: bool) -> None:  # fmt: skip
-        self.json_out, self.html_out, self.view = json_out, html_out, view
-        self.prom_out, self.junit_out = prom_out, junit_out
-        self.quiet, self.no_color = quiet, no_color
-        for option, target in (("--json", json_out if json_out != "-" else None), ("--html", html_out),
-                               ("--prom", prom_out), ("--junit", junit_out)):  # fmt: skip
-            if target is not None and not Path(target).parent.is_dir():
-                raise ConfigError(f"{option} {str(target)!r}: directory {str(Path(target).parent)!r} does not exist")
-        if json_out == "-" and view == "nagios":
-            raise UsageError("--json - and --format nagios both want stdout; write the JSON to a file")
-
-    def write(self, report: Report) -> dict[str, Any]:
-        from diag.render.json import report_dict
-
-        document = report_dict(report)
-        if self.json_out is not None:
-            import json
-
-            _write(self.json_out, json.dumps(document, indent=2, ensure_ascii=True) + "\n", option="--json")
-        if self.html_out is not None:
-            from diag.render.html import render_html
-
-            _write(str(self.html_out), render_html(document), option="--html")
-        if self.prom_out is not None:
-            from diag.render.monitoring import prometheus
-
-            _write(str(self.prom_out), prometheus(report), option="--prom")
-        if self.junit_out is not None:
-            from diag.render.monitoring import junit
-
-            _write(str(self.junit_out), junit(report), option="--junit")
-        if self.json_out != "-":
-            _view(report, self.view, quiet=self.quiet, no_color=self.no_color)
-        return document
-
-
-def _view(report: Report, view: str, *, quiet: bool, no_color: bool) -> None:
-    if view == "nagios":
-        from diag.render.monitoring import nagios
-
-        sys.stdout.write(nagios(report))
-    elif sys.stdout.isatty():
-        from rich.console import Console
-
-        from diag.render.terminal import render_rich
-
-        render_rich(report, Console(no_color=no_color, highlight=False), quiet=quiet)
-    else:
-        from diag.render.terminal import render_plain
-
-        render_plain(report, sys.stdout, quiet=quiet)
-
-
-class _Notification:
-    """--notify-mail and --webhook, checked before the run so a typo fails at once."""
-
-    def __init__(self, policy: str, mail: str | None, server: str | None, port: int, webhook: str | None) -> None:
-        self.policy, self.mail, self.server, self.port, self.webhook = policy, mail, server, port, webhook
-
-    def send(self, options: RunOptions, document: dict[str, Any], changes: Sequence[Change]) -> None:
-        """Notify when the policy says so; a failure is one line on stderr and never changes the exit code."""
-        if not (self.mail or self.webhook):
-            return
-        from diag.notify import NotifyError, post_webhook, should_notify
-
-        if not should_notify(self.policy, document, changes):
-            return
-        if self.mail and self.server:
-            from diag.render.html import render_html
-
-            try:
-                asyncio.run(self._mail(render_html(document), document, options, changes))
-            except (NotifyError, DnsError) as exc:
-                click.echo(f"diag: notification failed: {exc}", err=True)
-        if self.webhook:
-            try:
-                asyncio.run(post_webhook(self.webhook, document))
-            except NotifyError as exc:
-                click.echo(f"diag: notification failed: {exc}", err=True)
-
-
-    async def _mail(self, html: str, document: dict[str, Any], options: RunOptions, changes: Sequence[Change]) -> None:
-        """Submit through --smtp-server, found with the run's own resolver and verified with its CAs."""
-        import ipaddress
-
-        from diag.net.dns import Resolver
-        from diag.notify import send_mail
-
-        assert self.server is not None and self.mail is not None
-        address, name = self.server, None
-        try:
-            ipaddress.ip_address(self.server)
-        except ValueError:
-            answer = await Resolver(options.nameservers, timeout=options.timeout).query(self.server, "A")
-            if not answer.records:
-                raise DnsError(f"--smtp-server {self.server}: no address ({answer.status.value})") from None
-            address, name = answer.records[0].to_text(), self.server
-        # From the name this host announces (a fully qualified one), unless the credentials name a sender.
-        sender = None if os.environ.get("DIAG_SMTP_USERNAME") else f"diag@{options.ehlo_name}"
-        await send_mail(html, document, to=self.mail, server=address, port=self.port, tls_name=name,
-                        ca_file=options.ca_file, timeout=options.timeout, changes=changes, sender=sender)  # fmt: skip
-
-
-def _notification(policy: str, mail: str | None, server: str | None, webhook: str | None) -> _Notification:
-    from diag.notify import check_recipients, check_webhook_url, parse_smtp_server
-
-    if mail:
-        check_recipients(mail)
-        if not server:
-            raise UsageError("--notify-mail needs --smtp-server HOST[:PORT] to submit the report to")
-    if webhook:
-        check_webhook_url(webhook)
-    host, port = parse_smtp_server(server) if server is not None else (None, 25)
-    return _Notification(policy, mail, host, port, webhook)
-
-
-async def _run(domains: list[str], registry: Registry, options: RunOptions, *, lab: bool, progress: bool) -> Report:
-
-    if not lab:
-        return await _with_progress(domains, registry, options, progress)
-
-    from diag.lab.runner import Lab
-
-    async with Lab() as running:
-        lab_options = running.run_options()
-        options = dataclasses.replace(
-            options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
-            ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
-            trust_anchors=lab_options.trust_anchors, https_port=lab_options.https_port,
-        )  # fmt: skip
-        return await _with_progress(domains, registry, options, progress)
-
-
-async def _with_progress(domains: list[str], registry: Registry, options: RunOptions, progress: bool) -> Report:
-    """Run the checks; on a terminal with several domains, with a progress bar on stderr."""
-    from diag.runner import run_checks
-
-    if not progress:
-        return await run_checks(domains, registry, options)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:  # fmt: skip
-        task = bar.add_task("domains", total=len(domains))
-        return await run_checks(domains, registry, options, on_domain=lambda _report: bar.advance(task))
 
 
 @cli.command()
@@ -739,10 +562,104 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
         findings = [f for f in route_findings(domain, routing, org) if f.code != "ROUTE_CONNECTOR"]
         items.append(RouteReport(address, routing, tuple(findings)))
     if json_out is not None:
-        _write(json_out, dumps(items, order), option="--json")
+        from diag.unattended import write_output
+
+        write_output(json_out, dumps(items, order), option="--json")
     if json_out != "-":
         render_plain(items, sys.stdout)
     return Verdict.of_findings(f for item in items for f in item.findings).exit_code
+
+
+@cli.command()
+@click.option("--from", "sender", metavar="ADDR", default=None, help="The probe's sender (envelope and From).")
+@click.option("--to", "recipient", metavar="ADDR", default=None, help="The probe's recipient.")
+@click.option("--via", metavar="HOST[:PORT]", default=None,
+              help="Where the probe enters (port 465: implicit TLS).  [default: the recipient domain's MX, port 25]")
+@click.option("--watch", metavar="URL", default=None,
+              help="Where its arrival is observed: maildir:PATH, imap://HOST[:PORT]/FOLDER (STARTTLS) or imaps://...; "
+                   "password from DIAG_WATCH_PASSWORD, or an OAuth2 token from DIAG_WATCH_TOKEN (XOAUTH2).")
+@click.option("--watch-user", metavar="USER", default=None, help="The IMAP user, unless the URL names it.")
+@click.option("--deadline", type=_Seconds(1, 86400), default=None, metavar="SECONDS",
+              help="How long after its acceptance it may take to arrive.  [default: 300]")
+@click.option("--slow", type=_Seconds(0, 86400), default=None, metavar="SECONDS",
+              help="An arrival later than this is a warning (E2E_SLOW).")
+@click.option("--keep", is_flag=True, help="Leave the probe (and any DSN) in the mailbox.")
+@click.option("--require-tls", is_flag=True, help="Refuse to submit the probe without TLS.")
+@click.option("--auth", "auth_user", metavar="USER", default=None,
+              help="Authenticate the submission as USER with the password in DIAG_SMTP_PASSWORD.")
+@click.option("--client-cert", type=_input(), default=None, metavar="PEM",
+              help="Present this certificate chain when submitting.")
+@click.option("--client-key", type=_input(), default=None, metavar="PEM",
+              help="Its private key, when not in the --client-cert file.")
+@click.option("--config", "config_path", type=_input(), default=None, metavar="FILE",
+              help="The organization's configuration: run its [[Probe]] tables; its connectors predict the route.")
+@click.option("--name", default=None, metavar="NAME", help="Run only the [[Probe]] of this Name.")
+@click.option("--lab", is_flag=True,
+              help="In a throw-away lab: its example configuration's four probes unless others are given.")
+@click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]",
+              help="DNS server to ask (repeatable). Default: the system's resolver.")
+@click.option("--ca-file", type=_input(), default=None, metavar="PEM",
+              help="Trust these CA certificates instead of the system store (SMTP and IMAP alike).")
+@click.option("--ehlo-name", metavar="NAME", default=None, help="Name to announce in EHLO. Default: this host's.")
+@click.option("--allow-private", is_flag=True,
+              help="Submit to an MX address that is not public (loopback, private ranges); refused by default.")
+@click.option("--timeout", type=_Seconds(0.1, 600), default=10.0, show_default=True, metavar="SECONDS",
+              help="Time limit of each network operation.")
+@click.option("--json", "json_out", type=_output(dash=True), metavar="FILE|-", default=None,
+              help="Write the JSON result to FILE or stdout.")
+@click.option("--html", "html_out", type=_output(), default=None, metavar="FILE",
+              help="Write a self-contained HTML report.")
+@click.option("--lock", "lock_path", type=_output(), default=None, metavar="FILE",
+              help="Refuse to overlap another run holding FILE. Default: a per-user lock file when not on a terminal.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only problems; nothing when all is well.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens to stderr.")
+@click.option("--no-color", is_flag=True, help="No colour in the terminal view.")
+def probe(sender: str | None, recipient: str | None, via: str | None, watch: str | None, watch_user: str | None,
+          deadline: float | None, slow: float | None, keep: bool, require_tls: bool, auth_user: str | None,
+          client_cert: Path | None, client_key: Path | None, config_path: Path | None, name: str | None, lab: bool,
+          resolvers: tuple[str, ...], ca_file: Path | None, ehlo_name: str | None, allow_private: bool,
+          timeout: float, json_out: str | None, html_out: Path | None, lock_path: Path | None, quiet: bool,
+          verbose: bool, no_color: bool) -> int:  # fmt: skip
+    """Send an end-to-end test message and prove it arrived: where, when, over which hops, with which TLS.
+
+    One probe: --from, --to and --watch (and --via). Or the [[Probe]] tables of --config (--name: one of them).
+    Or --lab alone: the lab's four flows, John<->Sun and John<->Bob. Exit codes as for diag check; a mailbox that
+    cannot be read is E2E_WATCH_FAILED, exit 3.
+    """
+    from checks import default_registry
+    from diag.context import RunOptions
+    from diag.names import local_host_name
+    from diag.probe.run import SMTP_PASSWORD_VARIABLE, ProbeOptions, Request, requested_probes, run_probes
+    from diag.unattended import Job, Outputs, job_lock
+
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
+    if lab and (resolvers or ca_file):
+        raise UsageError("--lab sets --resolver and --ca-file itself; give either --lab or those")
+    if client_key is not None and client_cert is None:
+        raise UsageError("--client-key needs --client-cert")
+    if auth_user is not None and not os.environ.get(SMTP_PASSWORD_VARIABLE):
+        raise UsageError(f"--auth {auth_user}: set the password in {SMTP_PASSWORD_VARIABLE}")
+    request = Request(sender, recipient, via, watch, watch_user, deadline, slow, name, lab)
+    organization = _organization(config_path, lab=lab)
+    probes = requested_probes(request, organization)
+    outputs = Outputs(json=json_out, html=html_out, quiet=quiet, no_color=no_color)
+    options = RunOptions(
+        nameservers=tuple(_parse_resolver(r) for r in resolvers),
+        ca_file=_check_ca_file(ca_file) if ca_file else None,
+        ehlo_name=ehlo_name or local_host_name(),
+        timeout=timeout,
+        allow_private=allow_private,
+        organization=organization,
+        probe=ProbeOptions.capture(os.environ, probes, keep=keep, require_tls=require_tls, auth_user=auth_user,
+                                   client_cert=client_cert, client_key=client_key),
+    )
+    domains = {address.rpartition("@")[2] for probe in probes for address in (probe.sender, probe.recipient)}
+    job = Job.of("probe", domains, config=config_path, lab=lab, outputs={"--json": json_out, "--html": html_out})
+    with job_lock(lock_path, job):
+        report = asyncio.run(run_probes(probes, default_registry().select(["e2e"]), options, lab=lab))
+        outputs.write(report)
+    return report.exit_code
 
 
 def _write(target: str, text: str, *, option: str) -> None:
@@ -788,23 +705,31 @@ def report(result: Path, html_out: Path | None, view: str, prom_out: Path | None
 
     RESULT.json is '-' to read it from standard input: diag check contoso.com --json - | diag report - --html r.html
     """
-    from diag.render.json import report_from_dict
+    from checks import default_registry
+    from diag.model import Report
+    from diag.render.text import sanitize
+    from diag.unattended import Outputs, View
 
-    saved = report_from_dict(_load_result(result))
-    _Outputs(None, html_out, view, prom_out, junit_out, quiet=quiet, no_color=no_color).write(saved)
+    document, where = _load_result(result)
+    try:
+        saved = Report.from_json(document, facts=default_registry().facts)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a diag.report/1 result: {sanitize(str(exc), limit=300)}") from None
+    Outputs(html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet, no_color=no_color).write(saved)
     return saved.exit_code
 
 
-def _load_result(result: Path) -> dict[str, Any]:
-    """A saved result from a file or, for ``-``, standard input, validated the same way."""
-    from diag.render.html import load_report
+def _load_result(result: Path) -> tuple[dict[str, Any], str]:
+    """A saved result from a file or, for ``-``, standard input, validated the same way; and where it came
+    from, for messages."""
+    from diag.render.json import load_report
 
     if str(result) != "-":
-        return load_report(result)
+        return load_report(result), str(result)
     # load_report reads a path: /dev/stdin is this process's standard input, be it a pipe, a file or a terminal.
     stdin = Path("/dev/stdin")
     try:
-        return load_report(stdin)
+        return load_report(stdin), "standard input"
     except ConfigError as exc:
         raise ConfigError(str(exc).replace(f"{stdin}:", "standard input:", 1)) from None
 
@@ -821,11 +746,13 @@ def codes(json_out: str | None) -> int:
     if json_out is not None:
         import json
 
+        from diag.unattended import write_output
+
         catalogue = {"schema": "diag.codes/1", "codes": [
             {"code": code, "check": check_id, "severity": severity, "meaning": meaning}
             for check_id, severity, code, meaning in rows
         ]}  # fmt: skip
-        _write(json_out, json.dumps(catalogue, indent=2, ensure_ascii=True) + "\n", option="--json")
+        write_output(json_out, json.dumps(catalogue, indent=2, ensure_ascii=True) + "\n", option="--json")
     if json_out != "-":
         widths = [max(len(row[column]) for row in rows) for column in range(3)]
         for row in rows:
@@ -915,11 +842,14 @@ def schedule(every: str, systemd: bool, name: str, install: bool, command: tuple
 @click.option("--allow-private", is_flag=True,
               help="Also deliver to addresses that are not public (an on-premises smart host on 10.x or 192.168.x); "
                    "refused by default, like the config's AllowPrivate.")
+@click.option("--reflect", "reflectors", multiple=True, metavar="ADDR",
+              help="Internet role: answer every message to ADDR with its headers attached, so that `diag probe "
+                   "--round-trip` proves both directions (repeatable; replaces the config's Reflect).")
 @click.pass_context
 def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen: tuple[str, ...],
           hostname: str | None, spool: Path | None, maildir: Path | None, tls_cert: Path | None,
           tls_key: Path | None, resolvers: tuple[str, ...], ca_file: Path | None,
-          smtp_port: int | None, allow_private: bool) -> int:  # fmt: skip
+          smtp_port: int | None, allow_private: bool, reflectors: tuple[str, ...]) -> int:  # fmt: skip
     """Run the routing relay in the foreground (cloud, on-premises or Internet role); stop with Ctrl-C/SIGTERM.
 
     It accepts mail like the cloud (accepted domains, relay rights by inbound connector), spools it durably,
@@ -936,7 +866,7 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
         org, role=RelayRole(role) if role else None, hostname=hostname, listen=[_listen(text) for text in listen],
         spool=spool, maildir=maildir, tls_cert=tls_cert, tls_key=tls_key,
         nameservers=[_parse_resolver(text) for text in resolvers], smtp_port=smtp_port,
-        ca_file=_check_ca_file(ca_file) if ca_file else None, allow_private=allow_private,
+        ca_file=_check_ca_file(ca_file) if ca_file else None, allow_private=allow_private, reflect=reflectors,
     )  # fmt: skip
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings
@@ -1030,11 +960,12 @@ def config_import(paths: tuple[Path, ...], output: Path | None) -> int:
     likewise for the other two cmdlets).
     """
     from diag.config import import_exports
+    from diag.unattended import write_output
 
     result = import_exports(paths)
     for note in result.notes:
         click.echo(f"diag: note: {note}", err=True)
-    _write(str(output) if output else "-", result.to_toml(), option="-o")
+    write_output(str(output) if output else "-", result.to_toml(), option="-o")
     return 0
 
 

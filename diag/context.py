@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,9 +26,12 @@ from diag.routing import RoutingOrder
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from diag.probe.run import ProbeOptions
+
 __all__ = ["CheckContext", "RunContext", "RunOptions"]
 
 F = TypeVar("F")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class RunOptions:
             leaf first, intermediates as the server sends them; empty: use the chain its port-25 listener
             serves.
         sender_ip: the address the on-premises server sends to the cloud from (``--sender-ip``).
+        probe: what the end-to-end probes of the organization's ``[[Probe]]`` tables take from outside them
+            (run id, secrets captured from the environment, ``--keep``...); None: no secrets, defaults.
     """
 
     nameservers: tuple[Nameserver, ...] = ()
@@ -77,6 +82,7 @@ class RunOptions:
     https_port: int = 443
     trust_anchors: tuple[TrustAnchor, ...] = ROOT_ANCHORS
     validating_resolver: bool = False
+    probe: ProbeOptions | None = None
 
 
 class RunContext:
@@ -91,7 +97,7 @@ class RunContext:
         )
         self._total = asyncio.Semaphore(options.total_connections)
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
-        self._org_domains: asyncio.Future[OrgDomains] | None = None
+        self._shared: dict[Hashable, asyncio.Future[Any]] = {}
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -123,15 +129,24 @@ class RunContext:
 
     async def org_domains(self) -> OrgDomains:
         """The public suffix list (DMARC's organizational domains), loaded once per run."""
-        if self._org_domains is None:
-            self._org_domains = asyncio.ensure_future(asyncio.to_thread(OrgDomains))
-        return await asyncio.shield(self._org_domains)
+        return await asyncio.shield(self.once(OrgDomains, lambda: asyncio.to_thread(OrgDomains)))
+
+    def once(self, key: Hashable, start: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Future[T]:
+        """The outcome of ``start()``, begun on the first request for ``key`` and shared by every later request in
+        this run: an end-to-end probe that concerns two checked domains is sent once. Await it shielded, so that
+        one requester's timeout does not cancel it for the others."""
+        future = self._shared.get(key)
+        if future is None:
+            future = asyncio.ensure_future(start())
+            self._shared[key] = future
+        return future
 
     async def aclose(self) -> None:
-        """Cancel sessions no check waited for (a check that timed out leaves its session behind)."""
-        for future in self._sessions.values():
+        """Cancel sessions and shared work no check waited for (a check that timed out leaves them behind)."""
+        pending = [*self._sessions.values(), *self._shared.values()]
+        for future in pending:
             future.cancel()
-        await asyncio.gather(*self._sessions.values(), return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)

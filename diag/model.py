@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from diag.codec import decode
+
 __all__ = [
+    "REPORT_SCHEMA",
     "CheckResult",
     "DomainReport",
     "Finding",
@@ -24,6 +27,9 @@ __all__ = [
     "Verdict",
     "subject_host",
 ]
+
+REPORT_SCHEMA = "diag.report/1"
+"""The name and version of the JSON document of a report (CONTRACT.md)."""
 
 # The address part of a subject: " [192.0.2.1]:25", " [2001:db8::1]:25" or " [192.0.2.1]" (CONTRACT.md: a subject
 # names the host and, where a connection is involved, the IP and port).
@@ -205,3 +211,71 @@ class Report:
     @property
     def exit_code(self) -> int:
         return self.verdict.exit_code
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any], *, facts: Mapping[str, type[Any]]) -> Report:
+        """A ``diag.report/1`` document (``diag check --json``, parsed) as the Report it was written from.
+
+        The one way back from a saved result. ``facts`` maps a check id to the class of its facts (the
+        registry's :attr:`~diag.registry.Registry.facts`); a check's facts are decoded into that class
+        (:func:`diag.codec.decode`), so writing the report again gives the same document. The facts of a check
+        not in ``facts`` (one this diag does not know) stay the JSON object they are; an empty object is no
+        facts (None), as the document writes them. Verdicts and exit codes are not read: they follow from the
+        findings and statuses.
+
+        Raises ValueError naming where (``domains/0/checks/1/facts/probed/0/session/reached``) and what is
+        wrong when the document is not such a report.
+        """
+        if document.get("schema") != REPORT_SCHEMA:
+            raise ValueError(f"its schema is {document.get('schema')!r}, not {REPORT_SCHEMA!r}")
+        try:
+            domains = []
+            for d, domain in enumerate(_field(document, "domains", list)):
+                checks = enumerate(_field(domain, "checks", list))
+                results = tuple(_check_from_json(check, facts, f"domains/{d}/checks/{c}") for c, check in checks)
+                domains.append(DomainReport(_field(domain, "domain", str), results))
+            return cls(_moment(document, "started_at"), _moment(document, "finished_at"), tuple(domains))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a report: {exc}") from None
+
+
+def _check_from_json(check: Mapping[str, Any], facts: Mapping[str, type[Any]], where: str) -> CheckResult:
+    check_id = _field(check, "id", str)
+    findings = []
+    for index, f in enumerate(_field(check, "findings", list)):
+        severity = _severity(_field(f, "severity", str), f"{where}/findings/{index}")
+        findings.append(Finding(_field(f, "code", str), severity, _field(f, "subject", str),
+                                _field(f, "message", str), _field(f, "remediation", str), f.get("cloud_error")))
+    try:
+        status = Status(_field(check, "status", str))
+    except ValueError:
+        raise ValueError(f"{where}/status: {check['status']!r} is not a check status") from None
+    observed: Any = _field(check, "facts", dict) or None
+    kind = facts.get(check_id)
+    if observed is not None and kind is not None:
+        observed = decode(kind, observed, at=f"{where}/facts")
+    # The document keeps a check's duration, not its start and end: a report needs nothing more.
+    duration = _field(check, "duration_ms", int) / 1000
+    return CheckResult(check_id, _field(check, "title", str), status, check.get("reason"), observed,
+                       tuple(findings), 0.0, duration)
+
+
+def _field(mapping: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = mapping[name]
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} is not a {kind.__name__}")
+    return value
+
+
+def _severity(label: str, where: str) -> Severity:
+    try:
+        return Severity[label.upper()]
+    except KeyError:
+        raise ValueError(f"{where}/severity: {label!r} is not a severity") from None
+
+
+def _moment(document: Mapping[str, Any], name: str) -> datetime:
+    try:
+        return datetime.fromisoformat(_field(document, name, str).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        raise ValueError(f"{name}: {document[name]!r} is not a time") from None

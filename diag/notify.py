@@ -13,8 +13,8 @@ Policies (``--notify``):
 * ``problem``: whenever the run's status is not ok (warning, critical or unknown).
 
 A notification that cannot be delivered raises :class:`NotifyError` (one line, no traceback). It does **not**
-change the run's exit code: the exit code reports the mail connectors, not the messenger. The CLI prints the
-line to stderr (cron mails it to the job's owner) and exits with the run's code.
+change the run's exit code: the exit code reports the mail connectors, not the messenger. diag.unattended
+prints the line to stderr (cron mails it to the job's owner) and the run keeps its exit code.
 
 Mail: the SMTP server's certificate is verified (system store, or ``ca_file``); STARTTLS is used whenever the
 server offers it, and a failed TLS handshake fails the notification rather than falling back to plain text.

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import RegistryError
+from diag.evidence import Evidence, Measurements
 from diag.model import CheckResult, Finding, Severity
 
 if TYPE_CHECKING:
-    from diag.context import CheckContext
+    from diag.context import CheckContext, RunOptions
 
 __all__ = ["Check", "Outcome", "Registry"]
 
@@ -38,12 +39,17 @@ class Outcome:
     - ``not_applicable``: there is nothing to examine, and that is no problem in itself (a domain with a null
       MX and nothing else accepts no mail, so it has no mail host to connect to). The check ends
       ``not_applicable``, which does not make the verdict unknown.
+
+    One outcome carries facts and findings *and* a reason: ``incomplete``, when the check ran but part of what it
+    examines could not be (an end-to-end probe whose mailbox could not be read, beside probes that were judged).
+    Its findings stand, and the check ends ``error`` with the reason: what it could not see is unknown.
     """
 
     facts: Any
     findings: tuple[Finding, ...]
     skipped: str | None = None
     not_applicable: str | None = None
+    incomplete: str | None = None
 
     @classmethod
     def skip(cls, reason: str) -> Outcome:
@@ -77,6 +83,15 @@ class Check:
         meanings: what each code in ``codes`` means, one line each, for people (``diag codes`` and the README's
             catalogue print it). Kept apart from ``codes``, which stays a mapping from code to severity for its
             readers.
+        facts: the frozen dataclass of the facts ``run`` returns; a saved result's facts are read back into it
+            (:meth:`diag.model.Report.from_json`), so it may hold only what :mod:`diag.codec` round-trips.
+        evidence: how the HTML report shows the facts (the view data for the check's template partial,
+            ``report_templates/checks/<id>.html.j2``); None for a check with nothing to show beside its findings.
+        measure: what the monitoring formats export from the facts (SMTP stage timings, certificate expiry).
+            Both read the facts in their JSON form, defensively (:mod:`diag.evidence`).
+        waits: optional function of the run's options giving the seconds the check waits beyond its network
+            operations (the ``e2e`` check waits for its probes to arrive, up to their Deadline); added to its
+            budget.
     """
 
     id: str
@@ -89,6 +104,10 @@ class Check:
     tags: frozenset[str] = field(default_factory=frozenset)
     summarize: Callable[[Sequence[CheckResult]], Sequence[CheckResult]] | None = None
     meanings: Mapping[str, str] = field(default_factory=dict)
+    facts: type[Any] | None = None
+    evidence: Evidence | None = None
+    measure: Callable[[Mapping[str, Any]], Measurements] | None = None
+    waits: Callable[[RunOptions], float] | None = None
 
     def finding(
         self,
@@ -106,9 +125,11 @@ class Check:
             raise RegistryError(f"check {self.id!r} emits undeclared finding code {code!r}") from None
         return Finding(code, severity, subject, message, remediation, cloud_error)
 
-    def budget(self, operation_timeout: float) -> float:
-        """Seconds this check may take when each network operation may take ``operation_timeout``."""
-        return self.timeout + self.operations * operation_timeout
+    def budget(self, operation_timeout: float, options: RunOptions | None = None) -> float:
+        """Seconds this check may take when each network operation may take ``operation_timeout`` (and, given the
+        run's ``options``, what it waits for beyond them)."""
+        waiting = self.waits(options) if self.waits is not None and options is not None else 0.0
+        return self.timeout + self.operations * operation_timeout + waiting
 
 
 class Registry:
@@ -160,6 +181,11 @@ class Registry:
 
     def __getitem__(self, check_id: str) -> Check:
         return self._checks[check_id]
+
+    @property
+    def facts(self) -> dict[str, type[Any]]:
+        """The class of each check's facts, by check id, for :meth:`diag.model.Report.from_json`."""
+        return {check.id: check.facts for check in self if check.facts is not None}
 
     @property
     def ids(self) -> tuple[str, ...]:

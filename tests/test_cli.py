@@ -86,8 +86,16 @@ def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
     statuses = {d["domain"]: d["status"] for d in document["domains"]}
     assert statuses == {"contoso.com": "ok", "dangling.example": "critical", "servfail.example": "unknown"}
     assert document["exit_code"] == done.returncode == 2
-    mx, port25, _starttls, certificate, connectors, *_policy = document["domains"][0]["checks"]
+    mx, port25, _starttls, certificate, connectors, *_policy, e2e = document["domains"][0]["checks"]
     assert connectors["facts"]["routing"]["decision"]["connector"]["name"] == "Connector 2"
+    # The lab's configured probes from or to contoso.com ran as the e2e check, and all four arrived.
+    assert [f["code"] for f in e2e["findings"]] == ["E2E_DELIVERED"] * 4
+    probes = {p["name"]: p for p in e2e["facts"]["probes"]}
+    assert set(probes) == {"John to Sun", "Sun to John", "John to Bob", "Bob to John"}
+    sun = probes["John to Sun"]
+    assert ".diag-probe." in sun["message_id"] and sun["accepted_at"] <= sun["observed_at"]
+    assert 0 <= sun["latency_s"] < 60 and [h["ip"] for h in sun["hops"]] == ["127.0.0.1", "127.0.10.10", "127.0.1.10"]
+    assert sun["hops"][1]["protocol"] == "ESMTPS" and sun["hops"][1]["tls_version"] == "TLSv1.3"
     assert mx["facts"]["hosts"][0]["addresses"] == ["127.0.1.10"]
     session = port25["facts"]["probed"][0]["session"]
     assert session["greeting_code"] == 220 and session["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
@@ -169,6 +177,7 @@ def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> No
     [
         ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--listen", "127.0.0.1:²"],
         ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--listen", "127.0.0.1:٣"],
+        ["relay", "--config", "examples/contoso.toml", "--role", "cloud", "--reflect", "echo@probe.example"],
         ["lab", "serve", "--dir", "/etc/hostname/lab"],
     ],
 )

@@ -115,6 +115,19 @@ def test_report_validates_standard_input_like_a_file(text: str, error: str) -> N
     assert one_error(diag("report", "-", stdin=text)).startswith(error)
 
 
+def test_report_refuses_facts_that_do_not_read_back(tmp_path: Path, saved: Path) -> None:
+    """A saved result goes back through Report.from_json: facts the check's own class cannot hold are named."""
+    document = json.loads(saved.read_text())
+    document["domains"][0]["checks"][0]["facts"] = {"domain": "contoso.com", "status": "\u202eok"}
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(document))
+
+    error = one_error(diag("report", str(edited)))
+
+    assert error == (f"{edited}: not a diag.report/1 result: domains/0/checks/0/facts/status: "
+                     "'\\u202eok' is not one of ok, nxdomain, nodata")  # fmt: skip
+
+
 # --- an empty --domains-file ------------------------------------------------------------------------------------
 
 

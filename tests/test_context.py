@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from diag.context import CheckContext, RunContext
+from diag.context import CheckContext, RunContext, RunOptions
 from diag.lab.runner import Lab
 from diag.net.smtp import SessionStage
 
@@ -82,3 +82,70 @@ def test_facts_of_a_required_check_are_typed(lab: Lab) -> None:
             await run.aclose()
 
     asyncio.run(scenario())
+
+
+async def _accepted_while_waiting(options: RunOptions, targets: list[str], *, more_than: int) -> int:
+    """Ask ``options``'s run context for a session with each of ``targets`` (addresses on loopback, each with a
+    server of its own that accepts and never greets) and return how many connections the servers accepted by the
+    time ``more_than`` were, or a second passed with the sessions still waiting for their banners."""
+    accepted = 0
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        held.append(writer)
+
+    servers = [await asyncio.start_server(silent, ip, 0) for ip in targets]
+    run = RunContext(options)
+    try:
+        for ip, listener in zip(targets, servers, strict=True):
+            run.smtp_session(ip, "silent.test", port=listener.sockets[0].getsockname()[1])
+        for _ in range(20):
+            if accepted > more_than:
+                break
+            await asyncio.sleep(0.05)
+        return accepted
+    finally:
+        await run.aclose()
+        for writer in held:
+            writer.close()
+        for listener in servers:
+            listener.close()
+            await listener.wait_closed()
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_connections_to_one_address_are_bounded_politely(limit: int) -> None:
+    # Given a run allowing `limit` connections per address, and three mail hosts on one address that never greet
+    options = RunOptions(timeout=30, per_host_connections=limit)
+    # When a session with each is asked for, then only `limit` connect while the others wait their turn
+    assert asyncio.run(_accepted_while_waiting(options, ["127.0.0.1"] * 3, more_than=limit)) == limit
+
+
+def test_connections_in_all_are_bounded_across_addresses() -> None:
+    options = RunOptions(timeout=30, total_connections=2)
+    targets = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert asyncio.run(_accepted_while_waiting(options, targets, more_than=2)) == 2
+
+
+def test_once_shares_one_piece_of_work_per_key_in_a_run() -> None:
+    # Given two checks asking for the same probe in one run (it concerns both checked domains)
+    started: list[str] = []
+
+    async def probe(name: str) -> str:
+        started.append(name)
+        await asyncio.sleep(0.01)
+        return f"sent {name}"
+
+    async def go() -> list[str]:
+        run = RunContext(RunOptions())
+        try:
+            futures = [run.once(("e2e", name), lambda name=name: probe(name)) for name in ("a", "a", "b")]
+            return list(await asyncio.gather(*(asyncio.shield(future) for future in futures)))
+        finally:
+            await run.aclose()
+
+    # Then it is done once per key, and every asker gets its outcome
+    assert asyncio.run(go()) == ["sent a", "sent a", "sent b"]
+    assert started == ["a", "b"]

@@ -7,7 +7,7 @@ administrator recognises every field. Plain data with no I/O: checks, routing an
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +18,7 @@ __all__ = [
     "InboundConnector",
     "Organization",
     "OutboundConnector",
+    "ProbeConfig",
     "RelayConfig",
     "RelayRole",
     "TlsSettings",
@@ -165,6 +166,9 @@ class RelayConfig:
         relay_networks: onprem role: client addresses (IPv4/IPv6 networks) it relays for, like Postfix's
             mynetworks; everyone else may only mail its local mailboxes.
         allow_private: it may deliver to addresses that are not public (the lab).
+        reflect: internet role: addresses that answer every message with its header section (the reflector,
+            ARCHITECTURE §7), so one mailbox proves both directions of a round trip.
+        reflect_limit: replies the reflector sends one envelope sender per hour at most.
     """
 
     role: RelayRole = RelayRole.CLOUD
@@ -181,6 +185,40 @@ class RelayConfig:
     smart_host: str = ""
     relay_networks: tuple[str, ...] = ()
     allow_private: bool = False
+    reflect: tuple[str, ...] = ()
+    reflect_limit: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """An end-to-end probe (a ``[[Probe]]`` table): a test message sent along a real path and watched for.
+
+    Attributes:
+        name: ``Name``, unique among the probes; it names the probe in its token, subject and findings.
+        sender, recipient: ``From`` and ``To``: the envelope and header addresses (ASCII).
+        via: ``Via``: where the probe enters, ``HOST[:PORT]``; None: the recipient domain's MX.
+        watch: ``Watch``: where its arrival is observed: ``maildir:PATH``, ``imap://HOST[:PORT]/FOLDER`` or
+            ``imaps://…``. A relative Maildir path is taken from the configuration file's directory.
+        watch_user: ``WatchUser``: the IMAP user, unless the URL names it.
+        watch_password_env: ``WatchPasswordEnv``: the environment variable holding the IMAP password.
+        deadline: ``Deadline``: seconds from its acceptance within which it must arrive.
+        slow: ``Slow``: seconds above which its arrival is slow; None: never.
+    """
+
+    name: str
+    sender: str = ""
+    recipient: str = ""
+    via: str | None = None
+    watch: str = ""
+    watch_user: str | None = None
+    watch_password_env: str = "DIAG_WATCH_PASSWORD"  # noqa: S105 - the name of a variable, not its value
+    deadline: float = 300.0
+    slow: float | None = None
+
+    def concerns(self, domain: str) -> bool:
+        """Is ``domain`` the domain of its From or its To address?"""
+        domain = domain.rstrip(".").lower()
+        return domain in (self.sender.rpartition("@")[2].lower(), self.recipient.rpartition("@")[2].lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +235,8 @@ class Organization:
         accepted_domains, outbound_connectors, inbound_connectors: as configured, in file order.
         source: the file it was read from, if any.
         relay: the ``[Relay]`` table, for ``diag relay``.
+        probes: the ``[[Probe]]`` tables, in file order.
+        probe_key: ``ProbeKey``: the key of the probes' HMAC (``DIAG_PROBE_KEY`` wins over it).
     """
 
     accepted_domains: tuple[AcceptedDomain, ...] = ()
@@ -208,6 +248,8 @@ class Organization:
     dkim_selectors: tuple[str, ...] = ()
     source: Path | None = None
     relay: RelayConfig | None = None
+    probes: tuple[ProbeConfig, ...] = ()
+    probe_key: str | None = field(default=None, repr=False)
 
     def accepted(self, domain: str) -> AcceptedDomain | None:
         """The accepted domain covering ``domain``: the exact one first, else a MatchSubDomains parent."""

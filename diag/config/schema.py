@@ -22,6 +22,7 @@ from diag.config.model import (
     InboundConnector,
     Organization,
     OutboundConnector,
+    ProbeConfig,
     RelayConfig,
     RelayRole,
     TlsSettings,
@@ -34,21 +35,40 @@ from diag.config.values import (
     connector_name,
     domain,
     endpoint,
+    env_name,
     flag,
     integer,
     mailbox,
     network,
     path,
     pattern,
+    plain_mailbox,
+    probe_address,
+    probe_key,
+    probe_name,
+    seconds,
     selector,
     sender_ip,
     smart_host,
     strings,
     text,
     timestamp,
+    via,
+    watch_url,
 )
 
-__all__ = ["ACCEPTED", "INBOUND", "ORGANIZATION", "OUTBOUND", "RELAY", "TABLES", "Field", "Rule", "Table"]
+__all__ = [
+    "ACCEPTED",
+    "INBOUND",
+    "ORGANIZATION",
+    "OUTBOUND",
+    "PROBE",
+    "RELAY",
+    "TABLES",
+    "Field",
+    "Rule",
+    "Table",
+]
 
 
 def _snake(key: str) -> str:
@@ -131,7 +151,7 @@ ORGANIZATION = Table(
     "Organization",
     Organization,
     (Field("Name", text()), Field("MxHost", text(domain)), Field("SpfInclude", text(domain)),
-     Field("DkimSelectors", strings(selector))),
+     Field("DkimSelectors", strings(selector)), Field("ProbeKey", text(probe_key))),
 )  # fmt: skip
 ACCEPTED = Table(
     "AcceptedDomain",
@@ -258,9 +278,70 @@ RELAY = Table(
         Field("SmartHost", text(domain)),
         Field("RelayNetworks", strings(network)),
         Field("AllowPrivate", flag),
+        Field("Reflect", strings(plain_mailbox)),
+        Field("ReflectLimit", integer(1, 10000)),
+    ),
+    (
+        Rule(
+            "Reflect",
+            ("Reflect", "Role"),
+            lambda v: v["Reflect"] and v["Role"] is not RelayRole.INTERNET,
+            'only the internet role reflects (a public host answering strangers); set Role = "internet" '
+            "or remove Reflect",
+        ),
+        Rule(
+            "Reflect",
+            ("Reflect", "Mailboxes"),
+            lambda v: bool({a.lower() for a in v["Reflect"]} & {a.lower() for a in v["Mailboxes"]}),
+            "an address is either a mailbox or a reflector; remove it from Mailboxes or from Reflect",
+        ),
     ),
     attr="relay",
 )
 
+
+
+def _required(key: str, example: str) -> Rule:
+    return Rule(key, (key,), lambda v: not v[key], f"missing; add {key} = {example}")
+
+
+PROBE = Table(
+    "Probe",
+    ProbeConfig,
+    (
+        Field("Name", text(probe_name), always=True),
+        Field("From", text(probe_address), always=True, model_name="sender"),
+        Field("To", text(probe_address), always=True, model_name="recipient"),
+        Field("Via", text(via)),
+        Field("Watch", text(watch_url), always=True),
+        Field("WatchUser", text()),
+        Field("WatchPasswordEnv", text(env_name)),
+        Field("Deadline", seconds(1, 86400)),
+        Field("Slow", seconds(0, 86400)),
+    ),
+    (
+        _required("From", '"john@contoso.com"'),
+        _required("To", '"sun@tailspintoys.com"'),
+        _required("Watch", '"imaps://imap.tailspintoys.com/INBOX" (or maildir:PATH)'),
+        Rule(
+            "Slow",
+            ("Slow", "Deadline"),
+            lambda v: v["Slow"] is not None and v["Slow"] >= v["Deadline"],
+            "is not below Deadline, so no probe could ever be slow; lower it or raise Deadline",
+        ),
+        Rule(
+            "WatchUser",
+            ("WatchUser", "Watch"),
+            lambda v: v["WatchUser"] is not None and v["Watch"].startswith("maildir:"),
+            "applies only to IMAP; remove it or watch an imap:// or imaps:// URL",
+        ),
+    ),
+    identity="Name",
+    example="John to Sun",
+    attr="probes",
+)
+
 # In this order in the hint for an unknown table and in dump_toml's output.
-TABLES: dict[str, Table] = {table.name: table for table in (ORGANIZATION, RELAY, ACCEPTED, OUTBOUND, INBOUND)}
+TABLES: dict[str, Table] = {
+    table.name: table for table in (ORGANIZATION, RELAY, ACCEPTED, OUTBOUND, INBOUND, PROBE)
+}

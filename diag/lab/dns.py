@@ -1,7 +1,8 @@
 """The embedded lab's authoritative DNS server, on loopback, over UDP and TCP.
 
-Zones are built from data (:class:`ZoneData`) and served by :class:`DnsServer` with dnspython's wire
-format, so that real resolvers (dnspython's stub resolver in particular) see a real authoritative server::
+Zones are built from data (:class:`ZoneData`, one :class:`dns.versioned.Zone` per apex) and served by
+:class:`DnsServer` with dnspython's wire format, so that real resolvers (dnspython's stub resolver in
+particular) see a real authoritative server::
 
     data = ZoneData()
     data.add_zone("contoso.com")
@@ -12,7 +13,7 @@ format, so that real resolvers (dnspython's stub resolver in particular) see a r
     await server.close()
 
 The server reads the data at query time: records and behaviours changed after :meth:`DnsServer.start`
-take effect on the next query.
+take effect on the next query (each change is one committed version of its zone).
 
 Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choices:
 
@@ -47,7 +48,7 @@ import errno
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -56,10 +57,12 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.node
 import dns.opcode
 import dns.rcode
 import dns.rdata
 import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.ANY.DNSKEY
@@ -68,6 +71,7 @@ import dns.rdtypes.ANY.SPF
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.dnskeybase
 import dns.rrset
+import dns.versioned
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.utils import CryptographyDeprecationWarning
 
@@ -222,24 +226,21 @@ class _Reply:
 
 
 class ZoneData:
-    """Authoritative zones and their records, built from data.
+    """Authoritative zones and their records, built from data: one :class:`dns.versioned.Zone` per apex.
 
     Names are absolute or relative-to-root text, compared case-insensitively; internationalized names are
     given in A-label form. Rdatas are in zone-file presentation format, names in them relative to the root.
     TXT and SPF rdatas are taken literally (one string, split into 255-octet character-strings) unless they
     start with a double quote, in which case they are parsed as presentation format (``'"a" "b"'``).
+    A name belongs to the zone of the most specific apex at or above it; adding a zone below another moves the
+    records at and below its apex into it.
     """
 
-    __slots__ = ("_apexes", "_behaviours", "_existing", "_keys", "_nodes", "_signatures")
+    __slots__ = ("_behaviours", "_keys", "_signatures", "_zones")
 
     def __init__(self) -> None:
         """Start with no zones."""
-        self._apexes: set[dns.name.Name] = set()
-        self._nodes: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
-        # Apexes and names with data, and all their ancestors: the names that exist (RFC 8020: an empty
-        # non-terminal exists, so it gets NODATA, not NXDOMAIN). Ancestors above every apex are never
-        # looked up, and keeping them means adding a parent zone later needs no bookkeeping.
-        self._existing: set[dns.name.Name] = set()
+        self._zones: dict[dns.name.Name, dns.versioned.Zone] = {}
         self._behaviours: dict[dns.name.Name, Behaviour] = {}
         self._keys: dict[dns.name.Name, _ZoneKey] = {}
         # RRSIGs made, by zone, day and the signed rrset's text: signing is the lab's costliest work per query.
@@ -251,22 +252,28 @@ class ZoneData:
         Raises ValueError if the name is invalid or holds a CNAME.
         """
         name = _parse_name(apex)
-        if name in self._apexes:
+        if name in self._zones:
             return
-        node = self._nodes.setdefault(name, {})
-        if dns.rdatatype.CNAME in node:
+        parent = self._zone_of(name)
+        moved = self._zones[parent].get_node(name) if parent is not None else None
+        if moved is not None and moved.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME) is not None:
             raise ValueError(f"{name}: a zone apex cannot hold a CNAME (RFC 1034 §3.6.2)")
+        zone = dns.versioned.Zone(name, relativize=False)
         ns_name = _prefixed("ns1", name)
         soa = f"{ns_name} {_prefixed('hostmaster', name)} 1 3600 600 86400 {_NEGATIVE_TTL}"
-        node[dns.rdatatype.SOA] = dns.rrset.from_text(
-            name, DEFAULT_TTL, dns.rdataclass.IN, dns.rdatatype.SOA, soa
-        )
-        ns = dns.rrset.from_text(name, DEFAULT_TTL, dns.rdataclass.IN, dns.rdatatype.NS, ns_name.to_text())
-        for rdata in node.get(dns.rdatatype.NS, ()):
-            ns.add(rdata)
-        node[dns.rdatatype.NS] = ns
-        self._apexes.add(name)
-        self._existing.update(_ancestors(name))
+        with zone.writer() as txn:
+            if parent is not None:
+                # The parent zone's records at and below the new apex are the new zone's now.
+                with self._zones[parent].writer() as parent_txn:
+                    for owner in [n for n in parent_txn.iterate_names() if n.is_subdomain(name)]:
+                        node = parent_txn.get_node(owner)
+                        assert node is not None
+                        for rdataset in node:
+                            txn.add(owner, rdataset)
+                        parent_txn.delete(owner)
+            txn.add(name, DEFAULT_TTL, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, soa))
+            txn.add(name, DEFAULT_TTL, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NS, ns_name.to_text()))
+        self._zones[name] = zone
 
     def add(self, name: str, rdtype: str, *rdatas: str, ttl: int = DEFAULT_TTL) -> None:
         """Add records of type *rdtype* at *name*, e.g. ``add("contoso.com", "MX", "0 mx.contoso.com.")``.
@@ -292,17 +299,15 @@ class ZoneData:
         if isinstance(ttl, bool) or not 0 <= ttl <= _MAX_TTL:
             raise ValueError(f"TTL {ttl!r} is not in 0..{_MAX_TTL} (RFC 2181 §8)")
         parsed = [_parse_rdata(rtype, text) for text in rdatas]
-        node = self._nodes.get(owner, {})
-        self._check_coexistence(owner, apex, rtype, parsed, node)
-
-        rrset = node.get(rtype)
-        if rrset is None or rtype == dns.rdatatype.SOA:
-            rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, rtype)
-        for rdata in parsed:
-            rrset.add(rdata, ttl)
-        node[rtype] = rrset
-        self._nodes[owner] = node
-        self._existing.update(_ancestors(owner))
+        zone = self._zones[apex]
+        _check_coexistence(owner, apex, rtype, parsed, zone.get_node(owner))
+        rdataset = dns.rdataset.from_rdata_list(ttl, parsed)
+        with zone.writer() as txn:
+            # dnspython would replace other data by a CNAME (and an SOA by another) silently: checked above.
+            if rtype == dns.rdatatype.SOA:
+                txn.replace(owner, rdataset)
+            else:
+                txn.add(owner, rdataset)
 
     def sign_zone(self, apex: str, *, expired: bool = False) -> str:
         """Sign the zone at *apex* (added before) with a new key; returns its DNSKEY record (presentation
@@ -313,7 +318,8 @@ class ZoneData:
         stopped), so validators find it bogus. Raises ValueError if *apex* is not a zone apex.
         """
         name = _parse_name(apex)
-        if name not in self._apexes:
+        zone = self._zones.get(name)
+        if zone is None:
             raise ValueError(f"{name} is not a zone apex; call add_zone() first")
         private = ec.generate_private_key(ec.SECP256R1())
         dnskey = dns.dnssec.make_dnskey(
@@ -321,7 +327,8 @@ class ZoneData:
             | dns.rdtypes.dnskeybase.Flag.SEP,
         )  # fmt: skip
         self._keys[name] = _ZoneKey(private, dnskey, expired)
-        self._nodes[name][dns.rdatatype.DNSKEY] = dns.rrset.from_rdata(name, DEFAULT_TTL, dnskey)
+        with zone.writer() as txn:
+            txn.replace(name, dns.rdataset.from_rdata(DEFAULT_TTL, dnskey))
         return dnskey.to_text()
 
     def set_behaviour(self, name: str, behaviour: Behaviour) -> None:
@@ -331,37 +338,10 @@ class ZoneData:
         """
         self._behaviours[_parse_name(name)] = Behaviour(behaviour)
 
-    @staticmethod
-    def _check_coexistence(
-        owner: dns.name.Name,
-        apex: dns.name.Name,
-        rtype: dns.rdatatype.RdataType,
-        parsed: list[dns.rdata.Rdata],
-        node: dict[dns.rdatatype.RdataType, dns.rrset.RRset],
-    ) -> None:
-        """Raise ValueError if adding *parsed* to *node* breaks the CNAME or SOA rules."""
-        if rtype == dns.rdatatype.SOA:
-            if owner != apex:
-                raise ValueError(f"{owner}: an SOA record belongs at a zone apex only")
-            if len(parsed) != 1:
-                raise ValueError(f"{owner}: a zone has exactly one SOA record")
-        if rtype == dns.rdatatype.CNAME:
-            others = [t for t in node if t != dns.rdatatype.CNAME and t not in _CNAME_COMPANIONS]
-            if others:
-                kinds = ", ".join(sorted(dns.rdatatype.to_text(t) for t in others))
-                raise ValueError(
-                    f"{owner} has {kinds} data: a CNAME cannot coexist with it (RFC 1034 §3.6.2)"
-                )
-            targets = set(parsed) | set(node.get(dns.rdatatype.CNAME, ()))
-            if len(targets) > 1:
-                raise ValueError(f"{owner}: a name holds at most one CNAME record (RFC 1034 §3.6.2)")
-        elif rtype not in _CNAME_COMPANIONS and dns.rdatatype.CNAME in node:
-            raise ValueError(f"{owner} holds a CNAME: no other data may coexist with it (RFC 1034 §3.6.2)")
-
     def _zone_of(self, name: dns.name.Name) -> dns.name.Name | None:
         """The most specific apex at or above *name*, or None."""
         for ancestor in _ancestors(name):
-            if ancestor in self._apexes:
+            if ancestor in self._zones:
                 return ancestor
         return None
 
@@ -373,9 +353,14 @@ class ZoneData:
                 return behaviour
         return Behaviour.ANSWER
 
+    def _exists(self, zone: dns.versioned.Zone, name: dns.name.Name) -> bool:
+        """Whether *name*, without data of its own, is an empty non-terminal: a name with data or a zone apex
+        lies below it (RFC 8020: it exists, so it gets NODATA, not NXDOMAIN)."""
+        return any(other.is_subdomain(name) for other in (*zone.nodes, *self._zones))
+
     def _negative_soa(self, apex: dns.name.Name) -> dns.rrset.RRset:
         """The zone's SOA for a negative answer, its TTL lowered to the SOA MINIMUM (RFC 2308 §3)."""
-        soa = self._nodes[apex][dns.rdatatype.SOA]
+        soa = self._zones[apex].find_rdataset(apex, dns.rdatatype.SOA)
         rdata = cast(dns.rdtypes.ANY.SOA.SOA, soa[0])
         return dns.rrset.from_rdata(apex, min(soa.ttl, rdata.minimum), rdata)
 
@@ -401,22 +386,21 @@ class ZoneData:
                     return _Outcome(rcode=dns.rcode.REFUSED, authoritative=False)
                 # The chain left our authority: the client follows it elsewhere (§4.3.2 step 3.a).
                 return _Outcome(answer=tuple(answer))
-            node = self._nodes.get(name)
-            if node is None and name not in self._existing:
+            zone = self._zones[apex]
+            node = zone.get_node(name)
+            if node is None and not self._exists(zone, name):
                 # RFC 6604: with a CNAME chain, the rcode describes the last name.
-                return _Outcome(
-                    rcode=dns.rcode.NXDOMAIN, answer=tuple(answer), authority=(self._negative_soa(apex),)
-                )
-            node = node or {}
+                return _Outcome(rcode=dns.rcode.NXDOMAIN, answer=tuple(answer), authority=(self._negative_soa(apex),))
+            rdatasets: Iterable[dns.rdataset.Rdataset] = node or ()
             if qtype == dns.rdatatype.ANY and node:
-                return _Outcome(answer=(*answer, *sorted(node.values(), key=lambda r: r.rdtype)))
-            rrset = node.get(qtype)
-            if rrset is not None:
-                return _Outcome(answer=(*answer, rrset))
-            cname = node.get(dns.rdatatype.CNAME)
+                return _Outcome(answer=(*answer, *(_rrset(name, r) for r in sorted(rdatasets, key=_by_type))))
+            found = {rdataset.rdtype: rdataset for rdataset in rdatasets}
+            if qtype in found:
+                return _Outcome(answer=(*answer, _rrset(name, found[qtype])))
+            cname = found.get(dns.rdatatype.CNAME)
             if cname is None:
                 return _Outcome(answer=tuple(answer), authority=(self._negative_soa(apex),))  # NODATA
-            answer.append(cname)
+            answer.append(_rrset(name, cname))
             seen.add(name)
             name = cast(dns.rdtypes.ANY.CNAME.CNAME, cname[0]).target
             if name in seen or len(answer) >= MAX_CHAIN:
@@ -460,14 +444,8 @@ class ZoneData:
     def _chain(self, apex: dns.name.Name) -> list[dns.name.Name]:
         """The zone's owner names in canonical order (RFC 4034 §6.1): its names with data and the cuts to the
         child zones directly below it (RFC 4035 §2.3: an NSEC at each delegation point)."""
-        names = []
-        for name in self._nodes:
-            if not name.is_subdomain(apex):
-                continue
-            zone = self._zone_of(name)
-            if zone == apex or (zone == name and self._parent_zone(name) == apex):
-                names.append(name)
-        return sorted(names)
+        cuts = [child for child in self._zones if child != apex and self._parent_zone(child) == apex]
+        return sorted({*self._zones[apex].nodes, *cuts})
 
     def _nsec(self, apex: dns.name.Name, name: dns.name.Name) -> dns.rrset.RRset:
         """The NSEC at *name* if it owns one, else the one covering it."""
@@ -475,11 +453,10 @@ class ZoneData:
         index = bisect.bisect_right(chain, name) - 1
         owner = chain[index]
         following = chain[(index + 1) % len(chain)]
-        node = self._nodes.get(owner, {})
-        if owner != apex and self._zone_of(owner) == owner:  # a delegation point: only the cut's types
+        if owner != apex and owner in self._zones:  # a delegation point: only the cut's types
             types = {dns.rdatatype.NS} | ({dns.rdatatype.DS} if owner in self._keys else set())
         else:
-            types = set(node)
+            types = {rdataset.rdtype for rdataset in self._zones[apex].get_node(owner) or ()}
         types |= {dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
         text = " ".join([following.to_text(), *sorted(dns.rdatatype.to_text(t) for t in types)])
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC, text)
@@ -505,6 +482,41 @@ class ZoneData:
             nsec = self._nsec(apex, last)
             authority = [self._rrsig(soas[0], apex, now), nsec, self._rrsig(nsec, apex, now)]
         return answer, authority
+
+
+def _check_coexistence(
+    owner: dns.name.Name,
+    apex: dns.name.Name,
+    rtype: dns.rdatatype.RdataType,
+    parsed: list[dns.rdata.Rdata],
+    node: dns.node.Node | None,
+) -> None:
+    """Raise ValueError if adding *parsed* to *node* breaks the CNAME or SOA rules."""
+    present = {rdataset.rdtype: rdataset for rdataset in node or ()}
+    if rtype == dns.rdatatype.SOA:
+        if owner != apex:
+            raise ValueError(f"{owner}: an SOA record belongs at a zone apex only")
+        if len(parsed) != 1:
+            raise ValueError(f"{owner}: a zone has exactly one SOA record")
+    if rtype == dns.rdatatype.CNAME:
+        others = [t for t in present if t != dns.rdatatype.CNAME and t not in _CNAME_COMPANIONS]
+        if others:
+            kinds = ", ".join(sorted(dns.rdatatype.to_text(t) for t in others))
+            raise ValueError(f"{owner} has {kinds} data: a CNAME cannot coexist with it (RFC 1034 §3.6.2)")
+        targets = set(parsed) | set(present.get(dns.rdatatype.CNAME, ()))
+        if len(targets) > 1:
+            raise ValueError(f"{owner}: a name holds at most one CNAME record (RFC 1034 §3.6.2)")
+    elif rtype not in _CNAME_COMPANIONS and dns.rdatatype.CNAME in present:
+        raise ValueError(f"{owner} holds a CNAME: no other data may coexist with it (RFC 1034 §3.6.2)")
+
+
+def _by_type(rdataset: dns.rdataset.Rdataset) -> int:
+    return int(rdataset.rdtype)
+
+
+def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
+    """*rdataset* as the rrset of owner *name* (the name as asked for, or as the CNAME chain named it)."""
+    return dns.rrset.from_rdata_list(name, rdataset.ttl, list(rdataset))
 
 
 def _header_only(wire: bytes, rcode: dns.rcode.Rcode) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import mailbox
 import shutil
 import socket
 import tempfile
@@ -41,10 +42,10 @@ __all__ = ["Lab"]
 
 @dataclass(frozen=True, slots=True)
 class _RelayHost:
-    """A world host that runs the routing relay, with its certificate files."""
+    """A world host that runs the routing relay, with its certificate files (None: it has no certificate)."""
 
     definition: HostDef
-    tls: TlsFiles
+    tls: TlsFiles | None
 
     @property
     def ip(self) -> str:
@@ -124,7 +125,10 @@ class Lab:
         return Nameserver(DNS_IP, self._dns.port)
 
     def run_options(self, **overrides: object) -> RunOptions:
-        """Options that point a run at this lab: its resolver, port and CA, and its organization."""
+        """Options that point a run at this lab: its resolver, port and CA, and its organization (whose probes
+        watch the lab's Maildirs)."""
+        from diag.probe.run import ProbeOptions
+
         values: dict[str, object] = {
             "organization": load_config(EXAMPLE_CONFIG),
             "nameservers": (self.nameserver,),
@@ -134,6 +138,7 @@ class Lab:
             "allow_private": True,
             "trust_anchors": self.trust_anchors,
             "https_port": self.https_port,
+            "probe": ProbeOptions(maildir_root=self.maildir),
         }
         values.update(overrides)
         return RunOptions(**values)  # type: ignore[arg-type]
@@ -238,8 +243,9 @@ class Lab:
                 issued = self._chains[host.name] = issuer.issue(host.names_in_cert, kind=host.cert)
                 chain, key = issued.write(certs, host.name)
                 tls = TlsFiles(chain=chain, key=key)
-            if host.relay is not None and tls is not None:
+            if host.relay is not None:
                 hosts.append(_RelayHost(host, tls))
+                self._make_mailboxes(host)
                 continue
             hosts.append(
                 LabHost(
@@ -249,6 +255,14 @@ class Lab:
                 )
             )  # fmt: skip
         return hosts
+
+    def _make_mailboxes(self, host: HostDef) -> None:
+        """A relay host's mailboxes exist from the start, empty, as a new user's do: a probe can watch one before
+        its first message arrives."""
+        assert host.relay is not None
+        for address in host.relay.mailboxes:
+            (self.maildir / host.name).mkdir(parents=True, exist_ok=True)
+            mailbox.Maildir(self.maildir / host.name / address.lower(), create=True)
 
     async def _start_hosts(self, hosts: list[LabHost | _RelayHost]) -> int:
         """Start every host on one port; with port 0, find a port free on all their addresses."""
@@ -285,8 +299,8 @@ class Lab:
             listen=((host.ip, port),),
             spool=self.directory / "relays" / host.definition.name / "spool",
             maildir=self.maildir / host.definition.name,
-            tls_cert=host.tls.chain,
-            tls_key=host.tls.key,
+            tls_cert=host.tls.chain if host.tls is not None else None,
+            tls_key=host.tls.key if host.tls is not None else None,
             ca_file=self.ca_file,
             nameservers=(self.nameserver,),
             smtp_port=port,
@@ -295,6 +309,8 @@ class Lab:
             relay_networks=config.relay_networks,
             allow_private=True,
             source_ip=host.ip,
+            reflect=config.reflect,
+            reflect_limit=config.reflect_limit,
             limits=Limits(
                 session_timeout=self._session_timeout, operation_timeout=5.0, queue_scan=0.5,
                 retry_base=timedelta(seconds=1), retry_max=timedelta(seconds=5),

@@ -7,7 +7,8 @@ A world is data: DNS zones and records, and mail hosts with the certificate (or 
 Addresses (all loopback; 127.0.0.0/8 needs no configuration on Linux):
     127.0.53.53     the lab's DNS server
     127.0.1.0/24    the cloud service (contoso-com.mail.protection.outlook.com)
-    127.0.10.0/24   the organization's on-premises servers (mail.contoso.com, sales-mail.contoso.com)
+    127.0.10.0/24   the organization's on-premises servers (mail.contoso.com, sales-mail.contoso.com, and two with a
+                    broken connector to the cloud: nocert.contoso.com, badhop.contoso.com)
     127.0.20.0/24   one host per broken domain
     127.0.30.0/24   Internet mail hosts (tailspintoys.com)
 """
@@ -35,11 +36,14 @@ from diag.lab.smtp import HostKind
 
 __all__ = [
     "ACCEPTED_DOMAINS",
+    "BADHOP_USER",
     "BOB",
     "CLOUD_HOST",
     "DNS_IP",
+    "ECHO",
     "EXAMPLE_CONFIG",
     "JOHN",
+    "NOCERT_USER",
     "PURPOSES",
     "SUN",
     "HostDef",
@@ -50,6 +54,10 @@ __all__ = [
 
 DNS_IP = "127.0.53.53"
 JOHN, BOB, SUN = "john@contoso.com", "bob@contoso.com", "sun@tailspintoys.com"
+# The reflector on Sun's host (diag.relay.reflect): a probe to it comes back to its sender.
+ECHO = "echo@tailspintoys.com"
+# The mailboxes of the two on-premises servers whose connector to the cloud is broken (_broken_on_premises).
+NOCERT_USER, BADHOP_USER = "legacy@contoso.com", "branch@contoso.com"
 # The setup guide's organization with its three connectors, pointing at the lab's smart hosts.
 EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "contoso.toml"
 CLOUD_HOST = "contoso-com.mail.protection.outlook.com"
@@ -78,11 +86,12 @@ class HostDef:
         greeting: the greeting of a GREETING host.
         script: a GREETING host's answers to commands after a 220 greeting (see diag.lab.smtp.LabHost).
         foreign_ca: the certificate comes from a CA that clients do not trust.
-        domains: recipient domains it accepts mail for.
+        domains: recipient domains it accepts mail for, every address kept in its one Maildir.
         tls_versions: the TLS versions it offers (min, max); None for the defaults.
         address_record: publish ``name A ip`` (False when another record, e.g. a CNAME target, carries it).
-        relay: run the routing relay here in this role instead of a lab mail host (the setup guide's world:
-            the cloud, the on-premises server, an Internet host), with these mailboxes.
+        relay: run the whole routing relay here in this role, with these mailboxes, a queue and delivery (the
+            setup guide's world: the cloud, the on-premises server, an Internet host). Without it a MAIL host
+            is the relay's server alone as a plain mail host (:func:`diag.lab.smtp.mail_host_settings`).
     """
 
     name: str
@@ -133,7 +142,7 @@ PURPOSES = {
     "sales.contoso.com": "accepted domain; MX is the cloud service",
     "fabrikam.com": "accepted domain; MX is the cloud service",
     "contoso.onmicrosoft.com": "the tenant's initial domain; MX is the cloud service",
-    "tailspintoys.com": "an Internet domain with its own healthy mail host",
+    "tailspintoys.com": f"an Internet domain with its own healthy mail host, and a reflector ({ECHO})",
     "expired.example": "certificate expired",
     "notyetvalid.example": "certificate not yet valid",
     "wrongname.example": "certificate for another name",
@@ -235,6 +244,27 @@ def _hostile() -> tuple[tuple[Record, ...], HostDef]:
     return (Record("hostile.example", "MX", ("10 mx.hostile.example.", f"20 {HOSTILE_MX}")),), host
 
 
+def _broken_on_premises(users: tuple[str, ...]) -> tuple[HostDef, ...]:
+    """Two more on-premises servers of contoso.com, each with its connector to the cloud broken, for the end-to-end
+    probes of examples/broken-probes.toml (``diag probe --lab --config examples/broken-probes.toml``):
+
+    - nocert.contoso.com sends without a certificate, from an address no inbound connector lists: the cloud
+      refuses to relay its mail (550 5.7.64 TenantAttribution), and it bounces the probe to its sender;
+    - badhop.contoso.com has a smart host that refuses connections (mx.refused.example): its mail stays queued.
+    """
+    nocert = HostDef(
+        "nocert.contoso.com", "127.0.10.12", cert=None,
+        relay=RelayConfig(role=RelayRole.ON_PREMISES, mailboxes=(NOCERT_USER,), smart_host=CLOUD_HOST,
+                          relay_networks=users),
+    )  # fmt: skip
+    badhop = HostDef(
+        "badhop.contoso.com", "127.0.10.13",
+        relay=RelayConfig(role=RelayRole.ON_PREMISES, mailboxes=(BADHOP_USER,), smart_host="mx.refused.example",
+                          relay_networks=users),
+    )  # fmt: skip
+    return nocert, badhop
+
+
 def default_world() -> World:
     """The world of the setup guide plus the broken domains (issue #2, ARCHITECTURE §6)."""
     # The setup guide's people: Bob's mailbox is in the cloud, John's on-premises, Sun's on the Internet. Their
@@ -254,11 +284,11 @@ def default_world() -> World:
     tailspin = HostDef(
         "mail.tailspintoys.com", "127.0.30.10",
         relay=RelayConfig(role=RelayRole.INTERNET, mailboxes=(SUN, "postmaster@tailspintoys.com"),
-                          relay_networks=users),
+                          relay_networks=users, reflect=(ECHO,)),
     )  # fmt: skip
     records = [Record(domain, "MX", (f"10 {CLOUD_HOST}.",)) for domain in ACCEPTED_DOMAINS]
     records.append(Record("tailspintoys.com", "MX", ("10 mail.tailspintoys.com.",)))
-    hosts = [cloud, onprem, sales, tailspin]
+    hosts = [cloud, onprem, sales, tailspin, *_broken_on_premises(users)]
 
     broken = [
         _broken("expired.example", 1, cert=CertKind.EXPIRED),

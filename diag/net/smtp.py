@@ -24,7 +24,8 @@ import socket
 import ssl
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 
@@ -153,10 +154,11 @@ def probe_context() -> ssl.SSLContext:
 
 
 class _Recorder:
-    """Collects the facts of one session as it goes."""
+    """Collects the facts of one session as it goes: the session so far (typed, replaced field by field) and the
+    transcript."""
 
     def __init__(self, ip: str, port: int, server_name: str) -> None:
-        self.values: dict[str, object] = {"ip": ip, "port": port, "server_name": server_name}
+        self.session = SessionFacts(ip, port, server_name)
         self.transcript: list[str] = []
         self.clock = time.monotonic()
 
@@ -175,22 +177,25 @@ class _Recorder:
             self.transcript.append(f"S: {code}{sep}{line}")
 
     def stop(self, error: SessionError, detail: str) -> None:
-        self.values["error"] = error
-        self.values["detail"] = detail
+        self.session = replace(self.session, error=error, detail=detail)
 
     def facts(self) -> SessionFacts:
-        values = {key: _text(value) for key, value in self.values.items()}
-        return SessionFacts(**values, transcript=_text(tuple(self.transcript)))  # type: ignore[arg-type]
+        s = self.session
+        return replace(
+            s, ip=_text(s.ip), server_name=_text(s.server_name), detail=_text(s.detail), greeting=_text(s.greeting),
+            extensions=_texts(s.extensions), starttls_reply=_text(s.starttls_reply),
+            tls_extensions=_texts(s.tls_extensions), transcript=_texts(self.transcript),
+        )  # fmt: skip
 
 
-def _text(value: object) -> object:
+def _text(value: str) -> str:
     """Server text as valid Unicode: aiosmtplib decodes replies with "surrogateescape", so bytes that are not
     UTF-8 arrive as lone surrogates, which no JSON parser, SQLite or terminal takes; they become ``\\xff``."""
-    if isinstance(value, str) and not isinstance(value, enum.Enum):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if isinstance(value, tuple):
-        return tuple(_text(item) for item in value)
-    return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _texts(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(_text(value) for value in values)
 
 
 async def probe_session(
@@ -222,8 +227,7 @@ async def probe_session(
         except OSError as exc:
             rec.stop(SessionError.UNREACHABLE, exc.strerror or str(exc))
             return rec.facts()
-        rec.values["connect_s"] = rec.lap()
-        rec.values["reached"] = SessionStage.CONNECT
+        rec.session = replace(rec.session, connect_s=rec.lap(), reached=SessionStage.CONNECT)
         waited = time.monotonic()
         try:
             start = await _peek(sock, timeout)
@@ -294,8 +298,7 @@ async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str, sta
     try:
         greeting = await smtp.connect(timeout=greeting_within)
     except aiosmtplib.SMTPConnectResponseError as exc:
-        rec.values["banner_s"] = rec.lap()
-        rec.values["greeting_code"], rec.values["greeting"] = exc.code, exc.message
+        rec.session = replace(rec.session, banner_s=rec.lap(), greeting_code=exc.code, greeting=exc.message)
         rec.server(exc.code, exc.message)
         rec.stop(SessionError.GREETING_REJECTED, f"{exc.code} {exc.message}")
         return
@@ -310,25 +313,23 @@ async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str, sta
         else:
             rec.stop(SessionError.DISCONNECTED, f"before the greeting: {exc}")
         return
-    rec.values["banner_s"] = rec.lap()
-    rec.values["greeting_code"], rec.values["greeting"] = greeting.code, greeting.message
+    rec.session = replace(rec.session, banner_s=rec.lap(), greeting_code=greeting.code, greeting=greeting.message)
     rec.server(greeting.code, greeting.message)
-    rec.values["reached"] = SessionStage.BANNER
+    rec.session = replace(rec.session, reached=SessionStage.BANNER)
 
     if not await _hello(smtp, rec, after_tls=False):
         return
-    rec.values["reached"] = SessionStage.EHLO
+    rec.session = replace(rec.session, reached=SessionStage.EHLO)
     if not smtp.supports_extension("starttls"):
-        rec.values["reached"] = SessionStage.DONE
+        rec.session = replace(rec.session, reached=SessionStage.DONE)
         return
-    rec.values["starttls_offered"] = True
+    rec.session = replace(rec.session, starttls_offered=True)
 
     rec.client("STARTTLS")
     try:
         reply = await smtp.starttls(server_hostname=server_name, tls_context=probe_context())
     except aiosmtplib.SMTPResponseException as exc:
-        rec.values["tls_s"] = rec.lap()
-        rec.values["starttls_code"], rec.values["starttls_reply"] = exc.code, exc.message
+        rec.session = replace(rec.session, tls_s=rec.lap(), starttls_code=exc.code, starttls_reply=exc.message)
         rec.server(exc.code, exc.message)
         rec.stop(SessionError.STARTTLS_REJECTED, f"{exc.code} {exc.message}")
         return
@@ -338,31 +339,30 @@ async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str, sta
     except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
         rec.stop(SessionError.TLS_FAILED, _tls_error_text(exc))
         return
-    rec.values["tls_s"] = rec.lap()
-    rec.values["starttls_code"], rec.values["starttls_reply"] = reply.code, reply.message
+    rec.session = replace(rec.session, tls_s=rec.lap(), starttls_code=reply.code, starttls_reply=reply.message)
     rec.server(reply.code, reply.message)
     ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
     if ssl_object is None:
         rec.stop(SessionError.TLS_FAILED, "STARTTLS answered but no TLS session was established")
         return
     cipher = ssl_object.cipher()
-    rec.values["tls"] = TlsFacts(
+    tls = TlsFacts(
         version=ssl_object.version() or "",
         cipher=cipher[0] if cipher else "",
         server_name=server_name,
         chain_der=_peer_chain(ssl_object),
     )
-    rec.values["reached"] = SessionStage.STARTTLS
+    rec.session = replace(rec.session, tls=tls, reached=SessionStage.STARTTLS)
     if await _hello(smtp, rec, after_tls=True):
-        rec.values["reached"] = SessionStage.DONE
+        rec.session = replace(rec.session, reached=SessionStage.DONE)
 
 
 def _unfinished_greeting(
     rec: _Recorder, code: int, lines: tuple[str, ...], exc: BaseException, timeout: float | None
 ) -> None:
-    rec.values["banner_s"] = rec.lap()
-    rec.values["greeting_code"], rec.values["greeting"] = code, "\n".join(lines)
-    rec.values["greeting_unfinished"] = True
+    rec.session = replace(
+        rec.session, banner_s=rec.lap(), greeting_code=code, greeting="\n".join(lines), greeting_unfinished=True
+    )
     rec.transcript.extend(f"S: {code}-{line}" for line in lines)
     if isinstance(exc, aiosmtplib.SMTPTimeoutError):
         why = f"not finished within {timeout or 0:g} s"
@@ -388,25 +388,22 @@ async def _hello(smtp: aiosmtplib.SMTP, rec: _Recorder, *, after_tls: bool) -> b
             reply = await smtp.helo()
         except aiosmtplib.SMTPHeloError as helo_exc:
             rec.server(helo_exc.code, helo_exc.message)
-            rec.values["ehlo_s"] = rec.lap()
-            rec.values["ehlo_code"] = helo_exc.code
+            rec.session = replace(rec.session, ehlo_s=rec.lap(), ehlo_code=helo_exc.code)
             rec.stop(SessionError.EHLO_REJECTED, f"{exc.code} {exc.message}; HELO: {helo_exc.code}")
             return False
         except (aiosmtplib.SMTPException, OSError) as helo_exc:
             rec.stop(_stop_for(helo_exc), str(helo_exc))
             return False
-        rec.values["helo_fallback"] = True
+        rec.session = replace(rec.session, helo_fallback=True)
     except (aiosmtplib.SMTPException, OSError) as exc:
         rec.stop(_stop_for(exc), str(exc))
         return False
     rec.server(reply.code, reply.message)
     lines = tuple(line.strip() for line in reply.message.splitlines()[1:] if line.strip())
     if after_tls:
-        rec.values["tls_extensions"] = lines
+        rec.session = replace(rec.session, tls_extensions=lines)
     else:
-        rec.values["ehlo_s"] = rec.lap()
-        rec.values["ehlo_code"] = reply.code
-        rec.values["extensions"] = lines
+        rec.session = replace(rec.session, ehlo_s=rec.lap(), ehlo_code=reply.code, extensions=lines)
     return True
 
 

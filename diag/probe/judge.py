@@ -6,6 +6,9 @@
   :mod:`diag.probe.received`), the connector evidence, latency.
 - :func:`read_dsn` reads an RFC 3464 delivery status notification (``multipart/report;
   report-type=delivery-status``, RFC 6522) into a :class:`Bounce`, with the headers it returns.
+- :func:`judge_round_trip` reads a reflector's answer to a probe (``diag probe --round-trip``,
+  :mod:`diag.relay.reflect`) into a :class:`RoundTrip`: the way there from the header section it returns, the
+  way back from its own ``Received:`` lines.
 - :func:`verdicts` turns the sender's and the watcher's facts into :class:`Verdict` records, one per finding a
   later ``checks/e2e.py`` reports (``E2E_DELIVERED``, ``E2E_REJECTED``, ...), without the finding registry.
 
@@ -20,10 +23,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser, HeaderParser
+from email.utils import parsedate_to_datetime
 from typing import Final
 
 from diag.probe.message import PROBE_HEADER, Kind, Matcher
@@ -38,10 +42,13 @@ __all__ = [
     "DiagTrace",
     "Evidence",
     "Outcome",
+    "RoundTrip",
     "Verdict",
     "classify",
+    "is_reflection",
     "is_report",
     "judge_delivery",
+    "judge_round_trip",
     "read_dsn",
     "verdicts",
 ]
@@ -79,10 +86,25 @@ def _head(raw: bytes) -> bytes:
     return raw[:MAX_HEADERS]
 
 
-def is_report(headers: bytes) -> bool:
-    """Is this (a message's header section) a ``multipart/report``, i.e. possibly a DSN worth reading whole?"""
+def _is_multipart_report(headers: bytes) -> bool:
     content_type = _value(_header_parser().parsebytes(_head(headers)), "Content-Type")
     return content_type is not None and _REPORT.match(content_type.strip()) is not None
+
+
+def is_reflection(headers: bytes) -> bool:
+    """Is this (a message's header section) a reflector's answer to a probe: ``Auto-Submitted: auto-replied``
+    (RFC 3834 §5) with an ``X-Diag-Probe`` token (:mod:`diag.relay.reflect`)? Its evidence is in the body."""
+    head = _header_parser().parsebytes(_head(headers))
+    submitted = _value(head, "Auto-Submitted")
+    if submitted is None or head.get(PROBE_HEADER) is None:
+        return False
+    return submitted.split(";")[0].strip().lower() == "auto-replied"
+
+
+def is_report(headers: bytes) -> bool:
+    """Is this (a message's header section) worth reading whole: a ``multipart/report`` (possibly a DSN) or a
+    reflector's answer (:func:`is_reflection`), whose evidence is in the body?"""
+    return _is_multipart_report(headers) or is_reflection(headers)
 
 
 # --- the connector evidence -----------------------------------------------------------------------------------
@@ -275,7 +297,7 @@ def read_dsn(raw: bytes) -> Bounce | None:
     headers come from its ``message/rfc822``, ``text/rfc822-headers`` or ``message/rfc822-headers`` part.
     """
     data = raw[:MAX_MESSAGE]
-    if not is_report(data) or len(_MULTIPART.findall(data)) > _MAX_MULTIPARTS:
+    if not _is_multipart_report(data) or len(_MULTIPART.findall(data)) > _MAX_MULTIPARTS:
         return None
     try:
         message = BytesParser(policy=policy.compat32).parsebytes(data)
@@ -327,6 +349,123 @@ def _returned_headers(part: Message) -> Message | None:
         body = text.decode("utf-8", "replace") if isinstance(text, bytes) else payload
         return HeaderParser(policy=policy.compat32).parsestr(body[:MAX_HEADERS])
     return None
+
+
+# --- round trips ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTrip:
+    """A probe that a reflector answered (``diag probe --round-trip``): the way there and the way back.
+
+    Attributes:
+        there: the probe's way to the reflector, from the header section the answer returned; its hops end with
+            the reflector's own Received line. ``accepted_at`` is when ``--via`` accepted the probe,
+            ``observed_at`` when the reflector received it (that line's time, else the answer's Date), ``folder``
+            the reflector's host name (``reflector`` when unknown), ``junk`` False.
+        back: the answer's way from the reflector to the watched mailbox, from its own Received lines.
+            ``accepted_at`` is when the reflector answered (its Date), ``observed_at`` when the watcher saw it.
+        reflector: the reflector's host name (the receiving side of the last hop there), when known.
+        hops: both legs in travel order, numbered through, the delay across the turn included.
+        hops_truncated: more Received lines than were read, on either leg (PR-04).
+        latency_s: from ``--via``'s acceptance to the watcher's observation, when both are known.
+
+    A leg's latency is None where its clocks disagree (an end earlier than its start): skew is not a delay.
+    """
+
+    there: Delivery
+    back: Delivery
+    reflector: str | None
+    hops: tuple[Hop, ...]
+    hops_truncated: bool
+    latency_s: float | None
+
+    @property
+    def whole(self) -> Delivery:
+        """The whole trip as one :class:`Delivery`, for :func:`verdicts`: every hop of both legs, the total
+        latency and diag's traces of both legs. Exchange Online's per-message headers differ by leg (the probe
+        leaves through the on-premises connector, the answer comes back from the Internet), so they are left
+        out here: judge them on ``there`` and ``back``."""
+        return Delivery(
+            message_id=self.there.message_id,
+            folder=self.back.folder,
+            junk=self.back.junk,
+            accepted_at=self.there.accepted_at,
+            observed_at=self.back.observed_at,
+            latency_s=self.latency_s,
+            hops=self.hops,
+            hops_truncated=self.hops_truncated,
+            evidence=Evidence(self.there.evidence.traces + self.back.evidence.traces, None, None, None, None, None),
+        )
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None or end < start:
+        return None
+    return (end - start).total_seconds()
+
+
+def _date(message: Message) -> datetime | None:
+    value = _value(message, "Date")
+    try:
+        when = parsedate_to_datetime(value or "")
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def judge_round_trip(
+    message: bytes, *, folder: str, junk: bool, accepted_at: datetime | None, observed_at: datetime
+) -> RoundTrip | None:
+    """The round trip a reflector's answer proves, or None when ``message`` (as much as the watcher read, see
+    :func:`is_report`) is not such an answer or returns no header section (``text/rfc822-headers``,
+    ``message/rfc822-headers`` or ``message/rfc822``)."""
+    data = message[:MAX_MESSAGE]
+    if not is_reflection(data) or len(_MULTIPART.findall(data)) > _MAX_MULTIPARTS:
+        return None
+    try:
+        answer = BytesParser(policy=policy.compat32).parsebytes(data)
+    except (RecursionError, ValueError, LookupError):
+        return None
+    parts = answer.get_payload()
+    if not answer.is_multipart() or not isinstance(parts, list):
+        return None
+    kinds = [part for part in parts if isinstance(part, Message) and part.get_content_type() in _RETURNED_TYPES]
+    returned = _returned_headers(kinds[0]) if kinds else None
+    if returned is None:
+        return None
+    there_values = [str(value) for value in returned.get_all("Received") or []]
+    back_values = [str(value) for value in answer.get_all("Received") or []]
+    there_hops, there_cut = parse_hops(there_values)
+    back_hops, back_cut = parse_hops(back_values)
+    hops, cut = parse_hops(back_values + there_values)
+    answered = _date(answer)
+    last = there_hops[-1] if there_hops else None
+    reflector = last.by_host if last is not None else None
+    turned = (last.at if last is not None else None) or answered or observed_at
+    there = Delivery(
+        message_id=_value(returned, "Message-ID"),
+        folder=reflector or "reflector",
+        junk=False,
+        accepted_at=accepted_at,
+        observed_at=turned,
+        latency_s=_seconds(accepted_at, turned),
+        hops=there_hops,
+        hops_truncated=there_cut,
+        evidence=_evidence(returned),
+    )
+    back = Delivery(
+        message_id=_value(answer, "Message-ID"),
+        folder=folder,
+        junk=junk,
+        accepted_at=answered,
+        observed_at=observed_at,
+        latency_s=_seconds(answered, observed_at),
+        hops=back_hops,
+        hops_truncated=back_cut,
+        evidence=_evidence(answer),
+    )
+    return RoundTrip(there, back, reflector, hops, cut or there_cut or back_cut, _seconds(accepted_at, observed_at))
 
 
 # --- classification -------------------------------------------------------------------------------------------

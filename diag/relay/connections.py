@@ -3,19 +3,56 @@
 Every SMTP server of diag — the relay and the lab's hosts — tracks its connections here: capped in all and per
 client address (security-cases.md RR-50), refused with ``421 4.7.0 Too many connections`` beyond the caps
 (RFC 5321 §3.1), and all aborted when the server closes.
+
+Caps alone let a few addresses lock everyone else out: 20 connections from each of 10 addresses, each dripping a
+byte now and then, fill a cap of 200 and every new client gets 421. With a :class:`Stress` policy (the relay's)
+the server behaves like Postfix in stress mode (STRESS_README): above a high-water mark, a connection that has
+not finished a transaction (a 250 to DATA) within ``Stress.idle`` seconds of its opening or its last transaction
+counts as idle, whatever bytes it sends; idle connections are closed (``421 4.4.2``) by a sweep, and at once when
+a new client finds the server full, the busiest address's idlest first, so room is kept for new addresses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+from dataclasses import dataclass
 from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP
 
-__all__ = ["TOO_MANY_CONNECTIONS", "CappedSMTP", "Connections", "peer_ip"]
+__all__ = ["IDLE_UNDER_STRESS", "TOO_MANY_CONNECTIONS", "CappedSMTP", "Connections", "Stress", "peer_ip"]
 
 TOO_MANY_CONNECTIONS: Final = b"421 4.7.0 Too many connections\r\n"
+# The methods aiosmtpd finds by name: SMTP commands and AUTH mechanisms.
+_COMMAND_PREFIXES: Final = ("smtp_", "auth_")
+# Postfix's words for a session it ends in stress mode ("421 4.4.2 <host> Error: timeout exceeded").
+IDLE_UNDER_STRESS: Final = b"421 4.4.2 Error: timeout exceeded (idle while the server is busy)\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Stress:
+    """When the server is under pressure, and what counts as idle then.
+
+    Attributes:
+        high_water: open connections from which the sweep closes idle ones.
+        idle: seconds without a finished transaction after which a connection is idle under pressure.
+    """
+
+    high_water: int
+    idle: float
+
+
+class _Open:
+    """One tracked connection: its client address, when it last made progress, and its end."""
+
+    __slots__ = ("ip", "lost", "progress")
+
+    def __init__(self, ip: str, lost: asyncio.Future[None], now: float) -> None:
+        self.ip = ip
+        self.lost = lost
+        self.progress = now
 
 
 def peer_ip(peer: object) -> str:
@@ -24,29 +61,82 @@ def peer_ip(peer: object) -> str:
 
 
 class Connections:
-    """The open sessions of one server: capped in all and per client address, all aborted on close."""
+    """The open sessions of one server: capped in all and per client address, all aborted on close; with a
+    ``stress`` policy, idle sessions make room when the server is busy (see the module's docstring)."""
 
-    __slots__ = ("_closing", "_limit", "_open", "_per_ip", "_per_ip_limit", "_tasks")
+    __slots__ = ("_closing", "_limit", "_open", "_per_ip", "_per_ip_limit", "_stress", "_sweep", "_tasks")
 
-    def __init__(self, limit: int, per_ip: int | None = None) -> None:
+    def __init__(self, limit: int, per_ip: int | None = None, *, stress: Stress | None = None) -> None:
         self._limit = limit
         self._per_ip_limit = limit if per_ip is None else per_ip
+        self._stress = stress
         self._closing = False
-        self._open: dict[asyncio.BaseTransport, tuple[str, asyncio.Future[None]]] = {}
+        self._open: dict[asyncio.BaseTransport, _Open] = {}
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         """The connections open now."""
         return len(self._open)
 
     def admit(self, transport: asyncio.BaseTransport, ip: str = "") -> bool:
-        """Track ``transport`` if the caps allow it and the server is not closing; False means refuse it."""
-        if self._closing or len(self._open) >= self._limit or self._per_ip[ip] >= self._per_ip_limit:
+        """Track ``transport`` if the caps allow it and the server is not closing; False means refuse it.
+
+        Under a stress policy a full server first closes an idle session of another address to make room.
+        """
+        if self._closing or self._per_ip[ip] >= self._per_ip_limit:
             return False
-        self._open[transport] = (ip, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        if len(self._open) >= self._limit and not self._make_room(loop.time()):
+            return False
+        self._open[transport] = _Open(ip, loop.create_future(), loop.time())
         self._per_ip[ip] += 1
+        if self._stress is not None and len(self._open) >= self._stress.high_water and self._sweep is None:
+            self._sweep = loop.call_later(self._stress.idle / 2, self._swept)
         return True
+
+    def progress(self, transport: asyncio.BaseTransport) -> None:
+        """The session of ``transport`` finished a transaction: it is not idle."""
+        entry = self._open.get(transport)
+        if entry is not None:
+            entry.progress = asyncio.get_running_loop().time()
+
+    def _idle(self, now: float) -> list[tuple[asyncio.BaseTransport, _Open]]:
+        assert self._stress is not None
+        cutoff = now - self._stress.idle
+        return [(transport, entry) for transport, entry in self._open.items() if entry.progress <= cutoff]
+
+    def _make_room(self, now: float) -> bool:
+        """Close one idle session, of the address holding the most, the idlest; False when none is idle."""
+        if self._stress is None:
+            return False
+        idle = self._idle(now)
+        if not idle:
+            return False
+        transport, _ = max(idle, key=lambda item: (self._per_ip[item[1].ip], -item[1].progress))
+        self._end(transport)
+        return True
+
+    def _swept(self) -> None:
+        """Above the high-water mark: close every idle session; look again while the pressure lasts."""
+        assert self._stress is not None
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        if self._closing or len(self._open) < self._stress.high_water:
+            return
+        for transport, _ in self._idle(loop.time()):
+            self._end(transport)
+        self._sweep = loop.call_later(self._stress.idle / 2, self._swept)
+
+    def _end(self, transport: asyncio.BaseTransport) -> None:
+        """Tell an idle session why, close it, and free its place now (its connection_lost comes later)."""
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(IDLE_UNDER_STRESS)
+            if transport.get_write_buffer_size():
+                transport.abort()  # a client that stopped reading would keep close() waiting
+        transport.close()
+        self.release(transport)
 
     def watch(self, task: asyncio.Future[Any]) -> None:
         """Also wait for ``task`` (a session's handler, a spool write) on close."""
@@ -58,17 +148,19 @@ class Connections:
         entry = self._open.pop(transport, None)
         if entry is None:
             return
-        ip, lost = entry
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
-        if not lost.done():
-            lost.set_result(None)
+        self._per_ip[entry.ip] -= 1
+        if self._per_ip[entry.ip] <= 0:
+            del self._per_ip[entry.ip]
+        if not entry.lost.done():
+            entry.lost.set_result(None)
 
     async def abort_all(self, wait: float) -> None:
         """Refuse new connections, abort the open ones, wait at most ``wait`` seconds until they are gone."""
         self._closing = True
-        waiting: set[asyncio.Future[Any]] = {lost for _, lost in self._open.values()}
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        waiting: set[asyncio.Future[Any]] = {entry.lost for entry in self._open.values()}
         for transport in list(self._open):
             # abort(), not close(): close() waits for the write buffer to drain, which a client that stopped
             # reading never allows.
@@ -83,6 +175,21 @@ class Connections:
 
 class CappedSMTP(SMTP):
     """aiosmtpd's SMTP protocol, tracked and capped by :class:`Connections`."""
+
+    @classmethod
+    @functools.cache
+    def _command_attributes(cls) -> list[str]:
+        return sorted({name for klass in cls.__mro__ for name in vars(klass) if name.startswith(_COMMAND_PREFIXES)})
+
+    def __dir__(self) -> list[str]:
+        """Only the ``smtp_*`` and ``auth_*`` methods, the names aiosmtpd's ``__init__`` looks for in ``dir(self)``.
+
+        aiosmtpd builds its command tables for every connection by walking ``dir(self)`` and calling
+        ``inspect.getmembers`` on it, which reads every attribute: 60% of a new session's set-up, a tenth of the
+        relay's CPU per message with one message per connection (bench/relay_throughput.py). The tables come out
+        the same (tests/relay/test_connections.py holds them to it).
+        """
+        return self._command_attributes()
 
     def __init__(self, handler: Any, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)

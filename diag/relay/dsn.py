@@ -24,7 +24,7 @@ from email.utils import format_datetime, make_msgid
 
 from diag.relay.spool import Envelope, RecipientStatus
 
-__all__ = ["bounce", "status_code"]
+__all__ = ["bounce", "header_section", "headers_part", "original_subject", "status_code"]
 
 # policy.SMTP gives CRLF line ends; 998 (RFC 5322 §2.1.1) keeps the DSN fields on one line instead of folding
 # an unbreakable reply into RFC 2047 encoded words, which a DSN parser would not decode.
@@ -68,8 +68,8 @@ def bounce(
     """
     if envelope.mail_from == "" or not failures:
         return None
-    original = _header_block(content)
-    subject = _original_subject(original)
+    original = header_section(content)
+    subject = original_subject(original)
 
     report = EmailMessage(policy=_POLICY)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{_field(reporting_mta)}>"
@@ -86,7 +86,7 @@ def bounce(
         [
             _text_part(_explanation(envelope, failures, reporting_mta)),
             _status_part(envelope, failures, reporting_mta, now),
-            _headers_part(original),
+            headers_part(original),
         ]
     )
 
@@ -102,14 +102,16 @@ def _field(text: str, limit: int = _FIELD_LIMIT) -> str:
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
-def _header_block(content: bytes) -> bytes:
+def header_section(content: bytes) -> bytes:
+    """The header lines of ``content`` (up to the empty line, which is left out); all of it when it has no body."""
     end = content.find(b"\r\n\r\n")
     if end < 0:
         end = content.find(b"\n\n")
     return content if end < 0 else content[: end + 2]
 
 
-def _original_subject(headers: bytes) -> str:
+def original_subject(headers: bytes) -> str:
+    """The decoded Subject of a header section, on one line, at most 200 characters; "" when it has none."""
     try:
         parsed = BytesHeaderParser(policy=email.policy.default).parsebytes(headers)
         subject = parsed.get("Subject")
@@ -117,7 +119,10 @@ def _original_subject(headers: bytes) -> str:
         return ""
     if subject is None:
         return ""
-    return " ".join(str(subject).split())[:200]
+    # Encoded words can carry any character: control characters (NUL, ESC) become "?" like in _field, while
+    # other Unicode is kept (the header is re-encoded on the way out).
+    words = " ".join(str(subject).split())
+    return "".join(char if char.isprintable() else "?" for char in words)[:200]
 
 
 def _explanation(envelope: Envelope, failures: Sequence[RecipientStatus], reporting_mta: str) -> str:
@@ -166,7 +171,8 @@ def _status_part(
     return part
 
 
-def _headers_part(headers: bytes) -> EmailMessage:
+def headers_part(headers: bytes) -> EmailMessage:
+    """A ``text/rfc822-headers`` part (RFC 6522) holding a header section; quoted-printable when not ASCII."""
     text = headers.decode("utf-8", "replace").replace("\x00", "")
     part = EmailMessage(policy=_POLICY)
     if text.isascii():

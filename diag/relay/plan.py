@@ -4,6 +4,7 @@ try in which order, and what the outcome is when nothing can be tried.
 Where each recipient goes depends on the relay's role (ARCHITECTURE §5):
 
 - every role: a local mailbox (``RelaySettings.is_local``) is stored in its Maildir;
+- internet: a reflector address (``RelaySettings.is_reflector``) is answered (:mod:`diag.relay.reflect`);
 - cloud: the outbound connector :func:`diag.routing.route` picks (exchange-model §4) — its SmartHosts when
   UseMXRecord is false, else the recipient domain's MX — with the TLS its TlsSettings demand; no connector:
   the MX, with opportunistic TLS;
@@ -62,6 +63,7 @@ from diag.routing import recipient_domain, route
 __all__ = [
     "LOCAL",
     "NOWHERE",
+    "REFLECT",
     "Attempt",
     "Connect",
     "MessagePlan",
@@ -139,7 +141,7 @@ class Route:
     """Where a group of recipients goes; recipients with equal routes share one SMTP transaction.
 
     Attributes:
-        label: the spool's ``route``: ``connector:<name>/<rule>``, ``mx``, ``smarthost`` or ``local``.
+        label: the spool's ``route``: ``connector:<name>/<rule>``, ``mx``, ``smarthost``, ``local`` or ``reflect``.
         connector: the outbound connector's name, for the trace header.
         rule: why it was chosen (the routing rule, ``mx``, ``smarthost``, ``local``).
         smart_hosts: the hosts to use, in order (unless ``mx``).
@@ -158,6 +160,7 @@ class Route:
 
 
 LOCAL: Final = Route("local", rule="local")
+REFLECT: Final = Route("reflect", rule="reflect")  # answered by the reflector, never forwarded
 NOWHERE: Final = Route("none", rule="none")  # refused before any route applied
 
 
@@ -238,7 +241,10 @@ def route_recipient(
     settings: RelaySettings, recipient: str, *, refusal: str | None = None
 ) -> tuple[Route, Outcome | None]:
     """Where ``recipient`` goes, and the outcome when trying is pointless: refused here, unsendable, or
-    ``refusal`` (why the message as a whole must not be forwarded, :func:`message_refusal`)."""
+    ``refusal`` (why the message as a whole must not be forwarded, :func:`message_refusal`). A reflector
+    address is never settled here: whatever the message, it gets no bounce (the reflector decides alone)."""
+    if settings.is_reflector(recipient):
+        return REFLECT, None
     if settings.is_local(recipient):
         return LOCAL, None
     if settings.role is RelayRole.ON_PREMISES:

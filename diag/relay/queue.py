@@ -14,6 +14,11 @@ retried at every scan, which would send the receiver a duplicate each time.
 
 While :meth:`Deliverer.run` works the queue, the transport keeps sessions that delivered open for the next
 delivery on the same terms (:meth:`~diag.relay.transport.Transport.reusing`).
+
+A reflector address (internet role) is delivered by answering (:mod:`diag.relay.reflect`): the reply is
+recorded in the reflector's memory, then stored in the spool like a bounce. Whether it is answered or not, the
+recipient is delivered: a message the reflector declines is never bounced (that would be the backscatter the
+reflector's rules avoid).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from diag.net.dns import Resolver
-from diag.relay import dsn
-from diag.relay.plan import LOCAL, Outcome, Result, Route, plan_message
+from diag.relay import dsn, reflect
+from diag.relay.plan import LOCAL, REFLECT, Outcome, Result, Route, plan_message
 from diag.relay.settings import Limits, RelaySettings
 from diag.relay.spool import Envelope, QueuedMessage, RecipientState, RecipientStatus, Spool, SpoolError
 from diag.relay.text import escape
@@ -38,6 +43,9 @@ from diag.relay.transport import Transport
 __all__ = ["Deliverer", "next_status"]
 
 log = logging.getLogger("diag.relay")
+
+# At most this much content handed over in memory by Deliverer.queued and not yet delivered; more is read back.
+_HANDED_BYTES = 64 * 1024 * 1024
 
 
 def next_status(
@@ -78,10 +86,17 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._kicked = False
         self._fresh: deque[str] = deque()
+        # Messages just queued, as the server had them in memory: delivery need not read them back from disk.
+        self._handed: dict[str, tuple[Envelope, bytes]] = {}
+        self._handed_bytes = 0
         self._active: set[str] = set()
         # Messages whose outcome could not be recorded (disk full, I/O error), with the loop time until which
         # run() leaves them alone: retrying at every scan would send a duplicate to the receiver each time.
         self._held: dict[str, float] = {}
+        # The reflector's memory, read from the spool directory on first use; the lock makes "answered before?"
+        # and "remember it" one step, so two deliveries of one probe at once give one reply.
+        self._reflected: reflect.ReflectLog | None = None
+        self._reflecting = asyncio.Lock()
 
     def kick(self, qid: str | None = None) -> None:
         """Deliver ``qid`` (just queued) now, or with no id look at the whole spool now, not at the next scan.
@@ -94,6 +109,14 @@ class Deliverer:
         else:
             self._fresh.append(qid)
         self._wake.set()
+
+    def queued(self, qid: str, envelope: Envelope, content: bytes) -> None:
+        """The server stored message ``qid``: deliver it now, from memory (what :meth:`kick` does, without
+        reading it back). Beyond ``_HANDED_BYTES`` of messages waiting their turn, they are read from disk."""
+        if self._handed_bytes + len(content) <= _HANDED_BYTES:
+            self._handed[qid] = (envelope, content)
+            self._handed_bytes += len(content)
+        self.kick(qid)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver due messages until ``stop`` is set, at most ``delivery_concurrency`` at a time."""
@@ -175,8 +198,15 @@ class Deliverer:
     # --- one message --------------------------------------------------------------------------------------
 
     async def _load(self, qid: str) -> tuple[QueuedMessage, bytes] | None:
-        """The message and its content from the spool; None when it is gone (finished meanwhile) or damaged
-        (:meth:`Spool.recover` quarantines it at the next start)."""
+        """The message and its content, as handed over by :meth:`queued` or from the spool; None when it is gone
+        (finished meanwhile) or damaged (:meth:`Spool.recover` quarantines it at the next start)."""
+        handed = self._handed.pop(qid, None)
+        if handed is not None:
+            envelope, content = handed
+            self._handed_bytes -= len(content)
+            # Just stored: no state file yet, every recipient pending and due.
+            statuses = tuple(RecipientStatus(recipient) for recipient in envelope.rcpt_tos)
+            return QueuedMessage(qid, envelope, len(content), statuses), content
         try:
             message = await asyncio.to_thread(self._spool.get, qid)
             content = await asyncio.to_thread(self._spool.content, qid)
@@ -195,6 +225,7 @@ class Deliverer:
         envelope = message.envelope
         plan = plan_message(self._settings, envelope.mail_from, content, due)
         lock = asyncio.Lock()  # one state file per message: its updates must not interleave
+        current = list(message.statuses)  # every recipient's state as recorded, kept here to spare reading it back
         failures: list[RecipientStatus] = []
         started = time.monotonic()
 
@@ -211,12 +242,15 @@ class Deliverer:
                 (failures if status.state is RecipientState.FAILED else updates).append(status)
             if updates:
                 async with lock:
-                    await self._record(qid, updates)
+                    if await self._record(qid, updates, current):
+                        _merge(current, updates)
 
         async def deliver_group(route: Route, recipients: tuple[str, ...]) -> None:
             async with self._slots:
                 if route is LOCAL:
                     outcomes: Sequence[Outcome] = await self._transport.store(envelope.mail_from, recipients, content)
+                elif route is REFLECT:
+                    outcomes = [await self._reflect(qid, envelope, content, recipient) for recipient in recipients]
                 else:
                     outcomes = await self._transport.send(route, envelope.mail_from, recipients, content)
             await record(route, outcomes)
@@ -227,23 +261,69 @@ class Deliverer:
             *(deliver_group(route, recipients) for route, recipients in plan.groups.items()), return_exceptions=True
         )
         if failures:
-            await self._fail(qid, envelope, content, failures)
+            await self._fail(qid, envelope, content, failures, current)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the group's recipients stay pending; _attempt logs it
 
-    async def _record(self, qid: str, statuses: list[RecipientStatus]) -> None:
+    async def _reflect(self, qid: str, envelope: Envelope, content: bytes, recipient: str) -> Outcome:
+        """Answer the message for the reflector address ``recipient``, or decline to; the recipient's outcome."""
+        settings = self._settings
+        now = datetime.now(UTC)
+        made = reflect.reply(
+            envelope, content, reflector=recipient.lower(), reflectors=settings.reflect, hostname=settings.hostname,
+            now=now,
+        )  # fmt: skip
+        if isinstance(made, reflect.Reply):
+            async with self._reflecting:
+                try:
+                    if self._reflected is None:
+                        memory = reflect.ReflectLog(self._spool.root / "reflect")
+                        await asyncio.to_thread(memory.open, now)
+                        self._reflected = memory
+                    refusal = self._reflected.refusal(made, now=now, per_sender=settings.reflect_limit)
+                    if refusal is None:
+                        await asyncio.to_thread(self._reflected.record, made, now)
+                except OSError as exc:
+                    # Not remembered, so not sent: tried again later like any delivery to a full disk.
+                    return Outcome(recipient, Result.DEFERRED, f"451 4.3.0 Cannot record the reply: {exc}", "reflect")
+            made = refusal or made
+        if isinstance(made, reflect.Skip):
+            return Outcome(recipient, Result.DELIVERED, f"250 2.0.0 Not answered: {made}", "reflect")
         try:
-            await asyncio.to_thread(self._spool.update, qid, statuses)
+            reply_qid = await asyncio.to_thread(self._spool.store, made.envelope, made.content)
+        except OSError as exc:
+            # Already remembered as answered and never sent twice, so this one reply is lost (diag.relay.reflect
+            # says why that is the right way round).
+            log.error("reflect qid=%s: cannot store the reply, it is not sent: %s", qid, exc)
+            return Outcome(recipient, Result.DELIVERED, f"250 2.0.0 Not answered: cannot store the reply: {exc}",
+                           "reflect")  # fmt: skip
+        log.info("reflect qid=%s for=%s to=<%s>", reply_qid, qid, escape(envelope.mail_from))
+        self.queued(reply_qid, made.envelope, made.content)
+        return Outcome(recipient, Result.DELIVERED, f"250 2.0.0 Answered: reply queued as {reply_qid}", "reflect")
+
+    async def _record(self, qid: str, statuses: list[RecipientStatus], current: Sequence[RecipientStatus]) -> bool:
+        """Record ``statuses`` (``current``: every recipient's state before them); False when it failed."""
+        try:
+            await asyncio.to_thread(self._spool.update, qid, statuses, current=current)
         except OSError as exc:
             # The recipients stay as they were (pending and due): retried after a pause, a duplicate at worst.
             log.error("delivery qid=%s: cannot record the outcome in the spool, holding it: %s", qid, exc)
             self._hold(qid)
+            return False
+        return True
 
     def _hold(self, qid: str) -> None:
         self._held[qid] = time.monotonic() + self._settings.limits.retry_base.total_seconds()
 
-    async def _fail(self, qid: str, envelope: Envelope, content: bytes, failures: list[RecipientStatus]) -> None:
+    async def _fail(
+        self,
+        qid: str,
+        envelope: Envelope,
+        content: bytes,
+        failures: list[RecipientStatus],
+        current: Sequence[RecipientStatus],
+    ) -> None:
         """Store the bounce, then record the failures: a crash in between repeats the bounce, never loses it."""
         made = dsn.bounce(envelope, content, failures, reporting_mta=self._settings.hostname, now=datetime.now(UTC))
         if made is not None:
@@ -256,8 +336,14 @@ class Deliverer:
             log.info(
                 "bounce qid=%s for=%s to=<%s> recipients=%d", bounce_qid, qid, escape(envelope.mail_from), len(failures)
             )
-            self.kick()
-        await self._record(qid, failures)
+            self.queued(bounce_qid, *made)
+        await self._record(qid, failures, current)
+
+
+def _merge(current: list[RecipientStatus], updates: Sequence[RecipientStatus]) -> None:
+    """Replace the recipients' states in ``current`` by their ``updates``."""
+    new = {status.recipient: status for status in updates}
+    current[:] = [new.get(status.recipient, status) for status in current]
 
 
 def _log_attempt(qid: str, sender: str, route: str, outcome: Outcome, status: RecipientStatus, latency_ms: int) -> None:

@@ -32,7 +32,7 @@ class Relay:
         self.spool = Spool(settings.spool)
         resolver = Resolver(settings.nameservers, timeout=settings.limits.operation_timeout)
         self.deliverer = Deliverer(settings, self.spool, resolver)
-        self.server = RelayServer(settings, self.spool, on_queued=self.deliverer.kick)
+        self.server = RelayServer(settings, self.spool, on_queued=self.deliverer.queued)
         self._stop = asyncio.Event()
         self._delivering: asyncio.Task[None] | None = None
 

@@ -2,11 +2,16 @@
 
 Each message is one file written to ``tmp/``, flushed and fsynced, renamed into ``queue/``, and the directory
 fsynced — only then may the server answer 250 (RFC 5321 §6.1; security-cases.md §6: Postfix's
-mail_stream_finish_file order). The file carries a one-line JSON envelope, the content, and a trailer with the
-length and SHA-256 of both, so a file cut short by a crash is recognised and quarantined instead of delivered
-truncated (like Postfix's END record). Per-recipient delivery state lives beside it in ``<id>.state``, replaced
+mail_stream_finish_file order). The directory fsync is a group commit: stores that finish their rename while
+one is running share the next one, so under load a message costs about one fsync (its file's), not two.
+
+The file carries a one-line JSON envelope, the content, and a trailer with the length and SHA-256 of both, so a
+file cut short by a crash is recognised and quarantined instead of delivered truncated (like Postfix's END
+record). Per-recipient delivery state lives beside it in ``<id>.state``, replaced
 atomically; a message is removed only when every recipient reached a final state, so a crash between a remote
-250 and the removal costs at most a duplicate, never a loss (RD-43).
+250 and the removal costs at most a duplicate, never a loss (RD-43). Removal is not fsynced, the trade-off Postfix
+makes too: a crash soon after a delivery may bring the unlinked file back and deliver it again (a duplicate),
+but cannot lose anything, and the busy path saves a directory fsync per message.
 
 All methods block (file I/O and fsync); call them with ``asyncio.to_thread``.
 """
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -146,6 +152,7 @@ class Spool:
         self.quarantine = root / "quarantine"
         for directory in (self.tmp, self.queue, self.quarantine):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._queue_sync = _GroupSync(self.queue)
 
     @staticmethod
     def new_qid() -> str:
@@ -168,7 +175,7 @@ class Spool:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.rename(tmp, self.queue / f"{qid}.msg")
-            _fsync_dir(self.queue)
+            self._queue_sync.sync()
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -225,26 +232,34 @@ class Spool:
         """The message content, verified against its trailer."""
         return self._read(self.queue / f"{qid}.msg")[1]
 
-    def update(self, qid: str, statuses: Sequence[RecipientStatus]) -> None:
-        """Record recipients' new states durably; remove the message when none is pending any more."""
-        current = {s.recipient: s for s in self.get(qid).statuses}
-        current.update({s.recipient: s for s in statuses})
-        if all(s.state is not RecipientState.PENDING for s in current.values()):
+    def update(
+        self, qid: str, statuses: Sequence[RecipientStatus], *, current: Sequence[RecipientStatus] | None = None
+    ) -> None:
+        """Record recipients' new states durably; remove the message when none is pending any more.
+
+        ``current``: every recipient's state as the caller knows it (the deliverer keeps them), which saves
+        reading the message's envelope and state back from disk; read from the spool when None.
+        """
+        known = self.get(qid).statuses if current is None else current
+        merged = {s.recipient: s for s in known}
+        merged.update({s.recipient: s for s in statuses})
+        current = tuple(merged.values())
+        if all(s.state is not RecipientState.PENDING for s in current):
             self.remove(qid)
             return
-        data = json.dumps([s.to_json() for s in current.values()]).encode("utf-8")
+        data = json.dumps([s.to_json() for s in current]).encode("utf-8")
         tmp = self.tmp / f"{qid}.state"
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.queue / f"{qid}.state")
-        _fsync_dir(self.queue)
+        self._queue_sync.sync()
 
     def remove(self, qid: str) -> None:
+        """Forget a finished message. Not fsynced (see the module's docstring): a crash may bring it back."""
         (self.queue / f"{qid}.msg").unlink(missing_ok=True)
         (self.queue / f"{qid}.state").unlink(missing_ok=True)
-        _fsync_dir(self.queue)
 
     def _statuses(self, qid: str, envelope: Envelope) -> tuple[RecipientStatus, ...]:
         path = self.queue / f"{qid}.state"
@@ -291,3 +306,44 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+
+
+class _GroupSync:
+    """fsync of one directory, shared by the threads that need it at the same time (a group commit).
+
+    :meth:`sync` returns once a directory fsync that *started after the call* has finished, so the caller's
+    earlier rename is covered. While one fsync runs, the callers that arrive wait for it and then share the next
+    one: N concurrent stores cost about two directory fsyncs instead of N.
+    """
+
+    __slots__ = ("_changed", "_directory", "_done", "_running", "_started")
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._changed = threading.Condition()
+        self._started = 0  # fsyncs begun
+        self._done = 0  # the latest fsync that finished without error
+        self._running = False
+
+    def sync(self) -> None:
+        """Make every directory change this thread made before the call durable. Raises OSError from fsync."""
+        with self._changed:
+            needed = self._started + 1  # the first fsync to begin from now on
+            while self._done < needed:
+                if self._running:
+                    self._changed.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                mine = self._started
+                self._changed.release()
+                synced = False
+                try:
+                    _fsync_dir(self._directory)
+                    synced = True
+                finally:
+                    self._changed.acquire()
+                    self._running = False
+                    if synced:  # a failed fsync covers nobody: its waiters start another
+                        self._done = mine
+                    self._changed.notify_all()

@@ -8,9 +8,10 @@ alone (:meth:`Verdict.of`): an error or critical finding makes it critical, else
 does not apply (``not_applicable``: a domain with a null MX has no mail host to probe) is ok and named nowhere
 as a problem; JUnit marks it skipped with the reason.
 
-Measurements are read from the facts as the JSON view renders them (``port25``: ``probed[].session``;
-``certificate``: ``certificates[]``), so this module depends on ``model`` only (ARCHITECTURE.md §2) and works
-the same for facts loaded back from a saved JSON report.
+Measurements come from the checks themselves: a check's spec may name a ``measure`` function
+(:mod:`diag.evidence`), which reads its facts in their JSON form (port25: the stage timings of every session;
+certificate: the expiry of every presented leaf; e2e: how each probe fared), so nothing here knows a check's
+facts, and facts loaded back from a saved JSON report give the same output.
 
 A series is named by what it measures, not by where it was measured: domain, MX host name and stage, never the
 address or port (issue 10; the same identity as history's, :func:`~diag.model.subject_host`). The cloud's MX
@@ -25,23 +26,24 @@ escapes the code points XML 1.0 and UTF-8 cannot carry), then escaped by the rul
 
 from __future__ import annotations
 
-import math
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
+from diag.codec import encode
+from diag.evidence import STAGES, CertificateExpiry, Measurements, ProbeArrival, StageTimes
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict, subject_host
-from diag.render.json import jsonable
+from diag.registry import Registry
 from diag.render.text import sanitize
 
-__all__ = ["STAGES", "check_state", "junit", "nagios", "prometheus"]
+if TYPE_CHECKING:
+    from prometheus_client.core import GaugeMetricFamily
 
-STAGES = ("connect", "banner", "ehlo", "tls")
-"""The SMTP session stages timed per address: TCP connect, greeting, EHLO, STARTTLS with its handshake."""
+__all__ = ["STAGES", "check_state", "junit", "nagios", "prometheus"]
 
 _SHORT = 300  # characters of one untrusted string in a summary, label or attribute
 
@@ -51,104 +53,58 @@ def check_state(result: CheckResult) -> Verdict:
     return Verdict.of((result,))
 
 
-# --- measurements read from the facts ------------------------------------------------------------------------
+# --- measurements: what each check measured (its spec's ``measure``), one value per host ---------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Timings:
-    """The stage timings of one MX host: per stage, the slowest of its addresses (module docstring)."""
+def _shipped() -> Registry:
+    from checks import default_registry  # each check says what its facts measure (imported here, on use)
 
-    host: str
-    seconds: tuple[float | None, ...]  # in STAGES order; None when no address reached the stage
+    return default_registry()
 
 
-@dataclass(frozen=True, slots=True)
-class _Cert:
-    """The soonest-expiring leaf certificate of one MX host, with the expiry thresholds it was judged by."""
-
-    host: str
-    not_after: datetime
-    checked_at: datetime | None
-    warn_days: float | None
-    crit_days: float | None
-
-    @property
-    def days_left(self) -> float | None:
-        if self.checked_at is None:
-            return None
-        return (self.not_after - self.checked_at).total_seconds() / 86400
-
-
-def _facts(domain: DomainReport, check_id: str) -> dict[str, Any]:
+def _measured(domain: DomainReport, registry: Registry) -> list[Measurements]:
+    """What the checks of a domain measured, per address, in the order of the checks."""
+    found = []
     for result in domain.results:
-        if result.check_id == check_id and result.facts is not None:
-            facts = jsonable(result.facts)
-            return facts if isinstance(facts, dict) else {}
-    return {}
-
-
-def _items(facts: dict[str, Any], key: str) -> Iterator[dict[str, Any]]:
-    value = facts.get(key)
-    if isinstance(value, list):
-        yield from (item for item in value if isinstance(item, dict))
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        spec = registry[result.check_id] if result.check_id in registry else None
+        if spec is not None and spec.measure is not None and result.facts is not None:
+            facts = encode(result.facts)
+            if isinstance(facts, Mapping):
+                found.append(spec.measure(facts))
+    return found
 
 
 def _slowest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def _timings(domain: DomainReport) -> list[_Timings]:
-    """One entry per MX host, in the order the hosts were first probed."""
+def _timings(measured: list[Measurements]) -> list[StageTimes]:
+    """One entry per MX host, in the order the hosts were first probed: per stage, the slowest of its
+    addresses (module docstring)."""
     by_host: dict[str, tuple[float | None, ...]] = {}
-    for probed in _items(_facts(domain, "port25"), "probed"):
-        session = probed.get("session")
-        if not isinstance(session, dict):
-            continue
-        host = subject_host(str(probed.get("host", "")))
-        seconds = tuple(_number(session.get(f"{stage}_s")) for stage in STAGES)
+    for times in (t for m in measured for t in m.stages):
+        host = subject_host(times.host)
         before = by_host.get(host, (None,) * len(STAGES))
-        by_host[host] = tuple(_slowest(a, b) for a, b in zip(before, seconds, strict=True))
-    return [_Timings(host, seconds) for host, seconds in by_host.items()]
+        by_host[host] = tuple(_slowest(a, b) for a, b in zip(before, times.seconds, strict=True))
+    return [StageTimes(host, seconds) for host, seconds in by_host.items()]
 
 
-def _certificates(domain: DomainReport) -> list[_Cert]:
+def _certificates(measured: list[Measurements]) -> list[CertificateExpiry]:
     """One entry per MX host that presented a readable leaf: the soonest-expiring, in first-seen order."""
-    facts = _facts(domain, "certificate")
-    checked_at = _moment(facts.get("checked_at"))
-    by_host: dict[str, _Cert] = {}
-    for presented in _items(facts, "certificates"):
-        chain = presented.get("chain")
-        leaf = chain[0] if isinstance(chain, list) and chain and isinstance(chain[0], dict) else {}
-        not_after = _moment(leaf.get("not_after"))
-        if not_after is None:
-            continue
-        host = subject_host(str(presented.get("host", "")))
-        if host in by_host and by_host[host].not_after <= not_after:
-            continue
-        by_host[host] = _Cert(
-            host=host,
-            not_after=not_after,
-            checked_at=checked_at,
-            warn_days=_number(facts.get("warn_days")),
-            crit_days=_number(facts.get("crit_days")),
-        )
+    by_host: dict[str, CertificateExpiry] = {}
+    for expiry in (e for m in measured for e in m.certificates):
+        host = subject_host(expiry.host)
+        if host not in by_host or expiry.not_after < by_host[host].not_after:
+            by_host[host] = replace(expiry, host=host)
     return list(by_host.values())
+
+
+def _arrivals(measured: list[Measurements]) -> list[ProbeArrival]:
+    """The end-to-end probes that were sent, one per name (a probe concerns one domain once)."""
+    by_name: dict[str, ProbeArrival] = {}
+    for arrival in (a for m in measured for a in m.probes):
+        by_name.setdefault(arrival.name, arrival)
+    return list(by_name.values())
 
 
 # --- Nagios / Icinga -----------------------------------------------------------------------------------------
@@ -265,22 +221,30 @@ def _long_output(report: Report) -> Iterator[str]:
                     )
 
 
-def _perfdata(report: Report) -> Iterator[str]:
+def _perfdata(report: Report, registry: Registry) -> Iterator[str]:
     states = Counter(domain.verdict for domain in report.domains)
     for state in Verdict:
         yield _perf(f"domains_{state.value}", states[state], minimum="0")
     run_seconds = (report.finished_at - report.started_at).total_seconds()
     yield _perf("time", max(0.0, run_seconds), "s", places=3, minimum="0")
     for domain in report.domains:
-        for timings in _timings(domain):
+        measured = _measured(domain, registry)
+        for timings in _timings(measured):
             for stage, seconds in zip(STAGES, timings.seconds, strict=True):
                 yield _perf(f"{domain.domain} {timings.host} {stage}", seconds, "s", minimum="0")
-        for cert in _certificates(domain):
+        for cert in _certificates(measured):
             # Days left, unitless: the guidelines know no unit for days. "N:" alerts below N (guidelines,
             # "Threshold and ranges").
             warn = f"{_perf_number(cert.warn_days, places=2)}:" if cert.warn_days is not None else ""
             crit = f"{_perf_number(cert.crit_days, places=2)}:" if cert.crit_days is not None else ""
             yield _perf(f"{domain.domain} {cert.host} cert_days", cert.days_left, places=2, warn=warn, crit=crit)
+        for probe in _arrivals(measured):
+            # Latency of an arrived probe ("U" when it did not arrive), its Slow and Deadline as thresholds.
+            warn = _perf_number(probe.slow, places=3) if probe.slow is not None else ""
+            crit = _perf_number(probe.deadline, places=3) if probe.deadline is not None else ""
+            latency = probe.latency if probe.delivered else None
+            yield _perf(f"{domain.domain} {probe.name} latency", latency, "s", places=3, warn=warn, crit=crit,
+                        minimum="0")  # fmt: skip
 
 
 def nagios(report: Report) -> str:
@@ -291,14 +255,15 @@ def nagios(report: Report) -> str:
     guidelines (``'label'=value[UOM];[warn];[crit];[min];[max]``): domains per state, the run's duration, the
     seconds of each SMTP stage per MX host (``'DOMAIN HOST STAGE'``: the slowest of the host's addresses; ``U``
     when none reached the stage), and the days left on each MX host's certificate (``'DOMAIN HOST cert_days'``:
-    the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges.
-    Labels name no address or port (module docstring), so a graph keeps its series from run to run. Every
-    following line
-    names one finding of warning or worse, or one check that could not run. No text carries ``|`` (shown as
+    the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges, and the
+    latency of each end-to-end probe that was sent (``'DOMAIN PROBE latency'``, ``U`` when it did not arrive) with
+    its Slow and Deadline as thresholds. Labels name no address or port (module docstring), so a graph keeps its
+    series from run to run. Every following line names one finding of warning or worse, or one check that could
+    not run. No text carries ``|`` (shown as
     ``¦``) or a control character. The process exit code is ``report.exit_code``.
     """
     perfdata: dict[str, str] = {}  # one value per label: graphing tools key their series by it
-    for item in _perfdata(report):
+    for item in _perfdata(report, _shipped()):
         perfdata.setdefault(item.rpartition("=")[0], item)
     first = f"DIAG {report.verdict.name} - {_summary(report)} | {' '.join(perfdata.values())}"
     return "\n".join([first, *_long_output(report)]) + "\n"
@@ -308,37 +273,33 @@ def nagios(report: Report) -> str:
 
 
 class _Family:
-    """One metric family of the text exposition format: its HELP and TYPE lines and its samples."""
+    """One gauge family: its samples by label values, the first of duplicate series kept."""
 
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name = name
-        self.help = help_text
-        self.samples: dict[str, str] = {}  # rendered labels → value; the first of duplicate series wins
+    def __init__(self, name: str, help_text: str, *labels: str) -> None:
+        self.name, self.help, self.labels = name, help_text, labels
+        self.samples: dict[tuple[str, ...], float] = {}
 
-    def add(self, value: float, **labels: str) -> None:
-        rendered = ",".join(f'{key}="{_label_value(text)}"' for key, text in labels.items())
-        self.samples.setdefault(f"{{{rendered}}}" if rendered else "", _sample_value(value))
+    def add(self, value: float, *values: str) -> None:
+        # Label values are made inert first; prometheus_client then escapes backslash, quote and line feed.
+        self.samples.setdefault(tuple(sanitize(text) for text in values), value)
 
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        for labels, value in self.samples.items():
-            yield f"{self.name}{labels} {value}"
+    def metric(self) -> GaugeMetricFamily:
+        from prometheus_client.core import GaugeMetricFamily
 
-
-def _label_value(text: str) -> str:
-    # Exposition format: backslash, double quote and line feed are escaped in label values.
-    return sanitize(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        family = GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        for values, value in self.samples.items():
+            family.add_metric(values, value)
+        return family
 
 
-def _sample_value(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+@dataclass(frozen=True, slots=True)
+class _Collector:
+    """The families of one report, as prometheus_client collects them (a custom collector, no global state)."""
+
+    families: tuple[_Family, ...]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return (family.metric() for family in self.families)
 
 
 def _unix(moment: datetime) -> float:
@@ -355,52 +316,77 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
     ``diag_findings`` has a sample for every severity of every check, zeros included, so series do not come and
     go between runs. ``diag_certificate_expiry_timestamp_seconds`` and ``diag_smtp_stage_seconds`` are labelled
     ``domain`` and ``host`` (and ``stage``), never with an address or port, one sample per MX host (module
-    docstring). Samples carry no timestamps (the textfile collector rejects them); the time of the run is
-    ``diag_last_run_timestamp_seconds``: ``now`` when given (the moment the file is written), else the moment
-    the run finished.
+    docstring). End-to-end probes that were sent have ``diag_probe_delivered{domain,probe}`` (1 or 0) and, when
+    they arrived, ``diag_probe_latency_seconds{domain,probe}``. Samples carry no timestamps (the textfile
+    collector rejects them); the time of the run is ``diag_last_run_timestamp_seconds``: ``now`` when given (the
+    moment the file is written), else the moment the run finished. The text is prometheus_client's own exposition
+    of a registry made for this report.
     """
+    # Imported here: the client library is needed for this format only, not for every run's start-up.
+    from prometheus_client import CollectorRegistry, generate_latest
+
     run_status = _Family("diag_run_status", f"State of the whole run ({_STATES}); the exit code.")
     last_run = _Family("diag_last_run_timestamp_seconds", "Unix time of the last run.")
     run_duration = _Family("diag_run_duration_seconds", "Wall-clock duration of the last run.")
-    domain_status = _Family("diag_domain_status", f"State of a domain ({_STATES}).")
+    domain_status = _Family("diag_domain_status", f"State of a domain ({_STATES}).", "domain")
     check_status = _Family(
         "diag_check_status",
         f"State of a check on a domain ({_STATES}; 3 when it could not run and found nothing critical).",
-    )
-    check_duration = _Family("diag_check_duration_seconds", "Time a check took on a domain.")
-    findings = _Family("diag_findings", "Findings of a check on a domain, by severity.")
+        "domain", "check",
+    )  # fmt: skip
+    check_duration = _Family("diag_check_duration_seconds", "Time a check took on a domain.", "domain", "check")
+    findings = _Family("diag_findings", "Findings of a check on a domain, by severity.", "domain", "check", "severity")
     cert_expiry = _Family(
         "diag_certificate_expiry_timestamp_seconds",
         "Unix time at which the leaf certificate of an MX host expires (notAfter; the soonest of its addresses).",
-    )
+        "domain", "host",
+    )  # fmt: skip
     stage = _Family(
         "diag_smtp_stage_seconds",
         "Seconds an SMTP session stage took at an MX host (connect, banner, ehlo, tls; the slowest of its "
         "addresses); absent when no address reached it.",
-    )
+        "domain", "host", "stage",
+    )  # fmt: skip
+    probe_latency = _Family(
+        "diag_probe_latency_seconds",
+        "Seconds from an end-to-end probe's acceptance to its arrival in the watched mailbox; absent when it did "
+        "not arrive.",
+        "domain", "probe",
+    )  # fmt: skip
+    probe_delivered = _Family(
+        "diag_probe_delivered", "Whether an end-to-end probe arrived in the watched mailbox by its deadline (1 or 0).",
+        "domain", "probe",
+    )  # fmt: skip
 
+    registry = _shipped()
     run_status.add(report.verdict.exit_code)
     last_run.add(_unix(now if now is not None else report.finished_at))
     run_duration.add(max(0.0, (report.finished_at - report.started_at).total_seconds()))
     for domain in report.domains:
         name = domain.domain
-        domain_status.add(domain.verdict.exit_code, domain=name)
+        domain_status.add(domain.verdict.exit_code, name)
         for result in domain.results:
-            check_status.add(check_state(result).exit_code, domain=name, check=result.check_id)
-            check_duration.add(result.duration_ms / 1000, domain=name, check=result.check_id)
+            check_status.add(check_state(result).exit_code, name, result.check_id)
+            check_duration.add(result.duration_ms / 1000, name, result.check_id)
             severities = Counter(finding.severity for finding in result.findings)
             for severity in Severity:
-                findings.add(severities[severity], domain=name, check=result.check_id, severity=severity.label)
-        for cert in _certificates(domain):
-            cert_expiry.add(_unix(cert.not_after), domain=name, host=cert.host)
-        for timings in _timings(domain):
+                findings.add(severities[severity], name, result.check_id, severity.label)
+        measured = _measured(domain, registry)
+        for cert in _certificates(measured):
+            cert_expiry.add(_unix(cert.not_after), name, cert.host)
+        for timings in _timings(measured):
             for stage_name, seconds in zip(STAGES, timings.seconds, strict=True):
                 if seconds is not None:
-                    stage.add(seconds, domain=name, host=timings.host, stage=stage_name)
+                    stage.add(seconds, name, timings.host, stage_name)
+        for probe in _arrivals(measured):
+            probe_delivered.add(int(probe.delivered), name, probe.name)
+            if probe.delivered and probe.latency is not None:
+                probe_latency.add(probe.latency, name, probe.name)
 
-    families = (run_status, last_run, run_duration, domain_status, check_status, check_duration, findings,
-                cert_expiry, stage)  # fmt: skip
-    return "".join(f"{line}\n" for family in families for line in family.lines())
+    collected = CollectorRegistry(auto_describe=False)
+    collected.register(_Collector((run_status, last_run, run_duration, domain_status, check_status, check_duration,
+                                   findings, cert_expiry, stage, probe_latency, probe_delivered)))  # fmt: skip
+    return generate_latest(collected).decode("utf-8")
 
 
 # --- JUnit XML -----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ PUBLIC = {
     "InboundConnector",
     "Organization",
     "OutboundConnector",
+    "ProbeConfig",
     "RelayConfig",
     "RelayRole",
     "TlsSettings",

@@ -495,10 +495,41 @@ CASES = {
         ["[Relay]", 'Role = "mx"'],
         "contoso.toml:4: Relay.Role: 'mx' is not a RelayRole value; use cloud, onprem or internet",
     ),
+    "reflector in the cloud role": (
+        ["[Relay]", 'Reflect = ["echo@probe.example"]'],
+        "contoso.toml:4: Relay.Reflect: only the internet role reflects (a public host answering strangers); "
+        'set Role = "internet" or remove Reflect',
+    ),
+    "reflector in the onprem role": (
+        ["[Relay]", 'Role = "onprem"', 'Reflect = ["echo@probe.example"]'],
+        "contoso.toml:5: Relay.Reflect: only the internet role reflects",
+    ),
+    "reflector address without a domain": (
+        ["[Relay]", 'Role = "internet"', 'Reflect = ["echo"]'],
+        "contoso.toml:5: Relay.Reflect: 'echo' is not a mail address; write it like john@contoso.com",
+    ),
+    "reflector address with routing": (
+        ["[Relay]", 'Role = "internet"', 'Reflect = ["echo%victim.example@probe.example"]'],
+        "contoso.toml:5: Relay.Reflect: 'echo%victim.example@probe.example' is not a plain mail address "
+        "(letters, digits and . _ + = - before the @, at most 64); write it like echo@probe.example",
+    ),
+    "reflector address with a bad domain": (
+        ["[Relay]", 'Role = "internet"', 'Reflect = ["echo@probe..example"]'],
+        "contoso.toml:5: Relay.Reflect: 'probe..example' is not a valid domain name",
+    ),
+    "reflector address that is also a mailbox": (
+        ["[Relay]", 'Role = "internet"', 'Mailboxes = ["Echo@probe.example"]', 'Reflect = ["echo@probe.example"]'],
+        "contoso.toml:6: Relay.Reflect: an address is either a mailbox or a reflector; remove it from Mailboxes "
+        "or from Reflect",
+    ),
+    "reflector limit zero": (
+        ["[Relay]", 'Role = "internet"', 'Reflect = ["echo@probe.example"]', "ReflectLimit = 0"],
+        "contoso.toml:6: Relay.ReflectLimit: 0 is outside 1..10000",
+    ),
     "unknown table, far": (
         ["[Tenant]", 'Id = "x"'],
         "contoso.toml:3: Tenant: not a table diag knows; remove it (the tables are Organization, Relay, "
-        "AcceptedDomain, OutboundConnector and InboundConnector)",
+        "AcceptedDomain, OutboundConnector, InboundConnector and Probe)",
     ),
     "organization as array": (
         ["[[Organization]]", 'Name = "x"'],
@@ -513,6 +544,23 @@ def test_each_rule_reports_one_line_with_its_place(lines: list[str], expected: s
 
     assert len(found) == 1, found
     assert found[0].startswith(expected), found[0]
+
+
+def test_the_internet_role_takes_reflector_addresses_and_their_limit() -> None:
+    org = parse_config(
+        BASE + '[Relay]\nRole = "internet"\nReflect = ["Echo@Probe.Example", "echo.2@bücher.example"]\n'
+        "ReflectLimit = 5\n"
+    )
+
+    assert org.relay is not None
+    assert org.relay.reflect == ("echo@probe.example", "echo.2@xn--bcher-kva.example")
+    assert org.relay.reflect_limit == 5
+
+
+def test_a_reflector_has_a_sensible_default_limit() -> None:
+    org = parse_config(BASE + '[Relay]\nRole = "internet"\nReflect = ["echo@probe.example"]\n')
+
+    assert org.relay is not None and org.relay.reflect_limit == 20
 
 
 @pytest.mark.parametrize("key", ["Spool", "Maildir", "TlsCert", "TlsKey", "CaFile"])

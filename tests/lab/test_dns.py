@@ -332,6 +332,27 @@ def test_nested_zones_and_the_names_between_them() -> None:
     run(body)
 
 
+def test_a_zone_added_below_another_takes_over_its_names() -> None:
+    async def body() -> None:
+        data = ZoneData()
+        data.add_zone("contoso.com")
+        data.add("www.sub.contoso.com", "A", "192.0.2.60")
+        data.add("sub.contoso.com", "NS", "ns.elsewhere.example.")
+        data.add_zone("sub.contoso.com")
+        async with serving(data) as server:
+            www = await ask(server.port, "www.sub.contoso.com", "A")
+            assert [rd.to_text() for rd in www.answer[0]] == ["192.0.2.60"]
+            ns = await ask(server.port, "sub.contoso.com", "NS")
+            assert sorted(rd.to_text() for rd in ns.answer[0]) == ["ns.elsewhere.example.", "ns1.sub.contoso.com."]
+            missing = await ask(server.port, "nosuch.sub.contoso.com", "A")
+            assert missing.rcode() == dns.rcode.NXDOMAIN
+            assert missing.authority[0].name == dns.name.from_text("sub.contoso.com.")
+            parent = await ask(server.port, "nosuch.contoso.com", "A")
+            assert parent.authority[0].name == dns.name.from_text("contoso.com.")
+
+    run(body)
+
+
 def test_names_outside_the_zones_are_refused() -> None:
     async def body() -> None:
         async with serving(sample_data()) as server:

@@ -3,6 +3,9 @@ connector evidence, DSN reading (PR-05) and the verdicts a later e2e check repor
 
 from __future__ import annotations
 
+import asyncio
+import mailbox
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -11,15 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from diag.lab.runner import Lab
+from diag.lab.world import ECHO, JOHN
 from diag.probe.judge import (
     Outcome,
     classify,
+    is_reflection,
     is_report,
     judge_delivery,
+    judge_round_trip,
     read_dsn,
     verdicts,
 )
 from diag.probe.message import Kind, Probe
+from diag.probe.sender import Accepted, Via, send_probe
+from diag.probe.watch import MaildirWatcher, Observation
 from diag.relay.dsn import bounce
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus
 
@@ -246,3 +255,150 @@ def test_expected_on_premises_connector_but_arrived_from_the_internet() -> None:
 def test_every_corpus_sample_yields_a_delivery(name: str) -> None:
     delivery = delivered(name)
     assert delivery.hops and all(hop.index == position for position, hop in enumerate(delivery.hops, start=1))
+
+
+# --- round trips (the relay's reflector, diag.relay.reflect) -----------------------------------------------------
+
+THERE = (
+    b"Received: from contoso-com.mail.protection.outlook.com ([127.0.1.10])\r\n"
+    b"\tby mail.tailspintoys.com with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384) id r3\r\n"
+    b"\tfor <echo@tailspintoys.com>; Sat, 05 Dec 2026 21:00:04 +0000\r\n"
+    b'X-Diag-Trace: hop=contoso-com.mail.protection.outlook.com; role=cloud; connector=none; rule=mx; '
+    b"to=mail.tailspintoys.com[127.0.30.10]; tls=TLSv1.3\r\n"
+    b"Received: from mail.contoso.com ([127.0.10.10])\r\n"
+    b"\tby contoso-com.mail.protection.outlook.com with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384) id r2\r\n"
+    b"\tfor <echo@tailspintoys.com>; Sat, 05 Dec 2026 21:00:02 +0000\r\n"
+    b"Received: from client.probe.test ([127.0.0.1])\r\n"
+    b"\tby mail.contoso.com with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384) id r1\r\n"
+    b"\tfor <echo@tailspintoys.com>; Sat, 05 Dec 2026 21:00:01 +0000\r\n"
+)  # fmt: skip
+BACK = (
+    b'X-Diag-Trace: hop=contoso-com.mail.protection.outlook.com; role=cloud; connector="Connector 2"; rule=exact; '
+    b"to=mail.contoso.com[127.0.10.10]; tls=TLSv1.3\r\n"
+    b"Received: from contoso-com.mail.protection.outlook.com ([127.0.1.10])\r\n"
+    b"\tby mail.contoso.com with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384) id b2\r\n"
+    b"\tfor <john@contoso.com>; Sat, 05 Dec 2026 21:00:09 +0000\r\n"
+    b"Received: from mail.tailspintoys.com ([127.0.30.10])\r\n"
+    b"\tby contoso-com.mail.protection.outlook.com with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384) id b1\r\n"
+    b"\tfor <john@contoso.com>; Sat, 05 Dec 2026 21:00:07 +0000\r\n"
+)  # fmt: skip
+
+
+def reflected(probe: Probe, *, there: bytes = THERE, back: bytes = BACK, answered: datetime | None = None) -> bytes:
+    """The reflector's answer to ``probe`` as it arrives in John's mailbox: the answer diag's relay makes for the
+    probe as the reflector stored it, behind the Received lines of the way back."""
+    from diag.relay.reflect import Reply, reply
+
+    envelope = Envelope(mail_from=probe.sender, rcpt_tos=(probe.recipient,), received_at=NOW)
+    made = reply(envelope, there + probe.content, reflector=probe.recipient, reflectors=(probe.recipient,),
+                 hostname="mail.tailspintoys.com", now=answered or NOW + timedelta(seconds=5))  # fmt: skip
+    assert isinstance(made, Reply)
+    return back + made.content
+
+
+def test_a_reflected_probe_is_the_probe_and_is_read_whole(make_probe: ProbeFactory) -> None:
+    probe = make_probe(recipient="echo@tailspintoys.com", now=NOW)
+    raw = reflected(probe)
+    head = raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+
+    assert classify(head, probe.matcher(KEY)) == (Kind.PROBE, None)  # the token (and its MAC) came back
+    assert is_reflection(head) and is_report(head)  # watchers read its body, where the way there is
+    assert not is_reflection(probe.content) and not is_reflection(relay_bounce(probe.content))
+    assert read_dsn(raw) is None
+
+
+def test_a_round_trip_splits_the_way_there_from_the_way_back(make_probe: ProbeFactory) -> None:
+    probe = make_probe(recipient="echo@tailspintoys.com", now=NOW)
+    accepted, observed = NOW + timedelta(seconds=1), NOW + timedelta(seconds=10)
+
+    trip = judge_round_trip(reflected(probe), folder="INBOX", junk=False, accepted_at=accepted, observed_at=observed)
+
+    assert trip is not None and trip.reflector == "mail.tailspintoys.com"
+    there, back = trip.there, trip.back
+    assert [hop.ip for hop in there.hops] == ["127.0.0.1", "127.0.10.10", "127.0.1.10"]
+    assert [hop.ip for hop in back.hops] == ["127.0.30.10", "127.0.1.10"]
+    assert there.message_id == probe.message_id and back.message_id != probe.message_id
+    assert (there.folder, there.observed_at, there.latency_s) == ("mail.tailspintoys.com", NOW + timedelta(seconds=4),
+                                                                  3.0)  # fmt: skip
+    assert (back.folder, back.accepted_at, back.latency_s) == ("INBOX", NOW + timedelta(seconds=5), 5.0)
+    assert [trace.connector for trace in there.evidence.traces] == [None]  # the cloud sent it by MX
+    assert [trace.connector for trace in back.evidence.traces] == ["Connector 2"]
+    # Both legs numbered through, with the delay across the turn (the reflector's arrival to the cloud's).
+    assert [hop.index for hop in trip.hops] == [1, 2, 3, 4, 5] and trip.hops[3].delay_s == 3.0
+    assert trip.latency_s == 9.0 and not trip.hops_truncated
+    whole = trip.whole
+    assert whole.hops == trip.hops and whole.message_id == probe.message_id and whole.latency_s == 9.0
+    found = verdicts(refused=None, delivery=whole, bounce=None, accepted_at=accepted, deadline_s=60,
+                     minimum_tls="TLSv1.2", expected_connector="Connector 2")  # fmt: skip
+    assert outcomes(found) == [Outcome.DELIVERED]
+    assert [trace.connector for trace in whole.evidence.traces] == [None, "Connector 2"]
+    # The cloud used no Connector 1 on either leg.
+    found = verdicts(refused=None, delivery=whole, bounce=None, accepted_at=accepted, deadline_s=60,
+                     expected_connector="Connector 1")  # fmt: skip
+    assert outcomes(found) == [Outcome.DELIVERED, Outcome.WRONG_ROUTE]
+
+
+def test_a_round_trip_with_a_hop_in_clear_is_tls_missing(make_probe: ProbeFactory) -> None:
+    probe = make_probe(recipient="echo@tailspintoys.com", now=NOW)
+    # The reflector on a public address (hand-overs on loopback are not judged), answering in clear.
+    back = BACK.replace(b"ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384) id b1", b"ESMTP id b1").replace(
+        b"[127.0.30.10]", b"[192.0.2.30]")  # fmt: skip
+
+    trip = judge_round_trip(reflected(probe, back=back), folder="Junk", junk=True, accepted_at=NOW, observed_at=NOW)
+
+    assert trip is not None and trip.whole.junk
+    found = verdicts(refused=None, delivery=trip.whole, bounce=None, accepted_at=NOW, deadline_s=60)
+    (missing,) = [verdict for verdict in found if verdict.outcome is Outcome.TLS_MISSING]
+    assert missing.hop is not None and missing.hop.index == 4 and missing.hop.ip == "192.0.2.30"
+
+
+def test_skewed_clocks_make_no_negative_leg(make_probe: ProbeFactory) -> None:
+    probe = make_probe(recipient="echo@tailspintoys.com", now=NOW)
+    # The reflector's clock is a minute behind: it received the probe "before" --via accepted it.
+    trip = judge_round_trip(reflected(probe), folder="INBOX", junk=False, accepted_at=NOW + timedelta(minutes=1),
+                            observed_at=NOW + timedelta(minutes=1, seconds=5))  # fmt: skip
+
+    assert trip is not None and trip.there.latency_s is None and trip.latency_s == 5.0
+
+
+def test_what_is_no_reflection_is_no_round_trip(make_probe: ProbeFactory) -> None:
+    probe = make_probe(recipient="echo@tailspintoys.com", now=NOW)
+    headless = reflected(probe).replace(b"text/rfc822-headers", b"text/plain")
+
+    for raw in (probe.content, relay_bounce(probe.content), headless):
+        assert judge_round_trip(raw, folder="INBOX", junk=False, accepted_at=NOW, observed_at=NOW) is None
+
+
+def test_a_round_trip_through_the_labs_reflector(lab: Lab, make_probe: ProbeFactory) -> None:
+    """John → on-premises → cloud → tailspintoys.com's reflector → the cloud's MX → Connector 2 → John."""
+    probe = make_probe(sender=JOHN, recipient=ECHO, name="John round trip")
+    path = lab.mailbox(JOHN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mailbox.Maildir(path, create=True)
+
+    async def go() -> tuple[Accepted, Observation]:
+        async with MaildirWatcher(path, poll_min=0.05, poll_max=0.3) as watching:
+            await watching.mark()
+            sent = await send_probe(probe, Via("mail.contoso.com", lab.smtp_port, address="127.0.10.10"),
+                                    timeout=10, ehlo_name="client.probe.test", ca_file=lab.ca_file)  # fmt: skip
+            assert isinstance(sent, Accepted), sent
+            seen = await watching.wait(probe.matcher(KEY), time.monotonic() + 30)
+            if seen.probe is not None:
+                await watching.remove([seen.probe])
+            return sent, seen
+
+    sent, seen = asyncio.run(go())
+
+    assert seen.probe is not None and seen.probe.kind is Kind.PROBE
+    trip = judge_round_trip(seen.probe.headers, folder=seen.probe.folder, junk=seen.probe.junk,
+                            accepted_at=sent.accepted_at, observed_at=seen.probe.observed_at)  # fmt: skip
+    assert trip is not None and trip.reflector == "mail.tailspintoys.com"
+    assert [hop.ip for hop in trip.there.hops] == ["127.0.0.1", "127.0.10.10", "127.0.1.10"]
+    assert [hop.ip for hop in trip.back.hops] == ["127.0.30.10", "127.0.1.10"]
+    assert [(trace.role, trace.connector) for trace in trip.there.evidence.traces] == [("onprem", None),
+                                                                                         ("cloud", None)]
+    assert [(trace.role, trace.connector) for trace in trip.back.evidence.traces] == [("cloud", "Connector 2")]
+    assert all(hop.tls_version == "TLSv1.3" for hop in trip.hops)
+    found = verdicts(refused=None, delivery=trip.whole, bounce=None, accepted_at=sent.accepted_at, deadline_s=30,
+                     minimum_tls="TLSv1.2", expected_connector="Connector 2")  # fmt: skip
+    assert outcomes(found) == [Outcome.DELIVERED]

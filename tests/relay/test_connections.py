@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import aiosmtplib
+from aiosmtpd.smtp import SMTP
+
+from diag.lab.pki import TestPKI
 from diag.relay.connections import TOO_MANY_CONNECTIONS, CappedSMTP, Connections, peer_ip
 
 
@@ -14,10 +20,13 @@ class Handler:
 
 
 @asynccontextmanager
-async def server(connections: Connections) -> AsyncIterator[int]:
+async def server(connections: Connections, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """A capped aiosmtpd server on loopback (offering STARTTLS with ``tls``); yields its port."""
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(lambda: CappedSMTP(Handler(), connections, hostname="caps.test"),
-                                        "127.0.0.1", 0)  # fmt: skip
+    listener = await loop.create_server(
+        lambda: CappedSMTP(Handler(), connections, hostname="caps.test", tls_context=tls, require_starttls=False),
+        "127.0.0.1", 0,
+    )  # fmt: skip
     try:
         yield listener.sockets[0].getsockname()[1]
     finally:
@@ -110,6 +119,40 @@ def test_abort_all_drops_every_client_and_refuses_newcomers() -> None:
     asyncio.run(scenario())
 
 
+def test_a_session_that_starts_tls_counts_once_and_frees_its_place_when_it_ends(tmp_path: Path) -> None:
+    # Given a server that offers STARTTLS and admits one connection per client address
+    pki = TestPKI.create()
+    chain, key = pki.issue(["caps.test"]).write(tmp_path, "server")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(chain, key)
+    trust = ssl.create_default_context(cadata=pki.root_pem().decode())
+
+    async def scenario() -> None:
+        connections = Connections(10, per_ip=1)
+        async with server(connections, tls) as port:
+            # When a client starts TLS (aiosmtpd calls connection_made again, with the TLS transport)
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=5)
+            await client.connect()
+            await client.starttls(server_hostname="caps.test", tls_context=trust)
+            # Then the session goes on over TLS as one connection: not refused, not counted twice, still counted
+            assert (await client.ehlo()).code == 250 and client.get_transport_info("ssl_object") is not None
+            assert len(connections) == 1
+            refused, _, writer = await greeting(port)
+            assert refused == TOO_MANY_CONNECTIONS
+            writer.close()
+            # And when it ends, its place is free again for the same address
+            await client.quit()
+            for _ in range(100):
+                if not len(connections):
+                    break
+                await asyncio.sleep(0.05)
+            line, _, writer = await greeting(port)
+            assert line.startswith(b"220 ")
+            writer.close()
+
+    asyncio.run(scenario())
+
+
 class _Transport(asyncio.BaseTransport):
     """A transport that is only an identity: release() and admit() never touch it beyond closing."""
 
@@ -129,5 +172,23 @@ def test_release_is_safe_twice_and_for_an_unknown_transport() -> None:
         assert connections.admit(_Transport(), "192.0.2.1")
         await connections.abort_all(wait=0.1)
         assert not connections.admit(_Transport(), "192.0.2.3")  # closing: nobody new
+
+    asyncio.run(scenario())
+
+
+def test_the_command_tables_are_aiosmtpds_own() -> None:
+    """CappedSMTP narrows dir() to what aiosmtpd looks up by name; the tables it builds must not change."""
+    from diag.relay.server import _RelaySMTP
+
+    async def scenario() -> None:
+        connections = Connections(1)
+        capped = CappedSMTP(Handler(), connections, hostname="caps.test")
+        plain = SMTP(Handler(), hostname="caps.test")
+        assert capped._smtp_methods.keys() == plain._smtp_methods.keys()
+        assert capped._auth_methods.keys() == plain._auth_methods.keys()
+        assert {"EHLO", "MAIL", "RCPT", "DATA", "STARTTLS"} <= capped._smtp_methods.keys()
+        # The relay's own protocol adds and overrides commands: the names are those of a full dir() walk.
+        every = {name for name in dir(_RelaySMTP) if name.startswith(("smtp_", "auth_"))}
+        assert set(_RelaySMTP._command_attributes()) == every
 
     asyncio.run(scenario())

@@ -7,6 +7,7 @@ import email.policy
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
 
 import pytest
 
@@ -128,3 +129,35 @@ def test_a_message_without_a_body_or_subject_still_bounces() -> None:
     assert message["Subject"] == "Undeliverable message"
     (block,) = list(message.iter_parts())[1].get_payload()[1:]
     assert block["Status"] == "5.0.0" and "Diagnostic-Code" not in block
+
+
+@pytest.mark.parametrize(
+    ("subject", "shown"),
+    [
+        ("=?utf-8?b?AAA?=", "Undeliverable: ??"),
+        ("=?utf-8?q?=1B[31mred?=", "Undeliverable: ?[31mred"),
+        ("=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "Undeliverable: Grüße"),
+    ],
+)
+def test_the_original_subject_keeps_its_text_but_loses_control_characters(subject: str, shown: str) -> None:
+    content = f"From: john@contoso.com\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+    made = bounce(ENVELOPE, content, [failed("sun@tailspintoys.com", "550 5.1.1")], reporting_mta="r", now=NOW)
+    assert made is not None
+    assert parse(made[1])["Subject"] == shown
+
+
+def test_the_dates_say_when_the_message_arrived_and_when_delivery_was_last_tried() -> None:
+    # Given a message received a day before the relay gave up on it
+    made = bounce(ENVELOPE, CONTENT, [failed("sun@tailspintoys.com", "550 5.1.1")], reporting_mta="relay.contoso.com",
+                  now=NOW)  # fmt: skip
+    assert made is not None
+    envelope, content = made
+    message = parse(content)
+    _text, status, _headers = message.iter_parts()
+    per_message, per_recipient = status.get_payload()
+    # Then the report is dated now, from the reporting MTA, and RFC 3464 §2.2.5, §2.3.7 date the arrival and the
+    # last attempt
+    assert parsedate_to_datetime(message["Date"]) == NOW and envelope.helo == "relay.contoso.com"
+    assert parsedate_to_datetime(per_message["Arrival-Date"]) == RECEIVED
+    assert parsedate_to_datetime(per_recipient["Last-Attempt-Date"]) == NOW
+    assert message["Message-ID"].endswith("@relay.contoso.com>")

@@ -48,6 +48,7 @@ class WatchedSpool(Spool):
         super().__init__(root)
         self.scans = 0
         self.gets = 0
+        self.contents = 0
         self.updates_to_refuse = 0
         self.refuse_bounces = False
         self.bounces_refused = 0
@@ -66,13 +67,19 @@ class WatchedSpool(Spool):
             self.gate.wait(DEADLINE)
         return super().get(qid)
 
-    def update(self, qid: str, statuses: Sequence[RecipientStatus]) -> None:
+    def content(self, qid: str) -> bytes:
+        self.contents += 1
+        return super().content(qid)
+
+    def update(
+        self, qid: str, statuses: Sequence[RecipientStatus], *, current: Sequence[RecipientStatus] | None = None
+    ) -> None:
         if self.broken:
             raise RuntimeError("a bug")
         if self.updates_to_refuse:
             self.updates_to_refuse -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
-        super().update(qid, statuses)
+        super().update(qid, statuses, current=current)
 
     def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
         if self.refuse_bounces and envelope.mail_from == "":
@@ -183,6 +190,21 @@ def test_a_message_handed_over_by_id_is_delivered_without_another_scan(tmp_path:
             await eventually(lambda: relay.statuses(qid) is None)
             assert len(relay.mailbox("bob@contoso.com")) == 1
             assert relay.spool.scans == 1
+
+    run(scenario())
+
+
+def test_a_message_handed_over_in_memory_is_delivered_without_reading_the_spool(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        relay = Relay(tmp_path, limits=Limits(queue_scan=3600.0))
+        async with relay.running():
+            await eventually(lambda: relay.spool.scans == 1)
+            envelope = Envelope("alice@contoso.com", ("bob@contoso.com", "carol@contoso.com"))
+            qid = relay.spool.store(envelope, CONTENT)
+            relay.deliverer.queued(qid, envelope, CONTENT)
+            await eventually(lambda: not (relay.spool.queue / f"{qid}.msg").exists())
+            assert (relay.spool.gets, relay.spool.contents, relay.spool.scans) == (0, 0, 1)
+            assert relay.mailbox("bob@contoso.com") and relay.mailbox("carol@contoso.com")
 
     run(scenario())
 

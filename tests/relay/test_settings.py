@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from diag.config import AcceptedDomain, Organization, RelayConfig
+from diag.config import AcceptedDomain, Organization, RelayConfig, RelayRole
 from diag.errors import ConfigError
 from diag.relay.settings import resolve_settings
 
@@ -59,3 +60,44 @@ def test_allow_private_comes_from_the_table_or_the_option(in_table: bool, option
     org = Organization(accepted_domains=ORG.accepted_domains, relay=RelayConfig(allow_private=in_table))
 
     assert resolve_settings(org, allow_private=option).allow_private is allowed
+
+
+INTERNET = RelayConfig(role=RelayRole.INTERNET, mailboxes=("sun@tailspintoys.com",))
+
+
+def test_the_reflect_option_replaces_the_tables_list() -> None:
+    org = Organization(
+        accepted_domains=ORG.accepted_domains,
+        relay=replace(INTERNET, reflect=("echo@probe.example",), reflect_limit=7),
+    )
+
+    assert resolve_settings(org).reflect == ("echo@probe.example",)
+    settings = resolve_settings(org, reflect=["Echo2@Probe.Example"])
+    assert settings.reflect == ("echo2@probe.example",)
+    assert settings.reflect_limit == 7
+    assert settings.is_reflector("ECHO2@probe.example") and not settings.is_local("echo2@probe.example")
+    # Unknown users of the reflector's domain are refused as unknown, not as relaying.
+    assert "probe.example" in settings.local_domains
+
+
+@pytest.mark.parametrize("role", [RelayRole.CLOUD, RelayRole.ON_PREMISES])
+def test_only_the_internet_role_reflects(role: RelayRole) -> None:
+    org = Organization(accepted_domains=ORG.accepted_domains, relay=replace(INTERNET, reflect=("echo@probe.example",),
+                                                                          smart_host="mail.contoso.com"))  # fmt: skip
+
+    with pytest.raises(ConfigError, match=rf"^only the internet role reflects .*, not the {role.value} role; "):
+        resolve_settings(org, role=role)
+
+
+def test_a_reflect_option_that_is_not_a_plain_address_is_refused() -> None:
+    org = Organization(accepted_domains=ORG.accepted_domains, relay=INTERNET)
+
+    with pytest.raises(ConfigError, match=r"^--reflect: 'a%b@probe\.example' is not a plain mail address"):
+        resolve_settings(org, reflect=["a%b@probe.example"])
+
+
+def test_a_reflector_cannot_be_a_mailbox_too() -> None:
+    org = Organization(accepted_domains=ORG.accepted_domains, relay=INTERNET)
+
+    with pytest.raises(ConfigError, match=r"^sun@tailspintoys\.com is a mailbox in \[Relay\] and a reflector"):
+        resolve_settings(org, reflect=["Sun@tailspintoys.com"])

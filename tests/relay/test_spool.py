@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from diag.relay import spool as spool_module
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool, SpoolError
 
 CONTENT = b"Subject: hello\r\n\r\nbody\r\n"
@@ -91,3 +96,80 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         spool.store(envelope(), CONTENT)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+class _DirectoryFsyncs:
+    """Stands in for the spool's directory fsync: records each call, and can hold the first one until released."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_running = threading.Event()
+        self.release_first = threading.Event()
+        self.release_first.set()
+
+    def __call__(self, directory: Path) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.first_running.set()
+            assert self.release_first.wait(10)
+
+
+def test_concurrent_stores_share_directory_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path)
+    fsyncs = _DirectoryFsyncs()
+    fsyncs.release_first.clear()
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsyncs)
+    with ThreadPoolExecutor(max_workers=9) as pool:
+        first = pool.submit(spool.store, envelope(), CONTENT)
+        assert fsyncs.first_running.wait(10)
+        # Eight stores rename while the first fsync runs: none may return before a fsync that began after its
+        # rename, and they all share the second one.
+        others = [pool.submit(spool.store, envelope(), CONTENT) for _ in range(8)]
+        time.sleep(0.2)
+        assert not any(future.done() for future in [first, *others])
+        fsyncs.release_first.set()
+        stored = [future.result(10) for future in [first, *others]]
+    assert len(set(stored)) == 9 and len(spool.messages()) == 9
+    assert fsyncs.calls == 2
+
+
+def test_a_failed_directory_fsync_fails_the_store_and_the_next_one_syncs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    calls: list[Path] = []
+
+    def failing_once(directory: Path) -> None:
+        calls.append(directory)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", failing_once)
+    with pytest.raises(OSError, match="Input/output error"):
+        spool.store(envelope(), CONTENT)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    spool.store(envelope(), CONTENT)
+    assert len(calls) == 2
+
+
+def test_removal_is_not_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path)
+    qid = spool.store(envelope(), CONTENT)
+    fsyncs = _DirectoryFsyncs()
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsyncs)
+    spool.update(qid, [RecipientStatus("sun@tailspintoys.com", RecipientState.DELIVERED, 1)])
+    assert spool.messages() == [] and fsyncs.calls == 0
+
+
+def test_update_with_the_callers_states_does_not_read_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    qid = spool.store(envelope("a@x.example", "b@y.example"), CONTENT)
+    current = spool.get(qid).statuses
+    reads: list[str] = []
+    monkeypatch.setattr(spool, "get", reads.append)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    spool.update(qid, [RecipientStatus("b@y.example", attempts=1, next_attempt=later)], current=current)
+    monkeypatch.undo()
+    assert reads == [] and [s.attempts for s in spool.get(qid).statuses] == [0, 1]

@@ -22,12 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from checks import default_registry
 from checks.certificate import CertificateFacts, PresentedCert
 from checks.port25 import Port25Facts, Probed
+from diag.codec import encode as jsonable
 from diag.lab.runner import Lab
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.net.tls import CertInfo, Trust
 from diag.registry import Registry
-from diag.render.json import jsonable
 from diag.render.monitoring import STAGES, check_state, junit, nagios, prometheus
 from diag.render.text import sanitize
 from diag.runner import run_checks
@@ -46,8 +46,9 @@ def report(lab: Lab) -> Report:
 
 
 def mail_checks() -> Registry:
-    """The mail checks: the counts in these tests are about the formats, not about which checks there are."""
-    return default_registry().select(["mx", "port25", "starttls", "certificate", "connectors"])
+    """The mail checks and the probes: the counts in these tests are about the formats, not about which checks
+    there are."""
+    return default_registry().select(["mx", "port25", "starttls", "certificate", "connectors", "e2e"])
 
 
 def _domain(report: Report, name: str) -> DomainReport:
@@ -354,7 +355,7 @@ def test_prometheus_lab_run(report: Report) -> None:
         assert value == getattr(probed.session, f"{stage}_s") > 0
     # Issue 10: no series is named by an address or port.
     labels = {name for series in found.values() for key in series for name, _ in key}
-    assert labels == {"domain", "check", "severity", "host", "stage"}
+    assert labels == {"domain", "check", "severity", "host", "stage", "probe"}
     by_domain = {dict(k)["domain"] for k in found["diag_smtp_stage_seconds"]}
     assert "refused.example" not in by_domain  # no stage reached: no sample (not a fake zero)
     assert {dict(k)["stage"] for k in found["diag_smtp_stage_seconds"] if ("domain", "tarpit.example") in k} == {
@@ -527,8 +528,13 @@ def case(root: ET.Element, domain: str, check: str) -> ET.Element:
 def test_junit_lab_run(report: Report) -> None:
     root = parse_junit(junit(report))
     assert {key: root.get(key) for key in ("tests", "failures", "errors", "skipped")} == {
-        "tests": "35", "failures": "4", "errors": "1", "skipped": "8",
+        "tests": "42", "failures": "4", "errors": "1", "skipped": "14",
     }  # fmt: skip
+    # The lab's probes concern contoso.com only: its e2e testcase passes, listing the four arrivals; the other
+    # domains' e2e testcases are skipped as not applicable.
+    e2e = case(root, "contoso.com", "e2e")
+    assert e2e.find("failure") is None and (e2e.findtext("system-out") or "").count("INFO E2E_DELIVERED") == 4
+    assert case(root, "expired.example", "e2e").find("skipped") is not None
     assert [s.get("name") for s in root] == LAB_DOMAINS
     statuses = {s.get("name"): s.find("properties/property[@name='status']").get("value") for s in root}  # type: ignore[union-attr]
     assert statuses == {d.domain: d.verdict.value for d in report.domains}
@@ -598,3 +604,42 @@ def test_junit_hostile_text_stays_inert() -> None:
     assert "WARNING W|1" in (certificate.findtext("system-out") or "")
     error = case(root, shown, "connectors").find("error")
     assert error is not None and error.get("message") == f"timeout: {shown}" and error.get("type") == "timeout"
+
+
+# --- end-to-end probes ---------------------------------------------------------------------------------------
+
+
+def test_probes_in_perfdata_and_prometheus(report: Report) -> None:
+    # Given the lab run, whose contoso.com ran the lab's four probes as its e2e check
+    probes = {p.name: p for p in _domain(report, "contoso.com").result("e2e").facts.probes}
+    assert len(probes) == 4 and all(p.delivered for p in probes.values())
+    # Then the plugin line has each probe's latency, with its Slow and Deadline as warning and critical thresholds
+    _, _, perf, _ = parse_plugin(nagios(report))
+    item = perf["contoso.com John to Sun latency"]
+    assert (item["uom"], item["warn"], item["crit"], item["min"]) == ("s", "30", "60", "0")
+    assert float(item["value"]) == pytest.approx(probes["John to Sun"].latency_s, abs=1e-3)
+    # and Prometheus has a delivered flag and a latency per probe, labelled by domain and probe only
+    found = samples(prometheus(report))
+    for name, probe in probes.items():
+        assert one(found, "diag_probe_delivered", domain="contoso.com", probe=name) == 1
+        assert one(found, "diag_probe_latency_seconds", domain="contoso.com", probe=name) == pytest.approx(
+            probe.latency_s
+        )
+    assert {labels for labels in found["diag_probe_delivered"]} == {
+        (("domain", "contoso.com"), ("probe", name)) for name in probes
+    }
+
+
+def test_a_probe_that_did_not_arrive_is_not_delivered_and_has_no_latency() -> None:
+    facts = {"probes": [
+        {"name": "Lost", "accepted": {"code": 250}, "delivered": False, "latency_s": None, "slow_s": None,
+         "deadline_s": 60},
+        {"name": "Unwatched", "accepted": None, "refused": None, "delivered": False},
+    ]}  # fmt: skip
+    result = CheckResult("e2e", "End to end", Status.COMPLETED, facts=facts, started=0, finished=1)
+    report = Report(T0, T0, (DomainReport("contoso.com", (result,)),))
+    found = samples(prometheus(report))
+    assert found["diag_probe_delivered"] == {(("domain", "contoso.com"), ("probe", "Lost")): 0}
+    assert "diag_probe_latency_seconds" not in found
+    _, _, perf, _ = parse_plugin(nagios(report))
+    assert perf["contoso.com Lost latency"]["value"] == "U" and "contoso.com Unwatched latency" not in perf

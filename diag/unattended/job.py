@@ -1,5 +1,4 @@
-"""What a cron run adds around the engine: which job this run is, and so which lock keeps it from overlapping
-itself (ARCHITECTURE §8).
+"""Which job a run is, and so which lock keeps it from overlapping itself.
 
 Two unrelated cron jobs (``check contoso.com`` every 30 minutes, ``check fabrikam.com`` hourly) must never refuse
 each other: each would lose its history, Prometheus file and notification for the other's sake. Only a second copy

@@ -1,0 +1,128 @@
+"""Where a run's result goes: files (JSON, HTML, Prometheus textfile, JUnit XML) and the view on stdout.
+
+Every file is written atomically (a temporary file in the same directory, then a rename), so a collector or a
+browser never reads half of it; a device or a pipe (``/dev/stdout``, a FIFO a collector reads) is written into
+instead, since replacing it with a regular file would destroy it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diag.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from diag.model import Report
+
+__all__ = ["Outputs", "View", "write_output"]
+
+
+class View(enum.StrEnum):
+    """The view on stdout (``--format``)."""
+
+    TEXT = "text"  # a table on a terminal, plain text otherwise
+    NAGIOS = "nagios"  # the Nagios/Icinga plugin line with perfdata
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """Where one result goes; refused when built if a file could not be written there.
+
+    Attributes:
+        json: ``--json``: a file, or ``-`` for stdout (then there is no view), or None.
+        html: ``--html``: the self-contained HTML report, or None.
+        prom: ``--prom``: Prometheus metrics in the textfile collector format, or None.
+        junit: ``--junit``: JUnit XML, a test case per check per domain, or None.
+        view: ``--format``: the view on stdout.
+        quiet: ``-q``: the view shows only problems, nothing when all is well.
+        no_color: ``--no-color``: no colour in the terminal view.
+    """
+
+    json: str | None = None
+    html: Path | None = None
+    prom: Path | None = None
+    junit: Path | None = None
+    view: View = View.TEXT
+    quiet: bool = False
+    no_color: bool = False
+
+    def __post_init__(self) -> None:
+        # Before the run, so that an hour-long run does not end in "cannot write it".
+        for option, target in (("--json", self.json if self.json != "-" else None), ("--html", self.html),
+                               ("--prom", self.prom), ("--junit", self.junit)):  # fmt: skip
+            if target is not None and not Path(target).parent.is_dir():
+                raise ConfigError(f"{option} {str(target)!r}: directory {str(Path(target).parent)!r} does not exist")
+        if self.json == "-" and self.view is View.NAGIOS:
+            raise UsageError("--json - and --format nagios both want stdout; write the JSON to a file")
+
+    def write(self, report: Report) -> dict[str, Any]:
+        """Write every file and the view; returns the report's ``diag.report/1`` document."""
+        from diag.render.json import report_dict
+
+        document = report_dict(report)
+        if self.json is not None:
+            import json
+
+            write_output(self.json, json.dumps(document, indent=2, ensure_ascii=True) + "\n", option="--json")
+        if self.html is not None:
+            from diag.render.html import render_html
+
+            write_output(str(self.html), render_html(document), option="--html")
+        if self.prom is not None:
+            from diag.render.monitoring import prometheus
+
+            write_output(str(self.prom), prometheus(report), option="--prom")
+        if self.junit is not None:
+            from diag.render.monitoring import junit
+
+            write_output(str(self.junit), junit(report), option="--junit")
+        if self.json != "-":
+            self._show(report)
+        return document
+
+    def _show(self, report: Report) -> None:
+        if self.view is View.NAGIOS:
+            from diag.render.monitoring import nagios
+
+            sys.stdout.write(nagios(report))
+        elif sys.stdout.isatty():
+            from rich.console import Console
+
+            from diag.render.terminal import render_rich
+
+            render_rich(report, Console(no_color=self.no_color, highlight=False), quiet=self.quiet)
+        else:
+            from diag.render.terminal import render_plain
+
+            render_plain(report, sys.stdout, quiet=self.quiet)
+
+
+def write_output(target: str, text: str, *, option: str) -> None:
+    """Write ``text`` to stdout (``-``) or to the file ``target`` (see the module docstring); a file that
+    cannot be written is a :class:`ConfigError` naming ``option``."""
+    if target == "-":
+        sys.stdout.write(text)
+        return
+    import tempfile
+
+    path = Path(target)
+    tmp = None
+    try:
+        if path.exists() and not path.is_file():
+            with path.open("w", encoding="utf-8") as handle:
+                handle.write(text)
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{option} {target!r}: cannot write it: {exc.strerror}") from None

@@ -1,0 +1,149 @@
+"""One ``diag check`` run from start to end: the request the command line makes, and :func:`execute`.
+
+:func:`execute` takes the job's lock, runs the engine (in a throw-away lab with ``lab``), writes the outputs,
+keeps the run in the history and notifies, in that order, and returns the exit code (CONTRACT.md). The lock is
+held throughout: a second copy of the job is refused until the first has notified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diag.unattended.job import Job
+from diag.unattended.notification import Notification
+from diag.unattended.outputs import Outputs
+
+if TYPE_CHECKING:
+    from diag.context import RunOptions
+    from diag.history import Change
+    from diag.lock import RunLock
+    from diag.model import Report
+    from diag.registry import Registry
+
+__all__ = ["CheckRequest", "execute", "job_lock"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    """One ``diag check`` run as asked for, checked and typed.
+
+    Attributes:
+        domains: the domains to check (A-labels), each once, in the order given.
+        registry: the checks to run: the ``--check`` selection with what it requires.
+        options: the engine's options for the run.
+        outputs: where the result goes.
+        notification: who hears about the run, and when; None for nobody.
+        checks: the ``--check`` selection as given (empty for every check): part of the job's identity.
+        config: ``--config``: the organization's configuration file, or None; part of the job's identity.
+        lab: run against a throw-away lab on loopback, whose resolver, port and CAs replace the options' own.
+        lock: ``--lock``: the lock file; None for the job's own lock file, taken only when stdout is not a
+            terminal (nobody watches: cron, systemd), see :class:`~diag.unattended.job.Job`.
+        history: ``--history``: the history file; None for the default under the user's data directory.
+        keep_history: False (``--no-history``) to keep the run out of the history.
+    """
+
+    domains: tuple[str, ...]
+    registry: Registry
+    options: RunOptions
+    outputs: Outputs = field(default_factory=Outputs)
+    notification: Notification | None = None
+    checks: tuple[str, ...] = ()
+    config: Path | None = None
+    lab: bool = False
+    lock: Path | None = None
+    history: Path | None = None
+    keep_history: bool = True
+
+    @property
+    def job(self) -> Job:
+        """The job this run is: what it checks and the files it writes."""
+        written: Mapping[str, str | Path | None] = {
+            "--json": self.outputs.json, "--html": self.outputs.html, "--prom": self.outputs.prom,
+            "--junit": self.outputs.junit, "--history": self.history if self.keep_history else None,
+        }  # fmt: skip
+        return Job.of("check", self.domains, checks=self.checks, config=self.config, lab=self.lab, outputs=written)
+
+
+def execute(request: CheckRequest) -> int:
+    """Run ``request`` (see the module docstring) and return its exit code.
+
+    Raises :class:`~diag.errors.DiagError` in one line: a :class:`~diag.errors.UsageError` when another copy of
+    the job holds the lock, a :class:`~diag.errors.ConfigError` when an output or the history cannot be
+    written. A notification that fails is one line on stderr and leaves the exit code as it is.
+    """
+    with _lock(request):
+        report = asyncio.run(_engine(request))
+        document = request.outputs.write(report)
+        changes = _remember(request, document)
+        if request.notification is not None:
+            request.notification.send(request.options, document, changes)
+    return report.exit_code
+
+
+def _lock(request: CheckRequest) -> RunLock | AbstractContextManager[None]:
+    return job_lock(request.lock, request.job)
+
+
+def job_lock(path: Path | None, job: Job) -> RunLock | AbstractContextManager[None]:
+    """The lock of a run of ``job``: ``path`` (``--lock``), else the job's own lock file when nobody watches
+    (stdout is not a terminal: cron, systemd), else none. ``diag probe`` takes its lock here too."""
+    from diag.lock import RunLock, default_lock_path
+
+    if path is not None:
+        return RunLock(path)
+    if sys.stdout.isatty():
+        return nullcontext()
+    return RunLock(default_lock_path(job.key), job=job.describe())
+
+
+def _remember(request: CheckRequest, document: Mapping[str, Any]) -> list[Change]:
+    """Keep the run in the history and return what changed since each domain's previous run."""
+    if not request.keep_history:
+        return []
+    from diag.history import History, default_history_path
+
+    with History(request.history or default_history_path()) as history:
+        return list(history.run_changes(history.record(document)))
+
+
+async def _engine(request: CheckRequest) -> Report:
+    # A progress bar only for someone watching, and only when there is more than one domain to count.
+    progress = sys.stderr.isatty() and len(request.domains) > 1
+    if not request.lab:
+        return await _with_progress(request.domains, request.registry, request.options, progress)
+    import dataclasses
+
+    from diag.lab.runner import Lab
+
+    async with Lab() as running:
+        lab_options = running.run_options()
+        probe = request.options.probe  # the lab's probes watch its Maildirs
+        options = dataclasses.replace(
+            request.options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
+            ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
+            trust_anchors=lab_options.trust_anchors, https_port=lab_options.https_port,
+            probe=probe and dataclasses.replace(probe, maildir_root=running.maildir),
+        )  # fmt: skip
+        return await _with_progress(request.domains, request.registry, options, progress)
+
+
+async def _with_progress(domains: tuple[str, ...], registry: Registry, options: RunOptions,
+                         progress: bool) -> Report:  # fmt: skip
+    """Run the checks; with ``progress``, with a progress bar on stderr."""
+    from diag.runner import run_checks
+
+    if not progress:
+        return await run_checks(domains, registry, options)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:  # fmt: skip
+        task = bar.add_task("domains", total=len(domains))
+        return await run_checks(domains, registry, options, on_domain=lambda _report: bar.advance(task))
