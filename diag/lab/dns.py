@@ -236,7 +236,7 @@ class ZoneData:
     records at and below its apex into it.
     """
 
-    __slots__ = ("_behaviours", "_keys", "_signatures", "_zones")
+    __slots__ = ("_behaviours", "_chains", "_keys", "_signatures", "_zones")
 
     def __init__(self) -> None:
         """Start with no zones."""
@@ -245,6 +245,9 @@ class ZoneData:
         self._keys: dict[dns.name.Name, _ZoneKey] = {}
         # RRSIGs made, by zone, day and the signed rrset's text: signing is the lab's costliest work per query.
         self._signatures: dict[tuple[dns.name.Name, int, str], dns.rrset.RRset] = {}
+        # Each signed zone's NSEC chain (its names in canonical order), made on the first negative answer after a
+        # change: sorting a zone's names for every negative answer would cost more than the answer itself.
+        self._chains: dict[dns.name.Name, list[dns.name.Name]] = {}
 
     def add_zone(self, apex: str) -> None:
         """Serve *apex* authoritatively, with a synthesized SOA and NS rrset. Adding it again does nothing.
@@ -274,6 +277,7 @@ class ZoneData:
             txn.add(name, DEFAULT_TTL, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, soa))
             txn.add(name, DEFAULT_TTL, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NS, ns_name.to_text()))
         self._zones[name] = zone
+        self._chains.clear()
 
     def add(self, name: str, rdtype: str, *rdatas: str, ttl: int = DEFAULT_TTL) -> None:
         """Add records of type *rdtype* at *name*, e.g. ``add("contoso.com", "MX", "0 mx.contoso.com.")``.
@@ -308,6 +312,7 @@ class ZoneData:
                 txn.replace(owner, rdataset)
             else:
                 txn.add(owner, rdataset)
+        self._chains.pop(apex, None)
 
     def sign_zone(self, apex: str, *, expired: bool = False) -> str:
         """Sign the zone at *apex* (added before) with a new key; returns its DNSKEY record (presentation
@@ -329,6 +334,7 @@ class ZoneData:
         self._keys[name] = _ZoneKey(private, dnskey, expired)
         with zone.writer() as txn:
             txn.replace(name, dns.rdataset.from_rdata(DEFAULT_TTL, dnskey))
+        self._chains.clear()  # the parent's NSEC at the cut now lists DS
         return dnskey.to_text()
 
     def set_behaviour(self, name: str, behaviour: Behaviour) -> None:
@@ -444,8 +450,11 @@ class ZoneData:
     def _chain(self, apex: dns.name.Name) -> list[dns.name.Name]:
         """The zone's owner names in canonical order (RFC 4034 §6.1): its names with data and the cuts to the
         child zones directly below it (RFC 4035 §2.3: an NSEC at each delegation point)."""
-        cuts = [child for child in self._zones if child != apex and self._parent_zone(child) == apex]
-        return sorted({*self._zones[apex].nodes, *cuts})
+        chain = self._chains.get(apex)
+        if chain is None:
+            cuts = [child for child in self._zones if child != apex and self._parent_zone(child) == apex]
+            chain = self._chains[apex] = sorted({*self._zones[apex].nodes, *cuts})
+        return chain
 
     def _nsec(self, apex: dns.name.Name, name: dns.name.Name) -> dns.rrset.RRset:
         """The NSEC at *name* if it owns one, else the one covering it."""
