@@ -9,21 +9,28 @@ records (usage 2) need the chain below the matched CA to verify and the leaf to 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from checks.dnssec import secure
 from checks.mx import MxFacts
 from checks.port25 import Port25Facts
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import Evidence, Failing, Observed, Section
 from diag.model import Finding, Severity
 from diag.policy.dane import Outcome as Match
-from diag.policy.dane import TlsaMatch, TlsaRecord, authenticated, match_chain, parse_tlsa, tlsa_name
+from diag.policy.dane import TlsaMatch, TlsaRecord, Usage, authenticated, match_chain, parse_tlsa, tlsa_name
 from diag.policy.dnssec import DnssecResult, Security
 from diag.policy.lookup import ReplyStatus, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DaneFacts", "Endpoint", "HostTlsa", "assess", "probe"]
+__all__ = [
+    "CHECK", "DaneEndpointRow", "DaneFacts", "DaneHostRow", "DaneView", "Endpoint", "HostTlsa", "TlsaRow", "assess",
+    "probe", "view",
+]  # fmt: skip
 
 # Exchange Online's DANE errors (exchange-model.md §5.2); 4.7.32x while it retries, 5.7.32x when it gives up.
 _DANE_FAILURE = "450 4.7.323 tlsa-invalid: The domain failed DANE validation."
@@ -178,11 +185,115 @@ async def run(ctx: CheckContext) -> Outcome:
     return Outcome(facts, assess(facts))
 
 
+# The report's evidence (report_templates/checks/dane.html.j2), from the facts as a report holds them (their JSON
+# form, read defensively: diag.evidence).
+
+_SELECTORS = {0: "full certificate", 1: "public key"}
+_MATCHING = {0: "exact", 1: "SHA-256", 2: "SHA-512"}
+_SECURITY_TONES = {Security.SECURE.value: "good", Security.INSECURE.value: "warn", Security.BOGUS.value: "bad"}
+_CHAIN_PLACES = {0: "the leaf"}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsaRow:
+    """A TLSA record as published, what its parameters mean (RFC 7218 names) and why SMTP cannot use it, if so."""
+
+    text: str
+    meaning: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class DaneEndpointRow:
+    """One address of the host: whether its presented chain matches a TLSA record, in words, with its tone."""
+
+    endpoint: str
+    result: str
+    tone: str
+    failing: tuple[Failing, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DaneHostRow:
+    """One MX host: where its TLSA records are, their DNSSEC state, the records and each address's match."""
+
+    host: str
+    name: str
+    dnssec: str
+    dnssec_tone: str
+    records: tuple[TlsaRow, ...]
+    endpoints: tuple[DaneEndpointRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DaneView:
+    """The DANE evidence: a block per MX host."""
+
+    hosts: tuple[DaneHostRow, ...]
+
+
+def view(observed: Observed) -> DaneView:
+    failing = ev.failing_by_subject(observed.findings)
+    hosts = []
+    for host in ev.mappings(observed.facts.get("hosts")):
+        dnssec = ev.mapping(host.get("dnssec"))
+        security, status = ev.text(dnssec.get("security")), ev.text(dnssec.get("status"))
+        records = tuple(_tlsa_row(ev.text(text)) for text in ev.items(dnssec.get("records")))
+        if status == ReplyStatus.OK.value:
+            state = f"DNSSEC {security}" + (f" ({ev.text(dnssec.get('reason'))})" if security != "secure" else "")
+        else:
+            state = f"no TLSA records ({status}), DNSSEC {security}" if status else ""
+        hosts.append(DaneHostRow(
+            host=ev.text(host.get("host")),
+            name=ev.text(host.get("name")),
+            dnssec=state,
+            dnssec_tone=_SECURITY_TONES.get(security, "unknown") if records else "plain",
+            records=records,
+            endpoints=tuple(_endpoint_row(e, failing, secure=security == Security.SECURE.value)
+                            for e in ev.mappings(host.get("endpoints"))) if records else (),
+        ))  # fmt: skip
+    return DaneView(tuple(hosts))
+
+
+def _tlsa_row(text: str) -> TlsaRow:
+    try:
+        record = parse_tlsa(text)
+    except ValueError as exc:
+        return TlsaRow(text, "", str(exc))
+    usage = Usage(record.usage).name.replace("_", "-") if record.usage in tuple(Usage) else f"usage {record.usage}"
+    meaning = ", ".join((usage, _SELECTORS.get(record.selector, f"selector {record.selector}"),
+                         _MATCHING.get(record.matching_type, f"matching type {record.matching_type}")))  # fmt: skip
+    return TlsaRow(text, meaning, record.problem)
+
+
+def _endpoint_row(endpoint: Mapping[str, Any], failing: Mapping[str, list[ev.Shown]], *, secure: bool
+                  ) -> DaneEndpointRow:  # fmt: skip
+    name = ev.text(endpoint.get("endpoint"))
+    matches = ev.mappings(endpoint.get("matches"))
+    matched = [m for m in matches if m.get("outcome") == Match.MATCHED.value]
+    if endpoint.get("tls") is not True:
+        result, tone = "no TLS: DANE senders do not deliver", "bad"
+    elif matched:
+        places = [_CHAIN_PLACES.get(int(p), f"chain certificate {p}") if isinstance(p, int) else "the chain"
+                  for p in (m.get("position") for m in matched)]  # fmt: skip
+        texts = [ev.text(ev.mapping(m.get("record")).get("text")) for m in matched]
+        result = "; ".join(f"{text} matches {place}" for text, place in zip(texts, places, strict=True))
+        tone = "good"
+    else:
+        why = [f"{ev.text(ev.mapping(m.get('record')).get('text'))}: {ev.text(m.get('outcome'))}"
+               + (f" ({ev.text(m.get('detail'))})" if m.get("detail") else "") for m in matches]  # fmt: skip
+        result, tone = "no record matches" + (f": {'; '.join(why)}" if why else ""), "bad"
+    if not secure:  # RFC 7672 §2.2: senders ignore TLSA records that do not validate, matching or not
+        result, tone = f"{result}; senders ignore the records: they are not DNSSEC-validated", "warn"
+    return DaneEndpointRow(name, result, tone, tuple(Failing.of(f, f.code) for f in failing.get(name, ())))
+
+
 CHECK = Check(
     id="dane",
     title="DANE (TLSA)",
     run=run,
     facts=DaneFacts,
+    evidence=Evidence("DANE", view, Section.POLICY),
     requires=("mx", "port25"),
     operations=6,
     codes={

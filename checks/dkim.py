@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from diag import evidence as ev
 from diag.config import Organization
 from diag.context import CheckContext
+from diag.evidence import Evidence, Failing, Observed, Section
 from diag.model import Finding, Severity
 from diag.policy.dkim import (
     M365_SELECTORS,
@@ -29,7 +31,7 @@ from diag.policy.dkim import (
 from diag.policy.lookup import drive, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DkimFacts", "Selector", "assess", "probe", "tenant_of"]
+__all__ = ["CHECK", "DkimFacts", "DkimSelectorRow", "DkimView", "Selector", "assess", "probe", "tenant_of", "view"]
 
 _M365_MX_SUFFIX = ".mail.protection.outlook.com"
 _INVALID = (DkimIssueKind.SYNTAX, DkimIssueKind.VERSION, DkimIssueKind.BAD_KEY, DkimIssueKind.UNKNOWN_KEY_TYPE,
@@ -204,11 +206,76 @@ async def run(ctx: CheckContext) -> Outcome:
     return Outcome(facts, assess(facts))
 
 
+# The report's evidence (report_templates/checks/dkim.html.j2), from the facts as a report holds them (their JSON
+# form, read defensively: diag.evidence).
+
+_KEY_STATES = {
+    KeyStatus.MULTIPLE.value: "more than one key record",
+    KeyStatus.NO_KEY.value: "no key record",
+    KeyStatus.NXDOMAIN.value: "no such name",
+    KeyStatus.DNS_ERROR.value: "no answer from DNS",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSelectorRow:
+    """One selector as the report shows it.
+
+    Attributes:
+        name: ``<selector>._domainkey.<domain>``.
+        kind: whose selector it is (Microsoft 365's, or configured in DkimSelectors).
+        cname_target: where its CNAME points ("" without one).
+        key: the key in words (``RSA, 2048 bits``; ``revoked``; why there is none).
+        record: the key record as published.
+        failing: its findings of warning or worse, linked.
+    """
+
+    name: str
+    kind: str
+    cname_target: str
+    key: str
+    record: str
+    failing: tuple[Failing, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DkimView:
+    """The DKIM evidence: the tenant Microsoft 365's CNAMEs must name, and a row per selector."""
+
+    tenant: str
+    selectors: tuple[DkimSelectorRow, ...]
+
+
+def view(observed: Observed) -> DkimView:
+    failing = ev.failing_by_subject(observed.findings)
+    rows = []
+    for selector in ev.mappings(observed.facts.get("selectors")):
+        facts = ev.mapping(selector.get("facts"))
+        name = ev.text(facts.get("name"))
+        key = ev.mapping(facts.get("key"))
+        words = [_KEY_STATES.get(ev.text(facts.get("status")), "")]
+        if key:
+            bits = f", {ev.text(key.get('bits'))} bits" if key.get("bits") else ""
+            words.append(f"{ev.text(key.get('key_type')).upper()}{bits}")
+            words += [flag for flag, on in (("revoked", key.get("revoked")), ("testing (t=y)", key.get("testing")))
+                      if on]  # fmt: skip
+        rows.append(DkimSelectorRow(
+            name=name,
+            kind="Microsoft 365" if selector.get("m365") else "DkimSelectors",
+            cname_target=ev.text(facts.get("cname_target")),
+            key="; ".join(w for w in words if w),
+            record=ev.text(key.get("text")) or "; ".join(ev.text(t) for t in ev.items(facts.get("texts"))),
+            failing=tuple(Failing.of(f, f.code) for f in failing.get(name, ())),
+        ))  # fmt: skip
+    return DkimView(ev.text(observed.facts.get("tenant")), tuple(rows))
+
+
 CHECK = Check(
     id="dkim",
     title="DKIM keys",
     run=run,
     facts=DkimFacts,
+    evidence=Evidence("DKIM keys", view, Section.POLICY),
     operations=2,
     tags=frozenset({"config"}),
     codes={

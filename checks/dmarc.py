@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
 from diag.policy.dmarc import (
     Alignment,
@@ -21,7 +23,7 @@ from diag.policy.dmarc import (
 from diag.policy.lookup import drive, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DmarcFacts", "assess", "probe"]
+__all__ = ["CHECK", "DmarcFacts", "DmarcReportRow", "DmarcView", "assess", "probe", "view"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +139,98 @@ async def run(ctx: CheckContext) -> Outcome:
     return Outcome(facts, assess(facts))
 
 
+# The report's evidence (report_templates/checks/dmarc.html.j2), from the facts as a report holds them (their
+# JSON form, read defensively: diag.evidence).
+
+_POLICY_TONES = {DmarcPolicy.REJECT.value: "good", DmarcPolicy.QUARANTINE.value: "good", DmarcPolicy.NONE.value: "warn"}
+_ALIGNMENT = {Alignment.RELAXED.value: "relaxed", Alignment.STRICT.value: "strict"}
+_AUTHORIZATION = {
+    AuthorizationStatus.NOT_NEEDED.value: ("in the domain itself", "good"),
+    AuthorizationStatus.AUTHORIZED.value: ("authorized by the receiving domain", "good"),
+    AuthorizationStatus.MISSING.value: ("not authorized by the receiving domain: no reports", "bad"),
+    AuthorizationStatus.DNS_ERROR.value: ("authorization unknown: no answer from DNS", "unknown"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcReportRow:
+    """A report destination (``rua``, ``ruf``) and whether its domain takes the reports (RFC 7489 §7.1)."""
+
+    tag: str
+    uri: str
+    state: str
+    tone: str
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcView:
+    """The DMARC evidence: where the record was found, as published, and what it asks of receivers.
+
+    ``where`` is in words (``_dmarc.contoso.com``, or the organizational domain's record, or why there is none);
+    ``policy`` and ``subdomain_policy`` are the p and sp that apply, with their tone (a CSS token).
+    """
+
+    where: str
+    where_tone: str
+    records: tuple[str, ...]
+    policy: str
+    policy_tone: str
+    subdomain_policy: str
+    subdomain_tone: str
+    pct: str
+    alignment: str
+    reports: tuple[DmarcReportRow, ...]
+    psl: str
+
+
+def view(observed: Observed) -> DmarcView:
+    facts = observed.facts
+    d = ev.mapping(facts.get("discovery"))
+    domain, found_at, status = ev.text(d.get("domain")), ev.text(d.get("found_at")), ev.text(d.get("status"))
+    record = ev.mapping(d.get("record"))
+    if status == DmarcStatus.FOUND.value and found_at:
+        inherited = found_at.lower() != domain.lower()
+        where = f"_dmarc.{found_at}" + (" (the organizational domain's record applies)" if inherited else "")
+        tone = "good"
+    else:
+        where = {
+            DmarcStatus.NONE.value: "no DMARC record",
+            DmarcStatus.MULTIPLE.value: f"more than one DMARC record at _dmarc.{found_at or domain}: none applies",
+            DmarcStatus.DNS_ERROR.value: f"no answer from DNS: {ev.text(d.get('detail'))}",
+        }.get(status, status)
+        tone = "bad" if status != DmarcStatus.NONE.value else "warn"
+    authorizations = {(ev.text(a.get("tag")), ev.text(a.get("uri"))): ev.text(a.get("status"))
+                      for a in ev.mappings(d.get("authorizations"))}  # fmt: skip
+    reports = []
+    for tag in ("rua", "ruf"):
+        for entry in ev.mappings(record.get(tag)):
+            uri = ev.text(entry.get("uri"))
+            state, report_tone = _AUTHORIZATION.get(authorizations.get((tag, uri), ""), ("not checked", "unknown"))
+            reports.append(DmarcReportRow(tag, uri, state, report_tone))
+    policy, subdomain = ev.text(record.get("policy")), ev.text(record.get("subdomain_policy"))
+    alignment = (f"DKIM {_ALIGNMENT.get(ev.text(record.get('adkim')), ev.text(record.get('adkim')))}, "
+                 f"SPF {_ALIGNMENT.get(ev.text(record.get('aspf')), ev.text(record.get('aspf')))}")  # fmt: skip
+    return DmarcView(
+        where=where,
+        where_tone=tone,
+        records=tuple(ev.text(t) for t in ev.items(d.get("texts"))),
+        policy=policy,
+        policy_tone=_POLICY_TONES.get(policy, "bad"),
+        subdomain_policy=subdomain,
+        subdomain_tone=_POLICY_TONES.get(subdomain, "bad"),
+        pct=f"{ev.text(record.get('pct'))} %" if record.get("pct") is not None else "",
+        alignment=alignment if record else "",
+        reports=tuple(reports),
+        psl=ev.text(facts.get("psl_snapshot")),
+    )
+
+
 CHECK = Check(
     id="dmarc",
     title="DMARC record",
     run=run,
     facts=DmarcFacts,
+    evidence=Evidence("DMARC policy", view, Section.POLICY),
     operations=3,
     codes={
         "DMARC_OK": Severity.INFO,

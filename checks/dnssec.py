@@ -12,13 +12,15 @@ import asyncio
 from dataclasses import dataclass
 
 from checks.mx import MxFacts
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
 from diag.policy.dnssec import DnssecResult, Method, Security, from_ad_bit, validate
 from diag.policy.lookup import drive, shown
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "DnssecFacts", "assess", "probe", "secure"]
+__all__ = ["CHECK", "DnssecAnswerRow", "DnssecFacts", "DnssecView", "assess", "probe", "secure", "view"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +99,63 @@ async def run(ctx: CheckContext) -> Outcome:
     return Outcome(facts, assess(facts))
 
 
+# The report's evidence (report_templates/checks/dnssec.html.j2), from the facts as a report holds them (their
+# JSON form, read defensively: diag.evidence).
+
+_TONES = {Security.SECURE.value: "good", Security.INSECURE.value: "warn", Security.BOGUS.value: "bad"}
+
+
+@dataclass(frozen=True, slots=True)
+class DnssecAnswerRow:
+    """One answer's DNSSEC state: the question, secure/insecure/bogus/indeterminate with its tone, why, the
+    zones validated on the way and the answer's records."""
+
+    question: str
+    state: str
+    tone: str
+    reason: str
+    chain: str
+    records: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DnssecView:
+    """The DNSSEC evidence: how the states were established (``method``) and a row per answer."""
+
+    method: str
+    answers: tuple[DnssecAnswerRow, ...]
+
+
+def view(observed: Observed) -> DnssecView:
+    facts = observed.facts
+    if facts.get("method") == Method.AD_BIT.value:
+        method = "from the AD bit of the validating resolver on this host"
+    else:
+        anchors = ", ".join(ev.text(a) or "." for a in ev.items(facts.get("anchors")))
+        method = f"validated by diag from the trust anchors of: {anchors or 'none'}"
+    rows = []
+    for result in ev.mappings(facts.get("results")):
+        security = ev.text(result.get("security"))
+        why = [ev.text(result.get("reason")), ev.text(result.get("detail"))]
+        if ev.text(result.get("zone")):
+            why.append(f"zone {ev.text(result.get('zone'))}")
+        rows.append(DnssecAnswerRow(
+            question=f"{ev.text(result.get('name'))} {ev.text(result.get('rdtype'))}",
+            state=security,
+            tone=_TONES.get(security, "unknown"),
+            reason="; ".join(w for w in why if w),
+            chain=" → ".join(ev.text(z) for z in ev.items(result.get("chain"))),
+            records=tuple(ev.text(r) for r in ev.items(result.get("records"))),
+        ))  # fmt: skip
+    return DnssecView(method, tuple(rows))
+
+
 CHECK = Check(
     id="dnssec",
     title="DNSSEC",
     run=run,
     facts=DnssecFacts,
+    evidence=Evidence("DNSSEC", view, Section.POLICY),
     requires=("mx",),
     operations=6,
     codes={

@@ -8,11 +8,17 @@ domain as having none (§3.3), so every fetch and policy problem leaves the doma
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from checks.mx import MxFacts
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
 from diag.net.https import HttpsFacts
@@ -31,7 +37,7 @@ from diag.policy.mtasts import (
 )
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "MtaStsFacts", "assess", "probe"]
+__all__ = ["CHECK", "MtaStsFacts", "MtaStsView", "StsHostRow", "assess", "probe", "view"]
 
 _SHORT_MAX_AGE = 86400  # RFC 8461 §3.2 suggests weeks; under a day, a policy barely outlives a DNS outage
 
@@ -181,11 +187,114 @@ async def run(ctx: CheckContext) -> Outcome:
     return Outcome(facts, assess(facts))
 
 
+# The report's evidence (report_templates/checks/mtasts.html.j2), from the facts as a report holds them (their
+# JSON form, read defensively: diag.evidence).
+
+_MODE_TONES = {StsMode.ENFORCE.value: "good", StsMode.TESTING.value: "warn", StsMode.NONE.value: "warn"}
+_RECORD_STATES = {
+    TxtStatus.NONE.value: ("no MTA-STS record", "warn"),
+    TxtStatus.MULTIPLE.value: ("more than one v=STSv1 record: senders see none", "bad"),
+    TxtStatus.INVALID.value: ("invalid: senders see no MTA-STS", "bad"),
+    TxtStatus.DNS_ERROR.value: ("no answer from DNS", "bad"),
+}
+_POLICY_LINES = 40  # lines of a fetched policy file shown (a policy has a handful; the fetch caps the body)
+
+
+@dataclass(frozen=True, slots=True)
+class StsHostRow:
+    """An MX host of the domain and the policy's ``mx:`` pattern that covers it ("" when none does)."""
+
+    host: str
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsView:
+    """The MTA-STS evidence: the record, the policy fetch, the policy's mode and max_age, each MX host's cover.
+
+    Attributes:
+        record: the ``_mta-sts`` TXT record as published, or what was there instead (``record_state``).
+        url, fetched, fetch_tone: where the policy was fetched from, and how that went, in words.
+        mode, mode_tone: the policy's mode (enforce, testing, none).
+        max_age: the policy's max_age in seconds and days.
+        patterns: its ``mx:`` lines.
+        hosts: each MX host and the pattern covering it; ``enforced`` says whether an uncovered host is refused.
+        policy_lines: the policy file as served.
+    """
+
+    record: str
+    record_state: str
+    record_tone: str
+    url: str
+    fetched: str
+    fetch_tone: str
+    mode: str
+    mode_tone: str
+    max_age: str
+    patterns: tuple[str, ...]
+    hosts: tuple[StsHostRow, ...]
+    enforced: bool
+    policy_lines: tuple[str, ...]
+
+
+def view(observed: Observed) -> MtaStsView:
+    facts = observed.facts
+    record = ev.mapping(facts.get("record"))
+    status = ev.text(record.get("status"))
+    state, record_tone = _RECORD_STATES.get(status, ("", "good"))
+    fetch, policy = ev.mapping(facts.get("fetch")), ev.mapping(facts.get("policy"))
+    mode = ev.text(policy.get("mode"))
+    max_age = ev.number(policy.get("max_age"))
+    published = ev.text(ev.mapping(record.get("record")).get("text"))
+    hosts = [StsHostRow(ev.text(c.get("host")), ev.text(c.get("pattern"))) for c in ev.mappings(facts.get("coverage"))]
+    return MtaStsView(
+        record=published or "; ".join(ev.text(t) for t in ev.items(record.get("texts"))),
+        record_state=state,
+        record_tone=record_tone,
+        url=ev.text(fetch.get("url")),
+        fetched=_fetched(fetch, ev.text(facts.get("not_fetched"))),
+        fetch_tone="good" if fetch and not fetch.get("error") and fetch.get("status") == 200 else "bad",
+        mode=mode,
+        mode_tone=_MODE_TONES.get(mode, "bad"),
+        max_age=f"{max_age:.0f} s ({max_age / 86400:.1f} days)" if max_age is not None else "",
+        patterns=tuple(ev.text(p) for p in ev.items(policy.get("mx"))),
+        hosts=tuple(hosts),
+        enforced=mode == StsMode.ENFORCE.value,
+        policy_lines=_policy_lines(fetch.get("body")),
+    )
+
+
+def _fetched(fetch: Mapping[str, Any], not_fetched: str) -> str:
+    if not fetch:
+        return f"not fetched: {not_fetched}" if not_fetched else ""
+    if fetch.get("error"):
+        return f"failed: {ev.text(fetch.get('error'))}: {ev.text(fetch.get('detail'))}"
+    parts = [f"HTTP {ev.text(fetch.get('status'))}", ev.text(fetch.get("content_type")) or "no media type",
+             ev.text(fetch.get("tls_version")), f"from {ev.text(fetch.get('ip'))}" if fetch.get("ip") else ""]
+    if fetch.get("location"):
+        parts.append(f"redirect to {ev.text(fetch.get('location'))}")
+    return ", ".join(p for p in parts if p)
+
+
+def _policy_lines(body: Any) -> tuple[str, ...]:
+    """The policy file as served (base64 in the facts), line by line."""
+    if not isinstance(body, str) or not body:
+        return ()
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return ()
+    lines = raw.decode("utf-8", "replace").splitlines()
+    more = [f"… {len(lines) - _POLICY_LINES} more lines"] if len(lines) > _POLICY_LINES else []
+    return (*lines[:_POLICY_LINES], *more)
+
+
 CHECK = Check(
     id="mtasts",
     title="MTA-STS",
     run=run,
     facts=MtaStsFacts,
+    evidence=Evidence("MTA-STS policy", view, Section.POLICY),
     requires=("mx",),
     operations=4,
     codes={

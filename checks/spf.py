@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from diag import evidence as ev
 from diag.config import Organization
 from diag.context import CheckContext
+from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
 from diag.policy.lookup import drive, shown
 from diag.policy.spf import (
     DNS_LOOKUP_LIMIT,
     VOID_LOOKUP_LIMIT,
+    NodeStatus,
     SpfAnalysis,
     SpfIssue,
     SpfIssueKind,
@@ -30,7 +35,8 @@ from diag.policy.spf import (
 from diag.registry import Check, Outcome
 
 __all__ = [
-    "CHECK", "M365_SPF_INCLUDE", "Sender", "SenderVerdict", "SpfFacts", "assess", "cloud_include", "probe", "senders",
+    "CHECK", "M365_SPF_INCLUDE", "Sender", "SenderVerdict", "SpfFacts", "SpfNodeRow", "SpfSenderRow", "SpfView",
+    "assess", "cloud_include", "probe", "senders", "view",
 ]  # fmt: skip
 
 M365_SPF_INCLUDE = "spf.protection.outlook.com"
@@ -247,11 +253,142 @@ async def run(ctx: CheckContext) -> Outcome:
     return Outcome(facts, assess(facts))
 
 
+# The report's evidence (report_templates/checks/spf.html.j2), from the facts as a report holds them (their JSON
+# form, read defensively: diag.evidence).
+
+# What fetching a record of the tree gave, in words, and its tone (a CSS token: outcome-good, -bad, -unknown).
+_NODE_STATES = {
+    NodeStatus.FOUND.value: ("", "good"),
+    NodeStatus.NO_RECORD.value: ("no SPF record", "bad"),
+    NodeStatus.NXDOMAIN.value: ("the domain does not exist", "bad"),
+    NodeStatus.MULTIPLE.value: ("more than one SPF record", "bad"),
+    NodeStatus.SYNTAX.value: ("not valid SPF", "bad"),
+    NodeStatus.DNS_ERROR.value: ("no answer from DNS", "bad"),
+    NodeStatus.INVALID_DOMAIN.value: ("not a valid domain name", "bad"),
+    NodeStatus.LOOP.value: ("a loop: already being evaluated", "bad"),
+    NodeStatus.MACRO.value: ("not followed: its name needs the sender (macro)", "unknown"),
+    NodeStatus.NOT_FOLLOWED.value: ("not followed: the tree is too large", "unknown"),
+}
+# Deepest level of the tree shown: the analysis follows 10 levels of includes; a hand-edited result may nest
+# deeper, and a view must not recurse without bound.
+_SHOWN_DEPTH = 12
+
+
+@dataclass(frozen=True, slots=True)
+class SpfNodeRow:
+    """One record of the SPF policy tree as the report draws it.
+
+    Attributes:
+        via: the term that reached it (``include:spf.protection.outlook.com``); "" for the domain's own record.
+        domain: whose record it is.
+        record: the record's text, as published ("" when there is none).
+        state: what fetching it gave, in words ("" when one record was found).
+        tone: ``good``, ``bad`` or ``unknown`` (a CSS token).
+        lookups: DNS-querying terms in the record itself, and in it and everything below it.
+        notes: its terms that found nothing, and what else the analysis said.
+        children: the records it includes or redirects to.
+    """
+
+    via: str
+    domain: str
+    record: str
+    state: str
+    tone: str
+    lookups: str
+    notes: tuple[str, ...]
+    children: tuple[SpfNodeRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpfSenderRow:
+    """An on-premises egress address and the result ``check_host()`` gave it."""
+
+    ip: str
+    source: str
+    result: str
+    tone: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpfView:
+    """The SPF evidence: the lookup counts against their limits, the cloud's include, the policy tree and the
+    egress addresses evaluated."""
+
+    lookups: str
+    lookups_tone: str
+    void: str
+    void_tone: str
+    cloud_include: str
+    cloud_included: bool
+    tree: SpfNodeRow | None
+    senders: tuple[SpfSenderRow, ...]
+
+
+def view(observed: Observed) -> SpfView:
+    facts = observed.facts
+    analysis = ev.mapping(facts.get("analysis"))
+    total, void = ev.number(analysis.get("total_lookups")), ev.number(analysis.get("void_lookups"))
+    include = ev.text(facts.get("cloud_include"))
+    reached = {ev.text(d).lower() for d in ev.items(analysis.get("include_domains"))}
+    root = analysis.get("root")
+    return SpfView(
+        lookups=f"{ev.text(analysis.get('total_lookups'))} of {DNS_LOOKUP_LIMIT}",
+        lookups_tone="bad" if total is None or total > DNS_LOOKUP_LIMIT else "good",
+        void=f"{ev.text(analysis.get('void_lookups'))} of {VOID_LOOKUP_LIMIT}",
+        void_tone="bad" if void is None or void > VOID_LOOKUP_LIMIT else "good",
+        cloud_include=include,
+        cloud_included=include.lower() in reached,
+        tree=_node_row(root, 0) if isinstance(root, Mapping) else None,
+        senders=tuple(_sender_row(ev.mapping(s)) for s in ev.mappings(facts.get("senders"))),
+    )
+
+
+def _node_row(node: Mapping[str, Any], depth: int) -> SpfNodeRow:
+    state, tone = _NODE_STATES.get(ev.text(node.get("status")), (ev.text(node.get("status")), "unknown"))
+    record = ev.mapping(node.get("record"))
+    if record and ev.items(record.get("issues")):
+        tone = "bad"
+    notes = [f"finds nothing: {ev.text(term)}" for term in ev.items(node.get("void_terms"))]
+    if ev.text(node.get("detail")):
+        notes.append(ev.text(node.get("detail")))
+    children = ev.mappings(node.get("children"))
+    if children and depth >= _SHOWN_DEPTH:
+        notes.append(f"{len(children)} more records below are not shown")
+        children = []
+    own, below = ev.text(node.get("lookups")), ev.text(node.get("total_lookups"))
+    return SpfNodeRow(
+        via=ev.text(node.get("via")),
+        domain=ev.text(node.get("domain")),
+        record=ev.text(record.get("text")),
+        state=state,
+        tone=tone,
+        lookups=own if own == below else f"{own} here, {below} with what it includes",
+        notes=tuple(notes),
+        children=tuple(_node_row(child, depth + 1) for child in children),
+    )
+
+
+def _sender_row(checked: Mapping[str, Any]) -> SpfSenderRow:
+    sender, verdict = ev.mapping(checked.get("sender")), ev.mapping(checked.get("verdict"))
+    result = ev.text(verdict.get("result"))
+    matched = ev.mapping(verdict.get("matched"))
+    if matched:
+        detail = f"matched {ev.text(matched.get('directive'))} in {ev.text(matched.get('domain'))}"
+    else:
+        detail = " ".join(x for x in (ev.text(verdict.get("reason")), ev.text(verdict.get("detail"))) if x)
+    return SpfSenderRow(
+        ip=ev.text(sender.get("ip")), source=ev.text(sender.get("source")), result=result,
+        tone="good" if result == SpfResult.PASS.value else "bad", detail=detail,
+    )  # fmt: skip
+
+
 CHECK = Check(
     id="spf",
     title="SPF record",
     run=run,
     facts=SpfFacts,
+    evidence=Evidence("SPF policy", view, Section.POLICY),
     operations=4,
     codes={
         "SPF_OK": Severity.INFO,

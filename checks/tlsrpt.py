@@ -7,13 +7,17 @@ failure stays unseen by the domain's owner.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from diag import evidence as ev
 from diag.context import CheckContext
+from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
 from diag.policy.lookup import drive, shown
 from diag.policy.tlsrpt import RptIssue, RptStatus, TlsRptFacts, discover
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "assess", "probe"]
+__all__ = ["CHECK", "TlsRptView", "assess", "probe", "view"]
 
 
 def assess(facts: TlsRptFacts) -> tuple[Finding, ...]:
@@ -60,11 +64,50 @@ async def run(ctx: CheckContext) -> Outcome:
     return Outcome(facts, assess(facts))
 
 
+# The report's evidence (report_templates/checks/tlsrpt.html.j2), from the facts as a report holds them (their
+# JSON form, read defensively: diag.evidence).
+
+_STATES = {
+    RptStatus.NONE.value: ("no TLS-RPT record", "warn"),
+    RptStatus.MULTIPLE.value: ("more than one TLS-RPT record: senders send no reports", "bad"),
+    RptStatus.DNS_ERROR.value: ("no answer from DNS", "bad"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsRptView:
+    """The TLS-RPT evidence: the record as published, what is wrong with it, and each report URI with whether
+    senders can use it (``(uri, usable)``)."""
+
+    records: tuple[str, ...]
+    state: str
+    tone: str
+    problems: tuple[str, ...]
+    uris: tuple[tuple[str, bool], ...]
+
+
+def view(observed: Observed) -> TlsRptView:
+    facts = observed.facts
+    record = ev.mapping(facts.get("record"))
+    state, tone = _STATES.get(ev.text(facts.get("status")), ("", "good"))
+    problems = tuple(": ".join(ev.text(part) for part in ev.items(issue)) for issue in ev.items(record.get("issues")))
+    if problems and not state:
+        state, tone = "malformed", "bad"
+    return TlsRptView(
+        records=tuple(ev.text(t) for t in ev.items(facts.get("texts"))),
+        state=state,
+        tone=tone,
+        problems=problems,
+        uris=tuple((ev.text(u.get("uri")), u.get("usable") is True) for u in ev.mappings(record.get("rua"))),
+    )
+
+
 CHECK = Check(
     id="tlsrpt",
     title="TLS-RPT record",
     run=run,
     facts=TlsRptFacts,
+    evidence=Evidence("TLS-RPT record", view, Section.POLICY),
     operations=1,
     codes={
         "TLSRPT_OK": Severity.INFO,
