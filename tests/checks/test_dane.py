@@ -77,12 +77,12 @@ def test_failures_say_what_the_cloud_reports(host: HostTlsa, words: str) -> None
         ("expired.example", ["DANE_NONE"]),
     ],
 )
-def test_lab_domains(policy_domain, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert codes_of(policy_domain(domain), "dane") == expected
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "dane") == expected
 
 
-def test_lab_dane_ta_and_ee_both_match_the_presented_chain(policy_domain) -> None:  # type: ignore[no-untyped-def]
-    (host,) = policy_domain("dane.example").result("dane").facts.hosts
+def test_lab_dane_ta_and_ee_both_match_the_presented_chain(domain_report) -> None:  # type: ignore[no-untyped-def]
+    (host,) = domain_report("dane.example").result("dane").facts.hosts
     (endpoint,) = host.endpoints
     # (an rrset has no order: sorted by usage)
     assert sorted((m.record.usage, m.outcome, m.position) for m in endpoint.matches) == [(2, Outcome.MATCHED, 1),

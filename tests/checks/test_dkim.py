@@ -95,13 +95,13 @@ def test_the_tenant_is_the_initial_domains_prefix() -> None:
     ("domain", "expected"),
     [("contoso.com", ["DKIM_OK", "DKIM_OK"]), ("fabrikam.com", ["DKIM_OK", "DKIM_OK"])],
 )
-def test_lab_accepted_domains(policy_domain, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert codes_of(policy_domain(domain), "dkim") == expected
+def test_lab_accepted_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "dkim") == expected
 
 
-def test_lab_initial_and_foreign_domains_are_not_applicable(policy_domain) -> None:  # type: ignore[no-untyped-def]
-    assert policy_domain("contoso.onmicrosoft.com").result("dkim").status is Status.NOT_APPLICABLE
-    assert policy_domain("expired.example").result("dkim").status is Status.NOT_APPLICABLE
+def test_lab_initial_and_foreign_domains_are_not_applicable(domain_report) -> None:  # type: ignore[no-untyped-def]
+    assert domain_report("contoso.onmicrosoft.com").result("dkim").status is Status.NOT_APPLICABLE
+    assert domain_report("expired.example").result("dkim").status is Status.NOT_APPLICABLE
 
 
 def test_lab_configured_selector_with_a_1024_bit_key(lab: Lab) -> None:

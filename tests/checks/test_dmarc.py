@@ -95,5 +95,5 @@ def test_report_destinations_in_other_domains_need_their_authorization() -> None
         ("servfail.example", ["DMARC_DNS_ERROR"]),
     ],
 )
-def test_lab_domains(policy_domain, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert codes_of(policy_domain(domain), "dmarc") == expected
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "dmarc") == expected

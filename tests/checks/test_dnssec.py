@@ -52,8 +52,8 @@ def test_each_state_has_its_code(result: DnssecResult, code: str, words: str) ->
         ("nullmx.example", ["DNSSEC_OK"]),
     ],
 )
-def test_lab_domains(policy_domain, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert codes_of(policy_domain(domain), "dnssec") == expected
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "dnssec") == expected
 
 
 def test_lab_with_the_ad_bit_of_a_resolver_that_does_not_validate(lab: Lab) -> None:

@@ -98,8 +98,8 @@ def test_record_problems(facts: MtaStsFacts, code: str, words: str) -> None:
     [("contoso.com", ["MTASTS_OK"]), ("stsnotcovering.example", ["MTASTS_MX_NOT_COVERED"]),
      ("fabrikam.com", ["MTASTS_MISSING"])],
 )  # fmt: skip
-def test_lab_domains(policy_domain, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert codes_of(policy_domain(domain), "mtasts") == expected
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "mtasts") == expected
 
 
 def test_lab_policy_host_certificate_is_validated(lab: Lab) -> None:

@@ -137,8 +137,8 @@ def test_senders_are_the_option_and_the_on_premises_connectors_addresses_once_ea
         ("expired.example", ["SPF_OK"]),
     ],
 )
-def test_lab_domains(policy_domain, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert codes_of(policy_domain(domain), "spf") == expected
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "spf") == expected
 
 
 def test_lab_on_premises_address_missing_from_an_accepted_domains_policy(lab: Lab) -> None:

@@ -42,5 +42,5 @@ def test_judgement(facts: TlsRptFacts, codes: list[str], words: str) -> None:
     [("contoso.com", ["TLSRPT_OK"]), ("tlsrptbad.example", ["TLSRPT_BAD_URI", "TLSRPT_BAD_URI"]),
      ("expired.example", ["TLSRPT_MISSING"])],
 )  # fmt: skip
-def test_lab_domains(policy_domain, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
-    assert codes_of(policy_domain(domain), "tlsrpt") == expected
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "tlsrpt") == expected

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 from collections.abc import Callable
@@ -12,11 +11,9 @@ import pytest
 from rich.console import Console
 
 from checks import default_registry
-from diag.lab.runner import Lab
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status
 from diag.render.terminal import render_plain, render_rich
 from diag.render.text import sanitize
-from diag.runner import run_checks
 
 _AT = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
 
@@ -160,11 +157,10 @@ def test_a_check_that_could_not_run_makes_the_verdict_unknown() -> None:
     assert text == "servfail.example: UNKNOWN\n  mx: error (0 ms): dns: SERVFAIL\nstatus: UNKNOWN (exit 3)\n"
 
 
-def test_a_lab_run_in_plain_text(lab: Lab) -> None:
+def test_a_lab_run_in_plain_text(lab_domains: Callable[..., Report]) -> None:
     """Given real runs against the lab, then each domain has its verdict line, each check its status line, each
     finding its code and subject, and the last line is the run's verdict with its exit code."""
-    report = asyncio.run(run_checks(["contoso.com", "expired.example", "refused.example"], default_registry(),
-                                    lab.run_options(timeout=1.0)))  # fmt: skip
+    report = lab_domains("contoso.com", "expired.example", "refused.example")
     lines = _plain(report).splitlines()
 
     verdicts = [line for line in lines if not line.startswith(" ")]
