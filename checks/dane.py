@@ -274,8 +274,8 @@ def _endpoint_row(endpoint: Mapping[str, Any], failing: Mapping[str, list[ev.Sho
     if endpoint.get("tls") is not True:
         result, tone = "no TLS: DANE senders do not deliver", "bad"
     elif matched:
-        places = [_CHAIN_PLACES.get(int(p), f"chain certificate {p}") if isinstance(p, int) else "the chain"
-                  for p in (m.get("position") for m in matched)]  # fmt: skip
+        places = [_CHAIN_PLACES.get(p, f"the CA certificate at chain position {p}") if isinstance(p, int) else
+                  "the chain" for p in (m.get("position") for m in matched)]  # fmt: skip
         texts = [ev.text(ev.mapping(m.get("record")).get("text")) for m in matched]
         result = "; ".join(f"{text} matches {place}" for text, place in zip(texts, places, strict=True))
         tone = "good"

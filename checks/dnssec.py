@@ -144,7 +144,7 @@ def view(observed: Observed) -> DnssecView:
             state=security,
             tone=_TONES.get(security, "unknown"),
             reason="; ".join(w for w in why if w),
-            chain=" → ".join(ev.text(z) for z in ev.items(result.get("chain"))),
+            chain=" → ".join(ev.text(z) or "." for z in ev.items(result.get("chain"))),
             records=tuple(ev.text(r) for r in ev.items(result.get("records"))),
         ))  # fmt: skip
     return DnssecView(method, tuple(rows))

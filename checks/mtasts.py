@@ -256,12 +256,17 @@ def view(observed: Observed) -> MtaStsView:
         fetch_tone="good" if fetch and not fetch.get("error") and fetch.get("status") == 200 else "bad",
         mode=mode,
         mode_tone=_MODE_TONES.get(mode, "bad"),
-        max_age=f"{max_age:.0f} s ({max_age / 86400:.1f} days)" if max_age is not None else "",
+        max_age=_max_age(max_age) if max_age is not None else "",
         patterns=tuple(ev.text(p) for p in ev.items(policy.get("mx"))),
         hosts=tuple(hosts),
         enforced=mode == StsMode.ENFORCE.value,
         policy_lines=_policy_lines(fetch.get("body")),
     )
+
+
+def _max_age(seconds: float) -> str:
+    span = f"{seconds / 86400:.3g} days" if seconds >= 86400 else f"{seconds / 3600:.3g} h"
+    return f"{seconds:.0f} s ({span})"
 
 
 def _fetched(fetch: Mapping[str, Any], not_fetched: str) -> str:

@@ -8,9 +8,11 @@ from dataclasses import replace
 import pytest
 
 from checks import default_registry
-from checks.spf import CHECK, Sender, SenderVerdict, SpfFacts, assess, cloud_include, senders
+from checks.spf import CHECK, Sender, SenderVerdict, SpfFacts, SpfNodeRow, assess, cloud_include, senders, view
+from diag.codec import encode
 from diag.config import AcceptedDomain, InboundConnector, Organization
 from diag.config.model import ConnectorType
+from diag.evidence import Observed
 from diag.lab.runner import Lab
 from diag.model import DomainReport
 from diag.policy.spf import (
@@ -121,6 +123,45 @@ def test_senders_are_the_option_and_the_on_premises_connectors_addresses_once_ea
     ))  # fmt: skip
     assert [(s.ip, s.source) for s in senders(org, "192.0.2.1")] == [
         ("192.0.2.1", "--sender-ip"), ("198.51.100.0", "inbound connector 'On-prem'")]  # fmt: skip
+
+
+# --- the view ---------------------------------------------------------------------------------------------------
+
+
+def test_the_view_shows_the_tree_with_each_records_lookups() -> None:
+    child = SpfNode("spf.protection.outlook.com", "include:spf.protection.outlook.com", NodeStatus.FOUND)
+    missing = SpfNode("gone.example", "include:gone.example", NodeStatus.NXDOMAIN)
+    root = SpfNode(DOMAIN, "", NodeStatus.FOUND, lookups=2, total_lookups=2, void_terms=("a:x.example",),
+                   children=(child, missing))  # fmt: skip
+    facts = SpfFacts(DOMAIN, SpfAnalysis(DOMAIN, root, 2, 1, ()), "spf.protection.outlook.com")
+
+    shown = view(Observed(encode(facts), (), None))
+
+    assert (shown.lookups, shown.lookups_tone, shown.void) == ("2 of 10", "good", "1 of 2")
+    assert shown.cloud_include == "spf.protection.outlook.com" and not shown.cloud_included  # not in include_domains
+    assert shown.tree is not None and shown.tree.notes == ("finds nothing: a:x.example",)
+    assert [(c.via, c.state, c.tone) for c in shown.tree.children] == [
+        ("include:spf.protection.outlook.com", "", "good"),
+        ("include:gone.example", "the domain does not exist", "bad"),
+    ]
+
+
+def test_the_view_stops_at_a_depth_no_analysis_reaches() -> None:
+    # Given a hand-edited result nesting includes 40 deep (an analysis follows 10)
+    node: dict[str, object] = {"domain": "d40.example", "status": "found"}
+    for depth in range(39, -1, -1):
+        node = {"domain": f"d{depth}.example", "status": "found", "children": [node]}
+
+    shown = view(Observed({"analysis": {"root": node, "total_lookups": 40}}, (), None))
+
+    # Then the view draws 13 levels and says that more is below, without recursing further
+    levels: list[SpfNodeRow] = []
+    row = shown.tree
+    while row is not None:
+        levels.append(row)
+        row = row.children[0] if row.children else None
+    assert len(levels) == 13 and levels[-1].notes == ("1 more records below are not shown",)
+    assert shown.lookups_tone == "bad"
 
 
 # --- the lab ------------------------------------------------------------------------------------------------------

@@ -173,3 +173,18 @@ def test_a_lab_run_in_plain_text(lab_domains: Callable[..., Report]) -> None:
     assert expired.startswith("    CRITICAL CERT_EXPIRED mx.expired.example [127.0.20.1]:")
     assert "      cloud says: 450 4.7.320 Certificate validation failed (certificate expired)" in lines
     assert any(line.startswith("    ERROR SMTP_CONNECT_REFUSED mx.refused.example [") for line in lines)
+
+
+@pytest.mark.parametrize("render", [_plain, _rich], ids=["plain", "rich"])
+def test_hostile_policy_records_reach_the_terminal_as_text(lab_domains: Callable[..., Report],
+                                                           render: Callable[[Report], str]) -> None:  # fmt: skip
+    """Given hostile.example's policy records (markup and template syntax in its SPF policy's host names, U+202E
+    and C0 controls in its MTA-STS and TLS-RPT records), then the findings that quote them show escapes, and no
+    control or bidi character reaches the terminal."""
+    text = render(lab_domains("hostile.example"))
+
+    assert not RAW.search(re.sub(r"\x1b\[[0-9;]*m", "", text))
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "SPF_INCLUDE_NOT_FOUND" in plain and "include:<script>alert(1)</script>.hostile.example" in plain
+    assert "MTASTS_RECORD_INVALID" in plain and "character '\\x1b' in the value of id" in plain
+    assert "TLSRPT_SYNTAX" in plain and "character '\\u202e' in the value of rua" in plain
