@@ -43,12 +43,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import enum
 import errno
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -71,6 +72,7 @@ import dns.rdtypes.ANY.SPF
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.dnskeybase
 import dns.rrset
+import dns.transaction
 import dns.versioned
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.utils import CryptographyDeprecationWarning
@@ -288,6 +290,35 @@ class ZoneData:
         Raises ValueError if the name is not under an added zone apex, if the type, an rdata or the TTL is
         invalid, or if a CNAME would coexist with other data at the name (RFC 1034 §3.6.2).
         """
+        self.add_all([(name, rdtype, rdatas)], ttl=ttl)
+
+    def add_all(self, records: Iterable[tuple[str, str, Sequence[str]]], *, ttl: int = DEFAULT_TTL) -> None:
+        """Add each ``(name, rdtype, rdatas)`` of *records* as :meth:`add` does, in one version per zone: adding
+        a zone's records one by one commits a version each, which copies the zone's names each time.
+
+        All or nothing: on ValueError (see :meth:`add`), no record of *records* is added.
+        """
+        prepared = [self._prepare(name, rdtype, rdatas, ttl) for name, rdtype, rdatas in records]
+        writers: dict[dns.name.Name, dns.transaction.Transaction] = {}
+        with contextlib.ExitStack() as stack:  # an exception rolls back every zone's transaction
+            for owner, apex, rtype, parsed in prepared:
+                txn = writers.get(apex)
+                if txn is None:
+                    txn = writers[apex] = stack.enter_context(self._zones[apex].writer())
+                _check_coexistence(owner, apex, rtype, parsed, txn.get_node(owner))
+                rdataset = dns.rdataset.from_rdata_list(ttl, parsed)
+                # dnspython would replace other data by a CNAME (and an SOA by another) silently: checked above.
+                if rtype == dns.rdatatype.SOA:
+                    txn.replace(owner, rdataset)
+                else:
+                    txn.add(owner, rdataset)
+        for apex in writers:
+            self._chains.pop(apex, None)
+
+    def _prepare(
+        self, name: str, rdtype: str, rdatas: Sequence[str], ttl: int
+    ) -> tuple[dns.name.Name, dns.name.Name, dns.rdatatype.RdataType, list[dns.rdata.Rdata]]:
+        """The owner, its zone, the type and the parsed rdatas of records to add; raises ValueError (add())."""
         owner = _parse_name(name)
         apex = self._zone_of(owner)
         if apex is None:
@@ -302,17 +333,7 @@ class ZoneData:
             raise ValueError("give at least one rdata")
         if isinstance(ttl, bool) or not 0 <= ttl <= _MAX_TTL:
             raise ValueError(f"TTL {ttl!r} is not in 0..{_MAX_TTL} (RFC 2181 §8)")
-        parsed = [_parse_rdata(rtype, text) for text in rdatas]
-        zone = self._zones[apex]
-        _check_coexistence(owner, apex, rtype, parsed, zone.get_node(owner))
-        rdataset = dns.rdataset.from_rdata_list(ttl, parsed)
-        with zone.writer() as txn:
-            # dnspython would replace other data by a CNAME (and an SOA by another) silently: checked above.
-            if rtype == dns.rdatatype.SOA:
-                txn.replace(owner, rdataset)
-            else:
-                txn.add(owner, rdataset)
-        self._chains.pop(apex, None)
+        return owner, apex, rtype, [_parse_rdata(rtype, text) for text in rdatas]
 
     def sign_zone(self, apex: str, *, expired: bool = False) -> str:
         """Sign the zone at *apex* (added before) with a new key; returns its DNSKEY record (presentation

@@ -168,8 +168,7 @@ class Lab:
         zone = ZoneData()
         for apex in self.world.zones:
             zone.add_zone(apex)
-        for record in self.world.records:
-            zone.add(record.name, record.rdtype, *record.rdata)
+        zone.add_all((record.name, record.rdtype, record.rdata) for record in self.world.records)
         for name, behaviour in self.world.behaviours:
             zone.set_behaviour(name, behaviour)
         for tlsa in self.world.tlsa:

@@ -748,6 +748,27 @@ def test_add_validation() -> None:
     data.add("xn--bcher-kva.contoso.com", "A", "192.0.2.1")  # A-label form is fine
 
 
+def test_add_all_adds_records_of_several_zones_at_once_or_none_of_them() -> None:
+    async def body(data: ZoneData) -> list[str]:
+        async with serving(data) as server:
+            names = ("a.contoso.com", "b.fabrikam.com", "c.contoso.com")
+            answers = [await ask(server.port, name, "A") for name in names]
+            return [dns.rcode.to_text(a.rcode()) for a in answers]
+
+    data = ZoneData()
+    data.add_zone("contoso.com")
+    data.add_zone("fabrikam.com")
+    data.add_all([("a.contoso.com", "A", ("192.0.2.1",)), ("b.fabrikam.com", "A", ("192.0.2.2", "192.0.2.3"))])
+    # A record that conflicts with one before it in the same call (a CNAME beside data) adds nothing at all.
+    with pytest.raises(ValueError, match="CNAME"):
+        data.add_all([("c.contoso.com", "A", ("192.0.2.4",)), ("x.fabrikam.com", "A", ("192.0.2.5",)),
+                      ("c.contoso.com", "CNAME", ("a.contoso.com.",))])  # fmt: skip
+    with pytest.raises(ValueError, match="invalid A rdata"):
+        data.add_all([("c.contoso.com", "A", ("192.0.2.4",)), ("d.contoso.com", "A", ("nope",))])
+
+    assert run(lambda: body(data)) == ["NOERROR", "NOERROR", "NXDOMAIN"]
+
+
 def test_txt_rdata_is_literal_unless_quoted() -> None:
     async def body() -> None:
         data = ZoneData()
@@ -823,6 +844,21 @@ def test_negative_answers_carry_the_signed_soa_and_an_nsec() -> None:
         assert kinds == sorted(wanted)
     nsec = nodata.find_rrset(nodata.authority, dns.name.from_text("mx.example."), dns.rdataclass.IN, dns.rdatatype.NSEC)
     assert "A RRSIG NSEC" in nsec.to_text()
+
+
+def test_a_name_added_after_start_enters_the_nsec_chain() -> None:
+    # Given a signed zone served, whose NSEC chain was made for a negative answer
+    async def body() -> tuple[str, str]:
+        data = signed_data()
+        async with serving(data) as server:
+            before = await ask_do(server.port, "nb.example", "A")
+            data.add("na.example", "A", "192.0.2.9")
+            after = await ask_do(server.port, "nb.example", "A")
+        owners = [[r.name.to_text() for r in m.authority if r.rdtype == dns.rdatatype.NSEC] for m in (before, after)]
+        return owners[0][0], owners[1][0]
+
+    # Then the next denial is made from the chain with the new name in it
+    assert run(body) == ("mx.example.", "na.example.")
 
 
 def test_the_parent_answers_ds_for_its_child_zones() -> None:
