@@ -24,6 +24,7 @@ from diag.errors import ConfigError, DiagError, UsageError
 if TYPE_CHECKING:
     from diag.config import Organization, ProbeConfig
     from diag.net.dns import Nameserver
+    from diag.policy.dnssec import TrustAnchor
     from diag.probe.run import ProbeOptions
     from diag.registry import Registry
     from diag.relay.settings import RelaySettings
@@ -294,6 +295,27 @@ def _client_certificate(path: Path) -> tuple[bytes, ...]:
     return tuple(cert.public_bytes(Encoding.DER) for cert in certs)
 
 
+def _trust_anchors(path: Path) -> tuple[TrustAnchor, ...]:
+    from diag.policy.dnssec import parse_anchors
+
+    try:
+        return parse_anchors(path.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--trust-anchor {str(path)!r}: cannot read it: {getattr(exc, 'strerror', exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--trust-anchor {str(path)!r}: {exc}") from None
+
+
+def _validating(flag: bool, resolvers: Sequence[str], *, lab: bool) -> bool:
+    """``--validating-resolver`` only for resolvers on this host: a remote AD bit can be forged on the way."""
+    from diag.policy.dnssec import ad_bit_trustworthy
+
+    if flag and (lab or not ad_bit_trustworthy([_parse_resolver(r) for r in resolvers])):
+        raise UsageError("--validating-resolver needs --resolver on this host (127.0.0.1, ::1): the AD bit of a "
+                         "resolver elsewhere can be forged on the way")  # fmt: skip
+    return flag
+
+
 def _ip(text: str, option: str) -> str:
     import ipaddress
 
@@ -328,6 +350,13 @@ def _ip(text: str, option: str) -> str:
               help="The certificate chain (leaf first) the on-premises server presents to the cloud. Default: its "
               "listener's.")
 @click.option("--sender-ip", default=None, metavar="IP", help="The address the on-premises server sends from.")
+@click.option("--https-port", type=_Whole(1, 65535), default=443, show_default=True,
+              help="Port to fetch MTA-STS policies on (mta-sts.DOMAIN).")
+@click.option("--trust-anchor", "trust_anchor", type=_input(), default=None, metavar="FILE",
+              help="DNSSEC trust anchors (DS or DNSKEY lines in zone-file form). Default: the root zone's.")
+@click.option("--validating-resolver", is_flag=True,
+              help="Take DNSSEC results from the AD bit of --resolver (a validating resolver on this host) "
+              "instead of validating from the trust anchor.")
 @click.option("--allow-private", is_flag=True,
               help="Also probe MX addresses that are not public (loopback, private ranges); refused by default.")
 @click.option("--cert-warn-days", type=_Whole(0, 3650, "days"), default=30, show_default=True, metavar="DAYS",
@@ -375,6 +404,9 @@ def check(
     routing_order: str,
     client_cert: Path | None,
     sender_ip: str | None,
+    https_port: int,
+    trust_anchor: Path | None,
+    validating_resolver: bool,
     allow_private: bool,
     cert_warn_days: int,
     cert_crit_days: int,
@@ -447,7 +479,13 @@ def check(
         client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
         probe=_probe_options(probes, history_path),
+        https_port=https_port,
+        validating_resolver=_validating(validating_resolver, resolvers, lab=lab),
     )
+    if trust_anchor:
+        import dataclasses
+
+        options = dataclasses.replace(options, trust_anchors=_trust_anchors(trust_anchor))
     return execute(CheckRequest(
         tuple(names), registry, options, outputs=outputs, notification=notification, checks=check_ids,
         config=config_path, lab=lab, lock=lock_path, history=history_path, keep_history=not no_history,
@@ -1011,7 +1049,7 @@ def lab_serve(smtp_port: int, dns_port: int, directory: Path | None, latency_tex
         async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory, latency=latency) as running:
             delayed = f"; every packet {latency * 1000:g} ms round trip" if latency else ""
             click.echo(f"diag lab: running; maildirs in {running.maildir}{delayed}")
-            click.echo(f"reach it with: diag check DOMAIN {running.option_text()}")
+            click.echo(f"reach it with: diag check DOMAIN {running.check_option_text()}")
             click.echo("domains: " + " ".join(_lab_domains()), nl=True)
             await stop.wait()
         click.echo("diag lab: stopped", err=True)

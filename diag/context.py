@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from diag.config import Organization
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
+from diag.policy.dnssec import ROOT_ANCHORS, TrustAnchor
+from diag.policy.orgdomain import OrgDomains
 from diag.routing import RoutingOrder
 
 if TYPE_CHECKING:
@@ -76,6 +78,9 @@ class RunOptions:
     routing_order: RoutingOrder = RoutingOrder.MOST_SPECIFIC
     client_cert: tuple[bytes, ...] = ()
     sender_ip: str | None = None
+    https_port: int = 443
+    trust_anchors: tuple[TrustAnchor, ...] = ROOT_ANCHORS
+    validating_resolver: bool = False
     probe: ProbeOptions | None = None
 
 
@@ -125,6 +130,10 @@ class RunContext:
 
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
+
+    async def org_domains(self) -> OrgDomains:
+        """The public suffix list (DMARC's organizational domains), loaded once per run."""
+        return await asyncio.shield(self.once(OrgDomains, lambda: asyncio.to_thread(OrgDomains)))
 
     def once(self, key: Hashable, start: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Future[T]:
         """The outcome of ``start()``, begun on the first request for ``key`` and shared by every later request in

@@ -12,10 +12,15 @@ inert text (security-cases.md RPT-04), never as an exception. The loose readers 
 (:func:`text`, :func:`items`, :func:`mapping`, :func:`mappings`, :func:`moment`, :func:`number`), with the
 pieces several checks' views share: how an SMTP session ended, and the failing findings named beside a
 verdict.
+
+A domain's evidence comes in sections (:class:`Section`): what was seen along the mail's path (MX, sessions,
+certificates, routing, probes), and the domain's mail authentication and transport policy (SPF, DKIM, DMARC,
+MTA-STS, TLS-RPT, DANE, DNSSEC). A check's :class:`Evidence` names its section.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +37,7 @@ __all__ = [
     "Measurements",
     "Observed",
     "ProbeArrival",
+    "Section",
     "Shown",
     "StageTimes",
     "endpoint",
@@ -95,19 +101,30 @@ class Observed:
     finished: datetime | None
 
 
+class Section(enum.StrEnum):
+    """The part of a domain's evidence a check's evidence is shown in, in the order of the report."""
+
+    MAIL = "mail"
+    """What was seen along the mail's path: MX hosts, SMTP sessions, certificates, routing, probes."""
+    POLICY = "policy"
+    """The domain's mail authentication and transport policy: SPF, DKIM, DMARC, MTA-STS, TLS-RPT, DANE, DNSSEC."""
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """How a check shows its facts in the HTML report.
 
     Attributes:
-        kind: what it shows, in a few words (``MX records``); named in the summary line of a domain's evidence
-            when it starts collapsed.
+        kind: what it shows, in a few words (``MX records``); named in the summary line of its section when it
+            starts collapsed.
         view: builds the data its template partial (``report_templates/checks/<check id>.html.j2``) renders,
             as ``view``, from a completed check; None when there is nothing to show.
+        section: the part of the domain's evidence it belongs to.
     """
 
     kind: str
     view: Callable[[Observed], Any]
+    section: Section = Section.MAIL
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,6 +242,10 @@ class Organization:
     Attributes:
         name: a label for reports.
         mx_host: the cloud host the accepted domains' MX must point at (``contoso-com.mail.protection.outlook.com``).
+        spf_include: the domain the cloud's SPF include names (``spf.protection.outlook.com``); None: derived from
+            ``mx_host`` for Microsoft 365, not checked otherwise.
+        dkim_selectors: DKIM selectors the organization signs with besides Microsoft 365's (on-premises signers,
+            third-party senders): each must publish a usable key under every accepted domain.
         accepted_domains, outbound_connectors, inbound_connectors: as configured, in file order.
         source: the file it was read from, if any.
         relay: the ``[Relay]`` table, for ``diag relay``.
@@ -254,6 +258,8 @@ class Organization:
     inbound_connectors: tuple[InboundConnector, ...] = ()
     name: str = ""
     mx_host: str | None = None
+    spf_include: str | None = None
+    dkim_selectors: tuple[str, ...] = ()
     source: Path | None = None
     relay: RelayConfig | None = None
     probes: tuple[ProbeConfig, ...] = ()

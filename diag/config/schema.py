@@ -48,6 +48,7 @@ from diag.config.values import (
     probe_key,
     probe_name,
     seconds,
+    selector,
     sender_ip,
     smart_host,
     strings,
@@ -153,8 +154,9 @@ _ON_PREMISES = ConnectorType.ON_PREMISES
 ORGANIZATION = Table(
     "Organization",
     Organization,
-    (Field("Name", text()), Field("MxHost", text(domain)), Field("ProbeKey", text(probe_key))),
-)
+    (Field("Name", text()), Field("MxHost", text(domain)), Field("SpfInclude", text(domain)),
+     Field("DkimSelectors", strings(selector)), Field("ProbeKey", text(probe_key))),
+)  # fmt: skip
 ACCEPTED = Table(
     "AcceptedDomain",
     AcceptedDomain,

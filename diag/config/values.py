@@ -39,6 +39,7 @@ __all__ = [
     "probe_key",
     "probe_name",
     "seconds",
+    "selector",
     "sender_ip",
     "smart_host",
     "strings",
@@ -106,6 +107,17 @@ def accepted_domain(text: str) -> str:
             'MatchSubDomains = true with DomainType = "InternalRelay")'
         )
     return domain(text)
+
+
+_SELECTOR = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+
+
+def selector(text: str) -> str:
+    """A DKIM selector (RFC 6376 §3.1): one or more DNS labels, such as ``s2048`` or ``2024.mail``."""
+    value = text.strip().lower()
+    if not _SELECTOR.match(value) or len(value) > 200:
+        raise Invalid(f"{text!r} is not a DKIM selector; write DNS labels such as \"selector1\" or \"s2024\"")
+    return value
 
 
 def smart_host(text: str) -> str:

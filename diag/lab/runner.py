@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import mailbox
 import shutil
 import socket
@@ -20,15 +21,20 @@ from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
+from cryptography.hazmat.primitives import serialization
+
 from diag.config import load_config
 from diag.context import RunOptions
 from diag.errors import LabError
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.latency import TcpDelay, UdpDelay, start_udp_and_tcp
-from diag.lab.pki import TestPKI
+from diag.lab.pki import Issued, TestPKI
+from diag.lab.policy import TlsaDef
 from diag.lab.smtp import HostKind, LabHost, LabHostServer, TlsFiles, start_host
+from diag.lab.web import PolicyServer
 from diag.lab.world import DNS_IP, EXAMPLE_CONFIG, HostDef, World, default_world
 from diag.net.dns import Nameserver
+from diag.policy.dnssec import TrustAnchor
 from diag.relay.service import Relay
 from diag.relay.settings import Limits, RelaySettings
 
@@ -89,6 +95,11 @@ class Lab:
         self.ca_file = Path()
         self._pki: TestPKI | None = None
         self._runs = 0  # runs given a record of probe sends (sent_record)
+        self._chains: dict[str, Issued] = {}
+        self.trust_anchors: tuple[TrustAnchor, ...] = ()
+        self.anchor_file = Path()
+        self._web: list[PolicyServer] = []
+        self.https_port = 0
 
     @property
     def directory(self) -> Path:
@@ -141,16 +152,20 @@ class Lab:
             "ca_file": self.ca_file,
             "ehlo_name": "probe.diag.invalid",
             "allow_private": True,
+            "trust_anchors": self.trust_anchors,
+            "https_port": self.https_port,
             "probe": ProbeOptions(maildir_root=self.maildir, sends=self.sent_record()),
         }
         values.update(overrides)
         return RunOptions(**values)  # type: ignore[arg-type]
 
     def option_text(self) -> str:
-        """The command-line options that reach this lab from another process."""
-        return (
-            f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private"
-        )
+        """The command-line options that reach this lab from another process (``diag check``, ``diag relay``)."""
+        return f"--resolver {self.nameserver} --smtp-port {self.smtp_port} --ca-file {self.ca_file} --allow-private"
+
+    def check_option_text(self) -> str:
+        """:meth:`option_text` and what ``diag check`` adds: the lab's DNSSEC trust anchors and MTA-STS port."""
+        return f"{self.option_text()} --trust-anchor {self.anchor_file} --https-port {self.https_port}"
 
     async def start(self) -> None:
         try:
@@ -169,10 +184,12 @@ class Lab:
         zone = ZoneData()
         for apex in self.world.zones:
             zone.add_zone(apex)
-        for record in self.world.records:
-            zone.add(record.name, record.rdtype, *record.rdata)
+        zone.add_all((record.name, record.rdtype, record.rdata) for record in self.world.records)
         for name, behaviour in self.world.behaviours:
             zone.set_behaviour(name, behaviour)
+        for tlsa in self.world.tlsa:
+            zone.add(f"_25._tcp.{tlsa.host}", "TLSA", self._tlsa_text(tlsa))
+        self._sign(zone)
         self._dns = DnsServer(zone)
         try:
             self._dns_port = await self._dns.start(DNS_IP, 0 if self.latency else self._want_dns_port)
@@ -184,6 +201,50 @@ class Lab:
             )
             self._dns_port = self._dns_delays[0].port
         self.smtp_port = await self._start_hosts(host_defs)
+        await self._start_web()
+
+    async def _start_web(self) -> None:
+        """The MTA-STS policy hosts, each with a certificate for its name, all on one port."""
+        certs = self.directory / "certs"
+        for name, ip, policy in self.world.sts:
+            issued = await asyncio.to_thread(self.pki.issue, [name])
+            chain, key = issued.write(certs, name)
+            self._web.append(PolicyServer(ip, policy, chain=chain, key=key))
+        if not self._web:
+            return
+        for _attempt in range(_PORT_ATTEMPTS):
+            port = _free_port(self._web[0].ip)
+            started = await asyncio.gather(*(server.start(port) for server in self._web), return_exceptions=True)
+            if not any(isinstance(result, BaseException) for result in started):
+                self.https_port = port
+                return
+            await asyncio.gather(*(server.close() for server in self._web))
+        raise LabError(f"no port was free on all {len(self._web)} MTA-STS policy host addresses")
+
+    def _tlsa_text(self, tlsa: TlsaDef) -> str:
+        """The TLSA record of ``tlsa``: usage 2 takes the lab's intermediate CA, usage 3 the host's leaf."""
+        usage, selector, matching = (int(p) for p in tlsa.parameters.split())
+        pki = self.pki
+        cert = pki.intermediate if tlsa.of_host == "intermediate" else self._chains[tlsa.of_host].certificate
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        data = (cert.public_bytes(serialization.Encoding.DER) if selector == 0 else
+                cert.public_key().public_bytes(serialization.Encoding.DER, spki))  # fmt: skip
+        digest = {0: data, 1: hashlib.sha256(data).digest(), 2: hashlib.sha512(data).digest()}[matching]
+        return f"{usage} {selector} {matching} {digest.hex()}"
+
+    def _sign(self, zone: ZoneData) -> None:
+        """Sign the world's signed zones; a zone whose parent is signed is reached through its DS, the others'
+        keys are the lab's trust anchors (written to ``anchor_file`` for ``--trust-anchor``)."""
+        anchors = []
+        for apex in self.world.signed:
+            dnskey = zone.sign_zone(apex, expired=apex in self.world.expired)
+            parent = apex.partition(".")[2]
+            if not any(parent == other or parent.endswith(f".{other}") for other in self.world.signed):
+                anchors.append(TrustAnchor(apex, dnskey=(dnskey,)))
+        self.trust_anchors = tuple(anchors)
+        self.anchor_file = self.directory / "trust-anchors.txt"
+        lines = [f"{a.zone}. IN DNSKEY {key}" for a in anchors for key in a.dnskey]
+        self.anchor_file.write_text("".join(f"{line}\n" for line in lines), encoding="ascii")
 
     def _make_hosts(self) -> list[LabHost | _RelayHost]:
         """Issue each host's certificate and write the files a TLS server needs (blocking: runs in a thread)."""
@@ -199,7 +260,8 @@ class Lab:
             tls = None
             if host.cert is not None:
                 issuer = foreign if host.foreign_ca else pki
-                chain, key = issuer.issue(host.names_in_cert, kind=host.cert).write(certs, host.name)
+                issued = self._chains[host.name] = issuer.issue(host.names_in_cert, kind=host.cert)
+                chain, key = issued.write(certs, host.name)
                 tls = TlsFiles(chain=chain, key=key)
             if host.relay is not None:
                 hosts.append(_RelayHost(host, tls))
@@ -307,6 +369,8 @@ class Lab:
 
     async def close(self) -> None:
         self._pki = None
+        web, self._web = self._web, []
+        await asyncio.gather(*(server.close() for server in web), return_exceptions=True)
         await self._close_hosts()
         if self._dns_delays is not None:
             await asyncio.gather(*(delay.close() for delay in self._dns_delays), return_exceptions=True)

@@ -46,6 +46,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.MX
+import dns.rdtypes.ANY.RRSIG
 import dns.rrset
 
 from diag.errors import DnsError, DnsTimeoutError
@@ -104,6 +105,13 @@ class Answer:
         status: data, NXDOMAIN or NODATA.
         canonical_name: the name the data was found at, after any CNAME chain; equal to ``name`` without one.
         records: the record data, empty unless ``status`` is OK.
+        dnssec: asked with the DO bit (RFC 4035 §3.2.1), so the fields below are filled in.
+        signatures: the RRSIGs covering ``records`` (at ``canonical_name``).
+        authority: the authority section: for a negative answer, the SOA, the NSEC/NSEC3 records denying the
+            name or type, and their RRSIGs (RFC 4035 §3.1.3).
+        authenticated: the AD bit: the resolver says it validated the answer. Only worth anything from a
+            validating resolver the operator trusts, over a path nobody can tamper with (security-cases.md
+            DNS-19, RD-27).
     """
 
     name: str
@@ -111,6 +119,10 @@ class Answer:
     status: DnsStatus
     canonical_name: str
     records: tuple[dns.rdata.Rdata, ...] = ()
+    dnssec: bool = False
+    signatures: tuple[dns.rdtypes.ANY.RRSIG.RRSIG, ...] = ()
+    authority: tuple[dns.rrset.RRset, ...] = ()
+    authenticated: bool = False
 
     @property
     def via_cname(self) -> bool:
@@ -250,6 +262,10 @@ class Resolver:
 
     Concurrent callers asking the same question share one lookup; answers and failures are cached for the
     life of the object, which is one run (no module-level cache: STYLE.md).
+
+    The cache is per (name, type). A DNSSEC question (``dnssec=True``: the DO and AD bits, RRSIGs and denial
+    records kept) is answered from the cache only by an answer that was itself asked with DO; it otherwise asks
+    again and its answer, a superset of the plain one, replaces the cached entry for both kinds of question.
     """
 
     def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0) -> None:
@@ -272,22 +288,37 @@ class Resolver:
     def nameservers(self) -> tuple[str, ...]:
         return tuple(str(ns) for ns in self._nameservers)
 
-    async def query(self, name: str, rdtype: str) -> Answer:
-        """Ask for ``rdtype`` records at ``name`` (an A-label name); raises DnsError when there is no answer."""
+    async def query(self, name: str, rdtype: str, *, dnssec: bool = False) -> Answer:
+        """Ask for ``rdtype`` records at ``name`` (an A-label name); raises DnsError when there is no answer.
+
+        ``dnssec``: ask with the DO bit and keep what DNSSEC validation needs (see :class:`Answer`).
+        """
         key = (name.lower().rstrip("."), rdtype.upper())
         future = self._cache.get(key)
+        if future is not None and dnssec and not await self._has_dnssec(future):
+            future = None
         if future is None:
-            future = asyncio.ensure_future(self._lookup(*key))
+            future = asyncio.ensure_future(self._lookup(*key, dnssec=dnssec))
             self._cache[key] = future
         return await asyncio.shield(future)
 
-    async def _lookup(self, name: str, rdtype: str) -> Answer:
+    @staticmethod
+    async def _has_dnssec(future: asyncio.Future[Answer]) -> bool:
+        try:
+            return (await asyncio.shield(future)).dnssec
+        except DnsError:
+            return False  # a failed plain lookup does not stand in for a DNSSEC one
+
+    async def _lookup(self, name: str, rdtype: str, *, dnssec: bool = False) -> Answer:
         if self._setup_error:
             raise DnsError(self._setup_error)
         qname = dns.name.from_text(name)
         try:
-            async with self._in_flight, asyncio.timeout(self._timeout + _GRACE):
-                response = await self._resolve(qname, rdtype)
+            # The budget starts when the question goes on the wire: waiting for a slot among the questions in
+            # flight is local queueing, and a run with many checks per domain must not time out in it.
+            async with self._in_flight:
+                async with asyncio.timeout(self._timeout + _GRACE):
+                    response = await self._resolve(qname, rdtype, dnssec=dnssec)
         except (_Expired, TimeoutError):
             raise DnsTimeoutError(
                 f"no answer for {name} {rdtype} within {self._timeout:g} s (over UDP, then TCP) from "
@@ -299,16 +330,27 @@ class Resolver:
             raise DnsError(f"{name} {rdtype}: {exc}") from None
         chain = response.resolve_chaining()
         canonical_name = name_text(chain.canonical_name)
+        signed = {
+            "dnssec": True, "authority": tuple(response.authority),
+            "authenticated": bool(response.flags & dns.flags.AD),
+        } if dnssec else {}  # fmt: skip
         if response.rcode() == dns.rcode.NXDOMAIN:
-            return Answer(name, rdtype, DnsStatus.NXDOMAIN, canonical_name)
+            return Answer(name, rdtype, DnsStatus.NXDOMAIN, canonical_name, **signed)  # type: ignore[arg-type]
         if response.flags & dns.flags.TC:
             # Asked again over TCP and truncated there too: it is incomplete, and an incomplete answer is no
             # answer (never "no MX", DNS-08).
             raise DnsError(f"{name} {rdtype}: the answer is truncated even over TCP")
         if chain.answer is None:
-            return Answer(name, rdtype, DnsStatus.NODATA, canonical_name)
-        if rdtype == "MX":
+            return Answer(name, rdtype, DnsStatus.NODATA, canonical_name, **signed)  # type: ignore[arg-type]
+        if rdtype == "MX" and not dnssec:
             self._take_additional(response, chain.answer)
+        if dnssec:
+            covering = response.get_rrset(
+                response.answer, chain.canonical_name, chain.answer.rdclass, dns.rdatatype.RRSIG, chain.answer.rdtype
+            )
+            signatures = tuple(r for r in covering or () if isinstance(r, dns.rdtypes.ANY.RRSIG.RRSIG))
+            return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer), dnssec=True,
+                          signatures=signatures, authenticated=bool(response.flags & dns.flags.AD))  # fmt: skip
         return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer))
 
     def _take_additional(self, response: dns.message.Message, answer: dns.rrset.RRset) -> None:
@@ -325,27 +367,37 @@ class Resolver:
                 given.set_result(Answer(name, rdtype, DnsStatus.OK, name, tuple(rrset)))
                 self._cache[(name, rdtype)] = given
 
-    async def _resolve(self, qname: dns.name.Name, rdtype: str) -> dns.message.QueryMessage:
+    async def _resolve(self, qname: dns.name.Name, rdtype: str, *, dnssec: bool) -> dns.message.QueryMessage:
         """UDP tries for the first part of the budget, then TCP for the rest (module docstring)."""
         clock = asyncio.get_running_loop()
         started = clock.time()
         try:
-            return await self._ask(qname, rdtype, tcp=False, lifetime=self._timeout * _UDP_SHARE)
+            return await self._ask(qname, rdtype, tcp=False, lifetime=self._timeout * _UDP_SHARE, dnssec=dnssec)
         except _Expired:
             pass  # every UDP answer was lost
         remaining = self._timeout - (clock.time() - started)
-        return await self._ask(qname, rdtype, tcp=True, lifetime=max(remaining, 0.001))
+        return await self._ask(qname, rdtype, tcp=True, lifetime=max(remaining, 0.001), dnssec=dnssec)
 
-    async def _ask(self, qname: dns.name.Name, rdtype: str, *, tcp: bool, lifetime: float) -> dns.message.QueryMessage:
-        """One phase: the nameservers in turn until one answers; raises _Expired when ``lifetime`` runs out."""
+    async def _ask(
+        self, qname: dns.name.Name, rdtype: str, *, tcp: bool, lifetime: float, dnssec: bool
+    ) -> dns.message.QueryMessage:
+        """One phase: the nameservers in turn until one answers; raises _Expired when ``lifetime`` runs out.
+
+        A DNSSEC question sets DO (with EDNS, RFC 4035 §3.2.1) and AD (RFC 6840 §5.7): RRSIGs make every answer
+        larger, so only the questions that need them ask for them.
+        """
         clock = asyncio.get_running_loop()
         expires = clock.time() + lifetime
         servers = list(self._nameservers)
         if self._rotate:
             random.shuffle(servers)
         lookup = _Lookup(servers, tcp=tcp)
-        request = dns.message.make_query(qname, rdtype, use_edns=0 if self._edns else None,
-                                         payload=_EDNS_PAYLOAD if self._edns else None)  # fmt: skip
+        if dnssec:
+            request = dns.message.make_query(qname, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
+            request.flags |= dns.flags.AD
+        else:
+            request = dns.message.make_query(qname, rdtype, use_edns=0 if self._edns else None,
+                                             payload=_EDNS_PAYLOAD if self._edns else None)  # fmt: skip
         while True:
             attempt, wait = lookup.next_try()
             if wait:

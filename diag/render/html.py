@@ -32,7 +32,7 @@ from typing import Any
 import jinja2
 
 from diag.errors import ConfigError
-from diag.evidence import SEVERITIES, Observed, Shown, items, mapping, mappings, moment, show_time, text
+from diag.evidence import SEVERITIES, Observed, Section, Shown, items, mapping, mappings, moment, show_time, text
 from diag.registry import Registry
 from diag.render.json import SCHEMA, kind_problem
 from diag.render.text import sanitize
@@ -57,6 +57,8 @@ _COULD_NOT_RUN = ("error", "timeout")
 # Worst first, as the run's verdict ranks them (CONTRACT.md, exit codes): a check that could not run may hide a
 # critical problem, so an unknown domain comes before a warning.
 _VERDICT_ORDER = ("critical", "unknown", "warning", "ok")
+# The heading of each part of a domain's evidence (diag.evidence.Section), in the order of the page.
+_SECTION_TITLES = {Section.MAIL: "Evidence", Section.POLICY: "Mail authentication and transport policy"}
 
 
 # --- public API --------------------------------------------------------------------------------------------
@@ -222,6 +224,21 @@ class _Evidence:
     kind: str
     template: str
     view: Any
+    section: Section = Section.MAIL
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """One part of a domain's evidence (diag.evidence.Section): its heading, a CSS token and its cards."""
+
+    token: str
+    title: str
+    evidence: tuple[_Evidence, ...]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """What the part shows, in words (its summary line names them when it is collapsed)."""
+        return tuple(dict.fromkeys(e.kind for e in self.evidence))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +254,13 @@ class _Domain:
     evidence: tuple[_Evidence, ...]
 
     @property
-    def evidence_kinds(self) -> tuple[str, ...]:
-        """What the evidence part shows, in words (its summary line names them when it is collapsed)."""
-        return tuple(dict.fromkeys(e.kind for e in self.evidence))
+    def sections(self) -> tuple[_Section, ...]:
+        """The evidence by part, in the order of diag.evidence.Section; parts without a card are left out."""
+        return tuple(
+            _Section(section.value, _SECTION_TITLES[section], cards)
+            for section in Section
+            if (cards := tuple(e for e in self.evidence if e.section is section))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +365,9 @@ def _evidence(check: Mapping[str, Any], view: _Check, finished: datetime | None,
     if spec.evidence is None or view.status != "completed":
         return None
     shown = spec.evidence.view(Observed(facts, tuple(f.shown for f in view.findings), finished))
-    return None if shown is None else _Evidence(spec.evidence.kind, f"checks/{spec.id}.html.j2", shown)
+    if shown is None:
+        return None
+    return _Evidence(spec.evidence.kind, f"checks/{spec.id}.html.j2", shown, spec.evidence.section)
 
 
 def _check_view(check: Mapping[str, Any], anchor: str) -> _Check:

@@ -127,6 +127,7 @@ async def _engine(request: CheckRequest) -> Report:
         options = dataclasses.replace(
             request.options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
             ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
+            trust_anchors=lab_options.trust_anchors, https_port=lab_options.https_port,
             probe=probe and dataclasses.replace(probe, maildir_root=running.maildir, sends=running.sent_record()),
         )  # fmt: skip
         return await _with_progress(request.domains, request.registry, options, progress)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from diag.lab.runner import Lab
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.net.tls import CertInfo, Trust
+from diag.registry import Registry
 from diag.render.monitoring import STAGES, check_state, junit, nagios, prometheus
 from diag.render.text import sanitize
 from diag.runner import run_checks
@@ -41,7 +43,13 @@ CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # anything but tab and ne
 @pytest.fixture(scope="module")
 def report(lab: Lab) -> Report:
     options = lab.run_options(timeout=1.0)  # the tarpit costs one timeout
-    return asyncio.run(run_checks(LAB_DOMAINS, default_registry(), options))
+    return asyncio.run(run_checks(LAB_DOMAINS, mail_checks(), options))
+
+
+def mail_checks() -> Registry:
+    """The mail checks and the probes: the counts in these tests are about the formats, not about which checks
+    there are."""
+    return default_registry().select(["mx", "port25", "starttls", "certificate", "connectors", "e2e"])
 
 
 def _domain(report: Report, name: str) -> DomainReport:
@@ -332,7 +340,7 @@ def test_prometheus_lab_run(report: Report) -> None:
     assert one(found, "diag_check_status", domain="tarpit.example", check="port25") == 2
     assert {v for k, v in found["diag_check_status"].items() if ("domain", "contoso.com") in k} == {0}
     # Every severity of every check has a sample, zeros included.
-    assert len(found["diag_findings"]) == len(LAB_DOMAINS) * len(default_registry().ids) * len(Severity)
+    assert len(found["diag_findings"]) == len(LAB_DOMAINS) * len(mail_checks().ids) * len(Severity)
     assert one(found, "diag_findings", domain="expired.example", check="certificate", severity="critical") == 1
     assert one(found, "diag_findings", domain="expired.example", check="certificate", severity="info") == 0
     assert one(found, "diag_findings", domain="contoso.com", check="connectors", severity="info") == 3
@@ -421,7 +429,7 @@ def test_the_same_problems_on_another_port_keep_their_series(lab: Lab, report: R
 
     async def elsewhere() -> tuple[Report, int]:
         async with Lab() as other:
-            return await run_checks(domains, default_registry(), other.run_options(timeout=1.0)), other.smtp_port
+            return await run_checks(domains, mail_checks(), other.run_options(timeout=1.0)), other.smtp_port
 
     here = _report(*(_domain(report, name) for name in domains))
     there, port = asyncio.run(elsewhere())
@@ -549,6 +557,39 @@ def test_junit_lab_run(report: Report) -> None:
     assert (expiring.findtext("system-out") or "").startswith("WARNING CERT_EXPIRING ")
     tarpit = case(root, "tarpit.example", "port25")
     assert float(tarpit.get("time", "0")) == _domain(report, "tarpit.example").result("port25").duration_ms / 1000
+
+
+# --- the policy checks (issue 14): carried like any check, through their findings -------------------------------
+
+
+def test_the_policy_checks_in_every_monitoring_format(lab_domains: Callable[..., Report]) -> None:
+    """Given the shared lab run's seed domain and three policy defects, then the plugin line names the policy
+    findings, Prometheus has a status and finding counts per policy check, and JUnit a testcase per policy check
+    (failing on an error finding) beside the mail checks'."""
+    report = lab_domains("contoso.com", "spflookups.example", "danebad.example", "badsig.example")
+    policy = ("spf", "dkim", "dmarc", "mtasts", "tlsrpt", "dane", "dnssec")
+
+    state, summary, _, long = parse_plugin(nagios(report))
+    assert state == "CRITICAL" and summary.startswith("4 domains: 3 critical, 1 ok; ")
+    for line in ("[CRITICAL] danebad.example dane: DANE_MISMATCH mx.danebad.example [127.0.20.31]:",
+                 "[ERROR] spflookups.example spf: SPF_TOO_MANY_LOOKUPS spflookups.example - The SPF policy",
+                 "[ERROR] badsig.example dnssec: DNSSEC_BOGUS badsig.example MX - "):  # fmt: skip
+        assert any(entry.startswith(line) for entry in long), line
+
+    found = samples(prometheus(report))
+    for check_id in policy:
+        assert one(found, "diag_check_status", domain="contoso.com", check=check_id) == 0, check_id
+    assert one(found, "diag_findings", domain="spflookups.example", check="spf", severity="error") == 1
+    assert one(found, "diag_check_status", domain="danebad.example", check="dane") == 2
+    assert one(found, "diag_findings", domain="badsig.example", check="dnssec", severity="info") == 1  # its MX host
+
+    root = parse_junit(junit(report))
+    assert {c.get("name") for c in root.iter("testcase") if c.get("classname") == "contoso.com"} >= set(policy)
+    assert all(case(root, "contoso.com", check_id).find("failure") is None for check_id in policy)
+    failure = case(root, "spflookups.example", "spf").find("failure")
+    assert failure is not None and failure.get("type") == "SPF_TOO_MANY_LOOKUPS"
+    assert case(root, "spflookups.example", "dkim").find("skipped") is not None  # not an accepted domain
+    assert case(root, "badsig.example", "dnssec").find("failure").get("type") == "DNSSEC_BOGUS"  # type: ignore[union-attr]
 
 
 def test_junit_warnings_fail_on_request(report: Report) -> None:
