@@ -148,23 +148,40 @@ def checkdmarc_summary(result: dict[str, object]) -> dict[str, str]:
         "mta_sts": verdict("mta_sts", f"mode {sts_policy.get('mode')}, mx {sts_policy.get('mx')}"
                            if sts.get("valid") else "not valid"),
         "tlsrpt": verdict("smtp_tls_reporting", "valid" if part("smtp_tls_reporting").get("valid") else "not valid"),
+        "mx": "; ".join(str(w) for w in part("mx").get("warnings") or []) or "no warnings",
         "dnssec": str(result.get("dnssec")),
     }  # fmt: skip
 
 
 def finger_verdict(output: str) -> str:
     """posttls-finger's verdict: the kind of TLS connection it made, or why it made none."""
+    basis = ("DANE match" if "Matched DANE" in output else "DANE: no matching TLSA" if "no matching DANE" in output
+             else "CA and name, TLSA not used" if "matched peername" in output else "")  # fmt: skip
     for line in output.splitlines():
         for kind in ("Verified", "Trusted", "Untrusted", "Anonymous"):
             if f"{kind} TLS connection established" in line:
-                return kind
+                return f"{kind} ({basis})" if basis else kind
     for line in output.splitlines():
         if "posttls-finger: " in line and ("TLSA" in line or "DNSSEC" in line or "MX" in line or "fail" in line):
             return line.split("posttls-finger: ", 1)[1].strip()
     return output.strip().splitlines()[-1] if output.strip() else "(no output)"
 
 
-async def collect(directory: Path) -> list[dict[str, object]]:
+async def _tlsa_via_resolver(domain: str) -> str:
+    """What the validating resolver answers for the TLSA record of the domain's MX host: rcode and AD bit."""
+    import dns.asyncquery
+    import dns.flags
+    import dns.message
+    import dns.rcode
+
+    query = dns.message.make_query(f"_25._tcp.mx.{domain}." if domain.endswith(".example") else
+                                   "_25._tcp.contoso-com.mail.protection.outlook.com.", "TLSA", want_dnssec=True)
+    query.flags |= dns.flags.AD
+    answer = await dns.asyncquery.udp(query, RESOLVER_IP, timeout=5)
+    return f"{dns.rcode.to_text(answer.rcode())}, AD={'1' if answer.flags & dns.flags.AD else '0'}, {len(answer.answer)} RRsets"
+
+
+async def collect(directory: Path, raw: dict[str, object]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     async with Lab(smtp_port=25, dns_port=53) as lab:
         forwarders = [await _forward(ip, 443, (ip, lab.https_port)) for _name, ip, _policy in lab.world.sts]
@@ -186,9 +203,11 @@ async def collect(directory: Path) -> list[dict[str, object]]:
                 finger = None
                 if domain in DANE_DOMAINS:
                     _code, out, err = await _run(
-                        [POSTTLS_FINGER, "-c", "-l", "dane", "-F", str(lab.ca_file), domain], timeout=30
+                        [POSTTLS_FINGER, "-c", "-l", "dane", "-o", "dnssec_probe=ns:example", "-F", str(lab.ca_file),
+                         domain], timeout=30,
                     )
                     finger = finger_verdict(out + err)
+                    raw[domain] = {"posttls-finger": out + err, "unbound TLSA": await _tlsa_via_resolver(domain)}
                 rows.append({"domain": domain, "diag": diag, "checkdmarc": checkdmarc, "posttls-finger": finger})
         finally:
             unbound.terminate()
@@ -196,6 +215,50 @@ async def collect(directory: Path) -> list[dict[str, object]]:
             for server in forwarders:
                 server.close()
     return rows
+
+
+# Per aspect: diag's check, the code that means "fine", and where the other tool's verdict is.
+ASPECTS = (("SPF", "spf", "SPF_OK", "spf"), ("DMARC", "dmarc", "DMARC_OK", "dmarc"),
+           ("MTA-STS", "mtasts", "MTASTS_OK", "mta_sts"), ("TLS-RPT", "tlsrpt", "TLSRPT_OK", "tlsrpt"),
+           ("DNSSEC", "dnssec", "DNSSEC_OK", "dnssec"), ("DANE", "dane", "DANE_OK", "posttls-finger"))  # fmt: skip
+
+
+def _other_fine(row: dict[str, object], aspect: str, key: str) -> bool | None:
+    """Whether checkdmarc (or posttls-finger, for DANE) found nothing wrong; None: the tool was not run."""
+    if key == "posttls-finger":
+        verdict = row["posttls-finger"]
+        return None if verdict is None else "DANE match" in str(verdict)
+    checkdmarc = row["checkdmarc"]
+    assert isinstance(checkdmarc, dict)
+    text = str(checkdmarc.get(key, ""))
+    if key == "dnssec":
+        return text == "True"
+    fine = not text.startswith("error") and "warning" not in text
+    if key == "mta_sts":  # checkdmarc reports MX hosts outside the policy's patterns with the MX hosts
+        fine = fine and "MTA-STS" not in str(checkdmarc.get("mx", ""))
+    return fine
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    """One line per domain and aspect: diag's codes, the other tool's verdict, and ``!`` where they disagree."""
+    lines = ["| domain | aspect | diag | other tool | agree |", "|---|---|---|---|---|"]
+    for row in rows:
+        diag = row["diag"]
+        checkdmarc = row["checkdmarc"]
+        assert isinstance(diag, dict) and isinstance(checkdmarc, dict)
+        for aspect, check, fine_code, key in ASPECTS:
+            codes = sorted(set(diag.get(check, [])))
+            other = _other_fine(row, aspect, key)
+            if other is None:
+                continue
+            verdict = row["posttls-finger"] if key == "posttls-finger" else checkdmarc.get(key)
+            if key == "mta_sts" and "MTA-STS" in str(checkdmarc.get("mx", "")):
+                verdict = f"{verdict}; mx: {checkdmarc['mx']}"
+            tool = "posttls-finger" if key == "posttls-finger" else "checkdmarc"
+            agree = "yes" if (codes == [fine_code]) == other else "**!**"
+            text = str(verdict).replace("|", "/")
+            lines.append(f"| {row['domain']} | {aspect} | {' '.join(codes)} | {tool}: {text} | {agree} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -212,10 +275,11 @@ def main() -> None:
         os.execvpe("unshare", ["unshare", "-n", "-m", "--propagation", "private", sys.executable, *sys.argv], env)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with tempfile.TemporaryDirectory(prefix="diag-agreement-") as directory:
-        rows = asyncio.run(collect(Path(directory)))
+        raw: dict[str, object] = {}
+        rows = asyncio.run(collect(Path(directory), raw))
     if args.output:
-        args.output.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(rows, indent=2))
+        args.output.write_text(json.dumps({"rows": rows, "raw": raw}, indent=2) + "\n", encoding="utf-8")
+    print(table(rows), end="")
 
 
 if __name__ == "__main__":
