@@ -83,11 +83,11 @@ def _unbound_config(lab: Lab, directory: Path) -> Path:
     return config
 
 
-async def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60.0) -> tuple[int, str, str]:
+async def _run(argv: list[str], env: dict[str, str] | None = None, limit: float = 60.0) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    out, err = await asyncio.wait_for(process.communicate(), limit)
     return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -178,7 +178,8 @@ async def _tlsa_via_resolver(domain: str) -> str:
                                    "_25._tcp.contoso-com.mail.protection.outlook.com.", "TLSA", want_dnssec=True)
     query.flags |= dns.flags.AD
     answer = await dns.asyncquery.udp(query, RESOLVER_IP, timeout=5)
-    return f"{dns.rcode.to_text(answer.rcode())}, AD={'1' if answer.flags & dns.flags.AD else '0'}, {len(answer.answer)} RRsets"
+    ad = "1" if answer.flags & dns.flags.AD else "0"
+    return f"{dns.rcode.to_text(answer.rcode())}, AD={ad}, {len(answer.answer)} RRsets"
 
 
 async def collect(directory: Path, raw: dict[str, object]) -> list[dict[str, object]]:
@@ -190,7 +191,7 @@ async def collect(directory: Path, raw: dict[str, object]) -> list[dict[str, obj
             await _wait_for_resolver()
             resolv = directory / "resolv.conf"
             resolv.write_text(f"nameserver {RESOLVER_IP}\noptions trust-ad\n", encoding="ascii")
-            subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+            await asyncio.to_thread(subprocess.run, ["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
             checkdmarc_env = {**os.environ, "REQUESTS_CA_BUNDLE": str(lab.ca_file)}
             for domain in DOMAINS:
                 _code, out, err = await _run(
@@ -204,7 +205,7 @@ async def collect(directory: Path, raw: dict[str, object]) -> list[dict[str, obj
                 if domain in DANE_DOMAINS:
                     _code, out, err = await _run(
                         [POSTTLS_FINGER, "-c", "-l", "dane", "-o", "dnssec_probe=ns:example", "-F", str(lab.ca_file),
-                         domain], timeout=30,
+                         domain], limit=30,
                     )
                     finger = finger_verdict(out + err)
                     raw[domain] = {"posttls-finger": out + err, "unbound TLSA": await _tlsa_via_resolver(domain)}
