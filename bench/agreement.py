@@ -142,13 +142,15 @@ def checkdmarc_summary(result: dict[str, object]) -> dict[str, str]:
     sts = part("mta_sts")
     sts_policy = sts.get("policy") or {}
     assert isinstance(sts_policy, dict)
+    mx_warnings = part("mx").get("warnings") or []
+    assert isinstance(mx_warnings, list)
     return {
         "spf": verdict("spf", f"valid, {spf.get('dns_lookups')} lookups" if spf.get("valid") else "not valid"),
         "dmarc": verdict("dmarc", f"p={policy}" if dmarc.get("valid") else "not valid"),
         "mta_sts": verdict("mta_sts", f"mode {sts_policy.get('mode')}, mx {sts_policy.get('mx')}"
                            if sts.get("valid") else "not valid"),
         "tlsrpt": verdict("smtp_tls_reporting", "valid" if part("smtp_tls_reporting").get("valid") else "not valid"),
-        "mx": "; ".join(str(w) for w in part("mx").get("warnings") or []) or "no warnings",
+        "mx": "; ".join(str(w) for w in mx_warnings) or "no warnings",
         "dnssec": str(result.get("dnssec")),
     }  # fmt: skip
 
