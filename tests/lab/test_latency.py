@@ -107,7 +107,9 @@ def test_results_through_the_latency_equal_those_without_it(lab: Lab, slow_lab: 
     domains = ["contoso.com", "multi.example", "refused.example", "expired.example", "notls.example"]
 
     def findings(where: Lab) -> list[tuple[str, str, list[str]]]:
-        report = run(run_checks(domains, default_registry(), where.run_options(timeout=10)))
+        # The mail checks: the policy checks and the probes add questions and messages, not other paths.
+        registry = default_registry().select(["mx", "port25", "starttls", "certificate"])
+        report = run(run_checks(domains, registry, where.run_options(timeout=10)))
         return [(d.domain, r.check_id, [f.code for f in r.findings]) for d in report.domains for r in d.results]
 
     # Then every check of every domain found the same
