@@ -702,33 +702,6 @@ def probe(sender: str | None, recipient: str | None, via: str | None, watch: str
     return report.exit_code
 
 
-def _write(target: str, text: str, *, option: str) -> None:
-    """Write ``text`` to stdout (``-``) or atomically to a file: a collector or a browser never sees half of it."""
-    if target == "-":
-        sys.stdout.write(text)
-        return
-    import tempfile
-
-    path = Path(target)
-    tmp = None
-    try:
-        if path.exists() and not path.is_file():
-            # A device or a pipe (/dev/stdout, a FIFO a collector reads): write into it; replacing it with a
-            # regular file would destroy it.
-            with path.open("w", encoding="utf-8") as handle:
-                handle.write(text)
-            return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"{option} {target!r}: cannot write it: {exc.strerror}") from None
-
-
 @cli.command()
 @click.argument("result", type=_input(dash=True), metavar="RESULT.json|-")
 @click.option("--html", "html_out", type=_output(), default=None, metavar="FILE",
