@@ -29,14 +29,14 @@ from typing import Any, assert_never
 from diag import evidence as ev
 from diag.config import MAX_PROBES
 from diag.context import CheckContext, RunOptions
-from diag.evidence import Evidence, Measurements, Observed, ProbeArrival
+from diag.evidence import Evidence, Measurements, MessagePath, Observed, PathHop, ProbeArrival
 from diag.model import Finding, Severity
 from diag.probe.judge import Outcome as Judged
 from diag.probe.judge import Verdict
 from diag.probe.run import E2eFacts, Held, ProbeFacts, ProbeSetup, execute
 from diag.registry import Check, Outcome
 
-__all__ = ["CHECK", "E2eView", "PathHop", "ProbePath", "assess", "measure", "probe", "probe_findings", "view"]
+__all__ = ["CHECK", "E2eView", "assess", "measure", "probe", "probe_findings", "view"]
 
 # The cloud's own texts for what a refusal or a bounce says (exchange-model.md §10), matched by enhanced status
 # code, with what to do about each.
@@ -250,32 +250,10 @@ async def run(ctx: CheckContext) -> Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class PathHop:
-    """One hop of a probe's path as the report draws it (the fields report_templates/macros.html.j2's hops
-    macro reads): the server that wrote the Received line, the TLS, and the rest in words."""
-
-    number: int
-    host: str
-    address: str
-    tls: str
-    connector: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ProbePath:
-    """A probe's path: its name and how it ended (the title), a hop per Received line; a probe that never arrived
-    ends where it was last known (accepted by its Via)."""
-
-    title: str
-    hops: tuple[PathHop, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class E2eView:
     """The end-to-end evidence: a path per probe."""
 
-    paths: tuple[ProbePath, ...]
+    paths: tuple[MessagePath, ...]
 
 
 def _path_hop(number: int, hop: Mapping[str, Any]) -> PathHop:
@@ -313,7 +291,7 @@ def view(observed: Observed) -> E2eView | None:
             hops[at] = replace(hops[at], detail="; ".join(filter(None, (hops[at].detail, "the reflector answered"))))
             ended += " · round trip"
         if hops:
-            paths.append(ProbePath(f"{ev.text(probe.get('name'))}{ended}", tuple(hops)))
+            paths.append(MessagePath(f"{ev.text(probe.get('name'))}{ended}", tuple(hops)))
     return E2eView(tuple(paths)) if paths else None
 
 

@@ -35,7 +35,9 @@ __all__ = [
     "Evidence",
     "Failing",
     "Measurements",
+    "MessagePath",
     "Observed",
+    "PathHop",
     "ProbeArrival",
     "Section",
     "Shown",
@@ -125,6 +127,27 @@ class Evidence:
     kind: str
     view: Callable[[Observed], Any]
     section: Section = Section.MAIL
+
+
+@dataclass(frozen=True, slots=True)
+class PathHop:
+    """One hop of a message's path as the report draws it (the fields report_templates/macros.html.j2's hops
+    macro reads): the server that wrote the Received line, the TLS, and the rest in words."""
+
+    number: int
+    host: str
+    address: str
+    tls: str
+    connector: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePath:
+    """A message's path: a title (which message, how it ended) and a hop per Received line."""
+
+    title: str
+    hops: tuple[PathHop, ...]
 
 
 @dataclass(frozen=True, slots=True)

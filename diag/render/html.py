@@ -32,7 +32,20 @@ from typing import Any
 import jinja2
 
 from diag.errors import ConfigError
-from diag.evidence import SEVERITIES, Observed, Section, Shown, items, mapping, mappings, moment, show_time, text
+from diag.evidence import (
+    SEVERITIES,
+    MessagePath,
+    Observed,
+    PathHop,
+    Section,
+    Shown,
+    items,
+    mapping,
+    mappings,
+    moment,
+    show_time,
+    text,
+)
 from diag.registry import Registry
 from diag.render.json import SCHEMA, kind_problem
 from diag.render.text import sanitize
@@ -201,22 +214,6 @@ class _Check:
 
 
 @dataclass(frozen=True, slots=True)
-class _Hop:
-    number: int
-    host: str
-    address: str
-    tls: str
-    connector: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Hops:
-    title: str
-    hops: tuple[_Hop, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class _Evidence:
     """One card of a domain's evidence: a check's view and its partial, or (template "") the hops of a check
     this diag does not know."""
@@ -361,7 +358,7 @@ def _evidence(check: Mapping[str, Any], view: _Check, finished: datetime | None,
     spec = registry[view.id] if view.id in registry else None
     if spec is None:
         hops = _hops(facts.get("hops"))
-        return _Evidence("message path", "", _Hops(view.title, hops)) if hops else None
+        return _Evidence("message path", "", MessagePath(view.title, hops)) if hops else None
     if spec.evidence is None or view.status != "completed":
         return None
     shown = spec.evidence.view(Observed(facts, tuple(f.shown for f in view.findings), finished))
@@ -451,11 +448,11 @@ def _problems(domains: Sequence[_Domain]) -> tuple[_Problem, ...]:
 # message path, in a result saved by a newer diag).
 
 
-def _hops(value: Any) -> tuple[_Hop, ...]:
+def _hops(value: Any) -> tuple[PathHop, ...]:
     hops = []
     for number, hop in enumerate(items(value), 1):
         if not isinstance(hop, Mapping):
-            hops.append(_Hop(number, text(hop), "", "", "", ""))
+            hops.append(PathHop(number, text(hop), "", "", "", ""))
             continue
         tls = hop.get("tls")
         if isinstance(tls, Mapping):
@@ -466,7 +463,7 @@ def _hops(value: Any) -> tuple[_Hop, ...]:
             tls_text = text(tls)
         known = ("host", "name", "by", "ip", "address", "tls", "connector")
         detail = "; ".join(f"{text(k)}: {text(v)}" for k, v in hop.items() if k not in known and v not in (None, ""))
-        hops.append(_Hop(
+        hops.append(PathHop(
             number=number,
             host=text(_first(hop, "host", "name", "by")),
             address=text(_first(hop, "ip", "address")),
