@@ -10,7 +10,12 @@ from diag.registry import Registry
 __all__ = ["MODULES", "default_registry"]
 
 # Module names under ``checks``, in the order their results are shown.
-MODULES = ("mx", "port25", "starttls", "certificate", "connectors")
+MODULES = (
+    "mx", "port25", "starttls", "certificate", "connectors",
+    # mail authentication and transport policy (issue 14)
+    "spf", "dkim", "dmarc", "mtasts", "tlsrpt", "dane", "dnssec",
+    "e2e",
+)  # fmt: skip
 
 
 def default_registry() -> Registry:

@@ -8,11 +8,8 @@ default) and never a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import os
-import signal
 import stat
 import sys
 from collections.abc import Sequence
@@ -25,8 +22,10 @@ from diag import __version__
 from diag.errors import ConfigError, DiagError, UsageError
 
 if TYPE_CHECKING:
-    from diag.config import Organization
+    from diag.config import Organization, ProbeConfig
     from diag.net.dns import Nameserver
+    from diag.policy.dnssec import TrustAnchor
+    from diag.probe.run import ProbeOptions
     from diag.registry import Registry
     from diag.relay.settings import RelaySettings
 
@@ -226,7 +225,16 @@ def _check_ca_file(path: Path) -> Path:
     return path
 
 
-def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Registry:
+def _probe_options(probes: Sequence[ProbeConfig], history: Path | None) -> ProbeOptions | None:
+    """The end-to-end probes' secrets, captured from the environment once, and their record of sends beside the
+    history database (none without probes)."""
+    from diag.probe.pace import default_record_path
+    from diag.probe.run import ProbeOptions
+
+    return ProbeOptions.capture(os.environ, probes, sends=default_record_path(history)) if probes else None
+
+
+def _select(registry: Registry, ids: Sequence[str], *, configured: bool, probing: bool = False) -> Registry:
     from diag.registry import Registry
 
     unknown = [check_id for check_id in ids if check_id not in registry]
@@ -239,16 +247,24 @@ def _select(registry: Registry, ids: Sequence[str], *, configured: bool) -> Regi
         if needing:
             raise UsageError(f"--check {needing[0]}: needs the organization's configuration (--config FILE)")
         registry = Registry(check for check in registry if "config" not in check.tags)
+    elif not probing:
+        # Checks that send mail (end-to-end probes) run only for configured [[Probe]] tables.
+        needing = [check_id for check_id in ids if "active" in registry[check_id].tags]
+        if needing:
+            raise UsageError(f"--check {needing[0]}: needs [[Probe]] tables in the configuration")
+        registry = Registry(check for check in registry if "active" not in check.tags)
     return registry.select(ids)
 
 
 def _organization(path: Path | None, *, lab: bool) -> Organization | None:
     """The configuration given, or with --lab the lab's example organization."""
-    from diag.config import load_config
-
     if path is None and lab:
         path = _lab_example()
-    return load_config(path) if path is not None else None
+    if path is None:
+        return None
+    from diag.config import load_config  # tomllib and the schema: only when there is a file to read
+
+    return load_config(path)
 
 
 def _lab_example() -> Path:
@@ -277,6 +293,27 @@ def _client_certificate(path: Path) -> tuple[bytes, ...]:
     if not (info.dns_names or info.common_names):
         raise ConfigError(f"--client-cert {str(path)!r}: the certificate names no host (no SAN, no CN)")
     return tuple(cert.public_bytes(Encoding.DER) for cert in certs)
+
+
+def _trust_anchors(path: Path) -> tuple[TrustAnchor, ...]:
+    from diag.policy.dnssec import parse_anchors
+
+    try:
+        return parse_anchors(path.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--trust-anchor {str(path)!r}: cannot read it: {getattr(exc, 'strerror', exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--trust-anchor {str(path)!r}: {exc}") from None
+
+
+def _validating(flag: bool, resolvers: Sequence[str], *, lab: bool) -> bool:
+    """``--validating-resolver`` only for resolvers on this host: a remote AD bit can be forged on the way."""
+    from diag.policy.dnssec import ad_bit_trustworthy
+
+    if flag and (lab or not ad_bit_trustworthy([_parse_resolver(r) for r in resolvers])):
+        raise UsageError("--validating-resolver needs --resolver on this host (127.0.0.1, ::1): the AD bit of a "
+                         "resolver elsewhere can be forged on the way")  # fmt: skip
+    return flag
 
 
 def _ip(text: str, option: str) -> str:
@@ -313,6 +350,13 @@ def _ip(text: str, option: str) -> str:
               help="The certificate chain (leaf first) the on-premises server presents to the cloud. Default: its "
               "listener's.")
 @click.option("--sender-ip", default=None, metavar="IP", help="The address the on-premises server sends from.")
+@click.option("--https-port", type=_Whole(1, 65535), default=443, show_default=True,
+              help="Port to fetch MTA-STS policies on (mta-sts.DOMAIN).")
+@click.option("--trust-anchor", "trust_anchor", type=_input(), default=None, metavar="FILE",
+              help="DNSSEC trust anchors (DS or DNSKEY lines in zone-file form). Default: the root zone's.")
+@click.option("--validating-resolver", is_flag=True,
+              help="Take DNSSEC results from the AD bit of --resolver (a validating resolver on this host) "
+              "instead of validating from the trust anchor.")
 @click.option("--allow-private", is_flag=True,
               help="Also probe MX addresses that are not public (loopback, private ranges); refused by default.")
 @click.option("--cert-warn-days", type=_Whole(0, 3650, "days"), default=30, show_default=True, metavar="DAYS",
@@ -363,6 +407,9 @@ def check(
     routing_order: str,
     client_cert: Path | None,
     sender_ip: str | None,
+    https_port: int,
+    trust_anchor: Path | None,
+    validating_resolver: bool,
     allow_private: bool,
     cert_warn_days: int,
     cert_crit_days: int,
@@ -394,11 +441,12 @@ def check(
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import local_host_name, mail_domain
-    from diag.notify import NotifyPolicy
     from diag.routing import RoutingOrder
     from diag.unattended import CheckRequest, Notification, Outputs, View, execute
 
     if verbose:
+        import logging
+
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
     if lab and (resolvers or smtp_port or ca_file):
         raise UsageError("--lab sets --resolver, --smtp-port and --ca-file itself; give either --lab or those")
@@ -408,12 +456,17 @@ def check(
         raise UsageError("no domain to check: give DOMAIN arguments or --domains-file")
     if lab:
         _in_the_lab(names)
-    notification = Notification(NotifyPolicy(notify_policy), mail=notify_mail, smtp_server=smtp_server,
-                                webhook=webhook)  # fmt: skip
+    notification = None
+    if notify_mail or webhook or smtp_server:  # diag.notify (mail, HTTP) is imported only for a run that notifies
+        from diag.notify import NotifyPolicy
+
+        notification = Notification(NotifyPolicy(notify_policy), mail=notify_mail, smtp_server=smtp_server,
+                                    webhook=webhook)  # fmt: skip
     outputs = Outputs(json=json_out, html=html_out, view=View(view), prom=prom_out, junit=junit_out, quiet=quiet,
                       no_color=no_color)  # fmt: skip
     organization = _organization(config_path, lab=lab)
-    registry = _select(default_registry(), check_ids, configured=organization is not None)
+    probes = organization.probes if organization is not None else ()
+    registry = _select(default_registry(), check_ids, configured=organization is not None, probing=bool(probes))
     options = RunOptions(
         nameservers=tuple(_parse_resolver(r) for r in resolvers),
         smtp_port=smtp_port or 25,
@@ -429,7 +482,14 @@ def check(
         routing_order=RoutingOrder(routing_order),
         client_cert=_client_certificate(client_cert) if client_cert else (),
         sender_ip=_ip(sender_ip, "--sender-ip") if sender_ip else None,
+        probe=_probe_options(probes, history_path),
+        https_port=https_port,
+        validating_resolver=_validating(validating_resolver, resolvers, lab=lab),
     )
+    if trust_anchor:
+        import dataclasses
+
+        options = dataclasses.replace(options, trust_anchors=_trust_anchors(trust_anchor))
     return execute(CheckRequest(
         tuple(names), registry, options, outputs=outputs, notification=notification, checks=check_ids,
         config=config_path, lab=lab, lock=lock_path, history=history_path, keep_history=not no_history,
@@ -520,6 +580,131 @@ def route(addresses: tuple[str, ...], config_path: Path | None, lab: bool, routi
     if json_out != "-":
         render_plain(items, sys.stdout)
     return Verdict.of_findings(f for item in items for f in item.findings).exit_code
+
+
+@cli.command()
+@click.option("--from", "sender", metavar="ADDR", default=None, help="The probe's sender (envelope and From).")
+@click.option("--to", "recipient", metavar="ADDR", default=None, help="The probe's recipient.")
+@click.option("--via", metavar="HOST[:PORT]", default=None,
+              help="Where the probe enters (port 465: implicit TLS).  [default: the recipient domain's MX, port 25]")
+@click.option("--watch", metavar="URL", default=None,
+              help="Where its arrival is observed: maildir:PATH, imap://HOST[:PORT]/FOLDER (STARTTLS) or imaps://...; "
+                   "password from DIAG_WATCH_PASSWORD, or an OAuth2 token from DIAG_WATCH_TOKEN (XOAUTH2).")
+@click.option("--watch-user", metavar="USER", default=None, help="The IMAP user, unless the URL names it.")
+@click.option("--deadline", type=_Seconds(1, 86400), default=None, metavar="SECONDS",
+              help="How long after its acceptance it may take to arrive.  [default: 300]")
+@click.option("--slow", type=_Seconds(0, 86400), default=None, metavar="SECONDS",
+              help="An arrival later than this is a warning (E2E_SLOW).")
+@click.option("--min-interval", type=_Seconds(1, 86400), default=None, metavar="SECONDS",
+              help="Do not send the probe again if this diag user sent it less than SECONDS ago.  [default: 60]")
+@click.option("--round-trip", is_flag=True,
+              help="--to is a reflector (a diag relay's Reflect address) and --watch the sender's mailbox: wait "
+                   "for its answer and report both legs.")
+@click.option("--dry-run", is_flag=True,
+              help="Show what would be sent (From, To, Via looked up, Watch, times), one line per probe, or the "
+                   "JSON list with --json; send nothing, log in nowhere.")
+@click.option("--keep", is_flag=True, help="Leave the probe (and any DSN) in the mailbox.")
+@click.option("--require-tls", is_flag=True, help="Refuse to submit the probe without TLS.")
+@click.option("--auth", "auth_user", metavar="USER", default=None,
+              help="Authenticate the submission as USER with the password in DIAG_SMTP_PASSWORD.")
+@click.option("--client-cert", type=_input(), default=None, metavar="PEM",
+              help="Present this certificate chain when submitting.")
+@click.option("--client-key", type=_input(), default=None, metavar="PEM",
+              help="Its private key, when not in the --client-cert file.")
+@click.option("--config", "config_path", type=_input(), default=None, metavar="FILE",
+              help="The organization's configuration: run its [[Probe]] tables; its connectors predict the route.")
+@click.option("--name", default=None, metavar="NAME", help="Run only the [[Probe]] of this Name.")
+@click.option("--lab", is_flag=True,
+              help="In a throw-away lab: its example configuration's four probes unless others are given.")
+@click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]",
+              help="DNS server to ask (repeatable). Default: the system's resolver.")
+@click.option("--ca-file", type=_input(), default=None, metavar="PEM",
+              help="Trust these CA certificates instead of the system store (SMTP and IMAP alike).")
+@click.option("--ehlo-name", metavar="NAME", default=None, help="Name to announce in EHLO. Default: this host's.")
+@click.option("--allow-private", is_flag=True,
+              help="Submit to an MX address that is not public (loopback, private ranges); refused by default.")
+@click.option("--timeout", type=_Seconds(0.1, 600), default=10.0, show_default=True, metavar="SECONDS",
+              help="Time limit of each network operation.")
+@click.option("--json", "json_out", type=_output(dash=True), metavar="FILE|-", default=None,
+              help="Write the JSON result to FILE or stdout.")
+@click.option("--html", "html_out", type=_output(), default=None, metavar="FILE",
+              help="Write a self-contained HTML report.")
+@click.option("--lock", "lock_path", type=_output(), default=None, metavar="FILE",
+              help="Refuse to overlap another run holding FILE. Default: a per-user lock file when not on a terminal.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only problems; nothing when all is well.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens to stderr.")
+@click.option("--no-color", is_flag=True, help="No colour in the terminal view.")
+def probe(sender: str | None, recipient: str | None, via: str | None, watch: str | None, watch_user: str | None,
+          deadline: float | None, slow: float | None, min_interval: float | None, round_trip: bool, dry_run: bool,
+          keep: bool, require_tls: bool,
+          auth_user: str | None,
+          client_cert: Path | None, client_key: Path | None, config_path: Path | None, name: str | None, lab: bool,
+          resolvers: tuple[str, ...], ca_file: Path | None, ehlo_name: str | None, allow_private: bool,
+          timeout: float, json_out: str | None, html_out: Path | None, lock_path: Path | None, quiet: bool,
+          verbose: bool, no_color: bool) -> int:  # fmt: skip
+    """Send an end-to-end test message and prove it arrived: where, when, over which hops, with which TLS.
+
+    One probe: --from, --to and --watch (and --via). Or the [[Probe]] tables of --config (--name: one of them).
+    Or --lab alone: the lab's four flows, John<->Sun and John<->Bob. Exit codes as for diag check; a mailbox that
+    cannot be read is E2E_WATCH_FAILED, exit 3. At most 20 probes a run, and a probe this user sent less than its
+    MinInterval ago is not sent again (E2E_NOT_SENT). --dry-run shows what would be sent, and exits 0.
+    """
+    from checks import default_registry
+    from diag.context import RunOptions
+    from diag.names import local_host_name
+    from diag.probe.run import (
+        SMTP_PASSWORD_VARIABLE,
+        ProbeOptions,
+        Request,
+        plan_probes,
+        requested_probes,
+        run_probes,
+    )
+    from diag.unattended import Job, Outputs, job_lock, write_output
+
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: %(name)s: %(message)s")
+    if lab and (resolvers or ca_file):
+        raise UsageError("--lab sets --resolver and --ca-file itself; give either --lab or those")
+    if client_key is not None and client_cert is None:
+        raise UsageError("--client-key needs --client-cert")
+    if dry_run and html_out is not None:
+        raise UsageError("--dry-run writes no report; give --json FILE|- for the list of what would be sent")
+    if auth_user is not None and not os.environ.get(SMTP_PASSWORD_VARIABLE):
+        raise UsageError(f"--auth {auth_user}: set the password in {SMTP_PASSWORD_VARIABLE}")
+    request = Request(sender, recipient, via, watch, watch_user, deadline, slow, name, lab, round_trip, min_interval)
+    organization = _organization(config_path, lab=lab)
+    probes = requested_probes(request, organization)
+    outputs = Outputs(json=json_out, html=html_out, quiet=quiet, no_color=no_color)
+    options = RunOptions(
+        nameservers=tuple(_parse_resolver(r) for r in resolvers),
+        ca_file=_check_ca_file(ca_file) if ca_file else None,
+        ehlo_name=ehlo_name or local_host_name(),
+        timeout=timeout,
+        allow_private=allow_private,
+        organization=organization,
+        probe=ProbeOptions.capture(os.environ, probes, keep=keep, require_tls=require_tls, auth_user=auth_user,
+                                   client_cert=client_cert, client_key=client_key),
+    )
+    import asyncio
+
+    if dry_run:  # no lock: nothing is sent, and a cron run in progress must not refuse a look
+        from diag.render.plans import dumps, render_plain
+
+        plans = asyncio.run(plan_probes(probes, options, lab=lab))
+        if json_out is not None:
+            write_output(json_out, dumps(plans), option="--json")
+        if json_out != "-":
+            render_plain(plans, sys.stdout)
+        return 0
+    domains = {address.rpartition("@")[2] for probe in probes for address in (probe.sender, probe.recipient)}
+    job = Job.of("probe", domains, config=config_path, lab=lab, outputs={"--json": json_out, "--html": html_out})
+    with job_lock(lock_path, job):
+        report = asyncio.run(run_probes(probes, default_registry().select(["e2e"]), options, lab=lab))
+        outputs.write(report)
+    return report.exit_code
 
 
 @cli.command()
@@ -704,6 +889,10 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings
         return 0
+    import asyncio
+    import logging
+    import signal
+
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="diag relay: %(message)s")
     # One line per queued message and per delivery attempt (ours); aiosmtpd's per-command chatter stays off.
     logging.getLogger("diag").setLevel(logging.INFO)
@@ -814,18 +1003,31 @@ def lab() -> None:
               help="Port of the lab's DNS server (UDP and TCP).")
 @click.option("--dir", "directory", type=_Path(path_type=Path, file_okay=False), default=None,
               help="Keep certificates and Maildirs here. Default: a temporary directory, removed at exit.")
-def lab_serve(smtp_port: int, dns_port: int, directory: Path | None) -> int:
+@click.option("--latency", "latency_text", default=None, metavar="RTT",
+              help="Add this round-trip time to every lab packet, DNS included (e.g. 50ms), through delaying "
+              "proxies.")
+def lab_serve(smtp_port: int, dns_port: int, directory: Path | None, latency_text: str | None) -> int:
     """Run the lab in the foreground until interrupted; prints the options that reach it."""
+    import asyncio
+    import signal
+
+    from diag.lab.latency import parse_latency
     from diag.lab.runner import Lab
+
+    try:
+        latency = parse_latency(latency_text) if latency_text is not None else 0.0
+    except ValueError as exc:
+        raise UsageError(f"--latency {latency_text!r}: {exc}") from None
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory) as running:
-            click.echo(f"diag lab: running; maildirs in {running.maildir}")
-            click.echo(f"reach it with: diag check DOMAIN {running.option_text()}")
+        async with Lab(smtp_port=smtp_port, dns_port=dns_port, directory=directory, latency=latency) as running:
+            delayed = f"; every packet {latency * 1000:g} ms round trip" if latency else ""
+            click.echo(f"diag lab: running; maildirs in {running.maildir}{delayed}")
+            click.echo(f"reach it with: diag check DOMAIN {running.check_option_text()}")
             click.echo("domains: " + " ".join(_lab_domains()), nl=True)
             await stop.wait()
         click.echo("diag lab: stopped", err=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,15 +18,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from diag.config import Organization
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
-from diag.net.tls import load_trust_store
+from diag.policy.dnssec import ROOT_ANCHORS, TrustAnchor
+from diag.policy.orgdomain import OrgDomains
 from diag.routing import RoutingOrder
 
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from diag.probe.run import ProbeOptions
+
 __all__ = ["CheckContext", "RunContext", "RunOptions", "SessionSource"]
 
 F = TypeVar("F")
+T = TypeVar("T")
 
 # Values RunContext.remember keeps at most: distinct certificate chains of a run, usually a few per mail provider.
 _REMEMBERED = 4096
@@ -56,6 +60,8 @@ class RunOptions:
             leaf first, intermediates as the server sends them; empty: use the chain its port-25 listener
             serves.
         sender_ip: the address the on-premises server sends to the cloud from (``--sender-ip``).
+        probe: what the end-to-end probes of the organization's ``[[Probe]]`` tables take from outside them
+            (run id, secrets captured from the environment, ``--keep``...); None: no secrets, defaults.
     """
 
     nameservers: tuple[Nameserver, ...] = ()
@@ -75,6 +81,10 @@ class RunOptions:
     routing_order: RoutingOrder = RoutingOrder.MOST_SPECIFIC
     client_cert: tuple[bytes, ...] = ()
     sender_ip: str | None = None
+    https_port: int = 443
+    trust_anchors: tuple[TrustAnchor, ...] = ROOT_ANCHORS
+    validating_resolver: bool = False
+    probe: ProbeOptions | None = None
 
 
 SessionSource = Callable[[str, int, str], Awaitable[SessionFacts]]
@@ -86,20 +96,24 @@ class RunContext:
 
     ``sessions``: where the SMTP sessions come from; None to probe from this process, within the run's
     connection limits. A worker process of a run over many domains asks its parent instead, which holds the
-    run's sessions and limits for every worker (:mod:`diag.workers`).
+    run's sessions and limits for every worker (:mod:`diag.workers`). ``share``: the part of the run's DNS
+    questions in flight this process may have (1/N in each of N workers).
     """
 
-    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None) -> None:
+    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None, share: float = 1.0) -> None:
         self.options = options
         self._source = sessions
-        self.resolver = Resolver(options.nameservers, timeout=options.timeout)
+        self.resolver = Resolver(options.nameservers, timeout=options.timeout, share=share)
         self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(options.per_host_connections)
         )
         self._total = asyncio.Semaphore(options.total_connections)
+        # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
+        self._farewells: set[asyncio.Task[None]] = set()
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
         self._remembered: dict[Hashable, Any] = {}
+        self._shared: dict[Hashable, asyncio.Future[Any]] = {}
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -122,12 +136,15 @@ class RunContext:
             return await self._source(ip, port, server_name)
         async with self._total, self._per_host[ip]:
             return await probe_session(
-                ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout
-            )
+                ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout,
+                farewells=self._farewells,
+            )  # fmt: skip
 
     async def trust_store(self) -> tuple[x509.Certificate, ...]:
         """The CA certificates to verify against (``--ca-file`` or the system store), loaded once per run."""
         if self._trust_store is None:
+            from diag.net.tls import load_trust_store  # cryptography: only when a certificate is examined
+
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
 
@@ -144,11 +161,27 @@ class RunContext:
         self._remembered[key] = value
         return value
 
+    async def org_domains(self) -> OrgDomains:
+        """The public suffix list (DMARC's organizational domains), loaded once per run."""
+        return await asyncio.shield(self.once(OrgDomains, lambda: asyncio.to_thread(OrgDomains)))
+
+    def once(self, key: Hashable, start: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Future[T]:
+        """The outcome of ``start()``, begun on the first request for ``key`` and shared by every later request in
+        this run: an end-to-end probe that concerns two checked domains is sent once. Await it shielded, so that
+        one requester's timeout does not cancel it for the others."""
+        future = self._shared.get(key)
+        if future is None:
+            future = asyncio.ensure_future(start())
+            self._shared[key] = future
+        return future
+
     async def aclose(self) -> None:
-        """Cancel sessions no check waited for (a check that timed out leaves its session behind)."""
-        for future in self._sessions.values():
+        """Cancel sessions and shared work no check waited for (a check that timed out leaves them behind), and
+        goodbyes still waiting for the reply to QUIT: the run is over, and the connections are closed."""
+        pending: list[asyncio.Future[Any]] = [*self._sessions.values(), *self._shared.values(), *self._farewells]
+        for future in pending:
             future.cancel()
-        await asyncio.gather(*self._sessions.values(), return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,15 @@ inert text (security-cases.md RPT-04), never as an exception. The loose readers 
 (:func:`text`, :func:`items`, :func:`mapping`, :func:`mappings`, :func:`moment`, :func:`number`), with the
 pieces several checks' views share: how an SMTP session ended, and the failing findings named beside a
 verdict.
+
+A domain's evidence comes in sections (:class:`Section`): what was seen along the mail's path (MX, sessions,
+certificates, routing, probes), and the domain's mail authentication and transport policy (SPF, DKIM, DMARC,
+MTA-STS, TLS-RPT, DANE, DNSSEC). A check's :class:`Evidence` names its section.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +35,11 @@ __all__ = [
     "Evidence",
     "Failing",
     "Measurements",
+    "MessagePath",
     "Observed",
+    "PathHop",
+    "ProbeArrival",
+    "Section",
     "Shown",
     "StageTimes",
     "endpoint",
@@ -94,19 +103,51 @@ class Observed:
     finished: datetime | None
 
 
+class Section(enum.StrEnum):
+    """The part of a domain's evidence a check's evidence is shown in, in the order of the report."""
+
+    MAIL = "mail"
+    """What was seen along the mail's path: MX hosts, SMTP sessions, certificates, routing, probes."""
+    POLICY = "policy"
+    """The domain's mail authentication and transport policy: SPF, DKIM, DMARC, MTA-STS, TLS-RPT, DANE, DNSSEC."""
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """How a check shows its facts in the HTML report.
 
     Attributes:
-        kind: what it shows, in a few words (``MX records``); named in the summary line of a domain's evidence
-            when it starts collapsed.
+        kind: what it shows, in a few words (``MX records``); named in the summary line of its section when it
+            starts collapsed.
         view: builds the data its template partial (``report_templates/checks/<check id>.html.j2``) renders,
             as ``view``, from a completed check; None when there is nothing to show.
+        section: the part of the domain's evidence it belongs to.
     """
 
     kind: str
     view: Callable[[Observed], Any]
+    section: Section = Section.MAIL
+
+
+@dataclass(frozen=True, slots=True)
+class PathHop:
+    """One hop of a message's path as the report draws it (the fields report_templates/macros.html.j2's hops
+    macro reads): the server that wrote the Received line, the TLS, and the rest in words."""
+
+    number: int
+    host: str
+    address: str
+    tls: str
+    connector: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePath:
+    """A message's path: a title (which message, how it ended) and a hop per Received line."""
+
+    title: str
+    hops: tuple[PathHop, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +188,31 @@ class CertificateExpiry:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeArrival:
+    """How one end-to-end probe that was sent fared, with its thresholds.
+
+    Attributes:
+        name: the probe's name (its ``[[Probe]]`` Name).
+        delivered: it arrived in the watched mailbox by its deadline.
+        latency: seconds from its acceptance to its arrival; None when it did not arrive.
+        slow, deadline: its Slow and Deadline in seconds, when known.
+    """
+
+    name: str
+    delivered: bool
+    latency: float | None
+    slow: float | None
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Measurements:
-    """What a check measured, per address, for the monitoring formats (which keep one value per host)."""
+    """What a check measured, per address (per probe), for the monitoring formats (which keep one value per
+    host)."""
 
     stages: tuple[StageTimes, ...] = ()
     certificates: tuple[CertificateExpiry, ...] = ()
+    probes: tuple[ProbeArrival, ...] = ()
 
 
 # --- loose readers of JSON facts ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from diag.evidence import Evidence, Measurements
 from diag.model import CheckResult, Finding, Severity
 
 if TYPE_CHECKING:
-    from diag.context import CheckContext
+    from diag.context import CheckContext, RunOptions
 
 __all__ = ["Check", "Outcome", "Registry", "Summary"]
 
@@ -39,12 +39,17 @@ class Outcome:
     - ``not_applicable``: there is nothing to examine, and that is no problem in itself (a domain with a null
       MX and nothing else accepts no mail, so it has no mail host to connect to). The check ends
       ``not_applicable``, which does not make the verdict unknown.
+
+    One outcome carries facts and findings *and* a reason: ``incomplete``, when the check ran but part of what it
+    examines could not be (an end-to-end probe whose mailbox could not be read, beside probes that were judged).
+    Its findings stand, and the check ends ``error`` with the reason: what it could not see is unknown.
     """
 
     facts: Any
     findings: tuple[Finding, ...]
     skipped: str | None = None
     not_applicable: str | None = None
+    incomplete: str | None = None
 
     @classmethod
     def skip(cls, reason: str) -> Outcome:
@@ -108,6 +113,9 @@ class Check:
             ``report_templates/checks/<id>.html.j2``); None for a check with nothing to show beside its findings.
         measure: what the monitoring formats export from the facts (SMTP stage timings, certificate expiry).
             Both read the facts in their JSON form, defensively (:mod:`diag.evidence`).
+        waits: optional function of the run's options giving the seconds the check waits beyond its network
+            operations (the ``e2e`` check waits for its probes to arrive, up to their Deadline); added to its
+            budget.
     """
 
     id: str
@@ -123,6 +131,7 @@ class Check:
     facts: type[Any] | None = None
     evidence: Evidence | None = None
     measure: Callable[[Mapping[str, Any]], Measurements] | None = None
+    waits: Callable[[RunOptions], float] | None = None
 
     def finding(
         self,
@@ -140,9 +149,11 @@ class Check:
             raise RegistryError(f"check {self.id!r} emits undeclared finding code {code!r}") from None
         return Finding(code, severity, subject, message, remediation, cloud_error)
 
-    def budget(self, operation_timeout: float) -> float:
-        """Seconds this check may take when each network operation may take ``operation_timeout``."""
-        return self.timeout + self.operations * operation_timeout
+    def budget(self, operation_timeout: float, options: RunOptions | None = None) -> float:
+        """Seconds this check may take when each network operation may take ``operation_timeout`` (and, given the
+        run's ``options``, what it waits for beyond them)."""
+        waiting = self.waits(options) if self.waits is not None and options is not None else 0.0
+        return self.timeout + self.operations * operation_timeout + waiting
 
 
 class Registry:

@@ -210,7 +210,7 @@ async def _run_check(
             check.id, check.title, Status.TIMEOUT, reason="run deadline reached before the check could start",
             started=started, finished=started,
         )  # fmt: skip
-    budget = check.budget(run.options.timeout)
+    budget = check.budget(run.options.timeout, run.options)
     ends_by_deadline = started + budget > deadline
     context = CheckContext(domain, run, {result.check_id: result.facts for result in done})
     try:
@@ -230,6 +230,11 @@ async def _run_check(
         for finding in outcome.findings:
             if check.codes.get(finding.code) is not finding.severity:
                 raise RegistryError(f"check {check.id!r} emitted undeclared finding {finding.code!r}")
+        if outcome.incomplete is not None:
+            return CheckResult(
+                check.id, check.title, Status.ERROR, reason=outcome.incomplete, facts=outcome.facts,
+                findings=outcome.findings, started=started, finished=loop.time(),
+            )  # fmt: skip
     except ProbeError as exc:
         # Before TimeoutError: a DNS timeout is a probe failure with its own reason (DnsTimeoutError).
         return CheckResult(

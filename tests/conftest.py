@@ -1,4 +1,5 @@
-"""Shared fixtures: one lab world on loopback for the whole test session.
+"""Shared fixtures: one lab world on loopback for the whole test session, and one run of every check over every
+lab domain against it.
 
 The lab runs in its own thread with its own event loop, as a separate server process would; tests talk to it
 over real sockets with real clients (dnspython, aiosmtplib), never through mocks.
@@ -8,11 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from checks import default_registry
 from diag.lab.runner import Lab
+from diag.lab.world import PURPOSES
+from diag.model import DomainReport, Report
+from diag.runner import run_checks
+
+# Seconds per network operation in the shared run: the tarpit and the blackhole each cost one timeout, once; two
+# leave room for the DNS questions of the policy checks, which the lab's one DNS server answers (signing as it
+# goes) while the mail checks keep its thread busy.
+LAB_RUN_TIMEOUT = 2.0
 
 
 class LabThread:
@@ -42,3 +52,32 @@ def lab() -> Iterator[Lab]:
         yield runner.start()
     finally:
         runner.stop()
+
+
+@pytest.fixture(scope="session")
+def lab_report(lab: Lab) -> Report:
+    """Every check over every lab domain, once per session: the checks' lab tests, the round trip of the JSON
+    view and the renderers' lab tests read it (tests/checks, tests/render, tests/test_evidence.py)."""
+    return asyncio.run(run_checks(list(PURPOSES), default_registry(), lab.run_options(timeout=LAB_RUN_TIMEOUT)))
+
+
+@pytest.fixture
+def domain_report(lab_report: Report):  # type: ignore[no-untyped-def]
+    """The shared run's report of one domain."""
+
+    def get(domain: str) -> DomainReport:
+        (report,) = [d for d in lab_report.domains if d.domain == domain]
+        return report
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def lab_domains(lab_report: Report) -> Callable[..., Report]:
+    """The shared run's report of the given domains alone."""
+
+    def subset(*domains: str) -> Report:
+        return Report(lab_report.started_at, lab_report.finished_at,
+                      tuple(d for d in lab_report.domains if d.domain in domains))  # fmt: skip
+
+    return subset

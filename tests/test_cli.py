@@ -86,8 +86,16 @@ def test_json_output_matches_the_shipped_schema(tmp_path: Path) -> None:
     statuses = {d["domain"]: d["status"] for d in document["domains"]}
     assert statuses == {"contoso.com": "ok", "dangling.example": "critical", "servfail.example": "unknown"}
     assert document["exit_code"] == done.returncode == 2
-    mx, port25, _starttls, certificate, connectors = document["domains"][0]["checks"]
+    mx, port25, _starttls, certificate, connectors, *_policy, e2e = document["domains"][0]["checks"]
     assert connectors["facts"]["routing"]["decision"]["connector"]["name"] == "Connector 2"
+    # The lab's configured probes from or to contoso.com ran as the e2e check, and all four arrived.
+    assert [f["code"] for f in e2e["findings"]] == ["E2E_DELIVERED"] * 4
+    probes = {p["name"]: p for p in e2e["facts"]["probes"]}
+    assert set(probes) == {"John to Sun", "Sun to John", "John to Bob", "Bob to John"}
+    sun = probes["John to Sun"]
+    assert ".diag-probe." in sun["message_id"] and sun["accepted_at"] <= sun["observed_at"]
+    assert 0 <= sun["latency_s"] < 60 and [h["ip"] for h in sun["hops"]] == ["127.0.0.1", "127.0.10.10", "127.0.1.10"]
+    assert sun["hops"][1]["protocol"] == "ESMTPS" and sun["hops"][1]["tls_version"] == "TLSv1.3"
     assert mx["facts"]["hosts"][0]["addresses"] == ["127.0.1.10"]
     session = port25["facts"]["probed"][0]["session"]
     assert session["greeting_code"] == 220 and session["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
@@ -130,6 +138,19 @@ def test_quiet_still_shows_problems() -> None:
 def test_check_selection() -> None:
     done = diag("check", "contoso.com", "--lab", "--check", "mx", "--json", "-")
     assert [c["id"] for c in json.loads(done.stdout)["domains"][0]["checks"]] == ["mx"]
+
+
+def test_policy_checks_are_selected_by_their_ids() -> None:
+    # dane needs the MX hosts and their port-25 sessions: they run too, and nothing else
+    done = diag("check", "spflookups.example", "dane.example", "--lab", "--check", "spf", "--check", "dmarc",
+                "--check", "dane", "--json", "-")  # fmt: skip
+    document = json.loads(done.stdout)
+    assert done.returncode == 2, done.stderr
+    ran = [[c["id"] for c in d["checks"]] for d in document["domains"]]
+    assert ran == [["mx", "port25", "spf", "dmarc", "dane"]] * 2
+    codes = {d["domain"]: [f["code"] for c in d["checks"][2:] for f in c["findings"]] for d in document["domains"]}
+    assert codes == {"spflookups.example": ["SPF_TOO_MANY_LOOKUPS", "DMARC_OK", "DANE_NONE"],
+                     "dane.example": ["SPF_OK", "DMARC_OK", "DANE_OK"]}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -385,3 +406,13 @@ def test_client_certificate_outside_the_accepted_domains(tmp_path: Path) -> None
     assert done.returncode == 2
     assert "INBOUND_CERT_NOT_ACCEPTED_DOMAIN" in done.stdout and "RELAY_DENIED" in done.stdout
     assert "550 5.7.64 TenantAttribution; Relay Access Denied" in done.stdout
+
+
+def test_dnssec_options_refuse_what_cannot_be_trusted(tmp_path: Path) -> None:
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text("example. IN A 192.0.2.1\n")
+    bad = diag("check", "contoso.com", "--trust-anchor", str(anchors), "--resolver", "127.0.0.1")
+    remote = diag("check", "contoso.com", "--validating-resolver", "--resolver", "192.0.2.53")
+    assert bad.returncode == remote.returncode == 3
+    assert f"--trust-anchor '{anchors}': line 1: expected" in bad.stderr
+    assert "--validating-resolver needs --resolver on this host" in remote.stderr

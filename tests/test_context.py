@@ -145,3 +145,25 @@ def test_a_run_remembers_a_computation_once_per_key() -> None:
 
     asyncio.run(body())
     assert made == ["a", "c", "d"]
+
+
+def test_once_shares_one_piece_of_work_per_key_in_a_run() -> None:
+    # Given two checks asking for the same probe in one run (it concerns both checked domains)
+    started: list[str] = []
+
+    async def probe(name: str) -> str:
+        started.append(name)
+        await asyncio.sleep(0.01)
+        return f"sent {name}"
+
+    async def go() -> list[str]:
+        run = RunContext(RunOptions())
+        try:
+            futures = [run.once(("e2e", name), lambda name=name: probe(name)) for name in ("a", "a", "b")]
+            return list(await asyncio.gather(*(asyncio.shield(future) for future in futures)))
+        finally:
+            await run.aclose()
+
+    # Then it is done once per key, and every asker gets its outcome
+    assert asyncio.run(go()) == ["sent a", "sent a", "sent b"]
+    assert started == ["a", "b"]

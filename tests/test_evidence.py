@@ -3,7 +3,7 @@ every shipped check's view and measure keep: any JSON in, never an exception out
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -29,8 +29,7 @@ from diag.evidence import (
     text,
     tls_text,
 )
-from diag.lab.runner import Lab
-from diag.runner import run_checks
+from diag.model import Report
 
 AT = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
 
@@ -82,10 +81,11 @@ def spoiled(value: Any, wrong: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def lab_facts(lab: Lab) -> dict[str, list[dict[str, Any]]]:
-    """The JSON facts of every check on a few lab domains (refused, tarpit, expired certificate, routed)."""
-    domains = ["contoso.com", "expired.example", "refused.example", "multi.example", "fabrikam.com"]
-    report = asyncio.run(run_checks(domains, default_registry(), lab.run_options(timeout=1.0)))
+def lab_facts(lab_domains: Callable[..., Report]) -> dict[str, list[dict[str, Any]]]:
+    """The JSON facts of every check on a few lab domains (refused, tarpit, expired certificate, routed, DANE
+    mismatch, MTA-STS not covering, hostile policy records)."""
+    report = lab_domains("contoso.com", "expired.example", "refused.example", "multi.example", "fabrikam.com",
+                         "danebad.example", "stsnotcovering.example", "hostile.example")  # fmt: skip
     found: dict[str, list[dict[str, Any]]] = {}
     for domain in report.domains:
         for result in domain.results:

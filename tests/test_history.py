@@ -403,3 +403,25 @@ def test_first_runs_started_together_all_open_the_new_history(tmp_path: Path) ->
         for attempt in range(60):
             path = str(tmp_path / f"history-{attempt}.db")
             assert pool.map(_open_fresh, [path] * 6) == ["ok"] * 6
+
+
+def test_a_probe_that_stops_arriving_is_a_new_problem(history: History, lab: Lab, healthy: Document) -> None:
+    # Given a healthy run (the lab's four probes arrive), then one where John's probe to Sun goes through an
+    # on-premises server whose smart host refuses connections
+    import dataclasses
+
+    from diag.config import load_config
+    from diag.lab.world import EXAMPLE_CONFIG
+
+    org = load_config(EXAMPLE_CONFIG)
+    broken = tuple(
+        dataclasses.replace(probe, via="badhop.contoso.com", sender="branch@contoso.com", deadline=2.0)
+        if probe.name == "John to Sun" else probe
+        for probe in org.probes
+    )  # fmt: skip
+    stuck = _run(lab, ["contoso.com"], organization=dataclasses.replace(org, probes=broken))
+    history.record(healthy)
+    changes = history.run_changes(history.record(stuck))
+    # Then the timeout is new, named by the probe and the host it entered at (not the lab's port)
+    assert _kinds(changes) == [ChangeKind.STATUS_CHANGED, ChangeKind.NEW]
+    assert (changes[1].code, changes[1].subject) == ("E2E_TIMEOUT", "john to sun via badhop.contoso.com")

@@ -235,3 +235,32 @@ def test_a_summary_sees_every_domain_and_a_broken_one_is_an_error() -> None:
     assert report.exit_code == 3
 
 
+
+
+def test_waiting_widens_the_budget_by_what_the_options_say() -> None:
+    # Given a check that waits (as the e2e check waits for its probes' Deadline) longer than its own budget
+    async def patient(ctx: CheckContext) -> Outcome:
+        await asyncio.sleep(0.4)
+        return Outcome(None, ())
+
+    check = Check("patient", "patient", patient, {}, timeout=0.1, waits=lambda options: options.timeout * 10)
+    assert check.budget(0.5) == pytest.approx(0.1) and check.budget(0.5, OPTIONS) == pytest.approx(0.1 + 100)
+    # Then the runner gives it that time
+    assert run(Registry([check])).domains[0].result("patient").status is Status.COMPLETED
+
+
+def test_an_incomplete_outcome_keeps_its_findings_and_ends_error() -> None:
+    # Given a check that judged part of what it examines and could not see the rest
+    async def partial(ctx: CheckContext) -> Outcome:
+        return Outcome({"seen": 1}, (check.finding("PART_CRITICAL", ctx.domain, "bad"),), incomplete="watch: gone")
+
+    check = Check("partial", "partial", partial, {"PART_CRITICAL": Severity.CRITICAL, "PART_WARNING": Severity.WARNING},
+                  meanings={"PART_CRITICAL": "c", "PART_WARNING": "w"})  # fmt: skip
+    result = run(Registry([check])).domains[0].result("partial")
+    # Then it is an error with the reason, its facts and findings kept: a certain critical finding still counts
+    assert (result.status, result.reason, result.facts) == (Status.ERROR, "watch: gone", {"seen": 1})
+    assert [f.code for f in result.findings] == ["PART_CRITICAL"]
+    assert Verdict.of([result]) is Verdict.CRITICAL
+    # and with nothing worse than a warning, what it could not see makes the verdict unknown (exit 3)
+    warning = replace(result, findings=(check.finding("PART_WARNING", "example.com", "meh"),))
+    assert Verdict.of([warning]) is Verdict.UNKNOWN

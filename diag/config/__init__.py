@@ -15,23 +15,35 @@ One concern per module:
     dump.py       writing TOML back
 """
 
-from diag.config.dump import dump_toml
-from diag.config.exchange import ImportResult, import_exports
-from diag.config.load import ConfigFileError, load_config, parse_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from diag.config.model import (
+    DEFAULT_MIN_INTERVAL,
+    MAX_PROBES,
     AcceptedDomain,
     ConnectorType,
     DomainType,
     InboundConnector,
     Organization,
     OutboundConnector,
+    ProbeConfig,
     RelayConfig,
     RelayRole,
     TlsSettings,
     domain_in_pattern,
 )
 
+if TYPE_CHECKING:
+    from diag.config.dump import dump_toml
+    from diag.config.exchange import ImportResult, import_exports
+    from diag.config.load import ConfigFileError, load_config, parse_config
+
 __all__ = [
+    "DEFAULT_MIN_INTERVAL",
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConfigFileError",
     "ConnectorType",
@@ -40,6 +52,7 @@ __all__ = [
     "InboundConnector",
     "Organization",
     "OutboundConnector",
+    "ProbeConfig",
     "RelayConfig",
     "RelayRole",
     "TlsSettings",
@@ -49,3 +62,18 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+# Reading, importing and writing files (tomllib, json, tomli_w, the schema) load on first use: the model is all
+# that a run without a configuration file touches (issue 13: start-up).
+_LAZY = {
+    "ConfigFileError": "load", "load_config": "load", "parse_config": "load",
+    "ImportResult": "exchange", "import_exports": "exchange",
+    "dump_toml": "dump",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -138,6 +138,19 @@ def _check_unique(table: Table, entries: Sequence[Mapping[str, object] | None], 
                 )
 
 
+def _check_limit(table: Table, count: int, problems: list[Problem]) -> None:
+    """One line, on the first entry too many, for an array of tables with more entries than its ``limit``."""
+    if not table.limit or count <= table.limit:
+        return
+    extra = count - table.limit
+    which, them = ("this one", "it") if extra == 1 else (f"this one and the {extra - 1} after it", "them")
+    problems.append(Problem(
+        table.name, table.limit + 1, "",
+        f"{count} [[{table.name}]] tables, but {table.limit_why}; remove {which} (or move {them} to the "
+        "configuration file of another run)",
+    ))  # fmt: skip
+
+
 def _read(document: Mapping[str, object]) -> tuple[Organization, list[Problem]]:
     """The organization a TOML document describes, and its problems (none when the document is valid)."""
     problems: list[Problem] = []
@@ -165,6 +178,7 @@ def _read(document: Mapping[str, object]) -> tuple[Organization, list[Problem]]:
             problems.append(Problem(key, 0, "", f"must be an array of tables; write [[{key}]], one per entry"))
     for name, found in entries.items():
         _check_unique(TABLES[name], found, problems)
+        _check_limit(TABLES[name], len(found), problems)
     if document.get(ACCEPTED.name, []) == []:
         problems.append(Problem(ACCEPTED.name, 0, "", "none configured; add an [[AcceptedDomain]] for each domain"))
     parts: dict[str, object] = {}

@@ -7,22 +7,31 @@ administrator recognises every field. Plain data with no I/O: checks, routing an
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 __all__ = [
+    "DEFAULT_MIN_INTERVAL",
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConnectorType",
     "DomainType",
     "InboundConnector",
     "Organization",
     "OutboundConnector",
+    "ProbeConfig",
     "RelayConfig",
     "RelayRole",
     "TlsSettings",
     "domain_in_pattern",
 ]
+
+# Probes go to real organizations, and cron repeats them (security-cases.md PR-08): a run sends at most this many,
+# and the same probe is not sent again within its MinInterval (seconds, by default this), by any diag process.
+MAX_PROBES: Final = 20
+DEFAULT_MIN_INTERVAL: Final = 60.0
 
 
 class DomainType(enum.StrEnum):
@@ -189,15 +198,59 @@ class RelayConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """An end-to-end probe (a ``[[Probe]]`` table): a test message sent along a real path and watched for.
+
+    Attributes:
+        name: ``Name``, unique among the probes; it names the probe in its token, subject and findings.
+        sender, recipient: ``From`` and ``To``: the envelope and header addresses (ASCII).
+        via: ``Via``: where the probe enters, ``HOST[:PORT]``; None: the recipient domain's MX.
+        watch: ``Watch``: where its arrival is observed: ``maildir:PATH``, ``imap://HOST[:PORT]/FOLDER`` or
+            ``imaps://…``. A relative Maildir path is taken from the configuration file's directory.
+        watch_user: ``WatchUser``: the IMAP user, unless the URL names it.
+        watch_password_env: ``WatchPasswordEnv``: the environment variable holding the IMAP password.
+        deadline: ``Deadline``: seconds from its acceptance within which it must arrive.
+        slow: ``Slow``: seconds above which its arrival is slow; None: never.
+        round_trip: ``RoundTrip``: ``To`` is a reflector (a diag relay's ``Reflect`` address) and ``Watch`` the
+            sender's mailbox: the probe counts once the reflector's answer is back, with both legs' hops.
+        min_interval: ``MinInterval``: seconds within which the same probe (its Name, From, To and Via) is not
+            sent again, by any diag process of the user (:mod:`diag.probe.pace`).
+    """
+
+    name: str
+    sender: str = ""
+    recipient: str = ""
+    via: str | None = None
+    watch: str = ""
+    watch_user: str | None = None
+    watch_password_env: str = "DIAG_WATCH_PASSWORD"  # noqa: S105 - the name of a variable, not its value
+    deadline: float = 300.0
+    slow: float | None = None
+    round_trip: bool = False
+    min_interval: float = DEFAULT_MIN_INTERVAL
+
+    def concerns(self, domain: str) -> bool:
+        """Is ``domain`` the domain of its From or its To address?"""
+        domain = domain.rstrip(".").lower()
+        return domain in (self.sender.rpartition("@")[2].lower(), self.recipient.rpartition("@")[2].lower())
+
+
+@dataclass(frozen=True, slots=True)
 class Organization:
     """The whole configuration.
 
     Attributes:
         name: a label for reports.
         mx_host: the cloud host the accepted domains' MX must point at (``contoso-com.mail.protection.outlook.com``).
+        spf_include: the domain the cloud's SPF include names (``spf.protection.outlook.com``); None: derived from
+            ``mx_host`` for Microsoft 365, not checked otherwise.
+        dkim_selectors: DKIM selectors the organization signs with besides Microsoft 365's (on-premises signers,
+            third-party senders): each must publish a usable key under every accepted domain.
         accepted_domains, outbound_connectors, inbound_connectors: as configured, in file order.
         source: the file it was read from, if any.
         relay: the ``[Relay]`` table, for ``diag relay``.
+        probes: the ``[[Probe]]`` tables, in file order.
+        probe_key: ``ProbeKey``: the key of the probes' HMAC (``DIAG_PROBE_KEY`` wins over it).
     """
 
     accepted_domains: tuple[AcceptedDomain, ...] = ()
@@ -205,8 +258,12 @@ class Organization:
     inbound_connectors: tuple[InboundConnector, ...] = ()
     name: str = ""
     mx_host: str | None = None
+    spf_include: str | None = None
+    dkim_selectors: tuple[str, ...] = ()
     source: Path | None = None
     relay: RelayConfig | None = None
+    probes: tuple[ProbeConfig, ...] = ()
+    probe_key: str | None = field(default=None, repr=False)
 
     def accepted(self, domain: str) -> AcceptedDomain | None:
         """The accepted domain covering ``domain``: the exact one first, else a MatchSubDomains parent."""

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from diag.config.model import (
+    MAX_PROBES,
     AcceptedDomain,
     ConnectorType,
     DomainType,
     InboundConnector,
     Organization,
     OutboundConnector,
+    ProbeConfig,
     RelayConfig,
     RelayRole,
     TlsSettings,
@@ -34,6 +36,7 @@ from diag.config.values import (
     connector_name,
     domain,
     endpoint,
+    env_name,
     flag,
     integer,
     mailbox,
@@ -41,14 +44,32 @@ from diag.config.values import (
     path,
     pattern,
     plain_mailbox,
+    probe_address,
+    probe_key,
+    probe_name,
+    seconds,
+    selector,
     sender_ip,
     smart_host,
     strings,
     text,
     timestamp,
+    via,
+    watch_url,
 )
 
-__all__ = ["ACCEPTED", "INBOUND", "ORGANIZATION", "OUTBOUND", "RELAY", "TABLES", "Field", "Rule", "Table"]
+__all__ = [
+    "ACCEPTED",
+    "INBOUND",
+    "ORGANIZATION",
+    "OUTBOUND",
+    "PROBE",
+    "RELAY",
+    "TABLES",
+    "Field",
+    "Rule",
+    "Table",
+]
 
 
 def _snake(key: str) -> str:
@@ -86,7 +107,8 @@ class Table:
     """One TOML table (an Exchange object kind): its model class, fields and rules.
 
     A table with an ``identity`` is an array of tables (``[[AcceptedDomain]]``), one entry per object, unique by
-    that key; one without is a single table (``[Relay]``).
+    that key; one without is a single table (``[Relay]``). An array with a ``limit`` holds at most that many
+    entries, for the reason ``limit_why`` gives.
     """
 
     name: str
@@ -96,6 +118,8 @@ class Table:
     identity: str = ""  # the required key naming an entry ("" for a single table)
     example: str = ""  # an identity value for the "missing" hint
     attr: str = ""  # the Organization attribute it fills ("" for [Organization], which is the Organization)
+    limit: int = 0  # at most this many entries (0: no limit)
+    limit_why: str = ""  # why, for the line that refuses one more
 
     @property
     def many(self) -> bool:
@@ -127,7 +151,12 @@ _CONNECTOR_TYPE = Field("ConnectorType", choice(ConnectorType), "enum", always=T
 _SOURCE_AND_COMMENT = (Field("ConnectorSource", text(), "enum"), Field("Comment", text()))
 _ON_PREMISES = ConnectorType.ON_PREMISES
 
-ORGANIZATION = Table("Organization", Organization, (Field("Name", text()), Field("MxHost", text(domain))))
+ORGANIZATION = Table(
+    "Organization",
+    Organization,
+    (Field("Name", text()), Field("MxHost", text(domain)), Field("SpfInclude", text(domain)),
+     Field("DkimSelectors", strings(selector)), Field("ProbeKey", text(probe_key))),
+)  # fmt: skip
 ACCEPTED = Table(
     "AcceptedDomain",
     AcceptedDomain,
@@ -274,5 +303,54 @@ RELAY = Table(
     attr="relay",
 )
 
+
+
+def _required(key: str, example: str) -> Rule:
+    return Rule(key, (key,), lambda v: not v[key], f"missing; add {key} = {example}")
+
+
+PROBE = Table(
+    "Probe",
+    ProbeConfig,
+    (
+        Field("Name", text(probe_name), always=True),
+        Field("From", text(probe_address), always=True, model_name="sender"),
+        Field("To", text(probe_address), always=True, model_name="recipient"),
+        Field("Via", text(via)),
+        Field("Watch", text(watch_url), always=True),
+        Field("WatchUser", text()),
+        Field("WatchPasswordEnv", text(env_name)),
+        Field("Deadline", seconds(1, 86400)),
+        Field("Slow", seconds(0, 86400)),
+        Field("RoundTrip", flag, model_name="round_trip"),
+        Field("MinInterval", seconds(1, 86400)),
+    ),
+    (
+        _required("From", '"john@contoso.com"'),
+        _required("To", '"sun@tailspintoys.com"'),
+        _required("Watch", '"imaps://imap.tailspintoys.com/INBOX" (or maildir:PATH)'),
+        Rule(
+            "Slow",
+            ("Slow", "Deadline"),
+            lambda v: v["Slow"] is not None and v["Slow"] >= v["Deadline"],
+            "is not below Deadline, so no probe could ever be slow; lower it or raise Deadline",
+        ),
+        Rule(
+            "WatchUser",
+            ("WatchUser", "Watch"),
+            lambda v: v["WatchUser"] is not None and v["Watch"].startswith("maildir:"),
+            "applies only to IMAP; remove it or watch an imap:// or imaps:// URL",
+        ),
+    ),
+    identity="Name",
+    example="John to Sun",
+    attr="probes",
+    # security-cases.md PR-08: probes go to real organizations, and cron repeats them.
+    limit=MAX_PROBES,
+    limit_why=f"a run sends at most {MAX_PROBES} probes, so that a cron job cannot flood an organization",
+)
+
 # In this order in the hint for an unknown table and in dump_toml's output.
-TABLES: dict[str, Table] = {table.name: table for table in (ORGANIZATION, RELAY, ACCEPTED, OUTBOUND, INBOUND)}
+TABLES: dict[str, Table] = {
+    table.name: table for table in (ORGANIZATION, RELAY, ACCEPTED, OUTBOUND, INBOUND, PROBE)
+}

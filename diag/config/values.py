@@ -27,6 +27,7 @@ __all__ = [
     "domain",
     "either",
     "endpoint",
+    "env_name",
     "flag",
     "integer",
     "mailbox",
@@ -34,11 +35,18 @@ __all__ = [
     "path",
     "pattern",
     "plain_mailbox",
+    "probe_address",
+    "probe_key",
+    "probe_name",
+    "seconds",
+    "selector",
     "sender_ip",
     "smart_host",
     "strings",
     "text",
     "timestamp",
+    "via",
+    "watch_url",
 ]
 
 
@@ -99,6 +107,17 @@ def accepted_domain(text: str) -> str:
             'MatchSubDomains = true with DomainType = "InternalRelay")'
         )
     return domain(text)
+
+
+_SELECTOR = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+
+
+def selector(text: str) -> str:
+    """A DKIM selector (RFC 6376 §3.1): one or more DNS labels, such as ``s2048`` or ``2024.mail``."""
+    value = text.strip().lower()
+    if not _SELECTOR.match(value) or len(value) > 200:
+        raise Invalid(f"{text!r} is not a DKIM selector; write DNS labels such as \"selector1\" or \"s2024\"")
+    return value
 
 
 def smart_host(text: str) -> str:
@@ -195,6 +214,80 @@ def path(text: str) -> str:
     return text
 
 
+def probe_name(text: str) -> str:
+    """A probe's name travels in its token and subject: 1 to 64 printable characters."""
+    if not text.strip():
+        raise Invalid("is empty; give the probe a name such as \"John to Sun\"")
+    if len(text) > 64 or not text.isprintable():
+        raise Invalid(f"{text!r} must be at most 64 printable characters; shorten it")
+    return text
+
+
+def probe_address(text: str) -> str:
+    """A probe's From or To: a mail address in ASCII (the probe asks for no SMTPUTF8)."""
+    address = mailbox(text)
+    if not address.isascii() or any(char.isspace() or not char.isprintable() for char in address):
+        raise Invalid(f"{text!r} is not an ASCII mail address without spaces; probes send without SMTPUTF8")
+    return address
+
+
+def via(text: str) -> str:
+    """``HOST[:PORT]``, ``IP[:PORT]`` or ``[IPv6][:PORT]``: where a probe enters."""
+    text = text.strip()
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise Invalid(f"{text!r} is not HOST[:PORT]; write an IPv6 address like [2001:db8::25]:587")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if port:
+        try:
+            port_number(port)
+        except ValueError:
+            raise Invalid(f"{text!r} has no valid port; write it like mail.contoso.com:587") from None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        name = domain(host)
+        return f"{name}:{port}" if port else name
+    return text
+
+
+def watch_url(text: str) -> str:
+    """Where a probe's arrival is observed: ``maildir:PATH``, ``imap://…`` or ``imaps://…``."""
+    from diag.probe.watch.imap import parse_imap_url
+
+    if text.startswith("maildir:"):
+        path(text)
+        if not text.removeprefix("maildir:"):
+            raise Invalid("maildir: needs a path; write it like maildir:/var/mail/john")
+        return text
+    if not text.startswith(("imap://", "imaps://")):
+        raise Invalid(f"{text!r} is not a mailbox to watch; write maildir:PATH, imap://HOST/FOLDER or imaps://HOST/FOLDER")
+    try:
+        parse_imap_url(text)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return text
+
+
+def env_name(text: str) -> str:
+    """The name of an environment variable (the value never belongs in the file)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise Invalid(f"{text!r} is not the name of an environment variable; write it like DIAG_WATCH_PASSWORD")
+    return text
+
+
+def probe_key(text: str) -> str:
+    """The probes' HMAC key: long enough not to be guessed."""
+    if len(text) < 16:
+        raise Invalid(f"{len(text)} characters are too few to keep forged probes out; use at least 16, "
+                      "such as the output of: openssl rand -hex 32")
+    return text
+
+
 # Converters: any value in, the model's value out.
 
 
@@ -257,6 +350,19 @@ def integer(low: int, high: int) -> Convert:
         if not low <= value <= high:
             raise Invalid(f"{value} is outside {low}..{high}")
         return value
+
+    return convert
+
+
+def seconds(low: float, high: float) -> Convert:
+    """A number of seconds from ``low`` to ``high``."""
+
+    def convert(value: object) -> object:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise Invalid(f"found {_kind(value)}; write a number of seconds without quotes")
+        if not low <= value <= high:  # NaN fails both comparisons
+            raise Invalid(f"{value} is outside {low:g}..{high:g} seconds")
+        return float(value)
 
     return convert
 

@@ -1,7 +1,8 @@
 """The embedded lab's authoritative DNS server, on loopback, over UDP and TCP.
 
-Zones are built from data (:class:`ZoneData`) and served by :class:`DnsServer` with dnspython's wire
-format, so that real resolvers (dnspython's stub resolver in particular) see a real authoritative server::
+Zones are built from data (:class:`ZoneData`, one :class:`dns.versioned.Zone` per apex) and served by
+:class:`DnsServer` with dnspython's wire format, so that real resolvers (dnspython's stub resolver in
+particular) see a real authoritative server::
 
     data = ZoneData()
     data.add_zone("contoso.com")
@@ -12,7 +13,7 @@ format, so that real resolvers (dnspython's stub resolver in particular) see a r
     await server.close()
 
 The server reads the data at query time: records and behaviours changed after :meth:`DnsServer.start`
-take effect on the next query.
+take effect on the next query (each change is one committed version of its zone).
 
 Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choices:
 
@@ -27,36 +28,61 @@ Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choi
   the full answer is more useful in a lab and deterministic). Zone transfers (AXFR, IXFR) are REFUSED,
   other meta-queries get NOTIMP, classes other than IN are REFUSED.
 * No wildcard synthesis, no delegations (an NS rrset below an apex is served as plain data: serve a
-  child zone with :meth:`ZoneData.add_zone` instead), no DNSSEC.
+  child zone with :meth:`ZoneData.add_zone` instead), except that a DS question for a zone apex with a parent
+  zone here is answered by the parent (RFC 4035 §3.1.4.1): the DS set of a signed child, or NODATA.
+* DNSSEC for the zones signed with :meth:`ZoneData.sign_zone`, to a query with the DO bit (RFC 3225): every
+  rrset of the answer gets an RRSIG made at query time (one ECDSA P-256 key per zone, KSK and ZSK in one), and a
+  negative answer gets the signed SOA and the NSEC record that matches the name (NODATA) or covers it
+  (NXDOMAIN, NODATA at an empty non-terminal) from the zone's NSEC chain, computed from its names at query time
+  (RFC 4035 §3.1.3). The NSEC proving that no wildcard matched an NXDOMAIN name is not sent. The server never
+  sets AD: it is authoritative, not a validating resolver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import contextlib
 import enum
 import errno
 import logging
-from collections.abc import Callable, Iterator
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import dns.dnssectypes
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.node
 import dns.opcode
 import dns.rcode
 import dns.rdata
 import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
+import dns.rdtypes.ANY.DNSKEY
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.SPF
 import dns.rdtypes.ANY.TXT
+import dns.rdtypes.dnskeybase
 import dns.rrset
+import dns.transaction
+import dns.versioned
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 
 from diag.errors import LabError
+
+with warnings.catch_warnings():
+    # dnspython's DSA support touches cryptography's deprecated DSA classes at import time (diag.policy.dnssec).
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import dns.dnssec
 
 __all__ = [
     "DEFAULT_TTL",
@@ -88,6 +114,8 @@ _CLOSE_TIMEOUT = 2.0
 _CNAME_COMPANIONS = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.NSEC})
 _TEXT_TYPES = frozenset({dns.rdatatype.TXT, dns.rdatatype.SPF})
 _TRANSFER_TYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
+_SIGNATURE_VALIDITY = 7 * 86400  # seconds an RRSIG made at query time is valid, and was valid before it
+_EXPIRED_BY = 86400  # seconds before the query that an expired zone's signatures ran out
 
 
 class Behaviour(enum.StrEnum):
@@ -181,6 +209,15 @@ class _Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class _ZoneKey:
+    """A signed zone's key and how its signatures are made."""
+
+    private: ec.EllipticCurvePrivateKey
+    dnskey: dns.rdtypes.ANY.DNSKEY.DNSKEY
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Reply:
     """What to send back for one received message."""
 
@@ -191,25 +228,28 @@ class _Reply:
 
 
 class ZoneData:
-    """Authoritative zones and their records, built from data.
+    """Authoritative zones and their records, built from data: one :class:`dns.versioned.Zone` per apex.
 
     Names are absolute or relative-to-root text, compared case-insensitively; internationalized names are
     given in A-label form. Rdatas are in zone-file presentation format, names in them relative to the root.
     TXT and SPF rdatas are taken literally (one string, split into 255-octet character-strings) unless they
     start with a double quote, in which case they are parsed as presentation format (``'"a" "b"'``).
+    A name belongs to the zone of the most specific apex at or above it; adding a zone below another moves the
+    records at and below its apex into it.
     """
 
-    __slots__ = ("_apexes", "_behaviours", "_existing", "_nodes")
+    __slots__ = ("_behaviours", "_chains", "_keys", "_signatures", "_zones")
 
     def __init__(self) -> None:
         """Start with no zones."""
-        self._apexes: set[dns.name.Name] = set()
-        self._nodes: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
-        # Apexes and names with data, and all their ancestors: the names that exist (RFC 8020: an empty
-        # non-terminal exists, so it gets NODATA, not NXDOMAIN). Ancestors above every apex are never
-        # looked up, and keeping them means adding a parent zone later needs no bookkeeping.
-        self._existing: set[dns.name.Name] = set()
+        self._zones: dict[dns.name.Name, dns.versioned.Zone] = {}
         self._behaviours: dict[dns.name.Name, Behaviour] = {}
+        self._keys: dict[dns.name.Name, _ZoneKey] = {}
+        # RRSIGs made, by zone, day and the signed rrset's text: signing is the lab's costliest work per query.
+        self._signatures: dict[tuple[dns.name.Name, int, str], dns.rrset.RRset] = {}
+        # Each signed zone's NSEC chain (its names in canonical order), made on the first negative answer after a
+        # change: sorting a zone's names for every negative answer would cost more than the answer itself.
+        self._chains: dict[dns.name.Name, list[dns.name.Name]] = {}
 
     def add_zone(self, apex: str) -> None:
         """Serve *apex* authoritatively, with a synthesized SOA and NS rrset. Adding it again does nothing.
@@ -217,22 +257,29 @@ class ZoneData:
         Raises ValueError if the name is invalid or holds a CNAME.
         """
         name = _parse_name(apex)
-        if name in self._apexes:
+        if name in self._zones:
             return
-        node = self._nodes.setdefault(name, {})
-        if dns.rdatatype.CNAME in node:
+        parent = self._zone_of(name)
+        moved = self._zones[parent].get_node(name) if parent is not None else None
+        if moved is not None and moved.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME) is not None:
             raise ValueError(f"{name}: a zone apex cannot hold a CNAME (RFC 1034 §3.6.2)")
+        zone = dns.versioned.Zone(name, relativize=False)
         ns_name = _prefixed("ns1", name)
         soa = f"{ns_name} {_prefixed('hostmaster', name)} 1 3600 600 86400 {_NEGATIVE_TTL}"
-        node[dns.rdatatype.SOA] = dns.rrset.from_text(
-            name, DEFAULT_TTL, dns.rdataclass.IN, dns.rdatatype.SOA, soa
-        )
-        ns = dns.rrset.from_text(name, DEFAULT_TTL, dns.rdataclass.IN, dns.rdatatype.NS, ns_name.to_text())
-        for rdata in node.get(dns.rdatatype.NS, ()):
-            ns.add(rdata)
-        node[dns.rdatatype.NS] = ns
-        self._apexes.add(name)
-        self._existing.update(_ancestors(name))
+        with zone.writer() as txn:
+            if parent is not None:
+                # The parent zone's records at and below the new apex are the new zone's now.
+                with self._zones[parent].writer() as parent_txn:
+                    for owner in [n for n in parent_txn.iterate_names() if n.is_subdomain(name)]:
+                        node = parent_txn.get_node(owner)
+                        assert node is not None
+                        for rdataset in node:
+                            txn.add(owner, rdataset)
+                        parent_txn.delete(owner)
+            txn.add(name, DEFAULT_TTL, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, soa))
+            txn.add(name, DEFAULT_TTL, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NS, ns_name.to_text()))
+        self._zones[name] = zone
+        self._chains.clear()
 
     def add(self, name: str, rdtype: str, *rdatas: str, ttl: int = DEFAULT_TTL) -> None:
         """Add records of type *rdtype* at *name*, e.g. ``add("contoso.com", "MX", "0 mx.contoso.com.")``.
@@ -243,6 +290,35 @@ class ZoneData:
         Raises ValueError if the name is not under an added zone apex, if the type, an rdata or the TTL is
         invalid, or if a CNAME would coexist with other data at the name (RFC 1034 §3.6.2).
         """
+        self.add_all([(name, rdtype, rdatas)], ttl=ttl)
+
+    def add_all(self, records: Iterable[tuple[str, str, Sequence[str]]], *, ttl: int = DEFAULT_TTL) -> None:
+        """Add each ``(name, rdtype, rdatas)`` of *records* as :meth:`add` does, in one version per zone: adding
+        a zone's records one by one commits a version each, which copies the zone's names each time.
+
+        All or nothing: on ValueError (see :meth:`add`), no record of *records* is added.
+        """
+        prepared = [self._prepare(name, rdtype, rdatas, ttl) for name, rdtype, rdatas in records]
+        writers: dict[dns.name.Name, dns.transaction.Transaction] = {}
+        with contextlib.ExitStack() as stack:  # an exception rolls back every zone's transaction
+            for owner, apex, rtype, parsed in prepared:
+                txn = writers.get(apex)
+                if txn is None:
+                    txn = writers[apex] = stack.enter_context(self._zones[apex].writer())
+                _check_coexistence(owner, apex, rtype, parsed, txn.get_node(owner))
+                rdataset = dns.rdataset.from_rdata_list(ttl, parsed)
+                # dnspython would replace other data by a CNAME (and an SOA by another) silently: checked above.
+                if rtype == dns.rdatatype.SOA:
+                    txn.replace(owner, rdataset)
+                else:
+                    txn.add(owner, rdataset)
+        for apex in writers:
+            self._chains.pop(apex, None)
+
+    def _prepare(
+        self, name: str, rdtype: str, rdatas: Sequence[str], ttl: int
+    ) -> tuple[dns.name.Name, dns.name.Name, dns.rdatatype.RdataType, list[dns.rdata.Rdata]]:
+        """The owner, its zone, the type and the parsed rdatas of records to add; raises ValueError (add())."""
         owner = _parse_name(name)
         apex = self._zone_of(owner)
         if apex is None:
@@ -257,18 +333,30 @@ class ZoneData:
             raise ValueError("give at least one rdata")
         if isinstance(ttl, bool) or not 0 <= ttl <= _MAX_TTL:
             raise ValueError(f"TTL {ttl!r} is not in 0..{_MAX_TTL} (RFC 2181 §8)")
-        parsed = [_parse_rdata(rtype, text) for text in rdatas]
-        node = self._nodes.get(owner, {})
-        self._check_coexistence(owner, apex, rtype, parsed, node)
+        return owner, apex, rtype, [_parse_rdata(rtype, text) for text in rdatas]
 
-        rrset = node.get(rtype)
-        if rrset is None or rtype == dns.rdatatype.SOA:
-            rrset = dns.rrset.RRset(owner, dns.rdataclass.IN, rtype)
-        for rdata in parsed:
-            rrset.add(rdata, ttl)
-        node[rtype] = rrset
-        self._nodes[owner] = node
-        self._existing.update(_ancestors(owner))
+    def sign_zone(self, apex: str, *, expired: bool = False) -> str:
+        """Sign the zone at *apex* (added before) with a new key; returns its DNSKEY record (presentation
+        format), the trust anchor for the zone. Its DNSKEY rrset is published at the apex, and a parent zone
+        served here answers the DS question for it.
+
+        *expired*: every signature of the zone ran out a day before the query (a zone whose re-signing
+        stopped), so validators find it bogus. Raises ValueError if *apex* is not a zone apex.
+        """
+        name = _parse_name(apex)
+        zone = self._zones.get(name)
+        if zone is None:
+            raise ValueError(f"{name} is not a zone apex; call add_zone() first")
+        private = ec.generate_private_key(ec.SECP256R1())
+        dnskey = dns.dnssec.make_dnskey(
+            private.public_key(), dns.dnssectypes.Algorithm.ECDSAP256SHA256, flags=dns.rdtypes.dnskeybase.Flag.ZONE
+            | dns.rdtypes.dnskeybase.Flag.SEP,
+        )  # fmt: skip
+        self._keys[name] = _ZoneKey(private, dnskey, expired)
+        with zone.writer() as txn:
+            txn.replace(name, dns.rdataset.from_rdata(DEFAULT_TTL, dnskey))
+        self._chains.clear()  # the parent's NSEC at the cut now lists DS
+        return dnskey.to_text()
 
     def set_behaviour(self, name: str, behaviour: Behaviour) -> None:
         """Apply *behaviour* to queries at or below *name*; the most specific name set wins.
@@ -277,37 +365,10 @@ class ZoneData:
         """
         self._behaviours[_parse_name(name)] = Behaviour(behaviour)
 
-    @staticmethod
-    def _check_coexistence(
-        owner: dns.name.Name,
-        apex: dns.name.Name,
-        rtype: dns.rdatatype.RdataType,
-        parsed: list[dns.rdata.Rdata],
-        node: dict[dns.rdatatype.RdataType, dns.rrset.RRset],
-    ) -> None:
-        """Raise ValueError if adding *parsed* to *node* breaks the CNAME or SOA rules."""
-        if rtype == dns.rdatatype.SOA:
-            if owner != apex:
-                raise ValueError(f"{owner}: an SOA record belongs at a zone apex only")
-            if len(parsed) != 1:
-                raise ValueError(f"{owner}: a zone has exactly one SOA record")
-        if rtype == dns.rdatatype.CNAME:
-            others = [t for t in node if t != dns.rdatatype.CNAME and t not in _CNAME_COMPANIONS]
-            if others:
-                kinds = ", ".join(sorted(dns.rdatatype.to_text(t) for t in others))
-                raise ValueError(
-                    f"{owner} has {kinds} data: a CNAME cannot coexist with it (RFC 1034 §3.6.2)"
-                )
-            targets = set(parsed) | set(node.get(dns.rdatatype.CNAME, ()))
-            if len(targets) > 1:
-                raise ValueError(f"{owner}: a name holds at most one CNAME record (RFC 1034 §3.6.2)")
-        elif rtype not in _CNAME_COMPANIONS and dns.rdatatype.CNAME in node:
-            raise ValueError(f"{owner} holds a CNAME: no other data may coexist with it (RFC 1034 §3.6.2)")
-
     def _zone_of(self, name: dns.name.Name) -> dns.name.Name | None:
         """The most specific apex at or above *name*, or None."""
         for ancestor in _ancestors(name):
-            if ancestor in self._apexes:
+            if ancestor in self._zones:
                 return ancestor
         return None
 
@@ -319,9 +380,14 @@ class ZoneData:
                 return behaviour
         return Behaviour.ANSWER
 
+    def _exists(self, zone: dns.versioned.Zone, name: dns.name.Name) -> bool:
+        """Whether *name*, without data of its own, is an empty non-terminal: a name with data or a zone apex
+        lies below it (RFC 8020: it exists, so it gets NODATA, not NXDOMAIN)."""
+        return any(other.is_subdomain(name) for other in (*zone.nodes, *self._zones))
+
     def _negative_soa(self, apex: dns.name.Name) -> dns.rrset.RRset:
         """The zone's SOA for a negative answer, its TTL lowered to the SOA MINIMUM (RFC 2308 §3)."""
-        soa = self._nodes[apex][dns.rdatatype.SOA]
+        soa = self._zones[apex].find_rdataset(apex, dns.rdatatype.SOA)
         rdata = cast(dns.rdtypes.ANY.SOA.SOA, soa[0])
         return dns.rrset.from_rdata(apex, min(soa.ttl, rdata.minimum), rdata)
 
@@ -335,31 +401,152 @@ class ZoneData:
             if behaviour != Behaviour.ANSWER and behaviour not in _TRANSPORT_BEHAVIOURS:
                 return _Outcome(behaviour=behaviour, rcode=dns.rcode.SERVFAIL, authoritative=False)
             apex = self._zone_of(name)
+            if qtype == dns.rdatatype.DS and apex == name and not answer:
+                parent = self._parent_zone(name)
+                if parent is not None:  # RFC 4035 §3.1.4.1: the parent side of the zone cut answers
+                    ds = self._ds_rrset(name)
+                    if ds is None:
+                        return _Outcome(authority=(self._negative_soa(parent),))
+                    return _Outcome(answer=(ds,))
             if apex is None:
                 if not answer:
                     return _Outcome(rcode=dns.rcode.REFUSED, authoritative=False)
                 # The chain left our authority: the client follows it elsewhere (§4.3.2 step 3.a).
                 return _Outcome(answer=tuple(answer))
-            node = self._nodes.get(name)
-            if node is None and name not in self._existing:
+            zone = self._zones[apex]
+            node = zone.get_node(name)
+            if node is None and not self._exists(zone, name):
                 # RFC 6604: with a CNAME chain, the rcode describes the last name.
-                return _Outcome(
-                    rcode=dns.rcode.NXDOMAIN, answer=tuple(answer), authority=(self._negative_soa(apex),)
-                )
-            node = node or {}
+                return _Outcome(rcode=dns.rcode.NXDOMAIN, answer=tuple(answer), authority=(self._negative_soa(apex),))
+            rdatasets: Iterable[dns.rdataset.Rdataset] = node or ()
             if qtype == dns.rdatatype.ANY and node:
-                return _Outcome(answer=(*answer, *sorted(node.values(), key=lambda r: r.rdtype)))
-            rrset = node.get(qtype)
-            if rrset is not None:
-                return _Outcome(answer=(*answer, rrset))
-            cname = node.get(dns.rdatatype.CNAME)
+                return _Outcome(answer=(*answer, *(_rrset(name, r) for r in sorted(rdatasets, key=_by_type))))
+            found = {rdataset.rdtype: rdataset for rdataset in rdatasets}
+            if qtype in found:
+                return _Outcome(answer=(*answer, _rrset(name, found[qtype])))
+            cname = found.get(dns.rdatatype.CNAME)
             if cname is None:
                 return _Outcome(answer=tuple(answer), authority=(self._negative_soa(apex),))  # NODATA
-            answer.append(cname)
+            answer.append(_rrset(name, cname))
             seen.add(name)
             name = cast(dns.rdtypes.ANY.CNAME.CNAME, cname[0]).target
             if name in seen or len(answer) >= MAX_CHAIN:
                 return _Outcome(answer=tuple(answer))
+
+    # --- DNSSEC (module docstring) ---------------------------------------------------------------------------
+
+    def _parent_zone(self, apex: dns.name.Name) -> dns.name.Name | None:
+        return self._zone_of(apex.parent()) if apex != dns.name.root else None
+
+    def _ds_rrset(self, child: dns.name.Name) -> dns.rrset.RRset | None:
+        key = self._keys.get(child)
+        if key is None:
+            return None
+        ds = dns.dnssec.make_ds(child, key.dnskey, dns.dnssectypes.DSDigest.SHA256)
+        return dns.rrset.from_rdata(child, DEFAULT_TTL, ds)
+
+    def _signer_of(self, rrset: dns.rrset.RRset) -> dns.name.Name | None:
+        """The zone whose key signs *rrset*: the parent for a DS set at a cut, else the owner's zone."""
+        zone = self._zone_of(rrset.name)
+        if rrset.rdtype == dns.rdatatype.DS and zone == rrset.name:
+            zone = self._parent_zone(rrset.name)
+        return zone
+
+    def _rrsig(self, rrset: dns.rrset.RRset, zone: dns.name.Name, now: float) -> dns.rrset.RRset:
+        cache_key = (zone, int(now // 86400), rrset.to_text())
+        cached = self._signatures.get(cache_key)
+        if cached is None:
+            cached = self._signatures[cache_key] = self._sign_rrset(rrset, zone, now)
+        return cached
+
+    def _sign_rrset(self, rrset: dns.rrset.RRset, zone: dns.name.Name, now: float) -> dns.rrset.RRset:
+        key = self._keys[zone]
+        if key.expired:
+            inception, expiration = now - 2 * _SIGNATURE_VALIDITY, now - _EXPIRED_BY
+        else:
+            inception, expiration = now - _SIGNATURE_VALIDITY, now + _SIGNATURE_VALIDITY
+        rrsig = dns.dnssec.sign(rrset, key.private, zone, key.dnskey, inception=inception, expiration=expiration)
+        return dns.rrset.from_rdata(rrset.name, rrset.ttl, rrsig)
+
+    def _chain(self, apex: dns.name.Name) -> list[dns.name.Name]:
+        """The zone's owner names in canonical order (RFC 4034 §6.1): its names with data and the cuts to the
+        child zones directly below it (RFC 4035 §2.3: an NSEC at each delegation point)."""
+        chain = self._chains.get(apex)
+        if chain is None:
+            cuts = [child for child in self._zones if child != apex and self._parent_zone(child) == apex]
+            chain = self._chains[apex] = sorted({*self._zones[apex].nodes, *cuts})
+        return chain
+
+    def _nsec(self, apex: dns.name.Name, name: dns.name.Name) -> dns.rrset.RRset:
+        """The NSEC at *name* if it owns one, else the one covering it."""
+        chain = self._chain(apex)
+        index = bisect.bisect_right(chain, name) - 1
+        owner = chain[index]
+        following = chain[(index + 1) % len(chain)]
+        if owner != apex and owner in self._zones:  # a delegation point: only the cut's types
+            types = {dns.rdatatype.NS} | ({dns.rdatatype.DS} if owner in self._keys else set())
+        else:
+            types = {rdataset.rdtype for rdataset in self._zones[apex].get_node(owner) or ()}
+        types |= {dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
+        text = " ".join([following.to_text(), *sorted(dns.rdatatype.to_text(t) for t in types)])
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC, text)
+        return dns.rrset.from_rdata(owner, _NEGATIVE_TTL, rdata)
+
+    def _dnssec_records(
+        self, qname: dns.name.Name, outcome: _Outcome
+    ) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset]]:
+        """The RRSIGs for the answer section, and the signed denial for the authority section."""
+        now = time.time()
+        answer: list[dns.rrset.RRset] = []
+        for rrset in outcome.answer:
+            zone = self._signer_of(rrset)
+            if zone in self._keys:
+                answer.append(self._rrsig(rrset, zone, now))
+        authority: list[dns.rrset.RRset] = []
+        soas = [r for r in outcome.authority if r.rdtype == dns.rdatatype.SOA]
+        if soas and soas[0].name in self._keys:
+            apex = soas[0].name
+            last = qname
+            if outcome.answer and outcome.answer[-1].rdtype == dns.rdatatype.CNAME:
+                last = cast(dns.rdtypes.ANY.CNAME.CNAME, outcome.answer[-1][0]).target
+            nsec = self._nsec(apex, last)
+            authority = [self._rrsig(soas[0], apex, now), nsec, self._rrsig(nsec, apex, now)]
+        return answer, authority
+
+
+def _check_coexistence(
+    owner: dns.name.Name,
+    apex: dns.name.Name,
+    rtype: dns.rdatatype.RdataType,
+    parsed: list[dns.rdata.Rdata],
+    node: dns.node.Node | None,
+) -> None:
+    """Raise ValueError if adding *parsed* to *node* breaks the CNAME or SOA rules."""
+    present = {rdataset.rdtype: rdataset for rdataset in node or ()}
+    if rtype == dns.rdatatype.SOA:
+        if owner != apex:
+            raise ValueError(f"{owner}: an SOA record belongs at a zone apex only")
+        if len(parsed) != 1:
+            raise ValueError(f"{owner}: a zone has exactly one SOA record")
+    if rtype == dns.rdatatype.CNAME:
+        others = [t for t in present if t != dns.rdatatype.CNAME and t not in _CNAME_COMPANIONS]
+        if others:
+            kinds = ", ".join(sorted(dns.rdatatype.to_text(t) for t in others))
+            raise ValueError(f"{owner} has {kinds} data: a CNAME cannot coexist with it (RFC 1034 §3.6.2)")
+        targets = set(parsed) | set(present.get(dns.rdatatype.CNAME, ()))
+        if len(targets) > 1:
+            raise ValueError(f"{owner}: a name holds at most one CNAME record (RFC 1034 §3.6.2)")
+    elif rtype not in _CNAME_COMPANIONS and dns.rdatatype.CNAME in present:
+        raise ValueError(f"{owner} holds a CNAME: no other data may coexist with it (RFC 1034 §3.6.2)")
+
+
+def _by_type(rdataset: dns.rdataset.Rdataset) -> int:
+    return int(rdataset.rdtype)
+
+
+def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
+    """*rdataset* as the rrset of owner *name* (the name as asked for, or as the CNAME chain named it)."""
+    return dns.rrset.from_rdata_list(name, rdataset.ttl, list(rdataset))
 
 
 def _header_only(wire: bytes, rcode: dns.rcode.Rcode) -> bytes:
@@ -624,4 +811,8 @@ class DnsServer:
             response.flags |= dns.flags.AA
         response.answer = list(outcome.answer)
         response.authority = list(outcome.authority)
+        if query.ednsflags & dns.flags.DO:
+            signatures, denial = self._data._dnssec_records(question.name, outcome)
+            response.answer += signatures
+            response.authority += denial
         return _Reply(_render(response, limit))

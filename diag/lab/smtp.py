@@ -1,10 +1,15 @@
-"""SMTP hosts of the embedded lab: small loopback servers that behave like real mail hosts, defects included.
+"""SMTP hosts of the embedded lab: loopback servers that behave like real mail hosts, defects included.
 
 Each host listens on its own 127.x.y.z address; all hosts of a lab share one port. The defects are real on
 the wire, because the probes of diag are tested against them: a tarpit never sends a byte, a host configured
 with a leaf-only chain sends only its leaf, a host with a 554 greeting refuses every command.
 
-    HostKind.MAIL      aiosmtpd, STARTTLS when ``tls`` is set, mail for ``domains`` stored in a Maildir
+A mail host is the relay's own SMTP server (:class:`diag.relay.server.RelayServer`) playing a plain receiving
+host: its certificate, TLS versions and greeting come from :func:`mail_host_settings`, its Received line and
+Maildir store are the relay's. Only the hosts that no well-behaved server imitates are written here.
+
+    HostKind.MAIL      the relay's server: STARTTLS when ``tls`` is set, every address of ``domains`` kept in
+                       one Maildir
     HostKind.TARPIT    accepts TCP, never greets, reads and discards what it gets
     HostKind.GREETING  greets with a fixed reply line (554 and 421 are the useful ones), or with 220 and then
                        answers from a script; STARTTLS when ``tls`` is set and the script does not answer it
@@ -19,30 +24,30 @@ import asyncio
 import contextlib
 import enum
 import logging
-import mailbox
+import os
 import re
 import socket
 import ssl
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from diag.config import Organization, RelayRole
+from diag.errors import ConfigError, LabError
+from diag.relay.connections import TOO_MANY_CONNECTIONS, Connections
+from diag.relay.server import RelayServer
+from diag.relay.settings import Limits, RelaySettings
 
-from diag.errors import LabError
-from diag.relay.connections import TOO_MANY_CONNECTIONS, CappedSMTP, Connections
-
-__all__ = ["HostKind", "LabHost", "LabHostServer", "TlsFiles", "start_host"]
+__all__ = ["HostKind", "LabHost", "LabHostServer", "TlsFiles", "mail_host_settings", "start_host"]
 
 _MAX_CONNECTIONS: Final = 256
-_DATA_SIZE_LIMIT: Final = 10 * 1024 * 1024
-# aiosmtpd greets with "220 <hostname> <ident>"; its default ident names the aiosmtpd version
-# (security-cases RR-44), which no real host we imitate would reveal.
+# What follows the host name in a mail host's greeting: no software version (security-cases RR-44).
 _IDENT: Final = "ESMTP diag lab"
+# Every client of a lab host is a part of the lab on loopback: the X-Diag-Trace headers they add are kept.
+_LAB_NETWORKS: Final = ("127.0.0.0/8",)
 # Upper bound on how long close() waits for aborted connections to be torn down.
 _CLOSE_WAIT: Final = 5.0
 # A GREETING host ends the session at this many commands (RFC 5321 §3.1 leaves it to the server;
@@ -54,7 +59,6 @@ _GREETING_LINE_LIMIT: Final = 512
 # overrun a client's reply limit quickly (aiosmtplib's is 32 KiB) without hogging the lab's event loop.
 _ENDLESS_BATCH: Final = 48
 _ENDLESS_TICK: Final = 0.01
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 # A scripted reply line: code, then any text but CR and LF. Hostile servers send control characters, bidi
 # overrides (as UTF-8) and markup in their replies; the lab imitates them (security-cases RPT-04), so only the
@@ -62,14 +66,12 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _REPLY_LINE = re.compile(r"[2-5][0-5][0-9](?: [^\r\n]*)?")
 _SCRIPT_LINE = re.compile(r"[2-5][0-5][0-9](?:[ -][^\r\n]*)?")
 
-_TEMPORARY_FAILURE: Final = "451 4.3.0 Temporary failure"
-
 
 class HostKind(enum.StrEnum):
     """What a lab host does with a connection."""
 
     MAIL = "mail"
-    """An aiosmtpd mail host; STARTTLS when ``tls`` is set."""
+    """A plain mail host: the relay's server (:func:`mail_host_settings`); STARTTLS when ``tls`` is set."""
     TARPIT = "tarpit"
     """Accepts TCP, never greets, reads and discards input."""
     GREETING = "greeting"
@@ -99,7 +101,7 @@ class LabHost:
     """One SMTP host of the lab."""
 
     name: str
-    """Host name: in the banner ("220 <name> ESMTP diag lab") and as the Maildir folder name."""
+    """Host name: in the banner ("220 <name> ESMTP diag lab"), the Received line and as the Maildir folder name."""
     ip: str
     """Loopback address the host listens on."""
     kind: HostKind = HostKind.MAIL
@@ -114,7 +116,7 @@ class LabHost:
     LF, sent as UTF-8 (lone surrogates as the bytes "surrogateescape" makes of them: not UTF-8). For ENDLESS:
     the same kind of line, sent as a continuation line ("421-4.7.0 ...") that repeats forever."""
     domains: tuple[str, ...] = ()
-    """Recipient domains the host accepts mail for."""
+    """Recipient domains (A-labels) the host accepts mail for: every address in them, kept in one Maildir."""
     script: tuple[tuple[str, str | None], ...] = ()
     """For GREETING: (verb, reply) pairs answering commands after a 220 greeting; a None reply closes the
     connection without a word; verbs not listed get 502. Replies may span lines ("250-a\r\n250 b")."""
@@ -123,7 +125,7 @@ class LabHost:
 class LabHostServer:
     """A running lab host, as returned by :func:`start_host`. Also an async context manager that closes it."""
 
-    __slots__ = ("_connections", "_host", "_port", "_server", "_sockets")
+    __slots__ = ("_connections", "_host", "_port", "_relay", "_server", "_sockets")
 
     def __init__(
         self,
@@ -132,12 +134,14 @@ class LabHostServer:
         server: asyncio.Server | None,
         connections: Connections,
         sockets: tuple[socket.socket, ...] = (),
+        relay: RelayServer | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._server = server
         self._connections = connections
         self._sockets = sockets
+        self._relay = relay
 
     @property
     def host(self) -> LabHost:
@@ -153,6 +157,8 @@ class LabHostServer:
         """Stop listening and abort every open connection. Returns within a few seconds; safe to repeat."""
         for sock in self._sockets:
             sock.close()
+        if self._relay is not None:
+            await self._relay.close()
         if self._server is None:
             return
         self._server.close()
@@ -186,7 +192,7 @@ async def start_host(
 ) -> LabHostServer:
     """Start ``host`` on ``host.ip``:``port`` (0 picks a free port) on the running event loop.
 
-    ``maildir`` is the parent of the host's Maildir (``maildir / host.name``), created on first delivery.
+    ``maildir`` is the parent of a mail host's Maildir (``maildir / host.name``), created on first delivery.
     ``timeout`` is the idle timeout of a session; a tarpit holds a connection for at most ten times that.
     Raises :class:`LabError` when the definition is inconsistent, the certificate cannot be loaded or the
     address cannot be bound.
@@ -195,33 +201,17 @@ async def start_host(
     loop = asyncio.get_running_loop()
     if host.kind is HostKind.BLACKHOLE:
         return await _start_blackhole(host, port)
+    if host.kind is HostKind.MAIL:
+        return await _start_mail_host(host, port, maildir, timeout)
     connections = Connections(_MAX_CONNECTIONS)
     factory: Callable[[], asyncio.BaseProtocol]
     match host.kind:
-        case HostKind.MAIL:
-            handler = _MailHandler(host, maildir)
-            tls_context = _server_context(host) if host.tls is not None else None
-
-            def factory() -> asyncio.BaseProtocol:
-                return CappedSMTP(
-                    handler,
-                    connections,
-                    hostname=host.name,
-                    ident=_IDENT,
-                    tls_context=tls_context,
-                    require_starttls=False,
-                    enable_SMTPUTF8=False,
-                    timeout=timeout,
-                    data_size_limit=_DATA_SIZE_LIMIT,
-                    loop=loop,
-                )
-
         case HostKind.TARPIT:
 
             def factory() -> asyncio.BaseProtocol:
                 return _Tarpit(connections, timeout * 10)
 
-        case HostKind.BLACKHOLE:  # pragma: no cover - started above
+        case HostKind.BLACKHOLE | HostKind.MAIL:  # pragma: no cover - started above
             raise AssertionError("unreachable")
 
         case HostKind.ENDLESS:
@@ -248,6 +238,49 @@ async def start_host(
         raise LabError(message) from error
     bound: int = server.sockets[0].getsockname()[1]
     return LabHostServer(host, bound, server, connections)
+
+
+def mail_host_settings(host: LabHost, port: int, *, maildir: Path, timeout: float) -> RelaySettings:
+    """The relay settings that make :class:`RelayServer` the plain mail host ``host`` (``HostKind.MAIL``).
+
+    The internet role without mailboxes or relay rights: every address of ``host.domains`` is kept in the
+    Maildir ``maildir / host.name`` from anyone, everything else refused, nothing queued (the server runs
+    without a spool; ``spool`` names that Maildir only because the field is required). It keeps its clients'
+    trace headers (they are the lab), asks no client for a certificate, offers the TLS versions and loads the
+    legacy certificate ``host`` asks for, and admits 256 connections, from one address too (the lab's clients
+    all come from loopback).
+    """
+    return RelaySettings(
+        organization=Organization(),
+        role=RelayRole.INTERNET,
+        hostname=host.name,
+        listen=((host.ip, port),),
+        spool=maildir / host.name,
+        maildir=maildir / host.name,
+        tls_cert=host.tls.chain if host.tls is not None else None,
+        tls_key=host.tls.key if host.tls is not None else None,
+        limits=Limits(connections=_MAX_CONNECTIONS, connections_per_ip=_MAX_CONNECTIONS, session_timeout=timeout),
+        catch_all=tuple(domain.lower() for domain in host.domains),
+        trace_networks=_LAB_NETWORKS,
+        ident=_IDENT,
+        tls_versions=host.tls_versions,
+        legacy_crypto=host.legacy_crypto,
+        client_certificates=False,
+    )
+
+
+async def _start_mail_host(host: LabHost, port: int, maildir: Path, idle: float) -> LabHostServer:
+    relay = RelayServer(mail_host_settings(host, port, maildir=maildir, timeout=idle), None)
+    try:
+        await relay.start()
+    except ConfigError as error:
+        assert host.tls is not None  # the certificate is all a mail host's settings load
+        raise LabError(f"lab host {host.name}: cannot load {host.tls.chain}: {error.__cause__ or error}") from error
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise LabError(f"lab host {host.name}: cannot listen on {host.ip}:{port}: {reason}") from error
+    # The relay tracks (and on close aborts) its connections itself.
+    return LabHostServer(host, relay.addresses[0][1], None, Connections(0), relay=relay)
 
 
 async def _start_blackhole(host: LabHost, port: int) -> LabHostServer:
@@ -313,90 +346,6 @@ def _server_context(host: LabHost) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as error:
         raise LabError(f"lab host {host.name}: cannot load {host.tls.chain}: {error}") from error
     return context
-
-
-class _MailHandler:
-    """aiosmtpd handler of a MAIL host: recipient policy and Maildir delivery."""
-
-    def __init__(self, host: LabHost, maildir: Path) -> None:
-        self._name = host.name
-        self._domains = frozenset(domain.lower() for domain in host.domains)
-        self._maildir = maildir / host.name
-
-    async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
-    ) -> list[str]:
-        # aiosmtpd advertises AUTH after STARTTLS and then fails every login; a receiving MX does not
-        # offer AUTH at all (Postfix: smtpd_sasl_auth_enable = no), so drop it.
-        session.host_name = hostname
-        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
-
-    async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
-    ) -> str:
-        # Security-cases RR-20: aiosmtpd passes C0 characters through inside quoted local parts.
-        if _CONTROL.search(address):
-            return "553 5.1.7 Bad sender address syntax"
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 Ok"
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
-    ) -> str:
-        # Without this hook aiosmtpd accepts every recipient (security-cases RR-03). Control characters are
-        # refused first: '"a\rx <v@evil.example>"@allowed.example' has an allowed domain, and echoing it back
-        # would put a bare CR into our reply.
-        if _CONTROL.search(address):
-            return "553 5.1.3 Bad recipient address syntax"
-        _, at, domain = address.rpartition("@")
-        if not at or domain.lower() not in self._domains:
-            return f"550 5.1.1 <{address}>: Recipient address rejected: not a domain of this host"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        content = envelope.original_content
-        assert isinstance(content, bytes)
-        message = self._trace_headers(session, envelope) + content
-        try:
-            # RFC 5321 §6.1: the 250 reply takes over responsibility for the message, so it is stored first.
-            await asyncio.to_thread(self._store, message)
-        except Exception:
-            logging.getLogger(__name__).exception("lab host %s: cannot store a message", self._name)
-            return _TEMPORARY_FAILURE
-        return "250 2.0.0 Ok: queued"
-
-    async def handle_exception(self, error: Exception) -> str:
-        # aiosmtpd's default reply is "500 Error: (<class>) <text>": it leaks internals and turns a local
-        # problem into a permanent failure (security-cases RR-55). RFC 5321 §4.2.3: 451 is a local error.
-        log = logging.getLogger(__name__)
-        if isinstance(error, TLSSetupException):
-            # A client refusing our certificate is everyday business in a lab of broken hosts. aiosmtpd closes
-            # the connection after this without sending the reply.
-            log.info("lab host %s: TLS handshake failed: %r", self._name, error.__cause__)
-        else:
-            log.error("lab host %s: session error", self._name, exc_info=error)
-        return _TEMPORARY_FAILURE
-
-    def _trace_headers(self, session: Session, envelope: Envelope) -> bytes:
-        # RFC 5321 §4.4: the delivering host adds Return-Path, every host a Received line. The HELO name is
-        # the client's text: replace control characters so it cannot end the header.
-        helo = _CONTROL.sub("?", session.host_name or "unknown")
-        # aiosmtpd annotates peer as str, but it is the socket's (host, port, ...) tuple.
-        address: Any = session.peer
-        peer = address[0] if isinstance(address, tuple) else "unknown"
-        protocol = "ESMTPS" if session.ssl is not None else "ESMTP"
-        received = (
-            f"Received: from {helo} ([{peer}])\r\n\tby {self._name} (diag lab) with {protocol};\r\n"
-            f"\t{formatdate(usegmt=True)}\r\n"
-        )
-        return f"Return-Path: <{envelope.mail_from}>\r\n{received}".encode("ascii", "replace")
-
-    def _store(self, message: bytes) -> None:
-        self._maildir.parent.mkdir(parents=True, exist_ok=True)
-        mailbox.Maildir(self._maildir, factory=None, create=True).add(message)
 
 
 class _Tarpit(asyncio.Protocol):

@@ -7,7 +7,8 @@ A world is data: DNS zones and records, and mail hosts with the certificate (or 
 Addresses (all loopback; 127.0.0.0/8 needs no configuration on Linux):
     127.0.53.53     the lab's DNS server
     127.0.1.0/24    the cloud service (contoso-com.mail.protection.outlook.com)
-    127.0.10.0/24   the organization's on-premises servers (mail.contoso.com, sales-mail.contoso.com)
+    127.0.10.0/24   the organization's on-premises servers (mail.contoso.com, sales-mail.contoso.com, and two with a
+                    broken connector to the cloud: nocert.contoso.com, badhop.contoso.com)
     127.0.20.0/24   one host per broken domain
     127.0.30.0/24   Internet mail hosts (tailspintoys.com)
 """
@@ -21,16 +22,28 @@ from pathlib import Path
 from diag.config import RelayConfig, RelayRole
 from diag.lab.dns import Behaviour
 from diag.lab.pki import CertKind
+from diag.lab.policy import (
+    CHILD_ZONES,
+    EXPIRED_ZONES,
+    POLICY_HOSTS,
+    POLICY_PURPOSES,
+    STS_HOSTS,
+    TlsaDef,
+    policy_records,
+    tlsa_defs,
+)
 from diag.lab.smtp import HostKind
 
 __all__ = [
     "ACCEPTED_DOMAINS",
+    "BADHOP_USER",
     "BOB",
     "CLOUD_HOST",
     "DNS_IP",
     "ECHO",
     "EXAMPLE_CONFIG",
     "JOHN",
+    "NOCERT_USER",
     "PURPOSES",
     "SUN",
     "HostDef",
@@ -43,6 +56,8 @@ DNS_IP = "127.0.53.53"
 JOHN, BOB, SUN = "john@contoso.com", "bob@contoso.com", "sun@tailspintoys.com"
 # The reflector on Sun's host (diag.relay.reflect): a probe to it comes back to its sender.
 ECHO = "echo@tailspintoys.com"
+# The mailboxes of the two on-premises servers whose connector to the cloud is broken (_broken_on_premises).
+NOCERT_USER, BADHOP_USER = "legacy@contoso.com", "branch@contoso.com"
 # The setup guide's organization with its three connectors, pointing at the lab's smart hosts.
 EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "contoso.toml"
 CLOUD_HOST = "contoso-com.mail.protection.outlook.com"
@@ -71,11 +86,12 @@ class HostDef:
         greeting: the greeting of a GREETING host.
         script: a GREETING host's answers to commands after a 220 greeting (see diag.lab.smtp.LabHost).
         foreign_ca: the certificate comes from a CA that clients do not trust.
-        domains: recipient domains it accepts mail for.
+        domains: recipient domains it accepts mail for, every address kept in its one Maildir.
         tls_versions: the TLS versions it offers (min, max); None for the defaults.
         address_record: publish ``name A ip`` (False when another record, e.g. a CNAME target, carries it).
-        relay: run the routing relay here in this role instead of a lab mail host (the setup guide's world:
-            the cloud, the on-premises server, an Internet host), with these mailboxes.
+        relay: run the whole routing relay here in this role, with these mailboxes, a queue and delivery (the
+            setup guide's world: the cloud, the on-premises server, an Internet host). Without it a MAIL host
+            is the relay's server alone as a plain mail host (:func:`diag.lab.smtp.mail_host_settings`).
     """
 
     name: str
@@ -102,12 +118,22 @@ class HostDef:
 
 @dataclass(frozen=True, slots=True)
 class World:
-    """Zones, records, per-subtree DNS behaviours and hosts."""
+    """Zones, records, per-subtree DNS behaviours and hosts.
+
+    DNSSEC: the zones in ``signed`` are signed (each zone's key is a trust anchor of the lab, except for a zone
+    whose parent zone is signed too: that one is reached through its DS), those in ``expired`` with signatures
+    that ran out. ``tlsa`` lists the TLSA records made from the certificates the lab issues, ``sts`` the MTA-STS
+    policy hosts (name, address, policy) served over HTTPS.
+    """
 
     zones: tuple[str, ...]
     records: tuple[Record, ...]
     hosts: tuple[HostDef, ...]
     behaviours: tuple[tuple[str, Behaviour], ...] = ()
+    signed: tuple[str, ...] = ()
+    expired: tuple[str, ...] = ()
+    tlsa: tuple[TlsaDef, ...] = ()
+    sts: tuple[tuple[str, str, str], ...] = ()
 
 
 # What each lab domain demonstrates, for `diag lab serve` and the README.
@@ -153,8 +179,9 @@ PURPOSES = {
     "a later try",
     "truncated.example": "its DNS answers are truncated over UDP and TCP alike (never complete)",
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
-    "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies and "
-    "certificate names",
+    "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies, "
+    "certificate names and policy records",
+    **POLICY_PURPOSES,
 }
 
 
@@ -176,6 +203,9 @@ def _broken(domain: str, octet: int, **host: object) -> tuple[Record, HostDef]:
 #   TLS: the certificate's subject CN (a UTF8String: markup and U+202E) and its DNS names (IA5String: ASCII,
 #        markup and controls, no bidi); mx.hostile.example is among them, so the chain verifies and only the
 #        text is hostile.
+#   Policy records (TXT, any byte): an SPF record that is valid but names hosts made of markup and template
+#        syntax (the include and the a term find nothing), and DMARC, MTA-STS and TLS-RPT records with markup,
+#        U+202E and C0 controls in their values.
 HOSTILE_MX = (
     r"<script>alert\(1\)</script>.\"><img\032src=x\032onerror=alert\(1\)>.{{7*7}}."
     r"<svg/onload=alert`1`>.\226\128\174gnp.exe\027[2J\007.hostile.example."
@@ -208,13 +238,45 @@ HOSTILE_CERT_NAMES = (
 )
 
 
+HOSTILE_POLICY = (
+    ("hostile.example", "v=spf1 include:<script>alert(1)</script>.hostile.example a:{{7*7}}.hostile.example -all"),
+    ("_dmarc.hostile.example",
+     'v=DMARC1; p=reject; rua=mailto:"><svg/onload=alert(1)>@hostile.example; x-note=\u202eexe.txt\x1b[2J\x07'),
+    ("_mta-sts.hostile.example", "v=STSv1; id=<b>{{7*7}}</b>\x1b[31m"),
+    ("_smtp._tls.hostile.example", "v=TLSRPTv1; rua=javascript:alert(1),mailto:\u202e<i>tls</i>@hostile.example"),
+)
+
+
 def _hostile() -> tuple[tuple[Record, ...], HostDef]:
     """hostile.example: a real, reachable mail host whose every text is an attack on whoever displays it."""
     host = HostDef(
         "mx.hostile.example", "127.0.20.26", kind=HostKind.GREETING, cert_names=HOSTILE_CERT_NAMES,
         greeting=HOSTILE_GREETING, script=(("EHLO", HOSTILE_EHLO), ("HELO", "250 mx.hostile.example")),
     )  # fmt: skip
-    return (Record("hostile.example", "MX", ("10 mx.hostile.example.", f"20 {HOSTILE_MX}")),), host
+    records = [Record("hostile.example", "MX", ("10 mx.hostile.example.", f"20 {HOSTILE_MX}"))]
+    records += [Record(name, "TXT", (text,)) for name, text in HOSTILE_POLICY]
+    return tuple(records), host
+
+
+def _broken_on_premises(users: tuple[str, ...]) -> tuple[HostDef, ...]:
+    """Two more on-premises servers of contoso.com, each with its connector to the cloud broken, for the end-to-end
+    probes of examples/broken-probes.toml (``diag probe --lab --config examples/broken-probes.toml``):
+
+    - nocert.contoso.com sends without a certificate, from an address no inbound connector lists: the cloud
+      refuses to relay its mail (550 5.7.64 TenantAttribution), and it bounces the probe to its sender;
+    - badhop.contoso.com has a smart host that refuses connections (mx.refused.example): its mail stays queued.
+    """
+    nocert = HostDef(
+        "nocert.contoso.com", "127.0.10.12", cert=None,
+        relay=RelayConfig(role=RelayRole.ON_PREMISES, mailboxes=(NOCERT_USER,), smart_host=CLOUD_HOST,
+                          relay_networks=users),
+    )  # fmt: skip
+    badhop = HostDef(
+        "badhop.contoso.com", "127.0.10.13",
+        relay=RelayConfig(role=RelayRole.ON_PREMISES, mailboxes=(BADHOP_USER,), smart_host="mx.refused.example",
+                          relay_networks=users),
+    )  # fmt: skip
+    return nocert, badhop
 
 
 def default_world() -> World:
@@ -240,7 +302,7 @@ def default_world() -> World:
     )  # fmt: skip
     records = [Record(domain, "MX", (f"10 {CLOUD_HOST}.",)) for domain in ACCEPTED_DOMAINS]
     records.append(Record("tailspintoys.com", "MX", ("10 mail.tailspintoys.com.",)))
-    hosts = [cloud, onprem, sales, tailspin]
+    hosts = [cloud, onprem, sales, tailspin, *_broken_on_premises(users)]
 
     broken = [
         _broken("expired.example", 1, cert=CertKind.EXPIRED),
@@ -326,6 +388,11 @@ def default_world() -> World:
                 address_record=False)
     )  # fmt: skip
 
+    hosts.extend(HostDef(name, ip, domains=(name.removeprefix("mx."),)) for name, ip in POLICY_HOSTS)
+    # hostile.example publishes its own policy records (_hostile), not the healthy baseline.
+    for name, rdtype, rdata in policy_records(ACCEPTED_DOMAINS, tuple(d for d in PURPOSES if d != "hostile.example")):
+        records.append(Record(name, rdtype, (rdata,)))
+
     hostile_records, hostile_host = _hostile()
     records.extend(hostile_records)
     hosts.append(hostile_host)
@@ -335,7 +402,8 @@ def default_world() -> World:
             records.append(Record(host.name, "A", (host.ip,)))
     # Zone apexes: the organization's domains, outlook.com for the cloud host, and all of .example (so a
     # misspelt lab domain gets a real NXDOMAIN).
-    zones = ("contoso.com", "fabrikam.com", "contoso.onmicrosoft.com", "outlook.com", "tailspintoys.com", "example")
+    top = ("contoso.com", "fabrikam.com", "contoso.onmicrosoft.com", "outlook.com", "tailspintoys.com", "example")
+    zones = (*top, *CHILD_ZONES)
     return World(
         zones=zones,
         records=tuple(records),
@@ -345,4 +413,8 @@ def default_world() -> World:
             ("truncated.example", Behaviour.TRUNCATE),
             ("lossy.example", Behaviour.LOSE_UDP),
         ),
+        signed=tuple(z for z in zones if z != "unsigned.example"),
+        expired=EXPIRED_ZONES,
+        tlsa=tlsa_defs(CLOUD_HOST),
+        sts=STS_HOSTS,
     )

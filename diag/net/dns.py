@@ -7,12 +7,24 @@ REFUSED, no reachable nameserver, timeout) raises :class:`~diag.errors.DnsError`
 A lookup gets the operation timeout (``--timeout``) in all, and a lost UDP datagram does not cost all of it:
 authoritative servers that rate-limit (response rate limiting drops answers) and busy resolvers lose queries,
 and a run over thousands of domains sends many. The first two thirds of the budget are UDP tries, each waiting
-a quarter of that (two seconds at most), with dnspython's own backoff between rounds (0.1 s, doubling, at most
-2 s); if every UDP answer was lost, the last third asks over TCP, which such servers answer and which gets
-through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, not only for truncation). A server
-that rate-limits may also answer with a truncated reply and then close the TCP connection the client opens for
-it (it cannot take them all): that is no answer either, and the lookup asks again after a pause (0.1 s,
-doubling, at most 1 s) while its budget lasts.
+a quarter of that (two seconds at most), with a backoff between rounds over the nameservers (0.1 s, doubling, at
+most 2 s); if every UDP answer was lost, the last third asks over TCP, which such servers answer and which gets
+through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, not only for truncation). A TCP
+connection the server closes or resets before answering (one that rate-limits with truncated answers and cannot
+take every connection they bring) is no answer either, and is tried again next round.
+
+The stub resolution is dnspython's own (``dns.resolver._Resolution``: a nameserver that answers SERVFAIL,
+REFUSED, malformed data or a truncated answer over TCP is dropped for the lookup; one that times out is tried
+again next round; a truncated UDP answer is asked again over TCP, DNS-08) written over ``dns.asyncquery``,
+because ``dns.resolver`` imports ``dns._ddr`` (discovery of designated resolvers, which diag never uses) and
+with it a third of dnspython's import time (issue 13: start-up). Without ``--resolver``, the nameservers of
+``/etc/resolv.conf`` are asked, as dnspython would (``rotate`` and ``edns0`` are honoured; search lists never
+apply, a probe asks for exactly the name it has).
+
+An MX answer's additional section, where a server gives it, is used the way RFC 1035 §3.3.9 (and RFC 3596 §3 for
+AAAA) defines it: the A and AAAA records of a mail exchanger named in that answer count as the answers to those
+questions for the rest of the run, which saves a round trip before the first connection. Only records owned by
+an exchange name of the same answer are taken; a type the section does not give is asked for as usual.
 """
 
 from __future__ import annotations
@@ -20,41 +32,50 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-import dns.asyncresolver
+import dns.asyncquery
+import dns.entropy
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.nameserver
+import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
-import dns.resolver
+import dns.rdtypes.ANY.MX
+import dns.rdtypes.ANY.RRSIG
+import dns.rrset
 
 from diag.errors import DnsError, DnsTimeoutError
 from diag.names import port_number
 
-__all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_nameserver"]
+__all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_nameserver", "system_nameservers"]
 
-# Seconds granted beyond the lookup lifetime before the outer deadline cancels it: dnspython's own lifetime
-# check happens between tries and can overrun (STYLE.md rule 6).
+# Seconds granted beyond the lookup lifetime before the outer deadline cancels it: a try's own timeout is
+# checked between tries and can overrun (STYLE.md rule 6).
 _GRACE = 1.0
 # Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
 # of A and AAAA queries (UDP answers get dropped, and each costs a retry).
 _MAX_IN_FLIGHT = 64
 # How a lookup spends its budget (module docstring): this share on UDP tries, the rest on TCP.
 _UDP_SHARE = 2 / 3
-# UDP tries that fit into the UDP share when none is answered (dnspython's backoff comes on top); each try
-# waits at most _MAX_TRY, dnspython's own default per-try timeout.
+# UDP tries that fit into the UDP share when none is answered (the backoff comes on top); each try waits at most
+# _MAX_TRY, dnspython's own default per-try timeout.
 _UDP_TRIES = 4
 _MAX_TRY = 2.0
-# A server that closed or reset the connection is asked again after this pause, doubling up to _MAX_PAUSE.
-_FIRST_PAUSE = 0.1
-_MAX_PAUSE = 1.0
-# What ends a try without an answer (see _unanswered).
-_UNANSWERED = (EOFError, ConnectionResetError, dns.exception.Timeout, dns.message.Truncated)
+# The backoff before each new round over the nameservers: dnspython's (dns.resolver._Resolution).
+_FIRST_BACKOFF = 0.1
+_MAX_BACKOFF = 2.0
+# The EDNS payload offered with ``options edns0`` in resolv.conf: dnspython's default (the DNS flag day 2020 size).
+_EDNS_PAYLOAD = 1232
+_RESOLV_CONF = Path("/etc/resolv.conf")
+# Address records a mail exchanger's name may come with in an MX answer's additional section.
+_ADDRESS_TYPES = {dns.rdatatype.A: "A", dns.rdatatype.AAAA: "AAAA"}
 
 
 class DnsStatus(enum.StrEnum):
@@ -86,6 +107,13 @@ class Answer:
         status: data, NXDOMAIN or NODATA.
         canonical_name: the name the data was found at, after any CNAME chain; equal to ``name`` without one.
         records: the record data, empty unless ``status`` is OK.
+        dnssec: asked with the DO bit (RFC 4035 §3.2.1), so the fields below are filled in.
+        signatures: the RRSIGs covering ``records`` (at ``canonical_name``).
+        authority: the authority section: for a negative answer, the SOA, the NSEC/NSEC3 records denying the
+            name or type, and their RRSIGs (RFC 4035 §3.1.3).
+        authenticated: the AD bit: the resolver says it validated the answer. Only worth anything from a
+            validating resolver the operator trusts, over a path nobody can tamper with (security-cases.md
+            DNS-19, RD-27).
     """
 
     name: str
@@ -93,6 +121,10 @@ class Answer:
     status: DnsStatus
     canonical_name: str
     records: tuple[dns.rdata.Rdata, ...] = ()
+    dnssec: bool = False
+    signatures: tuple[dns.rdtypes.ANY.RRSIG.RRSIG, ...] = ()
+    authority: tuple[dns.rrset.RRset, ...] = ()
+    authenticated: bool = False
 
     @property
     def via_cname(self) -> bool:
@@ -118,21 +150,117 @@ def parse_nameserver(text: str) -> Nameserver:
     return Nameserver(host, port_number(port_text))
 
 
-def _unanswered(exc: dns.resolver.NoNameservers) -> bool:
-    """Whether every try of a failed lookup ended without an answer from the server, as if it were lost: a
-    truncated UDP answer whose retry over TCP the server closed or reset (a server that rate-limits answers with
-    truncated ones, then cannot take every connection), or a timeout. A refused datagram or connection (nothing
-    listens there), a malformed answer and SERVFAIL or REFUSED are answers of a kind, and final."""
-    errors = exc.kwargs.get("errors") or []
-    return bool(errors) and all(
-        response is None and isinstance(error, _UNANSWERED) and not isinstance(error, ConnectionRefusedError)
-        for _server, _tcp, _port, error, response in errors
-    )
-
-
 def name_text(name: dns.name.Name) -> str:
     """A DNS name as text without its trailing dot: ``ssl`` refuses to match ``mx.example.`` (DNS-13)."""
     return name.to_text(omit_final_dot=True) if name != dns.name.root else "."
+
+
+def system_nameservers(path: Path = _RESOLV_CONF) -> tuple[tuple[Nameserver, ...], bool, bool]:
+    """The ``nameserver`` entries of a resolv.conf file, and whether its options ask for ``rotate`` and
+    ``edns0``; no nameserver when the file cannot be read. Entries that are not IP addresses are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return (), False, False
+    servers: list[Nameserver] = []
+    options: set[str] = set()
+    for line in text.splitlines():
+        tokens = line.split()
+        if len(tokens) < 2 or tokens[0].startswith(("#", ";")):
+            continue
+        if tokens[0] == "nameserver":
+            try:
+                servers.append(Nameserver(str(ipaddress.ip_address(tokens[1]))))
+            except ValueError:
+                continue
+        elif tokens[0] == "options":
+            options.update(tokens[1:])
+    return tuple(servers), "rotate" in options, "edns0" in options
+
+
+class _Expired(Exception):
+    """A lookup phase used up its lifetime (dnspython's ``LifetimeTimeout``)."""
+
+
+class _Unanswered(Exception):
+    """Every nameserver failed to answer (dnspython's ``NoNameservers``); the message lists what each said."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Try:
+    """One query on the wire: to which nameserver, over TCP or not."""
+
+    server: Nameserver
+    tcp: bool
+
+
+class _Lookup:
+    """The I/O-free part of one lookup phase: which nameserver to ask next, and what an answer or a failure means
+    (dnspython's ``_Resolution``, for one name and without search lists, cache or TSIG)."""
+
+    def __init__(self, servers: Sequence[Nameserver], *, tcp: bool) -> None:
+        self.servers = list(servers)
+        self._round = self.servers[:]
+        self._tcp = tcp
+        self._retry_with_tcp: Nameserver | None = None
+        self._backoff = _FIRST_BACKOFF
+        self.errors: list[str] = []
+
+    def next_try(self) -> tuple[_Try, float]:
+        """The next query, and how long to wait before sending it; raises _Unanswered when no server is left."""
+        if self._retry_with_tcp is not None:
+            server, self._retry_with_tcp = self._retry_with_tcp, None
+            return _Try(server, True), 0.0
+        wait = 0.0
+        if not self._round:  # every server was tried once: a new round, after a backoff
+            if not self.servers:
+                raise _Unanswered("; ".join(self.errors) or "no nameserver")
+            self._round = self.servers[:]
+            wait, self._backoff = self._backoff, min(self._backoff * 2, _MAX_BACKOFF)
+        return _Try(self._round.pop(0), self._tcp), wait
+
+    def failed(self, attempt: _Try, exc: Exception) -> None:
+        """The query raised ``exc`` instead of returning a response."""
+        if isinstance(exc, dns.message.Truncated) and not attempt.tcp:
+            self._retry_with_tcp = attempt.server  # DNS-08: the full answer over TCP, from the same server
+            return
+        self.errors.append(f"{attempt.server} {_failure_text(exc)}")
+        if attempt.tcp and isinstance(exc, EOFError | ConnectionResetError):
+            # Closed or reset before answering: a server that rate-limits with truncated answers and cannot take
+            # every connection they bring (NSD's rrl-slip under load). Tried again next round, as a timeout is.
+            return
+        if isinstance(exc, dns.exception.FormError | dns.message.Truncated | EOFError | OSError | NotImplementedError):
+            self._drop(attempt.server)  # no good for this lookup; a timeout is tried again next round
+
+    def answered(self, attempt: _Try, response: dns.message.Message) -> dns.message.QueryMessage | None:
+        """The response when it answers the question (NOERROR or NXDOMAIN, with a well-formed CNAME chain); None
+        when the server is dropped and the next one is asked. YXDOMAIN ends the lookup (it cannot improve)."""
+        rcode = response.rcode()
+        if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and isinstance(response, dns.message.QueryMessage):
+            try:
+                response.resolve_chaining()
+            except dns.exception.DNSException as exc:  # ChainTooLong (DNS-07), an answer next to NXDOMAIN
+                self.errors.append(f"{attempt.server} answered {exc}")
+                self._drop(attempt.server)
+                return None
+            return response
+        self.errors.append(f"{attempt.server} answered {dns.rcode.to_text(rcode)}")
+        if rcode == dns.rcode.YXDOMAIN:
+            raise _Unanswered("; ".join(self.errors))
+        self._drop(attempt.server)
+        return None
+
+    def _drop(self, server: Nameserver) -> None:
+        if server in self.servers:
+            self.servers.remove(server)
+
+
+def _failure_text(exc: Exception) -> str:
+    if isinstance(exc, dns.exception.Timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"failed: {exc.strerror}"
+    return f"failed: {str(exc) or type(exc).__name__}"
 
 
 class Resolver:
@@ -140,96 +268,172 @@ class Resolver:
 
     Concurrent callers asking the same question share one lookup; answers and failures are cached for the
     life of the object, which is one run (no module-level cache: STYLE.md).
+
+    The cache is per (name, type). A DNSSEC question (``dnssec=True``: the DO and AD bits, RRSIGs and denial
+    records kept) is answered from the cache only by an answer that was itself asked with DO; it otherwise asks
+    again and its answer, a superset of the plain one, replaces the cached entry for both kinds of question.
+
+    ``share``: the part of the run's questions in flight this resolver may have (1/N for each of a run's N worker
+    processes, so that the run asks no more at once than one process would).
     """
 
-    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0) -> None:
+    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0, share: float = 1.0) -> None:
         self._timeout = timeout
         self._cache: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self._setup_error: str | None = None
-        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
-        try:
-            self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
-        except dns.resolver.NoResolverConfiguration:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._setup_error = "this host has no DNS resolver configured; use --resolver IP"
+        self._in_flight = asyncio.Semaphore(max(1, int(_MAX_IN_FLIGHT * share)))
+        self._rotate = self._edns = False
         if nameservers:
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(ns.ip, ns.port) for ns in nameservers
-            ]
+            self._nameservers = tuple(nameservers)
+        else:
+            self._nameservers, self._rotate, self._edns = system_nameservers()
+            if not self._nameservers:
+                self._setup_error = "this host has no DNS resolver configured; use --resolver IP"
         # Each try (UDP, or TCP in the last part) waits this long at most; each phase's lifetime is given per
-        # lookup. Truncated UDP answers are retried over TCP by dnspython itself (DNS-08).
-        self._resolver.timeout = min(timeout * _UDP_SHARE / _UDP_TRIES, _MAX_TRY)
-        self._resolver.lifetime = timeout
-        self._resolver.retry_servfail = False
+        # lookup. Truncated UDP answers are asked again over TCP (DNS-08).
+        self._try_timeout = min(timeout * _UDP_SHARE / _UDP_TRIES, _MAX_TRY)
 
     @property
     def nameservers(self) -> tuple[str, ...]:
-        return tuple(str(ns) for ns in self._resolver.nameservers)
+        return tuple(str(ns) for ns in self._nameservers)
 
-    async def query(self, name: str, rdtype: str) -> Answer:
-        """Ask for ``rdtype`` records at ``name`` (an A-label name); raises DnsError when there is no answer."""
+    async def query(self, name: str, rdtype: str, *, dnssec: bool = False) -> Answer:
+        """Ask for ``rdtype`` records at ``name`` (an A-label name); raises DnsError when there is no answer.
+
+        ``dnssec``: ask with the DO bit and keep what DNSSEC validation needs (see :class:`Answer`).
+        """
         key = (name.lower().rstrip("."), rdtype.upper())
         future = self._cache.get(key)
+        if future is not None and dnssec and not await self._has_dnssec(future):
+            future = None
         if future is None:
-            future = asyncio.ensure_future(self._lookup(*key))
+            future = asyncio.ensure_future(self._lookup(*key, dnssec=dnssec))
             self._cache[key] = future
         return await asyncio.shield(future)
 
-    async def _lookup(self, name: str, rdtype: str) -> Answer:
+    @staticmethod
+    async def _has_dnssec(future: asyncio.Future[Answer]) -> bool:
+        try:
+            return (await asyncio.shield(future)).dnssec
+        except DnsError:
+            return False  # a failed plain lookup does not stand in for a DNSSEC one
+
+    async def _lookup(self, name: str, rdtype: str, *, dnssec: bool = False) -> Answer:
         if self._setup_error:
             raise DnsError(self._setup_error)
         qname = dns.name.from_text(name)
         try:
-            async with self._in_flight, asyncio.timeout(self._timeout + _GRACE):
-                answer = await self._resolve(qname, rdtype)
-        except dns.resolver.NXDOMAIN as exc:
-            canonical = exc.canonical_name if exc.kwargs.get("qnames") else qname
-            return Answer(name, rdtype, DnsStatus.NXDOMAIN, name_text(canonical))
-        except (dns.resolver.LifetimeTimeout, TimeoutError):
+            # The budget starts when the question goes on the wire: waiting for a slot among the questions in
+            # flight is local queueing, and a run with many checks per domain must not time out in it.
+            async with self._in_flight:
+                async with asyncio.timeout(self._timeout + _GRACE):
+                    response = await self._resolve(qname, rdtype, dnssec=dnssec)
+        except (_Expired, TimeoutError):
             raise DnsTimeoutError(
                 f"no answer for {name} {rdtype} within {self._timeout:g} s (over UDP, then TCP) from "
                 f"{self._servers()}"
             ) from None
-        except dns.resolver.NoNameservers as exc:
+        except _Unanswered as exc:
             raise DnsError(f"no usable answer for {name} {rdtype}: {exc}") from None
         except dns.exception.DNSException as exc:
             raise DnsError(f"{name} {rdtype}: {exc}") from None
-        if answer.response.flags & dns.flags.TC:
-            # dnspython retried over TCP and got a truncated answer there too: it is incomplete, and an
-            # incomplete answer is no answer (never "no MX", DNS-08).
+        chain = response.resolve_chaining()
+        canonical_name = name_text(chain.canonical_name)
+        signed = {
+            "dnssec": True, "authority": tuple(response.authority),
+            "authenticated": bool(response.flags & dns.flags.AD),
+        } if dnssec else {}  # fmt: skip
+        if response.rcode() == dns.rcode.NXDOMAIN:
+            return Answer(name, rdtype, DnsStatus.NXDOMAIN, canonical_name, **signed)  # type: ignore[arg-type]
+        if response.flags & dns.flags.TC:
+            # Asked again over TCP and truncated there too: it is incomplete, and an incomplete answer is no
+            # answer (never "no MX", DNS-08).
             raise DnsError(f"{name} {rdtype}: the answer is truncated even over TCP")
-        canonical_name = name_text(answer.canonical_name)
-        if answer.rrset is None:
-            return Answer(name, rdtype, DnsStatus.NODATA, canonical_name)
-        return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(answer.rrset))
+        if chain.answer is None:
+            return Answer(name, rdtype, DnsStatus.NODATA, canonical_name, **signed)  # type: ignore[arg-type]
+        if rdtype == "MX" and not dnssec:
+            self._take_additional(response, chain.answer)
+        if dnssec:
+            covering = response.get_rrset(
+                response.answer, chain.canonical_name, chain.answer.rdclass, dns.rdatatype.RRSIG, chain.answer.rdtype
+            )
+            signatures = tuple(r for r in covering or () if isinstance(r, dns.rdtypes.ANY.RRSIG.RRSIG))
+            return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer), dnssec=True,
+                          signatures=signatures, authenticated=bool(response.flags & dns.flags.AD))  # fmt: skip
+        return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer))
 
-    async def _resolve(self, qname: dns.name.Name, rdtype: str) -> dns.resolver.Answer:
-        """UDP tries for the first part of the budget, then TCP for the rest (module docstring); a server that
-        closed or reset the connection instead of answering is asked again after a pause."""
+    def _take_additional(self, response: dns.message.Message, answer: dns.rrset.RRset) -> None:
+        """The A and AAAA records an MX answer gives for its exchanges, as the answers to those questions (module
+        docstring); a question already asked keeps its own answer."""
+        exchanges = {r.exchange for r in answer if isinstance(r, dns.rdtypes.ANY.MX.MX)}
+        for rrset in response.additional:
+            rdtype = _ADDRESS_TYPES.get(rrset.rdtype)
+            if rdtype is None or rrset.rdclass != dns.rdataclass.IN or rrset.name not in exchanges or not rrset:
+                continue
+            name = name_text(rrset.name).lower()
+            if (name, rdtype) not in self._cache:
+                given: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+                given.set_result(Answer(name, rdtype, DnsStatus.OK, name, tuple(rrset)))
+                self._cache[(name, rdtype)] = given
+
+    async def _resolve(self, qname: dns.name.Name, rdtype: str, *, dnssec: bool) -> dns.message.QueryMessage:
+        """UDP tries for the first part of the budget, then TCP for the rest (module docstring)."""
         clock = asyncio.get_running_loop()
         started = clock.time()
-        udp_until, until = started + self._timeout * _UDP_SHARE, started + self._timeout
-        tcp, pause = False, _FIRST_PAUSE
+        try:
+            return await self._ask(qname, rdtype, tcp=False, lifetime=self._timeout * _UDP_SHARE, dnssec=dnssec)
+        except _Expired:
+            pass  # every UDP answer was lost
+        remaining = self._timeout - (clock.time() - started)
+        return await self._ask(qname, rdtype, tcp=True, lifetime=max(remaining, 0.001), dnssec=dnssec)
+
+    async def _ask(
+        self, qname: dns.name.Name, rdtype: str, *, tcp: bool, lifetime: float, dnssec: bool
+    ) -> dns.message.QueryMessage:
+        """One phase: the nameservers in turn until one answers; raises _Expired when ``lifetime`` runs out.
+
+        A DNSSEC question sets DO (with EDNS, RFC 4035 §3.2.1) and AD (RFC 6840 §5.7): RRSIGs make every answer
+        larger, so only the questions that need them ask for them.
+        """
+        clock = asyncio.get_running_loop()
+        expires = clock.time() + lifetime
+        servers = list(self._nameservers)
+        if self._rotate:
+            random.shuffle(servers)
+        lookup = _Lookup(servers, tcp=tcp)
+        if dnssec:
+            request = dns.message.make_query(qname, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
+            request.flags |= dns.flags.AD
+        else:
+            request = dns.message.make_query(qname, rdtype, use_edns=0 if self._edns else None,
+                                             payload=_EDNS_PAYLOAD if self._edns else None)  # fmt: skip
         while True:
+            attempt, wait = lookup.next_try()
+            if wait:
+                await asyncio.sleep(wait)
+            left = expires - clock.time()
+            if left <= 0:
+                raise _Expired
+            request.id = dns.entropy.random_16()
             try:
-                return await self._resolver.resolve(
-                    qname, rdtype, tcp=tcp, search=False, raise_on_no_answer=False,
-                    lifetime=max((until if tcp else udp_until) - clock.time(), 0.001),
-                )  # fmt: skip
-            except dns.resolver.LifetimeTimeout:
-                if tcp:
-                    raise
-                tcp = True  # every UDP answer was lost
+                response = await self._send(request, attempt, min(left, self._try_timeout))
+            except Exception as exc:  # judged by _Lookup.failed, as dnspython does
+                lookup.failed(attempt, exc)
                 continue
-            except dns.resolver.NoNameservers as exc:
-                if not _unanswered(exc):
-                    raise
-            if clock.time() + pause >= until:
-                raise TimeoutError  # no answer within the budget, only closed connections
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _MAX_PAUSE)
-            tcp = tcp or clock.time() >= udp_until
+            answered = lookup.answered(attempt, response)
+            if answered is not None:
+                return answered
+
+    @staticmethod
+    async def _send(request: dns.message.QueryMessage, attempt: _Try, timeout: float) -> dns.message.Message:  # noqa: ASYNC109
+        server = attempt.server
+        if attempt.tcp:
+            return await dns.asyncquery.tcp(request, server.ip, timeout=timeout, port=server.port)
+        # A forged or malformed datagram is ignored and the real answer still awaited (DNS-09).
+        return await dns.asyncquery.udp(
+            request, server.ip, timeout=timeout, port=server.port, raise_on_truncation=True, ignore_errors=True,
+            ignore_unexpected=True,
+        )  # fmt: skip
 
     def _servers(self) -> str:
         return ", ".join(self.nameservers) or "no nameserver"
-

@@ -5,6 +5,11 @@ STARTTLS is offered, says EHLO again and quits, recording what it saw at each st
 the extensions, the TLS version and cipher and the certificate chain exactly as sent. It judges nothing;
 the port-25, STARTTLS and certificate checks judge the same :class:`SessionFacts`.
 
+The facts are complete once QUIT is sent: the reply to it says nothing about the server, so it is not part of
+them. A caller that passes ``farewells`` gets the facts at once, a round trip sooner, while the goodbye (waiting
+for that reply, at most a few seconds, then closing) goes on in a task it owns; without it the session waits for
+the reply itself. Either way QUIT is always sent (security-cases.md PC-21).
+
 The TLS handshake is done without verification so that "STARTTLS works" and "the certificate is valid" are
 two verdicts; the chain is verified separately (diag.net.tls). The client context accepts old protocols and
 weak keys (OpenSSL security level 0) so that a host offering only those is observed, not just "failed".
@@ -161,6 +166,8 @@ class _Recorder:
         self.session = SessionFacts(ip, port, server_name)
         self.transcript: list[str] = []
         self.clock = time.monotonic()
+        # The connection's transport as it was before STARTTLS put a TLS transport over it.
+        self.transport: asyncio.BaseTransport | None = None
 
     def lap(self) -> float:
         now = time.monotonic()
@@ -205,57 +212,88 @@ async def probe_session(
     *,
     ehlo_name: str,
     timeout: float,  # noqa: ASYNC109 - bounds each operation; the caller's deadline bounds the session
+    farewells: set[asyncio.Task[None]] | None = None,
 ) -> SessionFacts:
     """Run one probing SMTP session; never raises for network trouble, records it instead.
 
-    ``timeout`` bounds each network operation (connect, each reply, the TLS handshake).
+    ``timeout`` bounds each network operation (connect, each reply, the TLS handshake). With ``farewells``, the
+    goodbye after QUIT goes on in a task added to that set, which the caller cancels or awaits when it is done
+    (module docstring); the task leaves the set when it ends.
     """
     rec = _Recorder(ip, port, server_name)
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
-    # Ours to close until aiosmtplib makes a transport of it: from then on the transport closes it, when it is
-    # done with it. Closing it under a transport that still polls it (the raw transport beneath TLS waits for
-    # the server's close_notify) would free its descriptor number for the next socket while the event loop
-    # still has it registered ("File descriptor N is used by transport").
-    owned = True
+    smtp: aiosmtplib.SMTP | None = None
     try:
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.get_running_loop().sock_connect(sock, (ip, port))
-        except ConnectionRefusedError:
-            rec.stop(SessionError.REFUSED, "connection refused")
-            return rec.facts()
-        except TimeoutError:
-            rec.stop(SessionError.CONNECT_TIMEOUT, f"no TCP connection within {timeout:g} s")
-            return rec.facts()
-        except OSError as exc:
-            rec.stop(SessionError.UNREACHABLE, exc.strerror or str(exc))
-            return rec.facts()
-        rec.session = replace(rec.session, connect_s=rec.lap(), reached=SessionStage.CONNECT)
-        waited = time.monotonic()
-        try:
-            start = await _peek(sock, timeout)
-        except TimeoutError:
-            rec.stop(SessionError.BANNER_TIMEOUT, f"no greeting within {timeout:g} s")
-            return rec.facts()
-        smtp = aiosmtplib.SMTP(
-            sock=sock, local_hostname=ehlo_name, timeout=timeout, start_tls=False, use_tls=False
-        )
-        owned = False
-        try:
-            # The greeting gets one timeout in all: the wait for its first byte counts.
-            remaining = max(timeout - (time.monotonic() - waited), 0.001)
-            await _converse(smtp, rec, server_name, start, remaining)
-        except BaseException:
-            # Cancelled by the run's deadline (or a bug): no time for a goodbye that may take seconds.
-            smtp.close()
-            raise
-        await _quit(smtp, rec)
+        smtp = await _session(rec, sock, ip, port, server_name, ehlo_name=ehlo_name, timeout=timeout)
     finally:
-        if owned:
-            sock.close()
-    return rec.facts()
+        if smtp is None or not smtp.is_connected:  # no goodbye to say: ended early, cancelled or crashed
+            _hang_up(rec, smtp, sock)
+    if smtp is None or not smtp.is_connected:
+        return rec.facts()
+    rec.client("QUIT")
+    facts = rec.facts()
+    goodbye = asyncio.ensure_future(_quit(smtp))
+    # A done callback runs even for a task cancelled before it started: the connection is always closed.
+    goodbye.add_done_callback(lambda _task: _hang_up(rec, smtp, sock))
+    if farewells is None:
+        await goodbye
+    else:
+        farewells.add(goodbye)
+        goodbye.add_done_callback(farewells.discard)
+    return facts
+
+
+async def _session(rec: _Recorder, sock: socket.socket, ip: str, port: int, server_name: str, *, ehlo_name: str,
+                   timeout: float) -> aiosmtplib.SMTP | None:  # noqa: ASYNC109 - as probe_session's  # fmt: skip
+    """The session up to QUIT; returns the client when there is one to say goodbye with."""
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+    except ConnectionRefusedError:
+        rec.stop(SessionError.REFUSED, "connection refused")
+        return None
+    except TimeoutError:
+        rec.stop(SessionError.CONNECT_TIMEOUT, f"no TCP connection within {timeout:g} s")
+        return None
+    except OSError as exc:
+        rec.stop(SessionError.UNREACHABLE, exc.strerror or str(exc))
+        return None
+    rec.session = replace(rec.session, connect_s=rec.lap(), reached=SessionStage.CONNECT)
+    waited = time.monotonic()
+    try:
+        start = await _peek(sock, timeout)
+    except TimeoutError:
+        rec.stop(SessionError.BANNER_TIMEOUT, f"no greeting within {timeout:g} s")
+        return None
+    smtp = aiosmtplib.SMTP(sock=sock, local_hostname=ehlo_name, timeout=timeout, start_tls=False, use_tls=False)
+    try:
+        # The greeting gets one timeout in all: the wait for its first byte counts.
+        remaining = max(timeout - (time.monotonic() - waited), 0.001)
+        await _converse(smtp, rec, server_name, start, remaining)
+    except BaseException:
+        # Cancelled by the run's deadline (or a bug): no time for a goodbye that may take seconds.
+        _hang_up(rec, smtp, sock)
+        raise
+    return smtp
+
+
+def _hang_up(rec: _Recorder, smtp: aiosmtplib.SMTP | None, sock: socket.socket) -> None:
+    """Close the connection now, whatever state it is in.
+
+    The connection's own transport is aborted before its socket is closed: a TLS transport closed politely waits
+    for the server's close_notify with the connection's transport still open, and a socket closed under an open
+    transport frees its descriptor for the next connection while the event loop still counts it as in use.
+    """
+    raw = rec.transport or (smtp.transport if smtp is not None else None)
+    if isinstance(raw, asyncio.Transport):
+        raw.abort()
+    elif raw is not None:
+        raw.close()
+    if smtp is not None:
+        smtp.close()
+    sock.close()
 
 
 async def _peek(sock: socket.socket, timeout: float) -> bytes:  # noqa: ASYNC109 - the greeting's own bound
@@ -333,6 +371,7 @@ async def _converse(smtp: aiosmtplib.SMTP, rec: _Recorder, server_name: str, sta
     rec.session = replace(rec.session, starttls_offered=True)
 
     rec.client("STARTTLS")
+    rec.transport = smtp.transport
     try:
         reply = await smtp.starttls(server_hostname=server_name, tls_context=probe_context())
     except aiosmtplib.SMTPResponseException as exc:
@@ -414,16 +453,13 @@ async def _hello(smtp: aiosmtplib.SMTP, rec: _Recorder, *, after_tls: bool) -> b
     return True
 
 
-async def _quit(smtp: aiosmtplib.SMTP, rec: _Recorder) -> None:
-    """Always say goodbye (security-cases.md PC-21), but never wait long for it."""
-    if smtp.is_connected:
-        rec.client("QUIT")
-        try:
-            async with asyncio.timeout(min(smtp.timeout or 5.0, 5.0)):
-                reply = await smtp.quit()
-            rec.server(reply.code, reply.message)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            smtp.close()
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    """Say goodbye (security-cases.md PC-21) and wait a little for the reply; the caller closes the connection."""
+    try:
+        async with asyncio.timeout(min(smtp.timeout or 5.0, 5.0)):
+            await smtp.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        pass  # the server went away or does not answer: closed all the same
 
 
 def _stop_for(exc: BaseException) -> SessionError:

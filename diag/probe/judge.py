@@ -400,9 +400,14 @@ class RoundTrip:
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None or end < start:
+    """Seconds from ``start`` to ``end``; None when either is unknown or the clocks disagree. Header dates have
+    whole seconds: an ``end`` read from a header up to a second before a precise ``start`` is the same second."""
+    if start is None or end is None:
         return None
-    return (end - start).total_seconds()
+    seconds = (end - start).total_seconds()
+    if seconds < 0:
+        return 0.0 if seconds > -1 and (start.microsecond == 0) != (end.microsecond == 0) else None
+    return seconds
 
 
 def _date(message: Message) -> datetime | None:

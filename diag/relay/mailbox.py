@@ -1,4 +1,5 @@
-"""Local delivery: a message for one of the relay's own mailboxes goes into that mailbox's Maildir.
+"""Local delivery: a message for one of the relay's own mailboxes goes into that mailbox's Maildir, and mail
+for a catch-all domain into the relay's one Maildir of those (:attr:`RelaySettings.catch_all`).
 
 Maildir is the standard format (any mail tool reads it) and needs no locking. The standard library writes the
 message to ``tmp/`` and moves it to ``new/`` but never fsyncs, so after a power loss the file can be empty or
@@ -15,7 +16,7 @@ import mailbox
 import os
 from pathlib import Path
 
-__all__ = ["deliver_local", "mailbox_path"]
+__all__ = ["deliver_local", "mailbox_path", "store"]
 
 _SUBDIRS = ("tmp", "new", "cur")
 
@@ -38,9 +39,16 @@ def deliver_local(maildir_root: Path, address: str, content: bytes) -> None:
     Raises OSError when the message cannot be stored; then nothing was delivered (at worst an unreferenced
     file in ``tmp/``, which Maildir readers ignore).
     """
-    path = mailbox_path(maildir_root, address)
+    store(mailbox_path(maildir_root, address), content)
+
+
+def store(path: Path, content: bytes) -> None:
+    """Store ``content`` in the Maildir ``path`` (created on first use, its parent too) and make it durable.
+
+    Raises OSError when the message cannot be stored, as :func:`deliver_local` does.
+    """
     if not path.is_dir():
-        _create_maildir(maildir_root, path)
+        _create_maildir(path.parent, path)
     elif not all((path / sub).is_dir() for sub in _SUBDIRS):
         # A directory made by hand (or half made by an older version): complete it in place.
         for sub in _SUBDIRS:

@@ -43,6 +43,7 @@ __all__ = [
     "is_trusted",
     "path_argument",
     "qualify_recipient",
+    "queues",
     "rcpt_decision",
     "received_header",
     "strip_trace",
@@ -194,6 +195,8 @@ def rcpt_decision(
       on to the smart host or by MX, including colleagues of a local domain whose mailbox is elsewhere, e.g. in
       the cloud); from everyone else unknown users of a local domain get 550 5.1.1 and other domains 554 5.7.1.
 
+    Every role: any user of a ``catch_all`` domain is accepted from anyone (it is kept here).
+
     ``mail_from`` is the envelope sender (``""`` or ``<>`` for the null sender). A bare ``postmaster`` is
     accepted when a postmaster mailbox is configured (see :func:`qualify_recipient`).
     """
@@ -204,6 +207,8 @@ def rcpt_decision(
     canonical = _canonical(rcpt)
     if canonical is None:
         return 553, "5.1.3 Bad recipient address syntax"
+    if settings.catches(canonical):
+        return ACCEPTED
     domain = canonical.rpartition("@")[2]
     known = canonical in settings.mailboxes
     if settings.role is RelayRole.CLOUD:
@@ -237,6 +242,14 @@ def _cloud(
     return ACCEPTED
 
 
+def queues(settings: RelaySettings) -> bool:
+    """May :func:`rcpt_decision` accept a recipient that is not in a ``catch_all`` domain (mail to queue)?
+
+    Not for a plain mail host (no cloud role, no mailboxes, no relay networks): it keeps all it accepts.
+    """
+    return settings.role is RelayRole.CLOUD or bool(settings.mailboxes) or bool(settings.relay_networks)
+
+
 def is_trusted(settings: RelaySettings, *, peer_ip: str, cert_names: Sequence[str]) -> bool:
     """Is the client one of ours, whose trace headers are kept?
 
@@ -244,8 +257,11 @@ def is_trusted(settings: RelaySettings, *, peer_ip: str, cert_names: Sequence[st
     verified certificate (TlsSenderCertificateName), :func:`diag.routing.on_premises_connector`, the decision
     that also grants relay rights. onprem and internet: the peer is in ``relay_networks``, or it proved who it is
     with a certificate our CAs verified (the cloud delivering over its connector does): its trace is then
-    attributable, which is what a probe needs to prove the route end to end.
+    attributable, which is what a probe needs to prove the route end to end. Every role: the peer is in
+    ``trace_networks``.
     """
+    if ip_in_ranges(peer_ip, settings.trace_networks):
+        return True
     if settings.role is not RelayRole.CLOUD:
         return ip_in_ranges(peer_ip, settings.relay_networks) or bool(cert_names)
     return on_premises_connector(settings.organization, ip=peer_ip, cert_names=cert_names) is not None

@@ -20,6 +20,8 @@ What aiosmtpd does not do, this module adds (RR numbers of security-cases.md):
   aiosmtpd version (RR-44), no AUTH (a receiving MX offers none);
 - ``250`` only after :meth:`Spool.store` returned (write, fsync, rename, fsync of the directory; RR-60), run in a
   worker thread so the loop keeps serving (RR-56); ENOSPC gives 452 4.3.1 (RR-61), anything else 451 4.3.0.
+  Mail for a catch-all domain (``RelaySettings.catch_all``: a plain mail host's final delivery) goes straight
+  into its Maildir instead, as durably (:func:`diag.relay.mailbox.store`), with the same replies.
 
 STARTTLS state reset and the discarding of plaintext pipelined after STARTTLS (RR-40, RR-41) are aiosmtpd's own
 (1.4.6); the tests hold it to that.
@@ -42,8 +44,10 @@ import logging
 import re
 import socket
 import ssl
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
@@ -53,7 +57,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from diag.errors import ConfigError
 from diag.net.tls import load_key_pair
-from diag.relay import policy
+from diag.relay import mailbox, policy
 from diag.relay.connections import CappedSMTP, Connections, Stress, peer_ip
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Envelope, Spool
@@ -62,8 +66,6 @@ __all__ = ["RelayServer"]
 
 log = logging.getLogger("diag.relay")
 
-# aiosmtpd greets "220 <hostname> <ident>"; its default ident names the aiosmtpd version (RR-44).
-_IDENT: Final = "ESMTP"
 # Upper bound on how long close() waits for aborted sessions and in-flight spool writes.
 _CLOSE_WAIT: Final = 5.0
 
@@ -74,6 +76,8 @@ _NO_STORAGE: Final = "452 4.3.1 Insufficient system storage"
 _TOO_MANY_RECIPIENTS: Final = "452 4.5.3 Too many recipients"
 _TOO_BIG: Final = "552 5.3.4 Message size exceeds fixed maximum message size"
 _NOT_OFFERED: Final = "502 5.5.1 Error: command not implemented"
+# Mail for catch-all domains only: in the Maildir, nothing left in the queue.
+_KEPT: Final = "250 2.0.0 Ok: queued"
 # aiosmtpd's fixed replies without an enhanced status code that we give in the usual wording (RFC 3463).
 _REWORDED: Final = {
     "552 Error: message size exceeds fixed maximum message size": _TOO_BIG,
@@ -88,7 +92,11 @@ def _tls_facts(session: Session) -> tuple[str, tuple[str, ...]]:
     if not extra:
         return "", ()
     cipher = extra.get("cipher") or ("", "", 0)
-    tls = " ".join(part for part in (str(cipher[1]), str(cipher[0])) if part)
+    # The version negotiated, not the cipher's (cipher()[1] is the version that defined the suite: "TLSv1.0" for
+    # ECDHE-RSA-AES256-SHA, also in a TLS 1.1 or 1.2 session).
+    ssl_object = extra.get("ssl_object")
+    version = (ssl_object.version() if ssl_object is not None else None) or cipher[1]
+    tls = " ".join(part for part in (str(version), str(cipher[0])) if part)
     # getpeercert() is an empty dict for a certificate that was not validated and None without one; with
     # CERT_OPTIONAL an untrusted certificate fails the handshake anyway. Only a verified one is an identity (RR-11).
     peercert = extra.get("peercert") or {}
@@ -115,16 +123,28 @@ def _dual_stack_socket(port: int) -> socket.socket:
 def _server_context(settings: RelaySettings) -> ssl.SSLContext:
     assert settings.tls_cert is not None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2  # RR-43
+    versions = settings.tls_versions
+    if settings.legacy_crypto or (versions is not None and versions[0] < ssl.TLSVersion.TLSv1_2):
+        # Before the certificate is loaded: at the default level OpenSSL 3 refuses to load an RSA-1024 key or a
+        # SHA-1 signed certificate, and TLS 1.0/1.1 cannot sign handshakes at level 1 or above.
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if versions is None:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # RR-43
+    else:
+        with warnings.catch_warnings():
+            # An outdated host is the point here: silence "ssl.TLSVersion.TLSv1 is deprecated".
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version, context.maximum_version = versions
     try:
         load_key_pair(context, settings.tls_cert, settings.tls_key)
-        # Ask for a client certificate without requiring one: the cloud attributes connections by it
-        # (exchange-model §3.2-§3.3), but a public MX must serve clients without one.
-        context.verify_mode = ssl.CERT_OPTIONAL
-        if settings.ca_file is not None:
-            context.load_verify_locations(cafile=settings.ca_file)
-        else:
-            context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        if settings.client_certificates:
+            # Ask for a client certificate without requiring one: the cloud attributes connections by it
+            # (exchange-model §3.2-§3.3), but a public MX must serve clients without one.
+            context.verify_mode = ssl.CERT_OPTIONAL
+            if settings.ca_file is not None:
+                context.load_verify_locations(cafile=settings.ca_file)
+            else:
+                context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
     except (OSError, ssl.SSLError) as error:
         raise ConfigError(f"relay {settings.hostname}: cannot load its TLS certificate or CAs: {error}") from error
     return context
@@ -213,7 +233,18 @@ class _Handler:
             tls=tls,
             client_cert_names=cert_names,
         )
-        return await self._server._queue(message, header.encode("ascii") + content, received_id)
+        data = header.encode("ascii") + content
+        kept = tuple(rcpt for rcpt in message.rcpt_tos if self._settings.catches(rcpt))
+        if kept:
+            refusal = await self._server._keep(replace(message, rcpt_tos=kept), data, received_id)
+            if refusal is not None:
+                return refusal
+            if len(kept) == len(message.rcpt_tos):
+                return _KEPT
+        # Stored for the catch-all recipients already: if queueing the others fails, the client's retry gives
+        # the former a duplicate, never a loss (RFC 5321 §6.1).
+        queued = tuple(rcpt for rcpt in message.rcpt_tos if rcpt not in kept)
+        return await self._server._queue(replace(message, rcpt_tos=queued), data, received_id)
 
 
 def _sender(envelope: SMTPEnvelope) -> str:
@@ -360,16 +391,19 @@ class RelayServer:
 
     ``on_queued(qid, envelope, content)`` is called (on the loop) after each message is stored, so delivery can
     start at once without reading it back. Spool writes run on threads of their own, so a 250 never waits behind
-    delivery's file work on the loop's default executor. Also an async context manager that starts and closes it.
+    delivery's file work on the loop's default executor. ``spool`` may be None for a plain mail host that keeps
+    all it accepts (:func:`policy.queues` is False). Also an async context manager that starts and closes it.
     """
 
     def __init__(
         self,
         settings: RelaySettings,
-        spool: Spool,
+        spool: Spool | None,
         *,
         on_queued: Callable[[str, Envelope, bytes], None] | None = None,
     ) -> None:
+        if spool is None and policy.queues(settings):
+            raise ConfigError(f"relay {settings.hostname}: it may accept mail to queue, so it needs a spool")
         self.settings = settings
         self.spool = spool
         self._on_queued = on_queued
@@ -411,7 +445,8 @@ class RelayServer:
                 data_slots,
                 limits.data_wait,
                 hostname=settings.hostname,
-                ident=_IDENT,
+                # aiosmtpd greets "220 <hostname> <ident>"; its default ident names its version (RR-44).
+                ident=settings.ident,
                 tls_context=tls_context,
                 require_starttls=False,  # RFC 3207 §4: a publicly referenced MX must not require it (RR-42)
                 enable_SMTPUTF8=False,  # RR-23
@@ -468,21 +503,53 @@ class RelayServer:
 
     async def _queue(self, envelope: Envelope, data: bytes, received_id: str) -> str:
         """Store a message; the DATA reply. 250 only once it is on stable storage (RFC 5321 §6.1)."""
+        assert self.spool is not None  # only catch-all recipients are accepted without one (__init__)
         store = functools.partial(self.spool.store, envelope, data, qid=received_id)
         write = asyncio.get_running_loop().run_in_executor(self._writer, store)
-        self._connections.watch(write)
-        # Shielded: a client that hangs up during the write does not cancel it, and a message that was stored
-        # is announced to delivery whether or not its 250 reached the client (a duplicate at worst, RFC 5321 §6.1).
+        # A message that was stored is announced to delivery whether or not its 250 reached the client (a
+        # duplicate at worst, RFC 5321 §6.1).
         write.add_done_callback(lambda done: self._stored(done, envelope, data, received_id))
+        refusal = await self._durably(write)
+        return refusal or f"250 2.0.0 Ok: queued as {write.result()}"
+
+    async def _keep(self, envelope: Envelope, data: bytes, received_id: str) -> str | None:
+        """Store a message for catch-all recipients in their Maildir, with the Return-Path of final delivery
+        (RFC 5321 §4.4); None once it is on stable storage, else the DATA reply."""
+        content = f"Return-Path: <{envelope.mail_from}>\r\n".encode("ascii") + data
+        store = functools.partial(mailbox.store, self.settings.maildir, content)
+        write = asyncio.get_running_loop().run_in_executor(self._writer, store)
+        write.add_done_callback(lambda done: self._kept(done, envelope, len(content), received_id))
+        return await self._durably(write)
+
+    async def _durably(self, write: asyncio.Future[Any]) -> str | None:
+        """Wait for a write to stable storage; None once it is done, else the reply that says why not."""
+        self._connections.watch(write)
         try:
-            qid: str = await asyncio.shield(write)
+            # Shielded: a client that hangs up during the write does not cancel it.
+            await asyncio.shield(write)
         except OSError as error:
             if error.errno in _STORAGE_ERRNOS:
                 return _NO_STORAGE
             return _TEMPORARY
         except Exception:
             return _TEMPORARY
-        return f"250 2.0.0 Ok: queued as {qid}"
+        return None
+
+    def _kept(self, write: asyncio.Future[None], envelope: Envelope, size: int, received_id: str) -> None:
+        if write.cancelled():
+            return
+        error = write.exception()
+        if error is not None:
+            log.error(
+                "cannot keep message from=<%s> peer=%s in %s: %r", envelope.mail_from, envelope.peer,
+                self.settings.maildir, error, exc_info=None if isinstance(error, OSError) else error,
+            )  # fmt: skip
+            return
+        log.info(
+            "kept id=%s from=<%s> to=%s size=%d peer=%s tls=%s", received_id, envelope.mail_from,
+            ",".join(f"<{r}>" for r in envelope.rcpt_tos), size, envelope.peer,
+            envelope.tls.replace(" ", "/") or "none",
+        )  # fmt: skip
 
     def _stored(self, write: asyncio.Future[str], envelope: Envelope, data: bytes, received_id: str) -> None:
         if write.cancelled():

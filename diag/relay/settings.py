@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -91,6 +92,19 @@ class RelaySettings:
         reflect: internet role: reflector addresses (lower-case): each message to one is answered to its
             envelope sender with its header section attached (:mod:`diag.relay.reflect`).
         reflect_limit: replies per envelope sender per hour at most.
+        catch_all: domains (lower-case A-labels) whose every address is kept here, all in one Maildir,
+            ``maildir`` itself: a plain mail host's final delivery (Postfix: a virtual domain with a catch-all
+            address). Such mail is stored before the 250 reply instead of queued: the store is as durable as
+            the spool (:mod:`diag.relay.mailbox`), and nothing is left to deliver.
+        trace_networks: clients whose trace headers are kept although they have no relay rights (the lab's
+            mail hosts keep every hop's trace: each client of theirs is a part of the lab on loopback).
+        ident: what follows the host name in the greeting (``220 <hostname> <ident>``).
+        tls_versions: (minimum, maximum) TLS version offered with STARTTLS; None: TLS 1.2 and later (RR-43).
+            Lower only to play an outdated host (the lab's ``oldtls.example``).
+        legacy_crypto: load the certificate at OpenSSL security level 0, which an RSA-1024 key, a SHA-1
+            signature or TLS 1.0/1.1 need; only to play such a host (the lab's ``weakkey``, ``sha1``).
+        client_certificates: ask STARTTLS clients for a certificate (verified against ``ca_file``); the cloud
+            attributes connections by it. False: never ask, as a plain receiving host need not.
     """
 
     organization: Organization
@@ -112,6 +126,12 @@ class RelaySettings:
     limits: Limits = field(default_factory=Limits)
     reflect: tuple[str, ...] = ()
     reflect_limit: int = 20
+    catch_all: tuple[str, ...] = ()
+    trace_networks: tuple[str, ...] = ()
+    ident: str = "ESMTP"
+    tls_versions: tuple[ssl.TLSVersion, ssl.TLSVersion] | None = None
+    legacy_crypto: bool = False
+    client_certificates: bool = True
 
     def __post_init__(self) -> None:
         if self.reflect and self.role is not RelayRole.INTERNET:
@@ -127,6 +147,10 @@ class RelaySettings:
 
     def is_reflector(self, address: str) -> bool:
         return address.lower() in self.reflect
+
+    def catches(self, address: str) -> bool:
+        """Is ``address`` (``local@domain``, the domain an A-label) in one of the ``catch_all`` domains?"""
+        return address.rpartition("@")[2].lower() in self.catch_all
 
 
 def _endpoint(text: str) -> tuple[str, int]:

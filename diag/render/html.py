@@ -32,7 +32,20 @@ from typing import Any
 import jinja2
 
 from diag.errors import ConfigError
-from diag.evidence import SEVERITIES, Observed, Shown, items, mapping, mappings, moment, show_time, text
+from diag.evidence import (
+    SEVERITIES,
+    MessagePath,
+    Observed,
+    PathHop,
+    Section,
+    Shown,
+    items,
+    mapping,
+    mappings,
+    moment,
+    show_time,
+    text,
+)
 from diag.registry import Registry
 from diag.render.json import SCHEMA, kind_problem
 from diag.render.text import sanitize
@@ -57,6 +70,8 @@ _COULD_NOT_RUN = ("error", "timeout")
 # Worst first, as the run's verdict ranks them (CONTRACT.md, exit codes): a check that could not run may hide a
 # critical problem, so an unknown domain comes before a warning.
 _VERDICT_ORDER = ("critical", "unknown", "warning", "ok")
+# The heading of each part of a domain's evidence (diag.evidence.Section), in the order of the page.
+_SECTION_TITLES = {Section.MAIL: "Evidence", Section.POLICY: "Mail authentication and transport policy"}
 
 
 # --- public API --------------------------------------------------------------------------------------------
@@ -199,22 +214,6 @@ class _Check:
 
 
 @dataclass(frozen=True, slots=True)
-class _Hop:
-    number: int
-    host: str
-    address: str
-    tls: str
-    connector: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Hops:
-    title: str
-    hops: tuple[_Hop, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class _Evidence:
     """One card of a domain's evidence: a check's view and its partial, or (template "") the hops of a check
     this diag does not know."""
@@ -222,6 +221,21 @@ class _Evidence:
     kind: str
     template: str
     view: Any
+    section: Section = Section.MAIL
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """One part of a domain's evidence (diag.evidence.Section): its heading, a CSS token and its cards."""
+
+    token: str
+    title: str
+    evidence: tuple[_Evidence, ...]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """What the part shows, in words (its summary line names them when it is collapsed)."""
+        return tuple(dict.fromkeys(e.kind for e in self.evidence))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +251,13 @@ class _Domain:
     evidence: tuple[_Evidence, ...]
 
     @property
-    def evidence_kinds(self) -> tuple[str, ...]:
-        """What the evidence part shows, in words (its summary line names them when it is collapsed)."""
-        return tuple(dict.fromkeys(e.kind for e in self.evidence))
+    def sections(self) -> tuple[_Section, ...]:
+        """The evidence by part, in the order of diag.evidence.Section; parts without a card are left out."""
+        return tuple(
+            _Section(section.value, _SECTION_TITLES[section], cards)
+            for section in Section
+            if (cards := tuple(e for e in self.evidence if e.section is section))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,11 +358,13 @@ def _evidence(check: Mapping[str, Any], view: _Check, finished: datetime | None,
     spec = registry[view.id] if view.id in registry else None
     if spec is None:
         hops = _hops(facts.get("hops"))
-        return _Evidence("message path", "", _Hops(view.title, hops)) if hops else None
+        return _Evidence("message path", "", MessagePath(view.title, hops)) if hops else None
     if spec.evidence is None or view.status != "completed":
         return None
     shown = spec.evidence.view(Observed(facts, tuple(f.shown for f in view.findings), finished))
-    return None if shown is None else _Evidence(spec.evidence.kind, f"checks/{spec.id}.html.j2", shown)
+    if shown is None:
+        return None
+    return _Evidence(spec.evidence.kind, f"checks/{spec.id}.html.j2", shown, spec.evidence.section)
 
 
 def _check_view(check: Mapping[str, Any], anchor: str) -> _Check:
@@ -428,11 +448,11 @@ def _problems(domains: Sequence[_Domain]) -> tuple[_Problem, ...]:
 # message path, in a result saved by a newer diag).
 
 
-def _hops(value: Any) -> tuple[_Hop, ...]:
+def _hops(value: Any) -> tuple[PathHop, ...]:
     hops = []
     for number, hop in enumerate(items(value), 1):
         if not isinstance(hop, Mapping):
-            hops.append(_Hop(number, text(hop), "", "", "", ""))
+            hops.append(PathHop(number, text(hop), "", "", "", ""))
             continue
         tls = hop.get("tls")
         if isinstance(tls, Mapping):
@@ -443,7 +463,7 @@ def _hops(value: Any) -> tuple[_Hop, ...]:
             tls_text = text(tls)
         known = ("host", "name", "by", "ip", "address", "tls", "connector")
         detail = "; ".join(f"{text(k)}: {text(v)}" for k, v in hop.items() if k not in known and v not in (None, ""))
-        hops.append(_Hop(
+        hops.append(PathHop(
             number=number,
             host=text(_first(hop, "host", "name", "by")),
             address=text(_first(hop, "ip", "address")),

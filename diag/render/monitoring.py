@@ -10,8 +10,8 @@ as a problem; JUnit marks it skipped with the reason.
 
 Measurements come from the checks themselves: a check's spec may name a ``measure`` function
 (:mod:`diag.evidence`), which reads its facts in their JSON form (port25: the stage timings of every session;
-certificate: the expiry of every presented leaf), so nothing here knows a check's facts, and facts loaded back
-from a saved JSON report give the same output.
+certificate: the expiry of every presented leaf; e2e: how each probe fared), so nothing here knows a check's
+facts, and facts loaded back from a saved JSON report give the same output.
 
 A series is named by what it measures, not by where it was measured: domain, MX host name and stage, never the
 address or port (issue 10; the same identity as history's, :func:`~diag.model.subject_host`). The cloud's MX
@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from diag.codec import encode
-from diag.evidence import STAGES, CertificateExpiry, Measurements, StageTimes
+from diag.evidence import STAGES, CertificateExpiry, Measurements, ProbeArrival, StageTimes
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict, subject_host
 from diag.registry import Registry
 from diag.render.text import sanitize
@@ -97,6 +97,14 @@ def _certificates(measured: list[Measurements]) -> list[CertificateExpiry]:
         if host not in by_host or expiry.not_after < by_host[host].not_after:
             by_host[host] = replace(expiry, host=host)
     return list(by_host.values())
+
+
+def _arrivals(measured: list[Measurements]) -> list[ProbeArrival]:
+    """The end-to-end probes that were sent, one per name (a probe concerns one domain once)."""
+    by_name: dict[str, ProbeArrival] = {}
+    for arrival in (a for m in measured for a in m.probes):
+        by_name.setdefault(arrival.name, arrival)
+    return list(by_name.values())
 
 
 # --- Nagios / Icinga -----------------------------------------------------------------------------------------
@@ -230,6 +238,13 @@ def _perfdata(report: Report, registry: Registry) -> Iterator[str]:
             warn = f"{_perf_number(cert.warn_days, places=2)}:" if cert.warn_days is not None else ""
             crit = f"{_perf_number(cert.crit_days, places=2)}:" if cert.crit_days is not None else ""
             yield _perf(f"{domain.domain} {cert.host} cert_days", cert.days_left, places=2, warn=warn, crit=crit)
+        for probe in _arrivals(measured):
+            # Latency of an arrived probe ("U" when it did not arrive), its Slow and Deadline as thresholds.
+            warn = _perf_number(probe.slow, places=3) if probe.slow is not None else ""
+            crit = _perf_number(probe.deadline, places=3) if probe.deadline is not None else ""
+            latency = probe.latency if probe.delivered else None
+            yield _perf(f"{domain.domain} {probe.name} latency", latency, "s", places=3, warn=warn, crit=crit,
+                        minimum="0")  # fmt: skip
 
 
 def nagios(report: Report) -> str:
@@ -240,10 +255,11 @@ def nagios(report: Report) -> str:
     guidelines (``'label'=value[UOM];[warn];[crit];[min];[max]``): domains per state, the run's duration, the
     seconds of each SMTP stage per MX host (``'DOMAIN HOST STAGE'``: the slowest of the host's addresses; ``U``
     when none reached the stage), and the days left on each MX host's certificate (``'DOMAIN HOST cert_days'``:
-    the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges.
-    Labels name no address or port (module docstring), so a graph keeps its series from run to run. Every
-    following line
-    names one finding of warning or worse, or one check that could not run. No text carries ``|`` (shown as
+    the soonest-expiring of its addresses) with the run's expiry thresholds as ``warn:``/``crit:`` ranges, and the
+    latency of each end-to-end probe that was sent (``'DOMAIN PROBE latency'``, ``U`` when it did not arrive) with
+    its Slow and Deadline as thresholds. Labels name no address or port (module docstring), so a graph keeps its
+    series from run to run. Every following line names one finding of warning or worse, or one check that could
+    not run. No text carries ``|`` (shown as
     ``¦``) or a control character. The process exit code is ``report.exit_code``.
     """
     perfdata: dict[str, str] = {}  # one value per label: graphing tools key their series by it
@@ -300,9 +316,11 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
     ``diag_findings`` has a sample for every severity of every check, zeros included, so series do not come and
     go between runs. ``diag_certificate_expiry_timestamp_seconds`` and ``diag_smtp_stage_seconds`` are labelled
     ``domain`` and ``host`` (and ``stage``), never with an address or port, one sample per MX host (module
-    docstring). Samples carry no timestamps (the textfile collector rejects them); the time of the run is
-    ``diag_last_run_timestamp_seconds``: ``now`` when given (the moment the file is written), else the moment
-    the run finished. The text is prometheus_client's own exposition of a registry made for this report.
+    docstring). End-to-end probes that were sent have ``diag_probe_delivered{domain,probe}`` (1 or 0) and, when
+    they arrived, ``diag_probe_latency_seconds{domain,probe}``. Samples carry no timestamps (the textfile
+    collector rejects them); the time of the run is ``diag_last_run_timestamp_seconds``: ``now`` when given (the
+    moment the file is written), else the moment the run finished. The text is prometheus_client's own exposition
+    of a registry made for this report.
     """
     # Imported here: the client library is needed for this format only, not for every run's start-up.
     from prometheus_client import CollectorRegistry, generate_latest
@@ -329,6 +347,16 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
         "addresses); absent when no address reached it.",
         "domain", "host", "stage",
     )  # fmt: skip
+    probe_latency = _Family(
+        "diag_probe_latency_seconds",
+        "Seconds from an end-to-end probe's acceptance to its arrival in the watched mailbox; absent when it did "
+        "not arrive.",
+        "domain", "probe",
+    )  # fmt: skip
+    probe_delivered = _Family(
+        "diag_probe_delivered", "Whether an end-to-end probe arrived in the watched mailbox by its deadline (1 or 0).",
+        "domain", "probe",
+    )  # fmt: skip
 
     registry = _shipped()
     run_status.add(report.verdict.exit_code)
@@ -350,10 +378,14 @@ def prometheus(report: Report, *, now: datetime | None = None) -> str:
             for stage_name, seconds in zip(STAGES, timings.seconds, strict=True):
                 if seconds is not None:
                     stage.add(seconds, name, timings.host, stage_name)
+        for probe in _arrivals(measured):
+            probe_delivered.add(int(probe.delivered), name, probe.name)
+            if probe.delivered and probe.latency is not None:
+                probe_latency.add(probe.latency, name, probe.name)
 
     collected = CollectorRegistry(auto_describe=False)
     collected.register(_Collector((run_status, last_run, run_duration, domain_status, check_status, check_duration,
-                                   findings, cert_expiry, stage)))  # fmt: skip
+                                   findings, cert_expiry, stage, probe_latency, probe_delivered)))  # fmt: skip
     return generate_latest(collected).decode("utf-8")
 
 

@@ -9,15 +9,15 @@ A-label alone.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import IO
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING
 
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
 from diag.names import display_domain
 from diag.render.text import sanitize
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
 
 __all__ = ["plain_domain", "plain_status", "render_plain", "render_rich", "rich_domains"]
 
@@ -102,6 +102,9 @@ def render_rich(report: Report, console: Console, *, quiet: bool = False) -> Non
 
 def rich_domains(domains: Iterable[DomainReport], verdict: Verdict, console: Console, *, quiet: bool = False) -> None:
     """:func:`render_rich` of a run read a domain at a time; ``verdict`` is the run's."""
+    from rich.table import Table  # rich only on a terminal: the plain view serves pipes and cron without it
+    from rich.text import Text
+
     for domain in domains:
         results = _visible(domain, quiet)
         if not results:
@@ -132,6 +135,8 @@ def rich_domains(domains: Iterable[DomainReport], verdict: Verdict, console: Con
 
 
 def _finding_text(finding: Finding) -> Text:
+    from rich.text import Text
+
     text = Text.assemble(
         (f"{finding.severity.label:<8}", _SEVERITY_STYLE[finding.severity]),
         (finding.code, "bold"), " ", (sanitize(finding.subject), "cyan"), "\n",

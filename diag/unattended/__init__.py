@@ -16,6 +16,6 @@ the renderers, the SMTP client) are imported when used, so that the command line
 from diag.unattended.job import Job
 from diag.unattended.notification import Notification
 from diag.unattended.outputs import Outputs, View, write_output
-from diag.unattended.run import CheckRequest, execute
+from diag.unattended.run import CheckRequest, execute, job_lock
 
-__all__ = ["CheckRequest", "Job", "Notification", "Outputs", "View", "execute", "write_output"]
+__all__ = ["CheckRequest", "Job", "Notification", "Outputs", "View", "execute", "job_lock", "write_output"]

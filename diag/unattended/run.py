@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from diag.registry import Registry
     from diag.results import RunResults
 
-__all__ = ["CheckRequest", "execute"]
+__all__ = ["CheckRequest", "execute", "job_lock"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +96,18 @@ def execute(request: CheckRequest) -> int:
 
 
 def _lock(request: CheckRequest) -> RunLock | AbstractContextManager[None]:
+    return job_lock(request.lock, request.job)
+
+
+def job_lock(path: Path | None, job: Job) -> RunLock | AbstractContextManager[None]:
+    """The lock of a run of ``job``: ``path`` (``--lock``), else the job's own lock file when nobody watches
+    (stdout is not a terminal: cron, systemd), else none. ``diag probe`` takes its lock here too."""
     from diag.lock import RunLock, default_lock_path
 
-    if request.lock is not None:
-        return RunLock(request.lock)
+    if path is not None:
+        return RunLock(path)
     if sys.stdout.isatty():
         return nullcontext()
-    job = request.job
     return RunLock(default_lock_path(job.key), job=job.describe())
 
 
@@ -126,9 +131,12 @@ async def _engine(request: CheckRequest, results: RunResults) -> None:
 
     async with Lab() as running:
         lab_options = running.run_options()
+        probe = request.options.probe  # the lab's probes watch its Maildirs, and keep its own record of sends
         options = dataclasses.replace(
             request.options, nameservers=lab_options.nameservers, smtp_port=lab_options.smtp_port,
             ca_file=lab_options.ca_file, ehlo_name=lab_options.ehlo_name, allow_private=True,
+            trust_anchors=lab_options.trust_anchors, https_port=lab_options.https_port,
+            probe=probe and dataclasses.replace(probe, maildir_root=running.maildir, sends=running.sent_record()),
         )  # fmt: skip
         await _checks(request, options, results)
 

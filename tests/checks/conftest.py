@@ -1,33 +1,9 @@
-"""One run of every check over every lab domain, shared by the checks' lab tests."""
+"""The checks' lab tests read the session's shared run of every check over every lab domain (tests/conftest.py:
+``lab_report``, ``domain_report``)."""
 
 from __future__ import annotations
 
-import asyncio
-
-import pytest
-
-from checks import default_registry
-from diag.lab.runner import Lab
-from diag.lab.world import PURPOSES
-from diag.model import DomainReport, Report
-from diag.runner import run_checks
-
-# One second per network operation: the tarpit and the blackhole each cost one timeout, once.
-TIMEOUT = 1.0
-
-
-@pytest.fixture(scope="session")
-def lab_report(lab: Lab) -> Report:
-    return asyncio.run(run_checks(list(PURPOSES), default_registry(), lab.run_options(timeout=TIMEOUT)))
-
-
-@pytest.fixture
-def domain_report(lab_report: Report):  # type: ignore[no-untyped-def]
-    def get(domain: str) -> DomainReport:
-        (report,) = [d for d in lab_report.domains if d.domain == domain]
-        return report
-
-    return get
+from diag.model import DomainReport
 
 
 def codes_of(report: DomainReport, check_id: str) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import diag.config
 
 PUBLIC = {
+    "DEFAULT_MIN_INTERVAL",
+    "MAX_PROBES",
     "AcceptedDomain",
     "ConfigFileError",
     "ConnectorType",
@@ -13,6 +15,7 @@ PUBLIC = {
     "InboundConnector",
     "Organization",
     "OutboundConnector",
+    "ProbeConfig",
     "RelayConfig",
     "RelayRole",
     "TlsSettings",

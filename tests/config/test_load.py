@@ -209,6 +209,21 @@ def test_only_accepted_domains_are_required() -> None:
     assert organization == Organization(accepted_domains=(AcceptedDomain("contoso.com"),))
 
 
+def test_the_mail_authentication_keys_of_the_organization() -> None:
+    text = ('[Organization]\nSpfInclude = "SPF.Example.NET"\nDkimSelectors = ["S2048", "2024.mail"]\n'
+            '[[AcceptedDomain]]\nDomainName = "contoso.com"\n')  # fmt: skip
+    organization = parse_config(text)
+    assert (organization.spf_include, organization.dkim_selectors) == ("spf.example.net", ("s2048", "2024.mail"))
+    assert parse_config(dump_toml(organization)) == organization
+
+
+@pytest.mark.parametrize("selector", ["bad_selector", "-s1", "a..b", ""])
+def test_a_dkim_selector_is_dns_labels(selector: str) -> None:
+    text = f'[Organization]\nDkimSelectors = ["{selector}"]\n[[AcceptedDomain]]\nDomainName = "a.com"\n'
+    (problem,) = problems_of(text)
+    assert "Organization.DkimSelectors" in problem and "is not a DKIM selector" in problem
+
+
 def test_connector_names_need_only_be_unique_per_kind() -> None:
     text = BASE + "\n".join(OUT + IN).replace("From on-premises", "Connector 1")
 
@@ -514,7 +529,7 @@ CASES = {
     "unknown table, far": (
         ["[Tenant]", 'Id = "x"'],
         "contoso.toml:3: Tenant: not a table diag knows; remove it (the tables are Organization, Relay, "
-        "AcceptedDomain, OutboundConnector and InboundConnector)",
+        "AcceptedDomain, OutboundConnector, InboundConnector and Probe)",
     ),
     "organization as array": (
         ["[[Organization]]", 'Name = "x"'],

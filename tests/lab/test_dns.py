@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import dns.asyncquery
 import dns.asyncresolver
+import dns.dnssec
 import dns.edns
 import dns.exception
 import dns.flags
@@ -327,6 +328,27 @@ def test_nested_zones_and_the_names_between_them() -> None:
             assert child.authority[0].name == dns.name.from_text("sub.a.contoso.com.")
             www = await resolver(server.port).resolve("www.sub.a.contoso.com.", "A")
             assert [rd.to_text() for rd in www] == ["192.0.2.50"]
+
+    run(body)
+
+
+def test_a_zone_added_below_another_takes_over_its_names() -> None:
+    async def body() -> None:
+        data = ZoneData()
+        data.add_zone("contoso.com")
+        data.add("www.sub.contoso.com", "A", "192.0.2.60")
+        data.add("sub.contoso.com", "NS", "ns.elsewhere.example.")
+        data.add_zone("sub.contoso.com")
+        async with serving(data) as server:
+            www = await ask(server.port, "www.sub.contoso.com", "A")
+            assert [rd.to_text() for rd in www.answer[0]] == ["192.0.2.60"]
+            ns = await ask(server.port, "sub.contoso.com", "NS")
+            assert sorted(rd.to_text() for rd in ns.answer[0]) == ["ns.elsewhere.example.", "ns1.sub.contoso.com."]
+            missing = await ask(server.port, "nosuch.sub.contoso.com", "A")
+            assert missing.rcode() == dns.rcode.NXDOMAIN
+            assert missing.authority[0].name == dns.name.from_text("sub.contoso.com.")
+            parent = await ask(server.port, "nosuch.contoso.com", "A")
+            assert parent.authority[0].name == dns.name.from_text("contoso.com.")
 
     run(body)
 
@@ -726,6 +748,27 @@ def test_add_validation() -> None:
     data.add("xn--bcher-kva.contoso.com", "A", "192.0.2.1")  # A-label form is fine
 
 
+def test_add_all_adds_records_of_several_zones_at_once_or_none_of_them() -> None:
+    async def body(data: ZoneData) -> list[str]:
+        async with serving(data) as server:
+            names = ("a.contoso.com", "b.fabrikam.com", "c.contoso.com")
+            answers = [await ask(server.port, name, "A") for name in names]
+            return [dns.rcode.to_text(a.rcode()) for a in answers]
+
+    data = ZoneData()
+    data.add_zone("contoso.com")
+    data.add_zone("fabrikam.com")
+    data.add_all([("a.contoso.com", "A", ("192.0.2.1",)), ("b.fabrikam.com", "A", ("192.0.2.2", "192.0.2.3"))])
+    # A record that conflicts with one before it in the same call (a CNAME beside data) adds nothing at all.
+    with pytest.raises(ValueError, match="CNAME"):
+        data.add_all([("c.contoso.com", "A", ("192.0.2.4",)), ("x.fabrikam.com", "A", ("192.0.2.5",)),
+                      ("c.contoso.com", "CNAME", ("a.contoso.com.",))])  # fmt: skip
+    with pytest.raises(ValueError, match="invalid A rdata"):
+        data.add_all([("c.contoso.com", "A", ("192.0.2.4",)), ("d.contoso.com", "A", ("nope",))])
+
+    assert run(lambda: body(data)) == ["NOERROR", "NOERROR", "NXDOMAIN"]
+
+
 def test_txt_rdata_is_literal_unless_quoted() -> None:
     async def body() -> None:
         data = ZoneData()
@@ -742,3 +785,107 @@ def test_txt_rdata_is_literal_unless_quoted() -> None:
             assert [rd.strings for rd in quoted] == [(b"first part", b"second")]
 
     run(body)
+
+
+# --- DNSSEC ------------------------------------------------------------------------------------------------------
+
+
+def signed_data() -> ZoneData:
+    data = ZoneData()
+    for apex in ("example", "child.example", "plain.example"):
+        data.add_zone(apex)
+    data.add("mx.example", "A", "192.0.2.1")
+    data.add("mx.child.example", "A", "192.0.2.2")
+    data.sign_zone("example")
+    data.sign_zone("child.example")
+    return data
+
+
+async def ask_do(port: int, name: str, rdtype: str) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype, want_dnssec=True, use_edns=0, payload=1232)
+    return await dns.asyncquery.tcp(query, IP, timeout=2.0, port=port)
+
+
+def test_a_signed_zone_signs_answers_only_for_queries_with_the_do_bit() -> None:
+    async def body() -> tuple[dns.message.Message, dns.message.Message]:
+        async with serving(signed_data()) as server:
+            return await ask(server.port, "mx.example", "A", tcp=True), await ask_do(server.port, "mx.example", "A")
+
+    plain, signed = run(body)
+    assert [r.rdtype for r in plain.answer] == [dns.rdatatype.A]
+    assert sorted(r.rdtype for r in signed.answer) == [dns.rdatatype.A, dns.rdatatype.RRSIG]
+    assert not signed.flags & dns.flags.AD  # an authoritative server does not validate
+
+
+def test_the_dnskey_is_published_and_signed_by_itself() -> None:
+    async def body() -> dns.message.Message:
+        async with serving(signed_data()) as server:
+            return await ask_do(server.port, "example", "DNSKEY")
+
+    response = run(body)
+    keys = response.find_rrset(response.answer, dns.name.from_text("example."), dns.rdataclass.IN,
+                               dns.rdatatype.DNSKEY)  # fmt: skip
+    sigs = response.find_rrset(response.answer, dns.name.from_text("example."), dns.rdataclass.IN,
+                               dns.rdatatype.RRSIG, dns.rdatatype.DNSKEY)  # fmt: skip
+    dns.dnssec.validate(keys, sigs, {dns.name.from_text("example."): keys})  # raises when it does not validate
+
+
+def test_negative_answers_carry_the_signed_soa_and_an_nsec() -> None:
+    async def body() -> tuple[dns.message.Message, dns.message.Message]:
+        async with serving(signed_data()) as server:
+            return await ask_do(server.port, "nope.example", "A"), await ask_do(server.port, "mx.example", "TXT")
+
+    nxdomain, nodata = run(body)
+    assert nxdomain.rcode() == dns.rcode.NXDOMAIN and nodata.rcode() == dns.rcode.NOERROR
+    for response in (nxdomain, nodata):
+        kinds = sorted((r.rdtype, r.covers) for r in response.authority)
+        soa, nsec, rrsig = dns.rdatatype.SOA, dns.rdatatype.NSEC, dns.rdatatype.RRSIG
+        wanted = [(soa, 0), (nsec, 0), (rrsig, soa), (rrsig, nsec)]
+        assert kinds == sorted(wanted)
+    nsec = nodata.find_rrset(nodata.authority, dns.name.from_text("mx.example."), dns.rdataclass.IN, dns.rdatatype.NSEC)
+    assert "A RRSIG NSEC" in nsec.to_text()
+
+
+def test_a_name_added_after_start_enters_the_nsec_chain() -> None:
+    # Given a signed zone served, whose NSEC chain was made for a negative answer
+    async def body() -> tuple[str, str]:
+        data = signed_data()
+        async with serving(data) as server:
+            before = await ask_do(server.port, "nb.example", "A")
+            data.add("na.example", "A", "192.0.2.9")
+            after = await ask_do(server.port, "nb.example", "A")
+        owners = [[r.name.to_text() for r in m.authority if r.rdtype == dns.rdatatype.NSEC] for m in (before, after)]
+        return owners[0][0], owners[1][0]
+
+    # Then the next denial is made from the chain with the new name in it
+    assert run(body) == ("mx.example.", "na.example.")
+
+
+def test_the_parent_answers_ds_for_its_child_zones() -> None:
+    async def body() -> tuple[dns.message.Message, dns.message.Message]:
+        async with serving(signed_data()) as server:
+            return await ask_do(server.port, "child.example", "DS"), await ask_do(server.port, "plain.example", "DS")
+
+    secure, insecure = run(body)
+    assert [(r.rdtype, r.covers) for r in secure.answer] == [(dns.rdatatype.DS, 0),
+                                                             (dns.rdatatype.RRSIG, dns.rdatatype.DS)]  # fmt: skip
+    rrsig = secure.answer[1][0]
+    assert rrsig.signer == dns.name.from_text("example.")
+    # The unsigned child: NODATA from the parent, its NSEC at the cut shows NS and no DS.
+    assert not insecure.answer
+    nsec = insecure.find_rrset(insecure.authority, dns.name.from_text("plain.example."), dns.rdataclass.IN,
+                               dns.rdatatype.NSEC)  # fmt: skip
+    assert nsec[0].to_text().endswith("NS RRSIG NSEC")
+
+
+def test_an_unsigned_zone_answers_do_queries_without_signatures() -> None:
+    async def body() -> dns.message.Message:
+        async with serving(sample_data()) as server:
+            return await ask_do(server.port, "contoso.com", "MX")
+
+    assert [r.rdtype for r in run(body).answer] == [dns.rdatatype.MX]
+
+
+def test_signing_wants_a_zone_apex() -> None:
+    with pytest.raises(ValueError, match="not a zone apex"):
+        sample_data().sign_zone("www.contoso.com")

@@ -1,20 +1,23 @@
-"""The resolver against a real DNS server on loopback (the lab's, with its lossy behaviours), and reading
-nameservers given as text (``--resolver``, ``[Relay] Resolver``)."""
+"""The resolver against a real DNS server on loopback (the lab's, with its lossy behaviours, or one answering
+from a script), reading nameservers given as text (``--resolver``, ``[Relay] Resolver``) and from resolv.conf."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import TypeVar, cast
 
 import dns.flags
 import dns.message
+import dns.rdatatype
 import dns.rrset
 import pytest
 
-from diag.errors import DnsTimeoutError
+from diag.errors import DnsError, DnsTimeoutError
 from diag.lab.dns import Behaviour, DnsServer, ZoneData
-from diag.net.dns import Answer, DnsStatus, Nameserver, Resolver, parse_nameserver
+from diag.net.dns import Answer, DnsStatus, Nameserver, Resolver, parse_nameserver, system_nameservers
 
 IP = "127.0.53.2"
 T = TypeVar("T")
@@ -149,3 +152,145 @@ def test_a_server_that_truncates_and_then_closes_the_connection_is_asked_again_w
     # Then the closed connections cost a retry each, not the lookup: the third connection's answer is the result
     assert answer.status is DnsStatus.OK and [r.to_text() for r in answer.records] == ["10 mx.lossy.example."]
     assert len(tcp_connections) == 3
+
+
+def test_resolv_conf_gives_the_nameservers_in_order_and_the_rotate_and_edns0_options(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# written by hand\n; and commented\nsearch corp.example\nnameserver 192.0.2.53\nnameserver\n"
+        "nameserver not-an-address\nnameserver 2001:db8::53\noptions ndots:2 rotate edns0\n"
+    )
+    assert system_nameservers(conf) == ((Nameserver("192.0.2.53"), Nameserver("2001:db8::53")), True, True)
+    conf.write_text("nameserver 192.0.2.53\n")
+    assert system_nameservers(conf) == ((Nameserver("192.0.2.53"),), False, False)
+
+
+def test_without_a_resolv_conf_there_is_no_nameserver(tmp_path: Path) -> None:
+    assert system_nameservers(tmp_path / "missing") == ((), False, False)
+
+
+# A server answering from a script: (name, type) -> the records of the answer and of the additional section.
+Script = dict[tuple[str, str], tuple[list[str], list[str]]]
+
+
+class Scripted(asyncio.DatagramProtocol):
+    """A DNS server on loopback that answers each question from a script (NXDOMAIN for what it does not have)
+    and counts the questions; ``hold`` holds an A question's answer until the AAAA question has arrived too."""
+
+    def __init__(self, script: Script, *, hold: bool = False) -> None:
+        self.script = script
+        self.asked: Counter[tuple[str, str]] = Counter()
+        self.hold = hold
+        self.held: list[tuple[bytes, tuple[str | int, ...]]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        query = dns.message.from_wire(data)
+        question = query.question[0]
+        key = (question.name.to_text(omit_final_dot=True), dns.rdatatype.to_text(question.rdtype))
+        self.asked[key] += 1
+        response = dns.message.make_response(query)
+        answer, additional = self.script.get(key, ([], []))
+        if not answer:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        response.answer = [dns.rrset.from_text(*record.split(" ", 4)) for record in answer]
+        response.additional = [dns.rrset.from_text(*record.split(" ", 4)) for record in additional]
+        assert self.transport is not None
+        if self.hold and key[1] == "A" and not self.asked[key[0], "AAAA"]:
+            self.held.append((response.to_wire(), addr))
+            return
+        self.transport.sendto(response.to_wire(), addr)
+        if self.hold and key[1] == "AAAA":
+            for wire, held_for in self.held:
+                self.transport.sendto(wire, held_for)
+
+
+def scripted(script: Script, body: Callable[[Resolver, Scripted], Awaitable[T]], *, hold: bool = False) -> T:
+    async def main() -> T:
+        transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: Scripted(script, hold=hold), local_addr=(IP, 0)
+        )
+        try:
+            resolver = Resolver([Nameserver(IP, transport.get_extra_info("sockname")[1])], timeout=3.0)
+            async with asyncio.timeout(20):
+                return await body(resolver, server)
+        finally:
+            transport.close()
+
+    return asyncio.run(main())
+
+
+MX = "example.com. 300 IN MX 10 mx.example.com."
+MX_A = "mx.example.com. 300 IN A 192.0.2.1"
+MX_AAAA = "mx.example.com. 300 IN AAAA 2001:db8::1"
+
+
+async def mx_and_addresses(resolver: Resolver, server: Scripted) -> tuple[list[str], Counter[tuple[str, str]]]:
+    await resolver.query("example.com", "MX")
+    a, aaaa = await asyncio.gather(resolver.query("mx.example.com", "A"), resolver.query("mx.example.com", "AAAA"))
+    return [r.to_text() for answer in (a, aaaa) for r in answer.records], server.asked
+
+
+def test_the_addresses_an_mx_answer_gives_for_its_exchange_are_not_asked_for_again() -> None:
+    # Given a server that gives the exchange's A and AAAA records with the MX answer (RFC 1035 §3.3.9)
+    given = {("example.com", "MX"): ([MX], [MX_A, MX_AAAA]), ("mx.example.com", "A"): ([MX_A], []),
+             ("mx.example.com", "AAAA"): ([MX_AAAA], [])}  # fmt: skip
+    addresses, asked = scripted(given, mx_and_addresses)
+    # Then the addresses are those the server would answer, and only the MX question went on the wire
+    assert addresses == ["192.0.2.1", "2001:db8::1"]
+    assert asked == Counter({("example.com", "MX"): 1})
+
+
+def test_a_type_the_additional_section_does_not_give_is_asked_for() -> None:
+    given = {("example.com", "MX"): ([MX], [MX_A]), ("mx.example.com", "AAAA"): ([MX_AAAA], [])}
+    addresses, asked = scripted(given, mx_and_addresses)
+    assert addresses == ["192.0.2.1", "2001:db8::1"]
+    assert asked == Counter({("example.com", "MX"): 1, ("mx.example.com", "AAAA"): 1})
+
+
+def test_additional_records_of_a_name_that_is_no_exchange_of_the_answer_are_ignored() -> None:
+    # Given an MX answer whose additional section also claims an address for another name
+    given = {("example.com", "MX"): ([MX], ["www.example.net. 300 IN A 198.51.100.66"]),
+             ("www.example.net", "A"): (["www.example.net. 300 IN A 192.0.2.80"], [])}  # fmt: skip
+
+    async def ask(resolver: Resolver, server: Scripted) -> tuple[list[str], Counter[tuple[str, str]]]:
+        await resolver.query("example.com", "MX")
+        answer = await resolver.query("www.example.net", "A")
+        return [r.to_text() for r in answer.records], server.asked
+
+    addresses, asked = scripted(given, ask)
+    # Then that name is asked for, and its own answer counts
+    assert addresses == ["192.0.2.80"] and asked[("www.example.net", "A")] == 1
+
+
+def test_the_mx_check_asks_for_a_and_aaaa_together() -> None:
+    # Given a server that answers an exchange's A question only once its AAAA question has arrived too: asked one
+    # after the other, the A lookup would never be answered
+    given = {("example.com", "MX"): ([MX], []), ("mx.example.com", "A"): ([MX_A], []),
+             ("mx.example.com", "AAAA"): ([MX_AAAA], [])}  # fmt: skip
+
+    async def probe(resolver: Resolver, server: Scripted) -> tuple[str, ...]:
+        from checks.mx import probe as mx_probe
+        from diag.context import CheckContext, RunContext, RunOptions
+
+        run = RunContext(RunOptions(timeout=3.0))
+        run.resolver = resolver
+        facts = await mx_probe(CheckContext("example.com", run, {}))
+        return facts.hosts[0].addresses
+
+    assert scripted(given, probe, hold=True) == ("192.0.2.1", "2001:db8::1")
+
+
+def test_a_servfail_from_every_nameserver_is_no_usable_answer_and_names_the_server() -> None:
+    async def fail(server: DnsServer, resolver: Resolver) -> str:
+        with pytest.raises(DnsError) as failed:
+            await ask_mx(server, resolver)
+        return str(failed.value)
+
+    message = served(Behaviour.SERVFAIL, fail, timeout=2.0)
+    assert message.startswith("no usable answer for lossy.example MX: 127.0.53.2:") and message.endswith(
+        " answered SERVFAIL"
+    )

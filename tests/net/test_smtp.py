@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from diag.context import RunContext
+from diag.context import RunContext, RunOptions
 from diag.lab.runner import Lab
 from diag.lab.smtp import HostKind, LabHost, start_host
 from diag.net.smtp import SessionError, SessionFacts, SessionStage, probe_session
@@ -31,7 +32,7 @@ def test_healthy_host_full_session(lab: Lab) -> None:
     # RFC 3207 §4.2: the client discards what it learned before TLS and asks again.
     assert facts.tls_extensions and not any(e.upper() == "STARTTLS" for e in facts.tls_extensions)
     assert all(t is not None and t >= 0 for t in (facts.connect_s, facts.banner_s, facts.ehlo_s, facts.tls_s))
-    assert facts.transcript[0].startswith("S: 220 ") and facts.transcript[-2] == "C: QUIT"
+    assert facts.transcript[0].startswith("S: 220 ") and facts.transcript[-1] == "C: QUIT"
 
 
 def test_leaf_only_chain_is_recorded_as_sent(lab: Lab) -> None:
@@ -229,3 +230,63 @@ def test_sessions_one_after_another_in_one_event_loop_all_complete(lab: Lab) -> 
 
     for facts in asyncio.run(in_turn()):
         assert (facts.reached, facts.error) == (SessionStage.DONE, None), facts.detail
+
+
+# --- the goodbye: QUIT is always sent, its reply is not waited for by a run ---------------------------------
+
+
+def test_a_run_gets_the_facts_without_waiting_for_the_reply_to_quit_which_is_still_sent() -> None:
+    # Given a server that greets, answers EHLO, and holds its reply to QUIT until told to answer
+    received: list[bytes] = []
+    answer_quit = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 slow-bye.example ESMTP\r\n")
+        while line := await reader.readline():
+            received.append(line.split()[0])
+            if line.startswith(b"EHLO"):
+                writer.write(b"250-slow-bye.example\r\n250 HELP\r\n")
+            elif line.startswith(b"QUIT"):
+                await answer_quit.wait()
+                writer.write(b"221 bye\r\n")
+            await writer.drain()
+        writer.close()
+
+    async def main() -> tuple[SessionFacts, bool]:
+        server = await asyncio.start_server(serve, "127.0.77.94", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            run = RunContext(RunOptions(ehlo_name="probe.invalid", timeout=30.0, smtp_port=port))
+            # When the run's session ends (bounded below the 5 s a session waits for that reply at most: one that
+            # waited would end only after the bound)
+            async with asyncio.timeout(4):
+                facts = await run.smtp_session("127.0.77.94", "slow-bye.example")
+                while b"QUIT" not in received:  # noqa: ASYNC110 - waiting for the server to read QUIT
+                    await asyncio.sleep(0.01)
+            answered_before = answer_quit.is_set()
+            answer_quit.set()
+            await run.aclose()
+            return facts, answered_before
+
+    facts, answered_before = asyncio.run(main())
+    # Then the facts came while the reply to QUIT was still held, and the server got the QUIT
+    assert not answered_before
+    assert received == [b"EHLO", b"QUIT"]
+    assert facts.reached is SessionStage.DONE and facts.transcript[-1] == "C: QUIT"
+
+
+def test_the_facts_of_a_run_equal_those_of_a_session_that_waits_for_the_goodbye(lab: Lab) -> None:
+    async def both() -> tuple[SessionFacts, SessionFacts]:
+        waited = await probe_session(
+            "127.0.1.10", lab.smtp_port, "contoso-com.mail.protection.outlook.com", ehlo_name="probe.diag.invalid",
+            timeout=5.0,
+        )  # fmt: skip
+        run = RunContext(lab.run_options(timeout=5.0))
+        try:
+            return waited, await run.smtp_session("127.0.1.10", "contoso-com.mail.protection.outlook.com")
+        finally:
+            await run.aclose()
+
+    waited, run = asyncio.run(both())
+    timings = {"connect_s": None, "banner_s": None, "ehlo_s": None, "tls_s": None}
+    assert dataclasses.replace(run, **timings) == dataclasses.replace(waited, **timings)

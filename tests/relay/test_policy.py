@@ -22,6 +22,7 @@ from diag.relay.policy import (
     is_trusted,
     path_argument,
     qualify_recipient,
+    queues,
     rcpt_decision,
     received_header,
     strip_trace,
@@ -382,6 +383,29 @@ def test_rcpt_decision_onprem_and_internet(role: RelayRole, rcpt: str, peer_ip: 
     assert decide(role, rcpt, peer_ip=peer_ip, mail_from="") == expected
 
 
+@pytest.mark.parametrize("role", list(RelayRole))
+def test_rcpt_decision_catch_all_domain_takes_anyone_from_anyone(role: RelayRole) -> None:
+    kept = settings(role, catch_all=("sun.example", "moon.example"))
+    for rcpt in ("moon@sun.example", "Anyone@MOON.example", "<x@moon.example>"):
+        assert rcpt_decision(kept, peer_ip=UNTRUSTED, cert_names=(), mail_from="", rcpt=rcpt) == ACCEPTED
+    # Only those domains: not their subdomains, nor a domain that merely ends the same way (RR-04).
+    for rcpt in ("x@sub.sun.example", "x@notsun.example", "x@sun.example.evil.net"):
+        assert rcpt_decision(kept, peer_ip=UNTRUSTED, cert_names=(), mail_from="", rcpt=rcpt) != ACCEPTED, rcpt
+
+
+def test_a_plain_mail_host_queues_nothing() -> None:
+    plain = settings(RelayRole.INTERNET, mailboxes=(), relay_networks=(), catch_all=("sun.example",))
+    assert not queues(plain)
+    # What it refuses: another domain from anyone, a bare postmaster (no mailbox to give it to).
+    assert rcpt_decision(plain, peer_ip=IP, cert_names=("mail.contoso.com",), mail_from="", rcpt=f"a@{D}") == (
+        REPLY_RELAY_ACCESS_DENIED
+    )
+    assert rcpt_decision(plain, peer_ip=IP, cert_names=(), mail_from="", rcpt="postmaster")[0] == 550
+    assert queues(settings(RelayRole.CLOUD, mailboxes=(), catch_all=("sun.example",)))
+    assert queues(settings(RelayRole.INTERNET, relay_networks=(), catch_all=("sun.example",)))
+    assert queues(settings(RelayRole.ON_PREMISES, mailboxes=(), catch_all=("sun.example",)))
+
+
 def test_relay_texts() -> None:
     assert REPLY_RELAY_ACCESS_DENIED == (554, "5.7.1 Relay access denied")
     assert REPLY_ACCESS_DENIED == (550, "5.4.1 Recipient address rejected: Access denied")
@@ -400,6 +424,13 @@ def test_is_trusted() -> None:
     # A client whose certificate our CAs verified (the cloud over its connector) is attributable too.
     assert is_trusted(onprem, peer_ip="127.0.10.10", cert_names=("mail.contoso.com",))
     assert not is_trusted(onprem, peer_ip="127.0.10.10", cert_names=())
+    # trace_networks: trusted for their trace in every role, without relay rights.
+    for role in RelayRole:
+        traced = settings(role, trace_networks=("127.0.0.0/8",))
+        assert is_trusted(traced, peer_ip=UNTRUSTED, cert_names=())
+        assert is_trusted(traced, peer_ip="::ffff:127.0.0.99", cert_names=())
+        assert not is_trusted(traced, peer_ip="192.0.2.1", cert_names=())
+        assert rcpt_decision(traced, peer_ip=UNTRUSTED, cert_names=(), mail_from="", rcpt=f"a@{D}")[0] != 250
 
 
 # --- check_content --------------------------------------------------------------------------------------------

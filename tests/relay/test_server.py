@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import mailbox
 import os
 import re
 import shutil
@@ -1121,6 +1122,175 @@ def test_slow_disk_does_not_stall_other_sessions(tmp_path: Path) -> None:
         run(main())
     finally:
         spool.release.set()
+
+
+# --- a plain mail host: catch-all domains kept in one Maildir ------------------------------------------------
+
+
+def plain_host(tmp_path: Path, octet: int, **overrides: Any) -> RelaySettings:
+    """A plain receiving host: the internet role, every address of sun.example kept in ``tmp_path / "kept"``."""
+    values: dict[str, Any] = {
+        "organization": ORG, "role": RelayRole.INTERNET, "hostname": "mx.sun.example",
+        "listen": ((NET + str(octet), 0),), "spool": tmp_path / "spool", "maildir": tmp_path / "kept",
+        "catch_all": ("sun.example",), "limits": Limits(session_timeout=WAIT * 2),
+    }  # fmt: skip
+    values.update(overrides)
+    return RelaySettings(**values)
+
+
+def plain_client(server: RelayServer) -> aiosmtplib.SMTP:
+    ip, port = server.addresses[0]
+    return aiosmtplib.SMTP(
+        hostname=ip, port=port, start_tls=False, timeout=WAIT, source_address=(CLIENT, 0),
+        local_hostname="client.example",
+    )  # fmt: skip
+
+
+def kept(maildir: Path) -> list[bytes]:
+    box = mailbox.Maildir(maildir, factory=None, create=False)
+    return [box.get_bytes(key) for key in box.keys()]
+
+
+def test_catch_all_mail_is_kept_in_the_maildir_before_250(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 5321 §6.1 as for queued mail; §4.4: final delivery adds the Return-Path. Nothing is queued."""
+    settings = plain_host(tmp_path, 70, ident="ESMTP lab host")
+
+    async def main() -> None:
+        async with RelayServer(settings, None) as server:
+            smtp = plain_client(server)
+            banner = await smtp.connect()
+            assert (banner.code, banner.message) == (220, "mx.sun.example ESMTP lab host")
+            errors, reply = await smtp.sendmail(
+                "probe@external.example", ["Alice@SUN.example", "bob@sun.example"], message("a@sun.example").as_bytes()
+            )
+            assert (errors, reply) == ({}, "2.0.0 Ok: queued")
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                await smtp.sendmail("probe@external.example", [f"a@{EXTERNAL}"], b"Subject: x\r\n\r\nx\r\n")
+            assert [(r.code, r.message) for r in refused.value.recipients] == [(554, "5.7.1 Relay access denied")]
+            await smtp.quit()
+
+    with caplog.at_level(logging.INFO, logger="diag.relay"):
+        run(main())
+    (content,) = kept(tmp_path / "kept")
+    assert re.match(
+        rb"Return-Path: <probe@external\.example>\r\n"
+        rb"Received: from client\.example \(\[127\.0\.84\.1\]\)\r\n"
+        rb"\tby mx\.sun\.example with ESMTP id [0-9a-f]+; \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n"
+        rb"From: probe@external\.example\r\n",
+        content,
+    )
+    assert not settings.spool.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("kept ")]
+    assert re.fullmatch(
+        r"kept id=[0-9a-f]+ from=<probe@external\.example> to=<Alice@SUN\.example>,<bob@sun\.example> "
+        r"size=\d+ peer=127\.0\.84\.1 tls=none",
+        line,
+    )
+
+
+def test_one_message_for_kept_and_queued_recipients_is_both(tmp_path: Path) -> None:
+    settings = plain_host(tmp_path, 71, mailboxes=("sun@moon.example",))
+    spool = Spool(settings.spool)
+    queued: list[str] = []
+
+    async def main() -> None:
+        async with RelayServer(settings, spool, on_queued=lambda qid, _env, _data: queued.append(qid)) as server:
+            smtp = plain_client(server)
+            await smtp.connect()
+            _, reply = await smtp.sendmail(
+                "", ["a@sun.example", "sun@moon.example"], message("a@sun.example").as_bytes()
+            )
+            await smtp.quit()
+            assert reply == f"2.0.0 Ok: queued as {queued[0]}"
+
+    run(main())
+    (stored,) = spool.messages()
+    assert stored.envelope.rcpt_tos == ("sun@moon.example",)
+    # The same message with the same Received line; the queued copy is still on its way: no Return-Path yet.
+    assert kept(tmp_path / "kept") == [b"Return-Path: <>\r\n" + spool.content(stored.qid)]
+    assert spool.content(stored.qid).startswith(b"Received: ")
+
+
+def test_a_maildir_that_cannot_be_written_gives_451(tmp_path: Path) -> None:
+    """RR-55: the failure is temporary and the session goes on."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("the Maildir's parent is a file\n")
+    settings = plain_host(tmp_path, 72, maildir=blocker / "kept")
+
+    async def main() -> None:
+        async with RelayServer(settings, None) as server:
+            smtp = plain_client(server)
+            await smtp.connect()
+            with pytest.raises(aiosmtplib.SMTPDataError) as failed:
+                await smtp.sendmail("a@external.example", ["a@sun.example"], b"Subject: x\r\n\r\nx\r\n")
+            assert (failed.value.code, failed.value.message) == (451, "4.3.0 Temporary failure, try again later")
+            assert (await smtp.noop()).code == 250
+            smtp.close()
+
+    run(main())
+
+
+def test_only_a_server_that_queues_nothing_may_do_without_a_spool(tmp_path: Path) -> None:
+    RelayServer(plain_host(tmp_path, 73), None)
+    for may_queue in ({"mailboxes": ("sun@moon.example",)}, {"relay_networks": ("127.0.84.0/24",)},
+                      {"role": RelayRole.CLOUD}):  # fmt: skip
+        with pytest.raises(ConfigError, match="needs a spool"):
+            RelayServer(plain_host(tmp_path, 73, **may_queue), None)
+
+
+@pytest.mark.parametrize("traced", [True, False])
+def test_trace_networks_keep_their_trace_headers(tmp_path: Path, traced: bool) -> None:
+    """The lab's hosts keep every hop's X-Diag-Trace; other clients' copies are dropped (no forged routes)."""
+    settings = plain_host(tmp_path, 74, trace_networks=("127.0.84.0/24",) if traced else ())
+
+    async def main() -> None:
+        async with RelayServer(settings, None) as server:
+            smtp = plain_client(server)
+            await smtp.connect()
+            msg = message("a@sun.example", extra={"X-Diag-Trace": "hop=upstream"})
+            await smtp.sendmail("a@external.example", ["a@sun.example"], msg.as_bytes())
+            await smtp.quit()
+
+    run(main())
+    (content,) = kept(tmp_path / "kept")
+    assert (b"\r\nX-Diag-Trace: hop=upstream\r\n" in content) is traced
+
+
+def test_a_plain_host_can_play_an_outdated_one(pki: TestPKI, tmp_path: Path) -> None:
+    """TLS 1.0-1.1 only, an RSA-1024 key (OpenSSL level 0), and no client certificate asked for: a client with
+    one from a CA the host does not know still completes the handshake."""
+    cert, key = pki.issue(["mx.sun.example"], kind=CertKind.WEAK_KEY).write(tmp_path, "weak")
+    settings = plain_host(
+        tmp_path, 75, tls_cert=cert, tls_key=key, legacy_crypto=True, client_certificates=False,
+        tls_versions=(ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1),
+    )  # fmt: skip
+    legacy = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    legacy.check_hostname = False
+    legacy.verify_mode = ssl.CERT_NONE
+    legacy.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1 are deprecated: that is the point
+        legacy.minimum_version = ssl.TLSVersion.TLSv1
+    foreign_chain, foreign_key = TestPKI.create(org="someone else").issue(["client.example"]).write(tmp_path, "c")
+    legacy.load_cert_chain(foreign_chain, foreign_key)
+
+    async def main() -> None:
+        async with RelayServer(settings, None) as server:
+            smtp = plain_client(server)
+            await smtp.connect()
+            with pytest.raises((ssl.SSLError, aiosmtplib.SMTPException, ConnectionError)):
+                await smtp.starttls(server_hostname="mx.sun.example", tls_context=client_context(pki, tmp_path))
+            smtp.close()
+            smtp = plain_client(server)
+            await smtp.connect()
+            await smtp.starttls(server_hostname="mx.sun.example", tls_context=legacy)
+            assert smtp.get_transport_info("ssl_object").version() == "TLSv1.1"
+            await smtp.sendmail("a@external.example", ["a@sun.example"], b"Subject: x\r\n\r\nx\r\n")
+            await smtp.quit()
+
+    run(main())
+    (content,) = kept(tmp_path / "kept")
+    assert b"with ESMTPS (TLSv1.1 " in content, content
 
 
 # --- start and close ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from importlib import resources
@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from checks import default_registry
 from diag.errors import ConfigError, LabError
 from diag.lab import world
 from diag.lab.runner import Lab
@@ -28,7 +27,6 @@ from diag.model import DomainReport, Report
 from diag.render import html
 from diag.render.html import render_html
 from diag.render.json import dumps, load_report, report_dict
-from diag.runner import run_checks
 
 DOMAINS = ("contoso.com", "multi.example", "expired.example", "hostile.example", "servfail.example")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -119,13 +117,10 @@ def tree(page: str) -> Node:
     return Tree(page).root
 
 
-def lab_report(lab: Lab, domains: tuple[str, ...] = DOMAINS) -> Report:
-    return asyncio.run(run_checks(domains, default_registry(), lab.run_options(timeout=1.0)))
-
-
 @pytest.fixture(scope="module")
-def report(lab: Lab) -> Report:
-    return lab_report(lab)
+def report(lab_domains: Callable[..., Report]) -> Report:
+    """A few domains of the session's lab run (tests/conftest.py)."""
+    return lab_domains(*DOMAINS)
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +313,8 @@ def synthetic() -> dict[str, Any]:
             },
             "checked_at": "2026-11-26T12:00:00Z",
         },
-        "e2e": {"hops": [
+        **policy_facts(),
+        "trace": {"hops": [
             {"host": "contoso-com.mail.protection.outlook.com", "ip": "192.0.2.20",
              "tls": {"version": "TLSv1.2", "cipher": "ECDHE-RSA-AES256-GCM-SHA384"}, "connector": "Connector A",
              "delay_s": 1.5},
@@ -331,7 +327,8 @@ def synthetic() -> dict[str, Any]:
         check("port25", facts["port25"], finding("SMTP_CONNECT_REFUSED", "error"), finding("SMTP_OK", "info")),
         check("certificate", facts["certificate"], finding("CERT_EXPIRING", "warning")),
         check("connectors", facts["connectors"], finding("ROUTE_AMBIGUOUS", "notice")),
-        check("e2e", facts["e2e"], finding("E2E_TLS_MISSING", "critical")),
+        check("trace", facts["trace"], finding("E2E_TLS_MISSING", "critical")),
+        *(check(policy, facts[policy]) for policy in ("spf", "dkim", "dmarc", "mtasts", "tlsrpt", "dane", "dnssec")),
         check("starttls", {}, status="timeout", reason="timeout: no answer within 10 s"),
     ]
     return {
@@ -346,6 +343,87 @@ def synthetic() -> dict[str, Any]:
             {"domain": "empty.example", "status": "unknown", "checks": []},
         ],
     }
+
+
+def policy_facts() -> dict[str, dict[str, Any]]:
+    """The policy checks' facts in a synthetic document: a bit of everything their views show."""
+    tlsa = "3 1 1 " + "ab" * 32
+    return {
+        "spf": {
+            "domain": "example.com",
+            "analysis": {
+                "domain": "example.com", "total_lookups": 2, "void_lookups": 1, "issues": [],
+                "include_domains": ["_spf.example.net"],
+                "root": {
+                    "domain": "example.com", "via": "", "status": "found", "lookups": 2, "total_lookups": 2,
+                    "record": {"text": "v=spf1 a:gone.example.com include:_spf.example.net ~all", "issues": []},
+                    "void_terms": ["a:gone.example.com"], "detail": "",
+                    "children": [{"domain": "_spf.example.net", "via": "include:_spf.example.net",
+                                  "status": "dns-error", "record": None, "lookups": 0, "total_lookups": 0,
+                                  "void_terms": [], "children": [], "detail": "timeout"}],
+                },
+            },
+            "cloud_include": "spf.protection.outlook.com",
+            "senders": [{"sender": {"ip": "192.0.2.5", "source": "--sender-ip"},
+                         "verdict": {"result": "softfail", "reason": "default", "matched": None, "detail": ""}}],
+        },
+        "dkim": {
+            "domain": "example.com", "tenant": "contoso",
+            "selectors": [
+                {"m365": True, "facts": {
+                    "name": "selector1._domainkey.example.com", "status": "found",
+                    "cname_target": "selector1-example-com._domainkey.contoso.onmicrosoft.com", "texts": [],
+                    "key": {"text": "v=DKIM1; t=y; p=MIGf", "key_type": "rsa", "bits": 1024, "revoked": False,
+                            "testing": True},
+                }},
+                {"m365": False, "facts": {"name": "s2._domainkey.example.com", "status": "no-key", "cname_target": None,
+                                          "key": None, "texts": []}},
+            ],
+        },
+        "dmarc": {
+            "discovery": {
+                "domain": "mail.example.com", "organizational_domain": "example.com", "status": "found",
+                "found_at": "example.com", "texts": ["v=DMARC1; p=quarantine; sp=none; pct=50; adkim=s; rua=..."],
+                "record": {"policy": "quarantine", "subdomain_policy": "none", "pct": 50, "adkim": "s", "aspf": "r",
+                           "rua": [{"uri": "mailto:d@example.net"}], "ruf": []},
+                "authorizations": [{"tag": "rua", "uri": "mailto:d@example.net", "status": "missing"}],
+            },
+            "psl_snapshot": "1.1.2.20261023",
+        },
+        "mtasts": {
+            "record": {"domain": "example.com", "status": "found", "record": {"text": "v=STSv1; id=1"}},
+            "fetch": {"url": "https://mta-sts.example.com/.well-known/mta-sts.txt", "ip": "192.0.2.8", "status": 200,
+                      "content_type": "text/plain", "error": None, "tls_version": "TLSv1.3",
+                      "body": "dmVyc2lvbjogU1RTdjEKbW9kZTogdGVzdGluZwo="},
+            "policy": {"mode": "testing", "max_age": 3600, "mx": ["mx.example.com"]},
+            "coverage": [{"host": "mx.example.com", "pattern": "mx.example.com"},
+                         {"host": "backup.example.com", "pattern": None}],
+        },
+        "tlsrpt": {
+            "domain": "example.com", "status": "found", "texts": ["v=TLSRPTv1; rua=ftp://x"],
+            "record": {"rua": [{"uri": "ftp://x", "usable": False}],
+                       "issues": [["bad-uri", "'ftp://x' is neither mailto:address nor https://host/"]]},
+        },
+        "dane": {
+            "hosts": [{
+                "host": "mx.example.com", "name": "_25._tcp.mx.example.com",
+                "dnssec": {"security": "secure", "reason": "validated", "status": "ok", "records": [tlsa, "1 0 0 00"]},
+                "endpoints": [
+                    {"endpoint": "mx.example.com [192.0.2.1]:25", "tls": True, "matches": [
+                        {"record": {"text": tlsa}, "outcome": "no-match", "position": None,
+                         "detail": "the leaf does not match"}]},
+                    {"endpoint": "mx.example.com [2001:db8::1]:25", "tls": False, "matches": []},
+                ],
+            }],
+            "checked_at": "2026-11-26T12:00:00Z",
+        },
+        "dnssec": {
+            "domain": "example.com", "method": "validated", "anchors": [""],
+            "results": [{"name": "example.com", "rdtype": "MX", "security": "bogus", "reason": "expired",
+                         "zone": "example.com", "status": "error", "records": [], "chain": ["", "com", "example.com"],
+                         "detail": "signature expired"}],
+        },
+    }  # fmt: skip
 
 
 # --- a real lab run ---------------------------------------------------------------------------------------
@@ -393,6 +471,11 @@ def test_every_payload_of_the_hostile_host_is_shown_as_inert_text(report: Report
     assert "<svg/onload=alert`1`>" in text and "\\226\\128\\174gnp.exe\\027[2J\\007" in text
     # Never evaluated as a template, never markup: no tag carries an event handler or the payloads' tags.
     assert "{{7*7}}.hostile.example" in text and "49.hostile.example" not in text and "X-TEMPLATE 49" not in text
+    # Policy records: markup and template syntax in the SPF policy's host names, controls and bidi in the others.
+    assert "v=spf1 include:<script>alert(1)</script>.hostile.example a:{{7*7}}.hostile.example -all" in text
+    assert "finds nothing: a:{{7*7}}.hostile.example" in text
+    assert 'rua=mailto:"><svg/onload=alert(1)>@hostile.example; x-note=U+202Eexe.txt\\x1b[2J\\x07' in text
+    assert "id=<b>{{7*7}}</b>\\x1b[31m" in text and "mailto:U+202E<i>tls</i>@hostile.example" in text
     assert not re.search(r"<[^>]*\bon(error|load|mouseover)\s*=", page, re.IGNORECASE)
     assert "<h1>pwned" not in page and "<svg onload" not in page and "<svg/onload" not in page
 
@@ -531,23 +614,87 @@ def test_a_synthetic_report_shows_every_kind_of_evidence() -> None:
     assert "gone.example.com" in text and "not resolved" in text
     assert "refused: 550 5.7.64 TenantAttribution; Relay Access Denied" in text
     # Hops of an end-to-end check.
-    assert "Path of the message: E2E" in text
+    assert "Path of the message: Trace" in text  # a check this diag does not know, with hops in its facts
     assert "contoso-com.mail.protection.outlook.com [192.0.2.20] TLS TLSv1.2" in text
     assert "connector Connector A" in text and "delay_s: 1.5" in text and "a hop given as text" in text
     # Not probed addresses; a domain without checks.
     assert "far.example.com [10.0.0.1]: not a public address" in text
     assert "empty.example" in text
+    # The policy section: SPF counts, tree and senders; DKIM keys; DMARC; MTA-STS; TLS-RPT; DANE; DNSSEC.
+    for words in (
+        "Mail authentication and transport policy",
+        "DNS lookups 2 of 10", "Void lookups 1 of 2", "Cloud include spf.protection.outlook.com missing",
+        "finds nothing: a:gone.example.com", "include:_spf.example.net _spf.example.net no answer from DNS",
+        "192.0.2.5 --sender-ip softfail default",
+        "RSA, 1024 bits; testing (t=y)", "s2._domainkey.example.com DkimSelectors \N{EN DASH} no key record",
+        "_dmarc.example.com (the organizational domain's record applies)", "Policy (p) quarantine",
+        "Subdomains (sp) none", "Applied to (pct) 50 %", "DKIM strict, SPF relaxed",
+        "mailto:d@example.net not authorized by the receiving domain: no reports",
+        "Mode testing", "max_age 3600 s (1 h)", "backup.example.com no mx pattern: reported only", "mode: testing",
+        "bad-uri: 'ftp://x' is neither mailto:address nor https://host/", "ftp://x not usable",
+        "DANE-EE, public key, SHA-256",
+        "PKIX-EE, full certificate, exact not usable: usage 1 (PKIX-EE) is not for SMTP",
+        "no record matches: 3 1 1 abab", "[2001:db8::1]:25 no TLS: DANE senders do not deliver",
+        "example.com MX bogus expired; signature expired; zone example.com chain: . → com → example.com",
+        "validated by diag from the trust anchors of: .",
+    ):  # fmt: skip
+        assert words in text, words
 
 
-def test_a_check_that_does_not_apply_is_shown_as_such_not_as_could_not_run(lab: Lab) -> None:
-    # Given a domain with a null MX only: port25, starttls and certificate do not apply
-    page = render_html(report_dict(lab_report(lab, ("nullmx.example",))))
+# --- the policy section (issue 14) ---------------------------------------------------------------------------
+
+POLICY_DOMAINS = ("contoso.com", "spflookups.example", "dmarcnone.example", "stsnotcovering.example", "dane.example",
+                  "danebad.example", "unsigned.example", "badsig.example")  # fmt: skip
+
+
+def policy_part(root: Node, domain: str) -> Node:
+    (section,) = [s for s in root.all("section", "domain") if s.all("h2")[0].text == domain]
+    (part,) = section.all("details", "evidence-policy")
+    return part
+
+
+def test_the_policy_section_shows_each_domains_policy(lab_domains: Callable[..., Report]) -> None:
+    # Given the lab's policy domains, then each domain's policy section shows
+    page = render_html(report_dict(lab_domains(*POLICY_DOMAINS)))
+    assert_inert(page)
+    root = tree(page)
+    text = {domain: policy_part(root, domain).text for domain in POLICY_DOMAINS}
+    # the SPF policy tree with its lookup count (the domain's record and its eleven includes),
+    (spf, *_) = policy_part(root, "spflookups.example").all("div", "card")
+    assert "DNS lookups 11 of 10" in spf.text and len(spf.all("li", "tree-node")) == 12
+    assert "include:i11.spflookups.example i11.spflookups.example lookups: 0 v=spf1 -all" in spf.text
+    assert "Cloud include spf.protection.outlook.com included" in text["contoso.com"]
+    # the DMARC policy,
+    assert "Policy (p) none" in text["dmarcnone.example"] and "Policy (p) reject" in text["contoso.com"]
+    # the MTA-STS mode and which pattern covers each MX host,
+    assert "Mode enforce" in text["contoso.com"]
+    assert "contoso-com.mail.protection.outlook.com *.mail.protection.outlook.com" in text["contoso.com"]
+    assert "mx2.multi.example no mx pattern: senders refuse it" in text["stsnotcovering.example"]
+    # the DANE match per MX address,
+    assert "mx.dane.example [127.0.20.30]:" in text["dane.example"]
+    for match in (r"3 1 1 [0-9a-f]{64} matches the leaf", r"2 0 1 [0-9a-f]{64} matches the CA certificate at chain "
+                  r"position 1"):  # in the order of the rrset, which DNS does not keep
+        assert re.search(match, text["dane.example"]), match
+    assert re.search(r"\[127\.0\.20\.31\]:\d+ no record matches: 3 1 1 [0-9a-f]{64}: no-match", text["danebad.example"])
+    assert "DNSSEC insecure" in text["unsigned.example"]
+    assert "senders ignore the records: they are not DNSSEC-validated" in text["unsigned.example"]
+    # and the DNSSEC state of each answer.
+    assert "badsig.example MX bogus" in text["badsig.example"]
+    assert "mx2.multi.example A secure" in text["badsig.example"]
+    assert "unsigned.example MX insecure" in text["unsigned.example"] and "contoso.com MX secure" in text["contoso.com"]
+
+
+def test_a_check_that_does_not_apply_is_shown_as_such_not_as_could_not_run(lab_domains: Callable[..., Report]
+                                                                            ) -> None:  # fmt: skip
+    # Given a domain with a null MX only: port25, starttls, certificate and dane do not apply (nor dkim: it is
+    # not an accepted domain; nor e2e: none of the lab's probes is sent from or to it)
+    page = render_html(report_dict(lab_domains("nullmx.example")))
     parsed = assert_inert(page)
     # Then they say so, with the reason, and the domain counts no check as "not run"
     assert "Does not apply: the domain accepts no mail (null MX)" in parsed.words
     assert "Could not run" not in parsed.words
     classes = [attrs.get("class", "") for _, attrs in parsed.tags]
-    assert classes.count("status status-not_applicable") == 3
+    assert classes.count("status status-not_applicable") == 6
     assert "num has-unknown" not in page  # the summary's "Not run" column counts none
 
 
@@ -563,7 +710,7 @@ def test_timing_bars_are_computed_in_python_and_scaled_to_the_slowest_session() 
 
 def test_hops_are_left_out_when_no_check_carries_them() -> None:
     document = synthetic()
-    document["domains"][0]["checks"] = [c for c in document["domains"][0]["checks"] if c["id"] != "e2e"]
+    document["domains"][0]["checks"] = [c for c in document["domains"][0]["checks"] if c["id"] != "trace"]
     assert "Path of the message" not in render_html(document)
 
 
@@ -688,7 +835,7 @@ def test_problems_to_fix_lists_every_warning_or_worse_worst_first(report: Report
     (cell,) = [tr for tr in root.all("tr", "fix") if "CERT_EXPIRED" in tr.text]
     assert "The cloud says: 450 4.7.320 Certificate validation failed (certificate expired)" in cell.text
     # A check that could not run: "could not check" and its reason; the link leads to the check.
-    (servfail,) = [r for r in rows if r.domain == "servfail.example"]
+    (servfail,) = [r for r in rows if r.domain == "servfail.example" and r.severity == "unknown"]
     assert servfail.code == "mx error" and servfail.subject == "MX records (mx)"
     assert servfail.fix.startswith("Could not check: dns: no usable answer for servfail.example")
     assert servfail.target.tag == "article" and "Could not run: dns" in servfail.target.text
@@ -752,20 +899,24 @@ def test_ok_domains_evidence_starts_collapsed(report: Report, page: str) -> None
     for domain in report.domains:
         (section,) = [s for s in root.all("section", "domain") if s.all("h2")[0].text == domain.domain]
         evidence = section.all("details", "evidence")
-        if domain.domain == "servfail.example":  # no MX answer: nothing was observed, so no evidence part
-            assert evidence == []
-            continue
-        assert ("open" in evidence[0].attrs) is (domain.verdict.value != "ok"), domain.domain
-        # The checks stay in view either way.
-        assert section.all("article", "check") and evidence[0].all("article", "check") == []
+        parts = [d.classes[1] for d in evidence]
+        if domain.domain == "servfail.example":  # no MX answer: nothing was seen on the mail's path, only the
+            assert parts == ["evidence-policy"]  # policy lookups, which failed too
+        else:
+            assert parts == ["evidence-mail", "evidence-policy"], domain.domain
+        for part in evidence:
+            assert ("open" in part.attrs) is (domain.verdict.value != "ok"), domain.domain
+            # The checks stay in view either way.
+            assert section.all("article", "check") and part.all("article", "check") == []
     (contoso,) = [s for s in root.all("section", "domain") if s.all("h2")[0].text == "contoso.com"]
     summary = contoso.all("details", "evidence")[0].all("summary")[0].text
-    assert summary == "Evidence nothing to fix, so collapsed: MX records, SMTP sessions, certificates, routing"
+    assert summary == ("Evidence nothing to fix, so collapsed: MX records, SMTP sessions, certificates, routing, "
+                       "message path")  # the lab probes' paths
 
 
 @pytest.fixture(scope="module")
-def bad_leaves(lab: Lab) -> Node:
-    return tree(render_html(report_dict(lab_report(lab, ("contoso.com", "expired.example", "wrongname.example")))))
+def bad_leaves(lab_domains: Callable[..., Report]) -> Node:
+    return tree(render_html(report_dict(lab_domains("contoso.com", "expired.example", "wrongname.example"))))
 
 
 def presented_head(root: Node, endpoint: str) -> Node:
@@ -920,3 +1071,34 @@ def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
 def test_render_html_refuses_what_is_not_a_report(document: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"not a diag\.report/1 document"):
         render_html(document)
+
+
+def test_each_probe_draws_its_path_and_one_that_never_arrived_shows_how_far_it_got() -> None:
+    # Given an e2e check with a delivered probe (two Received hops, one of them without TLS and behind in time)
+    # and one that was accepted but never seen
+    hop = {"index": 1, "from_host": "client.example", "ip": "192.0.2.9", "by_host": "mail.contoso.com",
+           "protocol": "ESMTPSA", "tls": True, "tls_version": "TLSv1.3", "tls_cipher": "TLS_AES_256_GCM_SHA384",
+           "at": "2026-11-26T12:00:00Z", "delay_s": None, "skew_s": None, "raw": "from client.example ..."}
+    second = {**hop, "index": 2, "from_host": "mail.contoso.com", "ip": "192.0.2.10", "by_host": "<b>mx</b>",
+              "protocol": "ESMTP", "tls": False, "tls_version": None, "tls_cipher": None, "skew_s": 3.0}
+    probes = {"probes": [
+        {"name": "John to Sun", "via": "mail.contoso.com [192.0.2.10]:587", "hops": [hop, second],
+         "accepted_at": "2026-11-26T12:00:00Z"},
+        {"name": "Sun to John", "via": "mx.contoso.com [192.0.2.20]:25", "hops": [],
+         "accepted_at": "2026-11-26T12:00:01Z", "verdicts": [{"outcome": "timeout", "detail": "not seen"}]},
+    ]}  # fmt: skip
+    document = synthetic()
+    document["domains"][0]["checks"].append(check("e2e", probes, finding("E2E_TIMEOUT", "critical"),
+                                                  title="End to end"))
+    page = render_html(document)
+    text = assert_inert(page).words
+    # Then each probe's path is drawn under its name, a hop per Received line named by the server that wrote it
+    assert "Path of the message: John to Sun" in text
+    assert "1 mail.contoso.com TLS TLSv1.3 · TLS_AES_256_GCM_SHA384" in text
+    assert "from client.example [192.0.2.9]; ESMTPSA; 2026-11-26T12:00:00Z" in text
+    assert "2 <b>mx</b> TLS no" in text and "<b>mx</b>" not in page  # server text stays text
+    assert "from mail.contoso.com [192.0.2.10]; ESMTP; 2026-11-26T12:00:00Z" in text
+    assert "its clock 3 s behind the previous hop's" in text
+    # and the probe that never arrived ends where it was last known
+    assert "Path of the message: Sun to John (timeout)" in text
+    assert "mx.contoso.com [192.0.2.20]:25 accepted at 2026-11-26T12:00:01Z; not seen in the watched mailbox" in text

@@ -191,9 +191,12 @@ def test_problems_to_fix_renders_and_every_link_lands_on_its_finding(browser: An
         ok = page.locator("section.domain", has=page.locator("h2", has_text="contoso.com"))
         assert ok.locator("span.verdict").inner_text() == "OK"
         card = ok.locator("details.evidence .card").first
-        assert not card.is_visible()
-        ok.locator("details.evidence > summary").click()
-        assert card.is_visible()
+        policy = ok.locator("details.evidence-policy .card").first
+        assert not card.is_visible() and not policy.is_visible()
+        ok.locator("details.evidence-mail > summary").click()
+        assert card.is_visible() and not policy.is_visible()
+        ok.locator("details.evidence-policy > summary").click()
+        assert policy.is_visible()
         # A domain with problems shows its evidence at once.
         expired = page.locator("section.domain", has=page.locator("h2", has_text="expired.example"))
         assert expired.locator("details.evidence .card").first.is_visible()

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from diag.lab.runner import Lab
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.net.tls import CertInfo, Trust
+from diag.registry import Registry
 from diag.render.monitoring import STAGES, check_state, junit, nagios, prometheus
 from diag.render.text import sanitize
 from diag.runner import run_checks
@@ -41,7 +43,13 @@ CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # anything but tab and ne
 @pytest.fixture(scope="module")
 def report(lab: Lab) -> Report:
     options = lab.run_options(timeout=1.0)  # the tarpit costs one timeout
-    return asyncio.run(run_checks(LAB_DOMAINS, default_registry(), options))
+    return asyncio.run(run_checks(LAB_DOMAINS, mail_checks(), options))
+
+
+def mail_checks() -> Registry:
+    """The mail checks and the probes: the counts in these tests are about the formats, not about which checks
+    there are."""
+    return default_registry().select(["mx", "port25", "starttls", "certificate", "connectors", "e2e"])
 
 
 def _domain(report: Report, name: str) -> DomainReport:
@@ -332,7 +340,7 @@ def test_prometheus_lab_run(report: Report) -> None:
     assert one(found, "diag_check_status", domain="tarpit.example", check="port25") == 2
     assert {v for k, v in found["diag_check_status"].items() if ("domain", "contoso.com") in k} == {0}
     # Every severity of every check has a sample, zeros included.
-    assert len(found["diag_findings"]) == len(LAB_DOMAINS) * len(default_registry().ids) * len(Severity)
+    assert len(found["diag_findings"]) == len(LAB_DOMAINS) * len(mail_checks().ids) * len(Severity)
     assert one(found, "diag_findings", domain="expired.example", check="certificate", severity="critical") == 1
     assert one(found, "diag_findings", domain="expired.example", check="certificate", severity="info") == 0
     assert one(found, "diag_findings", domain="contoso.com", check="connectors", severity="info") == 3
@@ -348,7 +356,7 @@ def test_prometheus_lab_run(report: Report) -> None:
         assert value == getattr(probed.session, f"{stage}_s") > 0
     # Issue 10: no series is named by an address or port.
     labels = {name for series in found.values() for key in series for name, _ in key}
-    assert labels == {"domain", "check", "severity", "host", "stage"}
+    assert labels == {"domain", "check", "severity", "host", "stage", "probe"}
     by_domain = {dict(k)["domain"] for k in found["diag_smtp_stage_seconds"]}
     assert "refused.example" not in by_domain  # no stage reached: no sample (not a fake zero)
     assert {dict(k)["stage"] for k in found["diag_smtp_stage_seconds"] if ("domain", "tarpit.example") in k} == {
@@ -421,7 +429,7 @@ def test_the_same_problems_on_another_port_keep_their_series(lab: Lab, report: R
 
     async def elsewhere() -> tuple[Report, int]:
         async with Lab() as other:
-            return await run_checks(domains, default_registry(), other.run_options(timeout=1.0)), other.smtp_port
+            return await run_checks(domains, mail_checks(), other.run_options(timeout=1.0)), other.smtp_port
 
     here = _report(*(_domain(report, name) for name in domains))
     there, port = asyncio.run(elsewhere())
@@ -521,8 +529,13 @@ def case(root: ET.Element, domain: str, check: str) -> ET.Element:
 def test_junit_lab_run(report: Report) -> None:
     root = parse_junit(junit(report))
     assert {key: root.get(key) for key in ("tests", "failures", "errors", "skipped")} == {
-        "tests": "35", "failures": "4", "errors": "1", "skipped": "8",
+        "tests": "42", "failures": "4", "errors": "1", "skipped": "14",
     }  # fmt: skip
+    # The lab's probes concern contoso.com only: its e2e testcase passes, listing the four arrivals; the other
+    # domains' e2e testcases are skipped as not applicable.
+    e2e = case(root, "contoso.com", "e2e")
+    assert e2e.find("failure") is None and (e2e.findtext("system-out") or "").count("INFO E2E_DELIVERED") == 4
+    assert case(root, "expired.example", "e2e").find("skipped") is not None
     assert [s.get("name") for s in root] == LAB_DOMAINS
     statuses = {s.get("name"): s.find("properties/property[@name='status']").get("value") for s in root}  # type: ignore[union-attr]
     assert statuses == {d.domain: d.verdict.value for d in report.domains}
@@ -544,6 +557,39 @@ def test_junit_lab_run(report: Report) -> None:
     assert (expiring.findtext("system-out") or "").startswith("WARNING CERT_EXPIRING ")
     tarpit = case(root, "tarpit.example", "port25")
     assert float(tarpit.get("time", "0")) == _domain(report, "tarpit.example").result("port25").duration_ms / 1000
+
+
+# --- the policy checks (issue 14): carried like any check, through their findings -------------------------------
+
+
+def test_the_policy_checks_in_every_monitoring_format(lab_domains: Callable[..., Report]) -> None:
+    """Given the shared lab run's seed domain and three policy defects, then the plugin line names the policy
+    findings, Prometheus has a status and finding counts per policy check, and JUnit a testcase per policy check
+    (failing on an error finding) beside the mail checks'."""
+    report = lab_domains("contoso.com", "spflookups.example", "danebad.example", "badsig.example")
+    policy = ("spf", "dkim", "dmarc", "mtasts", "tlsrpt", "dane", "dnssec")
+
+    state, summary, _, long = parse_plugin(nagios(report))
+    assert state == "CRITICAL" and summary.startswith("4 domains: 3 critical, 1 ok; ")
+    for line in ("[CRITICAL] danebad.example dane: DANE_MISMATCH mx.danebad.example [127.0.20.31]:",
+                 "[ERROR] spflookups.example spf: SPF_TOO_MANY_LOOKUPS spflookups.example - The SPF policy",
+                 "[ERROR] badsig.example dnssec: DNSSEC_BOGUS badsig.example MX - "):  # fmt: skip
+        assert any(entry.startswith(line) for entry in long), line
+
+    found = samples(prometheus(report))
+    for check_id in policy:
+        assert one(found, "diag_check_status", domain="contoso.com", check=check_id) == 0, check_id
+    assert one(found, "diag_findings", domain="spflookups.example", check="spf", severity="error") == 1
+    assert one(found, "diag_check_status", domain="danebad.example", check="dane") == 2
+    assert one(found, "diag_findings", domain="badsig.example", check="dnssec", severity="info") == 1  # its MX host
+
+    root = parse_junit(junit(report))
+    assert {c.get("name") for c in root.iter("testcase") if c.get("classname") == "contoso.com"} >= set(policy)
+    assert all(case(root, "contoso.com", check_id).find("failure") is None for check_id in policy)
+    failure = case(root, "spflookups.example", "spf").find("failure")
+    assert failure is not None and failure.get("type") == "SPF_TOO_MANY_LOOKUPS"
+    assert case(root, "spflookups.example", "dkim").find("skipped") is not None  # not an accepted domain
+    assert case(root, "badsig.example", "dnssec").find("failure").get("type") == "DNSSEC_BOGUS"  # type: ignore[union-attr]
 
 
 def test_junit_warnings_fail_on_request(report: Report) -> None:
@@ -592,3 +638,42 @@ def test_junit_hostile_text_stays_inert() -> None:
     assert "WARNING W|1" in (certificate.findtext("system-out") or "")
     error = case(root, shown, "connectors").find("error")
     assert error is not None and error.get("message") == f"timeout: {shown}" and error.get("type") == "timeout"
+
+
+# --- end-to-end probes ---------------------------------------------------------------------------------------
+
+
+def test_probes_in_perfdata_and_prometheus(report: Report) -> None:
+    # Given the lab run, whose contoso.com ran the lab's four probes as its e2e check
+    probes = {p.name: p for p in _domain(report, "contoso.com").result("e2e").facts.probes}
+    assert len(probes) == 4 and all(p.delivered for p in probes.values())
+    # Then the plugin line has each probe's latency, with its Slow and Deadline as warning and critical thresholds
+    _, _, perf, _ = parse_plugin(nagios(report))
+    item = perf["contoso.com John to Sun latency"]
+    assert (item["uom"], item["warn"], item["crit"], item["min"]) == ("s", "30", "60", "0")
+    assert float(item["value"]) == pytest.approx(probes["John to Sun"].latency_s, abs=1e-3)
+    # and Prometheus has a delivered flag and a latency per probe, labelled by domain and probe only
+    found = samples(prometheus(report))
+    for name, probe in probes.items():
+        assert one(found, "diag_probe_delivered", domain="contoso.com", probe=name) == 1
+        assert one(found, "diag_probe_latency_seconds", domain="contoso.com", probe=name) == pytest.approx(
+            probe.latency_s
+        )
+    assert {labels for labels in found["diag_probe_delivered"]} == {
+        (("domain", "contoso.com"), ("probe", name)) for name in probes
+    }
+
+
+def test_a_probe_that_did_not_arrive_is_not_delivered_and_has_no_latency() -> None:
+    facts = {"probes": [
+        {"name": "Lost", "accepted": {"code": 250}, "delivered": False, "latency_s": None, "slow_s": None,
+         "deadline_s": 60},
+        {"name": "Unwatched", "accepted": None, "refused": None, "delivered": False},
+    ]}  # fmt: skip
+    result = CheckResult("e2e", "End to end", Status.COMPLETED, facts=facts, started=0, finished=1)
+    report = Report(T0, T0, (DomainReport("contoso.com", (result,)),))
+    found = samples(prometheus(report))
+    assert found["diag_probe_delivered"] == {(("domain", "contoso.com"), ("probe", "Lost")): 0}
+    assert "diag_probe_latency_seconds" not in found
+    _, _, perf, _ = parse_plugin(nagios(report))
+    assert perf["contoso.com Lost latency"]["value"] == "U" and "contoso.com Unwatched latency" not in perf

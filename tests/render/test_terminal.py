@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 from collections.abc import Callable
@@ -12,11 +11,9 @@ import pytest
 from rich.console import Console
 
 from checks import default_registry
-from diag.lab.runner import Lab
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status
 from diag.render.terminal import render_plain, render_rich
 from diag.render.text import sanitize
-from diag.runner import run_checks
 
 _AT = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
 
@@ -160,11 +157,10 @@ def test_a_check_that_could_not_run_makes_the_verdict_unknown() -> None:
     assert text == "servfail.example: UNKNOWN\n  mx: error (0 ms): dns: SERVFAIL\nstatus: UNKNOWN (exit 3)\n"
 
 
-def test_a_lab_run_in_plain_text(lab: Lab) -> None:
+def test_a_lab_run_in_plain_text(lab_domains: Callable[..., Report]) -> None:
     """Given real runs against the lab, then each domain has its verdict line, each check its status line, each
     finding its code and subject, and the last line is the run's verdict with its exit code."""
-    report = asyncio.run(run_checks(["contoso.com", "expired.example", "refused.example"], default_registry(),
-                                    lab.run_options(timeout=1.0)))  # fmt: skip
+    report = lab_domains("contoso.com", "expired.example", "refused.example")
     lines = _plain(report).splitlines()
 
     verdicts = [line for line in lines if not line.startswith(" ")]
@@ -177,3 +173,18 @@ def test_a_lab_run_in_plain_text(lab: Lab) -> None:
     assert expired.startswith("    CRITICAL CERT_EXPIRED mx.expired.example [127.0.20.1]:")
     assert "      cloud says: 450 4.7.320 Certificate validation failed (certificate expired)" in lines
     assert any(line.startswith("    ERROR SMTP_CONNECT_REFUSED mx.refused.example [") for line in lines)
+
+
+@pytest.mark.parametrize("render", [_plain, _rich], ids=["plain", "rich"])
+def test_hostile_policy_records_reach_the_terminal_as_text(lab_domains: Callable[..., Report],
+                                                           render: Callable[[Report], str]) -> None:  # fmt: skip
+    """Given hostile.example's policy records (markup and template syntax in its SPF policy's host names, U+202E
+    and C0 controls in its MTA-STS and TLS-RPT records), then the findings that quote them show escapes, and no
+    control or bidi character reaches the terminal."""
+    text = render(lab_domains("hostile.example"))
+
+    assert not RAW.search(re.sub(r"\x1b\[[0-9;]*m", "", text))
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "SPF_INCLUDE_NOT_FOUND" in plain and "include:<script>alert(1)</script>.hostile.example" in plain
+    assert "MTASTS_RECORD_INVALID" in plain and "character '\\x1b' in the value of id" in plain
+    assert "TLSRPT_SYNTAX" in plain and "character '\\u202e' in the value of rua" in plain

@@ -49,9 +49,14 @@ class MaildirWatcher(Watcher):
     async def _open(self) -> None:
         self._folders = await asyncio.to_thread(self._find_folders)
 
-    def _find_folders(self) -> list[_Folder]:
+    def check(self) -> None:
+        """Raise WatchError when ``path`` is not a Maildir; looks at its directories, reads no message in it (also
+        for ``diag probe --dry-run``)."""
         if not (self.path / "new").is_dir() or not (self.path / "cur").is_dir():
             raise WatchError(f"{self.where} is not a Maildir (it has no new/ and cur/ directories)")
+
+    def _find_folders(self) -> list[_Folder]:
+        self.check()
         folders = [_Folder(INBOX, self.path, junk=False)]
         try:
             names = mailbox.Maildir(self.path, factory=None, create=False).list_folders()

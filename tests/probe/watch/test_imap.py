@@ -1,4 +1,4 @@
-"""The IMAP watcher against a real Dovecot (tests/probe/watch/conftest.py) and, for PR-02, a deliberately broken
+"""The IMAP watcher against a real Dovecot (tests/probe/conftest.py) and, for PR-02, a deliberately broken
 server written here: delivery in the Inbox and in Junk, DSNs, late and forged probes, clean-up that touches
 nothing else, login refused, folder missing, no STARTTLS, wrong certificate name, XOAUTH2 checked by Dovecot."""
 
@@ -27,7 +27,7 @@ from diag.relay.dsn import bounce
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus
 
 if TYPE_CHECKING:
-    from conftest import Dovecot  # tests/probe/watch/conftest.py, for the annotations only
+    from conftest import Dovecot  # tests/probe/conftest.py, for the annotations only
 
 KEY = b"probe test key, 32 bytes long!!!"
 JOHN_PASSWORD = "john-pass"

@@ -1,0 +1,319 @@
+"""DANE for SMTP (RFC 7672): the TLSA records of each MX host (``_25._tcp.<host>``), DNSSEC-validated, matched
+against the certificate chain the host presented in the run's shared SMTP session (the port25 check's).
+
+Only a TLSA set that validates (DNSSEC secure) counts: a TLSA record without DNSSEC is unusable, and a sender
+ignores it (RFC 7672 §2.2). DANE-EE records (usage 3) are matched without name or date checks (§3.1.1); DANE-TA
+records (usage 2) need the chain below the matched CA to verify and the leaf to name the MX host (§3.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from checks.dnssec import secure
+from checks.mx import MxFacts
+from checks.port25 import Port25Facts
+from diag import evidence as ev
+from diag.context import CheckContext
+from diag.evidence import Evidence, Failing, Observed, Section
+from diag.model import Finding, Severity
+from diag.policy.dane import Outcome as Match
+from diag.policy.dane import TlsaMatch, TlsaRecord, Usage, authenticated, match_chain, parse_tlsa, tlsa_name
+from diag.policy.dnssec import DnssecResult, Security
+from diag.policy.lookup import ReplyStatus, shown
+from diag.registry import Check, Outcome
+
+__all__ = [
+    "CHECK", "DaneEndpointRow", "DaneFacts", "DaneHostRow", "DaneView", "Endpoint", "HostTlsa", "TlsaRow", "assess",
+    "probe", "view",
+]  # fmt: skip
+
+# Exchange Online's DANE errors (exchange-model.md §5.2); 4.7.32x while it retries, 5.7.32x when it gives up.
+_DANE_FAILURE = "450 4.7.323 tlsa-invalid: The domain failed DANE validation."
+_DNSSEC_INVALID = "450 4.7.324 dnssec-invalid"
+_NO_STARTTLS = "450 4.7.321 starttls-not-supported: Destination mail server must support TLS to receive mail."
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One address of an MX host and what its presented chain made of the host's TLSA records.
+
+    Attributes:
+        endpoint: ``host [ip]:port``.
+        tls: the session completed a TLS handshake (DANE needs STARTTLS).
+        matches: each TLSA record judged against the presented chain.
+    """
+
+    endpoint: str
+    tls: bool
+    matches: tuple[TlsaMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostTlsa:
+    """The TLSA records of one MX host.
+
+    Attributes:
+        host: the MX host name.
+        name: where the records are (``_25._tcp.<host>``).
+        dnssec: the TLSA answer's DNSSEC state (and its records).
+        records: the records that parse as TLSA.
+        endpoints: the host's probed addresses.
+    """
+
+    host: str
+    name: str
+    dnssec: DnssecResult
+    records: tuple[TlsaRecord, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DaneFacts:
+    """Every MX host's TLSA records and matches; ``checked_at`` is when DANE-TA leaves were judged valid."""
+
+    hosts: tuple[HostTlsa, ...]
+    checked_at: datetime
+
+
+def assess(facts: DaneFacts) -> tuple[Finding, ...]:
+    """Judge DANE for each MX host and address; pure."""
+    found: list[Finding] = []
+    for host in facts.hosts:
+        found.extend(_assess_host(host))
+    return tuple(found)
+
+
+def _assess_host(h: HostTlsa) -> list[Finding]:
+    d = h.dnssec
+    if d.status is not ReplyStatus.OK:
+        if not d.status.answered:
+            return [CHECK.finding("DANE_DNS_ERROR", h.host, f"DNS gave no answer for {h.name} TLSA "
+                                  f"({shown(d.detail)}).", "Make the nameservers answer for it.")]  # fmt: skip
+        return [CHECK.finding("DANE_NONE", h.host, f"{h.host} publishes no TLSA records at {h.name}: senders use "
+                              "TLS without DANE authentication (MTA-STS may still apply).")]  # fmt: skip
+    if d.security is Security.BOGUS:
+        return [CHECK.finding(
+            "DANE_TLSA_BOGUS", h.host,
+            f"The TLSA records at {h.name} fail DNSSEC validation ({d.reason.value}: {shown(d.detail)}): DANE senders "
+            "treat that as a failure and do not deliver to the host.",
+            "Re-sign the zone or fix its DS at the parent.", cloud_error=_DNSSEC_INVALID,
+        )]  # fmt: skip
+    if d.security is not Security.SECURE:
+        why = {Security.INSECURE: "the zone is not DNSSEC-signed"}.get(d.security, f"its DNSSEC state is unknown "
+                                                                                    f"({d.reason.value})")
+        return [CHECK.finding(
+            "DANE_TLSA_INSECURE", h.host,
+            f"{h.name} publishes TLSA records, but {why}: senders ignore TLSA records without DNSSEC "
+            "(RFC 7672 §2.2), so the records protect nothing.",
+            "Sign the zone (and publish its DS), or remove the TLSA records.",
+        )]  # fmt: skip
+    usable = [r for r in h.records if not r.problem]
+    if not usable:
+        problems = "; ".join(f"{shown(r.text, 40)}: {r.problem}" for r in h.records) or "none parses as TLSA"
+        return [CHECK.finding(
+            "DANE_TLSA_UNUSABLE", h.host,
+            f"None of the TLSA records at {h.name} is usable for SMTP ({problems}); senders proceed as if there "
+            "were none (RFC 7672 §2.2).", "Publish 3 1 1 (DANE-EE) or 2 1 1 (DANE-TA) records.",
+        )]  # fmt: skip
+    return [_assess_endpoint(h, e) for e in h.endpoints]
+
+
+def _assess_endpoint(h: HostTlsa, e: Endpoint) -> Finding:
+    if not e.tls:
+        return CHECK.finding(
+            "DANE_NO_TLS", e.endpoint,
+            f"{h.host} publishes DNSSEC-signed TLSA records, but {e.endpoint} completed no STARTTLS handshake: DANE "
+            "senders do not deliver to it (RFC 7672 §2.2).", "Make STARTTLS work on this address.",
+            cloud_error=_NO_STARTTLS,
+        )  # fmt: skip
+    if authenticated(e.matches):
+        which = ", ".join(shown(m.record.text, 24) for m in e.matches if m.outcome is Match.MATCHED)
+        return CHECK.finding("DANE_OK", e.endpoint, f"The chain {e.endpoint} presents matches its TLSA records "
+                             f"({which}).")  # fmt: skip
+    reasons = "; ".join(f"{shown(m.record.text, 24)}: {m.outcome.value}{': ' + m.detail if m.detail else ''}"
+                        for m in e.matches)  # fmt: skip
+    return CHECK.finding(
+        "DANE_MISMATCH", e.endpoint,
+        f"No TLSA record at {h.name} matches the chain {e.endpoint} presents ({reasons}): DANE senders refuse to "
+        "deliver to it.",
+        "Publish TLSA records for the certificate the server now uses (publish the new one before a rollover).",
+        cloud_error=_DANE_FAILURE,
+    )  # fmt: skip
+
+
+def _parse(texts: tuple[str, ...]) -> tuple[TlsaRecord, ...]:
+    records = []
+    for text in texts:
+        try:
+            records.append(parse_tlsa(text))
+        except ValueError:
+            continue
+    return tuple(records)
+
+
+async def probe(ctx: CheckContext) -> DaneFacts | None:
+    """The TLSA records of each MX host name, matched per address; None when there is no host name."""
+    mx = ctx.facts("mx", MxFacts)
+    port25 = ctx.facts("port25", Port25Facts)
+    hosts = [h.name for h in mx.hosts if h.valid_name and not h.ip_literal]
+    hosts = list(dict.fromkeys(hosts))
+    if not hosts:
+        return None
+    results = await asyncio.gather(*(secure(ctx, tlsa_name(host), "TLSA") for host in hosts))
+    now = datetime.now(UTC)
+    facts_hosts = []
+    for host, result in zip(hosts, results, strict=True):
+        records = _parse(result.records)
+        endpoints = tuple(
+            Endpoint(p.endpoint, p.session.tls is not None,
+                     match_chain(records, p.session.tls.chain_der, host, at=now) if p.session.tls else ())
+            for p in port25.probed if p.host == host
+        )  # fmt: skip
+        facts_hosts.append(HostTlsa(host, tlsa_name(host), result, records, endpoints))
+    return DaneFacts(tuple(facts_hosts), now)
+
+
+async def run(ctx: CheckContext) -> Outcome:
+    facts = await probe(ctx)
+    if facts is None:
+        return Outcome.inapplicable("no MX host name to look up TLSA records for")
+    return Outcome(facts, assess(facts))
+
+
+# The report's evidence (report_templates/checks/dane.html.j2), from the facts as a report holds them (their JSON
+# form, read defensively: diag.evidence).
+
+_SELECTORS = {0: "full certificate", 1: "public key"}
+_MATCHING = {0: "exact", 1: "SHA-256", 2: "SHA-512"}
+_SECURITY_TONES = {Security.SECURE.value: "good", Security.INSECURE.value: "warn", Security.BOGUS.value: "bad"}
+_CHAIN_PLACES = {0: "the leaf"}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsaRow:
+    """A TLSA record as published, what its parameters mean (RFC 7218 names) and why SMTP cannot use it, if so."""
+
+    text: str
+    meaning: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class DaneEndpointRow:
+    """One address of the host: whether its presented chain matches a TLSA record, in words, with its tone."""
+
+    endpoint: str
+    result: str
+    tone: str
+    failing: tuple[Failing, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DaneHostRow:
+    """One MX host: where its TLSA records are, their DNSSEC state, the records and each address's match."""
+
+    host: str
+    name: str
+    dnssec: str
+    dnssec_tone: str
+    records: tuple[TlsaRow, ...]
+    endpoints: tuple[DaneEndpointRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DaneView:
+    """The DANE evidence: a block per MX host."""
+
+    hosts: tuple[DaneHostRow, ...]
+
+
+def view(observed: Observed) -> DaneView:
+    failing = ev.failing_by_subject(observed.findings)
+    hosts = []
+    for host in ev.mappings(observed.facts.get("hosts")):
+        dnssec = ev.mapping(host.get("dnssec"))
+        security, status = ev.text(dnssec.get("security")), ev.text(dnssec.get("status"))
+        records = tuple(_tlsa_row(ev.text(text)) for text in ev.items(dnssec.get("records")))
+        if status == ReplyStatus.OK.value:
+            state = f"DNSSEC {security}" + (f" ({ev.text(dnssec.get('reason'))})" if security != "secure" else "")
+        else:
+            state = f"no TLSA records ({status}), DNSSEC {security}" if status else ""
+        hosts.append(DaneHostRow(
+            host=ev.text(host.get("host")),
+            name=ev.text(host.get("name")),
+            dnssec=state,
+            dnssec_tone=_SECURITY_TONES.get(security, "unknown") if records else "plain",
+            records=records,
+            endpoints=tuple(_endpoint_row(e, failing, secure=security == Security.SECURE.value)
+                            for e in ev.mappings(host.get("endpoints"))) if records else (),
+        ))  # fmt: skip
+    return DaneView(tuple(hosts))
+
+
+def _tlsa_row(text: str) -> TlsaRow:
+    try:
+        record = parse_tlsa(text)
+    except ValueError as exc:
+        return TlsaRow(text, "", str(exc))
+    usage = Usage(record.usage).name.replace("_", "-") if record.usage in tuple(Usage) else f"usage {record.usage}"
+    meaning = ", ".join((usage, _SELECTORS.get(record.selector, f"selector {record.selector}"),
+                         _MATCHING.get(record.matching_type, f"matching type {record.matching_type}")))  # fmt: skip
+    return TlsaRow(text, meaning, record.problem)
+
+
+def _endpoint_row(endpoint: Mapping[str, Any], failing: Mapping[str, list[ev.Shown]], *, secure: bool
+                  ) -> DaneEndpointRow:  # fmt: skip
+    name = ev.text(endpoint.get("endpoint"))
+    matches = ev.mappings(endpoint.get("matches"))
+    matched = [m for m in matches if m.get("outcome") == Match.MATCHED.value]
+    if endpoint.get("tls") is not True:
+        result, tone = "no TLS: DANE senders do not deliver", "bad"
+    elif matched:
+        places = [_CHAIN_PLACES.get(p, f"the CA certificate at chain position {p}") if isinstance(p, int) else
+                  "the chain" for p in (m.get("position") for m in matched)]  # fmt: skip
+        texts = [ev.text(ev.mapping(m.get("record")).get("text")) for m in matched]
+        result = "; ".join(f"{text} matches {place}" for text, place in zip(texts, places, strict=True))
+        tone = "good"
+    else:
+        why = [f"{ev.text(ev.mapping(m.get('record')).get('text'))}: {ev.text(m.get('outcome'))}"
+               + (f" ({ev.text(m.get('detail'))})" if m.get("detail") else "") for m in matches]  # fmt: skip
+        result, tone = "no record matches" + (f": {'; '.join(why)}" if why else ""), "bad"
+    if not secure:  # RFC 7672 §2.2: senders ignore TLSA records that do not validate, matching or not
+        result, tone = f"{result}; senders ignore the records: they are not DNSSEC-validated", "warn"
+    return DaneEndpointRow(name, result, tone, tuple(Failing.of(f, f.code) for f in failing.get(name, ())))
+
+
+CHECK = Check(
+    id="dane",
+    title="DANE (TLSA)",
+    run=run,
+    facts=DaneFacts,
+    evidence=Evidence("DANE", view, Section.POLICY),
+    requires=("mx", "port25"),
+    operations=6,
+    codes={
+        "DANE_OK": Severity.INFO,
+        "DANE_NONE": Severity.INFO,
+        "DANE_MISMATCH": Severity.CRITICAL,
+        "DANE_NO_TLS": Severity.CRITICAL,
+        "DANE_TLSA_BOGUS": Severity.CRITICAL,
+        "DANE_TLSA_INSECURE": Severity.WARNING,
+        "DANE_TLSA_UNUSABLE": Severity.WARNING,
+        "DANE_DNS_ERROR": Severity.WARNING,
+    },
+    meanings={
+        "DANE_OK": "A DNSSEC-validated TLSA record matches the chain the MX address presents.",
+        "DANE_NONE": "The MX host publishes no TLSA records (no DANE).",
+        "DANE_MISMATCH": "No usable TLSA record matches the presented chain: DANE senders do not deliver.",
+        "DANE_NO_TLS": "TLSA records are published, but the address completes no STARTTLS handshake.",
+        "DANE_TLSA_BOGUS": "The TLSA records fail DNSSEC validation: DANE senders do not deliver.",
+        "DANE_TLSA_INSECURE": "TLSA records without DNSSEC (unsigned zone or unknown state): unusable.",
+        "DANE_TLSA_UNUSABLE": "Only TLSA records an SMTP client cannot use (usage 0/1, unknown parameters).",
+        "DANE_DNS_ERROR": "The TLSA lookup got no answer.",
+    },
+)

@@ -1,0 +1,160 @@
+"""The lab's mail authentication and transport policy records: the seed organization's, all correct, and one
+domain per policy defect.
+
+Data only, like :mod:`diag.lab.world` (which adds these to the default world). What needs the running lab (a
+TLSA record is the digest of a certificate the lab's PKI issues at start) is described by :class:`TlsaDef` and
+made by :mod:`diag.lab.runner`. DNSSEC: every top zone of the lab is signed, and the lab's trust anchors are
+their keys; ``unsigned.example`` is delegated without DS (insecure) and ``badsig.example`` is a signed zone
+whose signatures expired (bogus).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CHILD_ZONES",
+    "EXPIRED_ZONES",
+    "ONPREM_IPS",
+    "POLICY_HOSTS",
+    "POLICY_PURPOSES",
+    "STS_HOSTS",
+    "TlsaDef",
+    "policy_records",
+    "tlsa_defs",
+]
+
+ONPREM_IPS = ("127.0.10.10", "127.0.10.11")  # the on-premises servers' egress addresses (world.py)
+CLOUD_SPF = "spf.protection.outlook.com"
+CLOUD_EGRESS = "127.0.1.0/24"  # the cloud service's addresses in the lab (world.py)
+REPORTS_DOMAIN = "contoso.com"  # where the organization's DMARC and TLS reports go
+# RSA public keys (SubjectPublicKeyInfo, base64) for the DKIM records: the lab signs nothing, so only the keys
+# are published. 2048 bits is what Microsoft 365 uses; 1024 is the weak one.
+DKIM_KEY_2048 = (
+    "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA7UYDt342W3htu4rAcESAUdNyOhuo0B8F39BXAWQ2EnFeUJIVVt+E2dgc"
+    "GHgNvfFMBjddM3IPesF/e03wD0ztk3/Fl92xo5ZqZBa6eXY/1PHwRPoDiI1bAW62c9VXtCj0/xvRXjrMqktVG3dqPxx7212LcP/u"
+    "jhdmnEhNzlohU0cUY2V26LkEmgzICoFWxfjcGrWV3sEJrrenPTN9xmgKcoOkxYlDZqMChFnRcK+u40P5gXPO7/v5phxuM0c5CUgg"
+    "Wu9cmI09of3RPpTI+AanSfdH3INUiLHYzNvTI7xv3ghB8QualoMZopdNYQs7WMi8Tkjk5nFXvr91t/nVuGU6QwIDAQAB"
+)
+DKIM_KEY_1024 = (
+    "MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCY0hSWMMUyfg8mUSZ29mEfgTBh3Nvkv+Q28z5RW9HcjEF++306SvuArb9t0ljU"
+    "kJXOyVOMmSmzbYu1Myv06nZ/Sc6+JnqekeWBJJ7/zZoX+Pup2Fu/ACmN9eiHCyLdkYwIZ8yZ0PjsTycsctmY7QISuXX2SIi6PF9a"
+    "3QYb5u0k7wIDAQAB"
+)
+
+# Zones the policy domains need besides world.py's: an unsigned delegation and one with expired signatures.
+CHILD_ZONES = ("unsigned.example", "badsig.example")
+EXPIRED_ZONES = ("badsig.example",)
+
+# Mail hosts of the DANE domains: (name, address).
+POLICY_HOSTS = (("mx.dane.example", "127.0.20.30"), ("mx.danebad.example", "127.0.20.31"),
+                ("mx.unsigned.example", "127.0.20.32"))  # fmt: skip
+
+# MTA-STS policy hosts (RFC 8461 §3.3): name, address, policy body. The lab serves them over HTTPS (diag.lab.web).
+STS_HOSTS = (
+    ("mta-sts.contoso.com", "127.0.10.30",
+     "version: STSv1\nmode: enforce\nmx: *.mail.protection.outlook.com\nmax_age: 604800\n"),
+    ("mta-sts.stsnotcovering.example", "127.0.20.33",
+     "version: STSv1\nmode: enforce\nmx: mx.elsewhere.example\nmax_age: 604800\n"),
+)  # fmt: skip
+
+POLICY_PURPOSES = {
+    "spflookups.example": "SPF policy needing 11 DNS lookups through its includes (permerror)",
+    "spfonprem.example": "SPF without the on-premises servers' addresses (accepted with --sender-ip 127.0.10.10)",
+    "spfplusall.example": "SPF record ending in +all",
+    "nopolicy.example": "no SPF and no DMARC record",
+    "dkimweak.example": "DKIM key of 1024 bits at selector s1024 (as an accepted domain with DkimSelectors s1024)",
+    "dmarcrua.example": "DMARC aggregate reports to another domain that has not authorized them (RFC 7489 §7.1)",
+    "dmarcnone.example": "DMARC policy p=none (monitoring only)",
+    "tlsrptbad.example": "TLS-RPT record with a report URI that is neither mailto: nor https:",
+    "stsnotcovering.example": "MTA-STS policy whose mx: patterns do not cover its MX host",
+    "dane.example": "DNSSEC-signed TLSA record (3 1 1) matching the MX host's key",
+    "danebad.example": "TLSA record that matches no certificate the MX host presents",
+    "unsigned.example": "zone delegated without DS (not DNSSEC-signed); its MX host's TLSA is therefore unusable",
+    "badsig.example": "DNSSEC signatures expired: validating resolvers answer SERVFAIL (bogus)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsaDef:
+    """A TLSA record for a lab host's port 25, computed from the certificate the lab issues it.
+
+    Attributes:
+        host: the mail host (its _25._tcp name holds the record).
+        parameters: usage, selector and matching type ("3 1 1").
+        of_host: whose certificate the data is taken from; another host's gives a record that does not match.
+    """
+
+    host: str
+    parameters: str
+    of_host: str
+
+
+def tlsa_defs(cloud_host: str) -> tuple[TlsaDef, ...]:
+    return (
+        TlsaDef(cloud_host, "3 1 1", cloud_host),  # the seed: DANE for the cloud's MX host
+        TlsaDef("mx.dane.example", "3 1 1", "mx.dane.example"),
+        TlsaDef("mx.dane.example", "2 0 1", "intermediate"),  # DANE-TA: the lab's intermediate CA
+        TlsaDef("mx.danebad.example", "3 1 1", "mx.dane.example"),  # another host's key: no match
+        TlsaDef("mx.unsigned.example", "3 1 1", "mx.unsigned.example"),  # matches, but without DNSSEC
+    )
+
+
+def _healthy(domain: str, *, spf: str = "v=spf1 -all") -> list[tuple[str, str, str]]:
+    # RFC 7505 §4: a domain that sends no mail says so with "v=spf1 -all".
+    return [(domain, "TXT", spf), (f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject")]
+
+
+def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(name, type, data) of every policy record: the seed's, a healthy baseline for the other lab domains (so
+    that each shows only its own defect), and the defect domains'."""
+    records: list[tuple[str, str, str]] = [(CLOUD_SPF, "TXT", f"v=spf1 ip4:{CLOUD_EGRESS} -all")]
+    onprem = " ".join(f"ip4:{ip}" for ip in ONPREM_IPS)
+    for domain in accepted:
+        records.append((domain, "TXT", f"v=spf1 {onprem} include:{CLOUD_SPF} -all"))
+        records.append((f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=reject; rua=mailto:dmarc-reports@{REPORTS_DOMAIN}"))
+        records.append((f"_smtp._tls.{domain}", "TXT", "v=TLSRPTv1; rua=mailto:tls-reports@contoso.com"))
+        if domain != REPORTS_DOMAIN and not domain.endswith(f".{REPORTS_DOMAIN}"):
+            # RFC 7489 §7.1: contoso.com accepts the DMARC reports of the organization's other domains.
+            records.append((f"{domain}._report._dmarc.{REPORTS_DOMAIN}", "TXT", "v=DMARC1"))
+        dashed = domain.replace(".", "-")
+        for selector in ("selector1", "selector2"):
+            target = f"{selector}-{dashed}._domainkey.contoso.onmicrosoft.com"
+            records.append((f"{selector}._domainkey.{domain}", "CNAME", f"{target}."))
+            records.append((target, "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_2048}"))
+    records.append(("_mta-sts.contoso.com", "TXT", "v=STSv1; id=2026010101"))
+    records.extend((name, "A", ip) for name, ip, _policy in STS_HOSTS)
+    for domain in lab_domains:
+        if domain not in accepted and domain not in POLICY_PURPOSES:
+            records.extend(_healthy(domain))
+    includes = [f"i{n}.spflookups.example" for n in range(1, 12)]
+    records.append(("spflookups.example", "TXT", "v=spf1 " + " ".join(f"include:{i}" for i in includes) + " -all"))
+    records.extend((name, "TXT", "v=spf1 -all") for name in includes)
+    records.append(("_dmarc.spflookups.example", "TXT", "v=DMARC1; p=reject"))
+    records.extend(_healthy("spfonprem.example", spf=f"v=spf1 include:{CLOUD_SPF} -all"))
+    records.extend(_healthy("spfplusall.example", spf="v=spf1 mx +all"))
+    records.append(("spfonprem.example", "MX", "10 mx2.multi.example."))
+    records.append(("spfplusall.example", "MX", "10 mx2.multi.example."))
+    records.append(("spflookups.example", "MX", "10 mx2.multi.example."))
+    records.append(("nopolicy.example", "MX", "10 mx2.multi.example."))
+    records.append(("dmarcrua.example", "MX", "10 mx2.multi.example."))
+    records.append(("dmarcrua.example", "TXT", "v=spf1 mx -all"))
+    records.append(("_dmarc.dmarcrua.example", "TXT", "v=DMARC1; p=reject; rua=mailto:reports@tailspintoys.com"))
+    records.append(("dmarcnone.example", "MX", "10 mx2.multi.example."))
+    records.append(("dmarcnone.example", "TXT", "v=spf1 mx -all"))
+    records.append(("_dmarc.dmarcnone.example", "TXT", "v=DMARC1; p=none"))
+    records.append(("tlsrptbad.example", "MX", "10 mx2.multi.example."))
+    records.extend(_healthy("tlsrptbad.example"))
+    records.append(("_smtp._tls.tlsrptbad.example", "TXT", "v=TLSRPTv1; rua=ftp://reports.tlsrptbad.example/"))
+    records.append(("stsnotcovering.example", "MX", "10 mx2.multi.example."))
+    records.extend(_healthy("stsnotcovering.example"))
+    records.append(("_mta-sts.stsnotcovering.example", "TXT", "v=STSv1; id=2026010101"))
+    for domain in ("dane.example", "danebad.example", "unsigned.example"):
+        records.append((domain, "MX", f"10 mx.{domain}."))
+        records.extend(_healthy(domain))
+    records.append(("dkimweak.example", "MX", "10 mx2.multi.example."))
+    records.extend(_healthy("dkimweak.example"))
+    records.append(("s1024._domainkey.dkimweak.example", "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_1024}"))
+    records.append(("badsig.example", "MX", "10 mx2.multi.example."))
+    records.extend(_healthy("badsig.example"))
+    return records

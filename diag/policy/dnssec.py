@@ -1,0 +1,458 @@
+"""DNSSEC: is an answer secure, insecure or bogus? Validated with ``dns.dnssec`` from a trust anchor, or taken
+from the AD bit of a resolver the operator declared validating.
+
+:func:`validate` is a :class:`~diag.policy.lookup.Process`. From the deepest configured trust anchor (a DS or
+DNSKEY rrset for a zone: the root's, or the lab's own) it walks down the name one label at a time:
+
+* the zone's DNSKEY rrset must contain a key whose digest is in the trusted DS set (``dns.dnssec.make_ds``),
+  and be signed by it (RFC 4035 §5.2);
+* at each name below, a DS query tells a secure delegation (a signed DS rrset: its child zone's DNSKEYs are
+  checked the same way) from a name inside the same zone or an insecure delegation (a signed denial of the
+  DS; an NSEC/NSEC3 at that name with the NS bit and no DS bit is a delegation without DNSSEC: INSECURE);
+* the answer itself must carry a valid RRSIG by the zone's keys (``dns.dnssec.validate``, which checks the
+  signature, the key tag and algorithm, and the inception and expiration times against ``now``).
+
+What is proven and what is only classified: signatures (answers, DS, DNSKEY, and the NSEC/NSEC3 records of a
+negative answer) are fully validated. For a negative answer with NSEC, the NSEC that matches the name (NODATA:
+the type's bit is clear; or covers it with a descendant as the next owner: an empty non-terminal) or covers it
+(NXDOMAIN) is checked; the wildcard proof of an NXDOMAIN is not. With
+NSEC3 the records' signatures are validated and the denial is classified (``Denial.NSEC3``) without the
+closest-encloser proof. An answer reached through a CNAME is INDETERMINATE: the alias's own chain is not
+walked.
+
+:func:`from_ad_bit` is the other way: trust the resolver's AD bit, which is only safe when that resolver
+validates and the path to it cannot be tampered with, i.e. it runs on this host (security-cases.md DNS-19,
+RD-27; Postfix's rule for DANE). :func:`ad_bit_trustworthy` says whether a set of nameservers qualifies.
+Facts record which way was used (:class:`Method`).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import time
+import warnings
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.DNSKEY
+import dns.rdtypes.ANY.DS
+import dns.rdtypes.ANY.NSEC
+import dns.rdtypes.ANY.NSEC3
+import dns.rdtypes.ANY.RRSIG
+import dns.rrset
+from cryptography.utils import CryptographyDeprecationWarning
+
+from diag.net.dns import Nameserver
+from diag.policy.lookup import Process, Question, Reply, ReplyStatus
+
+with warnings.catch_warnings():
+    # dnspython 2.9's DSA support touches cryptography's deprecated DSA classes at import time; DSA (algorithm
+    # 3) is the zone's choice, not something to warn the operator about on every run.
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    import dns.dnssec
+
+__all__ = [
+    "ROOT_ANCHORS",
+    "Denial",
+    "DnssecResult",
+    "Method",
+    "Reason",
+    "Security",
+    "TrustAnchor",
+    "ad_bit_trustworthy",
+    "from_ad_bit",
+    "parse_anchors",
+    "validate",
+]
+
+_MAX_LABELS = 16  # names below an anchor walked at most: real names are far shorter, hostile ones are cut off
+
+
+class Security(enum.StrEnum):
+    """RFC 4033 §5: the four states of an answer."""
+
+    SECURE = "secure"  # validated from a trust anchor
+    INSECURE = "insecure"  # provably unsigned: a delegation without DS on the way
+    BOGUS = "bogus"  # signed, but validation failed
+    INDETERMINATE = "indeterminate"  # could not be decided (no anchor, no answer, a CNAME)
+
+
+class Reason(enum.StrEnum):
+    """Why the state is what it is."""
+
+    VALIDATED = "validated"
+    INSECURE_DELEGATION = "insecure-delegation"
+    NO_ANCHOR = "no-anchor"  # no configured trust anchor covers the name
+    NO_SIGNATURE = "no-signature"  # data in a signed zone without an RRSIG
+    EXPIRED = "expired"  # the RRSIG's expiration is past
+    NOT_YET_VALID = "not-yet-valid"  # its inception is in the future
+    BAD_SIGNATURE = "bad-signature"  # the signature does not verify with the zone's keys
+    NO_MATCHING_KEY = "no-matching-key"  # no DNSKEY matches the DS (or the anchor)
+    NO_DNSKEY = "no-dnskey"  # the zone publishes no DNSKEY
+    UNSIGNED_DENIAL = "unsigned-denial"  # a negative answer without a signed NSEC/NSEC3
+    DENIAL_MISMATCH = "denial-mismatch"  # the NSEC does not deny what was asked
+    DNS_ERROR = "dns-error"
+    CNAME = "cname"
+    AD_BIT = "ad-bit"  # the trusted resolver set AD
+    NO_AD_BIT = "no-ad-bit"  # the trusted resolver did not
+
+
+class Method(enum.StrEnum):
+    """How the state was established."""
+
+    VALIDATED = "validated"  # dns.dnssec from a configured trust anchor
+    AD_BIT = "ad-bit"  # the AD bit of a resolver declared validating
+
+
+class Denial(enum.StrEnum):
+    """How a negative answer was denied."""
+
+    NSEC = "nsec"  # NSEC matching or covering the name: proven
+    NSEC3 = "nsec3"  # NSEC3 signatures valid: classified, not proven
+
+
+@dataclass(frozen=True, slots=True)
+class TrustAnchor:
+    """A trust anchor: a zone and its DS or DNSKEY records (presentation format, e.g. the root's
+    ``20326 8 2 e06d44b8...``). ``from_text`` accepts either kind per record."""
+
+    zone: str
+    ds: tuple[str, ...] = ()
+    dnskey: tuple[str, ...] = ()
+
+    def origin(self) -> dns.name.Name:
+        return dns.name.from_text(self.zone)
+
+
+ROOT_ANCHORS = (
+    TrustAnchor(".", ds=(
+        "20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D",  # KSK-2017
+        "38696 8 2 683D2D0ACB8C9B712A1948B27F741219298D0A450D612C483AF444A4C0FB2B16",  # KSK-2024
+    )),
+)  # fmt: skip
+"""The root zone's trust anchors as IANA publishes them (https://data.iana.org/root-anchors/root-anchors.xml):
+the default when no ``--trust-anchor`` is given."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnssecResult:
+    """The DNSSEC state of one answer.
+
+    Attributes:
+        name, rdtype: the question.
+        security: secure, insecure, bogus or indeterminate.
+        reason: why.
+        method: validated from an anchor, or the AD bit.
+        zone: the signed zone that answered (secure, bogus) or the delegation left unsigned (insecure).
+        status: the answer's status (data, NXDOMAIN, NODATA, or no answer).
+        records: the answer's records as text.
+        denial: how a negative answer was denied, when it was.
+        chain: the zones validated on the way, from the anchor down.
+        detail: the validator's or resolver's words.
+    """
+
+    name: str
+    rdtype: str
+    security: Security
+    reason: Reason
+    method: Method = Method.VALIDATED
+    zone: str = ""
+    status: ReplyStatus = ReplyStatus.ERROR
+    records: tuple[str, ...] = ()
+    denial: Denial | None = None
+    chain: tuple[str, ...] = ()
+    detail: str = ""
+
+
+class _Fail(Exception):
+    def __init__(self, security: Security, reason: Reason, zone: str, detail: str) -> None:
+        super().__init__(detail)
+        self.security, self.reason, self.zone, self.detail = security, reason, zone, detail
+
+
+def parse_anchors(text: str) -> tuple[TrustAnchor, ...]:
+    """Trust anchors from zone-file lines, ``<zone> [TTL] [IN] DS|DNSKEY <data>`` (as unbound's
+    ``trust-anchor-file`` and IANA's root-anchors publish them); ``;`` and ``#`` start comments. Raises ValueError
+    naming the line of the first one that is not a DS or DNSKEY record."""
+    records: dict[str, tuple[list[str], list[str]]] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(";", 1)[0].split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        kinds = [i for i, field in enumerate(fields) if field.upper() in ("DS", "DNSKEY")]
+        if not kinds or kinds[0] == 0 or len(fields) <= kinds[0] + 1:
+            raise ValueError(f"line {number}: expected '<zone> DS <data>' or '<zone> DNSKEY <data>'")
+        index = kinds[0]
+        kind, data = fields[index].upper(), " ".join(fields[index + 1 :])
+        try:
+            zone = dns.name.from_text(fields[0]).to_text()
+            dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(kind), data)
+        except (dns.exception.DNSException, ValueError) as exc:
+            raise ValueError(f"line {number}: not a valid {kind} record: {exc}") from None
+        ds, keys = records.setdefault(zone, ([], []))
+        (ds if kind == "DS" else keys).append(data)
+    if not records:
+        raise ValueError("no DS or DNSKEY record in it")
+    return tuple(TrustAnchor(zone, tuple(ds), tuple(keys)) for zone, (ds, keys) in records.items())
+
+
+def _text(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True) if name != dns.name.root else "."
+
+
+def validate(
+    name: str, rdtype: str, anchors: Sequence[TrustAnchor], *, now: float | None = None
+) -> Process[DnssecResult]:
+    """The process validating the ``rdtype`` answer at ``name`` from the deepest of ``anchors``.
+
+    ``now`` (seconds since the epoch) is the time signatures must be valid at; the current time by default.
+    """
+    return Process(_validate(name.rstrip(".").lower(), rdtype.upper(), tuple(anchors), now))
+
+
+def _validate(
+    name: str, rdtype: str, anchors: tuple[TrustAnchor, ...], now: float | None
+) -> Generator[Question, Reply, DnssecResult]:
+    at = time.time() if now is None else now
+    qname = dns.name.from_text(name)
+    covering = [a for a in anchors if qname.is_subdomain(a.origin())]
+    if not covering:
+        return DnssecResult(name, rdtype, Security.INDETERMINATE, Reason.NO_ANCHOR, detail="no trust anchor covers it")
+    anchor = max(covering, key=lambda a: len(a.origin()))
+    zone = anchor.origin()
+    chain: list[str] = []
+    last: Reply | None = None
+    try:
+        keys = yield from _zone_keys(zone, anchor, None, at)
+        chain.append(_text(zone))
+        labels = qname.relativize(zone).labels if qname != zone else ()
+        if len(labels) > _MAX_LABELS:
+            raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), "the name has too many labels")
+        for depth in range(len(labels) - 1, -1, -1):
+            child = dns.name.Name(labels[depth:]).concatenate(zone)
+            step = yield from _delegation(child, zone, keys, at)
+            if step is None:
+                continue  # not a zone cut: the same zone goes on
+            if isinstance(step, str):
+                # Provably unsigned below ``step``: the answer itself is still fetched, for what it says.
+                last = yield Question(name, rdtype, dnssec=True)
+                return DnssecResult(name, rdtype, Security.INSECURE, Reason.INSECURE_DELEGATION, zone=step,
+                                    status=last.status, records=last.records, chain=tuple(chain),
+                                    detail=f"{step} is delegated without DS")  # fmt: skip
+            keys = yield from _zone_keys(child, None, step, at)
+            zone = child
+            chain.append(_text(zone))
+        last = yield Question(name, rdtype, dnssec=True)
+        denial = _check_answer(last, qname, rdtype, zone, keys, at)
+    except _Fail as fail:
+        status = last.status if last is not None else ReplyStatus.ERROR
+        records = last.records if last is not None else ()
+        return DnssecResult(name, rdtype, fail.security, fail.reason, zone=fail.zone, status=status, records=records,
+                            chain=tuple(chain), detail=fail.detail)  # fmt: skip
+    return DnssecResult(name, rdtype, Security.SECURE, Reason.VALIDATED, zone=_text(zone), status=last.status,
+                        records=last.records, denial=denial, chain=tuple(chain))  # fmt: skip
+
+
+def _signed(reply: Reply, zone: dns.name.Name, what: str) -> tuple[dns.rrset.RRset, tuple[dns.rdata.Rdata, ...]]:
+    if not reply.status.answered:
+        raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{what}: {reply.detail or reply.status}")
+    if reply.canonical_name:
+        raise _Fail(Security.INDETERMINATE, Reason.CNAME, _text(zone), f"{what} is an alias for {reply.canonical_name}")
+    signed = reply.signed
+    if signed is None or signed.rrset is None:
+        raise _Fail(Security.BOGUS, Reason.NO_DNSKEY, _text(zone), f"{what}: no records")
+    return signed.rrset, signed.signatures
+
+
+def _verify(
+    rrset: dns.rrset.RRset, signatures: Sequence[dns.rdata.Rdata], zone: dns.name.Name,
+    keys: dns.rrset.RRset, at: float, what: str,
+) -> None:
+    """Validate ``rrset`` with ``keys`` of ``zone``; a failure is BOGUS with the most telling reason."""
+    sigs = [s for s in signatures if isinstance(s, dns.rdtypes.ANY.RRSIG.RRSIG) and s.signer == zone]
+    if not sigs:
+        raise _Fail(Security.BOGUS, Reason.NO_SIGNATURE, _text(zone), f"{what} has no RRSIG by {_text(zone)}")
+    sigset = dns.rrset.from_rdata_list(rrset.name, 0, sigs)
+    try:
+        dns.dnssec.validate(rrset, sigset, {zone: keys}, now=at)
+    except (dns.exception.ValidationFailure, dns.exception.UnsupportedAlgorithm, dns.exception.DeniedByPolicy) as exc:
+        if all(s.expiration < at for s in sigs):
+            reason = Reason.EXPIRED
+        elif all(s.inception > at for s in sigs):
+            reason = Reason.NOT_YET_VALID
+        else:
+            reason = Reason.BAD_SIGNATURE
+        raise _Fail(Security.BOGUS, reason, _text(zone), f"{what}: {exc}") from None
+
+
+def _zone_keys(
+    zone: dns.name.Name, anchor: TrustAnchor | None, ds_rrset: dns.rrset.RRset | None, at: float
+) -> Generator[Question, Reply, dns.rrset.RRset]:
+    """The zone's DNSKEY rrset, checked against the anchor or the parent's DS set and self-signed by it."""
+    reply = yield Question(_text(zone), "DNSKEY", dnssec=True)
+    rrset, signatures = _signed(reply, zone, f"{_text(zone)} DNSKEY")
+    keys = [k for k in rrset if isinstance(k, dns.rdtypes.ANY.DNSKEY.DNSKEY)]
+    if anchor is not None and anchor.dnskey:
+        wanted = {dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY, text) for text in anchor.dnskey}
+        trusted = [k for k in keys if k in wanted]
+    else:
+        if anchor is not None:
+            ds_set = [dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DS, text) for text in anchor.ds]
+        else:
+            assert ds_rrset is not None
+            ds_set = list(ds_rrset)
+        trusted = [k for k in keys if _matches_ds(zone, k, ds_set)]
+    if not trusted:
+        raise _Fail(Security.BOGUS, Reason.NO_MATCHING_KEY, _text(zone), f"no DNSKEY of {_text(zone)} matches its DS")
+    _verify(rrset, signatures, zone, dns.rrset.from_rdata_list(zone, 0, trusted), at, f"{_text(zone)} DNSKEY")
+    return rrset
+
+
+def _matches_ds(zone: dns.name.Name, key: dns.rdtypes.ANY.DNSKEY.DNSKEY, ds_set: Sequence[dns.rdata.Rdata]) -> bool:
+    for ds in ds_set:
+        if not isinstance(ds, dns.rdtypes.ANY.DS.DS) or ds.algorithm != key.algorithm:
+            continue
+        try:
+            if dns.dnssec.make_ds(zone, key, ds.digest_type) == ds:
+                return True
+        except (dns.exception.DNSException, ValueError):
+            continue
+    return False
+
+
+def _delegation(
+    child: dns.name.Name, zone: dns.name.Name, keys: dns.rrset.RRset, at: float
+) -> Generator[Question, Reply, dns.rrset.RRset | str | None]:
+    """Is ``child`` a secure delegation (its DS rrset), an insecure one (its name), or inside ``zone`` (None)?"""
+    reply = yield Question(_text(child), "DS", dnssec=True)
+    if not reply.status.answered:
+        raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{_text(child)} DS: {reply.detail}")
+    signed = reply.signed
+    if reply.status is ReplyStatus.OK and signed is not None and signed.rrset is not None:
+        _verify(signed.rrset, signed.signatures, zone, keys, at, f"{_text(child)} DS")
+        return signed.rrset
+    proofs = _denial_records(reply, zone, keys, at, f"{_text(child)} DS")
+    for rrset in proofs:
+        for record in rrset:
+            types = _types(record)
+            at_child = rrset.name == child if isinstance(record, dns.rdtypes.ANY.NSEC.NSEC) else _nsec3_owns(
+                rrset.name, child, zone, record
+            )
+            if at_child and dns.rdatatype.NS in types and dns.rdatatype.SOA not in types:
+                if dns.rdatatype.DS in types:
+                    detail = f"{_text(child)}: DS denied but listed"
+                    raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), detail)
+                return _text(child)
+    return None
+
+
+def _denial_records(
+    reply: Reply, zone: dns.name.Name, keys: dns.rrset.RRset, at: float, what: str
+) -> list[dns.rrset.RRset]:
+    """The NSEC/NSEC3 rrsets of a negative answer, each validated; none at all is an unsigned denial."""
+    authority = reply.signed.authority if reply.signed is not None else ()
+    proofs = [r for r in authority if r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)]
+    if not proofs:
+        raise _Fail(Security.BOGUS, Reason.UNSIGNED_DENIAL, _text(zone), f"{what}: negative answer without NSEC/NSEC3")
+    for rrset in proofs:
+        sigs = [
+            s for r in authority if r.rdtype == dns.rdatatype.RRSIG and r.name == rrset.name for s in r
+            if isinstance(s, dns.rdtypes.ANY.RRSIG.RRSIG) and s.type_covered == rrset.rdtype
+        ]  # fmt: skip
+        _verify(rrset, sigs, zone, keys, at, f"{what}: {_text(rrset.name)} {dns.rdatatype.to_text(rrset.rdtype)}")
+    return proofs
+
+
+def _types(record: dns.rdata.Rdata) -> set[int]:
+    windows = getattr(record, "windows", ())
+    types: set[int] = set()
+    for window, bitmap in windows:
+        for index, byte in enumerate(bitmap):
+            for bit in range(8):
+                if byte & (0x80 >> bit):
+                    types.add(window * 256 + index * 8 + bit)
+    return types
+
+
+def _nsec3_owns(owner: dns.name.Name, name: dns.name.Name, zone: dns.name.Name, record: dns.rdata.Rdata) -> bool:
+    if not isinstance(record, dns.rdtypes.ANY.NSEC3.NSEC3):
+        return False
+    try:
+        hashed = dns.dnssec.nsec3_hash(name, record.salt, record.iterations, record.algorithm)
+    except ValueError:
+        return False
+    return bool(owner == dns.name.from_text(hashed, zone))
+
+
+def _check_answer(
+    reply: Reply, qname: dns.name.Name, rdtype: str, zone: dns.name.Name, keys: dns.rrset.RRset, at: float
+) -> Denial | None:
+    """Validate the final answer: its signature, or the denial of a negative answer."""
+    what = f"{_text(qname)} {rdtype}"
+    if not reply.status.answered:
+        raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{what}: {reply.detail or reply.status}")
+    if reply.canonical_name:
+        raise _Fail(Security.INDETERMINATE, Reason.CNAME, _text(zone), f"{what} is an alias for {reply.canonical_name}")
+    signed = reply.signed
+    if reply.status is ReplyStatus.OK and signed is not None and signed.rrset is not None:
+        _verify(signed.rrset, signed.signatures, zone, keys, at, what)
+        return None
+    proofs = _denial_records(reply, zone, keys, at, what)
+    nsecs = [(r.name, record) for r in proofs for record in r if isinstance(record, dns.rdtypes.ANY.NSEC.NSEC)]
+    if not nsecs:
+        return Denial.NSEC3
+    wanted = dns.rdatatype.from_text(rdtype)
+    for owner, record in nsecs:
+        if reply.status is ReplyStatus.NODATA and owner == qname:
+            types = _types(record)
+            if wanted in types or dns.rdatatype.CNAME in types:
+                raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: the NSEC lists the type")
+            return Denial.NSEC
+        if reply.status is ReplyStatus.NXDOMAIN and _covers(owner, record.next, qname):
+            return Denial.NSEC
+        if reply.status is ReplyStatus.NODATA and _covers(owner, record.next, qname) and record.next.is_subdomain(
+            qname
+        ):
+            return Denial.NSEC  # an empty non-terminal: the next owner is below it (RFC 4035 §3.1.3.2)
+    raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: no NSEC matches or covers the name")
+
+
+def _covers(owner: dns.name.Name, following: dns.name.Name, name: dns.name.Name) -> bool:
+    """RFC 4034 §6.1 canonical order: ``owner < name < next`` (the last NSEC wraps around to the apex)."""
+    if owner < following:
+        return bool(owner < name < following)
+    return bool(name > owner or name < following)
+
+
+def ad_bit_trustworthy(nameservers: Sequence[Nameserver]) -> bool:
+    """May the AD bit be trusted from these nameservers? Only if every one is on this host (loopback): a remote
+    resolver's AD bit crosses a network anyone on the path can forge (security-cases.md DNS-19 and RD-27; RFC
+    6698 §4.1). The system's resolver (no nameservers given) is not trusted: which one it is is not known here."""
+    if not nameservers:
+        return False
+    return all(ipaddress.ip_address(server.ip).is_loopback for server in nameservers)
+
+
+def from_ad_bit(name: str, rdtype: str) -> Process[DnssecResult]:
+    """The process taking the DNSSEC state from the AD bit of a resolver declared validating (the caller has
+    checked :func:`ad_bit_trustworthy`). No AD means "not validated": INSECURE or unknown, never SECURE."""
+    return Process(_from_ad_bit(name.rstrip(".").lower(), rdtype.upper()))
+
+
+def _from_ad_bit(name: str, rdtype: str) -> Generator[Question, Reply, DnssecResult]:
+    reply = yield Question(name, rdtype, dnssec=True)
+    if not reply.status.answered:
+        return DnssecResult(name, rdtype, Security.INDETERMINATE, Reason.DNS_ERROR, Method.AD_BIT,
+                            status=reply.status, detail=reply.detail)  # fmt: skip
+    if reply.signed is not None and reply.signed.authenticated:
+        return DnssecResult(name, rdtype, Security.SECURE, Reason.AD_BIT, Method.AD_BIT, status=reply.status,
+                            records=reply.records)  # fmt: skip
+    return DnssecResult(name, rdtype, Security.INSECURE, Reason.NO_AD_BIT, Method.AD_BIT, status=reply.status,
+                        records=reply.records, detail="the validating resolver did not set AD")  # fmt: skip

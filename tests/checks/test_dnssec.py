@@ -1,0 +1,66 @@
+"""The dnssec check: judgement of validation results, and the lab's signed, unsigned and bogus zones."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from checks import default_registry
+from checks.dnssec import CHECK, DnssecFacts, assess
+from diag.lab.runner import Lab
+from diag.policy.dnssec import DnssecResult, Method, Reason, Security
+from diag.runner import run_checks
+
+from .conftest import codes_of
+
+
+def judge(*results: DnssecResult) -> list[tuple[str, str, str]]:
+    findings = assess(DnssecFacts("contoso.com", Method.VALIDATED, (".",), results))
+    assert all(f.severity is CHECK.codes[f.code] for f in findings)
+    return [(f.code, f.subject, f.message) for f in findings]
+
+
+@pytest.mark.parametrize(
+    ("result", "code", "words"),
+    [
+        (DnssecResult("contoso.com", "MX", Security.SECURE, Reason.VALIDATED, chain=(".", "com", "contoso.com")),
+         "DNSSEC_OK", "validates from the trust anchor (. → com → contoso.com)"),
+        (DnssecResult("contoso.com", "MX", Security.SECURE, Reason.AD_BIT, Method.AD_BIT), "DNSSEC_OK", "AD bit"),
+        (DnssecResult("contoso.com", "MX", Security.INSECURE, Reason.INSECURE_DELEGATION, zone="contoso.com"),
+         "DNSSEC_UNSIGNED", "contoso.com is delegated without DS"),
+        (DnssecResult("contoso.com", "MX", Security.INSECURE, Reason.NO_AD_BIT, Method.AD_BIT), "DNSSEC_UNSIGNED",
+         "set no AD bit"),
+        (DnssecResult("contoso.com", "MX", Security.BOGUS, Reason.EXPIRED, zone="contoso.com", detail="expired"),
+         "DNSSEC_BOGUS", "SERVFAIL"),
+        (DnssecResult("contoso.com", "MX", Security.INDETERMINATE, Reason.NO_ANCHOR, detail="no trust anchor"),
+         "DNSSEC_INDETERMINATE", "no-anchor: no trust anchor"),
+    ],
+)  # fmt: skip
+def test_each_state_has_its_code(result: DnssecResult, code: str, words: str) -> None:
+    ((found, subject, message),) = judge(result)
+    assert found == code and subject == "contoso.com MX" and words in message
+
+
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [
+        ("contoso.com", ["DNSSEC_OK", "DNSSEC_OK"]),
+        ("unsigned.example", ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]),
+        ("badsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK"]),
+        ("cnamemx.example", ["DNSSEC_OK", "DNSSEC_INDETERMINATE"]),
+        ("nullmx.example", ["DNSSEC_OK"]),
+    ],
+)
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "dnssec") == expected
+
+
+def test_lab_with_the_ad_bit_of_a_resolver_that_does_not_validate(lab: Lab) -> None:
+    # Given the lab's DNS server declared validating (it is authoritative and never sets AD)
+    registry = default_registry().select(["dnssec"])
+    options = lab.run_options(timeout=3.0, validating_resolver=True)
+    (domain,) = asyncio.run(run_checks(["contoso.com"], registry, options)).domains
+    # Then nothing is taken as validated
+    assert codes_of(domain, "dnssec") == ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]
+    assert domain.result("dnssec").facts.method is Method.AD_BIT

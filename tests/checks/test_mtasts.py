@@ -1,0 +1,118 @@
+"""The mtasts check: judgement of record, fetch and policy facts, and the lab's policy hosts over HTTPS."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from checks import default_registry
+from checks.mtasts import CHECK, MtaStsFacts, assess
+from diag.lab.runner import Lab
+from diag.net.https import FetchError, HttpsFacts
+from diag.policy.mtasts import MxCoverage, StsTxtFacts, TxtStatus, parse_policy, parse_txt
+from diag.runner import run_checks
+
+from .conftest import codes_of
+
+DOMAIN = "contoso.com"
+URL = "https://mta-sts.contoso.com/.well-known/mta-sts.txt"
+RECORD = StsTxtFacts(DOMAIN, TxtStatus.FOUND, parse_txt("v=STSv1; id=1"), ("v=STSv1; id=1",))
+SERVED = HttpsFacts(URL, "192.0.2.1", 200, "text/plain", tls_version="TLSv1.3")
+POLICY = "version: STSv1\nmode: enforce\nmx: *.mail.protection.outlook.com\nmax_age: 604800\n"
+CLOUD = "contoso-com.mail.protection.outlook.com"
+
+
+def judge(facts: MtaStsFacts) -> list[tuple[str, str, str]]:
+    findings = assess(facts)
+    assert all(f.severity is CHECK.codes[f.code] for f in findings)
+    return [(f.code, f.subject, f.message) for f in findings]
+
+
+def policy_facts(text: str, *covered: MxCoverage) -> MtaStsFacts:
+    return MtaStsFacts(RECORD, SERVED, policy=parse_policy(text.encode()), coverage=covered)
+
+
+def test_an_enforced_policy_covering_every_mx_is_ok() -> None:
+    ((code, subject, message),) = judge(policy_facts(POLICY, MxCoverage(CLOUD, "*.mail.protection.outlook.com")))
+    assert (code, subject) == ("MTASTS_OK", DOMAIN) and "mode enforce" in message and "TLSv1.3" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "codes"),
+    [
+        (POLICY.replace("enforce", "testing"), ["MTASTS_OK", "MTASTS_MODE_TESTING"]),
+        (POLICY.replace("enforce", "none"), ["MTASTS_OK", "MTASTS_MODE_NONE"]),
+        (POLICY.replace("604800", "3600"), ["MTASTS_OK", "MTASTS_MAX_AGE_SHORT"]),
+        (POLICY.replace("STSv1", "STSv2"), ["MTASTS_POLICY_INVALID"]),
+    ],
+)
+def test_policy_modes_and_problems(text: str, codes: list[str]) -> None:
+    assert [c for c, _, _ in judge(policy_facts(text, MxCoverage(CLOUD, "*.mail.protection.outlook.com")))] == codes
+
+
+def test_an_uncovered_mx_is_refused_under_enforce_and_reported_under_testing() -> None:
+    gap = MxCoverage("mx.contoso.com", None)
+    ((code, subject, message),) = judge(policy_facts(POLICY, gap))
+    assert (code, subject) == ("MTASTS_MX_NOT_COVERED", "mx.contoso.com") and "refuse to deliver" in message
+    cloud_error = assess(policy_facts(POLICY, gap))[0].cloud_error
+    assert cloud_error == "450 4.4.8 MX hosts of contoso.com failed MTA-STS validation"
+    codes = [c for c, _, _ in judge(policy_facts(POLICY.replace("enforce", "testing"), gap))]
+    assert codes == ["MTASTS_MODE_TESTING", "MTASTS_MX_NOT_COVERED_TESTING"]
+
+
+@pytest.mark.parametrize(
+    ("fetch", "words"),
+    [
+        (HttpsFacts(URL, "192.0.2.1", error=FetchError.CERT_UNTRUSTED, detail="unable to get local issuer"),
+         "cert-untrusted: unable to get local issuer"),
+        (HttpsFacts(URL, "192.0.2.1", 301, location="https://www.contoso.com/"), "must not follow"),
+        (HttpsFacts(URL, "192.0.2.1", 404, "text/html"), "HTTP 404"),
+        (HttpsFacts(URL, "192.0.2.1", 200, "text/html"), "text/html, not text/plain"),
+    ],
+)  # fmt: skip
+def test_fetch_failures(fetch: HttpsFacts, words: str) -> None:
+    ((code, _subject, message),) = judge(MtaStsFacts(RECORD, fetch))
+    assert code == "MTASTS_FETCH_FAILED" and words in message
+
+
+@pytest.mark.parametrize(
+    ("facts", "code", "words"),
+    [
+        (MtaStsFacts(StsTxtFacts(DOMAIN, TxtStatus.NONE)), "MTASTS_MISSING", "_mta-sts.contoso.com"),
+        (MtaStsFacts(StsTxtFacts(DOMAIN, TxtStatus.DNS_ERROR, detail="SERVFAIL")), "MTASTS_DNS_ERROR", "SERVFAIL"),
+        (MtaStsFacts(StsTxtFacts(DOMAIN, TxtStatus.MULTIPLE, texts=("v=STSv1; id=1", "v=STSv1; id=2"))),
+         "MTASTS_RECORD_INVALID", "2 v=STSv1 records"),
+        (MtaStsFacts(StsTxtFacts(DOMAIN, TxtStatus.INVALID, parse_txt("v=STSv1;"))), "MTASTS_RECORD_INVALID",
+         "id field is missing"),
+        (MtaStsFacts(RECORD, not_fetched="its address 10.0.0.1 is not public"), "MTASTS_FETCH_FAILED", "not public"),
+    ],
+)  # fmt: skip
+def test_record_problems(facts: MtaStsFacts, code: str, words: str) -> None:
+    ((found, _subject, message),) = judge(facts)
+    assert found == code and words in message
+
+
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [("contoso.com", ["MTASTS_OK"]), ("stsnotcovering.example", ["MTASTS_MX_NOT_COVERED"]),
+     ("fabrikam.com", ["MTASTS_MISSING"])],
+)  # fmt: skip
+def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    assert codes_of(domain_report(domain), "mtasts") == expected
+
+
+def test_lab_policy_host_certificate_is_validated(lab: Lab) -> None:
+    # Given the system store instead of the lab's CA, the policy host's certificate is untrusted
+    registry = default_registry().select(["mtasts"])
+    options = lab.run_options(timeout=3.0, ca_file=None)
+    (domain,) = asyncio.run(run_checks(["contoso.com"], registry, options)).domains
+    (finding,) = domain.result("mtasts").findings
+    assert finding.code == "MTASTS_FETCH_FAILED" and "cert-untrusted" in finding.message
+
+
+def test_lab_policy_host_on_a_private_address_is_left_alone(lab: Lab) -> None:
+    registry = default_registry().select(["mtasts"])
+    (domain,) = asyncio.run(run_checks(["contoso.com"], registry, lab.run_options(allow_private=False))).domains
+    (finding,) = domain.result("mtasts").findings
+    assert finding.code == "MTASTS_FETCH_FAILED" and "127.0.10.30 is not public" in finding.message

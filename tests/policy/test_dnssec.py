@@ -1,0 +1,244 @@
+"""DNSSEC validation against the lab's DNS server, which signs zones at query time (diag.lab.dns)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import dns.dnssec
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import pytest
+
+from diag.lab.dns import Behaviour, DnsServer, ZoneData
+from diag.net.dns import Nameserver, Resolver
+from diag.policy.dnssec import (
+    ROOT_ANCHORS,
+    Denial,
+    DnssecResult,
+    Method,
+    Reason,
+    Security,
+    TrustAnchor,
+    ad_bit_trustworthy,
+    from_ad_bit,
+    parse_anchors,
+    validate,
+)
+from diag.policy.lookup import Process, Reply, ReplyStatus, Signed, ask, drive
+
+IP = "127.0.53.7"
+T = TypeVar("T")
+
+
+def run(factory: Callable[[], Awaitable[T]]) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(20):
+            return await factory()
+
+    return asyncio.run(bounded())
+
+
+def world() -> tuple[ZoneData, str]:
+    """example (signed) with a signed child, an unsigned child and a child whose signatures expired."""
+    data = ZoneData()
+    for apex in ("example", "signed.example", "plain.example", "stale.example"):
+        data.add_zone(apex)
+    data.add("mx.example", "A", "127.0.0.3")
+    data.add("mx.signed.example", "A", "127.0.0.1")
+    data.add("_25._tcp.mx.signed.example", "TLSA", "3 1 1 " + "ab" * 32)
+    data.add("alias.signed.example", "CNAME", "mx.signed.example.")
+    data.add("mx.plain.example", "A", "127.0.0.2")
+    data.add("mx.stale.example", "A", "127.0.0.4")
+    data.add("broken.example", "A", "127.0.0.5")
+    data.set_behaviour("broken.example", Behaviour.SERVFAIL)
+    anchor = data.sign_zone("example")
+    data.sign_zone("signed.example")
+    data.sign_zone("stale.example", expired=True)
+    return data, anchor
+
+
+@asynccontextmanager
+async def lab_resolver() -> AsyncIterator[tuple[Resolver, str, ZoneData]]:
+    data, anchor = world()
+    server = DnsServer(data)
+    port = await server.start(IP)
+    try:
+        yield Resolver([Nameserver(IP, port)], timeout=3.0), anchor, data
+    finally:
+        await server.close()
+
+
+def check(name: str, rdtype: str, *, anchors: Callable[[str], list[TrustAnchor]] | None = None,
+          now: float | None = None) -> DnssecResult:  # fmt: skip
+    async def body() -> DnssecResult:
+        async with lab_resolver() as (resolver, anchor, _data):
+            chosen = anchors(anchor) if anchors else [TrustAnchor("example", dnskey=(anchor,))]
+            return await drive(validate(name, rdtype, chosen, now=now), resolver)
+
+    return run(body)
+
+
+def test_data_in_a_signed_child_zone_is_secure_through_its_ds() -> None:
+    result = check("_25._tcp.mx.signed.example", "TLSA")
+    assert (result.security, result.reason, result.method) == (Security.SECURE, Reason.VALIDATED, Method.VALIDATED)
+    assert result.chain == ("example", "signed.example") and result.zone == "signed.example"
+    assert result.records == ("3 1 1 " + "ab" * 32,)
+
+
+def test_a_ds_anchor_works_like_a_dnskey_anchor() -> None:
+    def ds_anchor(dnskey: str) -> list[TrustAnchor]:
+        key = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY, dnskey)
+        return [TrustAnchor("example", ds=(dns.dnssec.make_ds("example.", key, "SHA256").to_text(),))]
+
+    assert check("mx.example", "A", anchors=ds_anchor).security is Security.SECURE
+
+
+def test_nxdomain_and_nodata_are_proven_by_nsec() -> None:
+    missing = check("nothing.signed.example", "A")
+    no_type = check("mx.signed.example", "AAAA")
+    assert (missing.security, missing.status, missing.denial) == (Security.SECURE, ReplyStatus.NXDOMAIN, Denial.NSEC)
+    assert (no_type.security, no_type.status, no_type.denial) == (Security.SECURE, ReplyStatus.NODATA, Denial.NSEC)
+
+
+def test_an_empty_non_terminal_is_proven_by_the_nsec_covering_it() -> None:
+    result = check("_tcp.mx.signed.example", "TLSA")
+    assert (result.security, result.status, result.denial) == (Security.SECURE, ReplyStatus.NODATA, Denial.NSEC)
+
+
+def test_a_delegation_without_ds_is_insecure() -> None:
+    result = check("mx.plain.example", "A")
+    assert (result.security, result.reason, result.zone) == (Security.INSECURE, Reason.INSECURE_DELEGATION,
+                                                             "plain.example")  # fmt: skip
+    assert result.chain == ("example",)
+    assert (result.status, result.records) == (ReplyStatus.OK, ("127.0.0.2",))  # the answer, unsigned
+
+
+def test_expired_signatures_are_bogus() -> None:
+    result = check("mx.stale.example", "A")
+    assert (result.security, result.reason, result.zone) == (Security.BOGUS, Reason.EXPIRED, "stale.example")
+
+
+def test_signatures_checked_at_another_time() -> None:
+    later = check("mx.example", "A", now=time.time() + 30 * 86400)
+    earlier = check("mx.example", "A", now=time.time() - 30 * 86400)
+    assert (later.security, later.reason) == (Security.BOGUS, Reason.EXPIRED)
+    assert (earlier.security, earlier.reason) == (Security.BOGUS, Reason.NOT_YET_VALID)
+
+
+def test_an_anchor_that_matches_no_key_is_bogus() -> None:
+    data = ZoneData()
+    data.add_zone("example")
+    other = data.sign_zone("example")  # another zone's key: the lab's own key differs
+    result = check("mx.example", "A", anchors=lambda _anchor: [TrustAnchor("example", dnskey=(other,))])
+    assert (result.security, result.reason) == (Security.BOGUS, Reason.NO_MATCHING_KEY)
+
+
+def test_an_anchor_for_an_unsigned_zone_finds_no_dnskey() -> None:
+    def anchors(anchor: str) -> list[TrustAnchor]:
+        return [TrustAnchor("example", dnskey=(anchor,)), TrustAnchor("plain.example", dnskey=(anchor,))]
+
+    result = check("mx.plain.example", "A", anchors=anchors)
+    assert (result.security, result.reason) == (Security.BOGUS, Reason.NO_DNSKEY)
+
+
+def test_the_deepest_covering_anchor_is_used_and_none_is_indeterminate() -> None:
+    outside = check("mail.contoso.com", "A")
+    assert (outside.security, outside.reason) == (Security.INDETERMINATE, Reason.NO_ANCHOR)
+
+
+def test_an_alias_is_indeterminate() -> None:
+    result = check("alias.signed.example", "A")
+    assert (result.security, result.reason) == (Security.INDETERMINATE, Reason.CNAME)
+
+
+def test_a_failing_server_is_indeterminate_not_bogus() -> None:
+    result = check("broken.example", "A")
+    assert (result.security, result.reason) == (Security.INDETERMINATE, Reason.DNS_ERROR)
+
+
+def test_the_lab_sets_no_ad_bit_so_the_ad_method_says_insecure() -> None:
+    async def body() -> DnssecResult:
+        async with lab_resolver() as (resolver, _anchor, _data):
+            return await drive(from_ad_bit("mx.signed.example", "A"), resolver)
+
+    result = run(body)
+    assert (result.security, result.reason, result.method) == (Security.INSECURE, Reason.NO_AD_BIT, Method.AD_BIT)
+
+
+def answered(process: Process[DnssecResult], reply: Reply) -> DnssecResult:
+    assert process.question is not None and process.question.dnssec
+    process.answer(reply)
+    return process.result
+
+
+def test_a_validating_resolvers_ad_bit_is_secure() -> None:
+    reply = Reply(ReplyStatus.OK, ("127.0.0.1",), signed=Signed(authenticated=True))
+    result = answered(from_ad_bit("mx.contoso.com", "A"), reply)
+    assert (result.security, result.reason, result.records) == (Security.SECURE, Reason.AD_BIT, ("127.0.0.1",))
+
+
+def test_no_answer_from_the_validating_resolver_is_indeterminate() -> None:
+    result = answered(from_ad_bit("mx.contoso.com", "A"), Reply(ReplyStatus.ERROR, detail="SERVFAIL"))
+    assert (result.security, result.detail) == (Security.INDETERMINATE, "SERVFAIL")
+
+
+def test_unsigned_data_in_a_signed_zone_is_bogus() -> None:
+    # What a stripping middlebox would hand over: the DNSKEY is fine, the answer comes without its RRSIG.
+    async def body() -> DnssecResult:
+        async with lab_resolver() as (resolver, anchor, _data):
+            process = validate("mx.example", "A", [TrustAnchor("example", dnskey=(anchor,))])
+            while (question := process.question) is not None:
+                reply = await ask(resolver, question)
+                if question.rdtype == "A" and reply.signed is not None:
+                    reply = Reply(reply.status, reply.records, signed=Signed(reply.signed.rrset))
+                process.answer(reply)
+            return process.result
+
+    result = run(body)
+    assert (result.security, result.reason) == (Security.BOGUS, Reason.NO_SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    ("servers", "trusted"),
+    [((), False), ((Nameserver("127.0.0.53"),), True), ((Nameserver("::1", 5353),), True),
+     ((Nameserver("127.0.0.1"), Nameserver("192.0.2.53")), False)],
+)  # fmt: skip
+def test_only_a_resolver_on_this_host_is_trusted_for_the_ad_bit(servers: tuple[Nameserver, ...], trusted: bool) -> None:
+    assert ad_bit_trustworthy(servers) is trusted
+
+
+def test_a_dnssec_question_after_a_plain_one_is_asked_again_with_do() -> None:
+    async def body() -> tuple[bool, bool, int]:
+        async with lab_resolver() as (resolver, _anchor, _data):
+            plain = await resolver.query("mx.signed.example", "A")
+            signed = await resolver.query("mx.signed.example", "A", dnssec=True)
+            again = await resolver.query("mx.signed.example", "A")
+            return plain.dnssec, signed.dnssec and again.dnssec, len(signed.signatures)
+
+    assert run(body) == (False, True, 1)
+
+
+def test_names_are_compared_in_canonical_form() -> None:
+    assert check("MX.Signed.Example.", "a").security is Security.SECURE
+
+
+def test_trust_anchors_are_read_from_zone_file_lines() -> None:
+    text = """; IANA's root anchors
+    . 172800 IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D
+    example. IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ==
+    """
+    root, lab = parse_anchors(text)
+    assert (root.zone, lab.zone) == (".", "example.")
+    assert root.ds == (ROOT_ANCHORS[0].ds[0],) and len(lab.dnskey) == 1
+
+
+@pytest.mark.parametrize(("text", "words"), [("", "no DS or DNSKEY"), ("example. IN A 192.0.2.1", "line 1"),
+                                              ("\n. DS 20326 8 2 zz", "line 2: not a valid DS")])  # fmt: skip
+def test_trust_anchor_files_that_say_nothing_usable_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_anchors(text)
