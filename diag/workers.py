@@ -5,8 +5,9 @@ per core, each domain's results written out as it finishes.
 finishes, its results are made ready to write (:func:`diag.results.checked`) and appended to a file, and the
 run remembers where. Domains finish in any order; each carries its place in the input, and the outputs read
 them back in order. A run so holds only the domains in flight, never every fact of every domain. At most
-:data:`WINDOW` domains are in flight per event loop, started in input order: enough to overlap thousands of slow
-answers, few enough that DNS questions do not queue behind each other until checks run out of time.
+:data:`WINDOW` domains are in flight per event loop, started in input order: enough to overlap many slow answers,
+few enough that their DNS questions do not queue behind the resolver's questions in flight until checks run out
+of time (with a rate-limiting server, every answer it drops holds a place for a whole try).
 
 With one worker the checks run in this process's event loop. With more, each worker is a process of its own
 (a fresh interpreter running :func:`main`: nothing of the parent's event loop, threads or sockets is inherited)
@@ -55,7 +56,7 @@ __all__ = ["WINDOW", "check_many", "default_workers"]
 
 log = logging.getLogger(__name__)
 
-WINDOW = 500
+WINDOW = 100
 """Domains in flight at once in one event loop."""
 # Domains a worker process is worth starting for: one process checks a few hundred domains a second, and a
 # worker costs a fraction of a second to start (a fresh interpreter importing the checks).
