@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from checks.mx import MxFacts
 from diag import evidence as ev
@@ -18,11 +18,12 @@ from diag.context import CheckContext
 from diag.evidence import STAGES, Evidence, Measurements, Observed, StageTimes
 from diag.model import CheckResult, Finding, Severity, Status
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
-from diag.registry import Check, Outcome
+from diag.registry import Check, Outcome, Summary
 
 __all__ = [
     "CHECK",
     "NULL_MX",
+    "SUMMARY",
     "Bar",
     "NotProbed",
     "Port25Facts",
@@ -33,7 +34,6 @@ __all__ = [
     "assess",
     "measure",
     "probe",
-    "summarize",
     "view",
 ]
 
@@ -226,30 +226,45 @@ def _assess_session(probed: Probed) -> Finding:
     )
 
 
-def summarize(results: Sequence[CheckResult]) -> list[CheckResult]:
+_Note = tuple[tuple[SessionError | None, int], ...]
+
+
+def _note(result: CheckResult) -> _Note:
+    """What a domain's result tells about egress: how each of its sessions ended, and on which port."""
+    if not isinstance(result.facts, Port25Facts):
+        return ()
+    return tuple((p.session.error, p.session.port) for p in result.facts.probed)
+
+
+def _revise(notes: Sequence[Hashable]) -> Callable[[CheckResult], CheckResult] | None:
     """SMTP_EGRESS_BLOCKED: when every address probed in the whole run timed out connecting (none refused,
     none answered), outbound port 25 is blocked from *this* host (common on cloud VMs and home lines), so the
     targets are not to blame: every such result becomes "could not run", with the explanation."""
-    sessions = [p.session for r in results if isinstance(r.facts, Port25Facts) for p in r.facts.probed]
-    if not sessions or any(s.error is not SessionError.CONNECT_TIMEOUT for s in sessions):
-        return list(results)
-    blocked = []
-    for result in results:
+    sessions = [session for note in notes for session in cast(_Note, note)]
+    if not sessions or any(error is not SessionError.CONNECT_TIMEOUT for error, _port in sessions):
+        return None
+    port = sessions[0][1]
+
+    def blocked(result: CheckResult) -> CheckResult:
         if not isinstance(result.facts, Port25Facts) or not result.facts.probed:
-            blocked.append(result)
-            continue
+            return result
         finding = CHECK.finding(
             "SMTP_EGRESS_BLOCKED", ", ".join(p.endpoint for p in result.facts.probed),
-            f"Every connection to port {sessions[0].port} timed out, for every domain of this run: outbound "
+            f"Every connection to port {port} timed out, for every domain of this run: outbound "
             "port 25 is most likely blocked from the host diag runs on, so these servers could not be judged.",
             "Run diag from a host that may connect out on port 25 (many cloud providers and ISPs block it), "
             "or ask for the block to be lifted.",
         )  # fmt: skip
-        blocked.append(replace(
+        return replace(
             result, status=Status.ERROR, reason="egress: outbound port 25 appears blocked from this host",
             findings=(finding,),
-        ))  # fmt: skip
+        )  # fmt: skip
+
     return blocked
+
+
+SUMMARY = Summary(_note, _revise)
+"""The run-wide egress verdict (:class:`~diag.registry.Summary`)."""
 
 
 # The report's evidence (report_templates/checks/port25.html.j2) and the stage timings monitoring exports, from
@@ -403,7 +418,7 @@ CHECK = Check(
     # connect, greeting, EHLO, STARTTLS, handshake, EHLO, QUIT: one after another in each session (the
     # sessions themselves run concurrently), plus one more for waiting on the per-host connection limit.
     operations=8,
-    summarize=summarize,
+    summary=SUMMARY,
     codes={
         "SMTP_OK": Severity.INFO,
         "SMTP_CONNECT_REFUSED": Severity.ERROR,

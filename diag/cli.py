@@ -375,6 +375,9 @@ def _ip(text: str, option: str) -> str:
               help="Write JUnit XML: a test case per check per domain.")
 @click.option("--domains-file", type=_input(), default=None, metavar="FILE",
               help="Also check the domains listed in FILE, one per line ('#' starts a comment).")
+@click.option("--workers", type=_Whole(1, 256), default=None, metavar="N",
+              help="Check domains in N processes side by side. Default: one per usable core for large runs, one for "
+              "small ones.")
 @click.option("--lock", "lock_path", type=_output(), default=None, metavar="FILE",
               help="Refuse to overlap another run holding FILE. Default: a per-user lock file when not on a terminal.")
 @click.option("--history", "history_path", type=_output(), default=None,
@@ -416,6 +419,7 @@ def check(
     prom_out: Path | None,
     junit_out: Path | None,
     domains_file: Path | None,
+    workers: int | None,
     lock_path: Path | None,
     history_path: Path | None,
     no_history: bool,
@@ -489,6 +493,7 @@ def check(
     return execute(CheckRequest(
         tuple(names), registry, options, outputs=outputs, notification=notification, checks=check_ids,
         config=config_path, lab=lab, lock=lock_path, history=history_path, keep_history=not no_history,
+        workers=workers,
     ))  # fmt: skip
 
 

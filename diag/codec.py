@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["decode", "encode", "timestamp"]
+__all__ = ["Encoder", "decode", "encode", "timestamp"]
 
 T = TypeVar("T")
 
@@ -38,8 +38,52 @@ def encode(value: Any) -> Any:
 
     Raises TypeError for a value of a kind facts may not hold: it could not be read back.
     """
+    return _encode(value, None)
+
+
+class Encoder:
+    """:func:`encode` for one run over many domains, remembering the JSON value of the last ``size`` facts
+    objects it encoded (by identity): every domain whose MX is at one address holds the same SMTP session's
+    facts, and every domain shown one certificate chain the same parsed certificates, which so are encoded once.
+    The values it returns may be shared: read them, never change them."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._memo: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self._made: set[int] = set()
+
+    def encode(self, value: Any) -> Any:
+        """Like :func:`encode`."""
+        return _encode(value, self)
+
+    def remembers(self, encoded: Any) -> bool:
+        """Whether ``encoded`` is a value this encoder remembers (and so may hand out again)."""
+        return id(encoded) in self._made
+
+    def _recall(self, value: Any) -> dict[str, Any] | None:
+        kept = self._memo.pop(id(value), None)
+        if kept is None or kept[0] is not value:
+            return None
+        self._memo[id(value)] = kept  # the most recently used last
+        return kept[1]
+
+    def _keep(self, value: Any, encoded: dict[str, Any]) -> None:
+        if len(self._memo) >= self._size:
+            _, dropped = self._memo.pop(next(iter(self._memo)))
+            self._made.discard(id(dropped))
+        self._memo[id(value)] = (value, encoded)  # the value is held: its id stays its own while remembered
+        self._made.add(id(encoded))
+
+
+def _encode(value: Any, encoder: Encoder | None) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if encoder is None:
+            return {f.name: _encode(getattr(value, f.name), None) for f in dataclasses.fields(value)}
+        remembered = encoder._recall(value)
+        if remembered is None:
+            remembered = {f.name: _encode(getattr(value, f.name), encoder) for f in dataclasses.fields(value)}
+            encoder._keep(value, remembered)
+        return remembered
     if isinstance(value, enum.Enum):
         return value.value
     if value is None or isinstance(value, str | int | float | bool):
@@ -51,9 +95,9 @@ def encode(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list | tuple | frozenset):
-        return [encode(item) for item in value]
+        return [_encode(item, encoder) for item in value]
     if isinstance(value, Mapping):  # a JSON object kept as read (the facts of a check this diag does not know)
-        return {str(key): encode(item) for key, item in value.items()}
+        return {str(key): _encode(item, encoder) for key, item in value.items()}
     raise TypeError(f"facts cannot hold a {type(value).__name__}: {value!r}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,10 +27,13 @@ if TYPE_CHECKING:
 
     from diag.probe.run import ProbeOptions
 
-__all__ = ["CheckContext", "RunContext", "RunOptions"]
+__all__ = ["CheckContext", "RunContext", "RunOptions", "SessionSource"]
 
 F = TypeVar("F")
 T = TypeVar("T")
+
+# Values RunContext.remember keeps at most: distinct certificate chains of a run, usually a few per mail provider.
+_REMEMBERED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +87,23 @@ class RunOptions:
     probe: ProbeOptions | None = None
 
 
-class RunContext:
-    """The probes and limits shared by every check of one run."""
+SessionSource = Callable[[str, int, str], Awaitable[SessionFacts]]
+"""Where a run's SMTP sessions come from: ``source(ip, port, server_name)`` returns the session's facts."""
 
-    def __init__(self, options: RunOptions) -> None:
+
+class RunContext:
+    """The probes and limits shared by every check of one run.
+
+    ``sessions``: where the SMTP sessions come from; None to probe from this process, within the run's
+    connection limits. A worker process of a run over many domains asks its parent instead, which holds the
+    run's sessions and limits for every worker (:mod:`diag.workers`). ``share``: the part of the run's DNS
+    questions in flight this process may have (1/N in each of N workers).
+    """
+
+    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None, share: float = 1.0) -> None:
         self.options = options
-        self.resolver = Resolver(options.nameservers, timeout=options.timeout)
+        self._source = sessions
+        self.resolver = Resolver(options.nameservers, timeout=options.timeout, share=share)
         self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(options.per_host_connections)
@@ -98,6 +112,7 @@ class RunContext:
         # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
         self._farewells: set[asyncio.Task[None]] = set()
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
+        self._remembered: dict[Hashable, Any] = {}
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
@@ -117,6 +132,8 @@ class RunContext:
         return len(self._sessions)
 
     async def _open_session(self, ip: str, port: int, server_name: str) -> SessionFacts:
+        if self._source is not None:
+            return await self._source(ip, port, server_name)
         async with self._total, self._per_host[ip]:
             return await probe_session(
                 ip, port, server_name, ehlo_name=self.options.ehlo_name, timeout=self.options.timeout,
@@ -130,6 +147,19 @@ class RunContext:
 
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
+
+    def remember(self, key: Hashable, make: Callable[[], F]) -> F:
+        """What the pure computation ``make`` gives for ``key``, made once per run: the same certificate chain,
+        served at one address to every domain whose MX is there, is parsed and verified once. The last
+        :data:`_REMEMBERED` values are kept."""
+        if key in self._remembered:
+            value: F = self._remembered[key]
+            return value
+        value = make()
+        if len(self._remembered) >= _REMEMBERED:
+            del self._remembered[next(iter(self._remembered))]
+        self._remembered[key] = value
+        return value
 
     async def org_domains(self) -> OrgDomains:
         """The public suffix list (DMARC's organizational domains), loaded once per run."""

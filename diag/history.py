@@ -4,7 +4,7 @@
         run_id = history.record(report_dict(report))
         changes = history.run_changes(run_id)
 
-The whole contract document is kept as JSON text; beside it, the parts that changes are computed from are
+The whole contract document is kept as compact JSON; beside it, the parts that changes are computed from are
 indexed per domain: the domain's status, each check's status, each finding (code, severity, subject), the MX
 host names and each endpoint's leaf certificate fingerprint.
 
@@ -45,8 +45,9 @@ import fcntl
 import json
 import os
 import sqlite3
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,11 +62,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "Change",
     "ChangeKind",
+    "DomainRows",
     "DomainStatus",
     "History",
     "RunSummary",
+    "compact_json",
     "default_history_path",
     "describe",
+    "domain_rows",
     "render_history",
 ]
 
@@ -76,6 +80,10 @@ _BUSY_TIMEOUT: Final = 10.0
 # Messages from servers can be long; a history line needs only the start.
 _MESSAGE_LIMIT: Final = 300
 _FINGERPRINT_SHOWN: Final = 16
+# Bytes copied at a time from a run's document into the database.
+_BLOB_CHUNK: Final = 1 << 20
+# Domains whose rows are inserted together.
+_ROWS_BATCH: Final = 256
 
 _SCHEMA: Final = """
 CREATE TABLE runs (
@@ -223,6 +231,68 @@ class _Snapshot:
     """MX host names; None when the MX check did not complete."""
     certificates: Mapping[str, frozenset[tuple[str, str]]]
     """host → its addresses' (leaf SHA-256, leaf not_after)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRows:
+    """What the history indexes of one domain's entry (:func:`domain_rows`), ready to insert.
+
+    Attributes:
+        domain: the domain.
+        status: its status.
+        checks: (check id, status, reason) of each check.
+        findings: (check id, code, severity, subject, message) of each finding, in order.
+        mx_hosts: (preference, name) of each MX host, when the MX check completed.
+        certificates: (endpoint, host, leaf SHA-256, leaf not-after) of each presented chain, when the
+            certificate check completed.
+    """
+
+    domain: str
+    status: str
+    checks: tuple[tuple[str, str, str | None], ...]
+    findings: tuple[tuple[str, str, str, str, str], ...]
+    mx_hosts: tuple[tuple[int, str], ...]
+    certificates: tuple[tuple[str, str, str, str], ...]
+
+    def to_json(self) -> str:
+        """The rows as compact JSON (a run keeps them on disk until it records them)."""
+        return compact_json([self.domain, self.status, self.checks, self.findings, self.mx_hosts, self.certificates])
+
+    @classmethod
+    def from_json(cls, text: str) -> DomainRows:
+        """The rows :meth:`to_json` wrote."""
+        domain, status, checks, findings, mx_hosts, certificates = json.loads(text)
+        return cls(domain, status, *(tuple(map(tuple, rows)) for rows in (checks, findings, mx_hosts, certificates)))
+
+
+def domain_rows(domain: Mapping[str, Any]) -> DomainRows:
+    """The rows of one domain's entry of a ``diag.report/1`` document (pure: no I/O)."""
+    checks: list[tuple[str, str, str | None]] = []
+    findings: list[tuple[str, str, str, str, str]] = []
+    mx_hosts: list[tuple[int, str]] = []
+    certificates: list[tuple[str, str, str, str]] = []
+    for check in domain["checks"]:
+        check_id = check["id"]
+        checks.append((check_id, check["status"], check.get("reason")))
+        findings.extend((check_id, f["code"], f["severity"], f["subject"], f["message"]) for f in check["findings"])
+        if check["status"] != "completed":
+            continue
+        facts = check.get("facts") or {}
+        if check_id == "mx":
+            mx_hosts.extend((host.get("preference", 0), host["name"]) for host in facts.get("hosts", ()))
+        elif check_id == "certificate":
+            for cert in facts.get("certificates", ()):
+                if cert.get("chain"):
+                    leaf = cert["chain"][0]
+                    host = cert.get("host", "")
+                    certificates.append((cert["endpoint"], host, leaf["sha256"], leaf.get("not_after", "")))
+    return DomainRows(domain["domain"], domain["status"], tuple(checks), tuple(findings), tuple(mx_hosts),
+                      tuple(certificates))  # fmt: skip
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as the history stores documents: compact JSON, ASCII only."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
 class History:
@@ -399,54 +469,70 @@ class History:
 
     def record(self, document: Mapping[str, Any]) -> int:
         """Store one run (a ``diag.report/1`` document, as from ``report_dict``); return its run id."""
-        if document.get("schema") != _REPORT_SCHEMA:
-            raise ValueError(f"not a {_REPORT_SCHEMA} document: schema is {document.get('schema')!r}")
+        _check_schema(document)
+        head = {key: value for key, value in document.items() if key != "domains"}
+        return self.record_parts(head, ((domain_rows(d), compact_json(d)) for d in document["domains"]))
+
+    def record_parts(self, head: Mapping[str, Any], domains: Iterable[tuple[DomainRows, str]]) -> int:
+        """Store one run given as its document without ``domains`` and, one at a time, each domain's rows and
+        its entry of the document as compact JSON (:func:`domain_rows`, :func:`compact_json`: made where the
+        domain was checked, so a run over thousands of domains is never held whole); return its run id.
+
+        The document is kept as compact JSON, written into the database a domain at a time (SQLite's
+        incremental BLOB I/O), so it is stored as UTF-8 bytes rather than as text; :meth:`document` reads both.
+        """
+        _check_schema(head)
         db = self._conn
-        text = json.dumps(dict(document), ensure_ascii=True, separators=(",", ":"))
-        with self._errors(), self._transaction(db):
+        # The compact document, exactly as compact_json(document) would write it: the head, then the domains
+        # ("domains" is the document's last member).
+        opening = compact_json({**head, "domains": []})
+        with tempfile.TemporaryFile() as text, self._errors(), self._transaction(db):
             cursor = db.execute(
-                "INSERT INTO runs (started_at, finished_at, status, exit_code, document) VALUES (?, ?, ?, ?, ?)",
-                (document["started_at"], document["finished_at"], document["status"], document["exit_code"], text),
+                "INSERT INTO runs (started_at, finished_at, status, exit_code, document) VALUES (?, ?, ?, ?, '')",
+                (head["started_at"], head["finished_at"], head["status"], head["exit_code"]),
             )
             run_id = cursor.lastrowid
             assert run_id is not None
-            for domain in document["domains"]:
-                self._record_domain(db, run_id, domain)
+            text.write(opening.removesuffix("]}").encode("ascii"))
+            batch: list[DomainRows] = []
+            for index, (rows, entry) in enumerate(domains):
+                batch.append(rows)
+                if len(batch) == _ROWS_BATCH:
+                    self._insert(db, run_id, batch)
+                    batch.clear()
+                text.write(b"," if index else b"")
+                text.write(entry.encode("ascii"))
+            self._insert(db, run_id, batch)
+            text.write(b"]}")
+            size = text.tell()
+            db.execute("UPDATE runs SET document = zeroblob(?) WHERE id = ?", (size, run_id))
+            text.seek(0)
+            with db.blobopen("runs", "document", run_id) as blob:
+                while chunk := text.read(_BLOB_CHUNK):
+                    blob.write(chunk)
         return run_id
 
-    def _record_domain(self, db: sqlite3.Connection, run_id: int, domain: Mapping[str, Any]) -> None:
-        name = domain["domain"]
-        db.execute(
-            "INSERT INTO domain_runs (run_id, domain, status) VALUES (?, ?, ?)", (run_id, name, domain["status"])
+    def _insert(self, db: sqlite3.Connection, run_id: int, batch: Sequence[DomainRows]) -> None:
+        """The rows of a few domains, a statement per table (fewer round trips into SQLite than per domain)."""
+        db.executemany("INSERT INTO domain_runs (run_id, domain, status) VALUES (?, ?, ?)",
+                       [(run_id, rows.domain, rows.status) for rows in batch])  # fmt: skip
+        db.executemany(
+            "INSERT OR REPLACE INTO checks (run_id, domain, check_id, status, reason) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, rows.domain, *check) for rows in batch for check in rows.checks],
         )
-        for check in domain["checks"]:
-            check_id = check["id"]
-            db.execute(
-                "INSERT OR REPLACE INTO checks (run_id, domain, check_id, status, reason) VALUES (?, ?, ?, ?, ?)",
-                (run_id, name, check_id, check["status"], check.get("reason")),
-            )
-            db.executemany(
-                "INSERT INTO findings (run_id, domain, check_id, code, severity, subject, message) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, name, check_id, f["code"], f["severity"], f["subject"], f["message"])
-                 for f in check["findings"]],
-            )  # fmt: skip
-            if check["status"] != "completed":
-                continue
-            facts = check.get("facts") or {}
-            if check_id == "mx":
-                db.executemany(
-                    "INSERT INTO mx_hosts (run_id, domain, preference, name) VALUES (?, ?, ?, ?)",
-                    [(run_id, name, host.get("preference", 0), host["name"]) for host in facts.get("hosts", ())],
-                )
-            elif check_id == "certificate":
-                db.executemany(
-                    "INSERT INTO certificates (run_id, domain, endpoint, host, sha256, not_after) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(run_id, name, cert["endpoint"], cert.get("host", ""), cert["chain"][0]["sha256"],
-                      cert["chain"][0].get("not_after", ""))
-                     for cert in facts.get("certificates", ()) if cert.get("chain")],
-                )  # fmt: skip
+        db.executemany(
+            "INSERT INTO findings (run_id, domain, check_id, code, severity, subject, message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, rows.domain, *finding) for rows in batch for finding in rows.findings],
+        )
+        db.executemany(
+            "INSERT INTO mx_hosts (run_id, domain, preference, name) VALUES (?, ?, ?, ?)",
+            [(run_id, rows.domain, *host) for rows in batch for host in rows.mx_hosts],
+        )
+        db.executemany(
+            "INSERT INTO certificates (run_id, domain, endpoint, host, sha256, not_after) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, rows.domain, *cert) for rows in batch for cert in rows.certificates],
+        )
 
     def prune(self, *, keep_days: int) -> int:
         """Delete runs that started more than ``keep_days`` days ago; return how many were deleted.
@@ -531,14 +617,19 @@ class History:
             return [change for domain in domains for change in self._changes_at(domain, run_id)]
 
     def _changes_at(self, domain: str, run_id: int) -> list[Change]:
-        current = self._snapshot(domain, run_id)
         previous_id = self._conn.execute(
             "SELECT max(run_id) FROM domain_runs WHERE domain = ? AND run_id < ?", (domain, run_id)
         ).fetchone()[0]
+        if previous_id is None:
+            # A first run needs only the domain's status, not its whole snapshot (a first run over thousands of
+            # domains would read every row it just wrote).
+            row = self._conn.execute(
+                "SELECT status FROM domain_runs WHERE run_id = ? AND domain = ?", (run_id, domain)
+            ).fetchone()
+            return [] if row is None else [Change(ChangeKind.FIRST_RUN, domain, domain, f"status {row[0]}")]
+        current = self._snapshot(domain, run_id)
         if current is None:
             return []
-        if previous_id is None:
-            return [Change(ChangeKind.FIRST_RUN, domain, domain, f"status {current.status}")]
         previous = self._snapshot(domain, previous_id)
         assert previous is not None
         return _compare(previous, current)
@@ -574,6 +665,11 @@ class History:
             host = subject_host(endpoint)
             certificates[host] = certificates.get(host, frozenset()) | {(sha256, not_after)}
         return _Snapshot(run_id, domain, row[0], checks, findings, mx, certificates)
+
+
+def _check_schema(document: Mapping[str, Any]) -> None:
+    if document.get("schema") != _REPORT_SCHEMA:
+        raise ValueError(f"not a {_REPORT_SCHEMA} document: schema is {document.get('schema')!r}")
 
 
 def _compare(previous: _Snapshot, current: _Snapshot) -> list[Change]:

@@ -177,6 +177,31 @@ class CheckResult:
     def duration_ms(self) -> int:
         return max(0, round((self.finished - self.started) * 1000))
 
+    @classmethod
+    def from_json(cls, check: Mapping[str, Any], *, facts: type[Any] | None = None, where: str = "") -> CheckResult:
+        """One check of a ``diag.report/1`` document (an element of a domain's ``checks``) as the result it was
+        written from: its facts decoded into ``facts`` (the check's facts class), or left as the JSON object they
+        are when ``facts`` is None. ``where`` prefixes the place named in a ValueError. See
+        :meth:`Report.from_json`.
+        """
+        check_id = _field(check, "id", str)
+        findings = []
+        for index, f in enumerate(_field(check, "findings", list)):
+            severity = _severity(_field(f, "severity", str), f"{where}/findings/{index}")
+            findings.append(Finding(_field(f, "code", str), severity, _field(f, "subject", str),
+                                    _field(f, "message", str), _field(f, "remediation", str), f.get("cloud_error")))
+        try:
+            status = Status(_field(check, "status", str))
+        except ValueError:
+            raise ValueError(f"{where}/status: {check['status']!r} is not a check status") from None
+        observed: Any = _field(check, "facts", dict) or None
+        if observed is not None and facts is not None:
+            observed = decode(facts, observed, at=f"{where}/facts")
+        # The document keeps a check's duration, not its start and end: a report needs nothing more.
+        duration = _field(check, "duration_ms", int) / 1000
+        return cls(check_id, _field(check, "title", str), status, check.get("reason"), observed, tuple(findings),
+                   0.0, duration)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class DomainReport:
@@ -232,32 +257,14 @@ class Report:
             domains = []
             for d, domain in enumerate(_field(document, "domains", list)):
                 checks = enumerate(_field(domain, "checks", list))
-                results = tuple(_check_from_json(check, facts, f"domains/{d}/checks/{c}") for c, check in checks)
+                results = tuple(
+                    CheckResult.from_json(check, facts=facts.get(check.get("id")), where=f"domains/{d}/checks/{c}")
+                    for c, check in checks
+                )
                 domains.append(DomainReport(_field(domain, "domain", str), results))
             return cls(_moment(document, "started_at"), _moment(document, "finished_at"), tuple(domains))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a report: {exc}") from None
-
-
-def _check_from_json(check: Mapping[str, Any], facts: Mapping[str, type[Any]], where: str) -> CheckResult:
-    check_id = _field(check, "id", str)
-    findings = []
-    for index, f in enumerate(_field(check, "findings", list)):
-        severity = _severity(_field(f, "severity", str), f"{where}/findings/{index}")
-        findings.append(Finding(_field(f, "code", str), severity, _field(f, "subject", str),
-                                _field(f, "message", str), _field(f, "remediation", str), f.get("cloud_error")))
-    try:
-        status = Status(_field(check, "status", str))
-    except ValueError:
-        raise ValueError(f"{where}/status: {check['status']!r} is not a check status") from None
-    observed: Any = _field(check, "facts", dict) or None
-    kind = facts.get(check_id)
-    if observed is not None and kind is not None:
-        observed = decode(kind, observed, at=f"{where}/facts")
-    # The document keeps a check's duration, not its start and end: a report needs nothing more.
-    duration = _field(check, "duration_ms", int) / 1000
-    return CheckResult(check_id, _field(check, "title", str), status, check.get("reason"), observed,
-                       tuple(findings), 0.0, duration)
 
 
 def _field(mapping: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import graphlib
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from diag.model import CheckResult, Finding, Severity
 if TYPE_CHECKING:
     from diag.context import CheckContext, RunOptions
 
-__all__ = ["Check", "Outcome", "Registry"]
+__all__ = ["Check", "Outcome", "Registry", "Summary"]
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _CODE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
@@ -63,6 +63,31 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Summary:
+    """A verdict only the whole run can reach (every connection of the run timed out: egress is blocked), taken in
+    two steps so that a run never needs all its results at once: thousands of domains are written out as they
+    finish, possibly by several worker processes.
+
+    Attributes:
+        note: what one domain's result of the check contributes to the verdict: a small hashable value (the
+            run keeps each distinct note once, so it should have few distinct values), taken as the result is made.
+        revise: given the run's distinct notes in the order they were first seen (in the order of the domains),
+            how to revise each result of the check; None when the run changes nothing (the usual case, which
+            then costs nothing more).
+    """
+
+    note: Callable[[CheckResult], Hashable]
+    revise: Callable[[Sequence[Hashable]], Callable[[CheckResult], CheckResult] | None]
+
+    def apply(self, results: Sequence[CheckResult]) -> list[CheckResult]:
+        """The check's results on every domain of a run, revised as the whole run sees them (for a run held in
+        memory; exceptions propagate)."""
+        notes = list(dict.fromkeys(self.note(result) for result in results))
+        reviser = self.revise(notes)
+        return list(results) if reviser is None else [reviser(result) for result in results]
+
+
+@dataclass(frozen=True, slots=True)
 class Check:
     """The spec of one check.
 
@@ -78,8 +103,7 @@ class Check:
             run's per-operation timeout (``--timeout``) to the budget, so a longer ``--timeout`` never turns
             a slow but working server into a check timeout.
         tags: labels such as ``active`` (the check sends mail).
-        summarize: optional pure function over this check's results on every domain of a run, returning them
-            (possibly replaced) in the same order; for verdicts only the whole run can reach (egress blocked).
+        summary: optional verdict over this check's results on every domain of a run (:class:`Summary`).
         meanings: what each code in ``codes`` means, one line each, for people (``diag codes`` and the README's
             catalogue print it). Kept apart from ``codes``, which stays a mapping from code to severity for its
             readers.
@@ -102,7 +126,7 @@ class Check:
     timeout: float = 10.0
     operations: int = 0
     tags: frozenset[str] = field(default_factory=frozenset)
-    summarize: Callable[[Sequence[CheckResult]], Sequence[CheckResult]] | None = None
+    summary: Summary | None = None
     meanings: Mapping[str, str] = field(default_factory=dict)
     facts: type[Any] | None = None
     evidence: Evidence | None = None

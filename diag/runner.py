@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from diag.context import CheckContext, RunContext, RunOptions
@@ -22,7 +22,7 @@ from diag.errors import ProbeError, RegistryError
 from diag.model import CheckResult, DomainReport, Report, Status
 from diag.registry import Check, Outcome, Registry
 
-__all__ = ["run_checks"]
+__all__ = ["NoteFailed", "Summaries", "check_domain", "revise", "run_checks", "take_notes"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ async def run_checks(
 ) -> Report:
     """Run every check of ``registry`` on every domain; never raises for what a check does.
 
-    ``on_domain`` is called as each domain's checks finish (a progress bar's hook).
+    ``on_domain`` is called as each domain's checks finish (a progress bar's hook). The whole report is held in
+    memory; :mod:`diag.workers` runs thousands of domains without holding them.
     """
     started_at = datetime.now(UTC)
     loop = asyncio.get_running_loop()
@@ -44,7 +45,7 @@ async def run_checks(
     run = RunContext(options)
 
     async def one(domain: str) -> DomainReport:
-        report = await _run_domain(domain, registry, run, deadline)
+        report = await check_domain(domain, registry, run, deadline)
         if on_domain is not None:
             on_domain(report)
         return report
@@ -57,30 +58,116 @@ async def run_checks(
 
 
 def _summarize(reports: Sequence[DomainReport], registry: Registry) -> tuple[DomainReport, ...]:
-    """Let checks with a run-wide view replace their per-domain results.
+    """Let checks with a run-wide view (:class:`~diag.registry.Summary`) revise their per-domain results."""
+    summaries = Summaries(registry)
+    for index, report in enumerate(reports):
+        summaries.add(index, take_notes(report, registry))
+    revisers = summaries.revisers()
+    if not revisers:
+        return tuple(reports)
+    return tuple(revise(report, revisers) for report in reports)
 
-    A summary hook that raises, or returns a different number of results, is a bug in that check: its results
-    become ``error`` with the reason, like any other exception inside a check (STYLE.md rule 3).
-    """
-    rows = [list(report.results) for report in reports]
-    for index, check in enumerate(registry):
-        if check.summarize is None or not rows:
+
+@dataclass(frozen=True, slots=True)
+class NoteFailed:
+    """A summary's note that could not be taken: the check's ``note`` raised (a bug in that check)."""
+
+    reason: str
+
+
+def take_notes(report: DomainReport, registry: Registry) -> tuple[tuple[str, Hashable], ...]:
+    """What each check with a run-wide view notes from this domain's result: (check id, note or NoteFailed)."""
+    notes: list[tuple[str, Hashable]] = []
+    for result in report.results:
+        summary = registry[result.check_id].summary if result.check_id in registry else None
+        if summary is None:
             continue
-        column = [row[index] for row in rows]
         try:
-            replaced = list(check.summarize(column))
-            if len(replaced) != len(column):
-                raise RegistryError(f"returned {len(replaced)} results for {len(column)} domains")
+            notes.append((result.check_id, summary.note(result)))
         except Exception as exc:
-            log.debug("summarizing %s failed", check.id, exc_info=True)
-            reason = f"internal: summarizing the run failed: {type(exc).__name__}: {exc}"
-            replaced = [replace(result, status=Status.ERROR, reason=reason, findings=()) for result in column]
-        for row, result in zip(rows, replaced, strict=True):
-            row[index] = result
-    return tuple(DomainReport(report.domain, tuple(row)) for report, row in zip(reports, rows, strict=True))
+            log.debug("noting %s on %s failed", result.check_id, report.domain, exc_info=True)
+            notes.append((result.check_id, NoteFailed(_failure(exc))))
+    return tuple(notes)
 
 
-async def _run_domain(domain: str, registry: Registry, run: RunContext, deadline: float) -> DomainReport:
+class Summaries:
+    """The run-wide views of one run (:class:`~diag.registry.Summary`), gathered domain by domain: each domain's
+    notes are added as it finishes (in any order, with its index in the run), the revisions are decided at
+    the end. Only distinct notes are kept, so a run of any size holds little.
+
+    A summary that raises, in ``note`` or ``revise``, is a bug in that check: its results on every domain become
+    ``error`` with the reason, like any other exception inside a check (STYLE.md rule 3); a reviser that raises
+    makes that one result an error.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._notes: dict[str, dict[Hashable, int]] = {}
+        self._failed: dict[str, tuple[int, str]] = {}
+
+    def add(self, index: int, notes: Sequence[tuple[str, Hashable]]) -> None:
+        """The notes of the domain at ``index`` (its place in the run)."""
+        for check_id, note in notes:
+            if isinstance(note, NoteFailed):
+                if check_id not in self._failed or index < self._failed[check_id][0]:
+                    self._failed[check_id] = (index, note.reason)
+                continue
+            seen = self._notes.setdefault(check_id, {})
+            if index < seen.get(note, index + 1):
+                seen[note] = index
+
+    def revisers(self) -> dict[str, Callable[[CheckResult], CheckResult]]:
+        """How to revise each result, by check id, for the checks whose results the run changes."""
+        revisers: dict[str, Callable[[CheckResult], CheckResult]] = {}
+        for check in self._registry:
+            if check.summary is None:
+                continue
+            if check.id in self._failed:
+                revisers[check.id] = _failing(self._failed[check.id][1])
+                continue
+            seen = self._notes.get(check.id, {})
+            try:
+                reviser = check.summary.revise(sorted(seen, key=seen.__getitem__))
+            except Exception as exc:
+                log.debug("summarizing %s failed", check.id, exc_info=True)
+                revisers[check.id] = _failing(_failure(exc))
+                continue
+            if reviser is not None:
+                revisers[check.id] = _guarded(reviser)
+        return revisers
+
+
+def revise(report: DomainReport, revisers: Mapping[str, Callable[[CheckResult], CheckResult]]) -> DomainReport:
+    """``report`` with its results revised by the run-wide views (:meth:`Summaries.revisers`)."""
+    results = tuple(revisers[r.check_id](r) if r.check_id in revisers else r for r in report.results)
+    return DomainReport(report.domain, results)
+
+
+def _failure(exc: Exception) -> str:
+    return f"internal: summarizing the run failed: {type(exc).__name__}: {exc}"
+
+
+def _failing(reason: str) -> Callable[[CheckResult], CheckResult]:
+    def failed(result: CheckResult) -> CheckResult:
+        return replace(result, status=Status.ERROR, reason=reason, findings=())
+
+    return failed
+
+
+def _guarded(reviser: Callable[[CheckResult], CheckResult]) -> Callable[[CheckResult], CheckResult]:
+    def revised(result: CheckResult) -> CheckResult:
+        try:
+            return reviser(result)
+        except Exception as exc:
+            log.debug("revising %s failed", result.check_id, exc_info=True)
+            return _failing(_failure(exc))(result)
+
+    return revised
+
+
+async def check_domain(domain: str, registry: Registry, run: RunContext, deadline: float) -> DomainReport:
+    """Every check of ``registry`` on one domain, within the run's ``deadline`` (event-loop time); never raises
+    for what a check does."""
     tasks: dict[str, asyncio.Task[CheckResult]] = {}
     for check in registry.execution_order():  # requirements first, so their tasks exist
         requirements = [tasks[dep] for dep in check.requires]

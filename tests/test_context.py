@@ -129,6 +129,24 @@ def test_connections_in_all_are_bounded_across_addresses() -> None:
     assert asyncio.run(_accepted_while_waiting(options, targets, more_than=2)) == 2
 
 
+def test_a_run_remembers_a_computation_once_per_key() -> None:
+    made = []
+
+    def make(value: str) -> str:
+        made.append(value)
+        return value.upper()
+
+    async def body() -> None:
+        run = RunContext(RunOptions())
+        assert run.remember(("k", 1), lambda: make("a")) == "A"
+        assert run.remember(("k", 1), lambda: make("b")) == "A"
+        assert run.remember(("k", 2), lambda: make("c")) == "C"
+        assert RunContext(RunOptions()).remember(("k", 1), lambda: make("d")) == "D"  # another run, its own values
+
+    asyncio.run(body())
+    assert made == ["a", "c", "d"]
+
+
 def test_once_shares_one_piece_of_work_per_key_in_a_run() -> None:
     # Given two checks asking for the same probe in one run (it concerns both checked domains)
     started: list[str] = []

@@ -10,7 +10,7 @@ import pytest
 from diag.context import CheckContext, RunOptions
 from diag.errors import DnsError, DnsTimeoutError
 from diag.model import Severity, Status, Verdict
-from diag.registry import Check, Outcome, Registry
+from diag.registry import Check, Outcome, Registry, Summary
 from diag.runner import run_checks
 
 OPTIONS = RunOptions(deadline=30.0)
@@ -190,30 +190,48 @@ def test_budget_grows_with_the_operation_timeout() -> None:
     assert (timed_out.status, timed_out.reason) == (Status.TIMEOUT, "check exceeded its 0.3 s budget")
 
 
-def test_summarize_sees_every_domain_and_a_broken_one_is_an_error() -> None:
+def test_a_summary_sees_every_domain_and_a_broken_one_is_an_error() -> None:
     seen = []
 
-    def count(results):  # type: ignore[no-untyped-def]
-        seen.append([r.check_id for r in results])
-        return [replace(r, reason="summarized") for r in results]
+    def revise(notes):  # type: ignore[no-untyped-def]
+        seen.append(list(notes))
+        return lambda r: replace(r, reason="summarized")
 
-    def broken(results):  # type: ignore[no-untyped-def]
+    def broken(notes):  # type: ignore[no-untyped-def]
         raise RuntimeError("bug")
 
-    def short(results):  # type: ignore[no-untyped-def]
-        return results[:1]
+    def unnoted(result):  # type: ignore[no-untyped-def]
+        raise ValueError(f"cannot note {result.facts['domain']}")
 
-    registry = Registry([Check("a", "a", ok, {}, summarize=count), Check("b", "b", ok, {}, summarize=broken),
-                         Check("c", "c", ok, {}, summarize=short)])  # fmt: skip
-    report = run(registry, domains=("one.example", "two.example"))
-    assert seen == [["a", "a"]]
-    assert [d.result("a").reason for d in report.domains] == ["summarized", "summarized"]
-    for domain in report.domains:
-        b, c = domain.result("b"), domain.result("c")
+    def failing(result):  # type: ignore[no-untyped-def]
+        if result.facts["domain"] == "two.example":
+            raise KeyError("two")
+        return result
+
+    def domain(result):  # type: ignore[no-untyped-def]
+        return result.facts["domain"]
+
+    registry = Registry([
+        Check("a", "a", ok, {}, summary=Summary(domain, revise)),
+        Check("b", "b", ok, {}, summary=Summary(domain, broken)),
+        Check("c", "c", ok, {}, summary=Summary(unnoted, revise)),
+        Check("d", "d", ok, {}, summary=Summary(domain, lambda notes: failing)),
+        Check("e", "e", ok, {}, summary=Summary(lambda r: "same", lambda notes: None)),
+    ])  # fmt: skip
+    report = run(registry, domains=("one.example", "two.example", "one.example"))
+    # The distinct notes, in the order of the domains; the note that failed never reached its revise
+    assert seen == [["one.example", "two.example"]]
+    assert [d.result("a").reason for d in report.domains] == ["summarized"] * 3
+    for domain_report in report.domains:
+        b, c, e = domain_report.result("b"), domain_report.result("c"), domain_report.result("e")
         assert (b.status, b.reason) == (Status.ERROR, "internal: summarizing the run failed: RuntimeError: bug")
         assert (c.status, c.reason) == (
-            Status.ERROR, "internal: summarizing the run failed: RegistryError: returned 1 results for 2 domains"
+            Status.ERROR, "internal: summarizing the run failed: ValueError: cannot note one.example"
         )
+        assert (e.status, e.reason) == (Status.COMPLETED, None)
+    # A reviser that fails on one result makes that result an error, not its neighbours
+    assert [d.result("d").status for d in report.domains] == [Status.COMPLETED, Status.ERROR, Status.COMPLETED]
+    assert report.domains[1].result("d").reason == "internal: summarizing the run failed: KeyError: 'two'"
     assert report.exit_code == 3
 
 

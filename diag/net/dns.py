@@ -9,7 +9,9 @@ authoritative servers that rate-limit (response rate limiting drops answers) and
 and a run over thousands of domains sends many. The first two thirds of the budget are UDP tries, each waiting
 a quarter of that (two seconds at most), with a backoff between rounds over the nameservers (0.1 s, doubling, at
 most 2 s); if every UDP answer was lost, the last third asks over TCP, which such servers answer and which gets
-through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, not only for truncation).
+through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, not only for truncation). A TCP
+connection the server closes or resets before answering (one that rate-limits with truncated answers and cannot
+take every connection they bring) is no answer either, and is tried again next round.
 
 The stub resolution is dnspython's own (``dns.resolver._Resolution``: a nameserver that answers SERVFAIL,
 REFUSED, malformed data or a truncated answer over TCP is dropped for the lookup; one that times out is tried
@@ -59,7 +61,7 @@ __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_
 _GRACE = 1.0
 # Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
 # of A and AAAA queries (UDP answers get dropped, and each costs a retry).
-_MAX_IN_FLIGHT = 32
+_MAX_IN_FLIGHT = 64
 # How a lookup spends its budget (module docstring): this share on UDP tries, the rest on TCP.
 _UDP_SHARE = 2 / 3
 # UDP tries that fit into the UDP share when none is answered (the backoff comes on top); each try waits at most
@@ -223,6 +225,10 @@ class _Lookup:
             self._retry_with_tcp = attempt.server  # DNS-08: the full answer over TCP, from the same server
             return
         self.errors.append(f"{attempt.server} {_failure_text(exc)}")
+        if attempt.tcp and isinstance(exc, EOFError | ConnectionResetError):
+            # Closed or reset before answering: a server that rate-limits with truncated answers and cannot take
+            # every connection they bring (NSD's rrl-slip under load). Tried again next round, as a timeout is.
+            return
         if isinstance(exc, dns.exception.FormError | dns.message.Truncated | EOFError | OSError | NotImplementedError):
             self._drop(attempt.server)  # no good for this lookup; a timeout is tried again next round
 
@@ -266,13 +272,16 @@ class Resolver:
     The cache is per (name, type). A DNSSEC question (``dnssec=True``: the DO and AD bits, RRSIGs and denial
     records kept) is answered from the cache only by an answer that was itself asked with DO; it otherwise asks
     again and its answer, a superset of the plain one, replaces the cached entry for both kinds of question.
+
+    ``share``: the part of the run's questions in flight this resolver may have (1/N for each of a run's N worker
+    processes, so that the run asks no more at once than one process would).
     """
 
-    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0) -> None:
+    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0, share: float = 1.0) -> None:
         self._timeout = timeout
         self._cache: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self._setup_error: str | None = None
-        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
+        self._in_flight = asyncio.Semaphore(max(1, int(_MAX_IN_FLIGHT * share)))
         self._rotate = self._edns = False
         if nameservers:
             self._nameservers = tuple(nameservers)

@@ -10,17 +10,33 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from diag import __version__
-from diag.codec import encode, timestamp
+from diag.codec import Encoder, encode, timestamp
 from diag.errors import ConfigError
-from diag.model import REPORT_SCHEMA, CheckResult, Finding, Report
+from diag.model import REPORT_SCHEMA, CheckResult, DomainReport, Finding, Report, Verdict
 from diag.render.text import sanitize
 
-__all__ = ["SCHEMA", "dumps", "finding_dict", "kind_problem", "load_report", "load_schema", "report_dict"]
+__all__ = [
+    "SCHEMA",
+    "TAIL_TEXT",
+    "EntryWriter",
+    "check_dict",
+    "domain_dict",
+    "dumps",
+    "entry_text",
+    "finding_dict",
+    "head_dict",
+    "head_text",
+    "kind_problem",
+    "load_report",
+    "load_schema",
+    "report_dict",
+]
 
 SCHEMA = REPORT_SCHEMA
 
@@ -36,41 +52,175 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     }
 
 
-def _check(result: CheckResult) -> dict[str, Any]:
+def check_dict(result: CheckResult, *, encoder: Encoder | None = None) -> dict[str, Any]:
+    """One check's result as the contract's object (an element of a domain's ``checks``); its facts encoded by
+    ``encoder`` when given (:class:`~diag.codec.Encoder`: the returned object may share parts with others)."""
+    if result.facts is None:
+        facts: Any = {}
+    else:
+        facts = encoder.encode(result.facts) if encoder is not None else encode(result.facts)
     return {
         "id": result.check_id,
         "title": result.title,
         "status": result.status.value,
         "reason": result.reason,
         "duration_ms": result.duration_ms,
-        "facts": encode(result.facts) if result.facts is not None else {},
+        "facts": facts,
         "findings": [finding_dict(f) for f in result.findings],
+    }
+
+
+def domain_dict(domain: DomainReport, *, encoder: Encoder | None = None) -> dict[str, Any]:
+    """One domain's results as the contract's object (an element of ``domains``); see :func:`check_dict`."""
+    return {
+        "domain": domain.domain,
+        "status": domain.verdict.value,
+        "checks": [check_dict(result, encoder=encoder) for result in domain.results],
+    }
+
+
+def head_dict(started_at: datetime, finished_at: datetime, verdict: Verdict) -> dict[str, Any]:
+    """Everything of a run's document but its ``domains``."""
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "diag", "version": __version__},
+        "started_at": timestamp(started_at),
+        "finished_at": timestamp(finished_at),
+        "status": verdict.value,
+        "exit_code": verdict.exit_code,
     }
 
 
 def report_dict(report: Report) -> dict[str, Any]:
     """The report as the contract's JSON object."""
     return {
-        "schema": SCHEMA,
-        "tool": {"name": "diag", "version": __version__},
-        "started_at": timestamp(report.started_at),
-        "finished_at": timestamp(report.finished_at),
-        "status": report.verdict.value,
-        "exit_code": report.exit_code,
-        "domains": [
-            {
-                "domain": domain.domain,
-                "status": domain.verdict.value,
-                "checks": [_check(result) for result in domain.results],
-            }
-            for domain in report.domains
-        ],
+        **head_dict(report.started_at, report.finished_at, report.verdict),
+        "domains": [domain_dict(domain) for domain in report.domains],
     }
 
 
+# The document as a file, written a domain at a time (a run over thousands of domains never holds it whole):
+# head_text(head) + ",\n".join(entry_text(domain) ...) + TAIL_TEXT is exactly json.dumps(document, indent=2,
+# ensure_ascii=True) + "\n". ensure_ascii also keeps control and bidi characters from servers escaped in the
+# file (RPT-06), and so no string holds a raw line break: indenting an entry's lines cannot touch its data.
+
+_ENTRY_INDENT = " " * 4  # an entry of "domains" stands two levels deep
+TAIL_TEXT = "\n  ]\n}\n"
+"""What follows the last domain's entry in the document's text."""
+
+
+def head_text(head: Mapping[str, Any]) -> str:
+    """The document's text up to its first domain's entry (``head`` from :func:`head_dict`)."""
+    text = json.dumps({**head, "domains": []}, indent=2, ensure_ascii=True)
+    return text.removesuffix("[]\n}") + "[\n"
+
+
+def entry_text(entry: Mapping[str, Any], *, writer: EntryWriter | None = None) -> str:
+    """One domain's entry (from :func:`domain_dict`) as it stands in the document's text."""
+    out = [_ENTRY_INDENT]
+    _write(entry, 2, out, writer)
+    return "".join(out)
+
+
+class EntryWriter:
+    """Domains' entries for one run over many domains (:meth:`domain_dict`, :meth:`entry_text`), encoding facts
+    shared between domains once (:class:`~diag.codec.Encoder`) and writing their text once, too."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.encoder = Encoder(size)
+        self._size = size
+        self._texts: dict[tuple[int, int], tuple[Any, str]] = {}
+
+    def domain_dict(self, domain: DomainReport) -> dict[str, Any]:
+        return domain_dict(domain, encoder=self.encoder)
+
+    def entry_text(self, entry: Mapping[str, Any]) -> str:
+        return entry_text(entry, writer=self)
+
+    def _text(self, value: Any, level: int) -> str:
+        key = (id(value), level)
+        kept = self._texts.pop(key, None)
+        if kept is None or kept[0] is not value:
+            out: list[str] = []
+            _write_container(value, level, out, self)
+            kept = (value, "".join(out))
+            if len(self._texts) >= self._size:
+                del self._texts[next(iter(self._texts))]
+        self._texts[key] = kept  # the most recently used last; the value is held, so its id stays its own
+        return kept[1]
+
+
+# The text json.dumps(value, indent=2, ensure_ascii=True) gives, written directly: json's own indenting encoder
+# is pure Python and the slowest part of writing an entry. A mapping with a key that is not a string (none in a
+# report) is left to json itself.
+
+_ESCAPE = json.encoder.encode_basestring_ascii
+
+
+def _write(value: Any, level: int, out: list[str], writer: EntryWriter | None) -> None:
+    if isinstance(value, str):
+        out.append(_ESCAPE(value))
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        out.append(int.__repr__(value))
+    elif isinstance(value, float):
+        out.append(_float(value))
+    elif writer is not None and writer.encoder.remembers(value):
+        out.append(writer._text(value, level))
+    else:
+        _write_container(value, level, out, writer)
+
+
+def _write_container(value: Any, level: int, out: list[str], writer: EntryWriter | None) -> None:
+    if isinstance(value, Mapping):
+        if not value:
+            out.append("{}")
+            return
+        if not all(isinstance(key, str) for key in value):
+            out.append(json.dumps(value, indent=2, ensure_ascii=True).replace("\n", "\n" + "  " * level))
+            return
+        inner = ",\n" + "  " * (level + 1)
+        out.append("{" + inner[1:])
+        for position, (key, item) in enumerate(value.items()):
+            if position:
+                out.append(inner)
+            out.append(_ESCAPE(key) + ": ")
+            _write(item, level + 1, out, writer)
+        out.append("\n" + "  " * level + "}")
+    elif isinstance(value, list | tuple):
+        if not value:
+            out.append("[]")
+            return
+        inner = ",\n" + "  " * (level + 1)
+        out.append("[" + inner[1:])
+        for position, item in enumerate(value):
+            if position:
+                out.append(inner)
+            _write(item, level + 1, out, writer)
+        out.append("\n" + "  " * level + "]")
+    else:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _float(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value == math.inf:
+        return "Infinity"
+    if value == -math.inf:
+        return "-Infinity"
+    return float.__repr__(value)
+
+
 def dumps(report: Report) -> str:
-    # ensure_ascii keeps control and bidi characters from servers escaped in the file (RPT-06).
-    return json.dumps(report_dict(report), indent=2, ensure_ascii=True) + "\n"
+    """The report's document as text (what ``--json`` writes)."""
+    head = head_text(head_dict(report.started_at, report.finished_at, report.verdict))
+    return head + ",\n".join(entry_text(domain_dict(domain)) for domain in report.domains) + TAIL_TEXT
 
 
 def load_schema(name: str = "report") -> dict[str, Any]:

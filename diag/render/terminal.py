@@ -8,6 +8,7 @@ A-label alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING
 
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-__all__ = ["render_plain", "render_rich"]
+__all__ = ["plain_domain", "plain_status", "render_plain", "render_rich", "rich_domains"]
 
 _SEVERITY_STYLE = {
     Severity.INFO: "green",
@@ -42,19 +43,14 @@ _STATUS_STYLE = {
 }
 
 
-def _visible(report: Report, quiet: bool) -> list[tuple[DomainReport, list[CheckResult]]]:
-    """What to show: everything, or with ``quiet`` only checks that could not run or found a warning+ (a check
-    that does not apply is no problem)."""
-    shown = []
-    for domain in report.domains:
-        results = [
-            r for r in domain.results
-            if not quiet or r.status.could_not_run
-            or any(f.severity >= Severity.WARNING for f in r.findings)
-        ]  # fmt: skip
-        if results:
-            shown.append((domain, results))
-    return shown
+def _visible(domain: DomainReport, quiet: bool) -> list[CheckResult]:
+    """What to show of a domain: everything, or with ``quiet`` only checks that could not run or found a warning+
+    (a check that does not apply is no problem)."""
+    return [
+        r for r in domain.results
+        if not quiet or r.status.could_not_run
+        or any(f.severity >= Severity.WARNING for f in r.findings)
+    ]  # fmt: skip
 
 
 def _findings(result: CheckResult, quiet: bool) -> list[Finding]:
@@ -63,32 +59,56 @@ def _findings(result: CheckResult, quiet: bool) -> list[Finding]:
 
 def render_plain(report: Report, stream: IO[str], *, quiet: bool = False) -> None:
     """Stable plain text, one fact per line, for pipes, logs and cron mail."""
-    for domain, results in _visible(report, quiet):
-        stream.write(f"{sanitize(display_domain(domain.domain))}: {domain.verdict.value.upper()}\n")
-        for result in results:
-            line = f"  {result.check_id}: {result.status.label} ({result.duration_ms} ms)"
-            if result.reason:
-                line += f": {sanitize(result.reason)}"
-            stream.write(line + "\n")
-            for finding in _findings(result, quiet):
-                stream.write(
-                    f"    {finding.severity.label.upper()} {finding.code} {sanitize(finding.subject)}: "
-                    f"{sanitize(finding.message)}\n"
-                )
-                if finding.remediation:
-                    stream.write(f"      fix: {sanitize(finding.remediation)}\n")
-                if finding.cloud_error:
-                    stream.write(f"      cloud says: {sanitize(finding.cloud_error)}\n")
-    if not quiet or report.verdict is not Verdict.OK:
-        stream.write(f"status: {report.verdict.value.upper()} (exit {report.exit_code})\n")
+    for domain in report.domains:
+        stream.write(plain_domain(domain, quiet=quiet))
+    stream.write(plain_status(report.verdict, quiet=quiet))
+
+
+def plain_domain(domain: DomainReport, *, quiet: bool = False) -> str:
+    """One domain's part of :func:`render_plain` (a run over thousands of domains is shown a domain at a time)."""
+    results = _visible(domain, quiet)
+    if not results:
+        return ""
+    lines = [f"{sanitize(display_domain(domain.domain))}: {domain.verdict.value.upper()}"]
+    for result in results:
+        line = f"  {result.check_id}: {result.status.label} ({result.duration_ms} ms)"
+        if result.reason:
+            line += f": {sanitize(result.reason)}"
+        lines.append(line)
+        for finding in _findings(result, quiet):
+            lines.append(
+                f"    {finding.severity.label.upper()} {finding.code} {sanitize(finding.subject)}: "
+                f"{sanitize(finding.message)}"
+            )
+            if finding.remediation:
+                lines.append(f"      fix: {sanitize(finding.remediation)}")
+            if finding.cloud_error:
+                lines.append(f"      cloud says: {sanitize(finding.cloud_error)}")
+    return "\n".join(lines) + "\n"
+
+
+def plain_status(verdict: Verdict, *, quiet: bool = False) -> str:
+    """The last line of :func:`render_plain`: the run's verdict and exit code (none with ``quiet`` when all is
+    well)."""
+    if quiet and verdict is Verdict.OK:
+        return ""
+    return f"status: {verdict.value.upper()} (exit {verdict.exit_code})\n"
 
 
 def render_rich(report: Report, console: Console, *, quiet: bool = False) -> None:
     """A table per domain: a row per check, its findings beneath, severity coloured."""
-    from rich.table import Table  # rich only on a terminal: render_plain serves pipes and cron without it
+    rich_domains(report.domains, report.verdict, console, quiet=quiet)
+
+
+def rich_domains(domains: Iterable[DomainReport], verdict: Verdict, console: Console, *, quiet: bool = False) -> None:
+    """:func:`render_rich` of a run read a domain at a time; ``verdict`` is the run's."""
+    from rich.table import Table  # rich only on a terminal: the plain view serves pipes and cron without it
     from rich.text import Text
 
-    for domain, results in _visible(report, quiet):
+    for domain in domains:
+        results = _visible(domain, quiet)
+        if not results:
+            continue
         title = Text.assemble(
             (sanitize(display_domain(domain.domain)), "bold"), "  ",
             (domain.verdict.value.upper(), _VERDICT_STYLE[domain.verdict]),
@@ -105,11 +125,11 @@ def render_rich(report: Report, console: Console, *, quiet: bool = False) -> Non
             for finding in _findings(result, quiet):
                 table.add_row("", "", "", _finding_text(finding))
         console.print(table)
-    if not quiet or report.verdict is not Verdict.OK:
+    if not quiet or verdict is not Verdict.OK:
         console.print(
             Text.assemble(
-                "status: ", (report.verdict.value.upper(), _VERDICT_STYLE[report.verdict]),
-                f" (exit {report.exit_code})",
+                "status: ", (verdict.value.upper(), _VERDICT_STYLE[verdict]),
+                f" (exit {verdict.exit_code})",
             )
         )
 

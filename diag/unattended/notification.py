@@ -52,9 +52,14 @@ class Notification:
         if self.smtp_server is not None:
             parse_smtp_server(self.smtp_server)
 
+    @property
+    def wanted(self) -> bool:
+        """Whether anyone is to hear about the run at all (a mail recipient or a webhook)."""
+        return bool(self.mail or self.webhook)
+
     def send(self, options: RunOptions, document: Mapping[str, Any], changes: Sequence[Change]) -> None:
         """Notify when the policy says so; a failure is one line on stderr."""
-        if not (self.mail or self.webhook):
+        if not self.wanted:
             return
         from diag.notify import NotifyError, post_webhook, should_notify
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import enum
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from diag.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from diag.model import Report
+    from diag.results import HeldReport, RunResults
 
 __all__ = ["Outputs", "View", "write_output"]
 
@@ -60,53 +62,71 @@ class Outputs:
         if self.json == "-" and self.view is View.NAGIOS:
             raise UsageError("--json - and --format nagios both want stdout; write the JSON to a file")
 
-    def write(self, report: Report) -> dict[str, Any]:
-        """Write every file and the view; returns the report's ``diag.report/1`` document."""
-        from diag.render.json import report_dict
+    def write(self, run: RunResults | Report) -> None:
+        """Write every file and the view. The JSON file and the terminal views read the run a domain at a time;
+        HTML, Prometheus, JUnit and the Nagios view need the whole run at once and read it into memory."""
+        from diag.results import HeldReport, RunResults
 
-        document = report_dict(report)
+        results = run if isinstance(run, RunResults) else HeldReport(run)
         if self.json is not None:
-            import json
-
-            write_output(self.json, json.dumps(document, indent=2, ensure_ascii=True) + "\n", option="--json")
+            write_output(self.json, _json_text(results), option="--json")
         if self.html is not None:
             from diag.render.html import render_html
 
-            write_output(str(self.html), render_html(document), option="--html")
+            write_output(str(self.html), render_html(results.document()), option="--html")
+        whole = self.prom is not None or self.junit is not None or (self.json != "-" and self.view is View.NAGIOS)
+        report = results.report() if whole else None
         if self.prom is not None:
             from diag.render.monitoring import prometheus
 
+            assert report is not None
             write_output(str(self.prom), prometheus(report), option="--prom")
         if self.junit is not None:
             from diag.render.monitoring import junit
 
+            assert report is not None
             write_output(str(self.junit), junit(report), option="--junit")
         if self.json != "-":
-            self._show(report)
-        return document
+            self._show(results, report)
 
-    def _show(self, report: Report) -> None:
+    def _show(self, results: RunResults | HeldReport, report: Report | None) -> None:
         if self.view is View.NAGIOS:
             from diag.render.monitoring import nagios
 
+            assert report is not None
             sys.stdout.write(nagios(report))
         elif sys.stdout.isatty():
             from rich.console import Console
 
-            from diag.render.terminal import render_rich
+            from diag.render.terminal import rich_domains
 
-            render_rich(report, Console(no_color=self.no_color, highlight=False), quiet=self.quiet)
+            console = Console(no_color=self.no_color, highlight=False)
+            rich_domains(results.domain_reports(), results.verdict, console, quiet=self.quiet)
         else:
-            from diag.render.terminal import render_plain
+            from diag.render.terminal import plain_status
 
-            render_plain(report, sys.stdout, quiet=self.quiet)
+            for text in results.plain(quiet=self.quiet):
+                sys.stdout.write(text)
+            sys.stdout.write(plain_status(results.verdict, quiet=self.quiet))
 
 
-def write_output(target: str, text: str, *, option: str) -> None:
-    """Write ``text`` to stdout (``-``) or to the file ``target`` (see the module docstring); a file that
-    cannot be written is a :class:`ConfigError` naming ``option``."""
+def _json_text(results: RunResults | HeldReport) -> Iterator[str]:
+    """The run's JSON document, a domain at a time (:mod:`diag.render.json`)."""
+    from diag.render.json import TAIL_TEXT, head_text
+
+    yield head_text(results.head())
+    for index, entry in enumerate(results.entries()):
+        yield ",\n" + entry if index else entry
+    yield TAIL_TEXT
+
+
+def write_output(target: str, text: str | Iterable[str], *, option: str) -> None:
+    """Write ``text`` (a string, or its pieces one after another) to stdout (``-``) or to the file ``target``
+    (see the module docstring); a file that cannot be written is a :class:`ConfigError` naming ``option``."""
+    chunks = (text,) if isinstance(text, str) else text
     if target == "-":
-        sys.stdout.write(text)
+        for chunk in chunks:
+            sys.stdout.write(chunk)
         return
     import tempfile
 
@@ -115,14 +135,16 @@ def write_output(target: str, text: str, *, option: str) -> None:
     try:
         if path.exists() and not path.is_file():
             with path.open("w", encoding="utf-8") as handle:
-                handle.write(text)
+                handle.writelines(chunks)
             return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.writelines(chunks)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
+        raise ConfigError(f"{option} {target!r}: cannot write it: {exc.strerror}") from None
+    finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"{option} {target!r}: cannot write it: {exc.strerror}") from None

@@ -2,7 +2,9 @@
 
 :func:`execute` takes the job's lock, runs the engine (in a throw-away lab with ``lab``), writes the outputs,
 keeps the run in the history and notifies, in that order, and returns the exit code (CONTRACT.md). The lock is
-held throughout: a second copy of the job is refused until the first has notified.
+held throughout: a second copy of the job is refused until the first has notified. The results go to disk as
+each domain finishes (:class:`~diag.results.RunResults`) and the outputs and the history read them
+from there, so a run over thousands of domains never holds all their facts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from diag.unattended.job import Job
 from diag.unattended.notification import Notification
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
     from diag.context import RunOptions
     from diag.history import Change
     from diag.lock import RunLock
-    from diag.model import Report
     from diag.registry import Registry
+    from diag.results import RunResults
 
 __all__ = ["CheckRequest", "execute", "job_lock"]
 
@@ -46,6 +48,9 @@ class CheckRequest:
             terminal (nobody watches: cron, systemd), see :class:`~diag.unattended.job.Job`.
         history: ``--history``: the history file; None for the default under the user's data directory.
         keep_history: False (``--no-history``) to keep the run out of the history.
+        workers: ``--workers``: processes checking domains side by side (:mod:`diag.workers`); None for one per
+            usable core on a large run and one on a small one. Not part of the job's identity: the results are the
+            same.
     """
 
     domains: tuple[str, ...]
@@ -59,6 +64,7 @@ class CheckRequest:
     lock: Path | None = None
     history: Path | None = None
     keep_history: bool = True
+    workers: int | None = None
 
     @property
     def job(self) -> Job:
@@ -77,13 +83,16 @@ def execute(request: CheckRequest) -> int:
     the job holds the lock, a :class:`~diag.errors.ConfigError` when an output or the history cannot be
     written. A notification that fails is one line on stderr and leaves the exit code as it is.
     """
-    with _lock(request):
-        report = asyncio.run(_engine(request))
-        document = request.outputs.write(report)
-        changes = _remember(request, document)
-        if request.notification is not None:
-            request.notification.send(request.options, document, changes)
-    return report.exit_code
+    from diag.results import RunResults
+
+    with _lock(request), RunResults(len(request.domains), request.registry) as results:
+        asyncio.run(_engine(request, results))
+        request.outputs.write(results)
+        changes = _remember(request, results)
+        notification = request.notification
+        if notification is not None and notification.wanted:
+            notification.send(request.options, results.document(), changes)
+        return results.exit_code
 
 
 def _lock(request: CheckRequest) -> RunLock | AbstractContextManager[None]:
@@ -102,21 +111,20 @@ def job_lock(path: Path | None, job: Job) -> RunLock | AbstractContextManager[No
     return RunLock(default_lock_path(job.key), job=job.describe())
 
 
-def _remember(request: CheckRequest, document: Mapping[str, Any]) -> list[Change]:
+def _remember(request: CheckRequest, results: RunResults) -> list[Change]:
     """Keep the run in the history and return what changed since each domain's previous run."""
     if not request.keep_history:
         return []
     from diag.history import History, default_history_path
 
     with History(request.history or default_history_path()) as history:
-        return list(history.run_changes(history.record(document)))
+        return list(history.run_changes(history.record_parts(results.head(), results.records())))
 
 
-async def _engine(request: CheckRequest) -> Report:
-    # A progress bar only for someone watching, and only when there is more than one domain to count.
-    progress = sys.stderr.isatty() and len(request.domains) > 1
+async def _engine(request: CheckRequest, results: RunResults) -> None:
     if not request.lab:
-        return await _with_progress(request.domains, request.registry, request.options, progress)
+        await _checks(request, request.options, results)
+        return
     import dataclasses
 
     from diag.lab.runner import Lab
@@ -130,20 +138,29 @@ async def _engine(request: CheckRequest) -> Report:
             trust_anchors=lab_options.trust_anchors, https_port=lab_options.https_port,
             probe=probe and dataclasses.replace(probe, maildir_root=running.maildir, sends=running.sent_record()),
         )  # fmt: skip
-        return await _with_progress(request.domains, request.registry, options, progress)
+        await _checks(request, options, results)
 
 
-async def _with_progress(domains: tuple[str, ...], registry: Registry, options: RunOptions,
-                         progress: bool) -> Report:  # fmt: skip
-    """Run the checks; with ``progress``, with a progress bar on stderr."""
-    from diag.runner import run_checks
+async def _checks(request: CheckRequest, options: RunOptions, results: RunResults) -> None:
+    """Run the checks into ``results``; with a progress bar on stderr for someone watching, when there is more
+    than one domain to count."""
+    from datetime import UTC, datetime
 
-    if not progress:
-        return await run_checks(domains, registry, options)
+    from diag.workers import check_many, default_workers
+
+    domains = request.domains
+    workers = request.workers if request.workers is not None else default_workers(len(domains))
+    started_at = datetime.now(UTC)
+    if not (sys.stderr.isatty() and len(domains) > 1):
+        await check_many(domains, request.registry, options, results, workers=workers)
+        results.finish(started_at, datetime.now(UTC))
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as bar:  # fmt: skip
         task = bar.add_task("domains", total=len(domains))
-        return await run_checks(domains, registry, options, on_domain=lambda _report: bar.advance(task))
+        await check_many(domains, request.registry, options, results, workers=workers,
+                         on_domain=lambda: bar.advance(task))  # fmt: skip
+    results.finish(started_at, datetime.now(UTC))

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from checks import default_registry
-from checks.port25 import CHECK, NULL_MX, NotProbed, Port25Facts, Probed, assess, summarize
+from checks.port25 import CHECK, NULL_MX, SUMMARY, NotProbed, Port25Facts, Probed, assess
 from diag.lab.runner import Lab
 from diag.model import CheckResult, Severity, Status, Verdict
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
@@ -107,7 +107,7 @@ def result(*errors: SessionError | None) -> CheckResult:
 
 def test_egress_blocked_when_every_connection_of_the_run_timed_out() -> None:
     timeout = SessionError.CONNECT_TIMEOUT
-    summarized = summarize([result(timeout, timeout), result(timeout)])
+    summarized = SUMMARY.apply([result(timeout, timeout), result(timeout)])
     for item in summarized:
         assert item.status is Status.ERROR and item.reason is not None and item.reason.startswith("egress")
         assert [f.code for f in item.findings] == ["SMTP_EGRESS_BLOCKED"]
@@ -116,7 +116,7 @@ def test_egress_blocked_when_every_connection_of_the_run_timed_out() -> None:
 @pytest.mark.parametrize("other", [None, SessionError.REFUSED, SessionError.BANNER_TIMEOUT])
 def test_no_egress_verdict_when_anything_answered(other: SessionError | None) -> None:
     results = [result(SessionError.CONNECT_TIMEOUT), result(other)]
-    assert summarize(results) == results
+    assert SUMMARY.apply(results) == results
 
 
 # Against the lab.

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
+import dns.flags
 import dns.message
 import dns.rdatatype
 import dns.rrset
@@ -100,6 +101,57 @@ def test_a_nameserver_is_an_ip_address_and_an_optional_port(text: str, expected:
 def test_a_port_other_than_ascii_digits_from_1_to_65535_is_refused(port: str) -> None:
     with pytest.raises(ValueError, match=rf"^port '{port}' is not a number from 1 to 65535$"):
         parse_nameserver(f"192.0.2.53:{port}")
+
+
+def test_a_server_that_truncates_and_then_closes_the_connection_is_asked_again_within_the_budget() -> None:
+    # Given a server that rate-limits the way NSD does with rrl-slip: every UDP answer is truncated (TC), and the
+    # first TCP connections are closed before an answer (it cannot take them all); the third one is answered
+    tcp_connections: list[int] = []
+
+    def reply(wire: bytes, *, truncated: bool) -> bytes:
+        query = dns.message.from_wire(wire)
+        response = dns.message.make_response(query)
+        if truncated:
+            response.flags |= dns.flags.TC
+        else:
+            response.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "MX", "10 mx.lossy.example."))
+        return response.to_wire()
+
+    class Udp(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            self.transport.sendto(reply(data, truncated=True), addr)  # type: ignore[attr-defined]
+
+    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tcp_connections.append(1)
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        query = await reader.readexactly(size)
+        if len(tcp_connections) > 2:
+            answer = reply(query, truncated=False)
+            writer.write(len(answer).to_bytes(2, "big") + answer)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> Answer:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(tcp, IP, 0)
+        port = server.sockets[0].getsockname()[1]
+        udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(IP, port))
+        try:
+            async with asyncio.timeout(20):
+                return await Resolver([Nameserver(IP, port)], timeout=3.0).query("lossy.example", "MX")
+        finally:
+            udp.close()
+            server.close()
+            await server.wait_closed()
+
+    # When a lookup asks it
+    answer = asyncio.run(main())
+    # Then the closed connections cost a retry each, not the lookup: the third connection's answer is the result
+    assert answer.status is DnsStatus.OK and [r.to_text() for r in answer.records] == ["10 mx.lossy.example."]
+    assert len(tcp_connections) == 3
 
 
 def test_resolv_conf_gives_the_nameservers_in_order_and_the_rotate_and_edns0_options(tmp_path: Path) -> None:

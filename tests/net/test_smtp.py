@@ -217,6 +217,21 @@ def test_the_start_of_an_unfinished_rejection_is_read_from_the_peeked_bytes(
     assert _unfinished_rejection(start) == expected
 
 
+def test_sessions_one_after_another_in_one_event_loop_all_complete(lab: Lab) -> None:
+    # After a session with TLS the transport beneath it waits for the server's close_notify; the next socket must
+    # not get its descriptor number while the event loop still polls it ("File descriptor N is used by
+    # transport"), which is how a worker's parent probes one host after another.
+    async def in_turn() -> list[SessionFacts]:
+        return [
+            await probe_session(ip, lab.smtp_port, name, ehlo_name="probe.diag.invalid", timeout=5.0)
+            for ip, name in [("127.0.1.10", "contoso-com.mail.protection.outlook.com"),
+                             ("127.0.10.10", "mail.contoso.com"), ("127.0.30.10", "mail.tailspintoys.com")] * 2
+        ]  # fmt: skip
+
+    for facts in asyncio.run(in_turn()):
+        assert (facts.reached, facts.error) == (SessionStage.DONE, None), facts.detail
+
+
 # --- the goodbye: QUIT is always sent, its reply is not waited for by a run ---------------------------------
 
 
