@@ -46,11 +46,12 @@ from diag.evidence import (
     show_time,
     text,
 )
+from diag.model import Report
 from diag.registry import Registry
-from diag.render.json import SCHEMA, kind_problem
+from diag.render.json import SCHEMA, kind_problem, report_dict
 from diag.render.text import sanitize
 
-__all__ = ["render_html"]
+__all__ = ["render_document", "render_html"]
 
 _TEMPLATE = "report.html.j2"
 # Longest remote value shown in full (RPT-04: aiosmtplib accepts 32 KiB replies); the rest is cut with a note.
@@ -77,13 +78,17 @@ _SECTION_TITLES = {Section.MAIL: "Evidence", Section.POLICY: "Mail authenticatio
 # --- public API --------------------------------------------------------------------------------------------
 
 
-def render_html(document: Mapping[str, Any]) -> str:
+def render_html(report: Report) -> str:
     """The report as one self-contained HTML page, each check's evidence shown as the check's spec says
-    (:attr:`diag.registry.Check.evidence`; the checks diag ships).
+    (:attr:`diag.registry.Check.evidence`; the checks diag ships)."""
+    return render_document(report_dict(report))
 
-    ``document`` is the contract's JSON object (:func:`diag.render.json.report_dict`, or a saved result read by
-    :func:`diag.render.json.load_report`). Raises :class:`ConfigError` with a one-line reason when it is not
-    ``diag.report/1``.
+
+def render_document(document: Mapping[str, Any]) -> str:
+    """:func:`render_html` from the report's contract form (:func:`diag.render.json.report_dict`), which is what
+    every check's evidence view reads, defensively: the page stays inert whatever the document holds.
+
+    Raises :class:`ConfigError` with a one-line reason when ``document`` is not ``diag.report/1``.
     """
     problem = _structure_problem(document)
     if problem is not None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from diag.context import RunOptions
     from diag.history import Change
     from diag.notify import NotifyPolicy
+    from diag.results import RunResults
 
 __all__ = ["Notification"]
 
@@ -57,19 +58,20 @@ class Notification:
         """Whether anyone is to hear about the run at all (a mail recipient or a webhook)."""
         return bool(self.mail or self.webhook)
 
-    def send(self, options: RunOptions, document: Mapping[str, Any], changes: Sequence[Change]) -> None:
+    def send(self, options: RunOptions, results: RunResults, changes: Sequence[Change]) -> None:
         """Notify when the policy says so; a failure is one line on stderr."""
         if not self.wanted:
             return
         from diag.notify import NotifyError, post_webhook, should_notify
 
+        document = results.document()
         if not should_notify(self.policy, document, changes):
             return
         if self.mail and self.smtp_server:
             from diag.render.html import render_html
 
             try:
-                asyncio.run(self._mail(render_html(document), document, options, changes))
+                asyncio.run(self._mail(render_html(results.report()), document, options, changes))
             except (NotifyError, DnsError) as exc:
                 _failed(exc)
         if self.webhook:

@@ -70,12 +70,14 @@ class Outputs:
         results = run if isinstance(run, RunResults) else HeldReport(run)
         if self.json is not None:
             write_output(self.json, _json_text(results), option="--json")
+        whole = (self.html is not None or self.prom is not None or self.junit is not None
+                 or (self.json != "-" and self.view is View.NAGIOS))  # fmt: skip
+        report = results.report() if whole else None
         if self.html is not None:
             from diag.render.html import render_html
 
-            write_output(str(self.html), render_html(results.document()), option="--html")
-        whole = self.prom is not None or self.junit is not None or (self.json != "-" and self.view is View.NAGIOS)
-        report = results.report() if whole else None
+            assert report is not None
+            write_output(str(self.html), render_html(report), option="--html")
         if self.prom is not None:
             from diag.render.monitoring import prometheus
 

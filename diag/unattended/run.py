@@ -91,7 +91,7 @@ def execute(request: CheckRequest) -> int:
         changes = _remember(request, results)
         notification = request.notification
         if notification is not None and notification.wanted:
-            notification.send(request.options, results.document(), changes)
+            notification.send(request.options, results, changes)
         return results.exit_code
 
 

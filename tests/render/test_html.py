@@ -25,7 +25,7 @@ from diag.lab.runner import Lab
 from diag.lab.smtp import HostKind, LabHost, TlsFiles, start_host
 from diag.model import DomainReport, Report
 from diag.render import html
-from diag.render.html import render_html
+from diag.render.html import render_document as render_html
 from diag.render.json import dumps, load_report, report_dict
 
 DOMAINS = ("contoso.com", "multi.example", "expired.example", "hostile.example", "servfail.example")

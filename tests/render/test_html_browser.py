@@ -22,7 +22,7 @@ import pytest
 
 from checks import default_registry
 from diag.lab.runner import Lab
-from diag.render.html import render_html
+from diag.render.html import render_document as render_html
 from diag.render.json import report_dict
 from diag.runner import run_checks
 
