@@ -96,14 +96,13 @@ class RunContext:
 
     ``sessions``: where the SMTP sessions come from; None to probe from this process, within the run's
     connection limits. A worker process of a run over many domains asks its parent instead, which holds the
-    run's sessions and limits for every worker (:mod:`diag.workers`). ``share``: the part of the run's DNS
-    questions in flight this process may have (1/N in each of N workers).
+    run's sessions and limits for every worker (:mod:`diag.workers`).
     """
 
-    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None, share: float = 1.0) -> None:
+    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None) -> None:
         self.options = options
         self._source = sessions
-        self.resolver = Resolver(options.nameservers, timeout=options.timeout, share=share)
+        self.resolver = Resolver(options.nameservers, timeout=options.timeout)
         self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(options.per_host_connections)

@@ -5,8 +5,9 @@ per core, each domain's results written out as it finishes.
 finishes, its results are made ready to write (:func:`diag.results.checked`) and appended to a file, and the
 run remembers where. Domains finish in any order; each carries its place in the input, and the outputs read
 them back in order. A run so holds only the domains in flight, never every fact of every domain. At most
-:data:`WINDOW` domains are in flight per event loop, started in input order: enough to overlap thousands of slow
-answers, few enough that DNS questions do not queue behind each other until checks run out of time.
+:data:`WINDOW` domains are in flight per event loop, started in input order: enough to overlap many slow answers,
+few enough that their DNS questions do not queue behind the resolver's questions in flight until checks run out
+of time (with a rate-limiting server, every answer it drops holds a place for a whole try).
 
 With one worker the checks run in this process's event loop. With more, each worker is a process of its own
 (a fresh interpreter running :func:`main`: nothing of the parent's event loop, threads or sockets is inherited)
@@ -15,14 +16,13 @@ it reports one, so a worker that meets slow hosts simply gets fewer. A worker wr
 its own (in the run's private temporary directory) and reports only where each is, with its verdict and notes:
 encoding the results, most of the CPU after DNS, happens side by side in the workers, and the parent copies.
 
-Politeness across workers: each worker may have its share of the DNS questions in flight that one process
-would have (1/N of them with N workers), so the resolver sees no more at once. And the parent holds the run's
-SMTP sessions and connection limits, and the workers ask it for every session (:class:`~diag.context.RunContext`
-with a session source). So an address gets one session per port per run and never more than
-``per_host_connections`` connections at once, however many workers there are, and every domain whose MX is at
-that address reads the same session, exactly as in a run in one process. (Dividing the per-address budget among
-workers would break the limit with more workers than the budget and probe every address once per worker;
-partitioning the domains by MX address would need every MX resolved before the first check starts.) The price
+Politeness across workers: the parent holds the run's SMTP sessions and connection limits, and the workers ask
+it for every session (:class:`~diag.context.RunContext` with a session source). So an address gets one session
+per port per run and never more than ``per_host_connections`` connections at once, however many workers there
+are, and every domain whose MX is at that address reads the same session, exactly as in a run in one process.
+(Dividing the per-address budget among workers would break the limit with more workers than the budget and probe
+every address once per worker; partitioning the domains by MX address would need every MX resolved before the
+first check starts.) Each worker has its own resolver, with its own limit of questions in flight. The price
 is that the parent makes every TLS handshake; with many domains per mail host, as in practice, sessions are few
 and the parent stays mostly idle.
 
@@ -56,7 +56,7 @@ __all__ = ["WINDOW", "check_many", "default_workers"]
 
 log = logging.getLogger(__name__)
 
-WINDOW = 500
+WINDOW = 100
 """Domains in flight at once in one event loop."""
 # Domains a worker process is worth starting for: one process checks a few hundred domains a second, and a
 # worker costs a fraction of a second to start (a fresh interpreter importing the checks).
@@ -103,7 +103,7 @@ async def check_many(
         else:
             pending = iter(enumerate(domains))
             count = min(workers, len(domains))
-            pool = [_Worker(registry, options, run, results, add, on_domain, 1 / count) for _ in range(count)]
+            pool = [_Worker(registry, options, run, results, add, on_domain) for _ in range(count)]
             # A full window each, or an equal share of a smaller run: the first worker must not take it all.
             first = min(WINDOW, math.ceil(len(domains) / len(pool)))
             try:
@@ -153,9 +153,8 @@ class _Worker:
 
     def __init__(
         self, registry: Registry, options: RunOptions, run: RunContext, results: RunResults,
-        add: Callable[[Checked], None], on_domain: Callable[[], None] | None, share: float,
+        add: Callable[[Checked], None], on_domain: Callable[[], None] | None,
     ) -> None:  # fmt: skip
-        self._share = share
         self._registry = registry
         self._options = options
         self._run = run
@@ -179,7 +178,7 @@ class _Worker:
         remaining = deadline - asyncio.get_running_loop().time()
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # diag check -v
         file, path = self._results.worker_file()
-        self._send(("setup", self._registry, self._options, remaining, str(path), self._share, verbose))
+        self._send(("setup", self._registry, self._options, remaining, str(path), verbose))
         self._feed(pending, first)
         while self._in_flight:
             frame = await _read_frame(process.stdout)
@@ -254,7 +253,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     setup = await _read_frame(reader)
     if setup is None:
         return
-    _, registry, options, remaining, path, share, verbose = setup
+    _, registry, options, remaining, path, verbose = setup
     if verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="diag: worker: %(name)s: %(message)s")
     deadline = loop.time() + remaining
@@ -273,7 +272,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             waiting.pop(request, None)
         return facts
 
-    run = RunContext(options, sessions=session, share=share)
+    run = RunContext(options, sessions=session)
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))
     entries = EntryWriter()

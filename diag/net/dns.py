@@ -61,7 +61,7 @@ __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_
 _GRACE = 1.0
 # Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
 # of A and AAAA queries (UDP answers get dropped, and each costs a retry).
-_MAX_IN_FLIGHT = 64
+_MAX_IN_FLIGHT = 32
 # How a lookup spends its budget (module docstring): this share on UDP tries, the rest on TCP.
 _UDP_SHARE = 2 / 3
 # UDP tries that fit into the UDP share when none is answered (the backoff comes on top); each try waits at most
@@ -272,16 +272,13 @@ class Resolver:
     The cache is per (name, type). A DNSSEC question (``dnssec=True``: the DO and AD bits, RRSIGs and denial
     records kept) is answered from the cache only by an answer that was itself asked with DO; it otherwise asks
     again and its answer, a superset of the plain one, replaces the cached entry for both kinds of question.
-
-    ``share``: the part of the run's questions in flight this resolver may have (1/N for each of a run's N worker
-    processes, so that the run asks no more at once than one process would).
     """
 
-    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0, share: float = 1.0) -> None:
+    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0) -> None:
         self._timeout = timeout
         self._cache: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self._setup_error: str | None = None
-        self._in_flight = asyncio.Semaphore(max(1, int(_MAX_IN_FLIGHT * share)))
+        self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self._rotate = self._edns = False
         if nameservers:
             self._nameservers = tuple(nameservers)
