@@ -159,7 +159,7 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
     diag = _diag_command()
     try:
         async with Lab() as lab:
-            check = ["check", "contoso.com", *lab.option_text().split()]
+            check = ["check", "contoso.com", *lab.check_option_text().split()]
             python = [sys.executable, "-c", "pass"]
             commands: dict[str, tuple[list[str], dict[str, str]]] = {"bare python -c pass": (python, env)}
             for suffix, environment in envs.items():
