@@ -9,6 +9,7 @@ import asyncio
 import fnmatch
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.rdtypes.ANY.MX
@@ -17,7 +18,7 @@ from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed
 from diag.model import Finding, Severity
-from diag.net.dns import DnsStatus, name_text
+from diag.net.dns import Answer, DnsStatus, name_text
 from diag.registry import Check, Outcome
 
 __all__ = ["CHECK", "MxFacts", "MxHost", "MxRow", "MxView", "assess", "probe", "view"]
@@ -88,16 +89,86 @@ def _ip_literal(name: str) -> bool:
     return True
 
 
-async def _host(ctx: CheckContext, preference: int, name: str) -> MxHost:
+class _EarlySessions:
+    """Hands each MX address to the run as soon as its A or AAAA answer is in (:meth:`RunContext.address_known`,
+    which starts the SMTP session when the run has a check that needs it), instead of when every MX host is
+    resolved: the connection is made while slower lookups are still out.
+
+    The port25 check later asks for the same sessions; so that each is opened under the name port25 gives it (the
+    SNI), an address is handed over as port25 would pick it: in MX order (once every earlier host's addresses of
+    that family are known), under the first host that lists it, with its index among its host's addresses (IPv4
+    first, then IPv6) for the per-host cap.
+    """
+
+    def __init__(self, ctx: CheckContext, names: Sequence[str]) -> None:
+        loop = asyncio.get_running_loop()
+        self._ctx = ctx
+        self._names = names
+        self._v4: list[asyncio.Future[tuple[str, ...]]] = [loop.create_future() for _ in names]
+        self._v6: list[asyncio.Future[tuple[str, ...]]] = [loop.create_future() for _ in names]
+        self._tasks = tuple(asyncio.ensure_future(self._hand_over(family)) for family in (self._v4, self._v6))
+
+    def known(self, position: int, rdtype: str, addresses: tuple[str, ...]) -> None:
+        """The addresses of the ``position``-th host for ``rdtype`` (A or AAAA) are known."""
+        future = (self._v4 if rdtype == "A" else self._v6)[position]
+        if not future.done():
+            future.set_result(addresses)
+
+    async def _hand_over(self, family: list[asyncio.Future[tuple[str, ...]]]) -> None:
+        handed: set[str] = set()
+        for position, name in enumerate(self._names):
+            addresses = await family[position]
+            offset = len(await self._v4[position]) if family is self._v6 else 0
+            for index, ip in enumerate(addresses, start=offset):
+                if ip not in handed and self._ctx.options.not_probed(ip, index) is None:
+                    handed.add(ip)
+                    self._ctx.run.address_known(ip, index, name)
+
+    def close(self) -> None:
+        """Stop waiting: the mx check is done (or failed, and some answers will never come)."""
+        for task in self._tasks:
+            task.cancel()
+
+
+async def _host(
+    ctx: CheckContext, preference: int, name: str, early: _EarlySessions | None = None, position: int = 0
+) -> MxHost:
     if _ip_literal(name):
         # Postfix uses such a target as an address (security-cases.md DNS-06); so do we, after flagging it.
-        return MxHost(preference, name, (name.strip("[]"),), name, ip_literal=True)
+        literal = name.strip("[]")
+        if early is not None:
+            ipv4 = ipaddress.ip_address(literal).version == 4
+            early.known(position, "A", (literal,) if ipv4 else ())
+            early.known(position, "AAAA", () if ipv4 else (literal,))
+        return MxHost(preference, name, (literal,), name, ip_literal=True)
     if not _valid_host_name(name):
         # Never look up or connect to a name that cannot be a host (DNS-12).
+        if early is not None:
+            early.known(position, "A", ())
+            early.known(position, "AAAA", ())
         return MxHost(preference, name, valid_name=False)
-    a, aaaa = await asyncio.gather(ctx.resolver.query(name, "A"), ctx.resolver.query(name, "AAAA"))
-    addresses = tuple(r.to_text() for r in a.records) + tuple(r.to_text() for r in aaaa.records)
-    return MxHost(preference, name, addresses, a.canonical_name if a.records else aaaa.canonical_name)
+
+    async def addresses(rdtype: str) -> tuple[Answer, tuple[str, ...]]:
+        answer = await ctx.resolver.query(name, rdtype)
+        found = tuple(r.to_text() for r in answer.records)
+        if early is not None:
+            early.known(position, rdtype, found)
+        return answer, found
+
+    (a, v4), (aaaa, v6) = await asyncio.gather(addresses("A"), addresses("AAAA"))
+    return MxHost(preference, name, v4 + v6, a.canonical_name if a.records else aaaa.canonical_name)
+
+
+async def _hosts(ctx: CheckContext, targets: Sequence[tuple[int, str]]) -> tuple[MxHost, ...]:
+    """Resolve every target at once, in MX order, handing each address over early when the run wants it."""
+    early = _EarlySessions(ctx, [name for _, name in targets]) if ctx.run.early_sessions else None
+    try:
+        return tuple(await asyncio.gather(*(
+            _host(ctx, preference, name, early, position) for position, (preference, name) in enumerate(targets)
+        )))  # fmt: skip
+    finally:
+        if early is not None:
+            early.close()
 
 
 async def probe(ctx: CheckContext) -> MxFacts:
@@ -111,8 +182,8 @@ async def probe(ctx: CheckContext) -> MxFacts:
     if answer.status is DnsStatus.NXDOMAIN:
         return MxFacts(domain, answer.status, expected=expected, accepted=accepted)
     if answer.status is DnsStatus.NODATA:
-        implicit = await _host(ctx, 0, domain)
-        return MxFacts(domain, answer.status, implicit=True, hosts=(implicit,), expected=expected, accepted=accepted)
+        implicit = await _hosts(ctx, [(0, domain)])
+        return MxFacts(domain, answer.status, implicit=True, hosts=implicit, expected=expected, accepted=accepted)
     records = sorted(
         (r for r in answer.records if isinstance(r, dns.rdtypes.ANY.MX.MX)),
         key=lambda r: (r.preference, name_text(r.exchange).lower()),
@@ -130,9 +201,9 @@ async def probe(ctx: CheckContext) -> MxFacts:
             continue
         seen.add(name.lower())
         targets.append((record.preference, name))
-    hosts = await asyncio.gather(*(_host(ctx, preference, name) for preference, name in targets))
+    hosts = await _hosts(ctx, targets)
     return MxFacts(
-        domain, answer.status, null_mx=null_mx, hosts=tuple(hosts), duplicates=tuple(duplicates),
+        domain, answer.status, null_mx=null_mx, hosts=hosts, duplicates=tuple(duplicates),
         expected=expected, accepted=accepted,
     )  # fmt: skip
 

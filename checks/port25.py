@@ -7,14 +7,13 @@ judges the connection, the greeting (RFC 5321 §3.1, §4.2: 421 and 554 greeting
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from checks.mx import MxFacts
 from diag import evidence as ev
-from diag.context import CheckContext
+from diag.context import NOT_PUBLIC, CheckContext
 from diag.evidence import STAGES, Evidence, Measurements, Observed, StageTimes
 from diag.model import CheckResult, Finding, Severity, Status
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
@@ -38,7 +37,6 @@ __all__ = [
 ]
 
 
-_NOT_PUBLIC = "not a public address"
 NULL_MX = "the domain accepts no mail (null MX)"
 """Why port25 (and the checks that read its sessions) do not apply to a domain with a null MX only."""
 
@@ -85,13 +83,6 @@ class Port25Facts:
     not_probed: tuple[NotProbed, ...] = ()
 
 
-def _public(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_global
-    except ValueError:
-        return False
-
-
 async def probe(ctx: CheckContext) -> Port25Facts | None:
     mx = ctx.facts("mx", MxFacts)
     options = ctx.options
@@ -102,10 +93,9 @@ async def probe(ctx: CheckContext) -> Port25Facts | None:
         for index, ip in enumerate(host.addresses):
             if ip in seen:
                 continue
-            if index >= options.max_addresses_per_host:
-                not_probed.append(NotProbed(host.name, ip, f"over {options.max_addresses_per_host} addresses"))
-            elif not options.allow_private and not _public(ip):
-                not_probed.append(NotProbed(host.name, ip, _NOT_PUBLIC))
+            why = options.not_probed(ip, index)
+            if why is not None:
+                not_probed.append(NotProbed(host.name, ip, why))
             else:
                 seen.add(ip)
                 targets.append((host.name, ip))
@@ -121,7 +111,7 @@ def assess(facts: Port25Facts) -> tuple[Finding, ...]:
     found: list[Finding] = []
     over_cap: dict[str, list[NotProbed]] = {}
     for item in facts.not_probed:
-        if item.why == _NOT_PUBLIC:
+        if item.why == NOT_PUBLIC:
             found.append(CHECK.finding(
                 "SMTP_TARGET_NOT_PUBLIC", f"{item.host} [{item.ip}]",
                 f"The MX host {item.host} resolves to {item.ip}, which is not a public address; it was not probed, "
@@ -414,6 +404,7 @@ CHECK = Check(
     evidence=Evidence("SMTP sessions", view),
     measure=measure,
     requires=("mx",),
+    tags=frozenset({"sessions"}),
     timeout=10.0,
     # connect, greeting, EHLO, STARTTLS, handshake, EHLO, QUIT: one after another in each session (the
     # sessions themselves run concurrently), plus one more for waiting on the per-host connection limit.

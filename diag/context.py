@@ -9,6 +9,7 @@ requires.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
@@ -27,10 +28,13 @@ if TYPE_CHECKING:
 
     from diag.probe.run import ProbeOptions
 
-__all__ = ["CheckContext", "RunContext", "RunOptions", "SessionSource"]
+__all__ = ["NOT_PUBLIC", "CheckContext", "RunContext", "RunOptions", "SessionSource"]
 
 F = TypeVar("F")
 T = TypeVar("T")
+
+NOT_PUBLIC = "not a public address"
+"""Why an MX address was not probed: it is not public and ``--allow-private`` was not given (RunOptions.not_probed)."""
 
 # Values RunContext.remember keeps at most: distinct certificate chains of a run, usually a few per mail provider.
 _REMEMBERED = 4096
@@ -86,6 +90,23 @@ class RunOptions:
     validating_resolver: bool = False
     probe: ProbeOptions | None = None
 
+    def not_probed(self, ip: str, index: int) -> str | None:
+        """Why the MX address ``ip``, its host's ``index``-th (IPv4 first, then IPv6), is not to be contacted, or
+        None when it may be: over ``max_addresses_per_host`` (DNS-10), or not public without ``allow_private``
+        (PC-20). The one rule for the port25 check and for the sessions the mx check starts early."""
+        if index >= self.max_addresses_per_host:
+            return f"over {self.max_addresses_per_host} addresses"
+        if not self.allow_private and not _public(ip):
+            return NOT_PUBLIC
+        return None
+
+
+def _public(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_global
+    except ValueError:
+        return False
+
 
 SessionSource = Callable[[str, int, str], Awaitable[SessionFacts]]
 """Where a run's SMTP sessions come from: ``source(ip, port, server_name)`` returns the session's facts."""
@@ -97,11 +118,18 @@ class RunContext:
     ``sessions``: where the SMTP sessions come from; None to probe from this process, within the run's
     connection limits. A worker process of a run over many domains asks its parent instead, which holds the
     run's sessions and limits for every worker (:mod:`diag.workers`).
+
+    ``early_sessions``: a check of the run opens the SMTP session at every MX address (tagged ``sessions``), so
+    the mx check starts each session as soon as it knows the address (:meth:`address_known`) rather than when
+    every MX host is resolved: the connection is under way while the other lookups are.
     """
 
-    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None) -> None:
+    def __init__(
+        self, options: RunOptions, *, sessions: SessionSource | None = None, early_sessions: bool = False
+    ) -> None:
         self.options = options
         self._source = sessions
+        self.early_sessions = early_sessions
         self.resolver = Resolver(options.nameservers, timeout=options.timeout)
         self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
@@ -125,6 +153,13 @@ class RunContext:
             future = asyncio.ensure_future(self._open_session(*key, server_name))
             self._sessions[key] = future
         return future
+
+    def address_known(self, ip: str, index: int, server_name: str) -> None:
+        """The mx check learnt ``ip``, the ``index``-th address of the MX host ``server_name`` that the port25
+        check will name the session after: with :attr:`early_sessions`, start that session now, unless the
+        address is one not to contact (:meth:`RunOptions.not_probed`)."""
+        if self.early_sessions and self.options.not_probed(ip, index) is None:
+            self.smtp_session(ip, server_name)
 
     @property
     def session_count(self) -> int:

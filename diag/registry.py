@@ -102,7 +102,9 @@ class Check:
         operations: how many network operations the check may wait for one after another; each adds the
             run's per-operation timeout (``--timeout``) to the budget, so a longer ``--timeout`` never turns
             a slow but working server into a check timeout.
-        tags: labels such as ``active`` (the check sends mail).
+        tags: labels such as ``active`` (the check sends mail), ``config`` (it needs ``--config``) and
+            ``sessions`` (it opens the SMTP session at every MX address: the run then starts each as soon as
+            the mx check knows the address, :attr:`RunContext.early_sessions`).
         summary: optional verdict over this check's results on every domain of a run (:class:`Summary`).
         meanings: what each code in ``codes`` means, one line each, for people (``diag codes`` and the README's
             catalogue print it). Kept apart from ``codes``, which stays a mapping from code to severity for its
@@ -196,6 +198,10 @@ class Registry:
 
     def __iter__(self) -> Iterator[Check]:
         return iter(self._checks.values())
+
+    def tagged(self, tag: str) -> bool:
+        """Does any check of the registry carry ``tag``?"""
+        return any(tag in check.tags for check in self._checks.values())
 
     def __len__(self) -> int:
         return len(self._checks)

@@ -87,7 +87,7 @@ async def check_many(
     check does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
-    run = RunContext(options)
+    run = RunContext(options, early_sessions=registry.tagged("sessions"))
 
     def add(result: Checked) -> None:
         results.add(result)
@@ -96,7 +96,7 @@ async def check_many(
 
     # A check that sends mail (tagged active: the e2e probes) shares each probe between the domains it concerns
     # and caps the probes of a run (RunContext.once): that holds only within one process.
-    active = any("active" in check.tags for check in registry)
+    active = registry.tagged("active")
     try:
         if workers <= 1 or len(domains) <= 1 or active:
             await _in_process(list(enumerate(domains)), registry, run, deadline, add)
@@ -272,7 +272,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             waiting.pop(request, None)
         return facts
 
-    run = RunContext(options, sessions=session)
+    run = RunContext(options, sessions=session, early_sessions=registry.tagged("sessions"))
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))
     entries = EntryWriter()

@@ -135,10 +135,14 @@ class Behaviour(enum.StrEnum):
     server (response rate limiting drops UDP answers) or a lossy path."""
     TCP_ONLY = "tcp-only"
     """Never answer over UDP; answer over TCP: UDP to the server is filtered, or it rate-limits every datagram."""
+    SLOW_AAAA = "slow-aaaa"
+    """Answer AAAA queries at or below the name ``slow_delay`` seconds late (a :class:`DnsServer` argument, 0.4 s
+    by default), other types at once: the IPv6 lookup of a host is slower than its IPv4 one (another path,
+    another server, a server that mishandles AAAA queries, RFC 4074)."""
 
 
-# Behaviours that decide only whether a query over UDP is answered; the answer itself is the normal one.
-_TRANSPORT_BEHAVIOURS = frozenset({Behaviour.LOSE_UDP, Behaviour.TCP_ONLY})
+# Behaviours that decide only whether or when a query is answered; the answer itself is the normal one.
+_TRANSPORT_BEHAVIOURS = frozenset({Behaviour.LOSE_UDP, Behaviour.TCP_ONLY, Behaviour.SLOW_AAAA})
 
 
 class Transport(enum.StrEnum):
@@ -225,6 +229,8 @@ class _Reply:
     """The reply, or None to send nothing."""
     keep_open: bool = True
     """False when the input was not a well-formed query: a TCP connection is then closed."""
+    delay: float = 0.0
+    """Seconds to wait before sending it."""
 
 
 class ZoneData:
@@ -594,8 +600,16 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         reply = self._handle(data, Transport.UDP)
-        if reply.wire is not None and self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(reply.wire, addr)
+        if reply.wire is None:
+            return
+        if reply.delay > 0:
+            asyncio.get_running_loop().call_later(reply.delay, self._send, reply.wire, addr)
+        else:
+            self._send(reply.wire, addr)
+
+    def _send(self, wire: bytes, addr: tuple[str | int, ...]) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(wire, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from clients that went away before our reply: nothing to do.
@@ -615,6 +629,7 @@ class DnsServer:
         "_lost",
         "_max_tcp_clients",
         "_port",
+        "_slow_delay",
         "_tcp_clients",
         "_tcp_idle_timeout",
         "_tcp_server",
@@ -624,12 +639,13 @@ class DnsServer:
     )
 
     def __init__(
-        self, data: ZoneData, *, tcp_idle_timeout: float = 10.0, max_tcp_clients: int = 64, udp_losses: int = 2
+        self, data: ZoneData, *, tcp_idle_timeout: float = 10.0, max_tcp_clients: int = 64, udp_losses: int = 2,
+        slow_delay: float = 0.4,
     ) -> None:
         """Serve *data*; TCP clients idle for *tcp_idle_timeout* seconds are closed (RFC 7766 §6.2.3).
 
         *udp_losses* is how many UDP queries for each name and type :attr:`Behaviour.LOSE_UDP` drops, counted
-        over the server's life.
+        over the server's life; *slow_delay* is how late :attr:`Behaviour.SLOW_AAAA` answers.
         """
         if tcp_idle_timeout <= 0:
             raise ValueError("tcp_idle_timeout must be positive")
@@ -638,6 +654,7 @@ class DnsServer:
         if udp_losses < 0:
             raise ValueError("udp_losses must not be negative")
         self._udp_losses = udp_losses
+        self._slow_delay = slow_delay
         self._lost: collections.Counter[tuple[dns.name.Name, dns.rdatatype.RdataType]] = collections.Counter()
         self._data = data
         self._tcp_idle_timeout = tcp_idle_timeout
@@ -724,6 +741,8 @@ class DnsServer:
                     length = int.from_bytes(await reader.readexactly(2), "big")
                     wire = await reader.readexactly(length)
                 reply = self._handle(wire, Transport.TCP)
+                if reply.delay > 0:
+                    await asyncio.sleep(reply.delay)
                 if reply.wire is not None:
                     writer.write(len(reply.wire).to_bytes(2, "big") + reply.wire)
                     async with asyncio.timeout(self._tcp_idle_timeout):
@@ -815,4 +834,5 @@ class DnsServer:
             signatures, denial = self._data._dnssec_records(question.name, outcome)
             response.answer += signatures
             response.authority += denial
-        return _Reply(_render(response, limit))
+        slow = qtype == dns.rdatatype.AAAA and self._data._behaviour_at(question.name) == Behaviour.SLOW_AAAA
+        return _Reply(_render(response, limit), delay=self._slow_delay if slow else 0.0)

@@ -178,6 +178,8 @@ PURPOSES = {
     "lossy.example": "its DNS drops the first two UDP queries for each name and type (rate limiting): answered on "
     "a later try",
     "truncated.example": "its DNS answers are truncated over UDP and TCP alike (never complete)",
+    "slowaaaa.example": "its MX host's AAAA answer (no IPv6) comes 0.4 s after its A answer: the SMTP session "
+    "starts on the A answer",
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
     "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies, "
     "certificate names and policy records",
@@ -344,6 +346,7 @@ def default_world() -> World:
             "ratelimited.example", 14, kind=HostKind.GREETING, cert=None,
             greeting="421 4.7.0 mx.ratelimited.example Too many connections from your address, try again later",
         ),
+        _broken("slowaaaa.example", 90),
         _broken(
             "endless421.example", 28, kind=HostKind.ENDLESS, cert=None,
             greeting="421 4.7.0 mx.endless421.example Too many connections from your address, try again later",
@@ -412,6 +415,7 @@ def default_world() -> World:
             ("servfail.example", Behaviour.SERVFAIL),
             ("truncated.example", Behaviour.TRUNCATE),
             ("lossy.example", Behaviour.LOSE_UDP),
+            ("slowaaaa.example", Behaviour.SLOW_AAAA),
         ),
         signed=tuple(z for z in zones if z != "unsigned.example"),
         expired=EXPIRED_ZONES,

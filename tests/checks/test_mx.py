@@ -220,3 +220,84 @@ def test_hundreds_of_mx_hosts_are_looked_up_without_flooding_the_nameserver() ->
     # Then the 800 A and AAAA questions, asked a few at a time, are all answered
     facts = asyncio.run(go())
     assert len(facts.hosts) == 400 and all(host.addresses for host in facts.hosts)
+
+
+# Sessions started as soon as an address is known (issue 13, item 3): the run opens the SMTP session at an MX
+# address when its A answer is in, not when every lookup of the mx check is.
+
+
+def first_session(lab: Lab, domain: str, *, early: bool) -> tuple[float | None, float, MxFacts]:
+    """When (loop time) the run first had an SMTP session under way, and when the mx check finished."""
+
+    async def go() -> tuple[float | None, float, MxFacts]:
+        run = RunContext(lab.run_options(), early_sessions=early)
+        loop = asyncio.get_running_loop()
+        seen: list[float] = []
+
+        async def watch() -> None:
+            while run.session_count == 0:  # noqa: ASYNC110 - the run has no event for it: look, as a test may
+                await asyncio.sleep(0.002)
+            seen.append(loop.time())
+
+        watcher = asyncio.create_task(watch())
+        try:
+            outcome = await CHECK.run(CheckContext(domain, run, {}))
+            finished = loop.time()
+            await asyncio.sleep(0.01)  # a session the check started at its very end is seen too
+        finally:
+            watcher.cancel()
+            await run.aclose()
+        assert isinstance(outcome.facts, MxFacts)
+        return (seen[0] if seen else None), finished, outcome.facts
+
+    return asyncio.run(go())
+
+
+def test_the_session_starts_on_the_a_answer_while_the_slow_aaaa_is_out(lab: Lab) -> None:
+    # slowaaaa.example's name server answers AAAA 0.4 s after A: the session is under way before the mx check
+    # has its last answer.
+    started, finished, facts = first_session(lab, "slowaaaa.example", early=True)
+    assert [h.addresses for h in facts.hosts] == [("127.0.20.90",)]
+    assert started is not None and started < finished
+
+
+def test_without_a_session_check_the_mx_check_opens_nothing(lab: Lab) -> None:
+    started, _, facts = first_session(lab, "slowaaaa.example", early=False)
+    assert facts.hosts and started is None
+
+
+def test_the_cap_and_the_private_rule_hold_for_early_sessions(lab: Lab) -> None:
+    async def count(domain: str, **options: object) -> int:
+        run = RunContext(lab.run_options(**options), early_sessions=True)
+        try:
+            await CHECK.run(CheckContext(domain, run, {}))
+            await asyncio.sleep(0.01)
+            return run.session_count
+        finally:
+            await run.aclose()
+
+    assert asyncio.run(count("multi.example")) == 3
+    assert asyncio.run(count("multi.example", allow_private=False)) == 0
+    assert asyncio.run(count("multi.example", max_addresses_per_host=0)) == 0
+
+
+@pytest.mark.parametrize("domain", ["manymx.example", "multi.example", "mixednull.example", "iplit.example"])
+def test_early_sessions_are_the_ones_port25_asks_for(lab: Lab, domain: str) -> None:
+    # Each session is named (SNI) after the first host in MX order that lists its address, as port25 names it,
+    # however the lookups came in: a run with early sessions probes exactly what a run without them does.
+    from dataclasses import replace
+
+    from checks import port25
+    from diag.registry import Registry
+    from diag.runner import run_checks
+
+    def sessions(registry: Registry) -> list[tuple[str, str, str]]:
+        report = asyncio.run(run_checks([domain], registry, lab.run_options()))
+        facts = report.domains[0].results[1].facts
+        assert isinstance(facts, port25.Port25Facts)
+        return [(p.host, p.session.server_name, p.session.ip) for p in facts.probed]
+
+    early = Registry([CHECK, port25.CHECK])
+    late = Registry([CHECK, replace(port25.CHECK, tags=frozenset())])
+    assert early.tagged("sessions") and not late.tagged("sessions")
+    assert sessions(early) == sessions(late) != []
