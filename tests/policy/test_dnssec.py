@@ -151,9 +151,11 @@ def test_the_deepest_covering_anchor_is_used_and_none_is_indeterminate() -> None
     assert (outside.security, outside.reason) == (Security.INDETERMINATE, Reason.NO_ANCHOR)
 
 
-def test_an_alias_is_indeterminate() -> None:
+def test_an_alias_is_validated_link_by_link() -> None:
     result = check("alias.signed.example", "A")
-    assert (result.security, result.reason) == (Security.INDETERMINATE, Reason.CNAME)
+    assert (result.security, result.reason, result.aliases) == (Security.SECURE, Reason.VALIDATED,
+                                                                ("mx.signed.example",))  # fmt: skip
+    assert result.records == ("127.0.0.1",)
 
 
 def test_a_failing_server_is_indeterminate_not_bogus() -> None:
