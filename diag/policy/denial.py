@@ -292,10 +292,9 @@ def _nsec3_nodata(qname: dns.name.Name, rdtype: int, nsec3s: _Nsec3s) -> Proof:
     if isinstance(found, str):
         return Proof(Denial.NSEC3, Verdict.FAILED, f"no NSEC3 matches {_text(qname)} and {found}")
     encloser, covering = found
-    if rdtype == dns.rdatatype.DS:
-        if covering.flags & _OPT_OUT:  # RFC 5155 §8.6: an unsigned delegation may be in the opt-out span
-            return Proof(Denial.NSEC3, Verdict.INSECURE, f"{_text(qname)} is in an opt-out span")
-        return Proof(Denial.NSEC3, Verdict.FAILED, f"the NSEC3 covering {_text(qname)} has no opt-out flag")
+    if rdtype == dns.rdatatype.DS and covering.flags & _OPT_OUT:
+        # RFC 5155 §8.6: an unsigned delegation may be in the opt-out span
+        return Proof(Denial.NSEC3, Verdict.INSECURE, f"{_text(qname)} is in an opt-out span")
     source = nsec3s.matching(_wildcard(encloser))  # RFC 5155 §8.7
     if source is None or types_of(source) & {rdtype, dns.rdatatype.CNAME}:
         return Proof(Denial.NSEC3, Verdict.FAILED, f"no NSEC3 proves that {_text(qname)} has no {what}")

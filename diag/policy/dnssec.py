@@ -420,7 +420,9 @@ def _delegation(
     if proof.verdict is Verdict.FAILED:
         raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: {proof.detail}")
     if proof.verdict is Verdict.INSECURE:
-        return _Unsigned(_text(zone), _insecure_reason(proof), f"{what}: {proof.detail}")
+        reason = _insecure_reason(proof)
+        where = _text(child) if reason is Reason.OPT_OUT else _text(zone)
+        return _Unsigned(where, reason, f"{what}: {proof.detail}")
     if proof.cut is Cut.UNSIGNED:
         return _Unsigned(_text(child), Reason.INSECURE_DELEGATION, f"{_text(child)} is delegated without DS")
     return None
