@@ -41,6 +41,7 @@ Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choi
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import collections
 import contextlib
@@ -531,10 +532,10 @@ class ZoneData:
         """The NSEC at *name* if it owns one, else the one covering it (with a broken denial: the one after)."""
         chain = self._chain(apex)
         index = bisect.bisect_right(chain, name) - 1
-        if self._keys[apex].broken_denial and chain[index] != name:
-            index = (index + 1) % len(chain)
         owner = chain[index]
         following = chain[(index + 1) % len(chain)]
+        if self._keys[apex].broken_denial and owner != name:
+            following = dns.name.Name((b"\x00",)).concatenate(owner)  # the owner's successor: a span of nothing
         types = self._types_at(apex, owner) | {dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
         text = " ".join([following.to_text(), *sorted(dns.rdatatype.to_text(t) for t in types)])
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC, text)
@@ -570,10 +571,11 @@ class ZoneData:
         index = bisect.bisect_right([h for h, _name in chain], hashed) - 1
         if not match and chain[index % len(chain)][0] == hashed:
             index -= 1  # a name in the chain asked to be covered: the record before it (never in the lab's use)
-        if key.broken_denial and not match:
-            index += 1
         owner_hash, owner = chain[index % len(chain)]
         following = chain[(index + 1) % len(chain)][0]
+        if key.broken_denial and not match:  # the span ends right after the owner: it covers no name
+            following = base64.b32hexencode((int(base64.b32hexdecode(owner_hash.upper()).hex(), 16) + 1)
+                                            .to_bytes(20, "big")).decode("ascii").lower()  # fmt: skip
         types = self._types_at(apex, owner)
         if types and not (owner != apex and owner in self._zones and owner not in self._keys):
             types.add(dns.rdatatype.RRSIG)  # an unsigned delegation's NS is not signed (RFC 4035 §2.2)
@@ -600,11 +602,13 @@ class ZoneData:
         # (RFC 5155 §7.2.4) is not in the chain either.
         encloser = next(a for a in _ancestors(name.parent()) if a in names)
         next_closer = dns.name.Name(name.labels[-(len(encloser.labels) + 1) :])
-        proof = [self._nsec3(apex, encloser, match=True), self._nsec3(apex, next_closer, match=False)]
+        # Covering records first: where one owner both matches and covers, the first one sent is kept (a broken
+        # denial's short span then stands, and still matches).
+        proof = [self._nsec3(apex, next_closer, match=False)]
         if not exists:
             wildcard = _wildcard(encloser)
             proof.append(self._nsec3(apex, wildcard, match=wildcard in names))
-        return proof
+        return [*proof, self._nsec3(apex, encloser, match=True)]
 
     def _dnssec_records(
         self, qname: dns.name.Name, outcome: _Outcome
