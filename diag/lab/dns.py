@@ -27,15 +27,21 @@ Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choi
 * Query type ANY is answered with every rrset at the name (RFC 8482 allows this or a minimal answer;
   the full answer is more useful in a lab and deterministic). Zone transfers (AXFR, IXFR) are REFUSED,
   other meta-queries get NOTIMP, classes other than IN are REFUSED.
-* No wildcard synthesis, no delegations (an NS rrset below an apex is served as plain data: serve a
+* Wildcards (RFC 4592): a name that does not exist gets the records of ``*.<closest encloser>`` if that
+  exists (not for ANY). No delegations (an NS rrset below an apex is served as plain data: serve a
   child zone with :meth:`ZoneData.add_zone` instead), except that a DS question for a zone apex with a parent
   zone here is answered by the parent (RFC 4035 §3.1.4.1): the DS set of a signed child, or NODATA.
 * DNSSEC for the zones signed with :meth:`ZoneData.sign_zone`, to a query with the DO bit (RFC 3225): every
   rrset of the answer gets an RRSIG made at query time (one ECDSA P-256 key per zone, KSK and ZSK in one), and a
   negative answer gets the signed SOA and the NSEC record that matches the name (NODATA) or covers it
   (NXDOMAIN, NODATA at an empty non-terminal) from the zone's NSEC chain, computed from its names at query time
-  (RFC 4035 §3.1.3). The NSEC proving that no wildcard matched an NXDOMAIN name is not sent. The server never
-  sets AD: it is authoritative, not a validating resolver.
+  (RFC 4035 §3.1.3), with the NSEC covering (or, for a wildcard NODATA, matching) the wildcard at the closest
+  encloser; an answer synthesised from a wildcard gets the wildcard's RRSIG and the NSEC covering the name. A
+  zone signed with ``nsec3`` gets an NSEC3 chain instead (hashed owners of its names and empty non-terminals,
+  next hashed owners, type bitmaps, NSEC3PARAM at the apex; with opt-out, unsigned delegations are left out)
+  and the RFC 5155 §7.2 proofs: the NSEC3 matching the name, or the closest encloser's, the one covering the
+  next closer name and the one covering the wildcard. The server never sets AD: it is authoritative, not a
+  validating resolver.
 """
 
 from __future__ import annotations

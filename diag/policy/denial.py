@@ -12,7 +12,8 @@ NSEC (RFC 4035 §3.1.3, §5.4; RFC 4592 §5.3):
 * a wildcard-synthesised answer (§5.3.4): an NSEC covers the next closer name.
 
 NSEC3 (RFC 5155 §8): the closest-encloser proof (an NSEC3 matching the closest encloser, one covering the next
-closer name) with, for NXDOMAIN, an NSEC3 covering ``*.<closest encloser>`` (§8.4); NODATA by the NSEC3 matching
+closer name) with, for NXDOMAIN, an NSEC3 covering ``*.<closest encloser>`` (§8.4; INSECURE when the next
+closer name is in an opt-out span, where an unsigned delegation may hide: §9.2); NODATA by the NSEC3 matching
 the name (§8.5), for DS also by an opt-out NSEC3 covering the next closer name, which proves only that an unsigned
 delegation may be there: the answer is insecure (§8.6, §6); wildcard NODATA (§8.7); a wildcard answer by an NSEC3
 covering the next closer name (§8.8). NSEC3 records with an unknown hash algorithm or flags are ignored

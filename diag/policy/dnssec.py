@@ -12,13 +12,23 @@ DNSKEY rrset for a zone: the root's, or the lab's own) it walks down the name on
 * the answer itself must carry a valid RRSIG by the zone's keys (``dns.dnssec.validate``, which checks the
   signature, the key tag and algorithm, and the inception and expiration times against ``now``).
 
-What is proven and what is only classified: signatures (answers, DS, DNSKEY, and the NSEC/NSEC3 records of a
-negative answer) are fully validated. For a negative answer with NSEC, the NSEC that matches the name (NODATA:
-the type's bit is clear; or covers it with a descendant as the next owner: an empty non-terminal) or covers it
-(NXDOMAIN) is checked; the wildcard proof of an NXDOMAIN is not. With
-NSEC3 the records' signatures are validated and the denial is classified (``Denial.NSEC3``) without the
-closest-encloser proof. An answer reached through a CNAME is INDETERMINATE: the alias's own chain is not
-walked.
+What is proven: signatures (answers, DS, DNSKEY, and the NSEC/NSEC3 records of a negative answer) are fully
+validated, and the NSEC/NSEC3 records must prove what the answer claims (:mod:`diag.policy.denial`, else
+BOGUS with ``denial-mismatch``): NXDOMAIN with the proof that no wildcard matched (NSEC: RFC 4035 §5.4; NSEC3:
+the closest-encloser proof and the wildcard, RFC 5155 §8.4), NODATA (the type and CNAME absent at the name, at
+an empty non-terminal, or at the wildcard that would have matched: RFC 4035 §3.1.3, RFC 5155 §8.5 to §8.7), and
+every DS denial on the walk down (a delegation without DS, a name of the same zone, or, with NSEC3 opt-out, an
+unsigned delegation in an opt-out span: INSECURE with ``opt-out``, RFC 5155 §8.6; an NXDOMAIN in an opt-out span
+is likewise insecure, §9.2). An answer synthesised from a wildcard (RRSIG labels below the owner's) needs the
+proof that the next closer name does not exist (RFC 4035 §5.3.4, RFC 5155 §8.8). NSEC3 records with an unknown
+hash algorithm or flags are ignored; with more than 150 iterations the denial is INSECURE
+(``nsec3-iterations``, RFC 9276 §3.2), on the walk down too, so everything below such a denial is.
+
+An answer reached through CNAMEs is validated link by link: each CNAME rrset in its own zone (asked for as
+type CNAME), then the target's answer from the target's own chain of trust, for at most 8 CNAMEs (more, or a
+loop, is INDETERMINATE with ``cname``). The result is the worst link's state (bogus, then indeterminate, then
+insecure) and ``aliases`` lists the targets. Not done: DNAME, and algorithm-downgrade protection across
+several DS digests (any DS that matches a key is taken, as RFC 4035 §5.2 allows).
 
 :func:`from_ad_bit` is the other way: trust the resolver's AD bit, which is only safe when that resolver
 validates and the path to it cannot be tampered with, i.e. it runs on this host (security-cases.md DNS-19,
