@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from checks.dnssec import secure
+from checks.dnssec import DnssecFacts, secure
 from checks.mx import MxFacts
 from checks.port25 import Port25Facts
 from diag import evidence as ev
@@ -80,29 +80,50 @@ class DaneFacts:
     checked_at: datetime
 
 
-def assess(facts: DaneFacts) -> tuple[Finding, ...]:
-    """Judge DANE for each MX host and address; pure."""
+def assess(facts: DaneFacts, dnssec: DnssecFacts | None = None) -> tuple[Finding, ...]:
+    """Judge DANE for each MX host and address; pure. ``dnssec`` (the dnssec check's facts: the MX answer's and
+    each MX host's address answer's state) turns a bogus one into the deferral DANE senders make of it."""
+    bogus = {(r.name, r.rdtype): r for r in (dnssec.results if dnssec else ()) if r.security is Security.BOGUS}
+    mx = next((r for (_name, rdtype), r in bogus.items() if rdtype == "MX"), None)
+    if mx is not None:  # no MX host is reached at all: there is nothing else to judge
+        return (_mx_bogus(mx, "the domain's MX hosts"),)
     found: list[Finding] = []
     for host in facts.hosts:
-        found.extend(_assess_host(host))
+        address = bogus.get((host.host, "A"))
+        found.extend([_mx_bogus(address, host.host)] if address is not None else _assess_host(host))
     return tuple(found)
+
+
+def _mx_bogus(r: DnssecResult, hosts: str) -> Finding:
+    # RFC 7672 §2.1.1: a bogus (or indeterminate) MX or address answer is a lookup failure, and a DANE sender
+    # defers the mail rather than fall back to delivery without DANE (§2.2.1, §2.2.2).
+    return CHECK.finding(
+        "DANE_MX_BOGUS", f"{r.name} {r.rdtype}",
+        f"The {r.rdtype} answer for {r.name} fails DNSSEC validation ({r.reason.value} in {r.zone}: "
+        f"{shown(r.detail)}): DANE senders defer delivery to {hosts} instead of sending without DANE "
+        "(RFC 7672 §2.1.1).",
+        "Re-sign the zone or fix its DS at the parent.", cloud_error=_DNSSEC_INVALID,
+    )  # fmt: skip
 
 
 def _assess_host(h: HostTlsa) -> list[Finding]:
     d = h.dnssec
+    if d.security is Security.BOGUS:
+        # Before the answer's status: a negative answer whose denial does not validate is no "no TLSA" either
+        # (RFC 7672 §2.1.1).
+        return [CHECK.finding(
+            "DANE_TLSA_BOGUS", h.host,
+            f"The TLSA answer at {h.name} (its records or their denial) fails DNSSEC validation ({d.reason.value}: "
+            f"{shown(d.detail)}): DANE senders treat that as a failure and defer delivery to the host (RFC 7672 "
+            "§2.1.1).",
+            "Re-sign the zone or fix its DS at the parent.", cloud_error=_DNSSEC_INVALID,
+        )]  # fmt: skip
     if d.status is not ReplyStatus.OK:
         if not d.status.answered:
             return [CHECK.finding("DANE_DNS_ERROR", h.host, f"DNS gave no answer for {h.name} TLSA "
                                   f"({shown(d.detail)}).", "Make the nameservers answer for it.")]  # fmt: skip
         return [CHECK.finding("DANE_NONE", h.host, f"{h.host} publishes no TLSA records at {h.name}: senders use "
                               "TLS without DANE authentication (MTA-STS may still apply).")]  # fmt: skip
-    if d.security is Security.BOGUS:
-        return [CHECK.finding(
-            "DANE_TLSA_BOGUS", h.host,
-            f"The TLSA records at {h.name} fail DNSSEC validation ({d.reason.value}: {shown(d.detail)}): DANE senders "
-            "treat that as a failure and do not deliver to the host.",
-            "Re-sign the zone or fix its DS at the parent.", cloud_error=_DNSSEC_INVALID,
-        )]  # fmt: skip
     if d.security is not Security.SECURE:
         why = {Security.INSECURE: "the zone is not DNSSEC-signed"}.get(d.security, f"its DNSSEC state is unknown "
                                                                                     f"({d.reason.value})")
@@ -182,7 +203,7 @@ async def run(ctx: CheckContext) -> Outcome:
     facts = await probe(ctx)
     if facts is None:
         return Outcome.inapplicable("no MX host name to look up TLSA records for")
-    return Outcome(facts, assess(facts))
+    return Outcome(facts, assess(facts, ctx.facts("dnssec", DnssecFacts)))
 
 
 # The report's evidence (report_templates/checks/dane.html.j2), from the facts as a report holds them (their JSON
@@ -247,7 +268,7 @@ def view(observed: Observed) -> DaneView:
             host=ev.text(host.get("host")),
             name=ev.text(host.get("name")),
             dnssec=state,
-            dnssec_tone=_SECURITY_TONES.get(security, "unknown") if records else "plain",
+            dnssec_tone=_SECURITY_TONES.get(security, "unknown") if records or security == "bogus" else "plain",
             records=records,
             endpoints=tuple(_endpoint_row(e, failing, secure=security == Security.SECURE.value)
                             for e in ev.mappings(host.get("endpoints"))) if records else (),
@@ -294,7 +315,7 @@ CHECK = Check(
     run=run,
     facts=DaneFacts,
     evidence=Evidence("DANE", view, Section.POLICY),
-    requires=("mx", "port25"),
+    requires=("mx", "port25", "dnssec"),
     operations=6,
     codes={
         "DANE_OK": Severity.INFO,
@@ -302,6 +323,7 @@ CHECK = Check(
         "DANE_MISMATCH": Severity.CRITICAL,
         "DANE_NO_TLS": Severity.CRITICAL,
         "DANE_TLSA_BOGUS": Severity.CRITICAL,
+        "DANE_MX_BOGUS": Severity.CRITICAL,
         "DANE_TLSA_INSECURE": Severity.WARNING,
         "DANE_TLSA_UNUSABLE": Severity.WARNING,
         "DANE_DNS_ERROR": Severity.WARNING,
@@ -311,7 +333,8 @@ CHECK = Check(
         "DANE_NONE": "The MX host publishes no TLSA records (no DANE).",
         "DANE_MISMATCH": "No usable TLSA record matches the presented chain: DANE senders do not deliver.",
         "DANE_NO_TLS": "TLSA records are published, but the address completes no STARTTLS handshake.",
-        "DANE_TLSA_BOGUS": "The TLSA records fail DNSSEC validation: DANE senders do not deliver.",
+        "DANE_TLSA_BOGUS": "The TLSA answer (records or their denial) fails DNSSEC validation: DANE senders defer.",
+        "DANE_MX_BOGUS": "The MX answer or an MX host's address fails DNSSEC validation: DANE senders defer.",
         "DANE_TLSA_INSECURE": "TLSA records without DNSSEC (unsigned zone or unknown state): unusable.",
         "DANE_TLSA_UNUSABLE": "Only TLSA records an SMTP client cannot use (usage 0/1, unknown parameters).",
         "DANE_DNS_ERROR": "The TLSA lookup got no answer.",

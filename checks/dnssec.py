@@ -16,7 +16,7 @@ from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
-from diag.policy.dnssec import DnssecResult, Method, Security, from_ad_bit, validate
+from diag.policy.dnssec import DnssecResult, Method, Reason, Security, from_ad_bit, validate
 from diag.policy.lookup import drive, shown
 from diag.registry import Check, Outcome
 
@@ -59,10 +59,19 @@ def assess(facts: DnssecFacts) -> tuple[Finding, ...]:
 def _assess_one(facts: DnssecFacts, r: DnssecResult) -> Finding:
     subject, how = _subject(r), ("by the validating resolver's AD bit" if r.method is Method.AD_BIT else
                                  f"from the trust anchor ({' → '.join(r.chain)})")  # fmt: skip
+    through = f" (through the CNAME chain {' → '.join((r.name, *r.aliases))})" if r.aliases else ""
     if r.security is Security.SECURE:
-        return CHECK.finding("DNSSEC_OK", subject, f"The {r.rdtype} answer for {r.name} is signed and validates {how}.")
+        return CHECK.finding("DNSSEC_OK", subject,
+                             f"The {r.rdtype} answer for {r.name}{through} is signed and validates {how}.")  # fmt: skip
     if r.security is Security.INSECURE:
-        where = f" ({r.zone} is delegated without DS)" if r.zone else " (the validating resolver set no AD bit)"
+        if r.reason is Reason.NSEC3_ITERATIONS:
+            where = (f" (the NSEC3 records of {r.zone} use more hash iterations than validators compute, so they "
+                     "treat its denials as unsigned: RFC 9276 §3.2)")  # fmt: skip
+        elif r.zone:
+            span = " in an NSEC3 opt-out span" if r.reason is Reason.OPT_OUT else ""
+            where = f" ({r.zone} is delegated without DS{span})"
+        else:
+            where = " (the validating resolver set no AD bit)"
         return CHECK.finding(
             "DNSSEC_UNSIGNED", subject,
             f"The {r.rdtype} answer for {r.name} is not DNSSEC-signed{where}: a resolver cannot tell a forged answer "
@@ -80,7 +89,7 @@ def _assess_one(facts: DnssecFacts, r: DnssecResult) -> Finding:
         "DNSSEC_INDETERMINATE", subject,
         f"The DNSSEC state of the {r.rdtype} answer for {r.name} could not be established ({r.reason.value}"
         f"{': ' + shown(r.detail) if r.detail else ''}).",
-        "Check that the name resolves without CNAMEs and that --trust-anchor covers it.",
+        "Check that the name (and every CNAME target on the way) resolves and that --trust-anchor covers it.",
     )  # fmt: skip
 
 
@@ -168,6 +177,6 @@ CHECK = Check(
         "DNSSEC_OK": "The answer (the domain's MX, an MX host's address) is signed and validates.",
         "DNSSEC_UNSIGNED": "The answer is provably unsigned (a delegation without DS on the way).",
         "DNSSEC_BOGUS": "The answer is signed but fails validation: validating resolvers answer SERVFAIL.",
-        "DNSSEC_INDETERMINATE": "The DNSSEC state could not be established (no answer, a CNAME, no trust anchor).",
+        "DNSSEC_INDETERMINATE": "The DNSSEC state could not be established (no answer, a CNAME loop, no trust anchor).",
     },
 )

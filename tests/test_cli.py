@@ -141,14 +141,14 @@ def test_check_selection() -> None:
 
 
 def test_policy_checks_are_selected_by_their_ids() -> None:
-    # dane needs the MX hosts and their port-25 sessions: they run too, and nothing else
+    # dane needs the MX hosts, their port-25 sessions and the dnssec check's states: they run too, and nothing else
     done = diag("check", "spflookups.example", "dane.example", "--lab", "--check", "spf", "--check", "dmarc",
                 "--check", "dane", "--json", "-")  # fmt: skip
     document = json.loads(done.stdout)
     assert done.returncode == 2, done.stderr
     ran = [[c["id"] for c in d["checks"]] for d in document["domains"]]
-    assert ran == [["mx", "port25", "spf", "dmarc", "dane"]] * 2
-    codes = {d["domain"]: [f["code"] for c in d["checks"][2:] for f in c["findings"]] for d in document["domains"]}
+    assert ran == [["mx", "port25", "spf", "dmarc", "dane", "dnssec"]] * 2
+    codes = {d["domain"]: [f["code"] for c in d["checks"][2:5] for f in c["findings"]] for d in document["domains"]}
     assert codes == {"spflookups.example": ["SPF_TOO_MANY_LOOKUPS", "DMARC_OK", "DANE_NONE"],
                      "dane.example": ["SPF_OK", "DMARC_OK", "DANE_OK"]}  # fmt: skip
 

@@ -27,20 +27,27 @@ Answers follow RFC 1034 §4.3.2 for an authoritative server, with these lab choi
 * Query type ANY is answered with every rrset at the name (RFC 8482 allows this or a minimal answer;
   the full answer is more useful in a lab and deterministic). Zone transfers (AXFR, IXFR) are REFUSED,
   other meta-queries get NOTIMP, classes other than IN are REFUSED.
-* No wildcard synthesis, no delegations (an NS rrset below an apex is served as plain data: serve a
+* Wildcards (RFC 4592): a name that does not exist gets the records of ``*.<closest encloser>`` if that
+  exists (not for ANY). No delegations (an NS rrset below an apex is served as plain data: serve a
   child zone with :meth:`ZoneData.add_zone` instead), except that a DS question for a zone apex with a parent
   zone here is answered by the parent (RFC 4035 §3.1.4.1): the DS set of a signed child, or NODATA.
 * DNSSEC for the zones signed with :meth:`ZoneData.sign_zone`, to a query with the DO bit (RFC 3225): every
   rrset of the answer gets an RRSIG made at query time (one ECDSA P-256 key per zone, KSK and ZSK in one), and a
   negative answer gets the signed SOA and the NSEC record that matches the name (NODATA) or covers it
   (NXDOMAIN, NODATA at an empty non-terminal) from the zone's NSEC chain, computed from its names at query time
-  (RFC 4035 §3.1.3). The NSEC proving that no wildcard matched an NXDOMAIN name is not sent. The server never
-  sets AD: it is authoritative, not a validating resolver.
+  (RFC 4035 §3.1.3), with the NSEC covering (or, for a wildcard NODATA, matching) the wildcard at the closest
+  encloser; an answer synthesised from a wildcard gets the wildcard's RRSIG and the NSEC covering the name. A
+  zone signed with ``nsec3`` gets an NSEC3 chain instead (hashed owners of its names and empty non-terminals,
+  next hashed owners, type bitmaps, NSEC3PARAM at the apex; with opt-out, unsigned delegations are left out)
+  and the RFC 5155 §7.2 proofs: the NSEC3 matching the name, or the closest encloser's, the one covering the
+  next closer name and the one covering the wildcard. The server never sets AD: it is authoritative, not a
+  validating resolver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import collections
 import contextlib
@@ -67,6 +74,7 @@ import dns.rdataset
 import dns.rdatatype
 import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.ANY.DNSKEY
+import dns.rdtypes.ANY.NSEC3PARAM
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.SPF
 import dns.rdtypes.ANY.TXT
@@ -210,6 +218,8 @@ class _Outcome:
     authoritative: bool = True
     answer: tuple[dns.rrset.RRset, ...] = ()
     authority: tuple[dns.rrset.RRset, ...] = ()
+    wildcards: tuple[tuple[dns.name.Name, dns.name.Name], ...] = ()
+    """(name, wildcard) for each answer rrset synthesised from a wildcard (RFC 4592)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +229,12 @@ class _ZoneKey:
     private: ec.EllipticCurvePrivateKey
     dnskey: dns.rdtypes.ANY.DNSKEY.DNSKEY
     expired: bool
+    nsec3: dns.rdtypes.ANY.NSEC3PARAM.NSEC3PARAM | None = None
+    """NSEC3 instead of NSEC, with these parameters (RFC 5155)."""
+    opt_out: bool = False
+    """Unsigned delegations get no NSEC3 and the NSEC3 records carry the opt-out flag (RFC 5155 §6)."""
+    broken_denial: bool = False
+    """Denials carry the record after the one that covers the name: a proof that proves nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +260,7 @@ class ZoneData:
     records at and below its apex into it.
     """
 
-    __slots__ = ("_behaviours", "_chains", "_keys", "_signatures", "_zones")
+    __slots__ = ("_behaviours", "_chains", "_hashed", "_keys", "_signatures", "_zones")
 
     def __init__(self) -> None:
         """Start with no zones."""
@@ -256,6 +272,8 @@ class ZoneData:
         # Each signed zone's NSEC chain (its names in canonical order), made on the first negative answer after a
         # change: sorting a zone's names for every negative answer would cost more than the answer itself.
         self._chains: dict[dns.name.Name, list[dns.name.Name]] = {}
+        # An NSEC3-signed zone's chain, (hashed owner, name) in hash order, made and dropped like the NSEC chain.
+        self._hashed: dict[dns.name.Name, list[tuple[str, dns.name.Name]]] = {}
 
     def add_zone(self, apex: str) -> None:
         """Serve *apex* authoritatively, with a synthesized SOA and NS rrset. Adding it again does nothing.
@@ -286,6 +304,7 @@ class ZoneData:
             txn.add(name, DEFAULT_TTL, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NS, ns_name.to_text()))
         self._zones[name] = zone
         self._chains.clear()
+        self._hashed.clear()
 
     def add(self, name: str, rdtype: str, *rdatas: str, ttl: int = DEFAULT_TTL) -> None:
         """Add records of type *rdtype* at *name*, e.g. ``add("contoso.com", "MX", "0 mx.contoso.com.")``.
@@ -320,6 +339,7 @@ class ZoneData:
                     txn.add(owner, rdataset)
         for apex in writers:
             self._chains.pop(apex, None)
+            self._hashed.pop(apex, None)
 
     def _prepare(
         self, name: str, rdtype: str, rdatas: Sequence[str], ttl: int
@@ -341,27 +361,43 @@ class ZoneData:
             raise ValueError(f"TTL {ttl!r} is not in 0..{_MAX_TTL} (RFC 2181 §8)")
         return owner, apex, rtype, [_parse_rdata(rtype, text) for text in rdatas]
 
-    def sign_zone(self, apex: str, *, expired: bool = False) -> str:
+    def sign_zone(
+        self, apex: str, *, expired: bool = False, nsec3: str | None = None, opt_out: bool = False,
+        broken_denial: bool = False,
+    ) -> str:
         """Sign the zone at *apex* (added before) with a new key; returns its DNSKEY record (presentation
         format), the trust anchor for the zone. Its DNSKEY rrset is published at the apex, and a parent zone
         served here answers the DS question for it.
 
         *expired*: every signature of the zone ran out a day before the query (a zone whose re-signing
-        stopped), so validators find it bogus. Raises ValueError if *apex* is not a zone apex.
+        stopped), so validators find it bogus. *nsec3*: deny with NSEC3 instead of NSEC, with these NSEC3PARAM
+        parameters (``"1 0 0 -"``: SHA-1, no iterations, no salt, as RFC 9276 §3.1 advises), published at the
+        apex; *opt_out*: leave unsigned delegations out of the NSEC3 chain (RFC 5155 §6). *broken_denial*: every
+        NSEC or NSEC3 that should cover a name is replaced by the next one of the chain, which does not (a
+        signer bug: validators find those answers bogus). Raises ValueError if *apex* is not a zone apex or the
+        NSEC3 parameters do not parse.
         """
         name = _parse_name(apex)
         zone = self._zones.get(name)
         if zone is None:
             raise ValueError(f"{name} is not a zone apex; call add_zone() first")
+        param = None
+        if nsec3 is not None:
+            param = cast(dns.rdtypes.ANY.NSEC3PARAM.NSEC3PARAM, _parse_rdata(dns.rdatatype.NSEC3PARAM, nsec3))
+        elif opt_out:
+            raise ValueError("opt-out is an NSEC3 feature: give nsec3 parameters too")
         private = ec.generate_private_key(ec.SECP256R1())
         dnskey = dns.dnssec.make_dnskey(
             private.public_key(), dns.dnssectypes.Algorithm.ECDSAP256SHA256, flags=dns.rdtypes.dnskeybase.Flag.ZONE
             | dns.rdtypes.dnskeybase.Flag.SEP,
         )  # fmt: skip
-        self._keys[name] = _ZoneKey(private, dnskey, expired)
+        self._keys[name] = _ZoneKey(private, dnskey, expired, param, opt_out, broken_denial)
         with zone.writer() as txn:
             txn.replace(name, dns.rdataset.from_rdata(DEFAULT_TTL, dnskey))
+            if param is not None:
+                txn.replace(name, dns.rdataset.from_rdata(0, param))  # RFC 5155 §4: its TTL is 0
         self._chains.clear()  # the parent's NSEC at the cut now lists DS
+        self._hashed.clear()
         return dnskey.to_text()
 
     def set_behaviour(self, name: str, behaviour: Behaviour) -> None:
@@ -391,6 +427,14 @@ class ZoneData:
         lies below it (RFC 8020: it exists, so it gets NODATA, not NXDOMAIN)."""
         return any(other.is_subdomain(name) for other in (*zone.nodes, *self._zones))
 
+    def _encloser(self, apex: dns.name.Name, name: dns.name.Name) -> dns.name.Name:
+        """The closest encloser of *name*, which does not exist: its nearest existing ancestor (RFC 4592 §3.3.1)."""
+        zone = self._zones[apex]
+        for ancestor in _ancestors(name.parent()):
+            if ancestor == apex or zone.get_node(ancestor) is not None or self._exists(zone, ancestor):
+                return ancestor
+        return apex
+
     def _negative_soa(self, apex: dns.name.Name) -> dns.rrset.RRset:
         """The zone's SOA for a negative answer, its TTL lowered to the SOA MINIMUM (RFC 2308 §3)."""
         soa = self._zones[apex].find_rdataset(apex, dns.rdatatype.SOA)
@@ -400,6 +444,7 @@ class ZoneData:
     def _resolve(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> _Outcome:
         """Answer *qname*/*qtype* (class IN) like an authoritative server (RFC 1034 §4.3.2)."""
         answer: list[dns.rrset.RRset] = []
+        wildcards: list[tuple[dns.name.Name, dns.name.Name]] = []
         seen: set[dns.name.Name] = set()
         name = qname
         while True:
@@ -422,17 +467,23 @@ class ZoneData:
             zone = self._zones[apex]
             node = zone.get_node(name)
             if node is None and not self._exists(zone, name):
-                # RFC 6604: with a CNAME chain, the rcode describes the last name.
-                return _Outcome(rcode=dns.rcode.NXDOMAIN, answer=tuple(answer), authority=(self._negative_soa(apex),))
+                source = _wildcard(self._encloser(apex, name))
+                node = zone.get_node(source) if qtype != dns.rdatatype.ANY and source.is_wild() else None
+                if node is None:
+                    # RFC 6604: with a CNAME chain, the rcode describes the last name.
+                    return _Outcome(rcode=dns.rcode.NXDOMAIN, answer=tuple(answer),
+                                    authority=(self._negative_soa(apex),), wildcards=tuple(wildcards))  # fmt: skip
+                wildcards.append((name, source))  # RFC 4592 §3.3.1: the wildcard's data, at the name asked
             rdatasets: Iterable[dns.rdataset.Rdataset] = node or ()
             if qtype == dns.rdatatype.ANY and node:
                 return _Outcome(answer=(*answer, *(_rrset(name, r) for r in sorted(rdatasets, key=_by_type))))
             found = {rdataset.rdtype: rdataset for rdataset in rdatasets}
             if qtype in found:
-                return _Outcome(answer=(*answer, _rrset(name, found[qtype])))
+                return _Outcome(answer=(*answer, _rrset(name, found[qtype])), wildcards=tuple(wildcards))
             cname = found.get(dns.rdatatype.CNAME)
-            if cname is None:
-                return _Outcome(answer=tuple(answer), authority=(self._negative_soa(apex),))  # NODATA
+            if cname is None:  # NODATA
+                return _Outcome(answer=tuple(answer), authority=(self._negative_soa(apex),),
+                                wildcards=tuple(wildcards))  # fmt: skip
             answer.append(_rrset(name, cname))
             seen.add(name)
             name = cast(dns.rdtypes.ANY.CNAME.CNAME, cname[0]).target
@@ -483,31 +534,115 @@ class ZoneData:
             chain = self._chains[apex] = sorted({*self._zones[apex].nodes, *cuts})
         return chain
 
+    def _types_at(self, apex: dns.name.Name, owner: dns.name.Name) -> set[dns.rdatatype.RdataType]:
+        """The types at *owner* in the zone: at a delegation point, only the cut's (RFC 4035 §2.3)."""
+        if owner != apex and owner in self._zones:
+            return {dns.rdatatype.NS} | ({dns.rdatatype.DS} if owner in self._keys else set())
+        return {rdataset.rdtype for rdataset in self._zones[apex].get_node(owner) or ()}
+
     def _nsec(self, apex: dns.name.Name, name: dns.name.Name) -> dns.rrset.RRset:
-        """The NSEC at *name* if it owns one, else the one covering it."""
+        """The NSEC at *name* if it owns one, else the one covering it (with a broken denial: the one after)."""
         chain = self._chain(apex)
         index = bisect.bisect_right(chain, name) - 1
         owner = chain[index]
         following = chain[(index + 1) % len(chain)]
-        if owner != apex and owner in self._zones:  # a delegation point: only the cut's types
-            types = {dns.rdatatype.NS} | ({dns.rdatatype.DS} if owner in self._keys else set())
-        else:
-            types = {rdataset.rdtype for rdataset in self._zones[apex].get_node(owner) or ()}
-        types |= {dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
+        if self._keys[apex].broken_denial and owner != name:
+            following = dns.name.Name((b"\x00",)).concatenate(owner)  # the owner's successor: a span of nothing
+        types = self._types_at(apex, owner) | {dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
         text = " ".join([following.to_text(), *sorted(dns.rdatatype.to_text(t) for t in types)])
         rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC, text)
         return dns.rrset.from_rdata(owner, _NEGATIVE_TTL, rdata)
 
+    def _hashed_chain(self, apex: dns.name.Name) -> list[tuple[str, dns.name.Name]]:
+        """The NSEC3 chain: every name of the NSEC chain and every empty non-terminal (RFC 5155 §7.1), less the
+        unsigned delegations of an opt-out zone (§6), by hash."""
+        chain = self._hashed.get(apex)
+        if chain is None:
+            key = self._keys[apex]
+            assert key.nsec3 is not None
+            names = set(self._chain(apex))
+            if key.opt_out:
+                names -= {n for n in names if n != apex and n in self._zones and n not in self._keys}
+            for name in list(names):
+                while name != apex:
+                    name = name.parent()
+                    names.add(name)
+            param = key.nsec3
+            chain = self._hashed[apex] = sorted(
+                (dns.dnssec.nsec3_hash(n, param.salt, param.iterations, param.algorithm).lower(), n) for n in names
+            )
+        return chain
+
+    def _nsec3(self, apex: dns.name.Name, name: dns.name.Name, *, match: bool) -> dns.rrset.RRset:
+        """The NSEC3 matching *name* (*match*, which must be in the chain) or covering its hash."""
+        key = self._keys[apex]
+        param = key.nsec3
+        assert param is not None
+        chain = self._hashed_chain(apex)
+        hashed = dns.dnssec.nsec3_hash(name, param.salt, param.iterations, param.algorithm).lower()
+        index = bisect.bisect_right([h for h, _name in chain], hashed) - 1
+        if not match and chain[index % len(chain)][0] == hashed:
+            index -= 1  # a name in the chain asked to be covered: the record before it (never in the lab's use)
+        owner_hash, owner = chain[index % len(chain)]
+        following = chain[(index + 1) % len(chain)][0]
+        if key.broken_denial and not match:  # the span ends right after the owner: it covers no name
+            following = base64.b32hexencode((int(base64.b32hexdecode(owner_hash.upper()).hex(), 16) + 1)
+                                            .to_bytes(20, "big")).decode("ascii").lower()  # fmt: skip
+        types = self._types_at(apex, owner)
+        if types and not (owner != apex and owner in self._zones and owner not in self._keys):
+            types.add(dns.rdatatype.RRSIG)  # an unsigned delegation's NS is not signed (RFC 4035 §2.2)
+        salt = param.to_text().split()[3]
+        text = " ".join([str(param.algorithm), "1" if key.opt_out else "0", str(param.iterations), salt,
+                         following.upper(), *sorted(dns.rdatatype.to_text(t) for t in types)])  # fmt: skip
+        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NSEC3, text)
+        return dns.rrset.from_rdata(dns.name.Name((owner_hash.encode(),)).concatenate(apex), _NEGATIVE_TTL, rdata)
+
+    def _denial(self, apex: dns.name.Name, name: dns.name.Name) -> list[dns.rrset.RRset]:
+        """The NSEC or NSEC3 records proving what the zone has at *name* and what it has not: the record at an
+        existing name; for a name that does not exist, the proof of that and of the wildcard at its closest
+        encloser (or, when that wildcard answered, the wildcard's own record) (RFC 4035 §3.1.3, RFC 5155 §7.2)."""
+        zone = self._zones[apex]
+        exists = zone.get_node(name) is not None or self._exists(zone, name)
+        if self._keys[apex].nsec3 is None:
+            if exists:
+                return [self._nsec(apex, name)]
+            return [self._nsec(apex, name), self._nsec(apex, _wildcard(self._encloser(apex, name)))]
+        names = {n for _hash, n in self._hashed_chain(apex)}
+        if name in names:
+            return [self._nsec3(apex, name, match=True)]
+        # The closest provable encloser and the next closer name (RFC 5155 §7.2.1); an opt-out delegation
+        # (RFC 5155 §7.2.4) is not in the chain either.
+        encloser = next(a for a in _ancestors(name.parent()) if a in names)
+        next_closer = dns.name.Name(name.labels[-(len(encloser.labels) + 1) :])
+        # Covering records first: where one owner both matches and covers, the first one sent is kept (a broken
+        # denial's short span then stands, and still matches).
+        proof = [self._nsec3(apex, next_closer, match=False)]
+        if not exists:
+            wildcard = _wildcard(encloser)
+            proof.append(self._nsec3(apex, wildcard, match=wildcard in names))
+        return [*proof, self._nsec3(apex, encloser, match=True)]
+
     def _dnssec_records(
         self, qname: dns.name.Name, outcome: _Outcome
     ) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset]]:
-        """The RRSIGs for the answer section, and the signed denial for the authority section."""
+        """The RRSIGs for the answer section, and the signed denial for the authority section: of a negative
+        answer, and of the name behind an answer synthesised from a wildcard (RFC 4035 §3.1.3.3)."""
         now = time.time()
+        sources = dict(outcome.wildcards)
         answer: list[dns.rrset.RRset] = []
+        proofs: list[tuple[dns.name.Name, dns.name.Name]] = []
         for rrset in outcome.answer:
             zone = self._signer_of(rrset)
-            if zone in self._keys:
+            if zone not in self._keys:
+                continue
+            source = sources.get(rrset.name)
+            if source is None:
                 answer.append(self._rrsig(rrset, zone, now))
+                continue
+            # The wildcard's signature, at the name asked: its labels field tells the validator (RFC 4035 §5.3.2).
+            rrsig = self._rrsig(dns.rrset.from_rdata_list(source, rrset.ttl, list(rrset)), zone, now)
+            answer.append(dns.rrset.from_rdata_list(rrset.name, rrsig.ttl, list(rrsig)))
+            proofs.append((zone, rrset.name))
         authority: list[dns.rrset.RRset] = []
         soas = [r for r in outcome.authority if r.rdtype == dns.rdatatype.SOA]
         if soas and soas[0].name in self._keys:
@@ -515,8 +650,14 @@ class ZoneData:
             last = qname
             if outcome.answer and outcome.answer[-1].rdtype == dns.rdatatype.CNAME:
                 last = cast(dns.rdtypes.ANY.CNAME.CNAME, outcome.answer[-1][0]).target
-            nsec = self._nsec(apex, last)
-            authority = [self._rrsig(soas[0], apex, now), nsec, self._rrsig(nsec, apex, now)]
+            authority.append(self._rrsig(soas[0], apex, now))
+            proofs.append((apex, last))
+        seen: set[tuple[dns.name.Name, int]] = set()
+        for zone, name in proofs:
+            for record in self._denial(zone, name):
+                if (record.name, record.rdtype) not in seen:
+                    seen.add((record.name, record.rdtype))
+                    authority += [record, self._rrsig(record, zone, now)]
         return answer, authority
 
 
@@ -544,6 +685,11 @@ def _check_coexistence(
             raise ValueError(f"{owner}: a name holds at most one CNAME record (RFC 1034 §3.6.2)")
     elif rtype not in _CNAME_COMPANIONS and dns.rdatatype.CNAME in present:
         raise ValueError(f"{owner} holds a CNAME: no other data may coexist with it (RFC 1034 §3.6.2)")
+
+
+def _wildcard(name: dns.name.Name) -> dns.name.Name:
+    """``*.name`` (the apex itself when the longer name would be too long: then no wildcard matches)."""
+    return _prefixed("*", name)
 
 
 def _by_type(rdataset: dns.rdataset.Rdataset) -> int:

@@ -5,7 +5,9 @@ Data only, like :mod:`diag.lab.world` (which adds these to the default world). W
 TLSA record is the digest of a certificate the lab's PKI issues at start) is described by :class:`TlsaDef` and
 made by :mod:`diag.lab.runner`. DNSSEC: every top zone of the lab is signed, and the lab's trust anchors are
 their keys; ``unsigned.example`` is delegated without DS (insecure) and ``badsig.example`` is a signed zone
-whose signatures expired (bogus).
+whose signatures expired (bogus). ``nsec3.example``, ``nsec3bad.example`` and ``optout.example`` deny with NSEC3
+(RFC 5155) instead of NSEC: the second with proofs that do not cover the name (bogus), the third with opt-out,
+which leaves its unsigned child ``insecure.optout.example`` out of the chain (insecure).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BROKEN_DENIAL_ZONES",
     "CHILD_ZONES",
     "EXPIRED_ZONES",
+    "NSEC3_ZONES",
     "ONPREM_IPS",
+    "OPT_OUT_ZONES",
     "POLICY_HOSTS",
+    "POLICY_HOST_ALIASES",
     "POLICY_PURPOSES",
     "STS_HOSTS",
+    "UNSIGNED_ZONES",
     "TlsaDef",
     "policy_records",
     "tlsa_defs",
@@ -42,13 +49,22 @@ DKIM_KEY_1024 = (
     "3QYb5u0k7wIDAQAB"
 )
 
-# Zones the policy domains need besides world.py's: an unsigned delegation and one with expired signatures.
-CHILD_ZONES = ("unsigned.example", "badsig.example")
+# Zones the policy domains need besides world.py's: unsigned delegations, one with expired signatures, and the
+# NSEC3-signed ones (SHA-1, no iterations, no salt: RFC 9276 §3.1).
+CHILD_ZONES = ("unsigned.example", "badsig.example", "nsec3.example", "nsec3bad.example", "optout.example",
+               "insecure.optout.example")  # fmt: skip
+UNSIGNED_ZONES = ("unsigned.example", "insecure.optout.example")
 EXPIRED_ZONES = ("badsig.example",)
+NSEC3_ZONES = ("nsec3.example", "nsec3bad.example", "optout.example")
+OPT_OUT_ZONES = ("optout.example",)
+BROKEN_DENIAL_ZONES = ("nsec3bad.example",)
 
 # Mail hosts of the DANE domains: (name, address).
 POLICY_HOSTS = (("mx.dane.example", "127.0.20.30"), ("mx.danebad.example", "127.0.20.31"),
-                ("mx.unsigned.example", "127.0.20.32"))  # fmt: skip
+                ("mx.unsigned.example", "127.0.20.32"), ("mx.nsec3.example", "127.0.20.34"),
+                ("mx.tlsabad.nsec3.example", "127.0.20.35"), ("mx.nsec3bad.example", "127.0.20.36"))  # fmt: skip
+# Other names in a policy host's certificate: a CNAME to it.
+POLICY_HOST_ALIASES = {"mx.nsec3.example": ("mx.cnamesigned.example",)}
 
 # MTA-STS policy hosts (RFC 8461 §3.3): name, address, policy body. The lab serves them over HTTPS (diag.lab.web).
 STS_HOSTS = (
@@ -72,6 +88,12 @@ POLICY_PURPOSES = {
     "danebad.example": "TLSA record that matches no certificate the MX host presents",
     "unsigned.example": "zone delegated without DS (not DNSSEC-signed); its MX host's TLSA is therefore unusable",
     "badsig.example": "DNSSEC signatures expired: validating resolvers answer SERVFAIL (bogus)",
+    "nsec3.example": "NSEC3-signed zone (RFC 5155) with a TLSA record (3 1 1) matching the MX host's key",
+    "tlsabad.nsec3.example": "TLSA record in the NSEC3-signed zone that matches no certificate the MX host presents",
+    "mail.wild.nsec3.example": "MX and SPF answers synthesised from a wildcard in the NSEC3-signed zone",
+    "cnamesigned.example": "MX host name is a CNAME into another signed zone (nsec3.example)",
+    "nsec3bad.example": "NSEC3 denials that do not cover the name: its MX host's missing TLSA is bogus",
+    "insecure.optout.example": "zone delegated without DS inside an NSEC3 opt-out span of its parent (insecure)",
 }
 
 
@@ -97,6 +119,8 @@ def tlsa_defs(cloud_host: str) -> tuple[TlsaDef, ...]:
         TlsaDef("mx.dane.example", "2 0 1", "intermediate"),  # DANE-TA: the lab's intermediate CA
         TlsaDef("mx.danebad.example", "3 1 1", "mx.dane.example"),  # another host's key: no match
         TlsaDef("mx.unsigned.example", "3 1 1", "mx.unsigned.example"),  # matches, but without DNSSEC
+        TlsaDef("mx.nsec3.example", "3 1 1", "mx.nsec3.example"),
+        TlsaDef("mx.tlsabad.nsec3.example", "3 1 1", "mx.nsec3.example"),  # another host's key: no match
     )
 
 
@@ -157,4 +181,16 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
     records.append(("s1024._domainkey.dkimweak.example", "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_1024}"))
     records.append(("badsig.example", "MX", "10 mx2.multi.example."))
     records.extend(_healthy("badsig.example"))
+    for domain in ("nsec3.example", "tlsabad.nsec3.example", "nsec3bad.example"):
+        records.append((domain, "MX", f"10 mx.{domain}."))
+        records.extend(_healthy(domain))
+    # RFC 4592: every name below wild.nsec3.example that does not exist gets the wildcard's records (no _dmarc
+    # record at the lab domain: it would make the name exist, and the wildcard would no longer apply to it).
+    records.append(("*.wild.nsec3.example", "MX", "10 mx2.multi.example."))
+    records.append(("*.wild.nsec3.example", "TXT", "v=spf1 -all"))
+    records.append(("cnamesigned.example", "MX", "10 mx.cnamesigned.example."))
+    records.append(("mx.cnamesigned.example", "CNAME", "mx.nsec3.example."))
+    records.extend(_healthy("cnamesigned.example"))
+    records.append(("insecure.optout.example", "MX", "10 mx2.multi.example."))
+    records.extend(_healthy("insecure.optout.example"))
     return records

@@ -237,7 +237,10 @@ class Lab:
         keys are the lab's trust anchors (written to ``anchor_file`` for ``--trust-anchor``)."""
         anchors = []
         for apex in self.world.signed:
-            dnskey = zone.sign_zone(apex, expired=apex in self.world.expired)
+            dnskey = zone.sign_zone(apex, expired=apex in self.world.expired,
+                                    nsec3="1 0 0 -" if apex in self.world.nsec3 else None,
+                                    opt_out=apex in self.world.opt_out,
+                                    broken_denial=apex in self.world.broken_denial)  # fmt: skip
             parent = apex.partition(".")[2]
             if not any(parent == other or parent.endswith(f".{other}") for other in self.world.signed):
                 anchors.append(TrustAnchor(apex, dnskey=(dnskey,)))

@@ -23,11 +23,16 @@ from diag.config import RelayConfig, RelayRole
 from diag.lab.dns import Behaviour
 from diag.lab.pki import CertKind
 from diag.lab.policy import (
+    BROKEN_DENIAL_ZONES,
     CHILD_ZONES,
     EXPIRED_ZONES,
+    NSEC3_ZONES,
+    OPT_OUT_ZONES,
+    POLICY_HOST_ALIASES,
     POLICY_HOSTS,
     POLICY_PURPOSES,
     STS_HOSTS,
+    UNSIGNED_ZONES,
     TlsaDef,
     policy_records,
     tlsa_defs,
@@ -122,8 +127,9 @@ class World:
 
     DNSSEC: the zones in ``signed`` are signed (each zone's key is a trust anchor of the lab, except for a zone
     whose parent zone is signed too: that one is reached through its DS), those in ``expired`` with signatures
-    that ran out. ``tlsa`` lists the TLSA records made from the certificates the lab issues, ``sts`` the MTA-STS
-    policy hosts (name, address, policy) served over HTTPS.
+    that ran out; those in ``nsec3`` deny with NSEC3 (``opt_out``: with opt-out; ``broken_denial``: with proofs
+    that do not cover the name) instead of NSEC. ``tlsa`` lists the TLSA records made from the certificates the
+    lab issues, ``sts`` the MTA-STS policy hosts (name, address, policy) served over HTTPS.
     """
 
     zones: tuple[str, ...]
@@ -132,6 +138,9 @@ class World:
     behaviours: tuple[tuple[str, Behaviour], ...] = ()
     signed: tuple[str, ...] = ()
     expired: tuple[str, ...] = ()
+    nsec3: tuple[str, ...] = ()
+    opt_out: tuple[str, ...] = ()
+    broken_denial: tuple[str, ...] = ()
     tlsa: tuple[TlsaDef, ...] = ()
     sts: tuple[tuple[str, str, str], ...] = ()
 
@@ -391,7 +400,8 @@ def default_world() -> World:
                 address_record=False)
     )  # fmt: skip
 
-    hosts.extend(HostDef(name, ip, domains=(name.removeprefix("mx."),)) for name, ip in POLICY_HOSTS)
+    hosts.extend(HostDef(name, ip, domains=(name.removeprefix("mx."),),
+                         cert_names=(name, *POLICY_HOST_ALIASES.get(name, ()))) for name, ip in POLICY_HOSTS)
     # hostile.example publishes its own policy records (_hostile), not the healthy baseline.
     for name, rdtype, rdata in policy_records(ACCEPTED_DOMAINS, tuple(d for d in PURPOSES if d != "hostile.example")):
         records.append(Record(name, rdtype, (rdata,)))
@@ -417,8 +427,11 @@ def default_world() -> World:
             ("lossy.example", Behaviour.LOSE_UDP),
             ("slowaaaa.example", Behaviour.SLOW_AAAA),
         ),
-        signed=tuple(z for z in zones if z != "unsigned.example"),
+        signed=tuple(z for z in zones if z not in UNSIGNED_ZONES),
         expired=EXPIRED_ZONES,
+        nsec3=NSEC3_ZONES,
+        opt_out=OPT_OUT_ZONES,
+        broken_denial=BROKEN_DENIAL_ZONES,
         tlsa=tlsa_defs(CLOUD_HOST),
         sts=STS_HOSTS,
     )

@@ -110,7 +110,8 @@ class Answer:
         dnssec: asked with the DO bit (RFC 4035 §3.2.1), so the fields below are filled in.
         signatures: the RRSIGs covering ``records`` (at ``canonical_name``).
         authority: the authority section: for a negative answer, the SOA, the NSEC/NSEC3 records denying the
-            name or type, and their RRSIGs (RFC 4035 §3.1.3).
+            name or type, and their RRSIGs (RFC 4035 §3.1.3); for an answer synthesised from a wildcard, the
+            NSEC/NSEC3 proving the name itself does not exist (§3.1.3.3).
         authenticated: the AD bit: the resolver says it validated the answer. Only worth anything from a
             validating resolver the operator trusts, over a path nobody can tamper with (security-cases.md
             DNS-19, RD-27).
@@ -356,7 +357,8 @@ class Resolver:
             )
             signatures = tuple(r for r in covering or () if isinstance(r, dns.rdtypes.ANY.RRSIG.RRSIG))
             return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer), dnssec=True,
-                          signatures=signatures, authenticated=bool(response.flags & dns.flags.AD))  # fmt: skip
+                          signatures=signatures, authority=tuple(response.authority),
+                          authenticated=bool(response.flags & dns.flags.AD))  # fmt: skip
         return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer))
 
     def _take_additional(self, response: dns.message.Message, answer: dns.rrset.RRset) -> None:

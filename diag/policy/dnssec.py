@@ -12,13 +12,23 @@ DNSKEY rrset for a zone: the root's, or the lab's own) it walks down the name on
 * the answer itself must carry a valid RRSIG by the zone's keys (``dns.dnssec.validate``, which checks the
   signature, the key tag and algorithm, and the inception and expiration times against ``now``).
 
-What is proven and what is only classified: signatures (answers, DS, DNSKEY, and the NSEC/NSEC3 records of a
-negative answer) are fully validated. For a negative answer with NSEC, the NSEC that matches the name (NODATA:
-the type's bit is clear; or covers it with a descendant as the next owner: an empty non-terminal) or covers it
-(NXDOMAIN) is checked; the wildcard proof of an NXDOMAIN is not. With
-NSEC3 the records' signatures are validated and the denial is classified (``Denial.NSEC3``) without the
-closest-encloser proof. An answer reached through a CNAME is INDETERMINATE: the alias's own chain is not
-walked.
+What is proven: signatures (answers, DS, DNSKEY, and the NSEC/NSEC3 records of a negative answer) are fully
+validated, and the NSEC/NSEC3 records must prove what the answer claims (:mod:`diag.policy.denial`, else
+BOGUS with ``denial-mismatch``): NXDOMAIN with the proof that no wildcard matched (NSEC: RFC 4035 §5.4; NSEC3:
+the closest-encloser proof and the wildcard, RFC 5155 §8.4), NODATA (the type and CNAME absent at the name, at
+an empty non-terminal, or at the wildcard that would have matched: RFC 4035 §3.1.3, RFC 5155 §8.5 to §8.7), and
+every DS denial on the walk down (a delegation without DS, a name of the same zone, or, with NSEC3 opt-out, an
+unsigned delegation in an opt-out span: INSECURE with ``opt-out``, RFC 5155 §8.6; an NXDOMAIN in an opt-out span
+is likewise insecure, §9.2). An answer synthesised from a wildcard (RRSIG labels below the owner's) needs the
+proof that the next closer name does not exist (RFC 4035 §5.3.4, RFC 5155 §8.8). NSEC3 records with an unknown
+hash algorithm or flags are ignored; with more than 150 iterations the denial is INSECURE
+(``nsec3-iterations``, RFC 9276 §3.2), on the walk down too, so everything below such a denial is.
+
+An answer reached through CNAMEs is validated link by link: each CNAME rrset in its own zone (asked for as
+type CNAME), then the target's answer from the target's own chain of trust, for at most 8 CNAMEs (more, or a
+loop, is INDETERMINATE with ``cname``). The result is the worst link's state (bogus, then indeterminate, then
+insecure) and ``aliases`` lists the targets. Not done: DNAME, and algorithm-downgrade protection across
+several DS digests (any DS that matches a key is taken, as RFC 4035 §5.2 allows).
 
 :func:`from_ad_bit` is the other way: trust the resolver's AD bit, which is only safe when that resolver
 validates and the path to it cannot be tampered with, i.e. it runs on this host (security-cases.md DNS-19,
@@ -42,13 +52,13 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.DNSKEY
 import dns.rdtypes.ANY.DS
-import dns.rdtypes.ANY.NSEC
-import dns.rdtypes.ANY.NSEC3
 import dns.rdtypes.ANY.RRSIG
 import dns.rrset
 from cryptography.utils import CryptographyDeprecationWarning
 
 from diag.net.dns import Nameserver
+from diag.policy import denial
+from diag.policy.denial import Cut, Denial, Verdict
 from diag.policy.lookup import Process, Question, Reply, ReplyStatus
 
 with warnings.catch_warnings():
@@ -72,6 +82,7 @@ __all__ = [
 ]
 
 _MAX_LABELS = 16  # names below an anchor walked at most: real names are far shorter, hostile ones are cut off
+_MAX_ALIASES = 8  # CNAMEs followed from the name asked (RFC 1034 §3.6.2 discourages chains; resolvers stop near 8)
 
 
 class Security(enum.StrEnum):
@@ -96,9 +107,11 @@ class Reason(enum.StrEnum):
     NO_MATCHING_KEY = "no-matching-key"  # no DNSKEY matches the DS (or the anchor)
     NO_DNSKEY = "no-dnskey"  # the zone publishes no DNSKEY
     UNSIGNED_DENIAL = "unsigned-denial"  # a negative answer without a signed NSEC/NSEC3
-    DENIAL_MISMATCH = "denial-mismatch"  # the NSEC does not deny what was asked
+    DENIAL_MISMATCH = "denial-mismatch"  # the NSEC/NSEC3 records do not prove what the answer claims
+    OPT_OUT = "opt-out"  # the name is in an NSEC3 opt-out span: it may be an unsigned delegation (RFC 5155 §6)
+    NSEC3_ITERATIONS = "nsec3-iterations"  # NSEC3 records with more hash iterations than validators compute
     DNS_ERROR = "dns-error"
-    CNAME = "cname"
+    CNAME = "cname"  # a CNAME loop or a chain longer than diag follows
     AD_BIT = "ad-bit"  # the trusted resolver set AD
     NO_AD_BIT = "no-ad-bit"  # the trusted resolver did not
 
@@ -108,13 +121,6 @@ class Method(enum.StrEnum):
 
     VALIDATED = "validated"  # dns.dnssec from a configured trust anchor
     AD_BIT = "ad-bit"  # the AD bit of a resolver declared validating
-
-
-class Denial(enum.StrEnum):
-    """How a negative answer was denied."""
-
-    NSEC = "nsec"  # NSEC matching or covering the name: proven
-    NSEC3 = "nsec3"  # NSEC3 signatures valid: classified, not proven
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +159,9 @@ class DnssecResult:
         status: the answer's status (data, NXDOMAIN, NODATA, or no answer).
         records: the answer's records as text.
         denial: how a negative answer was denied, when it was.
-        chain: the zones validated on the way, from the anchor down.
+        chain: the zones validated on the way, from the anchor down (through each alias's zone in turn).
         detail: the validator's or resolver's words.
+        aliases: the CNAME targets followed from ``name``, in order; each link was validated in its own zone.
     """
 
     name: str
@@ -168,6 +175,7 @@ class DnssecResult:
     denial: Denial | None = None
     chain: tuple[str, ...] = ()
     detail: str = ""
+    aliases: tuple[str, ...] = ()
 
 
 class _Fail(Exception):
@@ -221,43 +229,110 @@ def _validate(
     name: str, rdtype: str, anchors: tuple[TrustAnchor, ...], now: float | None
 ) -> Generator[Question, Reply, DnssecResult]:
     at = time.time() if now is None else now
+    links: list[DnssecResult] = []
+    aliases: list[str] = []
+    current = name
+    while True:
+        link, target = yield from _link(current, rdtype, anchors, at)
+        links.append(link)
+        if not target or link.security is Security.BOGUS:
+            break
+        if target == name or target in aliases or len(aliases) >= _MAX_ALIASES:
+            detail = f"{current} is an alias for {target}: a CNAME loop or more than {_MAX_ALIASES} CNAMEs"
+            links.append(DnssecResult(target, rdtype, Security.INDETERMINATE, Reason.CNAME, detail=detail))
+            break
+        aliases.append(target)
+        current = target
+    return _combined(name, rdtype, links, tuple(aliases))
+
+
+# Most severe first: a bogus link makes the answer bogus, one that cannot be decided indeterminate, an insecure
+# one insecure (RFC 4035 §5: every rrset of a chain is validated in its own zone).
+_RANK = (Security.BOGUS, Security.INDETERMINATE, Security.INSECURE, Security.SECURE)
+
+
+def _combined(name: str, rdtype: str, links: list[DnssecResult], aliases: tuple[str, ...]) -> DnssecResult:
+    """One result for the answer at ``name`` from its links: the first alias, the next, …, the final answer."""
+    final = links[-1]
+    worst = min(links, key=lambda link: _RANK.index(link.security))
+    chain = tuple(dict.fromkeys(zone for link in links for zone in link.chain))
+    detail = worst.detail
+    if aliases and worst is not links[0] and worst.detail:
+        detail = f"{worst.name}: {worst.detail}"
+    return DnssecResult(name, rdtype, worst.security, worst.reason, worst.method, zone=worst.zone,
+                        status=final.status, records=final.records, denial=final.denial, chain=chain, detail=detail,
+                        aliases=aliases)  # fmt: skip
+
+
+def _link(
+    name: str, rdtype: str, anchors: tuple[TrustAnchor, ...], at: float
+) -> Generator[Question, Reply, tuple[DnssecResult, str]]:
+    """The state of the answer at ``name`` in its own zone, walked down from the deepest anchor, and the CNAME
+    target when ``name`` is an alias (the CNAME rrset is then what is validated here)."""
     qname = dns.name.from_text(name)
     covering = [a for a in anchors if qname.is_subdomain(a.origin())]
     if not covering:
-        return DnssecResult(name, rdtype, Security.INDETERMINATE, Reason.NO_ANCHOR, detail="no trust anchor covers it")
+        plain = yield Question(name, rdtype, dnssec=True)
+        target = yield from _alias_target(name, plain)
+        result = DnssecResult(name, rdtype, Security.INDETERMINATE, Reason.NO_ANCHOR, status=plain.status,
+                              records=plain.records, detail="no trust anchor covers it")  # fmt: skip
+        return result, target
     anchor = max(covering, key=lambda a: len(a.origin()))
     zone = anchor.origin()
     chain: list[str] = []
     last: Reply | None = None
+    target = ""
     try:
         keys = yield from _zone_keys(zone, anchor, None, at)
         chain.append(_text(zone))
-        labels = qname.relativize(zone).labels if qname != zone else ()
+        top = zone
+        labels = qname.relativize(top).labels if qname != top else ()
         if len(labels) > _MAX_LABELS:
             raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), "the name has too many labels")
         for depth in range(len(labels) - 1, -1, -1):
-            child = dns.name.Name(labels[depth:]).concatenate(zone)
+            child = dns.name.Name(labels[depth:]).concatenate(top)
             step = yield from _delegation(child, zone, keys, at)
             if step is None:
                 continue  # not a zone cut: the same zone goes on
-            if isinstance(step, str):
-                # Provably unsigned below ``step``: the answer itself is still fetched, for what it says.
+            if isinstance(step, _Unsigned):
+                # Provably unsigned below: the answer itself is still fetched, for what it says.
                 last = yield Question(name, rdtype, dnssec=True)
-                return DnssecResult(name, rdtype, Security.INSECURE, Reason.INSECURE_DELEGATION, zone=step,
-                                    status=last.status, records=last.records, chain=tuple(chain),
-                                    detail=f"{step} is delegated without DS")  # fmt: skip
+                target = yield from _alias_target(name, last)
+                result = DnssecResult(name, rdtype, Security.INSECURE, step.reason, zone=step.zone,
+                                      status=last.status, records=last.records, chain=tuple(chain),
+                                      detail=step.detail)  # fmt: skip
+                return result, target
             keys = yield from _zone_keys(child, None, step, at)
             zone = child
             chain.append(_text(zone))
         last = yield Question(name, rdtype, dnssec=True)
-        denial = _check_answer(last, qname, rdtype, zone, keys, at)
+        if last.status.answered and last.canonical_name:
+            # An alias: its CNAME rrset is validated here, the target in its own zone by the next link.
+            last = yield Question(name, "CNAME", dnssec=True)
+            if last.status is not ReplyStatus.OK or not last.records:
+                raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone),
+                            f"{name} answers as an alias, but its CNAME question gets {last.status}")  # fmt: skip
+            target = last.records[0]
+            denial = _check_answer(last, qname, "CNAME", zone, keys, at)
+        else:
+            denial = _check_answer(last, qname, rdtype, zone, keys, at)
     except _Fail as fail:
         status = last.status if last is not None else ReplyStatus.ERROR
         records = last.records if last is not None else ()
-        return DnssecResult(name, rdtype, fail.security, fail.reason, zone=fail.zone, status=status, records=records,
-                            chain=tuple(chain), detail=fail.detail)  # fmt: skip
-    return DnssecResult(name, rdtype, Security.SECURE, Reason.VALIDATED, zone=_text(zone), status=last.status,
-                        records=last.records, denial=denial, chain=tuple(chain))  # fmt: skip
+        result = DnssecResult(name, rdtype, fail.security, fail.reason, zone=fail.zone, status=status,
+                              records=records, chain=tuple(chain), detail=fail.detail)  # fmt: skip
+        return result, (target if fail.security is not Security.BOGUS else "")
+    result = DnssecResult(name, rdtype, Security.SECURE, Reason.VALIDATED, zone=_text(zone), status=last.status,
+                          records=last.records, denial=denial, chain=tuple(chain))  # fmt: skip
+    return result, target
+
+
+def _alias_target(name: str, reply: Reply) -> Generator[Question, Reply, str]:
+    """The CNAME target of ``name`` when ``reply`` came through an alias, without validation; "" otherwise."""
+    if not (reply.status.answered and reply.canonical_name):
+        return ""
+    cname = yield Question(name, "CNAME", dnssec=True)
+    return cname.records[0] if cname.status is ReplyStatus.OK and cname.records else ""
 
 
 def _signed(reply: Reply, zone: dns.name.Name, what: str) -> tuple[dns.rrset.RRset, tuple[dns.rdata.Rdata, ...]]:
@@ -327,30 +402,44 @@ def _matches_ds(zone: dns.name.Name, key: dns.rdtypes.ANY.DNSKEY.DNSKEY, ds_set:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class _Unsigned:
+    """A walk step that proved the rest of the name unsigned."""
+
+    zone: str
+    reason: Reason
+    detail: str
+
+
 def _delegation(
     child: dns.name.Name, zone: dns.name.Name, keys: dns.rrset.RRset, at: float
-) -> Generator[Question, Reply, dns.rrset.RRset | str | None]:
-    """Is ``child`` a secure delegation (its DS rrset), an insecure one (its name), or inside ``zone`` (None)?"""
+) -> Generator[Question, Reply, dns.rrset.RRset | _Unsigned | None]:
+    """Is ``child`` a secure delegation (its DS rrset), provably unsigned, or inside ``zone`` (None)?"""
     reply = yield Question(_text(child), "DS", dnssec=True)
     if not reply.status.answered:
         raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{_text(child)} DS: {reply.detail}")
+    if reply.canonical_name:
+        return None  # an alias is no zone cut (RFC 1034 §3.6.2: no NS beside a CNAME); its CNAME is validated later
     signed = reply.signed
     if reply.status is ReplyStatus.OK and signed is not None and signed.rrset is not None:
         _verify(signed.rrset, signed.signatures, zone, keys, at, f"{_text(child)} DS")
         return signed.rrset
-    proofs = _denial_records(reply, zone, keys, at, f"{_text(child)} DS")
-    for rrset in proofs:
-        for record in rrset:
-            types = _types(record)
-            at_child = rrset.name == child if isinstance(record, dns.rdtypes.ANY.NSEC.NSEC) else _nsec3_owns(
-                rrset.name, child, zone, record
-            )
-            if at_child and dns.rdatatype.NS in types and dns.rdatatype.SOA not in types:
-                if dns.rdatatype.DS in types:
-                    detail = f"{_text(child)}: DS denied but listed"
-                    raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), detail)
-                return _text(child)
+    what = f"{_text(child)} DS"
+    proofs = _denial_records(reply, zone, keys, at, what)
+    proof = denial.delegation(child, zone, reply.status is ReplyStatus.NXDOMAIN, proofs)
+    if proof.verdict is Verdict.FAILED:
+        raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: {proof.detail}")
+    if proof.verdict is Verdict.INSECURE:
+        reason = _insecure_reason(proof)
+        where = _text(child) if reason is Reason.OPT_OUT else _text(zone)
+        return _Unsigned(where, reason, f"{what}: {proof.detail}")
+    if proof.cut is Cut.UNSIGNED:
+        return _Unsigned(_text(child), Reason.INSECURE_DELEGATION, f"{_text(child)} is delegated without DS")
     return None
+
+
+def _insecure_reason(proof: denial.Proof) -> Reason:
+    return Reason.NSEC3_ITERATIONS if "iterations" in proof.detail else Reason.OPT_OUT
 
 
 def _denial_records(
@@ -360,7 +449,7 @@ def _denial_records(
     authority = reply.signed.authority if reply.signed is not None else ()
     proofs = [r for r in authority if r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3)]
     if not proofs:
-        raise _Fail(Security.BOGUS, Reason.UNSIGNED_DENIAL, _text(zone), f"{what}: negative answer without NSEC/NSEC3")
+        raise _Fail(Security.BOGUS, Reason.UNSIGNED_DENIAL, _text(zone), f"{what}: no NSEC/NSEC3 proves it")
     for rrset in proofs:
         sigs = [
             s for r in authority if r.rdtype == dns.rdatatype.RRSIG and r.name == rrset.name for s in r
@@ -370,31 +459,12 @@ def _denial_records(
     return proofs
 
 
-def _types(record: dns.rdata.Rdata) -> set[int]:
-    windows = getattr(record, "windows", ())
-    types: set[int] = set()
-    for window, bitmap in windows:
-        for index, byte in enumerate(bitmap):
-            for bit in range(8):
-                if byte & (0x80 >> bit):
-                    types.add(window * 256 + index * 8 + bit)
-    return types
-
-
-def _nsec3_owns(owner: dns.name.Name, name: dns.name.Name, zone: dns.name.Name, record: dns.rdata.Rdata) -> bool:
-    if not isinstance(record, dns.rdtypes.ANY.NSEC3.NSEC3):
-        return False
-    try:
-        hashed = dns.dnssec.nsec3_hash(name, record.salt, record.iterations, record.algorithm)
-    except ValueError:
-        return False
-    return bool(owner == dns.name.from_text(hashed, zone))
-
-
 def _check_answer(
     reply: Reply, qname: dns.name.Name, rdtype: str, zone: dns.name.Name, keys: dns.rrset.RRset, at: float
 ) -> Denial | None:
-    """Validate the final answer: its signature, or the denial of a negative answer."""
+    """Validate the final answer: its signature (and, synthesised from a wildcard, the proof that the name itself
+    does not exist), or the denial of a negative answer. An INSECURE denial (opt-out, too many NSEC3
+    iterations) raises INSECURE."""
     what = f"{_text(qname)} {rdtype}"
     if not reply.status.answered:
         raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{what}: {reply.detail or reply.status}")
@@ -403,32 +473,28 @@ def _check_answer(
     signed = reply.signed
     if reply.status is ReplyStatus.OK and signed is not None and signed.rrset is not None:
         _verify(signed.rrset, signed.signatures, zone, keys, at, what)
-        return None
-    proofs = _denial_records(reply, zone, keys, at, what)
-    nsecs = [(r.name, record) for r in proofs for record in r if isinstance(record, dns.rdtypes.ANY.NSEC.NSEC)]
-    if not nsecs:
-        return Denial.NSEC3
-    wanted = dns.rdatatype.from_text(rdtype)
-    for owner, record in nsecs:
-        if reply.status is ReplyStatus.NODATA and owner == qname:
-            types = _types(record)
-            if wanted in types or dns.rdatatype.CNAME in types:
-                raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: the NSEC lists the type")
-            return Denial.NSEC
-        if reply.status is ReplyStatus.NXDOMAIN and _covers(owner, record.next, qname):
-            return Denial.NSEC
-        if reply.status is ReplyStatus.NODATA and _covers(owner, record.next, qname) and record.next.is_subdomain(
-            qname
-        ):
-            return Denial.NSEC  # an empty non-terminal: the next owner is below it (RFC 4035 §3.1.3.2)
-    raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: no NSEC matches or covers the name")
+        labels = _expanded_from(signed.rrset.name, signed.signatures, zone)
+        if labels is None:
+            return None
+        proof = denial.wildcard_answer(qname, labels, zone, _denial_records(reply, zone, keys, at, what))
+    elif reply.status is ReplyStatus.NXDOMAIN:
+        proof = denial.nxdomain(qname, zone, _denial_records(reply, zone, keys, at, what))
+    else:
+        wanted = dns.rdatatype.from_text(rdtype)
+        proof = denial.nodata(qname, wanted, zone, _denial_records(reply, zone, keys, at, what))
+    if proof.verdict is Verdict.FAILED:
+        raise _Fail(Security.BOGUS, Reason.DENIAL_MISMATCH, _text(zone), f"{what}: {proof.detail}")
+    if proof.verdict is Verdict.INSECURE:
+        raise _Fail(Security.INSECURE, _insecure_reason(proof), _text(zone), f"{what}: {proof.detail}")
+    return proof.kind
 
 
-def _covers(owner: dns.name.Name, following: dns.name.Name, name: dns.name.Name) -> bool:
-    """RFC 4034 §6.1 canonical order: ``owner < name < next`` (the last NSEC wraps around to the apex)."""
-    if owner < following:
-        return bool(owner < name < following)
-    return bool(name > owner or name < following)
+def _expanded_from(owner: dns.name.Name, signatures: Sequence[dns.rdata.Rdata], zone: dns.name.Name) -> int | None:
+    """The label count of the wildcard's closest encloser when the answer was synthesised from a wildcard (the
+    RRSIG's labels field is below the owner's label count: RFC 4035 §5.3.2), else None."""
+    count = len(owner.labels) - 1 - (1 if owner.is_wild() else 0)
+    labels = [s.labels for s in signatures if isinstance(s, dns.rdtypes.ANY.RRSIG.RRSIG) and s.signer == zone]
+    return min(labels) if labels and min(labels) < count else None
 
 
 def ad_bit_trustworthy(nameservers: Sequence[Nameserver]) -> bool:

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from checks.dane import CHECK, DaneFacts, Endpoint, HostTlsa, assess
+from checks.dnssec import DnssecFacts
 from diag.policy.dane import Outcome, TlsaMatch, parse_tlsa
-from diag.policy.dnssec import DnssecResult, Reason, Security
+from diag.policy.dnssec import DnssecResult, Method, Reason, Security
 from diag.policy.lookup import ReplyStatus
 
 from .conftest import codes_of
@@ -42,7 +43,9 @@ def judge(host: HostTlsa) -> list[tuple[str, str, str]]:
         (HostTlsa(HOST, NAME, tlsa(status=ReplyStatus.TIMEOUT, detail="no answer")), "DANE_DNS_ERROR", HOST,
          "no answer"),
         (HostTlsa(HOST, NAME, tlsa(Security.BOGUS, detail="expired"), (EE,)), "DANE_TLSA_BOGUS", HOST,
-         "fail DNSSEC validation"),
+         "fails DNSSEC validation"),
+        (HostTlsa(HOST, NAME, tlsa(Security.BOGUS, ReplyStatus.NXDOMAIN, detail="no NSEC3 covers it")),
+         "DANE_TLSA_BOGUS", HOST, "defer delivery"),  # a bogus denial is no "no TLSA"
         (HostTlsa(HOST, NAME, tlsa(Security.INSECURE), (EE,)), "DANE_TLSA_INSECURE", HOST, "not DNSSEC-signed"),
         (HostTlsa(HOST, NAME, tlsa(Security.INDETERMINATE), (EE,)), "DANE_TLSA_INSECURE", HOST, "unknown"),
         (HostTlsa(HOST, NAME, tlsa(), (PKIX,)), "DANE_TLSA_UNUSABLE", HOST, "not for SMTP"),
@@ -75,6 +78,11 @@ def test_failures_say_what_the_cloud_reports(host: HostTlsa, words: str) -> None
         ("danebad.example", ["DANE_MISMATCH"]),
         ("unsigned.example", ["DANE_TLSA_INSECURE"]),
         ("expired.example", ["DANE_NONE"]),
+        ("badsig.example", ["DANE_MX_BOGUS"]),  # the MX answer is bogus: DANE senders defer (RFC 7672 §2.1.1)
+        ("nsec3.example", ["DANE_OK"]),
+        ("tlsabad.nsec3.example", ["DANE_MISMATCH"]),
+        ("nsec3bad.example", ["DANE_TLSA_BOGUS"]),  # the denial of its TLSA records does not cover the name
+        ("insecure.optout.example", ["DANE_NONE"]),
     ],
 )
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -87,3 +95,20 @@ def test_lab_dane_ta_and_ee_both_match_the_presented_chain(domain_report) -> Non
     # (an rrset has no order: sorted by usage)
     assert sorted((m.record.usage, m.outcome, m.position) for m in endpoint.matches) == [(2, Outcome.MATCHED, 1),
                                                                                          (3, Outcome.MATCHED, 0)]
+
+
+def test_a_bogus_mx_or_address_answer_defers_dane_senders() -> None:
+    # Given the TLSA records match, but the dnssec check found the domain's MX answer (then a host's A) bogus
+    host = HostTlsa(HOST, NAME, tlsa(), (EE,), (Endpoint(ENDPOINT, True, (TlsaMatch(EE, Outcome.MATCHED, 0),)),))
+    mx = DnssecResult("contoso.com", "MX", Security.BOGUS, Reason.EXPIRED, zone="contoso.com", detail="expired")
+    address = DnssecResult(HOST, "A", Security.BOGUS, Reason.BAD_SIGNATURE, zone="contoso.com")
+    for bogus, subject in ((mx, "contoso.com MX"), (address, f"{HOST} A")):
+        dnssec = DnssecFacts("contoso.com", Method.VALIDATED, (".",), (bogus,))
+        (finding,) = assess(DaneFacts((host,), datetime.now(UTC)), dnssec)
+        # Then the dane check says the senders defer, naming the bogus answer, with the cloud's error
+        assert (finding.code, finding.subject) == ("DANE_MX_BOGUS", subject)
+        assert "defer delivery" in finding.message and finding.cloud_error is not None
+    # and a secure or insecure MX answer changes nothing
+    fine = DnssecFacts("contoso.com", Method.VALIDATED, (".",), (DnssecResult("contoso.com", "MX", Security.SECURE,
+                                                                               Reason.VALIDATED),))  # fmt: skip
+    assert [f.code for f in assess(DaneFacts((host,), datetime.now(UTC)), fine)] == ["DANE_OK"]

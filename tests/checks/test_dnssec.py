@@ -48,8 +48,13 @@ def test_each_state_has_its_code(result: DnssecResult, code: str, words: str) ->
         ("contoso.com", ["DNSSEC_OK", "DNSSEC_OK"]),
         ("unsigned.example", ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]),
         ("badsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK"]),
-        ("cnamemx.example", ["DNSSEC_OK", "DNSSEC_INDETERMINATE"]),
+        ("cnamemx.example", ["DNSSEC_OK", "DNSSEC_OK"]),  # the MX host's CNAME and its target, each validated
         ("nullmx.example", ["DNSSEC_OK"]),
+        ("nsec3.example", ["DNSSEC_OK", "DNSSEC_OK"]),
+        ("mail.wild.nsec3.example", ["DNSSEC_OK", "DNSSEC_OK"]),  # with the proof that the name does not exist
+        ("cnamesigned.example", ["DNSSEC_OK", "DNSSEC_OK"]),
+        ("nsec3bad.example", ["DNSSEC_OK", "DNSSEC_OK"]),  # positive answers: no denial to get wrong
+        ("insecure.optout.example", ["DNSSEC_UNSIGNED", "DNSSEC_OK"]),
     ],
 )
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -64,3 +69,26 @@ def test_lab_with_the_ad_bit_of_a_resolver_that_does_not_validate(lab: Lab) -> N
     # Then nothing is taken as validated
     assert codes_of(domain, "dnssec") == ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]
     assert domain.result("dnssec").facts.method is Method.AD_BIT
+
+
+def test_lab_cname_into_another_signed_zone_walks_both_zones(domain_report) -> None:  # type: ignore[no-untyped-def]
+    (_mx, host) = domain_report("cnamesigned.example").result("dnssec").facts.results
+    assert (host.name, host.aliases, host.chain) == ("mx.cnamesigned.example", ("mx.nsec3.example",),
+                                                     ("example", "nsec3.example"))  # fmt: skip
+    assert host.records == ("127.0.20.34",)
+
+
+@pytest.mark.parametrize(
+    ("result", "words"),
+    [
+        (DnssecResult("a.optout.example", "MX", Security.INSECURE, Reason.OPT_OUT, zone="a.optout.example"),
+         "a.optout.example is delegated without DS in an NSEC3 opt-out span"),
+        (DnssecResult("costly.example", "MX", Security.INSECURE, Reason.NSEC3_ITERATIONS, zone="costly.example"),
+         "RFC 9276"),
+        (DnssecResult("contoso.com", "MX", Security.SECURE, Reason.VALIDATED, aliases=("a.example", "b.example")),
+         "through the CNAME chain contoso.com → a.example → b.example"),
+    ],
+)  # fmt: skip
+def test_insecure_denials_and_aliases_are_named(result: DnssecResult, words: str) -> None:
+    ((_code, _subject, message),) = judge(result)
+    assert words in message

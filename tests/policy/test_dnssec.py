@@ -56,9 +56,27 @@ def world() -> tuple[ZoneData, str]:
     data.add("mx.stale.example", "A", "127.0.0.4")
     data.add("broken.example", "A", "127.0.0.5")
     data.set_behaviour("broken.example", Behaviour.SERVFAIL)
+    data.add("*.wild.signed.example", "TXT", "from the wildcard")
+    # NSEC3 zones: a correct one (with a wildcard, an empty non-terminal and a CNAME target), one whose denials
+    # do not cover the name, an opt-out one with an unsigned child, one with too many hash iterations.
+    for apex in ("hashed.example", "badproof.example", "optout.example", "child.optout.example", "costly.example"):
+        data.add_zone(apex)
+    data.add("mx.hashed.example", "A", "127.0.0.6")
+    data.add("_25._tcp.mx.hashed.example", "TLSA", "3 1 1 " + "cd" * 32)
+    data.add("*.wild.hashed.example", "A", "127.0.0.7")
+    data.add("www.signed.example", "CNAME", "mx.hashed.example.")
+    data.add_all([(f"c{n}.signed.example", "CNAME", [f"c{n + 1}.signed.example."]) for n in range(10)])
+    data.add("c10.signed.example", "CNAME", "mx.signed.example.")
+    data.add("mx.badproof.example", "A", "127.0.0.8")
+    data.add("mx.child.optout.example", "A", "127.0.0.9")
+    data.add("mx.costly.example", "A", "127.0.0.10")
     anchor = data.sign_zone("example")
     data.sign_zone("signed.example")
     data.sign_zone("stale.example", expired=True)
+    data.sign_zone("hashed.example", nsec3="1 0 0 -")
+    data.sign_zone("badproof.example", nsec3="1 0 0 -", broken_denial=True)
+    data.sign_zone("optout.example", nsec3="1 0 0 -", opt_out=True)
+    data.sign_zone("costly.example", nsec3="1 0 151 abcd")
     return data, anchor
 
 
@@ -151,9 +169,11 @@ def test_the_deepest_covering_anchor_is_used_and_none_is_indeterminate() -> None
     assert (outside.security, outside.reason) == (Security.INDETERMINATE, Reason.NO_ANCHOR)
 
 
-def test_an_alias_is_indeterminate() -> None:
+def test_an_alias_is_validated_link_by_link() -> None:
     result = check("alias.signed.example", "A")
-    assert (result.security, result.reason) == (Security.INDETERMINATE, Reason.CNAME)
+    assert (result.security, result.reason, result.aliases) == (Security.SECURE, Reason.VALIDATED,
+                                                                ("mx.signed.example",))  # fmt: skip
+    assert result.records == ("127.0.0.1",)
 
 
 def test_a_failing_server_is_indeterminate_not_bogus() -> None:
@@ -242,3 +262,87 @@ def test_trust_anchors_are_read_from_zone_file_lines() -> None:
 def test_trust_anchor_files_that_say_nothing_usable_are_refused(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_anchors(text)
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype", "status"),
+    [("nothing.hashed.example", "A", ReplyStatus.NXDOMAIN), ("a.b.nothing.hashed.example", "A", ReplyStatus.NXDOMAIN),
+     ("mx.hashed.example", "AAAA", ReplyStatus.NODATA), ("_tcp.mx.hashed.example", "TLSA", ReplyStatus.NODATA),
+     ("_25._tcp.mx.hashed.example", "TLSA", ReplyStatus.OK)],
+)  # fmt: skip
+def test_nsec3_denials_are_proven(name: str, rdtype: str, status: ReplyStatus) -> None:
+    # NXDOMAIN: closest encloser, next closer, wildcard (RFC 5155 §8.4); NODATA and the empty non-terminal: the
+    # matching NSEC3 (§8.5); the TLSA's walk down proves the DS denials of the names on the way.
+    result = check(name, rdtype)
+    assert (result.security, result.status) == (Security.SECURE, status), result.detail
+    assert result.chain == ("example", "hashed.example")
+    assert result.denial == (Denial.NSEC3 if status is not ReplyStatus.OK else None)
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype", "status", "denial"),
+    [("a.wild.signed.example", "TXT", ReplyStatus.OK, Denial.NSEC),
+     ("x.y.wild.signed.example", "A", ReplyStatus.NODATA, Denial.NSEC),
+     ("host.wild.hashed.example", "A", ReplyStatus.OK, Denial.NSEC3),
+     ("host.wild.hashed.example", "TXT", ReplyStatus.NODATA, Denial.NSEC3)],
+)  # fmt: skip
+def test_wildcard_answers_come_with_the_proof_that_the_name_does_not_exist(
+    name: str, rdtype: str, status: ReplyStatus, denial: Denial
+) -> None:
+    result = check(name, rdtype)
+    assert (result.security, result.status) == (Security.SECURE, status), result.detail
+    assert result.denial is (denial if status is ReplyStatus.NODATA else Denial.NSEC if "signed" in name
+                             else Denial.NSEC3)  # fmt: skip
+
+
+def test_a_denial_that_does_not_cover_the_name_is_bogus() -> None:
+    result = check("nothing.badproof.example", "A")
+    assert (result.security, result.reason, result.zone) == (Security.BOGUS, Reason.DENIAL_MISMATCH,
+                                                             "badproof.example")  # fmt: skip
+    assert "covers" in result.detail
+    assert check("mx.badproof.example", "A").security is Security.SECURE  # a positive answer needs no denial
+
+
+def test_an_unsigned_delegation_in_an_opt_out_span_is_insecure() -> None:
+    result = check("mx.child.optout.example", "A")
+    assert (result.security, result.reason, result.zone) == (Security.INSECURE, Reason.OPT_OUT,
+                                                             "child.optout.example")  # fmt: skip
+    assert result.records == ("127.0.0.9",)
+    # RFC 5155 §9.2: an NXDOMAIN whose next closer name is in an opt-out span may hide an unsigned delegation
+    assert (check("nothing.optout.example", "A").security, check("nothing.optout.example", "A").reason) == (
+        Security.INSECURE, Reason.OPT_OUT)
+
+
+def test_nsec3_with_more_iterations_than_validators_compute_is_insecure() -> None:
+    result = check("nothing.costly.example", "A")
+    assert (result.security, result.reason) == (Security.INSECURE, Reason.NSEC3_ITERATIONS)
+
+
+def test_a_cname_into_another_signed_zone_is_secure_through_both() -> None:
+    result = check("www.signed.example", "A")
+    assert (result.security, result.aliases, result.records) == (Security.SECURE, ("mx.hashed.example",),
+                                                                 ("127.0.0.6",))  # fmt: skip
+    assert result.chain == ("example", "signed.example", "hashed.example")
+
+
+def test_an_alias_into_a_bogus_or_unsigned_zone_takes_the_worse_state() -> None:
+    stale, plain = check("mx.stale.example", "A"), check("mx.plain.example", "A")
+    assert (stale.security, plain.security) == (Security.BOGUS, Security.INSECURE)
+
+    async def body() -> tuple[DnssecResult, DnssecResult]:
+        async with lab_resolver() as (resolver, anchor, data):
+            data.add("tostale.signed.example", "CNAME", "mx.stale.example.")
+            data.add("toplain.signed.example", "CNAME", "mx.plain.example.")
+            anchors = [TrustAnchor("example", dnskey=(anchor,))]
+            return (await drive(validate("tostale.signed.example", "A", anchors), resolver),
+                    await drive(validate("toplain.signed.example", "A", anchors), resolver))
+
+    bogus, insecure = run(body)
+    assert (bogus.security, bogus.reason, bogus.zone) == (Security.BOGUS, Reason.EXPIRED, "stale.example")
+    assert (insecure.security, insecure.records) == (Security.INSECURE, ("127.0.0.2",))
+
+
+def test_a_chain_of_more_cnames_than_followed_is_indeterminate() -> None:
+    result = check("c0.signed.example", "A")
+    assert (result.security, result.reason) == (Security.INDETERMINATE, Reason.CNAME)
+    assert len(result.aliases) == 8 and check("c3.signed.example", "A").security is Security.SECURE

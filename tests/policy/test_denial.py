@@ -1,0 +1,73 @@
+"""Denial proofs on plain dnspython data (diag.policy.denial): the cases a correct server never sends."""
+
+from __future__ import annotations
+
+import dns.dnssec
+import dns.name
+import dns.rdatatype
+import dns.rrset
+
+from diag.policy.denial import Denial, Verdict, nodata, nxdomain, wildcard_answer
+
+ZONE = dns.name.from_text("example.")
+
+
+def nsec(owner: str, following: str, types: str = "A RRSIG NSEC") -> dns.rrset.RRset:
+    return dns.rrset.from_text(f"{owner}.example.", 60, "IN", "NSEC", f"{following}.example. {types}")
+
+
+def nsec3(owner_of: str, next_of: str, *, algorithm: int = 1, flags: int = 0, iterations: int = 0,
+          types: str = "A RRSIG") -> dns.rrset.RRset:  # fmt: skip
+    def hashed(name: str) -> str:
+        return dns.dnssec.nsec3_hash(dns.name.from_text(name, ZONE), b"", 0, 1)
+
+    return dns.rrset.from_text(f"{hashed(owner_of)}.example.", 60, "IN", "NSEC3",
+                               f"{algorithm} {flags} {iterations} - {hashed(next_of)} {types}")  # fmt: skip
+
+
+def q(name: str) -> dns.name.Name:
+    return dns.name.from_text(name, ZONE)
+
+
+def test_an_nsec_nxdomain_without_the_wildcard_proof_fails() -> None:
+    # b < c.example < d covers the name, but nothing says *.example does not exist (it sorts before "b")
+    proof = nxdomain(q("c"), ZONE, [nsec("b", "d")])
+    assert (proof.kind, proof.verdict) == (Denial.NSEC, Verdict.FAILED) and "*.example" in proof.detail
+    assert nxdomain(q("c"), ZONE, [nsec("b", "d"), nsec("example", "b", "SOA NS RRSIG NSEC")]).verdict is (
+        Verdict.PROVEN)
+
+
+def test_an_nsec_whose_next_owner_is_below_the_name_proves_an_empty_non_terminal_not_nxdomain() -> None:
+    assert nxdomain(q("c"), ZONE, [nsec("b", "x.c")]).verdict is Verdict.FAILED
+    assert nodata(q("c"), dns.rdatatype.A, ZONE, [nsec("b", "x.c")]).verdict is Verdict.PROVEN
+
+
+def test_a_parent_side_nsec_proves_nothing_below_the_cut() -> None:
+    # RFC 4035 §5.4: the NSEC at the delegation point child.example (NS, no SOA) covers names of the child zone
+    proof = nxdomain(q("x.child"), ZONE, [nsec("child", "d", "NS RRSIG NSEC"), nsec("example", "b", "SOA NS")])
+    assert proof.verdict is Verdict.FAILED
+
+
+def test_nodata_fails_when_the_nsec_lists_the_type_or_a_cname() -> None:
+    assert nodata(q("b"), dns.rdatatype.A, ZONE, [nsec("b", "d")]).verdict is Verdict.FAILED
+    assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [nsec("b", "d", "CNAME RRSIG NSEC")]).verdict is Verdict.FAILED
+
+
+def test_nsec3_with_an_unknown_hash_algorithm_or_flags_is_ignored() -> None:
+    # RFC 5155 §8.1, §8.2: the records would prove it, but cannot be used
+    for record in (nsec3("b", "b", algorithm=2), nsec3("b", "b", flags=2)):
+        proof = nodata(q("b"), dns.rdatatype.TXT, ZONE, [record])
+        assert (proof.kind, proof.verdict) == (Denial.NSEC3, Verdict.FAILED)
+    assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [nsec3("b", "b")]).verdict is Verdict.PROVEN
+
+
+def test_nsec3_above_the_iteration_limit_is_insecure() -> None:
+    proof = nodata(q("b"), dns.rdatatype.TXT, ZONE, [nsec3("b", "b", iterations=151)])
+    assert proof.verdict is Verdict.INSECURE and "RFC 9276" in proof.detail
+
+
+def test_a_wildcard_answer_needs_the_next_closer_name_covered() -> None:
+    # a.b.example answered from *.example (RRSIG labels 1): b.example must be proven absent
+    assert wildcard_answer(q("a.b"), 1, ZONE, []).verdict is Verdict.FAILED
+    assert wildcard_answer(q("a.b"), 1, ZONE, [nsec("a", "c")]).verdict is Verdict.PROVEN
+    assert wildcard_answer(q("a.b"), 1, ZONE, [nsec("a", "b")]).verdict is Verdict.FAILED  # b exists
