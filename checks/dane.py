@@ -296,6 +296,7 @@ CHECK = Check(
     evidence=Evidence("DANE", view, Section.POLICY),
     requires=("mx", "port25"),
     operations=6,
+    tags=frozenset({"dnssec"}),
     codes={
         "DANE_OK": Severity.INFO,
         "DANE_NONE": Severity.INFO,

@@ -97,12 +97,17 @@ class RunContext:
     ``sessions``: where the SMTP sessions come from; None to probe from this process, within the run's
     connection limits. A worker process of a run over many domains asks its parent instead, which holds the
     run's sessions and limits for every worker (:mod:`diag.workers`).
+
+    ``dnssec``: a check of the run reads DNSSEC material (:attr:`diag.registry.Registry.needs_dnssec`), so the
+    resolver asks every question with the DO bit from the start and nothing is asked twice (issue 14); with
+    ``--validating-resolver`` it also leaves the additional section's addresses alone (their AD bit is unknown).
     """
 
-    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None) -> None:
+    def __init__(self, options: RunOptions, *, sessions: SessionSource | None = None, dnssec: bool = False) -> None:
         self.options = options
         self._source = sessions
-        self.resolver = Resolver(options.nameservers, timeout=options.timeout)
+        self.resolver = Resolver(options.nameservers, timeout=options.timeout, dnssec=dnssec,
+                                 ad_bit=dnssec and options.validating_resolver)  # fmt: skip
         self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(options.per_host_connections)

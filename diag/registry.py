@@ -102,7 +102,8 @@ class Check:
         operations: how many network operations the check may wait for one after another; each adds the
             run's per-operation timeout (``--timeout``) to the budget, so a longer ``--timeout`` never turns
             a slow but working server into a check timeout.
-        tags: labels such as ``active`` (the check sends mail).
+        tags: labels such as ``active`` (the check sends mail) and ``dnssec`` (the check reads DNSSEC material: a
+            run with such a check asks every DNS question with the DO bit, :class:`~diag.net.dns.Resolver`).
         summary: optional verdict over this check's results on every domain of a run (:class:`Summary`).
         meanings: what each code in ``codes`` means, one line each, for people (``diag codes`` and the README's
             catalogue print it). Kept apart from ``codes``, which stays a mapping from code to severity for its
@@ -215,6 +216,11 @@ class Registry:
     def ids(self) -> tuple[str, ...]:
         """Check ids in the order they were registered: the order results are shown in."""
         return tuple(self._checks)
+
+    @property
+    def needs_dnssec(self) -> bool:
+        """A check reads DNSSEC material (tagged ``dnssec``): the run's resolver asks every question with DO."""
+        return any("dnssec" in check.tags for check in self)
 
     def execution_order(self) -> tuple[Check, ...]:
         """The checks in an order where every check comes after the checks it requires."""

@@ -42,7 +42,7 @@ async def run_checks(
     started_at = datetime.now(UTC)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
-    run = RunContext(options)
+    run = RunContext(options, dnssec=registry.needs_dnssec)
 
     async def one(domain: str) -> DomainReport:
         report = await check_domain(domain, registry, run, deadline)

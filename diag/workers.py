@@ -87,7 +87,7 @@ async def check_many(
     check does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
-    run = RunContext(options)
+    run = RunContext(options, dnssec=registry.needs_dnssec)
 
     def add(result: Checked) -> None:
         results.add(result)
@@ -272,7 +272,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             waiting.pop(request, None)
         return facts
 
-    run = RunContext(options, sessions=session)
+    run = RunContext(options, sessions=session, dnssec=registry.needs_dnssec)
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))
     entries = EntryWriter()
