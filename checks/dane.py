@@ -317,6 +317,7 @@ CHECK = Check(
     evidence=Evidence("DANE", view, Section.POLICY),
     requires=("mx", "port25", "dnssec"),
     operations=6,
+    tags=frozenset({"dnssec"}),
     codes={
         "DANE_OK": Severity.INFO,
         "DANE_NONE": Severity.INFO,

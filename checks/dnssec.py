@@ -167,6 +167,7 @@ CHECK = Check(
     evidence=Evidence("DNSSEC", view, Section.POLICY),
     requires=("mx",),
     operations=6,
+    tags=frozenset({"dnssec"}),
     codes={
         "DNSSEC_OK": Severity.INFO,
         "DNSSEC_UNSIGNED": Severity.NOTICE,

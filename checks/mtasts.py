@@ -1,9 +1,12 @@
 """MTA-STS (RFC 8461): the ``_mta-sts`` record, the policy fetched over HTTPS from ``mta-sts.<domain>`` with full
 certificate validation, its mode and ``max_age``, and every MX host matched by one of its ``mx:`` patterns.
 
-The policy host is resolved with the run's resolver and, like the MX hosts, fetched from only when its address
-is public unless ``--allow-private`` (security-cases PC-20). A sender that cannot fetch a valid policy treats the
-domain as having none (§3.3), so every fetch and policy problem leaves the domain without MTA-STS protection.
+The policy host is resolved with the run's resolver and, like the MX hosts, fetched from only when its addresses
+are public unless ``--allow-private`` (security-cases PC-20). The policy is fetched from every address of the
+host (:func:`diag.policy.mtasts.fetch_policy`): senders try them in the order DNS gives and move on when one
+fails, so the policy is the first address's that serves it, and each address that does not is reported. A
+sender that cannot fetch a valid policy treats the domain as having none (§3.3), so every fetch and policy
+problem leaves the domain without MTA-STS protection.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,7 @@ from diag.net.dns import DnsStatus
 from diag.net.https import HttpsFacts
 from diag.policy.lookup import drive, shown
 from diag.policy.mtasts import (
+    FetchProblem,
     MxCoverage,
     StsMode,
     StsPolicy,
@@ -48,10 +52,12 @@ class MtaStsFacts:
 
     Attributes:
         record: the ``_mta-sts`` lookup.
-        fetch: the HTTPS answer (None when the record was not usable, or the host not fetched from).
-        not_fetched: why the policy host was left alone (its address is not public), "" otherwise.
+        fetch: the HTTPS answer judged (None when the record was not usable, or the host not fetched from): the
+            first of the policy host's addresses that serves the policy, else its first address's.
+        not_fetched: why the policy host was left alone (an address is not public), "" otherwise.
         policy: the parsed policy (None without a usable answer).
         coverage: each MX host with the pattern matching it.
+        others: the answers of the policy host's other addresses, IPv4 then IPv6, each in ascending order.
     """
 
     record: StsTxtFacts
@@ -59,6 +65,30 @@ class MtaStsFacts:
     not_fetched: str = ""
     policy: StsPolicy | None = None
     coverage: tuple[MxCoverage, ...] = ()
+    others: tuple[HttpsFacts, ...] = ()
+
+
+def _fault(fetch: HttpsFacts, problem: FetchProblem) -> str:
+    """What is wrong with an answer that is no policy, in words."""
+    return {
+        FetchProblem.FETCH_FAILED: f"{fetch.error.value if fetch.error else 'failed'}: {shown(fetch.detail)}",
+        FetchProblem.REDIRECT: f"it answers with a redirect (HTTP {fetch.status}) to {shown(fetch.location or '?')}, "
+                               "which senders must not follow",
+        FetchProblem.NOT_OK: f"it answers HTTP {fetch.status}",
+        FetchProblem.NOT_TEXT_PLAIN: f"it is served as {shown(fetch.content_type or 'no media type')}, not text/plain",
+    }[problem]  # fmt: skip
+
+
+def _address_failed(domain: str, failed: HttpsFacts, problem: FetchProblem, served: HttpsFacts) -> Finding:
+    host = f"mta-sts.{domain}"
+    return CHECK.finding(
+        "MTASTS_ADDRESS_FAILED", f"{host} [{failed.ip}]",
+        f"The MTA-STS policy host {host} does not serve the policy at {failed.ip} ({_fault(failed, problem)}), "
+        f"only at {served.ip}: a sender that tries {failed.ip} first (DNS gives the addresses in any order) moves "
+        f"on to another address after a failed connection or TLS handshake, but one that reaches only {failed.ip}, "
+        f"or gets an answer there, has no policy for {domain} (RFC 8461 §3.3).",
+        f"Make every address of {host} serve the policy, or remove {failed.ip} from its address records.",
+    )  # fmt: skip
 
 
 def assess(facts: MtaStsFacts) -> tuple[Finding, ...]:
@@ -94,31 +124,35 @@ def assess(facts: MtaStsFacts) -> tuple[Finding, ...]:
         ),)  # fmt: skip
     fetch = facts.fetch
     problem = judge_fetch(fetch)
-    if problem is not None:
-        what = {
-            "fetch-failed": f"{fetch.error.value if fetch.error else 'failed'}: {shown(fetch.detail)}",
-            "redirect": f"it answers with a redirect (HTTP {fetch.status}) to {shown(fetch.location or '?')}, "
-                        "which senders must not follow",
-            "not-ok": f"it answers HTTP {fetch.status}",
-            "not-text-plain": f"it is served as {shown(fetch.content_type or 'no media type')}, not text/plain",
-        }[problem.value]  # fmt: skip
+    if problem is not None and facts.others:
+        faults = "; ".join(f"{a.ip}: {_fault(a, judge_fetch(a) or problem)}" for a in (fetch, *facts.others))
         return (CHECK.finding(
             "MTASTS_FETCH_FAILED", domain,
-            f"The MTA-STS policy at {fetch.url} cannot be fetched ({what}): senders without a cached policy treat "
-            f"{domain} as having none (RFC 8461 §3.3).",
+            f"The MTA-STS policy at {fetch.url} cannot be fetched from any address of mta-sts.{domain} ({faults}): "
+            f"senders without a cached policy treat {domain} as having none (RFC 8461 §3.3).",
+            "Serve the policy over HTTPS with a valid certificate for the mta-sts host on each of its addresses, as "
+            "text/plain, status 200.",
+        ),)  # fmt: skip
+    if problem is not None:
+        return (CHECK.finding(
+            "MTASTS_FETCH_FAILED", domain,
+            f"The MTA-STS policy at {fetch.url} cannot be fetched ({_fault(fetch, problem)}): senders without a cached "
+            f"policy treat {domain} as having none (RFC 8461 §3.3).",
             "Serve the policy over HTTPS with a valid certificate for the mta-sts host, as text/plain, status 200.",
         ),)  # fmt: skip
+    partly = [_address_failed(domain, other, fault, fetch) for other in facts.others
+              if (fault := judge_fetch(other)) is not None]  # fmt: skip
     policy = facts.policy
     assert policy is not None
     if not policy.valid:
         issues = "; ".join(f"{i.kind.value}{f' (line {i.line})' if i.line else ''}: {shown(i.detail)}"
                            for i in policy.issues)  # fmt: skip
-        return (CHECK.finding(
+        return (*partly, CHECK.finding(
             "MTASTS_POLICY_INVALID", domain,
             f"The MTA-STS policy at {fetch.url} is invalid ({issues}): senders ignore it.",
             "Correct the policy file (RFC 8461 §3.2: version, mode, mx lines, max_age).",
-        ),)  # fmt: skip
-    found: list[Finding] = []
+        ))  # fmt: skip
+    found: list[Finding] = partly
     if policy.mode is StsMode.NONE:
         found.append(CHECK.finding("MTASTS_MODE_NONE", domain, f"The MTA-STS policy of {domain} is mode none: it "
                                    "withdraws MTA-STS.", "Use mode enforce (after testing) or remove MTA-STS."))
@@ -171,15 +205,18 @@ async def probe(ctx: CheckContext) -> MtaStsFacts:
     if not ctx.options.allow_private:
         answers = [await ctx.resolver.query(host, rdtype) for rdtype in ("A", "AAAA")]
         addresses = [r.to_text() for a in answers if a.status is DnsStatus.OK for r in a.records]
-        if addresses and not _public(addresses[0]):
-            return MtaStsFacts(record, not_fetched=f"its address {addresses[0]} is not public")
-    fetch = await fetch_policy(ctx.domain, ctx.resolver, ca_file=ctx.options.ca_file, timeout=ctx.options.timeout,
-                               port=ctx.options.https_port)  # fmt: skip
+        private = [address for address in addresses if not _public(address)]
+        if private:
+            return MtaStsFacts(record, not_fetched=f"its address {private[0]} is not public")
+    fetched = await fetch_policy(ctx.domain, ctx.resolver, ca_file=ctx.options.ca_file, timeout=ctx.options.timeout,
+                                 port=ctx.options.https_port, max_addresses=ctx.options.max_addresses_per_host)
+    fetch = next((a for a in fetched if judge_fetch(a) is None), fetched[0])
+    others = tuple(a for a in fetched if a is not fetch)
     if judge_fetch(fetch) is not None:
-        return MtaStsFacts(record, fetch)
+        return MtaStsFacts(record, fetch, others=others)
     policy = parse_policy(fetch.body)
     covered = coverage(policy.mx, [h.name for h in mx.hosts]) if policy.valid else ()
-    return MtaStsFacts(record, fetch, policy=policy, coverage=covered)
+    return MtaStsFacts(record, fetch, policy=policy, coverage=covered, others=others)
 
 
 async def run(ctx: CheckContext) -> Outcome:
@@ -252,7 +289,7 @@ def view(observed: Observed) -> MtaStsView:
         record_state=state,
         record_tone=record_tone,
         url=ev.text(fetch.get("url")),
-        fetched=_fetched(fetch, ev.text(facts.get("not_fetched"))),
+        fetched=_fetched(fetch, ev.text(facts.get("not_fetched")), ev.mappings(facts.get("others"))),
         fetch_tone="good" if fetch and not fetch.get("error") and fetch.get("status") == 200 else "bad",
         mode=mode,
         mode_tone=_MODE_TONES.get(mode, "bad"),
@@ -269,11 +306,16 @@ def _max_age(seconds: float) -> str:
     return f"{seconds:.0f} s ({span})"
 
 
-def _fetched(fetch: Mapping[str, Any], not_fetched: str) -> str:
+def _fetched(fetch: Mapping[str, Any], not_fetched: str, others: Sequence[Mapping[str, Any]]) -> str:
     if not fetch:
         return f"not fetched: {not_fetched}" if not_fetched else ""
+    return "; ".join(_answer_text(a, with_ip=bool(others)) for a in (fetch, *others))
+
+
+def _answer_text(fetch: Mapping[str, Any], *, with_ip: bool) -> str:
     if fetch.get("error"):
-        return f"failed: {ev.text(fetch.get('error'))}: {ev.text(fetch.get('detail'))}"
+        at = f" at {ev.text(fetch.get('ip'))}" if with_ip else ""
+        return f"failed{at}: {ev.text(fetch.get('error'))}: {ev.text(fetch.get('detail'))}"
     parts = [f"HTTP {ev.text(fetch.get('status'))}", ev.text(fetch.get("content_type")) or "no media type",
              ev.text(fetch.get("tls_version")), f"from {ev.text(fetch.get('ip'))}" if fetch.get("ip") else ""]
     if fetch.get("location"):
@@ -308,6 +350,7 @@ CHECK = Check(
         "MTASTS_RECORD_INVALID": Severity.WARNING,
         "MTASTS_DNS_ERROR": Severity.WARNING,
         "MTASTS_FETCH_FAILED": Severity.ERROR,
+        "MTASTS_ADDRESS_FAILED": Severity.WARNING,
         "MTASTS_POLICY_INVALID": Severity.ERROR,
         "MTASTS_MODE_TESTING": Severity.NOTICE,
         "MTASTS_MODE_NONE": Severity.NOTICE,
@@ -322,6 +365,8 @@ CHECK = Check(
         "MTASTS_DNS_ERROR": "The _mta-sts lookup got no answer.",
         "MTASTS_FETCH_FAILED": "The policy cannot be fetched (DNS, connection, certificate, redirect, status, "
         "media type).",
+        "MTASTS_ADDRESS_FAILED": "An address of the policy host does not serve the policy (connection, TLS, "
+        "certificate, HTTP); another one does.",
         "MTASTS_POLICY_INVALID": "The policy file is invalid: senders ignore it.",
         "MTASTS_MODE_TESTING": "The policy is in mode testing: failures are reported, not enforced.",
         "MTASTS_MODE_NONE": "The policy is in mode none: MTA-STS is withdrawn.",

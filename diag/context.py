@@ -122,15 +122,21 @@ class RunContext:
     ``early_sessions``: a check of the run opens the SMTP session at every MX address (tagged ``sessions``), so
     the mx check starts each session as soon as it knows the address (:meth:`address_known`) rather than when
     every MX host is resolved: the connection is under way while the other lookups are.
+
+    ``dnssec``: a check of the run reads DNSSEC material (tagged ``dnssec``), so the resolver asks every question
+    with the DO bit from the start and nothing is asked twice (issue 14); with ``--validating-resolver`` it also
+    leaves the additional section's addresses alone (their AD bit is unknown).
     """
 
     def __init__(
-        self, options: RunOptions, *, sessions: SessionSource | None = None, early_sessions: bool = False
+        self, options: RunOptions, *, sessions: SessionSource | None = None, early_sessions: bool = False,
+        dnssec: bool = False,
     ) -> None:
         self.options = options
         self._source = sessions
         self.early_sessions = early_sessions
-        self.resolver = Resolver(options.nameservers, timeout=options.timeout)
+        self.resolver = Resolver(options.nameservers, timeout=options.timeout, dnssec=dnssec,
+                                 ad_bit=dnssec and options.validating_resolver)  # fmt: skip
         self._sessions: dict[tuple[str, int], asyncio.Future[SessionFacts]] = {}
         self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(options.per_host_connections)

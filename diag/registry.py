@@ -102,9 +102,11 @@ class Check:
         operations: how many network operations the check may wait for one after another; each adds the
             run's per-operation timeout (``--timeout``) to the budget, so a longer ``--timeout`` never turns
             a slow but working server into a check timeout.
-        tags: labels such as ``active`` (the check sends mail), ``config`` (it needs ``--config``) and
+        tags: labels such as ``active`` (the check sends mail), ``config`` (it needs ``--config``),
             ``sessions`` (it opens the SMTP session at every MX address: the run then starts each as soon as
-            the mx check knows the address, :attr:`RunContext.early_sessions`).
+            the mx check knows the address, :attr:`RunContext.early_sessions`) and ``dnssec`` (it reads DNSSEC
+            material: a run with such a check asks every DNS question with the DO bit,
+            :class:`~diag.net.dns.Resolver`).
         summary: optional verdict over this check's results on every domain of a run (:class:`Summary`).
         meanings: what each code in ``codes`` means, one line each, for people (``diag codes`` and the README's
             catalogue print it). Kept apart from ``codes``, which stays a mapping from code to severity for its

@@ -87,7 +87,7 @@ async def check_many(
     check does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
-    run = RunContext(options, early_sessions=registry.tagged("sessions"))
+    run = RunContext(options, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec"))
 
     def add(result: Checked) -> None:
         results.add(result)
@@ -272,7 +272,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             waiting.pop(request, None)
         return facts
 
-    run = RunContext(options, sessions=session, early_sessions=registry.tagged("sessions"))
+    run = RunContext(
+        options, sessions=session, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec")
+    )
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))
     entries = EntryWriter()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 
+from checks import default_registry
 from diag.context import CheckContext, RunOptions
 from diag.errors import DnsError, DnsTimeoutError
+from diag.lab.runner import Lab
 from diag.model import Severity, Status, Verdict
 from diag.registry import Check, Outcome, Registry, Summary
 from diag.runner import run_checks
@@ -264,3 +267,30 @@ def test_an_incomplete_outcome_keeps_its_findings_and_ends_error() -> None:
     # and with nothing worse than a warning, what it could not see makes the verdict unknown (exit 3)
     warning = replace(result, findings=(check.finding("PART_WARNING", "example.com", "meh"),))
     assert Verdict.of([warning]) is Verdict.UNKNOWN
+
+
+def asked_during(lab: Lab, domains: list[str], **options: object) -> Counter[tuple[str, str, str]]:
+    """The questions the lab's DNS server received, per (name, type, transport), while every check ran on
+    ``domains`` in one run."""
+    before = Counter(lab.dns_questions)
+    report = asyncio.run(run_checks(domains, default_registry(), lab.run_options(timeout=5.0, **options)))
+    ran = {r.status for d in report.domains for r in d.results}
+    assert ran <= {Status.COMPLETED, Status.NOT_APPLICABLE}  # dkim and e2e: not accepted domains, no probes
+    return lab.dns_questions - before
+
+
+@pytest.mark.parametrize("validating_resolver", [False, True], ids=["trust-anchor", "ad-bit"])
+def test_a_run_of_every_check_asks_each_dns_question_once(lab: Lab, validating_resolver: bool) -> None:
+    # Given signed lab domains with TLSA records (dane.example), three MX hosts (multi.example) and an MX answer
+    # too long for UDP (manymx.example), and every check, the mail checks' and the DNSSEC-validating ones
+    asked = asked_during(lab, ["dane.example", "multi.example", "manymx.example"],
+                         validating_resolver=validating_resolver)  # fmt: skip
+    udp = Counter({(name, rdtype): n for (name, rdtype, transport), n in asked.items() if transport == "udp"})
+    tcp = Counter({(name, rdtype): n for (name, rdtype, transport), n in asked.items() if transport == "tcp"})
+    # Then the MX, address, TLSA and chain-of-trust questions were asked, each once over UDP (issue 14)
+    assert {("dane.example", "MX"), ("mx.dane.example", "A"), ("_25._tcp.mx.dane.example", "TLSA"),
+            ("mx3.multi.example", "AAAA")} <= set(udp)  # fmt: skip
+    assert ("example", "DNSKEY") in udp or validating_resolver
+    assert [question for question, n in udp.items() if n > 1] == []
+    # and over TCP only the truncated UDP answer, once
+    assert tcp == Counter({("manymx.example", "MX"): 1})

@@ -147,10 +147,13 @@ class Behaviour(enum.StrEnum):
     """Answer AAAA queries at or below the name ``slow_delay`` seconds late (a :class:`DnsServer` argument, 0.4 s
     by default), other types at once: the IPv6 lookup of a host is slower than its IPv4 one (another path,
     another server, a server that mishandles AAAA queries, RFC 4074)."""
+    SMALL_UDP = "small-udp"
+    """Answer over UDP in 512 octets at most, whatever EDNS payload the client offers (BIND's ``max-udp-size``,
+    NSD's ``ipv4-edns-size``): a longer answer is truncated, and the client asks again over TCP."""
 
 
-# Behaviours that decide only whether or when a query is answered; the answer itself is the normal one.
-_TRANSPORT_BEHAVIOURS = frozenset({Behaviour.LOSE_UDP, Behaviour.TCP_ONLY, Behaviour.SLOW_AAAA})
+# Behaviours that decide only whether, when or how a query is answered; the answer itself is the normal one.
+_TRANSPORT_BEHAVIOURS = frozenset({Behaviour.LOSE_UDP, Behaviour.TCP_ONLY, Behaviour.SLOW_AAAA, Behaviour.SMALL_UDP})
 
 
 class Transport(enum.StrEnum):
@@ -765,7 +768,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class DnsServer:
     """An authoritative DNS server for a :class:`ZoneData`, on UDP and TCP on one port.
 
-    ``queries`` counts the messages received per transport (``"udp"``, ``"tcp"``), for tests.
+    ``queries`` counts the messages received per transport (``"udp"``, ``"tcp"``), for tests; ``questions``
+    counts the queries per question and transport (``("mx.example", "A", "udp")``), for tests of what a client
+    asks (issue 14: nothing twice).
     """
 
     __slots__ = (
@@ -782,6 +787,7 @@ class DnsServer:
         "_udp",
         "_udp_losses",
         "queries",
+        "questions",
     )
 
     def __init__(
@@ -812,6 +818,7 @@ class DnsServer:
         self._port = 0
         self._closing = False
         self.queries: collections.Counter[str] = collections.Counter()
+        self.questions: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
     @property
     def port(self) -> int:
@@ -956,6 +963,8 @@ class DnsServer:
 
         question = query.question[0]
         qtype = question.rdtype
+        asked = question.name.to_text(omit_final_dot=True).lower(), dns.rdatatype.to_text(qtype), transport.value
+        self.questions[asked] += 1
         if question.rdclass != dns.rdataclass.IN or qtype in _TRANSFER_TYPES:
             response.set_rcode(dns.rcode.REFUSED)
             return _Reply(_render(response, limit))
@@ -965,6 +974,8 @@ class DnsServer:
 
         if transport == Transport.UDP and self._lose(question.name, qtype):
             return _Reply()
+        if transport == Transport.UDP and self._data._behaviour_at(question.name) == Behaviour.SMALL_UDP:
+            limit = _PLAIN_UDP_LIMIT
         outcome = self._data._resolve(question.name, qtype)
         if outcome.behaviour == Behaviour.DROP:
             return _Reply()

@@ -24,6 +24,7 @@ __all__ = [
     "POLICY_HOSTS",
     "POLICY_HOST_ALIASES",
     "POLICY_PURPOSES",
+    "STS_DEAD_ADDRESSES",
     "STS_HOSTS",
     "UNSIGNED_ZONES",
     "TlsaDef",
@@ -72,7 +73,12 @@ STS_HOSTS = (
      "version: STSv1\nmode: enforce\nmx: *.mail.protection.outlook.com\nmax_age: 604800\n"),
     ("mta-sts.stsnotcovering.example", "127.0.20.33",
      "version: STSv1\nmode: enforce\nmx: mx.elsewhere.example\nmax_age: 604800\n"),
+    ("mta-sts.stsfailover.example", "127.0.20.35",
+     "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
 )  # fmt: skip
+# More addresses of MTA-STS policy hosts, where nothing listens (connections are refused); each is published
+# before the host's own address, so a sender tries it first.
+STS_DEAD_ADDRESSES = (("mta-sts.stsfailover.example", "127.0.20.34"),)
 
 POLICY_PURPOSES = {
     "spflookups.example": "SPF policy needing 11 DNS lookups through its includes (permerror)",
@@ -84,6 +90,8 @@ POLICY_PURPOSES = {
     "dmarcnone.example": "DMARC policy p=none (monitoring only)",
     "tlsrptbad.example": "TLS-RPT record with a report URI that is neither mailto: nor https:",
     "stsnotcovering.example": "MTA-STS policy whose mx: patterns do not cover its MX host",
+    "stsfailover.example": "MTA-STS policy host with two addresses: the first refuses connections, the second "
+    "serves the policy",
     "dane.example": "DNSSEC-signed TLSA record (3 1 1) matching the MX host's key",
     "danebad.example": "TLSA record that matches no certificate the MX host presents",
     "unsigned.example": "zone delegated without DS (not DNSSEC-signed); its MX host's TLSA is therefore unusable",
@@ -147,6 +155,7 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
             records.append((f"{selector}._domainkey.{domain}", "CNAME", f"{target}."))
             records.append((target, "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_2048}"))
     records.append(("_mta-sts.contoso.com", "TXT", "v=STSv1; id=2026010101"))
+    records.extend((name, "A", ip) for name, ip in STS_DEAD_ADDRESSES)
     records.extend((name, "A", ip) for name, ip, _policy in STS_HOSTS)
     for domain in lab_domains:
         if domain not in accepted and domain not in POLICY_PURPOSES:
@@ -173,6 +182,9 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
     records.append(("stsnotcovering.example", "MX", "10 mx2.multi.example."))
     records.extend(_healthy("stsnotcovering.example"))
     records.append(("_mta-sts.stsnotcovering.example", "TXT", "v=STSv1; id=2026010101"))
+    records.append(("stsfailover.example", "MX", "10 mx2.multi.example."))
+    records.extend(_healthy("stsfailover.example"))
+    records.append(("_mta-sts.stsfailover.example", "TXT", "v=STSv1; id=2026010101"))
     for domain in ("dane.example", "danebad.example", "unsigned.example"):
         records.append((domain, "MX", f"10 mx.{domain}."))
         records.extend(_healthy(domain))

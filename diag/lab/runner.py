@@ -135,6 +135,13 @@ class Lab:
         return self._dns.queries
 
     @property
+    def dns_questions(self) -> Counter[tuple[str, str, str]]:
+        """How many queries the lab's DNS server received per (name, type, transport)."""
+        if self._dns is None:
+            raise LabError("the lab is not running")
+        return self._dns.questions
+
+    @property
     def nameserver(self) -> Nameserver:
         if self._dns is None:
             raise LabError("the lab is not running")

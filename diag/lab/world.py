@@ -181,7 +181,8 @@ PURPOSES = {
     "iplit.example": "MX target is an IP address",
     "badname.example": "MX target is not a valid host name",
     "dupmx.example": "the same MX host listed twice",
-    "manymx.example": "30 MX hosts on one address: the answer is truncated over UDP, fetched over TCP",
+    "manymx.example": "30 MX hosts on one address: the answer is truncated over UDP (its DNS sends at most 512 "
+    "octets over UDP, EDNS or not), fetched over TCP",
     "multi.example": "three MX hosts: one refused, two healthy",
     "servfail.example": "its DNS answers SERVFAIL",
     "lossy.example": "its DNS drops the first two UDP queries for each name and type (rate limiting): answered on "
@@ -391,7 +392,8 @@ def default_world() -> World:
     records.append(Record("iplit.example", "MX", ("10 127.0.20.18.",)))
     records.append(Record("badname.example", "MX", ("10 bad_name.badname.example.",)))
     records.append(Record("dupmx.example", "MX", ("10 mx2.multi.example.", "20 mx2.multi.example.")))
-    # Enough records that the answer exceeds 512 bytes: dnspython then retries over TCP (DNS-08).
+    # Enough records that the answer exceeds 512 bytes, which its DNS sends at most over UDP even to a client
+    # offering more with EDNS (a run with DNSSEC checks asks with DO): the client then asks over TCP (DNS-08).
     many = tuple(f"{n} mx{n:02d}.manymx.example." for n in range(1, 31))
     records.append(Record("manymx.example", "MX", many))
     records.extend(Record(f"mx{n:02d}.manymx.example", "A", ("127.0.20.21",)) for n in range(1, 31))
@@ -426,6 +428,7 @@ def default_world() -> World:
             ("truncated.example", Behaviour.TRUNCATE),
             ("lossy.example", Behaviour.LOSE_UDP),
             ("slowaaaa.example", Behaviour.SLOW_AAAA),
+            ("manymx.example", Behaviour.SMALL_UDP),
         ),
         signed=tuple(z for z in zones if z not in UNSIGNED_ZONES),
         expired=EXPIRED_ZONES,

@@ -24,7 +24,8 @@ apply, a probe asks for exactly the name it has).
 An MX answer's additional section, where a server gives it, is used the way RFC 1035 §3.3.9 (and RFC 3596 §3 for
 AAAA) defines it: the A and AAAA records of a mail exchanger named in that answer count as the answers to those
 questions for the rest of the run, which saves a round trip before the first connection. Only records owned by
-an exchange name of the same answer are taken; a type the section does not give is asked for as usual.
+an exchange name of the same answer are taken; a type the section does not give is asked for as usual. A
+resolver that asks with the DO bit (:class:`Resolver`) takes them only with the RRSIGs the section gives for them.
 """
 
 from __future__ import annotations
@@ -270,13 +271,29 @@ class Resolver:
     Concurrent callers asking the same question share one lookup; answers and failures are cached for the
     life of the object, which is one run (no module-level cache: STYLE.md).
 
-    The cache is per (name, type). A DNSSEC question (``dnssec=True``: the DO and AD bits, RRSIGs and denial
-    records kept) is answered from the cache only by an answer that was itself asked with DO; it otherwise asks
-    again and its answer, a superset of the plain one, replaces the cached entry for both kinds of question.
+    The cache is per (name, type), and each question goes on the wire once (issue 14: the policy checks share
+    the mail checks' answers). A DNSSEC question (``query(dnssec=True)``: the DO and AD bits, RRSIGs and denial
+    records kept) needs an answer that was asked with DO. A run whose checks need DNSSEC material (``dnssec``:
+    the dnssec and dane checks) therefore asks every question with DO and AD from the start, so the MX and
+    address answers the mail checks get carry their RRSIGs, and the DNSSEC questions about them are answered
+    from the cache; its failures (SERVFAIL, a timeout) stand for both kinds of question too. Without
+    ``dnssec`` a question goes out as before (EDNS only with resolv.conf's ``edns0``), and a DNSSEC question
+    about a name already asked without DO asks again; its answer, a superset of the plain one, replaces the
+    cached entry for both kinds of question.
+
+    ``ad_bit``: the run takes DNSSEC states from the AD bit of these nameservers (``--validating-resolver``).
+    The AD bit of a response vouches for its answer and authority sections only (RFC 4035 §3.2.3), so with it
+    the addresses of an MX answer's additional section are not taken (see the module docstring): each is asked,
+    and its own AD bit says whether it validated.
     """
 
-    def __init__(self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nameservers: Sequence[Nameserver] = (), *, timeout: float = 5.0, dnssec: bool = False,
+        ad_bit: bool = False,
+    ) -> None:
         self._timeout = timeout
+        self._dnssec = dnssec
+        self._ad_bit = ad_bit
         self._cache: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self._setup_error: str | None = None
         self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
@@ -298,14 +315,15 @@ class Resolver:
     async def query(self, name: str, rdtype: str, *, dnssec: bool = False) -> Answer:
         """Ask for ``rdtype`` records at ``name`` (an A-label name); raises DnsError when there is no answer.
 
-        ``dnssec``: ask with the DO bit and keep what DNSSEC validation needs (see :class:`Answer`).
+        ``dnssec``: ask with the DO bit and keep what DNSSEC validation needs (see :class:`Answer`); a resolver
+        made with ``dnssec`` does so for every question.
         """
         key = (name.lower().rstrip("."), rdtype.upper())
         future = self._cache.get(key)
-        if future is not None and dnssec and not await self._has_dnssec(future):
+        if future is not None and dnssec and not self._dnssec and not await self._has_dnssec(future):
             future = None
         if future is None:
-            future = asyncio.ensure_future(self._lookup(*key, dnssec=dnssec))
+            future = asyncio.ensure_future(self._lookup(*key, dnssec=dnssec or self._dnssec))
             self._cache[key] = future
         return await asyncio.shield(future)
 
@@ -349,8 +367,8 @@ class Resolver:
             raise DnsError(f"{name} {rdtype}: the answer is truncated even over TCP")
         if chain.answer is None:
             return Answer(name, rdtype, DnsStatus.NODATA, canonical_name, **signed)  # type: ignore[arg-type]
-        if rdtype == "MX" and not dnssec:
-            self._take_additional(response, chain.answer)
+        if rdtype == "MX" and not (dnssec and self._ad_bit):
+            self._take_additional(response, chain.answer, dnssec=dnssec)
         if dnssec:
             covering = response.get_rrset(
                 response.answer, chain.canonical_name, chain.answer.rdclass, dns.rdatatype.RRSIG, chain.answer.rdtype
@@ -361,19 +379,36 @@ class Resolver:
                           authenticated=bool(response.flags & dns.flags.AD))  # fmt: skip
         return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer))
 
-    def _take_additional(self, response: dns.message.Message, answer: dns.rrset.RRset) -> None:
+    def _take_additional(self, response: dns.message.Message, answer: dns.rrset.RRset, *, dnssec: bool) -> None:
         """The A and AAAA records an MX answer gives for its exchanges, as the answers to those questions (module
-        docstring); a question already asked keeps its own answer."""
+        docstring); a question already asked keeps its own answer.
+
+        Asked with DO (``dnssec``), a set is taken only with its RRSIGs from the same section, and not when they
+        show a wildcard expansion (fewer labels than the owner name, RFC 4035 §5.3.4): that answer would need
+        the authority section's proof that no closer name exists, which an additional section does not carry.
+        """
         exchanges = {r.exchange for r in answer if isinstance(r, dns.rdtypes.ANY.MX.MX)}
         for rrset in response.additional:
             rdtype = _ADDRESS_TYPES.get(rrset.rdtype)
             if rdtype is None or rrset.rdclass != dns.rdataclass.IN or rrset.name not in exchanges or not rrset:
                 continue
             name = name_text(rrset.name).lower()
-            if (name, rdtype) not in self._cache:
-                given: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            if (name, rdtype) in self._cache:
+                continue
+            given: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            if dnssec:
+                covering = response.get_rrset(
+                    response.additional, rrset.name, rrset.rdclass, dns.rdatatype.RRSIG, rrset.rdtype
+                )
+                signatures = tuple(r for r in covering or () if isinstance(r, dns.rdtypes.ANY.RRSIG.RRSIG))
+                labels = len(rrset.name.labels) - 1  # without the root label
+                if not signatures or any(s.labels < labels for s in signatures):
+                    continue
+                given.set_result(Answer(name, rdtype, DnsStatus.OK, name, tuple(rrset), dnssec=True,
+                                        signatures=signatures))  # fmt: skip
+            else:
                 given.set_result(Answer(name, rdtype, DnsStatus.OK, name, tuple(rrset)))
-                self._cache[(name, rdtype)] = given
+            self._cache[(name, rdtype)] = given
 
     async def _resolve(self, qname: dns.name.Name, rdtype: str, *, dnssec: bool) -> dns.message.QueryMessage:
         """UDP tries for the first part of the budget, then TCP for the rest (module docstring)."""
@@ -392,7 +427,7 @@ class Resolver:
         """One phase: the nameservers in turn until one answers; raises _Expired when ``lifetime`` runs out.
 
         A DNSSEC question sets DO (with EDNS, RFC 4035 §3.2.1) and AD (RFC 6840 §5.7): RRSIGs make every answer
-        larger, so only the questions that need them ask for them.
+        larger, so only a run that needs them asks for them (:class:`Resolver`).
         """
         clock = asyncio.get_running_loop()
         expires = clock.time() + lifetime

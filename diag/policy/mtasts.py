@@ -3,7 +3,7 @@
 Pure parts: :func:`parse_txt` and :func:`discover_txt` (a process) for the record, :func:`parse_policy` for the
 policy body, :func:`judge_fetch` for what the HTTPS answer means under §3.3, :func:`mx_matches` and
 :func:`coverage` for §4.1. The driver :func:`fetch_policy` resolves ``mta-sts.<domain>`` with the run's
-resolver and fetches ``/.well-known/mta-sts.txt`` with :func:`diag.net.https.fetch`.
+resolver and fetches ``/.well-known/mta-sts.txt`` with :func:`diag.net.https.fetch` from each of its addresses.
 
 Senders treat a domain as having no MTA-STS when the record is missing, doubled or invalid (§3.1,
 security-cases.md DNS-20), and fetch failures or an invalid policy as "no new policy" (RD-26, following
@@ -12,7 +12,9 @@ postfix-mta-sts-resolver: no redirects, ``text/plain``, 64 KiB, ``0 ≤ max_age 
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import ipaddress
 import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -294,20 +296,35 @@ async def fetch_policy(
     ca_file: Path | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109 - passed to the fetch, which bounds the whole exchange
     port: int = 443,
-) -> HttpsFacts:
-    """Fetch ``https://mta-sts.<domain>/.well-known/mta-sts.txt``; the host is resolved with the run's resolver
-    (IPv4 first, then IPv6) and its certificate validated against ``ca_file`` or the system store."""
+    max_addresses: int = 10,
+) -> tuple[HttpsFacts, ...]:
+    """Fetch ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` from every address of the host at once (IPv4
+    ones first, then IPv6, each in ascending order), resolved with the run's resolver, its certificate validated
+    against ``ca_file`` or the system store; one answer per address, in that order, within the one ``timeout``.
+
+    Every address, not only the first that answers: a sender tries them in the order DNS gives (servers rotate
+    it) and moves on when one fails, so an address that fails costs some senders time and others the policy,
+    and which one a single try meets first is chance. Tried together, a silent address takes none of the
+    others' time. At most ``max_addresses`` are tried (hostile DNS may list hundreds; DNS-10).
+    """
     host = f"mta-sts.{domain.rstrip('.').lower()}"
     shown_port = "" if port == 443 else f":{port}"
     url = f"https://{host}{shown_port}{POLICY_PATH}"
     try:
-        addresses = [r.to_text() for rdtype in ("A", "AAAA") for r in (await _addresses(resolver, host, rdtype))]
+        addresses = [r.to_text() for rdtype in ("A", "AAAA")
+                     for r in sorted(await _addresses(resolver, host, rdtype), key=_address_key)]  # fmt: skip
     except DnsError as exc:
-        return HttpsFacts(url, "", error=FetchError.RESOLVE_FAILED, detail=str(exc))
+        return (HttpsFacts(url, "", error=FetchError.RESOLVE_FAILED, detail=str(exc)),)
     if not addresses:
-        return HttpsFacts(url, "", error=FetchError.RESOLVE_FAILED, detail=f"{host} has no address")
-    return await fetch(host, addresses[0], POLICY_PATH, port=port, ca_file=ca_file, timeout=timeout,
-                       max_bytes=MAX_POLICY_BYTES)  # fmt: skip
+        return (HttpsFacts(url, "", error=FetchError.RESOLVE_FAILED, detail=f"{host} has no address"),)
+    return tuple(await asyncio.gather(*(
+        fetch(host, ip, POLICY_PATH, port=port, ca_file=ca_file, timeout=timeout, max_bytes=MAX_POLICY_BYTES)
+        for ip in addresses[:max_addresses]
+    )))  # fmt: skip
+
+
+def _address_key(rdata: dns.rdata.Rdata) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(rdata.to_text())
 
 
 async def _addresses(resolver: Resolver, host: str, rdtype: str) -> tuple[dns.rdata.Rdata, ...]:

@@ -76,6 +76,32 @@ def test_fetch_failures(fetch: HttpsFacts, words: str) -> None:
     assert code == "MTASTS_FETCH_FAILED" and words in message
 
 
+REFUSED = HttpsFacts(URL, "192.0.2.2", error=FetchError.REFUSED, detail="Connection refused")
+
+
+def test_an_address_of_the_policy_host_that_fails_is_named_while_another_serves_the_policy() -> None:
+    # Given a policy served at one address of the policy host, and another address that refuses connections
+    facts = MtaStsFacts(RECORD, SERVED, policy=parse_policy(POLICY.encode()),
+                        coverage=(MxCoverage(CLOUD, "*.mail.protection.outlook.com"),), others=(REFUSED,))  # fmt: skip
+    ((code, subject, message),) = judge(facts)
+    # Then the failing address is the finding's subject, with what it did and where the policy came from
+    assert (code, subject) == ("MTASTS_ADDRESS_FAILED", "mta-sts.contoso.com [192.0.2.2]")
+    assert "at 192.0.2.2 (refused: Connection refused), only at 192.0.2.1" in message
+    # and an address answering 404 is no policy either
+    other = HttpsFacts(URL, "2001:db8::1", 404, "text/html")
+    codes = [(c, s) for c, s, _ in judge(MtaStsFacts(RECORD, SERVED, policy=parse_policy(POLICY.encode()),
+                                                     others=(REFUSED, other)))]  # fmt: skip
+    assert codes == [("MTASTS_ADDRESS_FAILED", "mta-sts.contoso.com [192.0.2.2]"),
+                     ("MTASTS_ADDRESS_FAILED", "mta-sts.contoso.com [2001:db8::1]")]  # fmt: skip
+
+
+def test_when_no_address_of_the_policy_host_serves_the_policy_the_fetch_fails_naming_each() -> None:
+    timeout = HttpsFacts(URL, "192.0.2.1", error=FetchError.TIMEOUT, detail="no complete answer within 5 s")
+    ((code, subject, message),) = judge(MtaStsFacts(RECORD, timeout, others=(REFUSED,)))
+    assert (code, subject) == ("MTASTS_FETCH_FAILED", DOMAIN)
+    assert "(192.0.2.1: timeout: no complete answer within 5 s; 192.0.2.2: refused: Connection refused)" in message
+
+
 @pytest.mark.parametrize(
     ("facts", "code", "words"),
     [
@@ -96,7 +122,7 @@ def test_record_problems(facts: MtaStsFacts, code: str, words: str) -> None:
 @pytest.mark.parametrize(
     ("domain", "expected"),
     [("contoso.com", ["MTASTS_OK"]), ("stsnotcovering.example", ["MTASTS_MX_NOT_COVERED"]),
-     ("fabrikam.com", ["MTASTS_MISSING"])],
+     ("fabrikam.com", ["MTASTS_MISSING"]), ("stsfailover.example", ["MTASTS_ADDRESS_FAILED"])],
 )  # fmt: skip
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
     assert codes_of(domain_report(domain), "mtasts") == expected

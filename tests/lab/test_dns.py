@@ -519,6 +519,30 @@ def test_truncate_behaviour_flags_every_answer_truncated_over_udp_and_tcp() -> N
     run(body)
 
 
+def test_small_udp_behaviour_truncates_over_udp_what_exceeds_512_octets_whatever_the_edns_payload() -> None:
+    async def body() -> None:
+        data = sample_data()
+        data.set_behaviour("big.contoso.com", Behaviour.SMALL_UDP)
+        data.add("big.fabrikam.com", "A", *(f"10.0.1.{i}" for i in range(60)))
+        data.add("one.big.contoso.com", "A", "10.0.2.1")
+        async with serving(data) as server:
+            # Given an answer of about 1000 octets asked over UDP with room for 4096 (EDNS)
+            reply = await ask(server.port, "big.contoso.com", "A", payload=4096)
+            # Then it is truncated, and complete over TCP
+            assert reply.flags & dns.flags.TC and not reply.answer
+            reply = await ask(server.port, "big.contoso.com", "A", tcp=True)
+            assert len(reply.answer[0]) == 60
+            # A short answer below it fits, and elsewhere the EDNS payload counts
+            assert (await ask(server.port, "one.big.contoso.com", "A", payload=4096)).answer
+            reply = await ask(server.port, "big.fabrikam.com", "A", payload=4096)
+            assert not reply.flags & dns.flags.TC and len(reply.answer[0]) == 60
+            # Each query is counted per question and transport
+            assert server.questions[("big.contoso.com", "A", "udp")] == 1
+            assert server.questions[("big.contoso.com", "A", "tcp")] == 1
+
+    run(body)
+
+
 # --- hostile input ----------------------------------------------------------------------------------
 
 

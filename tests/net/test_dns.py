@@ -181,6 +181,7 @@ class Scripted(asyncio.DatagramProtocol):
     def __init__(self, script: Script, *, hold: bool = False) -> None:
         self.script = script
         self.asked: Counter[tuple[str, str]] = Counter()
+        self.with_do: set[tuple[str, str]] = set()
         self.hold = hold
         self.held: list[tuple[bytes, tuple[str | int, ...]]] = []
         self.transport: asyncio.DatagramTransport | None = None
@@ -193,6 +194,8 @@ class Scripted(asyncio.DatagramProtocol):
         question = query.question[0]
         key = (question.name.to_text(omit_final_dot=True), dns.rdatatype.to_text(question.rdtype))
         self.asked[key] += 1
+        if query.ednsflags & dns.flags.DO:
+            self.with_do.add(key)
         response = dns.message.make_response(query)
         answer, additional = self.script.get(key, ([], []))
         if not answer:
@@ -209,13 +212,17 @@ class Scripted(asyncio.DatagramProtocol):
                 self.transport.sendto(wire, held_for)
 
 
-def scripted(script: Script, body: Callable[[Resolver, Scripted], Awaitable[T]], *, hold: bool = False) -> T:
+def scripted(
+    script: Script, body: Callable[[Resolver, Scripted], Awaitable[T]], *, hold: bool = False, dnssec: bool = False,
+    ad_bit: bool = False,
+) -> T:
     async def main() -> T:
         transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: Scripted(script, hold=hold), local_addr=(IP, 0)
         )
         try:
-            resolver = Resolver([Nameserver(IP, transport.get_extra_info("sockname")[1])], timeout=3.0)
+            resolver = Resolver([Nameserver(IP, transport.get_extra_info("sockname")[1])], timeout=3.0,
+                                dnssec=dnssec, ad_bit=ad_bit)  # fmt: skip
             async with asyncio.timeout(20):
                 return await body(resolver, server)
         finally:
@@ -265,6 +272,105 @@ def test_additional_records_of_a_name_that_is_no_exchange_of_the_answer_are_igno
     addresses, asked = scripted(given, ask)
     # Then that name is asked for, and its own answer counts
     assert addresses == ["192.0.2.80"] and asked[("www.example.net", "A")] == 1
+
+
+# RRSIGs as an additional section gives them (the signature bytes are never checked here): by example.com, over
+# the owner's three labels, and one made from the wildcard *.example.com (two labels: RFC 4034 §3.1.3).
+MX_A_SIG = "mx.example.com. 300 IN RRSIG A 13 3 300 20300101000000 20200101000000 1 example.com. AAAA"
+MX_AAAA_SIG = "mx.example.com. 300 IN RRSIG AAAA 13 3 300 20300101000000 20200101000000 1 example.com. AAAA"
+MX_AAAA_WILDCARD_SIG = "mx.example.com. 300 IN RRSIG AAAA 13 2 300 20300101000000 20200101000000 1 example.com. AAAA"
+
+
+def test_with_dnssec_every_question_asks_with_do_and_the_dnssec_question_is_not_asked_again() -> None:
+    # Given a resolver for a run that needs DNSSEC material
+    given = {("example.com", "MX"): ([MX], []), ("mx.example.com", "A"): ([MX_A, MX_A_SIG], [])}
+
+    async def ask(resolver: Resolver, server: Scripted) -> tuple[Answer, Answer, Scripted]:
+        plain = await resolver.query("mx.example.com", "A")
+        signed = await resolver.query("mx.example.com", "A", dnssec=True)
+        await resolver.query("example.com", "MX")
+        await resolver.query("example.com", "MX", dnssec=True)
+        return plain, signed, server
+
+    plain, signed, server = scripted(given, ask, dnssec=True)
+    # When the mail checks' question comes first, it goes out with DO, its answer keeps the RRSIGs, and the
+    # DNSSEC question after it is answered from the cache
+    assert plain is signed and signed.dnssec and [s.type_covered for s in signed.signatures] == [dns.rdatatype.A]
+    assert server.asked == Counter({("example.com", "MX"): 1, ("mx.example.com", "A"): 1})
+    assert server.with_do == {("example.com", "MX"), ("mx.example.com", "A")}
+
+
+def test_without_dnssec_a_plain_question_goes_without_do_and_a_dnssec_question_asks_again() -> None:
+    given = {("mx.example.com", "A"): ([MX_A, MX_A_SIG], [])}
+
+    async def ask(resolver: Resolver, server: Scripted) -> tuple[Answer, Answer, Scripted]:
+        plain = await resolver.query("mx.example.com", "A")
+        return plain, await resolver.query("mx.example.com", "A", dnssec=True), server
+
+    plain, signed, server = scripted(given, ask)
+    assert not plain.dnssec and signed.dnssec and server.asked == Counter({("mx.example.com", "A"): 2})
+    assert server.with_do == {("mx.example.com", "A")}
+
+
+def test_with_dnssec_a_failed_lookup_stands_for_the_dnssec_question_too() -> None:
+    # Given a resolver asking with DO, and a nameserver that fails the question (SERVFAIL)
+    async def fail(server: DnsServer, resolver: Resolver) -> int:
+        for dnssec in (False, True):
+            with pytest.raises(DnsError, match="SERVFAIL"):
+                await resolver.query("lossy.example", "MX", dnssec=dnssec)
+        return server.queries["udp"] + server.queries["tcp"]
+
+    async def main() -> int:
+        data = ZoneData()
+        data.add_zone("example")
+        data.set_behaviour("lossy.example", Behaviour.SERVFAIL)
+        server = DnsServer(data)
+        port = await server.start(IP)
+        try:
+            return await fail(server, Resolver([Nameserver(IP, port)], timeout=2.0, dnssec=True))
+        finally:
+            await server.close()
+
+    # Then the failure was asked for once, not again for the DNSSEC question
+    assert asyncio.run(main()) == 1
+
+
+def test_with_dnssec_the_additional_addresses_are_taken_with_their_rrsigs_only() -> None:
+    # Given an MX answer whose additional section signs the exchange's A records but not its AAAA records
+    given = {("example.com", "MX"): ([MX], [MX_A, MX_A_SIG, MX_AAAA]), ("mx.example.com", "AAAA"): ([MX_AAAA], [])}
+
+    async def ask(resolver: Resolver, server: Scripted) -> tuple[Answer, Counter[tuple[str, str]]]:
+        await resolver.query("example.com", "MX")
+        a = await resolver.query("mx.example.com", "A", dnssec=True)
+        await resolver.query("mx.example.com", "AAAA", dnssec=True)
+        return a, server.asked
+
+    a, asked = scripted(given, ask, dnssec=True)
+    # Then the signed A records count as the answer, with their RRSIGs; the unsigned AAAA records are asked for
+    assert a.dnssec and [r.to_text() for r in a.records] == ["192.0.2.1"] and len(a.signatures) == 1
+    assert asked == Counter({("example.com", "MX"): 1, ("mx.example.com", "AAAA"): 1})
+
+
+@pytest.mark.parametrize(
+    ("additional", "ad_bit"),
+    [([MX_AAAA, MX_AAAA_WILDCARD_SIG], False), ([MX_AAAA, MX_AAAA_SIG], True)],
+    ids=["wildcard-expansion", "ad-bit"],
+)
+def test_with_dnssec_additional_addresses_that_need_more_than_their_rrsigs_are_asked_for(
+    additional: list[str], ad_bit: bool
+) -> None:
+    # Given signed AAAA records in the additional section that the section cannot vouch for: expanded from a
+    # wildcard (the proof that no closer name exists is not there), or for a run that trusts the AD bit (it
+    # covers the answer and authority sections only, RFC 4035 §3.2.3)
+    given = {("example.com", "MX"): ([MX], additional), ("mx.example.com", "AAAA"): ([MX_AAAA], [])}
+
+    async def ask(resolver: Resolver, server: Scripted) -> Counter[tuple[str, str]]:
+        await resolver.query("example.com", "MX")
+        await resolver.query("mx.example.com", "AAAA", dnssec=True)
+        return server.asked
+
+    # Then the question is asked
+    assert scripted(given, ask, dnssec=True, ad_bit=ad_bit)[("mx.example.com", "AAAA")] == 1
 
 
 def test_the_mx_check_asks_for_a_and_aaaa_together() -> None:

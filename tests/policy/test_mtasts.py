@@ -190,9 +190,10 @@ def test_the_policy_is_fetched_from_the_address_the_run_s_resolver_gives(policy_
     port, ca_file = policy_server
     data = ZoneData()
     data.add_zone("contoso.test")
-    data.add("mta-sts.contoso.test", "A", "127.0.0.1")
+    # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1): connections there are refused
+    data.add("mta-sts.contoso.test", "A", "127.0.0.2", "127.0.0.1")
 
-    async def scenario() -> tuple[HttpsFacts, HttpsFacts]:
+    async def scenario() -> tuple[tuple[HttpsFacts, ...], tuple[HttpsFacts, ...]]:
         server = DnsServer(data)
         dns_port = await server.start("127.0.53.14")
         try:
@@ -203,9 +204,10 @@ def test_the_policy_is_fetched_from_the_address_the_run_s_resolver_gives(policy_
         finally:
             await server.close()
 
-    found, missing = asyncio.run(scenario())
-    assert (found.error, judge_fetch(found), found.url) == (
-        None, None, f"https://mta-sts.contoso.test:{port}/.well-known/mta-sts.txt",
-    )  # fmt: skip
-    assert parse_policy(found.body).mx == ("mail.contoso.test", "*.backup.contoso.test")
+    (first, second), (missing,) = asyncio.run(scenario())
+    # Then every address is tried, in ascending order: one refuses, the other serves the policy
+    assert (first.ip, first.error) == ("127.0.0.1", None)
+    assert (second.ip, second.error) == ("127.0.0.2", FetchError.REFUSED)
+    assert (judge_fetch(first), first.url) == (None, f"https://mta-sts.contoso.test:{port}/.well-known/mta-sts.txt")
+    assert parse_policy(first.body).mx == ("mail.contoso.test", "*.backup.contoso.test")
     assert (missing.error, missing.ip) == (FetchError.RESOLVE_FAILED, "")
