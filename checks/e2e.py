@@ -31,9 +31,8 @@ from diag.config import MAX_PROBES
 from diag.context import CheckContext, RunOptions
 from diag.evidence import Evidence, Measurements, MessagePath, Observed, PathHop, ProbeArrival
 from diag.model import Finding, Severity
-from diag.probe.judge import Outcome as Judged
-from diag.probe.judge import Verdict
-from diag.probe.run import E2eFacts, Held, ProbeFacts, ProbeSetup, execute
+from diag.probe.facts import E2eFacts, Held, ProbeFacts, Verdict
+from diag.probe.facts import Outcome as Judged
 from diag.registry import Check, Outcome
 
 __all__ = ["CHECK", "E2eView", "assess", "measure", "probe", "probe_findings", "view"]
@@ -221,6 +220,9 @@ async def probe(ctx: CheckContext) -> E2eFacts | None:
     probes = [probe for probe in org.probes if probe.concerns(ctx.domain)] if org is not None else []
     if not probes:
         return None
+    # The sender, the watchers and the judge load here, for a run that sends probes (issue 13: start-up).
+    from diag.probe.run import ProbeSetup, execute
+
     setup = ProbeSetup.of(ctx.options, ctx.resolver)
     # Shared in the run: a probe from one checked domain to another is sent once (asyncio.shield: one domain's
     # check timing out does not cancel the probe the other one waits for).

@@ -12,10 +12,9 @@ import asyncio
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diag import evidence as ev
-from diag.config import Organization
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
@@ -33,6 +32,9 @@ from diag.policy.spf import (
     check_host,
 )
 from diag.registry import Check, Outcome
+
+if TYPE_CHECKING:
+    from diag.config import Organization
 
 __all__ = [
     "CHECK", "M365_SPF_INCLUDE", "Sender", "SenderVerdict", "SpfFacts", "SpfNodeRow", "SpfSenderRow", "SpfView",

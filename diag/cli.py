@@ -228,10 +228,12 @@ def _check_ca_file(path: Path) -> Path:
 def _probe_options(probes: Sequence[ProbeConfig], history: Path | None) -> ProbeOptions | None:
     """The end-to-end probes' secrets, captured from the environment once, and their record of sends beside the
     history database (none without probes)."""
+    if not probes:
+        return None
     from diag.probe.pace import default_record_path
     from diag.probe.run import ProbeOptions
 
-    return ProbeOptions.capture(os.environ, probes, sends=default_record_path(history)) if probes else None
+    return ProbeOptions.capture(os.environ, probes, sends=default_record_path(history))
 
 
 def _select(registry: Registry, ids: Sequence[str], *, configured: bool, probing: bool = False) -> Registry:
@@ -441,7 +443,7 @@ def check(
     from checks import default_registry
     from diag.context import RunOptions
     from diag.names import local_host_name, mail_domain
-    from diag.routing import RoutingOrder
+    from diag.routing_order import RoutingOrder
     from diag.unattended import CheckRequest, Notification, Outputs, View, execute
 
     if verbose:
@@ -466,7 +468,13 @@ def check(
                       no_color=no_color)  # fmt: skip
     organization = _organization(config_path, lab=lab)
     probes = organization.probes if organization is not None else ()
-    registry = _select(default_registry(), check_ids, configured=organization is not None, probing=bool(probes))
+    configured = organization is not None
+    # Without a configuration the checks that need one are not even imported, unless --check names a check that
+    # is then missing: the whole registry says what it needs, or which checks there are.
+    registry = default_registry(configured=configured)
+    if not all(check_id in registry for check_id in check_ids):
+        registry = default_registry()
+    registry = _select(registry, check_ids, configured=configured, probing=bool(probes))
     options = RunOptions(
         nameservers=tuple(_parse_resolver(r) for r in resolvers),
         smtp_port=smtp_port or 25,

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from diag.config import Organization
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
 from diag.policy.dnssec import ROOT_ANCHORS, TrustAnchor
 from diag.policy.orgdomain import OrgDomains
-from diag.routing import RoutingOrder
+from diag.routing_order import RoutingOrder
 
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from diag.config import Organization
     from diag.probe.run import ProbeOptions
 
 __all__ = ["NOT_PUBLIC", "CheckContext", "RunContext", "RunOptions", "SessionSource"]

@@ -33,6 +33,7 @@ from diag.config import (
 )
 from diag.errors import InvalidDomainError
 from diag.names import mail_domain
+from diag.routing_order import RoutingOrder
 
 __all__ = [
     "REPLY_PARTNER_RESTRICTED",
@@ -76,20 +77,6 @@ class Rule(enum.StrEnum):
     CATCH_ALL = "catch-all"
     TRANSPORT_RULE = "transport-rule"
     MX = "mx"
-
-
-class RoutingOrder(enum.StrEnum):
-    """How connectors that match a recipient are ranked (exchange-model §4.1)."""
-
-    MOST_SPECIFIC = "most-specific"
-    """Default, the worked example's behaviour: exact → longest matching wildcard → all accepted domains → ``*``."""
-    DOCUMENTED = "documented"
-    """The documentation's listed order: exact → all accepted domains → longest matching wildcard → ``*``."""
-
-    @property
-    def other(self) -> RoutingOrder:
-        """The other reading."""
-        return RoutingOrder.DOCUMENTED if self is RoutingOrder.MOST_SPECIFIC else RoutingOrder.MOST_SPECIFIC
 
 
 class TransportRuleIssue(enum.StrEnum):

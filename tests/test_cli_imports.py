@@ -1,6 +1,7 @@
 """What a diag process imports (issue 13, item 4): ``diag --help`` answers without the network stack, and a check
-run loads only what it uses. Structural, never timed: the module names come from ``python -X importtime`` of a
-real process, which lists every import, lazy ones included, until the process ends. The time it takes is
+run loads only what it uses. Structural, never timed: the module names come from a real process, from
+``python -X importtime`` (every ``import`` statement, lazy ones included, until the process ends) or from its
+``sys.modules`` at exit (also what ``importlib.import_module`` loads, as the checks are). The time it takes is
 measured by bench/startup.py."""
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ def imported(*args: str, env: dict[str, str] | None = None) -> set[str]:
     return modules
 
 
+def loaded(*args: str, env: dict[str, str], at_exit: Path) -> set[str]:
+    """Every module in the ``sys.modules`` of a ``diag`` process as it exits."""
+    keep = f"import atexit, sys; atexit.register(lambda: open({str(at_exit)!r}, 'w').write(' '.join(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", f"{keep}; from diag.cli import main; main(sys.argv[1:])", *args], capture_output=True,
+        text=True, timeout=120, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert done.returncode in (0, 1, 2), done.stderr
+    modules = set(at_exit.read_text().split())
+    assert {"diag.cli", "checks.mx"} <= modules
+    return modules
+
+
 def packages(modules: set[str]) -> set[str]:
     return {name.partition(".")[0] for name in modules}
 
@@ -49,3 +63,41 @@ def test_a_check_run_into_a_pipe_loads_neither_rich_nor_jinja2_nor_dns_ddr(lab: 
     # designated resolvers (dns._ddr, which comes with dns.resolver), nor the mail and HTTP of notifications
     assert packages(modules).isdisjoint({"rich", "jinja2"})
     assert {"dns._ddr", "dns.resolver", "dns.asyncresolver", "diag.notify", "urllib.request"}.isdisjoint(modules)
+
+
+# The end-to-end probes' machinery: the sender, the watchers (IMAP, Maildir), the judge and the parsers it uses.
+PROBING = ("diag.probe.run", "diag.probe.judge", "diag.probe.sender", "diag.probe.message", "diag.probe.received",
+           "diag.probe.pace", "diag.probe.watch", "imaplib", "mailbox")  # fmt: skip
+
+
+def _probing(modules: set[str]) -> set[str]:
+    return {name for name in modules if name in PROBING or name.startswith("diag.probe.watch.")}
+
+
+def test_a_check_run_without_config_loads_no_probe_no_configuration_and_no_unasked_output(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # Given a check of a healthy domain without --config (no connectors, no [[Probe]] tables), into a pipe
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    modules = loaded("check", "contoso.com", *lab.check_option_text().split(), env=env, at_exit=tmp_path / "m")
+    # Then the checks that need a configuration were not imported, nor the organization's model and its routing,
+    # nor the end-to-end probes' sender, watchers and judge (the e2e check's facts included)
+    assert {"checks.connectors", "checks.dkim", "checks.e2e", "diag.config", "diag.config.model", "diag.routing",
+            "diag.probe.facts", "tomllib"}.isdisjoint(modules)  # fmt: skip
+    assert _probing(modules) == set()
+    # Nor the outputs it did not ask for: notifications, the HTML report, the monitoring formats. (The email
+    # package itself is loaded all the same: aiosmtplib and dnspython's importlib.metadata import it.)
+    assert {"diag.notify", "diag.render.html", "diag.render.monitoring", "jinja2", "rich"}.isdisjoint(modules)
+
+
+def test_a_check_run_with_an_html_report_reads_the_e2e_facts_type_without_the_probe_machinery(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # Given a check without --config that writes the HTML report, which asks every check how it shows its facts
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    html = tmp_path / "report.html"
+    modules = loaded("check", "contoso.com", *lab.check_option_text().split(), "--html", str(html), env=env,
+                     at_exit=tmp_path / "m")  # fmt: skip
+    # Then the e2e check and its facts were loaded, but not what sends and watches probes
+    assert html.is_file() and {"diag.render.html", "checks.e2e", "diag.probe.facts"} <= modules
+    assert _probing(modules) == set()

@@ -9,7 +9,7 @@ import pkgutil
 import pytest
 
 import checks
-from checks import MODULES, default_registry
+from checks import CONFIGURED, MODULES, default_registry
 from diag.errors import RegistryError
 from diag.model import Severity
 from diag.registry import Check, Outcome, Registry
@@ -96,6 +96,15 @@ def test_every_check_module_is_registered() -> None:
     for name in MODULES:
         module = __import__(f"checks.{name}", fromlist=["CHECK"])
         assert registry[module.CHECK.id] is module.CHECK
+
+
+def test_configured_names_the_checks_that_need_the_configuration() -> None:
+    # A run without --config builds default_registry(configured=False): it leaves out exactly the checks such a run
+    # drops for their "config" tag (diag check), and keeps the others in their order
+    everything = default_registry()
+    configured = {__import__(f"checks.{name}", fromlist=["CHECK"]).CHECK.id for name in CONFIGURED}
+    assert configured == {check.id for check in everything if "config" in check.tags}
+    assert default_registry(configured=False).ids == tuple(c.id for c in everything if c.id not in configured)
 
 
 def test_shipped_checks_declare_positive_codes() -> None:

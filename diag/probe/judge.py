@@ -18,7 +18,6 @@ before the MIME parser sees it (a report bomb never reaches it), and header valu
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 from collections.abc import Sequence
@@ -30,8 +29,9 @@ from email.parser import BytesHeaderParser, BytesParser, HeaderParser
 from email.utils import parsedate_to_datetime
 from typing import Final
 
+from diag.probe.facts import Bounce, BounceRecipient, DiagTrace, Evidence, Hop, Outcome, Verdict
 from diag.probe.message import PROBE_HEADER, Kind, Matcher
-from diag.probe.received import Hop, parse_hops
+from diag.probe.received import parse_hops
 
 __all__ = [
     "MAX_HEADERS",
@@ -108,55 +108,6 @@ def is_report(headers: bytes) -> bool:
 
 
 # --- the connector evidence -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DiagTrace:
-    """One ``X-Diag-Trace`` line: what a diag relay decided for this message (diag.relay.transport).
-
-    Attributes:
-        hop: the relay's host name. role: cloud, onprem or internet. connector: the outbound connector's name,
-        or None when none applied. rule: the routing rule (exact, wildcard, mx, smarthost, ...). to: the next
-        hop as ``host[ip]``. tls: the TLS version of the next hop, or ``none``.
-    """
-
-    hop: str
-    role: str
-    connector: str | None
-    rule: str
-    to: str
-    tls: str
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """What the headers say about the route beyond the Received lines.
-
-    Attributes:
-        traces: diag relays' ``X-Diag-Trace`` lines, in travel order.
-        from_entity: Exchange Online's ``X-MS-Exchange-CrossTenant-FromEntityHeader`` (``HybridOnPrem`` =
-            arrived through an OnPremises inbound connector; ``Internet``; ``Hosted``), exchange-model.md §7.2.
-        directionality: ``X-MS-Exchange-Organization-MessageDirectionality`` (``Incoming`` | ``Originating``).
-        auth_as: ``X-MS-Exchange-Organization-AuthAs``, else ``X-MS-Exchange-CrossTenant-AuthAs``
-            (``Anonymous``, ``Internal``, ``Partner``).
-        originator_org: ``X-OriginatorOrg``: the organization Exchange Online attributed the message to.
-        connecting_ip: the ``Ip=[...]`` of ``X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp``: the
-            address that connected to Exchange Online.
-    """
-
-    traces: tuple[DiagTrace, ...]
-    from_entity: str | None
-    directionality: str | None
-    auth_as: str | None
-    originator_org: str | None
-    connecting_ip: str | None
-
-    @property
-    def through_on_premises_connector(self) -> bool | None:
-        """Did Exchange Online take the message in through an OnPremises inbound connector? None: no EXO header."""
-        if self.from_entity is None:
-            return None
-        return self.from_entity.lower() == "hybridonprem"
 
 
 def _traces(message: Message) -> tuple[DiagTrace, ...]:
@@ -257,37 +208,6 @@ def judge_delivery(
 
 
 # --- bounces --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BounceRecipient:
-    """One per-recipient block of a DSN (RFC 3464 §2.3): Final-Recipient, Action, Status, Diagnostic-Code,
-    Remote-MTA, each as written (None when absent)."""
-
-    final_recipient: str | None
-    action: str | None
-    status: str | None
-    diagnostic_code: str | None
-    remote_mta: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Bounce:
-    """A delivery status notification: the reporting MTA, the recipients it reports, and the Message-ID and
-    probe token of the message it returns (``returned_message_id``, ``returned_probe``)."""
-
-    reporting_mta: str | None
-    recipients: tuple[BounceRecipient, ...]
-    returned_message_id: str | None
-    returned_probe: str | None
-
-    @property
-    def failed(self) -> BounceRecipient | None:
-        """The first recipient whose Action is ``failed`` (else the first one reported)."""
-        for recipient in self.recipients:
-            if (recipient.action or "").lower() == "failed":
-                return recipient
-        return self.recipients[0] if self.recipients else None
 
 
 def read_dsn(raw: bytes) -> Bounce | None:
@@ -495,28 +415,6 @@ def classify(message: bytes, matcher: Matcher) -> tuple[Kind, Bounce | None]:
 
 
 # --- verdicts -------------------------------------------------------------------------------------------------
-
-
-class Outcome(enum.StrEnum):
-    """What one probe's facts amount to; ``checks/e2e.py`` maps each to its finding code (``E2E_<NAME>``)."""
-
-    DELIVERED = "delivered"
-    REJECTED = "rejected"
-    BOUNCED = "bounced"
-    TIMEOUT = "timeout"
-    TLS_MISSING = "tls-missing"
-    WRONG_ROUTE = "wrong-route"
-    SLOW = "slow"
-    JUNK = "junk"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """One conclusion about a probe, with the sentence that explains it and the hop it concerns (if one)."""
-
-    outcome: Outcome
-    detail: str
-    hop: Hop | None = None
 
 
 def verdicts(

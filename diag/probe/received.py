@@ -24,10 +24,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
+
+from diag.probe.facts import Hop
 
 __all__ = ["MAX_FIELD", "MAX_HOPS", "Hop", "normalize_tls_version", "parse_hops"]
 
@@ -50,50 +52,6 @@ _BRACKETED_IP: Final = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
 _BARE_IP: Final = re.compile(r"\(\s*([0-9A-Fa-f:.]+)\s*\)")
 _HOST: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-@dataclass(frozen=True, slots=True)
-class Hop:
-    """One ``Received:`` line: one hand-over of the message.
-
-    Attributes:
-        index: position in travel order, 1 = the first hand-over (the bottom-most Received line).
-        from_host: the name the sending side gave (its HELO), or None.
-        from_reverse: the name the receiving side found for the address (reverse DNS), when it wrote one.
-        ip: the sending side's address, or None.
-        by_host: the receiving server's name, or None.
-        protocol: the ``with`` keyword as written (``ESMTPS``, ``esmtpsa``, ``Microsoft SMTP Server``, ``HTTPS``).
-        tls: True when the hop used TLS (a TLS version is named or the protocol says so, RFC 3848), False when
-            the protocol says it did not, None when the line does not tell.
-        tls_version: the TLS version in OpenSSL's spelling (``TLSv1.3``), or None.
-        tls_cipher: the cipher suite as written, or None.
-        id: the receiving server's id for the message (an Exchange build number is an id, not an address).
-        at: the time the receiving server wrote, UTC, or None when missing or unparsable.
-        delay_s: seconds since the previous hop, or None (first hop, a time unknown, or clock skew).
-        skew_s: when this hop's time is earlier than the previous hop's: by how many seconds (clocks disagree;
-            reported here instead of a negative delay).
-        raw: the line unfolded, control characters replaced, cut to MAX_FIELD characters.
-    """
-
-    index: int
-    from_host: str | None
-    from_reverse: str | None
-    ip: str | None
-    by_host: str | None
-    protocol: str | None
-    tls: bool | None
-    tls_version: str | None
-    tls_cipher: str | None
-    id: str | None
-    at: datetime | None
-    delay_s: float | None
-    skew_s: float | None
-    raw: str
-
-    @property
-    def loopback(self) -> bool:
-        """The hop came from this very host (a content filter hand-over on 127.0.0.1 or ::1)."""
-        return self.ip is not None and ipaddress.ip_address(self.ip).is_loopback
 
 
 def normalize_tls_version(text: str) -> str:

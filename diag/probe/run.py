@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING, Final
 
 import dns.rdtypes.ANY.MX
 
-from diag.config import DEFAULT_MIN_INTERVAL, MAX_PROBES, ConnectorType, Organization, ProbeConfig
+from diag.config import MAX_PROBES, ConnectorType, Organization, ProbeConfig
 from diag.errors import DnsError, LabError, UsageError
 from diag.net.dns import DnsStatus, Resolver, name_text
-from diag.probe.judge import Bounce, Evidence, Verdict, judge_delivery, judge_round_trip, verdicts
+from diag.probe.facts import Accepted, E2eFacts, Held, ProbeFacts, Reflected, Refused, Stage
+from diag.probe.judge import judge_delivery, judge_round_trip, verdicts
 from diag.probe.message import build_probe, new_run_id
 from diag.probe.pace import LastSent, SentRecord, default_record_path
-from diag.probe.received import Hop
-from diag.probe.sender import Accepted, Credentials, Refused, Stage, Via, send_probe
+from diag.probe.sender import Credentials, Via, send_probe
 from diag.probe.watch import Arrival, MaildirWatcher, Watcher, WatchError, parse_imap_url, watcher_for
 from diag.routing import RoutingOrder, route
 
@@ -177,116 +177,6 @@ class ProbeSetup:
             allow_private=options.allow_private, organization=options.organization,
             routing_order=options.routing_order, options=options.probe or ProbeOptions(),
         )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Reflected:
-    """A round trip (``--round-trip``): the reflector answered the probe and the answer came back.
-
-    Attributes:
-        reflector: the reflector's host name, when its Received line names it.
-        there_hops: how many of the probe's ``hops`` are the way there (the rest are the way back).
-        there_s, back_s: each leg's seconds (None where its clocks disagree: skew is not a delay).
-    """
-
-    reflector: str | None
-    there_hops: int
-    there_s: float | None
-    back_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A probe that was not sent, although nothing on the way stood against it (security-cases.md PR-08).
-
-    Attributes:
-        last_sent_at: when the same probe (its Name, From, To and Via) was last sent, less than its MinInterval
-            ago, by this or another diag process of the user; None when ``problem`` says why that could not be
-            known.
-        age_s: the seconds since that send.
-        problem: the record of sends could not be read or written, one line ("" when it could); the probe is held
-            back then too, since its interval could not be kept.
-    """
-
-    last_sent_at: datetime | None = None
-    age_s: float | None = None
-    problem: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeFacts:
-    """One probe, sent and watched for.
-
-    Attributes:
-        name, sender, recipient: the probe (its ``Name``, ``From`` and ``To``).
-        run: the run id in its token. message_id: its Message-ID ("" when it was never built).
-        via: where it was submitted, ``host [ip]:port`` (``host:port`` when the system resolved the name).
-        watch: the mailbox watched, without credentials.
-        deadline_s, slow_s, min_interval_s: its ``Deadline``, ``Slow`` and ``MinInterval``.
-        expected_connector: the outbound connector ``diag route`` predicts for the recipient, or None (no
-            configuration, or mail for it goes by MX).
-        accepted, refused: the answer of ``via``: it accepted the probe (with the TLS of that hop), or refused
-            it (at which stage, with which reply); both None when nothing was submitted (the mailbox could not be
-            watched).
-        accepted_at, observed_at, latency_s: when ``via`` accepted it, when the watcher saw it (UTC), and the
-            seconds between.
-        delivered: it arrived (in any folder). folder: where. junk: that folder is a junk folder.
-        hops: one record per ``Received:`` line, in travel order. hops_truncated: more lines than were read.
-        evidence: the connector evidence of its headers (diag relays' traces, Exchange Online's headers).
-        reflected: for a round trip, the reflector and the two legs (``hops`` holds both, numbered through).
-        bounce: the DSN for it that reached the mailbox.
-        verdicts: the judge's verdicts.
-        late: late probes (and bounces) of earlier runs found in the mailbox, and removed.
-        forged: messages that looked like probes but failed the token check (left alone).
-        cleanup: what could not be removed, one line each (security-cases.md PR-09).
-        watch_error: why the mailbox could not be watched, one line ("" when it could).
-        held: why it was not sent although it could have been: the same probe was sent less than its
-            MinInterval ago (None when it was not held back).
-    """
-
-    name: str
-    sender: str
-    recipient: str
-    run: str
-    via: str
-    watch: str
-    deadline_s: float
-    slow_s: float | None = None
-    min_interval_s: float = DEFAULT_MIN_INTERVAL
-    message_id: str = ""
-    expected_connector: str | None = None
-    accepted: Accepted | None = None
-    refused: Refused | None = None
-    accepted_at: datetime | None = None
-    observed_at: datetime | None = None
-    latency_s: float | None = None
-    delivered: bool = False
-    folder: str | None = None
-    junk: bool = False
-    hops: tuple[Hop, ...] = ()
-    hops_truncated: bool = False
-    evidence: Evidence | None = None
-    reflected: Reflected | None = None
-    bounce: Bounce | None = None
-    verdicts: tuple[Verdict, ...] = ()
-    late: int = 0
-    forged: int = 0
-    cleanup: tuple[str, ...] = ()
-    watch_error: str = ""
-    held: Held | None = None
-
-    @property
-    def submitted(self) -> bool:
-        """``via`` answered: it accepted or refused the probe (False: the mailbox could not be watched first, or
-        the probe was held back)."""
-        return self.accepted is not None or self.refused is not None
-
-
-@dataclass(frozen=True, slots=True)
-class E2eFacts:
-    """The probes that concern one domain, in the order the configuration lists them."""
-
-    probes: tuple[ProbeFacts, ...]
 
 
 # --- where the probe enters ---------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import enum
 import ipaddress
 import socket
 import ssl
@@ -40,6 +39,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from diag.errors import ConfigError
 from diag.net.tls import load_key_pair, load_trust_store
+from diag.probe.facts import Accepted, Refused, Stage, SubmissionTls
 from diag.probe.message import Probe
 
 __all__ = [
@@ -57,19 +57,6 @@ _IMPLICIT_TLS_PORT: Final = 465
 _MX_PORT: Final = 25
 _REPLY_MAX: Final = 500
 _QUIT_TIMEOUT: Final = 5.0
-
-
-class Stage(enum.StrEnum):
-    """Where a submission stopped."""
-
-    CONNECT = "connect"  # TCP, or the greeting
-    EHLO = "ehlo"
-    STARTTLS = "starttls"  # the STARTTLS command: not offered, or refused
-    TLS = "tls"  # the handshake or the certificate (STARTTLS or implicit TLS)
-    AUTH = "auth"
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,61 +79,6 @@ class Credentials:
 
     user: str
     password: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionTls:
-    """The TLS of the submission hop.
-
-    Attributes:
-        version: as OpenSSL names it (``TLSv1.3``). cipher: the cipher suite.
-        implicit: TLS from the first byte (port 465) rather than STARTTLS.
-        verified: the certificate chain leads to a trusted CA, is valid now and names ``Via.host``.
-        verify_error: why it did not verify ("" when it did).
-    """
-
-    version: str
-    cipher: str
-    implicit: bool
-    verified: bool
-    verify_error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """The via accepted the probe: its reply to the end of DATA, when (UTC), and the TLS it was sent over."""
-
-    via: str
-    code: int
-    reply: str
-    accepted_at: datetime
-    tls: SubmissionTls | None
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The probe was not accepted.
-
-    Attributes:
-        via: where it was submitted. stage: where it stopped.
-        code: the server's reply code, or None when there was no reply (refused connection, timeout, TLS or
-            certificate failure, a precondition of ours such as STARTTLS missing under ``require_tls``).
-        reply: the reply text, or what went wrong, one line, without credentials.
-        timed_out: no answer arrived within the timeout.
-        tls: the TLS of the hop when the session got that far (a certificate failure is shown here too).
-    """
-
-    via: str
-    stage: Stage
-    code: int | None
-    reply: str
-    timed_out: bool = False
-    tls: SubmissionTls | None = None
-
-    @property
-    def permanent(self) -> bool:
-        """A 5xx reply: the server will not take this probe on another try either."""
-        return self.code is not None and 500 <= self.code < 600
 
 
 class _Stop(Exception):
