@@ -238,6 +238,8 @@ class _ZoneKey:
     """Unsigned delegations get no NSEC3 and the NSEC3 records carry the opt-out flag (RFC 5155 §6)."""
     broken_denial: bool = False
     """Denials carry the record after the one that covers the name: a proof that proves nothing."""
+    forged: bool = False
+    """Every signature but the DNSKEY rrset's fails to verify: the data was changed after signing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +368,7 @@ class ZoneData:
 
     def sign_zone(
         self, apex: str, *, expired: bool = False, nsec3: str | None = None, opt_out: bool = False,
-        broken_denial: bool = False,
+        broken_denial: bool = False, forged: bool = False,
     ) -> str:
         """Sign the zone at *apex* (added before) with a new key; returns its DNSKEY record (presentation
         format), the trust anchor for the zone. Its DNSKEY rrset is published at the apex, and a parent zone
@@ -377,7 +379,9 @@ class ZoneData:
         parameters (``"1 0 0 -"``: SHA-1, no iterations, no salt, as RFC 9276 §3.1 advises), published at the
         apex; *opt_out*: leave unsigned delegations out of the NSEC3 chain (RFC 5155 §6). *broken_denial*: every
         NSEC or NSEC3 that should cover a name is replaced by the next one of the chain, which does not (a
-        signer bug: validators find those answers bogus). Raises ValueError if *apex* is not a zone apex or the
+        signer bug: validators find those answers bogus). *forged*: the signature of every rrset but the DNSKEY
+        rrset has a flipped byte, as if the data had been changed on the way (the zone's keys validate, its
+        answers are bogus). Raises ValueError if *apex* is not a zone apex or the
         NSEC3 parameters do not parse.
         """
         name = _parse_name(apex)
@@ -394,7 +398,7 @@ class ZoneData:
             private.public_key(), dns.dnssectypes.Algorithm.ECDSAP256SHA256, flags=dns.rdtypes.dnskeybase.Flag.ZONE
             | dns.rdtypes.dnskeybase.Flag.SEP,
         )  # fmt: skip
-        self._keys[name] = _ZoneKey(private, dnskey, expired, param, opt_out, broken_denial)
+        self._keys[name] = _ZoneKey(private, dnskey, expired, param, opt_out, broken_denial, forged)
         with zone.writer() as txn:
             txn.replace(name, dns.rdataset.from_rdata(DEFAULT_TTL, dnskey))
             if param is not None:
@@ -526,6 +530,9 @@ class ZoneData:
         else:
             inception, expiration = now - _SIGNATURE_VALIDITY, now + _SIGNATURE_VALIDITY
         rrsig = dns.dnssec.sign(rrset, key.private, zone, key.dnskey, inception=inception, expiration=expiration)
+        if key.forged and rrset.rdtype != dns.rdatatype.DNSKEY:
+            forged = rrsig.replace(signature=bytes([rrsig.signature[0] ^ 0xFF]) + rrsig.signature[1:])
+            return dns.rrset.from_rdata(rrset.name, rrset.ttl, forged)
         return dns.rrset.from_rdata(rrset.name, rrset.ttl, rrsig)
 
     def _chain(self, apex: dns.name.Name) -> list[dns.name.Name]:

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diag.lab.pki import CertKind
+
 __all__ = [
     "BROKEN_DENIAL_ZONES",
     "CHILD_ZONES",
     "EXPIRED_ZONES",
+    "FORGED_ZONES",
     "NSEC3_ZONES",
     "ONPREM_IPS",
     "OPT_OUT_ZONES",
     "POLICY_HOSTS",
     "POLICY_HOST_ALIASES",
     "POLICY_PURPOSES",
+    "STS_CERTS",
     "STS_DEAD_ADDRESSES",
     "STS_HOSTS",
     "UNSIGNED_ZONES",
@@ -50,12 +54,13 @@ DKIM_KEY_1024 = (
     "3QYb5u0k7wIDAQAB"
 )
 
-# Zones the policy domains need besides world.py's: unsigned delegations, one with expired signatures, and the
-# NSEC3-signed ones (SHA-1, no iterations, no salt: RFC 9276 §3.1).
-CHILD_ZONES = ("unsigned.example", "badsig.example", "nsec3.example", "nsec3bad.example", "optout.example",
-               "insecure.optout.example")  # fmt: skip
+# Zones the policy domains need besides world.py's: unsigned delegations, one with expired signatures, one with
+# signatures that do not verify, and the NSEC3-signed ones (SHA-1, no iterations, no salt: RFC 9276 §3.1).
+CHILD_ZONES = ("unsigned.example", "badsig.example", "forgedsig.example", "nsec3.example", "nsec3bad.example",
+               "optout.example", "insecure.optout.example")  # fmt: skip
 UNSIGNED_ZONES = ("unsigned.example", "insecure.optout.example")
 EXPIRED_ZONES = ("badsig.example",)
+FORGED_ZONES = ("forgedsig.example",)
 NSEC3_ZONES = ("nsec3.example", "nsec3bad.example", "optout.example")
 OPT_OUT_ZONES = ("optout.example",)
 BROKEN_DENIAL_ZONES = ("nsec3bad.example",)
@@ -73,11 +78,15 @@ STS_HOSTS = (
      "version: STSv1\nmode: enforce\nmx: *.mail.protection.outlook.com\nmax_age: 604800\n"),
     ("mta-sts.stsnotcovering.example", "127.0.20.33",
      "version: STSv1\nmode: enforce\nmx: mx.elsewhere.example\nmax_age: 604800\n"),
+    ("mta-sts.stsbadcert.example", "127.0.20.37",
+     "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
     ("mta-sts.stsfailover.example", "127.0.20.35",
      "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
 )  # fmt: skip
 # More addresses of MTA-STS policy hosts, where nothing listens (connections are refused); each is published
 # before the host's own address, so a sender tries it first.
+# Policy hosts whose certificate is not a good one (diag.lab.pki.CertKind).
+STS_CERTS = {"mta-sts.stsbadcert.example": CertKind.EXPIRED}
 STS_DEAD_ADDRESSES = (("mta-sts.stsfailover.example", "127.0.20.34"),)
 
 POLICY_PURPOSES = {
@@ -96,6 +105,8 @@ POLICY_PURPOSES = {
     "danebad.example": "TLSA record that matches no certificate the MX host presents",
     "unsigned.example": "zone delegated without DS (not DNSSEC-signed); its MX host's TLSA is therefore unusable",
     "badsig.example": "DNSSEC signatures expired: validating resolvers answer SERVFAIL (bogus)",
+    "forgedsig.example": "DNSSEC signatures that do not verify (the data changed after signing): bogus",
+    "stsbadcert.example": "MTA-STS policy host whose certificate has expired: senders cannot fetch the policy",
     "nsec3.example": "NSEC3-signed zone (RFC 5155) with a TLSA record (3 1 1) matching the MX host's key",
     "tlsabad.nsec3.example": "TLSA record in the NSEC3-signed zone that matches no certificate the MX host presents",
     "mail.wild.nsec3.example": "MX and SPF answers synthesised from a wildcard in the NSEC3-signed zone",
@@ -191,8 +202,10 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
     records.append(("dkimweak.example", "MX", "10 mx2.multi.example."))
     records.extend(_healthy("dkimweak.example"))
     records.append(("s1024._domainkey.dkimweak.example", "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_1024}"))
-    records.append(("badsig.example", "MX", "10 mx2.multi.example."))
-    records.extend(_healthy("badsig.example"))
+    for domain in ("badsig.example", "forgedsig.example", "stsbadcert.example"):
+        records.append((domain, "MX", "10 mx2.multi.example."))
+        records.extend(_healthy(domain))
+    records.append(("_mta-sts.stsbadcert.example", "TXT", "v=STSv1; id=2026010101"))
     for domain in ("nsec3.example", "tlsabad.nsec3.example", "nsec3bad.example"):
         records.append((domain, "MX", f"10 mx.{domain}."))
         records.extend(_healthy(domain))

@@ -28,7 +28,7 @@ from diag.context import RunOptions
 from diag.errors import LabError
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.latency import TcpDelay, UdpDelay, start_udp_and_tcp
-from diag.lab.pki import Issued, TestPKI
+from diag.lab.pki import CertKind, Issued, TestPKI
 from diag.lab.policy import TlsaDef
 from diag.lab.smtp import HostKind, LabHost, LabHostServer, TlsFiles, start_host
 from diag.lab.web import PolicyServer
@@ -214,7 +214,8 @@ class Lab:
         """The MTA-STS policy hosts, each with a certificate for its name, all on one port."""
         certs = self.directory / "certs"
         for name, ip, policy in self.world.sts:
-            issued = await asyncio.to_thread(self.pki.issue, [name])
+            kind = self.world.sts_certs.get(name, CertKind.GOOD)
+            issued = await asyncio.to_thread(self.pki.issue, [name], kind=kind)
             chain, key = issued.write(certs, name)
             self._web.append(PolicyServer(ip, policy, chain=chain, key=key))
         if not self._web:
@@ -247,7 +248,8 @@ class Lab:
             dnskey = zone.sign_zone(apex, expired=apex in self.world.expired,
                                     nsec3="1 0 0 -" if apex in self.world.nsec3 else None,
                                     opt_out=apex in self.world.opt_out,
-                                    broken_denial=apex in self.world.broken_denial)  # fmt: skip
+                                    broken_denial=apex in self.world.broken_denial,
+                                    forged=apex in self.world.forged)  # fmt: skip
             parent = apex.partition(".")[2]
             if not any(parent == other or parent.endswith(f".{other}") for other in self.world.signed):
                 anchors.append(TrustAnchor(apex, dnskey=(dnskey,)))

@@ -16,7 +16,8 @@ Addresses (all loopback; 127.0.0.0/8 needs no configuration on Linux):
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from diag.config import RelayConfig, RelayRole
@@ -26,11 +27,13 @@ from diag.lab.policy import (
     BROKEN_DENIAL_ZONES,
     CHILD_ZONES,
     EXPIRED_ZONES,
+    FORGED_ZONES,
     NSEC3_ZONES,
     OPT_OUT_ZONES,
     POLICY_HOST_ALIASES,
     POLICY_HOSTS,
     POLICY_PURPOSES,
+    STS_CERTS,
     STS_HOSTS,
     UNSIGNED_ZONES,
     TlsaDef,
@@ -127,9 +130,11 @@ class World:
 
     DNSSEC: the zones in ``signed`` are signed (each zone's key is a trust anchor of the lab, except for a zone
     whose parent zone is signed too: that one is reached through its DS), those in ``expired`` with signatures
-    that ran out; those in ``nsec3`` deny with NSEC3 (``opt_out``: with opt-out; ``broken_denial``: with proofs
-    that do not cover the name) instead of NSEC. ``tlsa`` lists the TLSA records made from the certificates the
-    lab issues, ``sts`` the MTA-STS policy hosts (name, address, policy) served over HTTPS.
+    that ran out, those in ``forged`` with signatures that do not verify; those in ``nsec3`` deny with NSEC3
+    (``opt_out``: with opt-out; ``broken_denial``: with proofs that do not cover the name) instead of NSEC.
+    ``tlsa`` lists the TLSA records made from the certificates the
+    lab issues, ``sts`` the MTA-STS policy hosts (name, address, policy) served over HTTPS, ``sts_certs`` the
+    kind of certificate a policy host gets when it is not a good one.
     """
 
     zones: tuple[str, ...]
@@ -138,11 +143,13 @@ class World:
     behaviours: tuple[tuple[str, Behaviour], ...] = ()
     signed: tuple[str, ...] = ()
     expired: tuple[str, ...] = ()
+    forged: tuple[str, ...] = ()
     nsec3: tuple[str, ...] = ()
     opt_out: tuple[str, ...] = ()
     broken_denial: tuple[str, ...] = ()
     tlsa: tuple[TlsaDef, ...] = ()
     sts: tuple[tuple[str, str, str], ...] = ()
+    sts_certs: Mapping[str, CertKind] = field(default_factory=dict)
 
 
 # What each lab domain demonstrates, for `diag lab serve` and the README.
@@ -432,9 +439,11 @@ def default_world() -> World:
         ),
         signed=tuple(z for z in zones if z not in UNSIGNED_ZONES),
         expired=EXPIRED_ZONES,
+        forged=FORGED_ZONES,
         nsec3=NSEC3_ZONES,
         opt_out=OPT_OUT_ZONES,
         broken_denial=BROKEN_DENIAL_ZONES,
         tlsa=tlsa_defs(CLOUD_HOST),
         sts=STS_HOSTS,
+        sts_certs=STS_CERTS,
     )

@@ -79,6 +79,7 @@ def test_failures_say_what_the_cloud_reports(host: HostTlsa, words: str) -> None
         ("unsigned.example", ["DANE_TLSA_INSECURE"]),
         ("expired.example", ["DANE_NONE"]),
         ("badsig.example", ["DANE_MX_BOGUS"]),  # the MX answer is bogus: DANE senders defer (RFC 7672 §2.1.1)
+        ("forgedsig.example", ["DANE_MX_BOGUS"]),
         ("nsec3.example", ["DANE_OK"]),
         ("tlsabad.nsec3.example", ["DANE_MISMATCH"]),
         ("nsec3bad.example", ["DANE_TLSA_BOGUS"]),  # the denial of its TLSA records does not cover the name

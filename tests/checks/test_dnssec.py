@@ -48,6 +48,7 @@ def test_each_state_has_its_code(result: DnssecResult, code: str, words: str) ->
         ("contoso.com", ["DNSSEC_OK", "DNSSEC_OK"]),
         ("unsigned.example", ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]),
         ("badsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK"]),
+        ("forgedsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK"]),  # its keys validate, its MX answer's signature not
         ("cnamemx.example", ["DNSSEC_OK", "DNSSEC_OK"]),  # the MX host's CNAME and its target, each validated
         ("nullmx.example", ["DNSSEC_OK"]),
         ("nsec3.example", ["DNSSEC_OK", "DNSSEC_OK"]),
@@ -92,3 +93,10 @@ def test_lab_cname_into_another_signed_zone_walks_both_zones(domain_report) -> N
 def test_insecure_denials_and_aliases_are_named(result: DnssecResult, words: str) -> None:
     ((_code, _subject, message),) = judge(result)
     assert words in message
+
+
+def test_lab_forged_signature_is_a_bad_signature_not_an_expired_one(domain_report) -> None:  # type: ignore[no-untyped-def]
+    (mx, _host) = domain_report("forgedsig.example").result("dnssec").facts.results
+    assert (mx.security, mx.reason) == (Security.BOGUS, Reason.BAD_SIGNATURE)
+    (expired, _host) = domain_report("badsig.example").result("dnssec").facts.results
+    assert expired.reason is Reason.EXPIRED

@@ -122,7 +122,8 @@ def test_record_problems(facts: MtaStsFacts, code: str, words: str) -> None:
 @pytest.mark.parametrize(
     ("domain", "expected"),
     [("contoso.com", ["MTASTS_OK"]), ("stsnotcovering.example", ["MTASTS_MX_NOT_COVERED"]),
-     ("fabrikam.com", ["MTASTS_MISSING"]), ("stsfailover.example", ["MTASTS_ADDRESS_FAILED"])],
+     ("fabrikam.com", ["MTASTS_MISSING"]), ("stsfailover.example", ["MTASTS_ADDRESS_FAILED"]),
+     ("stsbadcert.example", ["MTASTS_FETCH_FAILED"])],
 )  # fmt: skip
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
     assert codes_of(domain_report(domain), "mtasts") == expected
@@ -142,3 +143,9 @@ def test_lab_policy_host_on_a_private_address_is_left_alone(lab: Lab) -> None:
     (domain,) = asyncio.run(run_checks(["contoso.com"], registry, lab.run_options(allow_private=False))).domains
     (finding,) = domain.result("mtasts").findings
     assert finding.code == "MTASTS_FETCH_FAILED" and "127.0.10.30 is not public" in finding.message
+
+
+def test_lab_policy_host_with_an_expired_certificate(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # RFC 8461 §3.3: the policy host's certificate must be valid; senders treat the domain as having no policy
+    (finding,) = domain_report("stsbadcert.example").result("mtasts").findings
+    assert "cert-expired" in finding.message and "certificate has expired" in finding.message
