@@ -44,7 +44,7 @@ async def secure(ctx: CheckContext, name: str, rdtype: str) -> DnssecResult:
     """The DNSSEC state of one answer, the way the run is told to establish it."""
     if ctx.options.validating_resolver:
         return await drive(from_ad_bit(name, rdtype), ctx.resolver)
-    return await drive(validate(name, rdtype, ctx.options.trust_anchors), ctx.resolver)
+    return await drive(validate(name, rdtype, ctx.options.trust_anchors, chains=ctx.run.dnssec_chains), ctx.resolver)
 
 
 def _subject(result: DnssecResult) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
-from diag.policy.dnssec import ROOT_ANCHORS, TrustAnchor
+from diag.policy.dnssec import ROOT_ANCHORS, Chains, TrustAnchor
 from diag.policy.orgdomain import OrgDomains
 from diag.routing_order import RoutingOrder
 
@@ -147,6 +147,8 @@ class RunContext:
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
         self._remembered: dict[Hashable, Any] = {}
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
+        # The chain of trust's validated steps (DNSKEY rrsets, zone cuts), shared by every DNSSEC validation.
+        self.dnssec_chains = Chains()
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.

@@ -44,6 +44,7 @@ import time
 import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import dns.exception
 import dns.name
@@ -69,6 +70,7 @@ with warnings.catch_warnings():
 
 __all__ = [
     "ROOT_ANCHORS",
+    "Chains",
     "Denial",
     "DnssecResult",
     "Method",
@@ -82,6 +84,7 @@ __all__ = [
 ]
 
 _MAX_LABELS = 16  # names below an anchor walked at most: real names are far shorter, hostile ones are cut off
+_CHAIN_STEPS = 20_000  # steps a run's Chains keeps: about two per domain of a 10,000-domain run
 _MAX_ALIASES = 8  # CNAMEs followed from the name asked (RFC 1034 §3.6.2 discourages chains; resolvers stop near 8)
 
 
@@ -215,25 +218,74 @@ def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True) if name != dns.name.root else "."
 
 
+_Step = TypeVar("_Step")
+
+
+class Chains:
+    """The steps of the chain of trust one run has validated: each zone's checked DNSKEY rrset and what the DS
+    question at each name proved (a secure delegation, an unsigned one, no cut), or how it failed. Every answer
+    below the same zones walks the same steps: the root's and a TLD's keys are verified once per run, not once
+    per name and domain. The steps depend only on the run's answers (cached for the run) and its trust anchors,
+    so one :class:`Chains` serves one run, with one set of anchors, at one time; the last :data:`_CHAIN_STEPS`
+    steps are kept.
+    """
+
+    def __init__(self) -> None:
+        self._steps: dict[tuple[str, dns.name.Name], object] = {}
+
+    def step(
+        self, kind: str, name: dns.name.Name, compute: Generator[Question, Reply, _Step]
+    ) -> Generator[Question, Reply, _Step]:
+        """The ``kind`` step at ``name``: remembered, or computed (asking its questions) and remembered."""
+        key = (kind, name)
+        if key in self._steps:
+            known = self._steps[key]
+            compute.close()
+            if isinstance(known, _Fail):
+                raise _Fail(known.security, known.reason, known.zone, known.detail)
+            return cast(_Step, known)
+        try:
+            value = yield from compute
+        except _Fail as fail:
+            self._remember(key, fail)
+            raise
+        self._remember(key, value)
+        return value
+
+    def _remember(self, key: tuple[str, dns.name.Name], value: object) -> None:
+        if len(self._steps) >= _CHAIN_STEPS:
+            del self._steps[next(iter(self._steps))]
+        self._steps[key] = value
+
+
+def _steps(
+    chains: Chains | None, kind: str, name: dns.name.Name, compute: Generator[Question, Reply, _Step]
+) -> Generator[Question, Reply, _Step]:
+    if chains is None:
+        return (yield from compute)
+    return (yield from chains.step(kind, name, compute))
+
+
 def validate(
-    name: str, rdtype: str, anchors: Sequence[TrustAnchor], *, now: float | None = None
+    name: str, rdtype: str, anchors: Sequence[TrustAnchor], *, now: float | None = None, chains: Chains | None = None
 ) -> Process[DnssecResult]:
     """The process validating the ``rdtype`` answer at ``name`` from the deepest of ``anchors``.
 
     ``now`` (seconds since the epoch) is the time signatures must be valid at; the current time by default.
+    ``chains``: the run's validated steps of the chain of trust, taken from and added to (:class:`Chains`).
     """
-    return Process(_validate(name.rstrip(".").lower(), rdtype.upper(), tuple(anchors), now))
+    return Process(_validate(name.rstrip(".").lower(), rdtype.upper(), tuple(anchors), now, chains))
 
 
 def _validate(
-    name: str, rdtype: str, anchors: tuple[TrustAnchor, ...], now: float | None
+    name: str, rdtype: str, anchors: tuple[TrustAnchor, ...], now: float | None, chains: Chains | None
 ) -> Generator[Question, Reply, DnssecResult]:
     at = time.time() if now is None else now
     links: list[DnssecResult] = []
     aliases: list[str] = []
     current = name
     while True:
-        link, target = yield from _link(current, rdtype, anchors, at)
+        link, target = yield from _link(current, rdtype, anchors, at, chains)
         links.append(link)
         if not target or link.security is Security.BOGUS:
             break
@@ -265,7 +317,7 @@ def _combined(name: str, rdtype: str, links: list[DnssecResult], aliases: tuple[
 
 
 def _link(
-    name: str, rdtype: str, anchors: tuple[TrustAnchor, ...], at: float
+    name: str, rdtype: str, anchors: tuple[TrustAnchor, ...], at: float, chains: Chains | None
 ) -> Generator[Question, Reply, tuple[DnssecResult, str]]:
     """The state of the answer at ``name`` in its own zone, walked down from the deepest anchor, and the CNAME
     target when ``name`` is an alias (the CNAME rrset is then what is validated here)."""
@@ -283,7 +335,7 @@ def _link(
     last: Reply | None = None
     target = ""
     try:
-        keys = yield from _zone_keys(zone, anchor, None, at)
+        keys = yield from _steps(chains, "keys", zone, _zone_keys(zone, anchor, None, at))
         chain.append(_text(zone))
         top = zone
         labels = qname.relativize(top).labels if qname != top else ()
@@ -291,7 +343,7 @@ def _link(
             raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), "the name has too many labels")
         for depth in range(len(labels) - 1, -1, -1):
             child = dns.name.Name(labels[depth:]).concatenate(top)
-            step = yield from _delegation(child, zone, keys, at)
+            step = yield from _steps(chains, "cut", child, _delegation(child, zone, keys, at))
             if step is None:
                 continue  # not a zone cut: the same zone goes on
             if isinstance(step, _Unsigned):
@@ -302,7 +354,7 @@ def _link(
                                       status=last.status, records=last.records, chain=tuple(chain),
                                       detail=step.detail)  # fmt: skip
                 return result, target
-            keys = yield from _zone_keys(child, None, step, at)
+            keys = yield from _steps(chains, "keys", child, _zone_keys(child, None, step, at))
             zone = child
             chain.append(_text(zone))
         last = yield Question(name, rdtype, dnssec=True)

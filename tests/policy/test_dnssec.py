@@ -18,6 +18,7 @@ from diag.lab.dns import Behaviour, DnsServer, ZoneData
 from diag.net.dns import Nameserver, Resolver
 from diag.policy.dnssec import (
     ROOT_ANCHORS,
+    Chains,
     Denial,
     DnssecResult,
     Method,
@@ -346,3 +347,40 @@ def test_a_chain_of_more_cnames_than_followed_is_indeterminate() -> None:
     result = check("c0.signed.example", "A")
     assert (result.security, result.reason) == (Security.INDETERMINATE, Reason.CNAME)
     assert len(result.aliases) == 8 and check("c3.signed.example", "A").security is Security.SECURE
+
+
+# A run's validated steps of the chain of trust (Chains): walked once, then taken as they are.
+
+CHAIN_CASES = [
+    ("mx.example", "A"), ("_25._tcp.mx.signed.example", "TLSA"), ("nothing.signed.example", "A"),
+    ("mx.plain.example", "A"), ("mx.stale.example", "A"), ("nothing.stale.example", "A"), ("mx.hashed.example", "A"),
+    ("www.signed.example", "A"), ("mx.child.optout.example", "A"), ("broken.example", "A"),
+    ("mx.badproof.example", "AAAA"), ("_25._tcp.mx.signed.example", "TLSA"),
+]  # fmt: skip
+
+
+def test_a_runs_chains_give_every_answer_the_state_a_fresh_walk_gives_with_fewer_questions() -> None:
+    async def body() -> tuple[list[tuple[DnssecResult, int]], list[tuple[DnssecResult, int]]]:
+        async with lab_resolver() as (resolver, anchor, _data):
+            anchors = [TrustAnchor("example", dnskey=(anchor,))]
+            chains = Chains()
+
+            async def each(shared: Chains | None) -> list[tuple[DnssecResult, int]]:
+                done = []
+                for name, rdtype in CHAIN_CASES:
+                    process = validate(name, rdtype, anchors, chains=shared)
+                    done.append((await drive(process, resolver), process.asked))
+                return done
+
+            return await each(None), await each(chains)
+
+    fresh, shared = run(body)
+    assert [result for result, _ in shared] == [result for result, _ in fresh]
+    # the first walk down to example's keys is the same; after it, every step known is not asked for again
+    assert shared[0][1] == fresh[0][1]
+    assert all(with_chains <= alone for (_, with_chains), (_, alone) in zip(shared, fresh, strict=True))
+    assert sum(asked for _, asked in shared) < sum(asked for _, asked in fresh)
+    # the same name again: only the answer itself
+    assert shared[-1][1] == 1
+    assert {result.security for result, _ in shared} == {Security.SECURE, Security.INSECURE, Security.BOGUS,
+                                                         Security.INDETERMINATE}  # fmt: skip
