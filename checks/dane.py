@@ -82,14 +82,15 @@ class DaneFacts:
 
 def assess(facts: DaneFacts, dnssec: DnssecFacts | None = None) -> tuple[Finding, ...]:
     """Judge DANE for each MX host and address; pure. ``dnssec`` (the dnssec check's facts: the MX answer's and
-    each MX host's address answer's state) turns a bogus one into the deferral DANE senders make of it."""
+    each MX host's A and AAAA answers' states) turns a bogus one into the deferral DANE senders make of it."""
     bogus = {(r.name, r.rdtype): r for r in (dnssec.results if dnssec else ()) if r.security is Security.BOGUS}
     mx = next((r for (_name, rdtype), r in bogus.items() if rdtype == "MX"), None)
     if mx is not None:  # no MX host is reached at all: there is nothing else to judge
         return (_mx_bogus(mx, "the domain's MX hosts"),)
     found: list[Finding] = []
     for host in facts.hosts:
-        address = bogus.get((host.host, "A"))
+        # RFC 7672 §2.2.1: both address answers count; a sender that validates gets SERVFAIL for a bogus AAAA
+        address = bogus.get((host.host, "A")) or bogus.get((host.host, "AAAA"))
         found.extend([_mx_bogus(address, host.host)] if address is not None else _assess_host(host))
     return tuple(found)
 

@@ -98,11 +98,13 @@ def test_lab_dane_ta_and_ee_both_match_the_presented_chain(domain_report) -> Non
 
 
 def test_a_bogus_mx_or_address_answer_defers_dane_senders() -> None:
-    # Given the TLSA records match, but the dnssec check found the domain's MX answer (then a host's A) bogus
+    # Given the TLSA records match, but the dnssec check found the domain's MX answer (then a host's A, its AAAA)
+    # bogus
     host = HostTlsa(HOST, NAME, tlsa(), (EE,), (Endpoint(ENDPOINT, True, (TlsaMatch(EE, Outcome.MATCHED, 0),)),))
     mx = DnssecResult("contoso.com", "MX", Security.BOGUS, Reason.EXPIRED, zone="contoso.com", detail="expired")
     address = DnssecResult(HOST, "A", Security.BOGUS, Reason.BAD_SIGNATURE, zone="contoso.com")
-    for bogus, subject in ((mx, "contoso.com MX"), (address, f"{HOST} A")):
+    address6 = DnssecResult(HOST, "AAAA", Security.BOGUS, Reason.EXPIRED, zone="contoso.com")
+    for bogus, subject in ((mx, "contoso.com MX"), (address, f"{HOST} A"), (address6, f"{HOST} AAAA")):
         dnssec = DnssecFacts("contoso.com", Method.VALIDATED, (".",), (bogus,))
         (finding,) = assess(DaneFacts((host,), datetime.now(UTC)), dnssec)
         # Then the dane check says the senders defer, naming the bogus answer, with the cloud's error
