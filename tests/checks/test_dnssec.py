@@ -57,6 +57,8 @@ def test_each_state_has_its_code(result: DnssecResult, code: str, words: str) ->
         ("cnamesigned.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),
         ("nsec3bad.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),
         ("insecure.optout.example", ["DNSSEC_UNSIGNED", "DNSSEC_OK", "DNSSEC_OK"]),
+        ("cnameunsigned.example", ["DNSSEC_OK", "DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]),  # a CNAME into unsigned.example
+        ("tlsafail.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),  # only its TLSA lookup fails
     ],
 )
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
