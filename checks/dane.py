@@ -264,7 +264,8 @@ async def _lookup(
         result = await secure(ctx, tlsa_name(host), "TLSA")
         return TlsaBase.HOST_AFTER_EXPANDED, result, (host, target), expanded, True
     # The chain does not validate end to end: the expanded name could be anyone's, only the host name counts. The
-    # host is still in a signed zone when its own CNAME validates (the address validation asked for it already).
+    # host is still in a signed zone when its own CNAME validates (validating the addresses from the trust anchor
+    # asked that question already; with the AD bit it is asked here).
     own, result = await asyncio.gather(secure(ctx, host, "CNAME"), secure(ctx, tlsa_name(host), "TLSA"))
     return TlsaBase.ALIAS_NOT_SECURE, result, (host,), None, own.security is Security.SECURE
 
@@ -333,9 +334,9 @@ class DaneEndpointRow:
 
 @dataclass(frozen=True, slots=True)
 class DaneHostRow:
-    """One MX host: where its TLSA records are and why that name (``lookup``, in words; empty for the host name of
-    a host that is no alias), the names a DANE-TA leaf may carry, their DNSSEC state, the records and each
-    address's match."""
+    """One MX host: where its TLSA records are, why that name and whether DANE senders ask for them at all
+    (``lookup``, in words), the names a DANE-TA leaf may carry (when more than the host name), their DNSSEC
+    state, the records and each address's match."""
 
     host: str
     name: str
