@@ -4,11 +4,17 @@ against the certificate chain the host presented in the run's shared SMTP sessio
 Only a TLSA set that validates (DNSSEC secure) counts: a TLSA record without DNSSEC is unusable, and a sender
 ignores it (RFC 7672 §2.2). DANE-EE records (usage 3) are matched without name or date checks (§3.1.1); DANE-TA
 records (usage 2) need the chain below the matched CA to verify and the leaf to name the MX host (§3.2).
+
+An MX host name that is an alias (CNAME) whose chain and addresses validate has its TLSA records looked up at the
+fully CNAME-expanded name first, and at the host name only when there are none there (RFC 7672 §2.2.2); both
+names are then reference identifiers for DANE-TA (§3.2.2). When the chain is not secure end to end, only the host
+name counts. The names come from the dnssec check's address answers (their ``aliases``): nothing is asked twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,13 +29,13 @@ from diag.evidence import Evidence, Failing, Observed, Section
 from diag.model import Finding, Severity
 from diag.policy.dane import Outcome as Match
 from diag.policy.dane import TlsaMatch, TlsaRecord, Usage, authenticated, match_chain, parse_tlsa, tlsa_name
-from diag.policy.dnssec import DnssecResult, Security
+from diag.policy.dnssec import DnssecResult, Reason, Security
 from diag.policy.lookup import ReplyStatus, shown
 from diag.registry import Check, Outcome
 
 __all__ = [
-    "CHECK", "DaneEndpointRow", "DaneFacts", "DaneHostRow", "DaneView", "Endpoint", "HostTlsa", "TlsaRow", "assess",
-    "probe", "view",
+    "CHECK", "DaneEndpointRow", "DaneFacts", "DaneHostRow", "DaneView", "Endpoint", "HostTlsa", "TlsaBase", "TlsaRow",
+    "assess", "probe", "view",
 ]  # fmt: skip
 
 # Exchange Online's DANE errors (exchange-model.md §5.2); 4.7.32x while it retries, 5.7.32x when it gives up.
@@ -53,16 +59,30 @@ class Endpoint:
     matches: tuple[TlsaMatch, ...] = ()
 
 
+class TlsaBase(enum.StrEnum):
+    """Whose ``_25._tcp`` name the TLSA records were taken from, and why (RFC 7672 §2.2.2)."""
+
+    HOST = "host"  # the MX host name is no alias
+    EXPANDED = "expanded"  # an alias whose CNAME chain and addresses validate: its fully CNAME-expanded name
+    HOST_AFTER_EXPANDED = "host-after-expanded"  # such an alias, with no TLSA records at the expanded name
+    ALIAS_NOT_SECURE = "alias-not-secure"  # an alias whose chain does not validate end to end: the host name only
+
+
 @dataclass(frozen=True, slots=True)
 class HostTlsa:
     """The TLSA records of one MX host.
 
     Attributes:
         host: the MX host name.
-        name: where the records are (``_25._tcp.<host>``).
+        name: where the records were looked up (``_25._tcp.<host>``, or ``_25._tcp.<expanded name>``).
         dnssec: the TLSA answer's DNSSEC state (and its records).
         records: the records that parse as TLSA.
         endpoints: the host's probed addresses.
+        base: whose name ``name`` is, and why.
+        names: the names a DANE-TA leaf may carry: the host name, and the expanded name when the chain is secure.
+        expanded: the answer at the expanded name when it had no TLSA records and the host name was asked next.
+        signed: the host is in a signed zone, so DANE senders ask for its TLSA records and defer when that lookup
+            fails (RFC 7672 §2.1.1, §2.2.1): its address answers validate, or, for an alias, its own CNAME does.
     """
 
     host: str
@@ -70,6 +90,10 @@ class HostTlsa:
     dnssec: DnssecResult
     records: tuple[TlsaRecord, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
+    base: TlsaBase = TlsaBase.HOST
+    names: tuple[str, ...] = ()
+    expanded: DnssecResult | None = None
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,23 +104,52 @@ class DaneFacts:
     checked_at: datetime
 
 
+# RFC 7672 §2.1.1: a DANE sender treats an indeterminate answer like a bogus one, as a lookup failure, and
+# defers. Of diag's indeterminate reasons, those are the failures of the DNS itself: no answer somewhere on the
+# chain of trust (dns-error: SERVFAIL, a timeout, a DS or DNSKEY question unanswered) and a CNAME loop or a chain
+# longer than resolvers follow (cname; they answer SERVFAIL). Not "no trust anchor covers the name" (no-anchor):
+# that is diag's configuration (--trust-anchor), not the zone's; a sender validating from the root may well find
+# the answer secure or insecure, so nothing says it defers.
+_FAILURES = frozenset({Reason.DNS_ERROR, Reason.CNAME})
+
+
+def _failed(r: DnssecResult) -> bool:
+    return r.security is Security.INDETERMINATE and r.reason in _FAILURES
+
+
+def _deferring(results: list[DnssecResult]) -> DnssecResult | None:
+    """The answer a DANE sender defers on: a bogus one first, else one whose lookup failed."""
+    return next((r for r in results if r.security is Security.BOGUS), None) or next(filter(_failed, results), None)
+
+
 def assess(facts: DaneFacts, dnssec: DnssecFacts | None = None) -> tuple[Finding, ...]:
     """Judge DANE for each MX host and address; pure. ``dnssec`` (the dnssec check's facts: the MX answer's and
-    each MX host's address answer's state) turns a bogus one into the deferral DANE senders make of it."""
-    bogus = {(r.name, r.rdtype): r for r in (dnssec.results if dnssec else ()) if r.security is Security.BOGUS}
-    mx = next((r for (_name, rdtype), r in bogus.items() if rdtype == "MX"), None)
+    each MX host's A and AAAA answers' states) turns a bogus or failed one into the deferral DANE senders make
+    of it."""
+    results = list(dnssec.results) if dnssec else []
+    mx = _deferring([r for r in results if r.rdtype == "MX"])
     if mx is not None:  # no MX host is reached at all: there is nothing else to judge
-        return (_mx_bogus(mx, "the domain's MX hosts"),)
+        return (_mx_deferred(mx, "the domain's MX hosts"),)
     found: list[Finding] = []
     for host in facts.hosts:
-        address = bogus.get((host.host, "A"))
-        found.extend([_mx_bogus(address, host.host)] if address is not None else _assess_host(host))
+        # RFC 7672 §2.2.1: both address answers count; a sender that validates gets SERVFAIL for a bogus AAAA
+        address = _deferring([r for r in results if r.name == host.host and r.rdtype in ("A", "AAAA")])
+        found.extend([_mx_deferred(address, host.host)] if address is not None else _assess_host(host))
     return tuple(found)
 
 
-def _mx_bogus(r: DnssecResult, hosts: str) -> Finding:
-    # RFC 7672 §2.1.1: a bogus (or indeterminate) MX or address answer is a lookup failure, and a DANE sender
-    # defers the mail rather than fall back to delivery without DANE (§2.2.1, §2.2.2).
+def _mx_deferred(r: DnssecResult, hosts: str) -> Finding:
+    # RFC 7672 §2.1.1: a bogus (or failed) MX or address answer is a lookup failure, and a DANE sender defers the
+    # mail rather than fall back to delivery without DANE (§2.2.1, §2.2.2).
+    if r.security is not Security.BOGUS:
+        return CHECK.finding(
+            "DANE_LOOKUP_FAILED", f"{r.name} {r.rdtype}",
+            f"The {r.rdtype} lookup for {r.name} fails on its chain of trust ({r.reason.value}"
+            f"{' in ' + r.zone if r.zone else ''}: {shown(r.detail)}): DANE senders take that as a lookup failure "
+            f"and defer delivery to {hosts} instead of sending without DANE (RFC 7672 §2.1.1).",
+            "Make the nameservers answer for it, and for the DS and DNSKEY questions on the way, without a CNAME "
+            "loop.",
+        )  # fmt: skip
     return CHECK.finding(
         "DANE_MX_BOGUS", f"{r.name} {r.rdtype}",
         f"The {r.rdtype} answer for {r.name} fails DNSSEC validation ({r.reason.value} in {r.zone}: "
@@ -118,11 +171,21 @@ def _assess_host(h: HostTlsa) -> list[Finding]:
             "§2.1.1).",
             "Re-sign the zone or fix its DS at the parent.", cloud_error=_DNSSEC_INVALID,
         )]  # fmt: skip
+    if h.signed and _failed(d):
+        # RFC 7672 §2.1.1: in a signed zone a TLSA lookup failure is no "no TLSA" (outside one, senders do not ask).
+        return [CHECK.finding(
+            "DANE_LOOKUP_FAILED", h.host,
+            f"The TLSA lookup at {h.name} fails ({d.reason.value}{' in ' + d.zone if d.zone else ''}: "
+            f"{shown(d.detail)}) while {h.host} is in a signed zone: DANE senders take that as a lookup failure and "
+            "defer delivery to the host instead of sending without DANE (RFC 7672 §2.1.1).",
+            f"Make the nameservers answer TLSA questions for {h.name} (and the DS questions on the way).",
+        )]  # fmt: skip
     if d.status is not ReplyStatus.OK:
         if not d.status.answered:
             return [CHECK.finding("DANE_DNS_ERROR", h.host, f"DNS gave no answer for {h.name} TLSA "
                                   f"({shown(d.detail)}).", "Make the nameservers answer for it.")]  # fmt: skip
-        return [CHECK.finding("DANE_NONE", h.host, f"{h.host} publishes no TLSA records at {h.name}: senders use "
+        where = h.name if h.expanded is None else f"{h.expanded.name} (its CNAME-expanded name) nor at {h.name}"
+        return [CHECK.finding("DANE_NONE", h.host, f"{h.host} publishes no TLSA records at {where}: senders use "
                               "TLS without DANE authentication (MTA-STS may still apply).")]  # fmt: skip
     if d.security is not Security.SECURE:
         why = {Security.INSECURE: "the zone is not DNSSEC-signed"}.get(d.security, f"its DNSSEC state is unknown "
@@ -154,7 +217,8 @@ def _assess_endpoint(h: HostTlsa, e: Endpoint) -> Finding:
         )  # fmt: skip
     if authenticated(e.matches):
         which = ", ".join(shown(m.record.text, 24) for m in e.matches if m.outcome is Match.MATCHED)
-        return CHECK.finding("DANE_OK", e.endpoint, f"The chain {e.endpoint} presents matches its TLSA records "
+        at = f" at {h.name}, its CNAME-expanded name" if h.base is TlsaBase.EXPANDED else ""
+        return CHECK.finding("DANE_OK", e.endpoint, f"The chain {e.endpoint} presents matches its TLSA records{at} "
                              f"({which}).")  # fmt: skip
     reasons = "; ".join(f"{shown(m.record.text, 24)}: {m.outcome.value}{': ' + m.detail if m.detail else ''}"
                         for m in e.matches)  # fmt: skip
@@ -177,25 +241,59 @@ def _parse(texts: tuple[str, ...]) -> tuple[TlsaRecord, ...]:
     return tuple(records)
 
 
+def _nothing(r: DnssecResult) -> bool:
+    """The answer holds no TLSA records, provably (a validated or provably unsigned denial)."""
+    return r.status.void and r.security in (Security.SECURE, Security.INSECURE)
+
+
+async def _lookup(
+    ctx: CheckContext, host: str, addresses: list[DnssecResult]
+) -> tuple[TlsaBase, DnssecResult, tuple[str, ...], DnssecResult | None, bool]:
+    """Where ``host``'s TLSA records are (RFC 7672 §2.2.2), from its address answers' DNSSEC states: the base, the
+    answer, the reference names, the answer at the expanded name when the host name was asked after it, and
+    whether the host is in a signed zone."""
+    secure_addresses = bool(addresses) and all(r.security is Security.SECURE for r in addresses)
+    aliases = next((r.aliases for r in addresses if r.aliases), ())
+    if not aliases:
+        return TlsaBase.HOST, await secure(ctx, tlsa_name(host), "TLSA"), (host,), None, secure_addresses
+    if secure_addresses:
+        target = aliases[-1]
+        expanded = await secure(ctx, tlsa_name(target), "TLSA")
+        if not _nothing(expanded):
+            return TlsaBase.EXPANDED, expanded, (host, target), None, True
+        result = await secure(ctx, tlsa_name(host), "TLSA")
+        return TlsaBase.HOST_AFTER_EXPANDED, result, (host, target), expanded, True
+    # The chain does not validate end to end: the expanded name could be anyone's, only the host name counts. The
+    # host is still in a signed zone when its own CNAME validates (validating the addresses from the trust anchor
+    # asked that question already; with the AD bit it is asked here).
+    own, result = await asyncio.gather(secure(ctx, host, "CNAME"), secure(ctx, tlsa_name(host), "TLSA"))
+    return TlsaBase.ALIAS_NOT_SECURE, result, (host,), None, own.security is Security.SECURE
+
+
 async def probe(ctx: CheckContext) -> DaneFacts | None:
     """The TLSA records of each MX host name, matched per address; None when there is no host name."""
     mx = ctx.facts("mx", MxFacts)
     port25 = ctx.facts("port25", Port25Facts)
+    dnssec = ctx.facts("dnssec", DnssecFacts)
     hosts = [h.name for h in mx.hosts if h.valid_name and not h.ip_literal]
     hosts = list(dict.fromkeys(hosts))
     if not hosts:
         return None
-    results = await asyncio.gather(*(secure(ctx, tlsa_name(host), "TLSA") for host in hosts))
+    lookups = await asyncio.gather(*(
+        _lookup(ctx, host, [r for r in dnssec.results if r.name == host and r.rdtype in ("A", "AAAA")])
+        for host in hosts
+    ))  # fmt: skip
     now = datetime.now(UTC)
     facts_hosts = []
-    for host, result in zip(hosts, results, strict=True):
+    for host, (base, result, names, expanded, signed) in zip(hosts, lookups, strict=True):
         records = _parse(result.records)
         endpoints = tuple(
             Endpoint(p.endpoint, p.session.tls is not None,
-                     match_chain(records, p.session.tls.chain_der, host, at=now) if p.session.tls else ())
+                     match_chain(records, p.session.tls.chain_der, host, at=now, names=names)
+                     if p.session.tls else ())
             for p in port25.probed if p.host == host
         )  # fmt: skip
-        facts_hosts.append(HostTlsa(host, tlsa_name(host), result, records, endpoints))
+        facts_hosts.append(HostTlsa(host, result.name, result, records, endpoints, base, names, expanded, signed))
     return DaneFacts(tuple(facts_hosts), now)
 
 
@@ -236,7 +334,9 @@ class DaneEndpointRow:
 
 @dataclass(frozen=True, slots=True)
 class DaneHostRow:
-    """One MX host: where its TLSA records are, their DNSSEC state, the records and each address's match."""
+    """One MX host: where its TLSA records are, why that name and whether DANE senders ask for them at all
+    (``lookup``, in words), the names a DANE-TA leaf may carry (when more than the host name), their DNSSEC
+    state, the records and each address's match."""
 
     host: str
     name: str
@@ -244,6 +344,8 @@ class DaneHostRow:
     dnssec_tone: str
     records: tuple[TlsaRow, ...]
     endpoints: tuple[DaneEndpointRow, ...]
+    lookup: str = ""
+    names: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,9 +366,12 @@ def view(observed: Observed) -> DaneView:
             state = f"DNSSEC {security}" + (f" ({ev.text(dnssec.get('reason'))})" if security != "secure" else "")
         else:
             state = f"no TLSA records ({status}), DNSSEC {security}" if status else ""
+        names = [ev.text(n) for n in ev.items(host.get("names"))]
         hosts.append(DaneHostRow(
             host=ev.text(host.get("host")),
             name=ev.text(host.get("name")),
+            lookup=_lookup_words(host, names),
+            names=", ".join(names) if len(names) > 1 else "",
             dnssec=state,
             dnssec_tone=_SECURITY_TONES.get(security, "unknown") if records or security == "bogus" else "plain",
             records=records,
@@ -274,6 +379,29 @@ def view(observed: Observed) -> DaneView:
                             for e in ev.mappings(host.get("endpoints"))) if records else (),
         ))  # fmt: skip
     return DaneView(tuple(hosts))
+
+
+def _lookup_words(host: Mapping[str, Any], names: list[str]) -> str:
+    """Why the records were looked up where they were (RFC 7672 §2.2.2), and whether senders ask at all."""
+    base, target = ev.text(host.get("base")), names[-1] if len(names) > 1 else ""
+    expanded = ev.mapping(host.get("expanded"))
+    words = {
+        TlsaBase.EXPANDED.value: f"an alias for {target}, every link validated: the CNAME-expanded name's records "
+                                 "count first (RFC 7672 §2.2.2)",
+        TlsaBase.HOST_AFTER_EXPANDED.value: f"an alias for {target}, every link validated; no TLSA records at "
+                                            f"{ev.text(expanded.get('name'))} ({ev.text(expanded.get('status'))}), "
+                                            "so the host name's count (RFC 7672 §2.2.2)",
+        TlsaBase.ALIAS_NOT_SECURE.value: "an alias whose CNAME chain does not validate end to end: only the host "
+                                         "name's records count (RFC 7672 §2.2.2)",
+    }.get(base, "")
+    if host.get("signed") is True:
+        zone = "in a signed zone: DANE senders ask for its TLSA records, and defer when that lookup fails"
+    elif host.get("signed") is False:
+        zone = ("its address answers do not validate as secure: DANE senders ask for the TLSA records of hosts in "
+                "signed zones only (RFC 7672 §2.2.1)")
+    else:
+        zone = ""
+    return "; ".join(w for w in (words, zone) if w)
 
 
 def _tlsa_row(text: str) -> TlsaRow:
@@ -325,6 +453,7 @@ CHECK = Check(
         "DANE_NO_TLS": Severity.CRITICAL,
         "DANE_TLSA_BOGUS": Severity.CRITICAL,
         "DANE_MX_BOGUS": Severity.CRITICAL,
+        "DANE_LOOKUP_FAILED": Severity.CRITICAL,
         "DANE_TLSA_INSECURE": Severity.WARNING,
         "DANE_TLSA_UNUSABLE": Severity.WARNING,
         "DANE_DNS_ERROR": Severity.WARNING,
@@ -336,6 +465,8 @@ CHECK = Check(
         "DANE_NO_TLS": "TLSA records are published, but the address completes no STARTTLS handshake.",
         "DANE_TLSA_BOGUS": "The TLSA answer (records or their denial) fails DNSSEC validation: DANE senders defer.",
         "DANE_MX_BOGUS": "The MX answer or an MX host's address fails DNSSEC validation: DANE senders defer.",
+        "DANE_LOOKUP_FAILED": "The MX, an address or (in a signed zone) the TLSA lookup fails on its chain of trust "
+        "(no answer, a CNAME loop): DANE senders defer.",
         "DANE_TLSA_INSECURE": "TLSA records without DNSSEC (unsigned zone or unknown state): unusable.",
         "DANE_TLSA_UNUSABLE": "Only TLSA records an SMTP client cannot use (usage 0/1, unknown parameters).",
         "DANE_DNS_ERROR": "The TLSA lookup got no answer.",

@@ -1,9 +1,10 @@
-"""DNSSEC: are the domain's MX answer and each MX host's address signed and validating?
+"""DNSSEC: are the domain's MX answer and each MX host's address answers (A and AAAA) signed and validating?
 
 Validated with ``dns.dnssec`` from the trust anchor (``--trust-anchor``, the root's by default), walking the
 chain of DS and DNSKEY records down to the answer, or, with ``--validating-resolver``, taken from the AD bit of
 a validating resolver on this host (:mod:`diag.policy.dnssec`); the facts say which. Every question goes through
-the run's DNS cache, which the dane check shares.
+the run's DNS cache, which the dane check shares: the mx check asks both address types, so validating the AAAA
+answer too asks nothing new of the host's own name (a DANE sender needs both secure: RFC 7672 §2.2.1).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ __all__ = ["CHECK", "DnssecAnswerRow", "DnssecFacts", "DnssecView", "assess", "p
 
 @dataclass(frozen=True, slots=True)
 class DnssecFacts:
-    """The DNSSEC state of the domain's MX answer, then of each MX host's address (A) answer.
+    """The DNSSEC state of the domain's MX answer, then of each MX host's address answers (A, then AAAA).
 
     Attributes:
         domain: the domain checked.
@@ -96,7 +97,8 @@ def _assess_one(facts: DnssecFacts, r: DnssecResult) -> Finding:
 async def probe(ctx: CheckContext) -> DnssecFacts:
     mx = ctx.facts("mx", MxFacts)
     names = [(ctx.domain, "MX")]
-    names += [(h.name, "A") for h in mx.hosts if h.valid_name and not h.ip_literal and (h.name, "A") not in names]
+    hosts = dict.fromkeys(h.name for h in mx.hosts if h.valid_name and not h.ip_literal)
+    names += [(host, rdtype) for host in hosts for rdtype in ("A", "AAAA")]
     results = await asyncio.gather(*(secure(ctx, name, rdtype) for name, rdtype in names))
     method = Method.AD_BIT if ctx.options.validating_resolver else Method.VALIDATED
     anchors = () if ctx.options.validating_resolver else tuple(a.zone for a in ctx.options.trust_anchors)

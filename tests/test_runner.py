@@ -281,15 +281,19 @@ def asked_during(lab: Lab, domains: list[str], **options: object) -> Counter[tup
 
 @pytest.mark.parametrize("validating_resolver", [False, True], ids=["trust-anchor", "ad-bit"])
 def test_a_run_of_every_check_asks_each_dns_question_once(lab: Lab, validating_resolver: bool) -> None:
-    # Given signed lab domains with TLSA records (dane.example), three MX hosts (multi.example) and an MX answer
-    # too long for UDP (manymx.example), and every check, the mail checks' and the DNSSEC-validating ones
-    asked = asked_during(lab, ["dane.example", "multi.example", "manymx.example"],
-                         validating_resolver=validating_resolver)  # fmt: skip
+    # Given signed lab domains with TLSA records (dane.example), three MX hosts (multi.example), an MX answer too
+    # long for UDP (manymx.example), MX hosts that are aliases (cnamesigned.example: its TLSA records are the
+    # expanded name's; cnameunsigned.example: the chain is not secure), and every check, the mail checks' and the
+    # DNSSEC-validating ones
+    asked = asked_during(lab, ["dane.example", "multi.example", "manymx.example", "cnamesigned.example",
+                               "cnameunsigned.example"], validating_resolver=validating_resolver)  # fmt: skip
     udp = Counter({(name, rdtype): n for (name, rdtype, transport), n in asked.items() if transport == "udp"})
     tcp = Counter({(name, rdtype): n for (name, rdtype, transport), n in asked.items() if transport == "tcp"})
     # Then the MX, address, TLSA and chain-of-trust questions were asked, each once over UDP (issue 14)
     assert {("dane.example", "MX"), ("mx.dane.example", "A"), ("_25._tcp.mx.dane.example", "TLSA"),
-            ("mx3.multi.example", "AAAA")} <= set(udp)  # fmt: skip
+            ("mx3.multi.example", "AAAA"), ("_25._tcp.mx.cnameunsigned.example", "TLSA")} <= set(udp)  # fmt: skip
+    assert ("_25._tcp.mx.nsec3.example", "TLSA") in udp or validating_resolver  # the AD bit: no chain is secure
+    assert ("_25._tcp.mx.unsigned.example", "TLSA") not in udp  # an insecure chain's expanded name is not asked
     assert ("example", "DNSKEY") in udp or validating_resolver
     assert [question for question, n in udp.items() if n > 1] == []
     # and over TCP only the truncated UDP answer, once

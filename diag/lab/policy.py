@@ -27,6 +27,7 @@ __all__ = [
     "POLICY_HOSTS",
     "POLICY_HOST_ALIASES",
     "POLICY_PURPOSES",
+    "SERVFAIL_NAMES",
     "STS_CERTS",
     "STS_DEAD_ADDRESSES",
     "STS_HOSTS",
@@ -68,9 +69,14 @@ BROKEN_DENIAL_ZONES = ("nsec3bad.example",)
 # Mail hosts of the DANE domains: (name, address).
 POLICY_HOSTS = (("mx.dane.example", "127.0.20.30"), ("mx.danebad.example", "127.0.20.31"),
                 ("mx.unsigned.example", "127.0.20.32"), ("mx.nsec3.example", "127.0.20.34"),
-                ("mx.tlsabad.nsec3.example", "127.0.20.35"), ("mx.nsec3bad.example", "127.0.20.36"))  # fmt: skip
+                ("mx.tlsabad.nsec3.example", "127.0.20.35"), ("mx.nsec3bad.example", "127.0.20.36"),
+                ("mx.tlsafail.example", "127.0.20.37"))  # fmt: skip
 # Other names in a policy host's certificate: a CNAME to it.
-POLICY_HOST_ALIASES = {"mx.nsec3.example": ("mx.cnamesigned.example",)}
+POLICY_HOST_ALIASES = {"mx.nsec3.example": ("mx.cnamesigned.example",),
+                       "mx.unsigned.example": ("mx.cnameunsigned.example",)}  # fmt: skip
+# Names whose DNS answers SERVFAIL (world.py makes them a Behaviour): tlsafail.example's TLSA lookup fails on the
+# walk down to it (the DS question at _tcp), while the host's own name and addresses validate.
+SERVFAIL_NAMES = ("_tcp.mx.tlsafail.example",)
 
 # MTA-STS policy hosts (RFC 8461 §3.3): name, address, policy body. The lab serves them over HTTPS (diag.lab.web).
 STS_HOSTS = (
@@ -110,7 +116,11 @@ POLICY_PURPOSES = {
     "nsec3.example": "NSEC3-signed zone (RFC 5155) with a TLSA record (3 1 1) matching the MX host's key",
     "tlsabad.nsec3.example": "TLSA record in the NSEC3-signed zone that matches no certificate the MX host presents",
     "mail.wild.nsec3.example": "MX and SPF answers synthesised from a wildcard in the NSEC3-signed zone",
-    "cnamesigned.example": "MX host name is a CNAME into another signed zone (nsec3.example)",
+    "cnamesigned.example": "MX host name is a CNAME into another signed zone (nsec3.example): its TLSA records are "
+    "those of the CNAME-expanded name (RFC 7672 §2.2.2)",
+    "cnameunsigned.example": "MX host name is a CNAME into an unsigned zone (unsigned.example): only the TLSA record "
+    "at the host name counts (3 1 1, matching), not the one at the expanded name (RFC 7672 §2.2.2)",
+    "tlsafail.example": "its MX host's TLSA lookup fails (SERVFAIL on the way) in a signed zone: DANE senders defer",
     "nsec3bad.example": "NSEC3 denials that do not cover the name: its MX host's missing TLSA is bogus",
     "insecure.optout.example": "zone delegated without DS inside an NSEC3 opt-out span of its parent (insecure)",
 }
@@ -140,6 +150,8 @@ def tlsa_defs(cloud_host: str) -> tuple[TlsaDef, ...]:
         TlsaDef("mx.unsigned.example", "3 1 1", "mx.unsigned.example"),  # matches, but without DNSSEC
         TlsaDef("mx.nsec3.example", "3 1 1", "mx.nsec3.example"),
         TlsaDef("mx.tlsabad.nsec3.example", "3 1 1", "mx.nsec3.example"),  # another host's key: no match
+        # at the alias's own name, in the signed example zone: the one that counts, as the chain is not secure
+        TlsaDef("mx.cnameunsigned.example", "3 1 1", "mx.unsigned.example"),
     )
 
 
@@ -216,6 +228,11 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
     records.append(("cnamesigned.example", "MX", "10 mx.cnamesigned.example."))
     records.append(("mx.cnamesigned.example", "CNAME", "mx.nsec3.example."))
     records.extend(_healthy("cnamesigned.example"))
+    records.append(("cnameunsigned.example", "MX", "10 mx.cnameunsigned.example."))
+    records.append(("mx.cnameunsigned.example", "CNAME", "mx.unsigned.example."))
+    records.extend(_healthy("cnameunsigned.example"))
+    records.append(("tlsafail.example", "MX", "10 mx.tlsafail.example."))
+    records.extend(_healthy("tlsafail.example"))
     records.append(("insecure.optout.example", "MX", "10 mx2.multi.example."))
     records.extend(_healthy("insecure.optout.example"))
     return records

@@ -7,7 +7,8 @@ the chain a mail host presented satisfies it. What an SMTP client may use (RFC 7
   validity dates are not checked (RFC 7672 §3.1.1, RFC 7671 §5.1);
 * usage 2, DANE-TA: a certificate of the presented chain other than the leaf matches (RFC 7671 §5.2.2: the
   trust anchor must be in the chain for the client to use it), the chain from that certificate down to the
-  leaf verifies, the leaf is valid now, and it names the MX host (RFC 7672 §3.2.2, §3.2.3);
+  leaf verifies, the leaf is valid now, and it names the MX host or, for an alias, its CNAME-expanded name
+  (RFC 7672 §3.2.2, §3.2.3);
 * usages 0 and 1 (PKIX-TA, PKIX-EE) are unusable for SMTP (RFC 7672 §3.1.3), and so are unknown usages,
   selectors and matching types, and a digest of the wrong length (RFC 7671 §4.1).
 
@@ -166,14 +167,19 @@ def _load(chain_der: Sequence[bytes]) -> list[x509.Certificate]:
 
 
 def match_chain(
-    records: Sequence[TlsaRecord], chain_der: Sequence[bytes], host: str, *, at: datetime
+    records: Sequence[TlsaRecord], chain_der: Sequence[bytes], host: str, *, at: datetime, names: Sequence[str] = ()
 ) -> tuple[TlsaMatch, ...]:
-    """Judge each of ``records`` against the chain ``host`` presented (DER, leaf first), at time ``at``."""
+    """Judge each of ``records`` against the chain ``host`` presented (DER, leaf first), at time ``at``.
+
+    ``names`` are more names a DANE-TA leaf may carry instead of ``host``: the CNAME-expanded name when ``host``
+    is an alias whose chain is secure (RFC 7672 §3.2.2 makes both reference identifiers).
+    """
     chain = _load(chain_der)
-    return tuple(_match(record, chain, host, at) for record in records)
+    reference = tuple(dict.fromkeys((host, *names)))
+    return tuple(_match(record, chain, reference, at) for record in records)
 
 
-def _match(record: TlsaRecord, chain: list[x509.Certificate], host: str, at: datetime) -> TlsaMatch:
+def _match(record: TlsaRecord, chain: list[x509.Certificate], names: tuple[str, ...], at: datetime) -> TlsaMatch:
     problem = record.problem
     if problem:
         return TlsaMatch(record, Outcome.UNUSABLE, detail=problem)
@@ -185,11 +191,13 @@ def _match(record: TlsaRecord, chain: list[x509.Certificate], host: str, at: dat
         return TlsaMatch(record, Outcome.NO_MATCH, detail="the leaf certificate does not match")
     for position in range(1, len(chain)):
         if _associated(chain[position], record):
-            return _trust_anchored(record, chain[: position + 1], host, at)
+            return _trust_anchored(record, chain[: position + 1], names, at)
     return TlsaMatch(record, Outcome.NO_MATCH, detail="no CA certificate of the presented chain matches")
 
 
-def _trust_anchored(record: TlsaRecord, chain: list[x509.Certificate], host: str, at: datetime) -> TlsaMatch:
+def _trust_anchored(
+    record: TlsaRecord, chain: list[x509.Certificate], names: tuple[str, ...], at: datetime
+) -> TlsaMatch:
     """DANE-TA: the matched certificate, last in ``chain``, is the trust anchor of the rest."""
     position = len(chain) - 1
     verdict = verify_chain(chain[:-1], [chain[-1]], at=at)
@@ -201,8 +209,8 @@ def _trust_anchored(record: TlsaRecord, chain: list[x509.Certificate], host: str
         return TlsaMatch(record, Outcome.CHAIN_INVALID, position, f"the leaf: {exc}")
     if not leaf.not_before <= at <= leaf.not_after:
         return TlsaMatch(record, Outcome.EXPIRED, position, f"the leaf is valid {leaf.not_before} to {leaf.not_after}")
-    if not name_matches(host, leaf):
-        return TlsaMatch(record, Outcome.NAME_MISMATCH, position, f"the leaf does not name {host}")
+    if not any(name_matches(name, leaf) for name in names):
+        return TlsaMatch(record, Outcome.NAME_MISMATCH, position, f"the leaf does not name {' or '.join(names)}")
     return TlsaMatch(record, Outcome.MATCHED, position)
 
 

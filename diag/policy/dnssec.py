@@ -165,6 +165,7 @@ class DnssecResult:
         chain: the zones validated on the way, from the anchor down (through each alias's zone in turn).
         detail: the validator's or resolver's words.
         aliases: the CNAME targets followed from ``name``, in order; each link was validated in its own zone.
+            With the AD bit only the last target is known (the resolver followed the chain).
     """
 
     name: str
@@ -569,8 +570,11 @@ def _from_ad_bit(name: str, rdtype: str) -> Generator[Question, Reply, DnssecRes
     if not reply.status.answered:
         return DnssecResult(name, rdtype, Security.INDETERMINATE, Reason.DNS_ERROR, Method.AD_BIT,
                             status=reply.status, detail=reply.detail)  # fmt: skip
+    # The resolver followed any CNAMEs itself: only the name it found the data at is known (the last alias).
+    aliases = (reply.canonical_name,) if reply.canonical_name else ()
     if reply.signed is not None and reply.signed.authenticated:
         return DnssecResult(name, rdtype, Security.SECURE, Reason.AD_BIT, Method.AD_BIT, status=reply.status,
-                            records=reply.records)  # fmt: skip
+                            records=reply.records, aliases=aliases)  # fmt: skip
     return DnssecResult(name, rdtype, Security.INSECURE, Reason.NO_AD_BIT, Method.AD_BIT, status=reply.status,
-                        records=reply.records, detail="the validating resolver did not set AD")  # fmt: skip
+                        records=reply.records, detail="the validating resolver did not set AD",
+                        aliases=aliases)  # fmt: skip

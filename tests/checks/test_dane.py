@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from checks.dane import CHECK, DaneFacts, Endpoint, HostTlsa, assess
+from checks.dane import CHECK, DaneFacts, Endpoint, HostTlsa, TlsaBase, assess
 from checks.dnssec import DnssecFacts
+from diag.model import Severity
 from diag.policy.dane import Outcome, TlsaMatch, parse_tlsa
 from diag.policy.dnssec import DnssecResult, Method, Reason, Security
 from diag.policy.lookup import ReplyStatus
@@ -21,8 +22,9 @@ PKIX = parse_tlsa("1 1 1 " + "ab" * 32)
 ENDPOINT = f"{HOST} [192.0.2.1]:25"
 
 
-def tlsa(security: Security = Security.SECURE, status: ReplyStatus = ReplyStatus.OK, **extra: object) -> DnssecResult:
-    return DnssecResult(NAME, "TLSA", security, Reason.VALIDATED, status=status, **extra)  # type: ignore[arg-type]
+def tlsa(security: Security = Security.SECURE, status: ReplyStatus = ReplyStatus.OK, reason: Reason = Reason.VALIDATED,
+         **extra: object) -> DnssecResult:
+    return DnssecResult(NAME, "TLSA", security, reason, status=status, **extra)  # type: ignore[arg-type]
 
 
 def judge(host: HostTlsa) -> list[tuple[str, str, str]]:
@@ -84,6 +86,9 @@ def test_failures_say_what_the_cloud_reports(host: HostTlsa, words: str) -> None
         ("tlsabad.nsec3.example", ["DANE_MISMATCH"]),
         ("nsec3bad.example", ["DANE_TLSA_BOGUS"]),  # the denial of its TLSA records does not cover the name
         ("insecure.optout.example", ["DANE_NONE"]),
+        ("cnamesigned.example", ["DANE_OK"]),  # the TLSA records of the CNAME-expanded name, mx.nsec3.example
+        ("cnameunsigned.example", ["DANE_OK"]),  # the chain is insecure: the record at the host name itself
+        ("tlsafail.example", ["DANE_LOOKUP_FAILED"]),  # SERVFAIL on the way to the TLSA records: senders defer
     ],
 )
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -99,11 +104,13 @@ def test_lab_dane_ta_and_ee_both_match_the_presented_chain(domain_report) -> Non
 
 
 def test_a_bogus_mx_or_address_answer_defers_dane_senders() -> None:
-    # Given the TLSA records match, but the dnssec check found the domain's MX answer (then a host's A) bogus
+    # Given the TLSA records match, but the dnssec check found the domain's MX answer (then a host's A, its AAAA)
+    # bogus
     host = HostTlsa(HOST, NAME, tlsa(), (EE,), (Endpoint(ENDPOINT, True, (TlsaMatch(EE, Outcome.MATCHED, 0),)),))
     mx = DnssecResult("contoso.com", "MX", Security.BOGUS, Reason.EXPIRED, zone="contoso.com", detail="expired")
     address = DnssecResult(HOST, "A", Security.BOGUS, Reason.BAD_SIGNATURE, zone="contoso.com")
-    for bogus, subject in ((mx, "contoso.com MX"), (address, f"{HOST} A")):
+    address6 = DnssecResult(HOST, "AAAA", Security.BOGUS, Reason.EXPIRED, zone="contoso.com")
+    for bogus, subject in ((mx, "contoso.com MX"), (address, f"{HOST} A"), (address6, f"{HOST} AAAA")):
         dnssec = DnssecFacts("contoso.com", Method.VALIDATED, (".",), (bogus,))
         (finding,) = assess(DaneFacts((host,), datetime.now(UTC)), dnssec)
         # Then the dane check says the senders defer, naming the bogus answer, with the cloud's error
@@ -113,3 +120,92 @@ def test_a_bogus_mx_or_address_answer_defers_dane_senders() -> None:
     fine = DnssecFacts("contoso.com", Method.VALIDATED, (".",), (DnssecResult("contoso.com", "MX", Security.SECURE,
                                                                                Reason.VALIDATED),))  # fmt: skip
     assert [f.code for f in assess(DaneFacts((host,), datetime.now(UTC)), fine)] == ["DANE_OK"]
+
+
+def test_lab_alias_with_a_secure_chain_takes_the_expanded_names_tlsa_records(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # Given cnamesigned.example's MX host is a CNAME into nsec3.example, every link signed, and TLSA records only at
+    # the expanded name
+    (host,) = domain_report("cnamesigned.example").result("dane").facts.hosts
+    # Then they are the ones looked up and matched (RFC 7672 §2.2.2), with both names as reference identifiers
+    assert (host.host, host.base, host.name) == ("mx.cnamesigned.example", TlsaBase.EXPANDED,
+                                                 "_25._tcp.mx.nsec3.example")  # fmt: skip
+    assert (host.names, host.signed, host.expanded) == (("mx.cnamesigned.example", "mx.nsec3.example"), True, None)
+    (endpoint,) = host.endpoints
+    assert [m.outcome for m in endpoint.matches] == [Outcome.MATCHED]
+    (finding,) = domain_report("cnamesigned.example").result("dane").findings
+    assert "at _25._tcp.mx.nsec3.example, its CNAME-expanded name" in finding.message
+
+
+def test_lab_alias_into_an_unsigned_zone_takes_only_the_host_names_tlsa_records(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # Given cnameunsigned.example's MX host (in the signed example zone) is a CNAME into unsigned.example, whose
+    # own TLSA record is not DNSSEC-signed, and the host name has a signed one
+    (host,) = domain_report("cnameunsigned.example").result("dane").facts.hosts
+    # Then only the host name's record counts (RFC 7672 §2.2.2): the expanded name is not even asked
+    assert (host.base, host.name, host.names) == (TlsaBase.ALIAS_NOT_SECURE, "_25._tcp.mx.cnameunsigned.example",
+                                                  ("mx.cnameunsigned.example",))  # fmt: skip
+    assert host.dnssec.security is Security.SECURE and host.signed  # its own CNAME validates: a signed zone
+
+
+def test_lab_tlsa_lookup_failing_in_a_signed_zone_defers(domain_report) -> None:  # type: ignore[no-untyped-def]
+    # Given tlsafail.example's MX host validates, but its TLSA lookup gets SERVFAIL on the walk down to it
+    report = domain_report("tlsafail.example")
+    (host,) = report.result("dane").facts.hosts
+    assert (host.signed, host.dnssec.security, host.dnssec.reason) == (True, Security.INDETERMINATE,
+                                                                       Reason.DNS_ERROR)  # fmt: skip
+    # Then DANE senders defer delivery (RFC 7672 §2.1.1), which the finding says
+    (finding,) = report.result("dane").findings
+    assert (finding.code, finding.subject) == ("DANE_LOOKUP_FAILED", "mx.tlsafail.example")
+    assert "_25._tcp.mx.tlsafail.example" in finding.message and "defer delivery" in finding.message
+
+
+def dnssec_of(*results: DnssecResult) -> DnssecFacts:
+    return DnssecFacts("contoso.com", Method.VALIDATED, (".",), results)
+
+
+MATCHED = HostTlsa(HOST, NAME, tlsa(), (EE,), (Endpoint(ENDPOINT, True, (TlsaMatch(EE, Outcome.MATCHED, 0),)),))
+
+
+@pytest.mark.parametrize(
+    ("failed", "subject"),
+    [
+        (DnssecResult("contoso.com", "MX", Security.INDETERMINATE, Reason.DNS_ERROR, zone="com",
+                      detail="contoso.com DS: SERVFAIL"), "contoso.com MX"),
+        (DnssecResult(HOST, "AAAA", Security.INDETERMINATE, Reason.DNS_ERROR, zone="contoso.com",
+                      detail="timed out"), f"{HOST} AAAA"),
+        (DnssecResult(HOST, "A", Security.INDETERMINATE, Reason.CNAME, detail="a CNAME loop"), f"{HOST} A"),
+    ],
+)  # fmt: skip
+def test_a_failed_mx_or_address_lookup_defers_dane_senders(failed: DnssecResult, subject: str) -> None:
+    # Given matching TLSA records, but the MX or an address lookup failed on its chain of trust
+    (finding,) = assess(DaneFacts((MATCHED,), datetime.now(UTC)), dnssec_of(failed))
+    # Then DANE senders defer (RFC 7672 §2.1.1): a lookup failure, not a validation failure
+    assert (finding.code, finding.subject, finding.severity) == ("DANE_LOOKUP_FAILED", subject, Severity.CRITICAL)
+    assert "defer delivery" in finding.message and failed.reason.value in finding.message
+
+
+def test_no_trust_anchor_for_the_name_defers_nothing() -> None:
+    # Given diag's trust anchors do not cover the MX host's name (its configuration, not the zone's)
+    uncovered = DnssecResult(HOST, "A", Security.INDETERMINATE, Reason.NO_ANCHOR, detail="no trust anchor covers it")
+    # Then nothing says a sender validating from the root defers: the TLSA records are judged as usual
+    assert [f.code for f in assess(DaneFacts((MATCHED,), datetime.now(UTC)), dnssec_of(uncovered))] == ["DANE_OK"]
+
+
+def test_a_failed_tlsa_lookup_defers_only_in_a_signed_zone() -> None:
+    failed = tlsa(Security.INDETERMINATE, ReplyStatus.ERROR, reason=Reason.DNS_ERROR, zone="contoso.com",
+                  detail="_tcp.mx.contoso.com DS: SERVFAIL")  # fmt: skip
+    # Given the host is in a signed zone, a failed TLSA lookup defers delivery (RFC 7672 §2.1.1)
+    (finding,) = assess(DaneFacts((HostTlsa(HOST, NAME, failed, signed=True),), datetime.now(UTC)))
+    assert (finding.code, finding.subject) == ("DANE_LOOKUP_FAILED", HOST) and "SERVFAIL" in finding.message
+    # and outside one, where DANE senders do not ask, it stays a DNS error
+    (finding,) = assess(DaneFacts((HostTlsa(HOST, NAME, failed),), datetime.now(UTC)))
+    assert finding.code == "DANE_DNS_ERROR"
+
+
+def test_no_tlsa_at_the_expanded_name_nor_at_the_host_name() -> None:
+    expanded = DnssecResult("_25._tcp.host.cloud.example", "TLSA", Security.SECURE, Reason.VALIDATED,
+                            status=ReplyStatus.NXDOMAIN)  # fmt: skip
+    host = HostTlsa(HOST, NAME, tlsa(status=ReplyStatus.NODATA), base=TlsaBase.HOST_AFTER_EXPANDED,
+                    names=(HOST, "host.cloud.example"), expanded=expanded, signed=True)  # fmt: skip
+    (finding,) = assess(DaneFacts((host,), datetime.now(UTC)))
+    assert finding.code == "DANE_NONE"
+    assert f"at _25._tcp.host.cloud.example (its CNAME-expanded name) nor at {NAME}" in finding.message

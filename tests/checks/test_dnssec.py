@@ -9,7 +9,8 @@ import pytest
 from checks import default_registry
 from checks.dnssec import CHECK, DnssecFacts, assess
 from diag.lab.runner import Lab
-from diag.policy.dnssec import DnssecResult, Method, Reason, Security
+from diag.policy.dnssec import Denial, DnssecResult, Method, Reason, Security
+from diag.policy.lookup import ReplyStatus
 from diag.runner import run_checks
 
 from .conftest import codes_of
@@ -45,17 +46,20 @@ def test_each_state_has_its_code(result: DnssecResult, code: str, words: str) ->
 @pytest.mark.parametrize(
     ("domain", "expected"),
     [
-        ("contoso.com", ["DNSSEC_OK", "DNSSEC_OK"]),
-        ("unsigned.example", ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]),
-        ("badsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK"]),
-        ("forgedsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK"]),  # its keys validate, its MX answer's signature not
-        ("cnamemx.example", ["DNSSEC_OK", "DNSSEC_OK"]),  # the MX host's CNAME and its target, each validated
+        # the MX answer, then each MX host's A and AAAA answers (the lab's hosts have no IPv6: a validated NODATA)
+        ("contoso.com", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),
+        ("unsigned.example", ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]),
+        ("badsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK", "DNSSEC_OK"]),
+        ("forgedsig.example", ["DNSSEC_BOGUS", "DNSSEC_OK", "DNSSEC_OK"]),  # its keys validate, its MX's signature not
+        ("cnamemx.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),  # the MX host's CNAME and its target, each
         ("nullmx.example", ["DNSSEC_OK"]),
-        ("nsec3.example", ["DNSSEC_OK", "DNSSEC_OK"]),
-        ("mail.wild.nsec3.example", ["DNSSEC_OK", "DNSSEC_OK"]),  # with the proof that the name does not exist
-        ("cnamesigned.example", ["DNSSEC_OK", "DNSSEC_OK"]),
-        ("nsec3bad.example", ["DNSSEC_OK", "DNSSEC_OK"]),  # positive answers: no denial to get wrong
-        ("insecure.optout.example", ["DNSSEC_UNSIGNED", "DNSSEC_OK"]),
+        ("nsec3.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),  # the AAAA denied with NSEC3
+        ("mail.wild.nsec3.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),  # with the proof that the name does
+        ("cnamesigned.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),
+        ("nsec3bad.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),
+        ("insecure.optout.example", ["DNSSEC_UNSIGNED", "DNSSEC_OK", "DNSSEC_OK"]),
+        ("cnameunsigned.example", ["DNSSEC_OK", "DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]),  # a CNAME into unsigned.example
+        ("tlsafail.example", ["DNSSEC_OK", "DNSSEC_OK", "DNSSEC_OK"]),  # only its TLSA lookup fails
     ],
 )
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -68,15 +72,19 @@ def test_lab_with_the_ad_bit_of_a_resolver_that_does_not_validate(lab: Lab) -> N
     options = lab.run_options(timeout=3.0, validating_resolver=True)
     (domain,) = asyncio.run(run_checks(["contoso.com"], registry, options)).domains
     # Then nothing is taken as validated
-    assert codes_of(domain, "dnssec") == ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]
+    assert codes_of(domain, "dnssec") == ["DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED", "DNSSEC_UNSIGNED"]
     assert domain.result("dnssec").facts.method is Method.AD_BIT
 
 
 def test_lab_cname_into_another_signed_zone_walks_both_zones(domain_report) -> None:  # type: ignore[no-untyped-def]
-    (_mx, host) = domain_report("cnamesigned.example").result("dnssec").facts.results
+    (_mx, host, host6) = domain_report("cnamesigned.example").result("dnssec").facts.results
     assert (host.name, host.aliases, host.chain) == ("mx.cnamesigned.example", ("mx.nsec3.example",),
                                                      ("example", "nsec3.example"))  # fmt: skip
     assert host.records == ("127.0.20.34",)
+    # and the AAAA answer too: the same CNAME, then the target's NODATA proven by NSEC3 in nsec3.example
+    assert (host6.rdtype, host6.security, host6.status, host6.aliases) == ("AAAA", Security.SECURE,
+                                                                           ReplyStatus.NODATA, ("mx.nsec3.example",))
+    assert host6.denial is Denial.NSEC3
 
 
 @pytest.mark.parametrize(
@@ -96,7 +104,7 @@ def test_insecure_denials_and_aliases_are_named(result: DnssecResult, words: str
 
 
 def test_lab_forged_signature_is_a_bad_signature_not_an_expired_one(domain_report) -> None:  # type: ignore[no-untyped-def]
-    (mx, _host) = domain_report("forgedsig.example").result("dnssec").facts.results
+    mx, *_hosts = domain_report("forgedsig.example").result("dnssec").facts.results
     assert (mx.security, mx.reason) == (Security.BOGUS, Reason.BAD_SIGNATURE)
-    (expired, _host) = domain_report("badsig.example").result("dnssec").facts.results
+    expired, *_hosts = domain_report("badsig.example").result("dnssec").facts.results
     assert expired.reason is Reason.EXPIRED

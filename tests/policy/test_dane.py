@@ -97,6 +97,18 @@ def test_dane_ta_wants_the_host_name_in_the_leaf(pki: TestPKI) -> None:
     assert match.outcome is Outcome.NAME_MISMATCH
 
 
+def test_dane_ta_takes_the_cname_expanded_name_as_a_reference_identifier(pki: TestPKI) -> None:
+    # Given HOST is an alias (secure chain) for a host whose leaf names only the expanded name
+    tlsa = record(2, 1, 1, hashlib.sha256(spki(pki.intermediate)).digest())
+    presented = chain(pki, ("host.hosting.example",))
+    # Then the expanded name is a reference identifier too (RFC 7672 §3.2.2), and without it the leaf names neither
+    (match,) = match_chain([tlsa], presented, HOST, at=pki.now, names=("host.hosting.example",))
+    assert match.outcome is Outcome.MATCHED
+    (match,) = match_chain([tlsa], presented, HOST, at=pki.now, names=("other.hosting.example",))
+    assert (match.outcome, match.detail) == (Outcome.NAME_MISMATCH,
+                                             f"the leaf does not name {HOST} or other.hosting.example")
+
+
 def test_dane_ta_wants_a_leaf_valid_now(pki: TestPKI) -> None:
     tlsa = record(2, 1, 1, hashlib.sha256(spki(pki.intermediate)).digest())
     (match,) = match_chain([tlsa], chain(pki, kind=CertKind.EXPIRED), HOST, at=pki.now)

@@ -201,6 +201,16 @@ def test_a_validating_resolvers_ad_bit_is_secure() -> None:
     reply = Reply(ReplyStatus.OK, ("127.0.0.1",), signed=Signed(authenticated=True))
     result = answered(from_ad_bit("mx.contoso.com", "A"), reply)
     assert (result.security, result.reason, result.records) == (Security.SECURE, Reason.AD_BIT, ("127.0.0.1",))
+    assert result.aliases == ()
+
+
+def test_the_ad_bit_names_the_last_cname_target_the_resolver_followed() -> None:
+    # Given the validating resolver found the address through CNAMEs (it follows them itself)
+    reply = Reply(ReplyStatus.OK, ("127.0.0.1",), canonical_name="host.cloud.example",
+                  signed=Signed(authenticated=True))  # fmt: skip
+    result = answered(from_ad_bit("mx.contoso.com", "A"), reply)
+    # Then the result knows the fully expanded name (what DANE looks up TLSA records at: RFC 7672 §2.2.2)
+    assert (result.security, result.aliases) == (Security.SECURE, ("host.cloud.example",))
 
 
 def test_no_answer_from_the_validating_resolver_is_indeterminate() -> None:

@@ -408,6 +408,8 @@ def policy_facts() -> dict[str, dict[str, Any]]:
             "hosts": [{
                 "host": "mx.example.com", "name": "_25._tcp.mx.example.com",
                 "dnssec": {"security": "secure", "reason": "validated", "status": "ok", "records": [tlsa, "1 0 0 00"]},
+                "base": "host-after-expanded", "names": ["mx.example.com", "host.hosting.example"], "signed": True,
+                "expanded": {"name": "_25._tcp.host.hosting.example", "status": "nxdomain"},
                 "endpoints": [
                     {"endpoint": "mx.example.com [192.0.2.1]:25", "tls": True, "matches": [
                         {"record": {"text": tlsa}, "outcome": "no-match", "position": None,
@@ -635,6 +637,9 @@ def test_a_synthetic_report_shows_every_kind_of_evidence() -> None:
         "DANE-EE, public key, SHA-256",
         "PKIX-EE, full certificate, exact not usable: usage 1 (PKIX-EE) is not for SMTP",
         "no record matches: 3 1 1 abab", "[2001:db8::1]:25 no TLS: DANE senders do not deliver",
+        "mx.example.com: an alias for host.hosting.example, every link validated; no TLSA records at "
+        "_25._tcp.host.hosting.example (nxdomain), so the host name's count (RFC 7672 §2.2.2); in a signed zone",
+        "Names a DANE-TA certificate may carry: mx.example.com, host.hosting.example",
         "example.com MX bogus expired; signature expired; zone example.com chain: . → com → example.com",
         "validated by diag from the trust anchors of: .",
     ):  # fmt: skip
@@ -644,7 +649,7 @@ def test_a_synthetic_report_shows_every_kind_of_evidence() -> None:
 # --- the policy section (issue 14) ---------------------------------------------------------------------------
 
 POLICY_DOMAINS = ("contoso.com", "spflookups.example", "dmarcnone.example", "stsnotcovering.example", "dane.example",
-                  "danebad.example", "unsigned.example", "badsig.example")  # fmt: skip
+                  "danebad.example", "unsigned.example", "badsig.example", "cnamesigned.example")  # fmt: skip
 
 
 def policy_part(root: Node, domain: str) -> Node:
@@ -678,6 +683,9 @@ def test_the_policy_section_shows_each_domains_policy(lab_domains: Callable[...,
     assert re.search(r"\[127\.0\.20\.31\]:\d+ no record matches: 3 1 1 [0-9a-f]{64}: no-match", text["danebad.example"])
     assert "DNSSEC insecure" in text["unsigned.example"]
     assert "senders ignore the records: they are not DNSSEC-validated" in text["unsigned.example"]
+    assert ("mx.cnamesigned.example: an alias for mx.nsec3.example, every link validated: the CNAME-expanded name's "
+            "records count first") in text["cnamesigned.example"]
+    assert "_25._tcp.mx.nsec3.example" in text["cnamesigned.example"]
     # and the DNSSEC state of each answer.
     assert "badsig.example MX bogus" in text["badsig.example"]
     assert "mx2.multi.example A secure" in text["badsig.example"]
