@@ -43,7 +43,10 @@ POSTTLS_FINGER = "/usr/sbin/posttls-finger"
 UNBOUND = "/usr/sbin/unbound"
 RESOLVER_IP = "127.0.0.1"
 DOMAINS = ("contoso.com", "fabrikam.com", *POLICY_PURPOSES)
-DANE_DOMAINS = ("contoso.com", "dane.example", "danebad.example", "unsigned.example", "badsig.example")
+DANE_DOMAINS = ("contoso.com", "dane.example", "danebad.example", "unsigned.example", "badsig.example",
+                "forgedsig.example", "nsec3.example", "tlsabad.nsec3.example", "nsec3bad.example",
+                "insecure.optout.example", "cnamesigned.example", "cnameunsigned.example", "tlsafail.example",
+                "mail.wild.nsec3.example")  # fmt: skip
 BIN = Path(sys.executable).parent
 
 
@@ -227,10 +230,7 @@ ASPECTS = (("SPF", "spf", "SPF_OK", "spf"), ("DMARC", "dmarc", "DMARC_OK", "dmar
 
 
 def _other_fine(row: dict[str, object], aspect: str, key: str) -> bool | None:
-    """Whether checkdmarc (or posttls-finger, for DANE) found nothing wrong; None: the tool was not run."""
-    if key == "posttls-finger":
-        verdict = row["posttls-finger"]
-        return None if verdict is None else "DANE match" in str(verdict)
+    """Whether checkdmarc found nothing wrong; None: the tool was not run. (DANE is compared by kind.)"""
     checkdmarc = row["checkdmarc"]
     assert isinstance(checkdmarc, dict)
     text = str(checkdmarc.get(key, ""))
@@ -242,6 +242,32 @@ def _other_fine(row: dict[str, object], aspect: str, key: str) -> bool | None:
     return fine
 
 
+# DANE, by what a DANE sender does: deliver authenticated by a TLSA match, refuse a host whose TLSA records
+# match nothing, defer because an answer it needs is bogus or missing, or deliver without DANE.
+_DANE_KINDS = {
+    "DANE_OK": "match", "DANE_MISMATCH": "mismatch", "DANE_MX_BOGUS": "defer", "DANE_TLSA_BOGUS": "defer",
+    "DANE_LOOKUP_FAILED": "defer", "DANE_NONE": "no DANE", "DANE_TLSA_INSECURE": "no DANE",
+}  # fmt: skip
+
+
+def _dane_kind(codes: list[str]) -> str:
+    kinds = {_DANE_KINDS.get(code, code) for code in codes}
+    for kind in ("defer", "mismatch", "match", "no DANE"):
+        if kind in kinds:
+            return kind
+    return " ".join(sorted(kinds))
+
+
+def _finger_kind(verdict: str) -> str:
+    if "DANE match" in verdict:
+        return "match"
+    if "no matching TLSA" in verdict:
+        return "mismatch"
+    if "try again" in verdict or "lookup error" in verdict or "lookup failed" in verdict:
+        return "defer"
+    return "no DANE"
+
+
 def table(rows: list[dict[str, object]]) -> str:
     """One line per domain and aspect: diag's codes, the other tool's verdict, and ``!`` where they disagree."""
     lines = ["| domain | aspect | diag | other tool | agree |", "|---|---|---|---|---|"]
@@ -251,15 +277,18 @@ def table(rows: list[dict[str, object]]) -> str:
         assert isinstance(diag, dict) and isinstance(checkdmarc, dict)
         for aspect, check, fine_code, key in ASPECTS:
             codes = sorted(set(diag.get(check, [])))
-            other = _other_fine(row, aspect, key)
-            if other is None:
-                continue
-            verdict = row["posttls-finger"] if key == "posttls-finger" else checkdmarc.get(key)
-            if key == "mta_sts" and "MTA-STS" in str(checkdmarc.get("mx", "")):
-                verdict = f"{verdict}; mx: {checkdmarc['mx']}"
+            if key == "posttls-finger":
+                verdict = row["posttls-finger"]
+                if verdict is None:
+                    continue
+                agree = "yes" if _dane_kind(codes) == _finger_kind(str(verdict)) else "**!**"
+            else:
+                verdict = checkdmarc.get(key)
+                if key == "mta_sts" and "MTA-STS" in str(checkdmarc.get("mx", "")):
+                    verdict = f"{verdict}; mx: {checkdmarc['mx']}"
+                agree = "yes" if (codes == [fine_code]) == _other_fine(row, aspect, key) else "**!**"
             tool = "posttls-finger" if key == "posttls-finger" else "checkdmarc"
-            agree = "yes" if (codes == [fine_code]) == other else "**!**"
-            text = str(verdict).replace("|", "/")
+            text = " ".join(str(verdict).replace("|", "/").split())
             lines.append(f"| {row['domain']} | {aspect} | {' '.join(codes)} | {tool}: {text} | {agree} |")
     return "\n".join(lines) + "\n"
 
