@@ -190,6 +190,8 @@ PURPOSES = {
     "truncated.example": "its DNS answers are truncated over UDP and TCP alike (never complete)",
     "slowaaaa.example": "its MX host's AAAA answer (no IPv6) comes 0.4 s after its A answer: the SMTP session "
     "starts on the A answer",
+    "noedns.example": "its DNS does not implement EDNS (FORMERR without OPT to a query with EDNS, plain queries "
+    "answered): the mail checks pass on the plain answers, which carry no DNSSEC material",
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
     "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies, "
     "certificate names and policy records",
@@ -357,6 +359,7 @@ def default_world() -> World:
             greeting="421 4.7.0 mx.ratelimited.example Too many connections from your address, try again later",
         ),
         _broken("slowaaaa.example", 90),
+        _broken("noedns.example", 91),
         _broken(
             "endless421.example", 28, kind=HostKind.ENDLESS, cert=None,
             greeting="421 4.7.0 mx.endless421.example Too many connections from your address, try again later",
@@ -429,6 +432,7 @@ def default_world() -> World:
             ("lossy.example", Behaviour.LOSE_UDP),
             ("slowaaaa.example", Behaviour.SLOW_AAAA),
             ("manymx.example", Behaviour.SMALL_UDP),
+            ("noedns.example", Behaviour.NO_EDNS),
         ),
         signed=tuple(z for z in zones if z not in UNSIGNED_ZONES),
         expired=EXPIRED_ZONES,
