@@ -178,6 +178,8 @@ PURPOSES = {
     "nomx.example": "no MX, an A record only (implicit MX)",
     "cnamemx.example": "MX target is a CNAME",
     "dangling.example": "MX target has no address",
+    "noedns.example": "its DNS does not implement EDNS (FORMERR without OPT to a query with EDNS, plain queries "
+    "answered): the mail checks pass on the plain answers, which carry no DNSSEC material",
     "iplit.example": "MX target is an IP address",
     "badname.example": "MX target is not a valid host name",
     "dupmx.example": "the same MX host listed twice",
@@ -190,8 +192,6 @@ PURPOSES = {
     "truncated.example": "its DNS answers are truncated over UDP and TCP alike (never complete)",
     "slowaaaa.example": "its MX host's AAAA answer (no IPv6) comes 0.4 s after its A answer: the SMTP session "
     "starts on the A answer",
-    "noedns.example": "its DNS does not implement EDNS (FORMERR without OPT to a query with EDNS, plain queries "
-    "answered): the mail checks pass on the plain answers, which carry no DNSSEC material",
     "notaccepted.example": "MX at the cloud host, but not an accepted domain of the organization",
     "hostile.example": "markup, template syntax, control and bidi characters in its MX name, SMTP replies, "
     "certificate names and policy records",
