@@ -57,6 +57,20 @@ def test_a_dns_server_that_loses_the_first_udp_answers_does_not_make_the_domain_
     assert "  mx: completed (" in done.stdout and "MX_OK mx2.multi.example" in done.stdout
 
 
+def test_a_dns_server_without_edns_does_not_make_the_mail_checks_fail_and_the_dnssec_checks_say_why() -> None:
+    # noedns.example's DNS answers FORMERR (without OPT) to every query with EDNS, which a default run sends (DO
+    # for the DNSSEC checks): each question is asked again without EDNS, so the mail checks pass as before
+    done = diag("check", "noedns.example", "--lab")
+    assert done.stderr == ""
+    for passed in ("MX_OK mx.noedns.example", "SMTP_OK", "STARTTLS_OK", "CERT_OK", "SPF_OK", "DMARC_OK"):
+        assert passed in done.stdout
+    # and the DNSSEC checks say the server gave no DNSSEC material: no state, neither secure nor bogus
+    no_material = "does not implement EDNS (it answered FORMERR to a query with EDNS)"
+    assert done.stdout.count("DNSSEC_INDETERMINATE") == 2 and no_material in done.stdout
+    assert "DNSSEC_OK" not in done.stdout and "DNSSEC_BOGUS" not in done.stdout and "  mx: completed (" in done.stdout
+    assert done.returncode == 1  # a warning: DANE_DNS_ERROR, the TLSA records cannot be had without DNSSEC
+
+
 def test_a_domain_that_accepts_no_mail_is_ok_and_its_mail_checks_do_not_apply(tmp_path: Path) -> None:
     # Given a domain whose only MX is the null MX (RFC 7505: it accepts no mail)
     out = tmp_path / "result.json"

@@ -150,10 +150,16 @@ class Behaviour(enum.StrEnum):
     SMALL_UDP = "small-udp"
     """Answer over UDP in 512 octets at most, whatever EDNS payload the client offers (BIND's ``max-udp-size``,
     NSD's ``ipv4-edns-size``): a longer answer is truncated, and the client asks again over TCP."""
+    NO_EDNS = "no-edns"
+    """Answer a query carrying an OPT record (EDNS, RFC 6891) for a name at or below the name with FORMERR and no
+    OPT record, as a server that does not implement EDNS must (RFC 6891 §7); answer a query without one normally
+    (which, without the DO bit, carries no DNSSEC records): an old server or a middlebox that strips EDNS."""
 
 
 # Behaviours that decide only whether, when or how a query is answered; the answer itself is the normal one.
-_TRANSPORT_BEHAVIOURS = frozenset({Behaviour.LOSE_UDP, Behaviour.TCP_ONLY, Behaviour.SLOW_AAAA, Behaviour.SMALL_UDP})
+_TRANSPORT_BEHAVIOURS = frozenset(
+    {Behaviour.LOSE_UDP, Behaviour.TCP_ONLY, Behaviour.SLOW_AAAA, Behaviour.SMALL_UDP, Behaviour.NO_EDNS}
+)
 
 
 class Transport(enum.StrEnum):
@@ -979,6 +985,10 @@ class DnsServer:
             response.set_rcode(dns.rcode.NOTIMP)
             return _Reply(_render(response, limit))
 
+        if query.edns >= 0 and self._data._behaviour_at(question.name) == Behaviour.NO_EDNS:
+            response.use_edns(False)
+            response.set_rcode(dns.rcode.FORMERR)
+            return _Reply(_render(response, limit))
         if transport == Transport.UDP and self._lose(question.name, qtype):
             return _Reply()
         if transport == Transport.UDP and self._data._behaviour_at(question.name) == Behaviour.SMALL_UDP:

@@ -186,6 +186,8 @@ PURPOSES = {
     "nomx.example": "no MX, an A record only (implicit MX)",
     "cnamemx.example": "MX target is a CNAME",
     "dangling.example": "MX target has no address",
+    "noedns.example": "its DNS does not implement EDNS (FORMERR without OPT to a query with EDNS, plain queries "
+    "answered): the mail checks pass on the plain answers, which carry no DNSSEC material",
     "iplit.example": "MX target is an IP address",
     "badname.example": "MX target is not a valid host name",
     "dupmx.example": "the same MX host listed twice",
@@ -365,6 +367,7 @@ def default_world() -> World:
             greeting="421 4.7.0 mx.ratelimited.example Too many connections from your address, try again later",
         ),
         _broken("slowaaaa.example", 90),
+        _broken("noedns.example", 91),
         _broken(
             "endless421.example", 28, kind=HostKind.ENDLESS, cert=None,
             greeting="421 4.7.0 mx.endless421.example Too many connections from your address, try again later",
@@ -438,6 +441,7 @@ def default_world() -> World:
             ("slowaaaa.example", Behaviour.SLOW_AAAA),
             ("manymx.example", Behaviour.SMALL_UDP),
             *((name, Behaviour.SERVFAIL) for name in SERVFAIL_NAMES),
+            ("noedns.example", Behaviour.NO_EDNS),
         ),
         signed=tuple(z for z in zones if z not in UNSIGNED_ZONES),
         expired=EXPIRED_ZONES,

@@ -26,6 +26,16 @@ AAAA) defines it: the A and AAAA records of a mail exchanger named in that answe
 questions for the rest of the run, which saves a round trip before the first connection. Only records owned by
 an exchange name of the same answer are taken; a type the section does not give is asked for as usual. A
 resolver that asks with the DO bit (:class:`Resolver`) takes them only with the RRSIGs the section gives for them.
+
+A nameserver that does not implement EDNS answers a query carrying an OPT record with FORMERR or NOTIMP and no OPT
+record of its own (RFC 6891 §7). Such an answer to a query with EDNS (a DNSSEC question, or ``edns0``) is asked
+again of that server without EDNS, within the same lookup budget, after the other nameservers of the round (one
+that does EDNS can give the DNSSEC material, RFC 6891 §6.2.2); the resolver remembers it for the rest of the run,
+so a later question to that server for that name or a name below it goes without EDNS at once, after the other
+servers. The memory is per server and name, as Unbound's per server and zone, because a server may be a front for
+several others (the lab's serves every lab domain, only one of them without EDNS). The answer then carries no
+DNSSEC material: it answers the plain question, and a DNSSEC question about it raises :class:`~diag.errors.DnsError`
+saying so (:attr:`Answer.no_dnssec`). A timeout is never a reason to drop EDNS (DNS flag day 2019).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import asyncio
 import enum
 import ipaddress
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +126,9 @@ class Answer:
         authenticated: the AD bit: the resolver says it validated the answer. Only worth anything from a
             validating resolver the operator trusts, over a path nobody can tamper with (security-cases.md
             DNS-19, RD-27).
+        no_dnssec: asked for DNSSEC material, but answered by a nameserver that does not implement EDNS (asked
+            again without it, RFC 6891 §7), so ``dnssec`` is False and the answer has none: why, naming the
+            server. A DNSSEC question about it raises :class:`~diag.errors.DnsError` with this text.
     """
 
     name: str
@@ -127,6 +140,7 @@ class Answer:
     signatures: tuple[dns.rdtypes.ANY.RRSIG.RRSIG, ...] = ()
     authority: tuple[dns.rrset.RRset, ...] = ()
     authenticated: bool = False
+    no_dnssec: str = ""
 
     @property
     def via_cname(self) -> bool:
@@ -190,41 +204,52 @@ class _Unanswered(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Try:
-    """One query on the wire: to which nameserver, over TCP or not."""
+    """One query on the wire: to which nameserver, over TCP or not, with EDNS (an OPT record) or not."""
 
     server: Nameserver
     tcp: bool
+    edns: bool = False
 
 
 class _Lookup:
     """The I/O-free part of one lookup phase: which nameserver to ask next, and what an answer or a failure means
     (dnspython's ``_Resolution``, for one name and without search lists, cache or TSIG)."""
 
-    def __init__(self, servers: Sequence[Nameserver], *, tcp: bool) -> None:
-        self.servers = list(servers)
+    def __init__(
+        self, servers: Sequence[Nameserver], *, tcp: bool, edns: bool = False, plain: Collection[Nameserver] = ()
+    ) -> None:
+        """``edns``: the question goes with EDNS, but to the servers in ``plain`` (known not to implement it),
+        which are asked after the others."""
+        self.servers = sorted(servers, key=lambda server: server in plain) if edns else list(servers)
         self._round = self.servers[:]
         self._tcp = tcp
-        self._retry_with_tcp: Nameserver | None = None
+        self._edns = edns
+        self._plain = set(plain)
+        self._retry: _Try | None = None
         self._backoff = _FIRST_BACKOFF
         self.errors: list[str] = []
+        self.edns_refused: dict[Nameserver, str] = {}
+        """The servers found in this phase not to implement EDNS, and what they answered a query with it."""
 
     def next_try(self) -> tuple[_Try, float]:
         """The next query, and how long to wait before sending it; raises _Unanswered when no server is left."""
-        if self._retry_with_tcp is not None:
-            server, self._retry_with_tcp = self._retry_with_tcp, None
-            return _Try(server, True), 0.0
+        if self._retry is not None:
+            attempt, self._retry = self._retry, None
+            return attempt, 0.0
         wait = 0.0
         if not self._round:  # every server was tried once: a new round, after a backoff
             if not self.servers:
                 raise _Unanswered("; ".join(self.errors) or "no nameserver")
             self._round = self.servers[:]
             wait, self._backoff = self._backoff, min(self._backoff * 2, _MAX_BACKOFF)
-        return _Try(self._round.pop(0), self._tcp), wait
+        server = self._round.pop(0)
+        return _Try(server, self._tcp, self._edns and server not in self._plain), wait
 
     def failed(self, attempt: _Try, exc: Exception) -> None:
         """The query raised ``exc`` instead of returning a response."""
         if isinstance(exc, dns.message.Truncated) and not attempt.tcp:
-            self._retry_with_tcp = attempt.server  # DNS-08: the full answer over TCP, from the same server
+            # DNS-08: the full answer over TCP, from the same server
+            self._retry = _Try(attempt.server, True, attempt.edns)
             return
         self.errors.append(f"{attempt.server} {_failure_text(exc)}")
         if attempt.tcp and isinstance(exc, EOFError | ConnectionResetError):
@@ -238,6 +263,14 @@ class _Lookup:
         """The response when it answers the question (NOERROR or NXDOMAIN, with a well-formed CNAME chain); None
         when the server is dropped and the next one is asked. YXDOMAIN ends the lookup (it cannot improve)."""
         rcode = response.rcode()
+        if rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and attempt.edns and response.edns < 0:
+            # RFC 6891 §7: a server that does not implement EDNS answers so, without an OPT record; it is asked
+            # again without EDNS after the other servers of the round, which may give the DNSSEC material.
+            self.errors.append(f"{attempt.server} answered {dns.rcode.to_text(rcode)} to a query with EDNS")
+            self.edns_refused[attempt.server] = dns.rcode.to_text(rcode)
+            self._plain.add(attempt.server)
+            self._round.append(attempt.server)
+            return None
         if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and isinstance(response, dns.message.QueryMessage):
             try:
                 response.resolve_chaining()
@@ -255,6 +288,27 @@ class _Lookup:
     def _drop(self, server: Nameserver) -> None:
         if server in self.servers:
             self.servers.remove(server)
+
+
+def _complete(name: str, rdtype: str, response: dns.message.Message) -> None:
+    """Raise DnsError when a response for data is truncated: asked again over TCP and truncated there too, it is
+    incomplete, and an incomplete answer is no answer (never "no MX", DNS-08)."""
+    if response.flags & dns.flags.TC:
+        raise DnsError(f"{name} {rdtype}: the answer is truncated even over TCP")
+
+
+def _plain_answer(
+    name: str, rdtype: str, response: dns.message.QueryMessage, chain: dns.message.ChainingResult, *,
+    no_dnssec: str = "",
+) -> Answer:
+    """The answer in ``response`` without DNSSEC material."""
+    canonical_name = name_text(chain.canonical_name)
+    if response.rcode() == dns.rcode.NXDOMAIN:
+        return Answer(name, rdtype, DnsStatus.NXDOMAIN, canonical_name, no_dnssec=no_dnssec)
+    _complete(name, rdtype, response)
+    if chain.answer is None:
+        return Answer(name, rdtype, DnsStatus.NODATA, canonical_name, no_dnssec=no_dnssec)
+    return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer), no_dnssec=no_dnssec)
 
 
 def _failure_text(exc: Exception) -> str:
@@ -285,6 +339,12 @@ class Resolver:
     The AD bit of a response vouches for its answer and authority sections only (RFC 4035 §3.2.3), so with it
     the addresses of an MX answer's additional section are not taken (see the module docstring): each is asked,
     and its own AD bit says whether it validated.
+
+    A nameserver that answers FORMERR or NOTIMP without an OPT record to a query with EDNS is asked again without
+    it (module docstring), and remembered for the rest of the run for that name and the names below it. In a run
+    with ``dnssec``, that second query is a second question on the wire by design; its answer serves the plain
+    question, and the DNSSEC question gets a DnsError saying the server gave no DNSSEC material
+    (:attr:`Answer.no_dnssec`), which the DNSSEC checks report as an indeterminate state, never a secure one.
     """
 
     def __init__(
@@ -295,6 +355,9 @@ class Resolver:
         self._dnssec = dnssec
         self._ad_bit = ad_bit
         self._cache: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        # (nameserver, name) → what the server answered a query with EDNS for that name: it does not implement
+        # EDNS, for that name and the names below it (module docstring).
+        self._edns_refused: dict[tuple[Nameserver, dns.name.Name], str] = {}
         self._setup_error: str | None = None
         self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self._rotate = self._edns = False
@@ -320,19 +383,25 @@ class Resolver:
         """
         key = (name.lower().rstrip("."), rdtype.upper())
         future = self._cache.get(key)
-        if future is not None and dnssec and not self._dnssec and not await self._has_dnssec(future):
+        if future is not None and dnssec and not self._dnssec and not await self._asked_with_dnssec(future):
             future = None
         if future is None:
             future = asyncio.ensure_future(self._lookup(*key, dnssec=dnssec or self._dnssec))
             self._cache[key] = future
-        return await asyncio.shield(future)
+        answer = await asyncio.shield(future)
+        if dnssec and answer.no_dnssec:
+            raise DnsError(answer.no_dnssec)
+        return answer
 
     @staticmethod
-    async def _has_dnssec(future: asyncio.Future[Answer]) -> bool:
+    async def _asked_with_dnssec(future: asyncio.Future[Answer]) -> bool:
+        """Whether the cached answer is as much as a DNSSEC question gets: asked with DO, or from a server that
+        does not implement EDNS (asking again would get the same)."""
         try:
-            return (await asyncio.shield(future)).dnssec
+            answer = await asyncio.shield(future)
         except DnsError:
             return False  # a failed plain lookup does not stand in for a DNSSEC one
+        return answer.dnssec or bool(answer.no_dnssec)
 
     async def _lookup(self, name: str, rdtype: str, *, dnssec: bool = False) -> Answer:
         if self._setup_error:
@@ -343,7 +412,7 @@ class Resolver:
             # flight is local queueing, and a run with many checks per domain must not time out in it.
             async with self._in_flight:
                 async with asyncio.timeout(self._timeout + _GRACE):
-                    response = await self._resolve(qname, rdtype, dnssec=dnssec)
+                    response, attempt = await self._resolve(qname, rdtype, dnssec=dnssec)
         except (_Expired, TimeoutError):
             raise DnsTimeoutError(
                 f"no answer for {name} {rdtype} within {self._timeout:g} s (over UDP, then TCP) from "
@@ -355,29 +424,44 @@ class Resolver:
             raise DnsError(f"{name} {rdtype}: {exc}") from None
         chain = response.resolve_chaining()
         canonical_name = name_text(chain.canonical_name)
-        signed = {
-            "dnssec": True, "authority": tuple(response.authority),
-            "authenticated": bool(response.flags & dns.flags.AD),
-        } if dnssec else {}  # fmt: skip
+        if dnssec and not attempt.edns:
+            # A server that does not implement EDNS answered without it: the answer carries no DNSSEC material,
+            # and a DNSSEC question about it hears why (query()). Its additional section is not taken either, so
+            # that every DNSSEC question about the exchanges' addresses hears it too.
+            refused = self._refused_edns(attempt.server, qname)
+            return _plain_answer(name, rdtype, response, chain, no_dnssec=(
+                f"{attempt.server} does not implement EDNS (it answered {refused} to a query with EDNS): its answer "
+                f"for {name} {rdtype} carries no DNSSEC material"))  # fmt: skip
+        if not dnssec:
+            answer = _plain_answer(name, rdtype, response, chain)
+            if rdtype == "MX" and chain.answer is not None and answer.status is DnsStatus.OK:
+                self._take_additional(response, chain.answer, dnssec=False)
+            return answer
+        authority, authenticated = tuple(response.authority), bool(response.flags & dns.flags.AD)
         if response.rcode() == dns.rcode.NXDOMAIN:
-            return Answer(name, rdtype, DnsStatus.NXDOMAIN, canonical_name, **signed)  # type: ignore[arg-type]
-        if response.flags & dns.flags.TC:
-            # Asked again over TCP and truncated there too: it is incomplete, and an incomplete answer is no
-            # answer (never "no MX", DNS-08).
-            raise DnsError(f"{name} {rdtype}: the answer is truncated even over TCP")
+            return Answer(name, rdtype, DnsStatus.NXDOMAIN, canonical_name, dnssec=True, authority=authority,
+                          authenticated=authenticated)  # fmt: skip
+        _complete(name, rdtype, response)
         if chain.answer is None:
-            return Answer(name, rdtype, DnsStatus.NODATA, canonical_name, **signed)  # type: ignore[arg-type]
-        if rdtype == "MX" and not (dnssec and self._ad_bit):
-            self._take_additional(response, chain.answer, dnssec=dnssec)
-        if dnssec:
-            covering = response.get_rrset(
-                response.answer, chain.canonical_name, chain.answer.rdclass, dns.rdatatype.RRSIG, chain.answer.rdtype
-            )
-            signatures = tuple(r for r in covering or () if isinstance(r, dns.rdtypes.ANY.RRSIG.RRSIG))
-            return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer), dnssec=True,
-                          signatures=signatures, authority=tuple(response.authority),
-                          authenticated=bool(response.flags & dns.flags.AD))  # fmt: skip
-        return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer))
+            return Answer(name, rdtype, DnsStatus.NODATA, canonical_name, dnssec=True, authority=authority,
+                          authenticated=authenticated)  # fmt: skip
+        if rdtype == "MX" and not self._ad_bit:
+            self._take_additional(response, chain.answer, dnssec=True)
+        covering = response.get_rrset(
+            response.answer, chain.canonical_name, chain.answer.rdclass, dns.rdatatype.RRSIG, chain.answer.rdtype
+        )
+        signatures = tuple(r for r in covering or () if isinstance(r, dns.rdtypes.ANY.RRSIG.RRSIG))
+        return Answer(name, rdtype, DnsStatus.OK, canonical_name, tuple(chain.answer), dnssec=True,
+                      signatures=signatures, authority=authority, authenticated=authenticated)  # fmt: skip
+
+    def _refused_edns(self, server: Nameserver, qname: dns.name.Name) -> str | None:
+        """What ``server`` answered a query with EDNS for ``qname`` or a name above it, when it did not implement
+        EDNS; None when it is not known so."""
+        while True:
+            refused = self._edns_refused.get((server, qname))
+            if refused is not None or qname == dns.name.root:
+                return refused
+            qname = qname.parent()
 
     def _take_additional(self, response: dns.message.Message, answer: dns.rrset.RRset, *, dnssec: bool) -> None:
         """The A and AAAA records an MX answer gives for its exchanges, as the answers to those questions (module
@@ -410,8 +494,11 @@ class Resolver:
                 given.set_result(Answer(name, rdtype, DnsStatus.OK, name, tuple(rrset)))
             self._cache[(name, rdtype)] = given
 
-    async def _resolve(self, qname: dns.name.Name, rdtype: str, *, dnssec: bool) -> dns.message.QueryMessage:
-        """UDP tries for the first part of the budget, then TCP for the rest (module docstring)."""
+    async def _resolve(
+        self, qname: dns.name.Name, rdtype: str, *, dnssec: bool
+    ) -> tuple[dns.message.QueryMessage, _Try]:
+        """UDP tries for the first part of the budget, then TCP for the rest (module docstring); the answer and the
+        try that got it."""
         clock = asyncio.get_running_loop()
         started = clock.time()
         try:
@@ -423,40 +510,46 @@ class Resolver:
 
     async def _ask(
         self, qname: dns.name.Name, rdtype: str, *, tcp: bool, lifetime: float, dnssec: bool
-    ) -> dns.message.QueryMessage:
+    ) -> tuple[dns.message.QueryMessage, _Try]:
         """One phase: the nameservers in turn until one answers; raises _Expired when ``lifetime`` runs out.
 
         A DNSSEC question sets DO (with EDNS, RFC 4035 §3.2.1) and AD (RFC 6840 §5.7): RRSIGs make every answer
-        larger, so only a run that needs them asks for them (:class:`Resolver`).
+        larger, so only a run that needs them asks for them (:class:`Resolver`). A server that does not implement
+        EDNS is asked without it (module docstring).
         """
         clock = asyncio.get_running_loop()
         expires = clock.time() + lifetime
         servers = list(self._nameservers)
         if self._rotate:
             random.shuffle(servers)
-        lookup = _Lookup(servers, tcp=tcp)
+        edns = dnssec or self._edns
+        plain = [server for server in servers if edns and self._refused_edns(server, qname) is not None]
+        lookup = _Lookup(servers, tcp=tcp, edns=edns, plain=plain)
+        without_edns = dns.message.make_query(qname, rdtype)
+        with_edns = dns.message.make_query(qname, rdtype, want_dnssec=dnssec, payload=_EDNS_PAYLOAD)
         if dnssec:
-            request = dns.message.make_query(qname, rdtype, want_dnssec=True, payload=_EDNS_PAYLOAD)
-            request.flags |= dns.flags.AD
-        else:
-            request = dns.message.make_query(qname, rdtype, use_edns=0 if self._edns else None,
-                                             payload=_EDNS_PAYLOAD if self._edns else None)  # fmt: skip
-        while True:
-            attempt, wait = lookup.next_try()
-            if wait:
-                await asyncio.sleep(wait)
-            left = expires - clock.time()
-            if left <= 0:
-                raise _Expired
-            request.id = dns.entropy.random_16()
-            try:
-                response = await self._send(request, attempt, min(left, self._try_timeout))
-            except Exception as exc:  # judged by _Lookup.failed, as dnspython does
-                lookup.failed(attempt, exc)
-                continue
-            answered = lookup.answered(attempt, response)
-            if answered is not None:
-                return answered
+            with_edns.flags |= dns.flags.AD
+        try:
+            while True:
+                attempt, wait = lookup.next_try()
+                if wait:
+                    await asyncio.sleep(wait)
+                left = expires - clock.time()
+                if left <= 0:
+                    raise _Expired
+                request = with_edns if attempt.edns else without_edns
+                request.id = dns.entropy.random_16()
+                try:
+                    response = await self._send(request, attempt, min(left, self._try_timeout))
+                except Exception as exc:  # judged by _Lookup.failed, as dnspython does
+                    lookup.failed(attempt, exc)
+                    continue
+                answered = lookup.answered(attempt, response)
+                if answered is not None:
+                    return answered, attempt
+        finally:
+            for server, rcode in lookup.edns_refused.items():
+                self._edns_refused[server, qname] = rcode
 
     @staticmethod
     async def _send(request: dns.message.QueryMessage, attempt: _Try, timeout: float) -> dns.message.Message:  # noqa: ASYNC109

@@ -76,6 +76,26 @@ def test_lab_with_the_ad_bit_of_a_resolver_that_does_not_validate(lab: Lab) -> N
     assert domain.result("dnssec").facts.method is Method.AD_BIT
 
 
+@pytest.mark.parametrize("validating_resolver", [False, True], ids=["trust-anchor", "ad-bit"])
+def test_lab_dns_without_edns_gives_the_mail_checks_their_answers_and_no_dnssec_state(
+    lab: Lab, validating_resolver: bool
+) -> None:
+    # Given noedns.example, whose DNS answers FORMERR without an OPT record to every query with EDNS (an old server)
+    registry = default_registry().select(["dnssec"])
+    options = lab.run_options(timeout=3.0, validating_resolver=validating_resolver)
+    (domain,) = asyncio.run(run_checks(["noedns.example"], registry, options)).domains
+    # Then the mx check has the answers asked again without EDNS, and no answer comes out secure: each state is
+    # indeterminate, and says that the server gave no DNSSEC material
+    assert codes_of(domain, "mx") == ["MX_OK"]
+    assert codes_of(domain, "dnssec") == ["DNSSEC_INDETERMINATE", "DNSSEC_INDETERMINATE"]
+    results = domain.result("dnssec").facts.results
+    assert [(r.name, r.security, r.reason) for r in results] == [
+        ("noedns.example", Security.INDETERMINATE, Reason.DNS_ERROR),
+        ("mx.noedns.example", Security.INDETERMINATE, Reason.DNS_ERROR),
+    ]
+    assert all("does not implement EDNS" in r.detail and "carries no DNSSEC material" in r.detail for r in results)
+
+
 def test_lab_cname_into_another_signed_zone_walks_both_zones(domain_report) -> None:  # type: ignore[no-untyped-def]
     (_mx, host, host6) = domain_report("cnamesigned.example").result("dnssec").facts.results
     assert (host.name, host.aliases, host.chain) == ("mx.cnamesigned.example", ("mx.nsec3.example",),

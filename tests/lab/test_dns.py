@@ -543,6 +543,29 @@ def test_small_udp_behaviour_truncates_over_udp_what_exceeds_512_octets_whatever
     run(body)
 
 
+def test_no_edns_behaviour_answers_formerr_without_opt_to_a_query_with_edns_and_plain_queries_normally() -> None:
+    async def body() -> None:
+        data = sample_data()
+        data.set_behaviour("contoso.com", Behaviour.NO_EDNS)
+        async with serving(data) as server:
+            for tcp in (False, True):
+                # Given a query with EDNS (and the DO bit), then FORMERR without an OPT record (RFC 6891 §7)
+                query = dns.message.make_query("contoso.com", "MX", want_dnssec=True, payload=1232)
+                reply = await (dns.asyncquery.tcp if tcp else dns.asyncquery.udp)(query, IP, timeout=2.0,
+                                                                                   port=server.port)  # fmt: skip
+                assert reply.rcode() == dns.rcode.FORMERR and reply.edns < 0 and not reply.answer
+                # and the same question without EDNS is answered
+                reply = await ask(server.port, "contoso.com", "MX", tcp=tcp)
+                assert [rd.to_text() for rd in reply.answer[0]] == ["0 contoso-com.mail.protection.outlook.com."]
+            # Elsewhere EDNS is answered with EDNS
+            reply = await ask(server.port, "smtp.fabrikam.com", "A", payload=1232)
+            assert reply.rcode() == dns.rcode.NOERROR and reply.edns == 0 and reply.answer
+            # Both queries are counted
+            assert server.questions[("contoso.com", "MX", "udp")] == 2
+
+    run(body)
+
+
 # --- hostile input ----------------------------------------------------------------------------------
 
 

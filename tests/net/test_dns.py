@@ -401,3 +401,166 @@ def test_a_servfail_from_every_nameserver_is_no_usable_answer_and_names_the_serv
     assert message.startswith("no usable answer for lossy.example MX: 127.0.53.2:") and message.endswith(
         " answered SERVFAIL"
     )
+
+
+# --- a nameserver that does not implement EDNS (RFC 6891 §7) ----------------------------------------------------
+
+
+def without_edns(
+    body: Callable[[list[DnsServer], Resolver], Awaitable[T]], *, dnssec: bool, edns_servers: int = 0
+) -> T:
+    """Run ``body`` against a lab DNS server whose lossy.example does not implement EDNS (FORMERR without OPT to a
+    query with it), then ``edns_servers`` more that do, with a Resolver asking them in that order."""
+
+    def zone(behaviour: Behaviour) -> ZoneData:
+        data = ZoneData()
+        data.add_zone("example")
+        data.add("lossy.example", "MX", "10 mx.lossy.example.")
+        data.add("mx.lossy.example", "A", "192.0.2.25")
+        data.add("other.example", "MX", "10 mx.lossy.example.")
+        data.set_behaviour("lossy.example", behaviour)
+        return data
+
+    async def main() -> T:
+        behaviours = [Behaviour.NO_EDNS] + [Behaviour.ANSWER] * edns_servers
+        servers = [DnsServer(zone(behaviour)) for behaviour in behaviours]
+        ports = [await server.start(IP) for server in servers]
+        try:
+            async with asyncio.timeout(20):
+                resolver = Resolver([Nameserver(IP, port) for port in ports], timeout=3.0, dnssec=dnssec)
+                return await body(servers, resolver)
+        finally:
+            for server in servers:
+                await server.close()
+
+    return asyncio.run(main())
+
+
+def test_a_server_without_edns_is_asked_again_without_it_and_its_answer_has_no_dnssec_material() -> None:
+    async def ask(
+        servers: list[DnsServer], resolver: Resolver
+    ) -> tuple[Answer, str, Answer, Answer, Counter[str], int]:
+        (server,) = servers
+        mx = await resolver.query("lossy.example", "MX")
+        with pytest.raises(DnsError) as no_material:
+            await resolver.query("lossy.example", "MX", dnssec=True)
+        a = await resolver.query("mx.lossy.example", "A")
+        other = await resolver.query("other.example", "MX", dnssec=True)
+        asked = Counter({f"{name} {rdtype}": n for (name, rdtype, _transport), n in server.questions.items()})
+        return mx, str(no_material.value), a, other, asked, server.port
+
+    # Given a run asking with EDNS and DO (a DNSSEC check runs), and a server that answers FORMERR without an OPT
+    # record to a query with EDNS for lossy.example and the names below it
+    mx, no_material, a, other, asked, port = without_edns(ask, dnssec=True)
+    # Then the MX question is asked again without EDNS, within the lookup, and its answer is the mail checks'
+    assert mx.status is DnsStatus.OK and [r.to_text() for r in mx.records] == ["10 mx.lossy.example."]
+    assert not mx.dnssec and not mx.signatures
+    # and the DNSSEC question about it is not asked again: it hears that the server gives no DNSSEC material
+    assert no_material == (
+        f"{IP}:{port} does not implement EDNS (it answered FORMERR to a query with EDNS): its answer "
+        "for lossy.example MX carries no DNSSEC material"
+    )
+    assert mx.no_dnssec == no_material
+    # A name below it is asked without EDNS at once; elsewhere EDNS and DO are used as before
+    assert [r.to_text() for r in a.records] == ["192.0.2.25"] and a.no_dnssec
+    assert other.dnssec and not other.no_dnssec
+    assert asked == Counter({"lossy.example MX": 2, "mx.lossy.example A": 1, "other.example MX": 1})
+
+
+def test_without_dnssec_a_dnssec_question_to_a_server_without_edns_is_asked_once_and_fails_with_the_reason() -> None:
+    async def ask(servers: list[DnsServer], resolver: Resolver) -> tuple[Answer, list[str], int]:
+        (server,) = servers
+        plain = await resolver.query("lossy.example", "MX")  # no EDNS: answered at once
+        failures = []
+        for _ in range(2):
+            with pytest.raises(DnsError) as no_material:
+                await resolver.query("lossy.example", "MX", dnssec=True)
+            failures.append(str(no_material.value))
+        return plain, failures, server.questions[("lossy.example", "MX", "udp")]
+
+    plain, failures, asked = without_edns(ask, dnssec=False)
+    # Then the plain question went once, the DNSSEC question once with EDNS and once without: the second DNSSEC
+    # question is answered from the cache, with the same reason
+    assert plain.status is DnsStatus.OK and asked == 3
+    assert failures[0] == failures[1] and "does not implement EDNS" in failures[0]
+
+
+def test_a_dnssec_question_asks_a_server_that_does_edns_before_asking_one_that_does_not_without_it() -> None:
+    async def ask(servers: list[DnsServer], resolver: Resolver) -> tuple[Answer, Answer, list[int], list[int]]:
+        first = await resolver.query("lossy.example", "MX", dnssec=True)
+        second = await resolver.query("mx.lossy.example", "A", dnssec=True)
+        return (first, second, [s.questions[("lossy.example", "MX", "udp")] for s in servers],
+                [s.questions[("mx.lossy.example", "A", "udp")] for s in servers])  # fmt: skip
+
+    # Given two nameservers, the first without EDNS (RFC 6891 §6.2.2: DNSSEC must not fall back when it can be had)
+    first, second, mx_asked, a_asked = without_edns(ask, dnssec=True, edns_servers=1)
+    # Then the second one's answer, with DNSSEC material, is the answer: the first is not asked without EDNS
+    assert first.dnssec and not first.no_dnssec and mx_asked == [1, 1]
+    # and the next question below that name goes to the server that does EDNS first
+    assert second.dnssec and a_asked == [0, 1]
+
+
+class EdnsRefusing(asyncio.DatagramProtocol):
+    """A DNS server on loopback that answers a query without EDNS with an MX record, and one with EDNS with
+    ``rcode`` (with an OPT record of its own when ``opt``), or not at all (``rcode`` None)."""
+
+    def __init__(self, rcode: dns.rcode.Rcode | None, *, opt: bool = False) -> None:
+        self.rcode, self.opt = rcode, opt
+        self.asked: list[bool] = []  # with EDNS or not, per query
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        query = dns.message.from_wire(data)
+        self.asked.append(query.edns >= 0)
+        response = dns.message.make_response(query)
+        if query.edns >= 0:
+            if self.rcode is None:
+                return
+            response.set_rcode(self.rcode)
+            response.use_edns(0 if self.opt else False)
+        else:
+            response.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "MX", "10 mx.lossy.example."))
+        assert self.transport is not None
+        self.transport.sendto(response.to_wire(), addr)
+
+
+def refusing(rcode: dns.rcode.Rcode | None, *, opt: bool = False, timeout: float = 3.0) -> tuple[str, list[bool]]:
+    """Ask a DNSSEC question of an EdnsRefusing server: the DnsError's text, and which queries carried EDNS."""
+
+    async def main() -> tuple[str, list[bool]]:
+        transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: EdnsRefusing(rcode, opt=opt), local_addr=(IP, 0)
+        )
+        try:
+            resolver = Resolver([Nameserver(IP, transport.get_extra_info("sockname")[1])], timeout=timeout,
+                                dnssec=True)  # fmt: skip
+            async with asyncio.timeout(timeout * 3 + 10):
+                with pytest.raises(DnsError) as failed:
+                    await resolver.query("lossy.example", "MX", dnssec=True)
+                return str(failed.value), server.asked
+        finally:
+            transport.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("rcode", [dns.rcode.FORMERR, dns.rcode.NOTIMP])
+def test_formerr_or_notimp_without_opt_to_an_edns_query_is_asked_again_without_edns(rcode: dns.rcode.Rcode) -> None:
+    message, asked = refusing(rcode)
+    assert asked == [True, False] and f"(it answered {dns.rcode.to_text(rcode)} to a query with EDNS)" in message
+
+
+def test_formerr_with_an_opt_record_is_no_reason_to_drop_edns() -> None:
+    # Given a server that implements EDNS (its FORMERR carries an OPT record): the query itself was refused
+    message, asked = refusing(dns.rcode.FORMERR, opt=True)
+    assert asked == [True] and message.endswith(" answered FORMERR")
+
+
+def test_a_server_that_never_answers_a_query_with_edns_is_not_asked_without_it() -> None:
+    # Given a server that answers plain queries over UDP but drops every query with EDNS (and takes no TCP)
+    message, asked = refusing(None, timeout=1.5)
+    # Then no answer is no reason to drop EDNS (DNS flag day 2019): every UDP try carried it, and the lookup fails
+    assert len(asked) >= 2 and all(asked) and "EDNS" not in message
