@@ -109,7 +109,8 @@ class DaneFacts:
 # chain of trust (dns-error: SERVFAIL, a timeout, a DS or DNSKEY question unanswered) and a CNAME loop or a chain
 # longer than resolvers follow (cname; they answer SERVFAIL). Not "no trust anchor covers the name" (no-anchor):
 # that is diag's configuration (--trust-anchor), not the zone's; a sender validating from the root may well find
-# the answer secure or insecure, so nothing says it defers.
+# the answer secure or insecure, so nothing says it defers. Nor "no DNSSEC material" (no-dnssec-material): the
+# resolver diag asks does not implement EDNS, which says nothing about what a sender's resolver gets.
 _FAILURES = frozenset({Reason.DNS_ERROR, Reason.CNAME})
 
 
@@ -181,6 +182,14 @@ def _assess_host(h: HostTlsa) -> list[Finding]:
             f"Make the nameservers answer TLSA questions for {h.name} (and the DS questions on the way).",
         )]  # fmt: skip
     if d.status is not ReplyStatus.OK:
+        if d.reason is Reason.NO_DNSSEC_MATERIAL:
+            return [CHECK.finding(
+                "DANE_DNS_ERROR", h.host,
+                f"DANE for {h.host} could not be judged: the resolver diag asked gave no DNSSEC material for "
+                f"{h.name} TLSA ({shown(d.detail)}).",
+                "Run diag with a resolver that implements EDNS (--resolver), such as a validating resolver on this "
+                "host.",
+            )]  # fmt: skip
         if not d.status.answered:
             return [CHECK.finding("DANE_DNS_ERROR", h.host, f"DNS gave no answer for {h.name} TLSA "
                                   f"({shown(d.detail)}).", "Make the nameservers answer for it.")]  # fmt: skip

@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "DiagError",
     "DnsError",
+    "DnsNoDnssecError",
     "DnsTimeoutError",
     "InvalidDomainError",
     "LabError",
@@ -64,6 +65,11 @@ class DnsError(ProbeError, ConnectionError):
     """A DNS lookup failed without an answer (SERVFAIL, REFUSED, no nameserver, malformed reply)."""
 
     reason = "dns"
+
+
+class DnsNoDnssecError(DnsError):
+    """A DNSSEC question got an answer without DNSSEC material: the nameserver asked does not implement EDNS.
+    A fact about the path to the resolver diag asks, not about the zone."""
 
 
 class DnsTimeoutError(DnsError, TimeoutError):

@@ -153,7 +153,9 @@ class Behaviour(enum.StrEnum):
     NO_EDNS = "no-edns"
     """Answer a query carrying an OPT record (EDNS, RFC 6891) for a name at or below the name with FORMERR and no
     OPT record, as a server that does not implement EDNS must (RFC 6891 §7); answer a query without one normally
-    (which, without the DO bit, carries no DNSSEC records): an old server or a middlebox that strips EDNS."""
+    (which, without the DO bit, carries no DNSSEC records): an old server or a middlebox that strips EDNS. The DS
+    question at a zone apex whose parent zone is served here is the parent's servers' to answer, and is answered
+    normally."""
 
 
 # Behaviours that decide only whether, when or how a query is answered; the answer itself is the normal one.
@@ -507,6 +509,10 @@ class ZoneData:
 
     def _parent_zone(self, apex: dns.name.Name) -> dns.name.Name | None:
         return self._zone_of(apex.parent()) if apex != dns.name.root else None
+
+    def _answered_by_parent(self, name: dns.name.Name, qtype: dns.rdatatype.RdataType) -> bool:
+        """Is this the DS question at the apex of a zone whose parent zone is served here (RFC 4035 §3.1.4.1)?"""
+        return qtype == dns.rdatatype.DS and name in self._zones and self._parent_zone(name) is not None
 
     def _ds_rrset(self, child: dns.name.Name) -> dns.rrset.RRset | None:
         key = self._keys.get(child)
@@ -985,7 +991,8 @@ class DnsServer:
             response.set_rcode(dns.rcode.NOTIMP)
             return _Reply(_render(response, limit))
 
-        if query.edns >= 0 and self._data._behaviour_at(question.name) == Behaviour.NO_EDNS:
+        if (query.edns >= 0 and self._data._behaviour_at(question.name) == Behaviour.NO_EDNS
+                and not self._data._answered_by_parent(question.name, qtype)):  # fmt: skip
             response.use_edns(False)
             response.set_rcode(dns.rcode.FORMERR)
             return _Reply(_render(response, limit))

@@ -429,7 +429,9 @@ def default_world() -> World:
     # Zone apexes: the organization's domains, outlook.com for the cloud host, and all of .example (so a
     # misspelt lab domain gets a real NXDOMAIN).
     top = ("contoso.com", "fabrikam.com", "contoso.onmicrosoft.com", "outlook.com", "tailspintoys.com", "example")
-    zones = (*top, *CHILD_ZONES)
+    # noedns.example is a zone of its own, delegated without DS: its "server" (the lab's, at or below the name)
+    # does not implement EDNS, the parent's answers the DS question as usual.
+    zones = (*top, *CHILD_ZONES, "noedns.example")
     return World(
         zones=zones,
         records=tuple(records),
@@ -443,7 +445,7 @@ def default_world() -> World:
             *((name, Behaviour.SERVFAIL) for name in SERVFAIL_NAMES),
             ("noedns.example", Behaviour.NO_EDNS),
         ),
-        signed=tuple(z for z in zones if z not in UNSIGNED_ZONES),
+        signed=tuple(z for z in zones if z not in (*UNSIGNED_ZONES, "noedns.example")),
         expired=EXPIRED_ZONES,
         forged=FORGED_ZONES,
         nsec3=NSEC3_ZONES,

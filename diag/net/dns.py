@@ -62,7 +62,7 @@ import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.RRSIG
 import dns.rrset
 
-from diag.errors import DnsError, DnsTimeoutError
+from diag.errors import DnsError, DnsNoDnssecError, DnsTimeoutError
 from diag.names import port_number
 
 __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_nameserver", "system_nameservers"]
@@ -390,7 +390,7 @@ class Resolver:
             self._cache[key] = future
         answer = await asyncio.shield(future)
         if dnssec and answer.no_dnssec:
-            raise DnsError(answer.no_dnssec)
+            raise DnsNoDnssecError(answer.no_dnssec)
         return answer
 
     @staticmethod

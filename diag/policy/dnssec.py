@@ -114,6 +114,7 @@ class Reason(enum.StrEnum):
     OPT_OUT = "opt-out"  # the name is in an NSEC3 opt-out span: it may be an unsigned delegation (RFC 5155 §6)
     NSEC3_ITERATIONS = "nsec3-iterations"  # NSEC3 records with more hash iterations than validators compute
     DNS_ERROR = "dns-error"
+    NO_DNSSEC_MATERIAL = "no-dnssec-material"  # the resolver asked does not implement EDNS: no RRSIGs came back
     CNAME = "cname"  # a CNAME loop or a chain longer than diag follows
     AD_BIT = "ad-bit"  # the trusted resolver set AD
     NO_AD_BIT = "no-ad-bit"  # the trusted resolver did not
@@ -388,9 +389,16 @@ def _alias_target(name: str, reply: Reply) -> Generator[Question, Reply, str]:
     return cname.records[0] if cname.status is ReplyStatus.OK and cname.records else ""
 
 
+def _unanswered(reply: Reply, zone: dns.name.Name, what: str) -> _Fail:
+    """The failure for a question that got no answer: the DNS's (no answer on the chain of trust), or the path's
+    when the resolver diag asks gave no DNSSEC material."""
+    reason = Reason.NO_DNSSEC_MATERIAL if reply.no_dnssec else Reason.DNS_ERROR
+    return _Fail(Security.INDETERMINATE, reason, _text(zone), f"{what}: {reply.detail or reply.status}")
+
+
 def _signed(reply: Reply, zone: dns.name.Name, what: str) -> tuple[dns.rrset.RRset, tuple[dns.rdata.Rdata, ...]]:
     if not reply.status.answered:
-        raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{what}: {reply.detail or reply.status}")
+        raise _unanswered(reply, zone, what)
     if reply.canonical_name:
         raise _Fail(Security.INDETERMINATE, Reason.CNAME, _text(zone), f"{what} is an alias for {reply.canonical_name}")
     signed = reply.signed
@@ -470,7 +478,7 @@ def _delegation(
     """Is ``child`` a secure delegation (its DS rrset), provably unsigned, or inside ``zone`` (None)?"""
     reply = yield Question(_text(child), "DS", dnssec=True)
     if not reply.status.answered:
-        raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{_text(child)} DS: {reply.detail}")
+        raise _unanswered(reply, zone, f"{_text(child)} DS")
     if reply.canonical_name:
         return None  # an alias is no zone cut (RFC 1034 §3.6.2: no NS beside a CNAME); its CNAME is validated later
     signed = reply.signed
@@ -520,7 +528,7 @@ def _check_answer(
     iterations) raises INSECURE."""
     what = f"{_text(qname)} {rdtype}"
     if not reply.status.answered:
-        raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), f"{what}: {reply.detail or reply.status}")
+        raise _unanswered(reply, zone, what)
     if reply.canonical_name:
         raise _Fail(Security.INDETERMINATE, Reason.CNAME, _text(zone), f"{what} is an alias for {reply.canonical_name}")
     signed = reply.signed
@@ -568,7 +576,8 @@ def from_ad_bit(name: str, rdtype: str) -> Process[DnssecResult]:
 def _from_ad_bit(name: str, rdtype: str) -> Generator[Question, Reply, DnssecResult]:
     reply = yield Question(name, rdtype, dnssec=True)
     if not reply.status.answered:
-        return DnssecResult(name, rdtype, Security.INDETERMINATE, Reason.DNS_ERROR, Method.AD_BIT,
+        reason = Reason.NO_DNSSEC_MATERIAL if reply.no_dnssec else Reason.DNS_ERROR
+        return DnssecResult(name, rdtype, Security.INDETERMINATE, reason, Method.AD_BIT,
                             status=reply.status, detail=reply.detail)  # fmt: skip
     # The resolver followed any CNAMEs itself: only the name it found the data at is known (the last alias).
     aliases = (reply.canonical_name,) if reply.canonical_name else ()

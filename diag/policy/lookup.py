@@ -24,7 +24,7 @@ import dns.rdtypes.ANY.PTR
 import dns.rdtypes.ANY.TXT
 import dns.rrset
 
-from diag.errors import DnsError, DnsTimeoutError
+from diag.errors import DnsError, DnsNoDnssecError, DnsTimeoutError
 from diag.net.dns import Answer, DnsStatus, Resolver, name_text
 
 __all__ = [
@@ -114,6 +114,8 @@ class Reply:
         detail: the resolver's words when there was no answer.
         canonical_name: where the data was found after CNAMEs ("" when the same as the question's name).
         signed: the DNSSEC material, for a question asked with ``dnssec``.
+        no_dnssec: an ERROR reply to a ``dnssec`` question because the resolver gave no DNSSEC material (it does
+            not implement EDNS): the path to the resolver, not the zone, is at fault.
     """
 
     status: ReplyStatus
@@ -121,6 +123,7 @@ class Reply:
     detail: str = ""
     canonical_name: str = ""
     signed: Signed | None = None
+    no_dnssec: bool = False
 
 
 class Process(Generic[T]):
@@ -221,6 +224,8 @@ async def ask(resolver: Resolver, question: Question) -> Reply:
         answer = await resolver.query(question.name, question.rdtype, dnssec=question.dnssec)
     except DnsTimeoutError as exc:
         return Reply(ReplyStatus.TIMEOUT, detail=str(exc))
+    except DnsNoDnssecError as exc:
+        return Reply(ReplyStatus.ERROR, detail=str(exc), no_dnssec=True)
     except DnsError as exc:
         return Reply(ReplyStatus.ERROR, detail=str(exc))
     return reply_from_answer(answer)
