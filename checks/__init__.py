@@ -5,7 +5,9 @@ Add a module here and to :data:`MODULES`; the registry test fails for a module t
 
 from __future__ import annotations
 
-from diag.registry import Registry
+from collections.abc import Sequence
+
+from diag.registry import Check, Registry
 
 __all__ = ["CONFIGURED", "MODULES", "default_registry"]
 
@@ -23,10 +25,22 @@ MODULES = (
 CONFIGURED = ("connectors", "dkim", "e2e")
 
 
-def default_registry(*, configured: bool = True) -> Registry:
+def default_registry(*, configured: bool = True, only: Sequence[str] = ()) -> Registry:
     """The registry of every check diag ships; with ``configured=False``, without the checks that need the
-    organization's configuration (:data:`CONFIGURED`)."""
+    organization's configuration (:data:`CONFIGURED`). With ``only`` (check ids, which are their modules'
+    names), just those checks and the checks they require, so that a run of some checks imports no other
+    check's module (issue 13: start-up); every check when one of them is not among them."""
     import importlib
 
     names = MODULES if configured else tuple(name for name in MODULES if name not in CONFIGURED)
+    if only and set(only) <= set(names):
+        loaded: dict[str, Check] = {}
+        pending = list(only)
+        while pending:
+            name = pending.pop()
+            if name not in loaded:
+                loaded[name] = importlib.import_module(f"checks.{name}").CHECK
+                pending.extend(loaded[name].requires)
+        if set(loaded) <= set(names) and all(check.id == name for name, check in loaded.items()):
+            return Registry(loaded[name] for name in names if name in loaded)
     return Registry(importlib.import_module(f"checks.{name}").CHECK for name in names)

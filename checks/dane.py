@@ -110,7 +110,9 @@ class DaneFacts:
 # longer than resolvers follow (cname; they answer SERVFAIL). Not "no trust anchor covers the name" (no-anchor):
 # that is diag's configuration (--trust-anchor), not the zone's; a sender validating from the root may well find
 # the answer secure or insecure, so nothing says it defers. Nor "no DNSSEC material" (no-dnssec-material): the
-# resolver diag asks does not implement EDNS, which says nothing about what a sender's resolver gets.
+# resolver diag asks does not implement EDNS, which says nothing about what a sender's resolver gets. Nor "no
+# answer for the trust anchor's own keys" (anchor-unanswered): the root's keys are everyone's, so a resolver that
+# does not give them (one that answers only its own zones, given with --resolver) is diag's, not the zone's.
 _FAILURES = frozenset({Reason.DNS_ERROR, Reason.CNAME})
 
 
@@ -182,13 +184,15 @@ def _assess_host(h: HostTlsa) -> list[Finding]:
             f"Make the nameservers answer TLSA questions for {h.name} (and the DS questions on the way).",
         )]  # fmt: skip
     if d.status is not ReplyStatus.OK:
-        if d.reason is Reason.NO_DNSSEC_MATERIAL:
+        if d.reason in (Reason.NO_DNSSEC_MATERIAL, Reason.ANCHOR_UNANSWERED):
+            gave = ("no DNSSEC material" if d.reason is Reason.NO_DNSSEC_MATERIAL else
+                    f"no answer for the trust anchor's keys ({d.zone} DNSKEY)")  # fmt: skip
             return [CHECK.finding(
                 "DANE_DNS_ERROR", h.host,
-                f"DANE for {h.host} could not be judged: the resolver diag asked gave no DNSSEC material for "
-                f"{h.name} TLSA ({shown(d.detail)}).",
-                "Run diag with a resolver that implements EDNS (--resolver), such as a validating resolver on this "
-                "host.",
+                f"DANE for {h.host} could not be judged: the resolver diag asked gave {gave} for {h.name} TLSA "
+                f"({shown(d.detail)}).",
+                "Run diag with a resolver that implements EDNS and answers for the whole DNS (--resolver), such as a "
+                "validating resolver on this host.",
             )]  # fmt: skip
         if not d.status.answered:
             return [CHECK.finding("DANE_DNS_ERROR", h.host, f"DNS gave no answer for {h.name} TLSA "

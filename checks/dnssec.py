@@ -86,9 +86,14 @@ def _assess_one(facts: DnssecFacts, r: DnssecResult) -> Finding:
             f"{shown(r.detail)}): validating resolvers answer SERVFAIL, so senders that validate cannot deliver.",
             "Re-sign the zone (check the signer's key rollover and signature refresh) or fix the DS at the parent.",
         )  # fmt: skip
-    fix = ("Ask a resolver that implements EDNS (--resolver), such as a validating resolver on this host: the "
-           "one asked gives no DNSSEC material." if r.reason is Reason.NO_DNSSEC_MATERIAL else
-           "Check that the name (and every CNAME target on the way) resolves and that --trust-anchor covers it.")
+    if r.reason is Reason.NO_DNSSEC_MATERIAL:
+        fix = ("Ask a resolver that implements EDNS (--resolver), such as a validating resolver on this host: the "
+               "one asked gives no DNSSEC material.")
+    elif r.reason is Reason.ANCHOR_UNANSWERED:
+        fix = (f"Ask a resolver that answers for the trust anchor's zone ({r.zone}): the one asked (--resolver) "
+               "does not, so nothing below it can be validated.")
+    else:
+        fix = "Check that the name (and every CNAME target on the way) resolves and that --trust-anchor covers it."
     return CHECK.finding(
         "DNSSEC_INDETERMINATE", subject,
         f"The DNSSEC state of the {r.rdtype} answer for {r.name} could not be established ({r.reason.value}"

@@ -469,9 +469,10 @@ def check(
     organization = _organization(config_path, lab=lab)
     probes = organization.probes if organization is not None else ()
     configured = organization is not None
-    # Without a configuration the checks that need one are not even imported, unless --check names a check that
-    # is then missing: the whole registry says what it needs, or which checks there are.
-    registry = default_registry(configured=configured)
+    # Without a configuration the checks that need one are not even imported, nor, with --check, the checks not
+    # asked for, unless --check names a check that is then missing: the whole registry says what it needs, or
+    # which checks there are.
+    registry = default_registry(configured=configured, only=check_ids)
     if not all(check_id in registry for check_id in check_ids):
         registry = default_registry()
     registry = _select(registry, check_ids, configured=configured, probing=bool(probes))

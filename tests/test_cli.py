@@ -71,7 +71,7 @@ def test_a_dns_server_without_edns_does_not_make_the_mail_checks_fail_and_the_dn
     # a warning: DANE cannot be judged without DNSSEC material; no deferral is claimed (the resolver is at fault,
     # not the domain), and the fix says to ask another resolver
     assert "DANE_LOOKUP_FAILED" not in done.stdout and "could not be judged" in done.stdout
-    assert "Run diag with a resolver that implements EDNS (--resolver)" in done.stdout
+    assert "Run diag with a resolver that implements EDNS and answers for the whole DNS (--resolver)" in done.stdout
     assert done.returncode == 1
 
 

@@ -103,6 +103,7 @@ class Reason(enum.StrEnum):
     VALIDATED = "validated"
     INSECURE_DELEGATION = "insecure-delegation"
     NO_ANCHOR = "no-anchor"  # no configured trust anchor covers the name
+    ANCHOR_UNANSWERED = "anchor-unanswered"  # the resolver gave no answer for the trust anchor's own DNSKEY
     NO_SIGNATURE = "no-signature"  # data in a signed zone without an RRSIG
     EXPIRED = "expired"  # the RRSIG's expiration is past
     NOT_YET_VALID = "not-yet-valid"  # its inception is in the future
@@ -337,7 +338,14 @@ def _link(
     last: Reply | None = None
     target = ""
     try:
-        keys = yield from _steps(chains, "keys", zone, _zone_keys(zone, anchor, None, at))
+        try:
+            keys = yield from _steps(chains, "keys", zone, _zone_keys(zone, anchor, None, at))
+        except _Fail as fail:
+            if fail.security is Security.INDETERMINATE and fail.reason is Reason.DNS_ERROR:
+                # Nothing below the anchor can be validated; a resolver that does not answer for the anchor's zone
+                # (the root's, by default) is diag's vantage point, not something of the name's zone.
+                raise _Fail(fail.security, Reason.ANCHOR_UNANSWERED, fail.zone, fail.detail) from None
+            raise
         chain.append(_text(zone))
         top = zone
         labels = qname.relativize(top).labels if qname != top else ()

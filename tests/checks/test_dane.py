@@ -209,3 +209,23 @@ def test_no_tlsa_at_the_expanded_name_nor_at_the_host_name() -> None:
     (finding,) = assess(DaneFacts((host,), datetime.now(UTC)))
     assert finding.code == "DANE_NONE"
     assert f"at _25._tcp.host.cloud.example (its CNAME-expanded name) nor at {NAME}" in finding.message
+
+
+def test_lab_a_resolver_that_does_not_answer_for_the_root_claims_no_deferral(lab) -> None:  # type: ignore[no-untyped-def]
+    # Given the lab's DNS server (authoritative for the lab's zones only: it refuses the root's DNSKEY question)
+    # and the root's trust anchors, as `diag check contoso.com --resolver <that server>` without --trust-anchor
+    import asyncio
+
+    from checks import default_registry
+    from diag.policy.dnssec import ROOT_ANCHORS
+    from diag.runner import run_checks
+
+    registry = default_registry().select(["dane"])
+    options = lab.run_options(timeout=3.0, trust_anchors=ROOT_ANCHORS)
+    (domain,) = asyncio.run(run_checks(["contoso.com"], registry, options)).domains
+    # Then nothing can be validated, and that is the vantage point's doing, not the domain's: the DNSSEC states
+    # say so, and DANE is "could not be judged", not a deferral by DANE senders
+    assert {r.reason for r in domain.result("dnssec").facts.results} == {Reason.ANCHOR_UNANSWERED}
+    assert codes_of(domain, "dane") == ["DANE_DNS_ERROR"]
+    (finding,) = domain.result("dane").findings
+    assert "could not be judged" in finding.message and "trust anchor's keys (. DNSKEY)" in finding.message
