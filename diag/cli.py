@@ -24,7 +24,7 @@ from diag.errors import ConfigError, DiagError, UsageError
 if TYPE_CHECKING:
     from diag.config import Organization, ProbeConfig
     from diag.net.dns import Nameserver
-    from diag.policy.dnssec import TrustAnchor
+    from diag.policy.anchors import TrustAnchor
     from diag.probe.run import ProbeOptions
     from diag.registry import Registry
     from diag.relay.settings import RelaySettings
@@ -298,7 +298,7 @@ def _client_certificate(path: Path) -> tuple[bytes, ...]:
 
 
 def _trust_anchors(path: Path) -> tuple[TrustAnchor, ...]:
-    from diag.policy.dnssec import parse_anchors
+    from diag.policy.anchors import parse_anchors
 
     try:
         return parse_anchors(path.read_text(encoding="ascii"))
@@ -310,9 +310,11 @@ def _trust_anchors(path: Path) -> tuple[TrustAnchor, ...]:
 
 def _validating(flag: bool, resolvers: Sequence[str], *, lab: bool) -> bool:
     """``--validating-resolver`` only for resolvers on this host: a remote AD bit can be forged on the way."""
+    if not flag:
+        return False
     from diag.policy.dnssec import ad_bit_trustworthy
 
-    if flag and (lab or not ad_bit_trustworthy([_parse_resolver(r) for r in resolvers])):
+    if lab or not ad_bit_trustworthy([_parse_resolver(r) for r in resolvers]):
         raise UsageError("--validating-resolver needs --resolver on this host (127.0.0.1, ::1): the AD bit of a "
                          "resolver elsewhere can be forged on the way")  # fmt: skip
     return flag

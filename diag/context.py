@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
-from diag.policy.dnssec import ROOT_ANCHORS, Chains, TrustAnchor
+from diag.policy.anchors import ROOT_ANCHORS, TrustAnchor
 from diag.policy.orgdomain import OrgDomains
 from diag.routing_order import RoutingOrder
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from diag.config import Organization
+    from diag.policy.dnssec import Chains
     from diag.probe.run import ProbeOptions
 
 __all__ = ["NOT_PUBLIC", "CheckContext", "RunContext", "RunOptions", "SessionSource"]
@@ -147,8 +148,7 @@ class RunContext:
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
         self._remembered: dict[Hashable, Any] = {}
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
-        # The chain of trust's validated steps (DNSKEY rrsets, zone cuts), shared by every DNSSEC validation.
-        self.dnssec_chains = Chains()
+        self._chains: Chains | None = None
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -168,6 +168,16 @@ class RunContext:
         address is one not to contact (:meth:`RunOptions.not_probed`)."""
         if self.early_sessions and self.options.not_probed(ip, index) is None:
             self.smtp_session(ip, server_name)
+
+    @property
+    def dnssec_chains(self) -> Chains:
+        """The chain of trust's validated steps (DNSKEY rrsets, zone cuts), shared by every DNSSEC validation of
+        the run; made on first use (a run without DNSSEC checks does not import the validation)."""
+        if self._chains is None:
+            from diag.policy.dnssec import Chains
+
+            self._chains = Chains()
+        return self._chains
 
     @property
     def session_count(self) -> int:

@@ -101,3 +101,15 @@ def test_a_check_run_with_an_html_report_reads_the_e2e_facts_type_without_the_pr
     # Then the e2e check and its facts were loaded, but not what sends and watches probes
     assert html.is_file() and {"diag.render.html", "checks.e2e", "diag.probe.facts"} <= modules
     assert _probing(modules) == set()
+
+
+def test_a_run_of_the_mail_checks_loads_no_other_check_and_no_dnssec_validation(lab: Lab, tmp_path: Path) -> None:
+    # Given a run of the four mail checks only (--check), with the lab's trust anchors given all the same
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    mail = [part for check in ("mx", "port25", "starttls", "certificate") for part in ("--check", check)]
+    modules = loaded("check", "contoso.com", *lab.check_option_text().split(), *mail, env=env,
+                     at_exit=tmp_path / "m")  # fmt: skip
+    # Then the modules of the checks not asked for were not imported, nor DNSSEC validation (dnspython's included)
+    checks = {name for name in modules if name.startswith("checks.")}
+    assert checks == {"checks.mx", "checks.port25", "checks.starttls", "checks.certificate"}
+    assert {"diag.policy.dnssec", "diag.policy.denial", "diag.policy.spf", "dns.dnssec"}.isdisjoint(modules)
