@@ -84,7 +84,7 @@ STS_HOSTS = (
      "version: STSv1\nmode: enforce\nmx: *.mail.protection.outlook.com\nmax_age: 604800\n"),
     ("mta-sts.stsnotcovering.example", "127.0.20.33",
      "version: STSv1\nmode: enforce\nmx: mx.elsewhere.example\nmax_age: 604800\n"),
-    ("mta-sts.stsbadcert.example", "127.0.20.37",
+    ("mta-sts.stsbadcert.example", "127.0.20.38",
      "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
     ("mta-sts.stsfailover.example", "127.0.20.35",
      "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
@@ -152,6 +152,8 @@ def tlsa_defs(cloud_host: str) -> tuple[TlsaDef, ...]:
         TlsaDef("mx.tlsabad.nsec3.example", "3 1 1", "mx.nsec3.example"),  # another host's key: no match
         # at the alias's own name, in the signed example zone: the one that counts, as the chain is not secure
         TlsaDef("mx.cnameunsigned.example", "3 1 1", "mx.unsigned.example"),
+        # The record exists (so no validator proves it away from a cached NSEC, RFC 8198), but its lookup fails.
+        TlsaDef("mx.tlsafail.example", "3 1 1", "mx.tlsafail.example"),
     )
 
 
