@@ -73,6 +73,10 @@ _GRACE = 1.0
 # Questions on the wire at once: a domain with hundreds of MX hosts must not flood the nameserver with a burst
 # of A and AAAA queries (UDP answers get dropped, and each costs a retry).
 _MAX_IN_FLIGHT = 32
+# Answers a run's resolver keeps at most (Resolver._remember): some 20 questions for each of the 100 domains a
+# worker has in flight, four times over, and the answers every domain shares (bench/scale.py: 10,000 domains in
+# 224 MB).
+_CACHE_ENTRIES = 8_000
 # How a lookup spends its budget (module docstring): this share on UDP tries, the rest on TCP.
 _UDP_SHARE = 2 / 3
 # UDP tries that fit into the UDP share when none is answered (the backoff comes on top); each try waits at most
@@ -323,7 +327,8 @@ class Resolver:
     """Asks DNS questions for one run and remembers the answers.
 
     Concurrent callers asking the same question share one lookup; answers and failures are cached for the
-    life of the object, which is one run (no module-level cache: STYLE.md).
+    life of the object, which is one run (no module-level cache: STYLE.md), up to the last :data:`_CACHE_ENTRIES`
+    used: a run over tens of thousands of domains keeps what its domains in flight and their shared names use.
 
     The cache is per (name, type), and each question goes on the wire once (issue 14: the policy checks share
     the mail checks' answers). A DNSSEC question (``query(dnssec=True)``: the DO and AD bits, RRSIGs and denial
@@ -382,16 +387,30 @@ class Resolver:
         made with ``dnssec`` does so for every question.
         """
         key = (name.lower().rstrip("."), rdtype.upper())
-        future = self._cache.get(key)
+        future = self._cache.pop(key, None)  # taken out and put back last: the cache keeps what is used last
+        if future is not None:
+            self._cache[key] = future
         if future is not None and dnssec and not self._dnssec and not await self._asked_with_dnssec(future):
             future = None
         if future is None:
             future = asyncio.ensure_future(self._lookup(*key, dnssec=dnssec or self._dnssec))
-            self._cache[key] = future
+            self._remember(key, future)
         answer = await asyncio.shield(future)
         if dnssec and answer.no_dnssec:
             raise DnsNoDnssecError(answer.no_dnssec)
         return answer
+
+    def _remember(self, key: tuple[str, str], future: asyncio.Future[Answer]) -> None:
+        """Cache ``future`` for ``key``; beyond :data:`_CACHE_ENTRIES`, forget the answers used longest ago (a
+        run over thousands of domains needs a domain's answers while it is checked, and the shared ones, such as
+        a cloud's MX hosts and the root's keys, stay in use)."""
+        self._cache.pop(key, None)
+        self._cache[key] = future
+        while len(self._cache) > _CACHE_ENTRIES:
+            oldest = next(iter(self._cache))
+            if not self._cache[oldest].done():
+                break  # still asked for: everything after it is newer
+            del self._cache[oldest]
 
     @staticmethod
     async def _asked_with_dnssec(future: asyncio.Future[Answer]) -> bool:
@@ -492,7 +511,7 @@ class Resolver:
                                         signatures=signatures))  # fmt: skip
             else:
                 given.set_result(Answer(name, rdtype, DnsStatus.OK, name, tuple(rrset)))
-            self._cache[(name, rdtype)] = given
+            self._remember((name, rdtype), given)
 
     async def _resolve(
         self, qname: dns.name.Name, rdtype: str, *, dnssec: bool

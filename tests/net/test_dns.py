@@ -564,3 +564,31 @@ def test_a_server_that_never_answers_a_query_with_edns_is_not_asked_without_it()
     message, asked = refusing(None, timeout=1.5)
     # Then no answer is no reason to drop EDNS (DNS flag day 2019): every UDP try carried it, and the lookup fails
     assert len(asked) >= 2 and all(asked) and "EDNS" not in message
+
+
+def test_the_cache_keeps_the_answers_used_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a resolver that keeps three answers (a run keeps thousands)
+    monkeypatch.setattr("diag.net.dns._CACHE_ENTRIES", 3)
+
+    async def body(server: DnsServer, resolver: Resolver) -> list[int]:
+        asked = []
+        for name in ("a", "b", "c", "a", "d", "a", "b"):  # "a" is used again before "d" pushes one out
+            await resolver.query(f"{name}.cache.example", "A")
+            asked.append(server.queries["udp"])
+        return asked
+
+    data = ZoneData()
+    data.add_zone("cache.example")
+    for name in "abcd":
+        data.add(f"{name}.cache.example", "A", "192.0.2.1")
+
+    async def run() -> list[int]:
+        server = DnsServer(data)
+        port = await server.start(IP)
+        try:
+            return await body(server, Resolver([Nameserver(IP, port)], timeout=3.0))
+        finally:
+            await server.close()
+
+    # Then each question goes out once while it is among the last three used; "b", pushed out by "d", is asked again
+    assert asyncio.run(run()) == [1, 2, 3, 3, 4, 4, 5]
