@@ -116,6 +116,12 @@ class DaneFacts:
 _FAILURES = frozenset({Reason.DNS_ERROR, Reason.CNAME})
 
 
+def _key(host: str) -> str:
+    """A host name as the DNSSEC results name it (lower case, no trailing dot): an MX record may spell it in any
+    case (RFC 4343)."""
+    return host.rstrip(".").lower()
+
+
 def _failed(r: DnssecResult) -> bool:
     return r.security is Security.INDETERMINATE and r.reason in _FAILURES
 
@@ -136,7 +142,7 @@ def assess(facts: DaneFacts, dnssec: DnssecFacts | None = None) -> tuple[Finding
     found: list[Finding] = []
     for host in facts.hosts:
         # RFC 7672 §2.2.1: both address answers count; a sender that validates gets SERVFAIL for a bogus AAAA
-        address = _deferring([r for r in results if r.name == host.host and r.rdtype in ("A", "AAAA")])
+        address = _deferring([r for r in results if r.name == _key(host.host) and r.rdtype in ("A", "AAAA")])
         found.extend([_mx_deferred(address, host.host)] if address is not None else _assess_host(host))
     return tuple(found)
 
@@ -293,7 +299,7 @@ async def probe(ctx: CheckContext) -> DaneFacts | None:
     if not hosts:
         return None
     lookups = await asyncio.gather(*(
-        _lookup(ctx, host, [r for r in dnssec.results if r.name == host and r.rdtype in ("A", "AAAA")])
+        _lookup(ctx, host, [r for r in dnssec.results if r.name == _key(host) and r.rdtype in ("A", "AAAA")])
         for host in hosts
     ))  # fmt: skip
     now = datetime.now(UTC)

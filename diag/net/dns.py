@@ -425,7 +425,10 @@ class Resolver:
     async def _lookup(self, name: str, rdtype: str, *, dnssec: bool = False) -> Answer:
         if self._setup_error:
             raise DnsError(self._setup_error)
-        qname = dns.name.from_text(name)
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:  # a hostile record's name (an escape cut in two, a long label)
+            raise DnsError(f"{name} {rdtype}: not a name that can be asked ({exc})") from None
         try:
             # The budget starts when the question goes on the wire: waiting for a slot among the questions in
             # flight is local queueing, and a run with many checks per domain must not time out in it.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ MAX_ITERATIONS = 150
 """Most NSEC3 hash iterations diag computes; above, the denial is insecure (RFC 9276 §3.2, module docstring)."""
 
 _SHA1 = 1  # RFC 5155 §11: the only NSEC3 hash algorithm
+# A hashed owner label: a SHA-1 hash in base32hex without padding (RFC 5155 §3.3), 32 characters.
+_HASHED = re.compile(rb"^[0-9a-vA-V]{32}$")
+# NSEC3 records of one answer a proof looks at, at most: the closest-encloser proof and a wildcard's need three,
+# a NODATA one; a hostile answer could carry hundreds, each costing a hash per name (CVE-2023-50868).
+_MAX_NSEC3_RECORDS = 8
 _OPT_OUT = 0x01  # RFC 5155 §3.1.2.1; any other flag makes the record unusable (§8.2)
 
 
@@ -210,14 +216,22 @@ class _Nsec3s:
     def __init__(self, zone: dns.name.Name, rrsets: Sequence[dns.rrset.RRset]) -> None:
         self.records: list[tuple[str, dns.rdtypes.ANY.NSEC3.NSEC3]] = []
         self.too_costly = False
+        parameters: tuple[int, bytes] | None = None
         for rrset in rrsets:
-            if rrset.name.parent() != zone:
-                continue  # RFC 5155 §7.1: NSEC3 owners are one label below the apex
+            if rrset.name.parent() != zone or not _HASHED.match(rrset.name.labels[0]):
+                continue  # RFC 5155 §7.1: NSEC3 owners are one label below the apex, a base32hex SHA-1 hash
             for rd in rrset:
                 if not isinstance(rd, dns.rdtypes.ANY.NSEC3.NSEC3) or rd.algorithm != _SHA1 or rd.flags & ~_OPT_OUT:
                     continue  # RFC 5155 §8.1, §8.2
                 if rd.iterations > MAX_ITERATIONS:
                     self.too_costly = True
+                    continue
+                # A zone's chain has one set of parameters (RFC 5155 §7.1); records with others are not the
+                # chain's, and each other salt would cost hashes of its own (CVE-2023-50868): they are ignored,
+                # as are records beyond the few a proof needs.
+                if parameters is None:
+                    parameters = (rd.iterations, rd.salt)
+                if (rd.iterations, rd.salt) != parameters or len(self.records) >= _MAX_NSEC3_RECORDS:
                     continue
                 self.records.append((rrset.name.labels[0].decode("ascii").lower(), rd))
         self.zone = zone
@@ -286,6 +300,9 @@ def _nsec3_nodata(qname: dns.name.Name, rdtype: int, nsec3s: _Nsec3s) -> Proof:
     record = nsec3s.matching(qname)
     if record is not None:  # RFC 5155 §8.5, §8.6
         types = types_of(record)
+        if rdtype != dns.rdatatype.DS and dns.rdatatype.NS in types and dns.rdatatype.SOA not in types:
+            # RFC 4035 §5.4, RFC 6840 §4.1: the parent's record at a cut says nothing of the child's data
+            return Proof(Denial.NSEC3, Verdict.FAILED, f"the NSEC3 of {_text(qname)} is the parent side of a cut")
         if rdtype in types or dns.rdatatype.CNAME in types:
             return Proof(Denial.NSEC3, Verdict.FAILED, f"the NSEC3 of {_text(qname)} lists {what} or CNAME")
         return Proof(Denial.NSEC3, Verdict.PROVEN)

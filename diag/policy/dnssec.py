@@ -203,7 +203,10 @@ class Chains:
         try:
             value = yield from compute
         except _Fail as fail:
-            self._remember(key, fail)
+            # Only what validated data proved is kept: a step that could not be decided (no answer, a timeout,
+            # a process out of questions) is asked again by the next name that needs it.
+            if fail.security is not Security.INDETERMINATE:
+                self._remember(key, fail)
             raise
         self._remember(key, value)
         return value
@@ -277,7 +280,11 @@ def _link(
 ) -> Generator[Question, Reply, tuple[DnssecResult, str]]:
     """The state of the answer at ``name`` in its own zone, walked down from the deepest anchor, and the CNAME
     target when ``name`` is an alias (the CNAME rrset is then what is validated here)."""
-    qname = dns.name.from_text(name)
+    try:
+        qname = dns.name.from_text(name)
+    except dns.exception.DNSException as exc:  # a CNAME target from a hostile zone
+        return DnssecResult(name, rdtype, Security.INDETERMINATE, Reason.DNS_ERROR,
+                            detail=f"not a name that can be validated ({exc})"), ""  # fmt: skip
     covering = [a for a in anchors if qname.is_subdomain(a.origin())]
     if not covering:
         plain = yield Question(name, rdtype, dnssec=True)
@@ -424,6 +431,7 @@ def _matches_ds(zone: dns.name.Name, key: dns.rdtypes.ANY.DNSKEY.DNSKEY, ds_set:
     return False
 
 
+
 @dataclass(frozen=True, slots=True)
 class _Unsigned:
     """A walk step that proved the rest of the name unsigned."""
@@ -441,7 +449,15 @@ def _delegation(
     if not reply.status.answered:
         raise _unanswered(reply, zone, f"{_text(child)} DS")
     if reply.canonical_name:
-        return None  # an alias is no zone cut (RFC 1034 §3.6.2: no NS beside a CNAME); its CNAME is validated later
+        # An alias is no zone cut (RFC 1034 §3.6.2: no NS beside a CNAME), and names below it may exist (the TLSA
+        # records at _25._tcp of an aliased MX host, RFC 7672 §2.2.2): the walk goes on in this zone, once the
+        # CNAME is shown to be this zone's signed data, so that a forged alias cannot make it skip a cut.
+        cname = yield Question(_text(child), "CNAME", dnssec=True)
+        if cname.status is not ReplyStatus.OK or not cname.records:
+            detail = f"{_text(child)} DS answers as an alias, but its CNAME question gets {cname.status}"
+            raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), detail)
+        _check_answer(cname, child, "CNAME", zone, keys, at)
+        return None
     signed = reply.signed
     if reply.status is ReplyStatus.OK and signed is not None and signed.rrset is not None:
         _verify(signed.rrset, signed.signatures, zone, keys, at, f"{_text(child)} DS")

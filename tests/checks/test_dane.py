@@ -116,6 +116,11 @@ def test_a_bogus_mx_or_address_answer_defers_dane_senders() -> None:
         # Then the dane check says the senders defer, naming the bogus answer, with the cloud's error
         assert (finding.code, finding.subject) == ("DANE_MX_BOGUS", subject)
         assert "defer delivery" in finding.message and finding.cloud_error is not None
+    # whatever the case the MX record spells the host in (RFC 4343): the DNSSEC results name it in lower case
+    shouting = HostTlsa(HOST.upper(), NAME, tlsa(), (EE,),
+                        (Endpoint(ENDPOINT, True, (TlsaMatch(EE, Outcome.MATCHED, 0),)),))  # fmt: skip
+    dnssec = DnssecFacts("contoso.com", Method.VALIDATED, (".",), (address,))
+    assert [f.code for f in assess(DaneFacts((shouting,), datetime.now(UTC)), dnssec)] == ["DANE_MX_BOGUS"]
     # and a secure or insecure MX answer changes nothing
     fine = DnssecFacts("contoso.com", Method.VALIDATED, (".",), (DnssecResult("contoso.com", "MX", Security.SECURE,
                                                                                Reason.VALIDATED),))  # fmt: skip

@@ -71,3 +71,25 @@ def test_a_wildcard_answer_needs_the_next_closer_name_covered() -> None:
     assert wildcard_answer(q("a.b"), 1, ZONE, []).verdict is Verdict.FAILED
     assert wildcard_answer(q("a.b"), 1, ZONE, [nsec("a", "c")]).verdict is Verdict.PROVEN
     assert wildcard_answer(q("a.b"), 1, ZONE, [nsec("a", "b")]).verdict is Verdict.FAILED  # b exists
+
+
+def test_the_parent_side_nsec3_of_a_cut_denies_only_ds() -> None:
+    # RFC 4035 §5.4, RFC 6840 §4.1: the parent's NSEC3 at child.example (NS, no SOA) proves the child has no DS,
+    # and nothing about the child zone's own data: replayed as "child.example has no MX", it is no proof
+    cut = nsec3("child", "child", types="NS")
+    assert nodata(q("child"), dns.rdatatype.DS, ZONE, [cut]).verdict is Verdict.PROVEN
+    assert nodata(q("child"), dns.rdatatype.MX, ZONE, [cut]).verdict is Verdict.FAILED
+    # the child's apex record (with SOA) may deny its own types
+    assert nodata(q("child"), dns.rdatatype.MX, ZONE, [nsec3("child", "child", types="SOA NS")]).verdict is (
+        Verdict.PROVEN)
+
+
+def test_nsec3_records_that_are_not_a_hash_or_use_other_parameters_are_not_used() -> None:
+    record = nsec3("b", "b")
+    # an owner label that is no base32hex SHA-1 hash (a hostile signer's byte included) is skipped, not decoded
+    bad_owner = dns.rrset.from_text("b\\200d.example.", 60, "IN", "NSEC3", record[0].to_text())
+    assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [bad_owner]).verdict is Verdict.FAILED
+    # a first record with another salt sets the chain's parameters: the matching record with no salt is not used
+    other = dns.rrset.from_text(f"{'0' * 32}.example.", 60, "IN", "NSEC3", "1 0 0 ab " + "1" * 32 + " A")
+    assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [other, record]).verdict is Verdict.FAILED
+    assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [record]).verdict is Verdict.PROVEN

@@ -394,3 +394,41 @@ def test_a_runs_chains_give_every_answer_the_state_a_fresh_walk_gives_with_fewer
     assert shared[-1][1] == 1
     assert {result.security for result, _ in shared} == {Security.SECURE, Security.INSECURE, Security.BOGUS,
                                                          Security.INDETERMINATE}  # fmt: skip
+
+
+def test_a_step_that_could_not_be_decided_is_not_kept_for_the_run() -> None:
+    # Given one run's Chains and a name whose DNS fails on the way (broken.example answers SERVFAIL)
+    async def body() -> tuple[int, int, DnssecResult]:
+        async with lab_resolver() as (resolver, anchor, _data):
+            anchors = [TrustAnchor("example", dnskey=(anchor,))]
+            chains = Chains()
+            first = validate("mx.broken.example", "A", anchors, chains=chains)
+            await drive(first, resolver)
+            again = validate("mx.broken.example", "A", anchors, chains=chains)
+            result = await drive(again, resolver)
+            return first.asked, again.asked, result
+
+    first, again, result = run(body)
+    # Then the failing step is asked again (a timeout or a process out of questions must not fail every later
+    # name of the run), while example's keys, validated, are not
+    assert result.security is Security.INDETERMINATE
+    assert again == first - 1
+
+
+def test_a_cname_target_whose_last_label_ends_in_an_escaped_dot_is_a_state_not_a_crash() -> None:
+    # Given a signed alias whose target's last label is the literal "example." (a hostile zone's escape)
+    async def body() -> DnssecResult:
+        data, anchor = world()
+        data.add("esc.signed.example", "CNAME", "a.b.example\\..")
+        server = DnsServer(data)
+        port = await server.start(IP)
+        try:
+            resolver = Resolver([Nameserver(IP, port)], timeout=3.0)
+            anchors = [TrustAnchor("example", dnskey=(anchor,))]
+            return await drive(validate("esc.signed.example", "A", anchors), resolver)
+        finally:
+            await server.close()
+
+    # Then the validation ends with a state (the target cannot be asked), not an exception
+    result = run(body)
+    assert result.security is Security.INDETERMINATE and result.aliases
