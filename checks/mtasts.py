@@ -91,6 +91,25 @@ def _address_failed(domain: str, failed: HttpsFacts, problem: FetchProblem, serv
     )  # fmt: skip
 
 
+def _terms(policy: StsPolicy) -> tuple[object, ...]:
+    """What a sender takes from a policy: valid or not, mode, mx patterns (in any order), max_age."""
+    return (policy.valid, policy.mode, tuple(sorted(p.lower() for p in policy.mx)), policy.max_age)
+
+
+def _serves_another(domain: str, other: HttpsFacts, served: HttpsFacts, policy: StsPolicy) -> Finding:
+    host = f"mta-sts.{domain}"
+    theirs = parse_policy(other.body)
+    said = (f"mode {theirs.mode}, max_age {theirs.max_age}, mx {', '.join(theirs.mx) or 'none'}" if theirs.valid
+            else "an invalid policy")  # fmt: skip
+    return CHECK.finding(
+        "MTASTS_ADDRESS_FAILED", f"{host} [{other.ip}]",
+        f"The MTA-STS policy host {host} serves another policy at {other.ip} ({said}) than at {served.ip} (mode "
+        f"{policy.mode}, max_age {policy.max_age}, mx {', '.join(policy.mx) or 'none'}): a sender applies whichever "
+        f"address it reached (RFC 8461 §3.3), so {domain}'s mail is protected one way or the other by chance.",
+        f"Serve the same policy file at every address of {host}.",
+    )  # fmt: skip
+
+
 def assess(facts: MtaStsFacts) -> tuple[Finding, ...]:
     """Judge the domain's MTA-STS; pure."""
     r = facts.record
@@ -144,6 +163,8 @@ def assess(facts: MtaStsFacts) -> tuple[Finding, ...]:
               if (fault := judge_fetch(other)) is not None]  # fmt: skip
     policy = facts.policy
     assert policy is not None
+    partly += [_serves_another(domain, other, fetch, policy) for other in facts.others
+               if judge_fetch(other) is None and _terms(parse_policy(other.body)) != _terms(policy)]  # fmt: skip
     if not policy.valid:
         issues = "; ".join(f"{i.kind.value}{f' (line {i.line})' if i.line else ''}: {shown(i.detail)}"
                            for i in policy.issues)  # fmt: skip
@@ -366,7 +387,7 @@ CHECK = Check(
         "MTASTS_FETCH_FAILED": "The policy cannot be fetched (DNS, connection, certificate, redirect, status, "
         "media type).",
         "MTASTS_ADDRESS_FAILED": "An address of the policy host does not serve the policy (connection, TLS, "
-        "certificate, HTTP); another one does.",
+        "certificate, HTTP) while another one does, or serves another policy.",
         "MTASTS_POLICY_INVALID": "The policy file is invalid: senders ignore it.",
         "MTASTS_MODE_TESTING": "The policy is in mode testing: failures are reported, not enforced.",
         "MTASTS_MODE_NONE": "The policy is in mode none: MTA-STS is withdrawn.",

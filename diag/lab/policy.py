@@ -84,6 +84,11 @@ STS_HOSTS = (
      "version: STSv1\nmode: enforce\nmx: *.mail.protection.outlook.com\nmax_age: 604800\n"),
     ("mta-sts.stsnotcovering.example", "127.0.20.33",
      "version: STSv1\nmode: enforce\nmx: mx.elsewhere.example\nmax_age: 604800\n"),
+    # Two addresses, two policies: which one a sender applies depends on the address it reaches.
+    ("mta-sts.stsdiffer.example", "127.0.20.39",
+     "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
+    ("mta-sts.stsdiffer.example", "127.0.20.40",
+     "version: STSv1\nmode: none\nmx: mx2.multi.example\nmax_age: 86400\n"),
     ("mta-sts.stsbadcert.example", "127.0.20.38",
      "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
     ("mta-sts.stsfailover.example", "127.0.20.35",
@@ -113,6 +118,7 @@ POLICY_PURPOSES = {
     "badsig.example": "DNSSEC signatures expired: validating resolvers answer SERVFAIL (bogus)",
     "forgedsig.example": "DNSSEC signatures that do not verify (the data changed after signing): bogus",
     "stsbadcert.example": "MTA-STS policy host whose certificate has expired: senders cannot fetch the policy",
+    "stsdiffer.example": "MTA-STS policy host with two addresses serving different policies (enforce and none)",
     "nsec3.example": "NSEC3-signed zone (RFC 5155) with a TLSA record (3 1 1) matching the MX host's key",
     "tlsabad.nsec3.example": "TLSA record in the NSEC3-signed zone that matches no certificate the MX host presents",
     "mail.wild.nsec3.example": "MX and SPF answers synthesised from a wildcard in the NSEC3-signed zone",
@@ -216,10 +222,11 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
     records.append(("dkimweak.example", "MX", "10 mx2.multi.example."))
     records.extend(_healthy("dkimweak.example"))
     records.append(("s1024._domainkey.dkimweak.example", "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_1024}"))
-    for domain in ("badsig.example", "forgedsig.example", "stsbadcert.example"):
+    for domain in ("badsig.example", "forgedsig.example", "stsbadcert.example", "stsdiffer.example"):
         records.append((domain, "MX", "10 mx2.multi.example."))
         records.extend(_healthy(domain))
     records.append(("_mta-sts.stsbadcert.example", "TXT", "v=STSv1; id=2026010101"))
+    records.append(("_mta-sts.stsdiffer.example", "TXT", "v=STSv1; id=2026010101"))
     for domain in ("nsec3.example", "tlsabad.nsec3.example", "nsec3bad.example"):
         records.append((domain, "MX", f"10 mx.{domain}."))
         records.extend(_healthy(domain))

@@ -123,7 +123,7 @@ def test_record_problems(facts: MtaStsFacts, code: str, words: str) -> None:
     ("domain", "expected"),
     [("contoso.com", ["MTASTS_OK"]), ("stsnotcovering.example", ["MTASTS_MX_NOT_COVERED"]),
      ("fabrikam.com", ["MTASTS_MISSING"]), ("stsfailover.example", ["MTASTS_ADDRESS_FAILED"]),
-     ("stsbadcert.example", ["MTASTS_FETCH_FAILED"])],
+     ("stsbadcert.example", ["MTASTS_FETCH_FAILED"]), ("stsdiffer.example", ["MTASTS_ADDRESS_FAILED"])],
 )  # fmt: skip
 def test_lab_domains(domain_report, domain: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
     assert codes_of(domain_report(domain), "mtasts") == expected
@@ -149,3 +149,21 @@ def test_lab_policy_host_with_an_expired_certificate(domain_report) -> None:  # 
     # RFC 8461 §3.3: the policy host's certificate must be valid; senders treat the domain as having no policy
     (finding,) = domain_report("stsbadcert.example").result("mtasts").findings
     assert "cert-expired" in finding.message and "certificate has expired" in finding.message
+
+
+def test_an_address_that_serves_another_policy_is_named() -> None:
+    # Given the policy host's second address serving a policy of its own (mode none), the first the enforced one
+    other = HttpsFacts(URL, "192.0.2.3", 200, "text/plain", tls_version="TLSv1.3",
+                       body=POLICY.replace("enforce", "none").encode())  # fmt: skip
+    facts = MtaStsFacts(RECORD, SERVED, policy=parse_policy(POLICY.encode()),
+                        coverage=(MxCoverage(CLOUD, "*.mail.protection.outlook.com"),), others=(other,))  # fmt: skip
+    ((code, subject, message),) = judge(facts)
+    # Then that address is named, with both policies: a sender applies whichever it reached
+    assert (code, subject) == ("MTASTS_ADDRESS_FAILED", "mta-sts.contoso.com [192.0.2.3]")
+    assert "serves another policy at 192.0.2.3 (mode none" in message and "than at 192.0.2.1 (mode enforce" in message
+    # but the same policy written otherwise (CRLF line ends, another order of lines) is the same policy
+    same = HttpsFacts(URL, "192.0.2.3", 200, "text/plain", tls_version="TLSv1.3",
+                      body="\r\n".join(reversed(POLICY.strip().splitlines())).encode())  # fmt: skip
+    facts = MtaStsFacts(RECORD, SERVED, policy=parse_policy(POLICY.encode()),
+                        coverage=(MxCoverage(CLOUD, "*.mail.protection.outlook.com"),), others=(same,))  # fmt: skip
+    assert [code for code, _, _ in judge(facts)] == ["MTASTS_OK"]
