@@ -94,10 +94,10 @@ STS_HOSTS = (
     ("mta-sts.stsfailover.example", "127.0.20.35",
      "version: STSv1\nmode: enforce\nmx: mx2.multi.example\nmax_age: 604800\n"),
 )  # fmt: skip
-# More addresses of MTA-STS policy hosts, where nothing listens (connections are refused); each is published
-# before the host's own address, so a sender tries it first.
 # Policy hosts whose certificate is not a good one (diag.lab.pki.CertKind).
 STS_CERTS = {"mta-sts.stsbadcert.example": CertKind.EXPIRED}
+# More addresses of MTA-STS policy hosts, where nothing listens (connections are refused); each is published
+# before the host's own address, so a sender tries it first.
 STS_DEAD_ADDRESSES = (("mta-sts.stsfailover.example", "127.0.20.34"),)
 
 POLICY_PURPOSES = {

@@ -98,12 +98,14 @@ class Cut(enum.StrEnum):
 class Proof:
     """The outcome of a denial check: the records' kind, the verdict, and (unless proven) why, in words.
 
-    ``cut`` is only set by :func:`delegation` when the verdict is PROVEN or INSECURE."""
+    ``cut`` is only set by :func:`delegation` when the verdict is PROVEN or INSECURE; ``costly`` says that an
+    INSECURE verdict comes from records with more hash iterations than diag computes (else from opt-out)."""
 
     kind: Denial
     verdict: Verdict
     detail: str = ""
     cut: Cut | None = None
+    costly: bool = False
 
 
 def types_of(record: dns.rdata.Rdata) -> set[int]:
@@ -329,7 +331,7 @@ def _kinds(zone: dns.name.Name, rrsets: Sequence[dns.rrset.RRset]) -> tuple[_Nse
 def _nsec3_unusable(nsec3s: _Nsec3s) -> Proof:
     if nsec3s.too_costly:
         detail = f"the NSEC3 records use more than {MAX_ITERATIONS} hash iterations (RFC 9276 §3.2)"
-        return Proof(Denial.NSEC3, Verdict.INSECURE, detail)
+        return Proof(Denial.NSEC3, Verdict.INSECURE, detail, costly=True)
     return Proof(Denial.NSEC3, Verdict.FAILED, "no NSEC3 record with a known hash algorithm and flags")
 
 
@@ -388,12 +390,12 @@ def delegation(
     if nxdomain_answer:
         proof = nxdomain(child, zone, rrsets)
         return Proof(proof.kind, proof.verdict, proof.detail, Cut.INSIDE if proof.verdict is not Verdict.FAILED
-                     else None)  # fmt: skip
+                     else None, proof.costly)  # fmt: skip
     proof = nodata(child, dns.rdatatype.DS, zone, rrsets)
     if proof.verdict is Verdict.FAILED:
         return proof
     if proof.verdict is Verdict.INSECURE:
-        return Proof(proof.kind, proof.verdict, proof.detail, Cut.UNSIGNED)
+        return Proof(proof.kind, proof.verdict, proof.detail, Cut.UNSIGNED, proof.costly)
     record: dns.rdata.Rdata | None = nsecs.matching(child) if nsecs.records else nsec3s.matching(child)
     types = types_of(record) if record is not None else set()
     if dns.rdatatype.NS in types and dns.rdatatype.SOA not in types:

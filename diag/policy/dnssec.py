@@ -477,7 +477,7 @@ def _delegation(
 
 
 def _insecure_reason(proof: denial.Proof) -> Reason:
-    return Reason.NSEC3_ITERATIONS if "iterations" in proof.detail else Reason.OPT_OUT
+    return Reason.NSEC3_ITERATIONS if proof.costly else Reason.OPT_OUT
 
 
 def _denial_records(
