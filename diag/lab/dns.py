@@ -55,7 +55,6 @@ import enum
 import errno
 import logging
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -83,14 +82,9 @@ import dns.rrset
 import dns.transaction
 import dns.versioned
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.utils import CryptographyDeprecationWarning
 
 from diag.errors import LabError
-
-with warnings.catch_warnings():
-    # dnspython's DSA support touches cryptography's deprecated DSA classes at import time (diag.policy.dnssec).
-    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-    import dns.dnssec
+from diag.net.dnssec import dnssec
 
 __all__ = [
     "DEFAULT_TTL",
@@ -402,7 +396,7 @@ class ZoneData:
         elif opt_out:
             raise ValueError("opt-out is an NSEC3 feature: give nsec3 parameters too")
         private = ec.generate_private_key(ec.SECP256R1())
-        dnskey = dns.dnssec.make_dnskey(
+        dnskey = dnssec.make_dnskey(
             private.public_key(), dns.dnssectypes.Algorithm.ECDSAP256SHA256, flags=dns.rdtypes.dnskeybase.Flag.ZONE
             | dns.rdtypes.dnskeybase.Flag.SEP,
         )  # fmt: skip
@@ -518,7 +512,7 @@ class ZoneData:
         key = self._keys.get(child)
         if key is None:
             return None
-        ds = dns.dnssec.make_ds(child, key.dnskey, dns.dnssectypes.DSDigest.SHA256)
+        ds = dnssec.make_ds(child, key.dnskey, dns.dnssectypes.DSDigest.SHA256)
         return dns.rrset.from_rdata(child, DEFAULT_TTL, ds)
 
     def _signer_of(self, rrset: dns.rrset.RRset) -> dns.name.Name | None:
@@ -541,7 +535,7 @@ class ZoneData:
             inception, expiration = now - 2 * _SIGNATURE_VALIDITY, now - _EXPIRED_BY
         else:
             inception, expiration = now - _SIGNATURE_VALIDITY, now + _SIGNATURE_VALIDITY
-        rrsig = dns.dnssec.sign(rrset, key.private, zone, key.dnskey, inception=inception, expiration=expiration)
+        rrsig = dnssec.sign(rrset, key.private, zone, key.dnskey, inception=inception, expiration=expiration)
         if key.forged and rrset.rdtype != dns.rdatatype.DNSKEY:
             forged = rrsig.replace(signature=bytes([rrsig.signature[0] ^ 0xFF]) + rrsig.signature[1:])
             return dns.rrset.from_rdata(rrset.name, rrset.ttl, forged)
@@ -591,7 +585,7 @@ class ZoneData:
                     names.add(name)
             param = key.nsec3
             chain = self._hashed[apex] = sorted(
-                (dns.dnssec.nsec3_hash(n, param.salt, param.iterations, param.algorithm).lower(), n) for n in names
+                (dnssec.nsec3_hash(n, param.salt, param.iterations, param.algorithm).lower(), n) for n in names
             )
         return chain
 
@@ -601,7 +595,7 @@ class ZoneData:
         param = key.nsec3
         assert param is not None
         chain = self._hashed_chain(apex)
-        hashed = dns.dnssec.nsec3_hash(name, param.salt, param.iterations, param.algorithm).lower()
+        hashed = dnssec.nsec3_hash(name, param.salt, param.iterations, param.algorithm).lower()
         index = bisect.bisect_right([h for h, _name in chain], hashed) - 1
         if not match and chain[index % len(chain)][0] == hashed:
             index -= 1  # a name in the chain asked to be covered: the record before it (never in the lab's use)

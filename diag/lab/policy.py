@@ -210,23 +210,19 @@ def policy_records(accepted: tuple[str, ...], lab_domains: tuple[str, ...]) -> l
     records.append(("tlsrptbad.example", "MX", "10 mx2.multi.example."))
     records.extend(_healthy("tlsrptbad.example"))
     records.append(("_smtp._tls.tlsrptbad.example", "TXT", "v=TLSRPTv1; rua=ftp://reports.tlsrptbad.example/"))
-    records.append(("stsnotcovering.example", "MX", "10 mx2.multi.example."))
-    records.extend(_healthy("stsnotcovering.example"))
-    records.append(("_mta-sts.stsnotcovering.example", "TXT", "v=STSv1; id=2026010101"))
-    records.append(("stsfailover.example", "MX", "10 mx2.multi.example."))
-    records.extend(_healthy("stsfailover.example"))
-    records.append(("_mta-sts.stsfailover.example", "TXT", "v=STSv1; id=2026010101"))
+    for domain in ("stsnotcovering.example", "stsfailover.example", "stsbadcert.example", "stsdiffer.example"):
+        records.append((domain, "MX", "10 mx2.multi.example."))
+        records.extend(_healthy(domain))
+        records.append((f"_mta-sts.{domain}", "TXT", "v=STSv1; id=2026010101"))
     for domain in ("dane.example", "danebad.example", "unsigned.example"):
         records.append((domain, "MX", f"10 mx.{domain}."))
         records.extend(_healthy(domain))
     records.append(("dkimweak.example", "MX", "10 mx2.multi.example."))
     records.extend(_healthy("dkimweak.example"))
     records.append(("s1024._domainkey.dkimweak.example", "TXT", f"v=DKIM1; k=rsa; p={DKIM_KEY_1024}"))
-    for domain in ("badsig.example", "forgedsig.example", "stsbadcert.example", "stsdiffer.example"):
+    for domain in ("badsig.example", "forgedsig.example"):
         records.append((domain, "MX", "10 mx2.multi.example."))
         records.extend(_healthy(domain))
-    records.append(("_mta-sts.stsbadcert.example", "TXT", "v=STSv1; id=2026010101"))
-    records.append(("_mta-sts.stsdiffer.example", "TXT", "v=STSv1; id=2026010101"))
     for domain in ("nsec3.example", "tlsabad.nsec3.example", "nsec3bad.example"):
         records.append((domain, "MX", f"10 mx.{domain}."))
         records.extend(_healthy(domain))

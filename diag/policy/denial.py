@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import enum
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,12 +39,8 @@ import dns.rdatatype
 import dns.rdtypes.ANY.NSEC
 import dns.rdtypes.ANY.NSEC3
 import dns.rrset
-from cryptography.utils import CryptographyDeprecationWarning
 
-with warnings.catch_warnings():
-    # dnspython's DSA support touches cryptography's deprecated DSA classes at import time (diag.policy.dnssec).
-    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-    import dns.dnssec
+from diag.net.dnssec import dnssec
 
 __all__ = [
     "MAX_ITERATIONS",
@@ -243,7 +238,7 @@ class _Nsec3s:
         key = (name, rd.salt, rd.iterations)
         found = self._hashes.get(key)
         if found is None:
-            found = self._hashes[key] = dns.dnssec.nsec3_hash(name, rd.salt, rd.iterations, _SHA1).lower()
+            found = self._hashes[key] = dnssec.nsec3_hash(name, rd.salt, rd.iterations, _SHA1).lower()
         return found
 
     def matching(self, name: dns.name.Name) -> dns.rdtypes.ANY.NSEC3.NSEC3 | None:

@@ -4,12 +4,12 @@ from the AD bit of a resolver the operator declared validating.
 :func:`validate` is a :class:`~diag.policy.lookup.Process`. From the deepest configured trust anchor (a DS or
 DNSKEY rrset for a zone: the root's, or the lab's own) it walks down the name one label at a time:
 
-* the zone's DNSKEY rrset must contain a key whose digest is in the trusted DS set (``dns.dnssec.make_ds``),
+* the zone's DNSKEY rrset must contain a key whose digest is in the trusted DS set (``dnssec.make_ds``),
   and be signed by it (RFC 4035 §5.2);
 * at each name below, a DS query tells a secure delegation (a signed DS rrset: its child zone's DNSKEYs are
   checked the same way) from a name inside the same zone or an insecure delegation (a signed denial of the
   DS; an NSEC/NSEC3 at that name with the NS bit and no DS bit is a delegation without DNSSEC: INSECURE);
-* the answer itself must carry a valid RRSIG by the zone's keys (``dns.dnssec.validate``, which checks the
+* the answer itself must carry a valid RRSIG by the zone's keys (``dnssec.validate``, which checks the
   signature, the key tag and algorithm, and the inception and expiration times against ``now``).
 
 What is proven: signatures (answers, DS, DNSKEY, and the NSEC/NSEC3 records of a negative answer) are fully
@@ -41,7 +41,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 import time
-import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -55,19 +54,13 @@ import dns.rdtypes.ANY.DNSKEY
 import dns.rdtypes.ANY.DS
 import dns.rdtypes.ANY.RRSIG
 import dns.rrset
-from cryptography.utils import CryptographyDeprecationWarning
 
 from diag.net.dns import Nameserver
+from diag.net.dnssec import dnssec
 from diag.policy import denial
 from diag.policy.anchors import ROOT_ANCHORS, TrustAnchor, parse_anchors
 from diag.policy.denial import Cut, Denial, Verdict
 from diag.policy.lookup import Process, Question, Reply, ReplyStatus
-
-with warnings.catch_warnings():
-    # dnspython 2.9's DSA support touches cryptography's deprecated DSA classes at import time; DSA (algorithm
-    # 3) is the zone's choice, not something to warn the operator about on every run.
-    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-    import dns.dnssec
 
 __all__ = [
     "ROOT_ANCHORS",
@@ -385,7 +378,7 @@ def _verify(
         raise _Fail(Security.BOGUS, Reason.NO_SIGNATURE, _text(zone), f"{what} has no RRSIG by {_text(zone)}")
     sigset = dns.rrset.from_rdata_list(rrset.name, 0, sigs)
     try:
-        dns.dnssec.validate(rrset, sigset, {zone: keys}, now=at)
+        dnssec.validate(rrset, sigset, {zone: keys}, now=at)
     except (dns.exception.ValidationFailure, dns.exception.UnsupportedAlgorithm, dns.exception.DeniedByPolicy) as exc:
         if all(s.expiration < at for s in sigs):
             reason = Reason.EXPIRED
@@ -424,7 +417,7 @@ def _matches_ds(zone: dns.name.Name, key: dns.rdtypes.ANY.DNSKEY.DNSKEY, ds_set:
         if not isinstance(ds, dns.rdtypes.ANY.DS.DS) or ds.algorithm != key.algorithm:
             continue
         try:
-            if dns.dnssec.make_ds(zone, key, ds.digest_type) == ds:
+            if dnssec.make_ds(zone, key, ds.digest_type) == ds:
                 return True
         except (dns.exception.DNSException, ValueError):
             continue
