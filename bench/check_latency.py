@@ -9,18 +9,16 @@ show what one domain costs. Sequential: the same probes with one connection at a
 which is what a checker without concurrency pays. The tarpit and the blackhole each cost one ``--timeout``.
 
 Latency mode (issue 13): the lab runs with ``latency`` (diag.lab.latency: delaying proxies in front of its DNS
-server and mail hosts, as ``diag lab serve --latency`` does), and ``diag check DOMAIN --resolver ... --smtp-port
-... --ca-file ... --check mx --check port25 --check starttls --check certificate`` (the four mail checks; the
-policy checks add lookups of their own) runs as a whole process, against its critical path: MX query, A and AAAA queries together,
-TCP connect and greeting, EHLO, STARTTLS, the TLS 1.3 handshake, EHLO again: 8 round trips (the reply to QUIT
-is not on it). Bare ``python -c pass`` runs in the same rounds. Where Postfix's posttls-finger is installed, it
-is the anchor, on the domain's first MX, in the same rounds: with its own DNS lookups when this runs as root
-with ``unshare`` (posttls-finger reads /etc/resolv.conf, which a private mount namespace points at the lab's
-DNS server; the lab's DNS then listens on port 53), and always on the MX's address given as ``[IP]:PORT``
-without DNS. The same checks also run in the benchmark's own process (``run_checks``, the lab's organization
-left out as on the command line): the probes' time without a process's start-up. Record results with the
-machine in bench/README.md.
-"""
+server and mail hosts, as ``diag lab serve --latency`` does), and ``diag check DOMAIN --resolver ... --smtp-port ...
+--ca-file ... --check mx --check port25 --check starttls --check certificate`` (the four mail checks; the policy
+checks add lookups of their own) runs as a whole process, against its critical path: MX query, A and AAAA queries
+together, TCP connect and greeting, EHLO, STARTTLS, the TLS 1.3 handshake, EHLO again: 8 round trips (the reply to
+QUIT is not on it). Bare ``python -c pass`` runs in the same rounds. Where Postfix's posttls-finger is installed, it
+is the anchor, on the domain's first MX, in the same rounds: with its own DNS lookups when this runs as root with
+``unshare`` (posttls-finger reads /etc/resolv.conf, which a private mount namespace points at the lab's DNS server;
+the lab's DNS then listens on port 53), and always on the MX's address given as ``[IP]:PORT`` without DNS. The same
+checks also run in the benchmark's own process (``run_checks``, the lab's organization left out as on the command
+line): the probes' time without a process's start-up. Record results with the machine in bench/README.md. """
 
 from __future__ import annotations
 

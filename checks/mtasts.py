@@ -92,20 +92,26 @@ def _address_failed(domain: str, failed: HttpsFacts, problem: FetchProblem, serv
 
 
 def _terms(policy: StsPolicy) -> tuple[object, ...]:
-    """What a sender takes from a policy: valid or not, mode, mx patterns (in any order), max_age."""
-    return (policy.valid, policy.mode, tuple(sorted(p.lower() for p in policy.mx)), policy.max_age)
+    """What a sender takes from a policy: its mode, mx patterns (in any order, once each) and max_age; nothing from
+    an invalid one (senders ignore it, RFC 8461 §3.2), so any two invalid policies are alike."""
+    if not policy.valid:
+        return (False,)
+    return (True, policy.mode, tuple(sorted(set(policy.mx))), policy.max_age)
+
+
+def _summary(policy: StsPolicy) -> str:
+    if not policy.valid:
+        return "an invalid policy"
+    return f"mode {policy.mode}, max_age {policy.max_age}, mx {', '.join(policy.mx) or 'none'}"
 
 
 def _serves_another(domain: str, other: HttpsFacts, served: HttpsFacts, policy: StsPolicy) -> Finding:
     host = f"mta-sts.{domain}"
-    theirs = parse_policy(other.body)
-    said = (f"mode {theirs.mode}, max_age {theirs.max_age}, mx {', '.join(theirs.mx) or 'none'}" if theirs.valid
-            else "an invalid policy")  # fmt: skip
     return CHECK.finding(
         "MTASTS_ADDRESS_FAILED", f"{host} [{other.ip}]",
-        f"The MTA-STS policy host {host} serves another policy at {other.ip} ({said}) than at {served.ip} (mode "
-        f"{policy.mode}, max_age {policy.max_age}, mx {', '.join(policy.mx) or 'none'}): a sender applies whichever "
-        f"address it reached (RFC 8461 §3.3), so {domain}'s mail is protected one way or the other by chance.",
+        f"The MTA-STS policy host {host} serves another policy at {other.ip} ({_summary(parse_policy(other.body))}) "
+        f"than at {served.ip} ({_summary(policy)}): a sender applies whichever address it reached (RFC 8461 §3.3), "
+        f"so {domain}'s mail is protected one way or the other by chance.",
         f"Serve the same policy file at every address of {host}.",
     )  # fmt: skip
 
@@ -231,7 +237,9 @@ async def probe(ctx: CheckContext) -> MtaStsFacts:
             return MtaStsFacts(record, not_fetched=f"its address {private[0]} is not public")
     fetched = await fetch_policy(ctx.domain, ctx.resolver, ca_file=ctx.options.ca_file, timeout=ctx.options.timeout,
                                  port=ctx.options.https_port, max_addresses=ctx.options.max_addresses_per_host)
-    fetch = next((a for a in fetched if judge_fetch(a) is None), fetched[0])
+    # The policy judged is a valid one where an address serves it, else the first one served at all.
+    served = [a for a in fetched if judge_fetch(a) is None]
+    fetch = next((a for a in served if parse_policy(a.body).valid), served[0] if served else fetched[0])
     others = tuple(a for a in fetched if a is not fetch)
     if judge_fetch(fetch) is not None:
         return MtaStsFacts(record, fetch, others=others)

@@ -215,7 +215,7 @@ class _Nsec3s:
         self.too_costly = False
         parameters: tuple[int, bytes] | None = None
         for rrset in rrsets:
-            if rrset.name.parent() != zone or not _HASHED.match(rrset.name.labels[0]):
+            if rrset.name == dns.name.root or rrset.name.parent() != zone or not _HASHED.match(rrset.name.labels[0]):
                 continue  # RFC 5155 §7.1: NSEC3 owners are one label below the apex, a base32hex SHA-1 hash
             for rd in rrset:
                 if not isinstance(rd, dns.rdtypes.ANY.NSEC3.NSEC3) or rd.algorithm != _SHA1 or rd.flags & ~_OPT_OUT:

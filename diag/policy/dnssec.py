@@ -446,10 +446,17 @@ def _delegation(
         # records at _25._tcp of an aliased MX host, RFC 7672 §2.2.2): the walk goes on in this zone, once the
         # CNAME is shown to be this zone's signed data, so that a forged alias cannot make it skip a cut.
         cname = yield Question(_text(child), "CNAME", dnssec=True)
+        if not cname.status.answered:
+            raise _unanswered(cname, zone, f"{_text(child)} CNAME")
         if cname.status is not ReplyStatus.OK or not cname.records:
             detail = f"{_text(child)} DS answers as an alias, but its CNAME question gets {cname.status}"
             raise _Fail(Security.INDETERMINATE, Reason.DNS_ERROR, _text(zone), detail)
-        _check_answer(cname, child, "CNAME", zone, keys, at)
+        try:
+            _check_answer(cname, child, "CNAME", zone, keys, at)
+        except _Fail as fail:
+            if fail.security is Security.INSECURE:  # an alias from a wildcard behind an unusable denial
+                return _Unsigned(fail.zone, fail.reason, fail.detail)
+            raise
         return None
     signed = reply.signed
     if reply.status is ReplyStatus.OK and signed is not None and signed.rrset is not None:

@@ -167,3 +167,22 @@ def test_an_address_that_serves_another_policy_is_named() -> None:
     facts = MtaStsFacts(RECORD, SERVED, policy=parse_policy(POLICY.encode()),
                         coverage=(MxCoverage(CLOUD, "*.mail.protection.outlook.com"),), others=(same,))  # fmt: skip
     assert [code for code, _, _ in judge(facts)] == ["MTASTS_OK"]
+
+
+def test_invalid_policies_at_other_addresses_are_told_as_invalid_and_alike() -> None:
+    broken = POLICY.replace("mode: enforce", "mode: sometimes").encode()
+    other = HttpsFacts(URL, "192.0.2.3", 200, "text/plain", tls_version="TLSv1.3", body=broken)
+    facts = MtaStsFacts(RECORD, SERVED, policy=parse_policy(POLICY.encode()),
+                        coverage=(MxCoverage(CLOUD, "*.mail.protection.outlook.com"),), others=(other,))  # fmt: skip
+    ((code, _subject, message),) = judge(facts)
+    assert code == "MTASTS_ADDRESS_FAILED" and "at 192.0.2.3 (an invalid policy) than at 192.0.2.1 (mode enforce" in (
+        message)
+    # two policies senders both ignore are no difference to report; a repeated mx line changes nothing either
+    twice = HttpsFacts(URL, "192.0.2.4", 200, "text/plain", body=POLICY.replace("max_age", "max_age: x\nz").encode())
+    assert [c for c, _, _ in judge(MtaStsFacts(RECORD, SERVED, policy=parse_policy(broken), others=(twice,)))] == [
+        "MTASTS_POLICY_INVALID"]
+    repeated = HttpsFacts(URL, "192.0.2.5", 200, "text/plain", body=(POLICY + "mx: *.mail.protection.outlook.com\n"
+                                                                     ).encode())  # fmt: skip
+    facts = MtaStsFacts(RECORD, SERVED, policy=parse_policy(POLICY.encode()),
+                        coverage=(MxCoverage(CLOUD, "*.mail.protection.outlook.com"),), others=(repeated,))  # fmt: skip
+    assert [c for c, _, _ in judge(facts)] == ["MTASTS_OK"]

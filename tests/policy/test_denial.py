@@ -93,3 +93,11 @@ def test_nsec3_records_that_are_not_a_hash_or_use_other_parameters_are_not_used(
     other = dns.rrset.from_text(f"{'0' * 32}.example.", 60, "IN", "NSEC3", "1 0 0 ab " + "1" * 32 + " A")
     assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [other, record]).verdict is Verdict.FAILED
     assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [record]).verdict is Verdict.PROVEN
+
+
+def test_an_nsec3_record_owned_by_the_root_or_another_zone_is_not_used() -> None:
+    # (a hostile zone may sign records of any owner; dnspython validates them all the same)
+    record = nsec3("b", "b")[0].to_text()
+    for owner in (".", "com.", "x.other."):
+        stray = dns.rrset.from_text(owner, 60, "IN", "NSEC3", record)
+        assert nodata(q("b"), dns.rdatatype.TXT, ZONE, [stray]).verdict is Verdict.FAILED

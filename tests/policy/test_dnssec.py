@@ -432,3 +432,56 @@ def test_a_cname_target_whose_last_label_ends_in_an_escaped_dot_is_a_state_not_a
     # Then the validation ends with a state (the target cannot be asked), not an exception
     result = run(body)
     assert result.security is Security.INDETERMINATE and result.aliases
+
+
+def test_a_forged_alias_in_a_ds_answer_does_not_make_the_walk_skip_a_secure_delegation() -> None:
+    # Given an attacker who answers the DS question of signed.example (a secure delegation) with an alias, with or
+    # without a forged CNAME record to back it
+    async def forged(mode: str) -> DnssecResult:
+        async with lab_resolver() as (resolver, anchor, _data):
+            process = validate("_25._tcp.mx.signed.example", "TLSA", [TrustAnchor("example", dnskey=(anchor,))])
+            while (question := process.question) is not None:
+                if (question.name, question.rdtype) == ("signed.example", "DS"):
+                    reply = Reply(ReplyStatus.OK, ("1 2 3 4",), canonical_name="evil.example", signed=Signed())
+                elif (question.name, question.rdtype) == ("signed.example", "CNAME") and mode == "cname":
+                    record = dns.rrset.from_text("signed.example.", 60, "IN", "CNAME", "evil.example.")
+                    reply = Reply(ReplyStatus.OK, ("evil.example",), signed=Signed(record, ()))
+                else:
+                    reply = await ask(resolver, question)
+                process.answer(reply)
+            return process.result
+
+    # Then the alias is checked as the zone's signed data: an unsigned one is bogus, a missing one undecided; the
+    # walk never goes on inside example as though there were no cut
+    unsigned = run(lambda: forged("cname"))
+    missing = run(lambda: forged("none"))
+    assert (unsigned.security, unsigned.reason) == (Security.BOGUS, Reason.NO_SIGNATURE)
+    assert missing.security is Security.INDETERMINATE
+
+
+def test_names_below_an_alias_and_aliases_from_wildcards_are_validated() -> None:
+    # Given TLSA records below aliased MX host names (RFC 7672 §2.2.2), in an NSEC and an NSEC3 zone, and aliases
+    # synthesised from wildcards, one in a zone whose NSEC3 records use too many iterations
+    async def body() -> list[DnssecResult]:
+        data, anchor = world()
+        data.add("_25._tcp.alias.signed.example", "TLSA", "3 1 1 " + "ef" * 32)
+        data.add("mx2.hashed.example", "CNAME", "mx.signed.example.")
+        data.add("_25._tcp.mx2.hashed.example", "TLSA", "3 1 1 " + "ef" * 32)
+        data.add("*.w.costly.example", "CNAME", "mx.signed.example.")
+        server = DnsServer(data)
+        port = await server.start(IP)
+        try:
+            resolver = Resolver([Nameserver(IP, port)], timeout=3.0)
+            anchors = [TrustAnchor("example", dnskey=(anchor,))]
+            return [await drive(validate(name, rdtype, anchors), resolver) for name, rdtype in (
+                ("_25._tcp.alias.signed.example", "TLSA"), ("_25._tcp.mx2.hashed.example", "TLSA"),
+                ("x.w.costly.example", "A"))]  # fmt: skip
+        finally:
+            await server.close()
+
+    below, below3, costly = run(body)
+    # Then the TLSA records are secure, and the alias behind the unusable denial is insecure with its answer and
+    # target still known (the walk goes on to what the alias points at)
+    assert below.security is Security.SECURE and below3.security is Security.SECURE
+    assert (costly.security, costly.status, costly.records) == (Security.INSECURE, ReplyStatus.OK, ("127.0.0.1",))
+    assert costly.aliases == ("mx.signed.example",)
