@@ -18,7 +18,8 @@ is the anchor, on the domain's first MX, in the same rounds: with its own DNS lo
 ``unshare`` (posttls-finger reads /etc/resolv.conf, which a private mount namespace points at the lab's DNS server;
 the lab's DNS then listens on port 53), and always on the MX's address given as ``[IP]:PORT`` without DNS. The same
 checks also run in the benchmark's own process (``run_checks``, the lab's organization left out as on the command
-line): the probes' time without a process's start-up. Record results with the machine in bench/README.md. """
+line): the probes' time without a process's start-up. Record results with the machine in bench/README.md.
+"""
 
 from __future__ import annotations
 
