@@ -28,7 +28,7 @@ from cryptography import x509
 from checks.mx import MxFacts
 from diag import evidence as ev
 from diag.config import AcceptedDomain, ConnectorType, DomainType, Organization, OutboundConnector, TlsSettings
-from diag.context import CheckContext
+from diag.context import CheckContext, is_public
 from diag.errors import DnsError
 from diag.evidence import Evidence, Failing, Observed, Shown
 from diag.model import Finding, Severity
@@ -470,7 +470,7 @@ async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Cert
             return [SmartHostProbe(name, resolve_error=why)]
 
     async def address(ip: str) -> SmartHostProbe:
-        if not ctx.options.allow_private and not ipaddress.ip_address(ip).is_global:
+        if not ctx.options.allow_private and not is_public(ip):
             return SmartHostProbe(name, ip, not_probed="not a public address")
         session = await ctx.run.smtp_session(ip, name)
         chain: tuple[CertInfo, ...] = ()

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from checks.mx import MxFacts
 from diag import evidence as ev
-from diag.context import CheckContext
+from diag.context import CheckContext, is_public
 from diag.evidence import Evidence, Observed, Section
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
@@ -105,11 +104,13 @@ def _summary(policy: StsPolicy) -> str:
     return f"mode {policy.mode}, max_age {policy.max_age}, mx {', '.join(policy.mx) or 'none'}"
 
 
-def _serves_another(domain: str, other: HttpsFacts, served: HttpsFacts, policy: StsPolicy) -> Finding:
+def _serves_another(
+    domain: str, other: HttpsFacts, theirs: StsPolicy, served: HttpsFacts, policy: StsPolicy
+) -> Finding:
     host = f"mta-sts.{domain}"
     return CHECK.finding(
         "MTASTS_ADDRESS_FAILED", f"{host} [{other.ip}]",
-        f"The MTA-STS policy host {host} serves another policy at {other.ip} ({_summary(parse_policy(other.body))}) "
+        f"The MTA-STS policy host {host} serves another policy at {other.ip} ({_summary(theirs)}) "
         f"than at {served.ip} ({_summary(policy)}): a sender applies whichever address it reached (RFC 8461 §3.3), "
         f"so {domain}'s mail is protected one way or the other by chance.",
         f"Serve the same policy file at every address of {host}.",
@@ -169,8 +170,9 @@ def assess(facts: MtaStsFacts) -> tuple[Finding, ...]:
               if (fault := judge_fetch(other)) is not None]  # fmt: skip
     policy = facts.policy
     assert policy is not None
-    partly += [_serves_another(domain, other, fetch, policy) for other in facts.others
-               if judge_fetch(other) is None and _terms(parse_policy(other.body)) != _terms(policy)]  # fmt: skip
+    served = [(other, parse_policy(other.body)) for other in facts.others if judge_fetch(other) is None]
+    partly += [_serves_another(domain, other, theirs, fetch, policy) for other, theirs in served
+               if _terms(theirs) != _terms(policy)]  # fmt: skip
     if not policy.valid:
         issues = "; ".join(f"{i.kind.value}{f' (line {i.line})' if i.line else ''}: {shown(i.detail)}"
                            for i in policy.issues)  # fmt: skip
@@ -216,13 +218,6 @@ def assess(facts: MtaStsFacts) -> tuple[Finding, ...]:
     return tuple(found)
 
 
-def _public(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_global
-    except ValueError:
-        return False
-
-
 async def probe(ctx: CheckContext) -> MtaStsFacts:
     mx = ctx.facts("mx", MxFacts)
     record = await drive(discover_txt(ctx.domain), ctx.resolver)
@@ -232,18 +227,17 @@ async def probe(ctx: CheckContext) -> MtaStsFacts:
     if not ctx.options.allow_private:
         answers = [await ctx.resolver.query(host, rdtype) for rdtype in ("A", "AAAA")]
         addresses = [r.to_text() for a in answers if a.status is DnsStatus.OK for r in a.records]
-        private = [address for address in addresses if not _public(address)]
+        private = [address for address in addresses if not is_public(address)]
         if private:
             return MtaStsFacts(record, not_fetched=f"its address {private[0]} is not public")
     fetched = await fetch_policy(ctx.domain, ctx.resolver, ca_file=ctx.options.ca_file, timeout=ctx.options.timeout,
                                  port=ctx.options.https_port, max_addresses=ctx.options.max_addresses_per_host)
     # The policy judged is a valid one where an address serves it, else the first one served at all.
-    served = [a for a in fetched if judge_fetch(a) is None]
-    fetch = next((a for a in served if parse_policy(a.body).valid), served[0] if served else fetched[0])
+    served = [(a, parse_policy(a.body)) for a in fetched if judge_fetch(a) is None]
+    if not served:
+        return MtaStsFacts(record, fetched[0], others=tuple(fetched[1:]))
+    fetch, policy = next(((a, p) for a, p in served if p.valid), served[0])
     others = tuple(a for a in fetched if a is not fetch)
-    if judge_fetch(fetch) is not None:
-        return MtaStsFacts(record, fetch, others=others)
-    policy = parse_policy(fetch.body)
     covered = coverage(policy.mx, [h.name for h in mx.hosts]) if policy.valid else ()
     return MtaStsFacts(record, fetch, policy=policy, coverage=covered, others=others)
 

@@ -120,9 +120,8 @@ class _EarlySessions:
             addresses = await family[position]
             offset = len(await self._v4[position]) if family is self._v6 else 0
             for index, ip in enumerate(addresses, start=offset):
-                if ip not in handed and self._ctx.options.not_probed(ip, index) is None:
+                if ip not in handed and self._ctx.run.address_known(ip, index, name):
                     handed.add(ip)
-                    self._ctx.run.address_known(ip, index, name)
 
     def close(self) -> None:
         """Stop waiting: the mx check is done (or failed, and some answers will never come)."""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from diag.policy.dnssec import Chains
     from diag.probe.run import ProbeOptions
 
-__all__ = ["NOT_PUBLIC", "CheckContext", "RunContext", "RunOptions", "SessionSource"]
+__all__ = ["NOT_PUBLIC", "CheckContext", "RunContext", "RunOptions", "SessionSource", "is_public"]
 
 F = TypeVar("F")
 T = TypeVar("T")
@@ -97,12 +97,13 @@ class RunOptions:
         (PC-20). The one rule for the port25 check and for the sessions the mx check starts early."""
         if index >= self.max_addresses_per_host:
             return f"over {self.max_addresses_per_host} addresses"
-        if not self.allow_private and not _public(ip):
+        if not self.allow_private and not is_public(ip):
             return NOT_PUBLIC
         return None
 
 
-def _public(ip: str) -> bool:
+def is_public(ip: str) -> bool:
+    """Is ``ip`` a public (global) address? Not for loopback, private ranges or text that is no address."""
     try:
         return ipaddress.ip_address(ip).is_global
     except ValueError:
@@ -162,12 +163,14 @@ class RunContext:
             self._sessions[key] = future
         return future
 
-    def address_known(self, ip: str, index: int, server_name: str) -> None:
+    def address_known(self, ip: str, index: int, server_name: str) -> bool:
         """The mx check learnt ``ip``, the ``index``-th address of the MX host ``server_name`` that the port25
         check will name the session after: with :attr:`early_sessions`, start that session now, unless the
-        address is one not to contact (:meth:`RunOptions.not_probed`)."""
-        if self.early_sessions and self.options.not_probed(ip, index) is None:
-            self.smtp_session(ip, server_name)
+        address is one not to contact (:meth:`RunOptions.not_probed`). Says whether the session was started."""
+        if not self.early_sessions or self.options.not_probed(ip, index) is not None:
+            return False
+        self.smtp_session(ip, server_name)
+        return True
 
     @property
     def dnssec_chains(self) -> Chains:
