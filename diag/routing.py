@@ -19,6 +19,7 @@ these same functions, so the check and the relay cannot disagree.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import string
 from collections.abc import Iterable, Sequence
@@ -498,25 +499,39 @@ def ip_in_ranges(ip: str | None, ranges: Iterable[str]) -> bool:
     """
     if not ip:
         return False
+    forms = _address_forms(ip)
+    return any(
+        form.version == network.version and form in network
+        for network in _networks(tuple(ranges))
+        for form in forms
+    )
+
+
+# The relay asks for every RCPT and every message with the same few addresses and ranges: parsed once each.
+@functools.lru_cache(maxsize=1024)
+def _address_forms(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """``ip`` and the other form it has (IPv4 and its IPv4-mapped IPv6 address); () for a non-address."""
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
-        return False
-    forms: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+        return ()
     if isinstance(address, ipaddress.IPv4Address):
-        forms = (address, ipaddress.IPv6Address(f"::ffff:{address}"))
-    elif address.ipv4_mapped is not None:
-        forms = (address, address.ipv4_mapped)
-    else:
-        forms = (address,)
+        return (address, ipaddress.IPv6Address(f"::ffff:{address}"))
+    if address.ipv4_mapped is not None:
+        return (address, address.ipv4_mapped)
+    return (address,)
+
+
+@functools.lru_cache(maxsize=256)
+def _networks(ranges: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The entries of ``ranges`` that are an address or a network, as networks."""
+    networks = []
     for entry in ranges:
         try:
-            network = ipaddress.ip_network(entry.strip(), strict=False)
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError:
             continue
-        if any(form.version == network.version and form in network for form in forms):
-            return True
-    return False
+    return tuple(networks)
 
 
 class MatchedBy(enum.StrEnum):

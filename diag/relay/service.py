@@ -10,6 +10,7 @@ leaves them pending in the spool for the next start: nothing acknowledged is los
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from types import TracebackType
 
@@ -41,6 +42,9 @@ class Relay:
         for qid in quarantined:
             log.error("quarantined damaged spool file qid=%s dir=%s", qid, self.spool.quarantine)
         await self.server.start()
+        # What start-up made (modules, settings, tables) lives as long as the relay: out of the collector's
+        # way, so its full collections walk only what sessions and deliveries create.
+        gc.freeze()
         self._delivering = asyncio.create_task(self.deliverer.run(self._stop), name=f"deliver:{self.settings.hostname}")
         log.info(
             "relay %s role=%s listening on %s spool=%s",

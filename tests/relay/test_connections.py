@@ -192,3 +192,26 @@ def test_the_command_tables_are_aiosmtpds_own() -> None:
         assert set(_RelaySMTP._command_attributes()) == every
 
     asyncio.run(scenario())
+
+
+def test_the_relay_handlers_hook_tables_are_those_of_a_full_walk() -> None:
+    """The relay's handler narrows dir() to its hooks; aiosmtpd's hook, AUTH and EHLO-form lookups must not
+    change."""
+    from diag.relay.server import _Handler, _RelaySMTP
+
+    class Walked(_Handler):
+        def __dir__(self) -> list[str]:
+            return object.__dir__(self)
+
+    class Server:
+        settings = None
+
+    async def scenario() -> None:
+        tables = []
+        for handler in (_Handler(Server()), Walked(Server())):  # type: ignore[arg-type]
+            smtp = _RelaySMTP(handler, Connections(1), asyncio.Semaphore(1), 1.0, hostname="caps.test")
+            tables.append((sorted(smtp._handle_hooks), sorted(smtp._auth_methods), smtp._ehlo_hook_ver))
+        assert tables[0] == tables[1]
+        assert tables[0][0] == ["DATA", "EHLO", "MAIL", "RCPT"] and tables[0][2] == "new"
+
+    asyncio.run(scenario())

@@ -13,10 +13,12 @@ import errno
 import logging
 import mailbox
 import os
+import random
 import re
 import shutil
 import socket
 import ssl
+import string
 import threading
 import warnings
 from collections.abc import AsyncIterator, Coroutine
@@ -27,12 +29,14 @@ from typing import Any, TypeVar
 
 import aiosmtplib
 import pytest
+from aiosmtpd.smtp import SMTP
 from cryptography.hazmat.primitives import serialization
 
 from diag.config import RelayRole, parse_config
 from diag.errors import ConfigError
 from diag.lab.pki import CertKind, Issued, TestPKI
-from diag.relay.server import RelayServer
+from diag.relay.connections import Connections
+from diag.relay.server import _PLAIN_PATH, RelayServer, _RelaySMTP
 from diag.relay.settings import Limits, RelaySettings
 from diag.relay.spool import Envelope, Spool
 
@@ -1348,3 +1352,50 @@ def test_start_fails_cleanly_on_a_bad_address_or_certificate(tmp_path: Path, tls
             await RelayServer(locked, Spool(base.spool)).start()
 
     run(main())
+
+
+def test_the_fast_path_parse_of_plain_paths_is_aiosmtpds() -> None:
+    """The relay parses <local@domain> paths itself; for every path it takes (a varied, seeded corpus, about half
+    of it plain) address and parameters are what aiosmtpd's own parser gives, the local-part limit included."""
+    rnd = random.Random(5321)
+    atext = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
+    odd = atext + '.()<>"[]\\ @,;:'
+    printable = "".join(chr(code) for code in range(0x21, 0x7F))
+
+    def word(chars: str, longest: int = 6) -> str:
+        return "".join(rnd.choice(chars) for _ in range(rnd.randint(1, longest)))
+
+    async def scenario() -> None:
+        ours = _RelaySMTP(object(), Connections(1), asyncio.Semaphore(1), 1.0, hostname="parse.test")
+        theirs = SMTP(object(), hostname="parse.test")
+        theirs.local_part_limit = ours.local_part_limit
+        taken = 0
+        for _ in range(20000):
+            local = ".".join(
+                word(atext if rnd.random() < 0.9 else odd, 70 if rnd.random() < 0.05 else 6)
+                for _ in range(rnd.randint(1, 3))
+            )
+            domain = ".".join(
+                word(string.ascii_letters + string.digits + "-" if rnd.random() < 0.9 else odd)
+                for _ in range(rnd.randint(1, 3))
+            )
+            params = "".join(
+                rnd.choice([" ", "\t", "  ", ""]) + word(printable if rnd.random() < 0.5 else "SIZEBODY=0123")
+                for _ in range(rnd.randint(0, 3))
+            )
+            path = f"<{local}@{domain}>{params}".strip()
+            plain = _PLAIN_PATH.fullmatch(path) is not None
+            taken += plain
+            try:
+                expected = theirs._getaddr(path)
+            except Exception as error:  # the email package's parser fails on some domain literals
+                assert not plain, path
+                with pytest.raises(type(error)):
+                    ours._getaddr(path)
+                continue
+            assert ours._getaddr(path) == expected, path
+        assert taken > 5000  # the fast path is exercised, not only the fallback
+        assert ours._getaddr("<" + "a" * 65 + "@example.com>") == (None, None)
+        assert ours._getaddr("<a@example.com> SIZE=10") == ("a@example.com", "SIZE=10")
+
+    asyncio.run(scenario())
