@@ -900,9 +900,7 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
     if ctx.invoked_subcommand is not None:
         ctx.obj = settings
         return 0
-    import asyncio
     import logging
-    import signal
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="diag relay: %(message)s")
     # One line per queued message and per delivery attempt (ours); aiosmtpd's per-command chatter stays off.
@@ -912,20 +910,12 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
-    async def serve() -> None:
-        from diag.relay.service import Relay
+    from diag.relay.service import serve
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            async with Relay(settings):
-                await stop.wait()
-        except OSError as exc:
-            raise DiagError(f"the relay cannot start: {exc.strerror or exc}") from None
-
-    asyncio.run(serve())
+    try:
+        serve(settings)
+    except OSError as exc:
+        raise DiagError(f"the relay cannot start: {exc.strerror or exc}") from None
     return 0
 
 

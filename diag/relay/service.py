@@ -1,26 +1,45 @@
 """A running relay: the spool recovered, the SMTP server listening, the deliverer working the queue.
 
-    async with Relay(settings):
+    async with Relay(settings):       # in this event loop (the lab, the tests)
         await stopped.wait()
+
+    serve(settings)                   # diag relay: intake here, delivery in a child process, until SIGTERM
 
 Closing stops the listener first (no new 250s), then lets in-flight deliveries finish within a short grace or
 leaves them pending in the spool for the next start: nothing acknowledged is lost either way.
+
+:func:`serve` splits the work as Postfix does (smtpd apart from its queue manager and smtp clients): the SMTP
+sessions and the 250 after each durable store run in this process, delivery in a child forked before either
+starts its event loop, so the two use two cores and a 250 never waits behind delivery. The child learns of each
+stored message from a pipe (its queue id, one line each) and reads it from the spool; it scans the spool at
+start and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement was lost (a
+crash between store and pipe) is delivered all the same. The child stops when the pipe ends: the parent closed
+it on SIGTERM or SIGINT, or died; in-flight deliveries get ``stop_grace`` to finish, the rest stays queued. If
+the child ends while the parent still serves, the parent stops too, with an error: a relay that accepts mail it
+cannot deliver would only fill its spool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
+import re
+import signal
+import time
 from types import TracebackType
+from typing import Final
 
+from diag.errors import DiagError
 from diag.net.dns import Resolver
 from diag.relay.queue import Deliverer
 from diag.relay.server import RelayServer
 from diag.relay.settings import RelaySettings
-from diag.relay.spool import Spool
+from diag.relay.spool import Envelope, Spool
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "serve"]
 
 log = logging.getLogger("diag.relay")
 
@@ -67,3 +86,138 @@ class Relay:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+# What the parent writes to the child's pipe: queue ids, one per line (Spool.new_qid: lowercase hex).
+_QID: Final = re.compile(rb"[0-9a-f]{8,40}")
+# Seconds the child lets deliveries in flight finish once the pipe ended (Deliverer's stop_grace), and how much
+# longer the parent waits for it before killing it.
+_STOP_GRACE: Final = 5.0
+_CHILD_WAIT: Final = 5.0
+
+
+def serve(settings: RelaySettings) -> None:
+    """Run the relay in two processes (see the module docstring) until SIGINT or SIGTERM. Raises OSError when
+    it cannot listen, :class:`DiagError` when the delivery process ended while the relay served."""
+    spool = Spool(settings.spool)
+    for qid in spool.recover():
+        log.error("quarantined damaged spool file qid=%s dir=%s", qid, spool.quarantine)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's coverage is not collected; tests/relay/test_durability.py
+        os.close(write_end)
+        _deliver_until_the_pipe_ends(settings, read_end)
+    os.close(read_end)
+    try:
+        asyncio.run(_intake(settings, spool, write_end, child))
+    finally:
+        _reap(child)
+
+
+def _deliver_until_the_pipe_ends(settings: RelaySettings, read_end: int) -> None:
+    """The child: deliver until the parent closes the pipe, then leave (never back into the caller's code)."""
+    code = 0
+    try:
+        # The parent decides when delivery stops (a Ctrl-C or a service stop reaches both processes): by
+        # closing the pipe, once it no longer accepts mail.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        asyncio.run(_deliver(settings, read_end))
+    except BaseException:
+        log.exception("the delivery process failed; queued mail stays in %s", settings.spool)
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+async def _deliver(settings: RelaySettings, read_end: int) -> None:
+    spool = Spool(settings.spool)
+    resolver = Resolver(settings.nameservers, timeout=settings.limits.operation_timeout)
+    deliverer = Deliverer(settings, spool, resolver, stop_grace=_STOP_GRACE)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    pipe = os.fdopen(read_end, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: _Announcements(deliverer, stop), pipe)
+    gc.freeze()
+    try:
+        await deliverer.run(stop)
+    finally:
+        transport.close()
+
+
+class _Announcements(asyncio.Protocol):
+    """The child's end of the pipe: each queue id read is delivered now; the pipe's end stops delivery."""
+
+    def __init__(self, deliverer: Deliverer, stop: asyncio.Event) -> None:
+        self._deliverer = deliverer
+        self._stop = stop
+        self._partial = b""
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            if _QID.fullmatch(line):
+                self._deliverer.kick(line.decode("ascii"))
+
+    def eof_received(self) -> bool:
+        self._stop.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop.set()
+
+
+class _ChildWatch(asyncio.Protocol):
+    """The parent's end of the pipe: it breaks when the child is gone."""
+
+    def __init__(self, gone: asyncio.Event) -> None:
+        self._gone = gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone.set()
+
+
+async def _intake(settings: RelaySettings, spool: Spool, write_end: int, child: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop, gone = asyncio.Event(), asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    pipe = os.fdopen(write_end, "wb", buffering=0)
+    announce, _ = await loop.connect_write_pipe(lambda: _ChildWatch(gone), pipe)
+
+    def queued(qid: str, envelope: Envelope, content: bytes) -> None:
+        announce.write(f"{qid}\n".encode("ascii"))
+
+    try:
+        async with RelayServer(settings, spool, on_queued=queued):
+            gc.freeze()
+            log.info(
+                "relay %s role=%s listening on %s spool=%s delivery=pid %d",
+                settings.hostname, settings.role.value,
+                ", ".join(f"{host}:{port}" for host, port in settings.listen), settings.spool, child,
+            )  # fmt: skip
+            waits = [asyncio.create_task(event.wait()) for event in (stop, gone)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+    finally:
+        announce.close()  # the child sees the pipe end: it finishes what it has in hand and leaves
+    if gone.is_set() and not stop.is_set():
+        raise DiagError(f"the delivery process (pid {child}) ended; the relay stopped, queued mail stays in "
+                        f"{settings.spool}")  # fmt: skip
+
+
+def _reap(child: int) -> None:
+    """Wait for the child to leave after the pipe ended; kill it when it takes longer than its grace allows."""
+    deadline = time.monotonic() + _STOP_GRACE + _CHILD_WAIT
+    with contextlib.suppress(ChildProcessError):
+        while time.monotonic() < deadline:
+            if os.waitpid(child, os.WNOHANG)[0]:
+                return
+            time.sleep(0.02)
+        log.error("the delivery process (pid %d) did not stop; killed, its deliveries stay queued", child)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

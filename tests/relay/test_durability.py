@@ -119,3 +119,72 @@ def test_queue_lists_what_waits_and_why(tmp_path: Path) -> None:
     assert qid in done.stdout and "from <john@contoso.com>" in done.stdout
     assert "<sun@tailspintoys.com> pending, 2 attempts" in done.stdout
     assert "450 4.4.316 Connection refused" in done.stdout and "1 queued in" in done.stdout
+
+
+def _child_of(relay: subprocess.Popen[bytes]) -> int:
+    """The delivery process `diag relay` forked."""
+    children = Path(f"/proc/{relay.pid}/task/{relay.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _running(pid: int) -> bool:
+    """Is ``pid`` alive (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_delivery_runs_in_a_child_process_that_ends_with_the_relay(tmp_path: Path) -> None:
+    """Intake and delivery are two processes: mail accepted by one is delivered by the other, and a SIGTERM to
+    the relay ends both, with status 0."""
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    port = _free_port()
+    relay = _start(tmp_path, port)
+    try:
+        child = _child_of(relay)
+        message = EmailMessage()
+        message["From"], message["To"], message["Message-ID"] = "a@sink.example", "sink@sink.example", "<one@x>"
+        message.set_content("two processes")
+        asyncio.run(aiosmtplib.send(message, hostname=IP, port=port, start_tls=False, timeout=5))
+        box = tmp_path / "maildir" / "sink@sink.example"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (box.exists() and len(mailbox.Maildir(box, create=False))):
+            time.sleep(0.05)
+        assert [str(m["Message-ID"]) for m in mailbox.Maildir(box, create=False)] == ["<one@x>"]
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=20)
+    assert relay.returncode == 0
+    assert not _running(child)
+
+
+def test_a_relay_whose_delivery_process_dies_stops_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    port = _free_port()
+    relay = _start(tmp_path, port)
+    try:
+        os.kill(_child_of(relay), signal.SIGKILL)
+        relay.wait(timeout=20)
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+    assert relay.returncode == 3
+    lines = (tmp_path / "relay.log").read_text().splitlines()
+    assert lines[-1].startswith("diag: error: the delivery process (pid ") and "queued mail stays in" in lines[-1]
+
+
+def test_the_delivery_process_leaves_when_the_relay_is_killed(tmp_path: Path) -> None:
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    port = _free_port()
+    relay = _start(tmp_path, port)
+    child = _child_of(relay)
+    relay.kill()
+    relay.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
