@@ -12,6 +12,7 @@ follow RFC 7489 do, and the two agree whenever no ``psd=`` record sits between t
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import PackageNotFoundError, version
 
 from publicsuffixlist import PublicSuffixList
@@ -26,9 +27,10 @@ class OrgDomains:
         # The full list, private section included, as RFC 7489 §3.2 prescribes ("the Public Suffix List").
         self._psl = PublicSuffixList()
 
-    @property
+    @functools.cached_property
     def snapshot(self) -> str:
-        """The bundled list's package version, whose last part is its date."""
+        """The bundled list's package version, whose last part is its date (looked up once: reading package
+        metadata costs more than the rest of a domain's DMARC check)."""
         try:
             return version("publicsuffixlist")
         except PackageNotFoundError:
