@@ -74,14 +74,15 @@ class Deliverer:
     """Works the spool: :meth:`run` until stopped; :meth:`deliver_once` for one message.
 
     ``stop_grace``: seconds :meth:`run` lets deliveries in flight finish after ``stop`` is set; those still
-    running then are cancelled and stay pending in the spool, to be retried after a restart.
+    running then are cancelled and stay pending in the spool, to be retried after a restart. It may be changed
+    until then (0: cancel them at once).
     """
 
     def __init__(self, settings: RelaySettings, spool: Spool, resolver: Resolver, *, stop_grace: float = 5.0) -> None:
         self._settings = settings
         self._spool = spool
         self._transport = Transport(settings, resolver)
-        self._stop_grace = stop_grace
+        self.stop_grace = stop_grace
         self._slots = asyncio.Semaphore(max(1, settings.limits.delivery_concurrency))
         self._wake = asyncio.Event()
         self._kicked = False
@@ -188,7 +189,7 @@ class Deliverer:
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
         if not tasks:
             return
-        _, unfinished = await asyncio.wait(tasks, timeout=self._stop_grace)
+        _, unfinished = await asyncio.wait(tasks, timeout=self.stop_grace)
         for task in unfinished:
             task.cancel()
         if unfinished:

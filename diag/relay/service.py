@@ -13,10 +13,12 @@ sessions and the 250 after each durable store run in this process, delivery in a
 starts its event loop, so the two use two cores and a 250 never waits behind delivery. The child learns of each
 stored message from a pipe (its queue id, one line each) and reads it from the spool; it scans the spool at
 start and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement was lost (a
-crash between store and pipe) is delivered all the same. The child stops when the pipe ends: the parent closed
-it on SIGTERM or SIGINT, or died; in-flight deliveries get ``stop_grace`` to finish, the rest stays queued. If
-the child ends while the parent still serves, the parent stops too, with an error: a relay that accepts mail it
-cannot deliver would only fill its spool.
+crash between store and pipe) is delivered all the same. The child stops when the pipe ends. After SIGTERM or
+SIGINT the parent says ``stop`` before closing it, and in-flight deliveries get ``stop_grace`` to finish; a pipe
+that ends without it means the parent died (SIGKILL, a crash), and the child cancels them at once, so that a
+relay restarted at once (systemd's Restart=) does not find the old child still working the same spool. Either
+way what was not delivered stays queued. If the child ends while the parent still serves, the parent stops too,
+with an error: a relay that accepts mail it cannot deliver would only fill its spool.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class Relay:
 
 # What the parent writes to the child's pipe: queue ids, one per line (Spool.new_qid: lowercase hex).
 _QID: Final = re.compile(rb"[0-9a-f]{8,40}")
+# ... and, once the parent stopped taking mail on a signal, this line.
+_STOP: Final = b"stop"
 # Seconds the child lets deliveries in flight finish once the pipe ended (Deliverer's stop_grace), and how much
 # longer the parent waits for it before killing it.
 _STOP_GRACE: Final = 5.0
@@ -147,24 +151,33 @@ async def _deliver(settings: RelaySettings, read_end: int) -> None:
 
 
 class _Announcements(asyncio.Protocol):
-    """The child's end of the pipe: each queue id read is delivered now; the pipe's end stops delivery."""
+    """The child's end of the pipe: each queue id read is delivered now; the pipe's end stops delivery, at once
+    unless the parent said ``stop`` first."""
 
     def __init__(self, deliverer: Deliverer, stop: asyncio.Event) -> None:
         self._deliverer = deliverer
         self._stop = stop
         self._partial = b""
+        self._told = False
 
     def data_received(self, data: bytes) -> None:
         *lines, self._partial = (self._partial + data).split(b"\n")
         for line in lines:
             if _QID.fullmatch(line):
                 self._deliverer.kick(line.decode("ascii"))
+            elif line == _STOP:
+                self._told = True
 
     def eof_received(self) -> bool:
-        self._stop.set()
+        self._end()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self._told:
+            self._deliverer.stop_grace = 0.0
         self._stop.set()
 
 
@@ -204,7 +217,9 @@ async def _intake(settings: RelaySettings, spool: Spool, write_end: int, child: 
                 for wait in waits:
                     wait.cancel()
     finally:
-        announce.close()  # the child sees the pipe end: it finishes what it has in hand and leaves
+        # The child finishes what it has in hand and leaves; without the word it would take this for a crash.
+        announce.write(_STOP + b"\n")
+        announce.close()
     if gone.is_set() and not stop.is_set():
         raise DiagError(f"the delivery process (pid {child}) ended; the relay stopped, queued mail stays in "
                         f"{settings.spool}")  # fmt: skip

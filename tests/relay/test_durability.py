@@ -188,3 +188,53 @@ def test_the_delivery_process_leaves_when_the_relay_is_killed(tmp_path: Path) ->
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(child)
+
+
+def test_a_delivery_process_whose_relay_died_cancels_its_deliveries_at_once(tmp_path: Path) -> None:
+    """After SIGTERM deliveries in flight get a grace to finish; when the relay is killed the child stops them at
+    once, so a relay restarted at once does not find it still working the same spool."""
+    with socket.socket() as tarpit:  # accepts (the kernel does) and never greets
+        tarpit.bind((IP, 0))
+        tarpit.listen(8)
+        (tmp_path / "relay.toml").write_text(f"""
+[[AcceptedDomain]]
+DomainName = "source.example"
+DomainType = "Authoritative"
+Default = true
+
+[[OutboundConnector]]
+Name = "To the tarpit"
+ConnectorType = "Partner"
+RecipientDomains = ["elsewhere.example"]
+UseMXRecord = false
+SmartHosts = ["{IP}"]
+
+[[InboundConnector]]
+Name = "From on-premises"
+ConnectorType = "OnPremises"
+SenderDomains = ["*"]
+SenderIPAddresses = ["127.0.0.1", "{IP}"]
+
+[Relay]
+Role = "cloud"
+Hostname = "relay.test.example"
+SmtpPort = {tarpit.getsockname()[1]}
+AllowPrivate = true
+""")
+        port = _free_port()
+        relay = _start(tmp_path, port)
+        child = _child_of(relay)
+        message = EmailMessage()
+        message["From"], message["To"], message["Message-ID"] = "a@source.example", "b@elsewhere.example", "<t@x>"
+        message.set_content("to the tarpit")
+        asyncio.run(aiosmtplib.send(message, hostname=IP, port=port, start_tls=False, timeout=5))
+        time.sleep(0.5)  # the child has taken it and waits for the smart host's greeting
+        relay.kill()
+        relay.wait(timeout=10)
+        killed = time.monotonic()
+        while _running(child) and time.monotonic() < killed + 10:
+            time.sleep(0.02)
+        assert not _running(child)
+        assert time.monotonic() - killed < 2.5  # not the 5 s grace a SIGTERM gives
+    log = (tmp_path / "relay.log").read_text()
+    assert "deliveries cancelled, they stay queued" in log
