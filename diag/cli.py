@@ -13,7 +13,6 @@ import os
 import stat
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -22,6 +21,8 @@ from diag import __version__
 from diag.errors import ConfigError, DiagError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from diag.config import Organization, ProbeConfig
     from diag.net.dns import Nameserver
     from diag.policy.anchors import TrustAnchor
@@ -169,14 +170,27 @@ class _Seconds(click.FloatRange):
 
 class _Path(click.Path):
     """A path whose refusal is worded like diag's other file errors. Scheduling reads the same attributes
-    (diag/schedule.py): ``exists`` marks a file diag reads, ``writable`` one it writes."""
+    (diag/schedule.py): ``exists`` marks a file diag reads, ``writable`` one it writes.
+
+    The value is a :class:`pathlib.Path` (a ``str`` with ``as_path=False``), made here rather than by click's
+    ``path_type``: pathlib (with urllib.parse and ipaddress) is then imported by the commands that take a path,
+    not by every start of ``diag`` (about 9 ms of ``diag --help``, bench/startup.py)."""
+
+    def __init__(self, *, as_path: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._as_path = as_path
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            return super().convert(value, param, ctx)
+            converted = super().convert(value, param, ctx)
         except click.BadParameter:
             name = f"{_option_name(param)} {str(value)!r}" if isinstance(param, click.Option) else str(value)
             raise click.UsageError(f"{name}: {self._problem(os.fsdecode(value))}", ctx) from None
+        if not self._as_path:
+            return converted
+        from pathlib import Path
+
+        return Path(os.fsdecode(converted))
 
     def _problem(self, path: str) -> str:
         try:
@@ -194,12 +208,12 @@ class _Path(click.Path):
 
 def _input(*, dash: bool = False) -> _Path:
     """A file diag reads: it must exist (``-``, when allowed, is standard input)."""
-    return _Path(path_type=Path, dir_okay=False, exists=True, allow_dash=dash)
+    return _Path(dir_okay=False, exists=True, allow_dash=dash)
 
 
 def _output(*, dash: bool = False) -> _Path:
     """A file diag writes (``-``, when allowed, is standard output; then the value stays a str)."""
-    return _Path(path_type=str if dash else Path, dir_okay=False, writable=True, allow_dash=dash)
+    return _Path(as_path=not dash, dir_okay=False, writable=True, allow_dash=dash)
 
 
 def _parse_resolver(text: str) -> Nameserver:
@@ -751,6 +765,8 @@ def report(result: Path, html_out: Path | None, view: str, prom_out: Path | None
 def _load_result(result: Path) -> tuple[dict[str, Any], str]:
     """A saved result from a file or, for ``-``, standard input, validated the same way; and where it came
     from, for messages."""
+    from pathlib import Path
+
     from diag.render.json import load_report
 
     if str(result) != "-":
@@ -857,9 +873,9 @@ def schedule(every: str, systemd: bool, name: str, install: bool, command: tuple
 @click.option("--listen", multiple=True, metavar="ADDR:PORT",
               help="Listen here (repeatable).  [default: 127.0.0.1:2525]")
 @click.option("--hostname", default=None, metavar="NAME", help="Its name in greetings and Received lines.")
-@click.option("--spool", type=_Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+@click.option("--spool", type=_Path(file_okay=False), default=None, metavar="DIR",
               help="The durable queue.")
-@click.option("--maildir", type=_Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+@click.option("--maildir", type=_Path(file_okay=False), default=None, metavar="DIR",
               help="The parent of the local mailboxes' Maildirs.")
 @click.option("--tls-cert", type=_input(), default=None, metavar="PEM",
               help="Its certificate chain: offered with STARTTLS, presented when delivering.")
@@ -1006,7 +1022,7 @@ def lab() -> None:
               help="Port every lab mail host listens on.")
 @click.option("--dns-port", type=_Whole(1, 65535), default=5353, show_default=True,
               help="Port of the lab's DNS server (UDP and TCP).")
-@click.option("--dir", "directory", type=_Path(path_type=Path, file_okay=False), default=None,
+@click.option("--dir", "directory", type=_Path(file_okay=False), default=None,
               help="Keep certificates and Maildirs here. Default: a temporary directory, removed at exit.")
 @click.option("--latency", "latency_text", default=None, metavar="RTT",
               help="Add this round-trip time to every lab packet, DNS included (e.g. 50ms), through delaying "

@@ -53,6 +53,23 @@ def test_help_and_version_import_no_network_stack_and_no_renderer(args: list[str
     assert packages(imported(*args)).isdisjoint(HEAVY)
 
 
+def test_help_does_not_import_pathlib() -> None:
+    """pathlib (with urllib.parse and ipaddress) comes with the commands that take a path, not with every start.
+    Without site (-S): an editable install's import hook loads pathlib itself; an installed diag has none."""
+    import site
+
+    here = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(here), *site.getsitepackages()])
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", "import atexit, sys; "
+         "atexit.register(lambda: print(' '.join(sys.modules), file=sys.stderr)); "
+         "import diag.cli; sys.argv = ['diag', '--help']; diag.cli.main()"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "click" in done.stderr.split() and "pathlib" not in done.stderr.split()
+
+
 def test_a_check_run_into_a_pipe_loads_neither_rich_nor_jinja2_nor_dns_ddr(lab: Lab, tmp_path: Path) -> None:
     # Given a check of a healthy domain whose view goes into a pipe (as from cron), with the history kept
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
