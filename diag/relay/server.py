@@ -269,8 +269,9 @@ _CONTINUATION = re.compile(r"^\d{3}-")
 # A plain <local@domain> path, as nearly every client sends it, and parameters after a space: a dot-atom local part
 # (RFC 5321 §4.1.2) and an LDH domain. aiosmtpd parses paths with the email package's header parser, a tenth of a
 # session's CPU; for these it gives the same address and parameters (tests/relay/test_server.py holds it to that).
+# A local part with "=?" is left to aiosmtpd: its parser decodes RFC 2047 encoded words in it.
 _PLAIN_PATH = re.compile(
-    r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"<(?![^>]*=\?)((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>"
     r"(?:[ \t]+([A-Za-z0-9][\x21-\x7e]*(?:[ \t]+[\x21-\x7e]+)*))?"
 )

@@ -10,29 +10,37 @@ leaves them pending in the spool for the next start: nothing acknowledged is los
 
 :func:`serve` splits the work as Postfix does (smtpd apart from its queue manager and smtp clients): the SMTP
 sessions and the 250 after each durable store run in this process, delivery in a child forked before either
-starts its event loop, so the two use two cores and a 250 never waits behind delivery. The child learns of each
-stored message from a pipe (its queue id, one line each) and reads it from the spool; it scans the spool at
-start and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement was lost (a
-crash between store and pipe) is delivered all the same. The child stops when the pipe ends. After SIGTERM or
-SIGINT the parent says ``stop`` before closing it, and in-flight deliveries get ``stop_grace`` to finish; a pipe
-that ends without it means the parent died (SIGKILL, a crash), and the child cancels them at once, so that a
-relay restarted at once (systemd's Restart=) does not find the old child still working the same spool. Either
-way what was not delivered stays queued. If the child ends while the parent still serves, the parent stops too,
-with an error: a relay that accepts mail it cannot deliver would only fill its spool.
+starts its event loop, so the two use two cores and a 250 never waits behind delivery.
+
+- One relay per spool: :func:`serve` holds an exclusive lock on ``relay.lock`` in the spool directory (the child
+  inherits it), waiting a few seconds for a relay that is leaving.
+- The child starts delivering when the parent says ``start`` on the pipe, once it listens: a relay that cannot
+  start (an address in use, a bad certificate) leaves the spool alone.
+- It learns of each stored message from the pipe (its queue id, one line each) and reads it from the spool; it
+  scans the spool at start and at every ``queue_scan`` as the in-process deliverer does, so a message whose
+  announcement was lost (a crash between store and pipe) is delivered all the same.
+- It stops when the pipe ends. After SIGTERM or SIGINT the parent says ``stop`` before closing it, and in-flight
+  deliveries get ``stop_grace`` to finish; a pipe that ends without it means the parent died (SIGKILL, a crash),
+  and the child cancels them at once, so that a relay restarted at once (systemd's Restart=) soon has the spool
+  to itself. Either way what was not delivered stays queued.
+- If the child ends while the parent still serves, the parent stops too, with an error: a relay that accepts
+  mail it cannot deliver would only fill its spool. A child that fails while stopping is an error too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
 import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Final
+from typing import BinaryIO, Final
 
 from diag.errors import DiagError
 from diag.net.dns import Resolver
@@ -63,9 +71,6 @@ class Relay:
         for qid in quarantined:
             log.error("quarantined damaged spool file qid=%s dir=%s", qid, self.spool.quarantine)
         await self.server.start()
-        # What start-up made (modules, settings, tables) lives as long as the relay: out of the collector's
-        # way, so its full collections walk only what sessions and deliveries create.
-        gc.freeze()
         self._delivering = asyncio.create_task(self.deliverer.run(self._stop), name=f"deliver:{self.settings.hostname}")
         log.info(
             "relay %s role=%s listening on %s spool=%s",
@@ -92,8 +97,13 @@ class Relay:
 
 # What the parent writes to the child's pipe: queue ids, one per line (Spool.new_qid: lowercase hex).
 _QID: Final = re.compile(rb"[0-9a-f]{8,40}")
-# ... and, once the parent stopped taking mail on a signal, this line.
+# ... between these lines: the first once the relay listens, the last once it stopped taking mail on a signal.
+_START: Final = b"start"
 _STOP: Final = b"stop"
+_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+# The spool's lock file, and how long a relay waits for another one (or its delivery process) to let it go.
+_LOCK: Final = "relay.lock"
+_LOCK_WAIT: Final = 5.0
 # Seconds the child lets deliveries in flight finish once the pipe ended (Deliverer's stop_grace), and how much
 # longer the parent waits for it before killing it.
 _STOP_GRACE: Final = 5.0
@@ -102,31 +112,71 @@ _CHILD_WAIT: Final = 5.0
 
 def serve(settings: RelaySettings) -> None:
     """Run the relay in two processes (see the module docstring) until SIGINT or SIGTERM. Raises OSError when
-    it cannot listen, :class:`DiagError` when the delivery process ended while the relay served."""
+    it cannot listen, :class:`DiagError` when the spool is another relay's or the delivery process failed."""
     spool = Spool(settings.spool)
-    for qid in spool.recover():
-        log.error("quarantined damaged spool file qid=%s dir=%s", qid, spool.quarantine)
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child's coverage is not collected; tests/relay/test_durability.py
-        os.close(write_end)
-        _deliver_until_the_pipe_ends(settings, read_end)
-    os.close(read_end)
-    try:
-        asyncio.run(_intake(settings, spool, write_end, child))
-    finally:
-        _reap(child)
+    with _exclusive(spool):
+        for qid in spool.recover():
+            log.error("quarantined damaged spool file qid=%s dir=%s", qid, spool.quarantine)
+        read_end, write_end = os.pipe()
+        # Until each process has its own handling: a signal in between would end one of them halfway (the parent
+        # waiting for a child that never sees the pipe end, or the child running the caller's code on).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            child = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            os.close(read_end)
+            os.close(write_end)
+            raise
+        if child == 0:  # pragma: no cover - the child's coverage is not collected; tests/relay/test_durability.py
+            os.close(write_end)
+            _deliver_until_the_pipe_ends(settings, read_end)
+        os.close(read_end)
+        pipe = os.fdopen(write_end, "wb", buffering=0)
+        try:
+            asyncio.run(_intake(settings, spool, pipe, child))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            pipe.close()  # if the loop never took it: the child must see the pipe end
+            status = _reap(child)
+    if status:
+        how = f"exit status {status}" if status > 0 else f"signal {-status}"
+        raise DiagError(f"the delivery process (pid {child}) failed while stopping ({how}); queued mail stays in "
+                        f"{settings.spool}")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _exclusive(spool: Spool) -> Iterator[None]:
+    """Hold the spool's lock: one relay per spool. Two would deliver each message twice, and one's recovery
+    would remove the other's writes in progress. A relay restarted just after a crash waits a little for the
+    old delivery process to leave (it cancels its deliveries at once when its relay is gone)."""
+    with open(spool.root / _LOCK, "a+b") as lock:
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DiagError(f"the spool {spool.root} is in use by another diag relay; give each relay its "
+                                    "own --spool") from None  # fmt: skip
+                time.sleep(0.05)
+        yield  # the child inherits the open lock: it is held until both processes have let it go
 
 
 def _deliver_until_the_pipe_ends(settings: RelaySettings, read_end: int) -> None:
     """The child: deliver until the parent closes the pipe, then leave (never back into the caller's code)."""
+    # The parent decides when delivery stops (a Ctrl-C or a service stop reaches both processes): by closing the
+    # pipe, once it no longer accepts mail. Signals that came since the fork are dropped with the unblocking.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     code = 0
     try:
-        # The parent decides when delivery stops (a Ctrl-C or a service stop reaches both processes): by
-        # closing the pipe, once it no longer accepts mail.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        asyncio.run(_deliver(settings, read_end))
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            # Nothing is delivered before the relay listens: a relay that cannot start leaves the spool alone.
+            if _first_line(pipe) == _START:
+                asyncio.run(_deliver(settings, pipe))
     except BaseException:
         log.exception("the delivery process failed; queued mail stays in %s", settings.spool)
         code = 1
@@ -135,13 +185,22 @@ def _deliver_until_the_pipe_ends(settings: RelaySettings, read_end: int) -> None
         os._exit(code)
 
 
-async def _deliver(settings: RelaySettings, read_end: int) -> None:
+def _first_line(pipe: BinaryIO) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = pipe.read(1)
+        if not byte:
+            return b""
+        line += byte
+    return line[:-1]
+
+
+async def _deliver(settings: RelaySettings, pipe: BinaryIO) -> None:
     spool = Spool(settings.spool)
     resolver = Resolver(settings.nameservers, timeout=settings.limits.operation_timeout)
     deliverer = Deliverer(settings, spool, resolver, stop_grace=_STOP_GRACE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    pipe = os.fdopen(read_end, "rb", buffering=0)
     transport, _ = await loop.connect_read_pipe(lambda: _Announcements(deliverer, stop), pipe)
     gc.freeze()
     try:
@@ -191,12 +250,14 @@ class _ChildWatch(asyncio.Protocol):
         self._gone.set()
 
 
-async def _intake(settings: RelaySettings, spool: Spool, write_end: int, child: int) -> None:
+async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: int) -> None:
     loop = asyncio.get_running_loop()
     stop, gone = asyncio.Event(), asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    pipe = os.fdopen(write_end, "wb", buffering=0)
+    try:
+        for signum in _SIGNALS:
+            loop.add_signal_handler(signum, stop.set)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # one that came since the fork is handled now
     announce, _ = await loop.connect_write_pipe(lambda: _ChildWatch(gone), pipe)
 
     def queued(qid: str, envelope: Envelope, content: bytes) -> None:
@@ -204,6 +265,9 @@ async def _intake(settings: RelaySettings, spool: Spool, write_end: int, child: 
 
     try:
         async with RelayServer(settings, spool, on_queued=queued):
+            announce.write(_START + b"\n")
+            # What start-up made (modules, settings, tables) lives as long as the relay: out of the collector's
+            # way, so its full collections walk only what sessions and deliveries create.
             gc.freeze()
             log.info(
                 "relay %s role=%s listening on %s spool=%s delivery=pid %d",
@@ -225,14 +289,22 @@ async def _intake(settings: RelaySettings, spool: Spool, write_end: int, child: 
                         f"{settings.spool}")  # fmt: skip
 
 
-def _reap(child: int) -> None:
-    """Wait for the child to leave after the pipe ended; kill it when it takes longer than its grace allows."""
+def _reap(child: int) -> int:
+    """Wait for the child to leave after the pipe ended; kill it when it takes longer than its grace allows.
+    Its exit status (``os.waitstatus_to_exitcode``: negative for a signal), 0 when it was not ours to wait for.
+    A second Ctrl-C or SIGTERM meanwhile is ignored: the wait is bounded and ends both processes."""
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     deadline = time.monotonic() + _STOP_GRACE + _CHILD_WAIT
-    with contextlib.suppress(ChildProcessError):
+    try:
         while time.monotonic() < deadline:
-            if os.waitpid(child, os.WNOHANG)[0]:
-                return
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
             time.sleep(0.02)
         log.error("the delivery process (pid %d) did not stop; killed, its deliveries stay queued", child)
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+        return 0  # stopped as its relay asked, if late
+    except ChildProcessError:
+        return 0

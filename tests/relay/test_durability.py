@@ -169,9 +169,7 @@ def test_a_relay_whose_delivery_process_dies_stops_with_one_line(tmp_path: Path)
         os.kill(_child_of(relay), signal.SIGKILL)
         relay.wait(timeout=20)
     finally:
-        if relay.poll() is None:
-            relay.kill()
-            relay.wait()
+        _stopped(relay)
     assert relay.returncode == 3
     lines = (tmp_path / "relay.log").read_text().splitlines()
     assert lines[-1].startswith("diag: error: the delivery process (pid ") and "queued mail stays in" in lines[-1]
@@ -190,13 +188,7 @@ def test_the_delivery_process_leaves_when_the_relay_is_killed(tmp_path: Path) ->
     assert not _running(child)
 
 
-def test_a_delivery_process_whose_relay_died_cancels_its_deliveries_at_once(tmp_path: Path) -> None:
-    """After SIGTERM deliveries in flight get a grace to finish; when the relay is killed the child stops them at
-    once, so a relay restarted at once does not find it still working the same spool."""
-    with socket.socket() as tarpit:  # accepts (the kernel does) and never greets
-        tarpit.bind((IP, 0))
-        tarpit.listen(8)
-        (tmp_path / "relay.toml").write_text(f"""
+TARPIT_CONFIG = """
 [[AcceptedDomain]]
 DomainName = "source.example"
 DomainType = "Authoritative"
@@ -207,34 +199,95 @@ Name = "To the tarpit"
 ConnectorType = "Partner"
 RecipientDomains = ["elsewhere.example"]
 UseMXRecord = false
-SmartHosts = ["{IP}"]
+SmartHosts = ["{ip}"]
 
 [[InboundConnector]]
 Name = "From on-premises"
 ConnectorType = "OnPremises"
 SenderDomains = ["*"]
-SenderIPAddresses = ["127.0.0.1", "{IP}"]
+SenderIPAddresses = ["127.0.0.1", "{ip}"]
 
 [Relay]
 Role = "cloud"
 Hostname = "relay.test.example"
-SmtpPort = {tarpit.getsockname()[1]}
+SmtpPort = {port}
 AllowPrivate = true
-""")
-        port = _free_port()
-        relay = _start(tmp_path, port)
-        child = _child_of(relay)
-        message = EmailMessage()
-        message["From"], message["To"], message["Message-ID"] = "a@source.example", "b@elsewhere.example", "<t@x>"
-        message.set_content("to the tarpit")
-        asyncio.run(aiosmtplib.send(message, hostname=IP, port=port, start_tls=False, timeout=5))
-        time.sleep(0.5)  # the child has taken it and waits for the smart host's greeting
+"""
+
+
+def _stopped(relay: subprocess.Popen[bytes]) -> None:
+    if relay.poll() is None:
         relay.kill()
         relay.wait(timeout=10)
-        killed = time.monotonic()
-        while _running(child) and time.monotonic() < killed + 10:
-            time.sleep(0.02)
-        assert not _running(child)
-        assert time.monotonic() - killed < 2.5  # not the 5 s grace a SIGTERM gives
-    log = (tmp_path / "relay.log").read_text()
-    assert "deliveries cancelled, they stay queued" in log
+
+
+def test_a_delivery_process_whose_relay_died_cancels_its_deliveries_at_once(tmp_path: Path) -> None:
+    """After SIGTERM deliveries in flight get a grace to finish; when the relay is killed the child stops them at
+    once, so a relay restarted at once does not find it still working the same spool."""
+    with socket.socket() as tarpit:  # accepts and never greets
+        tarpit.bind((IP, 0))
+        tarpit.listen(8)
+        tarpit.settimeout(20)
+        (tmp_path / "relay.toml").write_text(TARPIT_CONFIG.format(ip=IP, port=tarpit.getsockname()[1]))
+        port = _free_port()
+        relay = _start(tmp_path, port)
+        try:
+            child = _child_of(relay)
+            message = EmailMessage()
+            message["From"], message["To"], message["Message-ID"] = "a@source.example", "b@elsewhere.example", "<t@x>"
+            message.set_content("to the tarpit")
+            asyncio.run(aiosmtplib.send(message, hostname=IP, port=port, start_tls=False, timeout=5))
+            held, _ = tarpit.accept()  # the child is delivering: it waits for the smart host's greeting
+            with held:
+                relay.kill()
+                relay.wait(timeout=10)
+                killed = time.monotonic()
+                while _running(child) and time.monotonic() < killed + 10:
+                    time.sleep(0.02)
+                assert not _running(child)
+                assert time.monotonic() - killed < 2.5  # not the 5 s grace a SIGTERM gives
+        finally:
+            _stopped(relay)
+    assert "deliveries cancelled, they stay queued" in (tmp_path / "relay.log").read_text()
+
+
+def test_a_relay_that_cannot_listen_delivers_nothing_and_says_why(tmp_path: Path) -> None:
+    """The delivery process waits for the relay to listen: one that cannot start leaves the spool alone."""
+    from diag.relay.spool import Envelope, Spool
+
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    spool = Spool(tmp_path / "spool")
+    qid = spool.store(Envelope("a@sink.example", ("sink@sink.example",)), b"Subject: x\r\n\r\nwaiting\r\n")
+    with socket.socket() as taken:
+        taken.bind((IP, 0))
+        taken.listen(1)
+        done = subprocess.run(
+            [sys.executable, "-m", "diag", "relay", "--config", str(tmp_path / "relay.toml"), "--listen",
+             f"{IP}:{taken.getsockname()[1]}", "--spool", str(tmp_path / "spool"),
+             "--maildir", str(tmp_path / "maildir")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 3
+    assert done.stderr.splitlines()[-1].startswith("diag: error: the relay cannot start: ")
+    assert "address already in use" in done.stderr.splitlines()[-1]
+    assert [message.qid for message in spool.messages()] == [qid]
+    assert not (tmp_path / "maildir").exists() or not any((tmp_path / "maildir").rglob("new/*"))
+
+
+def test_two_relays_on_one_spool_are_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    relay = _start(tmp_path, _free_port())
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "diag", "relay", "--config", str(tmp_path / "relay.toml"), "--listen",
+             f"{IP}:{_free_port()}", "--spool", str(tmp_path / "spool")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=20)
+    assert done.returncode == 3
+    assert done.stderr.splitlines() == [
+        f"diag: error: the spool {tmp_path / 'spool'} is in use by another diag relay; give each relay its own --spool"
+    ]
+    assert relay.returncode == 0
