@@ -148,6 +148,19 @@ def _checked(index: int, domain: str, report: DomainReport, registry: Registry, 
 # --- the parent's side -----------------------------------------------------------------------------------------
 
 
+def _worker_environment() -> dict[str, str]:
+    """The worker imports the very diag its parent runs, from where the parent imported it (an installation, a
+    checkout on PYTHONPATH), and never from the current directory: a ``diag`` or ``checks`` package there (a
+    checkout, or files someone else could write) would otherwise run in the workers in place of the installed
+    code."""
+    where = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_SOURCE, where)))}
+
+
+# The directory that holds the diag package this process runs (site-packages, or a checkout).
+_SOURCE = str(Path(__file__).resolve().parents[1])
+
+
 class _Worker:
     """One worker process as the parent sees it: started by :meth:`drive`, fed domains, answered sessions."""
 
@@ -171,8 +184,9 @@ class _Worker:
         domains as errors."""
         process = self._process = await asyncio.create_subprocess_exec(
             # Not "-m diag.workers": the worker's classes must be pickled under this module's name, not __main__'s.
-            sys.executable, "-c", "from diag.workers import main; main()",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            # -P: not the current directory first on the path, as -c would put it (see _worker_environment).
+            sys.executable, "-P", "-c", "from diag.workers import main; main()",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=_worker_environment(),
         )  # fmt: skip
         assert process.stdin is not None and process.stdout is not None
         remaining = deadline - asyncio.get_running_loop().time()

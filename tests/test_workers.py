@@ -223,3 +223,25 @@ def test_a_run_with_a_check_that_sends_mail_stays_in_one_process() -> None:
         pids = {d["checks"][0]["facts"]["pid"] for d in results.document()["domains"]}
     # Then every domain was checked in this process
     assert pids == {os.getpid()}
+
+
+def test_workers_run_the_installed_diag_not_one_in_the_current_directory(lab: Lab, tmp_path: Path) -> None:
+    # Given a directory holding a diag package of someone else's, which leaves a mark when imported, and the diag
+    # command run from there (its console script does not put the current directory on the path)
+    script = Path(sys.executable).with_name("diag")
+    if not script.exists():
+        pytest.skip(f"no diag console script beside {sys.executable}")
+    for package in ("diag", "checks"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'a').write({package!r})\n")
+    out = tmp_path / "out.json"
+    # When two workers check two domains
+    done = subprocess.run(
+        [str(script), "check", "contoso.com", "fabrikam.com", *lab.option_text().split(), "--check", "mx",
+         "--workers", "2", "--json", str(out), "--no-history"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    # Then nothing of that directory ran, and both domains were checked
+    assert not (tmp_path / "ran").exists()
+    assert done.returncode == 0, done.stderr
+    assert [d["checks"][0]["status"] for d in json.loads(out.read_text())["domains"]] == ["completed"] * 2
