@@ -300,7 +300,9 @@ def diag_command() -> list[str]:
     found = shutil.which("diag")
     if found is not None:
         return [os.path.abspath(found)]
-    return [os.path.abspath(interpreter or "python3"), "-m", "diag"]
+    # -P: cron's working directory (the home directory) is not put first on the path, as -m alone would, so a
+    # diag directory there cannot stand in for the installed one.
+    return [os.path.abspath(interpreter or "python3"), "-P", "-m", "diag"]
 
 
 def _command(argv: Sequence[str], executable: Sequence[str] | None) -> list[str]:

@@ -220,7 +220,7 @@ def test_diag_command_is_this_installation() -> None:
     if beside.exists():
         assert command == [os.path.abspath(beside)]
     else:
-        assert command[1:] in ([], ["-m", "diag"])
+        assert command[1:] in ([], ["-P", "-m", "diag"])
     # And it runs
     version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and "diag" in version.stdout
