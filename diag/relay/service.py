@@ -136,7 +136,10 @@ def serve(settings: RelaySettings) -> None:
         try:
             asyncio.run(_intake(settings, spool, pipe, child))
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            # A second Ctrl-C or SIGTERM from here on is ignored: the wait for the child is bounded and ends both.
+            for signum in _SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # if the loop never did
             pipe.close()  # if the loop never took it: the child must see the pipe end
             status = _reap(child)
     if status:
@@ -291,10 +294,7 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
 
 def _reap(child: int) -> int:
     """Wait for the child to leave after the pipe ended; kill it when it takes longer than its grace allows.
-    Its exit status (``os.waitstatus_to_exitcode``: negative for a signal), 0 when it was not ours to wait for.
-    A second Ctrl-C or SIGTERM meanwhile is ignored: the wait is bounded and ends both processes."""
-    for signum in _SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    Its exit status (``os.waitstatus_to_exitcode``: negative for a signal), 0 when it was not ours to wait for."""
     deadline = time.monotonic() + _STOP_GRACE + _CHILD_WAIT
     try:
         while time.monotonic() < deadline:
