@@ -137,6 +137,9 @@ class Behaviour(enum.StrEnum):
     server (response rate limiting drops UDP answers) or a lossy path."""
     TCP_ONLY = "tcp-only"
     """Never answer over UDP; answer over TCP: UDP to the server is filtered, or it rate-limits every datagram."""
+    SLIP_UDP = "slip-udp"
+    """Answer every UDP query with an empty reply flagged truncated (TC), TCP normally: a server whose response
+    rate limiting is over the limit for this client and "slips" (NSD's and BIND's ``rrl-slip`` 1)."""
     SLOW_AAAA = "slow-aaaa"
     """Answer AAAA queries at or below the name ``slow_delay`` seconds late (a :class:`DnsServer` argument, 0.4 s
     by default), other types at once: the IPv6 lookup of a host is slower than its IPv4 one (another path,
@@ -154,7 +157,8 @@ class Behaviour(enum.StrEnum):
 
 # Behaviours that decide only whether, when or how a query is answered; the answer itself is the normal one.
 _TRANSPORT_BEHAVIOURS = frozenset(
-    {Behaviour.LOSE_UDP, Behaviour.TCP_ONLY, Behaviour.SLOW_AAAA, Behaviour.SMALL_UDP, Behaviour.NO_EDNS}
+    {Behaviour.LOSE_UDP, Behaviour.TCP_ONLY, Behaviour.SLIP_UDP, Behaviour.SLOW_AAAA, Behaviour.SMALL_UDP,
+     Behaviour.NO_EDNS}
 )
 
 
@@ -992,6 +996,9 @@ class DnsServer:
             return _Reply(_render(response, limit))
         if transport == Transport.UDP and self._lose(question.name, qtype):
             return _Reply()
+        if transport == Transport.UDP and self._data._behaviour_at(question.name) == Behaviour.SLIP_UDP:
+            response.flags |= dns.flags.TC
+            return _Reply(_render(response, limit))
         if transport == Transport.UDP and self._data._behaviour_at(question.name) == Behaviour.SMALL_UDP:
             limit = _PLAIN_UDP_LIMIT
         outcome = self._data._resolve(question.name, qtype)

@@ -13,6 +13,16 @@ through where UDP is filtered (RFC 7766 §5: TCP is a full alternative to UDP, n
 connection the server closes or resets before answering (one that rate-limits with truncated answers and cannot
 take every connection they bring) is no answer either, and is tried again next round.
 
+A server that keeps answering UDP with empty truncated replies is over its response rate limit for this client
+and "slips" (RRL sends a truncated reply in place of some of the answers it drops, so that a real client comes
+back over TCP, where there is no limit). After _SLIPS such replies within _SLIP_WINDOW seconds, the resolver
+asks that server over TCP first for _TCP_FIRST seconds (RFC 7766 §5: a client may use TCP for any query): each
+question then costs one TCP exchange instead of a UDP try, often dropped, and a TCP one. A truncated reply that
+carries records is a large answer cut short and does not count; an empty one may also be a large answer (servers
+often truncate to the question alone), and for that question too the answer is over TCP. When TCP does not
+answer a question in its share of the budget (filtered, refused), the rest of the budget asks over UDP, and the
+servers are asked over UDP first again.
+
 The stub resolution is dnspython's own (``dns.resolver._Resolution``: a nameserver that answers SERVFAIL,
 REFUSED, malformed data or a truncated answer over TCP is dropped for the lookup; one that times out is tried
 again next round; a truncated UDP answer is asked again over TCP, DNS-08) written over ``dns.asyncquery``,
@@ -43,7 +53,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
+import logging
 import random
+from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +79,8 @@ from diag.names import port_number
 
 __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_nameserver", "system_nameservers"]
 
+log = logging.getLogger(__name__)
+
 # Seconds granted beyond the lookup lifetime before the outer deadline cancels it: a try's own timeout is
 # checked between tries and can overrun (STYLE.md rule 6).
 _GRACE = 1.0
@@ -83,6 +97,11 @@ _UDP_SHARE = 2 / 3
 # _MAX_TRY, dnspython's own default per-try timeout.
 _UDP_TRIES = 4
 _MAX_TRY = 2.0
+# Empty truncated UDP replies from one server within a window that make the resolver ask it over TCP first, and
+# for how long (module docstring): a run over thousands of domains meets a rate limit within a second.
+_SLIPS = 8
+_SLIP_WINDOW = 2.0
+_TCP_FIRST = 30.0
 # The backoff before each new round over the nameservers: dnspython's (dns.resolver._Resolution).
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 2.0
@@ -365,6 +384,9 @@ class Resolver:
         self._edns_refused: dict[tuple[Nameserver, dns.name.Name], str] = {}
         self._setup_error: str | None = None
         self._in_flight = asyncio.Semaphore(_MAX_IN_FLIGHT)
+        # Per server: when its last empty truncated UDP replies came, and until when it is asked over TCP first.
+        self._slips: dict[Nameserver, deque[float]] = {}
+        self._tcp_first: dict[Nameserver, float] = {}
         self._rotate = self._edns = False
         if nameservers:
             self._nameservers = tuple(nameservers)
@@ -523,6 +545,16 @@ class Resolver:
         try that got it."""
         clock = asyncio.get_running_loop()
         started = clock.time()
+        if all(self._tcp_first.get(server, 0.0) > started for server in self._nameservers):
+            try:
+                return await self._ask(qname, rdtype, tcp=True, lifetime=self._timeout * _UDP_SHARE, dnssec=dnssec)
+            except (_Expired, _Unanswered):
+                # TCP did not answer either (filtered, refused, overloaded): back to UDP first, for the rest of
+                # this question's budget and for the next questions
+                for server in self._nameservers:
+                    self._tcp_first.pop(server, None)
+            remaining = self._timeout - (clock.time() - started)
+            return await self._ask(qname, rdtype, tcp=False, lifetime=max(remaining, 0.001), dnssec=dnssec)
         try:
             return await self._ask(qname, rdtype, tcp=False, lifetime=self._timeout * _UDP_SHARE, dnssec=dnssec)
         except _Expired:
@@ -564,6 +596,8 @@ class Resolver:
                 try:
                     response = await self._send(request, attempt, min(left, self._try_timeout))
                 except Exception as exc:  # judged by _Lookup.failed, as dnspython does
+                    if isinstance(exc, dns.message.Truncated) and not attempt.tcp:
+                        self._slipped(attempt.server, exc)
                     lookup.failed(attempt, exc)
                     continue
                 answered = lookup.answered(attempt, response)
@@ -572,6 +606,22 @@ class Resolver:
         finally:
             for server, rcode in lookup.edns_refused.items():
                 self._edns_refused[server, qname] = rcode
+
+    def _slipped(self, server: Nameserver, truncated: dns.message.Truncated) -> None:
+        """Count an empty truncated UDP reply of ``server``; enough of them make it a server asked over TCP first
+        (module docstring)."""
+        reply: dns.message.Message | None = truncated.message()  # type: ignore[no-untyped-call]
+        if reply is None or reply.answer or reply.authority:
+            return  # a large answer cut short, not a rate limiter's slip
+        now = asyncio.get_running_loop().time()
+        slips = self._slips.setdefault(server, deque(maxlen=_SLIPS))
+        slips.append(now)
+        if len(slips) == _SLIPS and now - slips[0] <= _SLIP_WINDOW:
+            if self._tcp_first.get(server, 0.0) <= now:
+                log.info("%s truncates its UDP answers (rate limiting): asking it over TCP first for %g s", server,
+                         _TCP_FIRST)  # fmt: skip
+            self._tcp_first[server] = now + _TCP_FIRST
+            slips.clear()
 
     @staticmethod
     async def _send(request: dns.message.QueryMessage, attempt: _Try, timeout: float) -> dns.message.Message:  # noqa: ASYNC109

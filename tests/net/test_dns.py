@@ -60,6 +60,71 @@ def test_a_lookup_whose_first_udp_answers_are_lost_is_retried_over_udp_and_answe
     assert (udp, tcp) == (3, 0)
 
 
+def test_a_server_that_keeps_slipping_is_asked_over_tcp_first() -> None:
+    # Given a server over its rate limit for us: every UDP query gets an empty truncated reply ("slip"), TCP the
+    # answer; and a truncated reply that carries records (a large answer) does not count as a slip
+    data = ZoneData()
+    data.add_zone("example")
+    for n in range(12):
+        data.add(f"d{n}.lossy.example", "MX", f"10 mx.d{n}.lossy.example.")
+    data.set_behaviour("lossy.example", Behaviour.SLIP_UDP)
+
+    async def main() -> list[tuple[int, int]]:
+        server = DnsServer(data)
+        port = await server.start(IP)
+        try:
+            resolver = Resolver([Nameserver(IP, port)], timeout=5.0)
+            counts = []
+            for n in range(12):
+                answer = await resolver.query(f"d{n}.lossy.example", "MX")
+                assert [r.to_text() for r in answer.records] == [f"10 mx.d{n}.lossy.example."]
+                counts.append((server.queries["udp"], server.queries["tcp"]))
+            return counts
+        finally:
+            await server.close()
+
+    counts = asyncio.run(main())
+    # Then each of the first eight questions tried UDP, slipped and went over TCP; from then on, TCP only
+    assert counts[7] == (8, 8)
+    assert counts[11] == (8, 12)
+
+
+def test_a_server_asked_over_tcp_first_that_refuses_tcp_is_asked_over_udp_again() -> None:
+    # Given a server that slips for the names below lossy.example and answers others over UDP, and whose TCP
+    # port is closed (filtered, or TCP never served)
+    data = ZoneData()
+    data.add_zone("example")
+    for n in range(8):
+        data.add(f"d{n}.lossy.example", "MX", f"10 mx.d{n}.lossy.example.")
+    data.add("a.plain.example", "MX", "10 mx.plain.example.")
+    data.add("b.plain.example", "MX", "10 mx.plain.example.")
+    data.set_behaviour("lossy.example", Behaviour.SLIP_UDP)
+
+    async def main() -> tuple[list[str], list[str], int]:
+        server = DnsServer(data)
+        port = await server.start(IP)
+        assert server._tcp_server is not None
+        server._tcp_server.close()
+        try:
+            resolver = Resolver([Nameserver(IP, port)], timeout=5.0)
+            # When eight questions slip (and cannot be answered: TCP is refused), then two normal ones are asked
+            failed = []
+            for n in range(8):
+                with pytest.raises(DnsError) as caught:
+                    await resolver.query(f"d{n}.lossy.example", "MX")
+                failed.append(str(caught.value))
+            plain = [(await resolver.query(f"{n}.plain.example", "MX")).records[0].to_text() for n in "ab"]
+            return failed, plain, server.queries["udp"]
+        finally:
+            await server.close()
+
+    failed, plain, udp = asyncio.run(main())
+    # Then the normal questions are answered over UDP after TCP was refused, and the second goes UDP first again
+    assert all("Connect call failed" in text for text in failed), failed
+    assert plain == ["10 mx.plain.example."] * 2
+    assert udp == 10
+
+
 def test_when_every_udp_answer_is_lost_the_rest_of_the_budget_asks_over_tcp() -> None:
     async def count(server: DnsServer, resolver: Resolver) -> tuple[Answer, int, int]:
         answer = await ask_mx(server, resolver)
