@@ -232,11 +232,13 @@ class RunContext:
 
     async def aclose(self) -> None:
         """Cancel sessions and shared work no check waited for (a check that timed out leaves them behind), and
-        goodbyes still waiting for the reply to QUIT: the run is over, and the connections are closed."""
+        goodbyes still waiting for the reply to QUIT: the run is over, and the connections are closed, the
+        resolver's too."""
         pending: list[asyncio.Future[Any]] = [*self._sessions.values(), *self._shared.values(), *self._farewells]
         for future in pending:
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self.resolver.aclose()
 
 
 @dataclass(frozen=True, slots=True)

@@ -803,6 +803,7 @@ class DnsServer:
         "_tcp_server",
         "_udp",
         "_udp_losses",
+        "connections",
         "queries",
         "questions",
     )
@@ -835,7 +836,14 @@ class DnsServer:
         self._port = 0
         self._closing = False
         self.queries: collections.Counter[str] = collections.Counter()
+        self.connections = 0
+        """TCP connections served."""
         self.questions: collections.Counter[tuple[str, str, str]] = collections.Counter()
+
+    @property
+    def tcp_clients(self) -> int:
+        """TCP connections open now."""
+        return len(self._tcp_clients)
 
     @property
     def port(self) -> int:
@@ -903,6 +911,7 @@ class DnsServer:
             writer.transport.abort()
             return
         self._tcp_clients[task] = writer
+        self.connections += 1
         try:
             while True:
                 # One bound covers waiting for the next query and reading it: RFC 7766 §6.2.3 idle

@@ -23,6 +23,13 @@ often truncate to the question alone), and for that question too the answer is o
 answer a question in its share of the budget (filtered, refused), the rest of the budget asks over UDP, and the
 servers are asked over UDP first again.
 
+A TCP connection carries one question at a time and, once answered, waits up to _TCP_IDLE seconds for the next
+question to that server (at most _IDLE_TCP waiting per server) instead of being closed: RFC 7766 §6.2.1 asks
+clients to reuse connections rather than open one per query, and a run that asks over TCP first would otherwise
+pay a handshake and a teardown, on both sides, for every question. A waiting connection the server has closed
+meanwhile (its own idle timeout) is noticed on use, and the question goes on a new connection within the same
+try. :meth:`Resolver.aclose` closes those still waiting.
+
 The stub resolution is dnspython's own (``dns.resolver._Resolution``: a nameserver that answers SERVFAIL,
 REFUSED, malformed data or a truncated answer over TCP is dropped for the lookup; one that times out is tried
 again next round; a truncated UDP answer is asked again over TCP, DNS-08) written over ``dns.asyncquery``,
@@ -55,15 +62,19 @@ import enum
 import ipaddress
 import logging
 import random
+import socket
 from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import dns.asyncbackend
 import dns.asyncquery
 import dns.entropy
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.name
 import dns.rcode
@@ -73,6 +84,9 @@ import dns.rdatatype
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.RRSIG
 import dns.rrset
+
+if TYPE_CHECKING:
+    from dns._asyncbackend import StreamSocket  # dns.asyncbackend's, which mypy does not see re-exported
 
 from diag.errors import DnsError, DnsNoDnssecError, DnsTimeoutError
 from diag.names import port_number
@@ -102,6 +116,10 @@ _MAX_TRY = 2.0
 _SLIPS = 8
 _SLIP_WINDOW = 2.0
 _TCP_FIRST = 30.0
+# Answered TCP connections kept per server for the next questions, and for how long (module docstring): below the
+# idle timeouts of common servers (BIND's tcp-idle-timeout 30 s, Unbound's 30 s, NSD's tcp-timeout 120 s).
+_IDLE_TCP = 16
+_TCP_IDLE = 5.0
 # The backoff before each new round over the nameservers: dnspython's (dns.resolver._Resolution).
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 2.0
@@ -232,6 +250,10 @@ class _Try:
     server: Nameserver
     tcp: bool
     edns: bool = False
+
+
+async def _close(sock: StreamSocket) -> None:
+    await sock.close()  # type: ignore[no-untyped-call]
 
 
 class _Lookup:
@@ -387,6 +409,8 @@ class Resolver:
         # Per server: when its last empty truncated UDP replies came, and until when it is asked over TCP first.
         self._slips: dict[Nameserver, deque[float]] = {}
         self._tcp_first: dict[Nameserver, float] = {}
+        # Per server: answered TCP connections waiting for the next question, with when each was last answered.
+        self._idle_tcp: dict[Nameserver, list[tuple[StreamSocket, float]]] = {}
         self._rotate = self._edns = False
         if nameservers:
             self._nameservers = tuple(nameservers)
@@ -623,16 +647,68 @@ class Resolver:
             self._tcp_first[server] = now + _TCP_FIRST
             slips.clear()
 
-    @staticmethod
-    async def _send(request: dns.message.QueryMessage, attempt: _Try, timeout: float) -> dns.message.Message:  # noqa: ASYNC109
+    async def aclose(self) -> None:
+        """Close the TCP connections waiting for a next question (module docstring)."""
+        idle = [sock for waiting in self._idle_tcp.values() for sock, _ in waiting]
+        self._idle_tcp.clear()
+        for sock in idle:
+            await _close(sock)
+
+    async def _send(self, request: dns.message.QueryMessage, attempt: _Try, timeout: float) -> dns.message.Message:  # noqa: ASYNC109
         server = attempt.server
         if attempt.tcp:
-            return await dns.asyncquery.tcp(request, server.ip, timeout=timeout, port=server.port)
+            return await self._send_tcp(request, server, timeout)
         # A forged or malformed datagram is ignored and the real answer still awaited (DNS-09).
         return await dns.asyncquery.udp(
             request, server.ip, timeout=timeout, port=server.port, raise_on_truncation=True, ignore_errors=True,
             ignore_unexpected=True,
         )  # fmt: skip
+
+    async def _send_tcp(
+        self, request: dns.message.QueryMessage, server: Nameserver, timeout: float  # noqa: ASYNC109
+    ) -> dns.message.Message:
+        """Ask over TCP on a connection waiting for a next question, or on a new one (module docstring)."""
+        clock = asyncio.get_running_loop()
+        expires = clock.time() + timeout
+        waiting = self._idle_tcp.setdefault(server, [])
+        while waiting:
+            sock, since = waiting.pop()
+            if clock.time() - since > _TCP_IDLE:
+                await _close(sock)
+                continue
+            try:
+                response = await self._exchange(request, sock, timeout)
+            except (EOFError, ConnectionError):
+                break  # the server closed it while it waited: a new connection, within this try
+            await self._keep(server, sock)
+            return response
+        backend = dns.asyncbackend.get_default_backend()
+        sock = await backend.make_socket(  # type: ignore[no-untyped-call]
+            dns.inet.af_for_address(server.ip), socket.SOCK_STREAM, 0, None, (server.ip, server.port),
+            max(expires - clock.time(), 0.001),
+        )  # fmt: skip
+        response = await self._exchange(request, sock, max(expires - clock.time(), 0.001))
+        await self._keep(server, sock)
+        return response
+
+    @staticmethod
+    async def _exchange(
+        request: dns.message.QueryMessage, sock: StreamSocket, timeout: float  # noqa: ASYNC109
+    ) -> dns.message.Message:
+        """One question and its answer on ``sock``, which is closed when they do not both pass (a timeout, a
+        cancellation or a bad answer leaves it in an unknown state)."""
+        try:
+            return await dns.asyncquery.tcp(request, "", timeout=timeout, sock=sock)
+        except BaseException:
+            await _close(sock)
+            raise
+
+    async def _keep(self, server: Nameserver, sock: StreamSocket) -> None:
+        waiting = self._idle_tcp.setdefault(server, [])
+        if len(waiting) < _IDLE_TCP:
+            waiting.append((sock, asyncio.get_running_loop().time()))
+        else:
+            await _close(sock)
 
     def _servers(self) -> str:
         return ", ".join(self.nameservers) or "no nameserver"

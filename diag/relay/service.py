@@ -60,8 +60,8 @@ class Relay:
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
         self.spool = Spool(settings.spool)
-        resolver = Resolver(settings.nameservers, timeout=settings.limits.operation_timeout)
-        self.deliverer = Deliverer(settings, self.spool, resolver)
+        self._resolver = Resolver(settings.nameservers, timeout=settings.limits.operation_timeout)
+        self.deliverer = Deliverer(settings, self.spool, self._resolver)
         self.server = RelayServer(settings, self.spool, on_queued=self.deliverer.queued)
         self._stop = asyncio.Event()
         self._delivering: asyncio.Task[None] | None = None
@@ -84,6 +84,7 @@ class Relay:
         if self._delivering is not None:
             await self._delivering
             self._delivering = None
+        await self._resolver.aclose()
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -210,6 +211,7 @@ async def _deliver(settings: RelaySettings, pipe: BinaryIO) -> None:
         await deliverer.run(stop)
     finally:
         transport.close()
+        await resolver.aclose()
 
 
 class _Announcements(asyncio.Protocol):

@@ -125,6 +125,72 @@ def test_a_server_asked_over_tcp_first_that_refuses_tcp_is_asked_over_udp_again(
     assert udp == 10
 
 
+def slipping_world(names: int, *, tcp_idle_timeout: float = 10.0) -> tuple[ZoneData, dict[str, float]]:
+    """Zone data whose names below lossy.example are answered over TCP, every UDP query getting an empty
+    truncated reply at once, and DnsServer arguments."""
+    data = ZoneData()
+    data.add_zone("example")
+    for n in range(names):
+        data.add(f"d{n}.lossy.example", "MX", f"10 mx.d{n}.lossy.example.")
+    data.set_behaviour("lossy.example", Behaviour.SLIP_UDP)
+    return data, {"tcp_idle_timeout": tcp_idle_timeout}
+
+
+async def ask_over_tcp(resolver: Resolver, names: range) -> list[str]:
+    return [(await resolver.query(f"d{n}.lossy.example", "MX")).records[0].to_text() for n in names]
+
+
+def test_tcp_questions_to_one_server_share_one_connection_which_aclose_closes() -> None:
+    # Given a server that answers the names over TCP only
+    data, arguments = slipping_world(6)
+
+    async def main() -> tuple[list[str], int, int, int]:
+        server = DnsServer(data, **arguments)
+        port = await server.start(IP)
+        try:
+            resolver = Resolver([Nameserver(IP, port)], timeout=2.0)
+            # When six questions are asked one after the other (each truncated over UDP, then asked over TCP)
+            answers = await ask_over_tcp(resolver, range(6))
+            open_before = server.tcp_clients
+            await resolver.aclose()
+            for _ in range(100):  # the server notices the close on its next read
+                if server.tcp_clients == 0:
+                    break
+                await asyncio.sleep(0.01)
+            return answers, server.connections, open_before, server.tcp_clients
+        finally:
+            await server.close()
+
+    answers, connections, open_before, open_after = asyncio.run(main())
+    # Then all are answered on one connection, kept open between them and closed by aclose
+    assert answers == [f"10 mx.d{n}.lossy.example." for n in range(6)]
+    assert (connections, open_before, open_after) == (1, 1, 0)
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_within_the_try() -> None:
+    # Given a server that closes TCP connections idle for 0.2 s
+    data, arguments = slipping_world(2, tcp_idle_timeout=0.2)
+
+    async def main() -> tuple[list[str], int, int]:
+        server = DnsServer(data, **arguments)
+        port = await server.start(IP)
+        try:
+            resolver = Resolver([Nameserver(IP, port)], timeout=2.0)
+            first = await ask_over_tcp(resolver, range(1))
+            await asyncio.sleep(0.5)  # the server closes the kept connection
+            # When the next question finds the kept connection closed
+            second = await ask_over_tcp(resolver, range(1, 2))
+            await resolver.aclose()
+            return first + second, server.connections, server.queries["udp"]
+        finally:
+            await server.close()
+
+    answers, connections, udp = asyncio.run(main())
+    # Then it is answered on a new connection in the same TCP try: not in a new round over UDP
+    assert answers == ["10 mx.d0.lossy.example.", "10 mx.d1.lossy.example."]
+    assert (connections, udp) == (2, 2)
+
+
 def test_when_every_udp_answer_is_lost_the_rest_of_the_budget_asks_over_tcp() -> None:
     async def count(server: DnsServer, resolver: Resolver) -> tuple[Answer, int, int]:
         answer = await ask_mx(server, resolver)
