@@ -15,20 +15,21 @@ take every connection they bring) is no answer either, and is tried again next r
 
 A server that keeps answering UDP with empty truncated replies is over its response rate limit for this client
 and "slips" (RRL sends a truncated reply in place of some of the answers it drops, so that a real client comes
-back over TCP, where there is no limit). After _SLIPS such replies within _SLIP_WINDOW seconds, the resolver
-asks that server over TCP first for _TCP_FIRST seconds (RFC 7766 §5: a client may use TCP for any query): each
-question then costs one TCP exchange instead of a UDP try, often dropped, and a TCP one. A truncated reply that
-carries records is a large answer cut short and does not count; an empty one may also be a large answer (servers
-often truncate to the question alone), and for that question too the answer is over TCP. When TCP does not
-answer a question in its share of the budget (filtered, refused), the rest of the budget asks over UDP, and the
-servers are asked over UDP first again.
+back over TCP, where there is no limit). An empty truncated reply counts as a slip when the answer over TCP
+would have fitted the UDP reply (512 octets, or the EDNS payload offered): servers also truncate a large answer
+to the question alone, and that is no slip. After _SLIPS slips within _SLIP_WINDOW seconds, the resolver asks
+that server over TCP first for _TCP_FIRST seconds (RFC 7766 §5: a client may use TCP for any query): each
+question then costs one TCP exchange instead of a UDP try, often dropped, and a TCP one. When TCP fails such a
+server (a timeout, a refused or closed connection; not an answer, even SERVFAIL), it is asked over UDP again, for
+the rest of the lookup and the next questions.
 
-A TCP connection carries one question at a time and, once answered, waits up to _TCP_IDLE seconds for the next
-question to that server (at most _IDLE_TCP waiting per server) instead of being closed: RFC 7766 §6.2.1 asks
-clients to reuse connections rather than open one per query, and a run that asks over TCP first would otherwise
-pay a handshake and a teardown, on both sides, for every question. A waiting connection the server has closed
-meanwhile (its own idle timeout) is noticed on use, and the question goes on a new connection within the same
-try. :meth:`Resolver.aclose` closes those still waiting.
+A TCP connection carries one question at a time and, once answered, waits for the next question to that server
+(at most _IDLE_TCP waiting per server) instead of being closed: RFC 7766 §6.2.1 asks clients to reuse
+connections rather than open one per query, and a run that asks over TCP first would otherwise pay a handshake
+and a teardown, on both sides, for every question. One that waited _TCP_IDLE seconds is closed (within another
+_TCP_IDLE at most). A waiting connection that fails other than by a timeout (the server closed it meanwhile, or
+left data on it) is closed and the question goes on a new connection within the same try.
+:meth:`Resolver.aclose` closes those still waiting, and a lookup under way at that moment closes its own.
 
 The stub resolution is dnspython's own (``dns.resolver._Resolution``: a nameserver that answers SERVFAIL,
 REFUSED, malformed data or a truncated answer over TCP is dropped for the lookup; one that times out is tried
@@ -116,6 +117,8 @@ _MAX_TRY = 2.0
 _SLIPS = 8
 _SLIP_WINDOW = 2.0
 _TCP_FIRST = 30.0
+# The largest UDP reply a query without EDNS may get (RFC 1035 §4.2.1).
+_PLAIN_UDP = 512
 # Answered TCP connections kept per server for the next questions, and for how long (module docstring): below the
 # idle timeouts of common servers (BIND's tcp-idle-timeout 30 s, Unbound's 30 s, NSD's tcp-timeout 120 s).
 _IDLE_TCP = 16
@@ -250,6 +253,26 @@ class _Try:
     server: Nameserver
     tcp: bool
     edns: bool = False
+    first: bool = False
+    """Over TCP because the server is asked over TCP first (module docstring), not for a truncated answer."""
+
+
+def _request(qname: dns.name.Name, rdtype: str, *, edns: bool, dnssec: bool) -> dns.message.QueryMessage:
+    if not edns:
+        return dns.message.make_query(qname, rdtype)
+    request = dns.message.make_query(qname, rdtype, want_dnssec=dnssec, payload=_EDNS_PAYLOAD)
+    if dnssec:
+        request.flags |= dns.flags.AD
+    return request
+
+
+def _empty_truncation(exc: Exception) -> bool:
+    """Whether ``exc`` is a truncated reply with no records: a rate limiter's slip, or a large answer cut to its
+    question (told apart by the answer over TCP, :meth:`Resolver._slipped`)."""
+    if not isinstance(exc, dns.message.Truncated):
+        return False
+    reply: dns.message.Message | None = exc.message()  # type: ignore[no-untyped-call]
+    return reply is not None and not reply.answer and not reply.authority
 
 
 async def _close(sock: StreamSocket) -> None:
@@ -261,13 +284,18 @@ class _Lookup:
     (dnspython's ``_Resolution``, for one name and without search lists, cache or TSIG)."""
 
     def __init__(
-        self, servers: Sequence[Nameserver], *, tcp: bool, edns: bool = False, plain: Collection[Nameserver] = ()
+        self, servers: Sequence[Nameserver], *, tcp: bool, edns: bool = False, plain: Collection[Nameserver] = (),
+        tcp_first: Collection[Nameserver] = (),
     ) -> None:
         """``edns``: the question goes with EDNS, but to the servers in ``plain`` (known not to implement it),
-        which are asked after the others."""
+        which are asked after the others. ``tcp_first``: servers asked over TCP even in a UDP phase, until TCP
+        fails them (:attr:`gave_up_tcp`)."""
         self.servers = sorted(servers, key=lambda server: server in plain) if edns else list(servers)
         self._round = self.servers[:]
         self._tcp = tcp
+        self._tcp_first = set(tcp_first)
+        self.gave_up_tcp: set[Nameserver] = set()
+        """The servers asked over TCP first whose TCP failed in this phase (not an answer): asked over UDP again."""
         self._edns = edns
         self._plain = set(plain)
         self._retry: _Try | None = None
@@ -288,7 +316,8 @@ class _Lookup:
             self._round = self.servers[:]
             wait, self._backoff = self._backoff, min(self._backoff * 2, _MAX_BACKOFF)
         server = self._round.pop(0)
-        return _Try(server, self._tcp, self._edns and server not in self._plain), wait
+        first = not self._tcp and server in self._tcp_first
+        return _Try(server, self._tcp or first, self._edns and server not in self._plain, first), wait
 
     def failed(self, attempt: _Try, exc: Exception) -> None:
         """The query raised ``exc`` instead of returning a response."""
@@ -297,6 +326,11 @@ class _Lookup:
             self._retry = _Try(attempt.server, True, attempt.edns)
             return
         self.errors.append(f"{attempt.server} {_failure_text(exc)}")
+        if attempt.first and isinstance(exc, dns.exception.Timeout | EOFError | OSError):
+            # TCP does not get through to it (filtered, refused, overloaded): over UDP from the next round on
+            self._tcp_first.discard(attempt.server)
+            self.gave_up_tcp.add(attempt.server)
+            return
         if attempt.tcp and isinstance(exc, EOFError | ConnectionResetError):
             # Closed or reset before answering: a server that rate-limits with truncated answers and cannot take
             # every connection they bring (NSD's rrl-slip under load). Tried again next round, as a timeout is.
@@ -411,6 +445,8 @@ class Resolver:
         self._tcp_first: dict[Nameserver, float] = {}
         # Per server: answered TCP connections waiting for the next question, with when each was last answered.
         self._idle_tcp: dict[Nameserver, list[tuple[StreamSocket, float]]] = {}
+        self._sweeper: asyncio.Future[None] | None = None
+        self._closed = False
         self._rotate = self._edns = False
         if nameservers:
             self._nameservers = tuple(nameservers)
@@ -483,7 +519,7 @@ class Resolver:
                     response, attempt = await self._resolve(qname, rdtype, dnssec=dnssec)
         except (_Expired, TimeoutError):
             raise DnsTimeoutError(
-                f"no answer for {name} {rdtype} within {self._timeout:g} s (over UDP, then TCP) from "
+                f"no answer for {name} {rdtype} within {self._timeout:g} s (over UDP and TCP) from "
                 f"{self._servers()}"
             ) from None
         except _Unanswered as exc:
@@ -569,16 +605,6 @@ class Resolver:
         try that got it."""
         clock = asyncio.get_running_loop()
         started = clock.time()
-        if all(self._tcp_first.get(server, 0.0) > started for server in self._nameservers):
-            try:
-                return await self._ask(qname, rdtype, tcp=True, lifetime=self._timeout * _UDP_SHARE, dnssec=dnssec)
-            except (_Expired, _Unanswered):
-                # TCP did not answer either (filtered, refused, overloaded): back to UDP first, for the rest of
-                # this question's budget and for the next questions
-                for server in self._nameservers:
-                    self._tcp_first.pop(server, None)
-            remaining = self._timeout - (clock.time() - started)
-            return await self._ask(qname, rdtype, tcp=False, lifetime=max(remaining, 0.001), dnssec=dnssec)
         try:
             return await self._ask(qname, rdtype, tcp=False, lifetime=self._timeout * _UDP_SHARE, dnssec=dnssec)
         except _Expired:
@@ -602,11 +628,11 @@ class Resolver:
             random.shuffle(servers)
         edns = dnssec or self._edns
         plain = [server for server in servers if edns and self._refused_edns(server, qname) is not None]
-        lookup = _Lookup(servers, tcp=tcp, edns=edns, plain=plain)
-        without_edns = dns.message.make_query(qname, rdtype)
-        with_edns = dns.message.make_query(qname, rdtype, want_dnssec=dnssec, payload=_EDNS_PAYLOAD)
-        if dnssec:
-            with_edns.flags |= dns.flags.AD
+        now = clock.time()
+        tcp_first = [server for server in servers if self._tcp_first.get(server, 0.0) > now]
+        lookup = _Lookup(servers, tcp=tcp, edns=edns, plain=plain, tcp_first=tcp_first)
+        slip: _Try | None = None  # a UDP try answered with an empty truncated reply, until its TCP retry returns
+        requests: dict[bool, dns.message.QueryMessage] = {}  # by EDNS or not, each made when first needed
         try:
             while True:
                 attempt, wait = lookup.next_try()
@@ -615,15 +641,21 @@ class Resolver:
                 left = expires - clock.time()
                 if left <= 0:
                     raise _Expired
-                request = with_edns if attempt.edns else without_edns
+                request = requests.get(attempt.edns)
+                if request is None:
+                    request = requests[attempt.edns] = _request(qname, rdtype, edns=attempt.edns, dnssec=dnssec)
                 request.id = dns.entropy.random_16()
                 try:
                     response = await self._send(request, attempt, min(left, self._try_timeout))
                 except Exception as exc:  # judged by _Lookup.failed, as dnspython does
-                    if isinstance(exc, dns.message.Truncated) and not attempt.tcp:
-                        self._slipped(attempt.server, exc)
+                    slip = attempt if _empty_truncation(exc) and not attempt.tcp else None
                     lookup.failed(attempt, exc)
+                    for server in lookup.gave_up_tcp:
+                        self._tcp_first.pop(server, None)
                     continue
+                if slip is not None and attempt.tcp and attempt.server == slip.server:
+                    self._slipped(slip, response)
+                slip = None
                 answered = lookup.answered(attempt, response)
                 if answered is not None:
                     return answered, attempt
@@ -631,12 +663,17 @@ class Resolver:
             for server, rcode in lookup.edns_refused.items():
                 self._edns_refused[server, qname] = rcode
 
-    def _slipped(self, server: Nameserver, truncated: dns.message.Truncated) -> None:
-        """Count an empty truncated UDP reply of ``server``; enough of them make it a server asked over TCP first
-        (module docstring)."""
-        reply: dns.message.Message | None = truncated.message()  # type: ignore[no-untyped-call]
-        if reply is None or reply.answer or reply.authority:
-            return  # a large answer cut short, not a rate limiter's slip
+    def _slipped(self, attempt: _Try, response: dns.message.Message) -> None:
+        """``attempt`` got an empty truncated reply over UDP, and ``response`` is the answer over TCP: a slip of
+        the server's rate limiting when that answer would have fitted the UDP reply (module docstring); enough
+        slips make it a server asked over TCP first."""
+        try:
+            size = len(response.to_wire())
+        except dns.exception.DNSException:
+            return
+        if size > (_EDNS_PAYLOAD if attempt.edns else _PLAIN_UDP):
+            return  # a large answer, truncated as it had to be
+        server = attempt.server
         now = asyncio.get_running_loop().time()
         slips = self._slips.setdefault(server, deque(maxlen=_SLIPS))
         slips.append(now)
@@ -648,7 +685,12 @@ class Resolver:
             slips.clear()
 
     async def aclose(self) -> None:
-        """Close the TCP connections waiting for a next question (module docstring)."""
+        """Close the TCP connections waiting for a next question (module docstring); a lookup still under way
+        closes its connection when it is done."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         idle = [sock for waiting in self._idle_tcp.values() for sock, _ in waiting]
         self._idle_tcp.clear()
         for sock in idle:
@@ -670,18 +712,18 @@ class Resolver:
         """Ask over TCP on a connection waiting for a next question, or on a new one (module docstring)."""
         clock = asyncio.get_running_loop()
         expires = clock.time() + timeout
-        waiting = self._idle_tcp.setdefault(server, [])
-        while waiting:
-            sock, since = waiting.pop()
-            if clock.time() - since > _TCP_IDLE:
-                await _close(sock)
-                continue
+        waiting = self._idle_tcp.get(server)
+        if waiting:
+            sock, _ = waiting.pop()  # the most recently answered: kept for at most _TCP_IDLE (_sweep)
             try:
                 response = await self._exchange(request, sock, timeout)
-            except (EOFError, ConnectionError):
-                break  # the server closed it while it waited: a new connection, within this try
-            await self._keep(server, sock)
-            return response
+            except dns.exception.Timeout:
+                raise
+            except Exception as exc:  # closed by the server meanwhile, or data left on it: a new connection
+                log.debug("%s: a kept TCP connection failed (%s); asking on a new one", server, _failure_text(exc))
+            else:
+                await self._keep(server, sock)
+                return response
         backend = dns.asyncbackend.get_default_backend()
         sock = await backend.make_socket(  # type: ignore[no-untyped-call]
             dns.inet.af_for_address(server.ip), socket.SOCK_STREAM, 0, None, (server.ip, server.port),
@@ -704,11 +746,27 @@ class Resolver:
             raise
 
     async def _keep(self, server: Nameserver, sock: StreamSocket) -> None:
+        """Keep an answered connection for the next question to ``server``, or close it (module docstring)."""
         waiting = self._idle_tcp.setdefault(server, [])
-        if len(waiting) < _IDLE_TCP:
-            waiting.append((sock, asyncio.get_running_loop().time()))
-        else:
+        if self._closed or len(waiting) >= _IDLE_TCP:
             await _close(sock)
+            return
+        waiting.append((sock, asyncio.get_running_loop().time()))
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close the kept connections that waited _TCP_IDLE seconds, every _TCP_IDLE seconds while any is kept."""
+        clock = asyncio.get_running_loop()
+        try:
+            while any(self._idle_tcp.values()):
+                await asyncio.sleep(_TCP_IDLE)
+                oldest = clock.time() - _TCP_IDLE
+                for waiting in self._idle_tcp.values():
+                    while waiting and waiting[0][1] <= oldest:  # kept in the order they were answered
+                        await _close(waiting.pop(0)[0])
+        finally:
+            self._sweeper = None
 
     def _servers(self) -> str:
         return ", ".join(self.nameservers) or "no nameserver"

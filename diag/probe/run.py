@@ -686,8 +686,12 @@ def _in_lab(lab: Lab, probes: Sequence[ProbeConfig], options: RunOptions
 
 
 async def _plan(probes: Sequence[ProbeConfig], options: RunOptions) -> tuple[Plan, ...]:
-    setup = ProbeSetup.of(options, Resolver(options.nameservers, timeout=options.timeout))
-    return tuple(await asyncio.gather(*(plan(probe, setup) for probe in probes)))
+    resolver = Resolver(options.nameservers, timeout=options.timeout)
+    setup = ProbeSetup.of(options, resolver)
+    try:
+        return tuple(await asyncio.gather(*(plan(probe, setup) for probe in probes)))
+    finally:
+        await resolver.aclose()
 
 
 async def _run(probes: Sequence[ProbeConfig], options: RunOptions, registry: Registry) -> Report:

@@ -79,12 +79,14 @@ class Relay:
         )  # fmt: skip
 
     async def close(self) -> None:
-        await self.server.close()
-        self._stop.set()
-        if self._delivering is not None:
-            await self._delivering
-            self._delivering = None
-        await self._resolver.aclose()
+        try:
+            await self.server.close()
+            self._stop.set()
+            if self._delivering is not None:
+                await self._delivering
+                self._delivering = None
+        finally:
+            await self._resolver.aclose()
 
     async def __aenter__(self) -> Relay:
         await self.start()

@@ -94,7 +94,11 @@ class Notification:
         try:
             ipaddress.ip_address(server)
         except ValueError:
-            answer = await Resolver(options.nameservers, timeout=options.timeout).query(server, "A")
+            resolver = Resolver(options.nameservers, timeout=options.timeout)
+            try:
+                answer = await resolver.query(server, "A")
+            finally:
+                await resolver.aclose()
             if not answer.records:
                 raise DnsError(f"--smtp-server {server}: no address ({answer.status.value})") from None
             address, name = answer.records[0].to_text(), server
