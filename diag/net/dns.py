@@ -20,8 +20,9 @@ would have fitted the UDP reply (512 octets, or the EDNS payload offered): serve
 to the question alone, and that is no slip. After _SLIPS slips within _SLIP_WINDOW seconds, the resolver asks
 that server over TCP first for _TCP_FIRST seconds (RFC 7766 §5: a client may use TCP for any query): each
 question then costs one TCP exchange instead of a UDP try, often dropped, and a TCP one. When TCP fails such a
-server (a timeout, a refused or closed connection; not an answer, even SERVFAIL), it is asked over UDP again, for
-the rest of the lookup and the next questions.
+server (a timeout, a refused connection), it is asked over UDP again, for the rest of the lookup and the next
+questions; not when it answers (even SERVFAIL), nor when it closes or resets a connection before answering,
+which a busy server does (tried again next round, over TCP).
 
 A TCP connection carries one question at a time and, once answered, waits for the next question to that server
 (at most _IDLE_TCP waiting per server) instead of being closed: RFC 7766 §6.2.1 asks clients to reuse
@@ -326,8 +327,10 @@ class _Lookup:
             self._retry = _Try(attempt.server, True, attempt.edns)
             return
         self.errors.append(f"{attempt.server} {_failure_text(exc)}")
-        if attempt.first and isinstance(exc, dns.exception.Timeout | EOFError | OSError):
-            # TCP does not get through to it (filtered, refused, overloaded): over UDP from the next round on
+        refused = isinstance(exc, dns.exception.Timeout | OSError) and not isinstance(exc, ConnectionResetError)
+        if attempt.first and refused:
+            # TCP does not get through to it (filtered, refused): over UDP from the next round on. A connection
+            # closed or reset before the answer is a busy server's, tried again next round (below).
             self._tcp_first.discard(attempt.server)
             self.gave_up_tcp.add(attempt.server)
             return
@@ -651,7 +654,9 @@ class Resolver:
                     slip = attempt if _empty_truncation(exc) and not attempt.tcp else None
                     lookup.failed(attempt, exc)
                     for server in lookup.gave_up_tcp:
-                        self._tcp_first.pop(server, None)
+                        if self._tcp_first.pop(server, None) is not None:
+                            log.info("%s over TCP %s; asking it over UDP first again", server,
+                                     _failure_text(exc))  # fmt: skip
                     continue
                 if slip is not None and attempt.tcp and attempt.server == slip.server:
                     self._slipped(slip, response)
