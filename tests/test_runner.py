@@ -273,7 +273,7 @@ def asked_during(lab: Lab, domains: list[str], **options: object) -> Counter[tup
     """The questions the lab's DNS server received, per (name, type, transport), while every check ran on
     ``domains`` in one run."""
     before = Counter(lab.dns_questions)
-    # A generous timeout: on a loaded machine a UDP try of 2/3 × 5 s / 4 could time out and be asked again.
+    # A generous timeout: on a loaded machine a UDP try of 2/3 of 5 s / 4 could time out and be asked again.
     report = asyncio.run(run_checks(domains, default_registry(), lab.run_options(timeout=10.0, **options)))
     ran = {r.status for d in report.domains for r in d.results}
     assert ran <= {Status.COMPLETED, Status.NOT_APPLICABLE}  # dkim and e2e: not accepted domains, no probes

@@ -217,10 +217,9 @@ def test_an_empty_truncated_reply_to_a_large_answer_is_no_slip() -> None:
     assert asyncio.run(main()) == (10, 10)
 
 
-def test_a_kept_connection_is_closed_after_waiting_its_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("diag.net.dns._TCP_IDLE", 0.2)
+def test_a_kept_connection_is_closed_after_waiting_its_idle_time() -> None:
     # Given a connection kept after an answer over TCP
-    data, arguments = slipping_world(1)
+    data, arguments = slipping_world(1, tcp_idle_timeout=60.0)
 
     async def main() -> tuple[int, int]:
         server = DnsServer(data, **arguments)
@@ -229,16 +228,19 @@ def test_a_kept_connection_is_closed_after_waiting_its_idle_time(monkeypatch: py
             resolver = Resolver([Nameserver(IP, port)], timeout=2.0)
             await ask_over_tcp(resolver, range(1))
             kept = server.tcp_clients
-            # When no question comes for longer than the idle time
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if server.tcp_clients == 0:
+            # When no question comes for longer than the idle time (5 s)
+            started = asyncio.get_running_loop().time()
+            for _ in range(80):
+                if not server.tcp_clients:
                     break
+                await asyncio.sleep(0.1)
+            waited = asyncio.get_running_loop().time() - started
+            assert waited >= 4.5, waited  # not closed before its time
             return kept, server.tcp_clients
         finally:
             await server.close()
 
-    # Then the resolver closes it (the server's own idle timeout is 10 s)
+    # Then the resolver closes it (the server's own idle timeout is 60 s)
     assert asyncio.run(main()) == (1, 0)
 
 
