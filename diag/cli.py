@@ -77,8 +77,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _fail(f"cannot write the output: {exc.strerror or exc}")
     # The interpreter's last garbage collection at exit walks every object the command imported or made: 20-30 ms
     # of a check, and the teardown after it 50-100 ms (bench/README.md, start-up). Nothing at exit needs it: what
-    # a command writes is closed where it is written, and atexit handlers and weakref finalizers still run.
-    gc.freeze()
+    # a command writes is closed where it is written, and atexit handlers and weakref finalizers still run. Under
+    # -X dev or -W, the collection stays: its warnings (an unclosed socket in a cycle) are what was asked for.
+    if not (sys.flags.dev_mode or sys.warnoptions):
+        gc.freeze()
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -237,8 +237,10 @@ class RunContext:
         pending: list[asyncio.Future[Any]] = [*self._sessions.values(), *self._shared.values(), *self._farewells]
         for future in pending:
             future.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        await self.resolver.aclose()
+        try:
+            await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            await self.resolver.aclose()
 
 
 @dataclass(frozen=True, slots=True)

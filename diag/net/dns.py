@@ -243,6 +243,11 @@ class _Expired(Exception):
     """A lookup phase used up its lifetime (dnspython's ``LifetimeTimeout``)."""
 
 
+class _CutShort(dns.exception.Timeout):
+    """A TCP try that timed out with less than a whole try's time: at the end of its phase, or on a kept
+    connection (which says nothing of new ones)."""
+
+
 class _Unanswered(Exception):
     """Every nameserver failed to answer (dnspython's ``NoNameservers``); the message lists what each said."""
 
@@ -267,13 +272,18 @@ def _request(qname: dns.name.Name, rdtype: str, *, edns: bool, dnssec: bool) -> 
     return request
 
 
-def _empty_truncation(exc: Exception) -> bool:
-    """Whether ``exc`` is a truncated reply with no records: a rate limiter's slip, or a large answer cut to its
-    question (told apart by the answer over TCP, :meth:`Resolver._slipped`)."""
-    if not isinstance(exc, dns.message.Truncated):
-        return False
+def _slip_limit(attempt: _Try, exc: Exception) -> int | None:
+    """When ``exc`` is a truncated UDP reply with no records (a rate limiter's slip, or a large answer cut to its
+    question: told apart by the answer over TCP, :meth:`Resolver._slipped`), the largest UDP reply the answer
+    would have fitted: 512 octets, or with EDNS the smaller of the payload offered and the server's own."""
+    if attempt.tcp or not isinstance(exc, dns.message.Truncated):
+        return None
     reply: dns.message.Message | None = exc.message()  # type: ignore[no-untyped-call]
-    return reply is not None and not reply.answer and not reply.authority
+    if reply is None or reply.answer or reply.authority:
+        return None
+    if not attempt.edns:
+        return _PLAIN_UDP
+    return min(_EDNS_PAYLOAD, max(reply.payload, _PLAIN_UDP)) if reply.edns >= 0 else _PLAIN_UDP
 
 
 async def _close(sock: StreamSocket) -> None:
@@ -327,10 +337,12 @@ class _Lookup:
             self._retry = _Try(attempt.server, True, attempt.edns)
             return
         self.errors.append(f"{attempt.server} {_failure_text(exc)}")
-        refused = isinstance(exc, dns.exception.Timeout | OSError) and not isinstance(exc, ConnectionResetError)
-        if attempt.first and refused:
-            # TCP does not get through to it (filtered, refused): over UDP from the next round on. A connection
-            # closed or reset before the answer is a busy server's, tried again next round (below).
+        refused = isinstance(exc, OSError) and not isinstance(exc, ConnectionResetError)
+        timed_out = isinstance(exc, dns.exception.Timeout) and not isinstance(exc, _CutShort)
+        if attempt.first and (refused or timed_out):
+            # TCP does not get through to it (filtered, refused, a new connection silent for a whole try): over
+            # UDP from the next round on. A connection closed or reset before the answer is a busy server's, and
+            # a try cut short proves nothing: tried again next round (below).
             self._tcp_first.discard(attempt.server)
             self.gave_up_tcp.add(attempt.server)
             return
@@ -404,6 +416,7 @@ def _failure_text(exc: Exception) -> str:
 class Resolver:
     """Asks DNS questions for one run and remembers the answers.
 
+    A resolver serves one event loop, and :meth:`aclose` closes the TCP connections it keeps (module docstring).
     Concurrent callers asking the same question share one lookup; answers and failures are cached for the
     life of the object, which is one run (no module-level cache: STYLE.md), up to the last :data:`_CACHE_ENTRIES`
     used: a run over tens of thousands of domains keeps what its domains in flight and their shared names use.
@@ -634,7 +647,9 @@ class Resolver:
         now = clock.time()
         tcp_first = [server for server in servers if self._tcp_first.get(server, 0.0) > now]
         lookup = _Lookup(servers, tcp=tcp, edns=edns, plain=plain, tcp_first=tcp_first)
-        slip: _Try | None = None  # a UDP try answered with an empty truncated reply, until its TCP retry returns
+        # After an empty truncated UDP reply, until its TCP retry (the next try, to the same server) returns: the
+        # size of UDP reply the answer would have fitted
+        slip: int | None = None
         requests: dict[bool, dns.message.QueryMessage] = {}  # by EDNS or not, each made when first needed
         try:
             while True:
@@ -651,15 +666,15 @@ class Resolver:
                 try:
                     response = await self._send(request, attempt, min(left, self._try_timeout))
                 except Exception as exc:  # judged by _Lookup.failed, as dnspython does
-                    slip = attempt if _empty_truncation(exc) and not attempt.tcp else None
+                    slip = _slip_limit(attempt, exc)
                     lookup.failed(attempt, exc)
-                    for server in lookup.gave_up_tcp:
-                        if self._tcp_first.pop(server, None) is not None:
-                            log.info("%s over TCP %s; asking it over UDP first again", server,
-                                     _failure_text(exc))  # fmt: skip
+                    server = attempt.server
+                    given_up = attempt.first and server in lookup.gave_up_tcp
+                    if given_up and self._tcp_first.pop(server, 0.0) > clock.time():
+                        log.info("%s over TCP %s; asking it over UDP first again", server, _failure_text(exc))
                     continue
-                if slip is not None and attempt.tcp and attempt.server == slip.server:
-                    self._slipped(slip, response)
+                if slip is not None and attempt.tcp:
+                    self._slipped(attempt.server, slip, response)
                 slip = None
                 answered = lookup.answered(attempt, response)
                 if answered is not None:
@@ -668,17 +683,16 @@ class Resolver:
             for server, rcode in lookup.edns_refused.items():
                 self._edns_refused[server, qname] = rcode
 
-    def _slipped(self, attempt: _Try, response: dns.message.Message) -> None:
-        """``attempt`` got an empty truncated reply over UDP, and ``response`` is the answer over TCP: a slip of
-        the server's rate limiting when that answer would have fitted the UDP reply (module docstring); enough
-        slips make it a server asked over TCP first."""
+    def _slipped(self, server: Nameserver, limit: int, response: dns.message.Message) -> None:
+        """``server`` sent an empty truncated reply over UDP, and ``response`` is its answer over TCP: a slip of
+        its rate limiting when that answer would have fitted the UDP reply (``limit`` octets; module docstring);
+        enough slips make it a server asked over TCP first. Any answer counts, SERVFAIL included: it was one."""
         try:
             size = len(response.to_wire())
         except dns.exception.DNSException:
             return
-        if size > (_EDNS_PAYLOAD if attempt.edns else _PLAIN_UDP):
+        if size > limit:
             return  # a large answer, truncated as it had to be
-        server = attempt.server
         now = asyncio.get_running_loop().time()
         slips = self._slips.setdefault(server, deque(maxlen=_SLIPS))
         slips.append(now)
@@ -695,7 +709,7 @@ class Resolver:
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-            self._sweeper = None
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         idle = [sock for waiting in self._idle_tcp.values() for sock, _ in waiting]
         self._idle_tcp.clear()
         for sock in idle:
@@ -723,18 +737,26 @@ class Resolver:
             try:
                 response = await self._exchange(request, sock, timeout)
             except dns.exception.Timeout:
-                raise
+                raise _CutShort from None  # a kept connection gone silent: says nothing of a new one
             except Exception as exc:  # closed by the server meanwhile, or data left on it: a new connection
                 log.debug("%s: a kept TCP connection failed (%s); asking on a new one", server, _failure_text(exc))
             else:
                 await self._keep(server, sock)
                 return response
-        backend = dns.asyncbackend.get_default_backend()
-        sock = await backend.make_socket(  # type: ignore[no-untyped-call]
-            dns.inet.af_for_address(server.ip), socket.SOCK_STREAM, 0, None, (server.ip, server.port),
-            max(expires - clock.time(), 0.001),
-        )  # fmt: skip
-        response = await self._exchange(request, sock, max(expires - clock.time(), 0.001))
+        # A new connection silent for (nearly) a whole try is a server whose TCP does not answer; one given less
+        # time (at the end of a phase, after a kept connection failed) proves nothing (_CutShort).
+        whole = expires - clock.time() >= 0.9 * self._try_timeout
+        try:
+            backend = dns.asyncbackend.get_default_backend()
+            sock = await backend.make_socket(  # type: ignore[no-untyped-call]
+                dns.inet.af_for_address(server.ip), socket.SOCK_STREAM, 0, None, (server.ip, server.port),
+                max(expires - clock.time(), 0.001),
+            )  # fmt: skip
+            response = await self._exchange(request, sock, max(expires - clock.time(), 0.001))
+        except dns.exception.Timeout:
+            if whole:
+                raise
+            raise _CutShort from None
         await self._keep(server, sock)
         return response
 
@@ -767,7 +789,7 @@ class Resolver:
             while any(self._idle_tcp.values()):
                 await asyncio.sleep(_TCP_IDLE)
                 oldest = clock.time() - _TCP_IDLE
-                for waiting in self._idle_tcp.values():
+                for waiting in list(self._idle_tcp.values()):
                     while waiting and waiting[0][1] <= oldest:  # kept in the order they were answered
                         await _close(waiting.pop(0)[0])
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -35,10 +35,12 @@ def served(behaviour: Behaviour, body: Callable[[DnsServer, Resolver], Awaitable
     async def main() -> T:
         server = DnsServer(data)
         port = await server.start(IP)
+        resolver = Resolver([Nameserver(IP, port)], timeout=timeout)
         try:
             async with asyncio.timeout(timeout * 3 + 10):
-                return await body(server, Resolver([Nameserver(IP, port)], timeout=timeout))
+                return await body(server, resolver)
         finally:
+            await resolver.aclose()
             await server.close()
 
     return asyncio.run(main())
@@ -80,6 +82,7 @@ def test_a_server_that_keeps_slipping_is_asked_over_tcp_first() -> None:
                 answer = await resolver.query(f"d{n}.lossy.example", "MX")
                 assert [r.to_text() for r in answer.records] == [f"10 mx.d{n}.lossy.example."]
                 counts.append((server.queries["udp"], server.queries["tcp"]))
+            await resolver.aclose()
             return counts
         finally:
             await server.close()
@@ -322,6 +325,198 @@ def test_data_left_on_a_kept_connection_sends_the_question_on_a_new_one() -> Non
     assert connections[0] == 3
 
 
+class TwoWays:
+    """A DNS server on loopback whose every reply the test decides: ``udp(query)`` gives the UDP reply (None: no
+    reply), ``tcp(query)`` the TCP one (None: hold the connection without answering; "close": close it), sent
+    ``tcp_delay`` seconds late."""
+
+    def __init__(
+        self, udp: Callable[[dns.message.Message], bytes | None],
+        tcp: Callable[[dns.message.Message], bytes | str | None], *, tcp_delay: float = 0.0,
+    ) -> None:  # fmt: skip
+        self._udp_reply, self._tcp_reply, self._tcp_delay = udp, tcp, tcp_delay
+        self.queries: Counter[str] = Counter()
+        self.connections = 0
+        self.open = 0
+        """TCP connections served, and open now."""
+        self._servers: list[asyncio.Server | asyncio.DatagramTransport] = []
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        tcp = await asyncio.start_server(self._serve_tcp, IP, 0)
+        port = int(tcp.sockets[0].getsockname()[1])
+        server = self
+
+        class Udp(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = cast(asyncio.DatagramTransport, transport)
+
+            def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+                server.queries["udp"] += 1
+                reply = server._udp_reply(dns.message.from_wire(data))
+                if reply is not None:
+                    self.transport.sendto(reply, addr)
+
+        udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(Udp, local_addr=(IP, port))
+        self._servers = [tcp, udp]
+        return port
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self._writers.append(writer)
+        try:
+            while True:
+                wire = await reader.readexactly(int.from_bytes(await reader.readexactly(2), "big"))
+                self.queries["tcp"] += 1
+                reply = self._tcp_reply(dns.message.from_wire(wire))
+                if reply == "close":
+                    break
+                if reply is None:
+                    await reader.read()  # held until the client goes away
+                    break
+                assert isinstance(reply, bytes)
+                await asyncio.sleep(self._tcp_delay)
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open -= 1
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        for server in self._servers:
+            server.close()
+
+
+def reply_a(query: dns.message.Message, *, truncated: bool = False, records: bool = True) -> bytes:
+    """The reply to ``query`` with an A record (or none), flagged truncated or not."""
+    reply = dns.message.make_response(query)
+    if records:
+        reply.answer.append(dns.rrset.from_text(query.question[0].name, 300, "IN", "A", "192.0.2.25"))
+    if truncated:
+        reply.flags |= dns.flags.TC
+    return reply.to_wire()
+
+
+def qname(query: dns.message.Message) -> str:
+    return query.question[0].name.to_text(omit_final_dot=True)
+
+
+async def ask_two_ways(server: TwoWays, names: Sequence[str]) -> list[str]:
+    """Ask ``names`` (A) one after the other of ``server``; the first address of each."""
+    port = await server.start()
+    resolver = Resolver([Nameserver(IP, port)], timeout=2.0)
+    try:
+        return [(await resolver.query(name, "A")).records[0].to_text() for name in names]
+    finally:
+        await resolver.aclose()
+        await server.close()
+
+
+SLIPPING = [f"d{n}.example" for n in range(8)]  # eight slips in a row: the server is asked over TCP first
+
+
+def test_slips_spread_over_more_than_the_window_do_not_make_a_server_tcp_first() -> None:
+    # Given a server that slips every UDP query
+    data, arguments = slipping_world(9)
+
+    async def main() -> int:
+        server = DnsServer(data, **arguments)
+        port = await server.start(IP)
+        resolver = Resolver([Nameserver(IP, port)], timeout=2.0)
+        try:
+            # When eight questions slip over more than two seconds, then a ninth is asked
+            for n in range(8):
+                await ask_over_tcp(resolver, range(n, n + 1))
+                await asyncio.sleep(0.35)
+            await ask_over_tcp(resolver, range(8, 9))
+            return server.queries["udp"]
+        finally:
+            await resolver.aclose()
+            await server.close()
+
+    # Then the ninth is still asked over UDP first
+    assert asyncio.run(main()) == 9
+
+
+def test_a_truncated_reply_that_carries_records_is_no_slip() -> None:
+    # Given a server whose every UDP reply is flagged truncated but carries the record (part of a large answer)
+    server = TwoWays(lambda q: reply_a(q, truncated=True), reply_a)
+    # When ten questions are asked
+    assert asyncio.run(ask_two_ways(server, [f"t{n}.example" for n in range(10)])) == ["192.0.2.25"] * 10
+    # Then each went over UDP first: no rate limiting there
+    assert server.queries["udp"] == 10
+
+
+def test_a_server_asked_over_tcp_first_that_closes_a_connection_before_answering_stays_tcp_first() -> None:
+    # Given a server that slips and closes the TCP connection on busy.example the first two times it is asked
+    closes = Counter[str]()
+
+    def tcp(query: dns.message.Message) -> bytes | str:
+        if qname(query) == "busy.example" and closes["busy"] < 2:
+            closes["busy"] += 1
+            return "close"
+        return reply_a(query)
+
+    server = TwoWays(lambda q: reply_a(q, truncated=True, records=False), tcp)
+    # When, after eight slips, busy.example is asked (its kept connection closed, then a new one), then another name
+    answers = asyncio.run(ask_two_ways(server, [*SLIPPING, "busy.example", "next.example"]))
+    # Then both are answered over TCP, the busy server kept as a TCP-first one: no UDP query after the eight slips
+    assert answers == ["192.0.2.25"] * 10
+    assert server.queries["udp"] == 8
+
+
+def test_a_server_asked_over_tcp_first_whose_tcp_goes_silent_is_asked_over_udp_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a server that slips for d*.example, answers other names over UDP, and holds TCP questions for
+    # silent.example without answering
+    def udp(query: dns.message.Message) -> bytes:
+        return reply_a(query, truncated=qname(query).startswith("d"), records=not qname(query).startswith("d"))
+
+    def tcp(query: dns.message.Message) -> bytes | None:
+        return None if qname(query) == "silent.example" else reply_a(query)
+
+    server = TwoWays(udp, tcp)
+    # When, after eight slips, silent.example is asked (its kept connection, then a new one, say nothing), then
+    # another name
+    with caplog.at_level(logging.INFO, logger="diag.net.dns"):
+        answers = asyncio.run(ask_two_ways(server, [*SLIPPING, "silent.example", "plain.example"]))
+    # Then silent.example is answered over UDP once a new connection stayed silent for a whole try, and the
+    # next name goes over UDP at once
+    assert answers == ["192.0.2.25"] * 10
+    assert server.queries["udp"] == 10
+    assert server.queries["tcp"] == 8 + 2
+    assert sum("asking it over UDP first again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_at_most_sixteen_connections_are_kept_per_server() -> None:
+    # Given a server that slips every UDP query and answers over TCP 0.3 s late
+    server = TwoWays(lambda q: reply_a(q, truncated=True, records=False), reply_a, tcp_delay=0.3)
+
+    async def main() -> tuple[int, int]:
+        port = await server.start()
+        resolver = Resolver([Nameserver(IP, port)], timeout=3.0)
+        try:
+            # When twenty questions are asked at once, each over its own TCP connection
+            await asyncio.gather(*(resolver.query(f"q{n}.example", "A") for n in range(20)))
+            for _ in range(100):
+                if server.open <= 16:
+                    break
+                await asyncio.sleep(0.02)
+            return server.connections, server.open
+        finally:
+            await resolver.aclose()
+            await server.close()
+
+    # Then sixteen of them are kept for the next questions, the other four closed
+    assert asyncio.run(main()) == (20, 16)
+
+
 def test_when_every_udp_answer_is_lost_the_rest_of_the_budget_asks_over_tcp() -> None:
     async def count(server: DnsServer, resolver: Resolver) -> tuple[Answer, int, int]:
         answer = await ask_mx(server, resolver)
@@ -402,10 +597,12 @@ def test_a_server_that_truncates_and_then_closes_the_connection_is_asked_again_w
         server = await asyncio.start_server(tcp, IP, 0)
         port = server.sockets[0].getsockname()[1]
         udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(IP, port))
+        resolver = Resolver([Nameserver(IP, port)], timeout=3.0)
         try:
             async with asyncio.timeout(20):
-                return await Resolver([Nameserver(IP, port)], timeout=3.0).query("lossy.example", "MX")
+                return await resolver.query("lossy.example", "MX")
         finally:
+            await resolver.aclose()
             udp.close()
             server.close()
             await server.wait_closed()

@@ -86,9 +86,11 @@ async def lab_resolver() -> AsyncIterator[tuple[Resolver, str, ZoneData]]:
     data, anchor = world()
     server = DnsServer(data)
     port = await server.start(IP)
+    resolver = Resolver([Nameserver(IP, port)], timeout=3.0)
     try:
-        yield Resolver([Nameserver(IP, port)], timeout=3.0), anchor, data
+        yield resolver, anchor, data
     finally:
+        await resolver.aclose()
         await server.close()
 
 
