@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -19,6 +18,7 @@ from checks.port25 import Port25Facts
 from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import CertificateExpiry, Evidence, Failing, Measurements, Observed, Shown
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.net.tls import CertInfo, Trust, examine_chain, name_matches
 from diag.registry import Check, Outcome
@@ -42,7 +42,7 @@ _INVALID = "450 4.7.320 Certificate validation failed"
 _MIN_KEY_BITS = {"RSA": 2048, "DSA": 2048, "EC": 256}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PresentedCert:
     """What one address presented, and what verification said.
 
@@ -66,7 +66,7 @@ class PresentedCert:
         return self.chain[0]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CertificateFacts:
     """The certificates presented at every address that completed a TLS handshake.
 
@@ -214,7 +214,7 @@ def examine(host: str, endpoint: str, chain_der: tuple[bytes, ...], store: tuple
 _TRUST_CODES = ("CERT_UNTRUSTED", "CERT_SELF_SIGNED", "CERT_CHAIN_INCOMPLETE", "CERT_MALFORMED")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CertView:
     """One certificate of a chain, as a person reads it; ``validity_class`` is a CSS token (good, warn, bad,
     unknown)."""
@@ -232,7 +232,7 @@ class CertView:
     fingerprint: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PresentedView:
     """One presented chain: where, the chain's verdict (with ", but:" when failing facts follow a trusted
     chain), its CSS token, the verifier's words, the failing facts about the address, and the certificates."""
@@ -245,7 +245,7 @@ class PresentedView:
     chain: tuple[CertView, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CertificateView:
     """The chains presented at the domain's MX addresses."""
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +30,7 @@ from diag.config import AcceptedDomain, ConnectorType, DomainType, Organization,
 from diag.context import CheckContext, is_public
 from diag.errors import DnsError
 from diag.evidence import Evidence, Failing, Observed, Shown
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
 from diag.net.smtp import SessionError, SessionFacts
@@ -67,7 +67,7 @@ _EXTERNAL_CANDIDATES = ("example.net", "example.org", "example.com")
 _TENANT_ATTRIBUTION = "550 5.7.64 TenantAttribution; Relay Access Denied"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmartHostProbe:
     """One address of one smart host (or MX host, for a connector that routes by MX).
 
@@ -98,7 +98,7 @@ class SmartHostProbe:
         return f"{self.name} [{self.ip}]{port}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InboundFacts:
     """How the cloud would see the on-premises server when it sends as the domain.
 
@@ -125,7 +125,7 @@ class InboundFacts:
     trust_detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ConnectorsFacts:
     """What the configuration says about the domain and what the smart hosts showed.
 
@@ -564,7 +564,7 @@ _RULES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DecisionView:
     """One reading of the routing order: the connector it picks (or none: DNS MX), by which rule, where it
     sends and with what TLS, and notes (ties, transport rules)."""
@@ -578,7 +578,7 @@ class DecisionView:
     notes: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmartHostView:
     """One smart host address: its session's outcome (a CSS token and words), TLS, chain verdict and the failing
     findings about it when the chain is trusted."""
@@ -592,7 +592,7 @@ class SmartHostView:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ConnectorsView:
     """The routing evidence: whether the domain is accepted, the decision and the other reading's when it
     differs, the smart hosts, and the inbound side as label and value rows."""

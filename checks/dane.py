@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +25,7 @@ from checks.port25 import Port25Facts
 from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Failing, Observed, Section
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.policy.dane import Outcome as Match
 from diag.policy.dane import TlsaMatch, TlsaRecord, Usage, authenticated, match_chain, parse_tlsa, tlsa_name
@@ -44,7 +44,7 @@ _DNSSEC_INVALID = "450 4.7.324 dnssec-invalid"
 _NO_STARTTLS = "450 4.7.321 starttls-not-supported: Destination mail server must support TLS to receive mail."
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Endpoint:
     """One address of an MX host and what its presented chain made of the host's TLSA records.
 
@@ -68,7 +68,7 @@ class TlsaBase(enum.StrEnum):
     ALIAS_NOT_SECURE = "alias-not-secure"  # an alias whose chain does not validate end to end: the host name only
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HostTlsa:
     """The TLSA records of one MX host.
 
@@ -96,7 +96,7 @@ class HostTlsa:
     signed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DaneFacts:
     """Every MX host's TLSA records and matches; ``checked_at`` is when DANE-TA leaves were judged valid."""
 
@@ -332,7 +332,7 @@ _SECURITY_TONES = {Security.SECURE.value: "good", Security.INSECURE.value: "warn
 _CHAIN_PLACES = {0: "the leaf"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsaRow:
     """A TLSA record as published, what its parameters mean (RFC 7218 names) and why SMTP cannot use it, if so."""
 
@@ -341,7 +341,7 @@ class TlsaRow:
     problem: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DaneEndpointRow:
     """One address of the host: whether its presented chain matches a TLSA record, in words, with its tone."""
 
@@ -351,7 +351,7 @@ class DaneEndpointRow:
     failing: tuple[Failing, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DaneHostRow:
     """One MX host: where its TLSA records are, why that name and whether DANE senders ask for them at all
     (``lookup``, in words), the names a DANE-TA leaf may carry (when more than the host name), their DNSSEC
@@ -367,7 +367,7 @@ class DaneHostRow:
     names: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DaneView:
     """The DANE evidence: a block per MX host."""
 

@@ -11,12 +11,12 @@ signed by Microsoft without them. Each configured selector must publish one key:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from diag import evidence as ev
 from diag.config import Organization
 from diag.context import CheckContext
 from diag.evidence import Evidence, Failing, Observed, Section
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.policy.dkim import (
     M365_SELECTORS,
@@ -38,7 +38,7 @@ _INVALID = (DkimIssueKind.SYNTAX, DkimIssueKind.VERSION, DkimIssueKind.BAD_KEY, 
             DkimIssueKind.NOT_EMAIL, DkimIssueKind.SHA1_ONLY)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Selector:
     """One selector looked up: its facts, and whether it is one of Microsoft 365's (which must be a CNAME)."""
 
@@ -46,7 +46,7 @@ class Selector:
     m365: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DkimFacts:
     """The selectors of one accepted domain.
 
@@ -217,7 +217,7 @@ _KEY_STATES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DkimSelectorRow:
     """One selector as the report shows it.
 
@@ -238,7 +238,7 @@ class DkimSelectorRow:
     failing: tuple[Failing, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DkimView:
     """The DKIM evidence: the tenant Microsoft 365's CNAMEs must name, and a row per selector."""
 

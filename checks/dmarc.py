@@ -5,11 +5,10 @@ which must authorize the reports (RFC 7489 §7.1) or receivers send them nowhere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed, Section
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.policy.dmarc import (
     Alignment,
@@ -26,7 +25,7 @@ from diag.registry import Check, Outcome
 __all__ = ["CHECK", "DmarcFacts", "DmarcReportRow", "DmarcView", "assess", "probe", "view"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DmarcFacts:
     """What DMARC discovery found, and the public suffix list snapshot it used for organizational domains."""
 
@@ -152,7 +151,7 @@ _AUTHORIZATION = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DmarcReportRow:
     """A report destination (``rua``, ``ruf``) and whether its domain takes the reports (RFC 7489 §7.1)."""
 
@@ -162,7 +161,7 @@ class DmarcReportRow:
     tone: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DmarcView:
     """The DMARC evidence: where the record was found, as published, and what it asks of receivers.
 

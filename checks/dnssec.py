@@ -10,12 +10,12 @@ answer too asks nothing new of the host's own name (a DANE sender needs both sec
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from checks.mx import MxFacts
 from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed, Section
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.policy.dnssec import DnssecResult, Method, Reason, Security, from_ad_bit, validate
 from diag.policy.lookup import drive, shown
@@ -24,7 +24,7 @@ from diag.registry import Check, Outcome
 __all__ = ["CHECK", "DnssecAnswerRow", "DnssecFacts", "DnssecView", "assess", "probe", "secure", "view"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DnssecFacts:
     """The DNSSEC state of the domain's MX answer, then of each MX host's address answers (A, then AAAA).
 
@@ -123,7 +123,7 @@ async def run(ctx: CheckContext) -> Outcome:
 _TONES = {Security.SECURE.value: "good", Security.INSECURE.value: "warn", Security.BOGUS.value: "bad"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DnssecAnswerRow:
     """One answer's DNSSEC state: the question, secure/insecure/bogus/indeterminate with its tone, why, the
     zones validated on the way and the answer's records."""
@@ -136,7 +136,7 @@ class DnssecAnswerRow:
     records: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DnssecView:
     """The DNSSEC evidence: how the states were established (``method``) and a row per answer."""
 

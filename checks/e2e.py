@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, assert_never
 
 from diag import evidence as ev
 from diag.config import MAX_PROBES
 from diag.context import CheckContext, RunOptions
 from diag.evidence import Evidence, Measurements, MessagePath, Observed, PathHop, ProbeArrival
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.probe.facts import E2eFacts, Held, ProbeFacts, Verdict
 from diag.probe.facts import Outcome as Judged
@@ -251,7 +252,7 @@ async def run(ctx: CheckContext) -> Outcome:
 # report holds them (their JSON form, read defensively: diag.evidence).
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class E2eView:
     """The end-to-end evidence: a path per probe."""
 

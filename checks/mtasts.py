@@ -14,13 +14,13 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from checks.mx import MxFacts
 from diag import evidence as ev
 from diag.context import CheckContext, is_public
 from diag.evidence import Evidence, Observed, Section
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
 from diag.net.https import HttpsFacts
@@ -45,7 +45,7 @@ __all__ = ["CHECK", "MtaStsFacts", "MtaStsView", "StsHostRow", "assess", "probe"
 _SHORT_MAX_AGE = 86400  # RFC 8461 §3.2 suggests weeks; under a day, a policy barely outlives a DNS outage
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MtaStsFacts:
     """The record, the fetch and the policy, and the MX coverage.
 
@@ -260,7 +260,7 @@ _RECORD_STATES = {
 _POLICY_LINES = 40  # lines of a fetched policy file shown (a policy has a handful; the fetch caps the body)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StsHostRow:
     """An MX host of the domain and the policy's ``mx:`` pattern that covers it ("" when none does)."""
 
@@ -268,7 +268,7 @@ class StsHostRow:
     pattern: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MtaStsView:
     """The MTA-STS evidence: the record, the policy fetch, the policy's mode and max_age, each MX host's cover.
 

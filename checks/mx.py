@@ -10,13 +10,13 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import dns.rdtypes.ANY.MX
 
 from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.net.dns import Answer, DnsStatus, name_text
 from diag.registry import Check, Outcome
@@ -26,7 +26,7 @@ __all__ = ["CHECK", "MxFacts", "MxHost", "MxRow", "MxView", "assess", "probe", "
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MxHost:
     """One mail exchanger.
 
@@ -51,7 +51,7 @@ class MxHost:
         return bool(self.canonical_name) and self.canonical_name.lower() != self.name.lower()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MxFacts:
     """What DNS said about the domain's mail exchangers.
 
@@ -314,7 +314,7 @@ def _assess_host(facts: MxFacts, host: MxHost) -> list[Finding]:
 # The report's evidence (report_templates/checks/mx.html.j2), from the facts as a report holds them.
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MxRow:
     """One MX host in the report's table: its preference, name and addresses, and what is odd about it."""
 
@@ -324,7 +324,7 @@ class MxRow:
     notes: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MxView:
     """The MX evidence: notes about the domain (null MX, implicit MX, NXDOMAIN, duplicates), a row per host."""
 

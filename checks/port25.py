@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, cast
 
 from checks.mx import MxFacts
 from diag import evidence as ev
 from diag.context import NOT_PUBLIC, CheckContext
 from diag.evidence import STAGES, Evidence, Measurements, Observed, StageTimes
+from diag.frozen import frozen
 from diag.model import CheckResult, Finding, Severity, Status
 from diag.net.smtp import SessionError, SessionFacts, SessionStage
 from diag.registry import Check, Outcome, Summary
@@ -41,7 +42,7 @@ NULL_MX = "the domain accepts no mail (null MX)"
 """Why port25 (and the checks that read its sessions) do not apply to a domain with a null MX only."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NotProbed:
     """An MX address that was deliberately not contacted, and why: ``"not a public address"``, or
     ``"over N addresses"`` when its host lists more than ``RunOptions.max_addresses_per_host``."""
@@ -51,7 +52,7 @@ class NotProbed:
     why: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Probed:
     """One MX address of the domain and the session held with it.
 
@@ -70,7 +71,7 @@ class Probed:
         return f"{self.host} [{ip}]:{self.session.port}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Port25Facts:
     """The SMTP sessions at every MX address, in MX preference order.
 
@@ -266,7 +267,7 @@ _BAR_WIDTH = 260
 _BAR_HEIGHT = 14
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Segment:
     """One stage of a timing bar: where it starts and how wide it is (CSS pixels), and its milliseconds."""
 
@@ -277,7 +278,7 @@ class Segment:
     ms: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Bar:
     """A session's stage timings as a horizontal stacked bar (inline SVG)."""
 
@@ -288,7 +289,7 @@ class Bar:
     summary: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SessionView:
     """One SMTP session: where, how it ended (a CSS token and its words), its timings and what the server said."""
 
@@ -303,7 +304,7 @@ class SessionView:
     transcript: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Port25View:
     """The sessions at every MX address, the addresses left alone and why, and the stages the bars show."""
 

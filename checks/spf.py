@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed, Section
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.policy.lookup import drive, shown
 from diag.policy.spf import (
@@ -46,7 +46,7 @@ M365_SPF_INCLUDE = "spf.protection.outlook.com"
 _M365_MX_SUFFIX = ".mail.protection.outlook.com"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sender:
     """An on-premises egress address to evaluate, and where it was configured."""
 
@@ -54,7 +54,7 @@ class Sender:
     source: str  # "--sender-ip", or "inbound connector 'From on-premises'"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SenderVerdict:
     """What ``check_host()`` gave for one egress address sending as ``postmaster@<domain>``."""
 
@@ -62,7 +62,7 @@ class SenderVerdict:
     verdict: SpfVerdict
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfFacts:
     """The domain's SPF policy and, with a configuration, the organization's expectations of it.
 
@@ -276,7 +276,7 @@ _NODE_STATES = {
 _SHOWN_DEPTH = 12
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfNodeRow:
     """One record of the SPF policy tree as the report draws it.
 
@@ -301,7 +301,7 @@ class SpfNodeRow:
     children: tuple[SpfNodeRow, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfSenderRow:
     """An on-premises egress address and the result ``check_host()`` gave it."""
 
@@ -312,7 +312,7 @@ class SpfSenderRow:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfView:
     """The SPF evidence: the lookup counts against their limits, the cloud's include, the policy tree and the
     egress addresses evaluated."""

@@ -6,10 +6,9 @@ is valid" are separate verdicts (the certificate check judges the second).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from checks.port25 import Port25Facts, Probed
 from diag.context import CheckContext
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.net.smtp import SessionError, SessionStage
 from diag.registry import Check, Outcome
@@ -20,7 +19,7 @@ __all__ = ["CHECK", "OLD_PROTOCOLS", "StarttlsFacts", "assess", "probe"]
 OLD_PROTOCOLS = frozenset({"SSLv3", "TLSv1", "TLSv1.1"})
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StarttlsFacts:
     """The addresses that answered EHLO, whose STARTTLS behaviour is judged (see port25's facts for all)."""
 

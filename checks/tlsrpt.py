@@ -7,11 +7,10 @@ failure stays unseen by the domain's owner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from diag import evidence as ev
 from diag.context import CheckContext
 from diag.evidence import Evidence, Observed, Section
+from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.policy.lookup import drive, shown
 from diag.policy.tlsrpt import RptIssue, RptStatus, TlsRptFacts, discover
@@ -74,7 +73,7 @@ _STATES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsRptView:
     """The TLS-RPT evidence: the record as published, what is wrong with it, and each report URI with whether
     senders can use it (``(uri, usable)``)."""

@@ -12,10 +12,10 @@ import asyncio
 import ipaddress
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from diag.frozen import frozen
 from diag.net.dns import Nameserver, Resolver
 from diag.net.smtp import SessionFacts, probe_session
 from diag.policy.anchors import ROOT_ANCHORS, TrustAnchor
@@ -41,7 +41,7 @@ NOT_PUBLIC = "not a public address"
 _REMEMBERED = 4096
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunOptions:
     """The knobs of one run.
 
@@ -243,7 +243,7 @@ class RunContext:
             await self.resolver.aclose()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CheckContext:
     """What one check, running on one domain, receives.
 

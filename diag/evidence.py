@@ -24,9 +24,10 @@ import enum
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from diag.frozen import frozen
 
 __all__ = [
     "SEVERITIES",
@@ -65,7 +66,7 @@ STAGES = ("connect", "banner", "ehlo", "tls")
 # --- what a view gets, and what a check declares ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Shown:
     """One finding of the check as the report shows it: enough for its evidence to name it and link to it.
 
@@ -87,7 +88,7 @@ class Shown:
         return SEVERITIES.index(self.severity) <= SEVERITIES.index("warning")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Observed:
     """What a check's evidence view is built from.
 
@@ -112,7 +113,7 @@ class Section(enum.StrEnum):
     """The domain's mail authentication and transport policy: SPF, DKIM, DMARC, MTA-STS, TLS-RPT, DANE, DNSSEC."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Evidence:
     """How a check shows its facts in the HTML report.
 
@@ -129,7 +130,7 @@ class Evidence:
     section: Section = Section.MAIL
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PathHop:
     """One hop of a message's path as the report draws it (the fields report_templates/macros.html.j2's hops
     macro reads): the server that wrote the Received line, the TLS, and the rest in words."""
@@ -142,7 +143,7 @@ class PathHop:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MessagePath:
     """A message's path: a title (which message, how it ended) and a hop per Received line."""
 
@@ -150,7 +151,7 @@ class MessagePath:
     hops: tuple[PathHop, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StageTimes:
     """How long each SMTP session stage took at one address of a host.
 
@@ -163,7 +164,7 @@ class StageTimes:
     seconds: tuple[float | None, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CertificateExpiry:
     """When the leaf certificate one address of a host presented expires, and the thresholds it was judged by.
 
@@ -187,7 +188,7 @@ class CertificateExpiry:
         return (self.not_after - self.checked_at).total_seconds() / 86400
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbeArrival:
     """How one end-to-end probe that was sent fared, with its thresholds.
 
@@ -205,7 +206,7 @@ class ProbeArrival:
     deadline: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Measurements:
     """What a check measured, per address (per probe), for the monitoring formats (which keep one value per
     host)."""
@@ -298,7 +299,7 @@ def tls_text(session: Mapping[str, Any]) -> str:
     return "no STARTTLS" if session.get("reached") else ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Failing:
     """A failing fact shown beside a verdict that would read as "all is well" alone, linked to its finding.
 

@@ -48,13 +48,13 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 from diag.errors import ConfigError
+from diag.frozen import frozen
 from diag.model import Severity, Verdict, subject_host
 from diag.render.text import sanitize
 
@@ -162,7 +162,7 @@ class ChangeKind(enum.StrEnum):
     FIRST_RUN = "first run"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Change:
     """One change of a domain since its previous run.
 
@@ -186,7 +186,7 @@ class Change:
     severity: Severity | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DomainStatus:
     """A domain's status in one run."""
 
@@ -194,7 +194,7 @@ class DomainStatus:
     status: Verdict
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunSummary:
     """One recorded run.
 
@@ -215,7 +215,7 @@ class RunSummary:
     domains: tuple[DomainStatus, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Snapshot:
     """What one run saw of one domain, as far as changes are concerned."""
 
@@ -233,7 +233,7 @@ class _Snapshot:
     """host → its addresses' (leaf SHA-256, leaf not_after)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DomainRows:
     """What the history indexes of one domain's entry (:func:`domain_rows`), ready to insert.
 

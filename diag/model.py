@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from typing import Any
 
 from diag.codec import decode
+from diag.frozen import frozen
 
 __all__ = [
     "REPORT_SCHEMA",
@@ -127,7 +128,7 @@ class Verdict(enum.StrEnum):
 _EXIT_CODES = {Verdict.OK: 0, Verdict.WARNING: 1, Verdict.CRITICAL: 2, Verdict.UNKNOWN: 3}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Finding:
     """One judgement about one subject.
 
@@ -148,7 +149,7 @@ class Finding:
     cloud_error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CheckResult:
     """The outcome of one check on one domain.
 
@@ -203,7 +204,7 @@ class CheckResult:
                    0.0, duration)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DomainReport:
     """All check results for one domain, in registry order."""
 
@@ -221,7 +222,7 @@ class DomainReport:
         raise KeyError(check_id)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Report:
     """One run of ``diag check``."""
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import graphlib
 import re
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import RegistryError
 from diag.evidence import Evidence, Measurements
+from diag.frozen import frozen
 from diag.model import CheckResult, Finding, Severity
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _CODE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """What a check's ``run`` returns: the facts it observed and the findings judged from them.
 
@@ -62,7 +63,7 @@ class Outcome:
         return cls(None, (), not_applicable=reason)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Summary:
     """A verdict only the whole run can reach (every connection of the run timed out: egress is blocked), taken in
     two steps so that a run never needs all its results at once: thousands of domains are written out as they
@@ -87,7 +88,7 @@ class Summary:
         return list(results) if reviser is None else [reviser(result) for result in results]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Check:
     """The spec of one check.
 

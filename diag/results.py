@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from diag.frozen import frozen
 from diag.history import DomainRows, compact_json, domain_rows
 from diag.model import CheckResult, DomainReport, Report, Status, Verdict
 from diag.registry import Registry
@@ -33,7 +33,7 @@ __all__ = ["Checked", "HeldReport", "Place", "ResultFile", "RunResults", "Stored
 _RANK = {Verdict.OK: 0, Verdict.WARNING: 1, Verdict.UNKNOWN: 2, Verdict.CRITICAL: 3}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Checked:
     """One domain's results, ready to write: each output's part made where the domain was checked.
 
@@ -76,7 +76,7 @@ def unchecked(index: int, domain: str, registry: Registry, reason: str) -> Check
     return checked(index, DomainReport(domain, results), registry)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Place:
     """Where a domain is in a :class:`ResultFile`: the offset of its first part and the size of each part (its
     entry, its compact entry, its rows, its plain view and its quiet plain view), which follow one another."""
@@ -85,7 +85,7 @@ class Place:
     sizes: tuple[int, int, int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stored:
     """A domain kept in a worker's :class:`ResultFile`, as the worker reports it to its parent.
 

@@ -23,7 +23,6 @@ import functools
 import ipaddress
 import string
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from diag.config import (
     ConnectorType,
@@ -33,6 +32,7 @@ from diag.config import (
     domain_in_pattern,
 )
 from diag.errors import InvalidDomainError
+from diag.frozen import frozen
 from diag.names import mail_domain
 from diag.routing_order import RoutingOrder
 
@@ -88,7 +88,7 @@ class TransportRuleIssue(enum.StrEnum):
     TEST_MODE = "test-mode"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RouteDecision:
     """The connector the cloud uses for one recipient domain under one routing order.
 
@@ -140,7 +140,7 @@ class RouteDecision:
         return tuple(notes)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Routing:
     """What ``diag route`` reports for one recipient.
 
@@ -166,7 +166,7 @@ _TIERS: dict[RoutingOrder, dict[Rule, int]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Match:
     rank: tuple[int, int]
     rule: Rule
@@ -421,7 +421,7 @@ def recipient_domain(address: str) -> str:
 # --- relay rights ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RelayDecision:
     """What the cloud answers when a connection offers one recipient (exchange-model §3.2-§3.4).
 
@@ -543,7 +543,7 @@ class MatchedBy(enum.StrEnum):
     """The sending IP is in ``SenderIPAddresses``."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InboundMatch:
     """An inbound connector that recognises a connection.
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from diag.context import CheckContext, RunContext, RunOptions
 from diag.errors import ProbeError, RegistryError
+from diag.frozen import frozen
 from diag.model import CheckResult, DomainReport, Report, Status
 from diag.registry import Check, Outcome, Registry
 
@@ -68,7 +69,7 @@ def _summarize(reports: Sequence[DomainReport], registry: Registry) -> tuple[Dom
     return tuple(revise(report, revisers) for report in reports)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NoteFailed:
     """A summary's note that could not be taken: the check's ``note`` raised (a bug in that check)."""
 

@@ -42,11 +42,11 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from diag.errors import DiagError, UsageError
+from diag.frozen import frozen
 
 if TYPE_CHECKING:
     import click
@@ -81,7 +81,7 @@ class ScheduleError(DiagError):
     """The schedule could not be installed (crontab missing or failing, a unit file not writable)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SystemdInstall:
     """What :func:`install_systemd` did.
 
@@ -96,7 +96,7 @@ class SystemdInstall:
     note: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Interval:
     minutes: int
 
@@ -109,7 +109,7 @@ class _Interval:
         return f"every {self.minutes} minutes"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Prepared:
     """A command line checked by :func:`prepare`.
 

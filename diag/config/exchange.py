@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from diag.config.load import ConfigFileError, Problem, build, read_text
 from diag.config.model import AcceptedDomain, Organization
 from diag.config.schema import ACCEPTED, INBOUND, OUTBOUND, Field, Table
 from diag.config.values import either
+from diag.frozen import frozen
 
 __all__ = ["ImportResult", "import_exports"]
 
@@ -32,7 +32,7 @@ _NOT_AN_EXPORT = "give the output of Get-AcceptedDomain, Get-InboundConnector or
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ImportResult:
     """What ``diag config import`` made of the exports.
 

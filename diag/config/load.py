@@ -12,13 +12,13 @@ import difflib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from diag.config.model import Organization
 from diag.config.schema import ACCEPTED, ORGANIZATION, TABLES, Table
 from diag.config.values import Invalid, either
 from diag.errors import ConfigError
+from diag.frozen import frozen
 
 __all__ = ["ConfigFileError", "Problem", "build", "load_config", "parse_config", "read_text"]
 
@@ -31,7 +31,7 @@ class ConfigFileError(ConfigError):
         self.problems = tuple(problems)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Problem:
     table: str
     index: int  # 1-based entry of an array of tables; 0 for a single table and whole tables

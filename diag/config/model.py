@@ -7,10 +7,12 @@ administrator recognises every field. Plain data with no I/O: checks, routing an
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from pathlib import Path
 from typing import Final
+
+from diag.frozen import frozen
 
 __all__ = [
     "DEFAULT_MIN_INTERVAL",
@@ -74,7 +76,7 @@ def domain_in_pattern(domain: str, pattern: str) -> bool:
     return domain == pattern
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AcceptedDomain:
     """An accepted domain (``Get-AcceptedDomain``).
 
@@ -99,7 +101,7 @@ class AcceptedDomain:
         return domain == name or (self.match_subdomains and domain.endswith("." + name))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OutboundConnector:
     """An outbound connector, cloud to somewhere (``Get-OutboundConnector``), with the cmdlet's defaults."""
 
@@ -126,7 +128,7 @@ class OutboundConnector:
         return self.enabled and not self.test_mode and not self.is_transport_rule_scoped
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class InboundConnector:
     """An inbound connector, somewhere to cloud (``Get-InboundConnector``), with the cmdlet's defaults.
 
@@ -155,7 +157,7 @@ class RelayRole(enum.StrEnum):
     INTERNET = "internet"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RelayConfig:
     """What only the relay needs (the ``[Relay]`` table); ``diag relay`` options override each field.
 
@@ -197,7 +199,7 @@ class RelayConfig:
     reflect_limit: int = 20
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbeConfig:
     """An end-to-end probe (a ``[[Probe]]`` table): a test message sent along a real path and watched for.
 
@@ -235,7 +237,7 @@ class ProbeConfig:
         return domain in (self.sender.rpartition("@")[2].lower(), self.recipient.rpartition("@")[2].lower())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Organization:
     """The whole configuration.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from diag.config.model import (
@@ -57,6 +56,7 @@ from diag.config.values import (
     via,
     watch_url,
 )
+from diag.frozen import frozen
 
 __all__ = [
     "ACCEPTED",
@@ -77,7 +77,7 @@ def _snake(key: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", key).lower()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Field:
     """One cmdlet parameter: its TOML key, converter, how the importer reads its JSON and whether dumps show it."""
 
@@ -92,7 +92,7 @@ class Field:
         return self.model_name or _snake(self.key)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Rule:
     """A cross-field rule; skipped when a key it ``needs`` is itself invalid, so one mistake gives one line."""
 
@@ -102,7 +102,7 @@ class Rule:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Table:
     """One TOML table (an Exchange object kind): its model class, fields and rules.
 

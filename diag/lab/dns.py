@@ -56,7 +56,6 @@ import errno
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import dns.dnssectypes
@@ -84,6 +83,7 @@ import dns.versioned
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from diag.errors import LabError
+from diag.frozen import frozen
 from diag.net.dnssec import dnssec
 
 __all__ = [
@@ -218,7 +218,7 @@ def _parse_rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:
         raise ValueError(f"invalid {dns.rdatatype.to_text(rdtype)} rdata {text!r}: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Outcome:
     """The result of looking a question up in the data."""
 
@@ -231,7 +231,7 @@ class _Outcome:
     """(name, wildcard) for each answer rrset synthesised from a wildcard (RFC 4592)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _ZoneKey:
     """A signed zone's key and how its signatures are made."""
 
@@ -248,7 +248,7 @@ class _ZoneKey:
     """Every signature but the DNSKEY rrset's fails to verify: the data was changed after signing."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Reply:
     """What to send back for one received message."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar, Final
@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from diag.frozen import frozen
 
 __all__ = ["CertKind", "Issued", "TestPKI"]
 
@@ -46,7 +48,7 @@ class CertKind(enum.StrEnum):
     MALFORMED = "malformed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Issued:
     """A leaf certificate as a server would deploy it.
 
@@ -74,7 +76,7 @@ class Issued:
         return chain_path, key_path
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TestPKI:
     """A two-level CA that issues lab leaves.
 

@@ -12,8 +12,7 @@ which leaves its unsigned child ``insecure.optout.example`` out of the chain (in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from diag.frozen import frozen
 from diag.lab.pki import CertKind
 
 __all__ = [
@@ -132,7 +131,7 @@ POLICY_PURPOSES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsaDef:
     """A TLSA record for a lab host's port 25, computed from the certificate the lab issues it.
 

@@ -16,7 +16,6 @@ import shutil
 import socket
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from diag.config import load_config
 from diag.context import RunOptions
 from diag.errors import LabError
+from diag.frozen import frozen
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.latency import TcpDelay, UdpDelay, start_udp_and_tcp
 from diag.lab.pki import CertKind, Issued, TestPKI
@@ -41,7 +41,7 @@ from diag.relay.settings import Limits, RelaySettings
 __all__ = ["Lab"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _RelayHost:
     """A world host that runs the routing relay, with its certificate files (None: it has no certificate)."""
 

@@ -30,13 +30,13 @@ import socket
 import ssl
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 from diag.config import Organization, RelayRole
 from diag.errors import ConfigError, LabError
+from diag.frozen import frozen
 from diag.relay.connections import TOO_MANY_CONNECTIONS, Connections
 from diag.relay.server import RelayServer
 from diag.relay.settings import Limits, RelaySettings
@@ -86,7 +86,7 @@ class HostKind(enum.StrEnum):
     after ten times the session timeout."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsFiles:
     """The certificate files a host serves over STARTTLS."""
 
@@ -96,7 +96,7 @@ class TlsFiles:
     """PEM private key of the leaf."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LabHost:
     """One SMTP host of the lab."""
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from diag.config import RelayConfig, RelayRole
+from diag.frozen import frozen
 from diag.lab.dns import Behaviour
 from diag.lab.pki import CertKind
 from diag.lab.policy import (
@@ -73,7 +74,7 @@ CLOUD_HOST = "contoso-com.mail.protection.outlook.com"
 ACCEPTED_DOMAINS = ("contoso.com", "sales.contoso.com", "fabrikam.com", "contoso.onmicrosoft.com")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Record:
     """One DNS record set: owner name, type and data in zone-file syntax."""
 
@@ -82,7 +83,7 @@ class Record:
     rdata: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HostDef:
     """A mail host of the world.
 
@@ -125,7 +126,7 @@ class HostDef:
         return self.cert in (CertKind.WEAK_KEY, CertKind.SHA1)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class World:
     """Zones, records, per-subtree DNS behaviours and hosts.
 

@@ -67,7 +67,6 @@ import random
 import socket
 from collections import deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,6 +90,7 @@ if TYPE_CHECKING:
     from dns._asyncbackend import StreamSocket  # dns.asyncbackend's, which mypy does not see re-exported
 
 from diag.errors import DnsError, DnsNoDnssecError, DnsTimeoutError
+from diag.frozen import frozen
 from diag.names import port_number
 
 __all__ = ["Answer", "DnsStatus", "Nameserver", "Resolver", "name_text", "parse_nameserver", "system_nameservers"]
@@ -142,7 +142,7 @@ class DnsStatus(enum.StrEnum):
     NODATA = "nodata"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Nameserver:
     """A DNS server to ask: an IP address and a port."""
 
@@ -153,7 +153,7 @@ class Nameserver:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Answer:
     """The answer to one question.
 
@@ -252,7 +252,7 @@ class _Unanswered(Exception):
     """Every nameserver failed to answer (dnspython's ``NoNameservers``); the message lists what each said."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Try:
     """One query on the wire: to which nameserver, over TCP or not, with EDNS (an OPT record) or not."""
 

@@ -22,8 +22,9 @@ import http.client
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from diag.frozen import frozen
 
 __all__ = ["FetchError", "HttpsFacts", "fetch"]
 
@@ -52,7 +53,7 @@ class FetchError(enum.StrEnum):
     TOO_LARGE = "too-large"  # the body exceeds the cap
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HttpsFacts:
     """What one HTTPS GET observed.
 

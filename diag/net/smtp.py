@@ -30,9 +30,11 @@ import ssl
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 import aiosmtplib
+
+from diag.frozen import frozen
 
 __all__ = ["SessionError", "SessionFacts", "SessionStage", "TlsFacts", "probe_session"]
 
@@ -71,7 +73,7 @@ class SessionError(enum.StrEnum):
     PROTOCOL = "protocol"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsFacts:
     """What the TLS handshake negotiated.
 
@@ -88,7 +90,7 @@ class TlsFacts:
     chain_der: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SessionFacts:
     """Everything one SMTP session observed at one address.
 

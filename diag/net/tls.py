@@ -12,7 +12,6 @@ import hashlib
 import ssl
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from diag.errors import ConfigError
+from diag.frozen import frozen
 
 __all__ = [
     "MALFORMED_ERRORS",
@@ -58,7 +58,7 @@ class Trust(enum.StrEnum):
     MALFORMED = "malformed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TrustVerdict:
     """The chain verification's conclusion and, when it failed, the verifier's words."""
 
@@ -66,7 +66,7 @@ class TrustVerdict:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CertInfo:
     """One certificate, as a person reads it.
 

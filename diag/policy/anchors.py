@@ -6,18 +6,18 @@ them without importing the validation (issue 13: start-up).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dns.exception
 import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
+from diag.frozen import frozen
+
 __all__ = ["ROOT_ANCHORS", "TrustAnchor", "parse_anchors"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TrustAnchor:
     """A trust anchor: a zone and its DS or DNSKEY records (presentation format, e.g. the root's
     ``20326 8 2 e06d44b8...``). ``from_text`` accepts either kind per record."""

@@ -22,13 +22,13 @@ import enum
 import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
 
+from diag.frozen import frozen
 from diag.net.tls import MALFORMED_ERRORS, Trust, cert_info, name_matches, verify_chain
 
 __all__ = [
@@ -65,7 +65,7 @@ class Outcome(enum.StrEnum):
     UNUSABLE = "unusable"  # not for SMTP (usage 0/1), unknown parameters, or a malformed record
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsaRecord:
     """One TLSA record (RFC 6698 §2.1).
 
@@ -121,7 +121,7 @@ def parse_tlsa(text: str) -> TlsaRecord:
     return TlsaRecord(usage, selector, matching_type, data, text)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsaMatch:
     """One record judged against one presented chain.
 

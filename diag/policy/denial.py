@@ -31,7 +31,6 @@ import base64
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import dns.name
 import dns.rdata
@@ -40,6 +39,7 @@ import dns.rdtypes.ANY.NSEC
 import dns.rdtypes.ANY.NSEC3
 import dns.rrset
 
+from diag.frozen import frozen
 from diag.net.dnssec import dnssec
 
 __all__ = [
@@ -89,7 +89,7 @@ class Cut(enum.StrEnum):
     UNSIGNED = "unsigned"  # a delegation without DS, or an opt-out span: the child is insecure
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Proof:
     """The outcome of a denial check: the records' kind, the verdict, and (unless proven) why, in words.
 

@@ -25,12 +25,12 @@ import binascii
 import enum
 import re
 from collections.abc import Generator
-from dataclasses import dataclass
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from diag.frozen import frozen
 from diag.policy.lookup import Process, Question, Reply, ReplyStatus, shown
 from diag.policy.tags import TagList, parse_tags
 
@@ -71,7 +71,7 @@ class DkimIssueKind(enum.StrEnum):
     NOT_EMAIL = "not-email"  # s= excludes email
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DkimIssue:
     """One problem: its kind and the details for a message."""
 
@@ -79,7 +79,7 @@ class DkimIssue:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DkimKey:
     """A parsed key record.
 
@@ -198,7 +198,7 @@ class KeyStatus(enum.StrEnum):
     DNS_ERROR = "dns-error"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SelectorFacts:
     """One selector of a domain.
 
@@ -253,7 +253,7 @@ class M365Form(enum.StrEnum):
     OTHER = "other"  # neither: not Microsoft 365's key, or for another domain
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class M365Target:
     """A selector CNAME target read as Microsoft 365's.
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 
+from diag.frozen import frozen
 from diag.policy.lookup import Process, Question, Reply, shown
 from diag.policy.tags import TagList, parse_tags
 
@@ -70,7 +70,7 @@ class DmarcIssueKind(enum.StrEnum):
     PCT_PARTIAL = "pct-partial"  # pct below 100: the policy applies to a sample only
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DmarcIssue:
     """One problem in a record: its kind, the tag, and what is wrong (with the offset for syntax)."""
 
@@ -80,7 +80,7 @@ class DmarcIssue:
     position: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReportUri:
     """One ``rua``/``ruf`` entry (§6.2): the URI, the destination domain of a ``mailto:``, the size limit."""
 
@@ -90,7 +90,7 @@ class ReportUri:
     size_limit: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DmarcRecord:
     """A parsed DMARC record, with the defaults of §6.3 applied where a tag is absent.
 
@@ -250,7 +250,7 @@ class AuthorizationStatus(enum.StrEnum):
     DNS_ERROR = "dns-error"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReportAuthorization:
     """Whether one report destination accepts reports for the domain (§7.1).
 
@@ -269,7 +269,7 @@ class ReportAuthorization:
     status: AuthorizationStatus
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DmarcDiscovery:
     """What DMARC discovery found for a domain.
 

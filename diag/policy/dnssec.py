@@ -42,7 +42,6 @@ import enum
 import ipaddress
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import dns.exception
@@ -55,6 +54,7 @@ import dns.rdtypes.ANY.DS
 import dns.rdtypes.ANY.RRSIG
 import dns.rrset
 
+from diag.frozen import frozen
 from diag.net.dns import Nameserver
 from diag.net.dnssec import dnssec
 from diag.policy import denial
@@ -124,7 +124,7 @@ class Method(enum.StrEnum):
 
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DnssecResult:
     """The DNSSEC state of one answer.
 
@@ -425,7 +425,7 @@ def _matches_ds(zone: dns.name.Name, key: dns.rdtypes.ANY.DNSKEY.DNSKEY, ds_set:
 
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Unsigned:
     """A walk step that proved the rest of the name unsigned."""
 

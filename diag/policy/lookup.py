@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import dns.name
@@ -25,6 +24,7 @@ import dns.rdtypes.ANY.TXT
 import dns.rrset
 
 from diag.errors import DnsError, DnsNoDnssecError, DnsTimeoutError
+from diag.frozen import frozen
 from diag.net.dns import Answer, DnsStatus, Resolver, name_text
 
 __all__ = [
@@ -71,7 +71,7 @@ class ReplyStatus(enum.StrEnum):
         return self in (ReplyStatus.NXDOMAIN, ReplyStatus.NODATA)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Question:
     """A DNS question: a name (an A-label name without trailing dot) and a record type (``TXT``).
 
@@ -86,7 +86,7 @@ class Question:
         return f"{self.name} {self.rdtype}{' +dnssec' if self.dnssec else ''}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Signed:
     """The DNSSEC material of an answer, as dnspython data (what ``dns.dnssec.validate`` takes).
 
@@ -103,7 +103,7 @@ class Signed:
     authenticated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reply:
     """The answer to a :class:`Question`, as text.
 

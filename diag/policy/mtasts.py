@@ -17,12 +17,12 @@ import enum
 import ipaddress
 import re
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import dns.rdata
 
 from diag.errors import DnsError
+from diag.frozen import frozen
 from diag.net.dns import DnsStatus, Resolver
 from diag.net.https import FetchError, HttpsFacts, fetch
 from diag.policy.lookup import Process, Question, Reply, shown
@@ -62,7 +62,7 @@ _ID = re.compile(r"[A-Za-z0-9]{1,32}\Z")  # §3.1: sts-id = 1*32(ALPHA / DIGIT)
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StsRecord:
     """A parsed ``_mta-sts`` record: its ``id`` (None when missing or invalid) and problems."""
 
@@ -105,7 +105,7 @@ class TxtStatus(enum.StrEnum):
     DNS_ERROR = "dns-error"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StsTxtFacts:
     """The ``_mta-sts.<domain>`` lookup: status, the record, every TXT string found there, the resolver's words."""
 
@@ -156,7 +156,7 @@ class PolicyIssueKind(enum.StrEnum):
     DUPLICATE = "duplicate"  # a single-valued field given twice
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PolicyIssue:
     """One problem, with the 1-based line it is on (0 for the whole file)."""
 
@@ -165,7 +165,7 @@ class PolicyIssue:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StsPolicy:
     """A parsed policy file (§3.2).
 
@@ -252,7 +252,7 @@ def mx_matches(pattern: str, host: str) -> bool:
     return host == pattern
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MxCoverage:
     """One MX host and the first policy pattern that matches it; None means senders in enforce mode refuse it."""
 

@@ -31,6 +31,7 @@ import urllib.parse
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
+from diag.frozen import frozen
 from diag.policy.lookup import MAX_TEXT, Process, Question, Reply, ReplyStatus, shown
 from diag.policy.tags import SyntaxIssue
 
@@ -123,7 +124,7 @@ class Mechanism(enum.StrEnum):
         return self in (Mechanism.INCLUDE, Mechanism.A, Mechanism.MX, Mechanism.PTR, Mechanism.EXISTS)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Directive:
     """A qualifier and a mechanism (§4.6.1).
 
@@ -147,7 +148,7 @@ class Directive:
     position: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Modifier:
     """A ``name=value`` modifier (§6): redirect, exp or one this implementation does not know (ignored)."""
 
@@ -156,7 +157,7 @@ class Modifier:
     position: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfRecord:
     """One parsed ``v=spf1`` record.
 
@@ -396,7 +397,7 @@ class MacroError(ValueError):
     """A macro could not be expanded: its letter needs something the context does not have."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MacroContext:
     """What macros expand to (§7.3): the client address, the sender, the current domain, the HELO name.
 
@@ -527,7 +528,7 @@ class NodeStatus(enum.StrEnum):
     NOT_FOLLOWED = "not-followed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Fetched:
     status: NodeStatus
     record: SpfRecord | None = None
@@ -580,7 +581,7 @@ class SpfIssueKind(enum.StrEnum):
     NOT_WALKED = "not-walked"  # a target with macros needing an address or sender, or past the walk's bounds
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfIssue:
     """One problem: its kind, the domain whose record has it, the term, and details for the message."""
 
@@ -590,7 +591,7 @@ class SpfIssue:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfNode:
     """One record of the policy tree.
 
@@ -617,7 +618,7 @@ class SpfNode:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfAnalysis:
     """The whole policy of a domain, as a tree with its counts and problems.
 
@@ -828,7 +829,7 @@ class SpfReason(enum.StrEnum):
     DNS_ERROR = "dns-error"  # no answer from DNS: temperror
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfMatch:
     """The directive that decided: its text, the domain whose record holds it, and the include path to it."""
 
@@ -837,7 +838,7 @@ class SpfMatch:
     path: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpfVerdict:
     """The result of ``check_host(ip, domain, sender)``.
 

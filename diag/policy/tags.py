@@ -8,8 +8,8 @@ malformed list gives :class:`SyntaxIssue` s with positions, never an exception.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from diag.frozen import frozen
 from diag.policy.lookup import MAX_TEXT, shown
 
 __all__ = ["SyntaxIssue", "Tag", "TagList", "parse_tags"]
@@ -19,7 +19,7 @@ _TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _WSP = " \t\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SyntaxIssue:
     """A syntax error in a record: where it starts (0-based character offset) and what is wrong."""
 
@@ -27,7 +27,7 @@ class SyntaxIssue:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Tag:
     """One ``name=value`` pair: the name as written, the value without surrounding white space, its offset."""
 
@@ -36,7 +36,7 @@ class Tag:
     position: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TagList:
     """A parsed tag list: the tags in order and the syntax issues (duplicates included)."""
 

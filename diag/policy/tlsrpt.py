@@ -11,8 +11,8 @@ import enum
 import re
 import urllib.parse
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 
+from diag.frozen import frozen
 from diag.policy.lookup import Process, Question, Reply, shown
 from diag.policy.tags import parse_tags
 
@@ -39,7 +39,7 @@ class RptIssue(enum.StrEnum):
     BAD_URI = "bad-uri"  # an entry that is neither mailto: with an address nor https: with a host
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RptUri:
     """One ``rua`` entry: the URI, its scheme, the mail domain or web host it sends to, and whether it is usable."""
 
@@ -49,7 +49,7 @@ class RptUri:
     usable: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsRptRecord:
     """A parsed record: the rua entries and the problems (kind and detail)."""
 
@@ -99,7 +99,7 @@ class RptStatus(enum.StrEnum):
     DNS_ERROR = "dns-error"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsRptFacts:
     """The ``_smtp._tls.<domain>`` lookup: status, the parsed record, the selected texts, the resolver's words."""
 

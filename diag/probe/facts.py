@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
 from datetime import datetime
 
 from diag.config import DEFAULT_MIN_INTERVAL
+from diag.frozen import frozen
 
 __all__ = [
     "Accepted",
@@ -51,7 +51,7 @@ class Stage(enum.StrEnum):
     DATA = "data"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SubmissionTls:
     """The TLS of the submission hop.
 
@@ -69,7 +69,7 @@ class SubmissionTls:
     verify_error: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Accepted:
     """The via accepted the probe: its reply to the end of DATA, when (UTC), and the TLS it was sent over."""
 
@@ -80,7 +80,7 @@ class Accepted:
     tls: SubmissionTls | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Refused:
     """The probe was not accepted.
 
@@ -109,7 +109,7 @@ class Refused:
 # --- the Received lines (diag.probe.received) ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Hop:
     """One ``Received:`` line: one hand-over of the message.
 
@@ -156,7 +156,7 @@ class Hop:
 # --- the connector evidence and the DSNs (diag.probe.judge) -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DiagTrace:
     """One ``X-Diag-Trace`` line: what a diag relay decided for this message (diag.relay.transport).
 
@@ -174,7 +174,7 @@ class DiagTrace:
     tls: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Evidence:
     """What the headers say about the route beyond the Received lines.
 
@@ -205,7 +205,7 @@ class Evidence:
         return self.from_entity.lower() == "hybridonprem"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BounceRecipient:
     """One per-recipient block of a DSN (RFC 3464 §2.3): Final-Recipient, Action, Status, Diagnostic-Code,
     Remote-MTA, each as written (None when absent)."""
@@ -217,7 +217,7 @@ class BounceRecipient:
     remote_mta: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Bounce:
     """A delivery status notification: the reporting MTA, the recipients it reports, and the Message-ID and
     probe token of the message it returns (``returned_message_id``, ``returned_probe``)."""
@@ -252,7 +252,7 @@ class Outcome(enum.StrEnum):
     JUNK = "junk"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Verdict:
     """One conclusion about a probe, with the sentence that explains it and the hop it concerns (if one)."""
 
@@ -264,7 +264,7 @@ class Verdict:
 # --- one probe and the check's facts (diag.probe.run) -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reflected:
     """A round trip (``--round-trip``): the reflector answered the probe and the answer came back.
 
@@ -280,7 +280,7 @@ class Reflected:
     back_s: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Held:
     """A probe that was not sent, although nothing on the way stood against it (security-cases.md PR-08).
 
@@ -298,7 +298,7 @@ class Held:
     problem: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbeFacts:
     """One probe, sent and watched for.
 
@@ -367,7 +367,7 @@ class ProbeFacts:
         return self.accepted is not None or self.refused is not None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class E2eFacts:
     """The probes that concern one domain, in the order the configuration lists them."""
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.message import Message
@@ -29,6 +28,7 @@ from email.parser import BytesHeaderParser, BytesParser, HeaderParser
 from email.utils import parsedate_to_datetime
 from typing import Final
 
+from diag.frozen import frozen
 from diag.probe.facts import Bounce, BounceRecipient, DiagTrace, Evidence, Hop, Outcome, Verdict
 from diag.probe.message import PROBE_HEADER, Kind, Matcher
 from diag.probe.received import parse_hops
@@ -160,7 +160,7 @@ def _evidence(message: Message) -> Evidence:
 # --- delivery -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Delivery:
     """The probe arrived: where, when, along which hops.
 
@@ -274,7 +274,7 @@ def _returned_headers(part: Message) -> Message | None:
 # --- round trips ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RoundTrip:
     """A probe that a reflector answered (``diag probe --round-trip``): the way there and the way back.
 

@@ -22,12 +22,14 @@ import hmac
 import re
 import secrets
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from typing import Final
+
+from diag.frozen import frozen
 
 __all__ = [
     "PROBE_HEADER",
@@ -63,7 +65,7 @@ class Kind(enum.StrEnum):
     OTHER = "other"  # anything else, including other probes and concurrent runs: never touched
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbeToken:
     """The correlation fields of one probe.
 
@@ -91,7 +93,7 @@ class ProbeToken:
         return f"{text}; mac={_mac(key, text)}" if key else text
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Parsed:
     token: ProbeToken
     mac: str | None
@@ -125,7 +127,7 @@ def _parse(value: str) -> _Parsed | None:
     return _Parsed(ProbeToken(run, name, sent_at, nonce), mac)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Matcher:
     """What a watcher looks for: this probe's token and Message-ID, and the key that authenticates tokens.
 
@@ -176,7 +178,7 @@ def _same_id(found: str | None, expected: str) -> bool:
     return found is not None and found.strip() == expected
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Probe:
     """A built probe, ready to submit.
 

@@ -26,12 +26,12 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from diag.config import ProbeConfig
+from diag.frozen import frozen
 
 __all__ = ["SCHEMA", "LastSent", "SentRecord", "default_record_path", "identity"]
 
@@ -61,7 +61,7 @@ def identity(probe: ProbeConfig) -> Identity:
     return (probe.name.lower(), probe.sender.lower(), probe.recipient.lower(), (probe.via or "").lower())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LastSent:
     """The last send of a probe that holds it back.
 

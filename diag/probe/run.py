@@ -39,7 +39,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -48,6 +48,7 @@ import dns.rdtypes.ANY.MX
 
 from diag.config import MAX_PROBES, ConnectorType, Organization, ProbeConfig
 from diag.errors import DnsError, LabError, UsageError
+from diag.frozen import frozen
 from diag.net.dns import DnsStatus, Resolver, name_text
 from diag.probe.facts import Accepted, E2eFacts, Held, ProbeFacts, Reflected, Refused, Stage
 from diag.probe.judge import judge_delivery, judge_round_trip, verdicts
@@ -93,7 +94,7 @@ def _new_run() -> str:
     return new_run_id(datetime.now(UTC))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbeOptions:
     """What probes take from outside their ``[[Probe]]`` tables: run-wide submission options and the secrets.
 
@@ -142,7 +143,7 @@ class ProbeOptions:
         return text.encode("utf-8") if text else None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProbeSetup:
     """Everything a probe needs besides its own table, from the run.
 
@@ -308,7 +309,7 @@ async def _watcher(config: ProbeConfig, setup: ProbeSetup) -> Watcher:
 # --- the route diag predicts --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Prediction:
     connector: str | None = None
     minimum_tls: str | None = None
@@ -476,7 +477,7 @@ async def _clean(watcher: Watcher, own: Sequence[Arrival], late: Sequence[Arriva
 # --- what would be sent ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Plan:
     """What a run would do with one probe (``diag probe --dry-run``), found without sending, logging in or
     recording anything.
@@ -543,7 +544,7 @@ async def plan(config: ProbeConfig, setup: ProbeSetup) -> Plan:
 # --- diag probe ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Request:
     """What ``diag probe`` was asked on its command line (besides the run's options).
 

@@ -27,7 +27,7 @@ import base64
 import ipaddress
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -38,6 +38,7 @@ from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from diag.errors import ConfigError
+from diag.frozen import frozen
 from diag.net.tls import load_key_pair, load_trust_store
 from diag.probe.facts import Accepted, Refused, Stage, SubmissionTls
 from diag.probe.message import Probe
@@ -59,7 +60,7 @@ _REPLY_MAX: Final = 500
 _QUIT_TIMEOUT: Final = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Via:
     """Where the probe enters: ``host`` (the name to verify the certificate for and send as SNI) and ``port``;
     ``address`` is where to connect when it is not ``host`` itself (an MX address the caller resolved)."""
@@ -73,7 +74,7 @@ class Via:
         return f"{self.host}{where}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Credentials:
     """AUTH credentials for submission; the password never appears in a repr or in any returned text."""
 

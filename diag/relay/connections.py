@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-from dataclasses import dataclass
 from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP
+
+from diag.frozen import frozen
 
 __all__ = ["IDLE_UNDER_STRESS", "TOO_MANY_CONNECTIONS", "CappedSMTP", "Connections", "Stress", "peer_ip"]
 
@@ -31,7 +32,7 @@ _COMMAND_PREFIXES: Final = ("smtp_", "auth_")
 IDLE_UNDER_STRESS: Final = b"421 4.4.2 Error: timeout exceeded (idle while the server is busy)\r\n"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Stress:
     """When the server is under pressure, and what counts as idle then.
 

@@ -44,7 +44,6 @@ import itertools
 import random
 import re
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Final, cast
 
 import dns.name
@@ -55,6 +54,7 @@ from aiosmtplib.email import quote_address
 
 from diag.config import OutboundConnector, RelayRole, TlsSettings
 from diag.errors import DnsError
+from diag.frozen import frozen
 from diag.net.dns import Answer, DnsStatus, name_text
 from diag.relay.settings import RelaySettings
 from diag.relay.text import escape
@@ -116,7 +116,7 @@ class TlsLevel(enum.Enum):
     VERIFY = "verify"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsPolicy:
     """The TLS a route demands of every host on it.
 
@@ -136,7 +136,7 @@ class TlsPolicy:
         return self.level is not TlsLevel.OPPORTUNISTIC
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Route:
     """Where a group of recipients goes; recipients with equal routes share one SMTP transaction.
 
@@ -164,7 +164,7 @@ REFLECT: Final = Route("reflect", rule="reflect")  # answered by the reflector, 
 NOWHERE: Final = Route("none", rule="none")  # refused before any route applied
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """One recipient's result of one attempt: the reply (or our own text in the same form) and the host."""
 
@@ -174,7 +174,7 @@ class Outcome:
     host: str = "none"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MessagePlan:
     """What to do with a message's due recipients.
 
@@ -305,7 +305,7 @@ def plan_message(settings: RelaySettings, sender: str, content: bytes, recipient
 # --- one attempt: hosts, addresses, sessions ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Question:
     """The DNS question an :class:`Attempt` needs answered next: ``rdtype`` (MX, A, AAAA) records at ``name``."""
 
@@ -313,7 +313,7 @@ class Question:
     rdtype: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Connect:
     """The address an :class:`Attempt` wants a session with next, and for whom.
 
@@ -330,7 +330,7 @@ class Connect:
     plaintext: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SessionResult:
     """What one SMTP session to one address settled.
 
@@ -348,7 +348,7 @@ class SessionResult:
     plaintext: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Lookup:
     """A host's usable addresses, A before AAAA; ``problem`` when there are none (temporary: DNS failed)."""
 
@@ -357,7 +357,7 @@ class _Lookup:
     temporary: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _RouteFailed:
     """The route has no host to try: ``result`` (DEFERRED or FAILED) with ``reply`` for every recipient on it."""
 

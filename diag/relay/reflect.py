@@ -37,7 +37,6 @@ import os
 import re
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.generator import BytesGenerator
@@ -47,6 +46,7 @@ from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from pathlib import Path
 from typing import Final
 
+from diag.frozen import frozen
 from diag.probe.message import PROBE_HEADER
 from diag.relay.dsn import header_section, headers_part, original_subject
 from diag.relay.spool import Envelope
@@ -96,7 +96,7 @@ class Skip(enum.StrEnum):
     TOTAL_LIMIT = "the reflector's hourly total is reached"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reply:
     """A reply to send.
 
@@ -236,7 +236,7 @@ def reply(
     return Reply(envelope.mail_from.lower(), keys, reply_envelope, buffer.getvalue())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Answered:
     at: datetime
     sender: str

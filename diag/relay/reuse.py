@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Final
 
 import aiosmtplib
+
+from diag.frozen import frozen
 
 __all__ = ["ConnectionCache", "Reusable", "quit_session"]
 
@@ -24,7 +25,7 @@ __all__ = ["ConnectionCache", "Reusable", "quit_session"]
 _EXCHANGE_TIMEOUT: Final = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reusable:
     """An open session and what it was opened with: ``tls`` the TLS version negotiated (or "none"), ``opened``
     the loop time it was opened at."""

@@ -7,20 +7,21 @@ import os
 import socket
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import timedelta
 from pathlib import Path
 
 from diag.config import Organization, RelayConfig, RelayRole
 from diag.config.values import Invalid, plain_mailbox
 from diag.errors import ConfigError, InvalidDomainError
+from diag.frozen import frozen
 from diag.names import mail_domain, port_number
 from diag.net.dns import Nameserver, parse_nameserver
 
 __all__ = ["Limits", "RelaySettings", "resolve_settings"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Limits:
     """Resource limits and schedules (security-cases.md §1.5, §2.5; defaults after Postfix's).
 
@@ -69,7 +70,7 @@ class Limits:
     stress_idle: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RelaySettings:
     """Everything a running relay needs, resolved.
 

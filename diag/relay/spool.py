@@ -26,9 +26,11 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from diag.frozen import frozen
 
 __all__ = ["Envelope", "QueuedMessage", "RecipientState", "RecipientStatus", "Spool", "SpoolError"]
 
@@ -46,7 +48,7 @@ class RecipientState(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Envelope:
     """What the relay knows about a message besides its content.
 
@@ -86,7 +88,7 @@ class Envelope:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RecipientStatus:
     """Where delivery to one recipient stands.
 
@@ -125,7 +127,7 @@ class RecipientStatus:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class QueuedMessage:
     """A message in the queue, with its recipients' states."""
 

@@ -25,7 +25,6 @@ Everything a server sent (banners, EHLO lines, certificate names, DNS names) is 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +45,7 @@ from diag.evidence import (
     show_time,
     text,
 )
+from diag.frozen import frozen
 from diag.model import Report
 from diag.registry import Registry
 from diag.render.json import SCHEMA, kind_problem, report_dict
@@ -182,13 +182,13 @@ def _clip(value: Any, limit: int = _LIMIT) -> str:
 # any check's facts.
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Count:
     severity: str
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Finding:
     anchor: str
     severity: str
@@ -205,7 +205,7 @@ class _Finding:
         return Shown(self.code, self.severity, self.subject, self.anchor)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Check:
     anchor: str
     id: str
@@ -218,7 +218,7 @@ class _Check:
     findings: tuple[_Finding, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Evidence:
     """One card of a domain's evidence: a check's view and its partial, or (template "") the hops of a check
     this diag does not know."""
@@ -229,7 +229,7 @@ class _Evidence:
     section: Section = Section.MAIL
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Section:
     """One part of a domain's evidence (diag.evidence.Section): its heading, a CSS token and its cards."""
 
@@ -243,7 +243,7 @@ class _Section:
         return tuple(dict.fromkeys(e.kind for e in self.evidence))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Domain:
     anchor: str
     name: str
@@ -265,7 +265,7 @@ class _Domain:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Problem:
     """One row of "Problems to fix": a finding of warning or worse, or a check that could not run."""
 
@@ -279,7 +279,7 @@ class _Problem:
     anchor: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Report:
     csp: str
     version: str

@@ -30,12 +30,13 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from diag.codec import encode
 from diag.evidence import STAGES, CertificateExpiry, Measurements, ProbeArrival, StageTimes
+from diag.frozen import frozen
 from diag.model import CheckResult, DomainReport, Finding, Report, Severity, Status, Verdict, subject_host
 from diag.registry import Registry
 from diag.render.text import sanitize
@@ -140,7 +141,7 @@ def _perf(label: str, value: float | None, uom: str = "", *, places: int = 6, wa
     return f"{_perf_label(label)}={shown};{warn};{crit};{minimum};{maximum}".rstrip(";")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Problem:
     rank: tuple[int, int]  # higher is worse: (3 critical, 2 unknown, 1 warning; then severity or status)
     domain: str
@@ -292,7 +293,7 @@ class _Family:
         return family
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Collector:
     """The families of one report, as prometheus_client collects them (a custom collector, no global state)."""
 

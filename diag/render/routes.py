@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import IO, Any
 
+from diag.frozen import frozen
 from diag.model import Finding
 from diag.render.json import finding_dict
 from diag.render.text import sanitize
@@ -17,7 +17,7 @@ __all__ = ["RouteReport", "dumps", "render_plain", "routes_dict"]
 SCHEMA = "diag.routes/1"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RouteReport:
     """One recipient's routing, with the findings about it."""
 

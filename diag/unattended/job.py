@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+
+from diag.frozen import frozen
 
 __all__ = ["Job"]
 
@@ -25,7 +27,7 @@ def _absolute(path: str | Path | None) -> str | None:
     return None if path is None else str(Path(path).absolute())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Job:
     """One unattended job, normalised.
 

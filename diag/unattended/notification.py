@@ -10,10 +10,10 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from diag.errors import DnsError, UsageError
+from diag.frozen import frozen
 
 if TYPE_CHECKING:
     from diag.context import RunOptions
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["Notification"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Notification:
     """When and where to report a run; refused when built if an address, the server or the URL is unusable, so
     that a typo fails at once rather than after the run.

@@ -11,11 +11,11 @@ import enum
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diag.errors import ConfigError, UsageError
+from diag.frozen import frozen
 
 if TYPE_CHECKING:
     from diag.model import Report
@@ -31,7 +31,7 @@ class View(enum.StrEnum):
     NAGIOS = "nagios"  # the Nagios/Icinga plugin line with perfdata
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outputs:
     """Where one result goes; refused when built if a file could not be written there.
 

@@ -13,10 +13,11 @@ import asyncio
 import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diag.frozen import frozen
 from diag.unattended.job import Job
 from diag.unattended.notification import Notification
 from diag.unattended.outputs import Outputs
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["CheckRequest", "execute", "job_lock"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CheckRequest:
     """One ``diag check`` run as asked for, checked and typed.
 

@@ -18,12 +18,13 @@ import abc
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, Self
 
 from diag.errors import ProbeError
+from diag.frozen import frozen
 from diag.probe.judge import Bounce, classify, is_report
 from diag.probe.message import Kind, Matcher
 
@@ -41,7 +42,7 @@ class WatchError(ProbeError, ConnectionError):
     reason = "watch"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Arrival:
     """A message the watcher found that concerns the probe.
 
@@ -65,7 +66,7 @@ class Arrival:
     bounce: Bounce | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Observation:
     """What one wait saw.
 
@@ -84,7 +85,7 @@ class Observation:
     timed_out: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Removal:
     """The clean-up of one arrival: done, or why not (security-cases.md PR-09: a warning, never a verdict)."""
 
@@ -93,7 +94,7 @@ class Removal:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Candidate:
     """A message a watcher hook found since the mark: where it is, and its header section as read."""
 

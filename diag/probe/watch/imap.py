@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeVar
 
+from diag.frozen import frozen
 from diag.probe.judge import MAX_HEADERS, MAX_MESSAGE
 from diag.probe.watch.base import JUNK_NAMES, Arrival, Candidate, Removal, Watcher, WatchError
 
@@ -59,7 +60,7 @@ _STATUS_UIDNEXT: Final = re.compile(rb"\bUIDNEXT (\d+)")
 _UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ImapTarget:
     """Where to watch: ``host``, ``port``, ``folder``, ``implicit_tls`` (imaps), and the user named in the URL."""
 
@@ -74,7 +75,7 @@ class ImapTarget:
         return f"{scheme}://{self.host}:{self.port}/{urllib.parse.quote(self.folder)}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ImapCredentials:
     """Who logs in: ``user`` with a ``password``, or with an OAuth2 access ``token`` (SASL XOAUTH2)."""
 

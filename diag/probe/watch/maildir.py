@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import mailbox
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from diag.frozen import frozen
 from diag.probe.judge import MAX_HEADERS, MAX_MESSAGE
 from diag.probe.watch.base import JUNK_NAMES, Arrival, Candidate, Removal, Watcher, WatchError
 
@@ -25,7 +25,7 @@ INBOX: Final = "INBOX"
 _LATE_WINDOW: Final = 200  # how many of the newest messages already there are checked for late probes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Folder:
     name: str
     path: Path
