@@ -230,8 +230,9 @@ async def probe(ctx: CheckContext) -> MtaStsFacts:
         private = [address for address in addresses if not is_public(address)]
         if private:
             return MtaStsFacts(record, not_fetched=f"its address {private[0]} is not public")
-    fetched = await fetch_policy(ctx.domain, ctx.resolver, ca_file=ctx.options.ca_file, timeout=ctx.options.timeout,
-                                 port=ctx.options.https_port, max_addresses=ctx.options.max_addresses_per_host)
+    fetched = await fetch_policy(ctx.domain, ctx.resolver, context=await ctx.run.https_context(),
+                                 timeout=ctx.options.timeout, port=ctx.options.https_port,
+                                 max_addresses=ctx.options.max_addresses_per_host)
     # The policy judged is a valid one where an address serves it, else the first one served at all.
     served = [(a, parse_policy(a.body)) for a in fetched if judge_fetch(a) is None]
     if not served:

@@ -23,6 +23,8 @@ from diag.policy.orgdomain import OrgDomains
 from diag.routing_order import RoutingOrder
 
 if TYPE_CHECKING:
+    import ssl
+
     from cryptography import x509
 
     from diag.config import Organization
@@ -147,6 +149,7 @@ class RunContext:
         # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
         self._farewells: set[asyncio.Task[None]] = set()
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
+        self._https_context: asyncio.Future[ssl.SSLContext] | None = None
         self._remembered: dict[Hashable, Any] = {}
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
         self._chains: Chains | None = None
@@ -202,6 +205,15 @@ class RunContext:
 
             self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
         return await asyncio.shield(self._trust_store)
+
+    async def https_context(self) -> ssl.SSLContext:
+        """The TLS context of the run's HTTPS fetches (``--ca-file`` or the system store), made once per run: with
+        the system store it costs about 50 ms of CPU (:func:`diag.net.https.client_context`)."""
+        if self._https_context is None:
+            from diag.net.https import client_context
+
+            self._https_context = asyncio.ensure_future(asyncio.to_thread(client_context, self.options.ca_file))
+        return await asyncio.shield(self._https_context)
 
     def remember(self, key: Hashable, make: Callable[[], F]) -> F:
         """What the pure computation ``make`` gives for ``key``, made once per run: the same certificate chain,

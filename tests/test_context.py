@@ -4,6 +4,7 @@ the lab on loopback."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 import pytest
@@ -61,6 +62,20 @@ def test_the_trust_store_is_loaded_once_per_run(lab: Lab) -> None:
             first, second = await asyncio.gather(run.trust_store(), run.trust_store())
             assert first is second and first
             assert any("diag lab" in cert.subject.rfc4514_string() for cert in first)
+        finally:
+            await run.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_https_context_is_made_once_per_run_and_trusts_the_ca_file(lab: Lab) -> None:
+    async def scenario() -> None:
+        run = RunContext(lab.run_options())
+        try:
+            first, second = await asyncio.gather(run.https_context(), run.https_context())
+            assert first is second
+            assert first.verify_mode is ssl.CERT_REQUIRED and first.check_hostname
+            assert any(("organizationName", "diag lab") in rdn for ca in first.get_ca_certs() for rdn in ca["subject"])
         finally:
             await run.aclose()
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from diag.frozen import frozen
 
-__all__ = ["FetchError", "HttpsFacts", "fetch"]
+__all__ = ["FetchError", "HttpsFacts", "client_context", "fetch"]
 
 _GRACE = 1.0  # seconds the outer deadline allows beyond the fetch's own
 _CHUNK = 4096
@@ -99,8 +99,14 @@ class _PinnedConnection(http.client.HTTPSConnection):
             raise
 
 
-def _context(ca_file: Path | None) -> ssl.SSLContext:
-    # create_default_context: CERT_REQUIRED and check_hostname, TLS 1.2 or newer, the system store or ca_file.
+def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """The TLS context of :func:`fetch`: certificates validated against ``ca_file`` or the system store, the host
+    name checked, TLS 1.2 or newer.
+
+    Blocking, and costly with the system store: OpenSSL parses every CA in it, about 50 ms of CPU for the 144 of
+    a Debian system (``ca-certificates``). Make it once and share it between fetches, threads included (a run
+    does: :meth:`diag.context.RunContext.https_context`).
+    """
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
@@ -115,7 +121,7 @@ def _cert_error(exc: ssl.SSLCertVerificationError) -> FetchError:
 
 
 def _get(
-    url: str, host: str, ip: str, port: int, path: str, ca_file: Path | None, timeout: float, cap: int
+    url: str, host: str, ip: str, port: int, path: str, context: ssl.SSLContext, timeout: float, cap: int
 ) -> HttpsFacts:
     deadline = time.monotonic() + timeout
 
@@ -125,7 +131,7 @@ def _get(
             raise TimeoutError("the deadline passed")
         return remaining
 
-    conn = _PinnedConnection(host, ip, port, context=_context(ca_file), timeout=timeout)
+    conn = _PinnedConnection(host, ip, port, context=context, timeout=timeout)
     try:
         conn.connect()
         sock = conn.sock
@@ -182,12 +188,13 @@ async def fetch(
     ip: str,
     path: str,
     *,
+    context: ssl.SSLContext,
     port: int = 443,
-    ca_file: Path | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109 - bounds the whole exchange inside the worker thread, see above
     max_bytes: int = 65536,
 ) -> HttpsFacts:
-    """GET ``https://host:port/path`` from ``ip``; the answer or the failure as facts, never an exception.
+    """GET ``https://host:port/path`` from ``ip`` over ``context`` (:func:`client_context`); the answer or the
+    failure as facts, never an exception.
 
     ``max_bytes`` caps the body (one byte more is read to tell a body of exactly the cap from a larger one).
     """
@@ -195,6 +202,6 @@ async def fetch(
     url = f"https://{host}{shown_port}{path}"
     try:
         async with asyncio.timeout(timeout + _GRACE):
-            return await asyncio.to_thread(_get, url, host, ip, port, path, ca_file, timeout, max_bytes)
+            return await asyncio.to_thread(_get, url, host, ip, port, path, context, timeout, max_bytes)
     except TimeoutError:
         return HttpsFacts(url, ip, error=FetchError.TIMEOUT, detail=f"no complete answer within {timeout:g} s")

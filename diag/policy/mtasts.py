@@ -16,8 +16,8 @@ import asyncio
 import enum
 import ipaddress
 import re
+import ssl
 from collections.abc import Generator, Sequence
-from pathlib import Path
 
 import dns.rdata
 
@@ -293,14 +293,15 @@ async def fetch_policy(
     domain: str,
     resolver: Resolver,
     *,
-    ca_file: Path | None = None,
+    context: ssl.SSLContext,
     timeout: float = 10.0,  # noqa: ASYNC109 - passed to the fetch, which bounds the whole exchange
     port: int = 443,
     max_addresses: int = 10,
 ) -> tuple[HttpsFacts, ...]:
     """Fetch ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` from every address of the host at once (IPv4
-    ones first, then IPv6, each in ascending order), resolved with the run's resolver, its certificate validated
-    against ``ca_file`` or the system store; one answer per address, in that order, within the one ``timeout``.
+    ones first, then IPv6, each in ascending order), resolved with the run's resolver, over ``context``
+    (:func:`diag.net.https.client_context`: the certificate validated against a CA file or the system store); one
+    answer per address, in that order, within the one ``timeout``.
 
     Every address, not only the first that answers: a sender tries them in the order DNS gives (servers rotate
     it) and moves on when one fails, so an address that fails costs some senders time and others the policy,
@@ -318,7 +319,7 @@ async def fetch_policy(
     if not addresses:
         return (HttpsFacts(url, "", error=FetchError.RESOLVE_FAILED, detail=f"{host} has no address"),)
     return tuple(await asyncio.gather(*(
-        fetch(host, ip, POLICY_PATH, port=port, ca_file=ca_file, timeout=timeout, max_bytes=MAX_POLICY_BYTES)
+        fetch(host, ip, POLICY_PATH, context=context, port=port, timeout=timeout, max_bytes=MAX_POLICY_BYTES)
         for ip in addresses[:max_addresses]
     )))  # fmt: skip
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import pytest
 
 from checks import default_registry
 from checks.mtasts import CHECK, MtaStsFacts, assess
 from diag.lab.runner import Lab
-from diag.net.https import FetchError, HttpsFacts
+from diag.net import https
+from diag.net.https import FetchError, HttpsFacts, client_context
 from diag.policy.mtasts import MxCoverage, StsTxtFacts, TxtStatus, parse_policy, parse_txt
 from diag.runner import run_checks
 
@@ -136,6 +139,23 @@ def test_lab_policy_host_certificate_is_validated(lab: Lab) -> None:
     (domain,) = asyncio.run(run_checks(["contoso.com"], registry, options)).domains
     (finding,) = domain.result("mtasts").findings
     assert finding.code == "MTASTS_FETCH_FAILED" and "cert-untrusted" in finding.message
+
+
+def test_a_run_makes_one_tls_context_for_every_policy_fetch(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading the system store costs ~50 ms of CPU: once per run, not once per policy host address
+    made: list[ssl.SSLContext] = []
+
+    def counted(ca_file: Path | None = None) -> ssl.SSLContext:
+        made.append(client_context(ca_file))
+        return made[-1]
+
+    monkeypatch.setattr(https, "client_context", counted)
+    registry = default_registry().select(["mtasts"])
+    domains = ["contoso.com", "stsfailover.example", "stsdiffer.example"]
+    report = asyncio.run(run_checks(domains, registry, lab.run_options()))
+    fetched = [d.result("mtasts").facts for d in report.domains]
+    assert sum(1 + len(f.others) for f in fetched) >= 5  # every address of three policy hosts
+    assert len(made) == 1
 
 
 def test_lab_policy_host_on_a_private_address_is_left_alone(lab: Lab) -> None:

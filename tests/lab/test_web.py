@@ -9,7 +9,7 @@ from pathlib import Path
 
 from diag.lab.pki import TestPKI
 from diag.lab.web import POLICY_PATH, PolicyServer
-from diag.net.https import HttpsFacts, fetch
+from diag.net.https import HttpsFacts, client_context, fetch
 
 IP = "127.0.41.1"
 HOST = "mta-sts.contoso.com"
@@ -37,13 +37,16 @@ def serve_and(tmp_path: Path, action):  # type: ignore[no-untyped-def]
 
 
 def test_the_policy_is_served_as_text_plain(tmp_path: Path) -> None:
-    facts: HttpsFacts = serve_and(tmp_path, lambda port, ca: fetch(HOST, IP, POLICY_PATH, port=port, ca_file=ca))
+    facts: HttpsFacts = serve_and(
+        tmp_path, lambda port, ca: fetch(HOST, IP, POLICY_PATH, port=port, context=client_context(ca))
+    )
     assert (facts.status, facts.content_type, facts.body) == (200, "text/plain", POLICY.encode())
     assert facts.error is None and facts.tls_version in ("TLSv1.2", "TLSv1.3")
 
 
 def test_other_paths_are_not_found(tmp_path: Path) -> None:
-    facts: HttpsFacts = serve_and(tmp_path, lambda port, ca: fetch(HOST, IP, "/", port=port, ca_file=ca))
+    facts: HttpsFacts = serve_and(tmp_path, lambda port, ca: fetch(HOST, IP, "/", port=port,
+                                                                   context=client_context(ca)))
     assert (facts.status, facts.body) == (404, b"")
 
 

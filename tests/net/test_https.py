@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from diag.lab.pki import CertKind, TestPKI
-from diag.net.https import FetchError, HttpsFacts, fetch
+from diag.net.https import FetchError, HttpsFacts, client_context, fetch
 
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: *.contoso.com\r\nmax_age: 86400\r\n"
 ROUTES: dict[str, tuple[int, dict[str, str], bytes]] = {
@@ -44,7 +44,7 @@ class Server:
 
     def __init__(self, tmp: Path) -> None:
         pki = TestPKI.create()
-        self.ca_file = pki.write_root(tmp / "root.pem")
+        self.context = client_context(pki.write_root(tmp / "root.pem"))
         contexts: dict[str, ssl.SSLContext] = {}
         leaves = {
             "good.test": pki.issue(["good.test"]),
@@ -71,7 +71,7 @@ class Server:
 
     def get(self, host: str, path: str = "/.well-known/mta-sts.txt", **kwargs: object) -> HttpsFacts:
         return asyncio.run(
-            fetch(host, "127.0.0.1", path, port=self.port, ca_file=self.ca_file, timeout=10.0, **kwargs)  # type: ignore[arg-type]
+            fetch(host, "127.0.0.1", path, context=self.context, port=self.port, timeout=10.0, **kwargs)  # type: ignore[arg-type]
         )
 
 
@@ -111,7 +111,7 @@ def test_certificate_failures_are_named_and_nothing_is_read(server: Server, host
 
 
 def test_without_the_ca_file_the_system_store_does_not_trust_the_lab(server: Server) -> None:
-    facts = asyncio.run(fetch("good.test", "127.0.0.1", "/", port=server.port, timeout=10.0))
+    facts = asyncio.run(fetch("good.test", "127.0.0.1", "/", context=client_context(), port=server.port, timeout=10.0))
     assert facts.error is FetchError.CERT_UNTRUSTED
 
 
@@ -137,5 +137,5 @@ def test_status_and_media_type_are_facts_for_the_judge(
 
 
 def test_a_closed_port_is_refused() -> None:
-    facts = asyncio.run(fetch("good.test", "127.0.0.1", "/", port=1, timeout=5.0))
+    facts = asyncio.run(fetch("good.test", "127.0.0.1", "/", context=client_context(), port=1, timeout=5.0))
     assert facts.error is FetchError.REFUSED

@@ -15,7 +15,7 @@ import pytest
 from diag.lab.dns import DnsServer, ZoneData
 from diag.lab.pki import TestPKI
 from diag.net.dns import Nameserver, Resolver
-from diag.net.https import FetchError, HttpsFacts
+from diag.net.https import FetchError, HttpsFacts, client_context
 from diag.policy.lookup import ReplyStatus
 from diag.policy.mtasts import (
     FetchProblem,
@@ -198,8 +198,9 @@ def test_the_policy_is_fetched_from_the_address_the_run_s_resolver_gives(policy_
         dns_port = await server.start("127.0.53.14")
         try:
             resolver = Resolver([Nameserver("127.0.53.14", dns_port)], timeout=5.0)
-            found = await fetch_policy("contoso.test", resolver, ca_file=ca_file, port=port, timeout=10.0)
-            missing = await fetch_policy("nowhere.contoso.test", resolver, ca_file=ca_file, port=port, timeout=10.0)
+            context = client_context(ca_file)
+            found = await fetch_policy("contoso.test", resolver, context=context, port=port, timeout=10.0)
+            missing = await fetch_policy("nowhere.contoso.test", resolver, context=context, port=port, timeout=10.0)
             return found, missing
         finally:
             await server.close()
