@@ -61,6 +61,43 @@ class Own:
         return f"<{self.name}>"
 
 
+@frozen
+class OwnEquality:
+    name: str
+    port: int = 25
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OwnEquality) and self.name.lower() == other.name.lower()
+
+
+@frozen
+class OwnHash:
+    name: str
+
+    def __hash__(self) -> int:
+        return 7
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedOwnEquality:
+    name: str
+    port: int = 25
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GeneratedOwnEquality) and self.name.lower() == other.name.lower()
+
+
+@frozen
+class Derived(Shared):
+    pass
+
+
+class Outer:
+    @frozen
+    class Inner:
+        value: int
+
+
 SAMPLES = [
     ("mx1", 25, ("a",), "secret", 1.5),
     ("mx1", 25, ("a",), None, 2.5),
@@ -90,10 +127,27 @@ def test_equality_and_hash_follow_the_compared_fields_as_the_dataclass_ones_do(
         assert hash(Shared(*left)) == hash(Shared(*right))
 
 
+def test_records_that_differ_in_any_compared_field_hash_apart() -> None:
+    records = [
+        Shared("mx1"),
+        Shared("mx2"),
+        Shared("mx1", 587),
+        Shared("mx1", tags=("a",)),
+        Shared("mx1", password="x"),
+    ]
+
+    assert len({hash(r) for r in records}) == len(records)
+    assert len(set(records)) == len(records)
+    assert {Shared("mx1", noted=1.0): "first"}[Shared("mx1", noted=2.0)] == "first"
+
+
 def test_instances_of_different_classes_are_never_equal() -> None:
     other: object = Other("mx1")
     assert Shared("mx1") != other
     assert Shared("mx1").__eq__(other) is NotImplemented
+    derived: object = Derived("mx1")
+    assert Shared("mx1") != derived and derived != Shared("mx1")
+    assert Generated("mx1") != derived
     as_tuple: object = ("mx1", 25, (), None, 0.0)
     assert Shared("mx1") != as_tuple
 
@@ -101,7 +155,7 @@ def test_instances_of_different_classes_are_never_equal() -> None:
 def test_a_single_field_compares_as_a_tuple_does_and_no_field_at_all_is_equal_to_itself() -> None:
     nan = float("nan")
 
-    assert Single(nan) == Single(nan)  # as (nan,) == (nan,): the same object
+    assert Single(nan) == Single(nan)  # as (nan,) == (nan,), and as dataclasses' own __eq__ before Python 3.13
     assert Single(1.0) != Single(2.0)
     assert hash(Single(1.0)) == hash(Single(1.0))
     assert Empty() == Empty()
@@ -112,6 +166,17 @@ def test_a_single_field_compares_as_a_tuple_does_and_no_field_at_all_is_equal_to
 def test_a_method_the_class_defines_is_kept() -> None:
     assert repr(Own("x")) == "<x>"
     assert Own("x") == Own("x")
+    assert OwnEquality("MX", 25) == OwnEquality("mx", 587)
+    assert hash(OwnHash("a")) == 7
+
+
+def test_a_class_defining_eq_alone_is_hashed_by_its_fields_as_a_dataclass_is() -> None:
+    assert hash(GeneratedOwnEquality("mx")) == hash(GeneratedOwnEquality("mx"))  # dataclasses add a hash
+    assert hash(OwnEquality("mx", 25)) == hash(OwnEquality("mx", 25)) != hash(OwnEquality("mx", 587))
+
+
+def test_repr_names_a_nested_class_by_its_qualified_name() -> None:
+    assert repr(Outer.Inner(1)) == "Outer.Inner(value=1)"
 
 
 def test_repr_of_a_record_that_contains_itself_does_not_recurse() -> None:
