@@ -18,7 +18,8 @@ is the anchor, on the domain's first MX, in the same rounds: with its own DNS lo
 ``unshare`` (posttls-finger reads /etc/resolv.conf, which a private mount namespace points at the lab's DNS server;
 the lab's DNS then listens on port 53), and always on the MX's address given as ``[IP]:PORT`` without DNS. The same
 checks also run in the benchmark's own process (``run_checks``, the lab's organization left out as on the command
-line): the probes' time without a process's start-up. Record results with the machine in bench/README.md.
+line): the probes' time without a process's start-up. With ``--baseline``, the paired difference as in
+bench/startup.py. Record results with the machine in bench/README.md.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from startup import Run, run_process, summary
+from startup import Run, paired, run_process, summary
 
 from checks import default_registry
 from diag.lab.runner import Lab
@@ -148,6 +149,8 @@ async def measure_latency(latency: float, repeat: int, domain: str, *, dns_port:
     for name, measured in runs.items():
         print(summary(name, [run.wall for run in measured], None))
     print(summary(f"run_checks({domain}) in process", probes, None))
+    for line in paired(runs):
+        print(line)
     print(f"in process / critical path: {statistics.median(probes) / critical:.2f}")
     for name, median in medians.items():
         if name.startswith("diag"):

@@ -8,7 +8,10 @@ round) so that a load that comes and goes on a shared machine falls on all of th
 median, the spread, the median over bare Python and the ratio to it. The check is ``diag check contoso.com`` with
 ``--resolver``, ``--smtp-port`` and ``--ca-file`` of a lab this script starts once (in its own event loop, in
 this process), with the history and the lock in a temporary directory, as a cron job would run it (stdout is not
-a terminal).
+a terminal). With ``--baseline DIR`` (an earlier source tree, first on the path) each diag command also runs from
+it in the same rounds, and a last line per command gives the median of the differences within each round: on a
+VM whose speed drifts within minutes, that paired difference shows a change of a few per cent that the two
+medians' spread hides.
 
 ``--importtime`` also runs each diag command five times under ``python -X importtime`` and lists the modules it
 imports, each with its median time: the 20 with the largest own import time, and the time per top-level
@@ -30,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +146,24 @@ def summary(name: str, samples: list[float], bare: float | None) -> str:
     return line
 
 
+def paired(runs: Mapping[str, Sequence[Run]], what: str = "wall") -> list[str]:
+    """For each command measured with ``--baseline`` too: the median of its differences to the baseline within each
+    round (``what``: "wall" or "cpu"). The two ran one after the other, so a load that comes and goes on a shared
+    machine falls on both: paired, a difference of a few per cent shows where the medians' spread hides it."""
+    lines = []
+    for name, measured in runs.items():
+        before = runs.get(f"{name} (baseline)")
+        if before is None:
+            continue
+        differences = sorted(getattr(a, what) - getattr(b, what) for a, b in zip(measured, before, strict=True))
+        quarter = len(differences) // 4
+        median = statistics.median(differences) * 1000
+        lines.append(f"{name:<35} {what} minus the baseline's, paired: median {median:+7.1f} ms   middle half "
+                     f"{differences[quarter] * 1000:+.1f} to {differences[-1 - quarter] * 1000:+.1f}"
+                     f"   n={len(differences)}")  # fmt: skip
+    return lines
+
+
 async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
     from diag.lab.runner import Lab
 
@@ -189,6 +210,8 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
         for name, measured in runs.items():
             values = [getattr(run, what) for run in measured]
             print("  " + summary(name, values, None if name.startswith("bare") else bare))
+        for line in paired(runs, what):
+            print("  " + line)
     print(summary("lab start (in process)", starts, None))
     for name, runs_of_it in listings.items():
         print()
