@@ -10,9 +10,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from checks.port25 import Port25Facts
 from diag import evidence as ev
@@ -20,8 +18,11 @@ from diag.context import CheckContext
 from diag.evidence import CertificateExpiry, Evidence, Failing, Measurements, Observed, Shown
 from diag.frozen import frozen
 from diag.model import Finding, Severity
-from diag.net.tls import CertInfo, Trust, examine_chain, name_matches
+from diag.net.tls_facts import CertInfo, Trust, name_matches
 from diag.registry import Check, Outcome
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "CHECK",
@@ -203,6 +204,8 @@ def _trust_findings(p: PresentedCert) -> list[Finding]:
 def examine(host: str, endpoint: str, chain_der: tuple[bytes, ...], store: tuple[x509.Certificate, ...],
             now: datetime) -> PresentedCert:  # fmt: skip
     """Parse and verify one presented chain (computation only, no I/O)."""
+    from diag.net.tls import examine_chain  # cryptography: see probe
+
     chain, verdict = examine_chain(chain_der, store, at=now)
     return PresentedCert(endpoint, host, chain, verdict.trust, verdict.detail)
 
@@ -359,6 +362,10 @@ async def probe(ctx: CheckContext) -> CertificateFacts | None:
     with_tls = [(p, p.session.tls) for p in port25.probed if p.session.tls is not None and p.session.tls.chain_der]
     if not with_tls:
         return None
+    # cryptography, which diag.net.tls loads, is not needed before the first handshake: the run imports it in a
+    # thread meanwhile (CHECK.lazy_imports), off the way to the first packet.
+    from diag.net.tls import examine_chain
+
     store = await ctx.run.trust_store()
     # To the second, as reports write the time: then every domain whose MX shares an address within that second
     # shares one parse and verification of its chain (a run over thousands of domains meets few chains).
@@ -386,6 +393,7 @@ CHECK = Check(
     evidence=Evidence("certificates", view),
     measure=measure,
     requires=("port25",),
+    lazy_imports=("diag.net.tls",),  # cryptography, to examine the chains (probe)
     codes={
         "CERT_OK": Severity.INFO,
         "CERT_EXPIRED": Severity.CRITICAL,

@@ -33,7 +33,7 @@ from diag.evidence import Evidence, Failing, Observed, Shown
 from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
-from diag.net.smtp import SessionError, SessionFacts
+from diag.net.smtp_facts import SessionError, SessionFacts
 from diag.net.tls import CertInfo, Trust, examine_chain
 from diag.registry import Check, Outcome
 from diag.routing import (

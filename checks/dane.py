@@ -465,6 +465,7 @@ CHECK = Check(
     requires=("mx", "port25", "dnssec"),
     operations=6,
     tags=frozenset({"dnssec"}),
+    lazy_imports=("diag.net.tls",),  # cryptography, to match the records (diag.policy.dane.match_chain)
     codes={
         "DANE_OK": Severity.INFO,
         "DANE_NONE": Severity.INFO,

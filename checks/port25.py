@@ -17,7 +17,7 @@ from diag.context import NOT_PUBLIC, CheckContext
 from diag.evidence import STAGES, Evidence, Measurements, Observed, StageTimes
 from diag.frozen import frozen
 from diag.model import CheckResult, Finding, Severity, Status
-from diag.net.smtp import SessionError, SessionFacts, SessionStage
+from diag.net.smtp_facts import SessionError, SessionFacts, SessionStage
 from diag.registry import Check, Outcome, Summary
 
 __all__ = [
@@ -406,6 +406,7 @@ CHECK = Check(
     measure=measure,
     requires=("mx",),
     tags=frozenset({"sessions"}),
+    lazy_imports=("diag.net.smtp",),  # aiosmtplib, for the sessions (RunContext.smtp_session)
     timeout=10.0,
     # connect, greeting, EHLO, STARTTLS, handshake, EHLO, QUIT: one after another in each session (the
     # sessions themselves run concurrently), plus one more for waiting on the per-host connection limit.

@@ -10,7 +10,7 @@ from checks.port25 import Port25Facts, Probed
 from diag.context import CheckContext
 from diag.frozen import frozen
 from diag.model import Finding, Severity
-from diag.net.smtp import SessionError, SessionStage
+from diag.net.smtp_facts import SessionError, SessionStage
 from diag.registry import Check, Outcome
 
 __all__ = ["CHECK", "OLD_PROTOCOLS", "StarttlsFacts", "assess", "probe"]

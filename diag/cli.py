@@ -233,16 +233,16 @@ def _parse_resolver(text: str) -> Nameserver:
 
 
 def _check_ca_file(path: Path) -> Path:
-    from cryptography import x509
+    # Loaded as the run's TLS will load it (ssl, which asyncio imports anyway): cryptography, which the certificate
+    # check parses it with, the run imports in a thread (RunContext's lazy_imports), off the way to the first packet.
+    import ssl
 
     try:
-        data = path.read_bytes()
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:  # before OSError, which it is
+        raise ConfigError(f"--ca-file {str(path)!r}: no PEM certificate in it (expected CA certificates)") from None
     except OSError as exc:
         raise ConfigError(f"--ca-file {str(path)!r}: cannot read it: {exc.strerror}") from None
-    try:
-        x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ConfigError(f"--ca-file {str(path)!r}: no PEM certificate in it (expected CA certificates)") from None
     return path
 
 

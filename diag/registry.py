@@ -121,6 +121,9 @@ class Check:
         waits: optional function of the run's options giving the seconds the check waits beyond its network
             operations (the ``e2e`` check waits for its probes to arrive, up to their Deadline); added to its
             budget.
+        lazy_imports: modules the check's run imports only when it first needs them, because they take long to
+            import (cryptography, aiosmtplib) and nothing before the run's first packet needs them: a run imports
+            them in a thread as it starts, while its first questions are in flight (:class:`RunContext`).
     """
 
     id: str
@@ -137,6 +140,7 @@ class Check:
     evidence: Evidence | None = None
     measure: Callable[[Mapping[str, Any]], Measurements] | None = None
     waits: Callable[[RunOptions], float] | None = None
+    lazy_imports: tuple[str, ...] = ()
 
     def finding(
         self,
@@ -205,6 +209,10 @@ class Registry:
     def tagged(self, tag: str) -> bool:
         """Does any check of the registry carry ``tag``?"""
         return any(tag in check.tags for check in self._checks.values())
+
+    def lazy_imports(self) -> tuple[str, ...]:
+        """The :attr:`Check.lazy_imports` of every check, each module once, in registration order."""
+        return tuple(dict.fromkeys(module for check in self._checks.values() for module in check.lazy_imports))
 
     def __len__(self) -> int:
         return len(self._checks)

@@ -46,7 +46,7 @@ from typing import Any
 
 from diag.context import RunContext, RunOptions
 from diag.model import DomainReport
-from diag.net.smtp import SessionFacts
+from diag.net.smtp_facts import SessionFacts
 from diag.registry import Registry
 from diag.render.json import EntryWriter
 from diag.results import Checked, ResultFile, RunResults, Stored, checked, unchecked
@@ -87,7 +87,8 @@ async def check_many(
     check does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
-    run = RunContext(options, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec"))
+    run = RunContext(options, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec"),
+                     lazy_imports=registry.lazy_imports())
 
     def add(result: Checked) -> None:
         results.add(result)
@@ -287,7 +288,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         return facts
 
     run = RunContext(
-        options, sessions=session, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec")
+        options, sessions=session, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec"),
+        lazy_imports=registry.lazy_imports(),
     )
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +82,37 @@ def test_the_https_context_is_made_once_per_run_and_trusts_the_ca_file(lab: Lab)
             await run.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_lazy_imports_are_imported_in_a_thread_and_one_that_fails_is_left_to_its_user(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module whose import waits for the test's word, one that cannot be imported, and the gate between them
+    gate = "import threading\nentered, go = threading.Event(), threading.Event()\n"
+    (tmp_path / "diag_test_gate.py").write_text(gate)
+    (tmp_path / "diag_test_slow_module.py").write_text(
+        "import threading\nimport diag_test_gate\nIMPORTED_IN = threading.current_thread().name\n"
+        "diag_test_gate.entered.set()\nassert diag_test_gate.go.wait(30)\n"
+    )
+    (tmp_path / "diag_test_broken_module.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("diag_test_gate", "diag_test_slow_module", "diag_test_broken_module"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import diag_test_gate  # type: ignore[import-not-found]
+
+    async def scenario() -> None:
+        run = RunContext(lab.run_options(), lazy_imports=("diag_test_broken_module", "diag_test_slow_module"))
+        await run.aclose()
+
+    # The run is made and closed while the slow import is still under way: the imports do not hold it up
+    asyncio.run(scenario())
+    assert diag_test_gate.entered.wait(30)
+    diag_test_gate.go.set()
+    import diag_test_slow_module  # type: ignore[import-not-found]  # waits for the thread's import to end
+
+    assert diag_test_slow_module.IMPORTED_IN == "diag-imports"
+    with pytest.raises(ImportError, match="broken on purpose"):
+        import diag_test_broken_module  # type: ignore[import-not-found]  # noqa: F401
 
 
 def test_facts_of_a_required_check_are_typed(lab: Lab) -> None:

@@ -89,6 +89,13 @@ def test_select_pulls_in_requirements() -> None:
         registry.select(["zzz"])
 
 
+def test_lazy_imports_are_every_check_s_each_once_in_registration_order() -> None:
+    first = dataclasses.replace(spec("a"), lazy_imports=("heavy.one", "heavy.two"))
+    second = dataclasses.replace(spec("b", "a"), lazy_imports=("heavy.two", "heavy.three"))
+    assert Registry([first, second, spec("c")]).lazy_imports() == ("heavy.one", "heavy.two", "heavy.three")
+    assert Registry([spec("c")]).lazy_imports() == ()
+
+
 def test_every_check_module_is_registered() -> None:
     on_disk = {info.name for info in pkgutil.iter_modules(checks.__path__)}
     assert on_disk == set(MODULES)

@@ -1,4 +1,6 @@
-"""Certificates as facts, with cryptography: parse what a server sent, verify the chain, match host names.
+"""Certificates as facts, with cryptography: parse what a server sent, verify the chain, match host names. The
+facts themselves (:class:`CertInfo`, :class:`Trust`) and the name matching are in :mod:`diag.net.tls_facts`,
+which needs no cryptography; they are imported here too.
 
 Verification never fetches missing intermediates (the cloud service does not either: exchange-model.md §5.2,
 "Exchange Online doesn't fetch intermediate certificates on-demand"), so a server that sends only its leaf
@@ -7,7 +9,6 @@ is found out here exactly as it would be there.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import ssl
 import warnings
@@ -25,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from diag.errors import ConfigError
-from diag.frozen import frozen
+from diag.net.tls_facts import WEAK_HASHES, CertInfo, Trust, TrustVerdict, name_matches
 
 __all__ = [
     "MALFORMED_ERRORS",
@@ -40,65 +41,9 @@ __all__ = [
     "verify_chain",
 ]
 
-_WEAK_HASHES = ("sha1", "md5")
-
 # What cryptography raises for a certificate it cannot parse: bad DER, a malformed or repeated extension, an
 # unknown X.509 version, a name of a type it does not know.
 MALFORMED_ERRORS = (ValueError, x509.DuplicateExtension, x509.InvalidVersion, x509.UnsupportedGeneralNameType)
-
-
-class Trust(enum.StrEnum):
-    """What chain verification concluded."""
-
-    TRUSTED = "trusted"
-    SELF_SIGNED = "self-signed"
-    INCOMPLETE = "incomplete"
-    UNTRUSTED = "untrusted"
-    WEAK_SIGNATURE = "weak-signature"
-    MALFORMED = "malformed"
-
-
-@frozen
-class TrustVerdict:
-    """The chain verification's conclusion and, when it failed, the verifier's words."""
-
-    trust: Trust
-    detail: str = ""
-
-
-@frozen
-class CertInfo:
-    """One certificate, as a person reads it.
-
-    Attributes:
-        subject, issuer: distinguished names (RFC 4514 text).
-        common_names: the subject's CN values.
-        dns_names: the subjectAltName DNS names.
-        not_before, not_after: the validity period (UTC).
-        key_type: ``RSA``, ``EC``, ``Ed25519``, ``Ed448`` or ``DSA``.
-        key_bits: the key size in bits.
-        signature_hash: the signature's hash algorithm (``sha256``), or None where the algorithm has none.
-        sha256: the SHA-256 fingerprint of the DER encoding, hex.
-        self_issued: subject and issuer are the same name.
-        pem: the certificate itself.
-    """
-
-    subject: str
-    issuer: str
-    common_names: tuple[str, ...]
-    dns_names: tuple[str, ...]
-    not_before: datetime
-    not_after: datetime
-    key_type: str
-    key_bits: int
-    signature_hash: str | None
-    sha256: str
-    self_issued: bool
-    pem: str
-
-    @property
-    def weak_signature(self) -> bool:
-        return self.signature_hash in _WEAK_HASHES
 
 
 def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
@@ -211,7 +156,7 @@ def verify_chain(
     a client certificate at the handshake) instead of a server's.
     """
     leaf, intermediates = chain[0], list(chain[1:])
-    if any(_signature_hash(cert) in _WEAK_HASHES for cert in chain if cert not in store):
+    if any(_signature_hash(cert) in WEAK_HASHES for cert in chain if cert not in store):
         # cryptography refuses SHA-1/MD5 signatures outright, so trust cannot be judged beyond that.
         return TrustVerdict(Trust.WEAK_SIGNATURE, "the chain carries a SHA-1 or MD5 signature")
     if leaf.subject == leaf.issuer and leaf not in store and _signed_by(leaf, leaf):
@@ -281,24 +226,3 @@ def _own_name(leaf: x509.Certificate) -> str:
     for name in _dns_names(leaf) or _common_names(leaf):
         return f"x{name[1:]}" if name.startswith("*.") else name
     return "invalid"
-
-
-def name_matches(host: str, info: CertInfo) -> bool:
-    """RFC 6125 §6.4: does the certificate name ``host``?
-
-    DNS names from subjectAltName; the subject CN only when there are none (§6.4.4); a wildcard only as the
-    whole left-most label, standing for exactly one label, never directly under a top-level domain (§6.4.3).
-    Names compare without their trailing dot and without regard to case (security-cases.md PC-11).
-    """
-    wanted = host.rstrip(".").lower()
-    for pattern in info.dns_names or info.common_names:
-        candidate = pattern.rstrip(".").lower()
-        if candidate == wanted:
-            return True
-        if candidate.startswith("*.") and candidate.count(".") >= 2:
-            first, _, rest = wanted.partition(".")
-            if first and rest == candidate[2:]:
-                return True
-    return False
-
-

@@ -14,6 +14,9 @@ the chain a mail host presented satisfies it. What an SMTP client may use (RFC 7
 
 Matching types: 0 the full data, 1 SHA-256, 2 SHA-512 (RFC 6698 §2.1.3). A host is authenticated when any
 usable record matches; a TLSA set without a usable record is as if there were none (RFC 7672 §2.2).
+
+The matching imports cryptography when it first runs, not with this module: the dane check's run imports it in a
+thread meanwhile (``lazy_imports``), off the way to the run's first packet.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import hashlib
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.utils import CryptographyDeprecationWarning
+from typing import TYPE_CHECKING
 
 from diag.frozen import frozen
-from diag.net.tls import MALFORMED_ERRORS, Trust, cert_info, name_matches, verify_chain
+from diag.net.tls_facts import Trust, name_matches
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "Outcome",
@@ -139,6 +142,8 @@ class TlsaMatch:
 
 
 def _selected(cert: x509.Certificate, selector: int) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     if selector == 0:
         return cert.public_bytes(serialization.Encoding.DER)
     return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -155,6 +160,11 @@ def _associated(cert: x509.Certificate, record: TlsaRecord) -> bool:
 
 def _load(chain_der: Sequence[bytes]) -> list[x509.Certificate]:
     """The readable prefix of the chain (a certificate that cannot be parsed ends it, as in diag.net.tls)."""
+    from cryptography import x509
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    from diag.net.tls import MALFORMED_ERRORS
+
     certs: list[x509.Certificate] = []
     for der in chain_der:
         try:
@@ -199,6 +209,8 @@ def _trust_anchored(
     record: TlsaRecord, chain: list[x509.Certificate], names: tuple[str, ...], at: datetime
 ) -> TlsaMatch:
     """DANE-TA: the matched certificate, last in ``chain``, is the trust anchor of the rest."""
+    from diag.net.tls import MALFORMED_ERRORS, cert_info, verify_chain
+
     position = len(chain) - 1
     verdict = verify_chain(chain[:-1], [chain[-1]], at=at)
     if verdict.trust is not Trust.TRUSTED:
