@@ -20,9 +20,7 @@ import asyncio
 import ipaddress
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from checks.mx import MxFacts
 from diag import evidence as ev
@@ -34,7 +32,7 @@ from diag.frozen import frozen
 from diag.model import Finding, Severity
 from diag.net.dns import DnsStatus
 from diag.net.smtp_facts import SessionError, SessionFacts
-from diag.net.tls import CertInfo, Trust, examine_chain
+from diag.net.tls_facts import CertInfo, Trust
 from diag.registry import Check, Outcome
 from diag.routing import (
     RelayDecision,
@@ -46,6 +44,9 @@ from diag.routing import (
     relay_decision,
     route_both,
 )
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "CHECK",
@@ -456,6 +457,8 @@ def _who(inbound: InboundFacts) -> str:
 
 async def _probe_smart_host(ctx: CheckContext, name: str, store: tuple[x509.Certificate, ...], now: datetime
                             ) -> list[SmartHostProbe]:  # fmt: skip
+    from diag.net.tls import examine_chain  # cryptography: see CHECK.lazy_imports
+
     try:
         ipaddress.ip_address(name)
         addresses: tuple[str, ...] = (name,)
@@ -528,6 +531,8 @@ async def run(ctx: CheckContext) -> Outcome:
 
 def _inbound(ctx: CheckContext, org: Organization, domain: str, onprem: list[SmartHostProbe],
              store: tuple[x509.Certificate, ...], now: datetime) -> InboundFacts:  # fmt: skip
+    from diag.net.tls import examine_chain  # cryptography: see CHECK.lazy_imports
+
     chain_der, source = ctx.options.client_cert, "client-cert"
     if not chain_der:
         sessions = (p.session for p in onprem if p.session is not None)
@@ -707,6 +712,7 @@ CHECK = Check(
     evidence=Evidence("routing", view),
     requires=("mx",),
     tags=frozenset({"config"}),
+    lazy_imports=("diag.net.tls",),  # cryptography, to examine the chains (_probe_smart_host, _inbound)
     timeout=10.0,
     operations=9,  # smart-host address lookups, then a whole SMTP session (see port25)
     codes={

@@ -233,16 +233,20 @@ def _parse_resolver(text: str) -> Nameserver:
 
 
 def _check_ca_file(path: Path) -> Path:
-    # Loaded as the run's TLS will load it (ssl, which asyncio imports anyway): cryptography, which the certificate
-    # check parses it with, the run imports in a thread (RunContext's lazy_imports), off the way to the first packet.
-    import ssl
+    # As the certificate check will read it (diag.net.tls.load_trust_store), before the run: a file the ssl
+    # module loads may still hold nothing cryptography reads (TRUSTED CERTIFICATE blocks, a CRL alone, a
+    # certificate that is not strict DER). This imports cryptography's X.509 before the first packet, which the
+    # run otherwise leaves to its import thread (Check.lazy_imports); only runs given --ca-file pay it.
+    from cryptography import x509
 
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
-    except ssl.SSLError:  # before OSError, which it is
-        raise ConfigError(f"--ca-file {str(path)!r}: no PEM certificate in it (expected CA certificates)") from None
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"--ca-file {str(path)!r}: cannot read it: {exc.strerror}") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except (ValueError, x509.InvalidVersion):
+        raise ConfigError(f"--ca-file {str(path)!r}: no PEM certificate in it (expected CA certificates)") from None
     return path
 
 

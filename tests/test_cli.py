@@ -203,6 +203,32 @@ def test_usage_errors_exit_3_with_one_line(args: list[str], fragment: str) -> No
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("kind", ["trusted", "crl", "version"])
+def test_a_ca_file_cryptography_cannot_read_is_refused_before_the_run(tmp_path: Path, kind: str) -> None:
+    """The certificate check reads the CAs with cryptography, which reads neither OpenSSL's own TRUSTED CERTIFICATE
+    blocks (Fedora's trust bundle, which the ssl module loads), nor a file holding only a CRL, nor a certificate
+    with a version X.509 does not have. Refused at once, in one line, not in the middle of the run."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from diag.lab.pki import TestPKI
+
+    der = TestPKI.create().root.public_bytes(Encoding.DER)
+    if kind == "version":  # the version field of a v3 certificate, [0] EXPLICIT INTEGER 2, made 5
+        assert b"\xa0\x03\x02\x01\x02" in der
+        der = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x05", 1)
+    label = {"trusted": "TRUSTED CERTIFICATE", "crl": "X509 CRL", "version": "CERTIFICATE"}[kind]
+    body = base64.encodebytes(der).decode("ascii")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(f"-----BEGIN {label}-----\n{body}-----END {label}-----\n")
+    done = diag("check", "contoso.com", "--resolver", "127.0.0.1:9", "--ca-file", str(ca_file))
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        f"diag: error: --ca-file {str(ca_file)!r}: no PEM certificate in it (expected CA certificates)"
+    ]
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -245,3 +245,41 @@ def test_workers_run_the_installed_diag_not_one_in_the_current_directory(lab: La
     assert not (tmp_path / "ran").exists()
     assert done.returncode == 0, done.stderr
     assert [d["checks"][0]["status"] for d in json.loads(out.read_text())["domains"]] == ["completed"] * 2
+
+
+LAZY_CHECKS = """
+import asyncio, sys
+from diag.registry import Outcome
+
+async def run(ctx):
+    for _ in range(1000):  # until the run's import thread has begun the import (or 10 s: then it never will)
+        if "lazy_marker" in sys.modules:
+            break
+        await asyncio.sleep(0.01)
+    import lazy_marker  # waits for that import to end, or imports it here if the run never did
+    return Outcome(None, ())
+"""
+
+
+@pytest.mark.parametrize("engine", ["run_checks", "check_many"])
+def test_a_run_imports_its_checks_lazy_imports_in_its_import_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    # Given a check that names a module in lazy_imports and waits for it in its run
+    (tmp_path / "lazy_checks.py").write_text(LAZY_CHECKS)
+    (tmp_path / "lazy_marker.py").write_text("import threading\nIMPORTED_IN = threading.current_thread().name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lazy_marker", raising=False)
+    from lazy_checks import run  # type: ignore[import-not-found]
+
+    registry = Registry([Check("probe", "Probe", run, {}, lazy_imports=("lazy_marker",))])
+    # When the engine runs it
+    if engine == "run_checks":
+        from diag.runner import run_checks
+
+        asyncio.run(run_checks(["a.example"], registry, RunOptions()))
+    else:
+        with RunResults(1, registry) as results:
+            asyncio.run(check_many(("a.example",), registry, RunOptions(), results, workers=1))
+    # Then the run's import thread imported it, not the check
+    assert sys.modules["lazy_marker"].IMPORTED_IN == "diag-imports"

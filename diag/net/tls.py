@@ -141,7 +141,7 @@ def _load_pem_file(path: Path) -> tuple[x509.Certificate, ...]:
             # the operator's trust decision, not ours to warn about on every run.
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             return tuple(x509.load_pem_x509_certificates(path.read_bytes()))
-    except (OSError, ValueError) as exc:
+    except (OSError, *MALFORMED_ERRORS) as exc:
         raise ConfigError(f"cannot load CA certificates from {path}: {exc}") from None
 
 

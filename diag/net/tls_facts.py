@@ -88,5 +88,3 @@ def name_matches(host: str, info: CertInfo) -> bool:
             if first and rest == candidate[2:]:
                 return True
     return False
-
-
