@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from diag.config import Organization
     from diag.policy.dnssec import Chains
     from diag.probe.run import ProbeOptions
+    from diag.registry import Registry
 
 __all__ = ["NOT_PUBLIC", "CheckContext", "RunContext", "RunOptions", "SessionSource", "is_public"]
 
@@ -158,13 +159,18 @@ class RunContext:
         # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
         self._farewells: set[asyncio.Task[None]] = set()
         self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
-        self._https_context: asyncio.Future[ssl.SSLContext] | None = None
         self._remembered: dict[Hashable, Any] = {}
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
         self._chains: Chains | None = None
         wanted = tuple(module for module in lazy_imports if module not in sys.modules)
         if wanted:
             threading.Thread(target=_import_all, args=(wanted,), name="diag-imports", daemon=True).start()
+
+    @classmethod
+    def of(cls, options: RunOptions, registry: Registry, *, sessions: SessionSource | None = None) -> RunContext:
+        """The context of a run of ``registry``'s checks: their tags and lazy imports set it up."""
+        return cls(options, sessions=sessions, early_sessions=registry.tagged("sessions"),
+                   dnssec=registry.tagged("dnssec"), lazy_imports=registry.lazy_imports())  # fmt: skip
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -223,11 +229,10 @@ class RunContext:
     async def https_context(self) -> ssl.SSLContext:
         """The TLS context of the run's HTTPS fetches (``--ca-file`` or the system store), made once per run: with
         the system store it costs about 50 ms of CPU (:func:`diag.net.https.client_context`)."""
-        if self._https_context is None:
-            from diag.net.https import client_context
+        from diag.net.https import client_context
 
-            self._https_context = asyncio.ensure_future(asyncio.to_thread(client_context, self.options.ca_file))
-        return await asyncio.shield(self._https_context)
+        made = self.once("https-context", lambda: asyncio.to_thread(client_context, self.options.ca_file))
+        return await asyncio.shield(made)
 
     def remember(self, key: Hashable, make: Callable[[], F]) -> F:
         """What the pure computation ``make`` gives for ``key``, made once per run: the same certificate chain,

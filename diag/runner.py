@@ -43,8 +43,7 @@ async def run_checks(
     started_at = datetime.now(UTC)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
-    run = RunContext(options, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec"),
-                     lazy_imports=registry.lazy_imports())
+    run = RunContext.of(options, registry)
 
     async def one(domain: str) -> DomainReport:
         report = await check_domain(domain, registry, run, deadline)

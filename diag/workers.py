@@ -87,8 +87,7 @@ async def check_many(
     check does."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.deadline
-    run = RunContext(options, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec"),
-                     lazy_imports=registry.lazy_imports())
+    run = RunContext.of(options, registry)
 
     def add(result: Checked) -> None:
         results.add(result)
@@ -287,10 +286,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             waiting.pop(request, None)
         return facts
 
-    run = RunContext(
-        options, sessions=session, early_sessions=registry.tagged("sessions"), dnssec=registry.tagged("dnssec"),
-        lazy_imports=registry.lazy_imports(),
-    )
+    run = RunContext.of(options, registry, sessions=session)
     domains: set[asyncio.Task[None]] = set()
     kept = ResultFile(Path(path))
     entries = EntryWriter()
