@@ -70,6 +70,16 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dns._features
+
+# Where the packages for DNS over HTTPS or over QUIC are installed (checkdmarc, for one, asks for dnspython[doh]),
+# dnspython imports their clients when dns.query, dns.quic or its asyncio backend is imported: httpx2, httpcore2,
+# anyio and h2 add 60-70 ms to every process that imports this module. diag asks over UDP and TCP only. This must
+# come before the first of those imports (the next lines; nothing else in diag imports them), hence the E402
+# exemption of this file in pyproject.toml.
+dns._features.force("doh", False)
+dns._features.force("doq", False)
+
 import dns.asyncbackend
 import dns.asyncquery
 import dns.entropy
