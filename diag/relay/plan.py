@@ -57,7 +57,7 @@ from diag.errors import DnsError
 from diag.frozen import frozen
 from diag.net.dns import Answer, DnsStatus, name_text
 from diag.relay.settings import RelaySettings
-from diag.relay.text import escape
+from diag.relay.text import escape, stray_bytes
 from diag.routing import recipient_domain, route
 
 __all__ = [
@@ -86,7 +86,6 @@ __all__ = [
 _MAX_MX: Final = 100
 # RD-02: NUL, a CR not followed by LF, an LF not preceded by CR. aiosmtplib would normalise the CR/LF variants
 # but passes NUL through; a message carrying any of them was not cleaned on the way in, so it is not forwarded.
-_BAD_CONTENT: Final = re.compile(rb"\x00|\r(?!\n)|(?<!\r)\n")
 _BAD_CONTENT_REPLY: Final = "554 5.6.0 Message content contains NUL, a bare CR or a bare LF; it is not forwarded"
 # RD-41: a message that has passed this many hops is looping (Postfix hopcount_limit = 50).
 _MAX_HOPS: Final = 50
@@ -230,7 +229,7 @@ def message_refusal(sender: str, content: bytes) -> str | None:
 
     Decided once per message, before any connection: what must never be sent is not connected for.
     """
-    if _BAD_CONTENT.search(content):
+    if stray_bytes(content):
         return _BAD_CONTENT_REPLY
     if hops(content) > _MAX_HOPS:
         return _LOOP_REPLY

@@ -22,6 +22,7 @@ from typing import Final
 
 from diag.config import DomainType, RelayRole
 from diag.relay.settings import RelaySettings
+from diag.relay.text import stray_bytes
 from diag.routing import (
     ROUTING_CHARACTERS,
     control_character,
@@ -64,8 +65,6 @@ _DOMAIN_MAX: Final = 255
 _PATH_MAX: Final = 256
 # RFC 5322 §2.1.1: a line is at most 998 characters, CRLF excluded.
 _LINE_MAX: Final = 998
-_BARE_CR: Final = re.compile(rb"\r(?!\n)")
-_BARE_LF: Final = re.compile(rb"(?<!\r)\n")
 _HOST: Final = re.compile(
     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*"
 )
@@ -281,15 +280,7 @@ def check_content(data: bytes) -> str | None:
     means the relay never forwards bytes that a downstream server could parse differently. Legitimate mail
     software sends CRLF only, so this costs nothing (Sendmail 8.18, chasquid and KumoMTA also refuse).
     """
-    found = [
-        name
-        for name, present in (
-            ("bare CR", _BARE_CR.search(data) is not None),
-            ("bare LF", _BARE_LF.search(data) is not None),
-            ("NUL", b"\x00" in data),
-        )
-        if present
-    ]
+    found = stray_bytes(data)
     if found:
         listed = " and ".join((", ".join(found[:-1]), found[-1])) if len(found) > 1 else found[0]
         return f"550 5.6.11 Message refused: it contains {listed}; lines must end with CRLF and NUL is not allowed"
