@@ -60,6 +60,7 @@ saying so (:attr:`Answer.no_dnssec`). A timeout is never a reason to drop EDNS (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import logging
@@ -70,15 +71,18 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import dns._features
-
 # Where the packages for DNS over HTTPS or over QUIC are installed (checkdmarc, for one, asks for dnspython[doh]),
 # dnspython imports their clients when dns.query, dns.quic or its asyncio backend is imported: httpx2, httpcore2,
-# anyio and h2 add 60-70 ms to every process that imports this module. diag asks over UDP and TCP only. This must
-# come before the first of those imports (the next lines; nothing else in diag imports them), hence the E402
-# exemption of this file in pyproject.toml.
-dns._features.force("doh", False)
-dns._features.force("doq", False)
+# anyio and h2 took about 100 ms of every check's start (bench/README.md, seventh pass). diag asks over UDP and TCP
+# only. The switch is dnspython's own (a private module; a dnspython without it only costs the time again) and holds
+# for the whole process, so other code in a process that imported diag's resolver cannot use dnspython's DoH or DoQ.
+# It must come before the first of those imports (the next lines; nothing else in diag imports them), hence the
+# E402 exemption of this file in pyproject.toml.
+with contextlib.suppress(ImportError, AttributeError):
+    import dns._features
+
+    dns._features.force("doh", False)
+    dns._features.force("doq", False)
 
 import dns.asyncbackend
 import dns.asyncquery
