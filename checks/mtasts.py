@@ -11,6 +11,7 @@ problem leaves the domain without MTA-STS protection.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Mapping, Sequence
@@ -224,13 +225,14 @@ async def probe(ctx: CheckContext) -> MtaStsFacts:
     if record.status is not TxtStatus.FOUND:
         return MtaStsFacts(record)
     host = f"mta-sts.{ctx.domain}"
+    context = ctx.run.https_context()  # made while the policy host's addresses are looked up
     if not ctx.options.allow_private:
-        answers = [await ctx.resolver.query(host, rdtype) for rdtype in ("A", "AAAA")]
+        answers = await asyncio.gather(*(ctx.resolver.query(host, rdtype) for rdtype in ("A", "AAAA")))
         addresses = [r.to_text() for a in answers if a.status is DnsStatus.OK for r in a.records]
         private = [address for address in addresses if not is_public(address)]
         if private:
             return MtaStsFacts(record, not_fetched=f"its address {private[0]} is not public")
-    fetched = await fetch_policy(ctx.domain, ctx.resolver, context=await ctx.run.https_context(),
+    fetched = await fetch_policy(ctx.domain, ctx.resolver, context=await asyncio.shield(context),
                                  timeout=ctx.options.timeout, port=ctx.options.https_port,
                                  max_addresses=ctx.options.max_addresses_per_host)
     # The policy judged is a valid one where an address serves it, else the first one served at all.

@@ -158,7 +158,6 @@ class RunContext:
         self._total = asyncio.Semaphore(options.total_connections)
         # Sessions say goodbye here, off the critical path: a check never waits for the reply to QUIT.
         self._farewells: set[asyncio.Task[None]] = set()
-        self._trust_store: asyncio.Future[tuple[x509.Certificate, ...]] | None = None
         self._remembered: dict[Hashable, Any] = {}
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
         self._chains: Chains | None = None
@@ -220,19 +219,18 @@ class RunContext:
 
     async def trust_store(self) -> tuple[x509.Certificate, ...]:
         """The CA certificates to verify against (``--ca-file`` or the system store), loaded once per run."""
-        if self._trust_store is None:
-            from diag.net.tls import load_trust_store  # cryptography: only when a certificate is examined
+        from diag.net.tls import load_trust_store  # cryptography: only when a certificate is examined
 
-            self._trust_store = asyncio.ensure_future(asyncio.to_thread(load_trust_store, self.options.ca_file))
-        return await asyncio.shield(self._trust_store)
+        loaded = self.once("trust-store", lambda: asyncio.to_thread(load_trust_store, self.options.ca_file))
+        return await asyncio.shield(loaded)
 
-    async def https_context(self) -> ssl.SSLContext:
-        """The TLS context of the run's HTTPS fetches (``--ca-file`` or the system store), made once per run: with
-        the system store it costs about 50 ms of CPU (:func:`diag.net.https.client_context`)."""
+    def https_context(self) -> asyncio.Future[ssl.SSLContext]:
+        """The TLS context of the run's HTTPS fetches (``--ca-file`` or the system store), made once per run in a
+        thread and begun on the first call, so a check can start it before it needs it: with the system store it
+        costs about 50 ms of CPU (:func:`diag.net.https.client_context`). Await it shielded (:meth:`once`)."""
         from diag.net.https import client_context
 
-        made = self.once("https-context", lambda: asyncio.to_thread(client_context, self.options.ca_file))
-        return await asyncio.shield(made)
+        return self.once("https-context", lambda: asyncio.to_thread(client_context, self.options.ca_file))
 
     def remember(self, key: Hashable, make: Callable[[], F]) -> F:
         """What the pure computation ``make`` gives for ``key``, made once per run: the same certificate chain,
