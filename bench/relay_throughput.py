@@ -1,6 +1,6 @@
 """Relay throughput: ``diag relay`` and Postfix, each between a load client and ``smtp-sink``.
 
-    python bench/relay_throughput.py [--messages N] [--sessions S] [--only diag|postfix] [--mode MODE]
+    python bench/relay_throughput.py [--messages N] [--sessions S] [--only diag|floor|postfix] [--mode MODE]
                                      [--repeat R] [--deadline SECONDS] [--no-baseline] [--keep]
 
 Path: this script's asyncio SMTP client -> the MTA under test on 127.0.0.1 -> ``smtp-sink -c`` (Postfix's test
@@ -19,6 +19,10 @@ used per message. With ``--repeat R`` each figure is the median over R runs.
 - postfix: a private instance (``postfix -c DIR``) with its own config, queue and data directories in the same
   temporary directory, ``relayhost = [127.0.0.1]:<sink port>``, default fsync behaviour. /etc/postfix and the
   system's mail setup are never touched; the instance is stopped with ``postfix -c DIR stop`` even on errors.
+- floor: the least a relay built on aiosmtpd and aiosmtplib (the SMTP server and client diag must use) can do
+  (``FLOOR_SERVER``): aiosmtpd with the relay's settings answers 250 at once and keeps the message in memory only,
+  20 aiosmtplib clients forward them to the sink over connections kept for the run. No disk, no policy, no log:
+  its row bounds what the relay can reach against Postfix on this machine.
 - sink: the client straight into smtp-sink, as a ceiling: what the client and the sink manage without an MTA.
 
 Every wait is bounded (``--deadline`` per load and per drain); SIGINT and SIGTERM stop the run; everything
@@ -475,6 +479,73 @@ AllowPrivate = true
             await stop_process(self._process)
 
 
+# The floor of any relay built from the parts diag must use: aiosmtpd's SMTP protocol with the relay's settings (no
+# TLS configured, as in this bench's relay) answers 250 to every message at once and keeps it in memory only; 20
+# aiosmtplib clients, each on one connection to the sink kept for the whole run (as the relay keeps its
+# connections to a smart host), forward the messages. No disk, no policy, no routing, no log: no relay on these
+# two libraries takes messages in or passes them on faster, sooner or with less CPU on this machine, so this row
+# bounds what issue 13 item 1 can reach.
+FLOOR_SERVER = """
+import asyncio, sys
+import aiosmtplib
+from aiosmtpd.smtp import SMTP
+
+class Handler:
+    def __init__(self, queue):
+        self.queue = queue
+
+    async def handle_DATA(self, server, session, envelope):
+        self.queue.put_nowait((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 2.0.0 Ok: queued"
+
+async def forward(queue, port):
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+    await client.connect()
+    while True:
+        sender, recipients, content = await queue.get()
+        await client.sendmail(sender, recipients, content)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue()
+    handler = Handler(queue)
+    factory = lambda: SMTP(handler, hostname="floor.bench.example", ident="ESMTP", require_starttls=False,
+                           enable_SMTPUTF8=False, decode_data=False, data_size_limit=10485760, timeout=300,
+                           auth_required=False, loop=loop)
+    server = await loop.create_server(factory, sys.argv[1], int(sys.argv[2]))
+    await asyncio.gather(server.serve_forever(), *(forward(queue, int(sys.argv[3])) for _ in range(20)))
+
+asyncio.run(main())
+"""
+
+
+class AiosmtpdFloor:
+    """The floor relay (FLOOR_SERVER) in a process of its own, forwarding to the sink."""
+
+    name = "floor"
+
+    def __init__(self, workdir: Path, sink_port: int) -> None:
+        self.port = free_port()
+        self.sink_port = sink_port
+        self.log = workdir / "floor.log"
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with log_file(self.log) as log:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", FLOOR_SERVER, HOST, str(self.port), str(self.sink_port),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        await wait_ready(self.port, "the floor relay", lambda: self._process.returncode is None, self.log)  # type: ignore[union-attr]
+
+    def cpu(self) -> float | None:
+        return session_cpu(self._process.pid) if self._process and self._process.returncode is None else None
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            await stop_process(self._process)
+
+
 class PostfixInstance:
     """A private Postfix instance: ``postfix -c DIR`` with its queue and data directories under DIR."""
 
@@ -608,6 +679,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 print(f"postfix processes of session {self.master_pid} still running", file=sys.stderr)
 
 
+Mta = DiagRelay | AiosmtpdFloor | PostfixInstance
+
+
 def drain_pty(fd: int) -> str:
     """What is waiting on the master side of a pseudo-terminal, without blocking; the descriptor is closed."""
     os.set_blocking(fd, False)
@@ -669,9 +743,7 @@ def reap_orphans(timeout: float = 5.0) -> None:
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
-async def measure_mta(
-    mta: DiagRelay | PostfixInstance | None, sink: Sink, args: argparse.Namespace, results: list[LoadResult]
-) -> None:
+async def measure_mta(mta: Mta | None, sink: Sink, args: argparse.Namespace, results: list[LoadResult]) -> None:
     """Every mode, ``--repeat`` times, against one MTA (None: straight into the sink); each run is drained into
     the sink before the next starts."""
     port = mta.port if mta is not None else sink.port
@@ -794,19 +866,20 @@ def print_table(results: list[LoadResult]) -> None:
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}" if a is not None and b else "-"
 
-    lines = []
-    for mode in MODES:
-        diag, postfix = rows.get(("diag", mode)), rows.get(("postfix", mode))
-        if diag is not None and postfix is not None:
-            lines.append(
-                f"  {MODES[mode]:<26} intake {ratio(diag.rate, postfix.rate)}, "
-                f"end-to-end {ratio(diag.e2e_rate, postfix.e2e_rate)}, p50 {ratio(diag.p50, postfix.p50)}, "
-                f"p99 {ratio(diag.p99, postfix.p99)}, txn p50 {ratio(diag.txn_p50, postfix.txn_p50)}, "
-                f"CPU per message {ratio(diag.mta_cpu_per_message, postfix.mta_cpu_per_message)}"
-            )
-    if lines:
-        print("\ndiag / Postfix (rates: above 1 favours diag; latencies and CPU: below 1 favours diag):")
-        print("\n".join(lines))
+    for name in ("diag", "floor"):
+        lines = []
+        for mode in MODES:
+            mta, postfix = rows.get((name, mode)), rows.get(("postfix", mode))
+            if mta is not None and postfix is not None:
+                lines.append(
+                    f"  {MODES[mode]:<26} intake {ratio(mta.rate, postfix.rate)}, "
+                    f"end-to-end {ratio(mta.e2e_rate, postfix.e2e_rate)}, p50 {ratio(mta.p50, postfix.p50)}, "
+                    f"p99 {ratio(mta.p99, postfix.p99)}, txn p50 {ratio(mta.txn_p50, postfix.txn_p50)}, "
+                    f"CPU per message {ratio(mta.mta_cpu_per_message, postfix.mta_cpu_per_message)}"
+                )
+        if lines:
+            print(f"\n{name} / Postfix (rates: above 1 favours {name}; latencies and CPU: below 1 favours {name}):")
+            print("\n".join(lines))
 
 
 def machine() -> str:
@@ -816,7 +889,7 @@ def machine() -> str:
     )
 
 
-async def run_all(args: argparse.Namespace, workdir: Path, started: list[Sink | DiagRelay | PostfixInstance],
+async def run_all(args: argparse.Namespace, workdir: Path, started: list[Sink | Mta],
                   results: list[LoadResult]) -> None:  # fmt: skip
     """The measurements; whatever is started goes into ``started`` first, for measure() to stop."""
     sink = Sink(workdir)
@@ -824,7 +897,7 @@ async def run_all(args: argparse.Namespace, workdir: Path, started: list[Sink | 
     await sink.start()
     if not args.no_baseline:
         await measure_mta(None, sink, args, results)
-    for kind in (DiagRelay, PostfixInstance):
+    for kind in (DiagRelay, AiosmtpdFloor, PostfixInstance):
         if args.only not in (None, kind.name):
             continue
         mta = kind(workdir, sink.port)
@@ -839,7 +912,7 @@ async def run_all(args: argparse.Namespace, workdir: Path, started: list[Sink | 
             await stop_quietly(mta)
 
 
-async def stop_quietly(component: Sink | DiagRelay | PostfixInstance) -> None:
+async def stop_quietly(component: Sink | Mta) -> None:
     try:
         await component.stop()
     except Exception as exc:  # a cleanup step that fails must not skip the others
@@ -859,7 +932,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[LoadRes
         flush=True,
     )
     results: list[LoadResult] = []
-    started: list[Sink | DiagRelay | PostfixInstance] = []
+    started: list[Sink | Mta] = []
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(run_all(args, workdir, started, results))
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -879,7 +952,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per MTA and mode (default 2000)")
     parser.add_argument("--sessions", type=int, default=20, help="parallel SMTP sessions (default 20)")
-    parser.add_argument("--only", choices=("diag", "postfix"), help="measure one MTA only")
+    parser.add_argument("--only", choices=("diag", "floor", "postfix"), help="measure one MTA only")
     parser.add_argument(
         "--mode", choices=("connection", "reuse", "both"), default="both",
         help="one message per connection, reused connections, or both (default)",
