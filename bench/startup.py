@@ -3,9 +3,10 @@ against bare Python measured in the same run; and how long the lab takes to star
 
     python bench/startup.py [--repeat N] [--importtime] [--baseline DIR]
 
-Each process runs ``--repeat`` times, the commands interleaved (bare Python, then each diag command, round after
-round) so that a load that comes and goes on a shared machine falls on all of them alike; each line gives the
-median, the spread, the median over bare Python and the ratio to it. The check is ``diag check contoso.com`` with
+Each process runs ``--repeat`` times, the commands interleaved (bare Python, a one-command click program's
+``--help`` as the floor of any click program's, then each diag command, round after round) so that a load that
+comes and goes on a shared machine falls on all of them alike; each line gives the median, the spread, the median
+over bare Python and the ratio to it. The check is ``diag check contoso.com`` with
 ``--resolver``, ``--smtp-port`` and ``--ca-file`` of a lab this script starts once (in its own event loop, in
 this process), with the history and the lock in a temporary directory, as a cron job would run it (stdout is not
 a terminal). With ``--baseline DIR`` (an earlier source tree, first on the path) each diag command also runs from
@@ -37,8 +38,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# The floor of any `--help` made with click, the command-line library diag must use: a program with one command
+# and no option of its own, asked for its help (issue 13 item 4 asks `diag --help` to start within 40 ms of bare
+# Python).
+CLICK_ALONE = """
+import click
+
+@click.command()
+def main():
+    \"\"\"One command.\"\"\"
+
+main(["--help"], prog_name="alone")
+"""
+
 # Runs of each command under -X importtime with --importtime; the listing gives each module's median.
 IMPORTTIME_RUNS = 5
+
 
 @dataclass(frozen=True, slots=True)
 class Imported:
@@ -56,7 +71,7 @@ def parse_importtime(stderr: str) -> list[Imported]:
     for line in stderr.splitlines():
         if not line.startswith("import time:") or "[us]" in line:
             continue
-        own, cumulative, name = line[len("import time:"):].split("|")
+        own, cumulative, name = line[len("import time:") :].split("|")
         depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
         modules.append(Imported(name.strip(), int(own), int(cumulative), depth))
     return modules
@@ -81,15 +96,17 @@ def importtime_report(title: str, modules: Sequence[Imported], *, top: int = 20)
     total = sum(m.own_us for m in modules)
     lines = [f"{title}: {len(modules)} modules, {total / 1000:.1f} ms of imports"]
     for module in sorted(modules, key=lambda m: m.own_us, reverse=True)[:top]:
-        lines.append(f"  {module.own_us / 1000:7.1f} ms own {module.cumulative_us / 1000:7.1f} ms cumulative  "
-                     f"{module.name}")
+        lines.append(
+            f"  {module.own_us / 1000:7.1f} ms own {module.cumulative_us / 1000:7.1f} ms cumulative  {module.name}"
+        )
     packages: defaultdict[str, list[int]] = defaultdict(list)
     for module in modules:
         packages[module.name.split(".")[0]].append(module.own_us)
     ranked = sorted(packages.items(), key=lambda item: sum(item[1]), reverse=True)[:top]
-    lines.append("  by top-level package: " + ", ".join(
-        f"{name} {sum(times) / 1000:.1f} ms ({len(times)})" for name, times in ranked
-    ))
+    lines.append(
+        "  by top-level package: "
+        + ", ".join(f"{name} {sum(times) / 1000:.1f} ms ({len(times)})" for name, times in ranked)
+    )
     return "\n".join(lines)
 
 
@@ -182,7 +199,10 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
         async with Lab() as lab:
             check = ["check", "contoso.com", *lab.check_option_text().split()]
             python = [sys.executable, "-c", "pass"]
-            commands: dict[str, tuple[list[str], dict[str, str]]] = {"bare python -c pass": (python, env)}
+            commands: dict[str, tuple[list[str], dict[str, str]]] = {
+                "bare python -c pass": (python, env),
+                "click alone: one command's --help": ([sys.executable, "-c", CLICK_ALONE], env),
+            }
             for suffix, environment in envs.items():
                 for args in (["--help"], ["--version"], check):
                     name = f"diag {' '.join(args[:2]) if args is check else args[0]}{suffix}"
@@ -222,11 +242,16 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20, help="runs of each process (default 20)")
-    parser.add_argument("--importtime", action="store_true",
-                        help="also list what each diag command imports (python -X importtime)")
-    parser.add_argument("--baseline", type=Path, metavar="DIR",
-                        help="also run each diag command from this source tree (e.g. `git archive` of an earlier "
-                        "commit, unpacked), in the same rounds")
+    parser.add_argument(
+        "--importtime", action="store_true", help="also list what each diag command imports (python -X importtime)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run each diag command from this source tree (e.g. `git archive` of an earlier "
+        "commit, unpacked), in the same rounds",
+    )
     args = parser.parse_args()
     asyncio.run(measure(args.repeat, args.importtime, args.baseline))
 
