@@ -61,7 +61,6 @@ FIRST_QUESTION = "import gc, asyncio, click, dns.asyncquery, dns.message; gc.fre
 # Runs of each command under -X importtime with --importtime; the listing gives each module's median.
 IMPORTTIME_RUNS = 5
 
-
 @dataclass(frozen=True, slots=True)
 class Imported:
     """One line of ``python -X importtime``: a module, its own and its cumulative import time, its depth."""
@@ -78,7 +77,7 @@ def parse_importtime(stderr: str) -> list[Imported]:
     for line in stderr.splitlines():
         if not line.startswith("import time:") or "[us]" in line:
             continue
-        own, cumulative, name = line[len("import time:") :].split("|")
+        own, cumulative, name = line[len("import time:"):].split("|")
         depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
         modules.append(Imported(name.strip(), int(own), int(cumulative), depth))
     return modules
@@ -103,17 +102,15 @@ def importtime_report(title: str, modules: Sequence[Imported], *, top: int = 20)
     total = sum(m.own_us for m in modules)
     lines = [f"{title}: {len(modules)} modules, {total / 1000:.1f} ms of imports"]
     for module in sorted(modules, key=lambda m: m.own_us, reverse=True)[:top]:
-        lines.append(
-            f"  {module.own_us / 1000:7.1f} ms own {module.cumulative_us / 1000:7.1f} ms cumulative  {module.name}"
-        )
+        lines.append(f"  {module.own_us / 1000:7.1f} ms own {module.cumulative_us / 1000:7.1f} ms cumulative  "
+                     f"{module.name}")
     packages: defaultdict[str, list[int]] = defaultdict(list)
     for module in modules:
         packages[module.name.split(".")[0]].append(module.own_us)
     ranked = sorted(packages.items(), key=lambda item: sum(item[1]), reverse=True)[:top]
-    lines.append(
-        "  by top-level package: "
-        + ", ".join(f"{name} {sum(times) / 1000:.1f} ms ({len(times)})" for name, times in ranked)
-    )
+    lines.append("  by top-level package: " + ", ".join(
+        f"{name} {sum(times) / 1000:.1f} ms ({len(times)})" for name, times in ranked
+    ))
     return "\n".join(lines)
 
 
@@ -250,16 +247,11 @@ async def measure(repeat: int, importtime: bool, baseline: Path | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20, help="runs of each process (default 20)")
-    parser.add_argument(
-        "--importtime", action="store_true", help="also list what each diag command imports (python -X importtime)"
-    )
-    parser.add_argument(
-        "--baseline",
-        type=Path,
-        metavar="DIR",
-        help="also run each diag command from this source tree (e.g. `git archive` of an earlier "
-        "commit, unpacked), in the same rounds",
-    )
+    parser.add_argument("--importtime", action="store_true",
+                        help="also list what each diag command imports (python -X importtime)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run each diag command from this source tree (e.g. `git archive` of an earlier "
+                        "commit, unpacked), in the same rounds")
     args = parser.parse_args()
     asyncio.run(measure(args.repeat, args.importtime, args.baseline))
 
