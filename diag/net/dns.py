@@ -69,7 +69,7 @@ import socket
 from collections import deque
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 # Where the packages for DNS over HTTPS or over QUIC are installed (checkdmarc, for one, asks for dnspython[doh]),
 # dnspython imports their clients when dns.query, dns.quic or its asyncio backend is imported: httpx2, httpcore2,
@@ -277,6 +277,14 @@ class _Try:
     """Over TCP because the server is asked over TCP first (module docstring), not for a truncated answer."""
 
 
+class _Answered(NamedTuple):
+    """A lookup's answer: the response, its CNAME chain (dnspython's reading of it) and the try that got it."""
+
+    response: dns.message.QueryMessage
+    chain: dns.message.ChainingResult
+    attempt: _Try
+
+
 def _request(qname: dns.name.Name, rdtype: str, *, edns: bool, dnssec: bool) -> dns.message.QueryMessage:
     if not edns:
         return dns.message.make_query(qname, rdtype)
@@ -367,9 +375,10 @@ class _Lookup:
         if isinstance(exc, dns.exception.FormError | dns.message.Truncated | EOFError | OSError | NotImplementedError):
             self._drop(attempt.server)  # no good for this lookup; a timeout is tried again next round
 
-    def answered(self, attempt: _Try, response: dns.message.Message) -> dns.message.QueryMessage | None:
-        """The response when it answers the question (NOERROR or NXDOMAIN, with a well-formed CNAME chain); None
-        when the server is dropped and the next one is asked. YXDOMAIN ends the lookup (it cannot improve)."""
+    def answered(self, attempt: _Try, response: dns.message.Message) -> _Answered | None:
+        """The response and its CNAME chain when it answers the question (NOERROR or NXDOMAIN, with a well-formed
+        chain); None when the server is dropped and the next one is asked. YXDOMAIN ends the lookup (it cannot
+        improve)."""
         rcode = response.rcode()
         if rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and attempt.edns and response.edns < 0:
             # RFC 6891 §7: a server that does not implement EDNS answers so, without an OPT record; it is asked
@@ -381,12 +390,12 @@ class _Lookup:
             return None
         if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and isinstance(response, dns.message.QueryMessage):
             try:
-                response.resolve_chaining()
+                chain = response.resolve_chaining()
             except dns.exception.DNSException as exc:  # ChainTooLong (DNS-07), an answer next to NXDOMAIN
                 self.errors.append(f"{attempt.server} answered {exc}")
                 self._drop(attempt.server)
                 return None
-            return response
+            return _Answered(response, chain, attempt)
         self.errors.append(f"{attempt.server} answered {dns.rcode.to_text(rcode)}")
         if rcode == dns.rcode.YXDOMAIN:
             raise _Unanswered("; ".join(self.errors))
@@ -546,7 +555,7 @@ class Resolver:
             # flight is local queueing, and a run with many checks per domain must not time out in it.
             async with self._in_flight:
                 async with asyncio.timeout(self._timeout + _GRACE):
-                    response, attempt = await self._resolve(qname, rdtype, dnssec=dnssec)
+                    response, chain, attempt = await self._resolve(qname, rdtype, dnssec=dnssec)
         except (_Expired, TimeoutError):
             raise DnsTimeoutError(
                 f"no answer for {name} {rdtype} within {self._timeout:g} s (over UDP and TCP) from "
@@ -556,7 +565,6 @@ class Resolver:
             raise DnsError(f"no usable answer for {name} {rdtype}: {exc}") from None
         except dns.exception.DNSException as exc:
             raise DnsError(f"{name} {rdtype}: {exc}") from None
-        chain = response.resolve_chaining()
         canonical_name = name_text(chain.canonical_name)
         if dnssec and not attempt.edns:
             # A server that does not implement EDNS answered without it: the answer carries no DNSSEC material,
@@ -591,6 +599,8 @@ class Resolver:
     def _refused_edns(self, server: Nameserver, qname: dns.name.Name) -> str | None:
         """What ``server`` answered a query with EDNS for ``qname`` or a name above it, when it did not implement
         EDNS; None when it is not known so."""
+        if not self._edns_refused:
+            return None  # the usual run: no walk up the name for every server of every lookup
         while True:
             refused = self._edns_refused.get((server, qname))
             if refused is not None or qname == dns.name.root:
@@ -628,11 +638,8 @@ class Resolver:
                 given.set_result(Answer(name, rdtype, DnsStatus.OK, name, tuple(rrset)))
             self._remember((name, rdtype), given)
 
-    async def _resolve(
-        self, qname: dns.name.Name, rdtype: str, *, dnssec: bool
-    ) -> tuple[dns.message.QueryMessage, _Try]:
-        """UDP tries for the first part of the budget, then TCP for the rest (module docstring); the answer and the
-        try that got it."""
+    async def _resolve(self, qname: dns.name.Name, rdtype: str, *, dnssec: bool) -> _Answered:
+        """UDP tries for the first part of the budget, then TCP for the rest (module docstring)."""
         clock = asyncio.get_running_loop()
         started = clock.time()
         try:
@@ -644,7 +651,7 @@ class Resolver:
 
     async def _ask(
         self, qname: dns.name.Name, rdtype: str, *, tcp: bool, lifetime: float, dnssec: bool
-    ) -> tuple[dns.message.QueryMessage, _Try]:
+    ) -> _Answered:
         """One phase: the nameservers in turn until one answers; raises _Expired when ``lifetime`` runs out.
 
         A DNSSEC question sets DO (with EDNS, RFC 4035 §3.2.1) and AD (RFC 6840 §5.7): RRSIGs make every answer
@@ -692,7 +699,7 @@ class Resolver:
                 slip = None
                 answered = lookup.answered(attempt, response)
                 if answered is not None:
-                    return answered, attempt
+                    return answered
         finally:
             for server, rcode in lookup.edns_refused.items():
                 self._edns_refused[server, qname] = rcode
