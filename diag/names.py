@@ -40,12 +40,15 @@ def mail_domain(text: str) -> str:
         raise InvalidDomainError(f"{shown!r} is a mail address; give only its domain ({shown.rsplit('@', 1)[-1]!r})")
     if "://" in raw or "/" in raw:
         raise InvalidDomainError(f"{shown!r} is not a domain name (no URLs or paths)")
-    try:
-        ipaddress.ip_address(raw.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise InvalidDomainError(f"{shown!r} is an IP address; diag checks domains (give the mail domain)")
+    literal = raw.strip("[]")
+    # Only digits and dots (IPv4) or a colon (IPv6) can make an address: the relay asks this of every path.
+    if ":" in literal or literal.replace(".", "").isdigit():
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            pass
+        else:
+            raise InvalidDomainError(f"{shown!r} is an IP address; diag checks domains (give the mail domain)")
     name = raw[:-1] if raw.endswith(".") else raw
     if name.isascii():
         ascii_name = name.lower()

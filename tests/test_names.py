@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from diag.errors import InvalidDomainError
@@ -50,6 +52,27 @@ def test_refused_with_a_reason(given: str, why: str) -> None:
     message = str(caught.value)
     assert why in message
     assert "\n" not in message and "\x1b" not in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["192.0.2.1", "[192.0.2.1]", "2001:db8::1", "[::1]", "::ffff:192.0.2.1", "fe80::1%eth0", "1.2.3", "01.2.3.4",
+     "192.0.2.256", "\u0661\u0669\u0662.0.2.1", "1:2", "mail.contoso.com", "²3.example"],
+)  # fmt: skip
+def test_an_ip_address_is_refused_exactly_when_ipaddress_reads_one(text: str) -> None:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        address = False
+    else:
+        address = True
+    try:
+        mail_domain(text)
+    except InvalidDomainError as exc:
+        refused_as_address = "IP address" in str(exc)
+    else:
+        refused_as_address = False
+    assert refused_as_address == address
 
 
 @pytest.mark.parametrize("text", ["1", "25", "65535"])

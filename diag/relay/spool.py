@@ -26,7 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, field
+from dataclasses import field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,9 +71,11 @@ class Envelope:
     client_cert_names: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["received_at"] = self.received_at.isoformat()
-        return data
+        # Field by field: dataclasses.asdict deep-copies every value, a few per cent of the relay's CPU per message.
+        return {
+            "mail_from": self.mail_from, "rcpt_tos": list(self.rcpt_tos), "received_at": self.received_at.isoformat(),
+            "peer": self.peer, "helo": self.helo, "tls": self.tls, "client_cert_names": list(self.client_cert_names),
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Envelope:
@@ -109,10 +111,11 @@ class RecipientStatus:
     route: str = ""
 
     def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        data["next_attempt"] = self.next_attempt.isoformat() if self.next_attempt else None
-        return data
+        return {
+            "recipient": self.recipient, "state": self.state.value, "attempts": self.attempts,
+            "next_attempt": self.next_attempt.isoformat() if self.next_attempt else None, "detail": self.detail,
+            "route": self.route,
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> RecipientStatus:
@@ -306,8 +309,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
 
 
 class _GroupSync:

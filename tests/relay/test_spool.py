@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,18 @@ def test_states_are_kept_until_every_recipient_is_final(tmp_path: Path) -> None:
     assert [s.recipient for s in message.due(later)] == ["b@y.example"]
     spool.update(qid, [RecipientStatus("b@y.example", RecipientState.FAILED, 2, detail="550 no")])
     assert spool.messages() == [] and list((tmp_path / "queue").iterdir()) == []
+
+
+def test_envelopes_and_states_come_back_whole_from_their_json() -> None:
+    """Every field, none at its default, survives to_json and from_json (to_json names each field itself)."""
+    accepted, retry = datetime(2026, 12, 7, 17, 0, tzinfo=UTC), datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
+    stored = Envelope("john@contoso.com", ("a@x.example", "b@y.example"), accepted, peer="127.0.10.10",
+                      helo="mail.contoso.com", tls="TLSv1.3 X", client_cert_names=("a", "b"))  # fmt: skip
+    status = RecipientStatus("a@x.example", RecipientState.FAILED, 3, retry, detail="550 no", route="connector")
+    for value in (stored, status):
+        data = value.to_json()
+        assert list(data) == [f.name for f in dataclasses.fields(value)]
+        assert type(value).from_json(json.loads(json.dumps(data))) == value
 
 
 @pytest.mark.parametrize("cut", [5, 40, -30, -1])
