@@ -406,7 +406,6 @@ CHECK = Check(
     measure=measure,
     requires=("mx",),
     tags=frozenset({"sessions"}),
-    lazy_imports=("diag.net.smtp",),  # aiosmtplib, for the sessions (RunContext.smtp_session)
     timeout=10.0,
     # connect, greeting, EHLO, STARTTLS, handshake, EHLO, QUIT: one after another in each session (the
     # sessions themselves run concurrently), plus one more for waiting on the per-host connection limit.

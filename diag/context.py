@@ -136,8 +136,9 @@ class RunContext:
     with the DO bit from the start and nothing is asked twice (issue 14); with ``--validating-resolver`` it also
     leaves the additional section's addresses alone (their AD bit is unknown).
 
-    ``lazy_imports``: modules the run's checks import when they first need them (:attr:`Check.lazy_imports`:
-    cryptography's and aiosmtplib's). A thread imports them from the start, while the run waits for its first
+    ``lazy_imports``: modules the run imports when it first needs them (:meth:`imports_for`: the checks'
+    :attr:`Check.lazy_imports`, cryptography's, and aiosmtplib's for the sessions). A thread imports them from the
+    start, while the run waits for its first
     answers, so that neither the first packet nor a check waits for them (issue 13: a ``diag check`` over a
     50 ms path spends about 60 ms of imports before its first packet otherwise).
     """
@@ -169,7 +170,17 @@ class RunContext:
     def of(cls, options: RunOptions, registry: Registry, *, sessions: SessionSource | None = None) -> RunContext:
         """The context of a run of ``registry``'s checks: their tags and lazy imports set it up."""
         return cls(options, sessions=sessions, early_sessions=registry.tagged("sessions"),
-                   dnssec=registry.tagged("dnssec"), lazy_imports=registry.lazy_imports())  # fmt: skip
+                   dnssec=registry.tagged("dnssec"),
+                   lazy_imports=cls.imports_for(registry, own_sessions=sessions is None))  # fmt: skip
+
+    @staticmethod
+    def imports_for(registry: Registry, *, own_sessions: bool) -> tuple[str, ...]:
+        """The modules a run of ``registry`` imports in its thread: the checks' :attr:`Check.lazy_imports`, and the
+        SMTP client (aiosmtplib) when a check opens sessions (tagged ``sessions``) and the run opens them itself
+        (``own_sessions``). A worker process asks its parent for its sessions (:data:`SessionSource`) and needs
+        no SMTP client."""
+        client = ("diag.net.smtp",) if own_sessions and registry.tagged("sessions") else ()
+        return registry.lazy_imports() + client
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
@@ -209,7 +220,7 @@ class RunContext:
     async def _open_session(self, ip: str, port: int, server_name: str) -> SessionFacts:
         if self._source is not None:
             return await self._source(ip, port, server_name)
-        from diag.net.smtp import probe_session  # aiosmtplib: see lazy_imports
+        from diag.net.smtp import probe_session  # aiosmtplib: see imports_for
 
         async with self._total, self._per_host[ip]:
             return await probe_session(

@@ -136,19 +136,23 @@ def test_a_run_of_the_mail_checks_loads_no_other_check_and_no_dnssec_validation(
 def test_the_way_to_a_run_s_first_packet_loads_neither_cryptography_x509_nor_aiosmtplib(configured: bool) -> None:
     """What a check run imports before it starts: the command, the checks (with a configuration, its checks and
     the configuration's model too), the engine and the outputs. cryptography's x509 and aiosmtplib take about 60
-    ms to import and the first packet needs neither: the checks that use them list them in ``lazy_imports`` and
-    the run imports them in a thread while its first questions are in flight (issue 13, item 3). (``--ca-file``
-    is checked with cryptography before the run, as the certificate check reads it: only those runs pay it.)"""
+    ms to import and the first packet needs neither: the run imports them in a thread while its first questions
+    are in flight (issue 13, item 3; ``RunContext.imports_for``), aiosmtplib only where it opens SMTP sessions.
+    (``--ca-file`` is checked with cryptography before the run, as the certificate check reads it: only those runs
+    pay it.)"""
     code = (
         "import sys; import diag.cli, diag.config, diag.context, diag.runner, diag.results, diag.unattended, "
         f"diag.workers; from checks import default_registry; registry = default_registry(configured={configured}); "
-        "print(' '.join(registry.lazy_imports())); print(' '.join(sys.modules))"
+        "print(' '.join(diag.context.RunContext.imports_for(registry, own_sessions=True))); "
+        "print(' '.join(diag.context.RunContext.imports_for(registry, own_sessions=False))); "
+        "print(' '.join(sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    lazy, modules = done.stdout.splitlines()
+    lazy, in_a_worker, modules = done.stdout.splitlines()
     assert set(lazy.split()) == {"diag.net.smtp", "diag.net.tls"}
+    assert in_a_worker.split() == ["diag.net.tls"]  # a worker's sessions are its parent's: no SMTP client
     assert {"checks.certificate", "checks.dane", "checks.port25", "diag.policy.dane"} <= set(modules.split())
     assert ("checks.connectors" in modules.split()) is configured
     assert {"cryptography.x509", "aiosmtplib", "diag.net.tls", "diag.net.smtp"}.isdisjoint(modules.split())
