@@ -13,10 +13,11 @@ the relay cannot judge a connection or an address differently.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.utils import format_datetime
 from typing import Final
 
@@ -327,8 +328,15 @@ def received_header(
     lines = [f"Received: {_from_part(helo, peer_ip)}", f"by {hostname} {with_part}{ident}"]
     if len(recipients) == 1 and recipients[0].isprintable() and recipients[0].isascii():
         lines.append(f"for <{recipients[0].strip('<>')}>")
-    lines[-1] += f"; {format_datetime(when)}"
+    lines[-1] += f"; {_date(when.replace(microsecond=0), when.utcoffset())}"
     return "\r\n\t".join(lines) + "\r\n"
+
+
+@functools.lru_cache(maxsize=8)
+def _date(when: datetime, offset: timedelta | None) -> str:
+    """The RFC 5322 date of a ``Received:`` field, to the second: made once a second, not once a message. The
+    ``offset`` is part of the key: the same instant in two zones compares equal but is written differently."""
+    return format_datetime(when)
 
 
 def strip_trace(content: bytes, header: str) -> bytes:

@@ -18,6 +18,7 @@ All methods block (file I/O and fsync); call them with ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -158,6 +159,7 @@ class Spool:
         for directory in (self.tmp, self.queue, self.quarantine):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._queue_sync = _GroupSync(self.queue)
+        self._tmp_dir, self._queue_dir = os.fspath(self.tmp), os.fspath(self.queue)
 
     @staticmethod
     def new_qid() -> str:
@@ -170,7 +172,7 @@ class Spool:
         header = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8") + b"\n"
         digest = hashlib.sha256(header + content).hexdigest()
         trailer = _TRAILER + f"{len(header) + len(content)} {digest}\n".encode("ascii")
-        tmp = self.tmp / f"{qid}.msg"
+        tmp = os.path.join(self._tmp_dir, f"{qid}.msg")  # strings, not Paths: this runs for every message
         try:
             with open(tmp, "xb") as handle:
                 handle.write(_MAGIC)
@@ -179,10 +181,11 @@ class Spool:
                 handle.write(trailer)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.rename(tmp, self.queue / f"{qid}.msg")
+            os.rename(tmp, os.path.join(self._queue_dir, f"{qid}.msg"))
             self._queue_sync.sync()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         return qid
 

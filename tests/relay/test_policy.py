@@ -7,7 +7,7 @@ RR-02-RR-07, RR-20, RR-21); content variants from §1.3 (The-Login, smtpsmug, su
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -555,6 +555,17 @@ def test_received_header_without_tls_and_several_recipients() -> None:
         helo="client", peer_ip="127.0.0.5", hostname=S, qid="X1", recipients=[], when=WHEN, esmtp=False
     )
     assert "with SMTP id X1;" in helo
+
+
+def test_received_header_dates_each_message_in_its_own_second_and_zone() -> None:
+    def date(when: datetime) -> str:
+        return received_header(helo="a.example", peer_ip="127.0.0.5", hostname=S, qid="X1", recipients=[],
+                               when=when).rsplit("; ", 1)[1].removesuffix("\r\n")  # fmt: skip
+
+    assert date(WHEN.replace(microsecond=999_999)) == "Wed, 02 Jan 2030 03:04:05 +0000"
+    assert date(WHEN + timedelta(seconds=1)) == "Wed, 02 Jan 2030 03:04:06 +0000"
+    # The same instant elsewhere is written in that zone's time (and equal datetimes share a cache key otherwise)
+    assert date(WHEN.astimezone(timezone(timedelta(hours=1)))) == "Wed, 02 Jan 2030 04:04:05 +0100"
 
 
 @pytest.mark.parametrize("helo", ["evil\r\nX-Injected: 1", "a (comment", "a;b", "x" * 300, "caf\u00e9.example", ""])
