@@ -179,8 +179,10 @@ class RunContext:
         SMTP client (aiosmtplib) when a check opens sessions (tagged ``sessions``) and the run opens them itself
         (``own_sessions``). A worker process asks its parent for its sessions (:data:`SessionSource`) and needs
         no SMTP client."""
+        # The SMTP client first: the run's first session starts as soon as an MX address is known, well before
+        # any chain is examined (the thread imports one module after the other).
         client = ("diag.net.smtp",) if own_sessions and registry.tagged("sessions") else ()
-        return registry.lazy_imports() + client
+        return client + tuple(module for module in registry.lazy_imports() if module not in client)
 
     def smtp_session(self, ip: str, server_name: str, *, port: int | None = None) -> asyncio.Future[SessionFacts]:
         """The probing session at ``ip`` (one per IP and port per run), started on first request.
