@@ -167,12 +167,16 @@ class Spool:
         return f"{time.time_ns():x}{secrets.token_hex(4)}"
 
     def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
-        """Write a message durably and return its queue id. Raises OSError (e.g. ENOSPC) without a trace left."""
+        """Write a message durably and return its queue id. Raises OSError (e.g. ENOSPC, EIO) and leaves nothing
+        to deliver: neither the unfinished write nor a file renamed into the queue whose directory entry could not
+        be made durable (the caller refuses the message, so delivering it would send it twice)."""
         qid = qid or self.new_qid()
         header = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8") + b"\n"
         digest = hashlib.sha256(header + content).hexdigest()
         trailer = _TRAILER + f"{len(header) + len(content)} {digest}\n".encode("ascii")
-        tmp = os.path.join(self._tmp_dir, f"{qid}.msg")  # strings, not Paths: this runs for every message
+        # Strings, not Paths: this runs for every message.
+        tmp, queued = os.path.join(self._tmp_dir, f"{qid}.msg"), os.path.join(self._queue_dir, f"{qid}.msg")
+        renamed = False
         try:
             with open(tmp, "xb") as handle:
                 handle.write(_MAGIC)
@@ -181,11 +185,12 @@ class Spool:
                 handle.write(trailer)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.rename(tmp, os.path.join(self._queue_dir, f"{qid}.msg"))
+            os.rename(tmp, queued)
+            renamed = True
             self._queue_sync.sync()
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(queued if renamed else tmp)
             raise
         return qid
 

@@ -161,9 +161,10 @@ def test_a_failed_directory_fsync_fails_the_store_and_the_next_one_syncs_again(
     monkeypatch.setattr(spool_module, "_fsync_dir", failing_once)
     with pytest.raises(OSError, match="Input/output error"):
         spool.store(envelope(), CONTENT)
-    assert list((tmp_path / "tmp").iterdir()) == []
-    spool.store(envelope(), CONTENT)
-    assert len(calls) == 2
+    # Refused, so nothing is left to deliver: not in tmp/, nor renamed into the queue before the fsync failed
+    assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "queue").iterdir()) == []
+    qid = spool.store(envelope(), CONTENT)
+    assert len(calls) == 2 and [m.qid for m in spool.messages()] == [qid]
 
 
 def test_removal_is_not_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
