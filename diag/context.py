@@ -137,10 +137,10 @@ class RunContext:
     leaves the additional section's addresses alone (their AD bit is unknown).
 
     ``lazy_imports``: modules the run imports when it first needs them (:meth:`imports_for`: the checks'
-    :attr:`Check.lazy_imports`, cryptography's, and aiosmtplib's for the sessions). A thread imports them from the
-    start, while the run waits for its first
-    answers, so that neither the first packet nor a check waits for them (issue 13: a ``diag check`` over a
-    50 ms path spends about 60 ms of imports before its first packet otherwise).
+    :attr:`Check.lazy_imports`, cryptography's, and aiosmtplib's for the MX sessions). A thread imports them from
+    the start, while the run waits for its first answers, so that neither the first packet nor a check waits for
+    them (issue 13: a ``diag check`` over a 50 ms path spends about 60 ms of imports before its first packet
+    otherwise).
     """
 
     def __init__(
@@ -176,9 +176,10 @@ class RunContext:
     @staticmethod
     def imports_for(registry: Registry, *, own_sessions: bool) -> tuple[str, ...]:
         """The modules a run of ``registry`` imports in its thread: the checks' :attr:`Check.lazy_imports`, and the
-        SMTP client (aiosmtplib) when a check opens sessions (tagged ``sessions``) and the run opens them itself
-        (``own_sessions``). A worker process asks its parent for its sessions (:data:`SessionSource`) and needs
-        no SMTP client."""
+        SMTP client (aiosmtplib) when a check opens the MX sessions (tagged ``sessions``) and the run opens them
+        itself (``own_sessions``). A worker process asks its parent for its sessions (:data:`SessionSource`) and
+        needs no SMTP client. (The connectors check, run without the MX checks, imports it when it first opens a
+        session.)"""
         # The SMTP client first: the run's first session starts as soon as an MX address is known, well before
         # any chain is examined (the thread imports one module after the other).
         client = ("diag.net.smtp",) if own_sessions and registry.tagged("sessions") else ()

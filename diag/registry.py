@@ -122,8 +122,9 @@ class Check:
             operations (the ``e2e`` check waits for its probes to arrive, up to their Deadline); added to its
             budget.
         lazy_imports: modules the check's run imports only when it first needs them, because they take long to
-            import (cryptography, aiosmtplib) and nothing before the run's first packet needs them: a run imports
-            them in a thread as it starts, while its first questions are in flight (:class:`RunContext`).
+            import (cryptography) and nothing before the run's first packet needs them: a run imports them in a
+            thread as it starts, while its first questions are in flight. The SMTP client of the sessions is not
+            listed here: the run adds it where it opens sessions itself (:meth:`RunContext.imports_for`).
     """
 
     id: str

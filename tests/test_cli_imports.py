@@ -158,6 +158,23 @@ def test_the_way_to_a_run_s_first_packet_loads_neither_cryptography_x509_nor_aio
     assert {"cryptography.x509", "aiosmtplib", "diag.net.tls", "diag.net.smtp"}.isdisjoint(modules.split())
 
 
+@pytest.mark.parametrize("own_sessions", [True, False])
+def test_a_run_imports_the_smtp_client_only_where_it_opens_the_sessions_itself(own_sessions: bool) -> None:
+    """A worker process's run gets its SMTP sessions from its parent (a session source): its import thread leaves
+    aiosmtplib alone, while a run that opens them imports it."""
+    source = "None" if own_sessions else "lambda ip, port, name: None"
+    code = (
+        "import sys, threading; from diag.context import RunContext, RunOptions; from checks import default_registry; "
+        f"RunContext.of(RunOptions(), default_registry(), sessions={source}); "
+        "[t.join(60) for t in threading.enumerate() if t.name == 'diag-imports']; "
+        "print('aiosmtplib' in sys.modules, 'cryptography.x509' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(own_sessions), "True"]
+
+
 def test_dnspython_s_https_and_quic_clients_are_not_imported_even_where_installed(tmp_path: Path) -> None:
     """dnspython imports its DNS-over-HTTPS client (httpx2 and its kin) and its DNS-over-QUIC client (aioquic) at
     import time wherever their packages are installed, as beside checkdmarc; diag uses neither."""
