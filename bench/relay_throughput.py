@@ -1,4 +1,4 @@
-"""Relay throughput: ``diag relay`` and Postfix, each between a load client and ``smtp-sink``.
+"""Relay throughput: ``diag relay``, Postfix and a floor relay, each between a load client and ``smtp-sink``.
 
     python bench/relay_throughput.py [--messages N] [--sessions S] [--only diag|floor|postfix] [--mode MODE]
                                      [--repeat R] [--deadline SECONDS] [--no-baseline] [--keep]
@@ -19,10 +19,11 @@ used per message. With ``--repeat R`` each figure is the median over R runs.
 - postfix: a private instance (``postfix -c DIR``) with its own config, queue and data directories in the same
   temporary directory, ``relayhost = [127.0.0.1]:<sink port>``, default fsync behaviour. /etc/postfix and the
   system's mail setup are never touched; the instance is stopped with ``postfix -c DIR stop`` even on errors.
-- floor: the least a relay built on aiosmtpd and aiosmtplib (the SMTP server and client diag must use) can do
-  (``FLOOR_SERVER``): aiosmtpd with the relay's settings answers 250 at once and keeps the message in memory only,
-  20 aiosmtplib clients forward them to the sink over connections kept for the run. No disk, no policy, no log:
-  its row bounds what the relay can reach against Postfix on this machine.
+- floor: the least a relay built on aiosmtpd and aiosmtplib (the SMTP server and client diag must use) in diag's
+  two-process shape can do (``FLOOR_SERVER``): aiosmtpd with the relay's settings answers 250 at once and hands
+  the message in memory to a forked delivery process, whose 20 aiosmtplib clients forward it to the sink over
+  connections kept for the run. No disk, no policy, no log: its row bounds what the relay can reach against
+  Postfix on this machine.
 - sink: the client straight into smtp-sink, as a ceiling: what the client and the sink manage without an MTA.
 
 Every wait is bounded (``--deadline`` per load and per drain); SIGINT and SIGTERM stop the run; everything
@@ -479,43 +480,69 @@ AllowPrivate = true
             await stop_process(self._process)
 
 
-# The floor of any relay built from the parts diag must use: aiosmtpd's SMTP protocol with the relay's settings (no
-# TLS configured, as in this bench's relay) answers 250 to every message at once and keeps it in memory only; 20
-# aiosmtplib clients, each on one connection to the sink kept for the whole run (as the relay keeps its
-# connections to a smart host), forward the messages. No disk, no policy, no routing, no log: no relay on these
-# two libraries takes messages in or passes them on faster, sooner or with less CPU on this machine, so this row
-# bounds what issue 13 item 1 can reach.
+# The floor of any relay built from the parts diag must use, in diag's shape: two processes, as `diag relay`
+# (diag/relay/service.py), each with its start-up objects frozen out of the garbage collector. The intake is
+# aiosmtpd's SMTP protocol with the relay's settings (no TLS configured, as in this bench's relay); it answers 250
+# to every message at once and hands it, in memory, through a pipe to a forked delivery process, where 20 aiosmtplib
+# clients (the relay's delivery concurrency), each on one connection to the sink kept for the whole run (as the
+# relay keeps its connections to a smart host), forward the messages. No disk, no policy, no routing, no log, no
+# retries (a forwarder's error ends the run): no relay made of these two libraries in this shape takes messages in
+# or passes them on with less work on this machine, so this row bounds what issue 13 item 1 can reach.
 FLOOR_SERVER = """
-import asyncio, sys
+import asyncio, gc, os, pickle, struct, sys
 import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
+HOST, PORT, SINK = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+NAME = "floor.bench.example"
+
 class Handler:
-    def __init__(self, queue):
-        self.queue = queue
+    def __init__(self, pipe):
+        self.pipe = pipe
 
     async def handle_DATA(self, server, session, envelope):
-        self.queue.put_nowait((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        data = pickle.dumps((envelope.mail_from, envelope.rcpt_tos, envelope.content))
+        self.pipe.write(struct.pack("!I", len(data)) + data)
         return "250 2.0.0 Ok: queued"
 
-async def forward(queue, port):
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=30)
+async def intake(fd):
+    loop = asyncio.get_running_loop()
+    pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", 0))
+    handler = Handler(pipe)
+    factory = lambda: SMTP(handler, hostname=NAME, ident="ESMTP", require_starttls=False, enable_SMTPUTF8=False,
+                           decode_data=False, data_size_limit=10485760, timeout=300, auth_required=False, loop=loop)
+    server = await loop.create_server(factory, HOST, PORT)
+    gc.freeze()
+    await server.serve_forever()
+
+async def forward(queue):
+    client = aiosmtplib.SMTP(hostname=HOST, port=SINK, local_hostname=NAME, start_tls=False, timeout=30)
     await client.connect()
     while True:
         sender, recipients, content = await queue.get()
         await client.sendmail(sender, recipients, content)
 
-async def main():
+async def deliver(fd):
     loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
     queue = asyncio.Queue()
-    handler = Handler(queue)
-    factory = lambda: SMTP(handler, hostname="floor.bench.example", ident="ESMTP", require_starttls=False,
-                           enable_SMTPUTF8=False, decode_data=False, data_size_limit=10485760, timeout=300,
-                           auth_required=False, loop=loop)
-    server = await loop.create_server(factory, sys.argv[1], int(sys.argv[2]))
-    await asyncio.gather(server.serve_forever(), *(forward(queue, int(sys.argv[3])) for _ in range(20)))
+    forwarders = [asyncio.create_task(forward(queue)) for _ in range(20)]
+    gc.freeze()
+    try:
+        while True:
+            size = struct.unpack("!I", await reader.readexactly(4))[0]
+            queue.put_nowait(pickle.loads(await reader.readexactly(size)))
+    except asyncio.IncompleteReadError:
+        return  # the intake ended
 
-asyncio.run(main())
+read_end, write_end = os.pipe()
+if os.fork() == 0:
+    os.close(write_end)
+    asyncio.run(deliver(read_end))
+    os._exit(0)
+os.close(read_end)
+asyncio.run(intake(write_end))
 """
 
 
@@ -880,6 +907,18 @@ def print_table(results: list[LoadResult]) -> None:
         if lines:
             print(f"\n{name} / Postfix (rates: above 1 favours {name}; latencies and CPU: below 1 favours {name}):")
             print("\n".join(lines))
+    lines = []
+    for mode in MODES:
+        diag, floor = rows.get(("diag", mode)), rows.get(("floor", mode))
+        if diag is not None and floor is not None:
+            lines.append(
+                f"  {MODES[mode]:<26} intake {ratio(diag.rate, floor.rate)}, "
+                f"end-to-end {ratio(diag.e2e_rate, floor.e2e_rate)}, p50 {ratio(diag.p50, floor.p50)}, "
+                f"CPU per message {ratio(diag.mta_cpu_per_message, floor.mta_cpu_per_message)}"
+            )
+    if lines:
+        print("\ndiag / floor (what the relay's own work costs against the least its libraries do):")
+        print("\n".join(lines))
 
 
 def machine() -> str:
