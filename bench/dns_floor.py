@@ -45,15 +45,16 @@ from diag.cli import main as diag_main
 PAYLOAD = 1232
 
 
-def asked(domains_file: Path, lab_port: int, ca_file: Path, state: Path) -> list[tuple[str, str]]:
-    """The questions diag's resolver sends to the wire while it checks the domains of ``domains_file``."""
-    questions: list[tuple[str, str]] = []
+def asked(domains_file: Path, lab_port: int, ca_file: Path, state: Path) -> list[tuple[str, str, bool]]:
+    """The questions diag's resolver sends to the wire while it checks the domains of ``domains_file``: name,
+    type, and whether with DO and AD (every one in a run with the DNSSEC checks)."""
+    questions: list[tuple[str, str, bool]] = []
     lookup = diag.net.dns.Resolver._lookup
 
     async def counted(
         self: diag.net.dns.Resolver, name: str, rdtype: str, *, dnssec: bool = False
     ) -> diag.net.dns.Answer:
-        questions.append((name, rdtype))
+        questions.append((name, rdtype, dnssec))
         return await lookup(self, name, rdtype, dnssec=dnssec)
 
     os.environ.update(XDG_DATA_HOME=str(state / "data"), XDG_CACHE_HOME=str(state / "cache"))
@@ -75,17 +76,24 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def per_question(questions: list[tuple[str, str]], answers: list[bytes], rounds: int) -> dict[str, float]:
+def query(name: str, rdtype: str, dnssec: bool) -> dns.message.QueryMessage:
+    """The query diag sends (diag.net.dns._request, with EDNS as every DNSSEC question has it)."""
+    if not dnssec:
+        return dns.message.make_query(dns.name.from_text(name), rdtype)
+    made = dns.message.make_query(dns.name.from_text(name), rdtype, want_dnssec=True, payload=PAYLOAD)
+    made.flags |= dns.flags.AD
+    return made
+
+
+def per_question(questions: list[tuple[str, str, bool]], answers: list[bytes], rounds: int) -> dict[str, float]:
     """dnspython's CPU seconds per question (best of ``rounds``): building the query, parsing the answer, both."""
     best: dict[str, float] = {}
     for _ in range(rounds):
         for what in ("build", "parse", "both"):
             started = cpu()
-            for (name, rdtype), answer in zip(questions, answers, strict=True):
+            for (name, rdtype, dnssec), answer in zip(questions, answers, strict=True):
                 if what != "parse":
-                    query = dns.message.make_query(dns.name.from_text(name), rdtype, want_dnssec=True, payload=PAYLOAD)
-                    query.flags |= dns.flags.AD
-                    query.to_wire()
+                    query(name, rdtype, dnssec).to_wire()
                 if what != "build":
                     dns.message.from_wire(answer)
             seconds = (cpu() - started) / len(questions)
@@ -113,10 +121,10 @@ def main() -> None:
         scale.nsd_ready(time.monotonic() + scale.READY_TIMEOUT)
         with scale.LabThread() as lab:
             questions = asked(domains_file, lab.smtp_port, lab.ca_file, directory)
-        answers = []
-        for name, rdtype in questions:
-            query = dns.message.make_query(name, rdtype, want_dnssec=True, payload=PAYLOAD)
-            answers.append(dns.query.tcp(query, scale.NSD_IP, port=scale.NSD_PORT, timeout=5).to_wire())
+        if not questions:
+            sys.exit("diag asked no question: its run failed before any lookup (its error is above)")
+        answers = [dns.query.tcp(query(*question), scale.NSD_IP, port=scale.NSD_PORT, timeout=5).to_wire()
+                   for question in questions]  # fmt: skip
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=10)
@@ -124,7 +132,7 @@ def main() -> None:
     best = per_question(questions, answers, args.rounds)
 
     count = len(questions) / args.domains
-    kinds = collections.Counter(rdtype for _, rdtype in questions)
+    kinds = collections.Counter(rdtype for _, rdtype, _ in questions)
     print(f"{args.domains} domains, {len(questions)} questions to the wire ({count:.2f} per domain: "
           + ", ".join(f"{rdtype} {n}" for rdtype, n in kinds.most_common()) + ")")  # fmt: skip
     cores = len(os.sched_getaffinity(0))

@@ -24,7 +24,8 @@ The world, all on loopback:
 Measured: ``diag check --domains-file F --resolver 127.0.55.55 --smtp-port P --ca-file CA --allow-private
 --json out.json -q`` as a whole process (with the default history, kept under a temporary XDG_DATA_HOME):
 wall time, domains/s, the peak resident memory of the process tree (the sum over diag and its workers, sampled
-every 20 ms from /proc, and the largest single process as the kernel reports it), and the results per status. An
+every 20 ms from /proc, and the largest single process as the kernel reports it), the results per status, and
+the CPU time NSD (its processes) used meanwhile, since it shares the cores with diag. An
 ``error`` or ``timeout`` result whose reason is a DNS timeout is an answer lost for good; there must be none.
 
 Anchor: checkdmarc (``pip install checkdmarc``), when installed, over the same domains with the same
@@ -181,6 +182,18 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(root: int) -> float:
+    """User and system CPU time so far of a live process and its descendants (NSD serves from a child), /proc."""
+    ticks = 0
+    for pid in _tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _tree(root: int) -> list[int]:
     children: dict[int, list[int]] = collections.defaultdict(list)
     for entry in os.listdir("/proc"):
@@ -282,7 +295,9 @@ def main() -> None:
                     "-q"]  # fmt: skip
             if args.workers is not None:
                 diag += ["--workers", str(args.workers)]
+            nsd_before = _cpu_seconds(server.pid)
             run = timed_process(diag, env, directory / "diag.log")
+            nsd_cpu = _cpu_seconds(server.pid) - nsd_before  # NSD shares the two cores with diag
             blocks = (directory / "nsd.log").read_text().count("ratelimit block")  # during diag's run only
             anchor = None
             checkdmarc = shutil.which("checkdmarc", path=str(Path(sys.executable).parent)) or shutil.which("checkdmarc")
@@ -304,7 +319,8 @@ def main() -> None:
           f"Python {platform.python_version()}")  # fmt: skip
     print(f"{count} domains, NSD rrl-ratelimit {args.rrl_ratelimit} rrl-slip {args.rrl_slip}, "
           f"--timeout {args.timeout:g}, workers {args.workers if args.workers is not None else 'default'}")
-    print(f"NSD ratelimit blocks logged: {blocks}")
+    print(f"NSD ratelimit blocks logged: {blocks}; NSD's CPU during diag's run: {nsd_cpu:.1f} s "
+          f"({nsd_cpu / count * 1000:.2f} ms per domain)")  # fmt: skip
     print(f"diag: exit {run.returncode}, {run.seconds:.2f} s, {count / run.seconds:.0f} domains/s, "
           f"peak RSS {run.peak_tree_kb / 1024:.0f} MB over up to {run.peak_processes} processes "
           f"(largest process {run.max_single_kb / 1024:.0f} MB), CPU {run.cpu_seconds:.1f} s "

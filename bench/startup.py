@@ -14,10 +14,10 @@ also runs from it in the same rounds, and a last line per command gives the medi
 round: on a VM whose speed drifts within minutes, that paired difference shows a change of a few per cent that the
 two medians' spread hides.
 
-``--importtime`` also runs each diag command five times under ``python -X importtime`` and lists the modules it
-imports, each with its median time: the 20 with the largest own import time, and the time per top-level
-package. These figures are the primary evidence of start-up work: which modules a command loads does not depend
-on how loaded the machine is, and their times much less than wall times do.
+``--importtime`` also runs each diag command (and the two floors) five times under ``python -X importtime`` and
+lists the modules it imports, each with its median time: the 20 with the largest own import time, and the time per
+top-level package. These figures are the primary evidence of start-up work: which modules a command loads does not
+depend on how loaded the machine is, and their times much less than wall times do.
 
 Performance is measured here, never by timed assertions in the tests; compare with bench/README.md.
 """
@@ -56,7 +56,11 @@ gc.freeze()  # as diag.cli.main does: no last collection at exit
 # The floor of a check's start: what any check made with click, asyncio and dnspython imports before its first
 # DNS question can leave (issue 13 item 3 gives a whole check over 50 ms round trips 1.15 times its critical path,
 # 60 ms beyond the 400 ms of round trips, for all of the start, the CPU and the exit).
-FIRST_QUESTION = "import gc, asyncio, click, dns.asyncquery, dns.message; gc.freeze()"
+FIRST_QUESTION = (
+    # dnspython's optional DNS-over-HTTPS and DNS-over-QUIC clients switched off first, as diag.net.dns does.
+    "import dns._features; dns._features.force('doh', False); dns._features.force('doq', False); "
+    "import gc, asyncio, click, dns.asyncquery, dns.message; gc.freeze()"
+)
 
 # Runs of each command under -X importtime with --importtime; the listing gives each module's median.
 IMPORTTIME_RUNS = 5
