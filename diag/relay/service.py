@@ -16,9 +16,12 @@ starts its event loop, so the two use two cores and a 250 never waits behind del
   inherits it), waiting a few seconds for a relay that is leaving.
 - The child starts delivering when the parent says ``start`` on the pipe, once it listens: a relay that cannot
   start (an address in use, a bad certificate) leaves the spool alone.
-- It learns of each stored message from the pipe (its queue id, one line each) and reads it from the spool; it
-  scans the spool at start and at every ``queue_scan`` as the in-process deliverer does, so a message whose
-  announcement was lost (a crash between store and pipe) is delivered all the same.
+- It learns of each stored message from the pipe: its queue id and, for a message of at most
+  ``_HANDED_CONTENT`` octets while the child keeps up, its envelope and content, delivered from memory as the
+  in-process deliverer does (only a larger one, or one announced while the pipe is backed up, is read back from
+  the spool). What it is handed was stored before its 250 like any other message. It scans the spool at start
+  and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement was lost (a crash
+  between store and pipe) is delivered all the same.
 - It stops when the pipe ends. After SIGTERM or SIGINT the parent says ``stop`` before closing it, and in-flight
   deliveries get ``stop_grace`` to finish; a pipe that ends without it means the parent died (SIGKILL, a crash),
   and the child cancels them at once, so that a relay restarted at once (systemd's Restart=) soon has the spool
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import json
 import logging
 import os
 import re
@@ -98,8 +102,14 @@ class Relay:
         await self.close()
 
 
-# What the parent writes to the child's pipe: queue ids, one per line (Spool.new_qid: lowercase hex).
+# What the parent writes to the child's pipe: a queue id (Spool.new_qid: lowercase hex) on a line, or the id, the
+# envelope's size and the content's size on a line followed by the envelope (the spool's JSON) and the content.
 _QID: Final = re.compile(rb"[0-9a-f]{8,40}")
+_HANDED: Final = re.compile(rb"([0-9a-f]{8,40}) ([0-9]{1,10}) ([0-9]{1,10})")
+# The largest message handed over in the pipe, and the most the parent lets wait in the pipe's buffer: beyond
+# either, the child is told the id only and reads the message from the spool (the parent's memory stays bounded).
+_HANDED_CONTENT: Final = 256 * 1024
+_PIPE_BACKLOG: Final = 4 * 1024 * 1024
 # ... between these lines: the first once the relay listens, the last once it stopped taking mail on a signal.
 _START: Final = b"start"
 _STOP: Final = b"stop"
@@ -217,22 +227,48 @@ async def _deliver(settings: RelaySettings, pipe: BinaryIO) -> None:
 
 
 class _Announcements(asyncio.Protocol):
-    """The child's end of the pipe: each queue id read is delivered now; the pipe's end stops delivery, at once
-    unless the parent said ``stop`` first."""
+    """The child's end of the pipe: each message announced is delivered now, from memory when it came with the
+    announcement; the pipe's end stops delivery, at once unless the parent said ``stop`` first."""
 
     def __init__(self, deliverer: Deliverer, stop: asyncio.Event) -> None:
         self._deliverer = deliverer
         self._stop = stop
-        self._partial = b""
+        self._buffer = bytearray()
+        self._awaited: tuple[str, int, int] | None = None  # a handed message's id and sizes, its bytes to come
         self._told = False
 
     def data_received(self, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            if _QID.fullmatch(line):
+        self._buffer += data
+        while True:
+            if self._awaited is not None:
+                qid, header_size, size = self._awaited
+                if len(self._buffer) < header_size + size:
+                    return
+                header, content = bytes(self._buffer[:header_size]), bytes(self._buffer[header_size:header_size + size])
+                del self._buffer[: header_size + size]
+                self._awaited = None
+                self._handed(qid, header, content)
+                continue
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                return
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if handed := _HANDED.fullmatch(line):
+                self._awaited = (handed[1].decode("ascii"), int(handed[2]), int(handed[3]))
+            elif _QID.fullmatch(line):
                 self._deliverer.kick(line.decode("ascii"))
             elif line == _STOP:
                 self._told = True
+
+    def _handed(self, qid: str, header: bytes, content: bytes) -> None:
+        try:
+            envelope = Envelope.from_json(json.loads(header))
+        except (ValueError, KeyError, TypeError):
+            log.error("qid=%s: the envelope handed over is damaged; reading the message from the spool", qid)
+            self._deliverer.kick(qid)
+            return
+        self._deliverer.queued(qid, envelope, content)
 
     def eof_received(self) -> bool:
         self._end()
@@ -268,7 +304,7 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
     announce, _ = await loop.connect_write_pipe(lambda: _ChildWatch(gone), pipe)
 
     def queued(qid: str, envelope: Envelope, content: bytes) -> None:
-        announce.write(f"{qid}\n".encode("ascii"))
+        _announce(announce, qid, envelope, content)
 
     try:
         async with RelayServer(settings, spool, on_queued=queued):
@@ -294,6 +330,16 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
     if gone.is_set() and not stop.is_set():
         raise DiagError(f"the delivery process (pid {child}) ended; the relay stopped, queued mail stays in "
                         f"{settings.spool}")  # fmt: skip
+
+
+def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, content: bytes) -> None:
+    """Tell the child of stored message ``qid``: with its envelope and content, or its id alone for a large
+    message or while the pipe is backed up (the child then reads it from the spool)."""
+    if len(content) > _HANDED_CONTENT or pipe.get_write_buffer_size() > _PIPE_BACKLOG:
+        pipe.write(f"{qid}\n".encode("ascii"))
+        return
+    header = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8")
+    pipe.write(b"%s %d %d\n%s%s" % (qid.encode("ascii"), len(header), len(content), header, content))
 
 
 def _reap(child: int) -> int:
