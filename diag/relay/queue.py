@@ -113,11 +113,21 @@ class Deliverer:
 
     def queued(self, qid: str, envelope: Envelope, content: bytes) -> None:
         """The server stored message ``qid``: deliver it now, from memory (what :meth:`kick` does, without
-        reading it back). Beyond ``_HANDED_BYTES`` of messages waiting their turn, they are read from disk."""
-        if self._handed_bytes + len(content) <= _HANDED_BYTES:
+        reading it back). Beyond ``_HANDED_BYTES`` of messages waiting their turn, they are read from disk.
+
+        The spool stays the authority on what is left to do (:meth:`_load`): in the relay's delivery process the
+        announcement comes after the message is in the queue, where a scan may find it first."""
+        if qid not in self._active and self._handed_bytes + len(content) <= _HANDED_BYTES:
+            self._unhand(qid)
             self._handed[qid] = (envelope, content)
             self._handed_bytes += len(content)
         self.kick(qid)
+
+    def _unhand(self, qid: str) -> tuple[Envelope, bytes] | None:
+        handed = self._handed.pop(qid, None)
+        if handed is not None:
+            self._handed_bytes -= len(handed[1])
+        return handed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver due messages until ``stop`` is set, at most ``delivery_concurrency`` at a time."""
@@ -162,6 +172,7 @@ class Deliverer:
             await self._deliver(qid)
         finally:
             self._active.discard(qid)
+            self._unhand(qid)  # handed while this attempt was under way: the spool has what is left
 
     # --- the queue runner ---------------------------------------------------------------------------------
 
@@ -201,16 +212,18 @@ class Deliverer:
     async def _load(self, qid: str) -> tuple[QueuedMessage, bytes] | None:
         """The message and its content, as handed over by :meth:`queued` or from the spool; None when it is gone
         (finished meanwhile) or damaged (:meth:`Spool.recover` quarantines it at the next start)."""
-        handed = self._handed.pop(qid, None)
-        if handed is not None:
-            envelope, content = handed
-            self._handed_bytes -= len(content)
-            # Just stored: no state file yet, every recipient pending and due.
-            statuses = tuple(RecipientStatus(recipient) for recipient in envelope.rcpt_tos)
-            return QueuedMessage(qid, envelope, len(content), statuses), content
+        handed = self._unhand(qid)
+        fresh = self._spool.fresh(qid) if handed is not None else False  # two stat calls
+        if handed is not None and fresh is None:
+            return None  # a scan found it before its announcement came, and it is done
         try:
-            message = await asyncio.to_thread(self._spool.get, qid)
-            content = await asyncio.to_thread(self._spool.content, qid)
+            if handed is not None and fresh:
+                # As stored: no recipient's state recorded yet, every one pending and due.
+                envelope, content = handed
+                statuses = tuple(RecipientStatus(recipient) for recipient in envelope.rcpt_tos)
+                return QueuedMessage(qid, envelope, len(content), statuses), content
+            message = await asyncio.to_thread(self._spool.get, qid)  # attempted before: its recorded states
+            content = handed[1] if handed is not None else await asyncio.to_thread(self._spool.content, qid)
         except (FileNotFoundError, SpoolError):
             return None
         return message, content

@@ -18,10 +18,12 @@ starts its event loop, so the two use two cores and a 250 never waits behind del
   start (an address in use, a bad certificate) leaves the spool alone.
 - It learns of each stored message from the pipe: its queue id and, for a message of at most
   ``_HANDED_CONTENT`` octets while the child keeps up, its envelope and content, delivered from memory as the
-  in-process deliverer does (only a larger one, or one announced while the pipe is backed up, is read back from
-  the spool). What it is handed was stored before its 250 like any other message. It scans the spool at start
-  and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement was lost (a crash
-  between store and pipe) is delivered all the same.
+  in-process deliverer does. A larger one, one announced while the pipe is backed up or beyond the deliverer's
+  memory budget, and every later attempt, read the message back from the spool. What it is handed was stored
+  before its 250 like any other message, and the spool stays the authority on what is left to do: the child
+  scans it at start and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement
+  was lost (a crash between store and pipe) is delivered all the same, and one the scan reached before its
+  announcement is not delivered twice (``Deliverer.queued``).
 - It stops when the pipe ends. After SIGTERM or SIGINT the parent says ``stop`` before closing it, and in-flight
   deliveries get ``stop_grace`` to finish; a pipe that ends without it means the parent died (SIGKILL, a crash),
   and the child cancels them at once, so that a relay restarted at once (systemd's Restart=) soon has the spool
@@ -110,6 +112,10 @@ _HANDED: Final = re.compile(rb"([0-9a-f]{8,40}) ([0-9]{1,10}) ([0-9]{1,10})")
 # either, the child is told the id only and reads the message from the spool (the parent's memory stays bounded).
 _HANDED_CONTENT: Final = 256 * 1024
 _PIPE_BACKLOG: Final = 4 * 1024 * 1024
+# What the child accepts at most on the pipe: a longer line, a larger envelope or content, or a line it does not
+# know means the stream is out of step (a bug): delivery stops rather than reading content as announcements.
+_LINE_MAX: Final = 128
+_ENVELOPE_MAX: Final = 1024 * 1024
 # ... between these lines: the first once the relay listens, the last once it stopped taking mail on a signal.
 _START: Final = b"start"
 _STOP: Final = b"stop"
@@ -236,8 +242,15 @@ class _Announcements(asyncio.Protocol):
         self._buffer = bytearray()
         self._awaited: tuple[str, int, int] | None = None  # a handed message's id and sizes, its bytes to come
         self._told = False
+        self._out = False  # out of step: nothing more is read
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self._out:
+            return
         self._buffer += data
         while True:
             if self._awaited is not None:
@@ -249,26 +262,47 @@ class _Announcements(asyncio.Protocol):
                 self._awaited = None
                 self._handed(qid, header, content)
                 continue
-            end = self._buffer.find(b"\n")
+            end = self._buffer.find(b"\n", 0, _LINE_MAX + 1)
             if end < 0:
+                if len(self._buffer) > _LINE_MAX:
+                    self._out_of_step(f"a line longer than {_LINE_MAX} octets")
                 return
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
             if handed := _HANDED.fullmatch(line):
-                self._awaited = (handed[1].decode("ascii"), int(handed[2]), int(handed[3]))
+                header_size, size = int(handed[2]), int(handed[3])
+                if header_size > _ENVELOPE_MAX or size > _HANDED_CONTENT:
+                    self._out_of_step(f"a handed message of {header_size} + {size} octets")
+                    return
+                self._awaited = (handed[1].decode("ascii"), header_size, size)
             elif _QID.fullmatch(line):
                 self._deliverer.kick(line.decode("ascii"))
             elif line == _STOP:
                 self._told = True
+            else:
+                self._out_of_step(f"the line {line[:40]!r}")
+                return
 
     def _handed(self, qid: str, header: bytes, content: bytes) -> None:
         try:
             envelope = Envelope.from_json(json.loads(header))
-        except (ValueError, KeyError, TypeError):
+        except Exception:  # whatever the JSON held (RecursionError too), the spool has the message
             log.error("qid=%s: the envelope handed over is damaged; reading the message from the spool", qid)
             self._deliverer.kick(qid)
             return
         self._deliverer.queued(qid, envelope, content)
+
+    def _out_of_step(self, what: str) -> None:
+        """The stream cannot be trusted to say where the next announcement starts: delivery stops at once (the
+        parent stops too, as when the child dies), and what is queued stays in the spool for the next start."""
+        log.error("the pipe from the intake is out of step (%s); delivery stops", what)
+        self._out = True
+        self._buffer.clear()
+        self._awaited = None
+        if self._transport is not None:
+            self._transport.close()  # connection_lost ends delivery (_end)
+        else:
+            self._end()
 
     def eof_received(self) -> bool:
         self._end()
@@ -324,12 +358,21 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
                 for wait in waits:
                     wait.cancel()
     finally:
-        # The child finishes what it has in hand and leaves; without the word it would take this for a crash.
-        announce.write(_STOP + b"\n")
-        announce.close()
+        await _last_word(announce, gone)
     if gone.is_set() and not stop.is_set():
         raise DiagError(f"the delivery process (pid {child}) ended; the relay stopped, queued mail stays in "
                         f"{settings.spool}")  # fmt: skip
+
+
+async def _last_word(pipe: asyncio.WriteTransport, gone: asyncio.Event) -> None:
+    """Say ``stop`` and close the pipe: the child finishes what it has in hand and leaves (without the word it
+    would take the pipe's end for a crash). close() only queues, so this waits, at most _STOP_GRACE, until what the
+    pipe's buffer holds (handed messages, then the word) is written: ``gone`` is set when the transport ends."""
+    pipe.write(_STOP + b"\n")
+    pipe.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_STOP_GRACE):
+            await gone.wait()
 
 
 def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, content: bytes) -> None:

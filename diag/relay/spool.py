@@ -223,6 +223,13 @@ class Spool:
                 continue
         return found
 
+    def fresh(self, qid: str) -> bool | None:
+        """Whether message ``qid`` is queued as stored, with no recipient's state recorded yet; None when it is no
+        longer queued (every recipient final)."""
+        if not os.path.exists(os.path.join(self._queue_dir, f"{qid}.msg")):
+            return None
+        return not os.path.exists(os.path.join(self._queue_dir, f"{qid}.state"))
+
     def get(self, qid: str) -> QueuedMessage:
         return self._queued(self.queue / f"{qid}.msg")
 

@@ -8,6 +8,7 @@ seeing exactly which commands arrived. Each test has its own 127.91.N.0/24 and o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import itertools
@@ -909,6 +910,69 @@ def test_run_cancels_a_stuck_delivery_at_stop_and_leaves_it_pending(world_factor
             statuses = world.statuses(qid)
             assert statuses is not None
             assert statuses["user@b.example"] == RecipientStatus("user@b.example")  # untouched: retried after restart
+
+    run(scenario())
+
+
+# --- messages handed over in memory (Deliverer.queued: the relay's pipe, the in-process server) ----------------
+
+
+def test_a_message_the_scan_delivered_before_its_announcement_came_is_not_delivered_again(world_factory: Any) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            qid = world.queue("user@b.example")
+            envelope = world.spool.get(qid).envelope
+            async with working(deliverer):
+                # Given a message the scan found and delivered first
+                await delivered(world, qid)
+                # When its announcement comes after all, with the message
+                deliverer.queued(qid, envelope, CONTENT)
+                await eventually(lambda: not deliverer._handed and not deliverer._active)
+            # Then it was sent once, and nothing of it is left in memory
+            assert len(sink.messages) == 1 and deliverer._handed_bytes == 0
+
+    run(scenario())
+
+
+def test_a_handed_message_already_attempted_goes_by_its_recorded_states(world_factory: Any) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            # Given a message whose first attempt delivered to one recipient and deferred the other for an hour
+            qid = world.queue("one@b.example", "two@b.example")
+            later = datetime.now(UTC) + timedelta(hours=1)
+            world.spool.update(qid, [RecipientStatus("one@b.example", RecipientState.DELIVERED, 1),
+                                     RecipientStatus("two@b.example", attempts=1, next_attempt=later)])  # fmt: skip
+            # When it is handed over (late) and attempted
+            deliverer.queued(qid, world.spool.get(qid).envelope, CONTENT)
+            await deliverer.deliver_once(qid)
+            # Then nobody gets it: one has it, the other is not due
+            assert sink.messages == [] and sink.connections == 0
+            statuses = world.statuses(qid)
+            assert statuses is not None and statuses["two@b.example"].attempts == 1
+
+    run(scenario())
+
+
+def test_a_message_handed_while_its_attempt_is_under_way_is_not_kept(world_factory: Any) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink(greet=False))
+            deliverer = world.deliverer(
+                ACCEPTED + connector("to-b", "b.example", "b.mx.example"),
+                limits=Limits(operation_timeout=20.0, queue_scan=3600.0), stop_grace=0.2,
+            )  # fmt: skip
+            qid = world.queue("user@b.example")
+            attempt = asyncio.create_task(deliverer.deliver_once(qid))
+            await asyncio.wait_for(sink.connected.wait(), 10)
+            deliverer.queued(qid, world.spool.get(qid).envelope, CONTENT)
+            assert deliverer._handed == {} and deliverer._handed_bytes == 0
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await attempt
 
     run(scenario())
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +25,7 @@ class Deliverer:
 
     def __init__(self) -> None:
         self.told: list[tuple[str, Envelope | None, bytes | None]] = []
+        self.stop_grace = 5.0
 
     def kick(self, qid: str | None = None) -> None:
         assert qid is not None
@@ -45,11 +50,11 @@ class Pipe(asyncio.WriteTransport):
         return self.backlog
 
 
-def read(data: bytes, step: int) -> tuple[Deliverer, bool]:
+def read(data: bytes, step: int, stop: asyncio.Event | None = None) -> tuple[Deliverer, bool]:
     """``data`` through the child's end, ``step`` bytes at a time; what the deliverer was told, and whether the
     parent said stop."""
     deliverer = Deliverer()
-    announcements = service._Announcements(deliverer, asyncio.Event())  # type: ignore[arg-type]
+    announcements = service._Announcements(deliverer, stop or asyncio.Event())  # type: ignore[arg-type]
     for start in range(0, len(data), step):
         announcements.data_received(data[start : start + step])
     return deliverer, announcements._told
@@ -69,15 +74,71 @@ def test_handed_messages_and_bare_ids_come_out_whole_however_the_pipe_cuts_them(
 
 
 def test_a_large_message_or_a_backed_up_pipe_hands_over_the_id_alone() -> None:
-    large = b"x" * (service._HANDED_CONTENT + 1)
-    pipe = Pipe()
+    # At the limits, handed over; one octet beyond, the id alone
+    largest, full = b"x" * service._HANDED_CONTENT, Pipe(backlog=service._PIPE_BACKLOG)
+    service._announce(full, "0a1b2c3d", ENVELOPE, largest)
+    assert read(bytes(full.written), 4096)[0].told == [("0a1b2c3d", ENVELOPE, largest)]
+    large, pipe = largest + b"x", Pipe()
     service._announce(pipe, "0a1b2c3d", ENVELOPE, large)
     backed_up = Pipe(backlog=service._PIPE_BACKLOG + 1)
     service._announce(backed_up, "0a1b2c3d", ENVELOPE, CONTENT)
     assert bytes(pipe.written) == bytes(backed_up.written) == b"0a1b2c3d\n"
 
 
-def test_a_damaged_envelope_sends_the_child_to_the_spool() -> None:
-    header = json.dumps({"mail_from": "john@contoso.com"}).encode()  # no recipients, no date
-    deliverer, _ = read(b"0a1b2c3d %d 2\n%sok" % (len(header), header), 3)
-    assert deliverer.told == [("0a1b2c3d", None, None)]
+@pytest.mark.parametrize(
+    "header", [json.dumps({"mail_from": "john@contoso.com"}).encode(), b"[" * 100_000, b"\xff"],
+    ids=["no recipients", "too deep", "not UTF-8"],
+)  # fmt: skip
+def test_a_damaged_envelope_sends_the_child_to_the_spool_and_the_next_record_still_counts(header: bytes) -> None:
+    pipe = Pipe()
+    pipe.write(b"0a1b2c3d %d 2\n%sok" % (len(header), header))
+    service._announce(pipe, "0a1b2c3e", ENVELOPE, CONTENT)
+    deliverer, _ = read(bytes(pipe.written), 3)
+    assert deliverer.told == [("0a1b2c3d", None, None), ("0a1b2c3e", ENVELOPE, CONTENT)]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"x" * (service._LINE_MAX + 1), b"0a1b2c3d %d 10\n" % (service._ENVELOPE_MAX + 1),
+     b"0a1b2c3d 10 %d\n" % (service._HANDED_CONTENT + 1), b"Subject: hello\n"],
+    ids=["a line without end", "a huge envelope", "a huge content", "an unknown line"],
+)  # fmt: skip
+def test_a_pipe_out_of_step_stops_delivery_at_once_and_reads_nothing_more(garbage: bytes) -> None:
+    pipe = Pipe()
+    pipe.write(garbage)
+    service._announce(pipe, "0a1b2c3d", ENVELOPE, CONTENT)
+    pipe.write(b"00ff00ff\n" + service._STOP + b"\n")
+    stop = asyncio.Event()
+    deliverer, told_stop = read(bytes(pipe.written), 50, stop)
+    # Nothing after the garbage is taken for an announcement, and delivery ends as after a crash (no grace)
+    assert deliverer.told == [] and not told_stop
+    assert stop.is_set() and deliverer.stop_grace == 0.0
+
+
+def test_the_last_word_waits_until_the_pipe_has_written_everything(tmp_path: Path) -> None:
+    """The parent's buffer may hold megabytes of handed messages at stop: they and ``stop`` reach the child."""
+    read_end, write_end = os.pipe()
+    received = bytearray()
+
+    def drain() -> None:  # a child that reads slowly
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                received.extend(chunk)
+                time.sleep(0.001)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        transport, _ = await loop.connect_write_pipe(lambda: service._ChildWatch(gone), os.fdopen(write_end, "wb", 0))
+        for n in range(40):
+            service._announce(transport, f"{n:08x}", ENVELOPE, b"x" * 100_000)
+        assert transport.get_write_buffer_size() > 1_000_000  # the child is behind
+        await service._last_word(transport, gone)
+
+    asyncio.run(scenario())
+    reader.join(30)
+    deliverer, told_stop = read(bytes(received), 65536)
+    assert len(deliverer.told) == 40 and told_stop
