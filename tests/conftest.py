@@ -8,6 +8,9 @@ over real sockets with real clients (dnspython, aiosmtplib), never through mocks
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -81,3 +84,34 @@ def lab_domains(lab_report: Report) -> Callable[..., Report]:
                       tuple(d for d in lab_report.domains if d.domain in domains))  # fmt: skip
 
     return subset
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve_lab(*extra: str, attempts: int = 5) -> tuple[subprocess.Popen[str], list[str]]:
+    """``diag lab serve`` on fresh ports, and the command its second line says reaches it. A port free on
+    127.0.0.1 may be held on a lab address (127.0.10.10, ...) by another test's lab, which runs side by side under
+    xdist: then it is started again on other ports. Any other failure fails the test with the lab's words."""
+    for _ in range(attempts):
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "diag", "lab", "serve", "--smtp-port", str(_free_port()),
+             "--dns-port", str(_free_port()), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert serve.stdout is not None
+        lines = [serve.stdout.readline() for _ in range(2)]
+        if "reach it with: " in lines[1]:
+            return serve, lines[1].split("reach it with: ", 1)[1].split()
+        _, err = serve.communicate(timeout=20)
+        assert "address already in use" in err, err
+    raise AssertionError(f"diag lab serve found no free port in {attempts} attempts")
+
+
+@pytest.fixture(scope="session")
+def serve_lab() -> Callable[..., tuple[subprocess.Popen[str], list[str]]]:
+    """Start ``diag lab serve`` (extra options as arguments): the process, and the command that reaches it."""
+    return _serve_lab

@@ -8,7 +8,9 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -322,27 +324,12 @@ def test_certificate_expiry_thresholds(options: list[str], code: int, finding: s
     assert done.returncode == code and finding in done.stdout
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_lab_serve_prints_the_options_that_reach_it() -> None:
+def test_lab_serve_prints_the_options_that_reach_it(serve_lab: Callable[..., Any]) -> None:
     import shlex
     import signal
 
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "diag", "lab", "serve", "--smtp-port", str(_free_port()),
-         "--dns-port", str(_free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    serve, reach = serve_lab()
     try:
-        assert serve.stdout is not None
-        lines = [serve.stdout.readline() for _ in range(2)]
-        reach = lines[1].split("reach it with: ", 1)[1].split()
         assert reach[:3] == ["diag", "check", "DOMAIN"]
         done = diag("check", "contoso.com", "expired.example", *reach[3:])
         assert done.returncode == 2, shlex.join(reach)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from mailbox import Maildir
 from pathlib import Path
@@ -34,24 +33,14 @@ def diag(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], Path]]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, serve_lab: Callable[..., tuple[subprocess.Popen[str], list[str]]]
+) -> Iterator[tuple[list[str], Path]]:
     """A lab kept running: the options that reach it, and its directory (Maildirs under maildir/)."""
     directory = tmp_path_factory.mktemp("lab")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "diag", "lab", "serve", "--smtp-port", str(_free_port()),
-         "--dns-port", str(_free_port()), "--dir", str(directory)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert serve.stdout is not None
-    lines = [serve.stdout.readline() for _ in range(2)]
-    options = lines[1].split("reach it with: ", 1)[1].split()[3:]
+    serve, reach = serve_lab("--dir", str(directory))
+    options = reach[3:]
     try:
         yield options, directory
     finally:
