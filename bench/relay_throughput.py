@@ -413,7 +413,20 @@ class Sink:
                 await asyncio.wait_for(self._reader, 5.0)
 
 
-class DiagRelay:
+class _OneProcess:
+    """An MTA this script runs as one subprocess, in a session of its own (with whatever it forks)."""
+
+    _process: asyncio.subprocess.Process | None = None
+
+    def cpu(self) -> float | None:
+        return session_cpu(self._process.pid) if self._process and self._process.returncode is None else None
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            await stop_process(self._process)
+
+
+class DiagRelay(_OneProcess):
     """``diag relay`` in the cloud role, delivering sink.example to the sink."""
 
     name = "diag"
@@ -425,7 +438,6 @@ class DiagRelay:
         self.log = self.dir / "relay.log"
         self.spool = self.dir / "spool"
         self.maildir = self.dir / "maildir"
-        self._process: asyncio.subprocess.Process | None = None
 
     def config(self) -> str:
         return f"""\
@@ -472,12 +484,6 @@ AllowPrivate = true
             )  # fmt: skip
         await wait_ready(self.port, "diag relay", lambda: self._process.returncode is None, self.log)  # type: ignore[union-attr]
 
-    def cpu(self) -> float | None:
-        return session_cpu(self._process.pid) if self._process and self._process.returncode is None else None
-
-    async def stop(self) -> None:
-        if self._process is not None:
-            await stop_process(self._process)
 
 
 # The floor of any relay built from the parts diag must use, in diag's shape: two processes, as `diag relay`
@@ -546,7 +552,7 @@ asyncio.run(intake(write_end))
 """
 
 
-class AiosmtpdFloor:
+class AiosmtpdFloor(_OneProcess):
     """The floor relay (FLOOR_SERVER) in a process of its own, forwarding to the sink."""
 
     name = "floor"
@@ -555,7 +561,6 @@ class AiosmtpdFloor:
         self.port = free_port()
         self.sink_port = sink_port
         self.log = workdir / "floor.log"
-        self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with log_file(self.log) as log:
@@ -565,12 +570,6 @@ class AiosmtpdFloor:
             )  # fmt: skip
         await wait_ready(self.port, "the floor relay", lambda: self._process.returncode is None, self.log)  # type: ignore[union-attr]
 
-    def cpu(self) -> float | None:
-        return session_cpu(self._process.pid) if self._process and self._process.returncode is None else None
-
-    async def stop(self) -> None:
-        if self._process is not None:
-            await stop_process(self._process)
 
 
 class PostfixInstance:
