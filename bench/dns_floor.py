@@ -32,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import dns.flags
 import dns.message
 import dns.name
 import dns.query
@@ -40,9 +39,6 @@ import scale  # bench/scale.py: the zones, NSD and the lab
 
 import diag.net.dns
 from diag.cli import main as diag_main
-
-# dnspython's default EDNS payload, which diag offers (diag.net.dns._EDNS_PAYLOAD).
-PAYLOAD = 1232
 
 
 def asked(domains_file: Path, lab_port: int, ca_file: Path, state: Path) -> list[tuple[str, str, bool]]:
@@ -77,12 +73,9 @@ def cpu() -> float:
 
 
 def query(name: str, rdtype: str, dnssec: bool) -> dns.message.QueryMessage:
-    """The query diag sends (diag.net.dns._request, with EDNS as every DNSSEC question has it)."""
-    if not dnssec:
-        return dns.message.make_query(dns.name.from_text(name), rdtype)
-    made = dns.message.make_query(dns.name.from_text(name), rdtype, want_dnssec=True, payload=PAYLOAD)
-    made.flags |= dns.flags.AD
-    return made
+    """The query diag sends for the question (its resolver's own ``_request``; EDNS only with DNSSEC, as with
+    ``--resolver``)."""
+    return diag.net.dns._request(dns.name.from_text(name), rdtype, edns=dnssec, dnssec=dnssec)
 
 
 def per_question(questions: list[tuple[str, str, bool]], answers: list[bytes], rounds: int) -> dict[str, float]:

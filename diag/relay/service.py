@@ -381,7 +381,7 @@ def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, conten
     if len(content) > _HANDED_CONTENT or pipe.get_write_buffer_size() > _PIPE_BACKLOG:
         pipe.write(f"{qid}\n".encode("ascii"))
         return
-    header = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8")
+    header = envelope.encoded()
     pipe.write(b"%s %d %d\n%s%s" % (qid.encode("ascii"), len(header), len(content), header, content))
 
 

@@ -78,6 +78,11 @@ class Envelope:
             "peer": self.peer, "helo": self.helo, "tls": self.tls, "client_cert_names": list(self.client_cert_names),
         }  # fmt: skip
 
+    def encoded(self) -> bytes:
+        """The envelope as the spool file's header line holds it (and the relay's pipe hands it over), without the
+        line end: compact JSON, read back with ``from_json(json.loads(...))``."""
+        return json.dumps(self.to_json(), separators=(",", ":")).encode("utf-8")
+
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Envelope:
         return cls(
@@ -171,7 +176,7 @@ class Spool:
         to deliver: neither the unfinished write nor a file renamed into the queue whose directory entry could not
         be made durable (the caller refuses the message, so delivering it would send it twice)."""
         qid = qid or self.new_qid()
-        header = json.dumps(envelope.to_json(), separators=(",", ":")).encode("utf-8") + b"\n"
+        header = envelope.encoded() + b"\n"
         digest = hashlib.sha256(header + content).hexdigest()
         trailer = _TRAILER + f"{len(header) + len(content)} {digest}\n".encode("ascii")
         # Strings, not Paths: this runs for every message.
