@@ -24,6 +24,13 @@ used per message. With ``--repeat R`` each figure is the median over R runs.
   the message in memory to a forked delivery process, whose 20 aiosmtplib clients forward it to the sink over
   connections kept for the run. No disk, no policy, no log: its row bounds what the relay can reach against
   Postfix on this machine.
+- floor-fs and floor-j: the same floor with the durability item 1 of issue 13 requires (on disk, file and
+  directory entry, before the 250), kept by one writer thread that stores every message waiting and then wakes
+  the event loop once. floor-fs keeps a file per message, as diag's spool and Postfix do: written, fsynced,
+  renamed into the queue, the directory fsynced once per batch; the file unlinked once forwarded. floor-j appends
+  the messages waiting to one journal file with one fdatasync for all of them; each one forwarded is recorded in
+  a second file. Neither fsyncs what it forgets (a crash may repeat a delivery, never lose one). Their rows bound
+  what a relay on these libraries reaches with each way of keeping messages.
 - sink: the client straight into smtp-sink, as a ceiling: what the client and the sink manage without an MTA.
 
 Every wait is bounded (``--deadline`` per load and per drain); SIGINT and SIGTERM stop the run; everything
@@ -71,6 +78,12 @@ REFUSED_PAUSE = 0.02  # before trying again after a 421 greeting (a connection c
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 MODES = {"connection": "one message per connection", "reuse": "reused connections"}
+# The floor relays (FLOOR_SERVER), by how they keep a message before its 250.
+FLOORS = {
+    "floor": "with no disk",
+    "floor-fs": "with a durable file per message, as diag's spool keeps them",
+    "floor-j": "with a durable append-only journal",
+}
 
 
 # --- the load client ------------------------------------------------------------------------------------------
@@ -495,45 +508,116 @@ AllowPrivate = true
 # retries (a forwarder's error ends the run): no relay made of these two libraries in this shape takes messages in
 # or passes them on with less work on this machine, so this row bounds what issue 13 item 1 can reach.
 FLOOR_SERVER = """
-import asyncio, gc, os, pickle, struct, sys
+import asyncio, collections, gc, os, pickle, struct, sys, threading
 import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
-HOST, PORT, SINK = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+HOST, PORT, SINK, STORAGE = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+SPOOL = sys.argv[5] if len(sys.argv) > 5 else ""
 NAME = "floor.bench.example"
 
+
+class Writer:
+    # One thread stores every message waiting, then wakes the loop once for all of them: the cheapest durable
+    # store known here (a thread per message costs a wake-up each way per message).
+    def __init__(self, loop):
+        self.loop = loop
+        self.waiting = collections.deque()
+        self.wake = threading.Condition()
+        self.number = 0
+        self.journal = os.open(os.path.join(SPOOL, "journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def store(self, content):
+        done = self.loop.create_future()
+        with self.wake:
+            self.waiting.append((done, content))
+            self.wake.notify()
+        return done
+
+    def run(self):
+        while True:
+            with self.wake:
+                while not self.waiting:
+                    self.wake.wait()
+                batch = list(self.waiting)
+                self.waiting.clear()
+            names = self.files(batch) if STORAGE == "files" else self.append(batch)
+            self.loop.call_soon_threadsafe(self.stored, batch, names)
+
+    def files(self, batch):
+        # A file per message, as diag and Postfix keep them: written, fsynced, renamed; the directory fsynced.
+        names = []
+        for _, content in batch:
+            self.number += 1
+            tmp, queued = (os.path.join(SPOOL, part, str(self.number)) for part in ("tmp", "queue"))
+            with open(tmp, "xb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, queued)
+            names.append(queued)
+        directory = os.open(os.path.join(SPOOL, "queue"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return names
+
+    def append(self, batch):
+        # An append-only journal: every message waiting in one write, one fdatasync (a group commit).
+        numbers = list(range(self.number + 1, self.number + 1 + len(batch)))
+        self.number += len(batch)
+        os.write(self.journal, b"".join(b"%d %d\\n%s" % (n, len(c), c) for n, (_, c) in zip(numbers, batch)))
+        os.fdatasync(self.journal)
+        return [str(n) for n in numbers]
+
+    def stored(self, batch, names):
+        for (done, _), name in zip(batch, names):
+            done.set_result(name)
+
+
 class Handler:
-    def __init__(self, pipe):
+    def __init__(self, pipe, writer):
         self.pipe = pipe
+        self.writer = writer
 
     async def handle_DATA(self, server, session, envelope):
-        data = pickle.dumps((envelope.mail_from, envelope.rcpt_tos, envelope.content))
+        name = await self.writer.store(envelope.content) if self.writer else None
+        data = pickle.dumps((envelope.mail_from, envelope.rcpt_tos, envelope.content, name))
         self.pipe.write(struct.pack("!I", len(data)) + data)
         return "250 2.0.0 Ok: queued"
 
 async def intake(fd):
     loop = asyncio.get_running_loop()
     pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(fd, "wb", 0))
-    handler = Handler(pipe)
+    handler = Handler(pipe, Writer(loop) if STORAGE != "memory" else None)
     factory = lambda: SMTP(handler, hostname=NAME, ident="ESMTP", require_starttls=False, enable_SMTPUTF8=False,
                            decode_data=False, data_size_limit=10485760, timeout=300, auth_required=False, loop=loop)
     server = await loop.create_server(factory, HOST, PORT)
     gc.freeze()
     await server.serve_forever()
 
-async def forward(queue):
+async def forward(queue, done):
     client = aiosmtplib.SMTP(hostname=HOST, port=SINK, local_hostname=NAME, start_tls=False, timeout=30)
     await client.connect()
     while True:
-        sender, recipients, content = await queue.get()
+        sender, recipients, content, name = await queue.get()
         await client.sendmail(sender, recipients, content)
+        # Forgotten without an fsync (a crash may repeat a delivery, never lose one): the file unlinked, or the
+        # journal's number recorded as delivered.
+        if STORAGE == "files":
+            os.unlink(name)
+        elif STORAGE == "journal":
+            os.write(done, b"%s\\n" % name.encode())
 
 async def deliver(fd):
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
     queue = asyncio.Queue()
-    forwarders = [asyncio.create_task(forward(queue)) for _ in range(20)]
+    done = os.open(os.path.join(SPOOL, "delivered"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if SPOOL else -1
+    forwarders = [asyncio.create_task(forward(queue, done)) for _ in range(20)]
     gc.freeze()
     try:
         while True:
@@ -553,23 +637,45 @@ asyncio.run(intake(write_end))
 
 
 class AiosmtpdFloor(_OneProcess):
-    """The floor relay (FLOOR_SERVER) in a process of its own, forwarding to the sink."""
+    """The floor relay (FLOOR_SERVER) in a process of its own, forwarding to the sink, messages in memory only."""
 
     name = "floor"
+    storage = "memory"
 
     def __init__(self, workdir: Path, sink_port: int) -> None:
         self.port = free_port()
         self.sink_port = sink_port
-        self.log = workdir / "floor.log"
+        self.log = workdir / f"{self.name}.log"
+        self.spool = workdir / self.name
 
     async def start(self) -> None:
+        arguments = [HOST, str(self.port), str(self.sink_port), self.storage]
+        if self.storage != "memory":
+            for directory in ("tmp", "queue"):
+                (self.spool / directory).mkdir(parents=True, exist_ok=True)
+            arguments.append(str(self.spool))
         with log_file(self.log) as log:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", FLOOR_SERVER, HOST, str(self.port), str(self.sink_port),
+                sys.executable, "-c", FLOOR_SERVER, *arguments,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
-        await wait_ready(self.port, "the floor relay", lambda: self._process.returncode is None, self.log)  # type: ignore[union-attr]
+        await wait_ready(self.port, f"the {self.name} relay", lambda: self._process.returncode is None, self.log)  # type: ignore[union-attr]
 
+
+class FilesFloor(AiosmtpdFloor):
+    """The floor with item 1's durability kept as diag and Postfix keep it, a file per message: written, fsynced,
+    renamed into the queue and the directory fsynced before the 250; unlinked once forwarded."""
+
+    name = "floor-fs"
+    storage = "files"
+
+
+class JournalFloor(AiosmtpdFloor):
+    """The floor with the same durability in an append-only journal: the messages waiting written together and
+    one fdatasync for all of them before their 250s; each one forwarded recorded in a second file."""
+
+    name = "floor-j"
+    storage = "journal"
 
 
 class PostfixInstance:
@@ -705,7 +811,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 print(f"postfix processes of session {self.master_pid} still running", file=sys.stderr)
 
 
-Mta = DiagRelay | AiosmtpdFloor | PostfixInstance
+Mta = DiagRelay | AiosmtpdFloor | FilesFloor | JournalFloor | PostfixInstance
 
 
 def drain_pty(fd: int) -> str:
@@ -892,7 +998,7 @@ def print_table(results: list[LoadResult]) -> None:
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}" if a is not None and b else "-"
 
-    for name in ("diag", "floor"):
+    for name in ("diag", *FLOORS):
         lines = []
         for mode in MODES:
             mta, postfix = rows.get((name, mode)), rows.get(("postfix", mode))
@@ -906,18 +1012,19 @@ def print_table(results: list[LoadResult]) -> None:
         if lines:
             print(f"\n{name} / Postfix (rates: above 1 favours {name}; latencies and CPU: below 1 favours {name}):")
             print("\n".join(lines))
-    lines = []
-    for mode in MODES:
-        diag, floor = rows.get(("diag", mode)), rows.get(("floor", mode))
-        if diag is not None and floor is not None:
-            lines.append(
-                f"  {MODES[mode]:<26} intake {ratio(diag.rate, floor.rate)}, "
-                f"end-to-end {ratio(diag.e2e_rate, floor.e2e_rate)}, p50 {ratio(diag.p50, floor.p50)}, "
-                f"CPU per message {ratio(diag.mta_cpu_per_message, floor.mta_cpu_per_message)}"
-            )
-    if lines:
-        print("\ndiag / floor (what the relay's own work costs against the least its libraries do):")
-        print("\n".join(lines))
+    for name, what in FLOORS.items():
+        lines = []
+        for mode in MODES:
+            diag, floor = rows.get(("diag", mode)), rows.get((name, mode))
+            if diag is not None and floor is not None:
+                lines.append(
+                    f"  {MODES[mode]:<26} intake {ratio(diag.rate, floor.rate)}, "
+                    f"end-to-end {ratio(diag.e2e_rate, floor.e2e_rate)}, p50 {ratio(diag.p50, floor.p50)}, "
+                    f"CPU per message {ratio(diag.mta_cpu_per_message, floor.mta_cpu_per_message)}"
+                )
+        if lines:
+            print(f"\ndiag / {name} (what the relay's own work costs against the least its libraries do {what}):")
+            print("\n".join(lines))
 
 
 def machine() -> str:
@@ -935,7 +1042,7 @@ async def run_all(args: argparse.Namespace, workdir: Path, started: list[Sink | 
     await sink.start()
     if not args.no_baseline:
         await measure_mta(None, sink, args, results)
-    for kind in (DiagRelay, AiosmtpdFloor, PostfixInstance):
+    for kind in (DiagRelay, AiosmtpdFloor, FilesFloor, JournalFloor, PostfixInstance):
         if args.only not in (None, kind.name):
             continue
         mta = kind(workdir, sink.port)
@@ -990,7 +1097,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per MTA and mode (default 2000)")
     parser.add_argument("--sessions", type=int, default=20, help="parallel SMTP sessions (default 20)")
-    parser.add_argument("--only", choices=("diag", "floor", "postfix"), help="measure one MTA only")
+    parser.add_argument("--only", choices=("diag", *FLOORS, "postfix"), help="measure one MTA only")
     parser.add_argument(
         "--mode", choices=("connection", "reuse", "both"), default="both",
         help="one message per connection, reused connections, or both (default)",
