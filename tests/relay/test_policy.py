@@ -224,6 +224,13 @@ def test_check_address_sender_forms(address: str, expected: str | None) -> None:
     assert check_address(address, sender=True) == expected
 
 
+def test_check_address_answers_sender_and_recipient_apart_when_asked_again() -> None:
+    # Cached (the server asks twice per address): the same text as sender and as recipient stays two questions
+    for _ in range(2):
+        assert check_address("<>", sender=True) is None
+        assert check_address("<>", sender=False) == "553 5.1.3 Empty recipient address"
+
+
 @pytest.mark.parametrize(
     "address",
     [
