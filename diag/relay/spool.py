@@ -13,7 +13,9 @@ atomically; a message is removed only when every recipient reached a final state
 makes too: a crash soon after a delivery may bring the unlinked file back and deliver it again (a duplicate),
 but cannot lose anything, and the busy path saves a directory fsync per message.
 
-All methods block (file I/O and fsync); call them with ``asyncio.to_thread``.
+All methods block (file I/O and fsync); call them with ``asyncio.to_thread``. :meth:`remove` is the exception
+the deliverer makes: two unlinks, no fsync and no data, called on its event loop as Postfix's qmgr removes
+finished queue files on its own.
 """
 
 from __future__ import annotations
@@ -283,8 +285,9 @@ class Spool:
 
     def remove(self, qid: str) -> None:
         """Forget a finished message. Not fsynced (see the module's docstring): a crash may bring it back."""
-        (self.queue / f"{qid}.msg").unlink(missing_ok=True)
-        (self.queue / f"{qid}.state").unlink(missing_ok=True)
+        for suffix in (".msg", ".state"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._queue_dir, qid + suffix))
 
     def _statuses(self, qid: str, envelope: Envelope) -> tuple[RecipientStatus, ...]:
         path = self.queue / f"{qid}.state"

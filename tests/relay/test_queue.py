@@ -81,6 +81,15 @@ class WatchedSpool(Spool):
             raise OSError(errno.ENOSPC, "No space left on device")
         super().update(qid, statuses, current=current)
 
+    def remove(self, qid: str) -> None:
+        # Removing a finished message records its outcome too (the deliverer calls it instead of update)
+        if self.broken:
+            raise RuntimeError("a bug")
+        if self.updates_to_refuse:
+            self.updates_to_refuse -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        super().remove(qid)
+
     def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
         if self.refuse_bounces and envelope.mail_from == "":
             self.bounces_refused += 1
