@@ -305,6 +305,27 @@ def test_a_message_whose_outcome_cannot_be_recorded_is_held_not_delivered_at_eve
     run(scenario())
 
 
+def test_a_state_that_cannot_be_recorded_holds_the_message_too(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        relay = Relay(tmp_path, limits=Limits(queue_scan=0.02, retry_base=HOUR))
+        qid = relay.queue("bob@contoso.com", "carol@contoso.com")
+        # carol is not due: after bob's delivery the message stays, so its new state must be written
+        later = RecipientStatus("carol@contoso.com", attempts=1, next_attempt=datetime.now(UTC) + HOUR, detail="451 x")
+        relay.spool.update(qid, [later])
+        relay.spool.updates_to_refuse = 1_000
+        async with relay.running():
+            await eventually(lambda: len(relay.mailbox("bob@contoso.com")) == 1)
+            scans = relay.spool.scans
+            await eventually(lambda: relay.spool.scans >= scans + 10)
+        assert len(relay.mailbox("bob@contoso.com")) == 1
+        assert relay.statuses(qid) == {
+            "bob@contoso.com": RecipientStatus("bob@contoso.com"),
+            "carol@contoso.com": later,
+        }
+
+    run(scenario())
+
+
 def test_a_held_message_is_tried_again_after_the_pause_a_duplicate_at_worst(tmp_path: Path) -> None:
     async def scenario() -> None:
         relay = Relay(tmp_path, limits=Limits(queue_scan=0.02, retry_base=timedelta(milliseconds=1)))

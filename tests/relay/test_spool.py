@@ -51,6 +51,19 @@ def test_states_are_kept_until_every_recipient_is_final(tmp_path: Path) -> None:
     assert spool.messages() == [] and list((tmp_path / "queue").iterdir()) == []
 
 
+def test_remove_ignores_what_is_gone_and_raises_what_it_cannot_remove(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    qid = spool.store(envelope(), CONTENT)
+    spool.remove(qid)  # the message file, and no state file to remove
+    spool.remove(qid)  # again: nothing left, nothing to say
+    assert spool.messages() == []
+    # What cannot be removed (here a directory in the state file's place) is an error for the caller to handle
+    other = spool.store(envelope(), CONTENT)
+    (tmp_path / "queue" / f"{other}.state").mkdir()
+    with pytest.raises(OSError):
+        spool.remove(other)
+
+
 def test_envelopes_and_states_come_back_whole_from_their_json() -> None:
     """Every field, none at its default, survives to_json and from_json (to_json names each field itself)."""
     accepted, retry = datetime(2026, 12, 7, 17, 0, tzinfo=UTC), datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
