@@ -144,7 +144,10 @@ class Deliverer:
                     self._wake.clear()
                     if self._kicked or loop.time() >= next_scan:
                         self._kicked = False
-                        self._fresh.clear()  # the scan finds them too
+                        # The scan finds them too, except a message handed over in memory that is done meanwhile
+                        # (the scan reached it before its announcement came): that one is looked at all the same,
+                        # or it would stay in memory.
+                        self._fresh = deque(qid for qid in self._fresh if qid in self._handed)
                         next_scan = loop.time() + limits.queue_scan
                         backlog = deque(qid for qid in await self._due() if qid not in in_flight)
                     while self._fresh:
@@ -178,6 +181,10 @@ class Deliverer:
 
     def _finished(self, in_flight: dict[str, asyncio.Task[None]], qid: str, _task: asyncio.Task[None]) -> None:
         in_flight.pop(qid, None)
+        if qid in self._handed:
+            # Handed over after its attempt let it go, while the run loop still saw it in flight and so skipped
+            # it: looked at again, or it would stay in memory (the spool then says whether anything is left).
+            self._fresh.append(qid)
         self._wake.set()
 
     async def _due(self) -> list[str]:

@@ -100,7 +100,15 @@ class WatchedSpool(Spool):
 class Relay:
     """A deliverer on a watched spool, with local mailboxes bob@ and carol@contoso.com."""
 
-    def __init__(self, tmp: Path, *, limits: Limits, connectors: tuple[OutboundConnector, ...] = (), port: int = 25):
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        limits: Limits,
+        connectors: tuple[OutboundConnector, ...] = (),
+        port: int = 25,
+        kind: type[Deliverer] = Deliverer,
+    ) -> None:
         self.tmp = tmp
         self.spool = WatchedSpool(tmp / "spool")
         org = Organization(accepted_domains=(AcceptedDomain("contoso.com"),), outbound_connectors=connectors)
@@ -110,7 +118,7 @@ class Relay:
             allow_private=True, limits=limits,
         )  # fmt: skip
         # Never asked in these tests (no route here needs DNS): a port nothing listens on.
-        self.deliverer = Deliverer(settings, self.spool, Resolver([Nameserver("127.0.0.1", 9)], timeout=1.0))
+        self.deliverer = kind(settings, self.spool, Resolver([Nameserver("127.0.0.1", 9)], timeout=1.0))
 
     def queue(self, *recipients: str, sender: str = "alice@contoso.com", content: bytes = CONTENT) -> str:
         return self.spool.store(Envelope(sender, recipients), content)
@@ -214,6 +222,54 @@ def test_a_message_handed_over_in_memory_is_delivered_without_reading_the_spool(
             await eventually(lambda: not (relay.spool.queue / f"{qid}.msg").exists())
             assert (relay.spool.gets, relay.spool.contents, relay.spool.scans) == (0, 0, 1)
             assert relay.mailbox("bob@contoso.com") and relay.mailbox("carol@contoso.com")
+
+    run(scenario())
+
+
+class AnnouncedLate(Deliverer):
+    """Its announcement of ``late`` comes as the scan's attempt of that message ends: once the attempt has let the
+    message go, before the run loop has seen the attempt finish."""
+
+    late: tuple[str, Envelope, bytes] | None = None
+
+    async def deliver_once(self, qid: str) -> None:
+        await super().deliver_once(qid)
+        if self.late is not None and self.late[0] == qid:
+            late, self.late = self.late, None
+            self.queued(*late)
+
+
+def test_a_message_announced_as_its_attempt_ends_is_not_kept_in_memory(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        relay = Relay(tmp_path, limits=Limits(queue_scan=3600.0), kind=AnnouncedLate)
+        envelope = Envelope("alice@contoso.com", ("bob@contoso.com",))
+        qid = relay.spool.store(envelope, CONTENT)
+        deliverer = relay.deliverer
+        assert isinstance(deliverer, AnnouncedLate)
+        deliverer.late = (qid, envelope, CONTENT)
+        async with relay.running():  # the scan at start finds the message first
+            await eventually(lambda: deliverer.late is None and relay.statuses(qid) is None)
+            # The late announcement is looked at all the same: the spool says the message is done, so it is dropped
+            await eventually(lambda: not deliverer._handed)
+        assert len(relay.mailbox("bob@contoso.com")) == 1 and deliverer._handed_bytes == 0
+
+    run(scenario())
+
+
+def test_a_message_announced_after_it_was_done_is_not_kept_in_memory_when_a_scan_comes_first(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        relay = Relay(tmp_path, limits=Limits(queue_scan=3600.0))
+        async with relay.running():
+            await eventually(lambda: relay.spool.scans == 1)
+            # Given a message an earlier attempt finished (gone from the spool), announced late, with a scan due
+            envelope = Envelope("alice@contoso.com", ("bob@contoso.com",))
+            qid = relay.spool.store(envelope, CONTENT)
+            relay.spool.remove(qid)
+            relay.deliverer.queued(qid, envelope, CONTENT)
+            relay.deliverer.kick()
+            # Then the scan does not make it forget the announcement: it is looked at, found done, and dropped
+            await eventually(lambda: relay.spool.scans == 2 and not relay.deliverer._handed)
+        assert relay.mailbox("bob@contoso.com") == [] and relay.deliverer._handed_bytes == 0
 
     run(scenario())
 
