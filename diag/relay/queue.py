@@ -144,12 +144,13 @@ class Deliverer:
                     self._wake.clear()
                     if self._kicked or loop.time() >= next_scan:
                         self._kicked = False
-                        # The scan finds them too, except a message handed over in memory that is done meanwhile
-                        # (the scan reached it before its announcement came): that one is looked at all the same,
-                        # or it would stay in memory.
-                        self._fresh = deque(qid for qid in self._fresh if qid in self._handed)
+                        self._fresh.clear()  # the scan finds them too
                         next_scan = loop.time() + limits.queue_scan
                         backlog = deque(qid for qid in await self._due() if qid not in in_flight)
+                        # Except a message handed over in memory that is done meanwhile (a scan reached it before
+                        # its announcement came): it is looked at all the same, or it would stay in memory.
+                        found = set(backlog)
+                        backlog.extend(qid for qid in self._handed if qid not in found and qid not in in_flight)
                     while self._fresh:
                         qid = self._fresh.popleft()
                         if qid not in in_flight and qid not in backlog:
