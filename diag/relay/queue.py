@@ -150,10 +150,12 @@ class Deliverer:
                         # Except a message handed over in memory that is done meanwhile (a scan reached it before
                         # its announcement came): it is looked at all the same, or it would stay in memory.
                         found = set(backlog)
-                        backlog.extend(qid for qid in self._handed if qid not in found and qid not in in_flight)
+                        for qid in list(self._handed):
+                            if qid not in found and qid not in in_flight and self._admitted(qid):
+                                backlog.append(qid)
                     while self._fresh:
                         qid = self._fresh.popleft()
-                        if qid not in in_flight and qid not in backlog:
+                        if qid not in in_flight and qid not in backlog and self._admitted(qid):
                             backlog.append(qid)
                     while backlog and len(in_flight) < max(1, limits.delivery_concurrency):
                         qid = backlog.popleft()
@@ -179,6 +181,15 @@ class Deliverer:
             self._unhand(qid)  # handed while this attempt was under way: the spool has what is left
 
     # --- the queue runner ---------------------------------------------------------------------------------
+
+    def _admitted(self, qid: str) -> bool:
+        """Whether announced message ``qid`` may be attempted now: not while it is held (its last outcome could not
+        be recorded). A held message waits for its pause and is then read from the spool; what was handed over
+        is let go."""
+        if self._held.get(qid, 0.0) > time.monotonic():
+            self._unhand(qid)
+            return False
+        return True
 
     def _finished(self, in_flight: dict[str, asyncio.Task[None]], qid: str, _task: asyncio.Task[None]) -> None:
         in_flight.pop(qid, None)
