@@ -91,7 +91,7 @@ class Deliverer:
         self._handed: dict[str, tuple[Envelope, bytes]] = {}
         self._handed_bytes = 0
         self._active: set[str] = set()
-        # Messages whose outcome could not be recorded (disk full, I/O error), with the loop time until which
+        # Messages whose outcome could not be recorded (disk full, I/O error), with the time.monotonic() until which
         # run() leaves them alone: retrying at every scan would send a duplicate to the receiver each time.
         self._held: dict[str, float] = {}
         # The reflector's memory, read from the spool directory on first use; the lock makes "answered before?"
