@@ -114,6 +114,7 @@ class LoadResult:
     end_to_end: float | None = None  # seconds from the start of the load until the sink counted every message
     sink_counted: int = 0
     mta_cpu: float | None = None
+    intake_cpu: float | None = None  # of mta_cpu, the process that takes the mail in (diag and the floors)
     client_cpu: float = 0.0
     timed_out: bool = False
 
@@ -315,6 +316,15 @@ def session_cpu(sid: int) -> float:
     return total / CLK_TCK
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` alone (utime, stime); 0 when it is gone."""
+    try:
+        fields = Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def session_alive(sid: int) -> bool:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -433,6 +443,11 @@ class _OneProcess:
 
     def cpu(self) -> float | None:
         return session_cpu(self._process.pid) if self._process and self._process.returncode is None else None
+
+    def intake_cpu(self) -> float | None:
+        """The CPU of the process started, which takes the mail in; the rest of its session (the delivery process
+        it forked) is ``cpu()`` less this."""
+        return process_cpu(self._process.pid) if self._process and self._process.returncode is None else None
 
     async def stop(self) -> None:
         if self._process is not None:
@@ -884,6 +899,7 @@ async def measure_mta(mta: Mta | None, sink: Sink, args: argparse.Namespace, res
         for mode in args.modes:
             before_count = sink.count
             cpu_before = mta.cpu() if mta is not None else None
+            intake_before = mta.intake_cpu() if isinstance(mta, _OneProcess) else None
             started = time.monotonic()
             result = await run_load(port, name, mode, args.messages, args.sessions, args.deadline)
             drained = await sink.reached(before_count + result.accepted, time.monotonic() + args.deadline)
@@ -893,6 +909,9 @@ async def measure_mta(mta: Mta | None, sink: Sink, args: argparse.Namespace, res
             cpu_after = mta.cpu() if mta is not None else None
             if cpu_before is not None and cpu_after is not None:
                 result.mta_cpu = cpu_after - cpu_before
+            intake_after = mta.intake_cpu() if isinstance(mta, _OneProcess) else None
+            if intake_before is not None and intake_after is not None:
+                result.intake_cpu = intake_after - intake_before
             report_line(result, drained)
             results.append(result)
 
@@ -934,6 +953,7 @@ class Summary:
     end_to_end: float | None  # None when a run was not drained in time
     e2e_rate: float | None
     mta_cpu_per_message: float | None
+    intake_cpu_per_message: float | None
     client_cpu_per_message: float | None
 
     @classmethod
@@ -957,6 +977,8 @@ class Summary:
             e2e_rate=median([r.e2e_rate() for r in runs]),
             mta_cpu_per_message=median([r.mta_cpu / r.accepted if r.mta_cpu is not None and r.accepted else None
                                         for r in runs]),
+            intake_cpu_per_message=median([r.intake_cpu / r.accepted if r.intake_cpu is not None and r.accepted
+                                           else None for r in runs]),
             client_cpu_per_message=median([r.client_cpu / r.accepted if r.accepted else None for r in runs]),
         )  # fmt: skip
 
@@ -994,6 +1016,13 @@ def print_table(results: list[LoadResult]) -> None:
         "p50/p99: final dot to 250; txn: MAIL FROM to that 250; e2e: load start until the sink counted every "
         "accepted message"
     )
+    split = [r for r in rows.values() if r.intake_cpu_per_message is not None and r.mta_cpu_per_message is not None]
+    if split:
+        print("\nMTA CPU by process, ms per message: the intake (the process started) and delivery (the one it forked)")
+        for r in split:
+            assert r.intake_cpu_per_message is not None and r.mta_cpu_per_message is not None
+            delivery = r.mta_cpu_per_message - r.intake_cpu_per_message
+            print(f"  {r.mta:<8} {MODES[r.mode]:<26} intake {ms(r.intake_cpu_per_message)}, delivery {ms(delivery)}")
 
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}" if a is not None and b else "-"
