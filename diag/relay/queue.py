@@ -36,7 +36,16 @@ from diag.net.dns import Resolver
 from diag.relay import dsn, reflect
 from diag.relay.plan import LOCAL, REFLECT, Outcome, Result, Route, plan_message
 from diag.relay.settings import Limits, RelaySettings
-from diag.relay.spool import Envelope, QueuedMessage, RecipientState, RecipientStatus, Spool, SpoolError
+from diag.relay.spool import (
+    Envelope,
+    QueuedMessage,
+    RecipientState,
+    RecipientStatus,
+    Spool,
+    SpoolError,
+    merged,
+    settled,
+)
 from diag.relay.text import escape
 from diag.relay.transport import Transport
 
@@ -276,7 +285,7 @@ class Deliverer:
             if updates:
                 async with lock:
                     if await self._record(qid, updates, current):
-                        _merge(current, updates)
+                        current[:] = merged(current, updates)
 
         async def deliver_group(route: Route, recipients: tuple[str, ...]) -> None:
             async with self._slots:
@@ -338,7 +347,7 @@ class Deliverer:
     async def _record(self, qid: str, statuses: list[RecipientStatus], current: Sequence[RecipientStatus]) -> bool:
         """Record ``statuses`` (``current``: every recipient's state before them); False when it failed."""
         try:
-            if _finishes(current, statuses):
+            if settled(merged(current, statuses)):
                 # Done with: its two files unlinked, no fsync and no data written. That is cheap enough for the
                 # event loop, where Postfix's qmgr removes finished queue files too; a worker-thread hop per message
                 # was a quarter of the delivery process's CPU under load (bench/relay_throughput.py).
@@ -377,20 +386,6 @@ class Deliverer:
             )
             self.queued(bounce_qid, *made)
         await self._record(qid, failures, current)
-
-
-def _finishes(current: Sequence[RecipientStatus], updates: Sequence[RecipientStatus]) -> bool:
-    """Whether ``updates`` leave no recipient pending (``current``: every recipient's state before them): then
-    :meth:`Spool.update` would remove the message."""
-    merged = {status.recipient: status for status in current}
-    merged.update({status.recipient: status for status in updates})
-    return all(status.state is not RecipientState.PENDING for status in merged.values())
-
-
-def _merge(current: list[RecipientStatus], updates: Sequence[RecipientStatus]) -> None:
-    """Replace the recipients' states in ``current`` by their ``updates``."""
-    new = {status.recipient: status for status in updates}
-    current[:] = [new.get(status.recipient, status) for status in current]
 
 
 def _log_attempt(qid: str, sender: str, route: str, outcome: Outcome, status: RecipientStatus, latency_ms: int) -> None:

@@ -35,7 +35,9 @@ from pathlib import Path
 
 from diag.frozen import frozen
 
-__all__ = ["Envelope", "QueuedMessage", "RecipientState", "RecipientStatus", "Spool", "SpoolError"]
+__all__ = [
+    "Envelope", "QueuedMessage", "RecipientState", "RecipientStatus", "Spool", "SpoolError", "merged", "settled",
+]
 
 _MAGIC = b"DIAGSPOOL1\n"
 _TRAILER = b"\n#END "
@@ -267,11 +269,8 @@ class Spool:
         ``current``: every recipient's state as the caller knows it (the deliverer keeps them), which saves
         reading the message's envelope and state back from disk; read from the spool when None.
         """
-        known = self.get(qid).statuses if current is None else current
-        merged = {s.recipient: s for s in known}
-        merged.update({s.recipient: s for s in statuses})
-        current = tuple(merged.values())
-        if all(s.state is not RecipientState.PENDING for s in current):
+        current = merged(self.get(qid).statuses if current is None else current, statuses)
+        if settled(current):
             self.remove(qid)
             return
         data = json.dumps([s.to_json() for s in current]).encode("utf-8")
@@ -324,6 +323,19 @@ class Spool:
         except (ValueError, KeyError, TypeError) as exc:
             raise SpoolError(f"{path.name}: damaged envelope: {exc}") from None
         return envelope, content
+
+
+def merged(known: Sequence[RecipientStatus], updates: Sequence[RecipientStatus]) -> tuple[RecipientStatus, ...]:
+    """Every recipient's state: ``known``, with ``updates`` in place of their recipients' (a recipient ``known``
+    lacks comes last)."""
+    states = {status.recipient: status for status in known}
+    states.update({status.recipient: status for status in updates})
+    return tuple(states.values())
+
+
+def settled(statuses: Sequence[RecipientStatus]) -> bool:
+    """Whether no recipient is pending any more: the message is done, and leaves the spool."""
+    return all(status.state is not RecipientState.PENDING for status in statuses)
 
 
 def _fsync_dir(directory: Path) -> None:
