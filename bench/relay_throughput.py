@@ -300,40 +300,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (the state is the first), or None when it is gone."""
+    try:
+        return Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def session_cpu(sid: int) -> float:
     """CPU seconds of every live process in session ``sid``, with their reaped children (cutime, cstime)."""
     total = 0
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = text.rpartition(")")[2].split()
-        if int(fields[3]) == sid:
+        fields = proc_stat(entry.name) if entry.name.isdigit() else None
+        if fields is not None and int(fields[3]) == sid:
             total += sum(int(value) for value in fields[11:15])
     return total / CLK_TCK
 
 
 def process_cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` alone (utime, stime); 0 when it is gone."""
-    try:
-        fields = Path("/proc", str(pid), "stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    fields = proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields is not None else 0.0
 
 
 def session_alive(sid: int) -> bool:
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                return True
+        fields = proc_stat(entry.name) if entry.name.isdigit() else None
+        if fields is not None and int(fields[3]) == sid and fields[0] != "Z":
+            return True
     return False
 
 
@@ -844,11 +839,8 @@ def drain_pty(fd: int) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def find_tool(name: str) -> str:
