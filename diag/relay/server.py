@@ -18,8 +18,11 @@ What aiosmtpd does not do, this module adds (RR numbers of security-cases.md):
   smtpd_forbid_unauth_pipelining): otherwise a refused DATA would run the content as commands;
 - replies that name no internals: 451 4.3.0 for every unexpected error (RR-55), a greeting without the
   aiosmtpd version (RR-44), no AUTH (a receiving MX offers none);
-- ``250`` only after :meth:`Spool.store` returned (write, fsync, rename, fsync of the directory; RR-60), run in a
-  worker thread so the loop keeps serving (RR-56); ENOSPC gives 452 4.3.1 (RR-61), anything else 451 4.3.0.
+- ``250`` only once the message is on stable storage (RR-60): up to 256 KB, in the journal, appended with the
+  messages stored at the same time under one fdatasync by :class:`~diag.relay.writer.BatchWriter`, and its queue
+  file moved into the queue; a larger one through :meth:`Spool.store` (write, fsync, rename, fsync of the
+  directory). Both on threads of their own, so the loop keeps serving (RR-56); ENOSPC gives 452 4.3.1 (RR-61),
+  anything else 451 4.3.0.
   Mail for a catch-all domain (``RelaySettings.catch_all``: a plain mail host's final delivery) goes straight
   into its Maildir instead, as durably (:func:`diag.relay.mailbox.store`), with the same replies.
 
@@ -62,6 +65,7 @@ from diag.relay import mailbox, policy
 from diag.relay.connections import CappedSMTP, Connections, Stress, peer_ip
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Envelope, Spool
+from diag.relay.writer import BatchWriter
 
 __all__ = ["RelayServer"]
 
@@ -69,6 +73,9 @@ log = logging.getLogger("diag.relay")
 
 # Upper bound on how long close() waits for aborted sessions and in-flight spool writes.
 _CLOSE_WAIT: Final = 5.0
+# The largest message stored in a batch (BatchWriter: through the journal); a larger one is written and fsynced on
+# its own, so a batch never waits behind it.
+_BATCHED: Final = 256 * 1024
 
 _BARE_LF: Final = b"421 4.5.2 Error: bare <LF> received; lines must end with <CR><LF>\r\n"
 _SYNCHRONIZATION: Final = "554 5.5.0 Error: SMTP protocol synchronization"
@@ -441,6 +448,7 @@ class RelayServer:
         self._servers: list[asyncio.Server] = []
         self._connections = self._new_connections()
         self._writer: ThreadPoolExecutor | None = None
+        self._batches: BatchWriter | None = None
 
     def _new_connections(self) -> Connections:
         limits = self.settings.limits
@@ -467,6 +475,8 @@ class RelayServer:
         self._connections = connections = self._new_connections()
         # One writer per session that may be in DATA at once: a store never waits for a thread.
         self._writer = ThreadPoolExecutor(max_workers=limits.data_sessions, thread_name_prefix="spool-writer")
+        if self.spool is not None:
+            self._batches = BatchWriter(self.spool, loop)
         data_slots = asyncio.Semaphore(limits.data_sessions)
 
         def factory() -> asyncio.BaseProtocol:
@@ -522,6 +532,9 @@ class RelayServer:
         if writer is not None:
             # Writes still running finish on their threads (their messages were not answered 250 yet).
             writer.shutdown(wait=False)
+        batches, self._batches = self._batches, None
+        if batches is not None:
+            await batches.close(_CLOSE_WAIT)
 
     async def __aenter__(self) -> RelayServer:
         await self.start()
@@ -535,8 +548,12 @@ class RelayServer:
     async def _queue(self, envelope: Envelope, data: bytes, received_id: str) -> str:
         """Store a message; the DATA reply. 250 only once it is on stable storage (RFC 5321 §6.1)."""
         assert self.spool is not None  # only catch-all recipients are accepted without one (__init__)
-        store = functools.partial(self.spool.store, envelope, data, qid=received_id)
-        write = asyncio.get_running_loop().run_in_executor(self._writer, store)
+        write: asyncio.Future[str]
+        if self._batches is not None and len(data) <= _BATCHED:
+            write = self._batches.store(received_id, envelope, data)
+        else:
+            store = functools.partial(self.spool.store, envelope, data, qid=received_id)
+            write = asyncio.get_running_loop().run_in_executor(self._writer, store)
         # A message that was stored is announced to delivery whether or not its 250 reached the client (a
         # duplicate at worst, RFC 5321 §6.1).
         write.add_done_callback(lambda done: self._stored(done, envelope, data, received_id))

@@ -5,6 +5,13 @@ fsynced — only then may the server answer 250 (RFC 5321 §6.1; security-cases.
 mail_stream_finish_file order). The directory fsync is a group commit: stores that finish their rename while
 one is running share the next one, so under load a message costs about one fsync (its file's), not two.
 
+The intake stores the messages it takes in batches instead (:class:`diag.relay.writer.BatchWriter`): each queue
+file written without an fsync of its own (:meth:`Spool.prepare`), the batch appended to the journal
+(:mod:`diag.relay.journal`) with one fdatasync for all of it, and each file then moved into the queue
+(:meth:`Spool.enqueue`) before it is answered 250. A checkpoint (:meth:`Spool.checkpoint`) fsyncs the
+files a closed journal segment still has in the queue before deleting it; :meth:`Spool.recover` replays the
+segments left at start-up.
+
 The file carries a one-line JSON envelope, the content, and a trailer with the length and SHA-256 of both, so a
 file cut short by a crash is recognised and quarantined instead of delivered truncated (like Postfix's END
 record). Per-recipient delivery state lives beside it in ``<id>.state``, replaced
@@ -34,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from diag.frozen import frozen
+from diag.relay.journal import Journal, Segment, boot_id, read_segment
 
 __all__ = [
     "Envelope", "QueuedMessage", "RecipientState", "RecipientStatus", "Spool", "SpoolError", "merged", "settled",
@@ -169,6 +177,7 @@ class Spool:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._queue_sync = _GroupSync(self.queue)
         self._tmp_dir, self._queue_dir = os.fspath(self.tmp), os.fspath(self.queue)
+        self.journal = Journal(root / "journal")
 
     @staticmethod
     def new_qid() -> str:
@@ -180,18 +189,12 @@ class Spool:
         to deliver: neither the unfinished write nor a file renamed into the queue whose directory entry could not
         be made durable (the caller refuses the message, so delivering it would send it twice)."""
         qid = qid or self.new_qid()
-        header = envelope.encoded() + b"\n"
-        digest = hashlib.sha256(header + content).hexdigest()
-        trailer = _TRAILER + f"{len(header) + len(content)} {digest}\n".encode("ascii")
         # Strings, not Paths: this runs for every message.
         tmp, queued = os.path.join(self._tmp_dir, f"{qid}.msg"), os.path.join(self._queue_dir, f"{qid}.msg")
         renamed = False
         try:
             with open(tmp, "xb") as handle:
-                handle.write(_MAGIC)
-                handle.write(header)
-                handle.write(content)
-                handle.write(trailer)
+                handle.write(_encoded(envelope, content))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.rename(tmp, queued)
@@ -203,11 +206,52 @@ class Spool:
             raise
         return qid
 
+    def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
+        """The first step of a batched store (the module's docstring): write message ``qid`` to ``tmp/`` without
+        an fsync, and return its queue file's bytes for the journal. Then, once the journal holds them,
+        :meth:`enqueue`; else :meth:`discard`. Raises OSError, and leaves nothing behind."""
+        data = _encoded(envelope, content)
+        tmp = os.path.join(self._tmp_dir, f"{qid}.msg")
+        try:
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return data
+
+    def enqueue(self, qid: str) -> None:
+        """Move a prepared message into the queue, once its journal record is durable. Raises OSError (and
+        :meth:`discard` is due): its record, found at start-up with no queue file, is then not delivered."""
+        os.rename(os.path.join(self._tmp_dir, f"{qid}.msg"), os.path.join(self._queue_dir, f"{qid}.msg"))
+
+    def discard(self, qid: str) -> None:
+        """Drop a prepared message that is not to be queued (its journal append failed)."""
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self._tmp_dir, f"{qid}.msg"))
+
+    def checkpoint(self, segment: Segment) -> None:
+        """Make the queue files of a closed journal segment's messages durable (those still queued: fsynced, and
+        the directory), then delete the segment. Raises OSError; the segment then stays, replayed at start-up."""
+        for qid in segment.qids:
+            try:
+                fd = os.open(os.path.join(self._queue_dir, f"{qid}.msg"), os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # delivered and removed
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._queue_sync.sync()
+        self.journal.delete(segment.path)
+
     def recover(self) -> list[str]:
-        """At start-up: drop unfinished writes, quarantine damaged messages; returns the quarantined ids."""
+        """At start-up: replay the journal, drop unfinished writes, quarantine damaged messages; returns the
+        quarantined ids (and the names of journal segments whose damaged part was quarantined)."""
+        bad = self._replay()
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
-        bad = []
         for path in sorted(self.queue.glob("*.msg")):
             try:
                 self._read(path)
@@ -217,6 +261,54 @@ class Spool:
         if bad:
             _fsync_dir(self.queue)
         return bad
+
+    def _replay(self) -> list[str]:
+        """Put back in the queue what the journal has and the queue lacks, then delete the segments.
+
+        A segment written in this boot went through a killed process at most, whose files the page cache kept: only
+        a message stored but not yet renamed into the queue (its file still in ``tmp/``) is put back; one without
+        a file was delivered and removed. After a crash of the machine (another boot, or no boot id), every record
+        whose queue file is missing or damaged is put back: a message delivered since its segment's checkpoint is
+        then delivered again (a duplicate, never a loss, as after removals a crash undid)."""
+        bad: list[str] = []
+        segments = self.journal.segments()
+        now = boot_id()
+        for path in segments:
+            contents = read_segment(path)
+            same_boot = bool(now) and contents.boot == now
+            for qid, data in contents.records:
+                queued = os.path.join(self._queue_dir, f"{qid}.msg")
+                if same_boot:
+                    wanted = not os.path.exists(queued) and os.path.exists(os.path.join(self._tmp_dir, f"{qid}.msg"))
+                else:
+                    wanted = not self._intact(queued)
+                if not wanted:
+                    continue
+                try:
+                    _parsed(f"{qid}.msg", data)
+                except SpoolError:
+                    _write_durably(self.quarantine / f"{qid}.msg", data)
+                    bad.append(qid)
+                    continue
+                _write_durably(self.tmp / f"{qid}.msg", data)
+                os.replace(self.tmp / f"{qid}.msg", queued)
+            if contents.damaged:
+                _write_durably(self.quarantine / f"{path.stem}.journal", contents.damaged)
+                bad.append(path.stem)
+        if segments:
+            _fsync_dir(self.queue)
+            _fsync_dir(self.quarantine)
+            for path in segments:
+                self.journal.delete(path)
+            _fsync_dir(self.journal.directory)
+        return bad
+
+    def _intact(self, path: str) -> bool:
+        try:
+            self._read(Path(path))
+        except (OSError, SpoolError):
+            return False
+        return True
 
     def messages(self) -> list[QueuedMessage]:
         """Every message in the queue, oldest first, with its recipients' states.
@@ -300,29 +392,47 @@ class Spool:
         return tuple(saved.get(r, RecipientStatus(r)) for r in envelope.rcpt_tos)
 
     def _read(self, path: Path) -> tuple[Envelope, bytes]:
-        data = path.read_bytes()
-        if not data.startswith(_MAGIC):
-            raise SpoolError(f"{path.name}: not a spool file")
-        body_end = data.rfind(_TRAILER)
-        if body_end < 0:
-            raise SpoolError(f"{path.name}: no trailer (cut short)")
-        body = data[len(_MAGIC) : body_end]
-        try:
-            trailer = data[body_end + len(_TRAILER) :].decode("ascii")
-            length_text, digest = trailer.removesuffix("\n").split(" ")
-            length = int(length_text)
-        except ValueError:
-            raise SpoolError(f"{path.name}: damaged trailer") from None
-        if not trailer.endswith("\n"):
-            raise SpoolError(f"{path.name}: trailer cut short")
-        if length != len(body) or hashlib.sha256(body).hexdigest() != digest:
-            raise SpoolError(f"{path.name}: length or checksum mismatch")
-        header, _, content = body.partition(b"\n")
-        try:
-            envelope = Envelope.from_json(json.loads(header))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SpoolError(f"{path.name}: damaged envelope: {exc}") from None
-        return envelope, content
+        return _parsed(path.name, path.read_bytes())
+
+
+def _encoded(envelope: Envelope, content: bytes) -> bytes:
+    """A queue file's bytes: the magic, the envelope line, the content, and the trailer that covers both."""
+    header = envelope.encoded() + b"\n"
+    digest = hashlib.sha256(header + content).hexdigest()
+    return b"".join((_MAGIC, header, content, _TRAILER, f"{len(header) + len(content)} {digest}\n".encode("ascii")))
+
+
+def _parsed(name: str, data: bytes) -> tuple[Envelope, bytes]:
+    """A queue file's envelope and content, verified against its trailer; SpoolError names ``name``."""
+    if not data.startswith(_MAGIC):
+        raise SpoolError(f"{name}: not a spool file")
+    body_end = data.rfind(_TRAILER)
+    if body_end < 0:
+        raise SpoolError(f"{name}: no trailer (cut short)")
+    body = data[len(_MAGIC) : body_end]
+    try:
+        trailer = data[body_end + len(_TRAILER) :].decode("ascii")
+        length_text, digest = trailer.removesuffix("\n").split(" ")
+        length = int(length_text)
+    except ValueError:
+        raise SpoolError(f"{name}: damaged trailer") from None
+    if not trailer.endswith("\n"):
+        raise SpoolError(f"{name}: trailer cut short")
+    if length != len(body) or hashlib.sha256(body).hexdigest() != digest:
+        raise SpoolError(f"{name}: length or checksum mismatch")
+    header, _, content = body.partition(b"\n")
+    try:
+        envelope = Envelope.from_json(json.loads(header))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpoolError(f"{name}: damaged envelope: {exc}") from None
+    return envelope, content
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def merged(known: Sequence[RecipientStatus], updates: Sequence[RecipientStatus]) -> tuple[RecipientStatus, ...]:

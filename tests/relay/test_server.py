@@ -21,7 +21,7 @@ import ssl
 import string
 import threading
 import warnings
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -36,6 +36,7 @@ from diag.config import RelayRole, parse_config
 from diag.errors import ConfigError
 from diag.lab.pki import CertKind, Issued, TestPKI
 from diag.relay.connections import Connections
+from diag.relay.journal import SEGMENT_AGE, Journal, read_segment
 from diag.relay.server import _PLAIN_PATH, RelayServer, _RelaySMTP
 from diag.relay.settings import Limits, RelaySettings
 from diag.relay.spool import Envelope, Spool
@@ -962,27 +963,39 @@ def test_recipient_cap(tmp_path: Path) -> None:
 
 
 class FullSpool(Spool):
+    """No room left, for a message stored on its own (a large one) and for a batch."""
+
     def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
 class BrokenSpool(Spool):
-    def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
+    def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
         raise RuntimeError("secret detail /var/lib/diag/spool")
 
 
-class SlowSpool(Spool):
-    """Blocks in store() until released: a disk that takes its time to fsync."""
+class SlowJournal(Journal):
+    """Blocks in append() until released: a disk that takes its time to fsync."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
+    def append(self, records: Sequence[tuple[str, bytes]]) -> None:
         self.entered.set()
         assert self.release.wait(WAIT)
-        return super().store(envelope, content, qid=qid)
+        super().append(records)
+
+
+class SlowSpool(Spool):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.journal = slow = SlowJournal(root / "journal")
+        self.entered, self.release = slow.entered, slow.release
 
 
 def test_slow_clients_filling_every_connection_do_not_lock_a_new_client_out(tmp_path: Path) -> None:
@@ -1051,12 +1064,12 @@ def test_under_pressure_a_client_that_finishes_transactions_is_not_idle(tmp_path
     run(main())
 
 
-async def send_one(running: Running) -> bytes:
+async def send_one(running: Running, body: bytes = b"body\r\n") -> bytes:
     raw = await Raw.session(running)
     assert await raw.command(b"MAIL FROM:<a@external.example>") == b"250 2.1.0 Ok"
     assert await raw.command(b"RCPT TO:<john@contoso.com>") == b"250 2.1.5 OK"
     assert (await raw.command(b"DATA")).startswith(b"354 ")
-    reply = await raw.command(b"Subject: x\r\n\r\nbody\r\n.")
+    reply = await raw.command(b"Subject: x\r\n\r\n" + body + b".")
     raw.close()
     return reply
 
@@ -1083,12 +1096,14 @@ def test_unwritable_spool_gives_451_and_stores_nothing(tmp_path: Path) -> None:
             os.chmod(spool.tmp, 0o755)
 
 
-def test_full_disk_gives_452(tmp_path: Path) -> None:
-    """RR-61: ENOSPC → 452 4.3.1 Insufficient system storage."""
+@pytest.mark.parametrize("lines", [1, 3000], ids=["batched", "stored alone"])
+def test_full_disk_gives_452(tmp_path: Path, lines: int) -> None:
+    """RR-61: ENOSPC → 452 4.3.1 Insufficient system storage, for a message stored in a batch and for one above
+    256 KB, stored on its own."""
 
     async def main() -> None:
         async with relay(tmp_path, 41, spool=FullSpool(tmp_path / "spool")) as running:
-            assert await send_one(running) == b"452 4.3.1 Insufficient system storage"
+            assert await send_one(running, (b"x" * 100 + b"\r\n") * lines) == b"452 4.3.1 Insufficient system storage"
             assert running.queued == []
 
     run(main())
@@ -1126,6 +1141,54 @@ def test_slow_disk_does_not_stall_other_sessions(tmp_path: Path) -> None:
         run(main())
     finally:
         spool.release.set()
+
+
+class FailingJournal(Journal):
+    """A disk that fails the journal's write: every append raises EIO."""
+
+    def append(self, records: Sequence[tuple[str, bytes]]) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_a_message_is_in_the_journal_before_its_250_and_in_the_queue_alone_after_a_clean_stop(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with relay(tmp_path, 44) as running:
+            assert (await send_one(running)).startswith(b"250 2.0.0 Ok: queued as ")
+            (qid,) = running.queued
+            (segment,) = running.spool.journal.segments()
+            assert [q for q, _ in read_segment(segment).records] == [qid]
+            assert [m.qid for m in running.spool.messages()] == [qid]
+        # Stopped: the segment was checkpointed (its message fsynced in its queue file) and deleted
+        assert running.spool.journal.segments() == [] and [m.qid for m in running.spool.messages()] == [qid]
+
+    run(main())
+
+
+def test_an_idle_intake_checkpoints_its_segment(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with relay(tmp_path, 45) as running:
+            assert (await send_one(running)).startswith(b"250 ")
+            assert len(running.spool.journal.segments()) == 1
+            async with asyncio.timeout(SEGMENT_AGE + WAIT):
+                while running.spool.journal.segments():  # noqa: ASYNC110 - a directory has no change notification
+                    await asyncio.sleep(0.05)
+            assert len(running.spool.messages()) == 1
+
+    run(main())
+
+
+def test_a_journal_that_cannot_be_written_refuses_the_message_and_leaves_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.journal = FailingJournal(spool.journal.directory)
+
+    async def main() -> None:
+        async with relay(tmp_path, 46, spool=spool) as running:
+            assert await send_one(running) == b"451 4.3.0 Temporary failure, try again later"
+            assert running.queued == [] and spool.messages() == [] and list(spool.tmp.iterdir()) == []
+
+    run(main())
 
 
 # --- a plain mail host: catch-all domains kept in one Maildir ------------------------------------------------

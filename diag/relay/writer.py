@@ -1,0 +1,151 @@
+"""The intake's writer: the messages waiting made durable together by one thread, which wakes the loop once per batch.
+
+A thread per store, each with its own fsync, cost about a millisecond of CPU per message and queued the 250s behind
+one another on a 2-core machine (bench/README.md, issue 13). Here a session writes its message to ``tmp/`` on the
+loop, without an fsync (:meth:`Spool.prepare`, tens of microseconds), and hands its bytes to one thread. While the
+thread appends a batch to the journal and fdatasyncs it, the next messages gather, and go together in the next
+append. Back on the loop each message of the batch is moved into the queue (:meth:`Spool.enqueue`) and its session
+answered. The thread makes two system calls per batch: each time it wants the interpreter back from a busy loop it
+may wait a switch interval (5 ms), so per-message file work stays on the loop. Closed journal segments are
+checkpointed on a second thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+from diag.relay.journal import SEGMENT_AGE, Segment
+from diag.relay.spool import Envelope, Spool
+
+__all__ = ["BatchWriter"]
+
+log = logging.getLogger("diag.relay")
+
+# The most messages in one append: two iovecs each stay within writev's IOV_MAX (1024 on Linux).
+_BATCH_MAX: Final = 256
+
+_Pending = tuple[str, bytes, "asyncio.Future[str]"]
+
+
+class BatchWriter:
+    """Stores messages for the server: :meth:`store` on the loop; :meth:`close` stores what waits and checkpoints
+    the open journal segment, so a relay stopped cleanly leaves its messages in queue files alone."""
+
+    def __init__(self, spool: Spool, loop: asyncio.AbstractEventLoop) -> None:
+        self._spool = spool
+        self._loop = loop
+        self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-checkpoint")
+        self._thread = threading.Thread(target=self._run, name="spool-journal", daemon=True)
+        self._thread.start()
+
+    def store(self, qid: str, envelope: Envelope, content: bytes) -> asyncio.Future[str]:
+        """Store a message; the future is its queue id once it is durable and queued, or the error that refused it
+        (OSError from the disk)."""
+        future: asyncio.Future[str] = self._loop.create_future()
+        try:
+            data = self._spool.prepare(qid, envelope, content)
+        except Exception as exc:
+            future.set_exception(exc)
+            return future
+        self._pending.put((qid, data, future))
+        return future
+
+    async def close(self, wait: float) -> None:
+        """Store what waits, checkpoint, and stop the threads; at most ``wait`` seconds (a stuck disk is left to
+        finish on its own: what it was writing was not answered 250, and start-up replays the journal)."""
+        self._pending.put(None)
+        await asyncio.to_thread(self._thread.join, wait)
+
+    def _run(self) -> None:
+        journal = self._spool.journal
+        try:
+            while True:
+                try:
+                    item = self._pending.get(timeout=SEGMENT_AGE if journal.writing else None)
+                except queue.Empty:
+                    self._close_segment()  # idle: its messages need not wait for the next one to be durable
+                    continue
+                batch: list[_Pending] = []
+                while item is not None:
+                    batch.append(item)
+                    if len(batch) >= _BATCH_MAX:
+                        break
+                    try:
+                        item = self._pending.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    if journal.due():
+                        self._close_segment()
+                    error: Exception | None = None
+                    try:
+                        journal.append([(qid, data) for qid, data, _ in batch])
+                    except Exception as exc:  # OSError from the disk, or a bug: the batch is refused, not lost
+                        error = exc
+                    self._reply(batch, error)
+                if item is None:
+                    return
+        except BaseException:
+            log.exception("the spool writer failed; the messages waiting are refused")
+            raise
+        finally:
+            self._close_segment()
+            self._checkpoints.shutdown(wait=True)
+            self._refuse_the_rest()
+
+    def _reply(self, batch: Sequence[_Pending], error: Exception | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._settle, batch, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for the replies (prepared files are dropped at start-up)
+
+    def _settle(self, batch: Sequence[_Pending], error: Exception | None) -> None:
+        """On the loop: queue each message of an appended batch and let its session answer; or refuse them all."""
+        for qid, _, future in batch:
+            if error is None:
+                try:
+                    self._spool.enqueue(qid)
+                except OSError as exc:
+                    self._refuse(qid, future, exc)
+                    continue
+                if not future.done():
+                    future.set_result(qid)
+            else:
+                self._refuse(qid, future, error)
+
+    def _refuse(self, qid: str, future: asyncio.Future[str], error: Exception) -> None:
+        self._spool.discard(qid)
+        if not future.done():
+            future.set_exception(error)
+
+    def _close_segment(self) -> None:
+        closed = self._spool.journal.close()
+        if closed is not None:
+            self._checkpoints.submit(self._checkpoint, closed)
+
+    def _checkpoint(self, segment: Segment) -> None:
+        try:
+            self._spool.checkpoint(segment)
+        except OSError as exc:
+            log.error("cannot checkpoint the journal segment %s (it is replayed at the next start): %s",
+                      segment.path.name, exc)  # fmt: skip
+
+    def _refuse_the_rest(self) -> None:
+        """After the thread's end: whatever was handed over since is refused, never left waiting."""
+        rest: list[_Pending] = []
+        while True:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                rest.append(item)
+        if rest:
+            self._reply(rest, OSError("the spool writer has stopped"))

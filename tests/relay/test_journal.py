@@ -1,0 +1,211 @@
+"""The journal: a batch is durable in one append, a segment cut short keeps what was whole, and start-up puts back
+what the queue lacks (only what a killed process left unqueued; after a machine crash, whatever is missing)."""
+
+from __future__ import annotations
+
+import resource
+import signal
+from pathlib import Path
+
+import pytest
+
+from diag.relay.journal import SEGMENT_BYTES, Journal, boot_id, read_segment
+from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool
+
+CONTENT = b"Subject: hello\r\n\r\nbody\r\n"
+OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
+
+
+def envelope(*rcpts: str) -> Envelope:
+    return Envelope("john@contoso.com", rcpts or ("sun@tailspintoys.com",), peer="127.0.10.10")
+
+
+def batch(spool: Spool, count: int, *, enqueue: bool = True) -> list[str]:
+    """Store ``count`` messages as the intake does: prepared, appended together, then queued."""
+    qids = [Spool.new_qid() for _ in range(count)]
+    records = [(qid, spool.prepare(qid, envelope(), CONTENT + qid.encode())) for qid in qids]
+    spool.journal.append(records)
+    if enqueue:
+        for qid in qids:
+            spool.enqueue(qid)
+    return qids
+
+
+def as_after_a_reboot(segment: Path) -> None:
+    """The segment as a machine crash leaves it for the next boot: written under another boot id."""
+    data = segment.read_bytes()
+    segment.write_bytes(data.replace(boot_id().encode("ascii"), OTHER_BOOT.encode("ascii"), 1))
+
+
+# --- segments --------------------------------------------------------------------------------------------------
+
+
+def test_a_segment_reads_back_record_by_record(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append([("0123456789abcdef", b"one\n"), ("fedcba9876543210", b"two two")])
+    journal.append([("00112233445566778899", b"")])
+    assert journal.writing
+    closed = journal.close()
+    assert closed is not None and not journal.writing and journal.close() is None
+    assert closed.qids == ("0123456789abcdef", "fedcba9876543210", "00112233445566778899")
+    assert journal.segments() == [closed.path]
+    contents = read_segment(closed.path)
+    assert contents.boot == boot_id() != ""
+    assert contents.records == (("0123456789abcdef", b"one\n"), ("fedcba9876543210", b"two two"),
+                                ("00112233445566778899", b""))  # fmt: skip
+    assert contents.damaged == b""
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20, 25])
+def test_a_record_cut_short_at_the_end_is_left_out(tmp_path: Path, cut: int) -> None:
+    """What a crash during the append leaves: that batch was never acknowledged (its fdatasync did not return)."""
+    journal = Journal(tmp_path)
+    journal.append([("0123456789abcdef", b"kept")])
+    journal.append([("fedcba9876543210", b"cut short")])
+    closed = journal.close()
+    assert closed is not None
+    data = closed.path.read_bytes()
+    closed.path.write_bytes(data[:-cut])
+    contents = read_segment(closed.path)
+    assert contents.records == (("0123456789abcdef", b"kept"),) and contents.damaged == b""
+
+
+@pytest.mark.parametrize("data", [b"", b"DIAGJOUR", b"DIAGJOURNAL1 1234"])
+def test_a_segment_whose_header_was_cut_short_holds_nothing(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / "1.j").write_bytes(data)
+    assert read_segment(tmp_path / "1.j").records == () and read_segment(tmp_path / "1.j").damaged == b""
+
+
+def test_what_cannot_be_framed_is_kept_as_damaged(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append([("0123456789abcdef", b"kept")])
+    journal.append([("fedcba9876543210", b"after the damage")])
+    closed = journal.close()
+    assert closed is not None
+    data = closed.path.read_bytes()
+    at = data.index(b"fedcba9876543210")
+    closed.path.write_bytes(data[:at] + b"?" + data[at + 1 :])
+    contents = read_segment(closed.path)
+    assert contents.records == (("0123456789abcdef", b"kept"),)
+    assert contents.damaged == b"?edcba9876543210 16\nafter the damage"
+    (tmp_path / "2.j").write_bytes(b"not a journal at all\n")
+    assert read_segment(tmp_path / "2.j").damaged == b"not a journal at all\n"
+
+
+def test_a_long_segment_is_due_for_closing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    assert not journal.due()
+    journal.append([("0123456789abcdef", b"x" * 1024)])
+    assert not journal.due()
+    journal.append([("fedcba9876543210", b"x" * SEGMENT_BYTES)])
+    assert journal.due()
+
+
+def test_a_failed_append_counts_for_nothing_and_closes_the_segment(tmp_path: Path) -> None:
+    """A real write failure: the file size limit (EFBIG), as a full disk fails a write."""
+    journal = Journal(tmp_path)
+    journal.append([("0123456789abcdef", b"kept")])
+    (segment,) = journal.segments()
+    size = segment.stat().st_size
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            journal.append([("fedcba9876543210", b"x" * 100)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert journal.due()  # closed before the next append
+    closed = journal.close()
+    assert closed is not None and closed.qids == ("0123456789abcdef",)
+    assert closed.path.stat().st_size == size
+    assert read_segment(closed.path).records == (("0123456789abcdef", b"kept"),)
+
+
+# --- the spool around it ---------------------------------------------------------------------------------------
+
+
+def test_a_batch_is_queued_once_appended_and_a_checkpoint_deletes_its_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    first, second = batch(spool, 2)
+    assert [m.qid for m in spool.messages()] == [first, second]
+    assert spool.content(first) == CONTENT + first.encode()
+    assert list(spool.tmp.iterdir()) == []
+    spool.remove(first)  # delivered
+    closed = spool.journal.close()
+    assert closed is not None
+    spool.checkpoint(closed)
+    assert spool.journal.segments() == [] and [m.qid for m in spool.messages()] == [second]
+
+
+def test_a_prepared_message_discarded_leaves_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    qid = Spool.new_qid()
+    spool.prepare(qid, envelope(), CONTENT)
+    spool.discard(qid)
+    assert list(spool.tmp.iterdir()) == [] and spool.messages() == []
+
+
+def test_after_a_killed_process_only_what_was_not_queued_yet_is_put_back(tmp_path: Path) -> None:
+    """The same boot: the page cache kept every file. A record with no queue file was delivered and removed, unless
+    its file still waits in tmp/ (killed between the append and the move into the queue)."""
+    spool = Spool(tmp_path)
+    delivered, waiting = batch(spool, 2)
+    (unqueued,) = batch(spool, 1, enqueue=False)
+    spool.remove(delivered)
+    assert Spool(tmp_path).recover() == []
+    assert sorted(m.qid for m in spool.messages()) == sorted([waiting, unqueued])
+    assert spool.content(unqueued) == CONTENT + unqueued.encode()
+    assert spool.journal.segments() == [] and list(spool.tmp.iterdir()) == []
+
+
+def test_after_a_machine_crash_what_the_queue_lacks_is_put_back(tmp_path: Path) -> None:
+    """Another boot: queue files were written without an fsync, so any may be missing or cut short. The journal
+    puts them back; one whose file is whole keeps its recipients' states. A delivered one comes back too (a
+    duplicate, as a crash after a removal gives in Postfix)."""
+    spool = Spool(tmp_path)
+    lost, torn, whole, delivered = batch(spool, 4)
+    (spool.queue / f"{lost}.msg").unlink()
+    torn_file = spool.queue / f"{torn}.msg"
+    torn_file.write_bytes(torn_file.read_bytes()[:30])
+    spool.update(whole, [RecipientStatus("sun@tailspintoys.com", attempts=1, detail="451 later")])
+    spool.remove(delivered)
+    (segment,) = spool.journal.segments()
+    as_after_a_reboot(segment)
+    assert Spool(tmp_path).recover() == []
+    assert sorted(m.qid for m in spool.messages()) == sorted([lost, torn, whole, delivered])
+    for qid in (lost, torn, delivered):
+        assert spool.content(qid) == CONTENT + qid.encode()
+    assert spool.get(whole).statuses[0].detail == "451 later"
+    assert spool.journal.segments() == []
+
+
+def test_a_damaged_record_is_quarantined_and_so_is_what_cannot_be_framed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    flipped, after = batch(spool, 2)
+    for qid in (flipped, after):
+        (spool.queue / f"{qid}.msg").unlink()
+    (segment,) = spool.journal.segments()
+    as_after_a_reboot(segment)
+    data = bytearray(segment.read_bytes())
+    data[data.index(b"body")] ^= 0x20  # the first record's content no longer matches its checksum
+    at = data.index(after.encode())
+    data[at] = ord("?")  # the second record's line can no longer be read
+    segment.write_bytes(bytes(data))
+    assert sorted(Spool(tmp_path).recover()) == sorted([flipped, segment.stem])
+    assert spool.messages() == []
+    assert (spool.quarantine / f"{flipped}.msg").exists()
+    assert (spool.quarantine / f"{segment.stem}.journal").read_bytes().startswith(b"?")
+    assert spool.journal.segments() == []
+
+
+def test_states_recorded_before_a_crash_survive_the_replay(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    (qid,) = batch(spool, 1)
+    spool.update(qid, [RecipientStatus("sun@tailspintoys.com", RecipientState.PENDING, 2, detail="451 again")])
+    (spool.queue / f"{qid}.msg").unlink()  # the message's file lost, its fsynced state file kept
+    (segment,) = spool.journal.segments()
+    as_after_a_reboot(segment)
+    assert Spool(tmp_path).recover() == []
+    assert spool.get(qid).statuses[0].attempts == 2
