@@ -5,10 +5,10 @@ fsynced — only then may the server answer 250 (RFC 5321 §6.1; security-cases.
 mail_stream_finish_file order). The directory fsync is a group commit: stores that finish their rename while
 one is running share the next one, so under load a message costs about one fsync (its file's), not two.
 
-The intake stores the messages it takes in batches instead (:class:`diag.relay.writer.BatchWriter`): each queue
-file written without an fsync of its own (:meth:`Spool.prepare`), the batch appended to the journal
-(:mod:`diag.relay.journal`) with one fdatasync for all of it, and each file then moved into the queue
-(:meth:`Spool.enqueue`) before it is answered 250. A checkpoint (:meth:`Spool.checkpoint`) fsyncs the
+The intake stores the messages it takes in batches instead (:meth:`Spool.store_batch`, from
+:class:`diag.relay.writer.BatchWriter`): each queue file written without an fsync of its own, the batch appended
+to the journal (:mod:`diag.relay.journal`) with one fdatasync for all of it, and each file then moved into the
+queue, before any of them is answered 250. A checkpoint (:meth:`Spool.checkpoint`) fsyncs the
 files a closed journal segment still has in the queue before deleting it; :meth:`Spool.recover` replays the
 segments left at start-up.
 
@@ -206,28 +206,52 @@ class Spool:
             raise
         return qid
 
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> list[OSError | None]:
+        """Store messages (queue id, envelope, content) durably together (the module's docstring): each written to
+        ``tmp/`` without an fsync of its own (:meth:`prepare`), all appended to the journal under one fdatasync,
+        then each moved into the queue. For each message None once it is durable and queued, or the OSError that
+        refused it; a refused one leaves nothing to deliver. Only one thread may call it at a time (the journal
+        has one writer)."""
+        results: list[OSError | None] = [None] * len(messages)
+        prepared: list[tuple[int, str, bytes]] = []
+        for index, (qid, envelope, content) in enumerate(messages):
+            try:
+                prepared.append((index, qid, self.prepare(qid, envelope, content)))
+            except OSError as exc:
+                results[index] = exc
+        if not prepared:
+            return results
+        try:
+            self.journal.append([(qid, data) for _, qid, data in prepared])
+        except OSError as exc:
+            for index, qid, _ in prepared:
+                results[index] = exc
+                self._discard(qid)
+            return results
+        for index, qid, _ in prepared:
+            try:
+                os.rename(os.path.join(self._tmp_dir, f"{qid}.msg"), os.path.join(self._queue_dir, f"{qid}.msg"))
+            except OSError as exc:
+                # Refused: its record, found at start-up with no queue file, is not delivered.
+                results[index] = exc
+                self._discard(qid)
+        return results
+
     def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
-        """The first step of a batched store (the module's docstring): write message ``qid`` to ``tmp/`` without
-        an fsync, and return its queue file's bytes for the journal. Then, once the journal holds them,
-        :meth:`enqueue`; else :meth:`discard`. Raises OSError, and leaves nothing behind."""
+        """Write message ``qid`` to ``tmp/`` without an fsync, and return its queue file's bytes for the journal
+        (:meth:`store_batch`). Raises OSError, and leaves nothing behind."""
         data = _encoded(envelope, content)
         tmp = os.path.join(self._tmp_dir, f"{qid}.msg")
+        handle = open(tmp, "xb")  # before the try: what it did not create is not removed
         try:
-            with open(tmp, "xb") as handle:
+            with handle:
                 handle.write(data)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            self._discard(qid)
             raise
         return data
 
-    def enqueue(self, qid: str) -> None:
-        """Move a prepared message into the queue, once its journal record is durable. Raises OSError (and
-        :meth:`discard` is due): its record, found at start-up with no queue file, is then not delivered."""
-        os.rename(os.path.join(self._tmp_dir, f"{qid}.msg"), os.path.join(self._queue_dir, f"{qid}.msg"))
-
-    def discard(self, qid: str) -> None:
-        """Drop a prepared message that is not to be queued (its journal append failed)."""
+    def _discard(self, qid: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self._tmp_dir, f"{qid}.msg"))
 

@@ -1,13 +1,11 @@
 """The intake's writer: the messages waiting made durable together by one thread, which wakes the loop once per batch.
 
 A thread per store, each with its own fsync, cost about a millisecond of CPU per message and queued the 250s behind
-one another on a 2-core machine (bench/README.md, issue 13). Here a session writes its message to ``tmp/`` on the
-loop, without an fsync (:meth:`Spool.prepare`, tens of microseconds), and hands its bytes to one thread. While the
-thread appends a batch to the journal and fdatasyncs it, the next messages gather, and go together in the next
-append. Back on the loop each message of the batch is moved into the queue (:meth:`Spool.enqueue`) and its session
-answered. The thread makes two system calls per batch: each time it wants the interpreter back from a busy loop it
-may wait a switch interval (5 ms), so per-message file work stays on the loop. Closed journal segments are
-checkpointed on a second thread.
+one another on a 2-core machine (bench/README.md, issue 13). Here the sessions hand their messages to one thread.
+While it stores a batch (:meth:`Spool.store_batch`: queue files without an fsync of their own, one journal append,
+one fdatasync), the next messages gather, and go together in the next batch; then it wakes the loop once to answer
+the batch's sessions. No file work runs on the loop, so a disk that stalls (a full journal, writeback throttling)
+delays the 250s but never the other sessions (RR-56). Closed journal segments are checkpointed on a second thread.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ log = logging.getLogger("diag.relay")
 # The most messages in one append: two iovecs each stay within writev's IOV_MAX (1024 on Linux).
 _BATCH_MAX: Final = 256
 
-_Pending = tuple[str, bytes, "asyncio.Future[str]"]
+_Pending = tuple[str, Envelope, bytes, "asyncio.Future[str]"]
 
 
 class BatchWriter:
@@ -49,12 +47,7 @@ class BatchWriter:
         """Store a message; the future is its queue id once it is durable and queued, or the error that refused it
         (OSError from the disk)."""
         future: asyncio.Future[str] = self._loop.create_future()
-        try:
-            data = self._spool.prepare(qid, envelope, content)
-        except Exception as exc:
-            future.set_exception(exc)
-            return future
-        self._pending.put((qid, data, future))
+        self._pending.put((qid, envelope, content, future))
         return future
 
     async def close(self, wait: float) -> None:
@@ -84,12 +77,7 @@ class BatchWriter:
                 if batch:
                     if journal.due():
                         self._close_segment()
-                    error: Exception | None = None
-                    try:
-                        journal.append([(qid, data) for qid, data, _ in batch])
-                    except Exception as exc:  # OSError from the disk, or a bug: the batch is refused, not lost
-                        error = exc
-                    self._reply(batch, error)
+                    self._store(batch)
                 if item is None:
                     return
         except BaseException:
@@ -100,30 +88,19 @@ class BatchWriter:
             self._checkpoints.shutdown(wait=True)
             self._refuse_the_rest()
 
-    def _reply(self, batch: Sequence[_Pending], error: Exception | None) -> None:
+    def _store(self, batch: Sequence[_Pending]) -> None:
+        results: Sequence[Exception | None]
         try:
-            self._loop.call_soon_threadsafe(self._settle, batch, error)
+            results = self._spool.store_batch([(qid, envelope, content) for qid, envelope, content, _ in batch])
+        except Exception as exc:  # a bug: the batch is refused (451), not lost
+            results = [exc] * len(batch)
+        self._reply(batch, results)
+
+    def _reply(self, batch: Sequence[_Pending], results: Sequence[Exception | None]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_settle, batch, results)
         except RuntimeError:
-            pass  # the loop is closed: nobody waits for the replies (prepared files are dropped at start-up)
-
-    def _settle(self, batch: Sequence[_Pending], error: Exception | None) -> None:
-        """On the loop: queue each message of an appended batch and let its session answer; or refuse them all."""
-        for qid, _, future in batch:
-            if error is None:
-                try:
-                    self._spool.enqueue(qid)
-                except OSError as exc:
-                    self._refuse(qid, future, exc)
-                    continue
-                if not future.done():
-                    future.set_result(qid)
-            else:
-                self._refuse(qid, future, error)
-
-    def _refuse(self, qid: str, future: asyncio.Future[str], error: Exception) -> None:
-        self._spool.discard(qid)
-        if not future.done():
-            future.set_exception(error)
+            pass  # the loop is closed: nobody waits for the replies
 
     def _close_segment(self) -> None:
         closed = self._spool.journal.close()
@@ -148,4 +125,15 @@ class BatchWriter:
             if item is not None:
                 rest.append(item)
         if rest:
-            self._reply(rest, OSError("the spool writer has stopped"))
+            self._reply(rest, [OSError("the spool writer has stopped")] * len(rest))
+
+
+def _settle(batch: Sequence[_Pending], results: Sequence[Exception | None]) -> None:
+    """On the loop: each session of a stored batch may answer."""
+    for (qid, _, _, future), error in zip(batch, results, strict=True):
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(qid)
+        else:
+            future.set_exception(error)

@@ -20,15 +20,18 @@ def envelope(*rcpts: str) -> Envelope:
     return Envelope("john@contoso.com", rcpts or ("sun@tailspintoys.com",), peer="127.0.10.10")
 
 
-def batch(spool: Spool, count: int, *, enqueue: bool = True) -> list[str]:
-    """Store ``count`` messages as the intake does: prepared, appended together, then queued."""
+def batch(spool: Spool, count: int) -> list[str]:
+    """Store ``count`` messages together, as the intake does."""
     qids = [Spool.new_qid() for _ in range(count)]
-    records = [(qid, spool.prepare(qid, envelope(), CONTENT + qid.encode())) for qid in qids]
-    spool.journal.append(records)
-    if enqueue:
-        for qid in qids:
-            spool.enqueue(qid)
+    assert spool.store_batch([(qid, envelope(), CONTENT + qid.encode()) for qid in qids]) == [None] * count
     return qids
+
+
+def appended_only(spool: Spool) -> str:
+    """A message as a process killed between the journal's append and the move into the queue leaves it."""
+    qid = Spool.new_qid()
+    spool.journal.append([(qid, spool.prepare(qid, envelope(), CONTENT + qid.encode()))])
+    return qid
 
 
 def as_after_a_reboot(segment: Path) -> None:
@@ -139,12 +142,16 @@ def test_a_batch_is_queued_once_appended_and_a_checkpoint_deletes_its_segment(tm
     assert spool.journal.segments() == [] and [m.qid for m in spool.messages()] == [second]
 
 
-def test_a_prepared_message_discarded_leaves_nothing(tmp_path: Path) -> None:
+def test_a_message_that_cannot_be_written_is_refused_alone(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    qid = Spool.new_qid()
-    spool.prepare(qid, envelope(), CONTENT)
-    spool.discard(qid)
-    assert list(spool.tmp.iterdir()) == [] and spool.messages() == []
+    refused, stored = Spool.new_qid(), Spool.new_qid()
+    (spool.tmp / f"{refused}.msg").mkdir()  # in the way of its file, as a broken disk may be
+    results = spool.store_batch([(refused, envelope(), CONTENT), (stored, envelope(), CONTENT)])
+    assert isinstance(results[0], OSError) and results[1] is None
+    assert [m.qid for m in spool.messages()] == [stored]
+    assert (spool.tmp / f"{refused}.msg").is_dir()  # what it did not make, it leaves
+    closed = spool.journal.close()
+    assert closed is not None and closed.qids == (stored,)
 
 
 def test_after_a_killed_process_only_what_was_not_queued_yet_is_put_back(tmp_path: Path) -> None:
@@ -152,7 +159,7 @@ def test_after_a_killed_process_only_what_was_not_queued_yet_is_put_back(tmp_pat
     its file still waits in tmp/ (killed between the append and the move into the queue)."""
     spool = Spool(tmp_path)
     delivered, waiting = batch(spool, 2)
-    (unqueued,) = batch(spool, 1, enqueue=False)
+    unqueued = appended_only(spool)
     spool.remove(delivered)
     assert Spool(tmp_path).recover() == []
     assert sorted(m.qid for m in spool.messages()) == sorted([waiting, unqueued])
