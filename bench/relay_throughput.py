@@ -26,10 +26,11 @@ used per message. With ``--repeat R`` each figure is the median over R runs.
   Postfix on this machine.
 - floor-fs and floor-j: the same floor with the durability item 1 of issue 13 requires (on disk, file and
   directory entry, before the 250), kept by one writer thread that stores every message waiting and then wakes
-  the event loop once. floor-fs keeps a file per message, as diag's spool and Postfix do: written, fsynced,
-  renamed into the queue, the directory fsynced once per batch; the file unlinked once forwarded. floor-j appends
-  the messages waiting to one journal file with one fdatasync for all of them; each one forwarded is recorded in
-  a second file. Neither fsyncs what it forgets (a crash may repeat a delivery, never lose one). Their rows bound
+  the event loop once. floor-fs keeps a file per message, as Postfix does (and diag did before its journal):
+  written, fsynced, renamed into the queue, the directory fsynced once per batch; the file unlinked once
+  forwarded. floor-j appends the messages waiting to one journal file with one fdatasync for all of them, as diag
+  now does (diag also writes each one's queue file, without an fsync); each one forwarded is recorded in a second
+  file. Neither fsyncs what it forgets (a crash may repeat a delivery, never lose one). Their rows bound
   what a relay on these libraries reaches with each way of keeping messages.
 - sink: the client straight into smtp-sink, as a ceiling: what the client and the sink manage without an MTA.
 
@@ -81,8 +82,8 @@ MODES = {"connection": "one message per connection", "reuse": "reused connection
 # The floor relays (FLOOR_SERVER), by how they keep a message before its 250.
 FLOORS = {
     "floor": "with no disk",
-    "floor-fs": "with a durable file per message, as diag's spool keeps them",
-    "floor-j": "with a durable append-only journal",
+    "floor-fs": "with a durable file per message, as Postfix keeps them",
+    "floor-j": "with a durable append-only journal, as diag's intake keeps them",
 }
 
 

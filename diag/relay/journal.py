@@ -6,10 +6,10 @@ calls it: bench/README.md, issue 13). The journal gathers every message waiting 
 queue file, which delivery reads, updates and removes as before; the file is only written without an fsync of its
 own, so what is on disk when the server answers 250 is its journal record (:mod:`diag.relay.writer`).
 
-A segment is closed once it is :data:`SEGMENT_AGE` seconds old or :data:`SEGMENT_BYTES` long, or after the intake
-was idle that long. Then its messages still queued are fsynced in their queue files, the queue directory too, and
-the segment is deleted (a checkpoint: :meth:`~diag.relay.spool.Spool.checkpoint`). The segments left at start-up
-are replayed (:meth:`~diag.relay.spool.Spool.recover`).
+A segment is closed before the next append once it is :data:`SEGMENT_AGE` seconds old or :data:`SEGMENT_BYTES`
+long, or after the intake was idle that long. Then its messages still queued are fsynced in their queue files,
+the queue directory too, and the segment is deleted (a checkpoint: :meth:`~diag.relay.spool.Spool.checkpoint`).
+The segments left at start-up are replayed (:meth:`~diag.relay.spool.Spool.recover`).
 
 A segment is a header line, ``DIAGJOURNAL1 <boot id>``, then one record per message: ``<qid> <length>`` on a line
 and the queue file's bytes (which carry their own length and SHA-256). The header is fsynced with the directory
@@ -19,6 +19,7 @@ before the first record, so a segment whose header is cut short holds nothing th
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import time
@@ -63,9 +64,10 @@ class SegmentContents:
 
     Attributes:
         boot: the boot id it was written in ("" when unknown or the header is damaged).
-        records: each whole record's queue id and bytes, in order; a record cut short at the end is left out (it
-            was never acknowledged: its fdatasync did not return).
-        damaged: the bytes from the first record that cannot be framed on, when there are any (kept for a human).
+        records: each whole record's queue id and bytes, in order.
+        damaged: the bytes after the last whole record, when there are any: a batch cut short by a crash (never
+            acknowledged: its fdatasync did not return), or damage that hides where records start (kept for a
+            human either way: the two cannot be told apart).
     """
 
     boot: str
@@ -87,23 +89,26 @@ def read_segment(path: Path) -> SegmentContents:
     while position < len(data):
         end = data.find(b"\n", position, position + _FRAME_MAX)
         frame = _FRAME.fullmatch(data, position, end) if end >= 0 else None
-        if frame is None:
-            if end < 0 and len(data) - position < _FRAME_MAX:
-                break  # a record line cut short
+        if frame is None or end + 1 + int(frame[2]) > len(data):
             return SegmentContents(boot, tuple(records), data[position:])
-        start, length = end + 1, int(frame[2])
-        if start + length > len(data):
-            break  # a record cut short
-        records.append((frame[1].decode("ascii"), data[start : start + length]))
-        position = start + length
+        start = end + 1
+        records.append((frame[1].decode("ascii"), data[start : start + int(frame[2])]))
+        position = start + int(frame[2])
     return SegmentContents(boot, tuple(records))
 
 
 class Journal:
-    """The segments in ``directory``, and the one being written. Only one thread may write (the intake's)."""
+    """The segments in ``directory``, and the one being written. Only one thread may write (the intake's).
 
-    def __init__(self, directory: Path) -> None:
+    ``segment_age`` and ``segment_bytes``: when a segment is due for closing (:meth:`due`), and ``segment_age``
+    how long an idle writer keeps it open."""
+
+    def __init__(
+        self, directory: Path, *, segment_age: float = SEGMENT_AGE, segment_bytes: int = SEGMENT_BYTES
+    ) -> None:
         self.directory = directory
+        self.segment_age = segment_age
+        self._segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fd: int | None = None
         self._path: Path | None = None
@@ -120,7 +125,7 @@ class Journal:
     def due(self) -> bool:
         """Whether the open segment should be closed before the next append: old, long, or a write to it failed."""
         return self._fd is not None and (
-            self._broken or self._size >= SEGMENT_BYTES or time.monotonic() - self._opened >= SEGMENT_AGE
+            self._broken or self._size >= self._segment_bytes or time.monotonic() - self._opened >= self.segment_age
         )
 
     def append(self, records: Sequence[tuple[str, bytes]]) -> None:
@@ -137,8 +142,9 @@ class Journal:
             frames += (b"%s %d\n" % (qid.encode("ascii"), len(data)), data)
         total = sum(map(len, frames))
         try:
-            if os.writev(self._fd, frames) != total:
-                raise OSError(5, "short write to the journal")  # EIO: a regular file writes all or fails
+            written = os.writev(self._fd, frames)
+            if written < total:  # a disk nearly full writes what fits; the rest then says why not (ENOSPC)
+                _write_all(self._fd, b"".join(frames)[written:])
             os.fdatasync(self._fd)
         except OSError:
             self._broken = True
@@ -174,7 +180,7 @@ class Journal:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             header = _MAGIC + boot_id().encode("ascii", "replace") + b"\n"
-            os.write(fd, header)
+            _write_all(fd, header)
             os.fsync(fd)
             directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -186,3 +192,13 @@ class Journal:
             path.unlink(missing_ok=True)
             raise
         self._fd, self._path, self._opened, self._size = fd, path, time.monotonic(), len(header)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``; raises OSError (ENOSPC when the disk is full)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written == 0:
+            raise OSError(errno.EIO, "the journal took no more data")
+        view = view[written:]

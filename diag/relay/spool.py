@@ -214,11 +214,16 @@ class Spool:
         has one writer)."""
         results: list[OSError | None] = [None] * len(messages)
         prepared: list[tuple[int, str, bytes]] = []
-        for index, (qid, envelope, content) in enumerate(messages):
-            try:
-                prepared.append((index, qid, self.prepare(qid, envelope, content)))
-            except OSError as exc:
-                results[index] = exc
+        try:
+            for index, (qid, envelope, content) in enumerate(messages):
+                try:
+                    prepared.append((index, qid, self.prepare(qid, envelope, content)))
+                except OSError as exc:
+                    results[index] = exc
+        except BaseException:
+            for _, qid, _ in prepared:  # the caller refuses them all
+                self._discard(qid)
+            raise
         if not prepared:
             return results
         try:
@@ -259,14 +264,7 @@ class Spool:
         """Make the queue files of a closed journal segment's messages durable (those still queued: fsynced, and
         the directory), then delete the segment. Raises OSError; the segment then stays, replayed at start-up."""
         for qid in segment.qids:
-            try:
-                fd = os.open(os.path.join(self._queue_dir, f"{qid}.msg"), os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # delivered and removed
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_if_there(os.path.join(self._queue_dir, f"{qid}.msg"))  # not there: delivered and removed
         self._queue_sync.sync()
         self.journal.delete(segment.path)
 
@@ -293,7 +291,9 @@ class Spool:
         a message stored but not yet renamed into the queue (its file still in ``tmp/``) is put back; one without
         a file was delivered and removed. After a crash of the machine (another boot, or no boot id), every record
         whose queue file is missing or damaged is put back: a message delivered since its segment's checkpoint is
-        then delivered again (a duplicate, never a loss, as after removals a crash undid)."""
+        then delivered again (a duplicate, never a loss, as after removals a crash undid). Either way, the queue
+        files a segment covers are fsynced before it is deleted, as a checkpoint does: a relay killed, started
+        again and then caught by a crash of the machine must still have them."""
         bad: list[str] = []
         segments = self.journal.segments()
         now = boot_id()
@@ -307,6 +307,7 @@ class Spool:
                 else:
                     wanted = not self._intact(queued)
                 if not wanted:
+                    _fsync_if_there(queued)
                     continue
                 try:
                     _parsed(f"{qid}.msg", data)
@@ -447,9 +448,20 @@ def _parsed(name: str, data: bytes) -> tuple[Envelope, bytes]:
     header, _, content = body.partition(b"\n")
     try:
         envelope = Envelope.from_json(json.loads(header))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise SpoolError(f"{name}: damaged envelope: {exc}") from None
     return envelope, content
+
+
+def _fsync_if_there(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -11,14 +11,14 @@ delays the 250s but never the other sessions (RR-56). Closed journal segments ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
-from diag.relay.journal import SEGMENT_AGE, Segment
+from diag.relay.journal import Segment
 from diag.relay.spool import Envelope, Spool
 
 __all__ = ["BatchWriter"]
@@ -27,6 +27,9 @@ log = logging.getLogger("diag.relay")
 
 # The most messages in one append: two iovecs each stay within writev's IOV_MAX (1024 on Linux).
 _BATCH_MAX: Final = 256
+# The most closed segments waiting for their checkpoint: beyond it the writer waits (and the 250s with it), so a
+# disk slower than the intake cannot pile segments up without bound.
+_CHECKPOINT_BACKLOG: Final = 4
 
 _Pending = tuple[str, Envelope, bytes, "asyncio.Future[str]"]
 
@@ -39,15 +42,26 @@ class BatchWriter:
         self._spool = spool
         self._loop = loop
         self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-checkpoint")
+        # Once the writer has stopped (closed, or failed), a message handed over is refused at once.
+        self._handing = threading.Lock()
+        self._stopped = False
+        self._closed: queue.SimpleQueue[Segment | None] = queue.SimpleQueue()
+        self._backlog = threading.BoundedSemaphore(_CHECKPOINT_BACKLOG)
+        # Daemon threads: a disk that never answers must not keep the process from exiting.
+        self._checkpointer = threading.Thread(target=self._checkpoint_closed, name="spool-checkpoint", daemon=True)
         self._thread = threading.Thread(target=self._run, name="spool-journal", daemon=True)
+        self._checkpointer.start()
         self._thread.start()
 
     def store(self, qid: str, envelope: Envelope, content: bytes) -> asyncio.Future[str]:
         """Store a message; the future is its queue id once it is durable and queued, or the error that refused it
         (OSError from the disk)."""
         future: asyncio.Future[str] = self._loop.create_future()
-        self._pending.put((qid, envelope, content, future))
+        with self._handing:
+            if not self._stopped:
+                self._pending.put((qid, envelope, content, future))
+                return future
+        future.set_exception(OSError("the spool writer has stopped"))
         return future
 
     async def close(self, wait: float) -> None:
@@ -61,7 +75,7 @@ class BatchWriter:
         try:
             while True:
                 try:
-                    item = self._pending.get(timeout=SEGMENT_AGE if journal.writing else None)
+                    item = self._pending.get(timeout=journal.segment_age if journal.writing else None)
                 except queue.Empty:
                     self._close_segment()  # idle: its messages need not wait for the next one to be durable
                     continue
@@ -75,25 +89,31 @@ class BatchWriter:
                     except queue.Empty:
                         break
                 if batch:
-                    if journal.due():
-                        self._close_segment()
                     self._store(batch)
                 if item is None:
                     return
-        except BaseException:
-            log.exception("the spool writer failed; the messages waiting are refused")
-            raise
+        except BaseException:  # logged here, and the thread ends: from now on store() refuses at once
+            log.exception("the spool writer failed; messages are refused until the relay is restarted")
         finally:
-            self._close_segment()
-            self._checkpoints.shutdown(wait=True)
+            with self._handing:
+                self._stopped = True
             self._refuse_the_rest()
+            with contextlib.suppress(BaseException):
+                self._close_segment()
+            self._closed.put(None)
+            self._checkpointer.join()
 
     def _store(self, batch: Sequence[_Pending]) -> None:
         results: Sequence[Exception | None]
         try:
+            if self._spool.journal.due():
+                self._close_segment()
             results = self._spool.store_batch([(qid, envelope, content) for qid, envelope, content, _ in batch])
         except Exception as exc:  # a bug: the batch is refused (451), not lost
             results = [exc] * len(batch)
+        except BaseException as exc:  # the thread ends (SystemExit and the like); the batch is refused first
+            self._reply(batch, [OSError(f"the spool writer failed: {exc!r}")] * len(batch))
+            raise
         self._reply(batch, results)
 
     def _reply(self, batch: Sequence[_Pending], results: Sequence[Exception | None]) -> None:
@@ -105,17 +125,25 @@ class BatchWriter:
     def _close_segment(self) -> None:
         closed = self._spool.journal.close()
         if closed is not None:
-            self._checkpoints.submit(self._checkpoint, closed)
+            self._backlog.acquire()  # waits while _CHECKPOINT_BACKLOG segments wait for theirs
+            self._closed.put(closed)
 
-    def _checkpoint(self, segment: Segment) -> None:
-        try:
-            self._spool.checkpoint(segment)
-        except OSError as exc:
-            log.error("cannot checkpoint the journal segment %s (it is replayed at the next start): %s",
-                      segment.path.name, exc)  # fmt: skip
+    def _checkpoint_closed(self) -> None:
+        """The checkpoint thread: each closed segment in turn, until the writer says there are no more."""
+        while (segment := self._closed.get()) is not None:
+            try:
+                self._spool.checkpoint(segment)
+            except Exception as exc:
+                # The segment stays, replayed at the next start; its files' fsync is not tried again here (after a
+                # failed fsync Linux may have dropped the dirty pages, so a second one proves nothing).
+                log.error("cannot checkpoint the journal segment %s (it is replayed at the next start): %r",
+                          segment.path.name, exc)  # fmt: skip
+            finally:
+                self._backlog.release()
 
     def _refuse_the_rest(self) -> None:
-        """After the thread's end: whatever was handed over since is refused, never left waiting."""
+        """Once stopped: whatever was handed over before is refused, never left waiting (later ones are refused by
+        :meth:`store`)."""
         rest: list[_Pending] = []
         while True:
             try:

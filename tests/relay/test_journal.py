@@ -3,8 +3,13 @@ what the queue lacks (only what a killed process left unqueued; after a machine 
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
+import os
 import resource
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,7 +66,8 @@ def test_a_segment_reads_back_record_by_record(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cut", [1, 5, 20, 25])
 def test_a_record_cut_short_at_the_end_is_left_out(tmp_path: Path, cut: int) -> None:
-    """What a crash during the append leaves: that batch was never acknowledged (its fdatasync did not return)."""
+    """What a crash during the append leaves: that batch was never acknowledged (its fdatasync did not return).
+    Its bytes are kept aside all the same: damage to a record's length looks the same."""
     journal = Journal(tmp_path)
     journal.append([("0123456789abcdef", b"kept")])
     journal.append([("fedcba9876543210", b"cut short")])
@@ -70,7 +76,8 @@ def test_a_record_cut_short_at_the_end_is_left_out(tmp_path: Path, cut: int) -> 
     data = closed.path.read_bytes()
     closed.path.write_bytes(data[:-cut])
     contents = read_segment(closed.path)
-    assert contents.records == (("0123456789abcdef", b"kept"),) and contents.damaged == b""
+    assert contents.records == (("0123456789abcdef", b"kept"),)
+    assert contents.damaged == b"fedcba9876543210 9\ncut short"[:-cut]
 
 
 @pytest.mark.parametrize("data", [b"", b"DIAGJOUR", b"DIAGJOURNAL1 1234"])
@@ -105,7 +112,9 @@ def test_a_long_segment_is_due_for_closing(tmp_path: Path) -> None:
 
 
 def test_a_failed_append_counts_for_nothing_and_closes_the_segment(tmp_path: Path) -> None:
-    """A real write failure: the file size limit (EFBIG), as a full disk fails a write."""
+    """A real write failure: the file size limit, which fails a write as a full disk does. The first write takes
+    what fits (a short count), and the failure is the one the disk gives (EFBIG here, ENOSPC on a full disk: the
+    server's 452), not a made-up one."""
     journal = Journal(tmp_path)
     journal.append([("0123456789abcdef", b"kept")])
     (segment,) = journal.segments()
@@ -114,8 +123,9 @@ def test_a_failed_append_counts_for_nothing_and_closes_the_segment(tmp_path: Pat
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, limits[1]))
     try:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as failed:
             journal.append([("fedcba9876543210", b"x" * 100)])
+        assert failed.value.errno == errno.EFBIG
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, previous)
@@ -216,3 +226,93 @@ def test_states_recorded_before_a_crash_survive_the_replay(tmp_path: Path) -> No
     as_after_a_reboot(segment)
     assert Spool(tmp_path).recover() == []
     assert spool.get(qid).statuses[0].attempts == 2
+
+
+def test_a_damaged_envelope_nested_too_deep_is_quarantined(tmp_path: Path) -> None:
+    """A queue file whose checksum holds but whose envelope is JSON nested deeper than the parser recurses (only
+    damage or a hostile hand can make one): quarantined at start-up, not a crash."""
+    spool = Spool(tmp_path)
+    qid = Spool.new_qid()
+    header = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    with pytest.raises(RecursionError):
+        json.loads(header)
+    body = header + CONTENT
+    digest = hashlib.sha256(body).hexdigest().encode()
+    (spool.queue / f"{qid}.msg").write_bytes(b"DIAGSPOOL1\n" + body + b"\n#END %d %s\n" % (len(body), digest))
+    assert spool.recover() == [qid]
+
+
+# --- the order of what reaches the disk ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def disk_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
+    """Every fsync, fdatasync, rename and unlink from here on, with the path it was about, in order (each one is
+    still made: this only watches)."""
+    calls: list[tuple[str, str]] = []
+
+    def watching(name: str, real: Callable[..., object], by_fd: bool) -> Callable[..., object]:
+        def call(*args: object) -> object:
+            about = os.readlink(f"/proc/self/fd/{args[0]}") if by_fd else os.fspath(args[0])  # type: ignore[arg-type]
+            calls.append((name, about))
+            return real(*args)
+
+        return call
+
+    for name, by_fd in (("fsync", True), ("fdatasync", True), ("rename", False), ("unlink", False)):
+        monkeypatch.setattr(os, name, watching(name, getattr(os, name), by_fd))
+    yield calls
+
+
+def first(calls: list[tuple[str, str]], name: str, about: str | Path) -> int:
+    return calls.index((name, os.fspath(about)))
+
+
+def test_a_batch_is_in_the_journal_on_disk_before_any_file_is_queued(
+    tmp_path: Path, disk_calls: list[tuple[str, str]]
+) -> None:
+    spool = Spool(tmp_path)
+    qids = batch(spool, 3)
+    (segment,) = spool.journal.segments()
+    synced = first(disk_calls, "fdatasync", segment)
+    for qid in qids:
+        assert first(disk_calls, "rename", spool.tmp / f"{qid}.msg") > synced
+
+
+def test_a_checkpoint_makes_the_files_durable_before_it_deletes_the_segment(
+    tmp_path: Path, disk_calls: list[tuple[str, str]]
+) -> None:
+    spool = Spool(tmp_path)
+    delivered, waiting = batch(spool, 2)
+    spool.remove(delivered)
+    closed = spool.journal.close()
+    assert closed is not None
+    spool.checkpoint(closed)
+    deleted = first(disk_calls, "unlink", closed.path)
+    assert first(disk_calls, "fsync", spool.queue / f"{waiting}.msg") < deleted
+    assert first(disk_calls, "fsync", spool.queue) < deleted
+
+
+def test_a_replay_makes_the_files_durable_before_it_deletes_the_segment(
+    tmp_path: Path, disk_calls: list[tuple[str, str]]
+) -> None:
+    """Killed before a checkpoint: the queue files are whole (the page cache kept them) but not yet on disk. A
+    relay started again must not delete the only durable copy before they are: a crash of the machine soon after
+    would lose them."""
+    spool = Spool(tmp_path)
+    (queued,) = batch(spool, 1)
+    (segment,) = spool.journal.segments()
+    assert Spool(tmp_path).recover() == []
+    deleted = first(disk_calls, "unlink", segment)
+    assert first(disk_calls, "fsync", spool.queue / f"{queued}.msg") < deleted
+    assert first(disk_calls, "fsync", spool.queue) < deleted
+
+
+def test_a_message_that_cannot_be_moved_into_the_queue_is_refused_and_left_nowhere(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    refused, stored = Spool.new_qid(), Spool.new_qid()
+    (spool.queue / f"{refused}.msg").mkdir()
+    (spool.queue / f"{refused}.msg" / "x").touch()  # a non-empty directory in its place: the rename fails
+    results = spool.store_batch([(refused, envelope(), CONTENT), (stored, envelope(), CONTENT)])
+    assert isinstance(results[0], OSError) and results[1] is None
+    assert list(spool.tmp.iterdir()) == []  # nothing left to put back at start-up either

@@ -1,0 +1,105 @@
+"""The intake's writer: every message handed over gets an answer, segments are closed under steady load, and a
+disk slower than the intake holds the intake back instead of piling segments up."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from diag.relay.journal import Journal, Segment
+from diag.relay.spool import Envelope, Spool
+from diag.relay.writer import BatchWriter
+
+CONTENT = b"Subject: hello\r\n\r\nbody\r\n"
+ENVELOPE = Envelope("john@contoso.com", ("sun@tailspintoys.com",))
+WAIT = 10.0
+
+
+class Stop(BaseException):
+    """Not an Exception: what ends a thread (as SystemExit would)."""
+
+
+class StoppingSpool(Spool):
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> list[OSError | None]:
+        raise Stop
+
+
+class WatchedSpool(Spool):
+    """Checkpoints counted, and held until released."""
+
+    def __init__(self, root: Path, journal: Journal) -> None:
+        super().__init__(root)
+        self.journal = journal
+        self.checkpoints: list[Segment] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def checkpoint(self, segment: Segment) -> None:
+        assert self.release.wait(WAIT)
+        super().checkpoint(segment)
+        self.checkpoints.append(segment)
+
+
+def test_a_writer_that_stops_refuses_what_it_has_and_all_that_comes_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        writer = BatchWriter(StoppingSpool(tmp_path), asyncio.get_running_loop())
+        try:
+            with pytest.raises(OSError, match="the spool writer failed"):
+                await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+            await asyncio.to_thread(writer._thread.join, WAIT)  # gone: nothing reads what is handed over now
+            with pytest.raises(OSError, match="the spool writer has stopped"):
+                await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+        finally:
+            await writer.close(WAIT)
+
+    asyncio.run(main())
+    assert "the spool writer failed" in caplog.text
+
+
+def test_segments_are_closed_and_checkpointed_under_steady_load(tmp_path: Path) -> None:
+    """Never idle for a segment's age, the writer still closes each segment once it is old enough."""
+    spool = WatchedSpool(tmp_path, Journal(tmp_path / "journal", segment_age=0.2))
+
+    async def main() -> None:
+        writer = BatchWriter(spool, asyncio.get_running_loop())
+        try:
+            for _ in range(12):  # 0.6 s, a message every 0.05 s
+                await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+                await asyncio.sleep(0.05)
+            assert spool.checkpoints  # before close(), which checkpoints the last one
+        finally:
+            await writer.close(WAIT)
+
+    asyncio.run(main())
+    assert spool.journal.segments() == [] and len(spool.messages()) == 12
+
+
+def test_checkpoints_that_fall_behind_hold_the_intake_back(tmp_path: Path) -> None:
+    """Segments closed at every batch, checkpoints stuck: after four waiting, the next store waits too."""
+    spool = WatchedSpool(tmp_path, Journal(tmp_path / "journal", segment_bytes=1))
+    spool.release.clear()
+
+    async def main() -> None:
+        writer = BatchWriter(spool, asyncio.get_running_loop())
+        try:
+            # The first batch opens a segment; each next one closes the one before: the first closed is taken by
+            # the checkpoint thread (and stuck there), four more wait for it.
+            for _ in range(5):
+                await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+            held = writer.store(Spool.new_qid(), ENVELOPE, CONTENT)
+            await asyncio.sleep(0.5)
+            assert not held.done() and len(spool.journal.segments()) == 5
+            spool.release.set()
+            await asyncio.wait_for(held, WAIT)
+        finally:
+            spool.release.set()
+            await writer.close(WAIT)
+
+    asyncio.run(main())
+    assert len(spool.checkpoints) == 6 and spool.journal.segments() == [] and len(spool.messages()) == 6
