@@ -64,18 +64,23 @@ def test_a_segment_reads_back_record_by_record(tmp_path: Path) -> None:
     assert contents.damaged == b""
 
 
+def two_batches(directory: Path, second: bytes) -> Path:
+    """A closed segment of two batches: "kept", then ``second``."""
+    journal = Journal(directory)
+    journal.append([("0123456789abcdef", b"kept")])
+    journal.append([("fedcba9876543210", second)])
+    closed = journal.close()
+    assert closed is not None
+    return closed.path
+
+
 @pytest.mark.parametrize("cut", [1, 5, 20, 25])
 def test_a_record_cut_short_at_the_end_is_left_out(tmp_path: Path, cut: int) -> None:
     """What a crash during the append leaves: that batch was never acknowledged (its fdatasync did not return).
     Its bytes are kept aside all the same: damage to a record's length looks the same."""
-    journal = Journal(tmp_path)
-    journal.append([("0123456789abcdef", b"kept")])
-    journal.append([("fedcba9876543210", b"cut short")])
-    closed = journal.close()
-    assert closed is not None
-    data = closed.path.read_bytes()
-    closed.path.write_bytes(data[:-cut])
-    contents = read_segment(closed.path)
+    segment = two_batches(tmp_path, b"cut short")
+    segment.write_bytes(segment.read_bytes()[:-cut])
+    contents = read_segment(segment)
     assert contents.records == (("0123456789abcdef", b"kept"),)
     assert contents.damaged == b"fedcba9876543210 9\ncut short"[:-cut]
 
@@ -87,15 +92,11 @@ def test_a_segment_whose_header_was_cut_short_holds_nothing(tmp_path: Path, data
 
 
 def test_what_cannot_be_framed_is_kept_as_damaged(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
-    journal.append([("0123456789abcdef", b"kept")])
-    journal.append([("fedcba9876543210", b"after the damage")])
-    closed = journal.close()
-    assert closed is not None
-    data = closed.path.read_bytes()
+    segment = two_batches(tmp_path, b"after the damage")
+    data = segment.read_bytes()
     at = data.index(b"fedcba9876543210")
-    closed.path.write_bytes(data[:at] + b"?" + data[at + 1 :])
-    contents = read_segment(closed.path)
+    segment.write_bytes(data[:at] + b"?" + data[at + 1 :])
+    contents = read_segment(segment)
     assert contents.records == (("0123456789abcdef", b"kept"),)
     assert contents.damaged == b"?edcba9876543210 16\nafter the damage"
     (tmp_path / "2.j").write_bytes(b"not a journal at all\n")
