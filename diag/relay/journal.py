@@ -42,7 +42,8 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 def boot_id() -> str:
     """This boot's id (Linux), "" where there is none: a segment written in the same boot was not through a crash of
-    the machine, so its queue files are as the relay left them (the page cache survives a killed process)."""
+    the machine, so which of its messages are still queued can be read from the queue (the page cache survives a
+    killed process); :meth:`~diag.relay.spool.Spool.recover` writes those again from the journal all the same."""
     try:
         with open(_BOOT_ID, encoding="ascii") as handle:
             return handle.read().strip()

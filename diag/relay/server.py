@@ -71,7 +71,7 @@ __all__ = ["RelayServer"]
 
 log = logging.getLogger("diag.relay")
 
-# Upper bound on how long close() waits for aborted sessions and in-flight spool writes.
+# How long close() waits for each of: the aborted sessions, each listener, the spool writes in progress.
 _CLOSE_WAIT: Final = 5.0
 # The largest message stored in a batch (BatchWriter: through the journal); a larger one is written and fsynced on
 # its own, so a batch never waits behind it.

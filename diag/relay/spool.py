@@ -1,7 +1,8 @@
 """The spool: a message answered 250 is on stable storage first, and survives a crash until delivered.
 
-Each message is one file written to ``tmp/``, flushed and fsynced, renamed into ``queue/``, and the directory
-fsynced — only then may the server answer 250 (RFC 5321 §6.1; security-cases.md §6: Postfix's
+A message stored on its own (:meth:`Spool.store`: bounces, replies, and the intake's messages above 256 KB) is one
+file written to ``tmp/``, flushed and fsynced, renamed into ``queue/``, and the directory fsynced — only then may
+the server answer 250 (RFC 5321 §6.1; security-cases.md §6: Postfix's
 mail_stream_finish_file order). The directory fsync is a group commit: stores that finish their rename while
 one is running share the next one, so under load a message costs about one fsync (its file's), not two.
 
@@ -210,8 +211,9 @@ class Spool:
         """Store messages (queue id, envelope, content) durably together (the module's docstring): each written to
         ``tmp/`` without an fsync of its own (:meth:`prepare`), all appended to the journal under one fdatasync,
         then each moved into the queue. For each message None once it is durable and queued, or the OSError that
-        refused it; a refused one leaves nothing to deliver. Only one thread may call it at a time (the journal
-        has one writer)."""
+        refused it; a refused one leaves nothing to deliver (unless the machine crashes before its journal segment
+        is checkpointed: its record may then bring it back, a duplicate of what the client sends again). Only one
+        thread may call it at a time (the journal has one writer)."""
         results: list[OSError | None] = [None] * len(messages)
         prepared: list[tuple[int, str, bytes]] = []
         try:
@@ -285,15 +287,17 @@ class Spool:
         return bad
 
     def _replay(self) -> list[str]:
-        """Put back in the queue what the journal has and the queue lacks, then delete the segments.
+        """Put back in the queue, durably, what the journal holds for messages not yet delivered, then delete the
+        segments.
 
-        A segment written in this boot went through a killed process at most, whose files the page cache kept: only
-        a message stored but not yet renamed into the queue (its file still in ``tmp/``) is put back; one without
-        a file was delivered and removed. After a crash of the machine (another boot, or no boot id), every record
-        whose queue file is missing or damaged is put back: a message delivered since its segment's checkpoint is
-        then delivered again (a duplicate, never a loss, as after removals a crash undid). Either way, the queue
-        files a segment covers are fsynced before it is deleted, as a checkpoint does: a relay killed, started
-        again and then caught by a crash of the machine must still have them."""
+        A segment written in this boot went through a killed process at most: a record with neither a queue file
+        nor one in ``tmp/`` (killed between the journal's append and the move into the queue) was delivered and
+        removed. After a crash of the machine (another boot, or no boot id), whether a missing queue file was
+        delivered cannot be told: each record whose queue file is missing or damaged is put back, and a message
+        delivered before its segment's checkpoint is then delivered again (a duplicate, never a loss, as after
+        removals a crash undid). Every message put back is written again from its record, fsynced, not just
+        fsynced where it lies: a queue file whose fsync once failed (a write-back error) may read whole from memory
+        and not be on disk, and a second fsync would not say so."""
         bad: list[str] = []
         segments = self.journal.segments()
         now = boot_id()
@@ -301,13 +305,12 @@ class Spool:
             contents = read_segment(path)
             same_boot = bool(now) and contents.boot == now
             for qid, data in contents.records:
-                queued = os.path.join(self._queue_dir, f"{qid}.msg")
+                queued, tmp = os.path.join(self._queue_dir, f"{qid}.msg"), self.tmp / f"{qid}.msg"
                 if same_boot:
-                    wanted = not os.path.exists(queued) and os.path.exists(os.path.join(self._tmp_dir, f"{qid}.msg"))
+                    wanted = os.path.exists(queued) or tmp.exists()
                 else:
-                    wanted = not self._intact(queued)
+                    wanted = not self._intact(queued)  # read back after a reboot: an intact file is on disk
                 if not wanted:
-                    _fsync_if_there(queued)
                     continue
                 try:
                     _parsed(f"{qid}.msg", data)
@@ -315,8 +318,8 @@ class Spool:
                     _write_durably(self.quarantine / f"{qid}.msg", data)
                     bad.append(qid)
                     continue
-                _write_durably(self.tmp / f"{qid}.msg", data)
-                os.replace(self.tmp / f"{qid}.msg", queued)
+                _write_durably(tmp, data)
+                os.replace(tmp, queued)
             if contents.damaged:
                 _write_durably(self.quarantine / f"{path.stem}.journal", contents.damaged)
                 bad.append(path.stem)
@@ -367,7 +370,7 @@ class Spool:
             size = os.fstat(handle.fileno()).st_size
         try:
             envelope = Envelope.from_json(json.loads(header))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise SpoolError(f"{path.name}: damaged envelope: {exc}") from None
         # The size of the content: the file less its magic, envelope line and trailer ("#END <len> <sha256>").
         trailer = len(_TRAILER) + len(f"{size} ") + 64 + 1

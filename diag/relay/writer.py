@@ -65,8 +65,9 @@ class BatchWriter:
         return future
 
     async def close(self, wait: float) -> None:
-        """Store what waits, checkpoint, and stop the threads; at most ``wait`` seconds (a stuck disk is left to
-        finish on its own: what it was writing was not answered 250, and start-up replays the journal)."""
+        """Store what waits, checkpoint, and stop the threads; at most ``wait`` seconds. A stuck disk is left to
+        finish on its own: a batch it was writing was not answered 250, and messages whose checkpoint it holds up
+        are in the journal, which start-up replays."""
         self._pending.put(None)
         await asyncio.to_thread(self._thread.join, wait)
 
@@ -109,7 +110,9 @@ class BatchWriter:
             if self._spool.journal.due():
                 self._close_segment()
             results = self._spool.store_batch([(qid, envelope, content) for qid, envelope, content, _ in batch])
-        except Exception as exc:  # a bug: the batch is refused (451), not lost
+        except Exception as exc:
+            # A bug: the batch is refused (451). One it had moved into the queue is delivered all the same (a
+            # duplicate when the client sends it again), none is lost.
             results = [exc] * len(batch)
         except BaseException as exc:  # the thread ends (SystemExit and the like); the batch is refused first
             self._reply(batch, [OSError(f"the spool writer failed: {exc!r}")] * len(batch))
@@ -133,7 +136,7 @@ class BatchWriter:
         while (segment := self._closed.get()) is not None:
             try:
                 self._spool.checkpoint(segment)
-            except Exception as exc:
+            except BaseException as exc:  # the thread goes on: the writer would wait for it for good
                 # The segment stays, replayed at the next start; its files' fsync is not tried again here (after a
                 # failed fsync Linux may have dropped the dirty pages, so a second one proves nothing).
                 log.error("cannot checkpoint the journal segment %s (it is replayed at the next start): %r",

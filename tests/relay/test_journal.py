@@ -248,8 +248,8 @@ def test_a_damaged_envelope_nested_too_deep_is_quarantined(tmp_path: Path) -> No
 
 @pytest.fixture
 def disk_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
-    """Every fsync, fdatasync, rename and unlink from here on, with the path it was about, in order (each one is
-    still made: this only watches)."""
+    """Every fsync, fdatasync, rename, replace and unlink from here on, with the path it was about, in order (each
+    one is still made: this only watches)."""
     calls: list[tuple[str, str]] = []
 
     def watching(name: str, real: Callable[..., object], by_fd: bool) -> Callable[..., object]:
@@ -260,7 +260,8 @@ def disk_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]
 
         return call
 
-    for name, by_fd in (("fsync", True), ("fdatasync", True), ("rename", False), ("unlink", False)):
+    watched = (("fsync", True), ("fdatasync", True), ("rename", False), ("replace", False), ("unlink", False))
+    for name, by_fd in watched:
         monkeypatch.setattr(os, name, watching(name, getattr(os, name), by_fd))
     yield calls
 
@@ -276,6 +277,8 @@ def test_a_batch_is_in_the_journal_on_disk_before_any_file_is_queued(
     qids = batch(spool, 3)
     (segment,) = spool.journal.segments()
     synced = first(disk_calls, "fdatasync", segment)
+    # The segment itself first: its header, and its name in the journal's directory.
+    assert first(disk_calls, "fsync", segment) < synced and first(disk_calls, "fsync", spool.journal.directory) < synced
     for qid in qids:
         assert first(disk_calls, "rename", spool.tmp / f"{qid}.msg") > synced
 
@@ -294,19 +297,37 @@ def test_a_checkpoint_makes_the_files_durable_before_it_deletes_the_segment(
     assert first(disk_calls, "fsync", spool.queue) < deleted
 
 
-def test_a_replay_makes_the_files_durable_before_it_deletes_the_segment(
-    tmp_path: Path, disk_calls: list[tuple[str, str]]
+@pytest.mark.parametrize("reboot", [False, True], ids=["killed", "crashed"])
+def test_a_replay_writes_the_messages_again_and_durably_before_it_deletes_the_segment(
+    tmp_path: Path, disk_calls: list[tuple[str, str]], reboot: bool
 ) -> None:
-    """Killed before a checkpoint: the queue files are whole (the page cache kept them) but not yet on disk. A
-    relay started again must not delete the only durable copy before they are: a crash of the machine soon after
-    would lose them."""
+    """Killed before a checkpoint, the queue files are whole in memory but maybe not on disk; after a crash, gone.
+    A relay started again must not delete the only durable copy before they are written again, fsynced, in
+    place: a crash of the machine soon after would lose them."""
     spool = Spool(tmp_path)
     (queued,) = batch(spool, 1)
     (segment,) = spool.journal.segments()
+    if reboot:
+        (spool.queue / f"{queued}.msg").unlink()
+        as_after_a_reboot(segment)
     assert Spool(tmp_path).recover() == []
     deleted = first(disk_calls, "unlink", segment)
-    assert first(disk_calls, "fsync", spool.queue / f"{queued}.msg") < deleted
-    assert first(disk_calls, "fsync", spool.queue) < deleted
+    rewritten = first(disk_calls, "replace", spool.tmp / f"{queued}.msg")
+    assert first(disk_calls, "fsync", spool.tmp / f"{queued}.msg") < rewritten
+    assert rewritten < first(disk_calls, "fsync", spool.queue) < deleted
+    assert spool.content(queued) == CONTENT + queued.encode()
+
+
+def test_a_queue_file_whose_write_back_failed_is_written_again_from_the_journal(tmp_path: Path) -> None:
+    """A checkpoint's fsync failed (EIO): the queue file may not be on disk however it reads now, and a second
+    fsync would succeed without saying so. Here the file reads back as what the disk holds (zeros); the same-boot
+    replay still has the message."""
+    spool = Spool(tmp_path)
+    (queued,) = batch(spool, 1)
+    path = spool.queue / f"{queued}.msg"
+    path.write_bytes(bytes(path.stat().st_size))
+    assert Spool(tmp_path).recover() == []
+    assert spool.content(queued) == CONTENT + queued.encode()
 
 
 def test_a_message_that_cannot_be_moved_into_the_queue_is_refused_and_left_nowhere(tmp_path: Path) -> None:

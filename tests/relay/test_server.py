@@ -963,12 +963,18 @@ def test_recipient_cap(tmp_path: Path) -> None:
 
 
 class FullSpool(Spool):
-    """No room left, for a message stored on its own (a large one) and for a batch."""
+    """No room left, for a message stored on its own (a large one) and for a batch; which was asked is noted."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.asked: list[str] = []
 
     def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
+        self.asked.append("alone")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
+        self.asked.append("batched")
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
@@ -1101,10 +1107,13 @@ def test_full_disk_gives_452(tmp_path: Path, lines: int) -> None:
     """RR-61: ENOSPC → 452 4.3.1 Insufficient system storage, for a message stored in a batch and for one above
     256 KB, stored on its own."""
 
+    spool = FullSpool(tmp_path / "spool")
+
     async def main() -> None:
-        async with relay(tmp_path, 41, spool=FullSpool(tmp_path / "spool")) as running:
+        async with relay(tmp_path, 41, spool=spool) as running:
             assert await send_one(running, (b"x" * 100 + b"\r\n") * lines) == b"452 4.3.1 Insufficient system storage"
             assert running.queued == []
+            assert spool.asked == ["batched" if lines == 1 else "alone"]
 
     run(main())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,47 @@ def test_a_writer_that_stops_refuses_what_it_has_and_all_that_comes_after(
     assert "the spool writer failed" in caplog.text
 
 
+class SlowStoppingSpool(Spool):
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> list[OSError | None]:
+        time.sleep(0.2)  # long enough for the next message to be handed over meanwhile
+        raise Stop
+
+
+def test_what_was_handed_over_while_the_writer_failed_is_refused_too(tmp_path: Path) -> None:
+    async def main() -> None:
+        writer = BatchWriter(SlowStoppingSpool(tmp_path), asyncio.get_running_loop())
+        try:
+            failing = writer.store(Spool.new_qid(), ENVELOPE, CONTENT)
+            await asyncio.sleep(0.05)
+            waiting = writer.store(Spool.new_qid(), ENVELOPE, CONTENT)  # in the queue while the batch fails
+            with pytest.raises(OSError, match="the spool writer failed"):
+                await asyncio.wait_for(failing, WAIT)
+            with pytest.raises(OSError, match="the spool writer has stopped"):
+                await asyncio.wait_for(waiting, WAIT)
+        finally:
+            await writer.close(WAIT)
+
+    asyncio.run(main())
+
+
+def test_more_messages_than_one_append_takes_are_stored_in_several(tmp_path: Path) -> None:
+    """writev takes at most 1024 buffers (two a message): 600 messages waiting at once go in more than one batch,
+    and the writer's thread ends once closed."""
+    spool = Spool(tmp_path)
+
+    async def main() -> None:
+        writer = BatchWriter(spool, asyncio.get_running_loop())
+        try:
+            stored = [writer.store(Spool.new_qid(), ENVELOPE, CONTENT) for _ in range(600)]
+            await asyncio.wait_for(asyncio.gather(*stored), WAIT)
+        finally:
+            await writer.close(WAIT)
+        assert not writer._thread.is_alive()
+
+    asyncio.run(main())
+    assert len(spool.messages()) == 600 and spool.journal.segments() == []
+
+
 def test_segments_are_closed_and_checkpointed_under_steady_load(tmp_path: Path) -> None:
     """Never idle for a segment's age, the writer still closes each segment once it is old enough."""
     spool = WatchedSpool(tmp_path, Journal(tmp_path / "journal", segment_age=0.2))
@@ -89,7 +131,8 @@ def test_checkpoints_that_fall_behind_hold_the_intake_back(tmp_path: Path) -> No
         writer = BatchWriter(spool, asyncio.get_running_loop())
         try:
             # The first batch opens a segment; each next one closes the one before: the first closed is taken by
-            # the checkpoint thread (and stuck there), four more wait for it.
+            # the checkpoint thread (and stuck there), three more wait for it, and the fifth batch's segment is
+            # open. The sixth must close it, and finds four closed segments waiting.
             for _ in range(5):
                 await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
             held = writer.store(Spool.new_qid(), ENVELOPE, CONTENT)
