@@ -114,7 +114,9 @@ def test_segments_are_closed_and_checkpointed_under_steady_load(tmp_path: Path) 
             for _ in range(12):  # 0.6 s, a message every 0.05 s
                 await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
                 await asyncio.sleep(0.05)
-            assert spool.checkpoints  # before close(), which checkpoints the last one
+            async with asyncio.timeout(WAIT):  # before close(), which checkpoints the last one
+                while not spool.checkpoints:  # noqa: ASYNC110 - the checkpoint thread tells nobody
+                    await asyncio.sleep(0.01)
         finally:
             await writer.close(WAIT)
 
