@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diag.frozen import frozen
+from diag.relay.disk import fsync_dir
 
 __all__ = ["SEGMENT_AGE", "SEGMENT_BYTES", "Journal", "Segment", "SegmentContents", "boot_id", "read_segment"]
 
@@ -90,11 +91,11 @@ def read_segment(path: Path) -> SegmentContents:
     while position < len(data):
         end = data.find(b"\n", position, position + _FRAME_MAX)
         frame = _FRAME.fullmatch(data, position, end) if end >= 0 else None
-        if frame is None or end + 1 + int(frame[2]) > len(data):
+        start, length = end + 1, int(frame[2]) if frame else 0
+        if frame is None or start + length > len(data):
             return SegmentContents(boot, tuple(records), data[position:])
-        start = end + 1
-        records.append((frame[1].decode("ascii"), data[start : start + int(frame[2])]))
-        position = start + int(frame[2])
+        records.append((frame[1].decode("ascii"), data[start : start + length]))
+        position = start + length
     return SegmentContents(boot, tuple(records))
 
 
@@ -149,10 +150,8 @@ class Journal:
             os.fdatasync(self._fd)
         except OSError:
             self._broken = True
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
             raise
         self._size += total
         self._qids += (qid for qid, _ in records)
@@ -183,11 +182,7 @@ class Journal:
             header = _MAGIC + boot_id().encode("ascii", "replace") + b"\n"
             _write_all(fd, header)
             os.fsync(fd)
-            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)

@@ -16,6 +16,8 @@ import mailbox
 import os
 from pathlib import Path
 
+from diag.relay.disk import fsync_dir, fsync_file
+
 __all__ = ["deliver_local", "mailbox_path", "store"]
 
 _SUBDIRS = ("tmp", "new", "cur")
@@ -55,12 +57,8 @@ def store(path: Path, content: bytes) -> None:
             (path / sub).mkdir(mode=0o700, exist_ok=True)
     key = mailbox.Maildir(path, factory=None, create=False).add(content)
     stored = path / "new" / key
-    fd = os.open(stored, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(stored.parent)
+    fsync_file(stored)
+    fsync_dir(stored.parent)
 
 
 def _create_maildir(maildir_root: Path, path: Path) -> None:
@@ -75,8 +73,8 @@ def _create_maildir(maildir_root: Path, path: Path) -> None:
     try:
         for sub in _SUBDIRS:
             (building / sub).mkdir(mode=0o700)
-            _fsync_dir(building / sub)
-        _fsync_dir(building)
+            fsync_dir(building / sub)
+        fsync_dir(building)
         try:
             building.rename(path)
         except OSError:
@@ -88,12 +86,4 @@ def _create_maildir(maildir_root: Path, path: Path) -> None:
                 (building / sub).rmdir()
             building.rmdir()
     # The new Maildir's entry must survive too, or the message goes with it.
-    _fsync_dir(maildir_root)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(maildir_root)

@@ -48,6 +48,7 @@ from typing import Final
 
 from diag.frozen import frozen
 from diag.probe.message import PROBE_HEADER
+from diag.relay.disk import fsync_dir
 from diag.relay.dsn import header_section, headers_part, original_subject
 from diag.relay.spool import Envelope
 
@@ -307,7 +308,7 @@ class ReflectLog:
             handle.flush()
             os.fsync(handle.fileno())
         if created:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self._remember(record)
         self._written += 1
         if self._written > max(1000, len(self._records)):
@@ -333,13 +334,5 @@ class ReflectLog:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._written = 0
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

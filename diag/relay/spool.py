@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from diag.frozen import frozen
+from diag.relay.disk import fsync_dir, fsync_file, write_durably
 from diag.relay.journal import Journal, Segment, boot_id, read_segment
 
 __all__ = [
@@ -266,7 +267,8 @@ class Spool:
         """Make the queue files of a closed journal segment's messages durable (those still queued: fsynced, and
         the directory), then delete the segment. Raises OSError; the segment then stays, replayed at start-up."""
         for qid in segment.qids:
-            _fsync_if_there(os.path.join(self._queue_dir, f"{qid}.msg"))  # not there: delivered and removed
+            with contextlib.suppress(FileNotFoundError):  # not there: delivered and removed
+                fsync_file(os.path.join(self._queue_dir, f"{qid}.msg"))
         self._queue_sync.sync()
         self.journal.delete(segment.path)
 
@@ -283,7 +285,7 @@ class Spool:
                 bad.append(path.stem)
                 os.rename(path, self.quarantine / path.name)
         if bad:
-            _fsync_dir(self.queue)
+            fsync_dir(self.queue)
         return bad
 
     def _replay(self) -> list[str]:
@@ -315,20 +317,20 @@ class Spool:
                 try:
                     _parsed(f"{qid}.msg", data)
                 except SpoolError:
-                    _write_durably(self.quarantine / f"{qid}.msg", data)
+                    write_durably(self.quarantine / f"{qid}.msg", data)
                     bad.append(qid)
                     continue
-                _write_durably(tmp, data)
+                write_durably(tmp, data)
                 os.replace(tmp, queued)
             if contents.damaged:
-                _write_durably(self.quarantine / f"{path.stem}.journal", contents.damaged)
+                write_durably(self.quarantine / f"{path.stem}.journal", contents.damaged)
                 bad.append(path.stem)
         if segments:
-            _fsync_dir(self.queue)
-            _fsync_dir(self.quarantine)
+            fsync_dir(self.queue)
+            fsync_dir(self.quarantine)
             for path in segments:
                 self.journal.delete(path)
-            _fsync_dir(self.journal.directory)
+            fsync_dir(self.journal.directory)
         return bad
 
     def _intact(self, path: str) -> bool:
@@ -395,10 +397,7 @@ class Spool:
             return
         data = json.dumps([s.to_json() for s in current]).encode("utf-8")
         tmp = self.tmp / f"{qid}.state"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_durably(tmp, data)
         os.replace(tmp, self.queue / f"{qid}.state")
         self._queue_sync.sync()
 
@@ -456,24 +455,6 @@ def _parsed(name: str, data: bytes) -> tuple[Envelope, bytes]:
     return envelope, content
 
 
-def _fsync_if_there(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def merged(known: Sequence[RecipientStatus], updates: Sequence[RecipientStatus]) -> tuple[RecipientStatus, ...]:
     """Every recipient's state: ``known``, with ``updates`` in place of their recipients' (a recipient ``known``
     lacks comes last)."""
@@ -485,14 +466,6 @@ def merged(known: Sequence[RecipientStatus], updates: Sequence[RecipientStatus])
 def settled(statuses: Sequence[RecipientStatus]) -> bool:
     """Whether no recipient is pending any more: the message is done, and leaves the spool."""
     return all(status.state is not RecipientState.PENDING for status in statuses)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _GroupSync:
@@ -526,7 +499,7 @@ class _GroupSync:
                 self._changed.release()
                 synced = False
                 try:
-                    _fsync_dir(self._directory)
+                    fsync_dir(self._directory)
                     synced = True
                 finally:
                     self._changed.acquire()

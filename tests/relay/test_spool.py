@@ -145,7 +145,7 @@ def test_concurrent_stores_share_directory_fsyncs(tmp_path: Path, monkeypatch: p
     spool = Spool(tmp_path)
     fsyncs = _DirectoryFsyncs()
     fsyncs.release_first.clear()
-    monkeypatch.setattr(spool_module, "_fsync_dir", fsyncs)
+    monkeypatch.setattr(spool_module, "fsync_dir", fsyncs)
     with ThreadPoolExecutor(max_workers=9) as pool:
         first = pool.submit(spool.store, envelope(), CONTENT)
         assert fsyncs.first_running.wait(10)
@@ -171,7 +171,7 @@ def test_a_failed_directory_fsync_fails_the_store_and_the_next_one_syncs_again(
         if len(calls) == 1:
             raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", failing_once)
+    monkeypatch.setattr(spool_module, "fsync_dir", failing_once)
     with pytest.raises(OSError, match="Input/output error"):
         spool.store(envelope(), CONTENT)
     # Refused, so nothing is left to deliver: not in tmp/, nor renamed into the queue before the fsync failed
@@ -184,7 +184,7 @@ def test_removal_is_not_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     spool = Spool(tmp_path)
     qid = spool.store(envelope(), CONTENT)
     fsyncs = _DirectoryFsyncs()
-    monkeypatch.setattr(spool_module, "_fsync_dir", fsyncs)
+    monkeypatch.setattr(spool_module, "fsync_dir", fsyncs)
     spool.update(qid, [RecipientStatus("sun@tailspintoys.com", RecipientState.DELIVERED, 1)])
     assert spool.messages() == [] and fsyncs.calls == 0
 
