@@ -941,8 +941,9 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
 
     try:
         serve(settings)
-    except OSError as exc:
-        raise DiagError(f"the relay cannot start: {exc.strerror or exc}") from None
+    except OSError as exc:  # a port in use, a spool it may not read or write
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise DiagError(f"the relay cannot start: {exc.strerror or exc}{where}") from None
     return 0
 
 

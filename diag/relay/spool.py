@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -280,6 +281,8 @@ class Spool:
             leftover.unlink(missing_ok=True)
         for path in sorted(self.queue.glob("*.msg")):
             try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):  # a directory, a link or a pipe is no message
+                    raise SpoolError(f"{path.name}: not a file")
                 self._read(path)
             except SpoolError:
                 bad.append(path.stem)
@@ -350,7 +353,7 @@ class Spool:
         for path in sorted(self.queue.glob("*.msg")):
             try:
                 found.append(self._queued(path))
-            except (SpoolError, FileNotFoundError):
+            except (SpoolError, FileNotFoundError, IsADirectoryError):
                 continue
         return found
 

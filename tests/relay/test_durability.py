@@ -318,6 +318,21 @@ def test_a_relay_that_cannot_listen_delivers_nothing_and_says_why(tmp_path: Path
     assert not (tmp_path / "maildir").exists() or not any((tmp_path / "maildir").rglob("new/*"))
 
 
+def test_a_spool_that_cannot_be_set_up_is_named_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "queue").write_text("a file where the queue directory goes")
+    done = subprocess.run(
+        [sys.executable, "-m", "diag", "relay", "--config", str(tmp_path / "relay.toml"), "--listen",
+         f"{IP}:{_free_port()}", "--spool", str(tmp_path / "spool"), "--maildir", str(tmp_path / "maildir")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert done.stderr.splitlines() == [
+        f"diag: error: the relay cannot start: File exists ({tmp_path / 'spool' / 'queue'})"
+    ]
+
+
 def test_two_relays_on_one_spool_are_refused_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "relay.toml").write_text(CONFIG)
     relay = _start(tmp_path, _free_port())

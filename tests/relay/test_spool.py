@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,37 @@ def test_a_damaged_file_is_quarantined_not_delivered(tmp_path: Path, cut: int) -
         spool.content(qid)
     assert spool.recover() == [qid]
     assert spool.messages() == [] and (tmp_path / "quarantine" / f"{qid}.msg").exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "pipe", "link"])
+def test_what_is_not_a_file_by_a_message_name_is_quarantined_at_start(tmp_path: Path, kind: str) -> None:
+    """Not a traceback at start-up, nor a read that waits for a writer (a pipe): moved aside like damage."""
+    spool = Spool(tmp_path)
+    kept = spool.store(envelope(), CONTENT)
+    odd = tmp_path / "queue" / "odd.msg"
+    if kind == "directory":
+        odd.mkdir()
+    elif kind == "pipe":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(tmp_path / "queue" / f"{kept}.msg")
+    with ThreadPoolExecutor(1) as pool:
+        recovering = pool.submit(spool.recover)
+        try:
+            assert recovering.result(timeout=10) == ["odd"]
+        finally:
+            if not recovering.done():  # it opened the pipe to read: a writer lets it go, the test fails
+                with open(odd, "wb"):
+                    pass
+    assert [m.qid for m in spool.messages()] == [kept]
+    assert os.path.lexists(tmp_path / "quarantine" / "odd.msg")
+
+
+def test_a_directory_by_a_message_name_is_skipped_by_a_queue_listing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    kept = spool.store(envelope(), CONTENT)
+    (tmp_path / "queue" / "odd.msg").mkdir()
+    assert [m.qid for m in spool.messages()] == [kept]
 
 
 def test_flipped_byte_is_caught_by_the_checksum(tmp_path: Path) -> None:
