@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, cast
 
 from diag.config import Organization, RelayRole
 from diag.errors import ConfigError, LabError
@@ -354,10 +354,11 @@ class _Tarpit(asyncio.Protocol):
     def __init__(self, connections: Connections, hold: float) -> None:
         self._connections = connections
         self._hold = hold
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's (no asyncio base class)
         self._transport = transport
         if not self._connections.admit(transport):
             transport.close()
@@ -394,7 +395,7 @@ class _Endless(asyncio.Protocol):
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's (no asyncio base class)
         if not self._connections.admit(transport):
             transport.write(TOO_MANY_CONNECTIONS)
             transport.close()
@@ -456,7 +457,7 @@ class _Greeter(asyncio.Protocol):
         self._upgrading = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # asyncio's or uvloop's (no asyncio base class)
         if not self._connections.admit(transport):
             transport.write(TOO_MANY_CONNECTIONS)
             transport.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiosmtpd.smtp import SMTP
 
@@ -72,7 +72,7 @@ class Connections:
         self._per_ip_limit = limit if per_ip is None else per_ip
         self._stress = stress
         self._closing = False
-        self._open: dict[asyncio.BaseTransport, _Open] = {}
+        self._open: dict[asyncio.Transport, _Open] = {}
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sweep: asyncio.TimerHandle | None = None
@@ -81,7 +81,7 @@ class Connections:
         """The connections open now."""
         return len(self._open)
 
-    def admit(self, transport: asyncio.BaseTransport, ip: str = "") -> bool:
+    def admit(self, transport: asyncio.Transport, ip: str = "") -> bool:
         """Track ``transport`` if the caps allow it and the server is not closing; False means refuse it.
 
         Under a stress policy a full server first closes an idle session of another address to make room.
@@ -97,13 +97,13 @@ class Connections:
             self._sweep = loop.call_later(self._stress.idle / 2, self._swept)
         return True
 
-    def progress(self, transport: asyncio.BaseTransport) -> None:
+    def progress(self, transport: asyncio.Transport) -> None:
         """The session of ``transport`` finished a transaction: it is not idle."""
         entry = self._open.get(transport)
         if entry is not None:
             entry.progress = asyncio.get_running_loop().time()
 
-    def _idle(self, now: float) -> list[tuple[asyncio.BaseTransport, _Open]]:
+    def _idle(self, now: float) -> list[tuple[asyncio.Transport, _Open]]:
         assert self._stress is not None
         cutoff = now - self._stress.idle
         return [(transport, entry) for transport, entry in self._open.items() if entry.progress <= cutoff]
@@ -130,12 +130,11 @@ class Connections:
             self._end(transport)
         self._sweep = loop.call_later(self._stress.idle / 2, self._swept)
 
-    def _end(self, transport: asyncio.BaseTransport) -> None:
+    def _end(self, transport: asyncio.Transport) -> None:
         """Tell an idle session why, close it, and free its place now (its connection_lost comes later)."""
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(IDLE_UNDER_STRESS)
-            if transport.get_write_buffer_size():
-                transport.abort()  # a client that stopped reading would keep close() waiting
+        transport.write(IDLE_UNDER_STRESS)
+        if transport.get_write_buffer_size():
+            transport.abort()  # a client that stopped reading would keep close() waiting
         transport.close()
         self.release(transport)
 
@@ -144,7 +143,7 @@ class Connections:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def release(self, transport: asyncio.BaseTransport) -> None:
+    def release(self, transport: asyncio.Transport) -> None:
         """Forget ``transport``: its connection is gone. Safe to call twice."""
         entry = self._open.pop(transport, None)
         if entry is None:
@@ -165,10 +164,7 @@ class Connections:
         for transport in list(self._open):
             # abort(), not close(): close() waits for the write buffer to drain, which a client that stopped
             # reading never allows.
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.abort()
-            else:
-                transport.close()
+            transport.abort()
         waiting.update(self._tasks)
         if waiting:
             await asyncio.wait(waiting, timeout=wait)
@@ -195,7 +191,7 @@ class CappedSMTP(SMTP):
     def __init__(self, handler: Any, connections: Connections, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections
-        self._tcp_transport: asyncio.BaseTransport | None = None
+        self._tcp_transport: asyncio.Transport | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,11 +199,12 @@ class CappedSMTP(SMTP):
             # The second call comes from STARTTLS, with the TLS transport on top of the tracked TCP one.
             super().connection_made(transport)
             return
-        self._tcp_transport = transport
+        # A TCP stream's transport; uvloop's (diag/relay/service.py) derive from no asyncio class, so this is
+        # said to the type checker rather than asked with isinstance.
+        self._tcp_transport = transport = cast(asyncio.Transport, transport)
         if not self._connections.admit(transport, peer_ip(transport.get_extra_info("peername"))):
             # RFC 5321 §3.1: a server that cannot serve the client greets with 421 and closes.
             self._refused = True
-            assert isinstance(transport, asyncio.WriteTransport)
             transport.write(TOO_MANY_CONNECTIONS)
             transport.close()
             return

@@ -54,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiosmtpd.smtp import SMTP, Session, TLSSetupException
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
@@ -319,9 +319,9 @@ class _RelaySMTP(CappedSMTP):
         self._last_byte = data[-1:]
         if bare and not self._in_data:
             log.info("closing session of %s: bare LF in a command", peer_ip(self.session and self.session.peer))
-            assert isinstance(self.transport, asyncio.WriteTransport)
-            self.transport.write(_BARE_LF)
-            self.transport.close()
+            transport = cast(asyncio.Transport, self.transport)  # see CappedSMTP.connection_made
+            transport.write(_BARE_LF)
+            transport.close()
             return
         super().data_received(data)
 

@@ -153,10 +153,10 @@ def test_a_session_that_starts_tls_counts_once_and_frees_its_place_when_it_ends(
     asyncio.run(scenario())
 
 
-class _Transport(asyncio.BaseTransport):
-    """A transport that is only an identity: release() and admit() never touch it beyond closing."""
+class _Transport(asyncio.Transport):
+    """A transport that is only an identity: release() and admit() never touch it; abort_all() aborts it."""
 
-    def close(self) -> None:
+    def abort(self) -> None:
         pass
 
 

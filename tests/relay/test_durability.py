@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import mailbox
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import aiosmtplib
 
+from diag.lab.pki import TestPKI
 from diag.relay.journal import boot_id, read_segment
 
 CONFIG = """
@@ -37,11 +40,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def _start(tmp: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
     with (tmp / "relay.log").open("ab") as log:  # the child keeps its own copy of the descriptor
         relay = subprocess.Popen(
             [sys.executable, "-m", "diag", "relay", "--config", str(tmp / "relay.toml"), "--listen", f"{IP}:{port}",
-             "--spool", str(tmp / "spool"), "--maildir", str(tmp / "maildir")],
+             "--spool", str(tmp / "spool"), "--maildir", str(tmp / "maildir"), *options],
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     deadline = time.monotonic() + 20
@@ -203,6 +206,42 @@ def test_delivery_runs_in_a_child_process_that_ends_with_the_relay(tmp_path: Pat
         relay.wait(timeout=20)
     assert relay.returncode == 0
     assert not _running(child)
+
+
+def test_the_relay_process_runs_on_uvloop_and_serves_starttls_on_it(tmp_path: Path) -> None:
+    """`diag relay` runs both its processes on uvloop's event loop where uvloop is installed (a dependency on
+    Linux and macOS). aiosmtpd's STARTTLS, which hands the connection to asyncio's SSLProtocol, works on it."""
+    pki = TestPKI.create()
+    chain, key = pki.issue(["sink.relay.example"]).write(tmp_path, "relay")
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    port = _free_port()
+    relay = _start(tmp_path, port, "--tls-cert", str(chain), "--tls-key", str(key))
+    try:
+        message = EmailMessage()
+        message["From"], message["To"], message["Message-ID"] = "a@sink.example", "sink@sink.example", "<tls@x>"
+        message.set_content("over TLS")
+
+        async def send() -> None:
+            client = aiosmtplib.SMTP(hostname=IP, port=port, start_tls=False, timeout=5)
+            await client.connect()
+            trust = ssl.create_default_context(cadata=pki.root_pem().decode())
+            await client.starttls(server_hostname="sink.relay.example", tls_context=trust)
+            await client.send_message(message)
+            await client.quit()
+
+        asyncio.run(send())
+        box = tmp_path / "maildir" / "sink@sink.example"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (box.exists() and len(mailbox.Maildir(box, create=False))):
+            time.sleep(0.05)
+        [stored] = list(mailbox.Maildir(box, create=False))
+        assert "with ESMTPS" in stored["Received"] and "TLS" in stored["Received"]
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=20)
+    assert relay.returncode == 0
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    assert (tmp_path / "relay.log").read_text().splitlines()[0].endswith(f" loop={loop}")
 
 
 def test_a_relay_whose_delivery_process_dies_stops_with_one_line(tmp_path: Path) -> None:
