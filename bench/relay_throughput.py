@@ -462,6 +462,7 @@ class DiagRelay(_OneProcess):
         self.log = self.dir / "relay.log"
         self.spool = self.dir / "spool"
         self.maildir = self.dir / "maildir"
+        self.files: Path | None = self.spool / "tmp"  # where each queue file is created
 
     def config(self) -> str:
         return f"""\
@@ -658,6 +659,7 @@ class AiosmtpdFloor(_OneProcess):
         self.sink_port = sink_port
         self.log = workdir / f"{self.name}.log"
         self.spool = workdir / self.name
+        self.files: Path | None = self.spool / "tmp" if self.storage == "files" else None
 
     async def start(self) -> None:
         arguments = [HOST, str(self.port), str(self.sink_port), self.storage]
@@ -698,6 +700,7 @@ class PostfixInstance:
         self.dir = workdir / "postfix"
         self.config_dir = self.dir / "etc"
         self.queue = self.dir / "queue"
+        self.files: Path | None = self.queue  # cleanup creates each queue file in a directory below
         self.data = self.dir / "data"
         self.log = self.dir / "maillog"
         self.port = free_port()
@@ -1049,6 +1052,23 @@ def print_table(results: list[LoadResult]) -> None:
             print("\n".join(lines))
 
 
+def create_cost(directory: Path, files: int = 300) -> float:
+    """Milliseconds to create an empty file in ``directory`` (the files are removed). diag, floor-fs and Postfix
+    create a file per message, and on this project's 2-core VM the cost differs by ten times and more from one
+    directory to another of the same file system, and over time: 0.02-0.09 ms in some, 0.6-0.9 ms in others
+    (ext4's inode allocation; bench/README.md, eleventh pass). Each MTA's row is read with its own figure."""
+    names = [directory / f"create-cost-{os.getpid()}-{number}" for number in range(files)]
+    try:
+        start = time.perf_counter()
+        for name in names:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return (time.perf_counter() - start) / files * 1000
+    finally:
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
+
 def machine() -> str:
     return (
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -1071,6 +1091,9 @@ async def run_all(args: argparse.Namespace, workdir: Path, started: list[Sink | 
         started.append(mta)
         try:
             await mta.start()
+            if mta.files is not None:
+                print(f"  {kind.name:<8} creating a file where it keeps messages costs {create_cost(mta.files):.3f} ms",
+                      flush=True)  # fmt: skip
             await measure_mta(mta, sink, args, results)
         except (RuntimeError, OSError, LookupError) as exc:
             print(f"  {kind.name}: not measured: {exc}", flush=True)
@@ -1096,8 +1119,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[LoadRes
     print(
         f"{args.messages} messages of about {MESSAGE_SIZE} bytes, {args.sessions} sessions, "
         f"modes: {', '.join(MODES[m] for m in args.modes)}; work directory {workdir}",
-        flush=True,
     )
+    print(f"creating a file in the work directory costs {create_cost(workdir):.3f} ms", flush=True)
     results: list[LoadResult] = []
     started: list[Sink | Mta] = []
     loop = asyncio.get_running_loop()
