@@ -970,9 +970,14 @@ def relay_queue(settings: RelaySettings) -> int:
 
     if not settings.spool.is_dir():
         raise ConfigError(f"{settings.spool}: no spool there (give --spool DIR or the config's [Relay] Spool)")
-    messages = Spool(settings.spool).messages()
+    spool = Spool(settings.spool)
+    messages = spool.messages()
+    # A relay that is not running may have left messages in its journal alone (a crash of the machine lost their
+    # queue files): its next start puts them back. A running relay's journal holds what is in flight.
+    journal_only = [] if spool.in_use() else spool.journal_only()
+    unqueued = {message.qid for message in journal_only}
     now = datetime.now(UTC)
-    for message in messages:
+    for message in (*messages, *journal_only):
         age = int((now - message.envelope.received_at).total_seconds())
         click.echo(f"{message.qid}  {message.size} bytes  {age} s old  from <{sanitize(message.envelope.mail_from)}>")
         for status in message.statuses:
@@ -980,7 +985,10 @@ def relay_queue(settings: RelaySettings) -> int:
             detail = f": {sanitize(status.detail)}" if status.detail else ""
             state = f"{status.state.value}, {status.attempts} attempts{when}{detail}"
             click.echo(f"  <{sanitize(status.recipient)}> {state}")
-    click.echo(f"{len(messages)} queued in {settings.spool}")
+        if message.qid in unqueued:
+            click.echo("  in the journal only: put back in the queue when the relay starts")
+    more = f", {len(journal_only)} more in its journal (put back when the relay starts)" if journal_only else ""
+    click.echo(f"{len(messages)} queued in {settings.spool}{more}")
     return 0
 
 

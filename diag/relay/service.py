@@ -53,7 +53,7 @@ from diag.net.dns import Resolver
 from diag.relay.queue import Deliverer
 from diag.relay.server import RelayServer
 from diag.relay.settings import RelaySettings
-from diag.relay.spool import Envelope, Spool
+from diag.relay.spool import LOCK_FILE, Envelope, Spool
 
 __all__ = ["Relay", "serve"]
 
@@ -120,8 +120,7 @@ _ENVELOPE_MAX: Final = 1024 * 1024
 _START: Final = b"start"
 _STOP: Final = b"stop"
 _SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
-# The spool's lock file, and how long a relay waits for another one (or its delivery process) to let it go.
-_LOCK: Final = "relay.lock"
+# How long a relay waits for another one (or its delivery process) to let the spool's lock go.
 _LOCK_WAIT: Final = 5.0
 # Seconds the child lets deliveries in flight finish once the pipe ended (Deliverer's stop_grace), and how much
 # longer the parent waits for it before killing it.
@@ -185,7 +184,7 @@ def _exclusive(spool: Spool) -> Iterator[None]:
     """Hold the spool's lock: one relay per spool. Two would deliver each message twice, and one's recovery
     would remove the other's writes in progress. A relay restarted just after a crash waits a little for the
     old delivery process to leave (it cancels its deliveries at once when its relay is gone)."""
-    with open(spool.root / _LOCK, "a+b") as lock:
+    with open(spool.root / LOCK_FILE, "a+b") as lock:
         deadline = time.monotonic() + _LOCK_WAIT
         while True:
             try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import hashlib
 import json
 import os
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 _MAGIC = b"DIAGSPOOL1\n"
+# The file whose lock a relay holds while it uses the spool (diag/relay/service.py).
+LOCK_FILE = "relay.lock"
 _TRAILER = b"\n#END "
 
 
@@ -311,11 +314,7 @@ class Spool:
             same_boot = bool(now) and contents.boot == now
             for qid, data in contents.records:
                 queued, tmp = os.path.join(self._queue_dir, f"{qid}.msg"), self.tmp / f"{qid}.msg"
-                if same_boot:
-                    wanted = os.path.exists(queued) or tmp.exists()
-                else:
-                    wanted = not self._intact(queued)  # read back after a reboot: an intact file is on disk
-                if not wanted:
+                if not self._wanted(qid, same_boot=same_boot):
                     continue
                 try:
                     _parsed(f"{qid}.msg", data)
@@ -335,6 +334,48 @@ class Spool:
                 self.journal.delete(path)
             fsync_dir(self.journal.directory)
         return bad
+
+    def in_use(self) -> bool:
+        """Whether a relay holds the spool's lock now."""
+        try:
+            lock = open(self.root / LOCK_FILE, "rb")
+        except FileNotFoundError:
+            return False
+        with lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False  # closing the file let the lock go
+
+    def _wanted(self, qid: str, *, same_boot: bool) -> bool:
+        """Whether replay puts message ``qid`` back from its record (see :meth:`_replay`)."""
+        queued = os.path.join(self._queue_dir, f"{qid}.msg")
+        if same_boot:
+            return os.path.exists(queued) or os.path.exists(os.path.join(self._tmp_dir, f"{qid}.msg"))
+        return not self._intact(queued)  # read back after a reboot: an intact file is on disk
+
+    def journal_only(self) -> list[QueuedMessage]:
+        """The messages the next start puts back from the journal that the queue lacks now: after a crash of the
+        machine, those whose queue files were lost; after a killed process, those it had appended but not moved
+        into the queue yet. Read from their records, with the recipients' states recorded so far. For a spool no
+        relay is using (a running relay's open segment changes under it)."""
+        found = []
+        now = boot_id()
+        for path in self.journal.segments():
+            contents = read_segment(path)
+            same_boot = bool(now) and contents.boot == now
+            for qid, data in contents.records:
+                if os.path.exists(os.path.join(self._queue_dir, f"{qid}.msg")):
+                    continue  # listed by messages()
+                if not self._wanted(qid, same_boot=same_boot):
+                    continue
+                try:
+                    envelope, content = _parsed(f"{qid}.msg", data)
+                except SpoolError:
+                    continue  # quarantined at the start
+                found.append(QueuedMessage(qid, envelope, len(content), self._statuses(qid, envelope)))
+        return found
 
     def _intact(self, path: str) -> bool:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import mailbox
 import os
@@ -166,6 +167,41 @@ def test_queue_lists_what_waits_and_why(tmp_path: Path) -> None:
     assert qid in done.stdout and "from <john@contoso.com>" in done.stdout
     assert "<sun@tailspintoys.com> pending, 2 attempts" in done.stdout
     assert "450 4.4.316 Connection refused" in done.stdout and "1 queued in" in done.stdout
+
+
+def test_queue_lists_what_a_crash_left_in_the_journal_alone_while_the_relay_is_stopped(tmp_path: Path) -> None:
+    """After a crash of the machine a queue file may be lost while the journal still holds its message: the
+    listing shows it, marked, until the relay's next start puts it back. Not while a relay holds the spool: its
+    journal then holds what is in flight."""
+    from diag.relay.spool import Envelope, Spool
+
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    spool = Spool(tmp_path / "spool")
+    lost, kept = (Spool.new_qid() for _ in range(2))
+    message = (Envelope("john@contoso.com", ("sun@tailspintoys.com",)), b"Subject: x\r\n\r\nx\r\n")
+    assert spool.store_batch([(lost, *message), (kept, *message)]) == [None, None]
+    closed = spool.journal.close()
+    assert closed is not None
+    closed.path.write_bytes(closed.path.read_bytes().replace(boot_id().encode(), b"0" * len(boot_id()), 1))
+    (spool.queue / f"{lost}.msg").unlink()
+
+    def listing() -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "diag", "relay", "--config", str(tmp_path / "relay.toml"),
+             "--spool", str(tmp_path / "spool"), "queue"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = listing()
+    assert lost in out and kept in out
+    assert out.count("in the journal only: put back in the queue when the relay starts") == 1
+    assert out.splitlines()[-1].endswith(", 1 more in its journal (put back when the relay starts)")
+    with open(tmp_path / "spool" / "relay.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # as a running relay holds it
+        out = listing()
+    assert lost not in out and out.splitlines()[-1] == f"1 queued in {tmp_path / 'spool'}"
 
 
 def _child_of(relay: subprocess.Popen[bytes]) -> int:

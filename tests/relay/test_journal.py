@@ -4,6 +4,7 @@ what the queue lacks (only what a killed process left unqueued; after a machine 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -197,6 +198,36 @@ def test_after_a_machine_crash_what_the_queue_lacks_is_put_back(tmp_path: Path) 
         assert spool.content(qid) == CONTENT + qid.encode()
     assert spool.get(whole).statuses[0].detail == "451 later"
     assert spool.journal.segments() == []
+
+
+def test_what_only_the_journal_holds_is_listed_until_a_start_puts_it_back(tmp_path: Path) -> None:
+    """For `diag relay queue` on a relay that is not running: after a crash of the machine the messages whose
+    queue files were lost; after a killed process those appended but not moved into the queue yet. Not those
+    the queue lists, nor one delivered and removed before a process was killed."""
+    spool = Spool(tmp_path)
+    lost, queued = batch(spool, 2)
+    (spool.queue / f"{lost}.msg").unlink()
+    closed = spool.journal.close()
+    assert closed is not None
+    as_after_a_reboot(closed.path)  # then this boot's: one delivered, one not moved into the queue yet
+    delivered, unqueued = batch(spool, 1)[0], appended_only(spool)
+    spool.remove(delivered)
+    listed = {m.qid: m for m in spool.journal_only()}
+    assert sorted(listed) == sorted([lost, unqueued])
+    assert listed[lost].envelope.mail_from == "john@contoso.com" and listed[lost].size == len(CONTENT + lost.encode())
+    assert listed[lost].statuses[0].state is RecipientState.PENDING
+    assert Spool(tmp_path).recover() == []
+    assert spool.journal_only() == [] and {lost, queued, unqueued} <= {m.qid for m in spool.messages()}
+
+
+def test_a_spool_is_in_use_while_a_relay_holds_its_lock(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    assert not spool.in_use()  # no lock file yet
+    with open(tmp_path / "relay.lock", "a+b") as lock:
+        assert not spool.in_use()
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        assert spool.in_use()
+    assert not spool.in_use()
 
 
 def test_a_damaged_record_is_quarantined_and_so_is_what_cannot_be_framed(tmp_path: Path) -> None:
