@@ -46,7 +46,7 @@ import signal
 import time
 from collections.abc import Coroutine, Iterator
 from types import TracebackType
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, cast
 
 from diag.errors import DiagError
 from diag.net.dns import Resolver
@@ -158,7 +158,7 @@ def serve(settings: RelaySettings) -> None:
             for signum in _SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # if the loop never did
-            pipe.close()  # if the loop never took it: the child must see the pipe end
+            pipe.close()  # if the loop never took over: the child must see the pipe end
             status = _reap(child)
     if status:
         how = f"exit status {status}" if status > 0 else f"signal {-status}"
@@ -168,8 +168,8 @@ def serve(settings: RelaySettings) -> None:
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on uvloop's event loop where it is installed (a dependency on Linux and macOS), else on
-    asyncio's. Each of the relay's processes spends most of its CPU in its loop's turns: uvloop's take about a
-    fifth less per message (bench/README.md). Both processes start their loops after the fork."""
+    asyncio's. Each of the relay's processes spends most of its CPU in its loop's turns: on uvloop the relay took
+    8-29 % less CPU per message (bench/README.md, eleventh pass). Both processes start their loops after the fork."""
     try:
         import uvloop
     except ImportError:
@@ -219,6 +219,15 @@ def _deliver_until_the_pipe_ends(settings: RelaySettings, read_end: int) -> None
         os._exit(code)
 
 
+def _handed(pipe: BinaryIO, loop: asyncio.AbstractEventLoop) -> BinaryIO:
+    """A copy of ``pipe`` for the loop's pipe transport to own (``pipe`` stays its caller's to close): a duplicate
+    descriptor in a file object that closes it only on asyncio's loop. uvloop's transport closes the descriptor
+    itself and then through the file object as well (uvloop issue #763), which would close whatever the number
+    names by then: a file another thread just opened."""
+    on_uvloop = type(loop).__module__.partition(".")[0] == "uvloop"
+    return cast(BinaryIO, os.fdopen(os.dup(pipe.fileno()), pipe.mode, buffering=0, closefd=not on_uvloop))
+
+
 def _first_line(pipe: BinaryIO) -> bytes:
     line = b""
     while not line.endswith(b"\n"):
@@ -235,7 +244,7 @@ async def _deliver(settings: RelaySettings, pipe: BinaryIO) -> None:
     deliverer = Deliverer(settings, spool, resolver, stop_grace=_STOP_GRACE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_read_pipe(lambda: _Announcements(deliverer, stop), pipe)
+    transport, _ = await loop.connect_read_pipe(lambda: _Announcements(deliverer, stop), _handed(pipe, loop))
     gc.freeze()
     try:
         await deliverer.run(stop)
@@ -347,24 +356,18 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
             loop.add_signal_handler(signum, stop.set)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # one that came since the fork is handled now
-    announce, _ = await loop.connect_write_pipe(lambda: _ChildWatch(gone), pipe)
-    # When the child's end closes, this end turns readable (an error to read). asyncio's pipe transport watches
-    # for that itself, uvloop's only finds out at its next write: a second descriptor is watched here for both.
-    # It is closed before the last word, or the child would never see the pipe end.
-    watch = os.dup(pipe.fileno())
-
-    def child_gone() -> None:
-        loop.remove_reader(watch)  # it stays readable
-        gone.set()
-
-    loop.add_reader(watch, child_gone)
+    announce, _ = await loop.connect_write_pipe(lambda: _ChildWatch(gone), _handed(pipe, loop))
+    # The transport's copy is now the only one: the child sees the pipe end at the last word, not once the loop has
+    # shut down (which waits for the executor's threads, a stalled disk's included).
+    pipe.close()
 
     def queued(qid: str, envelope: Envelope, content: bytes) -> None:
         _announce(announce, qid, envelope, content)
 
     try:
         async with RelayServer(settings, spool, on_queued=queued):
-            announce.write(_START + b"\n")
+            if not announce.is_closing():  # the child may be gone already (uvloop's transport refuses a write then)
+                announce.write(_START + b"\n")
             # What start-up made (modules, settings, tables) lives as long as the relay: out of the collector's
             # way, so its full collections walk only what sessions and deliveries create.
             gc.freeze()
@@ -381,8 +384,6 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
                 for wait in waits:
                     wait.cancel()
     finally:
-        loop.remove_reader(watch)
-        os.close(watch)
         await _last_word(announce, gone)
     if gone.is_set() and not stop.is_set():
         raise DiagError(f"the delivery process (pid {child}) ended; the relay stopped, queued mail stays in "

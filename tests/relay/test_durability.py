@@ -238,10 +238,13 @@ def test_delivery_runs_in_a_child_process_that_ends_with_the_relay(tmp_path: Pat
             time.sleep(0.05)
         assert [str(m["Message-ID"]) for m in mailbox.Maildir(box, create=False)] == ["<one@x>"]
     finally:
+        stopping = time.monotonic()
         relay.send_signal(signal.SIGTERM)
         relay.wait(timeout=20)
     assert relay.returncode == 0
     assert not _running(child)
+    # A clean stop: the child saw the pipe end (not killed after its grace), well within that grace
+    assert "did not stop" not in (tmp_path / "relay.log").read_text() and time.monotonic() - stopping < 5
 
 
 def test_the_relay_process_runs_on_uvloop_and_serves_starttls_on_it(tmp_path: Path) -> None:
@@ -272,6 +275,8 @@ def test_the_relay_process_runs_on_uvloop_and_serves_starttls_on_it(tmp_path: Pa
             time.sleep(0.05)
         [stored] = list(mailbox.Maildir(box, create=False))
         assert "with ESMTPS" in stored["Received"] and "TLS" in stored["Received"]
+        if importlib.util.find_spec("uvloop"):  # the delivery process, which delivered it, runs on uvloop too
+            assert "uvloop/loop." in Path(f"/proc/{_child_of(relay)}/maps").read_text()
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.wait(timeout=20)

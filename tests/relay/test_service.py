@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from diag.config import AcceptedDomain, Organization, RelayRole
+from diag.errors import DiagError
 from diag.relay import service
-from diag.relay.spool import Envelope
+from diag.relay.settings import RelaySettings
+from diag.relay.spool import Envelope, Spool
 
 ENVELOPE = Envelope("john@contoso.com", ("sun@tailspintoys.com", "bob@contoso.com"),
                     datetime(2026, 12, 7, 18, 0, tzinfo=UTC), peer="127.0.10.10", helo="mail.contoso.com")  # fmt: skip
@@ -157,3 +160,24 @@ def test_the_last_word_waits_until_the_pipe_has_written_everything(tmp_path: Pat
     reader.join(30)
     deliverer, told_stop = read(bytes(received), 65536)
     assert len(deliverer.told) == 40 and told_stop
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_delivery_process_gone_before_the_relay_listens_is_one_error(tmp_path: Path, loop: str) -> None:
+    """The intake's pipe to the child is closed at its other end before the relay says start: uvloop's transport
+    refuses a write then, and the relay must still stop with its one-line error, not a traceback."""
+    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    settings = RelaySettings(
+        organization=Organization(accepted_domains=(AcceptedDomain("sink.example"),)),
+        role=RelayRole.INTERNET,
+        hostname="sink.relay.example",
+        listen=(("127.0.0.1", 0),),
+        spool=tmp_path / "spool",
+        maildir=tmp_path / "mail",
+        mailboxes=("sink@sink.example",),
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the child is gone
+    with pytest.raises(DiagError, match=r"the delivery process \(pid 1\) ended"):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(service._intake(settings, Spool(settings.spool), os.fdopen(write_end, "wb", buffering=0), 1))
