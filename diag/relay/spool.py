@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -279,13 +278,12 @@ class Spool:
     def recover(self) -> list[str]:
         """At start-up: replay the journal, drop unfinished writes, quarantine damaged messages; returns the
         quarantined ids (and the names of journal segments whose damaged part was quarantined)."""
-        bad = self._replay()
+        aside = self._set_aside()
+        bad = aside + self._replay(also=frozenset(aside))
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
         for path in sorted(self.queue.glob("*.msg")):
             try:
-                if not stat.S_ISREG(os.lstat(path).st_mode):  # a directory, a link or a pipe is no message
-                    raise SpoolError(f"{path.name}: not a file")
                 self._read(path)
             except SpoolError:
                 bad.append(path.stem)
@@ -294,7 +292,19 @@ class Spool:
             fsync_dir(self.queue)
         return bad
 
-    def _replay(self) -> list[str]:
+    def _set_aside(self) -> list[str]:
+        """Quarantine what is not a regular file in ``queue/``, ``tmp/`` and ``journal/`` (a directory, a link, a
+        pipe: no message, and a pipe would hold a read for good) before anything reads them."""
+        moved = []
+        for directory in (self.queue, self.tmp, self.journal.directory):
+            with os.scandir(directory) as entries:
+                odd = [entry for entry in entries if not entry.is_file(follow_symlinks=False)]
+            for entry in odd:
+                os.rename(entry.path, self.quarantine / entry.name)
+                moved.append(entry.name.removesuffix(".msg"))
+        return moved
+
+    def _replay(self, also: frozenset[str] = frozenset()) -> list[str]:
         """Put back in the queue, durably, what the journal holds for messages not yet delivered, then delete the
         segments.
 
@@ -305,7 +315,8 @@ class Spool:
         delivered before its segment's checkpoint is then delivered again (a duplicate, never a loss, as after
         removals a crash undid). Every message put back is written again from its record, fsynced, not just
         fsynced where it lies: a queue file whose fsync once failed (a write-back error) may read whole from memory
-        and not be on disk, and a second fsync would not say so."""
+        and not be on disk, and a second fsync would not say so. ``also``: ids whose queue file was set aside as no
+        file at all (:meth:`_set_aside`), put back from the journal whatever the boot."""
         bad: list[str] = []
         segments = self.journal.segments()
         now = boot_id()
@@ -314,7 +325,7 @@ class Spool:
             same_boot = bool(now) and contents.boot == now
             for qid, data in contents.records:
                 queued, tmp = os.path.join(self._queue_dir, f"{qid}.msg"), self.tmp / f"{qid}.msg"
-                if not self._wanted(qid, same_boot=same_boot):
+                if qid not in also and not self._wanted(qid, same_boot=same_boot):
                     continue
                 try:
                     _parsed(f"{qid}.msg", data)
@@ -390,11 +401,13 @@ class Spool:
         Only envelopes are read (a queue scan must not read every body); contents are verified when read
         for delivery and by :meth:`recover`.
         """
+        with os.scandir(self._queue_dir) as entries:  # what is not a file is no message (and a pipe would hang)
+            names = sorted(e.name for e in entries if e.name.endswith(".msg") and e.is_file(follow_symlinks=False))
         found = []
-        for path in sorted(self.queue.glob("*.msg")):
+        for name in names:
             try:
-                found.append(self._queued(path))
-            except (SpoolError, FileNotFoundError, IsADirectoryError):
+                found.append(self._queued(self.queue / name))
+            except (SpoolError, FileNotFoundError):
                 continue
         return found
 

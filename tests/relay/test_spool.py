@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from diag.relay import spool as spool_module
+from diag.relay.journal import boot_id
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool, SpoolError
 
 CONTENT = b"Subject: hello\r\n\r\nbody\r\n"
@@ -91,11 +92,21 @@ def test_a_damaged_file_is_quarantined_not_delivered(tmp_path: Path, cut: int) -
 
 
 @pytest.mark.parametrize("kind", ["directory", "pipe", "link"])
-def test_what_is_not_a_file_by_a_message_name_is_quarantined_at_start(tmp_path: Path, kind: str) -> None:
-    """Not a traceback at start-up, nor a read that waits for a writer (a pipe): moved aside like damage."""
+@pytest.mark.parametrize("place", ["queue", "journaled", "journaled, another boot", "tmp", "journal"])
+def test_what_is_not_a_file_is_quarantined_at_start(tmp_path: Path, kind: str, place: str) -> None:
+    """Not a traceback at start-up, nor a read that waits for a writer (a pipe): moved aside like damage. A message
+    whose queue file was replaced so is put back from the journal."""
     spool = Spool(tmp_path)
     kept = spool.store(envelope(), CONTENT)
-    odd = tmp_path / "queue" / "odd.msg"
+    journaled = Spool.new_qid()
+    assert spool.store_batch([(journaled, envelope(), CONTENT)]) == [None]
+    segment = spool.journal.close()
+    assert segment is not None
+    if place == "journaled, another boot":
+        segment.path.write_bytes(segment.path.read_bytes().replace(boot_id().encode(), b"0" * len(boot_id()), 1))
+    name = {"queue": "odd.msg", "tmp": "odd.msg", "journal": "odd.j"}.get(place, f"{journaled}.msg")
+    odd = tmp_path / {"tmp": "tmp", "journal": "journal"}.get(place, "queue") / name
+    odd.unlink(missing_ok=True)
     if kind == "directory":
         odd.mkdir()
     elif kind == "pipe":
@@ -105,20 +116,22 @@ def test_what_is_not_a_file_by_a_message_name_is_quarantined_at_start(tmp_path: 
     with ThreadPoolExecutor(1) as pool:
         recovering = pool.submit(spool.recover)
         try:
-            assert recovering.result(timeout=10) == ["odd"]
+            assert recovering.result(timeout=10) == [name.removesuffix(".msg")]
         finally:
             if not recovering.done():  # it opened the pipe to read: a writer lets it go, the test fails
                 with open(odd, "wb"):
                     pass
-    assert [m.qid for m in spool.messages()] == [kept]
-    assert os.path.lexists(tmp_path / "quarantine" / "odd.msg")
+    assert os.path.lexists(tmp_path / "quarantine" / name)
+    assert sorted(m.qid for m in spool.messages()) == sorted([kept, journaled])
+    assert spool.content(journaled) == CONTENT
 
 
-def test_a_directory_by_a_message_name_is_skipped_by_a_queue_listing(tmp_path: Path) -> None:
+def test_a_queue_listing_skips_what_is_not_a_file(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     kept = spool.store(envelope(), CONTENT)
     (tmp_path / "queue" / "odd.msg").mkdir()
-    assert [m.qid for m in spool.messages()] == [kept]
+    os.mkfifo(tmp_path / "queue" / "pipe.msg")
+    assert [m.qid for m in spool.messages()] == [kept]  # not waiting for a writer on the pipe
 
 
 def test_flipped_byte_is_caught_by_the_checksum(tmp_path: Path) -> None:
