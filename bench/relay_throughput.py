@@ -700,7 +700,7 @@ class PostfixInstance:
         self.dir = workdir / "postfix"
         self.config_dir = self.dir / "etc"
         self.queue = self.dir / "queue"
-        self.files: Path | None = self.queue  # cleanup creates each queue file in a directory below
+        self.files: Path | None = self.queue / "incoming"  # where cleanup creates each queue file
         self.data = self.dir / "data"
         self.log = self.dir / "maillog"
         self.port = free_port()
