@@ -158,15 +158,21 @@ def test_queue_lists_what_waits_and_why(tmp_path: Path) -> None:
     later = datetime.now(UTC) + timedelta(minutes=5)
     spool.update(qid, [RecipientStatus("sun@tailspintoys.com", attempts=2, next_attempt=later,
                                        detail="450 4.4.316 Connection refused")])  # fmt: skip
+    out = _queue_listing(tmp_path)
+    assert qid in out and "from <john@contoso.com>" in out
+    assert "<sun@tailspintoys.com> pending, 2 attempts" in out
+    assert "450 4.4.316 Connection refused" in out and "1 queued in" in out
+
+
+def _queue_listing(tmp: Path) -> str:
+    """What `diag relay queue` prints for the spool under ``tmp``."""
     done = subprocess.run(
-        [sys.executable, "-m", "diag", "relay", "--config", str(tmp_path / "relay.toml"),
-         "--spool", str(tmp_path / "spool"), "queue"],
+        [sys.executable, "-m", "diag", "relay", "--config", str(tmp / "relay.toml"), "--spool", str(tmp / "spool"),
+         "queue"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert qid in done.stdout and "from <john@contoso.com>" in done.stdout
-    assert "<sun@tailspintoys.com> pending, 2 attempts" in done.stdout
-    assert "450 4.4.316 Connection refused" in done.stdout and "1 queued in" in done.stdout
+    return done.stdout
 
 
 def test_queue_lists_what_a_crash_left_in_the_journal_alone_while_the_relay_is_stopped(tmp_path: Path) -> None:
@@ -185,22 +191,13 @@ def test_queue_lists_what_a_crash_left_in_the_journal_alone_while_the_relay_is_s
     closed.path.write_bytes(closed.path.read_bytes().replace(boot_id().encode(), b"0" * len(boot_id()), 1))
     (spool.queue / f"{lost}.msg").unlink()
 
-    def listing() -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "diag", "relay", "--config", str(tmp_path / "relay.toml"),
-             "--spool", str(tmp_path / "spool"), "queue"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    out = listing()
+    out = _queue_listing(tmp_path)
     assert lost in out and kept in out
     assert out.count("in the journal only: put back in the queue when the relay starts") == 1
     assert out.splitlines()[-1].endswith(", 1 more in its journal (put back when the relay starts)")
     with open(tmp_path / "spool" / "relay.lock", "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # as a running relay holds it
-        out = listing()
+        out = _queue_listing(tmp_path)
     assert lost not in out and out.splitlines()[-1] == f"1 queued in {tmp_path / 'spool'}"
 
 
