@@ -970,11 +970,16 @@ def relay_queue(settings: RelaySettings) -> int:
 
     if not settings.spool.is_dir():
         raise ConfigError(f"{settings.spool}: no spool there (give --spool DIR or the config's [Relay] Spool)")
-    spool = Spool(settings.spool)
-    messages = spool.messages()
-    # A relay that is not running may have left messages in its journal alone (a crash of the machine lost their
-    # queue files): its next start puts them back. A running relay's journal holds what is in flight.
-    journal_only = [] if spool.in_use() else spool.journal_only()
+    try:
+        spool = Spool(settings.spool)
+        with spool.idle() as idle:
+            messages = spool.messages()
+            # A relay that is not running may have left messages in its journal alone (a crash of the machine lost
+            # their queue files): its next start puts them back. A running relay's journal holds what is in flight.
+            journal_only = spool.journal_only({m.qid for m in messages}) if idle else []
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise DiagError(f"cannot read the spool: {exc.strerror or exc}{where}") from None
     unqueued = {message.qid for message in journal_only}
     now = datetime.now(UTC)
     for message in (*messages, *journal_only):

@@ -167,8 +167,9 @@ class Journal:
         return closed
 
     def segments(self) -> list[Path]:
-        """The segments on disk, oldest first."""
-        return sorted(self.directory.glob("*.j"))
+        """The segments on disk, oldest first (regular files only: a pipe by a segment's name would hold a read)."""
+        with os.scandir(self.directory) as entries:
+            return sorted(Path(e.path) for e in entries if e.name.endswith(".j") and e.is_file(follow_symlinks=False))
 
     def delete(self, path: Path) -> None:
         """Delete a segment whose messages are durable elsewhere. Not fsynced: a segment a crash brings back is

@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import secrets
+import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -277,32 +279,50 @@ class Spool:
 
     def recover(self) -> list[str]:
         """At start-up: replay the journal, drop unfinished writes, quarantine damaged messages; returns the
-        quarantined ids (and the names of journal segments whose damaged part was quarantined)."""
-        aside = self._set_aside()
-        bad = aside + self._replay(also=frozenset(aside))
-        for leftover in self.tmp.iterdir():
-            leftover.unlink(missing_ok=True)
+        quarantined ids (and the names of journal segments whose damaged part was quarantined, and of what was set
+        aside as no file). Runs under the spool's lock: nothing else changes the spool meanwhile."""
+        aside, replaced = self._set_aside()
+        bad = aside + self._replay(also=replaced)
+        with os.scandir(self._tmp_dir) as entries:
+            leftovers = [entry.path for entry in entries if entry.is_file(follow_symlinks=False)]
+        for leftover in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
         for path in sorted(self.queue.glob("*.msg")):
             try:
                 self._read(path)
             except SpoolError:
                 bad.append(path.stem)
-                os.rename(path, self.quarantine / path.name)
+                os.rename(path, self._quarantined(path.name))
         if bad:
             fsync_dir(self.queue)
         return bad
 
-    def _set_aside(self) -> list[str]:
-        """Quarantine what is not a regular file in ``queue/``, ``tmp/`` and ``journal/`` (a directory, a link, a
-        pipe: no message, and a pipe would hold a read for good) before anything reads them."""
-        moved = []
-        for directory in (self.queue, self.tmp, self.journal.directory):
+    def _set_aside(self) -> tuple[list[str], frozenset[str]]:
+        """Quarantine what bears a name the spool reads (``queue/`` and ``tmp/``: ``*.msg``, ``*.state``;
+        ``journal/``: ``*.j``) but is no regular file (a directory, a link, a pipe: no message, and a pipe would hold
+        a read for good), before anything reads it. The names moved, and the ids whose queue file was one of them
+        (put back from the journal by the replay)."""
+        moved, replaced = [], set()
+        for directory, suffixes in ((self.queue, (".msg", ".state")), (self.tmp, (".msg", ".state")),
+                                    (self.journal.directory, (".j",))):  # fmt: skip
             with os.scandir(directory) as entries:
-                odd = [entry for entry in entries if not entry.is_file(follow_symlinks=False)]
+                odd = [e for e in entries if e.name.endswith(suffixes) and not e.is_file(follow_symlinks=False)]
             for entry in odd:
-                os.rename(entry.path, self.quarantine / entry.name)
+                os.rename(entry.path, self._quarantined(entry.name))
                 moved.append(entry.name.removesuffix(".msg"))
-        return moved
+                if directory is self.queue and entry.name.endswith(".msg"):
+                    replaced.add(entry.name.removesuffix(".msg"))
+        return moved, frozenset(replaced)
+
+    def _quarantined(self, name: str) -> Path:
+        """Where ``name`` goes in ``quarantine/``: a path nothing holds yet (a number added when one does), so that
+        nothing quarantined before is replaced, and nothing is written through a link found there."""
+        path, number = self.quarantine / name, 0
+        while os.path.lexists(path):
+            number += 1
+            path = self.quarantine / f"{name}.{number}"
+        return path
 
     def _replay(self, also: frozenset[str] = frozenset()) -> list[str]:
         """Put back in the queue, durably, what the journal holds for messages not yet delivered, then delete the
@@ -330,13 +350,13 @@ class Spool:
                 try:
                     _parsed(f"{qid}.msg", data)
                 except SpoolError:
-                    write_durably(self.quarantine / f"{qid}.msg", data)
+                    write_durably(self._quarantined(f"{qid}.msg"), data)
                     bad.append(qid)
                     continue
                 write_durably(tmp, data)
                 os.replace(tmp, queued)
             if contents.damaged:
-                write_durably(self.quarantine / f"{path.stem}.journal", contents.damaged)
+                write_durably(self._quarantined(f"{path.stem}.journal"), contents.damaged)
                 bad.append(path.stem)
         if segments:
             fsync_dir(self.queue)
@@ -346,40 +366,54 @@ class Spool:
             fsync_dir(self.journal.directory)
         return bad
 
-    def in_use(self) -> bool:
-        """Whether a relay holds the spool's lock now."""
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[bool]:
+        """Whether no relay uses the spool; while True, the spool's lock is held shared, so that none starts
+        meanwhile (a relay starting waits for it, diag/relay/service.py). False also when the lock file is no
+        regular file: who holds what cannot be told then."""
         try:
-            lock = open(self.root / LOCK_FILE, "rb")
-        except FileNotFoundError:
-            return False
-        with lock:
+            fd = os.open(self.root / LOCK_FILE, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            yield False
+            return
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                yield False
+                return
             try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return True
-        return False  # closing the file let the lock go
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # lets the lock go
 
     def _wanted(self, qid: str, *, same_boot: bool) -> bool:
         """Whether replay puts message ``qid`` back from its record (see :meth:`_replay`)."""
         queued = os.path.join(self._queue_dir, f"{qid}.msg")
+        try:
+            mode: int | None = os.lstat(queued).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            return True  # set aside at the start, then put back (recover)
         if same_boot:
-            return os.path.exists(queued) or os.path.exists(os.path.join(self._tmp_dir, f"{qid}.msg"))
-        return not self._intact(queued)  # read back after a reboot: an intact file is on disk
+            return mode is not None or os.path.exists(os.path.join(self._tmp_dir, f"{qid}.msg"))
+        return mode is None or not self._intact(queued)  # read back after a reboot: an intact file is on disk
 
-    def journal_only(self) -> list[QueuedMessage]:
-        """The messages the next start puts back from the journal that the queue lacks now: after a crash of the
-        machine, those whose queue files were lost; after a killed process, those it had appended but not moved
-        into the queue yet. Read from their records, with the recipients' states recorded so far. For a spool no
-        relay is using (a running relay's open segment changes under it)."""
+    def journal_only(self, listed: Collection[str]) -> list[QueuedMessage]:
+        """The messages the next start puts back from the journal besides those ``listed`` (the ids
+        :meth:`messages` gave): after a crash of the machine, those whose queue files were lost or cut short;
+        after a killed process, those it had appended but not moved into the queue yet. Read from their records,
+        with the recipients' states recorded so far. For a spool no relay is using (:meth:`idle`)."""
         found = []
         now = boot_id()
         for path in self.journal.segments():
             contents = read_segment(path)
             same_boot = bool(now) and contents.boot == now
             for qid, data in contents.records:
-                if os.path.exists(os.path.join(self._queue_dir, f"{qid}.msg")):
-                    continue  # listed by messages()
-                if not self._wanted(qid, same_boot=same_boot):
+                if qid in listed or not self._wanted(qid, same_boot=same_boot):
                     continue
                 try:
                     envelope, content = _parsed(f"{qid}.msg", data)
@@ -465,10 +499,10 @@ class Spool:
                 os.unlink(os.path.join(self._queue_dir, qid + suffix))
 
     def _statuses(self, qid: str, envelope: Envelope) -> tuple[RecipientStatus, ...]:
-        path = self.queue / f"{qid}.state"
         try:
-            saved = {s.recipient: s for s in map(RecipientStatus.from_json, json.loads(path.read_bytes()))}
-        except FileNotFoundError:
+            data = _regular_file(os.path.join(self._queue_dir, f"{qid}.state"))
+            saved = {s.recipient: s for s in map(RecipientStatus.from_json, json.loads(data))}
+        except (FileNotFoundError, _NotAFile):  # none; or no file at all (set aside at the next start)
             saved = {}
         except (ValueError, KeyError, TypeError):
             # A damaged state file loses only progress: every recipient is tried again (a duplicate at worst).
@@ -477,6 +511,25 @@ class Spool:
 
     def _read(self, path: Path) -> tuple[Envelope, bytes]:
         return _parsed(path.name, path.read_bytes())
+
+
+class _NotAFile(OSError):
+    """What is at a path the spool reads is no regular file (a directory, a link, a pipe)."""
+
+
+def _regular_file(path: str) -> bytes:
+    """The bytes of the regular file at ``path``; _NotAFile for anything else there (a pipe is opened without
+    waiting for a writer, a link not followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _NotAFile(errno.ELOOP, "a link", path) from None
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotAFile(errno.EINVAL, "not a regular file", path)
+        return handle.read()
 
 
 def _encoded(envelope: Envelope, content: bytes) -> bytes:

@@ -9,6 +9,7 @@ import fcntl
 import importlib.util
 import mailbox
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -164,13 +165,37 @@ def test_queue_lists_what_waits_and_why(tmp_path: Path) -> None:
     assert "450 4.4.316 Connection refused" in out and "1 queued in" in out
 
 
-def _queue_listing(tmp: Path) -> str:
-    """What `diag relay queue` prints for the spool under ``tmp``."""
-    done = subprocess.run(
+def test_queue_neither_waits_on_a_pipe_nor_fails_on_odd_entries_and_names_what_it_cannot_read(tmp_path: Path) -> None:
+    from diag.relay.spool import Envelope, Spool
+
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    spool = Spool(tmp_path / "spool")
+    qid = spool.store(Envelope("john@contoso.com", ("sun@tailspintoys.com",)), b"Subject: x\r\n\r\nx\r\n")
+    os.mkfifo(spool.journal.directory / "odd.j")
+    os.mkfifo(spool.queue / f"{qid}.state")
+    (spool.queue / "odd.msg").mkdir()
+    out = _queue_listing(tmp_path)
+    assert qid in out and out.splitlines()[-1] == f"1 queued in {tmp_path / 'spool'}"
+    shutil.rmtree(tmp_path / "spool" / "queue")
+    (tmp_path / "spool" / "queue").write_text("a file where the queue directory goes")
+    done = _queue_run(tmp_path)
+    assert done.returncode == 3
+    queue = tmp_path / "spool" / "queue"
+    assert done.stderr.splitlines() == [f"diag: error: cannot read the spool: File exists ({queue})"]
+
+
+def _queue_run(tmp: Path) -> subprocess.CompletedProcess[str]:
+    """`diag relay queue` on the spool under ``tmp``."""
+    return subprocess.run(
         [sys.executable, "-m", "diag", "relay", "--config", str(tmp / "relay.toml"), "--spool", str(tmp / "spool"),
          "queue"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
+
+
+def _queue_listing(tmp: Path) -> str:
+    """What `diag relay queue` prints for the spool under ``tmp``."""
+    done = _queue_run(tmp)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

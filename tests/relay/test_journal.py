@@ -201,33 +201,45 @@ def test_after_a_machine_crash_what_the_queue_lacks_is_put_back(tmp_path: Path) 
 
 
 def test_what_only_the_journal_holds_is_listed_until_a_start_puts_it_back(tmp_path: Path) -> None:
-    """For `diag relay queue` on a relay that is not running: after a crash of the machine the messages whose
-    queue files were lost; after a killed process those appended but not moved into the queue yet. Not those
-    the queue lists, nor one delivered and removed before a process was killed."""
+    """For `diag relay queue` on a relay that is not running: exactly what the next start puts back besides what
+    the queue lists. After a crash of the machine, the messages whose queue files were lost or cut short; after a
+    killed process, those appended but not moved into the queue yet. Not one delivered and removed before a
+    process was killed, nor one the queue lists."""
     spool = Spool(tmp_path)
-    lost, queued = batch(spool, 2)
+    lost, emptied, queued = batch(spool, 3)
     (spool.queue / f"{lost}.msg").unlink()
+    (spool.queue / f"{emptied}.msg").write_bytes(b"")  # what a crash often leaves
     closed = spool.journal.close()
     assert closed is not None
-    as_after_a_reboot(closed.path)  # then this boot's: one delivered, one not moved into the queue yet
-    delivered, unqueued = batch(spool, 1)[0], appended_only(spool)
+    as_after_a_reboot(closed.path)  # then this boot's: one delivered, one queued, one not moved into the queue yet
+    delivered, still = batch(spool, 2)
+    unqueued = appended_only(spool)
     spool.remove(delivered)
-    listed = {m.qid: m for m in spool.journal_only()}
-    assert sorted(listed) == sorted([lost, unqueued])
-    assert listed[lost].envelope.mail_from == "john@contoso.com" and listed[lost].size == len(CONTENT + lost.encode())
-    assert listed[lost].statuses[0].state is RecipientState.PENDING
+    listed = {m.qid for m in spool.messages()}
+    assert listed == {queued, still}
+    only = {m.qid: m for m in spool.journal_only(listed)}
+    assert sorted(only) == sorted([lost, emptied, unqueued])
+    assert only[lost].envelope.mail_from == "john@contoso.com" and only[lost].size == len(CONTENT + lost.encode())
+    assert only[lost].statuses[0].state is RecipientState.PENDING
     assert Spool(tmp_path).recover() == []
-    assert spool.journal_only() == [] and {lost, queued, unqueued} <= {m.qid for m in spool.messages()}
+    assert {m.qid for m in spool.messages()} == listed | set(only)  # what the listing said the start would do
+    assert spool.journal_only(listed | set(only)) == []
 
 
-def test_a_spool_is_in_use_while_a_relay_holds_its_lock(tmp_path: Path) -> None:
+def test_a_spool_is_idle_while_no_relay_holds_its_lock_and_held_while_so(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    assert not spool.in_use()  # no lock file yet
-    with open(tmp_path / "relay.lock", "a+b") as lock:
-        assert not spool.in_use()
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        assert spool.in_use()
-    assert not spool.in_use()
+    with spool.idle() as idle:  # no lock file yet: made
+        assert idle
+        with open(tmp_path / "relay.lock", "a+b") as relay, pytest.raises(BlockingIOError):
+            fcntl.flock(relay.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # no relay starts meanwhile
+    with open(tmp_path / "relay.lock", "a+b") as relay:
+        fcntl.flock(relay.fileno(), fcntl.LOCK_EX)  # a running relay
+        with spool.idle() as idle:
+            assert not idle
+    (tmp_path / "relay.lock").unlink()
+    os.mkfifo(tmp_path / "relay.lock")  # no file: who holds what cannot be told (and opening must not wait)
+    with spool.idle() as idle:
+        assert not idle
 
 
 def test_a_damaged_record_is_quarantined_and_so_is_what_cannot_be_framed(tmp_path: Path) -> None:

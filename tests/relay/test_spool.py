@@ -126,6 +126,51 @@ def test_what_is_not_a_file_is_quarantined_at_start(tmp_path: Path, kind: str, p
     assert spool.content(journaled) == CONTENT
 
 
+def test_what_is_set_aside_replaces_nothing_and_nothing_is_written_through_a_link(tmp_path: Path) -> None:
+    """Quarantine keeps what it held before (a number is added to a name taken), and a record quarantined under
+    the name of a link set aside is not written through it."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not the spool's")
+    spool = Spool(tmp_path / "spool")
+    qid = Spool.new_qid()
+    assert spool.store_batch([(qid, envelope(), CONTENT)]) == [None]
+    spool.journal.close()
+    (segment,) = spool.journal.segments()
+    data = segment.read_bytes()
+    segment.write_bytes(data.replace(CONTENT, CONTENT.replace(b"body", b"bodx")))  # its record now damaged
+    (spool.queue / f"{qid}.msg").unlink()
+    (spool.queue / f"{qid}.msg").symlink_to(outside)
+    earlier = spool.quarantine / f"{qid}.msg.1"
+    (spool.quarantine / f"{qid}.msg").write_bytes(b"quarantined before")
+    earlier.write_bytes(b"and this")
+    assert sorted(spool.recover()) == [qid, qid]  # the link set aside, the damaged record quarantined
+    assert outside.read_bytes() == b"not the spool's"
+    assert (spool.quarantine / f"{qid}.msg").read_bytes() == b"quarantined before"
+    assert earlier.read_bytes() == b"and this"
+    assert (spool.quarantine / f"{qid}.msg.2").is_symlink()
+    assert (spool.quarantine / f"{qid}.msg.3").read_bytes().startswith(b"DIAGSPOOL1")
+    assert spool.messages() == []
+
+
+def test_at_start_what_the_spool_does_not_read_is_left_alone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    for directory in ("queue", "tmp", "journal"):
+        (tmp_path / directory / "lost+found").mkdir()
+    assert spool.recover() == []
+    assert all((tmp_path / directory / "lost+found").is_dir() for directory in ("queue", "tmp", "journal"))
+
+
+def test_a_state_that_is_no_file_is_no_state(tmp_path: Path) -> None:
+    """A pipe by a state file's name, read by a queue listing or a delivery: no state (every recipient pending),
+    not a read that waits for a writer; set aside at the next start."""
+    spool = Spool(tmp_path)
+    qid = spool.store(envelope(), CONTENT)
+    os.mkfifo(tmp_path / "queue" / f"{qid}.state")
+    [message] = spool.messages()
+    assert message.statuses[0].state is RecipientState.PENDING
+    assert spool.recover() == [f"{qid}.state"] and [m.qid for m in spool.messages()] == [qid]
+
+
 def test_a_queue_listing_skips_what_is_not_a_file(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     kept = spool.store(envelope(), CONTENT)
