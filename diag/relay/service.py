@@ -224,7 +224,7 @@ def _handed(pipe: BinaryIO, loop: asyncio.AbstractEventLoop) -> BinaryIO:
     descriptor in a file object that closes it only on asyncio's loop. uvloop's transport closes the descriptor
     itself and then through the file object as well (uvloop issue #763), which would close whatever the number
     names by then: a file another thread just opened."""
-    on_uvloop = type(loop).__module__.partition(".")[0] == "uvloop"
+    on_uvloop = any(kind.__module__.partition(".")[0] == "uvloop" for kind in type(loop).__mro__)
     return cast(BinaryIO, os.fdopen(os.dup(pipe.fileno()), pipe.mode, buffering=0, closefd=not on_uvloop))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import threading
@@ -181,3 +182,30 @@ def test_a_delivery_process_gone_before_the_relay_listens_is_one_error(tmp_path:
     with pytest.raises(DiagError, match=r"the delivery process \(pid 1\) ended"):
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(service._intake(settings, Spool(settings.spool), os.fdopen(write_end, "wb", buffering=0), 1))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_loop_s_copy_of_the_pipe_is_closed_once_by_its_transport(loop: str) -> None:
+    """uvloop's pipe transport closes its descriptor, then the file object it was given (uvloop issue #763): that
+    one must not close it again. asyncio's closes it through the file object alone: that one must."""
+    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    read_end, write_end = os.pipe()
+    pipe = os.fdopen(write_end, "wb", buffering=0)
+
+    async def main() -> None:
+        handed = service._handed(pipe, asyncio.get_running_loop())
+        assert isinstance(handed, io.FileIO) and handed.closefd is (loop == "asyncio") and handed.fileno() != write_end
+        copy = handed.fileno()
+        transport, _ = await asyncio.get_running_loop().connect_write_pipe(asyncio.Protocol, handed)
+        transport.close()
+        await asyncio.sleep(0.05)
+        with pytest.raises(OSError):
+            os.fstat(copy)  # closed: not leaked
+
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
+        os.fstat(write_end)  # the caller's copy stays the caller's
+    finally:
+        pipe.close()
+        os.close(read_end)
