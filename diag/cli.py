@@ -942,9 +942,14 @@ def relay(ctx: click.Context, config_path: Path | None, role: str | None, listen
     try:
         serve(settings)
     except OSError as exc:  # a port in use, a spool it may not read or write
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise DiagError(f"the relay cannot start: {exc.strerror or exc}{where}") from None
+        raise DiagError(f"the relay cannot start: {_os_error(exc)}") from None
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    """What went wrong, for a one-line error: the system's words, and the path they are about when there is one."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _listen(text: str) -> str:
@@ -978,8 +983,7 @@ def relay_queue(settings: RelaySettings) -> int:
             # their queue files): its next start puts them back. A running relay's journal holds what is in flight.
             journal_only = spool.journal_only({m.qid for m in messages}) if idle else []
     except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise DiagError(f"cannot read the spool: {exc.strerror or exc}{where}") from None
+        raise DiagError(f"cannot read the spool: {_os_error(exc)}") from None
     unqueued = {message.qid for message in journal_only}
     now = datetime.now(UTC)
     for message in (*messages, *journal_only):
@@ -1081,8 +1085,7 @@ def lab_serve(smtp_port: int, dns_port: int, directory: Path | None, latency_tex
     try:
         asyncio.run(serve())
     except OSError as exc:  # a port in use, a --dir that cannot be made
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise DiagError(f"the lab cannot start: {exc.strerror or exc}{where}") from None
+        raise DiagError(f"the lab cannot start: {_os_error(exc)}") from None
     return 0
 
 

@@ -224,8 +224,14 @@ def _handed(pipe: BinaryIO, loop: asyncio.AbstractEventLoop) -> BinaryIO:
     descriptor in a file object that closes it only on asyncio's loop. uvloop's transport closes the descriptor
     itself and then through the file object as well (uvloop issue #763), which would close whatever the number
     names by then: a file another thread just opened."""
-    on_uvloop = any(kind.__module__.partition(".")[0] == "uvloop" for kind in type(loop).__mro__)
+    on_uvloop = _loop_name(loop) == "uvloop"
     return cast(BinaryIO, os.fdopen(os.dup(pipe.fileno()), pipe.mode, buffering=0, closefd=not on_uvloop))
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: whose event loop ``loop`` is (by its classes, a subclass's included)."""
+    uvloop = any(kind.__module__.partition(".")[0] == "uvloop" for kind in type(loop).__mro__)
+    return "uvloop" if uvloop else "asyncio"
 
 
 def _first_line(pipe: BinaryIO) -> bytes:
@@ -366,8 +372,7 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
 
     try:
         async with RelayServer(settings, spool, on_queued=queued):
-            if not announce.is_closing():  # the child may be gone already (uvloop's transport refuses a write then)
-                announce.write(_START + b"\n")
+            _say(announce, _START + b"\n")
             # What start-up made (modules, settings, tables) lives as long as the relay: out of the collector's
             # way, so its full collections walk only what sessions and deliveries create.
             gc.freeze()
@@ -375,7 +380,7 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
                 "relay %s role=%s listening on %s spool=%s delivery=pid %d loop=%s",
                 settings.hostname, settings.role.value,
                 ", ".join(f"{host}:{port}" for host, port in settings.listen), settings.spool, child,
-                type(loop).__module__.partition(".")[0],  # uvloop or asyncio
+                _loop_name(loop),
             )  # fmt: skip
             waits = [asyncio.create_task(event.wait()) for event in (stop, gone)]
             try:
@@ -406,13 +411,18 @@ async def _last_word(pipe: asyncio.WriteTransport, gone: asyncio.Event) -> None:
 def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, content: bytes) -> None:
     """Tell the child of stored message ``qid``: with its envelope and content, or its id alone for a large
     message or while the pipe is backed up (the child then reads it from the spool)."""
-    if pipe.is_closing():  # the child is gone and the relay stopping: the message waits in the spool
-        return
     if len(content) > _HANDED_CONTENT or pipe.get_write_buffer_size() > _PIPE_BACKLOG:
-        pipe.write(f"{qid}\n".encode("ascii"))
+        _say(pipe, f"{qid}\n".encode("ascii"))
         return
     header = envelope.encoded()
-    pipe.write(b"%s %d %d\n%s%s" % (qid.encode("ascii"), len(header), len(content), header, content))
+    _say(pipe, b"%s %d %d\n%s%s" % (qid.encode("ascii"), len(header), len(content), header, content))
+
+
+def _say(pipe: asyncio.WriteTransport, data: bytes) -> None:
+    """Write ``data`` to the child, unless its pipe is closing: the child is gone (uvloop's transport refuses a
+    write then, asyncio's drops it), and what was stored waits in the spool for the next start."""
+    if not pipe.is_closing():
+        pipe.write(data)
 
 
 def _reap(child: int) -> int:

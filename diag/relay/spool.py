@@ -46,7 +46,7 @@ from pathlib import Path
 
 from diag.frozen import frozen
 from diag.relay.disk import fsync_dir, fsync_file, write_durably
-from diag.relay.journal import Journal, Segment, boot_id, read_segment
+from diag.relay.journal import Journal, Segment, SegmentContents, boot_id, read_segment
 
 __all__ = [
     "Envelope", "QueuedMessage", "RecipientState", "RecipientStatus", "Spool", "SpoolError", "merged", "settled",
@@ -339,14 +339,11 @@ class Spool:
         file at all (:meth:`_set_aside`), put back from the journal whatever the boot."""
         bad: list[str] = []
         segments = self.journal.segments()
-        now = boot_id()
-        for path in segments:
-            contents = read_segment(path)
-            same_boot = bool(now) and contents.boot == now
+        for path, contents, same_boot in self._read_segments(segments):
             for qid, data in contents.records:
-                queued, tmp = os.path.join(self._queue_dir, f"{qid}.msg"), self.tmp / f"{qid}.msg"
                 if qid not in also and not self._wanted(qid, same_boot=same_boot):
                     continue
+                queued, tmp = os.path.join(self._queue_dir, f"{qid}.msg"), self.tmp / f"{qid}.msg"
                 try:
                     _parsed(f"{qid}.msg", data)
                 except SpoolError:
@@ -377,15 +374,13 @@ class Spool:
             yield False
             return
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                yield False
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
+            idle = stat.S_ISREG(os.fstat(fd).st_mode)
+            if idle:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    idle = False
+            yield idle
         finally:
             os.close(fd)  # lets the lock go
 
@@ -408,10 +403,7 @@ class Spool:
         after a killed process, those it had appended but not moved into the queue yet. Read from their records,
         with the recipients' states recorded so far. For a spool no relay is using (:meth:`idle`)."""
         found = []
-        now = boot_id()
-        for path in self.journal.segments():
-            contents = read_segment(path)
-            same_boot = bool(now) and contents.boot == now
+        for _, contents, same_boot in self._read_segments(self.journal.segments()):
             for qid, data in contents.records:
                 if qid in listed or not self._wanted(qid, same_boot=same_boot):
                     continue
@@ -421,6 +413,15 @@ class Spool:
                     continue  # quarantined at the start
                 found.append(QueuedMessage(qid, envelope, len(content), self._statuses(qid, envelope)))
         return found
+
+    @staticmethod
+    def _read_segments(paths: Sequence[Path]) -> Iterator[tuple[Path, SegmentContents, bool]]:
+        """Each journal segment at ``paths``, read, and whether it was written in this boot (a machine crash
+        since: another boot id, or none to tell)."""
+        now = boot_id()
+        for path in paths:
+            contents = read_segment(path)
+            yield path, contents, bool(now) and contents.boot == now
 
     def _intact(self, path: str) -> bool:
         try:
