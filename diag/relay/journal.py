@@ -1,19 +1,24 @@
 """The intake's journal: the messages stored at about the same time made durable by one append and one fdatasync.
 
 A queue file per message costs an fsync of its own (on a small VM about 1 ms of CPU and of wall time, whoever
-calls it: bench/README.md, issue 13). The journal gathers every message waiting into one ``write`` and one
-``fdatasync``, a group commit, as a database's write-ahead log does. The spool still keeps each message as its
-queue file, which delivery reads, updates and removes as before; the file is only written without an fsync of its
-own, so what is on disk when the server answers 250 is its journal record (:mod:`diag.relay.writer`).
+calls it: bench/README.md, issue 13), and creating the file alone costs up to as much again. The journal gathers
+every message waiting into one ``write`` and one ``fdatasync``, a group commit, as a database's write-ahead log
+does, and the message is answered 250 once its record is on disk. Most messages are delivered, from memory, before
+anything else is written for them; only a message still undelivered when its segment is checkpointed gets a queue
+file (:mod:`diag.relay.writer`, :meth:`~diag.relay.spool.Spool.checkpoint`).
 
 A segment is closed before the next append once it is :data:`SEGMENT_AGE` seconds old or :data:`SEGMENT_BYTES`
-long, or after the intake was idle that long. Then its messages still queued are fsynced in their queue files,
-the queue directory too, and the segment is deleted (a checkpoint: :meth:`~diag.relay.spool.Spool.checkpoint`).
-The segments left at start-up are replayed (:meth:`~diag.relay.spool.Spool.recover`).
+long, or after the intake was idle that long. Then each of its messages not delivered yet is written to its queue
+file, fsynced, the queue directory too, and the segment is deleted (a checkpoint). The segments left at start-up
+are replayed (:meth:`~diag.relay.spool.Spool.recover`).
 
-A segment is a header line, ``DIAGJOURNAL1 <boot id>``, then one record per message: ``<qid> <length>`` on a line
-and the queue file's bytes (which carry their own length and SHA-256). The header is fsynced with the directory
-before the first record, so a segment whose header is cut short holds nothing that was acknowledged.
+A segment ``<name>.j`` is a header line, ``DIAGJOURNAL1 <boot id>``, then one record per message: ``<qid>
+<length>`` on a line and the queue file's bytes (which carry their own length and SHA-256). The header is fsynced
+with the directory before the first record, so a segment whose header is cut short holds nothing that was
+acknowledged. Beside it, ``<name>.done`` lists the ids of its messages delivered (every recipient final), one a
+line, appended by whoever delivered them (:meth:`Journal.mark_done`) before they forget the message, and never
+fsynced: it tells a checkpoint and a replay which records need no queue file. A line a crash of the machine lost
+makes a duplicate delivery at worst, never a loss.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +35,10 @@ from pathlib import Path
 from diag.frozen import frozen
 from diag.relay.disk import fsync_dir
 
-__all__ = ["SEGMENT_AGE", "SEGMENT_BYTES", "Journal", "Segment", "SegmentContents", "boot_id", "read_segment"]
+__all__ = [
+    "SEGMENT_AGE", "SEGMENT_BYTES", "Journal", "Segment", "SegmentContents", "boot_id", "done_path", "read_done",
+    "read_segment",
+]
 
 SEGMENT_AGE = 1.0
 SEGMENT_BYTES = 8 * 1024 * 1024
@@ -38,6 +47,8 @@ _MAGIC = b"DIAGJOURNAL1 "
 _FRAME = re.compile(rb"([0-9a-f]{8,40}) ([0-9]{1,10})")
 _HEADER_MAX = len(_MAGIC) + 80  # the header line is shorter (a boot id is 36 characters)
 _FRAME_MAX = 64  # a record's line is shorter: past this without a line end, the segment is damaged
+_DONE_LINE = re.compile(rb"[0-9a-f]{8,40}")
+_NAME = re.compile(r"[0-9a-f]{16}")  # a segment's name (Journal._open)
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
@@ -54,10 +65,12 @@ def boot_id() -> str:
 
 @frozen
 class Segment:
-    """A closed segment: its file, and the queue ids of its records (the messages its checkpoint makes durable)."""
+    """A closed segment: its file, the queue ids of its records (the messages its checkpoint makes durable), and
+    when it was closed (``time.monotonic()``)."""
 
     path: Path
     qids: tuple[str, ...]
+    closed: float = 0.0
 
 
 @frozen
@@ -99,6 +112,29 @@ def read_segment(path: Path) -> SegmentContents:
     return SegmentContents(boot, tuple(records))
 
 
+def done_path(segment: Path) -> Path:
+    """The file that lists the delivered messages of ``segment`` (the module's docstring)."""
+    return segment.with_suffix(".done")
+
+
+def read_done(segment: Path) -> frozenset[str]:
+    """The ids the done file of ``segment`` lists: none when it is missing or no regular file (a pipe is not waited
+    on, a link not followed). A line cut short by a crash counts for nothing. Raises OSError when it cannot be read."""
+    try:
+        fd = os.open(done_path(segment), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return frozenset()
+        raise
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return frozenset()
+        lines = handle.read().split(b"\n")[:-1]  # the last piece has no line end: cut short, or empty
+    return frozenset(line.decode("ascii") for line in lines if _DONE_LINE.fullmatch(line))
+
+
 class Journal:
     """The segments in ``directory``, and the one being written. Only one thread may write (the intake's).
 
@@ -133,9 +169,10 @@ class Journal:
     def append(self, records: Sequence[tuple[str, bytes]]) -> None:
         """Append ``records`` (queue id and queue file bytes) and fdatasync them: durable when this returns.
 
-        Raises OSError; then none of them counts. The segment is cut back to where it was (best effort: a record
-        left behind is found at start-up with no queue file, and not delivered unless the machine crashed) and is
-        closed at the next :meth:`due`."""
+        Raises OSError; then none of them counts. The segment is cut back to where it was and is closed at the next
+        :meth:`due`; its checkpoint writes only what was appended whole. Only if the cut fails too and the relay is
+        stopped before that checkpoint does the next start find such a record and deliver it: a duplicate of what
+        the client sends again, never a loss."""
         if self._fd is None:
             self._open()
         assert self._fd is not None
@@ -160,7 +197,7 @@ class Journal:
         """Close the open segment; what its checkpoint needs, or None when none was open."""
         if self._fd is None or self._path is None:
             return None
-        fd, closed = self._fd, Segment(self._path, tuple(self._qids))
+        fd, closed = self._fd, Segment(self._path, tuple(self._qids), time.monotonic())
         self._fd, self._path, self._size, self._qids, self._broken = None, None, 0, [], False
         with contextlib.suppress(OSError):  # what it holds was fdatasynced; the descriptor is gone either way
             os.close(fd)
@@ -171,22 +208,64 @@ class Journal:
         with os.scandir(self.directory) as entries:
             return sorted(Path(e.path) for e in entries if e.name.endswith(".j") and e.is_file(follow_symlinks=False))
 
+    @property
+    def current(self) -> str | None:
+        """The name of the open segment (what :meth:`mark_done` takes), None when none is open."""
+        return self._path.stem if self._path is not None else None
+
     def delete(self, path: Path) -> None:
-        """Delete a segment whose messages are durable elsewhere. Not fsynced: a segment a crash brings back is
-        replayed, which finds its messages' queue files (or, after a machine crash, repeats a delivery at worst)."""
+        """Delete a segment whose messages are durable elsewhere, then its done file and checkpoint mark. Not
+        fsynced: a segment a crash brings back is replayed, which finds its messages' queue files (or, after a
+        machine crash, repeats a delivery at worst)."""
         path.unlink(missing_ok=True)
+        for leftover in (done_path(path), path.with_suffix(".ckpt")):
+            leftover.unlink(missing_ok=True)
+
+    def begin_checkpoint(self, path: Path) -> None:
+        """Mark segment ``path``'s checkpoint as begun (before it writes any queue file): from now on a deliverer
+        takes the queue, not what it was handed, as the authority on its messages (:meth:`holds`)."""
+        os.close(os.open(path.with_suffix(".ckpt"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+    def mark_done(self, segment: str, qid: str) -> None:
+        """Record that message ``qid`` of segment ``segment`` (a name :attr:`current` gave) was delivered: called by
+        the deliverer, in any process, before it removes the message. Nothing when the segment is gone (checkpointed:
+        the message has a queue file, which the deliverer removes). Raises OSError."""
+        if not _NAME.fullmatch(segment):
+            raise ValueError(f"not a journal segment's name: {segment!r}")
+        try:
+            fd = os.open(self.directory / f"{segment}.done",
+                         os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)  # fmt: skip
+        except FileNotFoundError:
+            return
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                _write_all(fd, f"{qid}\n".encode("ascii"))
+        finally:
+            os.close(fd)
+
+    def has(self, segment: str) -> bool:
+        """Whether segment ``segment`` is still on disk (its checkpoint has not ended)."""
+        return os.path.exists(self.directory / f"{segment}.j")
+
+    def holds(self, segment: str) -> bool:
+        """Whether segment ``segment`` is on disk and its checkpoint has not begun: its messages have no queue files,
+        and a deliverer handed one delivers it from memory. Once the checkpoint begins, what it was handed may come
+        later than a queue scan that delivered the message from the file the checkpoint wrote."""
+        return self.has(segment) and not os.path.exists(self.directory / f"{segment}.ckpt")
 
     def _open(self) -> None:
         path = self.directory / f"{time.time_ns():016x}.j"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
+            # Its done file first: a deliverer appends to it only while it exists (mark_done).
+            os.close(os.open(done_path(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             header = _MAGIC + boot_id().encode("ascii", "replace") + b"\n"
             _write_all(fd, header)
             os.fsync(fd)
             fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            self.delete(path)
             raise
         self._fd, self._path, self._opened, self._size = fd, path, time.monotonic(), len(header)
 

@@ -99,6 +99,11 @@ class Deliverer:
         # Messages just queued, as the server had them in memory: delivery need not read them back from disk.
         self._handed: dict[str, tuple[Envelope, bytes]] = {}
         self._handed_bytes = 0
+        # The journal segment of each message announced from one (Spool.store_batch): it has no queue file until
+        # that segment's checkpoint, and is marked done there when delivered. Then, until the segment is gone, the
+        # ids delivered so: a queue file the checkpoint wrote meanwhile is not theirs to deliver again.
+        self._segments: dict[str, str] = {}
+        self._done: dict[str, str] = {}
         self._active: set[str] = set()
         # Messages whose outcome could not be recorded (disk full, I/O error), with the time.monotonic() until which
         # run() leaves them alone: retrying at every scan would send a duplicate to the receiver each time.
@@ -120,12 +125,15 @@ class Deliverer:
             self._fresh.append(qid)
         self._wake.set()
 
-    def queued(self, qid: str, envelope: Envelope, content: bytes) -> None:
-        """The server stored message ``qid``: deliver it now, from memory (what :meth:`kick` does, without
-        reading it back). Beyond ``_HANDED_BYTES`` of messages waiting their turn, they are read from disk.
+    def queued(self, qid: str, envelope: Envelope, content: bytes, segment: str | None = None) -> None:
+        """The server stored message ``qid`` (in journal segment ``segment``, when it names one): deliver it now,
+        from memory (what :meth:`kick` does, without reading it back). Beyond ``_HANDED_BYTES`` of messages waiting
+        their turn, they are read from disk (one from the journal once its segment's checkpoint wrote it).
 
         The spool stays the authority on what is left to do (:meth:`_load`): in the relay's delivery process the
-        announcement comes after the message is in the queue, where a scan may find it first."""
+        announcement may come after the message is in the queue, where a scan may find it first."""
+        if segment is not None:
+            self._segments[qid] = segment
         if qid not in self._active and self._handed_bytes + len(content) <= _HANDED_BYTES:
             self._unhand(qid)
             self._handed[qid] = (envelope, content)
@@ -209,11 +217,18 @@ class Deliverer:
         self._wake.set()
 
     async def _due(self) -> list[str]:
+        # Segments gone are told before the listing: a queue file their checkpoint wrote for a message delivered
+        # from memory is removed before the segment is, so the listing cannot find it once it is forgotten here.
+        known = set(self._segments.values()) | set(self._done.values())
+        gone = {segment for segment in known if not self._spool.journal.has(segment)}
         try:
             messages = await asyncio.to_thread(self._spool.messages)
         except OSError as exc:
             log.error("cannot read the spool %s: %s", self._spool.root, exc)
             return []
+        if gone:
+            self._segments = {qid: segment for qid, segment in self._segments.items() if segment not in gone}
+            self._done = {qid: segment for qid, segment in self._done.items() if segment not in gone}
         now, clock = datetime.now(UTC), time.monotonic()
         self._held = {qid: until for qid, until in self._held.items() if until > clock}
         return [message.qid for message in messages if message.due(now) and message.qid not in self._held]
@@ -239,8 +254,16 @@ class Deliverer:
 
     async def _load(self, qid: str) -> tuple[QueuedMessage, bytes] | None:
         """The message and its content, as handed over by :meth:`queued` or from the spool; None when it is gone
-        (finished meanwhile) or damaged (:meth:`Spool.recover` quarantines it at the next start)."""
+        (finished meanwhile), not in the queue yet (its segment's checkpoint writes it, and a scan then finds it),
+        or damaged (:meth:`Spool.recover` quarantines it at the next start)."""
         handed = self._unhand(qid)
+        if qid in self._done:
+            return None  # delivered from memory: a queue file its segment's checkpoint wrote meanwhile goes too
+        segment = self._segments.get(qid)
+        if handed is not None and segment is not None and self._spool.journal.holds(segment):  # two stat calls
+            # Only in the journal: no queue file yet; the recipients' states an earlier attempt recorded, if any.
+            envelope, content = handed
+            return QueuedMessage(qid, envelope, len(content), self._spool.statuses(qid, envelope)), content
         fresh = self._spool.fresh(qid) if handed is not None else False  # two stat calls
         if handed is not None and fresh is None:
             return None  # a scan found it before its announcement came, and it is done
@@ -347,13 +370,18 @@ class Deliverer:
     async def _record(self, qid: str, statuses: list[RecipientStatus], current: Sequence[RecipientStatus]) -> bool:
         """Record ``statuses`` (``current``: every recipient's state before them); False when it failed."""
         try:
+            segment = self._segments.get(qid)
             if settled(merged(current, statuses)):
-                # Done with: its two files unlinked, no fsync and no data written. That is cheap enough for the
-                # event loop, where Postfix's qmgr removes finished queue files too; a worker-thread hop per message
-                # was a quarter of the delivery process's CPU under load (bench/relay_throughput.py).
-                self._spool.remove(qid)
+                # Done with: marked done in its journal segment (a line appended), its two files unlinked, no fsync.
+                # That is cheap enough for the event loop, where Postfix's qmgr removes finished queue files too; a
+                # worker-thread hop per message was a quarter of the delivery process's CPU under load
+                # (bench/relay_throughput.py).
+                self._spool.remove(qid, segment=segment)
+                if segment is not None:
+                    del self._segments[qid]
+                    self._done[qid] = segment
             else:
-                await asyncio.to_thread(self._spool.update, qid, statuses, current=current)
+                await asyncio.to_thread(self._spool.update, qid, statuses, current=current, segment=segment)
         except OSError as exc:
             # The recipients stay as they were (pending and due): retried after a pause, a duplicate at worst.
             log.error("delivery qid=%s: cannot record the outcome in the spool, holding it: %s", qid, exc)

@@ -65,7 +65,7 @@ from diag.relay import mailbox, policy
 from diag.relay.connections import CappedSMTP, Connections, Stress, peer_ip
 from diag.relay.settings import RelaySettings
 from diag.relay.spool import Envelope, Spool
-from diag.relay.writer import BatchWriter
+from diag.relay.writer import BatchWriter, Stored
 
 __all__ = ["RelayServer"]
 
@@ -427,10 +427,14 @@ class _RelaySMTP(CappedSMTP):
 class RelayServer:
     """The relay's SMTP listener: every ``settings.listen`` endpoint, on the running event loop.
 
-    ``on_queued(qid, envelope, content)`` is called (on the loop) after each message is stored, so delivery can
-    start at once without reading it back. Spool writes run on threads of their own, so a 250 never waits behind
-    delivery's file work on the loop's default executor. ``spool`` may be None for a plain mail host that keeps
-    all it accepts (:func:`policy.queues` is False). Also an async context manager that starts and closes it.
+    ``on_queued(qid, envelope, content, segment)`` is called (on the loop) after each message is stored, so delivery
+    can start at once without reading it back; ``segment`` names the journal segment that holds it, None for one
+    stored on its own (:meth:`Spool.remove` takes it). ``on_checkpoint()`` is called (on the loop) when a journal
+    segment's checkpoint wrote queue files: delivery finds there what it could not be handed. Spool writes run on
+    threads of their own, so a 250 never
+    waits behind delivery's file work on the loop's default executor. ``spool`` may be None for a plain mail host
+    that keeps all it accepts (:func:`policy.queues` is False). Also an async context manager that starts and
+    closes it.
     """
 
     def __init__(
@@ -438,13 +442,15 @@ class RelayServer:
         settings: RelaySettings,
         spool: Spool | None,
         *,
-        on_queued: Callable[[str, Envelope, bytes], None] | None = None,
+        on_queued: Callable[[str, Envelope, bytes, str | None], None] | None = None,
+        on_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         if spool is None and policy.queues(settings):
             raise ConfigError(f"relay {settings.hostname}: it may accept mail to queue, so it needs a spool")
         self.settings = settings
         self.spool = spool
         self._on_queued = on_queued
+        self._on_checkpoint = on_checkpoint
         self._servers: list[asyncio.Server] = []
         self._connections = self._new_connections()
         self._writer: ThreadPoolExecutor | None = None
@@ -476,7 +482,7 @@ class RelayServer:
         # One writer per session that may be in DATA at once: a store never waits for a thread.
         self._writer = ThreadPoolExecutor(max_workers=limits.data_sessions, thread_name_prefix="spool-writer")
         if self.spool is not None:
-            self._batches = BatchWriter(self.spool, loop)
+            self._batches = BatchWriter(self.spool, loop, on_checkpoint=self._on_checkpoint)
         data_slots = asyncio.Semaphore(limits.data_sessions)
 
         def factory() -> asyncio.BaseProtocol:
@@ -548,17 +554,17 @@ class RelayServer:
     async def _queue(self, envelope: Envelope, data: bytes, received_id: str) -> str:
         """Store a message; the DATA reply. 250 only once it is on stable storage (RFC 5321 §6.1)."""
         assert self.spool is not None  # only catch-all recipients are accepted without one (__init__)
-        write: asyncio.Future[str]
+        write: asyncio.Future[Stored]
         if self._batches is not None and len(data) <= _BATCHED:
             write = self._batches.store(received_id, envelope, data)
         else:
-            store = functools.partial(self.spool.store, envelope, data, qid=received_id)
+            store = functools.partial(_alone, self.spool, envelope, data, received_id)
             write = asyncio.get_running_loop().run_in_executor(self._writer, store)
         # A message that was stored is announced to delivery whether or not its 250 reached the client (a
         # duplicate at worst, RFC 5321 §6.1).
         write.add_done_callback(lambda done: self._stored(done, envelope, data, received_id))
         refusal = await self._durably(write)
-        return refusal or f"250 2.0.0 Ok: queued as {write.result()}"
+        return refusal or f"250 2.0.0 Ok: queued as {write.result()[0]}"
 
     async def _keep(self, envelope: Envelope, data: bytes, received_id: str) -> str | None:
         """Store a message for catch-all recipients in their Maildir, with the Return-Path of final delivery
@@ -599,7 +605,7 @@ class RelayServer:
             envelope.tls.replace(" ", "/") or "none",
         )  # fmt: skip
 
-    def _stored(self, write: asyncio.Future[str], envelope: Envelope, data: bytes, received_id: str) -> None:
+    def _stored(self, write: asyncio.Future[Stored], envelope: Envelope, data: bytes, received_id: str) -> None:
         if write.cancelled():
             return
         error = write.exception()
@@ -610,7 +616,7 @@ class RelayServer:
                 exc_info=None if isinstance(error, OSError) else error,
             )  # fmt: skip
             return
-        qid = write.result()
+        qid, segment = write.result()
         log.info(
             "queued qid=%s from=<%s> to=%s size=%d peer=%s tls=%s id=%s",
             qid, envelope.mail_from, ",".join(f"<{r}>" for r in envelope.rcpt_tos), len(data), envelope.peer,
@@ -618,6 +624,11 @@ class RelayServer:
         )  # fmt: skip
         if self._on_queued is not None:
             try:
-                self._on_queued(qid, envelope, data)
+                self._on_queued(qid, envelope, data, segment)
             except Exception:
                 log.exception("on_queued(%s) failed; the message stays queued for the next queue scan", qid)
+
+
+def _alone(spool: Spool, envelope: Envelope, data: bytes, qid: str) -> Stored:
+    """Store a message on its own (a file and its fsync, not the journal): a worker thread's job."""
+    return spool.store(envelope, data, qid=qid), None

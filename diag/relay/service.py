@@ -17,13 +17,15 @@ starts its event loop, so the two use two cores and a 250 never waits behind del
 - The child starts delivering when the parent says ``start`` on the pipe, once it listens: a relay that cannot
   start (an address in use, a bad certificate) leaves the spool alone.
 - It learns of each stored message from the pipe: its queue id and, for a message of at most
-  ``_HANDED_CONTENT`` octets while the child keeps up, its envelope and content, delivered from memory as the
-  in-process deliverer does. A larger one, one announced while the pipe is backed up or beyond the deliverer's
-  memory budget, and every later attempt, read the message back from the spool. What it is handed was stored
-  before its 250 like any other message, and the spool stays the authority on what is left to do: the child
-  scans it at start and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement
-  was lost (a crash between store and pipe) is delivered all the same, and one the scan reached before its
-  announcement is not delivered twice (``Deliverer.queued``).
+  ``_HANDED_CONTENT`` octets while the child keeps up, its envelope, content and journal segment, delivered from
+  memory as the in-process deliverer does; it marks each one it delivers done in that segment
+  (:meth:`Spool.remove`). A larger one, one announced while the pipe is backed up or beyond the deliverer's
+  memory budget, and every later attempt, read the message back from the spool (one from the journal once its
+  segment's checkpoint wrote its queue file: the parent then says ``scan``). What it is handed was stored before
+  its 250 like any other message, and the spool stays the authority on what is left to do: the child scans it at
+  start and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement was lost (a
+  crash between store and pipe) is delivered all the same, and one the scan reached before its announcement is not
+  delivered twice (``Deliverer.queued``).
 - It stops when the pipe ends. After SIGTERM or SIGINT the parent says ``stop`` before closing it, and in-flight
   deliveries get ``stop_grace`` to finish; a pipe that ends without it means the parent died (SIGKILL, a crash),
   and the child cancels them at once, so that a relay restarted at once (systemd's Restart=) soon has the spool
@@ -68,7 +70,9 @@ class Relay:
         self.spool = Spool(settings.spool)
         self._resolver = Resolver(settings.nameservers, timeout=settings.limits.operation_timeout)
         self.deliverer = Deliverer(settings, self.spool, self._resolver)
-        self.server = RelayServer(settings, self.spool, on_queued=self.deliverer.queued)
+        self.server = RelayServer(
+            settings, self.spool, on_queued=self.deliverer.queued, on_checkpoint=self.deliverer.kick
+        )
         self._stop = asyncio.Event()
         self._delivering: asyncio.Task[None] | None = None
 
@@ -105,9 +109,10 @@ class Relay:
 
 
 # What the parent writes to the child's pipe: a queue id (Spool.new_qid: lowercase hex) on a line, or the id, the
-# envelope's size and the content's size on a line followed by the envelope (the spool's JSON) and the content.
+# envelope's size, the content's size and the journal segment that holds it (when one does) on a line, followed by
+# the envelope (the spool's JSON) and the content.
 _QID: Final = re.compile(rb"[0-9a-f]{8,40}")
-_HANDED: Final = re.compile(rb"([0-9a-f]{8,40}) ([0-9]{1,10}) ([0-9]{1,10})")
+_HANDED: Final = re.compile(rb"([0-9a-f]{8,40}) ([0-9]{1,10}) ([0-9]{1,10})(?: ([0-9a-f]{16}))?")
 # The largest message handed over in the pipe, and the most the parent lets wait in the pipe's buffer: beyond
 # either, the child is told the id only and reads the message from the spool (the parent's memory stays bounded).
 _HANDED_CONTENT: Final = 256 * 1024
@@ -116,9 +121,11 @@ _PIPE_BACKLOG: Final = 4 * 1024 * 1024
 # know means the stream is out of step (a bug): delivery stops rather than reading content as announcements.
 _LINE_MAX: Final = 128
 _ENVELOPE_MAX: Final = 1024 * 1024
-# ... between these lines: the first once the relay listens, the last once it stopped taking mail on a signal.
+# ... between these lines: the first once the relay listens, the last once it stopped taking mail on a signal; and,
+# when a journal segment's checkpoint wrote queue files, a word that sends the child to look at the queue.
 _START: Final = b"start"
 _STOP: Final = b"stop"
+_SCAN: Final = b"scan"
 _SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 # How long a relay waits for another one (or its delivery process) to let the spool's lock go.
 _LOCK_WAIT: Final = 5.0
@@ -267,7 +274,8 @@ class _Announcements(asyncio.Protocol):
         self._deliverer = deliverer
         self._stop = stop
         self._buffer = bytearray()
-        self._awaited: tuple[str, int, int] | None = None  # a handed message's id and sizes, its bytes to come
+        # A handed message's id, sizes and segment, its bytes to come.
+        self._awaited: tuple[str, int, int, str | None] | None = None
         self._told = False
         self._out = False  # out of step: nothing more is read
         self._transport: asyncio.BaseTransport | None = None
@@ -281,13 +289,13 @@ class _Announcements(asyncio.Protocol):
         self._buffer += data
         while True:
             if self._awaited is not None:
-                qid, header_size, size = self._awaited
+                qid, header_size, size, segment = self._awaited
                 if len(self._buffer) < header_size + size:
                     return
                 header, content = bytes(self._buffer[:header_size]), bytes(self._buffer[header_size:header_size + size])
                 del self._buffer[: header_size + size]
                 self._awaited = None
-                self._handed(qid, header, content)
+                self._handed(qid, header, content, segment)
                 continue
             end = self._buffer.find(b"\n", 0, _LINE_MAX + 1)
             if end < 0:
@@ -301,23 +309,26 @@ class _Announcements(asyncio.Protocol):
                 if header_size > _ENVELOPE_MAX or size > _HANDED_CONTENT:
                     self._out_of_step(f"a handed message of {header_size} + {size} octets")
                     return
-                self._awaited = (handed[1].decode("ascii"), header_size, size)
+                segment = handed[4].decode("ascii") if handed[4] else None
+                self._awaited = (handed[1].decode("ascii"), header_size, size, segment)
             elif _QID.fullmatch(line):
                 self._deliverer.kick(line.decode("ascii"))
             elif line == _STOP:
                 self._told = True
+            elif line == _SCAN:
+                self._deliverer.kick()
             else:
                 self._out_of_step(f"the line {line[:40]!r}")
                 return
 
-    def _handed(self, qid: str, header: bytes, content: bytes) -> None:
+    def _handed(self, qid: str, header: bytes, content: bytes, segment: str | None) -> None:
         try:
             envelope = Envelope.from_json(json.loads(header))
         except Exception:  # whatever the JSON held (RecursionError too), the spool has the message
             log.error("qid=%s: the envelope handed over is damaged; reading the message from the spool", qid)
             self._deliverer.kick(qid)
             return
-        self._deliverer.queued(qid, envelope, content)
+        self._deliverer.queued(qid, envelope, content, segment)
 
     def _out_of_step(self, what: str) -> None:
         """The stream cannot be trusted to say where the next announcement starts: delivery stops at once (the
@@ -367,11 +378,11 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
     # shut down (which waits for the executor's threads, a stalled disk's included).
     pipe.close()
 
-    def queued(qid: str, envelope: Envelope, content: bytes) -> None:
-        _announce(announce, qid, envelope, content)
+    def queued(qid: str, envelope: Envelope, content: bytes, segment: str | None) -> None:
+        _announce(announce, qid, envelope, content, segment)
 
     try:
-        async with RelayServer(settings, spool, on_queued=queued):
+        async with RelayServer(settings, spool, on_queued=queued, on_checkpoint=lambda: _say(announce, _SCAN + b"\n")):
             _say(announce, _START + b"\n")
             # What start-up made (modules, settings, tables) lives as long as the relay: out of the collector's
             # way, so its full collections walk only what sessions and deliveries create.
@@ -408,14 +419,18 @@ async def _last_word(pipe: asyncio.WriteTransport, gone: asyncio.Event) -> None:
             await gone.wait()
 
 
-def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, content: bytes) -> None:
-    """Tell the child of stored message ``qid``: with its envelope and content, or its id alone for a large
-    message or while the pipe is backed up (the child then reads it from the spool)."""
+def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, content: bytes, segment: str | None) -> None:
+    """Tell the child of stored message ``qid``: with its envelope, content and journal segment, or its id alone for
+    a large message or while the pipe is backed up (the child then reads it from the spool, where one from the
+    journal is once its segment's checkpoint wrote it)."""
     if len(content) > _HANDED_CONTENT or pipe.get_write_buffer_size() > _PIPE_BACKLOG:
         _say(pipe, f"{qid}\n".encode("ascii"))
         return
     header = envelope.encoded()
-    _say(pipe, b"%s %d %d\n%s%s" % (qid.encode("ascii"), len(header), len(content), header, content))
+    line = b"%s %d %d" % (qid.encode("ascii"), len(header), len(content))
+    if segment is not None:
+        line += b" " + segment.encode("ascii")
+    _say(pipe, b"%s\n%s%s" % (line, header, content))
 
 
 def _say(pipe: asyncio.WriteTransport, data: bytes) -> None:

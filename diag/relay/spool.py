@@ -7,11 +7,13 @@ mail_stream_finish_file order). The directory fsync is a group commit: stores th
 one is running share the next one, so under load a message costs about one fsync (its file's), not two.
 
 The intake stores the messages it takes in batches instead (:meth:`Spool.store_batch`, from
-:class:`diag.relay.writer.BatchWriter`): each queue file written without an fsync of its own, the batch appended
-to the journal (:mod:`diag.relay.journal`) with one fdatasync for all of it, and each file then moved into the
-queue, before any of them is answered 250. A checkpoint (:meth:`Spool.checkpoint`) fsyncs the
-files a closed journal segment still has in the queue before deleting it; :meth:`Spool.recover` replays the
-segments left at start-up.
+:class:`diag.relay.writer.BatchWriter`): the batch appended to the journal (:mod:`diag.relay.journal`) with one
+fdatasync for all of it, before any of them is answered 250, and no queue file yet. The deliverer, handed each
+message in memory, records the ones it delivers in the segment's done file (:meth:`Spool.remove` with the
+segment's name). A checkpoint (:meth:`Spool.checkpoint`) writes the queue file of each message of a closed segment
+that is not done, fsynced, before deleting the segment; :meth:`Spool.recover` replays the segments left at
+start-up. A message in the queue directory is therefore one that waited longer than its segment (about a second
+or two), or one stored on its own.
 
 The file carries a one-line JSON envelope, the content, and a trailer with the length and SHA-256 of both, so a
 file cut short by a crash is recognised and quarantined instead of delivered truncated (like Postfix's END
@@ -45,8 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from diag.frozen import frozen
-from diag.relay.disk import fsync_dir, fsync_file, write_durably
-from diag.relay.journal import Journal, Segment, SegmentContents, boot_id, read_segment
+from diag.relay.disk import fsync_dir, write_durably
+from diag.relay.journal import Journal, Segment, SegmentContents, boot_id, read_done, read_segment
 
 __all__ = [
     "Envelope", "QueuedMessage", "RecipientState", "RecipientStatus", "Spool", "SpoolError", "merged", "settled",
@@ -213,69 +215,44 @@ class Spool:
             raise
         return qid
 
-    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> list[OSError | None]:
-        """Store messages (queue id, envelope, content) durably together (the module's docstring): each written to
-        ``tmp/`` without an fsync of its own (:meth:`prepare`), all appended to the journal under one fdatasync,
-        then each moved into the queue. For each message None once it is durable and queued, or the OSError that
-        refused it; a refused one leaves nothing to deliver (unless the machine crashes before its journal segment
-        is checkpointed: its record may then bring it back, a duplicate of what the client sends again). Only one
-        thread may call it at a time (the journal has one writer)."""
-        results: list[OSError | None] = [None] * len(messages)
-        prepared: list[tuple[int, str, bytes]] = []
-        try:
-            for index, (qid, envelope, content) in enumerate(messages):
-                try:
-                    prepared.append((index, qid, self.prepare(qid, envelope, content)))
-                except OSError as exc:
-                    results[index] = exc
-        except BaseException:
-            for _, qid, _ in prepared:  # the caller refuses them all
-                self._discard(qid)
-            raise
-        if not prepared:
-            return results
-        try:
-            self.journal.append([(qid, data) for _, qid, data in prepared])
-        except OSError as exc:
-            for index, qid, _ in prepared:
-                results[index] = exc
-                self._discard(qid)
-            return results
-        for index, qid, _ in prepared:
-            try:
-                os.rename(os.path.join(self._tmp_dir, f"{qid}.msg"), os.path.join(self._queue_dir, f"{qid}.msg"))
-            except OSError as exc:
-                # Refused: its record, found at start-up with no queue file, is not delivered.
-                results[index] = exc
-                self._discard(qid)
-        return results
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> str:
+        """Store messages (queue id, envelope, content) durably together (the module's docstring): all appended to
+        the journal under one fdatasync. Returns the name of the journal segment that holds them, for
+        :meth:`remove`. Raises OSError, and then none of them counts. Only one thread may call it at a time (the
+        journal has one writer)."""
+        self.journal.append([(qid, _encoded(envelope, content)) for qid, envelope, content in messages])
+        segment = self.journal.current
+        assert segment is not None  # the append opened one
+        return segment
 
-    def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
-        """Write message ``qid`` to ``tmp/`` without an fsync, and return its queue file's bytes for the journal
-        (:meth:`store_batch`). Raises OSError, and leaves nothing behind."""
-        data = _encoded(envelope, content)
-        tmp = os.path.join(self._tmp_dir, f"{qid}.msg")
-        handle = open(tmp, "xb")  # before the try: what it did not create is not removed
-        try:
-            with handle:
-                handle.write(data)
-        except BaseException:
-            self._discard(qid)
-            raise
-        return data
+    def checkpoint(self, segment: Segment) -> list[str]:
+        """Write the queue file of each message of the closed journal ``segment`` not delivered yet, fsynced, and
+        the queue directory; then delete the segment. The ids written (and not found done meanwhile). Raises
+        OSError; the segment then stays, replayed at start-up.
 
-    def _discard(self, qid: str) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self._tmp_dir, f"{qid}.msg"))
-
-    def checkpoint(self, segment: Segment) -> None:
-        """Make the queue files of a closed journal segment's messages durable (those still queued: fsynced, and
-        the directory), then delete the segment. Raises OSError; the segment then stays, replayed at start-up."""
-        for qid in segment.qids:
-            with contextlib.suppress(FileNotFoundError):  # not there: delivered and removed
-                fsync_file(os.path.join(self._queue_dir, f"{qid}.msg"))
-        self._queue_sync.sync()
+        A message the deliverer finishes meanwhile may get its queue file after the deliverer removed what it
+        could: so the done file is read again once the files are in the queue, and those are removed (the
+        deliverer marks a message done before it removes its files, so one of the two removes it)."""
+        self.journal.begin_checkpoint(segment.path)
+        contents = read_segment(segment.path)
+        records = dict(contents.records)
+        missing = [qid for qid in segment.qids if qid not in records]
+        if missing:
+            raise OSError(errno.EIO, f"the journal segment lacks {len(missing)} of its records", str(segment.path))
+        done = read_done(segment.path)
+        written = [qid for qid in segment.qids if qid not in done]
+        for qid in written:
+            tmp = os.path.join(self._tmp_dir, f"{qid}.msg")
+            write_durably(tmp, records[qid])
+            os.rename(tmp, os.path.join(self._queue_dir, f"{qid}.msg"))
+        if written:
+            self._queue_sync.sync()
+            done = read_done(segment.path)
+            for qid in done.intersection(written):
+                self.remove(qid)
+            written = [qid for qid in written if qid not in done]
         self.journal.delete(segment.path)
+        return written
 
     def recover(self) -> list[str]:
         """At start-up: replay the journal, drop unfinished writes, quarantine damaged messages; returns the
@@ -283,6 +260,12 @@ class Spool:
         aside as no file). Runs under the spool's lock: nothing else changes the spool meanwhile."""
         aside, replaced = self._set_aside()
         bad = aside + self._replay(also=replaced)
+        with os.scandir(self.journal.directory) as entries:  # what a crash left of a segment deleted
+            kept = [e.path for e in entries if e.name.endswith((".done", ".ckpt")) and e.is_file(follow_symlinks=False)]
+        for name in kept:
+            if not os.path.exists(os.path.splitext(name)[0] + ".j"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
         with os.scandir(self._tmp_dir) as entries:
             leftovers = [entry.path for entry in entries if entry.is_file(follow_symlinks=False)]
         for leftover in leftovers:
@@ -300,12 +283,12 @@ class Spool:
 
     def _set_aside(self) -> tuple[list[str], frozenset[str]]:
         """Quarantine what bears a name the spool reads (``queue/`` and ``tmp/``: ``*.msg``, ``*.state``;
-        ``journal/``: ``*.j``) but is no regular file (a directory, a link, a pipe: no message, and a pipe would hold
-        a read for good), before anything reads it. The names moved, and the ids whose queue file was one of them
-        (put back from the journal by the replay)."""
+        ``journal/``: ``*.j``, ``*.done``) but is no regular file (a directory, a link, a pipe: no message, and a
+        pipe would hold a read for good), before anything reads it. The names moved, and the ids whose queue file
+        was one of them (put back from the journal by the replay)."""
         moved, replaced = [], set()
         for directory, suffixes in ((self.queue, (".msg", ".state")), (self.tmp, (".msg", ".state")),
-                                    (self.journal.directory, (".j",))):  # fmt: skip
+                                    (self.journal.directory, (".j", ".done"))):  # fmt: skip
             with os.scandir(directory) as entries:
                 odd = [e for e in entries if e.name.endswith(suffixes) and not e.is_file(follow_symlinks=False)]
             for entry in odd:
@@ -328,19 +311,23 @@ class Spool:
         """Put back in the queue, durably, what the journal holds for messages not yet delivered, then delete the
         segments.
 
-        A segment written in this boot went through a killed process at most: a record with neither a queue file
-        nor one in ``tmp/`` (killed between the journal's append and the move into the queue) was delivered and
-        removed. After a crash of the machine (another boot, or no boot id), whether a missing queue file was
-        delivered cannot be told: each record whose queue file is missing or damaged is put back, and a message
-        delivered before its segment's checkpoint is then delivered again (a duplicate, never a loss, as after
-        removals a crash undid). Every message put back is written again from its record, fsynced, not just
-        fsynced where it lies: a queue file whose fsync once failed (a write-back error) may read whole from memory
-        and not be on disk, and a second fsync would not say so. ``also``: ids whose queue file was set aside as no
-        file at all (:meth:`_set_aside`), put back from the journal whatever the boot."""
+        A record its segment's done file lists was delivered: its queue file, if a checkpoint cut short left one,
+        is removed. A segment written in this boot went through a killed process at most, and its done file is
+        whole: every other record is put back. After a crash of the machine (another boot, or no boot id), the done
+        file may have lost lines and the queue files their data: a record whose queue file is whole is left to it,
+        and each other one not listed done is put back; a message delivered before its segment's checkpoint may
+        then be delivered again (a duplicate, never a loss, as after removals a crash undid). Every message put
+        back is written again from its record, fsynced, not just fsynced where it lies: a queue file whose fsync
+        once failed (a write-back error) may read whole from memory and not be on disk, and a second fsync would
+        not say so. ``also``: ids whose queue file was set aside as no file at all (:meth:`_set_aside`), put back
+        from the journal whatever the boot, unless done."""
         bad: list[str] = []
         segments = self.journal.segments()
-        for path, contents, same_boot in self._read_segments(segments):
+        for path, contents, same_boot, done in self._read_segments(segments):
             for qid, data in contents.records:
+                if qid in done:
+                    self.remove(qid)
+                    continue
                 if qid not in also and not self._wanted(qid, same_boot=same_boot):
                     continue
                 queued, tmp = os.path.join(self._queue_dir, f"{qid}.msg"), self.tmp / f"{qid}.msg"
@@ -385,7 +372,9 @@ class Spool:
             os.close(fd)  # lets the lock go
 
     def _wanted(self, qid: str, *, same_boot: bool) -> bool:
-        """Whether replay puts message ``qid`` back from its record (see :meth:`_replay`)."""
+        """Whether replay puts message ``qid``, not listed done, back from its record (see :meth:`_replay`)."""
+        if same_boot:
+            return True
         queued = os.path.join(self._queue_dir, f"{qid}.msg")
         try:
             mode: int | None = os.lstat(queued).st_mode
@@ -393,35 +382,33 @@ class Spool:
             mode = None
         if mode is not None and not stat.S_ISREG(mode):
             return True  # set aside at the start, then put back (recover)
-        if same_boot:
-            return mode is not None or os.path.exists(os.path.join(self._tmp_dir, f"{qid}.msg"))
         return mode is None or not self._intact(queued)  # read back after a reboot: an intact file is on disk
 
     def journal_only(self, listed: Collection[str]) -> list[QueuedMessage]:
         """The messages the next start puts back from the journal besides those ``listed`` (the ids
         :meth:`messages` gave): after a crash of the machine, those whose queue files were lost or cut short;
-        after a killed process, those it had appended but not moved into the queue yet. Read from their records,
+        after a killed process, those not delivered whose segment was not checkpointed yet. Read from their records,
         with the recipients' states recorded so far. For a spool no relay is using (:meth:`idle`)."""
         found = []
-        for _, contents, same_boot in self._read_segments(self.journal.segments()):
+        for _, contents, same_boot, done in self._read_segments(self.journal.segments()):
             for qid, data in contents.records:
-                if qid in listed or not self._wanted(qid, same_boot=same_boot):
+                if qid in listed or qid in done or not self._wanted(qid, same_boot=same_boot):
                     continue
                 try:
                     envelope, content = _parsed(f"{qid}.msg", data)
                 except SpoolError:
                     continue  # quarantined at the start
-                found.append(QueuedMessage(qid, envelope, len(content), self._statuses(qid, envelope)))
+                found.append(QueuedMessage(qid, envelope, len(content), self.statuses(qid, envelope)))
         return found
 
     @staticmethod
-    def _read_segments(paths: Sequence[Path]) -> Iterator[tuple[Path, SegmentContents, bool]]:
-        """Each journal segment at ``paths``, read, and whether it was written in this boot (a machine crash
-        since: another boot id, or none to tell)."""
+    def _read_segments(paths: Sequence[Path]) -> Iterator[tuple[Path, SegmentContents, bool, frozenset[str]]]:
+        """Each journal segment at ``paths``, read; whether it was written in this boot (a machine crash since:
+        another boot id, or none to tell); and the ids its done file lists."""
         now = boot_id()
         for path in paths:
             contents = read_segment(path)
-            yield path, contents, bool(now) and contents.boot == now
+            yield path, contents, bool(now) and contents.boot == now, read_done(path)
 
     def _intact(self, path: str) -> bool:
         try:
@@ -469,23 +456,30 @@ class Spool:
         # The size of the content: the file less its magic, envelope line and trailer ("#END <len> <sha256>").
         trailer = len(_TRAILER) + len(f"{size} ") + 64 + 1
         content_size = max(0, size - len(_MAGIC) - len(header) - trailer)
-        return QueuedMessage(path.stem, envelope, content_size, self._statuses(path.stem, envelope))
+        return QueuedMessage(path.stem, envelope, content_size, self.statuses(path.stem, envelope))
 
     def content(self, qid: str) -> bytes:
         """The message content, verified against its trailer."""
         return self._read(self.queue / f"{qid}.msg")[1]
 
     def update(
-        self, qid: str, statuses: Sequence[RecipientStatus], *, current: Sequence[RecipientStatus] | None = None
+        self,
+        qid: str,
+        statuses: Sequence[RecipientStatus],
+        *,
+        current: Sequence[RecipientStatus] | None = None,
+        segment: str | None = None,
     ) -> None:
         """Record recipients' new states durably; remove the message when none is pending any more.
 
         ``current``: every recipient's state as the caller knows it (the deliverer keeps them), which saves
-        reading the message's envelope and state back from disk; read from the spool when None.
+        reading the message's envelope and state back from disk; read from the spool when None. The state file
+        may come before the queue file: a message from the journal has none until its segment's checkpoint.
+        ``segment``: as for :meth:`remove`.
         """
         current = merged(self.get(qid).statuses if current is None else current, statuses)
         if settled(current):
-            self.remove(qid)
+            self.remove(qid, segment=segment)
             return
         data = json.dumps([s.to_json() for s in current]).encode("utf-8")
         tmp = self.tmp / f"{qid}.state"
@@ -493,13 +487,20 @@ class Spool:
         os.replace(tmp, self.queue / f"{qid}.state")
         self._queue_sync.sync()
 
-    def remove(self, qid: str) -> None:
-        """Forget a finished message. Not fsynced (see the module's docstring): a crash may bring it back."""
+    def remove(self, qid: str, *, segment: str | None = None) -> None:
+        """Forget a finished message. Not fsynced (see the module's docstring): a crash may bring it back.
+
+        ``segment``: the journal segment that holds the message, when it was stored in a batch (its name, from
+        :meth:`store_batch`): the message is marked done there first, so that neither the segment's checkpoint
+        nor a replay writes it back (Journal.mark_done). Raises OSError."""
+        if segment is not None:
+            self.journal.mark_done(segment, qid)
         for suffix in (".msg", ".state"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._queue_dir, qid + suffix))
 
-    def _statuses(self, qid: str, envelope: Envelope) -> tuple[RecipientStatus, ...]:
+    def statuses(self, qid: str, envelope: Envelope) -> tuple[RecipientStatus, ...]:
+        """Message ``qid``'s recipients' states as recorded so far: each one pending when none is recorded."""
         try:
             data = _regular_file(os.path.join(self._queue_dir, f"{qid}.state"))
             saved = {s.recipient: s for s in map(RecipientStatus.from_json, json.loads(data))}

@@ -2,10 +2,13 @@
 
 A thread per store, each with its own fsync, cost about a millisecond of CPU per message and queued the 250s behind
 one another on a 2-core machine (bench/README.md, issue 13). Here the sessions hand their messages to one thread.
-While it stores a batch (:meth:`Spool.store_batch`: queue files without an fsync of their own, one journal append,
-one fdatasync), the next messages gather, and go together in the next batch; then it wakes the loop once to answer
-the batch's sessions. No file work runs on the loop, so a disk that stalls (a full journal, writeback throttling)
-delays the 250s but never the other sessions (RR-56). Closed journal segments are checkpointed on a second thread.
+While it stores a batch (:meth:`Spool.store_batch`: one journal append, one fdatasync, no file per message), the
+next messages gather, and go together in the next batch; then it wakes the loop once to answer the batch's
+sessions. No file work runs on the loop, so a disk that stalls (a full journal, writeback throttling)
+delays the 250s but never the other sessions (RR-56). Closed journal segments are checkpointed on a second thread,
+each a segment's age after it was closed: the deliverer has had time to deliver its messages from memory, so the
+checkpoint seldom writes a queue file for one it is about to finish. When a checkpoint wrote any, ``on_checkpoint``
+is called on the loop: delivery looks at the queue then, where it finds the messages it could not be handed.
 """
 
 from __future__ import annotations
@@ -15,32 +18,41 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from diag.relay.journal import Segment
 from diag.relay.spool import Envelope, Spool
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchWriter", "Stored"]
 
 log = logging.getLogger("diag.relay")
 
 # The most messages in one append: two iovecs each stay within writev's IOV_MAX (1024 on Linux).
 _BATCH_MAX: Final = 256
+# Seconds between tries of a checkpoint that failed (a full or failing disk).
+_CHECKPOINT_RETRY: Final = 30.0
 # The most closed segments waiting for their checkpoint: beyond it the writer waits (and the 250s with it), so a
 # disk slower than the intake cannot pile segments up without bound.
 _CHECKPOINT_BACKLOG: Final = 4
 
-_Pending = tuple[str, Envelope, bytes, "asyncio.Future[str]"]
+# A message stored: its queue id, and the journal segment that holds it (None for one stored on its own).
+Stored = tuple[str, str | None]
+_Pending = tuple[str, Envelope, bytes, "asyncio.Future[Stored]"]
 
 
 class BatchWriter:
     """Stores messages for the server: :meth:`store` on the loop; :meth:`close` stores what waits and checkpoints
     the open journal segment, so a relay stopped cleanly leaves its messages in queue files alone."""
 
-    def __init__(self, spool: Spool, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, spool: Spool, loop: asyncio.AbstractEventLoop, *, on_checkpoint: Callable[[], None] | None = None
+    ) -> None:
         self._spool = spool
         self._loop = loop
+        self._on_checkpoint = on_checkpoint
+        self._leaving = threading.Event()  # set once the writer stops: checkpoints then wait no more
         self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         # Once the writer has stopped (closed, or failed), a message handed over is refused at once.
         self._handing = threading.Lock()
@@ -53,10 +65,10 @@ class BatchWriter:
         self._checkpointer.start()
         self._thread.start()
 
-    def store(self, qid: str, envelope: Envelope, content: bytes) -> asyncio.Future[str]:
-        """Store a message; the future is its queue id once it is durable and queued, or the error that refused it
-        (OSError from the disk)."""
-        future: asyncio.Future[str] = self._loop.create_future()
+    def store(self, qid: str, envelope: Envelope, content: bytes) -> asyncio.Future[Stored]:
+        """Store a message; the future is its queue id and journal segment once it is durable, or the error that
+        refused it (OSError from the disk)."""
+        future: asyncio.Future[Stored] = self._loop.create_future()
         with self._handing:
             if not self._stopped:
                 self._pending.put((qid, envelope, content, future))
@@ -98,6 +110,7 @@ class BatchWriter:
         finally:
             with self._handing:
                 self._stopped = True
+            self._leaving.set()
             self._refuse_the_rest()
             with contextlib.suppress(BaseException):
                 self._close_segment()
@@ -105,21 +118,20 @@ class BatchWriter:
             self._checkpointer.join()
 
     def _store(self, batch: Sequence[_Pending]) -> None:
-        results: Sequence[Exception | None]
+        results: Sequence[Exception | str]
         try:
             if self._spool.journal.due():
                 self._close_segment()
-            results = self._spool.store_batch([(qid, envelope, content) for qid, envelope, content, _ in batch])
-        except Exception as exc:
-            # A bug: the batch is refused (451). One it had moved into the queue is delivered all the same (a
-            # duplicate when the client sends it again), none is lost.
+            segment = self._spool.store_batch([(qid, envelope, content) for qid, envelope, content, _ in batch])
+            results = [segment] * len(batch)
+        except Exception as exc:  # the disk (452 on ENOSPC, else 451), or a bug (451): none of the batch counts
             results = [exc] * len(batch)
         except BaseException as exc:  # the thread ends (SystemExit and the like); the batch is refused first
             self._reply(batch, [OSError(f"the spool writer failed: {exc!r}")] * len(batch))
             raise
         self._reply(batch, results)
 
-    def _reply(self, batch: Sequence[_Pending], results: Sequence[Exception | None]) -> None:
+    def _reply(self, batch: Sequence[_Pending], results: Sequence[Exception | str]) -> None:
         try:
             self._loop.call_soon_threadsafe(_settle, batch, results)
         except RuntimeError:
@@ -132,17 +144,40 @@ class BatchWriter:
             self._closed.put(closed)
 
     def _checkpoint_closed(self) -> None:
-        """The checkpoint thread: each closed segment in turn, until the writer says there are no more."""
-        while (segment := self._closed.get()) is not None:
+        """The checkpoint thread: each closed segment in turn, until the writer says there are no more. One whose
+        checkpoint failed is tried again every ``_CHECKPOINT_RETRY`` seconds (and once more when the writer stops):
+        until then its undelivered messages have no queue files, so a retry would not find them."""
+        failed: list[Segment] = []
+        while True:
             try:
-                self._spool.checkpoint(segment)
-            except BaseException as exc:  # the thread goes on: the writer would wait for it for good
-                # The segment stays, replayed at the next start; its files' fsync is not tried again here (after a
-                # failed fsync Linux may have dropped the dirty pages, so a second one proves nothing).
-                log.error("cannot checkpoint the journal segment %s (it is replayed at the next start): %r",
-                          segment.path.name, exc)  # fmt: skip
+                segment = self._closed.get(timeout=_CHECKPOINT_RETRY if failed else None)
+            except queue.Empty:
+                failed = [segment for segment in failed if not self._checkpoint(segment)]
+                continue
+            if segment is None:
+                for segment in failed:
+                    self._checkpoint(segment)  # a last try; otherwise replayed at the next start
+                return
+            self._leaving.wait(segment.closed + self._spool.journal.segment_age - time.monotonic())
+            try:
+                if not self._checkpoint(segment):
+                    failed.append(segment)
             finally:
                 self._backlog.release()
+
+    def _checkpoint(self, segment: Segment) -> bool:
+        """Checkpoint ``segment``; whether it was. A checkpoint writes its queue files afresh from the journal each
+        time, so trying again proves what a second fsync of a file whose first one failed would not."""
+        try:
+            written = self._spool.checkpoint(segment)
+        except BaseException as exc:  # the thread goes on: the writer would wait for it for good
+            log.error("cannot checkpoint the journal segment %s (tried again in %d s, and replayed at the next "
+                      "start): %r", segment.path.name, _CHECKPOINT_RETRY, exc)  # fmt: skip
+            return False
+        if written and self._on_checkpoint is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody delivers any more
+                self._loop.call_soon_threadsafe(self._on_checkpoint)
+        return True
 
     def _refuse_the_rest(self) -> None:
         """Once stopped: whatever was handed over before is refused, never left waiting (later ones are refused by
@@ -159,12 +194,12 @@ class BatchWriter:
             self._reply(rest, [OSError("the spool writer has stopped")] * len(rest))
 
 
-def _settle(batch: Sequence[_Pending], results: Sequence[Exception | None]) -> None:
+def _settle(batch: Sequence[_Pending], results: Sequence[Exception | str]) -> None:
     """On the loop: each session of a stored batch may answer."""
-    for (qid, _, _, future), error in zip(batch, results, strict=True):
+    for (qid, _, _, future), result in zip(batch, results, strict=True):
         if future.done():
             continue
-        if error is None:
-            future.set_result(qid)
+        if isinstance(result, str):
+            future.set_result((qid, result))
         else:
-            future.set_exception(error)
+            future.set_exception(result)

@@ -33,10 +33,11 @@ from diag.lab.pki import CertKind, TestPKI
 from diag.lab.smtp import HostKind, LabHost, LabHostServer, TlsFiles, start_host
 from diag.net.dns import Nameserver, Resolver
 from diag.relay.dsn import bounce
+from diag.relay.journal import read_done
 from diag.relay.mailbox import deliver_local
 from diag.relay.queue import Deliverer
 from diag.relay.settings import Limits, RelaySettings
-from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool
+from diag.relay.spool import Envelope, QueuedMessage, RecipientState, RecipientStatus, Spool
 
 T = TypeVar("T")
 
@@ -246,6 +247,18 @@ class World:
     ) -> str:
         received = datetime.now(UTC) - age
         return self.spool.store(Envelope(sender, tuple(recipients), received_at=received), content)
+
+    def journaled(self, *recipients: str) -> tuple[str, Envelope, str]:
+        """A message stored as the intake stores one (the journal alone, no queue file yet): its id, envelope and
+        journal segment."""
+        qid, envelope = Spool.new_qid(), Envelope(SENDER, tuple(recipients))
+        return qid, envelope, self.spool.store_batch([(qid, envelope, CONTENT)])
+
+    def checkpoint(self) -> None:
+        """The journal segment being written, closed and checkpointed."""
+        closed = self.spool.journal.close()
+        assert closed is not None
+        self.spool.checkpoint(closed)
 
     def stored(self, host: str) -> list[bytes]:
         """The messages a lab MAIL host stored."""
@@ -932,6 +945,80 @@ def test_a_message_the_scan_delivered_before_its_announcement_came_is_not_delive
                 await eventually(lambda: not deliverer._handed and not deliverer._active)
             # Then it was sent once, and nothing of it is left in memory
             assert len(sink.messages) == 1 and deliverer._handed_bytes == 0
+
+    run(scenario())
+
+
+def test_a_message_from_the_journal_is_delivered_from_memory_and_its_checkpoint_writes_nothing(
+    world_factory: Any,
+) -> None:
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            qid, envelope, segment = world.journaled("user@b.example")
+            async with working(deliverer):
+                deliverer.queued(qid, envelope, CONTENT, segment)
+                await eventually(lambda: len(sink.messages) == 1 and not deliverer._active)
+            assert read_done(world.spool.journal.directory / f"{segment}.j") == {qid}
+            world.checkpoint()
+            assert world.spool.messages() == [] and list(world.spool.tmp.iterdir()) == []
+            assert len(sink.messages) == 1
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("checkpoint", ["ended", "under way"])
+def test_a_journal_message_the_scan_delivered_is_not_delivered_again_when_handed_late(
+    world_factory: Any, checkpoint: str
+) -> None:
+    """The pipe may hand a message over after its segment's checkpoint wrote its queue file and a scan delivered
+    it from there (the pipe backed up); while the checkpoint is under way the segment is still there."""
+
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            qid, envelope, segment = world.journaled("user@b.example")
+            if checkpoint == "ended":
+                world.checkpoint()
+            else:
+                world.spool.journal.begin_checkpoint(world.spool.journal.directory / f"{segment}.j")
+                world.spool.store(envelope, CONTENT, qid=qid)  # the file it wrote; the segment not deleted yet
+            async with working(deliverer):
+                await delivered(world, qid)
+                deliverer.queued(qid, envelope, CONTENT, segment)
+                await eventually(lambda: not deliverer._handed and not deliverer._active)
+            assert len(sink.messages) == 1
+
+    run(scenario())
+
+
+def test_a_queue_file_written_for_a_message_delivered_from_memory_is_not_delivered_again(world_factory: Any) -> None:
+    """A checkpoint that read the segment's done file before the message was marked writes its queue file, and
+    removes it only once it read the file again: scans meanwhile leave it alone."""
+
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            qid, envelope, segment = world.journaled("user@b.example")
+            scans = 0
+            listing = world.spool.messages
+
+            def counted() -> list[QueuedMessage]:
+                nonlocal scans
+                scans += 1
+                return listing()
+
+            world.spool.messages = counted  # type: ignore[method-assign]
+            async with working(deliverer):
+                deliverer.queued(qid, envelope, CONTENT, segment)
+                await eventually(lambda: len(sink.messages) == 1 and not deliverer._active)
+                world.spool.store(envelope, CONTENT, qid=qid)  # what the checkpoint wrote
+                seen = scans
+                await eventually(lambda: scans >= seen + 5)
+            assert len(sink.messages) == 1
 
     run(scenario())
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from diag.relay.journal import SEGMENT_BYTES, Journal, boot_id, read_segment
+from diag.relay import spool as spool_module
+from diag.relay.journal import SEGMENT_BYTES, Journal, boot_id, read_done, read_segment
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool
 
 CONTENT = b"Subject: hello\r\n\r\nbody\r\n"
@@ -29,15 +30,15 @@ def envelope(*rcpts: str) -> Envelope:
 def batch(spool: Spool, count: int) -> list[str]:
     """Store ``count`` messages together, as the intake does."""
     qids = [Spool.new_qid() for _ in range(count)]
-    assert spool.store_batch([(qid, envelope(), CONTENT + qid.encode()) for qid in qids]) == [None] * count
+    assert spool.store_batch([(qid, envelope(), CONTENT + qid.encode()) for qid in qids]) == current(spool)
     return qids
 
 
-def appended_only(spool: Spool) -> str:
-    """A message as a process killed between the journal's append and the move into the queue leaves it."""
-    qid = Spool.new_qid()
-    spool.journal.append([(qid, spool.prepare(qid, envelope(), CONTENT + qid.encode()))])
-    return qid
+def current(spool: Spool) -> str:
+    """The name of the journal segment being written."""
+    name = spool.journal.current
+    assert name is not None
+    return name
 
 
 def as_after_a_reboot(segment: Path) -> None:
@@ -141,84 +142,151 @@ def test_a_failed_append_counts_for_nothing_and_closes_the_segment(tmp_path: Pat
 # --- the spool around it ---------------------------------------------------------------------------------------
 
 
-def test_a_batch_is_queued_once_appended_and_a_checkpoint_deletes_its_segment(tmp_path: Path) -> None:
+def test_a_batch_is_in_the_journal_alone_and_its_checkpoint_writes_what_is_not_delivered(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    first, second = batch(spool, 2)
-    assert [m.qid for m in spool.messages()] == [first, second]
-    assert spool.content(first) == CONTENT + first.encode()
-    assert list(spool.tmp.iterdir()) == []
-    spool.remove(first)  # delivered
+    delivered, waiting = batch(spool, 2)
+    assert spool.messages() == [] and list(spool.tmp.iterdir()) == []  # no file per message
+    spool.remove(delivered, segment=current(spool))  # delivered from memory
     closed = spool.journal.close()
     assert closed is not None
     spool.checkpoint(closed)
-    assert spool.journal.segments() == [] and [m.qid for m in spool.messages()] == [second]
+    assert [m.qid for m in spool.messages()] == [waiting] and spool.content(waiting) == CONTENT + waiting.encode()
+    assert list(spool.journal.directory.iterdir()) == []  # the segment, its done file and its mark gone
 
 
-def test_a_message_that_cannot_be_written_is_refused_alone(tmp_path: Path) -> None:
+def test_a_message_delivered_while_its_checkpoint_writes_it_leaves_no_queue_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deliverer marks a message done, then removes its files; the checkpoint reads the done file, writes the
+    others' queue files, and reads it again. Marked done between the two reads (after its removal found no file),
+    the file the checkpoint wrote for it is removed: a later scan would deliver it again."""
     spool = Spool(tmp_path)
-    refused, stored = Spool.new_qid(), Spool.new_qid()
-    (spool.tmp / f"{refused}.msg").mkdir()  # in the way of its file, as a broken disk may be
-    results = spool.store_batch([(refused, envelope(), CONTENT), (stored, envelope(), CONTENT)])
-    assert isinstance(results[0], OSError) and results[1] is None
-    assert [m.qid for m in spool.messages()] == [stored]
-    assert (spool.tmp / f"{refused}.msg").is_dir()  # what it did not make, it leaves
+    (qid,) = batch(spool, 1)
+    segment = current(spool)
+    reads = 0
+
+    def read_done_as_the_deliverer_finishes(path: Path) -> frozenset[str]:
+        nonlocal reads
+        reads += 1
+        done = read_done(path)
+        if reads == 1:
+            spool.remove(qid, segment=segment)  # between the checkpoint's two reads
+        return done
+
+    monkeypatch.setattr(spool_module, "read_done", read_done_as_the_deliverer_finishes)
     closed = spool.journal.close()
-    assert closed is not None and closed.qids == (stored,)
+    assert closed is not None
+    spool.checkpoint(closed)
+    assert reads == 2 and spool.messages() == [] and spool.journal.segments() == []
 
 
-def test_after_a_killed_process_only_what_was_not_queued_yet_is_put_back(tmp_path: Path) -> None:
-    """The same boot: the page cache kept every file. A record with no queue file was delivered and removed, unless
-    its file still waits in tmp/ (killed between the append and the move into the queue)."""
+def test_what_marks_a_message_done(tmp_path: Path) -> None:
+    """A segment's done file lists its delivered messages; once the segment is gone, marking one makes no file."""
     spool = Spool(tmp_path)
-    delivered, waiting = batch(spool, 2)
-    unqueued = appended_only(spool)
-    spool.remove(delivered)
+    (qid,) = batch(spool, 1)
+    segment = current(spool)
+    assert spool.journal.holds(segment)
+    spool.remove(qid, segment=segment)
+    closed = spool.journal.close()
+    assert closed is not None and read_done(closed.path) == {qid}
+    spool.checkpoint(closed)
+    assert not spool.journal.has(segment)
+    spool.journal.mark_done(segment, Spool.new_qid())  # a message of that segment delivered after its checkpoint
+    assert list(spool.journal.directory.iterdir()) == []
+    with pytest.raises(ValueError):
+        spool.journal.mark_done("../queue/x", qid)
+
+
+def test_a_deliverer_holds_to_what_it_was_handed_only_until_the_checkpoint_begins(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    batch(spool, 1)
+    segment = current(spool)
+    closed = spool.journal.close()
+    assert closed is not None and spool.journal.holds(segment)
+    spool.journal.begin_checkpoint(closed.path)
+    assert spool.journal.has(segment) and not spool.journal.holds(segment)
+    spool.journal.delete(closed.path)
+    assert not spool.journal.has(segment) and list(spool.journal.directory.iterdir()) == []
+
+
+def test_after_a_killed_process_what_was_not_delivered_is_put_back(tmp_path: Path) -> None:
+    """The same boot: the page cache kept every file, the done file whole. A record it lists was delivered; every
+    other one is put back, with the recipients' states recorded so far (a state file comes before the queue file
+    for a message tried before its checkpoint)."""
+    spool = Spool(tmp_path)
+    delivered, waiting, tried = batch(spool, 3)
+    segment = current(spool)
+    spool.remove(delivered, segment=segment)
+    spool.update(tried, [RecipientStatus("sun@tailspintoys.com", attempts=1, detail="451 later")],
+                 current=[RecipientStatus("sun@tailspintoys.com")], segment=segment)  # fmt: skip
     assert Spool(tmp_path).recover() == []
-    assert sorted(m.qid for m in spool.messages()) == sorted([waiting, unqueued])
-    assert spool.content(unqueued) == CONTENT + unqueued.encode()
-    assert spool.journal.segments() == [] and list(spool.tmp.iterdir()) == []
+    assert sorted(m.qid for m in spool.messages()) == sorted([waiting, tried])
+    assert spool.content(waiting) == CONTENT + waiting.encode()
+    assert spool.get(tried).statuses[0].detail == "451 later"
+    assert list(spool.journal.directory.iterdir()) == [] and list(spool.tmp.iterdir()) == []
+
+
+def test_a_queue_file_a_checkpoint_left_for_a_message_marked_done_is_removed_at_start(tmp_path: Path) -> None:
+    """Killed between a checkpoint's writing a delivered message's queue file and its removing it."""
+    spool = Spool(tmp_path)
+    (qid,) = batch(spool, 1)
+    spool.remove(qid, segment=current(spool))
+    spool.store(envelope(), CONTENT, qid=qid)
+    assert Spool(tmp_path).recover() == []
+    assert spool.messages() == []
 
 
 def test_after_a_machine_crash_what_the_queue_lacks_is_put_back(tmp_path: Path) -> None:
-    """Another boot: queue files were written without an fsync, so any may be missing or cut short. The journal
-    puts them back; one whose file is whole keeps its recipients' states. A delivered one comes back too (a
+    """Another boot: the done file may have lost lines, a queue file its data. A record listed done stays
+    delivered; one whose queue file is whole (a checkpoint wrote it, the crash undid the segment's deletion) keeps
+    it and its recipients' states; every other one is put back, a delivered one whose line was lost too (a
     duplicate, as a crash after a removal gives in Postfix)."""
     spool = Spool(tmp_path)
-    lost, torn, whole, delivered = batch(spool, 4)
-    (spool.queue / f"{lost}.msg").unlink()
+    lost, torn, whole, delivered, unlisted = batch(spool, 5)
+    segment = current(spool)
+    for qid in (torn, whole):
+        spool.store(envelope(), CONTENT + qid.encode(), qid=qid)
     torn_file = spool.queue / f"{torn}.msg"
     torn_file.write_bytes(torn_file.read_bytes()[:30])
     spool.update(whole, [RecipientStatus("sun@tailspintoys.com", attempts=1, detail="451 later")])
-    spool.remove(delivered)
-    (segment,) = spool.journal.segments()
-    as_after_a_reboot(segment)
+    spool.remove(delivered, segment=segment)
+    spool.remove(unlisted)  # delivered, but its line in the done file did not survive
+    (closed,) = spool.journal.segments()
+    as_after_a_reboot(closed)
     assert Spool(tmp_path).recover() == []
-    assert sorted(m.qid for m in spool.messages()) == sorted([lost, torn, whole, delivered])
-    for qid in (lost, torn, delivered):
+    assert sorted(m.qid for m in spool.messages()) == sorted([lost, torn, whole, unlisted])
+    for qid in (lost, torn, unlisted):
         assert spool.content(qid) == CONTENT + qid.encode()
     assert spool.get(whole).statuses[0].detail == "451 later"
-    assert spool.journal.segments() == []
+    assert list(spool.journal.directory.iterdir()) == []
+
+
+def test_what_a_crash_left_of_a_deleted_segment_goes_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    for name in ("18ef000000000000.done", "18ef000000000000.ckpt"):
+        (spool.journal.directory / name).touch()
+    assert spool.recover() == [] and list(spool.journal.directory.iterdir()) == []
 
 
 def test_what_only_the_journal_holds_is_listed_until_a_start_puts_it_back(tmp_path: Path) -> None:
     """For `diag relay queue` on a relay that is not running: exactly what the next start puts back besides what
     the queue lists. After a crash of the machine, the messages whose queue files were lost or cut short; after a
-    killed process, those appended but not moved into the queue yet. Not one delivered and removed before a
-    process was killed, nor one the queue lists."""
+    killed process, those not delivered whose segment was not checkpointed. Not one delivered, nor one the queue
+    lists."""
     spool = Spool(tmp_path)
     lost, emptied, queued = batch(spool, 3)
-    (spool.queue / f"{lost}.msg").unlink()
+    for qid in (emptied, queued):  # its checkpoint wrote them; a crash undid the segment's deletion
+        spool.store(envelope(), CONTENT + qid.encode(), qid=qid)
     (spool.queue / f"{emptied}.msg").write_bytes(b"")  # what a crash often leaves
     closed = spool.journal.close()
     assert closed is not None
-    as_after_a_reboot(closed.path)  # then this boot's: one delivered, one queued, one not moved into the queue yet
+    as_after_a_reboot(closed.path)  # then this boot's: one delivered, one not yet
     delivered, still = batch(spool, 2)
-    unqueued = appended_only(spool)
-    spool.remove(delivered)
+    spool.remove(delivered, segment=current(spool))
     listed = {m.qid for m in spool.messages()}
-    assert listed == {queued, still}
+    assert listed == {queued}
     only = {m.qid: m for m in spool.journal_only(listed)}
-    assert sorted(only) == sorted([lost, emptied, unqueued])
+    assert sorted(only) == sorted([lost, emptied, still])
     assert only[lost].envelope.mail_from == "john@contoso.com" and only[lost].size == len(CONTENT + lost.encode())
     assert only[lost].statuses[0].state is RecipientState.PENDING
     assert Spool(tmp_path).recover() == []
@@ -245,8 +313,6 @@ def test_a_spool_is_idle_while_no_relay_holds_its_lock_and_held_while_so(tmp_pat
 def test_a_damaged_record_is_quarantined_and_so_is_what_cannot_be_framed(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     flipped, after = batch(spool, 2)
-    for qid in (flipped, after):
-        (spool.queue / f"{qid}.msg").unlink()
     (segment,) = spool.journal.segments()
     as_after_a_reboot(segment)
     data = bytearray(segment.read_bytes())
@@ -264,8 +330,9 @@ def test_a_damaged_record_is_quarantined_and_so_is_what_cannot_be_framed(tmp_pat
 def test_states_recorded_before_a_crash_survive_the_replay(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     (qid,) = batch(spool, 1)
-    spool.update(qid, [RecipientStatus("sun@tailspintoys.com", RecipientState.PENDING, 2, detail="451 again")])
-    (spool.queue / f"{qid}.msg").unlink()  # the message's file lost, its fsynced state file kept
+    spool.update(qid, [RecipientStatus("sun@tailspintoys.com", RecipientState.PENDING, 2, detail="451 again")],
+                 current=[RecipientStatus("sun@tailspintoys.com")])  # fmt: skip
+    assert spool.messages() == []  # no queue file: its segment was not checkpointed
     (segment,) = spool.journal.segments()
     as_after_a_reboot(segment)
     assert Spool(tmp_path).recover() == []
@@ -313,17 +380,14 @@ def first(calls: list[tuple[str, str]], name: str, about: str | Path) -> int:
     return calls.index((name, os.fspath(about)))
 
 
-def test_a_batch_is_in_the_journal_on_disk_before_any_file_is_queued(
-    tmp_path: Path, disk_calls: list[tuple[str, str]]
-) -> None:
+def test_a_batch_is_on_disk_in_the_journal_alone(tmp_path: Path, disk_calls: list[tuple[str, str]]) -> None:
     spool = Spool(tmp_path)
-    qids = batch(spool, 3)
+    batch(spool, 3)
     (segment,) = spool.journal.segments()
     synced = first(disk_calls, "fdatasync", segment)
     # The segment itself first: its header, and its name in the journal's directory.
     assert first(disk_calls, "fsync", segment) < synced and first(disk_calls, "fsync", spool.journal.directory) < synced
-    for qid in qids:
-        assert first(disk_calls, "rename", spool.tmp / f"{qid}.msg") > synced
+    assert [name for name, _ in disk_calls] == ["fsync", "fsync", "fdatasync"]  # no file per message, no move
 
 
 def test_a_checkpoint_makes_the_files_durable_before_it_deletes_the_segment(
@@ -331,27 +395,28 @@ def test_a_checkpoint_makes_the_files_durable_before_it_deletes_the_segment(
 ) -> None:
     spool = Spool(tmp_path)
     delivered, waiting = batch(spool, 2)
-    spool.remove(delivered)
+    spool.remove(delivered, segment=current(spool))
     closed = spool.journal.close()
     assert closed is not None
     spool.checkpoint(closed)
     deleted = first(disk_calls, "unlink", closed.path)
-    assert first(disk_calls, "fsync", spool.queue / f"{waiting}.msg") < deleted
+    moved = first(disk_calls, "rename", spool.tmp / f"{waiting}.msg")
+    assert first(disk_calls, "fsync", spool.tmp / f"{waiting}.msg") < moved < first(disk_calls, "fsync", spool.queue)
     assert first(disk_calls, "fsync", spool.queue) < deleted
+    assert ("rename", os.fspath(spool.tmp / f"{delivered}.msg")) not in disk_calls
 
 
 @pytest.mark.parametrize("reboot", [False, True], ids=["killed", "crashed"])
 def test_a_replay_writes_the_messages_again_and_durably_before_it_deletes_the_segment(
     tmp_path: Path, disk_calls: list[tuple[str, str]], reboot: bool
 ) -> None:
-    """Killed before a checkpoint, the queue files are whole in memory but maybe not on disk; after a crash, gone.
-    A relay started again must not delete the only durable copy before they are written again, fsynced, in
-    place: a crash of the machine soon after would lose them."""
+    """Killed or crashed before a checkpoint, the journal is the only durable copy: a relay started again must not
+    delete it before the queue files are written, fsynced, in place: a crash of the machine soon after would lose
+    them."""
     spool = Spool(tmp_path)
     (queued,) = batch(spool, 1)
     (segment,) = spool.journal.segments()
     if reboot:
-        (spool.queue / f"{queued}.msg").unlink()
         as_after_a_reboot(segment)
     assert Spool(tmp_path).recover() == []
     deleted = first(disk_calls, "unlink", segment)
@@ -362,22 +427,25 @@ def test_a_replay_writes_the_messages_again_and_durably_before_it_deletes_the_se
 
 
 def test_a_queue_file_whose_write_back_failed_is_written_again_from_the_journal(tmp_path: Path) -> None:
-    """A checkpoint's fsync failed (EIO): the queue file may not be on disk however it reads now, and a second
-    fsync would succeed without saying so. Here the file reads back as what the disk holds (zeros); the same-boot
-    replay still has the message."""
+    """A checkpoint's fsync failed (EIO), and the segment stayed: the queue file may not be on disk however it
+    reads now, and a second fsync would succeed without saying so. Here the file reads back as what the disk holds
+    (zeros); the same-boot replay still has the message."""
     spool = Spool(tmp_path)
     (queued,) = batch(spool, 1)
-    path = spool.queue / f"{queued}.msg"
-    path.write_bytes(bytes(path.stat().st_size))
+    (spool.queue / f"{queued}.msg").write_bytes(bytes(200))
     assert Spool(tmp_path).recover() == []
     assert spool.content(queued) == CONTENT + queued.encode()
 
 
-def test_a_message_that_cannot_be_moved_into_the_queue_is_refused_and_left_nowhere(tmp_path: Path) -> None:
+def test_a_checkpoint_that_cannot_write_a_queue_file_leaves_its_segment_for_the_start(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    refused, stored = Spool.new_qid(), Spool.new_qid()
-    (spool.queue / f"{refused}.msg").mkdir()
-    (spool.queue / f"{refused}.msg" / "x").touch()  # a non-empty directory in its place: the rename fails
-    results = spool.store_batch([(refused, envelope(), CONTENT), (stored, envelope(), CONTENT)])
-    assert isinstance(results[0], OSError) and results[1] is None
-    assert list(spool.tmp.iterdir()) == []  # nothing left to put back at start-up either
+    stuck, other = batch(spool, 2)
+    (spool.queue / f"{stuck}.msg").mkdir()
+    (spool.queue / f"{stuck}.msg" / "x").touch()  # a non-empty directory in its place: the move fails
+    closed = spool.journal.close()
+    assert closed is not None
+    with pytest.raises(OSError):
+        spool.checkpoint(closed)
+    assert spool.journal.segments() == [closed.path]
+    assert Spool(tmp_path).recover() == [stuck]  # set aside, then put back from the journal
+    assert sorted(m.qid for m in spool.messages()) == sorted([stuck, other])

@@ -75,23 +75,28 @@ class WatchedSpool(Spool):
         return super().content(qid)
 
     def update(
-        self, qid: str, statuses: Sequence[RecipientStatus], *, current: Sequence[RecipientStatus] | None = None
+        self,
+        qid: str,
+        statuses: Sequence[RecipientStatus],
+        *,
+        current: Sequence[RecipientStatus] | None = None,
+        segment: str | None = None,
     ) -> None:
         if self.broken:
             raise RuntimeError("a bug")
         if self.updates_to_refuse:
             self.updates_to_refuse -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
-        super().update(qid, statuses, current=current)
+        super().update(qid, statuses, current=current, segment=segment)
 
-    def remove(self, qid: str) -> None:
+    def remove(self, qid: str, *, segment: str | None = None) -> None:
         # Removing a finished message records its outcome too (the deliverer calls it instead of update)
         if self.broken:
             raise RuntimeError("a bug")
         if self.updates_to_refuse:
             self.updates_to_refuse -= 1
             raise OSError(errno.EIO, "Input/output error")
-        super().remove(qid)
+        super().remove(qid, segment=segment)
 
     def store(self, envelope: Envelope, content: bytes, *, qid: str | None = None) -> str:
         if self.refuse_bounces and envelope.mail_from == "":

@@ -28,7 +28,7 @@ from diag.probe.message import PROBE_HEADER, build_probe
 from diag.relay.reflect import FUTURE, TOTAL_PER_HOUR, WINDOW, ReflectLog, Reply, Skip, reply
 from diag.relay.service import Relay
 from diag.relay.settings import Limits, RelaySettings
-from diag.relay.spool import Envelope
+from diag.relay.spool import Envelope, Spool
 
 T = TypeVar("T")
 
@@ -249,9 +249,14 @@ async def send(relay: Relay, content: bytes, *, sender: str = SUN, recipients: t
 
 
 async def settled(relay: Relay) -> None:
-    """Wait until the spool is empty: the original was delivered (answered or not) and any reply too."""
-    while await asyncio.to_thread(relay.spool.messages):  # noqa: ASYNC110 - the spool has no change notification
+    """Wait until the spool is empty, its journal included: the original was delivered (answered or not) and any
+    reply too."""
+    while await asyncio.to_thread(held, relay.spool):  # noqa: ASYNC110 - the spool has no change notification
         await asyncio.sleep(0.05)
+
+
+def held(spool: Spool) -> bool:
+    return bool(spool.messages() or spool.journal_only(()))
 
 
 def replies(tmp_path: Path) -> list[mailbox.MaildirMessage]:

@@ -39,7 +39,7 @@ from diag.relay.connections import Connections
 from diag.relay.journal import SEGMENT_AGE, Journal, read_segment
 from diag.relay.server import _PLAIN_PATH, RelayServer, _RelaySMTP
 from diag.relay.settings import Limits, RelaySettings
-from diag.relay.spool import Envelope, Spool
+from diag.relay.spool import Envelope, Spool, _parsed
 
 T = TypeVar("T")
 
@@ -106,7 +106,12 @@ class Running:
         return self.server.addresses[0][1]
 
     def stored(self) -> list[tuple[Envelope, bytes]]:
-        return [(m.envelope, self.spool.content(m.qid)) for m in self.spool.messages()]
+        """What the spool holds to deliver: its queue files, and the journal's records (no deliverer runs here,
+        so none is done)."""
+        found = [(m.envelope, self.spool.content(m.qid)) for m in self.spool.messages()]
+        for segment in self.spool.journal.segments():
+            found += (_parsed(qid, data) for qid, data in read_segment(segment).records)
+        return found
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ async def relay(
     )
     spool = spool or Spool(settings.spool)
     queued: list[str] = []
-    server = RelayServer(settings, spool, on_queued=lambda qid, _envelope, _content: queued.append(qid))
+    server = RelayServer(settings, spool, on_queued=lambda qid, _envelope, _content, _segment: queued.append(qid))
     running = Running(server, spool, queued)
     async with running.server:
         yield running
@@ -258,12 +263,11 @@ def test_message_to_an_accepted_domain_is_stored_before_250(tmp_path: Path) -> N
             assert errors == {}
             qid = reply.removeprefix("2.0.0 Ok: queued as ")
             assert running.queued == [qid]
-            stored = running.spool.get(qid).envelope
+            ((stored, content),) = running.stored()
             assert (stored.mail_from, stored.rcpt_tos, stored.peer, stored.helo, stored.tls) == (
                 "probe@external.example", ("John@contoso.com",), CLIENT, "client.example", "",
             )  # fmt: skip
             assert stored.client_cert_names == ()
-            content = running.spool.content(qid)
             assert re.match(
                 rb"Received: from client\.example \(\[127\.0\.84\.1\]\)\r\n"
                 rb"\tby cloud\.lab\.example with ESMTP id [0-9a-f]+\r\n"
@@ -314,7 +318,7 @@ def test_recipient_given_twice_is_queued_once(tmp_path: Path) -> None:
 
 
 def test_failing_on_queued_does_not_cost_the_250(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    def on_queued(qid: str, envelope: Envelope, content: bytes) -> None:
+    def on_queued(qid: str, envelope: Envelope, content: bytes, segment: str | None) -> None:
         raise RuntimeError("delivery is down")
 
     async def main() -> None:
@@ -973,13 +977,13 @@ class FullSpool(Spool):
         self.asked.append("alone")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> str:
         self.asked.append("batched")
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
 class BrokenSpool(Spool):
-    def prepare(self, qid: str, envelope: Envelope, content: bytes) -> bytes:
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> str:
         raise RuntimeError("secret detail /var/lib/diag/spool")
 
 
@@ -1080,26 +1084,31 @@ async def send_one(running: Running, body: bytes = b"body\r\n") -> bytes:
     return reply
 
 
-def test_unwritable_spool_gives_451_and_stores_nothing(tmp_path: Path) -> None:
-    """RR-55, RR-62: a spool that cannot be written → 451 4.3.0, no 250, no file left behind."""
+@pytest.mark.parametrize("lines", [1, 3000], ids=["batched", "stored alone"])
+def test_unwritable_spool_gives_451_and_stores_nothing(tmp_path: Path, lines: int) -> None:
+    """RR-55, RR-62: a spool that cannot be written → 451 4.3.0, no 250, no file left behind: the journal for a
+    message stored in a batch, tmp/ for one above 256 KB, stored on its own."""
     spool = Spool(tmp_path / "spool")
-    os.chmod(spool.tmp, 0o555)
+    directory = spool.journal.directory if lines == 1 else spool.tmp
+    os.chmod(directory, 0o555)
     if os.geteuid() == 0:  # root ignores directory permissions: take the directory away instead
-        os.chmod(spool.tmp, 0o755)
-        shutil.rmtree(spool.tmp)
-        spool.tmp.write_text("not a directory")
+        os.chmod(directory, 0o755)
+        shutil.rmtree(directory)
+        directory.write_text("not a directory")
 
     async def main() -> None:
         async with relay(tmp_path, 40, spool=spool) as running:
-            assert await send_one(running) == b"451 4.3.0 Temporary failure, try again later"
+            assert await send_one(running, (b"x" * 100 + b"\r\n") * lines) == (
+                b"451 4.3.0 Temporary failure, try again later"
+            )
             assert running.queued == []
             assert list(spool.queue.iterdir()) == []
 
     try:
         run(main())
     finally:
-        if spool.tmp.is_dir():
-            os.chmod(spool.tmp, 0o755)
+        if directory.is_dir():
+            os.chmod(directory, 0o755)
 
 
 @pytest.mark.parametrize("lines", [1, 3000], ids=["batched", "stored alone"])
@@ -1159,7 +1168,7 @@ class FailingJournal(Journal):
         raise OSError(errno.EIO, "Input/output error")
 
 
-def test_a_message_is_in_the_journal_before_its_250_and_in_the_queue_alone_after_a_clean_stop(
+def test_a_message_is_in_the_journal_alone_before_its_checkpoint_and_in_the_queue_alone_after_a_clean_stop(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
@@ -1168,8 +1177,8 @@ def test_a_message_is_in_the_journal_before_its_250_and_in_the_queue_alone_after
             (qid,) = running.queued
             (segment,) = running.spool.journal.segments()
             assert [q for q, _ in read_segment(segment).records] == [qid]
-            assert [m.qid for m in running.spool.messages()] == [qid]
-        # Stopped: the segment was checkpointed (its message fsynced in its queue file) and deleted
+            assert running.spool.messages() == [] and list(running.spool.tmp.iterdir()) == []  # no file yet
+        # Stopped: the segment was checkpointed (its message written to its queue file, fsynced) and deleted
         assert running.spool.journal.segments() == [] and [m.qid for m in running.spool.messages()] == [qid]
 
     run(main())
@@ -1270,7 +1279,7 @@ def test_one_message_for_kept_and_queued_recipients_is_both(tmp_path: Path) -> N
     queued: list[str] = []
 
     async def main() -> None:
-        async with RelayServer(settings, spool, on_queued=lambda qid, _env, _data: queued.append(qid)) as server:
+        async with RelayServer(settings, spool, on_queued=lambda qid, _env, _data, _seg: queued.append(qid)) as server:
             smtp = plain_client(server)
             await smtp.connect()
             _, reply = await smtp.sendmail(

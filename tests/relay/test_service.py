@@ -22,21 +22,21 @@ from diag.relay.spool import Envelope, Spool
 ENVELOPE = Envelope("john@contoso.com", ("sun@tailspintoys.com", "bob@contoso.com"),
                     datetime(2026, 12, 7, 18, 0, tzinfo=UTC), peer="127.0.10.10", helo="mail.contoso.com")  # fmt: skip
 CONTENT = b"Subject: hello\r\n\r\n" + b"x" * 300 + b"\r\n"
+SEGMENT = "18ef1f5a00000000"  # a journal segment's name
 
 
 class Deliverer:
     """What the child's end of the pipe tells the deliverer."""
 
     def __init__(self) -> None:
-        self.told: list[tuple[str, Envelope | None, bytes | None]] = []
+        self.told: list[tuple[str, Envelope | None, bytes | None, str | None]] = []
         self.stop_grace = 5.0
 
     def kick(self, qid: str | None = None) -> None:
-        assert qid is not None
-        self.told.append((qid, None, None))
+        self.told.append((qid or "the whole queue", None, None, None))
 
-    def queued(self, qid: str, envelope: Envelope, content: bytes) -> None:
-        self.told.append((qid, envelope, content))
+    def queued(self, qid: str, envelope: Envelope, content: bytes, segment: str | None) -> None:
+        self.told.append((qid, envelope, content, segment))
 
 
 class Pipe(asyncio.WriteTransport):
@@ -72,25 +72,27 @@ def read(data: bytes, step: int, stop: asyncio.Event | None = None) -> tuple[Del
 @pytest.mark.parametrize("step", [1, 2, 7, 100, 10_000])
 def test_handed_messages_and_bare_ids_come_out_whole_however_the_pipe_cuts_them(step: int) -> None:
     pipe = Pipe()
-    service._announce(pipe, "0a1b2c3d4e5f", ENVELOPE, CONTENT)
+    service._announce(pipe, "0a1b2c3d4e5f", ENVELOPE, CONTENT, SEGMENT)
     pipe.write(b"00ff00ff\n")  # an id alone: read from the spool
-    service._announce(pipe, "9999aaaa", ENVELOPE, b"")
+    service._announce(pipe, "9999aaaa", ENVELOPE, b"", None)  # stored on its own, in no journal segment
+    pipe.write(service._SCAN + b"\n")  # a checkpoint wrote queue files: look at the queue
     pipe.write(service._STOP + b"\n")
     deliverer, stopped = read(bytes(pipe.written), step)
-    handed, alone, empty = ("0a1b2c3d4e5f", ENVELOPE, CONTENT), ("00ff00ff", None, None), ("9999aaaa", ENVELOPE, b"")
-    assert deliverer.told == [handed, alone, empty]
+    handed, alone = ("0a1b2c3d4e5f", ENVELOPE, CONTENT, SEGMENT), ("00ff00ff", None, None, None)
+    scan = ("the whole queue", None, None, None)
+    assert deliverer.told == [handed, alone, ("9999aaaa", ENVELOPE, b"", None), scan]
     assert stopped
 
 
 def test_a_large_message_or_a_backed_up_pipe_hands_over_the_id_alone() -> None:
     # At the limits, handed over; one octet beyond, the id alone
     largest, full = b"x" * service._HANDED_CONTENT, Pipe(backlog=service._PIPE_BACKLOG)
-    service._announce(full, "0a1b2c3d", ENVELOPE, largest)
-    assert read(bytes(full.written), 4096)[0].told == [("0a1b2c3d", ENVELOPE, largest)]
+    service._announce(full, "0a1b2c3d", ENVELOPE, largest, SEGMENT)
+    assert read(bytes(full.written), 4096)[0].told == [("0a1b2c3d", ENVELOPE, largest, SEGMENT)]
     large, pipe = largest + b"x", Pipe()
-    service._announce(pipe, "0a1b2c3d", ENVELOPE, large)
+    service._announce(pipe, "0a1b2c3d", ENVELOPE, large, None)
     backed_up = Pipe(backlog=service._PIPE_BACKLOG + 1)
-    service._announce(backed_up, "0a1b2c3d", ENVELOPE, CONTENT)
+    service._announce(backed_up, "0a1b2c3d", ENVELOPE, CONTENT, SEGMENT)
     assert bytes(pipe.written) == bytes(backed_up.written) == b"0a1b2c3d\n"
 
 
@@ -99,7 +101,7 @@ def test_nothing_is_announced_or_said_on_a_pipe_whose_child_is_gone() -> None:
     for the next start, and the last word is not said."""
     pipe = Pipe()
     pipe.closed = True
-    service._announce(pipe, "0a1b2c3d", ENVELOPE, CONTENT)
+    service._announce(pipe, "0a1b2c3d", ENVELOPE, CONTENT, SEGMENT)
     asyncio.run(service._last_word(pipe, asyncio.Event()))
     assert pipe.written == b""
 
@@ -111,21 +113,21 @@ def test_nothing_is_announced_or_said_on_a_pipe_whose_child_is_gone() -> None:
 def test_a_damaged_envelope_sends_the_child_to_the_spool_and_the_next_record_still_counts(header: bytes) -> None:
     pipe = Pipe()
     pipe.write(b"0a1b2c3d %d 2\n%sok" % (len(header), header))
-    service._announce(pipe, "0a1b2c3e", ENVELOPE, CONTENT)
+    service._announce(pipe, "0a1b2c3e", ENVELOPE, CONTENT, SEGMENT)
     deliverer, _ = read(bytes(pipe.written), 3)
-    assert deliverer.told == [("0a1b2c3d", None, None), ("0a1b2c3e", ENVELOPE, CONTENT)]
+    assert deliverer.told == [("0a1b2c3d", None, None, None), ("0a1b2c3e", ENVELOPE, CONTENT, SEGMENT)]
 
 
 @pytest.mark.parametrize(
     "garbage",
     [b"x" * (service._LINE_MAX + 1), b"0a1b2c3d %d 10\n" % (service._ENVELOPE_MAX + 1),
-     b"0a1b2c3d 10 %d\n" % (service._HANDED_CONTENT + 1), b"Subject: hello\n"],
-    ids=["a line without end", "a huge envelope", "a huge content", "an unknown line"],
+     b"0a1b2c3d 10 %d\n" % (service._HANDED_CONTENT + 1), b"Subject: hello\n", b"0a1b2c3d 2 2 ../../etc\n"],
+    ids=["a line without end", "a huge envelope", "a huge content", "an unknown line", "no segment's name"],
 )  # fmt: skip
 def test_a_pipe_out_of_step_stops_delivery_at_once_and_reads_nothing_more(garbage: bytes) -> None:
     pipe = Pipe()
     pipe.write(garbage)
-    service._announce(pipe, "0a1b2c3d", ENVELOPE, CONTENT)
+    service._announce(pipe, "0a1b2c3d", ENVELOPE, CONTENT, SEGMENT)
     pipe.write(b"00ff00ff\n" + service._STOP + b"\n")
     stop = asyncio.Event()
     deliverer, told_stop = read(bytes(pipe.written), 50, stop)
@@ -153,7 +155,7 @@ def test_the_last_word_waits_until_the_pipe_has_written_everything(tmp_path: Pat
         gone = asyncio.Event()
         transport, _ = await loop.connect_write_pipe(lambda: service._ChildWatch(gone), os.fdopen(write_end, "wb", 0))
         for n in range(40):
-            service._announce(transport, f"{n:08x}", ENVELOPE, b"x" * 100_000)
+            service._announce(transport, f"{n:08x}", ENVELOPE, b"x" * 100_000, SEGMENT)
         assert transport.get_write_buffer_size() > 1_000_000  # the child is behind
         await service._last_word(transport, gone)
 

@@ -92,20 +92,23 @@ def test_a_damaged_file_is_quarantined_not_delivered(tmp_path: Path, cut: int) -
 
 
 @pytest.mark.parametrize("kind", ["directory", "pipe", "link"])
-@pytest.mark.parametrize("place", ["queue", "journaled", "journaled, another boot", "tmp", "journal"])
+@pytest.mark.parametrize("place", ["queue", "journaled", "journaled, another boot", "tmp", "journal", "done"])
 def test_what_is_not_a_file_is_quarantined_at_start(tmp_path: Path, kind: str, place: str) -> None:
     """Not a traceback at start-up, nor a read that waits for a writer (a pipe): moved aside like damage. A message
     whose queue file was replaced so is put back from the journal."""
     spool = Spool(tmp_path)
     kept = spool.store(envelope(), CONTENT)
     journaled = Spool.new_qid()
-    assert spool.store_batch([(journaled, envelope(), CONTENT)]) == [None]
+    spool.store_batch([(journaled, envelope(), CONTENT)])
     segment = spool.journal.close()
     assert segment is not None
     if place == "journaled, another boot":
         segment.path.write_bytes(segment.path.read_bytes().replace(boot_id().encode(), b"0" * len(boot_id()), 1))
-    name = {"queue": "odd.msg", "tmp": "odd.msg", "journal": "odd.j"}.get(place, f"{journaled}.msg")
-    odd = tmp_path / {"tmp": "tmp", "journal": "journal"}.get(place, "queue") / name
+    # "done": the segment's list of delivered messages (then none is listed, and the message is put back).
+    name = {"queue": "odd.msg", "tmp": "odd.msg", "journal": "odd.j", "done": f"{segment.path.stem}.done"}.get(
+        place, f"{journaled}.msg"
+    )
+    odd = tmp_path / {"tmp": "tmp", "journal": "journal", "done": "journal"}.get(place, "queue") / name
     odd.unlink(missing_ok=True)
     if kind == "directory":
         odd.mkdir()
@@ -133,12 +136,11 @@ def test_what_is_set_aside_replaces_nothing_and_nothing_is_written_through_a_lin
     outside.write_bytes(b"not the spool's")
     spool = Spool(tmp_path / "spool")
     qid = Spool.new_qid()
-    assert spool.store_batch([(qid, envelope(), CONTENT)]) == [None]
+    spool.store_batch([(qid, envelope(), CONTENT)])
     spool.journal.close()
     (segment,) = spool.journal.segments()
     data = segment.read_bytes()
     segment.write_bytes(data.replace(CONTENT, CONTENT.replace(b"body", b"bodx")))  # its record now damaged
-    (spool.queue / f"{qid}.msg").unlink()
     (spool.queue / f"{qid}.msg").symlink_to(outside)
     earlier = spool.quarantine / f"{qid}.msg.1"
     (spool.quarantine / f"{qid}.msg").write_bytes(b"quarantined before")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from diag.relay import writer as writer_module
 from diag.relay.journal import Journal, Segment
 from diag.relay.spool import Envelope, Spool
 from diag.relay.writer import BatchWriter
@@ -25,7 +26,7 @@ class Stop(BaseException):
 
 
 class StoppingSpool(Spool):
-    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> list[OSError | None]:
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> str:
         raise Stop
 
 
@@ -39,10 +40,11 @@ class WatchedSpool(Spool):
         self.release = threading.Event()
         self.release.set()
 
-    def checkpoint(self, segment: Segment) -> None:
+    def checkpoint(self, segment: Segment) -> list[str]:
         assert self.release.wait(WAIT)
-        super().checkpoint(segment)
+        written = super().checkpoint(segment)
         self.checkpoints.append(segment)
+        return written
 
 
 def test_a_writer_that_stops_refuses_what_it_has_and_all_that_comes_after(
@@ -64,7 +66,7 @@ def test_a_writer_that_stops_refuses_what_it_has_and_all_that_comes_after(
 
 
 class SlowStoppingSpool(Spool):
-    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> list[OSError | None]:
+    def store_batch(self, messages: Sequence[tuple[str, Envelope, bytes]]) -> str:
         time.sleep(0.2)  # long enough for the next message to be handed over meanwhile
         raise Stop
 
@@ -148,3 +150,60 @@ def test_checkpoints_that_fall_behind_hold_the_intake_back(tmp_path: Path) -> No
 
     asyncio.run(main())
     assert len(spool.checkpoints) == 6 and spool.journal.segments() == [] and len(spool.messages()) == 6
+
+
+class FailingOnceSpool(Spool):
+    """The first checkpoint fails (a full disk that then had room again)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.tries = 0
+
+    def checkpoint(self, segment: Segment) -> list[str]:
+        self.tries += 1
+        if self.tries == 1:
+            raise OSError(28, "No space left on device")
+        return super().checkpoint(segment)
+
+
+def test_a_failed_checkpoint_is_tried_again_and_delivery_told_of_the_files_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Until its checkpoint, an undelivered message has no queue file: a scan would never find it."""
+    monkeypatch.setattr(writer_module, "_CHECKPOINT_RETRY", 0.05)
+    spool = FailingOnceSpool(tmp_path)
+    spool.journal = Journal(tmp_path / "journal", segment_age=0.05)
+    told: list[str] = []
+
+    async def main() -> None:
+        writer = BatchWriter(spool, asyncio.get_running_loop(), on_checkpoint=lambda: told.append("scan"))
+        try:
+            qid, segment = await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+            assert segment == spool.journal.current
+            async with asyncio.timeout(WAIT):
+                while not told:  # noqa: ASYNC110 - the checkpoint thread tells nobody else
+                    await asyncio.sleep(0.01)
+            assert [m.qid for m in spool.messages()] == [qid] and spool.tries == 2
+            assert spool.journal.segments() == []
+        finally:
+            await writer.close(WAIT)
+
+    asyncio.run(main())
+    assert "cannot checkpoint the journal segment" in caplog.text and told == ["scan"]
+
+
+def test_a_checkpoint_that_wrote_nothing_tells_delivery_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    told: list[str] = []
+
+    async def main() -> None:
+        writer = BatchWriter(spool, asyncio.get_running_loop(), on_checkpoint=lambda: told.append("scan"))
+        try:
+            qid, segment = await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+            spool.remove(qid, segment=segment)  # delivered from memory
+        finally:
+            await writer.close(WAIT)
+        await asyncio.sleep(0)  # what the checkpoint thread asked of the loop, if anything, runs now
+
+    asyncio.run(main())
+    assert told == [] and spool.messages() == [] and spool.journal.segments() == []
