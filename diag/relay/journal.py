@@ -54,8 +54,8 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 def boot_id() -> str:
     """This boot's id (Linux), "" where there is none: a segment written in the same boot was not through a crash of
-    the machine, so which of its messages are still queued can be read from the queue (the page cache survives a
-    killed process); :meth:`~diag.relay.spool.Spool.recover` writes those again from the journal all the same."""
+    the machine, so its done file is whole (the page cache survives a killed process) and says which of its
+    messages were delivered; :meth:`~diag.relay.spool.Spool.recover` writes the others again from the journal."""
     try:
         with open(_BOOT_ID, encoding="ascii") as handle:
             return handle.read().strip()
@@ -214,9 +214,9 @@ class Journal:
         return self._path.stem if self._path is not None else None
 
     def delete(self, path: Path) -> None:
-        """Delete a segment whose messages are durable elsewhere, then its done file and checkpoint mark. Not
-        fsynced: a segment a crash brings back is replayed, which finds its messages' queue files (or, after a
-        machine crash, repeats a delivery at worst)."""
+        """Delete a segment whose messages are durable elsewhere, then its done file, then its checkpoint mark
+        (:meth:`holds` relies on that order). Not fsynced: a segment a crash brings back is replayed, which puts
+        back what its done file does not list (a duplicate at worst)."""
         path.unlink(missing_ok=True)
         for leftover in (done_path(path), path.with_suffix(".ckpt")):
             leftover.unlink(missing_ok=True)
@@ -250,8 +250,9 @@ class Journal:
     def holds(self, segment: str) -> bool:
         """Whether segment ``segment`` is on disk and its checkpoint has not begun: its messages have no queue files,
         and a deliverer handed one delivers it from memory. Once the checkpoint begins, what it was handed may come
-        later than a queue scan that delivered the message from the file the checkpoint wrote."""
-        return self.has(segment) and not os.path.exists(self.directory / f"{segment}.ckpt")
+        later than a queue scan that delivered the message from the file the checkpoint wrote. The mark is asked
+        first: :meth:`delete` removes it last, so a checkpoint that ends between the two questions is seen."""
+        return not os.path.exists(self.directory / f"{segment}.ckpt") and self.has(segment)
 
     def _open(self) -> None:
         path = self.directory / f"{time.time_ns():016x}.j"

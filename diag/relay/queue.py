@@ -266,7 +266,9 @@ class Deliverer:
             return QueuedMessage(qid, envelope, len(content), self._spool.statuses(qid, envelope)), content
         fresh = self._spool.fresh(qid) if handed is not None else False  # two stat calls
         if handed is not None and fresh is None:
-            return None  # a scan found it before its announcement came, and it is done
+            # Not in the queue: a scan found it before its announcement came and it is done, or its segment's
+            # checkpoint has begun and not written it yet (a scan finds it once written: the checkpoint says so).
+            return None
         try:
             if handed is not None and fresh:
                 # As stored: no recipient's state recorded yet, every one pending and due.

@@ -19,10 +19,10 @@ What aiosmtpd does not do, this module adds (RR numbers of security-cases.md):
 - replies that name no internals: 451 4.3.0 for every unexpected error (RR-55), a greeting without the
   aiosmtpd version (RR-44), no AUTH (a receiving MX offers none);
 - ``250`` only once the message is on stable storage (RR-60): up to 256 KB, in the journal, appended with the
-  messages stored at the same time under one fdatasync by :class:`~diag.relay.writer.BatchWriter`, and its queue
-  file moved into the queue; a larger one through :meth:`Spool.store` (write, fsync, rename, fsync of the
-  directory). Both on threads of their own, so the loop keeps serving (RR-56); ENOSPC gives 452 4.3.1 (RR-61),
-  anything else 451 4.3.0.
+  messages stored at the same time under one fdatasync by :class:`~diag.relay.writer.BatchWriter` (a queue file
+  only if its segment's checkpoint finds it undelivered); a larger one through :meth:`Spool.store` (write, fsync,
+  rename, fsync of the directory). Both on threads of their own, so the loop keeps serving (RR-56); ENOSPC gives
+  452 4.3.1 (RR-61), anything else 451 4.3.0.
   Mail for a catch-all domain (``RelaySettings.catch_all``: a plain mail host's final delivery) goes straight
   into its Maildir instead, as durably (:func:`diag.relay.mailbox.store`), with the same replies.
 

@@ -24,8 +24,8 @@ makes too: a crash soon after a delivery may bring the unlinked file back and de
 but cannot lose anything, and the busy path saves a directory fsync per message.
 
 All methods block (file I/O and fsync); call them with ``asyncio.to_thread``. :meth:`remove` is the exception
-the deliverer makes: two unlinks, no fsync and no data, called on its event loop as Postfix's qmgr removes
-finished queue files on its own.
+the deliverer makes: a line appended to a journal segment's done file and two unlinks, no fsync, called on its
+event loop as Postfix's qmgr removes finished queue files on its own.
 """
 
 from __future__ import annotations
@@ -225,26 +225,38 @@ class Spool:
         assert segment is not None  # the append opened one
         return segment
 
-    def checkpoint(self, segment: Segment) -> list[str]:
+    def checkpoint(self, segment: Segment, moved: set[str] | None = None) -> list[str]:
         """Write the queue file of each message of the closed journal ``segment`` not delivered yet, fsynced, and
         the queue directory; then delete the segment. The ids written (and not found done meanwhile). Raises
         OSError; the segment then stays, replayed at start-up.
 
         A message the deliverer finishes meanwhile may get its queue file after the deliverer removed what it
         could: so the done file is read again once the files are in the queue, and those are removed (the
-        deliverer marks a message done before it removes its files, so one of the two removes it)."""
+        deliverer marks a message done before it removes its files, so one of the two removes it).
+
+        ``moved``: the ids whose queue files this segment's earlier, failed checkpoints moved into the queue; this
+        one adds those it moves. Their files were fsynced before the move, so they are not written again, and one
+        that is gone was delivered from it meanwhile (by a scan, which knew no segment to mark it done in): it is
+        marked done, not brought back."""
+        moved = set() if moved is None else moved
         self.journal.begin_checkpoint(segment.path)
         contents = read_segment(segment.path)
         records = dict(contents.records)
         missing = [qid for qid in segment.qids if qid not in records]
         if missing:
             raise OSError(errno.EIO, f"the journal segment lacks {len(missing)} of its records", str(segment.path))
+        for qid in moved:
+            if not os.path.exists(os.path.join(self._queue_dir, f"{qid}.msg")):
+                self.journal.mark_done(segment.path.stem, qid)
         done = read_done(segment.path)
         written = [qid for qid in segment.qids if qid not in done]
         for qid in written:
+            if qid in moved:
+                continue
             tmp = os.path.join(self._tmp_dir, f"{qid}.msg")
             write_durably(tmp, records[qid])
             os.rename(tmp, os.path.join(self._queue_dir, f"{qid}.msg"))
+            moved.add(qid)
         if written:
             self._queue_sync.sync()
             done = read_done(segment.path)
@@ -434,8 +446,9 @@ class Spool:
         return found
 
     def fresh(self, qid: str) -> bool | None:
-        """Whether message ``qid`` is queued as stored, with no recipient's state recorded yet; None when it is no
-        longer queued (every recipient final)."""
+        """Whether message ``qid`` is queued as stored, with no recipient's state recorded yet; None when it is not
+        in the queue: no longer (every recipient final), or not yet (in the journal alone until its segment's
+        checkpoint writes it)."""
         if not os.path.exists(os.path.join(self._queue_dir, f"{qid}.msg")):
             return None
         return not os.path.exists(os.path.join(self._queue_dir, f"{qid}.state"))

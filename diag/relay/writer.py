@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Final
 
 from diag.relay.journal import Segment
@@ -40,6 +41,7 @@ _CHECKPOINT_BACKLOG: Final = 4
 # A message stored: its queue id, and the journal segment that holds it (None for one stored on its own).
 Stored = tuple[str, str | None]
 _Pending = tuple[str, Envelope, bytes, "asyncio.Future[Stored]"]
+_NOTHING: Final = Segment(Path(), ())  # no segment came: only time for a retry
 
 
 class BatchWriter:
@@ -144,32 +146,40 @@ class BatchWriter:
             self._closed.put(closed)
 
     def _checkpoint_closed(self) -> None:
-        """The checkpoint thread: each closed segment in turn, until the writer says there are no more. One whose
-        checkpoint failed is tried again every ``_CHECKPOINT_RETRY`` seconds (and once more when the writer stops):
-        until then its undelivered messages have no queue files, so a retry would not find them."""
-        failed: list[Segment] = []
+        """The checkpoint thread: each closed segment in turn, until the writer says there are no more. Those whose
+        checkpoint failed are tried again every ``_CHECKPOINT_RETRY`` seconds, whether or not other segments come
+        meanwhile (and once more when the writer stops): until then their undelivered messages have no queue files,
+        so a scan would not find them."""
+        failed: dict[Segment, set[str]] = {}  # each with the ids its failed tries moved into the queue
+        retry = 0.0
         while True:
             try:
-                segment = self._closed.get(timeout=_CHECKPOINT_RETRY if failed else None)
+                segment = self._closed.get(timeout=max(0.0, retry - time.monotonic()) if failed else None)
             except queue.Empty:
-                failed = [segment for segment in failed if not self._checkpoint(segment)]
-                continue
+                segment = _NOTHING
+            if failed and (segment is None or time.monotonic() >= retry):
+                failed = {old: moved for old, moved in failed.items() if not self._checkpoint(old, moved)}
+                retry = time.monotonic() + _CHECKPOINT_RETRY
             if segment is None:
-                for segment in failed:
-                    self._checkpoint(segment)  # a last try; otherwise replayed at the next start
-                return
+                return  # what still fails is replayed at the next start
+            if segment is _NOTHING:
+                continue
             self._leaving.wait(segment.closed + self._spool.journal.segment_age - time.monotonic())
             try:
-                if not self._checkpoint(segment):
-                    failed.append(segment)
+                moved: set[str] = set()
+                if not self._checkpoint(segment, moved):
+                    if not failed:
+                        retry = time.monotonic() + _CHECKPOINT_RETRY
+                    failed[segment] = moved
             finally:
                 self._backlog.release()
 
-    def _checkpoint(self, segment: Segment) -> bool:
-        """Checkpoint ``segment``; whether it was. A checkpoint writes its queue files afresh from the journal each
-        time, so trying again proves what a second fsync of a file whose first one failed would not."""
+    def _checkpoint(self, segment: Segment, moved: set[str]) -> bool:
+        """Checkpoint ``segment``; whether it was. A try writes from the journal, afresh, each queue file an earlier
+        one did not move into the queue, so trying again proves what a second fsync of a file whose first one failed
+        would not."""
         try:
-            written = self._spool.checkpoint(segment)
+            written = self._spool.checkpoint(segment, moved)
         except BaseException as exc:  # the thread goes on: the writer would wait for it for good
             log.error("cannot checkpoint the journal segment %s (tried again in %d s, and replayed at the next "
                       "start): %r", segment.path.name, _CHECKPOINT_RETRY, exc)  # fmt: skip

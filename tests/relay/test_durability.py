@@ -128,6 +128,57 @@ def test_sigkill_loses_nothing_that_was_acknowledged(tmp_path: Path) -> None:
     _restarted_delivers(tmp_path, port, _killed_mid_load(tmp_path, port))
 
 
+def test_a_delivery_process_that_falls_behind_delivers_every_message_once(tmp_path: Path) -> None:
+    """Without a crash nothing is delivered twice. The delivery process is stopped mid-load for longer than a
+    journal segment lives: the checkpoints write queue files for the messages waiting in the pipe, which the
+    delivery process then reads both ways, from the queue and from the pipe, once it runs again."""
+    (tmp_path / "relay.toml").write_text(CONFIG)
+    port = _free_port()
+    relay = _start(tmp_path, port)
+    queue = tmp_path / "spool" / "queue"
+    sent: list[str] = []
+    try:
+        child = _child_of(relay)
+        os.kill(child, signal.SIGSTOP)
+        try:
+
+            async def load() -> None:
+                async def session(worker: int) -> None:
+                    for n in range(40):
+                        message = EmailMessage()
+                        message["From"], message["To"] = "load@sink.example", "sink@sink.example"
+                        message["Message-ID"] = ident = f"<{worker}.{n}@load.example>"
+                        message.set_content("x" * 512)
+                        await aiosmtplib.send(message, hostname=IP, port=port, start_tls=False, timeout=10)
+                        sent.append(ident)
+
+                await asyncio.gather(*(session(worker) for worker in range(8)))
+
+            asyncio.run(asyncio.wait_for(load(), 60))
+            deadline = time.monotonic() + 20
+            while not any(queue.glob("*.msg")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert any(queue.glob("*.msg"))  # checkpoints wrote what the stopped process had not delivered
+        finally:
+            os.kill(child, signal.SIGCONT)
+        box = tmp_path / "maildir" / "sink@sink.example"
+        deadline = time.monotonic() + 60
+        delivered: list[str] = []
+        while time.monotonic() < deadline:
+            if box.exists():
+                delivered = [str(m["Message-ID"]) for m in mailbox.Maildir(box, create=False)]
+            if set(delivered) >= set(sent) and not any(queue.glob("*.msg")):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # a duplicate, if any, would come now
+        delivered = [str(m["Message-ID"]) for m in mailbox.Maildir(box, create=False)]
+        assert len(sent) == 320 and sorted(delivered) == sorted(sent)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=20)
+    assert relay.returncode == 0
+
+
 def test_a_machine_crash_loses_nothing_that_was_acknowledged(tmp_path: Path) -> None:
     """The journal holds the acknowledged messages until their segment's checkpoint writes their queue files: a
     crash of the machine may take away anything else. Killed mid-load, then every queue file a journal segment

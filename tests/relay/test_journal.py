@@ -209,6 +209,55 @@ def test_a_deliverer_holds_to_what_it_was_handed_only_until_the_checkpoint_begin
     assert not spool.journal.has(segment) and list(spool.journal.directory.iterdir()) == []
 
 
+def test_a_checkpoint_that_ends_while_a_deliverer_asks_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """holds() asks two questions; the checkpoint may end between them. Asked in the other order, the segment
+    would seem not yet checkpointed, and what the deliverer was handed would count over the queue."""
+    spool = Spool(tmp_path)
+    batch(spool, 1)
+    segment = current(spool)
+    closed = spool.journal.close()
+    assert closed is not None
+    spool.journal.begin_checkpoint(closed.path)
+    real, asked = os.path.exists, []
+
+    def exists(path: str | os.PathLike[str]) -> bool:
+        found = real(path)
+        if not asked:
+            spool.journal.delete(closed.path)  # the checkpoint ends right after the first question
+        asked.append(path)
+        return found
+
+    monkeypatch.setattr(os.path, "exists", exists)
+    assert not spool.journal.holds(segment)
+
+
+def test_a_checkpoint_tried_again_after_failing_halfway_does_not_bring_back_what_was_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try moved one queue file into the queue, then the disk was full; a scan delivered that message
+    from its file (knowing no segment to mark it done in). The next try marks it done instead of writing it again."""
+    spool = Spool(tmp_path)
+    first, second = batch(spool, 2)
+    closed = spool.journal.close()
+    assert closed is not None
+    real, writes = spool_module.write_durably, []
+
+    def full_on_the_second(path: str | os.PathLike[str], data: bytes) -> None:
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(spool_module, "write_durably", full_on_the_second)
+    moved: set[str] = set()
+    with pytest.raises(OSError):
+        spool.checkpoint(closed, moved)
+    assert moved == {first} and [m.qid for m in spool.messages()] == [first]
+    spool.remove(first)  # delivered by a scan
+    assert spool.checkpoint(closed, moved) == [second]
+    assert [m.qid for m in spool.messages()] == [second] and spool.journal.segments() == []
+
+
 def test_after_a_killed_process_what_was_not_delivered_is_put_back(tmp_path: Path) -> None:
     """The same boot: the page cache kept every file, the done file whole. A record it lists was delivered; every
     other one is put back, with the recipients' states recorded so far (a state file comes before the queue file
@@ -426,15 +475,22 @@ def test_a_replay_writes_the_messages_again_and_durably_before_it_deletes_the_se
     assert spool.content(queued) == CONTENT + queued.encode()
 
 
-def test_a_queue_file_whose_write_back_failed_is_written_again_from_the_journal(tmp_path: Path) -> None:
-    """A checkpoint's fsync failed (EIO), and the segment stayed: the queue file may not be on disk however it
-    reads now, and a second fsync would succeed without saying so. Here the file reads back as what the disk holds
-    (zeros); the same-boot replay still has the message."""
+@pytest.mark.parametrize("reboot", [False, True], ids=["killed", "crashed"])
+def test_a_queue_file_that_reads_whole_is_written_again_from_the_journal_unless_a_reboot_read_it(
+    tmp_path: Path, reboot: bool
+) -> None:
+    """A checkpoint's fsync failed (EIO), and the segment stayed: in the same boot the queue file may read whole
+    from memory and not be on disk, and a second fsync would succeed without saying so, so it is written again
+    from the journal. After a reboot what reads whole was read from the disk: it is left as it is (with the
+    recipients' states it goes with). Here it differs from the record, to tell which was kept."""
     spool = Spool(tmp_path)
     (queued,) = batch(spool, 1)
-    (spool.queue / f"{queued}.msg").write_bytes(bytes(200))
+    spool.store(envelope(), b"Subject: as the file holds it\r\n\r\n", qid=queued)
+    if reboot:
+        as_after_a_reboot(spool.journal.segments()[0])
     assert Spool(tmp_path).recover() == []
-    assert spool.content(queued) == CONTENT + queued.encode()
+    kept = b"Subject: as the file holds it\r\n\r\n" if reboot else CONTENT + queued.encode()
+    assert spool.content(queued) == kept
 
 
 def test_a_checkpoint_that_cannot_write_a_queue_file_leaves_its_segment_for_the_start(tmp_path: Path) -> None:

@@ -40,9 +40,9 @@ class WatchedSpool(Spool):
         self.release = threading.Event()
         self.release.set()
 
-    def checkpoint(self, segment: Segment) -> list[str]:
+    def checkpoint(self, segment: Segment, moved: set[str] | None = None) -> list[str]:
         assert self.release.wait(WAIT)
-        written = super().checkpoint(segment)
+        written = super().checkpoint(segment, moved)
         self.checkpoints.append(segment)
         return written
 
@@ -159,11 +159,11 @@ class FailingOnceSpool(Spool):
         super().__init__(root)
         self.tries = 0
 
-    def checkpoint(self, segment: Segment) -> list[str]:
+    def checkpoint(self, segment: Segment, moved: set[str] | None = None) -> list[str]:
         self.tries += 1
         if self.tries == 1:
             raise OSError(28, "No space left on device")
-        return super().checkpoint(segment)
+        return super().checkpoint(segment, moved)
 
 
 def test_a_failed_checkpoint_is_tried_again_and_delivery_told_of_the_files_it_wrote(
@@ -207,3 +207,24 @@ def test_a_checkpoint_that_wrote_nothing_tells_delivery_nothing(tmp_path: Path) 
 
     asyncio.run(main())
     assert told == [] and spool.messages() == [] and spool.journal.segments() == []
+
+
+def test_a_failed_checkpoint_is_tried_again_while_other_segments_keep_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "_CHECKPOINT_RETRY", 0.2)
+    spool = FailingOnceSpool(tmp_path)
+    spool.journal = Journal(tmp_path / "journal", segment_age=0.05)
+
+    async def main() -> None:
+        writer = BatchWriter(spool, asyncio.get_running_loop())
+        try:
+            first, _ = await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+            async with asyncio.timeout(WAIT):
+                while first not in {m.qid for m in spool.messages()}:  # a segment closes every 0.05 s meanwhile
+                    await asyncio.wait_for(writer.store(Spool.new_qid(), ENVELOPE, CONTENT), WAIT)
+                    await asyncio.sleep(0.02)
+        finally:
+            await writer.close(WAIT)
+
+    asyncio.run(main())
