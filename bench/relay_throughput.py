@@ -29,9 +29,10 @@ used per message. With ``--repeat R`` each figure is the median over R runs.
   the event loop once. floor-fs keeps a file per message, as Postfix does (and diag did before its journal):
   written, fsynced, renamed into the queue, the directory fsynced once per batch; the file unlinked once
   forwarded. floor-j appends the messages waiting to one journal file with one fdatasync for all of them, as diag
-  now does (diag also writes each one's queue file, without an fsync); each one forwarded is recorded in a second
-  file. Neither fsyncs what it forgets (a crash may repeat a delivery, never lose one). Their rows bound
-  what a relay on these libraries reaches with each way of keeping messages.
+  now does (diag writes a queue file only for a message still undelivered when its journal segment is
+  checkpointed); each one forwarded is recorded in a second file. Neither fsyncs what it forgets (a crash may
+  repeat a delivery, never lose one). Their rows bound what a relay on these libraries reaches with each way of
+  keeping messages.
 - sink: the client straight into smtp-sink, as a ceiling: what the client and the sink manage without an MTA.
 
 Every wait is bounded (``--deadline`` per load and per drain); SIGINT and SIGTERM stop the run; everything
@@ -462,7 +463,8 @@ class DiagRelay(_OneProcess):
         self.log = self.dir / "relay.log"
         self.spool = self.dir / "spool"
         self.maildir = self.dir / "maildir"
-        self.files: Path | None = self.spool / "tmp"  # where each queue file is created
+        # None: no file per message (its journal; a queue file only for what a checkpoint finds undelivered)
+        self.files: Path | None = None
 
     def config(self) -> str:
         return f"""\
@@ -558,7 +560,7 @@ class Writer:
             self.loop.call_soon_threadsafe(self.stored, batch, names)
 
     def files(self, batch):
-        # A file per message, as diag and Postfix keep them: written, fsynced, renamed; the directory fsynced.
+        # A file per message, as Postfix keeps them: written, fsynced, renamed; the directory fsynced.
         names = []
         for _, content in batch:
             self.number += 1
