@@ -979,8 +979,10 @@ def relay_queue(settings: RelaySettings) -> int:
         spool = Spool(settings.spool)
         with spool.idle() as idle:
             messages = spool.messages()
-            # A relay that is not running may have left messages in its journal alone (a crash of the machine lost
-            # their queue files): its next start puts them back. A running relay's journal holds what is in flight.
+            # A relay that is not running may have left messages in its journal alone (killed before their segment's
+            # checkpoint, or a crash of the machine lost their queue files): its next start puts them back. A running
+            # relay's journal holds its messages until their segment's checkpoint, about two seconds at most while
+            # its disk keeps up (longer for a segment whose checkpoint fails): they are not listed.
             journal_only = spool.journal_only({m.qid for m in messages}) if idle else []
     except OSError as exc:
         raise DiagError(f"cannot read the spool: {_os_error(exc)}") from None

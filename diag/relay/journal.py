@@ -3,9 +3,10 @@
 A queue file per message costs an fsync of its own (on a small VM about 1 ms of CPU and of wall time, whoever
 calls it: bench/README.md, issue 13), and creating the file alone costs up to as much again. The journal gathers
 every message waiting into one ``write`` and one ``fdatasync``, a group commit, as a database's write-ahead log
-does, and the message is answered 250 once its record is on disk. Most messages are delivered, from memory, before
-anything else is written for them; only a message still undelivered when its segment is checkpointed gets a queue
-file (:mod:`diag.relay.writer`, :meth:`~diag.relay.spool.Spool.checkpoint`).
+does, and the message is answered 250 once its record is on disk. A message delivered, from memory, within a
+second or so (a smart host or mailbox that answers at once) has nothing else written for it; one still in flight
+or deferred when its segment is checkpointed gets a queue file and its fsync, as with a file per message
+(:mod:`diag.relay.writer`, :meth:`~diag.relay.spool.Spool.checkpoint`).
 
 A segment is closed before the next append once it is :data:`SEGMENT_AGE` seconds old or :data:`SEGMENT_BYTES`
 long, or after the intake was idle that long. Then each of its messages not delivered yet is written to its queue

@@ -113,12 +113,15 @@ class Deliverer:
         self._reflected: reflect.ReflectLog | None = None
         self._reflecting = asyncio.Lock()
 
-    def kick(self, qid: str | None = None) -> None:
-        """Deliver ``qid`` (just queued) now, or with no id look at the whole spool now, not at the next scan.
+    def kick(self, qid: str | None = None, segment: str | None = None) -> None:
+        """Deliver ``qid`` (just queued, in journal segment ``segment`` when it names one; or just written to the
+        queue by its segment's checkpoint) now, or with no id look at the whole spool now, not at the next scan.
 
         A queued message is handed over by id: rescanning every envelope in the spool for each new message
         cost a fifth of the relay's CPU under load (bench/relay_throughput.py).
         """
+        if qid is not None and segment is not None:
+            self._segments[qid] = segment
         if qid is None:
             self._kicked = True
         else:
@@ -139,6 +142,12 @@ class Deliverer:
             self._handed[qid] = (envelope, content)
             self._handed_bytes += len(content)
         self.kick(qid)
+
+    def checkpointed(self, qids: Sequence[str]) -> None:
+        """Their journal segment's checkpoint wrote these messages to the queue (not delivered yet, or handed over
+        too late): each is looked at now, from there."""
+        for qid in qids:
+            self.kick(qid)
 
     def _unhand(self, qid: str) -> tuple[Envelope, bytes] | None:
         handed = self._handed.pop(qid, None)

@@ -429,8 +429,8 @@ class RelayServer:
 
     ``on_queued(qid, envelope, content, segment)`` is called (on the loop) after each message is stored, so delivery
     can start at once without reading it back; ``segment`` names the journal segment that holds it, None for one
-    stored on its own (:meth:`Spool.remove` takes it). ``on_checkpoint()`` is called (on the loop) when a journal
-    segment's checkpoint wrote queue files: delivery finds there what it could not be handed. Spool writes run on
+    stored on its own (:meth:`Spool.remove` takes it). ``on_checkpoint(ids)`` is called (on the loop) when a journal
+    segment's checkpoint wrote queue files, with their ids: delivery reads them from there. Spool writes run on
     threads of their own, so a 250 never
     waits behind delivery's file work on the loop's default executor. ``spool`` may be None for a plain mail host
     that keeps all it accepts (:func:`policy.queues` is False). Also an async context manager that starts and
@@ -443,7 +443,7 @@ class RelayServer:
         spool: Spool | None,
         *,
         on_queued: Callable[[str, Envelope, bytes, str | None], None] | None = None,
-        on_checkpoint: Callable[[], None] | None = None,
+        on_checkpoint: Callable[[list[str]], None] | None = None,
     ) -> None:
         if spool is None and policy.queues(settings):
             raise ConfigError(f"relay {settings.hostname}: it may accept mail to queue, so it needs a spool")

@@ -21,11 +21,11 @@ starts its event loop, so the two use two cores and a 250 never waits behind del
   memory as the in-process deliverer does; it marks each one it delivers done in that segment
   (:meth:`Spool.remove`). A larger one, one announced while the pipe is backed up or beyond the deliverer's
   memory budget, and every later attempt, read the message back from the spool (one from the journal once its
-  segment's checkpoint wrote its queue file: the parent then says ``scan``). What it is handed was stored before
-  its 250 like any other message, and the spool stays the authority on what is left to do: the child scans it at
-  start and at every ``queue_scan`` as the in-process deliverer does, so a message whose announcement was lost (a
-  crash between store and pipe) is delivered all the same, and one the scan reached before its announcement is not
-  delivered twice (``Deliverer.queued``).
+  segment's checkpoint wrote its queue file: the parent then announces its id again). What it is handed was
+  stored before its 250 like any other message, and the spool stays the authority on what is left to do: the
+  child scans it at start and at every ``queue_scan`` as the in-process deliverer does, so a message whose
+  announcement was lost (a crash between store and pipe) is delivered all the same, and one the scan reached
+  before its announcement is not delivered twice (``Deliverer.queued``).
 - It stops when the pipe ends. After SIGTERM or SIGINT the parent says ``stop`` before closing it, and in-flight
   deliveries get ``stop_grace`` to finish; a pipe that ends without it means the parent died (SIGKILL, a crash),
   and the child cancels them at once, so that a relay restarted at once (systemd's Restart=) soon has the spool
@@ -71,7 +71,7 @@ class Relay:
         self._resolver = Resolver(settings.nameservers, timeout=settings.limits.operation_timeout)
         self.deliverer = Deliverer(settings, self.spool, self._resolver)
         self.server = RelayServer(
-            settings, self.spool, on_queued=self.deliverer.queued, on_checkpoint=self.deliverer.kick
+            settings, self.spool, on_queued=self.deliverer.queued, on_checkpoint=self.deliverer.checkpointed
         )
         self._stop = asyncio.Event()
         self._delivering: asyncio.Task[None] | None = None
@@ -108,10 +108,10 @@ class Relay:
         await self.close()
 
 
-# What the parent writes to the child's pipe: a queue id (Spool.new_qid: lowercase hex) on a line, or the id, the
-# envelope's size, the content's size and the journal segment that holds it (when one does) on a line, followed by
-# the envelope (the spool's JSON) and the content.
-_QID: Final = re.compile(rb"[0-9a-f]{8,40}")
+# What the parent writes to the child's pipe: a queue id (Spool.new_qid: lowercase hex) and the journal segment that
+# holds the message (when one does) on a line; or the id, the envelope's size, the content's size and the segment on
+# a line, followed by the envelope (the spool's JSON) and the content.
+_QID: Final = re.compile(rb"([0-9a-f]{8,40})(?: ([0-9a-f]{16}))?")
 _HANDED: Final = re.compile(rb"([0-9a-f]{8,40}) ([0-9]{1,10}) ([0-9]{1,10})(?: ([0-9a-f]{16}))?")
 # The largest message handed over in the pipe, and the most the parent lets wait in the pipe's buffer: beyond
 # either, the child is told the id only and reads the message from the spool (the parent's memory stays bounded).
@@ -121,11 +121,9 @@ _PIPE_BACKLOG: Final = 4 * 1024 * 1024
 # know means the stream is out of step (a bug): delivery stops rather than reading content as announcements.
 _LINE_MAX: Final = 128
 _ENVELOPE_MAX: Final = 1024 * 1024
-# ... between these lines: the first once the relay listens, the last once it stopped taking mail on a signal; and,
-# when a journal segment's checkpoint wrote queue files, a word that sends the child to look at the queue.
+# ... between these lines: the first once the relay listens, the last once it stopped taking mail on a signal.
 _START: Final = b"start"
 _STOP: Final = b"stop"
-_SCAN: Final = b"scan"
 _SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 # How long a relay waits for another one (or its delivery process) to let the spool's lock go.
 _LOCK_WAIT: Final = 5.0
@@ -311,12 +309,10 @@ class _Announcements(asyncio.Protocol):
                     return
                 segment = handed[4].decode("ascii") if handed[4] else None
                 self._awaited = (handed[1].decode("ascii"), header_size, size, segment)
-            elif _QID.fullmatch(line):
-                self._deliverer.kick(line.decode("ascii"))
+            elif alone := _QID.fullmatch(line):
+                self._deliverer.kick(alone[1].decode("ascii"), alone[2].decode("ascii") if alone[2] else None)
             elif line == _STOP:
                 self._told = True
-            elif line == _SCAN:
-                self._deliverer.kick()
             else:
                 self._out_of_step(f"the line {line[:40]!r}")
                 return
@@ -381,8 +377,11 @@ async def _intake(settings: RelaySettings, spool: Spool, pipe: BinaryIO, child: 
     def queued(qid: str, envelope: Envelope, content: bytes, segment: str | None) -> None:
         _announce(announce, qid, envelope, content, segment)
 
+    def checkpointed(written: list[str]) -> None:  # now in the queue: the child reads them from there
+        _say(announce, b"".join(b"%s\n" % qid.encode("ascii") for qid in written))
+
     try:
-        async with RelayServer(settings, spool, on_queued=queued, on_checkpoint=lambda: _say(announce, _SCAN + b"\n")):
+        async with RelayServer(settings, spool, on_queued=queued, on_checkpoint=checkpointed):
             _say(announce, _START + b"\n")
             # What start-up made (modules, settings, tables) lives as long as the relay: out of the collector's
             # way, so its full collections walk only what sessions and deliveries create.
@@ -424,7 +423,7 @@ def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, conten
     a large message or while the pipe is backed up (the child then reads it from the spool, where one from the
     journal is once its segment's checkpoint wrote it)."""
     if len(content) > _HANDED_CONTENT or pipe.get_write_buffer_size() > _PIPE_BACKLOG:
-        _say(pipe, f"{qid}\n".encode("ascii"))
+        _say(pipe, f"{qid} {segment}\n".encode("ascii") if segment is not None else f"{qid}\n".encode("ascii"))
         return
     header = envelope.encoded()
     line = b"%s %d %d" % (qid.encode("ascii"), len(header), len(content))

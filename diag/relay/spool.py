@@ -249,6 +249,8 @@ class Spool:
             if not os.path.exists(os.path.join(self._queue_dir, f"{qid}.msg")):
                 self.journal.mark_done(segment.path.stem, qid)
         done = read_done(segment.path)
+        for qid in done.intersection(moved):  # an earlier try moved its file in after the deliverer was done with it
+            self.remove(qid)
         written = [qid for qid in segment.qids if qid not in done]
         for qid in written:
             if qid in moved:

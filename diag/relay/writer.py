@@ -7,8 +7,9 @@ next messages gather, and go together in the next batch; then it wakes the loop 
 sessions. No file work runs on the loop, so a disk that stalls (a full journal, writeback throttling)
 delays the 250s but never the other sessions (RR-56). Closed journal segments are checkpointed on a second thread,
 each a segment's age after it was closed: the deliverer has had time to deliver its messages from memory, so the
-checkpoint seldom writes a queue file for one it is about to finish. When a checkpoint wrote any, ``on_checkpoint``
-is called on the loop: delivery looks at the queue then, where it finds the messages it could not be handed.
+checkpoint seldom writes a queue file for one it is about to finish. When a checkpoint wrote any,
+``on_checkpoint(ids)`` is called on the loop: delivery reads them from the queue then (the messages it could not
+be handed, or has not finished).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _BATCH_MAX: Final = 256
 # Seconds between tries of a checkpoint that failed (a full or failing disk).
 _CHECKPOINT_RETRY: Final = 30.0
 # The most closed segments waiting for their checkpoint: beyond it the writer waits (and the 250s with it), so a
-# disk slower than the intake cannot pile segments up without bound.
+# disk slower than the intake cannot pile segments up without bound. (One whose checkpoint failed no longer counts:
+# it is tried again on its own clock, and a disk that fails the checkpoints fails the journal's appends too.)
 _CHECKPOINT_BACKLOG: Final = 4
 
 # A message stored: its queue id, and the journal segment that holds it (None for one stored on its own).
@@ -49,7 +51,11 @@ class BatchWriter:
     the open journal segment, so a relay stopped cleanly leaves its messages in queue files alone."""
 
     def __init__(
-        self, spool: Spool, loop: asyncio.AbstractEventLoop, *, on_checkpoint: Callable[[], None] | None = None
+        self,
+        spool: Spool,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        on_checkpoint: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._spool = spool
         self._loop = loop
@@ -186,7 +192,7 @@ class BatchWriter:
             return False
         if written and self._on_checkpoint is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody delivers any more
-                self._loop.call_soon_threadsafe(self._on_checkpoint)
+                self._loop.call_soon_threadsafe(self._on_checkpoint, written)
         return True
 
     def _refuse_the_rest(self) -> None:

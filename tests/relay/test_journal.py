@@ -258,6 +258,36 @@ def test_a_checkpoint_tried_again_after_failing_halfway_does_not_bring_back_what
     assert [m.qid for m in spool.messages()] == [second] and spool.journal.segments() == []
 
 
+def test_a_message_delivered_while_a_failed_checkpoint_moved_it_in_leaves_no_queue_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try read the done file, the deliverer then finished the message (its mark made, no file to
+    remove), the try moved the message's file into the queue and failed on the next one. The next try finds it
+    done: it removes that file too, or a scan would deliver it again once the segment is gone."""
+    spool = Spool(tmp_path)
+    finished, other = batch(spool, 2)
+    segment = current(spool)
+    closed = spool.journal.close()
+    assert closed is not None
+    real, writes = spool_module.write_durably, []
+
+    def as_the_deliverer_finishes_then_full(path: str | os.PathLike[str], data: bytes) -> None:
+        writes.append(path)
+        if len(writes) == 1:
+            spool.remove(finished, segment=segment)
+        elif len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(spool_module, "write_durably", as_the_deliverer_finishes_then_full)
+    moved: set[str] = set()
+    with pytest.raises(OSError):
+        spool.checkpoint(closed, moved)
+    assert moved == {finished}
+    assert spool.checkpoint(closed, moved) == [other]
+    assert [m.qid for m in spool.messages()] == [other] and spool.journal.segments() == []
+
+
 def test_after_a_killed_process_what_was_not_delivered_is_put_back(tmp_path: Path) -> None:
     """The same boot: the page cache kept every file, the done file whole. A record it lists was delivered; every
     other one is put back, with the recipients' states recorded so far (a state file comes before the queue file

@@ -301,6 +301,31 @@ def test_a_message_announced_after_it_was_done_is_not_kept_in_memory_when_a_scan
     run(scenario())
 
 
+def test_what_the_deliverer_keeps_of_journal_segments_goes_with_them(tmp_path: Path) -> None:
+    """The segment of each message handed over from the journal, and the ids it delivered from memory: kept while
+    the segment is on disk, forgotten at the first scan after its checkpoint."""
+
+    async def scenario() -> None:
+        relay = Relay(tmp_path, limits=Limits(queue_scan=0.05))
+        delivered, waiting = Spool.new_qid(), Spool.new_qid()
+        envelope = Envelope("alice@contoso.com", ("bob@contoso.com",))
+        segment = relay.spool.store_batch([(delivered, envelope, CONTENT), (waiting, envelope, CONTENT)])
+        relay.deliverer.kick(waiting, segment)  # announced by id alone: read from the queue once written there
+        async with relay.running():
+            relay.deliverer.queued(delivered, envelope, CONTENT, segment)
+            await eventually(lambda: len(relay.mailbox("bob@contoso.com")) == 1)
+            assert relay.deliverer._segments == {waiting: segment} and relay.deliverer._done == {delivered: segment}
+            closed = relay.spool.journal.close()
+            assert closed is not None
+            relay.deliverer.checkpointed(relay.spool.checkpoint(closed))
+            await eventually(lambda: len(relay.mailbox("bob@contoso.com")) == 2)
+            scans = relay.spool.scans_done
+            await eventually(lambda: relay.spool.scans_done >= scans + 2)
+            assert relay.deliverer._segments == {} and relay.deliverer._done == {}
+
+    run(scenario())
+
+
 def test_a_message_queued_without_a_kick_is_found_by_the_next_scan(tmp_path: Path) -> None:
     async def scenario() -> None:
         relay = Relay(tmp_path, limits=Limits(queue_scan=0.05))

@@ -21,7 +21,7 @@ import ssl
 import string
 import threading
 import warnings
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -131,6 +131,7 @@ async def relay(
     limits: Limits | None = None,
     spool: Spool | None = None,
     listen: tuple[tuple[str, int], ...] | None = None,
+    on_checkpoint: Callable[[list[str]], None] | None = None,
 ) -> AsyncIterator[Running]:
     settings = RelaySettings(
         organization=ORG,
@@ -148,7 +149,10 @@ async def relay(
     )
     spool = spool or Spool(settings.spool)
     queued: list[str] = []
-    server = RelayServer(settings, spool, on_queued=lambda qid, _envelope, _content, _segment: queued.append(qid))
+    server = RelayServer(
+        settings, spool, on_queued=lambda qid, _envelope, _content, _segment: queued.append(qid),
+        on_checkpoint=on_checkpoint,
+    )  # fmt: skip
     running = Running(server, spool, queued)
     async with running.server:
         yield running
@@ -1180,6 +1184,22 @@ def test_a_message_is_in_the_journal_alone_before_its_checkpoint_and_in_the_queu
             assert running.spool.messages() == [] and list(running.spool.tmp.iterdir()) == []  # no file yet
         # Stopped: the segment was checkpointed (its message written to its queue file, fsynced) and deleted
         assert running.spool.journal.segments() == [] and [m.qid for m in running.spool.messages()] == [qid]
+
+    run(main())
+
+
+def test_a_checkpoint_names_the_queue_files_it_wrote_to_delivery(tmp_path: Path) -> None:
+    """No deliverer here: the message is not delivered, so the checkpoint at the stop writes its queue file, and
+    says so (delivery then reads it from there)."""
+    checkpointed: list[str] = []
+
+    async def main() -> None:
+        async with relay(tmp_path, 47, on_checkpoint=checkpointed.extend) as running:
+            assert (await send_one(running)).startswith(b"250 ")
+        async with asyncio.timeout(WAIT):
+            while not checkpointed:  # noqa: ASYNC110 - the checkpoint thread tells the loop, in a moment
+                await asyncio.sleep(0.01)
+        assert checkpointed == running.queued == [m.qid for m in running.spool.messages()]
 
     run(main())
 

@@ -32,8 +32,9 @@ class Deliverer:
         self.told: list[tuple[str, Envelope | None, bytes | None, str | None]] = []
         self.stop_grace = 5.0
 
-    def kick(self, qid: str | None = None) -> None:
-        self.told.append((qid or "the whole queue", None, None, None))
+    def kick(self, qid: str | None = None, segment: str | None = None) -> None:
+        assert qid is not None
+        self.told.append((qid, None, None, segment))
 
     def queued(self, qid: str, envelope: Envelope, content: bytes, segment: str | None) -> None:
         self.told.append((qid, envelope, content, segment))
@@ -75,12 +76,11 @@ def test_handed_messages_and_bare_ids_come_out_whole_however_the_pipe_cuts_them(
     service._announce(pipe, "0a1b2c3d4e5f", ENVELOPE, CONTENT, SEGMENT)
     pipe.write(b"00ff00ff\n")  # an id alone: read from the spool
     service._announce(pipe, "9999aaaa", ENVELOPE, b"", None)  # stored on its own, in no journal segment
-    pipe.write(service._SCAN + b"\n")  # a checkpoint wrote queue files: look at the queue
+    pipe.write(b"00ff00fe %s\n" % SEGMENT.encode())  # an id alone, from a journal segment (the pipe was backed up)
     pipe.write(service._STOP + b"\n")
     deliverer, stopped = read(bytes(pipe.written), step)
     handed, alone = ("0a1b2c3d4e5f", ENVELOPE, CONTENT, SEGMENT), ("00ff00ff", None, None, None)
-    scan = ("the whole queue", None, None, None)
-    assert deliverer.told == [handed, alone, ("9999aaaa", ENVELOPE, b"", None), scan]
+    assert deliverer.told == [handed, alone, ("9999aaaa", ENVELOPE, b"", None), ("00ff00fe", None, None, SEGMENT)]
     assert stopped
 
 
@@ -93,7 +93,7 @@ def test_a_large_message_or_a_backed_up_pipe_hands_over_the_id_alone() -> None:
     service._announce(pipe, "0a1b2c3d", ENVELOPE, large, None)
     backed_up = Pipe(backlog=service._PIPE_BACKLOG + 1)
     service._announce(backed_up, "0a1b2c3d", ENVELOPE, CONTENT, SEGMENT)
-    assert bytes(pipe.written) == bytes(backed_up.written) == b"0a1b2c3d\n"
+    assert bytes(pipe.written) == b"0a1b2c3d\n" and bytes(backed_up.written) == b"0a1b2c3d %s\n" % SEGMENT.encode()
 
 
 def test_nothing_is_announced_or_said_on_a_pipe_whose_child_is_gone() -> None:
