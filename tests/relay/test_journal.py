@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from diag.relay import spool as spool_module
-from diag.relay.journal import SEGMENT_BYTES, Journal, boot_id, read_done, read_segment
+from diag.relay.journal import SEGMENT_BYTES, Journal, Segment, boot_id, read_done, read_segment
 from diag.relay.spool import Envelope, RecipientState, RecipientStatus, Spool
 
 CONTENT = b"Subject: hello\r\n\r\nbody\r\n"
@@ -231,6 +231,29 @@ def test_a_checkpoint_that_ends_while_a_deliverer_asks_is_seen(tmp_path: Path, m
     assert not spool.journal.holds(segment)
 
 
+def failed_halfway(
+    spool: Spool, closed: Segment, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], None] = lambda: None
+) -> set[str]:
+    """A checkpoint of ``closed`` that writes its first queue file (``meanwhile`` happening as it starts to) and
+    finds the disk full at the second; the ids it moved into the queue."""
+    real, writes = spool_module.write_durably, []
+
+    def full_on_the_second(path: str | os.PathLike[str], data: bytes) -> None:
+        writes.append(path)
+        if len(writes) == 1:
+            meanwhile()
+        elif len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    moved: set[str] = set()
+    with monkeypatch.context() as patched:
+        patched.setattr(spool_module, "write_durably", full_on_the_second)
+        with pytest.raises(OSError):
+            spool.checkpoint(closed, moved)
+    return moved
+
+
 def test_a_checkpoint_tried_again_after_failing_halfway_does_not_bring_back_what_was_delivered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,18 +263,7 @@ def test_a_checkpoint_tried_again_after_failing_halfway_does_not_bring_back_what
     first, second = batch(spool, 2)
     closed = spool.journal.close()
     assert closed is not None
-    real, writes = spool_module.write_durably, []
-
-    def full_on_the_second(path: str | os.PathLike[str], data: bytes) -> None:
-        writes.append(path)
-        if len(writes) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(spool_module, "write_durably", full_on_the_second)
-    moved: set[str] = set()
-    with pytest.raises(OSError):
-        spool.checkpoint(closed, moved)
+    moved = failed_halfway(spool, closed, monkeypatch)
     assert moved == {first} and [m.qid for m in spool.messages()] == [first]
     spool.remove(first)  # delivered by a scan
     assert spool.checkpoint(closed, moved) == [second]
@@ -269,20 +281,7 @@ def test_a_message_delivered_while_a_failed_checkpoint_moved_it_in_leaves_no_que
     segment = current(spool)
     closed = spool.journal.close()
     assert closed is not None
-    real, writes = spool_module.write_durably, []
-
-    def as_the_deliverer_finishes_then_full(path: str | os.PathLike[str], data: bytes) -> None:
-        writes.append(path)
-        if len(writes) == 1:
-            spool.remove(finished, segment=segment)
-        elif len(writes) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(spool_module, "write_durably", as_the_deliverer_finishes_then_full)
-    moved: set[str] = set()
-    with pytest.raises(OSError):
-        spool.checkpoint(closed, moved)
+    moved = failed_halfway(spool, closed, monkeypatch, meanwhile=lambda: spool.remove(finished, segment=segment))
     assert moved == {finished}
     assert spool.checkpoint(closed, moved) == [other]
     assert [m.qid for m in spool.messages()] == [other] and spool.journal.segments() == []
