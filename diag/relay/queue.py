@@ -160,7 +160,9 @@ class Deliverer:
         loop = asyncio.get_running_loop()
         limits = self._settings.limits
         in_flight: dict[str, asyncio.Task[None]] = {}
-        backlog: deque[str] = deque()
+        # Ids waiting for a place, in order; a dict, not a deque: a checkpoint may name thousands at once, and each
+        # is looked up in it before it is added.
+        backlog: dict[str, None] = {}
         watcher = asyncio.create_task(stop.wait())
         watcher.add_done_callback(lambda _: self._wake.set())
         next_scan = loop.time()
@@ -172,19 +174,19 @@ class Deliverer:
                         self._kicked = False
                         self._fresh.clear()  # the scan finds them too
                         next_scan = loop.time() + limits.queue_scan
-                        backlog = deque(qid for qid in await self._due() if qid not in in_flight)
+                        backlog = dict.fromkeys(qid for qid in await self._due() if qid not in in_flight)
                         # Except a message handed over in memory that is done meanwhile (a scan reached it before
                         # its announcement came): it is looked at all the same, or it would stay in memory.
-                        found = set(backlog)
                         for qid in list(self._handed):
-                            if qid not in found and qid not in in_flight and self._admitted(qid):
-                                backlog.append(qid)
+                            if qid not in backlog and qid not in in_flight and self._admitted(qid):
+                                backlog[qid] = None
                     while self._fresh:
                         qid = self._fresh.popleft()
                         if qid not in in_flight and qid not in backlog and self._admitted(qid):
-                            backlog.append(qid)
+                            backlog[qid] = None
                     while backlog and len(in_flight) < max(1, limits.delivery_concurrency):
-                        qid = backlog.popleft()
+                        qid = next(iter(backlog))
+                        del backlog[qid]
                         task = asyncio.create_task(self._attempt(qid), name=f"deliver:{qid}")
                         in_flight[qid] = task
                         task.add_done_callback(functools.partial(self._finished, in_flight, qid))

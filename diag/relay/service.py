@@ -322,7 +322,7 @@ class _Announcements(asyncio.Protocol):
             envelope = Envelope.from_json(json.loads(header))
         except Exception:  # whatever the JSON held (RecursionError too), the spool has the message
             log.error("qid=%s: the envelope handed over is damaged; reading the message from the spool", qid)
-            self._deliverer.kick(qid)
+            self._deliverer.kick(qid, segment)
             return
         self._deliverer.queued(qid, envelope, content, segment)
 

@@ -1023,6 +1023,32 @@ def test_a_queue_file_written_for_a_message_delivered_from_memory_is_not_deliver
     run(scenario())
 
 
+@pytest.mark.parametrize("with_segment", [True, False], ids=["with its segment", "without"])
+def test_a_message_announced_by_id_alone_is_marked_done_in_its_segment(world_factory: Any, with_segment: bool) -> None:
+    """A backed-up pipe announces a message by id alone, with its journal segment. Delivered from the queue file
+    of a checkpoint that failed halfway (the segment stays), it is marked done there, so a restart does not send it
+    again; without the segment it would be."""
+
+    async def scenario() -> None:
+        async with world_factory() as world:
+            sink = await world.sink("b.mx.example", 10, Sink())
+            deliverer = world.deliverer(ACCEPTED + connector("to-b", "b.example", "b.mx.example"), limits=REUSE)
+            qid, envelope, segment = world.journaled("user@b.example")
+            path = world.spool.journal.directory / f"{segment}.j"
+            world.spool.journal.close()
+            world.spool.journal.begin_checkpoint(path)
+            world.spool.store(envelope, CONTENT, qid=qid)  # the file a try moved in before it failed
+            async with working(deliverer):
+                deliverer.kick(qid, segment if with_segment else None)
+                await delivered(world, qid)
+            assert len(sink.messages) == 1 and world.spool.journal.has(segment)
+            assert (qid in read_done(path)) is with_segment
+            Spool(world.spool.root).recover()  # the relay started again
+            assert [m.qid for m in world.spool.messages()] == ([] if with_segment else [qid])
+
+    run(scenario())
+
+
 def test_a_handed_message_already_attempted_goes_by_its_recorded_states(world_factory: Any) -> None:
     async def scenario() -> None:
         async with world_factory() as world:
