@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diag.frozen import frozen
-from diag.relay.disk import fsync_dir
+from diag.relay.disk import NotAFile, fsync_dir, regular_file
 
 __all__ = [
     "SEGMENT_AGE", "SEGMENT_BYTES", "Journal", "Segment", "SegmentContents", "boot_id", "done_path", "read_done",
@@ -122,17 +122,10 @@ def read_done(segment: Path) -> frozenset[str]:
     """The ids the done file of ``segment`` lists: none when it is missing or no regular file (a pipe is not waited
     on, a link not followed). A line cut short by a crash counts for nothing. Raises OSError when it cannot be read."""
     try:
-        fd = os.open(done_path(segment), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+        data = regular_file(os.fspath(done_path(segment)))
+    except (FileNotFoundError, NotAFile):
         return frozenset()
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return frozenset()
-        raise
-    with open(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return frozenset()
-        lines = handle.read().split(b"\n")[:-1]  # the last piece has no line end: cut short, or empty
+    lines = data.split(b"\n")[:-1]  # the last piece has no line end: cut short, or empty
     return frozenset(line.decode("ascii") for line in lines if _DONE_LINE.fullmatch(line))
 
 

@@ -135,13 +135,11 @@ class Deliverer:
 
         The spool stays the authority on what is left to do (:meth:`_load`): in the relay's delivery process the
         announcement may come after the message is in the queue, where a scan may find it first."""
-        if segment is not None:
-            self._segments[qid] = segment
         if qid not in self._active and self._handed_bytes + len(content) <= _HANDED_BYTES:
             self._unhand(qid)
             self._handed[qid] = (envelope, content)
             self._handed_bytes += len(content)
-        self.kick(qid)
+        self.kick(qid, segment)
 
     def checkpointed(self, qids: Sequence[str]) -> None:
         """Their journal segment's checkpoint wrote these messages to the queue (not delivered yet, or handed over

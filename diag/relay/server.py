@@ -431,10 +431,9 @@ class RelayServer:
     can start at once without reading it back; ``segment`` names the journal segment that holds it, None for one
     stored on its own (:meth:`Spool.remove` takes it). ``on_checkpoint(ids)`` is called (on the loop) when a journal
     segment's checkpoint wrote queue files, with their ids: delivery reads them from there. Spool writes run on
-    threads of their own, so a 250 never
-    waits behind delivery's file work on the loop's default executor. ``spool`` may be None for a plain mail host
-    that keeps all it accepts (:func:`policy.queues` is False). Also an async context manager that starts and
-    closes it.
+    threads of their own, so a 250 never waits behind delivery's file work on the loop's default executor.
+    ``spool`` may be None for a plain mail host that keeps all it accepts (:func:`policy.queues` is False). Also an
+    async context manager that starts and closes it.
     """
 
     def __init__(

@@ -422,14 +422,12 @@ def _announce(pipe: asyncio.WriteTransport, qid: str, envelope: Envelope, conten
     """Tell the child of stored message ``qid``: with its envelope, content and journal segment, or its id alone for
     a large message or while the pipe is backed up (the child then reads it from the spool, where one from the
     journal is once its segment's checkpoint wrote it)."""
+    held_in = b" " + segment.encode("ascii") if segment is not None else b""
     if len(content) > _HANDED_CONTENT or pipe.get_write_buffer_size() > _PIPE_BACKLOG:
-        _say(pipe, f"{qid} {segment}\n".encode("ascii") if segment is not None else f"{qid}\n".encode("ascii"))
+        _say(pipe, b"%s%s\n" % (qid.encode("ascii"), held_in))
         return
     header = envelope.encoded()
-    line = b"%s %d %d" % (qid.encode("ascii"), len(header), len(content))
-    if segment is not None:
-        line += b" " + segment.encode("ascii")
-    _say(pipe, b"%s\n%s%s" % (line, header, content))
+    _say(pipe, b"%s %d %d%s\n%s%s" % (qid.encode("ascii"), len(header), len(content), held_in, header, content))
 
 
 def _say(pipe: asyncio.WriteTransport, data: bytes) -> None:

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from diag.frozen import frozen
-from diag.relay.disk import fsync_dir, write_durably
+from diag.relay.disk import NotAFile, fsync_dir, regular_file, write_durably
 from diag.relay.journal import Journal, Segment, SegmentContents, boot_id, read_done, read_segment
 
 __all__ = [
@@ -240,33 +240,30 @@ class Spool:
         marked done, not brought back."""
         moved = set() if moved is None else moved
         self.journal.begin_checkpoint(segment.path)
-        contents = read_segment(segment.path)
-        records = dict(contents.records)
-        missing = [qid for qid in segment.qids if qid not in records]
-        if missing:
-            raise OSError(errno.EIO, f"the journal segment lacks {len(missing)} of its records", str(segment.path))
         for qid in moved:
             if not os.path.exists(os.path.join(self._queue_dir, f"{qid}.msg")):
                 self.journal.mark_done(segment.path.stem, qid)
         done = read_done(segment.path)
-        for qid in done.intersection(moved):  # an earlier try moved its file in after the deliverer was done with it
-            self.remove(qid)
-        written = [qid for qid in segment.qids if qid not in done]
-        for qid in written:
-            if qid in moved:
-                continue
-            tmp = os.path.join(self._tmp_dir, f"{qid}.msg")
-            write_durably(tmp, records[qid])
-            os.rename(tmp, os.path.join(self._queue_dir, f"{qid}.msg"))
-            moved.add(qid)
-        if written:
+        pending = [qid for qid in segment.qids if qid not in done]
+        if any(qid not in moved for qid in pending):  # the segment is read only when a file is to be written from it
+            records = dict(read_segment(segment.path).records)
+            missing = [qid for qid in pending if qid not in records]
+            if missing:
+                raise OSError(errno.EIO, f"the journal segment lacks {len(missing)} of its records", str(segment.path))
+            for qid in pending:
+                if qid in moved:
+                    continue
+                tmp = os.path.join(self._tmp_dir, f"{qid}.msg")
+                write_durably(tmp, records[qid])
+                os.rename(tmp, os.path.join(self._queue_dir, f"{qid}.msg"))
+                moved.add(qid)
+        if moved:
             self._queue_sync.sync()
             done = read_done(segment.path)
-            for qid in done.intersection(written):
+            for qid in done.intersection(moved):  # finished after the first read (or before an earlier try's move)
                 self.remove(qid)
-            written = [qid for qid in written if qid not in done]
         self.journal.delete(segment.path)
-        return written
+        return [qid for qid in pending if qid not in done]
 
     def recover(self) -> list[str]:
         """At start-up: replay the journal, drop unfinished writes, quarantine damaged messages; returns the
@@ -517,9 +514,9 @@ class Spool:
     def statuses(self, qid: str, envelope: Envelope) -> tuple[RecipientStatus, ...]:
         """Message ``qid``'s recipients' states as recorded so far: each one pending when none is recorded."""
         try:
-            data = _regular_file(os.path.join(self._queue_dir, f"{qid}.state"))
+            data = regular_file(os.path.join(self._queue_dir, f"{qid}.state"))
             saved = {s.recipient: s for s in map(RecipientStatus.from_json, json.loads(data))}
-        except (FileNotFoundError, _NotAFile):  # none; or no file at all (set aside at the next start)
+        except (FileNotFoundError, NotAFile):  # none; or no file at all (set aside at the next start)
             saved = {}
         except (ValueError, KeyError, TypeError):
             # A damaged state file loses only progress: every recipient is tried again (a duplicate at worst).
@@ -528,25 +525,6 @@ class Spool:
 
     def _read(self, path: Path) -> tuple[Envelope, bytes]:
         return _parsed(path.name, path.read_bytes())
-
-
-class _NotAFile(OSError):
-    """What is at a path the spool reads is no regular file (a directory, a link, a pipe)."""
-
-
-def _regular_file(path: str) -> bytes:
-    """The bytes of the regular file at ``path``; _NotAFile for anything else there (a pipe is opened without
-    waiting for a writer, a link not followed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise _NotAFile(errno.ELOOP, "a link", path) from None
-    with open(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _NotAFile(errno.EINVAL, "not a regular file", path)
-        return handle.read()
 
 
 def _encoded(envelope: Envelope, content: bytes) -> bytes:

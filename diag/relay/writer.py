@@ -4,8 +4,8 @@ A thread per store, each with its own fsync, cost about a millisecond of CPU per
 one another on a 2-core machine (bench/README.md, issue 13). Here the sessions hand their messages to one thread.
 While it stores a batch (:meth:`Spool.store_batch`: one journal append, one fdatasync, no file per message), the
 next messages gather, and go together in the next batch; then it wakes the loop once to answer the batch's
-sessions. No file work runs on the loop, so a disk that stalls (a full journal, writeback throttling)
-delays the 250s but never the other sessions (RR-56). Closed journal segments are checkpointed on a second thread,
+sessions. No file work runs on the loop, so a disk that stalls (a full journal, writeback throttling) delays the
+250s but never the other sessions (RR-56). Closed journal segments are checkpointed on a second thread,
 each a segment's age after it was closed: the deliverer has had time to deliver its messages from memory, so the
 checkpoint seldom writes a queue file for one it is about to finish. When a checkpoint wrote any,
 ``on_checkpoint(ids)`` is called on the loop: delivery reads them from the queue then (the messages it could not
